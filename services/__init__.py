@@ -1,0 +1,1 @@
+"""Campaign Express services: one package per domain, plus the host that runs them."""
