@@ -1,5 +1,5 @@
 """Regenerate gen/ from proto/: Python messages (_pb2), gRPC stubs (_pb2_grpc),
-typed stubs (.pyi) and the descriptor set (campaignexpress.binpb) that the
+typed stubs (.pyi) and the descriptor set (campaignexpress/descriptor_set.binpb) that the
 gateway's OpenAPI document and the Envoy transcoder read.
 
 Run it as `make gen`; CI runs it and fails when gen/ differs from git.
@@ -19,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"
 GEN = ROOT / "gen"
 DEPS = ROOT / "build" / "protodeps"
-DESCRIPTOR_SET = GEN / "campaignexpress.binpb"
+DESCRIPTOR_SET = GEN / "campaignexpress" / "descriptor_set.binpb"
 
 
 def main() -> int:

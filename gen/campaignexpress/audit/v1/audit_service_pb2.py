@@ -28,7 +28,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,campaignexpress/audit/v1/audit_service.proto\x12\x18\x63\x61mpaignexpress.audit.v1\x1a$campaignexpress/audit/v1/audit.proto\x1a$campaignexpress/type/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x01\n\x16ListAuditEventsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x10\n\x08resource\x18\x06 \x01(\t\x12\x0f\n\x07outcome\x18\x07 \x01(\t\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x17ListAuditEventsResponse\x12:\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32$.campaignexpress.audit.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb9\x01\n\x0c\x41uditService\x12\xa8\x01\n\x0fListAuditEvents\x12\x30.campaignexpress.audit.v1.ListAuditEventsRequest\x1a\x31.campaignexpress.audit.v1.ListAuditEventsResponse\"0\x8a\xb5\x18\x02\x08\x13\x82\xd3\xe4\x93\x02$\x12\"/v1/{parent=tenants/*}/auditEventsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,campaignexpress/audit/v1/audit_service.proto\x12\x18\x63\x61mpaignexpress.audit.v1\x1a$campaignexpress/audit/v1/audit.proto\x1a$campaignexpress/type/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x01\n\x16ListAuditEventsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x10\n\x08resource\x18\x06 \x01(\t\x12\x0f\n\x07outcome\x18\x07 \x01(\t\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x17ListAuditEventsResponse\x12:\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32$.campaignexpress.audit.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb9\x01\n\x0c\x41uditService\x12\xa8\x01\n\x0fListAuditEvents\x12\x30.campaignexpress.audit.v1.ListAuditEventsRequest\x1a\x31.campaignexpress.audit.v1.ListAuditEventsResponse\"0\x8a\xb5\x18\x02\x08\x11\x82\xd3\xe4\x93\x02$\x12\"/v1/{parent=tenants/*}/auditEventsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,7 +36,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'campaignexpress.audit.v1.au
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUDITSERVICE'].methods_by_name['ListAuditEvents']._loaded_options = None
-  _globals['_AUDITSERVICE'].methods_by_name['ListAuditEvents']._serialized_options = b'\212\265\030\002\010\023\202\323\344\223\002$\022\"/v1/{parent=tenants/*}/auditEvents'
+  _globals['_AUDITSERVICE'].methods_by_name['ListAuditEvents']._serialized_options = b'\212\265\030\002\010\021\202\323\344\223\002$\022\"/v1/{parent=tenants/*}/auditEvents'
   _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=214
   _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=453
   _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=455

@@ -60,11 +60,11 @@ class _PermissionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Permission
     PERMISSION_BILLING_WRITE: _Permission.ValueType  # 16
     """Change plans and payment settings."""
     PERMISSION_USER_READ: _Permission.ValueType  # 17
-    """Read users and API keys of the tenant."""
+    """Read users and API keys of the tenant, and the audit log of their actions."""
     PERMISSION_USER_WRITE: _Permission.ValueType  # 18
     """Create, change and remove users and API keys of the tenant."""
     PERMISSION_TENANT_READ: _Permission.ValueType  # 19
-    """Read the tenant's settings and its audit log."""
+    """Read the tenant's own settings; every role holds it."""
     PERMISSION_TENANT_WRITE: _Permission.ValueType  # 20
     """Change the tenant's settings; on the operator tenant, create tenants."""
 
@@ -108,11 +108,11 @@ PERMISSION_BILLING_READ: Permission.ValueType  # 15
 PERMISSION_BILLING_WRITE: Permission.ValueType  # 16
 """Change plans and payment settings."""
 PERMISSION_USER_READ: Permission.ValueType  # 17
-"""Read users and API keys of the tenant."""
+"""Read users and API keys of the tenant, and the audit log of their actions."""
 PERMISSION_USER_WRITE: Permission.ValueType  # 18
 """Create, change and remove users and API keys of the tenant."""
 PERMISSION_TENANT_READ: Permission.ValueType  # 19
-"""Read the tenant's settings and its audit log."""
+"""Read the tenant's own settings; every role holds it."""
 PERMISSION_TENANT_WRITE: Permission.ValueType  # 20
 """Change the tenant's settings; on the operator tenant, create tenants."""
 Global___Permission: _TypeAlias = Permission  # noqa: Y015

@@ -1,0 +1,1 @@
+"""REST gateway: JSON/HTTP transcoding onto the gRPC services, and its OpenAPI document."""

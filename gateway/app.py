@@ -1,0 +1,158 @@
+"""The HTTP gateway: REST/JSON routes transcoded to gRPC, the OpenAPI
+document, and the /health /ready /live probes. It dispatches through
+whatever channel the host hands it per service: the in-process channel in
+`serve`, a gRPC channel when the service runs elsewhere."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+import orjson
+from aiohttp import web
+from google.protobuf import descriptor, descriptor_pb2
+from grpc import aio
+
+from gateway.errors import error_body
+from gateway.openapi import build_openapi
+from gateway.transcoder import Route, Router, build_request, render, routes_for
+from services.common.errors import DomainError
+
+log = logging.getLogger("campaign_express.gateway")
+
+ChannelFor = Callable[[str], Any]  # full service name -> channel
+Readiness = Callable[[], Awaitable[Mapping[str, bool]]]
+
+FORWARDED_HEADERS = ("authorization", "x-tenant-id", "traceparent", "tracestate")
+CALL_TIMEOUT_SECONDS = 30.0
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+class Gateway:
+    def __init__(
+        self,
+        services: list[descriptor.ServiceDescriptor],
+        channel_for: ChannelFor,
+        readiness: Readiness,
+        descriptor_set: descriptor_pb2.FileDescriptorSet | None = None,
+    ) -> None:
+        self.router = Router(r for s in services for r in routes_for(s))
+        self._channel_for = channel_for
+        self._readiness = readiness
+        self._callables: dict[str, Any] = {}
+        self._services = [s.full_name for s in services]
+        self._descriptor_set = descriptor_set
+        self._openapi: bytes | None = None
+
+    def _callable(self, route: Route) -> Any:
+        found = self._callables.get(route.grpc_method)
+        if found is None:
+            found = self._channel_for(route.service).unary_unary(
+                route.grpc_method,
+                request_serializer=route.request_class.SerializeToString,
+                response_deserializer=route.response_class.FromString,
+            )
+            self._callables[route.grpc_method] = found
+        return found
+
+    async def handle(self, request: web.Request) -> web.Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        headers = {"X-Request-Id": request_id}
+        matched = self.router.match(request.method, request.path)
+        if matched is None:
+            allowed = self.router.allowed_verbs(request.path)
+            code = grpc.StatusCode.UNIMPLEMENTED if allowed else grpc.StatusCode.NOT_FOUND
+            status, body, _ = error_body(
+                code,
+                f"{request.method} {request.path} is not an API route"
+                + (f"; allowed: {', '.join(allowed)}" if allowed else ""),
+                (),
+                request_id,
+            )
+            status = 405 if allowed else 404
+            body["error"]["code"] = status
+            if allowed:
+                headers["Allow"] = ", ".join(allowed)
+            return _json(body, status, headers)
+        route, path_values = matched
+        try:
+            payload: Any = None
+            if route.body:
+                raw = await request.read()
+                if raw.strip():
+                    try:
+                        payload = orjson.loads(raw)
+                    except orjson.JSONDecodeError as exc:
+                        return self._bad_body(f"body is not valid JSON: {exc}", request_id)
+            message = build_request(route, path_values, payload, request.query.items())
+        except DomainError as exc:
+            return self._domain_error(exc, request_id)
+        metadata = [("x-request-id", request_id)]
+        for name in FORWARDED_HEADERS:
+            value = request.headers.get(name)
+            if value:
+                metadata.append((name, value))
+        try:
+            reply = await self._callable(route)(
+                message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS
+            )
+        except aio.AioRpcError as exc:
+            status, body, extra = error_body(
+                exc.code(), exc.details() or "", exc.trailing_metadata(), request_id
+            )
+            headers.update(extra)
+            return _json(body, status, headers)
+        return _json(render(reply), 200, headers)
+
+    def _bad_body(self, why: str, request_id: str) -> web.Response:
+        status, body, _ = error_body(grpc.StatusCode.INVALID_ARGUMENT, why, (), request_id)
+        body["error"]["reason"] = "MALFORMED_BODY"
+        body["error"]["fieldViolations"] = [{"field": "body", "description": why}]
+        return _json(body, status, {"X-Request-Id": request_id})
+
+    def _domain_error(self, exc: DomainError, request_id: str) -> web.Response:
+        status, body, _ = error_body(grpc.StatusCode[exc.code], exc.message, (), request_id)
+        body["error"]["reason"] = exc.reason
+        body["error"]["fieldViolations"] = [
+            {"field": v.field, "description": v.description} for v in exc.field_violations
+        ]
+        return _json(body, status, {"X-Request-Id": request_id})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def live(self, request: web.Request) -> web.Response:
+        return _json({"status": "alive"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        checks = dict(await self._readiness())
+        ok = all(checks.values())
+        return _json({"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        if self._openapi is None:
+            if self._descriptor_set is None:
+                return _json({"error": {"code": 404, "message": "no descriptor set"}}, 404)
+            document = build_openapi(self._descriptor_set, services=self._services)
+            self._openapi = orjson.dumps(document)
+        return web.Response(body=self._openapi, content_type="application/json")
+
+    def application(self, max_request_bytes: int) -> web.Application:
+        app = web.Application(client_max_size=max_request_bytes)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/live", self.live)
+        app.router.add_get("/ready", self.ready)
+        app.router.add_get("/openapi.json", self.openapi)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app

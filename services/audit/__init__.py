@@ -1,0 +1,1 @@
+"""The audit log of mutating calls (FR-PLT-005)."""

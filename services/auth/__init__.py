@@ -1,0 +1,1 @@
+"""Credentials: API keys, JWT access tokens, refresh tokens, RBAC."""

@@ -1,0 +1,440 @@
+"""API keys, JWT access tokens, refresh tokens and the authentication of every
+call. Independent of gRPC: the interceptor and the servicer call into it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+import sqlalchemy as sa
+
+from services.auth.passwords import PasswordHasher
+from services.auth.rbac import permissions_for
+from services.common import names
+from services.common.call import Principal
+from services.common.clock import Clock, now_us
+from services.common.errors import (
+    FieldViolation,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    collect,
+)
+from services.common.validation import check_roles, check_text
+from services.db import Database
+from services.db.tables import api_keys, refresh_tokens
+from services.tenancy.domain import Tenancy
+
+JWT_ALGORITHM = "HS256"
+JWT_ISSUER = "campaign-express"
+API_KEY_PREFIX = "cx_"
+MIN_API_KEY_LENGTH = 20
+# How long a positive authentication is reused before the store is asked
+# again; bounds how late a revocation made in another process takes effect.
+AUTH_CACHE_SECONDS = 5.0
+# last_used_time is kept to the minute: at most one write per key a minute.
+LAST_USED_RESOLUTION_US = 60_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    id: str
+    tenant_id: str
+    display_name: str
+    roles: list[str]
+    key_prefix: str
+    create_time: int
+    last_used_time: int | None
+    revoke_time: int | None
+    expire_time: int | None
+
+    @property
+    def name(self) -> str:
+        return f"tenants/{self.tenant_id}/apiKeys/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    access_expire_time: int
+    refresh_token: str
+    refresh_expire_time: int
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _api_key(row: sa.Row[tuple[object, ...]]) -> ApiKeyRecord:
+    m = row._mapping
+    return ApiKeyRecord(
+        id=m["id"],
+        tenant_id=m["tenant_id"],
+        display_name=m["display_name"],
+        roles=list(m["roles"]),
+        key_prefix=m["key_prefix"],
+        create_time=m["create_time"],
+        last_used_time=m["last_used_time"],
+        revoke_time=m["revoke_time"],
+        expire_time=m["expire_time"],
+    )
+
+
+class Authenticator:
+    """Issues credentials and turns a bearer credential into a Principal."""
+
+    def __init__(
+        self,
+        db: Database,
+        tenancy: Tenancy,
+        hasher: PasswordHasher,
+        *,
+        jwt_secret: str,
+        access_token_seconds: int,
+        refresh_token_seconds: int,
+        clock: Clock = now_us,
+    ) -> None:
+        self._db = db
+        self._tenancy = tenancy
+        self._hasher = hasher
+        self._jwt_secret = jwt_secret
+        self._access_seconds = access_token_seconds
+        self._refresh_seconds = refresh_token_seconds
+        self._clock = clock
+        # credential digest -> (principal, monotonic expiry)
+        self._cache: dict[str, tuple[Principal, float]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- API keys --------------------------------------------------------
+
+    async def create_api_key(
+        self,
+        caller: Principal | None,
+        parent: str,
+        display_name: str,
+        roles: list[str],
+        expire_time: int | None = None,
+        secret: str | None = None,
+    ) -> tuple[ApiKeyRecord, str]:
+        """Create a key; returns it with its secret, which is not stored.
+        `secret` fixes the key (demo and scripts); `caller` None = bootstrap."""
+        if caller is not None:
+            names.require_same_tenant(parent, "parent", caller.tenant_id)
+        (tenant_id,) = names.parse_name(parent, "parent", "tenants")
+        violations: list[FieldViolation] = []
+        check_text(violations, "api_key.display_name", display_name, required=True, max_len=200)
+        check_roles(violations, "api_key.roles", roles)
+        now = self._clock()
+        if expire_time is not None and expire_time <= now:
+            violations.append(FieldViolation("api_key.expire_time", "must be in the future"))
+        if secret is not None and len(secret) < MIN_API_KEY_LENGTH:
+            violations.append(
+                FieldViolation("secret", f"must be at least {MIN_API_KEY_LENGTH} characters")
+            )
+        collect(violations)
+        if caller is not None and not permissions_for(roles) <= caller.permissions:
+            raise PermissionDenied(
+                "an API key cannot grant permissions its creator does not hold",
+                reason="PRIVILEGE_ESCALATION",
+            )
+        if await self._tenancy.find_tenant(tenant_id) is None:
+            raise NotFound(f"{parent} not found", metadata={"resource": parent})
+        secret = secret or API_KEY_PREFIX + secrets.token_urlsafe(32)
+        record = ApiKeyRecord(
+            id=uuid.uuid4().hex[:16],
+            tenant_id=tenant_id,
+            display_name=display_name,
+            roles=sorted(set(roles)),
+            key_prefix=secret[:10],
+            create_time=now,
+            last_used_time=None,
+            revoke_time=None,
+            expire_time=expire_time,
+        )
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                api_keys.insert().values(
+                    id=record.id,
+                    tenant_id=tenant_id,
+                    display_name=display_name,
+                    roles=record.roles,
+                    key_prefix=record.key_prefix,
+                    secret_hash=_digest(secret),
+                    create_time=now,
+                    expire_time=expire_time,
+                )
+            )
+        return record, secret
+
+    async def find_api_key_by_secret(self, secret: str) -> ApiKeyRecord | None:
+        async with self._db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    api_keys.select().where(api_keys.c.secret_hash == _digest(secret))
+                )
+            ).first()
+        return _api_key(row) if row else None
+
+    async def get_api_key(self, caller: Principal, name: str) -> ApiKeyRecord:
+        names.require_same_tenant(name, "name", caller.tenant_id)
+        tenant_id, key_id = names.parse_name(name, "name", "tenants", "apiKeys")
+        async with self._db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    api_keys.select().where(
+                        api_keys.c.tenant_id == tenant_id, api_keys.c.id == key_id
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"{name} not found", metadata={"resource": name})
+        return _api_key(row)
+
+    async def list_api_keys(
+        self, caller: Principal, parent: str, page_size: int, page_token: str, show_revoked: bool
+    ) -> tuple[list[ApiKeyRecord], str]:
+        names.require_same_tenant(parent, "parent", caller.tenant_id)
+        (tenant_id,) = names.parse_name(parent, "parent", "tenants")
+        size = names.page_size(page_size)
+        cursor = names.decode_page_token(page_token, "t", "id")
+        query = (
+            api_keys.select()
+            .where(api_keys.c.tenant_id == tenant_id)
+            .order_by(api_keys.c.create_time.desc(), api_keys.c.id.desc())
+            .limit(size + 1)
+        )
+        if not show_revoked:
+            query = query.where(api_keys.c.revoke_time.is_(None))
+        if cursor:
+            t, last = int(cursor["t"]), str(cursor["id"])  # type: ignore[call-overload]
+            query = query.where(
+                sa.or_(
+                    api_keys.c.create_time < t,
+                    sa.and_(api_keys.c.create_time == t, api_keys.c.id < last),
+                )
+            )
+        async with self._db.engine.connect() as conn:
+            rows = [_api_key(r) for r in (await conn.execute(query)).all()]
+        token = ""
+        if len(rows) > size:
+            last_row = rows[size - 1]
+            token = names.encode_page_token({"t": last_row.create_time, "id": last_row.id})
+        return rows[:size], token
+
+    async def revoke_api_key(self, caller: Principal, name: str) -> ApiKeyRecord:
+        record = await self.get_api_key(caller, name)
+        if record.revoke_time is not None:
+            return record
+        now = self._clock()
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == record.id, api_keys.c.revoke_time.is_(None))
+                .values(revoke_time=now)
+            )
+        # This process forgets the key at once; others within AUTH_CACHE_SECONDS.
+        self._cache.clear()
+        return await self.get_api_key(caller, name)
+
+    # -- tokens ----------------------------------------------------------
+
+    def _access_token(
+        self, subject: str, tenant_id: str, roles: list[str], kind: str, credential: str
+    ) -> tuple[str, int]:
+        issued = int(time.time())
+        expires = issued + self._access_seconds
+        claims = {
+            "iss": JWT_ISSUER,
+            "sub": subject,
+            "tenant_id": tenant_id,
+            "roles": roles,
+            "scopes": sorted(permissions_for(roles)),
+            "kind": kind,
+            # Which credential the token stands for, so revoking the API key
+            # or disabling the user also stops its tokens.
+            "cred": credential,
+            "iat": issued,
+            "exp": expires,
+            "jti": uuid.uuid4().hex,
+            "typ": "access",
+        }
+        return jwt.encode(claims, self._jwt_secret, algorithm=JWT_ALGORITHM), expires * 1_000_000
+
+    async def issue_token(self, api_key_secret: str) -> tuple[str, int]:
+        if not api_key_secret:
+            raise Unauthenticated("api_key is required", reason="MISSING_CREDENTIALS")
+        record = await self._live_api_key(api_key_secret)
+        return self._access_token(record.name, record.tenant_id, record.roles, "api_key", record.id)
+
+    async def login(self, tenant: str, email: str, password: str) -> TokenPair:
+        (tenant_id,) = names.parse_name(tenant, "tenant", "tenants")
+        user = await self._tenancy.find_user_by_email(tenant_id, email)
+        # Verify against a dummy hash when the user is unknown so timing does
+        # not reveal which emails exist.
+        ok = await self._hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        if user is None or not ok or user.disabled:
+            raise Unauthenticated("wrong tenant, email or password", reason="BAD_CREDENTIALS")
+        return await self._token_pair(user.tenant_id, user.id, user.name, user.roles)
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        token_id, _, secret = refresh_token.removeprefix("rt_").partition(".")
+        if not token_id or not secret:
+            raise Unauthenticated("malformed refresh token", reason="BAD_REFRESH_TOKEN")
+        now = self._clock()
+        async with self._db.engine.begin() as conn:
+            row = (
+                await conn.execute(refresh_tokens.select().where(refresh_tokens.c.id == token_id))
+            ).first()
+            if row is None or not hmac.compare_digest(row.token_hash, _digest(secret)):
+                raise Unauthenticated("unknown refresh token", reason="BAD_REFRESH_TOKEN")
+            # Single use: only the first of concurrent refreshes wins the update.
+            used = await conn.execute(
+                refresh_tokens.update()
+                .where(refresh_tokens.c.id == token_id, refresh_tokens.c.used_time.is_(None))
+                .values(used_time=now)
+            )
+            if used.rowcount != 1 or row.expire_time <= now:
+                raise Unauthenticated(
+                    "refresh token expired or already used", reason="BAD_REFRESH_TOKEN"
+                )
+        user = await self._tenancy.find_user(row.tenant_id, row.user_id)
+        if user is None or user.disabled:
+            raise Unauthenticated("the user no longer exists or is disabled", reason="BAD_REFRESH_TOKEN")
+        return await self._token_pair(user.tenant_id, user.id, user.name, user.roles)
+
+    async def _token_pair(
+        self, tenant_id: str, user_id: str, subject: str, roles: list[str]
+    ) -> TokenPair:
+        access, access_exp = self._access_token(subject, tenant_id, roles, "user", user_id)
+        token_id, secret = uuid.uuid4().hex, secrets.token_urlsafe(32)
+        now = self._clock()
+        refresh_exp = now + self._refresh_seconds * 1_000_000
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                refresh_tokens.insert().values(
+                    id=token_id,
+                    tenant_id=tenant_id,
+                    user_id=user_id,
+                    token_hash=_digest(secret),
+                    create_time=now,
+                    expire_time=refresh_exp,
+                )
+            )
+        return TokenPair(access, access_exp, f"rt_{token_id}.{secret}", refresh_exp)
+
+    # -- authentication of calls -------------------------------------------
+
+    async def authenticate(self, credential: str) -> Principal:
+        """The principal of a bearer credential: a JWT or an API key."""
+        if not credential:
+            raise Unauthenticated(
+                "send `Authorization: Bearer <API key or token>`", reason="MISSING_CREDENTIALS"
+            )
+        digest = _digest(credential)
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        if credential.count(".") == 2 and not credential.startswith(API_KEY_PREFIX):
+            principal = await self._principal_from_jwt(credential)
+        else:
+            record = await self._live_api_key(credential)
+            self._touch(record)
+            principal = Principal(
+                subject=record.name,
+                tenant_id=record.tenant_id,
+                roles=frozenset(record.roles),
+                permissions=permissions_for(record.roles),
+                kind="api_key",
+                rate_limit_key=f"api_key:{record.id}",
+            )
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (principal, time.monotonic() + AUTH_CACHE_SECONDS)
+        return principal
+
+    async def _principal_from_jwt(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                self._jwt_secret,
+                algorithms=[JWT_ALGORITHM],
+                issuer=JWT_ISSUER,
+                options={"require": ["exp", "sub", "tenant_id", "roles", "typ", "cred"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the access token has expired", reason="TOKEN_EXPIRED") from None
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"invalid access token: {exc}", reason="BAD_TOKEN") from None
+        if claims["typ"] != "access":
+            raise Unauthenticated("not an access token", reason="BAD_TOKEN")
+        tenant_id, kind, credential = claims["tenant_id"], claims.get("kind"), claims["cred"]
+        if kind == "user":
+            user = await self._tenancy.find_user(tenant_id, credential)
+            if user is None or user.disabled:
+                raise Unauthenticated("the user no longer exists or is disabled", reason="BAD_TOKEN")
+            roles = user.roles  # role changes apply to live tokens
+        else:
+            record = await self._find_api_key(tenant_id, credential)
+            if record is None or record.revoke_time is not None:
+                raise Unauthenticated("the token's API key was revoked", reason="KEY_REVOKED")
+            roles = record.roles
+        return Principal(
+            subject=claims["sub"],
+            tenant_id=tenant_id,
+            roles=frozenset(roles),
+            permissions=permissions_for(roles),
+            kind=kind or "api_key",
+            rate_limit_key=f"{kind}:{credential}",
+        )
+
+    async def _find_api_key(self, tenant_id: str, key_id: str) -> ApiKeyRecord | None:
+        async with self._db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    api_keys.select().where(
+                        api_keys.c.tenant_id == tenant_id, api_keys.c.id == key_id
+                    )
+                )
+            ).first()
+        return _api_key(row) if row else None
+
+    async def _live_api_key(self, secret: str) -> ApiKeyRecord:
+        record = await self.find_api_key_by_secret(secret)
+        if record is None:
+            raise Unauthenticated("unknown API key", reason="BAD_API_KEY")
+        if record.revoke_time is not None:
+            raise Unauthenticated("the API key was revoked", reason="KEY_REVOKED")
+        if record.expire_time is not None and record.expire_time <= self._clock():
+            raise Unauthenticated("the API key has expired", reason="KEY_EXPIRED")
+        return record
+
+    def _touch(self, record: ApiKeyRecord) -> None:
+        now = self._clock()
+        if record.last_used_time and now - record.last_used_time < LAST_USED_RESOLUTION_US:
+            return
+
+        async def write() -> None:
+            async with self._db.engine.begin() as conn:
+                await conn.execute(
+                    api_keys.update().where(api_keys.c.id == record.id).values(last_used_time=now)
+                )
+
+        task = asyncio.get_running_loop().create_task(write())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+_DUMMY_HASH = (
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$"
+    "Qt8z3CDKxZ3N7nY0bB5E2Q9pJ2ZC2m0qv7w1q4F9V7s"
+)

@@ -1,0 +1,54 @@
+"""Roles and the permissions they grant (FR-PLT-003; architecture document
+section 9.2). Names match the `Role` and `Permission` enums of
+campaignexpress.type.v1 without their prefix."""
+
+from __future__ import annotations
+
+RESOURCES = (
+    "CAMPAIGN",
+    "CREATIVE",
+    "JOURNEY",
+    "EXPERIMENT",
+    "DCO",
+    "CDP",
+    "ANALYTICS",
+    "BILLING",
+    "USER",
+    "TENANT",
+)
+
+ALL_PERMISSIONS = frozenset(f"{r}_{a}" for r in RESOURCES for a in ("READ", "WRITE"))
+
+_MARKETING = ("CAMPAIGN", "CREATIVE", "JOURNEY", "EXPERIMENT", "DCO", "CDP")
+
+
+def _grant(read: tuple[str, ...], write: tuple[str, ...] = ()) -> frozenset[str]:
+    return frozenset([f"{r}_READ" for r in read] + [f"{r}_WRITE" for r in write])
+
+
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    # Full access to every resource of the tenant.
+    "ADMIN": ALL_PERMISSIONS,
+    # Runs the marketing programme and approves it; reads users and the audit
+    # log, manages billing; cannot manage users or tenant settings.
+    "MANAGER": _grant(
+        read=(*_MARKETING, "ANALYTICS", "BILLING", "USER", "TENANT"),
+        write=(*_MARKETING, "ANALYTICS", "BILLING"),
+    ),
+    # Monitors campaigns and keeps them running (pausing is a workflow action
+    # its issue grants separately); no writes to definitions.
+    "OPERATOR": _grant(read=(*_MARKETING, "ANALYTICS", "TENANT")),
+    # Read-only access to campaigns and reports, builds reports.
+    "ANALYST": _grant(read=(*_MARKETING, "ANALYTICS", "TENANT"), write=("ANALYTICS",)),
+    # Dashboards only.
+    "VIEWER": _grant(read=("CAMPAIGN", "ANALYTICS", "TENANT")),
+}
+
+ROLES = tuple(ROLE_PERMISSIONS)
+
+
+def permissions_for(roles: frozenset[str] | set[str] | list[str]) -> frozenset[str]:
+    granted: set[str] = set()
+    for role in roles:
+        granted |= ROLE_PERMISSIONS.get(role, frozenset())
+    return frozenset(granted)

@@ -1,0 +1,1 @@
+"""Pieces every domain shares: errors, resource names, pagination, time."""

@@ -1,0 +1,59 @@
+"""Conversions between protos and domain values, used by servicers only
+(domain code never imports `_pb2` modules)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from google.protobuf import field_mask_pb2, timestamp_pb2
+
+from campaignexpress.type.v1 import access_pb2
+from services.common.errors import InvalidArgument
+
+
+def timestamp(us: int | None) -> timestamp_pb2.Timestamp | None:
+    if us is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMicroseconds(us)
+    return ts
+
+
+def micros(ts: timestamp_pb2.Timestamp, present: bool) -> int | None:
+    return ts.ToMicroseconds() if present else None
+
+
+def role_names(values: Iterable[int]) -> list[str]:
+    names = []
+    for value in values:
+        try:
+            names.append(access_pb2.Role.Name(value).removeprefix("ROLE_"))
+        except ValueError:
+            names.append(f"UNKNOWN({value})")
+    return names
+
+
+def role_values(names: Iterable[str]) -> list[access_pb2.Role.ValueType]:
+    return [access_pb2.Role.Value(f"ROLE_{name}") for name in names]
+
+
+def permission_values(names: Iterable[str]) -> list[access_pb2.Permission.ValueType]:
+    return [access_pb2.Permission.Value(f"PERMISSION_{name}") for name in sorted(names)]
+
+
+def mask_paths(
+    mask: field_mask_pb2.FieldMask, prefix: str, allowed: Iterable[str]
+) -> set[str]:
+    """The fields an update_mask selects; empty selects all `allowed`."""
+    allowed = set(allowed)
+    if not mask.paths:
+        return allowed
+    paths = set()
+    for path in mask.paths:
+        path = path.removeprefix(prefix + ".")
+        if path not in allowed:
+            raise InvalidArgument.field(
+                "update_mask", f"cannot update {path!r}; updatable: {', '.join(sorted(allowed))}"
+            )
+        paths.add(path)
+    return paths

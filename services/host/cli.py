@@ -1,0 +1,140 @@
+"""The `campaign-express` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from services.host.config import SETTINGS_FIELDS, ConfigError, Settings, load_settings
+
+_HELP = {
+    "data_dir": "directory for the SQLite file, chDB data and secrets",
+    "host": "interface to bind",
+    "http_port": "REST gateway port",
+    "grpc_port": "gRPC port",
+    "metrics_port": "Prometheus /metrics port",
+    "database_url": "sqlite:///path or postgresql://... (default: SQLite in the data dir)",
+    "redis_url": "redis://... (default: in-process store)",
+    "nats_url": "nats://... (default: in-process bus)",
+    "clickhouse_url": "http://... ClickHouse server (default: chDB in the data dir)",
+    "services": "comma-separated services to run here",
+    "remote_services": "service=host:port,... of services run by other processes",
+    "gateway": "serve the REST gateway (true/false)",
+    "workers": "processes sharing the ports",
+    "demo": "seed the demo tenant, users and API key",
+    "demo_api_key": "use this secret for the demo API key",
+    "operator_tenant": "tenant whose admins may create tenants",
+    "jwt_secret": "HS256 secret for access tokens (default: kept in the data dir)",
+    "access_token_seconds": "access token lifetime",
+    "refresh_token_seconds": "refresh token lifetime",
+    "rate_limit_per_second": "calls per second per API key or user (0 = off)",
+    "rate_limit_burst": "burst size of the rate limit",
+    "max_request_bytes": "largest request body accepted",
+    "shutdown_grace_seconds": "time in-flight calls get to finish on SIGTERM",
+    "tracing": "OpenTelemetry gRPC instrumentation (true/false)",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    for name, f in SETTINGS_FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        env = f.metadata["env"]
+        if f.type == "bool" or f.type is bool:
+            parser.add_argument(
+                flag,
+                dest=name,
+                nargs="?",
+                const="true",
+                default=None,
+                help=f"{_HELP.get(name, '')} [env {env}]",
+            )
+        else:
+            parser.add_argument(
+                flag, dest=name, default=None, help=f"{_HELP.get(name, '')} [env {env}]"
+            )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="campaign-express",
+        description="Campaign Express: real-time offer personalization platform.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the services and the gateway")
+    _add_settings_flags(serve)
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    _add_settings_flags(migrate)
+    tenant = commands.add_parser(
+        "create-tenant", help="create a tenant with an admin API key (bootstrap)"
+    )
+    tenant.add_argument("tenant_id", help="3-40 lowercase letters, digits or hyphens")
+    tenant.add_argument("--display-name", dest="tenant_display_name", default=None)
+    _add_settings_flags(tenant)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {name: getattr(args, name, None) for name in SETTINGS_FIELDS}
+    return load_settings(flags)
+
+
+async def _migrate(settings: Settings) -> None:
+    from services.db import Database
+
+    db = Database(settings.effective_database_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        await db.migrate()
+    finally:
+        await db.close()
+
+
+async def _create_tenant(settings: Settings, tenant_id: str, display_name: str) -> str:
+    from services.host.platform import create_platform, open_backends
+
+    platform = await create_platform(settings, await open_backends(settings), bind=False)
+    try:
+        await platform.tenancy.create_tenant(None, tenant_id, display_name, {})
+        _, secret = await platform.authenticator.create_api_key(
+            None, f"tenants/{tenant_id}", "bootstrap admin key", ["ADMIN"]
+        )
+        return secret
+    finally:
+        await platform.stop(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"campaign-express: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        from services.host.serve import run
+
+        return run(settings)
+    if args.command == "migrate":
+        asyncio.run(_migrate(settings))
+        print(f"database at {settings.effective_database_url} is up to date")
+        return 0
+    if args.command == "create-tenant":
+        from services.common.errors import DomainError
+
+        try:
+            secret = asyncio.run(
+                _create_tenant(settings, args.tenant_id, args.tenant_display_name or args.tenant_id)
+            )
+        except DomainError as exc:
+            print(f"campaign-express: {exc.message}", file=sys.stderr)
+            return 1
+        print(f"created tenants/{args.tenant_id}; admin API key (shown once): {secret}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

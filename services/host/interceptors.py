@@ -1,0 +1,408 @@
+"""Cross-cutting concerns of every call, assembled in ONE place
+(`build_interceptors`) so their order is visible:
+
+    tracing (OpenTelemetry) -> platform pipeline:
+        request id + errors -> metrics -> authentication -> tenant -> RBAC
+        -> rate limit -> audit -> servicer
+
+The platform pipeline is one grpc.aio interceptor running small steps, so the
+per-call cost stays one wrapper rather than one per concern. The same
+interceptors run for network calls and for the in-process channel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf import any_pb2, message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc import aio
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from campaignexpress.type.v1 import access_pb2
+from services.audit.domain import AuditLog
+from services.auth.domain import Authenticator
+from services.backends import KeyValueStore
+from services.common.call import CallInfo, reset_current_call, set_current_call
+from services.common.errors import (
+    ERROR_DOMAIN,
+    DomainError,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from services.host.access import AccessRules
+
+log = logging.getLogger("campaign_express.calls")
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+REQUEST_ID_KEY = "x-request-id"
+
+
+class Step(Protocol):
+    """One concern of the pipeline: work before the servicer and after it."""
+
+    async def before(self, call: CallInfo) -> None: ...
+
+    async def after(self, call: CallInfo, code: grpc.StatusCode, error: str) -> None: ...
+
+
+class MetricsStep:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.handled = Counter(
+            "campaign_express_grpc_server_handled",
+            "RPCs completed, by method and status code.",
+            ["grpc_method", "grpc_code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "campaign_express_grpc_server_handling_seconds",
+            "Time to serve an RPC, by method.",
+            ["grpc_method"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5),
+            registry=registry,
+        )
+
+    async def before(self, call: CallInfo) -> None:
+        call.started = time.perf_counter()
+
+    async def after(self, call: CallInfo, code: grpc.StatusCode, error: str) -> None:
+        self.latency.labels(call.method).observe(time.perf_counter() - call.started)
+        self.handled.labels(call.method, code.name).inc()
+
+
+class AuthenticationStep:
+    """Turns `authorization: Bearer <credential>` into the call's principal."""
+
+    def __init__(self, authenticator: Authenticator, rules: AccessRules) -> None:
+        self._authenticator = authenticator
+        self._rules = rules
+
+    async def before(self, call: CallInfo) -> None:
+        rule = self._rules.get(call.method)
+        if rule is None or rule.unauthenticated:
+            return
+        header = call.metadata.get("authorization", "")
+        scheme, _, credential = header.partition(" ")
+        if header and scheme.lower() != "bearer":
+            raise Unauthenticated(
+                "the authorization header must be `Bearer <API key or token>`",
+                reason="BAD_AUTHORIZATION_SCHEME",
+            )
+        call.principal = await self._authenticator.authenticate(credential.strip())
+
+    async def after(self, call: CallInfo, code: grpc.StatusCode, error: str) -> None:
+        return None
+
+
+class TenantStep:
+    """A caller may pin the tenant it means with `x-tenant-id`; a mismatch with
+    its credential's tenant is refused before any domain code runs."""
+
+    async def before(self, call: CallInfo) -> None:
+        pinned = call.metadata.get("x-tenant-id")
+        if pinned and call.principal and pinned != call.principal.tenant_id:
+            raise PermissionDenied(
+                "x-tenant-id names another tenant than the credential's",
+                reason="TENANT_MISMATCH",
+            )
+
+    async def after(self, call: CallInfo, code: grpc.StatusCode, error: str) -> None:
+        return None
+
+
+class RbacStep:
+    """Enforces the RPC's declared permission. Every platform RPC must declare
+    one; an undeclared RPC is refused rather than left open."""
+
+    def __init__(self, rules: AccessRules) -> None:
+        self._rules = rules
+
+    async def before(self, call: CallInfo) -> None:
+        if not self._rules.is_platform(call.method):
+            return  # grpc.health.v1, reflection: public by nature
+        rule = self._rules.get(call.method)
+        if rule is None:
+            raise PermissionDenied(
+                f"{call.action} declares no access rule", reason="NO_ACCESS_RULE"
+            )
+        if rule.unauthenticated:
+            return
+        principal = call.require_principal()
+        needed = access_pb2.Permission.Name(rule.permission).removeprefix("PERMISSION_")
+        if needed not in principal.permissions:
+            raise PermissionDenied(
+                f"{call.action} needs permission {needed}; roles "
+                f"{', '.join(sorted(principal.roles)) or 'none'} do not grant it",
+                reason="MISSING_PERMISSION",
+                metadata={"permission": needed},
+            )
+
+    async def after(self, call: CallInfo, code: grpc.StatusCode, error: str) -> None:
+        return None
+
+
+class RateLimitStep:
+    """Token bucket per API key (or user), kept in the hot-state store so all
+    workers and nodes share it when REDIS_URL is set."""
+
+    def __init__(self, store: KeyValueStore, rate_per_second: float, burst: int) -> None:
+        self._store = store
+        self._rate = rate_per_second
+        self._burst = burst
+
+    async def before(self, call: CallInfo) -> None:
+        if call.principal is None or self._rate <= 0:
+            return
+        result = await self._store.take_token(
+            f"ratelimit:{call.principal.rate_limit_key}", self._rate, self._burst
+        )
+        if not result.allowed:
+            raise ResourceExhausted(
+                f"rate limit of {self._rate:g} calls/s (burst {self._burst}) exceeded",
+                retry_after=result.retry_after,
+                metadata={"limit_per_second": f"{self._rate:g}"},
+            )
+
+    async def after(self, call: CallInfo, code: grpc.StatusCode, error: str) -> None:
+        return None
+
+
+class AuditStep:
+    """Records every mutating call once its outcome is known, including
+    refusals by RBAC or validation."""
+
+    def __init__(self, audit: AuditLog, rules: AccessRules) -> None:
+        self._audit = audit
+        self._rules = rules
+
+    async def before(self, call: CallInfo) -> None:
+        return None
+
+    async def after(self, call: CallInfo, code: grpc.StatusCode, error: str) -> None:
+        rule = self._rules.get(call.method)
+        if rule is None or not rule.mutating or call.principal is None:
+            return
+        try:
+            await self._audit.record(
+                tenant_id=call.principal.tenant_id,
+                actor=call.principal.subject,
+                action=call.action,
+                resource=call.resource or _resource_of(call.response) or _resource_of(call.request),
+                outcome=code.name,
+                request_id=call.request_id,
+                detail=error,
+            )
+        except Exception:  # the call's outcome stands; a lost audit row is logged loudly
+            log.error("audit record failed for %s (%s)", call.action, call.request_id, exc_info=True)
+
+
+def _resource_of(msg: object) -> str:
+    """The resource a request or response is about: its `name` or `parent`, or
+    the `name` of its single resource field."""
+    if not isinstance(msg, message.Message):
+        return ""
+    fields = msg.DESCRIPTOR.fields_by_name
+    for key in ("name", "parent"):
+        if key in fields and getattr(msg, key):
+            return str(getattr(msg, key))
+    for field in msg.DESCRIPTOR.fields:
+        if field.message_type is not None and not field.is_repeated:
+            inner = getattr(msg, field.name)
+            if "name" in field.message_type.fields_by_name and inner.name:
+                return str(inner.name)
+    return ""
+
+
+def status_details(error: DomainError) -> bytes:
+    """google.rpc.Status with ErrorInfo (+ BadRequest, RetryInfo)."""
+    code = grpc.StatusCode[error.code]
+    status = status_pb2.Status(code=code.value[0], message=error.message)
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+    )
+    details: list[message.Message] = [info]
+    if error.field_violations:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in error.field_violations
+                ]
+            )
+        )
+    if isinstance(error, ResourceExhausted):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(error.retry_after * 1e9))
+        details.append(retry)
+    for detail in details:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return status.SerializeToString()
+
+
+def internal_status(message_text: str) -> bytes:
+    return status_pb2.Status(code=code_pb2.INTERNAL, message=message_text).SerializeToString()
+
+
+class PlatformInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, steps: Sequence[Step], rules: AccessRules) -> None:
+        self._steps = list(steps)
+        self._reversed = list(reversed(self._steps))
+        self._rules = rules
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.unary_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.stream_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(method, handler.stream_stream),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+
+    def _start(self, method: str, context: Any) -> CallInfo:
+        metadata: dict[str, str] = {}
+        for key, value in context.invocation_metadata() or ():
+            if isinstance(value, str):
+                metadata[key.lower()] = value
+        request_id = metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex
+        return CallInfo(method=method, request_id=request_id[:100], metadata=metadata)
+
+    async def _finish(
+        self, call: CallInfo, context: Any, error: BaseException | None
+    ) -> None:
+        """Run the after-steps, then turn an error into a gRPC status."""
+        code, text, trailing = grpc.StatusCode.OK, "", [(REQUEST_ID_KEY, call.request_id)]
+        if isinstance(error, DomainError):
+            code, text = grpc.StatusCode[error.code], error.message
+            trailing.append((STATUS_DETAILS_KEY, status_details(error)))
+            if isinstance(error, ResourceExhausted):
+                trailing.append(("retry-after", str(max(1, round(error.retry_after + 0.5)))))
+        elif error is not None and not isinstance(error, aio.AbortError | asyncio.CancelledError):
+            trace_id = _trace_id() or call.request_id
+            log.error(
+                "unexpected error in %s (trace id %s, request id %s)",
+                call.action,
+                trace_id,
+                call.request_id,
+                exc_info=error,
+            )
+            code = grpc.StatusCode.INTERNAL
+            text = f"internal error; quote trace id {trace_id} when reporting it"
+            trailing.append((STATUS_DETAILS_KEY, internal_status(text)))
+        elif isinstance(error, asyncio.CancelledError):
+            code = grpc.StatusCode.CANCELLED
+        elif error is not None:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+        for step in self._reversed:
+            await step.after(call, code, text)
+        if error is None:
+            context.set_trailing_metadata(tuple(trailing))
+        elif not isinstance(error, aio.AbortError | asyncio.CancelledError):
+            await context.abort(code, text, tuple(trailing))
+
+    def _wrap_unary(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: Any) -> Any:
+            call = self._start(method, context)
+            call.request = request
+            token = set_current_call(call)
+            try:
+                for step in self._steps:
+                    await step.before(call)
+                call.response = await behaviour(request, context)
+            except BaseException as exc:  # noqa: BLE001 - mapped to a status below
+                await self._finish(call, context, exc)
+                raise
+            finally:
+                reset_current_call(token)
+            await self._finish(call, context, None)
+            return call.response
+
+        return wrapped
+
+    def _wrap_stream(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: Any) -> AsyncIterator[Any]:
+            call = self._start(method, context)
+            call.request = request
+            token = set_current_call(call)
+            try:
+                for step in self._steps:
+                    await step.before(call)
+                async for response in behaviour(request, context):
+                    yield response
+            except BaseException as exc:  # noqa: BLE001 - mapped to a status below
+                await self._finish(call, context, exc)
+                raise
+            finally:
+                reset_current_call(token)
+            await self._finish(call, context, None)
+
+        return wrapped
+
+
+def _trace_id() -> str:
+    span = trace.get_current_span()
+    ctx = span.get_span_context()
+    return f"{ctx.trace_id:032x}" if ctx.is_valid else ""
+
+
+def build_interceptors(
+    *,
+    rules: AccessRules,
+    authenticator: Authenticator,
+    audit: AuditLog,
+    hot_store: KeyValueStore,
+    metrics_registry: CollectorRegistry,
+    rate_limit_per_second: float,
+    rate_limit_burst: int,
+    tracing: bool = True,
+) -> list[aio.ServerInterceptor]:
+    """The interceptors of every server and in-process channel, in order."""
+    steps: list[Step] = [
+        MetricsStep(metrics_registry),
+        AuthenticationStep(authenticator, rules),
+        TenantStep(),
+        RbacStep(rules),
+        RateLimitStep(hot_store, rate_limit_per_second, rate_limit_burst),
+        AuditStep(audit, rules),
+    ]
+    interceptors: list[aio.ServerInterceptor] = []
+    if tracing:
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+        interceptors.append(aio_server_interceptor())
+    interceptors.append(PlatformInterceptor(steps, rules))
+    return interceptors

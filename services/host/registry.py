@@ -1,0 +1,58 @@
+"""The services a process can run. Adding a domain = one entry here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf import descriptor
+
+from campaignexpress.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
+from campaignexpress.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from campaignexpress.tenancy.v1 import tenancy_service_pb2, tenancy_service_pb2_grpc
+from services.audit.servicer import AuditServicer
+from services.auth.servicer import AuthServicer
+from services.tenancy.servicer import TenancyServicer
+
+if TYPE_CHECKING:
+    from services.host.platform import Platform
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    key: str  # short name used by --services
+    descriptor: descriptor.ServiceDescriptor
+    add_to_server: Callable[[Any, Any], None]
+    build: Callable[[Platform], Any]
+
+    @property
+    def full_name(self) -> str:
+        return self.descriptor.full_name
+
+
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec(
+        "tenancy",
+        tenancy_service_pb2.DESCRIPTOR.services_by_name["TenancyService"],
+        tenancy_service_pb2_grpc.add_TenancyServiceServicer_to_server,
+        lambda p: TenancyServicer(p.tenancy),
+    ),
+    ServiceSpec(
+        "auth",
+        auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"],
+        auth_service_pb2_grpc.add_AuthServiceServicer_to_server,
+        lambda p: AuthServicer(
+            p.authenticator,
+            lambda: tenancy_service_pb2_grpc.TenancyServiceStub(p.channel_for("tenancy")),
+        ),
+    ),
+    ServiceSpec(
+        "audit",
+        audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"],
+        audit_service_pb2_grpc.add_AuditServiceServicer_to_server,
+        lambda p: AuditServicer(p.audit),
+    ),
+)
+
+SERVICES_BY_KEY = {spec.key: spec for spec in SERVICES}

@@ -1,0 +1,186 @@
+"""`campaign-express serve`: run the platform until SIGTERM/SIGINT, then
+drain in-flight calls and exit. With --workers N, fork N processes that
+share the ports (SO_REUSEPORT) under one supervising parent."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.app import Gateway
+from gateway.openapi import load_descriptor_set
+from services.host.config import Settings
+from services.host.demo import DemoSeed, seed_demo
+from services.host.platform import Platform, create_platform, open_backends
+from services.host.registry import SERVICES_BY_KEY
+
+log = logging.getLogger("campaign_express.host")
+
+WORKER_ENV = "CAMPAIGN_EXPRESS_WORKER_INDEX"
+
+
+@dataclass
+class Running:
+    """A started platform with its HTTP sites; `stop` drains everything."""
+
+    platform: Platform
+    http_runner: web.AppRunner | None
+    metrics_runner: web.AppRunner | None
+    http_port: int
+    metrics_port: int
+
+    async def stop(self) -> None:
+        # Stop taking new HTTP requests first; in-flight ones finish.
+        for runner in (self.http_runner, self.metrics_runner):
+            if runner is not None:
+                await runner.cleanup()
+        await self.platform.stop()
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            return int(server.sockets[0].getsockname()[1])
+    return 0
+
+
+async def start(settings: Settings, *, migrate: bool = True) -> Running:
+    """Start gRPC, the gateway and metrics per `settings` (port 0 = any)."""
+    backends = await open_backends(settings, migrate=migrate)
+    platform = await create_platform(settings, backends)
+    http_runner = metrics_runner = None
+    http_port = metrics_port = 0
+    if settings.gateway:
+        services = [SERVICES_BY_KEY[k].descriptor for k in settings.services]
+        services += [SERVICES_BY_KEY[k].descriptor for k in settings.remote_services]
+        gateway = Gateway(
+            services,
+            lambda full_name: platform.channel_for(_key_of(full_name)),
+            backends.readiness,
+            load_descriptor_set(),
+        )
+        http_runner = web.AppRunner(
+            gateway.application(settings.max_request_bytes), access_log=None
+        )
+        await http_runner.setup()
+        await web.TCPSite(
+            http_runner, settings.host, settings.http_port, reuse_port=True
+        ).start()
+        http_port = _bound_port(http_runner)
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(platform.metrics_registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    metrics_app = web.Application()
+    metrics_app.router.add_get("/metrics", metrics)
+    metrics_runner = web.AppRunner(metrics_app, access_log=None)
+    await metrics_runner.setup()
+    await web.TCPSite(
+        metrics_runner, settings.host, settings.metrics_port, reuse_port=True
+    ).start()
+    metrics_port = _bound_port(metrics_runner)
+    return Running(platform, http_runner, metrics_runner, http_port, metrics_port)
+
+
+def _key_of(full_name: str) -> str:
+    for key, spec in SERVICES_BY_KEY.items():
+        if spec.full_name == full_name:
+            return key
+    raise LookupError(full_name)
+
+
+def _announce(settings: Settings, running: Running, seed: DemoSeed | None) -> None:
+    host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+    print(
+        f"Campaign Express serving {', '.join(settings.services)}: "
+        f"gRPC {host}:{running.platform.grpc_port}, "
+        f"HTTP http://{host}:{running.http_port}, "
+        f"metrics http://{host}:{running.metrics_port}/metrics",
+        flush=True,
+    )
+    if seed is not None:
+        print(
+            f"Demo tenant {seed.tenant}; admin API key: {seed.api_key}\n"
+            f"Users ({', '.join(seed.users.values())}) have the password 'demo-password-1'.\n"
+            f"Try: curl -H 'Authorization: Bearer {seed.api_key}' "
+            f"http://{host}:{running.http_port}/v1/auth/identity",
+            flush=True,
+        )
+
+
+async def serve_forever(settings: Settings, *, migrate: bool = True, seed: bool = True) -> None:
+    running = await start(settings, migrate=migrate)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    demo = None
+    if settings.demo and seed:
+        demo = await seed_demo(running.platform, settings.demo_api_key)
+    if os.environ.get(WORKER_ENV, "0") == "0":
+        _announce(settings, running, demo)
+    await stop.wait()
+    log.info("shutting down: draining in-flight calls (grace %ss)", settings.shutdown_grace_seconds)
+    await running.stop()
+
+
+async def prepare(settings: Settings) -> DemoSeed | None:
+    """One-time work before workers fork: migrations and demo data."""
+    backends = await open_backends(settings)
+    platform = await create_platform(settings, backends, bind=False)
+    try:
+        if settings.demo:
+            return await seed_demo(platform, settings.demo_api_key)
+        return None
+    finally:
+        await platform.stop(0)
+
+
+def run(settings: Settings) -> int:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
+        '"message":"%(message)s"}',
+    )
+    if settings.workers == 1 or os.environ.get(WORKER_ENV):
+        asyncio.run(serve_forever(settings, migrate=WORKER_ENV not in os.environ))
+        return 0
+    seed = asyncio.run(prepare(settings))
+    if seed is not None:
+        settings = dataclasses.replace(settings, demo_api_key=seed.api_key)
+    return _supervise(settings)
+
+
+def _supervise(settings: Settings) -> int:
+    """Start N worker processes of this same command and forward signals."""
+    children = []
+    for index in range(settings.workers):
+        env = dict(os.environ, **{WORKER_ENV: str(index)})
+        if settings.demo_api_key:
+            env["CAMPAIGN_EXPRESS_DEMO_API_KEY"] = settings.demo_api_key
+        children.append(subprocess.Popen([sys.executable, *_argv_for_workers()], env=env))
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, default=0)
+
+
+def _argv_for_workers() -> list[str]:
+    return ["-m", "services.host.cli", *sys.argv[1:]]

