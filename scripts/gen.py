@@ -54,7 +54,8 @@ def main() -> int:
         cwd=ROOT,
         check=True,
     )
-    print(f"generated {len(protos)} protos into {GEN.relative_to(ROOT)}/")
+    subprocess.run([sys.executable, "-m", "mesh.envoy"], cwd=ROOT, check=True)
+    print(f"generated {len(protos)} protos into {GEN.relative_to(ROOT)}/ and mesh/envoy/")
     return 0
 
 

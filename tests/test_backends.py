@@ -34,8 +34,8 @@ from services.backends.kv import MemoryKeyValueStore, RedisKeyValueStore, open_k
 # --------------------------------------------------------------------------- helpers
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
@@ -293,7 +293,9 @@ async def test_bus_wildcards(bus: MessageBus) -> None:
     await wait_for(lambda: len(tail.messages) == 4 and len(one_token.messages) == 2)
     await asyncio.sleep(0.1)
     assert sorted(one_token.payloads) == [b"a.created", b"c.created"]
-    assert sorted(tail.payloads) == sorted([b"a.created", b"b.deleted", b"a.b.created", b"c.created"])
+    assert sorted(tail.payloads) == sorted(
+        [b"a.created", b"b.deleted", b"a.b.created", b"c.created"]
+    )
 
 
 async def test_bus_queue_group_splits_without_loss_or_duplicates(bus: MessageBus) -> None:
@@ -305,7 +307,9 @@ async def test_bus_queue_group_splits_without_loss_or_duplicates(bus: MessageBus
     sent = [f"job-{i}".encode() for i in range(100)]
     for payload in sent:
         await bus.publish(subject, payload)
-    await wait_for(lambda: len(w1.messages) + len(w2.messages) >= 100 and len(watcher.messages) >= 100)
+    await wait_for(
+        lambda: len(w1.messages) + len(w2.messages) >= 100 and len(watcher.messages) >= 100
+    )
     await asyncio.sleep(0.2)  # let any duplicate show up
     received = w1.payloads + w2.payloads
     assert sorted(received) == sorted(sent)
@@ -477,7 +481,7 @@ async def test_in_process_queue_group_round_robin() -> None:
     assert [len(m.messages) for m in members] == [3, 3, 3]
 
 
-async def test_open_message_bus_urls(nats_url_or_none: None = None) -> None:
+async def test_open_message_bus_urls() -> None:
     for url in (None, "", "memory://"):
         b = await open_message_bus(url)
         assert isinstance(b, InProcessBus)
@@ -583,8 +587,9 @@ async def test_chdb_types_survive(chdb_store: ChdbAnalyticsStore) -> None:
     assert got[1][11] is None
 
     extra = await chdb_store.query(
-        "SELECT toUInt64(18446744073709551615), toInt128(-170141183460469231731687303715884105728),"
-        " nan, inf, (1, 'a'), map('k', 2), toDateTime('2024-01-02 03:04:05', 'Europe/Paris'),"
+        "SELECT toUInt64(18446744073709551615),"
+        " toInt128('-170141183460469231731687303715884105728'), nan, inf, (1, 'a'),"
+        " map('k', 2), toDateTime('2024-01-02 03:04:05', 'Europe/Paris'),"
         " CAST(NULL, 'Nullable(String)'), [[1, 2], [3]]"
     )
     u64, i128, nan, inf, tup, mapping, paris, null, nested = extra[0]

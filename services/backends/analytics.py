@@ -450,4 +450,3 @@ async def open_analytics_store(url: str | None, data_dir: pathlib.Path) -> Analy
         await store.close()
         raise
     return store
-

@@ -240,19 +240,22 @@ def _ttl_ms(ttl_seconds: float) -> int:
 class RedisKeyValueStore:
     """Redis-backed store shared by every process of a deployment.
 
-    Uses redis.asyncio with its connection pool (created lazily by the client;
-    `max_connections` bounds it). Counters with a TTL use a MULTI/EXEC of
-    ``SET key 0 NX PX ttl`` + ``INCRBY`` so the TTL is only set on creation and
-    the pair is atomic; token buckets are one Lua script (EVALSHA, falling back
-    to EVAL when the script cache is empty).
+    Uses redis.asyncio over a blocking connection pool of `max_connections`.
+    Counters with a TTL use a MULTI/EXEC of ``SET key 0 NX PX ttl`` +
+    ``INCRBY`` so the TTL is only set on creation and the pair is atomic;
+    token buckets are one Lua script (EVALSHA, falling back to EVAL when the
+    script cache is empty).
     """
 
-    def __init__(self, url: str, *, max_connections: int = 64) -> None:
+    def __init__(self, url: str, *, max_connections: int = 64, pool_timeout: float = 10.0) -> None:
         import redis.asyncio as aioredis
 
-        self._redis: Any = aioredis.Redis.from_url(
-            url, max_connections=max_connections, decode_responses=False
+        # A blocking pool makes a burst of concurrent calls wait for a free
+        # connection (up to pool_timeout) instead of failing "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=pool_timeout, decode_responses=False
         )
+        self._redis: Any = aioredis.Redis.from_pool(pool)  # owns and closes the pool
         self._take_token_script: Any = self._redis.register_script(_TOKEN_BUCKET_LUA)
 
     async def get(self, key: str) -> bytes | None:

@@ -1,0 +1,1 @@
+"""CoLaNet inference: model, training, export, providers, batcher (see its issue)."""
