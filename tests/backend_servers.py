@@ -121,7 +121,23 @@ class ServerProcess:
 
 
 def _spawn(name: str, argv: list[str], workdir: Path, *, user: str | None = None) -> ServerProcess:
+    """Start a server with its output in a log file.
+
+    When util-linux's `setpriv` is there (always on Debian) it wraps the server:
+    it execs (no fork, so the PID we hold is the server's), switches to `user`,
+    and sets a parent-death signal so a pytest killed by SIGKILL (CI timeout)
+    takes its servers with it instead of leaking them.
+    """
     log_path = workdir / f"{name}.log"
+    setpriv = shutil.which("setpriv")
+    popen_user: str | None = user
+    if setpriv is not None:
+        prefix = [setpriv, "--pdeathsig", "TERM"]
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            prefix += ["--reuid", str(entry.pw_uid), "--regid", str(entry.pw_gid), "--init-groups"]
+            popen_user = None
+        argv = [*prefix, "--", *argv]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             argv,
@@ -129,7 +145,7 @@ def _spawn(name: str, argv: list[str], workdir: Path, *, user: str | None = None
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            user=user,
+            user=popen_user,
             start_new_session=True,  # Ctrl-C in pytest reaches us, not the server
         )
     return ServerProcess(name=name, proc=proc, log_path=log_path, workdir=workdir)

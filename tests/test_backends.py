@@ -605,6 +605,9 @@ async def test_chdb_errors_and_empty_results(chdb_store: ChdbAnalyticsStore) -> 
     await chdb_store.execute("CREATE TABLE e (a Int32) ENGINE = MergeTree ORDER BY a")
     assert await chdb_store.query("SELECT a FROM e") == []
     await chdb_store.insert("e", ["a"], [])  # empty batch is a no-op
+    await chdb_store.insert("e", ["a"], ((1,), (2,)))  # any sequence of sequences
+    await chdb_store.insert("e", ["a"], [range(3, 4)])
+    assert await chdb_store.query("SELECT a FROM e ORDER BY a") == [(1,), (2,), (3,)]
     assert await chdb_store.ping()
 
 

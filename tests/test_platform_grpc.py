@@ -428,6 +428,27 @@ async def test_rate_limit_answers_resource_exhausted_with_retry_after(env: Env) 
     await tenancy(env).ListUsers(request, metadata=env.auth(role="MANAGER"))
 
 
+@pytest.mark.parametrize(
+    "env", [{"rate_limit_per_second": 0.5, "rate_limit_burst": 2}], indirect=True
+)
+async def test_one_request_is_charged_once_and_marks_cannot_be_forged(env: Env) -> None:
+    """GetCurrentIdentity calls TenancyService for its caller: one charge.
+    A caller forging the internal mark is still charged."""
+    from services.common.forwarding import INTERNAL_MARK_KEY
+
+    for _ in range(2):
+        await auth(env).GetCurrentIdentity(
+            auth_pb.GetCurrentIdentityRequest(), metadata=env.auth(role="ANALYST")
+        )
+    forged = [*env.auth(), (INTERNAL_MARK_KEY, "0" * 32), ("x-request-id", "forged")]
+    request = ten_pb.GetTenantRequest(name="tenants/acme")
+    for _ in range(2):
+        await tenancy(env).GetTenant(request, metadata=forged)
+    with pytest.raises(aio.AioRpcError) as caught:
+        await tenancy(env).GetTenant(request, metadata=forged)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 async def test_health_and_reflection(env: Env) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc

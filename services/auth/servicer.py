@@ -10,7 +10,8 @@ from typing import Any
 from campaignexpress.auth.v1 import auth_pb2, auth_service_pb2, auth_service_pb2_grpc
 from campaignexpress.tenancy.v1 import tenancy_service_pb2, tenancy_service_pb2_grpc
 from services.auth.domain import ApiKeyRecord, Authenticator, TokenPair
-from services.common.call import current_call, current_principal
+from services.common.call import current_principal
+from services.common.forwarding import CallForwarder
 from services.common.protoconv import (
     micros,
     permission_values,
@@ -49,9 +50,11 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         self,
         authenticator: Authenticator,
         tenancy_stub: Callable[[], tenancy_service_pb2_grpc.TenancyServiceStub],
+        forwarder: CallForwarder,
     ) -> None:
         self._auth = authenticator
         self._tenancy_stub = tenancy_stub
+        self._forwarder = forwarder
 
     async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: Any) -> Any:
         key = request.api_key
@@ -100,14 +103,9 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         self, request: pb.GetCurrentIdentityRequest, context: Any
     ) -> Any:
         principal = current_principal()
-        call = current_call()
-        # Forward the caller's own credentials: the tenancy service checks them
-        # again, wherever it runs.
-        forwarded = [("x-request-id", call.request_id)]
-        if "authorization" in call.metadata:
-            forwarded.append(("authorization", call.metadata["authorization"]))
         reply = await self._tenancy_stub().GetTenant(
-            tenancy_service_pb2.GetTenantRequest(name=principal.tenant), metadata=forwarded
+            tenancy_service_pb2.GetTenantRequest(name=principal.tenant),
+            metadata=self._forwarder.metadata(),
         )
         return pb.GetCurrentIdentityResponse(
             principal=auth_pb2.Principal(

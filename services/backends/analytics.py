@@ -3,6 +3,8 @@
 Both speak ClickHouse SQL, so tables, queries and inserts are the same text;
 only the transport differs. Query results come back as tuples of Python values
 (int, float, str, bool, Decimal, date, datetime, UUID, list, tuple, dict, None).
+chDB runs its session in UTC: a DateTime column without a timezone reads back
+as a naive datetime in UTC, one with a timezone as an aware datetime.
 """
 
 from __future__ import annotations
@@ -161,19 +163,24 @@ def _json_default(value: Any) -> Any:
         return list(value)
     if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
         return str(value)
+    if isinstance(value, Sequence):  # rows or arrays that are not list/tuple
+        return list(value)
     raise TypeError(f"cannot insert a value of type {type(value).__name__}")
 
 
 def encode_rows(rows: Sequence[Sequence[Any]]) -> bytes:
-    """Rows as JSONCompactEachRow: one JSON array per line.
+    """Rows as JSONCompactEachRow: JSON arrays separated by commas, which the
+    format accepts between rows.
 
-    orjson encodes datetimes as ISO 8601 (parsed by ClickHouse with
-    date_time_input_format=best_effort; naive ones are read as UTC), Decimals as
-    strings, UUIDs natively. NaN and infinities become null (orjson cannot
-    encode them), so a non-Nullable float column stores 0 for them.
+    One orjson call for the whole batch (``dumps(rows)[1:-1]``): 5-10x faster
+    than one call per row joined with newlines (~10 ms vs 50+ ms for 10,000
+    rows of 13 mixed columns). orjson encodes datetimes as ISO 8601 (parsed by
+    ClickHouse with date_time_input_format=best_effort; naive ones are read as
+    UTC), Decimals as strings, UUIDs natively. NaN and infinities become null
+    (orjson cannot encode them), so a non-Nullable float column stores 0 then.
     """
-    dumps = orjson.dumps
-    return b"\n".join([dumps(row, default=_json_default) for row in rows])
+    batch = rows if isinstance(rows, list | tuple) else list(rows)
+    return orjson.dumps(batch, default=_json_default)[1:-1]
 
 
 # --------------------------------------------------------------------------- chDB
@@ -231,9 +238,11 @@ class ChdbAnalyticsStore:
     at construction; the first call waits for it, and `wait_open()` surfaces an
     opening error early.
 
-    Inserts send JSONCompactEachRow through chDB's streaming insert: about
-    400,000 rows/s for 10,000-row batches of 9 mixed columns on a 2-core
-    machine (orjson encoding ~5 ms, engine ~20 ms per batch).
+    Inserts send JSONCompactEachRow through chDB's streaming insert. Measured
+    on a 2-core machine, 10,000-row batches of 13 mixed columns (ints, strings
+    with quotes/newlines, DateTime, DateTime64, Date, Decimal, Float64,
+    Array(String), UUID, Bool, Nullable, LowCardinality): ~10 ms encoding plus
+    ~25 ms in the engine, i.e. roughly 250,000-350,000 rows/s.
     """
 
     def __init__(self, path: str | pathlib.Path) -> None:

@@ -41,8 +41,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Subjects the default JetStream stream stores. A stream on ``>`` would also
-#: capture JetStream's own ``$JS.API.>`` requests and every ``_INBOX`` reply, so
-#: the stream lists the application's subject trees explicitly instead.
+#: capture JetStream's own ``$JS.API.>`` requests and every ``_INBOX`` reply
+#: (nats-server 2.15 refuses it: err_code 10052 "capturing all subjects requires
+#: no-ack to be true"), so the stream lists the application's subject trees.
 DEFAULT_STREAM_SUBJECTS: tuple[str, ...] = ("campaign-express.>", "campaign-bids.>", "audit.>")
 
 _DEFAULT_ATTEMPTS = 5

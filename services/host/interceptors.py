@@ -37,6 +37,7 @@ from services.common.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from services.common.forwarding import INTERNAL_MARK_KEY, CallForwarder
 from services.host.access import AccessRules
 
 log = logging.getLogger("campaign_express.calls")
@@ -150,15 +151,22 @@ class RbacStep:
 
 class RateLimitStep:
     """Token bucket per API key (or user), kept in the hot-state store so all
-    workers and nodes share it when REDIS_URL is set."""
+    workers and nodes share it when REDIS_URL is set. Calls one service makes
+    for another carry a signed internal mark and are not charged again."""
 
-    def __init__(self, store: KeyValueStore, rate_per_second: float, burst: int) -> None:
+    def __init__(
+        self, store: KeyValueStore, forwarder: CallForwarder, rate_per_second: float, burst: int
+    ) -> None:
         self._store = store
+        self._forwarder = forwarder
         self._rate = rate_per_second
         self._burst = burst
 
     async def before(self, call: CallInfo) -> None:
         if call.principal is None or self._rate <= 0:
+            return
+        mark = call.metadata.get(INTERNAL_MARK_KEY, "")
+        if mark and self._forwarder.is_internal(call.request_id, mark):
             return
         result = await self._store.take_token(
             f"ratelimit:{call.principal.rate_limit_key}", self._rate, self._burst
@@ -385,6 +393,7 @@ def build_interceptors(
     authenticator: Authenticator,
     audit: AuditLog,
     hot_store: KeyValueStore,
+    forwarder: CallForwarder,
     metrics_registry: CollectorRegistry,
     rate_limit_per_second: float,
     rate_limit_burst: int,
@@ -396,7 +405,7 @@ def build_interceptors(
         AuthenticationStep(authenticator, rules),
         TenantStep(),
         RbacStep(rules),
-        RateLimitStep(hot_store, rate_limit_per_second, rate_limit_burst),
+        RateLimitStep(hot_store, forwarder, rate_limit_per_second, rate_limit_burst),
         AuditStep(audit, rules),
     ]
     interceptors: list[aio.ServerInterceptor] = []

@@ -20,6 +20,7 @@ from services.backends import AnalyticsStore, KeyValueStore, MessageBus
 from services.backends.analytics import open_analytics_store
 from services.backends.bus import open_message_bus
 from services.backends.kv import open_key_value_store
+from services.common.forwarding import CallForwarder
 from services.db import Database
 from services.host.access import AccessRules
 from services.host.channel import HandlerRegistry, LocalChannel
@@ -74,6 +75,7 @@ class Platform:
     tenancy: Tenancy
     authenticator: Authenticator
     audit: AuditLog
+    forwarder: CallForwarder
     metrics_registry: CollectorRegistry
     local_specs: list[ServiceSpec]
     registry: HandlerRegistry = field(default_factory=HandlerRegistry)
@@ -122,12 +124,13 @@ async def create_platform(
     gRPC server on settings.grpc_port (0 picks a free port)."""
     backends = backends or await open_backends(settings)
     hasher = PasswordHasher()
+    secret = settings.resolve_jwt_secret()
     tenancy = Tenancy(backends.db, hasher, operator_tenant=settings.operator_tenant)
     authenticator = Authenticator(
         backends.db,
         tenancy,
         hasher,
-        jwt_secret=settings.resolve_jwt_secret(),
+        jwt_secret=secret,
         access_token_seconds=settings.access_token_seconds,
         refresh_token_seconds=settings.refresh_token_seconds,
     )
@@ -137,6 +140,7 @@ async def create_platform(
         tenancy=tenancy,
         authenticator=authenticator,
         audit=AuditLog(backends.db, backends.bus),
+        forwarder=CallForwarder(secret),
         metrics_registry=CollectorRegistry(),
         local_specs=[SERVICES_BY_KEY[key] for key in settings.services],
     )
@@ -146,6 +150,7 @@ async def create_platform(
         authenticator=authenticator,
         audit=platform.audit,
         hot_store=backends.hot_store,
+        forwarder=platform.forwarder,
         metrics_registry=platform.metrics_registry,
         rate_limit_per_second=settings.rate_limit_per_second,
         rate_limit_burst=settings.rate_limit_burst,

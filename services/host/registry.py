@@ -45,6 +45,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         lambda p: AuthServicer(
             p.authenticator,
             lambda: tenancy_service_pb2_grpc.TenancyServiceStub(p.channel_for("tenancy")),
+            p.forwarder,
         ),
     ),
     ServiceSpec(
