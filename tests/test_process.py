@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any, IO
+from typing import IO, Any
 
 import aiohttp
 import grpc
@@ -463,7 +463,11 @@ async def test_grpc_reflection_lists_every_service_and_health_is_serving(
             {},
             "--remote-services / CAMPAIGN_EXPRESS_REMOTE_SERVICES",
         ),
-        ([], {"CAMPAIGN_EXPRESS_JWT_SECRET": "short"}, "--jwt-secret / CAMPAIGN_EXPRESS_JWT_SECRET"),
+        (
+            [],
+            {"CAMPAIGN_EXPRESS_JWT_SECRET": "short"},
+            "--jwt-secret / CAMPAIGN_EXPRESS_JWT_SECRET",
+        ),
     ],
     ids=["port-range", "port-env-not-int", "grpc-negative", "services", "database-scheme",
          "workers", "remote-also-local", "jwt-short"],
@@ -473,11 +477,12 @@ def test_invalid_configuration_fails_fast(
 ) -> None:
     data = tmp_path / "data"
     started_at = time.monotonic()
+    # Ports come from the environment so that a flag under test overrides them
+    # and an environment value under test is not itself overridden by a flag.
+    defaults = {"HTTP_PORT": "0", "GRPC_PORT": "0", "METRICS_PORT": "0",
+                "CAMPAIGN_EXPRESS_HOST": "127.0.0.1"}
     result = run_cli(
-        ["serve", "--data-dir", str(data), "--http-port", "0", "--grpc-port", "0",
-         "--metrics-port", "0", *args],
-        env=base_env(**env),
-        timeout=20,
+        ["serve", "--data-dir", str(data), *args], env=base_env(**{**defaults, **env}), timeout=20
     )
     elapsed = time.monotonic() - started_at
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
@@ -618,12 +623,13 @@ async def test_workers_share_the_ports_and_stop_cleanly(tmp_path: pathlib.Path) 
         assert code == 0, proc.output()
         assert time.monotonic() - started_at < GRACE + 5
         for pid in children:
-            assert not pathlib.Path(f"/proc/{pid}").exists() or _is_zombie(pid), pid
+            assert _gone(pid), pid
         for port in (http, grpc_port, metrics):
             assert_refused(port)
 
 
-def _is_zombie(pid: int) -> bool:
+def _gone(pid: int) -> bool:
+    """The process has exited (no /proc entry, or only a zombie left)."""
     try:
         stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -690,7 +696,7 @@ async def test_sigterm_drains_in_flight_calls(tmp_path: pathlib.Path) -> None:
         code = await proc.wait_exit(GRACE + 10)
         failures = [(s, b[:300]) for s, b in rest_results if s != 200]
         assert not failures, f"REST calls cut by shutdown: {failures}\n{proc.output()}"
-        for status, reply in rest_results:
+        for _, reply in rest_results:
             assert orjson.loads(reply)["tokens"]["accessToken"]
         grpc_failures = [r for r in grpc_results if isinstance(r, BaseException)]
         assert not grpc_failures, f"gRPC calls cut by shutdown: {grpc_failures}"

@@ -319,6 +319,13 @@ class PlatformInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             trailing.append((STATUS_DETAILS_KEY, status_details(error)))
             if isinstance(error, ResourceExhausted):
                 trailing.append(("retry-after", str(max(1, round(error.retry_after + 0.5)))))
+        elif isinstance(error, aio.AioRpcError):
+            # A call this servicer made to another service failed: pass its
+            # status on (UNAVAILABLE stays UNAVAILABLE), with its details.
+            code, text = error.code(), error.details() or ""
+            for key, value in error.trailing_metadata() or ():
+                if key == STATUS_DETAILS_KEY:
+                    trailing.append((key, value))
         elif error is not None and not isinstance(error, aio.AbortError | asyncio.CancelledError):
             trace_id = _trace_id() or call.request_id
             log.error(
