@@ -138,7 +138,9 @@ class Gateway:
     async def ready(self, request: web.Request) -> web.Response:
         checks = dict(await self._readiness())
         ok = all(checks.values())
-        return _json({"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503)
+        return _json(
+            {"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503
+        )
 
     async def openapi(self, request: web.Request) -> web.Response:
         if self._openapi is None:

@@ -129,7 +129,9 @@ class Router:
 
     def allowed_verbs(self, path: str) -> list[str]:
         return sorted(
-            verb for verb, routes in self._by_verb.items() if any(r.regex.match(path) for r in routes)
+            verb
+            for verb, routes in self._by_verb.items()
+            if any(r.regex.match(path) for r in routes)
         )
 
     @property
@@ -137,11 +139,10 @@ class Router:
         return [r for bucket in self._by_verb.values() for r in bucket]
 
 
-def _field_chain(
-    root: descriptor.Descriptor, path: str
-) -> list[descriptor.FieldDescriptor] | None:
+def _field_chain(root: descriptor.Descriptor, path: str) -> list[descriptor.FieldDescriptor] | None:
     """Resolve `a.b` (snake_case or lowerCamelCase parts) to field descriptors."""
-    chain, current = [], root
+    chain: list[descriptor.FieldDescriptor] = []
+    current: descriptor.Descriptor | None = root
     for part in path.split("."):
         if current is None:
             return None
@@ -181,9 +182,9 @@ def _scalar(field: descriptor.FieldDescriptor, raw: str, name: str) -> Any:
             base64.b64decode(raw, validate=True)
             return raw
         if t == field.TYPE_MESSAGE:
-            if field.message_type.full_name in _WKT_AS_STRING or (
-                field.message_type.full_name.startswith("google.protobuf.")
-                and field.message_type.name.endswith("Value")
+            kind = field.message_type.full_name if field.message_type else ""
+            if kind in _WKT_AS_STRING or (
+                kind.startswith("google.protobuf.") and kind.endswith("Value")
             ):
                 return raw
             raise ValueError

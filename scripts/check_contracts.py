@@ -18,7 +18,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUF = str(pathlib.Path(sys.executable).parent / "buf")
 
 
-def run(*args: str, cwd: pathlib.Path = ROOT, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, cwd: pathlib.Path = ROOT, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=cwd, check=check, text=True, capture_output=True)
 
 

@@ -17,7 +17,9 @@ from services.host.registry import SERVICES
 
 def test_every_rpc_declares_an_access_rule() -> None:
     rules = AccessRules(spec.descriptor for spec in SERVICES)
-    assert rules.undeclared == [], f"RPCs without (campaignexpress.type.v1.access): {rules.undeclared}"
+    assert rules.undeclared == [], (
+        f"RPCs without (campaignexpress.type.v1.access): {rules.undeclared}"
+    )
 
 
 def test_mutating_rpcs_are_declared_mutating() -> None:

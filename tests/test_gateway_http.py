@@ -17,7 +17,12 @@ async def test_probes_and_openapi(env: Env) -> None:
     async with env.http.get(f"{env.base_url}/ready") as r:
         body = await r.json()
         assert r.status == 200
-        assert body["checks"] == {"database": True, "hot_store": True, "bus": True, "analytics": True}
+        assert body["checks"] == {
+            "database": True,
+            "hot_store": True,
+            "bus": True,
+            "analytics": True,
+        }
     async with env.http.get(f"{env.base_url}/openapi.json") as r:
         doc = await r.json()
     assert doc["openapi"].startswith("3.")
@@ -74,7 +79,9 @@ async def test_malformed_bodies_are_400_naming_the_field(env: Env, body: bytes, 
         assert r.status == 400
         error = (await r.json())["error"]
         assert error["fieldViolations"], error
-        assert any(field in v["field"] or field in v["description"] for v in error["fieldViolations"])
+        assert any(
+            field in v["field"] or field in v["description"] for v in error["fieldViolations"]
+        )
 
 
 async def test_query_parameters_are_typed_and_checked(env: Env) -> None:
@@ -183,7 +190,9 @@ async def test_login_and_jwt_over_rest(env: Env) -> None:
         assert (await r.json())["error"]["reason"] == "BAD_TOKEN"
 
 
-@pytest.mark.parametrize("env", [{"rate_limit_per_second": 0.5, "rate_limit_burst": 2}], indirect=True)
+@pytest.mark.parametrize(
+    "env", [{"rate_limit_per_second": 0.5, "rate_limit_burst": 2}], indirect=True
+)
 async def test_rate_limit_is_429_with_retry_after(env: Env) -> None:
     url = f"{env.base_url}/v1/auth/identity"
     statuses = []
@@ -203,4 +212,3 @@ async def test_body_over_the_limit_is_refused(env: Env) -> None:
         headers=env.headers(),
     ) as r:
         assert r.status == 413
-

@@ -307,7 +307,9 @@ async def test_audit_log_records_mutations_with_filters_and_pages(env: Env) -> N
             metadata=env.auth(role="VIEWER"),
         )
     # reads are not audited
-    await tenancy(env).ListUsers(ten_pb.ListUsersRequest(parent="tenants/acme"), metadata=env.auth())
+    await tenancy(env).ListUsers(
+        ten_pb.ListUsersRequest(parent="tenants/acme"), metadata=env.auth()
+    )
 
     stub = audit_grpc.AuditServiceStub(env.channel)
     everything = await stub.ListAuditEvents(
@@ -384,7 +386,9 @@ async def test_unexpected_error_is_internal_with_trace_id_and_no_leak(
 async def test_operator_tenant_alone_creates_tenants(env: Env) -> None:
     with pytest.raises(aio.AioRpcError) as caught:
         await tenancy(env).CreateTenant(
-            ten_pb.CreateTenantRequest(tenant_id="initech", tenant=tenancy_pb2.Tenant(display_name="I")),
+            ten_pb.CreateTenantRequest(
+                tenant_id="initech", tenant=tenancy_pb2.Tenant(display_name="I")
+            ),
             metadata=env.auth(),
         )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -395,7 +399,9 @@ async def test_operator_tenant_alone_creates_tenants(env: Env) -> None:
     )
     ops = [("authorization", f"Bearer {secret}")]
     made = await tenancy(env).CreateTenant(
-        ten_pb.CreateTenantRequest(tenant_id="initech", tenant=tenancy_pb2.Tenant(display_name="I")),
+        ten_pb.CreateTenantRequest(
+            tenant_id="initech", tenant=tenancy_pb2.Tenant(display_name="I")
+        ),
         metadata=ops,
     )
     assert made.tenant.name == "tenants/initech"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pathlib
 import re
@@ -37,9 +38,7 @@ pytestmark = pytest.mark.timeout(300)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 _SCRIPT = pathlib.Path(sys.executable).parent / "campaign-express"
-CLI: list[str] = (
-    [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "services.host.cli"]
-)
+CLI: list[str] = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "services.host.cli"]
 START_DEADLINE = 30.0
 STOP_DEADLINE = 15.0
 GRACE = 5
@@ -209,12 +208,18 @@ def serve_args(
 ) -> list[str]:
     return [
         "serve",
-        "--data-dir", str(data_dir),
-        "--host", "127.0.0.1",
-        "--http-port", str(http),
-        "--grpc-port", str(grpc_port),
-        "--metrics-port", str(metrics),
-        "--shutdown-grace-seconds", str(GRACE),
+        "--data-dir",
+        str(data_dir),
+        "--host",
+        "127.0.0.1",
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc_port),
+        "--metrics-port",
+        str(metrics),
+        "--shutdown-grace-seconds",
+        str(GRACE),
         *extra,
     ]
 
@@ -267,7 +272,10 @@ async def http_json(
         aiohttp.ClientSession() as http,
         http.request(method, url, headers=headers, json=body) as resp,
     ):
-        return resp.status, await resp.json(content_type=None)
+        text = await resp.text()
+        if resp.content_type == "application/json":
+            return resp.status, json.loads(text)
+        return resp.status, text
 
 
 def announced_key(text: str) -> str:
@@ -401,9 +409,10 @@ async def test_demo_prints_a_working_key_and_is_idempotent(tmp_path: pathlib.Pat
     # A fixed secret from the environment is used verbatim.
     fixed = "cx_fixed_demo_key_for_process_tests_0001"
     env = base_env(CAMPAIGN_EXPRESS_DEMO_API_KEY=fixed)
-    async with started(
-        tmp_path, "demo3", data_dir=tmp_path / "data3", demo=True, env=env
-    ) as (proc, ports):
+    async with started(tmp_path, "demo3", data_dir=tmp_path / "data3", demo=True, env=env) as (
+        proc,
+        ports,
+    ):
         base = f"http://127.0.0.1:{ports['http']}"
         assert announced_key(proc.stdout()) == fixed
         status, body = await http_json("GET", f"{base}/v1/auth/identity", key=fixed)
@@ -469,8 +478,16 @@ async def test_grpc_reflection_lists_every_service_and_health_is_serving(
             "--jwt-secret / CAMPAIGN_EXPRESS_JWT_SECRET",
         ),
     ],
-    ids=["port-range", "port-env-not-int", "grpc-negative", "services", "database-scheme",
-         "workers", "remote-also-local", "jwt-short"],
+    ids=[
+        "port-range",
+        "port-env-not-int",
+        "grpc-negative",
+        "services",
+        "database-scheme",
+        "workers",
+        "remote-also-local",
+        "jwt-short",
+    ],
 )
 def test_invalid_configuration_fails_fast(
     tmp_path: pathlib.Path, args: list[str], env: dict[str, str], names: str
@@ -479,8 +496,12 @@ def test_invalid_configuration_fails_fast(
     started_at = time.monotonic()
     # Ports come from the environment so that a flag under test overrides them
     # and an environment value under test is not itself overridden by a flag.
-    defaults = {"HTTP_PORT": "0", "GRPC_PORT": "0", "METRICS_PORT": "0",
-                "CAMPAIGN_EXPRESS_HOST": "127.0.0.1"}
+    defaults = {
+        "HTTP_PORT": "0",
+        "GRPC_PORT": "0",
+        "METRICS_PORT": "0",
+        "CAMPAIGN_EXPRESS_HOST": "127.0.0.1",
+    }
     result = run_cli(
         ["serve", "--data-dir", str(data), *args], env=base_env(**{**defaults, **env}), timeout=20
     )
@@ -517,8 +538,15 @@ async def test_environment_is_honoured_and_flags_override_it(tmp_path: pathlib.P
         CAMPAIGN_EXPRESS_DATA_DIR=str(tmp_path / "env-data"),
         CAMPAIGN_EXPRESS_DEMO="true",
     )
-    args = ["serve", "--grpc-port", str(flag_grpc), "--metrics-port", str(flag_metrics),
-            "--shutdown-grace-seconds", str(GRACE)]
+    args = [
+        "serve",
+        "--grpc-port",
+        str(flag_grpc),
+        "--metrics-port",
+        str(flag_metrics),
+        "--shutdown-grace-seconds",
+        str(GRACE),
+    ]
     async with serving(tmp_path, "envflags", args, env) as proc:
         text = await proc.wait_ready(http_port=env_http, needle="Try: curl")
         # environment: HTTP port, host, data dir, demo
@@ -546,9 +574,7 @@ async def test_environment_is_honoured_and_flags_override_it(tmp_path: pathlib.P
 # --------------------------------------------------------------------------- 5. workers
 
 
-async def _wait_workers_listening(
-    proc: Proc, ports: Iterable[int], count: int
-) -> list[int]:
+async def _wait_workers_listening(proc: Proc, ports: Iterable[int], count: int) -> list[int]:
     """Until `count` children each hold a LISTEN socket on every port."""
     ports = list(ports)
     end = time.monotonic() + START_DEADLINE
@@ -557,9 +583,7 @@ async def _wait_workers_listening(
         children = child_pids(proc.pid)
         if len(children) == count:
             listening = [listening_inodes(p) for p in ports]
-            if all(
-                all(socket_inodes(pid) & inodes for inodes in listening) for pid in children
-            ):
+            if all(all(socket_inodes(pid) & inodes for inodes in listening) for pid in children):
                 return children
         await asyncio.sleep(0.1)
     pytest.fail(f"workers not listening on {ports} (children {children})\n{proc.output()}")
@@ -715,8 +739,16 @@ async def mesh(tmp_path: pathlib.Path) -> AsyncIterator[dict[str, Any]]:
     db_url = f"sqlite:///{tmp_path / 'shared.db'}"
     env = base_env(CAMPAIGN_EXPRESS_JWT_SECRET=JWT_SECRET)
     seeded = run_cli(
-        ["create-tenant", "acme", "--display-name", "Acme Corp", "--database-url", db_url,
-         "--data-dir", str(tmp_path / "seed")],
+        [
+            "create-tenant",
+            "acme",
+            "--display-name",
+            "Acme Corp",
+            "--database-url",
+            db_url,
+            "--data-dir",
+            str(tmp_path / "seed"),
+        ],
         env=env,
     )
     assert seeded.returncode == 0, seeded.stderr
@@ -724,23 +756,43 @@ async def mesh(tmp_path: pathlib.Path) -> AsyncIterator[dict[str, Any]]:
 
     a_grpc, a_metrics = free_port(), free_port()
     a_args = serve_args(
-        tmp_path / "a", free_port(), a_grpc, a_metrics,
-        "--services", "tenancy", "--gateway", "false", "--database-url", db_url,
+        tmp_path / "a",
+        free_port(),
+        a_grpc,
+        a_metrics,
+        "--services",
+        "tenancy",
+        "--gateway",
+        "false",
+        "--database-url",
+        db_url,
     )
     async with serving(tmp_path, "mesh-a", a_args, env) as a:
         await a.wait_ready(http_port=None)
         assert await grpc_health(f"127.0.0.1:{a_grpc}") == health_pb2.HealthCheckResponse.SERVING
         b_http, b_grpc, b_metrics = free_port(), free_port(), free_port()
         b_args = serve_args(
-            tmp_path / "b", b_http, b_grpc, b_metrics,
-            "--services", "auth,audit", "--remote-services", f"tenancy=127.0.0.1:{a_grpc}",
-            "--database-url", db_url,
+            tmp_path / "b",
+            b_http,
+            b_grpc,
+            b_metrics,
+            "--services",
+            "auth,audit",
+            "--remote-services",
+            f"tenancy=127.0.0.1:{a_grpc}",
+            "--database-url",
+            db_url,
         )
         async with serving(tmp_path, "mesh-b", b_args, env) as b:
             await b.wait_ready(http_port=b_http)
             yield {
-                "a": a, "b": b, "key": key, "a_grpc": a_grpc, "a_metrics": a_metrics,
-                "b_http": b_http, "b_grpc": b_grpc,
+                "a": a,
+                "b": b,
+                "key": key,
+                "a_grpc": a_grpc,
+                "a_metrics": a_metrics,
+                "b_http": b_http,
+                "b_grpc": b_grpc,
             }
 
 
@@ -815,7 +867,8 @@ async def test_mesh_remote_service_down_is_unavailable(tmp_path: pathlib.Path) -
         assert (await http_json("GET", f"http://127.0.0.1:{m['b_http']}/health"))[0] == 200
         assert grpc_error is not None
         assert grpc_error.code() == grpc.StatusCode.UNAVAILABLE, (
-            grpc_error.code(), grpc_error.details()
+            grpc_error.code(),
+            grpc_error.details(),
         )
         assert status == 503, body
         assert body["error"]["status"] == "UNAVAILABLE"

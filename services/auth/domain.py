@@ -305,7 +305,9 @@ class Authenticator:
                 )
         user = await self._tenancy.find_user(row.tenant_id, row.user_id)
         if user is None or user.disabled:
-            raise Unauthenticated("the user no longer exists or is disabled", reason="BAD_REFRESH_TOKEN")
+            raise Unauthenticated(
+                "the user no longer exists or is disabled", reason="BAD_REFRESH_TOKEN"
+            )
         return await self._token_pair(user.tenant_id, user.id, user.name, user.roles)
 
     async def _token_pair(
@@ -377,7 +379,9 @@ class Authenticator:
         if kind == "user":
             user = await self._tenancy.find_user(tenant_id, credential)
             if user is None or user.disabled:
-                raise Unauthenticated("the user no longer exists or is disabled", reason="BAD_TOKEN")
+                raise Unauthenticated(
+                    "the user no longer exists or is disabled", reason="BAD_TOKEN"
+                )
             roles = user.roles  # role changes apply to live tokens
         else:
             record = await self._find_api_key(tenant_id, credential)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-
 from campaignexpress.auth.v1 import auth_pb2, auth_service_pb2, auth_service_pb2_grpc
 from campaignexpress.tenancy.v1 import tenancy_service_pb2, tenancy_service_pb2_grpc
 from services.auth.domain import ApiKeyRecord, Authenticator, TokenPair
@@ -99,9 +98,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         pair = await self._auth.refresh(request.refresh_token)
         return pb.RefreshTokenResponse(tokens=_tokens(pair))
 
-    async def GetCurrentIdentity(
-        self, request: pb.GetCurrentIdentityRequest, context: Any
-    ) -> Any:
+    async def GetCurrentIdentity(self, request: pb.GetCurrentIdentityRequest, context: Any) -> Any:
         principal = current_principal()
         reply = await self._tenancy_stub().GetTenant(
             tenancy_service_pb2.GetTenantRequest(name=principal.tenant),
@@ -116,5 +113,3 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             ),
             tenant=reply.tenant,
         )
-
-

@@ -28,12 +28,12 @@ class KeyValueStore(Protocol):
     async def incr(self, key: str, amount: int = 1, ttl_seconds: float | None = None) -> int:
         """Atomically add `amount`; the TTL is set when the key is created."""
         ...
-    async def take_token(
-        self, key: str, rate_per_second: float, burst: int
-    ) -> TokenBucketResult:
+
+    async def take_token(self, key: str, rate_per_second: float, burst: int) -> TokenBucketResult:
         """Atomically take one token from the bucket `key` (refilled at
         `rate_per_second`, holding at most `burst`)."""
         ...
+
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -65,6 +65,7 @@ class MessageBus(Protocol):
         """Deliver messages of `subject` (NATS wildcards allowed) to `handler`.
         Subscribers sharing a `queue` split the messages between them."""
         ...
+
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 

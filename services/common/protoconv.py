@@ -27,7 +27,7 @@ def role_names(values: Iterable[int]) -> list[str]:
     names = []
     for value in values:
         try:
-            names.append(access_pb2.Role.Name(value).removeprefix("ROLE_"))
+            names.append(access_pb2.Role.Name(value).removeprefix("ROLE_"))  # type: ignore[arg-type]
         except ValueError:
             names.append(f"UNKNOWN({value})")
     return names
@@ -41,9 +41,7 @@ def permission_values(names: Iterable[str]) -> list[access_pb2.Permission.ValueT
     return [access_pb2.Permission.Value(f"PERMISSION_{name}") for name in sorted(names)]
 
 
-def mask_paths(
-    mask: field_mask_pb2.FieldMask, prefix: str, allowed: Iterable[str]
-) -> set[str]:
+def mask_paths(mask: field_mask_pb2.FieldMask, prefix: str, allowed: Iterable[str]) -> set[str]:
     """The fields an update_mask selects; empty selects all `allowed`."""
     allowed = set(allowed)
     if not mask.paths:

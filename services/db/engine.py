@@ -23,8 +23,7 @@ def normalize_database_url(url: str) -> str:
     if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
         return url
     raise ValueError(
-        "DATABASE_URL must be a postgresql:// or sqlite:// URL, "
-        f"got {url.split('://', 1)[0]}://..."
+        f"DATABASE_URL must be a postgresql:// or sqlite:// URL, got {url.split('://', 1)[0]}://..."
     )
 
 

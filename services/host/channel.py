@@ -53,7 +53,7 @@ class Metadatum(NamedTuple):
     value: str | bytes
 
 
-class _CallDetails(grpc.HandlerCallDetails):
+class _CallDetails(grpc.HandlerCallDetails):  # type: ignore[misc]
     def __init__(self, method: str, metadata: tuple[tuple[str, str | bytes], ...]) -> None:
         self.method = method
         self.invocation_metadata = metadata
@@ -151,7 +151,8 @@ class _Call:
         return self._runner().__await__()
 
     def __aiter__(self) -> AsyncIterator[Any]:
-        return self._runner()
+        iterator: AsyncIterator[Any] = self._runner()
+        return iterator
 
 
 class LocalChannel:
@@ -178,7 +179,7 @@ class LocalChannel:
                 aio.Metadata(),
                 details=f"method {details.method} is not served in this process",
             )
-        return handler  # type: ignore[no-any-return]
+        return handler
 
     def _multicallable(
         self,
@@ -256,20 +257,40 @@ class LocalChannel:
 
         return invoke
 
-    def unary_unary(self, method: str, request_serializer: Any = None,
-                    response_deserializer: Any = None, **_: Any) -> Callable[..., _Call]:
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        **_: Any,
+    ) -> Callable[..., _Call]:
         return self._multicallable(method, request_serializer, response_deserializer, False, False)
 
-    def unary_stream(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None, **_: Any) -> Callable[..., _Call]:
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        **_: Any,
+    ) -> Callable[..., _Call]:
         return self._multicallable(method, request_serializer, response_deserializer, False, True)
 
-    def stream_unary(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None, **_: Any) -> Callable[..., _Call]:
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        **_: Any,
+    ) -> Callable[..., _Call]:
         return self._multicallable(method, request_serializer, response_deserializer, True, False)
 
-    def stream_stream(self, method: str, request_serializer: Any = None,
-                      response_deserializer: Any = None, **_: Any) -> Callable[..., _Call]:
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        **_: Any,
+    ) -> Callable[..., _Call]:
         return self._multicallable(method, request_serializer, response_deserializer, True, True)
 
     async def close(self, grace: float | None = None) -> None:

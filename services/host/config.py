@@ -56,7 +56,9 @@ class Settings:
     rate_limit_per_second: float = field(
         default=100.0, metadata={"env": "CAMPAIGN_EXPRESS_RATE_LIMIT_PER_SECOND"}
     )
-    rate_limit_burst: int = field(default=200, metadata={"env": "CAMPAIGN_EXPRESS_RATE_LIMIT_BURST"})
+    rate_limit_burst: int = field(
+        default=200, metadata={"env": "CAMPAIGN_EXPRESS_RATE_LIMIT_BURST"}
+    )
     max_request_bytes: int = field(
         default=4 * 1024 * 1024, metadata={"env": "CAMPAIGN_EXPRESS_MAX_REQUEST_BYTES"}
     )
@@ -187,8 +189,16 @@ def validate(s: Settings) -> None:
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail("log_level", "must be DEBUG, INFO, WARNING or ERROR")
     for name, prefixes in (
-        ("database_url", ("sqlite://", "sqlite+aiosqlite://", "postgresql://", "postgres://",
-                          "postgresql+asyncpg://")),
+        (
+            "database_url",
+            (
+                "sqlite://",
+                "sqlite+aiosqlite://",
+                "postgresql://",
+                "postgres://",
+                "postgresql+asyncpg://",
+            ),
+        ),
         ("redis_url", ("memory://", "redis://", "rediss://", "unix://")),
         ("nats_url", ("memory://", "nats://", "tls://")),
         ("clickhouse_url", ("chdb://", "http://", "https://", "clickhouse://")),

@@ -35,7 +35,11 @@ async def seed_demo(platform: Platform, fixed_api_key: str = "") -> DemoSeed:
         if await tenancy.find_user_by_email(DEMO_TENANT, email) is None:
             try:
                 await tenancy.create_user(
-                    None, f"tenants/{DEMO_TENANT}", email, f"Demo {role.title()}", [role],
+                    None,
+                    f"tenants/{DEMO_TENANT}",
+                    email,
+                    f"Demo {role.title()}",
+                    [role],
                     DEMO_PASSWORD,
                 )
             except AlreadyExists:
@@ -48,7 +52,6 @@ async def seed_demo(platform: Platform, fixed_api_key: str = "") -> DemoSeed:
         if not fixed_api_key:
             _store_demo_key(platform, secret)
     return DemoSeed(tenant=f"tenants/{DEMO_TENANT}", api_key=secret, users=users)
-
 
 
 def _stored_demo_key(platform: Platform) -> str | None:

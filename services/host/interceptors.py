@@ -208,7 +208,9 @@ class AuditStep:
                 detail=error,
             )
         except Exception:  # the call's outcome stands; a lost audit row is logged loudly
-            log.error("audit record failed for %s (%s)", call.action, call.request_id, exc_info=True)
+            log.error(
+                "audit record failed for %s (%s)", call.action, call.request_id, exc_info=True
+            )
 
 
 def _resource_of(msg: object) -> str:
@@ -255,11 +257,12 @@ def status_details(error: DomainError) -> bytes:
         packed = any_pb2.Any()
         packed.Pack(detail)
         status.details.append(packed)
-    return status.SerializeToString()
+    return bytes(status.SerializeToString())
 
 
 def internal_status(message_text: str) -> bytes:
-    return status_pb2.Status(code=code_pb2.INTERNAL, message=message_text).SerializeToString()
+    status = status_pb2.Status(code=code_pb2.INTERNAL, message=message_text)
+    return bytes(status.SerializeToString())
 
 
 class PlatformInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
@@ -309,11 +312,10 @@ class PlatformInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         request_id = metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex
         return CallInfo(method=method, request_id=request_id[:100], metadata=metadata)
 
-    async def _finish(
-        self, call: CallInfo, context: Any, error: BaseException | None
-    ) -> None:
+    async def _finish(self, call: CallInfo, context: Any, error: BaseException | None) -> None:
         """Run the after-steps, then turn an error into a gRPC status."""
-        code, text, trailing = grpc.StatusCode.OK, "", [(REQUEST_ID_KEY, call.request_id)]
+        code, text = grpc.StatusCode.OK, ""
+        trailing: list[tuple[str, str | bytes]] = [(REQUEST_ID_KEY, call.request_id)]
         if isinstance(error, DomainError):
             code, text = grpc.StatusCode[error.code], error.message
             trailing.append((STATUS_DETAILS_KEY, status_details(error)))

@@ -73,9 +73,7 @@ async def start(settings: Settings, *, migrate: bool = True) -> Running:
             gateway.application(settings.max_request_bytes), access_log=None
         )
         await http_runner.setup()
-        await web.TCPSite(
-            http_runner, settings.host, settings.http_port, reuse_port=True
-        ).start()
+        await web.TCPSite(http_runner, settings.host, settings.http_port, reuse_port=True).start()
         http_port = _bound_port(http_runner)
 
     async def metrics(request: web.Request) -> web.Response:
@@ -86,9 +84,7 @@ async def start(settings: Settings, *, migrate: bool = True) -> Running:
     metrics_app.router.add_get("/metrics", metrics)
     metrics_runner = web.AppRunner(metrics_app, access_log=None)
     await metrics_runner.setup()
-    await web.TCPSite(
-        metrics_runner, settings.host, settings.metrics_port, reuse_port=True
-    ).start()
+    await web.TCPSite(metrics_runner, settings.host, settings.metrics_port, reuse_port=True).start()
     metrics_port = _bound_port(metrics_runner)
     return Running(platform, http_runner, metrics_runner, http_port, metrics_port)
 

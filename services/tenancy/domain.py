@@ -164,7 +164,8 @@ class Tenancy:
                 )
         except IntegrityError:
             raise AlreadyExists(
-                f"tenant {tenant_id!r} already exists", metadata={"resource": f"tenants/{tenant_id}"}
+                f"tenant {tenant_id!r} already exists",
+                metadata={"resource": f"tenants/{tenant_id}"},
             ) from None
         return TenantRecord(tenant_id, display_name, labels, now, now, 1)
 
@@ -378,7 +379,9 @@ class Tenancy:
             and "ADMIN" in current.roles
             and "ADMIN" not in change.roles
         ):
-            raise PermissionDenied("an admin cannot remove its own admin role", reason="SELF_DEMOTION")
+            raise PermissionDenied(
+                "an admin cannot remove its own admin role", reason="SELF_DEMOTION"
+            )
         values: dict[str, object] = {"update_time": self._clock(), "version": current.version + 1}
         if change.display_name is not None:
             values["display_name"] = change.display_name
@@ -410,5 +413,7 @@ class Tenancy:
         if caller.subject == name:
             raise PermissionDenied("a user cannot delete itself", reason="SELF_DELETION")
         async with self._db.engine.begin() as conn:
-            await conn.execute(refresh_tokens.delete().where(refresh_tokens.c.user_id == current.id))
+            await conn.execute(
+                refresh_tokens.delete().where(refresh_tokens.c.user_id == current.id)
+            )
             await conn.execute(users.delete().where(users.c.id == current.id))
