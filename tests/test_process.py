@@ -199,8 +199,18 @@ async def serving(
         children = child_pids(proc.pid) if proc.popen.poll() is None else []
         proc.stop()
         for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            if _is_cli_process(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _is_cli_process(pid: int) -> bool:
+    """Still a live `campaign-express` process (guards against pid reuse)."""
+    try:
+        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return not _gone(pid) and b"services.host.cli" in cmdline
 
 
 def serve_args(
@@ -581,6 +591,9 @@ async def _wait_workers_listening(proc: Proc, ports: Iterable[int], count: int) 
     children: list[int] = []
     while time.monotonic() < end and proc.popen.poll() is None:
         children = child_pids(proc.pid)
+        dead = [pid for pid in children if _gone(pid)]
+        if dead:
+            pytest.fail(f"worker(s) {dead} died during start-up\n{proc.output()}")
         if len(children) == count:
             listening = [listening_inodes(p) for p in ports]
             if all(all(socket_inodes(pid) & inodes for inodes in listening) for pid in children):
@@ -589,6 +602,17 @@ async def _wait_workers_listening(proc: Proc, ports: Iterable[int], count: int) 
     pytest.fail(f"workers not listening on {ports} (children {children})\n{proc.output()}")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "--workers N with the default analytics store: every worker opens chDB in the same "
+        "<data-dir>/analytics (services/host/platform.py open_backends -> "
+        "services/backends/analytics.py open_analytics_store); chDB allows one process per "
+        "directory, so worker 2 dies with 'Cannot lock file .../analytics/status. Another "
+        "server instance in same directory is already running' and the supervisor "
+        "(services/host/serve.py _supervise) keeps running with one worker"
+    ),
+)
 async def test_workers_share_the_ports_and_stop_cleanly(tmp_path: pathlib.Path) -> None:
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     args = serve_args(tmp_path / "data", http, grpc_port, metrics, "--workers", "2", "--demo")
@@ -703,6 +727,7 @@ async def test_sigterm_drains_in_flight_calls(tmp_path: pathlib.Path) -> None:
 
         # 10 REST logins, each fully sent on its own connection, and 10 gRPC logins
         sent = [await _raw_post(ports["http"], "/v1/auth:login", body) for _ in range(10)]
+        rest_calls = [asyncio.ensure_future(_raw_reply(r, w)) for r, w in sent]
         async with aio.insecure_channel(f"127.0.0.1:{ports['grpc']}") as channel:
             await asyncio.wait_for(channel.channel_ready(), 10)
             stub = auth_service_pb2_grpc.AuthServiceStub(channel)
@@ -714,7 +739,10 @@ async def test_sigterm_drains_in_flight_calls(tmp_path: pathlib.Path) -> None:
             ]
             await asyncio.sleep(0.02)
             proc.signal(signal.SIGTERM)
-            rest_results = await asyncio.gather(*(_raw_reply(r, w) for r, w in sent))
+            # replies not yet received when the signal went: truly in flight
+            rest_in_flight = sum(not c.done() for c in rest_calls)
+            grpc_in_flight = sum(not c.done() for c in grpc_calls)
+            rest_results = await asyncio.gather(*rest_calls)
             grpc_results = await asyncio.gather(*grpc_calls, return_exceptions=True)
 
         code = await proc.wait_exit(GRACE + 10)
@@ -727,6 +755,8 @@ async def test_sigterm_drains_in_flight_calls(tmp_path: pathlib.Path) -> None:
         assert all(r.tokens.access_token for r in grpc_results)  # type: ignore[union-attr]
         assert code == 0, proc.output()
         assert "shutting down" in proc.stderr_path.read_text()
+        # otherwise the test proved nothing: calls must have been in flight
+        assert rest_in_flight > 0 and grpc_in_flight > 0, (rest_in_flight, grpc_in_flight)
         for port in ports.values():
             assert_refused(port)
 
@@ -839,14 +869,6 @@ async def test_mesh_identity_reads_the_tenant_from_another_process(
         assert await a.terminate() == 0, a.output()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "B maps the AioRpcError(UNAVAILABLE) of its TenancyService stub to INTERNAL: "
-        "PlatformInterceptor._finish (services/host/interceptors.py) turns any non-"
-        "DomainError into INTERNAL / HTTP 500"
-    ),
-)
 async def test_mesh_remote_service_down_is_unavailable(tmp_path: pathlib.Path) -> None:
     async with mesh(tmp_path) as m:
         a, b, key = m["a"], m["b"], m["key"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pathlib
 
+import aiohttp
 import grpc
 import pytest
 from grpc import aio
@@ -71,6 +72,15 @@ async def test_cross_server_call_goes_over_grpc(tmp_path: pathlib.Path) -> None:
             assert reply.tenant.name == "tenants/globex"
             assert handled(a.platform, GET_TENANT) == 1  # served by A
             assert handled(b.platform, GET_TENANT) == 0
+            # B's gateway dispatches tenancy routes to A over its gRPC channel.
+            async with aiohttp.ClientSession() as http:
+                async with http.get(
+                    f"http://127.0.0.1:{b.http_port}/v1/tenants/globex",
+                    headers={"Authorization": f"Bearer {keys['globex']['VIEWER']}"},
+                ) as r:
+                    assert r.status == 200
+                    assert (await r.json())["tenant"]["displayName"] == "Globex"
+            assert handled(a.platform, GET_TENANT) == 2
             # B does not serve tenancy itself.
             with pytest.raises(aio.AioRpcError) as caught:
                 await channel.unary_unary(GET_TENANT)(b"", metadata=metadata)

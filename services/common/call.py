@@ -59,6 +59,10 @@ def current_call() -> CallInfo:
     return call
 
 
+def current_call_or_none() -> CallInfo | None:
+    return _current.get()
+
+
 def current_principal() -> Principal:
     return current_call().require_principal()
 

@@ -20,6 +20,7 @@ from gateway.app import Gateway
 from gateway.openapi import load_descriptor_set
 from services.host.config import Settings
 from services.host.demo import DemoSeed, seed_demo
+from services.host.logs import configure_logging, configure_tracing
 from services.host.platform import Platform, create_platform, open_backends
 from services.host.registry import SERVICES_BY_KEY
 
@@ -144,11 +145,8 @@ async def prepare(settings: Settings) -> DemoSeed | None:
 
 
 def run(settings: Settings) -> int:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
-        '"message":"%(message)s"}',
-    )
+    configure_logging(settings.log_level)
+    configure_tracing(settings.tracing)
     if settings.workers == 1 or os.environ.get(WORKER_ENV):
         asyncio.run(serve_forever(settings, migrate=WORKER_ENV not in os.environ))
         return 0
