@@ -44,9 +44,14 @@ def breaking(base: str) -> int:
         )
         subprocess.run(["tar", "-x", "-C", str(workdir)], input=archive.stdout, check=True)
         shutil.copytree(ROOT / "build" / "protodeps", workdir / "build" / "protodeps")
-        image = workdir / "base.binpb"
-        run(BUF, "build", "-o", str(image), cwd=workdir)
-        result = run(BUF, "breaking", "--against", str(image), check=False)
+        # Compare image with image: both sides then hold one image each, with
+        # the same google/api imports.
+        base_image, head_image = workdir / "base.binpb", workdir / "head.binpb"
+        run(BUF, "build", "-o", str(base_image), cwd=workdir)
+        run(BUF, "build", "-o", str(head_image))
+        result = run(
+            BUF, "breaking", str(head_image), "--against", str(base_image), check=False
+        )
     print(result.stdout + result.stderr, end="")
     print(f"buf breaking against {base[:10]}: {'ok' if result.returncode == 0 else 'FAILED'}")
     return result.returncode

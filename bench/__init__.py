@@ -1,0 +1,1 @@
+"""Load generators and benchmark reports. Run `python -m bench --help`."""

@@ -1,0 +1,69 @@
+"""Open-loop load: requests are scheduled at a fixed rate whatever the
+server's speed, and each latency is measured from the request's scheduled
+send time, so a slow server cannot hide its queueing (no coordinated
+omission)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Result:
+    rate: float
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    late_starts: int = 0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        index = min(len(ordered) - 1, int(q / 100 * len(ordered)))
+        return ordered[index]
+
+    @property
+    def achieved(self) -> float:
+        return len(self.latencies) / self.seconds
+
+
+async def run_open_loop(
+    call: Callable[[], Awaitable[object]],
+    rate: float,
+    seconds: float,
+    max_in_flight: int = 2000,
+) -> Result:
+    result = Result(rate=rate, seconds=seconds)
+    interval = 1.0 / rate
+    total = int(rate * seconds)
+    in_flight: set[asyncio.Task[None]] = set()
+    start = time.perf_counter()
+
+    async def one(scheduled: float) -> None:
+        try:
+            await call()
+        except Exception:  # counted, not raised: the run goes on
+            result.errors += 1
+            return
+        result.latencies.append(time.perf_counter() - scheduled)
+
+    for i in range(total):
+        scheduled = start + i * interval
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.005:
+            result.late_starts += 1
+        if len(in_flight) >= max_in_flight:
+            result.errors += 1  # the client cannot keep up; count as a failure
+            continue
+        task = asyncio.create_task(one(scheduled))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+    if in_flight:
+        await asyncio.wait(in_flight, timeout=30)
+    return result

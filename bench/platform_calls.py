@@ -1,0 +1,174 @@
+"""Benchmark of the platform spine: an authenticated unary call through every
+interceptor (auth, tenant, RBAC, rate limit, metrics, tracing) and the
+in-process service-to-service hop, over gRPC and over the REST gateway.
+
+Starts `campaign-express serve` in a subprocess on embedded defaults, seeds a
+tenant and key, drives open-loop load from this process and reports rate,
+p50/p99/p99.9, errors and the server's CPU use to bench/reports/platform.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pathlib
+import platform
+import re
+import socket
+import sys
+import tempfile
+import time
+
+import aiohttp
+from grpc import aio
+
+from bench.openloop import Result, run_open_loop
+from campaignexpress.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from campaignexpress.tenancy.v1 import tenancy_service_pb2, tenancy_service_pb2_grpc
+
+REPORT = pathlib.Path(__file__).parent / "reports" / "platform.md"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_model() -> str:
+    text = pathlib.Path("/proc/cpuinfo").read_text()
+    found = re.search(r"model name\s*:\s*(.+)", text)
+    return found.group(1).strip() if found else platform.processor()
+
+
+async def _wait_healthy(url: str, deadline: float) -> None:
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(url) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError("server did not become healthy")
+
+
+async def bench(rates: list[float], seconds: float) -> list[tuple[str, Result, float]]:
+    http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
+    key = "cx_benchmark-key-0123456789"
+    data_dir = tempfile.mkdtemp(prefix="cx-bench-")
+    env = dict(
+        os.environ,
+        CAMPAIGN_EXPRESS_DEMO_API_KEY=key,
+        CAMPAIGN_EXPRESS_RATE_LIMIT_PER_SECOND="0",
+        CAMPAIGN_EXPRESS_LOG_LEVEL="WARNING",
+    )
+    server = await asyncio.create_subprocess_exec(
+        *[
+            sys.executable,
+            "-m",
+            "services.host.cli",
+            "serve",
+            "--demo",
+            "--host",
+            "127.0.0.1",
+            "--data-dir",
+            data_dir,
+            "--http-port",
+            str(http_port),
+            "--grpc-port",
+            str(grpc_port),
+            "--metrics-port",
+            str(metrics_port),
+        ],
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    results: list[tuple[str, Result, float]] = []
+    try:
+        await _wait_healthy(f"http://127.0.0.1:{http_port}/health", time.monotonic() + 60)
+        metadata = [("authorization", f"Bearer {key}")]
+        async with aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            tenancy = tenancy_service_pb2_grpc.TenancyServiceStub(channel)
+            identity = auth_service_pb2_grpc.AuthServiceStub(channel)
+            get_tenant = tenancy_service_pb2.GetTenantRequest(name="tenants/demo")
+            who = auth_service_pb2.GetCurrentIdentityRequest()
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
+                url = f"http://127.0.0.1:{http_port}/v1/tenants/demo"
+
+                async def rest() -> None:
+                    async with http.get(url, headers={"Authorization": f"Bearer {key}"}) as r:
+                        await r.read()
+                        if r.status != 200:
+                            raise RuntimeError(r.status)
+
+                scenarios = {
+                    "gRPC GetTenant": lambda: tenancy.GetTenant(get_tenant, metadata=metadata),
+                    "gRPC GetCurrentIdentity (+ in-process hop)": lambda: (
+                        identity.GetCurrentIdentity(who, metadata=metadata)
+                    ),
+                    "REST GET /v1/tenants/demo": rest,
+                }
+                for name, call in scenarios.items():
+                    await run_open_loop(call, 50, 1.0)  # warm up
+                    for rate in rates:
+                        cpu_before, wall_before = _cpu_seconds(server.pid), time.perf_counter()
+                        result = await run_open_loop(call, rate, seconds)
+                        cpu = (_cpu_seconds(server.pid) - cpu_before) / (
+                            time.perf_counter() - wall_before
+                        )
+                        results.append((name, result, cpu))
+                        print(
+                            f"{name} @ {rate:g}/s: achieved {result.achieved:.0f}/s "
+                            f"p50 {result.percentile(50) * 1e3:.2f} ms "
+                            f"p99 {result.percentile(99) * 1e3:.2f} ms "
+                            f"errors {result.errors} server CPU {cpu * 100:.0f}%",
+                            flush=True,
+                        )
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), timeout=30)
+    return results
+
+
+def write_report(results: list[tuple[str, Result, float]], seconds: float) -> None:
+    lines = [
+        "# Platform spine benchmark",
+        "",
+        f"Machine: {os.cpu_count()} vCPU, {_cpu_model()}, Python {platform.python_version()}; "
+        "server and load generator share it.",
+        f"Open-loop load, {seconds:g} s per step, latency from the scheduled send time. "
+        "Server: one `campaign-express serve` process on embedded defaults, rate limit off, "
+        "tracing on. Command: `python -m bench`.",
+        "",
+        "| scenario | offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r, cpu in results:
+        lines.append(
+            f"| {name} | {r.rate:g} | {r.achieved:.0f} | {r.percentile(50) * 1e3:.2f} | "
+            f"{r.percentile(99) * 1e3:.2f} | {r.percentile(99.9) * 1e3:.2f} | {r.errors} | "
+            f"{cpu * 100:.0f}% |"
+        )
+    REPORT.write_text("\n".join(lines) + "\n")
+    print(f"wrote {REPORT}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rates", default="200,500,1000", help="offered rates, comma-separated")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each step")
+    parser.add_argument("--no-report", action="store_true", help="print only")
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    results = asyncio.run(bench(rates, args.seconds))
+    if not args.no_report:
+        write_report(results, args.seconds)
+    return 0
