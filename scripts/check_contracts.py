@@ -2,7 +2,7 @@
 previous version of main, and gen/ in sync with proto/.
 
 `buf breaking` compares with an image built from the base revision's proto/
-(default: the merge base with origin/main, else HEAD~1), so no network and
+(default: the merge base with origin/main, or HEAD~1 on main itself), so no network and
 no remote module is needed."""
 
 from __future__ import annotations
@@ -25,11 +25,14 @@ def run(
 
 
 def base_revision() -> str | None:
-    for candidate in (["merge-base", "HEAD", "origin/main"], ["rev-parse", "HEAD~1"]):
-        result = run("git", *candidate, check=False)
-        if result.returncode == 0 and result.stdout.strip():
-            return result.stdout.strip()
-    return None
+    """The merge base with origin/main when this is a branch of it; on main
+    itself (CI runs on the submitted main), the commit before HEAD."""
+    head = run("git", "rev-parse", "HEAD", check=False).stdout.strip()
+    merge_base = run("git", "merge-base", "HEAD", "origin/main", check=False).stdout.strip()
+    if merge_base and merge_base != head:
+        return merge_base
+    previous = run("git", "rev-parse", "HEAD~1", check=False)
+    return previous.stdout.strip() if previous.returncode == 0 else None
 
 
 def breaking(base: str) -> int:
@@ -49,9 +52,7 @@ def breaking(base: str) -> int:
         base_image, head_image = workdir / "base.binpb", workdir / "head.binpb"
         run(BUF, "build", "-o", str(base_image), cwd=workdir)
         run(BUF, "build", "-o", str(head_image))
-        result = run(
-            BUF, "breaking", str(head_image), "--against", str(base_image), check=False
-        )
+        result = run(BUF, "breaking", str(head_image), "--against", str(base_image), check=False)
     print(result.stdout + result.stderr, end="")
     print(f"buf breaking against {base[:10]}: {'ok' if result.returncode == 0 else 'FAILED'}")
     return result.returncode
