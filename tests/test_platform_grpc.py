@@ -4,7 +4,10 @@ on embedded backends and on PostgreSQL + Redis + NATS."""
 from __future__ import annotations
 
 import asyncio
+import pathlib
+import socket
 
+import aiohttp
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
@@ -19,7 +22,8 @@ from campaignexpress.tenancy.v1 import tenancy_pb2
 from campaignexpress.tenancy.v1 import tenancy_service_pb2 as ten_pb
 from campaignexpress.tenancy.v1 import tenancy_service_pb2_grpc as ten_grpc
 from campaignexpress.type.v1 import access_pb2
-from tests.conftest import Env, error_details
+from services.host.serve import start
+from tests.conftest import Env, error_details, make_settings, seed_tenants
 
 PASSWORD = "correct horse battery"
 
@@ -477,3 +481,50 @@ async def test_health_and_reflection(env: Env) -> None:
         "campaignexpress.audit.v1.AuditService",
         "grpc.health.v1.Health",
     } <= names
+
+
+async def test_unreachable_redis_degrades_to_unavailable(tmp_path: pathlib.Path) -> None:
+    """A hot-state outage answers UNAVAILABLE (retryable) and /ready says which
+    backend is down; the process keeps serving."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    running = await start(make_settings(tmp_path, redis_url=f"redis://127.0.0.1:{dead}/0"))
+    try:
+        keys = await seed_tenants(running)
+        async with aio.insecure_channel(f"127.0.0.1:{running.platform.grpc_port}") as channel:
+            with pytest.raises(aio.AioRpcError) as caught:
+                await ten_grpc.TenancyServiceStub(channel).GetTenant(
+                    ten_pb.GetTenantRequest(name="tenants/acme"),
+                    metadata=[("authorization", f"Bearer {keys['acme']['ADMIN']}")],
+                )
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_details(caught.value)["reason"] == "BACKEND_UNAVAILABLE"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{running.http_port}/ready") as r:
+                assert r.status == 503
+                assert (await r.json())["checks"]["hot_store"] is False
+    finally:
+        await running.stop()
+
+
+async def test_audit_events_are_published_on_the_bus(env: Env) -> None:
+    import orjson
+
+    from services.backends import BusMessage
+
+    received: asyncio.Queue[BusMessage] = asyncio.Queue()
+
+    async def handler(message: BusMessage) -> None:
+        await received.put(message)
+
+    subscription = await env.running.platform.backends.bus.subscribe("audit.events.acme", handler)
+    try:
+        name = await create_user(env, "bus@acme.example", [access_pb2.ROLE_VIEWER])
+        message = await asyncio.wait_for(received.get(), timeout=10)
+    finally:
+        await subscription.unsubscribe()
+    event = orjson.loads(message.data)
+    assert event["action"].endswith("/CreateUser")
+    assert event["resource"] == name and event["outcome"] == "OK"
+    assert message.headers["x-request-id"] == event["request_id"]

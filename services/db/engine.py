@@ -67,7 +67,14 @@ class Database:
         await self.engine.dispose()
 
 
+# Any fixed number: processes starting together on one PostgreSQL database
+# take turns migrating instead of racing to create the same tables.
+_MIGRATION_LOCK_ID = 7_201_118
+
+
 def _upgrade_to_head(connection: sa.Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})"))
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection

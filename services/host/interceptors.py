@@ -29,6 +29,7 @@ from campaignexpress.type.v1 import access_pb2
 from services.audit.domain import AuditLog
 from services.auth.domain import Authenticator
 from services.backends import KeyValueStore
+from services.backends.outages import is_backend_outage
 from services.common.call import CallInfo, reset_current_call, set_current_call
 from services.common.errors import (
     ERROR_DOMAIN,
@@ -36,6 +37,7 @@ from services.common.errors import (
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
+    Unavailable,
 )
 from services.common.forwarding import INTERNAL_MARK_KEY, CallForwarder
 from services.host.access import AccessRules
@@ -328,6 +330,13 @@ class PlatformInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             for key, value in error.trailing_metadata() or ():
                 if key == STATUS_DETAILS_KEY:
                     trailing.append((key, value))
+        elif error is not None and is_backend_outage(error):
+            log.warning("%s: backend unavailable: %r", call.action, error)
+            outage = Unavailable(
+                "a backend is unavailable; retry later", reason="BACKEND_UNAVAILABLE"
+            )
+            code, text = grpc.StatusCode.UNAVAILABLE, outage.message
+            trailing.append((STATUS_DETAILS_KEY, status_details(outage)))
         elif error is not None and not isinstance(error, aio.AbortError | asyncio.CancelledError):
             trace_id = _trace_id() or call.request_id
             log.error(
