@@ -27,6 +27,7 @@ from typing import IO, Any
 
 import aiohttp
 import grpc
+import orjson
 import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -103,8 +104,8 @@ class Proc:
         self.name = name
         self.stdout_path = tmp / f"{name}.stdout"
         self.stderr_path = tmp / f"{name}.stderr"
-        self._out: IO[bytes] = open(self.stdout_path, "wb")  # noqa: SIM115
-        self._err: IO[bytes] = open(self.stderr_path, "wb")  # noqa: SIM115
+        self._out: IO[bytes] = open(self.stdout_path, "wb")
+        self._err: IO[bytes] = open(self.stderr_path, "wb")
         try:
             self.popen = subprocess.Popen(
                 [*CLI, *args], cwd=ROOT, env=env, stdout=self._out, stderr=self._err
@@ -589,9 +590,12 @@ async def _wait_workers_listening(proc: Proc, ports: Iterable[int], count: int) 
     ports = list(ports)
     end = time.monotonic() + START_DEADLINE
     children: list[int] = []
+    seen: set[int] = set()
     while time.monotonic() < end and proc.popen.poll() is None:
         children = child_pids(proc.pid)
-        dead = [pid for pid in children if _gone(pid)]
+        seen.update(children)
+        # a zombie, or already reaped by the supervisor
+        dead = sorted(pid for pid in seen if _gone(pid) or pid not in children)
         if dead:
             pytest.fail(f"worker(s) {dead} died during start-up\n{proc.output()}")
         if len(children) == count:
@@ -602,24 +606,13 @@ async def _wait_workers_listening(proc: Proc, ports: Iterable[int], count: int) 
     pytest.fail(f"workers not listening on {ports} (children {children})\n{proc.output()}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "--workers N with the default analytics store: every worker opens chDB in the same "
-        "<data-dir>/analytics (services/host/platform.py open_backends -> "
-        "services/backends/analytics.py open_analytics_store); chDB allows one process per "
-        "directory, so worker 2 dies with 'Cannot lock file .../analytics/status. Another "
-        "server instance in same directory is already running' and the supervisor "
-        "(services/host/serve.py _supervise) keeps running with one worker"
-    ),
-)
 async def test_workers_share_the_ports_and_stop_cleanly(tmp_path: pathlib.Path) -> None:
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     args = serve_args(tmp_path / "data", http, grpc_port, metrics, "--workers", "2", "--demo")
     async with serving(tmp_path, "workers", args) as proc:
-        text = await proc.wait_ready(http_port=http, needle="Try: curl")
-        key = announced_key(text)
+        # first (fails fast if a worker dies), then worker 0's announcement
         children = await _wait_workers_listening(proc, (http, grpc_port, metrics), 2)
+        key = announced_key(await proc.wait_ready(http_port=http, needle="Try: curl"))
         assert proc.pid not in children
         # the parent supervises only: it listens on none of the ports
         for port in (http, grpc_port, metrics):
@@ -717,11 +710,9 @@ async def _raw_reply(reader: asyncio.StreamReader, writer: Any) -> tuple[int, by
 
 
 async def test_sigterm_drains_in_flight_calls(tmp_path: pathlib.Path) -> None:
-    import orjson
-
     async with started(tmp_path, "drain", demo=True) as (proc, ports):
         body = orjson.dumps(DEMO_LOGIN)
-        # sanity: a login works and is not instant (argon2)
+        # sanity: a login works (argon2 verification, tens of ms)
         status, reply = await _raw_reply(*await _raw_post(ports["http"], "/v1/auth:login", body))
         assert status == 200, reply
 
@@ -759,6 +750,35 @@ async def test_sigterm_drains_in_flight_calls(tmp_path: pathlib.Path) -> None:
         assert rest_in_flight > 0 and grpc_in_flight > 0, (rest_in_flight, grpc_in_flight)
         for port in ports.values():
             assert_refused(port)
+
+
+async def test_sigterm_exits_within_the_grace_period_despite_a_stalled_client(
+    tmp_path: pathlib.Path,
+) -> None:
+    grace = 2
+    async with started(tmp_path, "stalled", "--shutdown-grace-seconds", str(grace)) as (
+        proc,
+        ports,
+    ):
+        # A request whose body never finishes arriving: its handler is in flight.
+        reader, writer = await asyncio.open_connection("127.0.0.1", ports["http"])
+        try:
+            writer.write(
+                b"POST /v1/auth:login HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                b'{"tenant"'
+            )
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            started_at = time.monotonic()
+            code = await proc.terminate(deadline=grace + 6)
+            elapsed = time.monotonic() - started_at
+            assert code == 0, f"still running {elapsed:.1f}s after SIGTERM\n{proc.output()}"
+        finally:
+            writer.close()  # lets a server stuck on this request finish its shutdown
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        del reader
 
 
 # --------------------------------------------------------------------------- 7. mesh
@@ -816,6 +836,8 @@ async def mesh(tmp_path: pathlib.Path) -> AsyncIterator[dict[str, Any]]:
         async with serving(tmp_path, "mesh-b", b_args, env) as b:
             await b.wait_ready(http_port=b_http)
             yield {
+                "a_args": a_args,
+                "env": env,
                 "a": a,
                 "b": b,
                 "key": key,
@@ -843,8 +865,9 @@ async def test_mesh_identity_reads_the_tenant_from_another_process(
 ) -> None:
     async with mesh(tmp_path) as m:
         a, b, key = m["a"], m["b"], m["key"]
-        # A runs only tenancy, without a gateway
+        # A runs only tenancy, without a gateway; B everything else
         assert "serving tenancy:" in a.stdout()
+        assert "serving auth, audit:" in b.stdout()
         before = await _a_get_tenant_count(m["a_metrics"])
 
         reply = await grpc_identity(f"127.0.0.1:{m['b_grpc']}", key)
@@ -894,6 +917,21 @@ async def test_mesh_remote_service_down_is_unavailable(tmp_path: pathlib.Path) -
         )
         assert status == 503, body
         assert body["error"]["status"] == "UNAVAILABLE"
+
+        # A comes back on the same port: B's channel reconnects by itself
+        async with serving(tmp_path, "mesh-a2", m["a_args"], m["env"]) as a2:
+            await a2.wait_ready(http_port=None)
+            end = time.monotonic() + 20
+            while True:
+                try:
+                    reply = await grpc_identity(f"127.0.0.1:{m['b_grpc']}", key)
+                    break
+                except aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > end:
+                        raise
+                await asyncio.sleep(0.2)
+            assert reply.tenant.name == "tenants/acme"
+            assert await a2.terminate() == 0, a2.output()
         assert await b.terminate() == 0, b.output()
 
 

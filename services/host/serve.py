@@ -55,8 +55,20 @@ def _bound_port(runner: web.AppRunner) -> int:
     return 0
 
 
+def _worker_settings(settings: Settings) -> Settings:
+    """chDB locks its directory to one process: each worker of --workers N
+    gets its own embedded analytics directory (a ClickHouse server, set with
+    CLICKHOUSE_URL, is shared by all of them)."""
+    index = os.environ.get(WORKER_ENV)
+    if index is None or settings.clickhouse_url:
+        return settings
+    path = settings.data_dir.resolve() / "analytics" / f"worker-{index}"
+    return dataclasses.replace(settings, clickhouse_url=f"chdb://{path}")
+
+
 async def start(settings: Settings, *, migrate: bool = True) -> Running:
     """Start gRPC, the gateway and metrics per `settings` (port 0 = any)."""
+    settings = _worker_settings(settings)
     backends = await open_backends(settings, migrate=migrate)
     platform = await create_platform(settings, backends)
     http_runner = metrics_runner = None
@@ -71,7 +83,9 @@ async def start(settings: Settings, *, migrate: bool = True) -> Running:
             load_descriptor_set(),
         )
         http_runner = web.AppRunner(
-            gateway.application(settings.max_request_bytes), access_log=None
+            gateway.application(settings.max_request_bytes),
+            access_log=None,
+            shutdown_timeout=settings.shutdown_grace_seconds,
         )
         await http_runner.setup()
         await web.TCPSite(http_runner, settings.host, settings.http_port, reuse_port=True).start()
@@ -83,7 +97,9 @@ async def start(settings: Settings, *, migrate: bool = True) -> Running:
 
     metrics_app = web.Application()
     metrics_app.router.add_get("/metrics", metrics)
-    metrics_runner = web.AppRunner(metrics_app, access_log=None)
+    metrics_runner = web.AppRunner(
+        metrics_app, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds
+    )
     await metrics_runner.setup()
     await web.TCPSite(metrics_runner, settings.host, settings.metrics_port, reuse_port=True).start()
     metrics_port = _bound_port(metrics_runner)
@@ -117,19 +133,25 @@ def _announce(settings: Settings, running: Running, seed: DemoSeed | None) -> No
 
 
 async def serve_forever(settings: Settings, *, migrate: bool = True, seed: bool = True) -> None:
-    running = await start(settings, migrate=migrate)
+    # Handlers first: a SIGTERM during start-up stops the process cleanly
+    # once it has started, instead of killing it half-way.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    demo = None
-    if settings.demo and seed:
-        demo = await seed_demo(running.platform, settings.demo_api_key)
-    if os.environ.get(WORKER_ENV, "0") == "0":
-        _announce(settings, running, demo)
-    await stop.wait()
-    log.info("shutting down: draining in-flight calls (grace %ss)", settings.shutdown_grace_seconds)
-    await running.stop()
+    running = await start(settings, migrate=migrate)
+    try:
+        demo = None
+        if settings.demo and seed and not stop.is_set():
+            demo = await seed_demo(running.platform, settings.demo_api_key)
+        if os.environ.get(WORKER_ENV, "0") == "0":
+            _announce(settings, running, demo)
+        await stop.wait()
+        log.info(
+            "shutting down: draining in-flight calls (grace %ss)", settings.shutdown_grace_seconds
+        )
+    finally:
+        await running.stop()
 
 
 async def prepare(settings: Settings) -> DemoSeed | None:
@@ -157,23 +179,37 @@ def run(settings: Settings) -> int:
 
 
 def _supervise(settings: Settings) -> int:
-    """Start N worker processes of this same command and forward signals."""
-    children = []
-    for index in range(settings.workers):
-        env = dict(os.environ, **{WORKER_ENV: str(index)})
-        if settings.demo_api_key:
-            env["CAMPAIGN_EXPRESS_DEMO_API_KEY"] = settings.demo_api_key
-        children.append(subprocess.Popen([sys.executable, *_argv_for_workers()], env=env))
+    """Start N worker processes of this same command and forward signals.
+    Exits 0 only when every worker exited 0."""
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
 
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    if settings.workers > 1 and not settings.clickhouse_url:
+        log.warning(
+            "embedded analytics (chDB) is per worker with --workers; "
+            "set CLICKHOUSE_URL to share one store"
+        )
+    for index in range(settings.workers):
+        if stopping:
+            break
+        env = dict(os.environ, **{WORKER_ENV: str(index)})
+        if settings.demo_api_key:
+            env["CAMPAIGN_EXPRESS_DEMO_API_KEY"] = settings.demo_api_key
+        children.append(subprocess.Popen([sys.executable, *_argv_for_workers()], env=env))
     codes = [child.wait() for child in children]
-    return max(codes, default=0)
+    failed = [code for code in codes if code != 0]
+    if failed:
+        log.error("workers exited with %s", failed)
+    return 1 if failed else 0
 
 
 def _argv_for_workers() -> list[str]:
