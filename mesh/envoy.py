@@ -42,6 +42,8 @@ import yaml
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
+from gateway.transcoder import compile_template
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_DESCRIPTOR = ROOT / "gen" / "campaignexpress" / "descriptor_set.binpb"
 DEFAULT_OUT = ROOT / "mesh" / "envoy" / "edge.yaml"
@@ -153,29 +155,10 @@ def http_bindings(fds: descriptor_pb2.FileDescriptorSet) -> list[HttpBinding]:
     return sorted(bindings)
 
 
-_VARIABLE = re.compile(r"\{([^}=]*)(?:=([^}]*))?\}")
-
-
 def template_regex(template: str) -> re.Pattern[str]:
-    """A regex for the request paths that a google.api.http path template matches."""
-
-    def segments(pattern: str) -> str:
-        parts = []
-        for segment in pattern.split("/"):
-            if segment == "**":
-                parts.append(".+")
-            elif segment == "*":
-                parts.append("[^/]+")
-            else:
-                parts.append(re.escape(segment))
-        return "/".join(parts)
-
-    regex, position = "", 0
-    for variable in _VARIABLE.finditer(template):
-        regex += segments(template[position : variable.start()])
-        regex += "(?:" + segments(variable.group(2) or "*") + ")"
-        position = variable.end()
-    return re.compile(regex + segments(template[position:]))
+    """A regex for the request paths a google.api.http path template matches
+    (the gateway's own template compiler, so both edges agree)."""
+    return compile_template(template)[0]
 
 
 def _check_no_shadowed_bindings(bindings: Sequence[HttpBinding]) -> None:
