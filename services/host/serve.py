@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.app import Gateway
 from gateway.openapi import load_descriptor_set
 from services.host.config import Settings
-from services.host.demo import DemoSeed, seed_demo
+from services.host.demo import DEMO_PASSWORD, DemoSeed, seed_demo
 from services.host.logs import configure_logging, configure_tracing
 from services.host.platform import Platform, create_platform, open_backends
 from services.host.registry import SERVICES_BY_KEY
@@ -125,7 +125,7 @@ def _announce(settings: Settings, running: Running, seed: DemoSeed | None) -> No
     if seed is not None:
         print(
             f"Demo tenant {seed.tenant}; admin API key: {seed.api_key}\n"
-            f"Users ({', '.join(seed.users.values())}) have the password 'demo-password-1'.\n"
+            f"Users ({', '.join(seed.users.values())}) have the password '{DEMO_PASSWORD}'.\n"
             f"Try: curl -H 'Authorization: Bearer {seed.api_key}' "
             f"http://{host}:{running.http_port}/v1/auth/identity",
             flush=True,
