@@ -26,7 +26,7 @@ from campaignexpress.type.v1 import access_pb2 as campaignexpress_dot_type_dot_v
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"campaignexpress/auth/v1/auth.proto\x12\x17\x63\x61mpaignexpress.auth.v1\x1a$campaignexpress/type/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x02\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12,\n\x05roles\x18\x03 \x03(\x0e\x32\x1d.campaignexpress.type.v1.Role\x12\x12\n\nkey_prefix\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x94\x01\n\tPrincipal\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12,\n\x05roles\x18\x03 \x03(\x0e\x32\x1d.campaignexpress.type.v1.Role\x12\x38\n\x0bpermissions\x18\x04 \x03(\x0e\x32#.campaignexpress.type.v1.Permissionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"campaignexpress/auth/v1/auth.proto\x12\x17\x63\x61mpaignexpress.auth.v1\x1a$campaignexpress/type/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x02\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12,\n\x05roles\x18\x03 \x03(\x0e\x32\x1d.campaignexpress.type.v1.Role\x12\x12\n\nkey_prefix\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61pproval_roles\x18\t \x03(\t\"\xac\x01\n\tPrincipal\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12,\n\x05roles\x18\x03 \x03(\x0e\x32\x1d.campaignexpress.type.v1.Role\x12\x38\n\x0bpermissions\x18\x04 \x03(\x0e\x32#.campaignexpress.type.v1.Permission\x12\x16\n\x0e\x61pproval_roles\x18\x05 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'campaignexpress.auth.v1.aut
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_APIKEY']._serialized_start=135
-  _globals['_APIKEY']._serialized_end=444
-  _globals['_PRINCIPAL']._serialized_start=447
-  _globals['_PRINCIPAL']._serialized_end=595
+  _globals['_APIKEY']._serialized_end=468
+  _globals['_PRINCIPAL']._serialized_start=471
+  _globals['_PRINCIPAL']._serialized_end=643
 # @@protoc_insertion_point(module_scope)

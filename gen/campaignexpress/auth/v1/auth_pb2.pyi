@@ -36,6 +36,7 @@ class ApiKey(_message.Message):
     LAST_USED_TIME_FIELD_NUMBER: _builtins.int
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    APPROVAL_ROLES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `tenants/{tenant}/apiKeys/{api_key}`."""
     display_name: _builtins.str
@@ -62,6 +63,10 @@ class ApiKey(_message.Message):
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """Optional expiry; unset means the key does not expire."""
 
+    @_builtins.property
+    def approval_roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Approval roles calls made with the key hold, e.g. `director`."""
+
     def __init__(
         self,
         *,
@@ -73,10 +78,11 @@ class ApiKey(_message.Message):
         last_used_time: _timestamp_pb2.Timestamp | None = ...,
         revoke_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        approval_roles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "last_used_time", b"last_used_time", "revoke_time", b"revoke_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "expire_time", b"expire_time", "key_prefix", b"key_prefix", "last_used_time", b"last_used_time", "name", b"name", "revoke_time", b"revoke_time", "roles", b"roles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_roles", b"approval_roles", "create_time", b"create_time", "display_name", b"display_name", "expire_time", b"expire_time", "key_prefix", b"key_prefix", "last_used_time", b"last_used_time", "name", b"name", "revoke_time", b"revoke_time", "roles", b"roles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -92,6 +98,7 @@ class Principal(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     ROLES_FIELD_NUMBER: _builtins.int
     PERMISSIONS_FIELD_NUMBER: _builtins.int
+    APPROVAL_ROLES_FIELD_NUMBER: _builtins.int
     subject: _builtins.str
     """Resource name of the user or API key."""
     tenant: _builtins.str
@@ -104,6 +111,10 @@ class Principal(_message.Message):
     def permissions(self) -> _containers.RepeatedScalarFieldContainer[_access_pb2.Permission.ValueType]:
         """Permissions the roles grant."""
 
+    @_builtins.property
+    def approval_roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Approval roles held (explicit ones plus those the roles imply)."""
+
     def __init__(
         self,
         *,
@@ -111,10 +122,11 @@ class Principal(_message.Message):
         tenant: _builtins.str = ...,
         roles: _abc.Iterable[_access_pb2.Role.ValueType] | None = ...,
         permissions: _abc.Iterable[_access_pb2.Permission.ValueType] | None = ...,
+        approval_roles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["permissions", b"permissions", "roles", b"roles", "subject", b"subject", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_roles", b"approval_roles", "permissions", b"permissions", "roles", b"roles", "subject", b"subject", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -105,6 +105,7 @@ class User(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    APPROVAL_ROLES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `tenants/{tenant}/users/{user}`."""
     email: _builtins.str
@@ -129,6 +130,12 @@ class User(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the user was last changed."""
 
+    @_builtins.property
+    def approval_roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Approval roles the user holds for campaign approval rules, e.g.
+        `director`, `compliance` (managers hold `manager`, admins every role).
+        """
+
     def __init__(
         self,
         *,
@@ -141,10 +148,11 @@ class User(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        approval_roles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "disabled", b"disabled", "display_name", b"display_name", "email", b"email", "etag", b"etag", "name", b"name", "password", b"password", "roles", b"roles", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_roles", b"approval_roles", "create_time", b"create_time", "disabled", b"disabled", "display_name", b"display_name", "email", b"email", "etag", b"etag", "name", b"name", "password", b"password", "roles", b"roles", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,1 @@
+"""Campaigns, offers, the governed workflow, budgets and pacing."""

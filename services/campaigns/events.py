@@ -1,0 +1,69 @@
+"""Change events: every change that affects serving (stage, definition,
+offers, budget state) is published on the bus so bidders update their
+in-memory candidate index without reading the database per bid."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import orjson
+
+from services.backends import MessageBus
+from services.common.clock import now_us
+
+log = logging.getLogger(__name__)
+
+SUBJECT_PREFIX = "campaign-express.campaigns"
+
+
+def subject_for(tenant_id: str) -> str:
+    return f"{SUBJECT_PREFIX}.{tenant_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignEvent:
+    type: str  # campaign.changed, campaign.deleted, offer.changed, offer.deleted, budget.changed
+    tenant_id: str
+    campaign: str  # campaign resource name
+    stage: str = ""
+    revision: int = 0
+    offer: str = ""
+    time: int = 0
+
+
+class CampaignEvents:
+    def __init__(self, bus: MessageBus) -> None:
+        self._bus = bus
+
+    async def publish(self, event: CampaignEvent) -> None:
+        """Best effort after the database commit: a lost event is repaired by
+        the index's periodic full refresh, never by blocking the change."""
+        payload = {
+            "type": event.type,
+            "tenant_id": event.tenant_id,
+            "campaign": event.campaign,
+            "stage": event.stage,
+            "revision": event.revision,
+            "offer": event.offer,
+            "time": event.time or now_us(),
+        }
+        try:
+            await self._bus.publish(subject_for(event.tenant_id), orjson.dumps(payload))
+        except Exception:
+            log.warning(
+                "campaign event %s for %s not published", event.type, event.campaign, exc_info=True
+            )
+
+
+def decode(data: bytes) -> CampaignEvent:
+    raw = orjson.loads(data)
+    return CampaignEvent(
+        type=raw["type"],
+        tenant_id=raw["tenant_id"],
+        campaign=raw["campaign"],
+        stage=raw.get("stage", ""),
+        revision=int(raw.get("revision", 0)),
+        offer=raw.get("offer", ""),
+        time=int(raw.get("time", 0)),
+    )
