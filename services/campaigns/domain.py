@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.campaigns import store
@@ -277,16 +278,34 @@ class Campaigns:
             violations += validate_offer(offer, f"offers[{i}]")
         collect(violations)
         actor = caller.subject if caller else "system/bootstrap"
-        async with self._db.engine.begin() as conn:
-            earlier = await store.remembered(conn, tenant_id, "CreateCampaign", request_id)
-            if earlier is not None:
+        try:
+            async with self._db.engine.begin() as conn:
+                earlier = await store.remembered(conn, tenant_id, "CreateCampaign", request_id)
+                if earlier is not None:
+                    found = await store.load_campaign(conn, tenant_id, str(earlier))
+                    if found is not None:
+                        return found
+                campaign = await self._insert(
+                    conn, tenant_id, spec, actor, "created", offers_to_add
+                )
+                await store.remember(
+                    conn,
+                    tenant_id,
+                    "CreateCampaign",
+                    request_id,
+                    campaign.id,
+                    campaign.create_time,
+                )
+        except IntegrityError:
+            if not request_id:
+                raise
+            # A concurrent retry with the same key committed first: return its result.
+            async with self._db.engine.connect() as conn:
+                earlier = await store.remembered(conn, tenant_id, "CreateCampaign", request_id)
                 found = await store.load_campaign(conn, tenant_id, str(earlier))
-                if found is not None:
-                    return found
-            campaign = await self._insert(conn, tenant_id, spec, actor, "created", offers_to_add)
-            await store.remember(
-                conn, tenant_id, "CreateCampaign", request_id, campaign.id, campaign.create_time
-            )
+            if found is None:
+                raise
+            return found
         await self._changed(campaign)
         return campaign
 
