@@ -9,13 +9,13 @@ import hmac
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jwt
 import sqlalchemy as sa
 
 from services.auth.passwords import PasswordHasher
-from services.auth.rbac import permissions_for
+from services.auth.rbac import approval_roles_for, permissions_for
 from services.common import names
 from services.common.call import Principal
 from services.common.clock import Clock, now_us
@@ -26,7 +26,7 @@ from services.common.errors import (
     Unauthenticated,
     collect,
 )
-from services.common.validation import check_roles, check_text
+from services.common.validation import check_approval_roles, check_roles, check_text
 from services.db import Database
 from services.db.tables import api_keys, refresh_tokens
 from services.tenancy.domain import Tenancy
@@ -53,6 +53,7 @@ class ApiKeyRecord:
     last_used_time: int | None
     revoke_time: int | None
     expire_time: int | None
+    approval_roles: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -83,6 +84,7 @@ def _api_key(row: sa.Row[tuple[object, ...]]) -> ApiKeyRecord:
         last_used_time=m["last_used_time"],
         revoke_time=m["revoke_time"],
         expire_time=m["expire_time"],
+        approval_roles=list(m["approval_roles"] or []),
     )
 
 
@@ -121,6 +123,7 @@ class Authenticator:
         roles: list[str],
         expire_time: int | None = None,
         secret: str | None = None,
+        approval_roles: list[str] | None = None,
     ) -> tuple[ApiKeyRecord, str]:
         """Create a key; returns it with its secret, which is not stored.
         `secret` fixes the key (demo and scripts); `caller` None = bootstrap."""
@@ -130,6 +133,7 @@ class Authenticator:
         violations: list[FieldViolation] = []
         check_text(violations, "api_key.display_name", display_name, required=True, max_len=200)
         check_roles(violations, "api_key.roles", roles)
+        check_approval_roles(violations, "api_key.approval_roles", approval_roles or [])
         now = self._clock()
         if expire_time is not None and expire_time <= now:
             violations.append(FieldViolation("api_key.expire_time", "must be in the future"))
@@ -141,6 +145,15 @@ class Authenticator:
         if caller is not None and not permissions_for(roles) <= caller.permissions:
             raise PermissionDenied(
                 "an API key cannot grant permissions its creator does not hold",
+                reason="PRIVILEGE_ESCALATION",
+            )
+        if (
+            caller is not None
+            and "ADMIN" not in caller.roles
+            and not set(approval_roles or []) <= caller.approval_roles
+        ):
+            raise PermissionDenied(
+                "an API key cannot grant approval roles its creator does not hold",
                 reason="PRIVILEGE_ESCALATION",
             )
         if await self._tenancy.find_tenant(tenant_id) is None:
@@ -156,6 +169,7 @@ class Authenticator:
             last_used_time=None,
             revoke_time=None,
             expire_time=expire_time,
+            approval_roles=sorted(set(approval_roles or [])),
         )
         async with self._db.engine.begin() as conn:
             await conn.execute(
@@ -168,6 +182,7 @@ class Authenticator:
                     secret_hash=_digest(secret),
                     create_time=now,
                     expire_time=expire_time,
+                    approval_roles=record.approval_roles,
                 )
             )
         return record, secret
@@ -354,6 +369,7 @@ class Authenticator:
                 permissions=permissions_for(record.roles),
                 kind="api_key",
                 rate_limit_key=f"api_key:{record.id}",
+                approval_roles=approval_roles_for(record.roles, record.approval_roles),
             )
         if len(self._cache) > 10_000:
             self._cache.clear()
@@ -383,11 +399,13 @@ class Authenticator:
                     "the user no longer exists or is disabled", reason="BAD_TOKEN"
                 )
             roles = user.roles  # role changes apply to live tokens
+            explicit = user.approval_roles
         else:
             record = await self._find_api_key(tenant_id, credential)
             if record is None or record.revoke_time is not None:
                 raise Unauthenticated("the token's API key was revoked", reason="KEY_REVOKED")
             roles = record.roles
+            explicit = record.approval_roles
         return Principal(
             subject=claims["sub"],
             tenant_id=tenant_id,
@@ -395,6 +413,7 @@ class Authenticator:
             permissions=permissions_for(roles),
             kind=kind or "api_key",
             rate_limit_key=f"{kind}:{credential}",
+            approval_roles=approval_roles_for(roles, explicit),
         )
 
     async def _find_api_key(self, tenant_id: str, key_id: str) -> ApiKeyRecord | None:

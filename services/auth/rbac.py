@@ -4,6 +4,8 @@ campaignexpress.type.v1 without their prefix."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 RESOURCES = (
     "CAMPAIGN",
     "CREATIVE",
@@ -45,6 +47,21 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
 }
 
 ROLES = tuple(ROLE_PERMISSIONS)
+
+
+# Approval roles (campaign approval rules) that RBAC roles imply; others, such
+# as "director" or "compliance", are granted to users and API keys explicitly.
+IMPLIED_APPROVAL_ROLES: dict[str, frozenset[str]] = {
+    "ADMIN": frozenset({"manager"}),
+    "MANAGER": frozenset({"manager"}),
+}
+
+
+def approval_roles_for(roles: Iterable[str], explicit: Iterable[str]) -> frozenset[str]:
+    held = set(explicit)
+    for role in roles:
+        held |= IMPLIED_APPROVAL_ROLES.get(role, frozenset())
+    return frozenset(held)
 
 
 def permissions_for(roles: frozenset[str] | set[str] | list[str]) -> frozenset[str]:

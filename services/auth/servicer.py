@@ -32,6 +32,7 @@ def api_key_proto(record: ApiKeyRecord) -> auth_pb2.ApiKey:
         last_used_time=timestamp(record.last_used_time),
         revoke_time=timestamp(record.revoke_time),
         expire_time=timestamp(record.expire_time),
+        approval_roles=record.approval_roles,
     )
 
 
@@ -63,6 +64,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             key.display_name,
             role_names(key.roles),
             micros(key.expire_time, key.HasField("expire_time")),
+            approval_roles=list(key.approval_roles),
         )
         return pb.CreateApiKeyResponse(api_key=api_key_proto(record), secret=secret)
 
@@ -110,6 +112,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
                 tenant=principal.tenant,
                 roles=role_values(sorted(principal.roles)),
                 permissions=permission_values(principal.permissions),
+                approval_roles=sorted(principal.approval_roles),
             ),
             tenant=reply.tenant,
         )

@@ -189,7 +189,7 @@ class Campaigns:
             raise NotFound(f"revision {revision} of {campaign.name} not found")
         return store.revision_from_row(row)
 
-    async def list(
+    async def list_campaigns(
         self, caller: Principal, parent: str, page_size: int, page_token: str, filter_text: str
     ) -> tuple[list[Campaign], str]:
         names.require_same_tenant(parent, "parent", caller.tenant_id)
@@ -540,7 +540,7 @@ class Campaigns:
         result: list[tuple[Campaign, list[Offer]]] = []
         token = ""
         while True:
-            page, token = await self.list(caller, parent, 1000, token, filter_text)
+            page, token = await self.list_campaigns(caller, parent, 1000, token, filter_text)
             async with self._db.engine.connect() as conn:
                 for campaign in page:
                     result.append((campaign, await store.load_offers(conn, campaign.id)))

@@ -178,7 +178,9 @@ T = TypeVar("T")
 
 def to_json(value: Any) -> Any:
     """A dataclass tree as plain JSON values."""
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
 
 
 def from_json(cls: type[T], data: Any) -> T:

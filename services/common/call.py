@@ -20,6 +20,8 @@ class Principal:
     permissions: frozenset[str]  # "CAMPAIGN_READ", ...
     kind: str = "api_key"  # "api_key" or "user"
     rate_limit_key: str = ""  # key the rate limiter counts against
+    # Approval roles for campaign approval rules ("manager", "director", ...).
+    approval_roles: frozenset[str] = frozenset()
 
     @property
     def tenant(self) -> str:

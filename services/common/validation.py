@@ -34,6 +34,17 @@ def check_roles(violations: list[FieldViolation], field: str, roles: list[str]) 
             )
 
 
+_APPROVAL_ROLE = re.compile(r"^[a-z][a-z0-9_-]{1,39}$")
+
+
+def check_approval_roles(violations: list[FieldViolation], field: str, roles: list[str]) -> None:
+    for role in roles:
+        if not _APPROVAL_ROLE.match(role):
+            violations.append(
+                FieldViolation(field, f"{role!r}: lowercase letters, digits, - or _ (2-40)")
+            )
+
+
 def check_labels(violations: list[FieldViolation], field: str, labels: dict[str, str]) -> None:
     if len(labels) > 64:
         violations.append(FieldViolation(field, "at most 64 labels"))

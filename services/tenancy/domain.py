@@ -21,7 +21,13 @@ from services.common.errors import (
     PermissionDenied,
     collect,
 )
-from services.common.validation import check_email, check_labels, check_roles, check_text
+from services.common.validation import (
+    check_approval_roles,
+    check_email,
+    check_labels,
+    check_roles,
+    check_text,
+)
 from services.db import Database
 from services.db.tables import refresh_tokens, tenants, users
 
@@ -58,6 +64,7 @@ class UserRecord:
     update_time: int
     version: int
     password_hash: str = field(repr=False, default="")
+    approval_roles: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -76,6 +83,7 @@ class UserChange:
     roles: list[str] | None = None
     password: str | None = None
     disabled: bool | None = None
+    approval_roles: list[str] | None = None
     etag: str = ""
 
 
@@ -104,6 +112,7 @@ def _user(row: sa.Row[tuple[object, ...]]) -> UserRecord:
         update_time=m["update_time"],
         version=m["version"],
         password_hash=m["password_hash"],
+        approval_roles=list(m["approval_roles"] or []),
     )
 
 
@@ -248,6 +257,7 @@ class Tenancy:
         display_name: str,
         roles: list[str],
         password: str,
+        approval_roles: list[str] | None = None,
     ) -> UserRecord:
         if caller is not None:
             names.require_same_tenant(parent, "parent", caller.tenant_id)
@@ -256,6 +266,7 @@ class Tenancy:
         check_email(violations, "user.email", email)
         check_text(violations, "user.display_name", display_name, required=False, max_len=200)
         check_roles(violations, "user.roles", roles)
+        check_approval_roles(violations, "user.approval_roles", approval_roles or [])
         if len(password) < MIN_PASSWORD:
             violations.append(
                 FieldViolation("user.password", f"must be at least {MIN_PASSWORD} characters")
@@ -275,6 +286,7 @@ class Tenancy:
             update_time=now,
             version=1,
             password_hash=await self._hasher.hash(password),
+            approval_roles=sorted(set(approval_roles or [])),
         )
         try:
             async with self._db.engine.begin() as conn:
@@ -286,6 +298,7 @@ class Tenancy:
                         display_name=display_name,
                         roles=record.roles,
                         password_hash=record.password_hash,
+                        approval_roles=record.approval_roles,
                         disabled=False,
                         create_time=now,
                         update_time=now,
@@ -366,6 +379,8 @@ class Tenancy:
             )
         if change.roles is not None:
             check_roles(violations, "user.roles", change.roles)
+        if change.approval_roles is not None:
+            check_approval_roles(violations, "user.approval_roles", change.approval_roles)
         if change.password is not None and len(change.password) < MIN_PASSWORD:
             violations.append(
                 FieldViolation("user.password", f"must be at least {MIN_PASSWORD} characters")
@@ -391,6 +406,8 @@ class Tenancy:
             values["password_hash"] = await self._hasher.hash(change.password)
         if change.disabled is not None:
             values["disabled"] = change.disabled
+        if change.approval_roles is not None:
+            values["approval_roles"] = sorted(set(change.approval_roles))
         async with self._db.engine.begin() as conn:
             result = await conn.execute(
                 users.update()

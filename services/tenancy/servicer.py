@@ -33,6 +33,7 @@ def user_proto(record: UserRecord) -> tenancy_pb2.User:
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
         etag=record.etag,
+        approval_roles=record.approval_roles,
     )
 
 
@@ -81,6 +82,7 @@ class TenancyServicer(tenancy_service_pb2_grpc.TenancyServiceServicer):
             user.display_name,
             role_names(user.roles),
             user.password,
+            list(user.approval_roles),
         )
         return pb.CreateUserResponse(user=user_proto(record))
 
@@ -97,13 +99,16 @@ class TenancyServicer(tenancy_service_pb2_grpc.TenancyServiceServicer):
     async def UpdateUser(self, request: pb.UpdateUserRequest, context: Any) -> Any:
         user = request.user
         paths = mask_paths(
-            request.update_mask, "user", ("display_name", "roles", "password", "disabled")
+            request.update_mask,
+            "user",
+            ("display_name", "roles", "password", "disabled", "approval_roles"),
         )
         change = UserChange(
             display_name=user.display_name if "display_name" in paths else None,
             roles=role_names(user.roles) if "roles" in paths else None,
             password=user.password if "password" in paths else None,
             disabled=user.disabled if "disabled" in paths else None,
+            approval_roles=list(user.approval_roles) if "approval_roles" in paths else None,
             etag=user.etag,
         )
         record = await self._tenancy.update_user(current_principal(), user.name, change)
