@@ -21,6 +21,7 @@ from services.common.call import Principal
 from services.common.clock import Clock, now_us
 from services.common.errors import (
     FieldViolation,
+    InvalidArgument,
     NotFound,
     PermissionDenied,
     Unauthenticated,
@@ -415,6 +416,22 @@ class Authenticator:
             rate_limit_key=f"{kind}:{credential}",
             approval_roles=approval_roles_for(roles, explicit),
         )
+
+    async def approval_roles_of(self, tenant_id: str, subject: str) -> frozenset[str]:
+        """Approval roles a user or API key of the tenant holds (for queries
+        about another approver than the caller)."""
+        parts = subject.split("/")
+        if len(parts) == 4 and parts[0] == "tenants" and parts[1] == tenant_id:
+            if parts[2] == "users":
+                user = await self._tenancy.find_user(tenant_id, parts[3])
+                if user is not None:
+                    return approval_roles_for(user.roles, user.approval_roles)
+            elif parts[2] == "apiKeys":
+                key = await self._find_api_key(tenant_id, parts[3])
+                if key is not None:
+                    return approval_roles_for(key.roles, key.approval_roles)
+            raise NotFound(f"{subject} not found", metadata={"resource": subject})
+        raise InvalidArgument.field("approver", "must name a user or API key of your tenant")
 
     async def _find_api_key(self, tenant_id: str, key_id: str) -> ApiKeyRecord | None:
         async with self._db.engine.connect() as conn:

@@ -418,9 +418,7 @@ class Campaigns:
                 raise Aborted(f"{current.name} changed concurrently; read it again and retry")
             await store.write_revision(conn, updated, actor, change, now)
             if stage != current.stage:
-                from services.campaigns.workflow import record_transition
-
-                await record_transition(
+                await store.record_transition(
                     conn,
                     updated,
                     "EDIT",

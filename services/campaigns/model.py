@@ -173,6 +173,17 @@ class Revision:
     create_time: int
 
 
+@dataclass(frozen=True, slots=True)
+class TransitionRecord:
+    action: str
+    from_stage: str
+    to_stage: str
+    actor: str
+    role: str
+    comment: str
+    time: int
+
+
 T = TypeVar("T")
 
 

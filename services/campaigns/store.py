@@ -3,6 +3,8 @@ share (idempotency keys, revisions)."""
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,10 +16,17 @@ from services.campaigns.model import (
     Offer,
     OfferSpec,
     Revision,
+    TransitionRecord,
     from_json,
     to_json,
 )
-from services.db.tables import campaign_revisions, campaigns, idempotency_keys, offers
+from services.db.tables import (
+    campaign_revisions,
+    campaigns,
+    idempotency_keys,
+    offers,
+    transitions,
+)
 
 
 def campaign_from_row(row: Any) -> Campaign:
@@ -128,3 +137,26 @@ async def remember(
                 tenant_id=tenant_id, method=method, key=key, result=result, create_time=now
             )
         )
+
+
+async def record_transition(
+    conn: AsyncConnection,
+    campaign: Campaign,
+    action: str,
+    from_stage: str,
+    to_stage: str,
+    actor: str,
+    role: str,
+    comment: str,
+    now: int,
+) -> TransitionRecord:
+    record = TransitionRecord(action, from_stage, to_stage, actor, role, comment[:2000], now)
+    await conn.execute(
+        transitions.insert().values(
+            id=f"{now:016x}{uuid.uuid4().hex[:8]}",
+            tenant_id=campaign.tenant_id,
+            campaign_id=campaign.id,
+            **dataclasses.asdict(record),
+        )
+    )
+    return record

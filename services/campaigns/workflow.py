@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -23,8 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.campaigns import store
 from services.campaigns.domain import Campaigns
 from services.campaigns.events import CampaignEvent, CampaignEvents
-from services.campaigns.model import Campaign, Money, from_json, to_json
+from services.campaigns.model import Campaign, Money, TransitionRecord, from_json, to_json
 from services.campaigns.schedule import bounds_us
+from services.campaigns.store import record_transition
 from services.campaigns.validation import CHANNELS
 from services.common import names
 from services.common.call import Principal
@@ -176,17 +176,6 @@ def validate_rule(rule: ApprovalRule) -> list[FieldViolation]:
 
 
 @dataclass(frozen=True, slots=True)
-class TransitionRecord:
-    action: str
-    from_stage: str
-    to_stage: str
-    actor: str
-    role: str
-    comment: str
-    time: int
-
-
-@dataclass(frozen=True, slots=True)
 class ActionResult:
     campaign: Campaign
     transition: TransitionRecord | None  # None: an approval short of the minimum
@@ -205,29 +194,6 @@ class CalendarItem:
     campaign: Campaign
     start_time: int
     end_time: int
-
-
-async def record_transition(
-    conn: AsyncConnection,
-    campaign: Campaign,
-    action: str,
-    from_stage: str,
-    to_stage: str,
-    actor: str,
-    role: str,
-    comment: str,
-    now: int,
-) -> TransitionRecord:
-    record = TransitionRecord(action, from_stage, to_stage, actor, role, comment[:2000], now)
-    await conn.execute(
-        transitions.insert().values(
-            id=f"{now:016x}{uuid.uuid4().hex[:8]}",
-            tenant_id=campaign.tenant_id,
-            campaign_id=campaign.id,
-            **dataclasses.asdict(record),
-        )
-    )
-    return record
 
 
 def _actor_role(caller: Principal, action: str, rule: ApprovalRule | None) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ALL_SERVICES = ("tenancy", "auth", "audit")
+ALL_SERVICES = ("tenancy", "auth", "audit", "campaigns")
 
 
 class ConfigError(ValueError):

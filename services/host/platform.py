@@ -20,6 +20,9 @@ from services.backends import AnalyticsStore, KeyValueStore, MessageBus
 from services.backends.analytics import open_analytics_store
 from services.backends.bus import open_message_bus
 from services.backends.kv import open_key_value_store
+from services.campaigns.domain import Campaigns
+from services.campaigns.events import CampaignEvents
+from services.campaigns.workflow import Scheduler, Workflow
 from services.common.forwarding import CallForwarder
 from services.db import Database
 from services.host.access import AccessRules
@@ -75,6 +78,8 @@ class Platform:
     tenancy: Tenancy
     authenticator: Authenticator
     audit: AuditLog
+    campaigns: Campaigns
+    workflow: Workflow
     forwarder: CallForwarder
     metrics_registry: CollectorRegistry
     local_specs: list[ServiceSpec]
@@ -134,12 +139,16 @@ async def create_platform(
         access_token_seconds=settings.access_token_seconds,
         refresh_token_seconds=settings.refresh_token_seconds,
     )
+    campaign_events = CampaignEvents(backends.bus)
+    campaigns = Campaigns(backends.db, campaign_events)
     platform = Platform(
         settings=settings,
         backends=backends,
         tenancy=tenancy,
         authenticator=authenticator,
         audit=AuditLog(backends.db, backends.bus),
+        campaigns=campaigns,
+        workflow=Workflow(backends.db, campaigns, campaign_events),
         forwarder=CallForwarder(secret),
         metrics_registry=CollectorRegistry(),
         local_specs=[SERVICES_BY_KEY[key] for key in settings.services],
@@ -191,4 +200,10 @@ async def create_platform(
             await health_servicer.enter_graceful_shutdown()
 
         platform._closers.append(not_serving)
+        if any(spec.key == "campaigns" for spec in platform.local_specs):
+            # Every process serving campaigns runs the scheduler: its
+            # transitions are conditional, so several never double one.
+            scheduler = Scheduler(platform.workflow)
+            scheduler.start()
+            platform._closers.append(scheduler.stop)
     return platform

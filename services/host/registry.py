@@ -10,9 +10,11 @@ from google.protobuf import descriptor
 
 from campaignexpress.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
 from campaignexpress.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from campaignexpress.campaigns.v1 import campaign_service_pb2, campaign_service_pb2_grpc
 from campaignexpress.tenancy.v1 import tenancy_service_pb2, tenancy_service_pb2_grpc
 from services.audit.servicer import AuditServicer
 from services.auth.servicer import AuthServicer
+from services.campaigns.servicer import CampaignServicer
 from services.tenancy.servicer import TenancyServicer
 
 if TYPE_CHECKING:
@@ -53,6 +55,12 @@ SERVICES: tuple[ServiceSpec, ...] = (
         audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"],
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server,
         lambda p: AuditServicer(p.audit),
+    ),
+    ServiceSpec(
+        "campaigns",
+        campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"],
+        campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server,
+        lambda p: CampaignServicer(p.campaigns, p.workflow, p.authenticator.approval_roles_of),
     ),
 )
 
