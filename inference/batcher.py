@@ -87,13 +87,18 @@ class InferenceBatcher(Generic[Item, Result]):
         """Batches sent to the provider and not yet answered."""
         return len(self._tasks)
 
-    async def submit(self, item: Item) -> Result:
+    def enqueue(self, item: Item) -> asyncio.Future[Result]:
+        """Queue `item`; the future resolves to its own result. Cancelling the
+        future withdraws the item if its batch has not left yet."""
         if self._closed:
             raise BatcherClosed("the inference batcher is closed")
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future, self._clock.now()))
         self._dispatch()
-        return await future
+        return future
+
+    async def submit(self, item: Item) -> Result:
+        return await self.enqueue(item)
 
     def _dispatch(self) -> None:
         while self._pending and len(self._tasks) < self.concurrency:

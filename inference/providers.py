@@ -261,6 +261,8 @@ class RemoteProvider:
         self._outputs = checkpoint.config.outputs
         self._on_fallback = on_fallback
         self._local = threading.local()
+        self._connections: list[http.client.HTTPConnection] = []
+        self._connections_lock = threading.Lock()
 
     def _connection(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
@@ -272,6 +274,8 @@ class RemoteProvider:
             )
             conn = kind(self._parts.hostname or "", self._parts.port, timeout=self._timeout)
             self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
         return conn
 
     def _post(self, rows: npt.NDArray[np.float32]) -> Scores:
@@ -290,6 +294,9 @@ class RemoteProvider:
         except BaseException:
             conn.close()
             self._local.conn = None
+            with self._connections_lock:
+                if conn in self._connections:
+                    self._connections.remove(conn)
             raise
         if response.status != 200:
             raise ProviderError(f"endpoint answered HTTP {response.status}")
@@ -328,8 +335,9 @@ class RemoteProvider:
         return self.measured_latency
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
             conn.close()
         self.fallback.close()
 

@@ -35,6 +35,12 @@ _HELP = {
     "shutdown_grace_seconds": "time in-flight calls get to finish on SIGTERM",
     "tracing": "OpenTelemetry gRPC instrumentation (true/false)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "inference_provider": "numpy, auto, xla:cpu|cuda|rocm|tpu|neuron|tt, groq or remote",
+    "inference_checkpoint": "CoLaNet checkpoint file (default: the built-in model)",
+    "inference_remote_url": "endpoint of the groq/remote provider",
+    "inference_remote_timeout_ms": "remote provider timeout before the local fallback",
+    "inference_batch_size": "bids per provider call at most (batcher flush size)",
+    "inference_batch_wait_us": "longest a bid waits for a batch while the provider is busy",
 }
 
 
@@ -73,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     tenant.add_argument("tenant_id", help="3-40 lowercase letters, digits or hyphens")
     tenant.add_argument("--display-name", dest="tenant_display_name", default=None)
     _add_settings_flags(tenant)
+    from services.inference.cli import add_model_parser
+
+    add_model_parser(commands, _add_settings_flags)
     return parser
 
 
@@ -117,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.host.serve import run
 
         return run(settings)
+    if args.command == "model":
+        from services.inference.cli import run_model
+
+        return run_model(args, settings)
     if args.command == "migrate":
         asyncio.run(_migrate(settings))
         print(f"database at {settings.effective_database_url} is up to date")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ALL_SERVICES = ("tenancy", "auth", "audit", "campaigns")
+ALL_SERVICES = ("tenancy", "auth", "audit", "campaigns", "inference")
 
 
 class ConfigError(ValueError):
@@ -67,6 +67,25 @@ class Settings:
     )
     tracing: bool = field(default=True, metadata={"env": "CAMPAIGN_EXPRESS_TRACING"})
     log_level: str = field(default="INFO", metadata={"env": "CAMPAIGN_EXPRESS_LOG_LEVEL"})
+    # CoLaNet inference (docs/inference.md)
+    inference_provider: str = field(
+        default="numpy", metadata={"env": "CAMPAIGN_EXPRESS__NPU__PROVIDER"}
+    )
+    inference_checkpoint: str = field(
+        default="", metadata={"env": "CAMPAIGN_EXPRESS__NPU__CHECKPOINT"}
+    )
+    inference_remote_url: str = field(
+        default="", metadata={"env": "CAMPAIGN_EXPRESS__NPU__REMOTE_URL"}
+    )
+    inference_remote_timeout_ms: float = field(
+        default=50.0, metadata={"env": "CAMPAIGN_EXPRESS__NPU__REMOTE_TIMEOUT_MS"}
+    )
+    inference_batch_size: int = field(
+        default=16, metadata={"env": "CAMPAIGN_EXPRESS__NPU__BATCH_SIZE"}
+    )
+    inference_batch_wait_us: int = field(
+        default=500, metadata={"env": "CAMPAIGN_EXPRESS__NPU__BATCH_WAIT_US"}
+    )
 
     @property
     def effective_database_url(self) -> str:
@@ -188,6 +207,7 @@ def validate(s: Settings) -> None:
         fail("jwt_secret", "must be at least 32 characters")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail("log_level", "must be DEBUG, INFO, WARNING or ERROR")
+    _validate_inference(s, fail)
     for name, prefixes in (
         (
             "database_url",
@@ -206,3 +226,35 @@ def validate(s: Settings) -> None:
         value = getattr(s, name)
         if value and not value.startswith(prefixes):
             fail(name, f"scheme must be one of {', '.join(prefixes)}")
+
+
+def _validate_inference(s: Settings, fail: Any) -> None:
+    """Inference settings; provider availability and the checkpoint are checked
+    only where the inference service runs, so that a missing plugin is a
+    start-up error there and nowhere else."""
+    from inference.catalogue import PROVIDER_NAMES, availability
+
+    if s.inference_provider not in PROVIDER_NAMES:
+        fail("inference_provider", f"unknown provider; known: {', '.join(PROVIDER_NAMES)}")
+    url = s.inference_remote_url
+    if url and not url.startswith(("http://", "https://")):
+        fail("inference_remote_url", "must be an http:// or https:// URL")
+    if not 0 < s.inference_remote_timeout_ms <= 60_000:
+        fail("inference_remote_timeout_ms", "must be between 0 and 60000")
+    if not 1 <= s.inference_batch_size <= 1024:
+        fail("inference_batch_size", "must be between 1 and 1024")
+    if not 0 <= s.inference_batch_wait_us <= 1_000_000:
+        fail("inference_batch_wait_us", "must be between 0 and 1000000")
+    if "inference" not in s.services:
+        return
+    if s.inference_provider != "auto":
+        ok, why = availability(s.inference_provider, url)
+        if not ok:
+            fail("inference_provider", f"{s.inference_provider} is unavailable: {why}")
+    if s.inference_checkpoint:
+        from inference.checkpoint import CheckpointError, load_checkpoint
+
+        try:
+            load_checkpoint(s.inference_checkpoint)
+        except CheckpointError as exc:
+            fail("inference_checkpoint", str(exc))

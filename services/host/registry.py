@@ -11,10 +11,12 @@ from google.protobuf import descriptor
 from campaignexpress.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
 from campaignexpress.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from campaignexpress.campaigns.v1 import campaign_service_pb2, campaign_service_pb2_grpc
+from campaignexpress.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from campaignexpress.tenancy.v1 import tenancy_service_pb2, tenancy_service_pb2_grpc
 from services.audit.servicer import AuditServicer
 from services.auth.servicer import AuthServicer
 from services.campaigns.servicer import CampaignServicer
+from services.inference.servicer import build_inference_servicer
 from services.tenancy.servicer import TenancyServicer
 
 if TYPE_CHECKING:
@@ -61,6 +63,12 @@ SERVICES: tuple[ServiceSpec, ...] = (
         campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"],
         campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server,
         lambda p: CampaignServicer(p.campaigns, p.workflow, p.authenticator.approval_roles_of),
+    ),
+    ServiceSpec(
+        "inference",
+        inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"],
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
+        build_inference_servicer,
     ),
 )
 

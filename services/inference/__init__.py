@@ -1,0 +1,1 @@
+"""InferenceService: CoLaNet scoring served over gRPC (see docs/inference.md)."""
