@@ -36,6 +36,11 @@ class CampaignEvents:
     def __init__(self, bus: MessageBus) -> None:
         self._bus = bus
 
+    @property
+    def bus(self) -> MessageBus:
+        """The bus the events go on (budget alerts share it)."""
+        return self._bus
+
     async def publish(self, event: CampaignEvent) -> None:
         """Best effort after the database commit: a lost event is repaired by
         the index's periodic full refresh, never by blocking the change."""

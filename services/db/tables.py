@@ -207,6 +207,24 @@ budget_alerts = sa.Table(
     sa.Index("ix_budget_alerts_tenant_time", "tenant_id", "create_time"),
 )
 
+# -- spend rollup (migration 0003) --------------------------------------------
+
+# Per campaign and local day, maintained in the same transaction as the
+# delivery_events rows it summarises (services/campaigns/budget.py), so budget
+# checks read a few rows instead of the whole ledger.
+spend_days = sa.Table(
+    "spend_days",
+    metadata,
+    sa.Column("campaign_id", sa.String(64), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("spend_micros", sa.BigInteger, nullable=False),
+    sa.Column("impressions", sa.BigInteger, nullable=False),
+    sa.Column("clicks", sa.BigInteger, nullable=False),
+    sa.Column("conversions", sa.BigInteger, nullable=False),
+    sa.Column("revenue_micros", sa.BigInteger, nullable=False),
+)
+
 idempotency_keys = sa.Table(
     "idempotency_keys",
     metadata,
