@@ -1,0 +1,265 @@
+"""The live campaign index: LIVE campaigns and their ACTIVE offers, per tenant,
+in memory, for bidding to read without touching the database per bid.
+
+How it stays current (change propagation):
+- `start()` subscribes to `campaign-express.campaigns.>` (every tenant's
+  campaign events: campaign.changed / campaign.deleted / offer.changed /
+  offer.deleted / budget.changed), then loads everything once.
+- An event only marks its campaign dirty; one worker task reloads dirty
+  campaigns (a few at a time, two queries) and applies the result. One worker
+  means reloads and full refreshes never race: the newest read always wins.
+- Every `refresh_seconds` the worker reloads everything, which repairs events
+  lost on the way (publishing is best effort after the commit) and picks up
+  budgets that reset at local midnight.
+- A campaign is in the index when its stage is LIVE and its budgets allow
+  bidding (`Budgets.can_bid_many`); an exhausted budget takes it out.
+
+The subscription is a plain (non-queue) one: every process running an index
+gets every event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.backends import BusMessage, MessageBus, Subscription
+from services.campaigns import events as campaign_events
+from services.campaigns import store
+from services.campaigns.budget import Budgets
+from services.campaigns.model import Campaign, Offer
+from services.common.clock import Clock, now_us
+from services.db import Database
+from services.db.tables import campaigns, offers
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTION = f"{campaign_events.SUBJECT_PREFIX}.>"
+DEFAULT_REFRESH_SECONDS = 30.0
+_BATCH = 200  # campaigns reloaded per query
+_RETRY_SECONDS = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class LiveCampaign:
+    """A campaign bidding may serve, with its ACTIVE offers."""
+
+    campaign: Campaign
+    offers: tuple[Offer, ...]
+
+    @property
+    def name(self) -> str:
+        return self.campaign.name
+
+    @property
+    def tenant_id(self) -> str:
+        return self.campaign.tenant_id
+
+
+Key = tuple[str, str]  # (tenant id, campaign id)
+
+
+def _key_of(campaign_name: str) -> Key | None:
+    parts = campaign_name.split("/")
+    if len(parts) != 4 or parts[0] != "tenants" or parts[2] != "campaigns":
+        return None
+    return parts[1], parts[3]
+
+
+class LiveCampaignIndex:
+    def __init__(
+        self,
+        db: Database,
+        bus: MessageBus,
+        budgets: Budgets,
+        *,
+        refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
+        clock: Clock = now_us,
+    ) -> None:
+        self._db = db
+        self._bus = bus
+        self._budgets = budgets
+        self._refresh_seconds = refresh_seconds
+        self._clock = clock
+        self._by_tenant: dict[str, dict[str, LiveCampaign]] = {}
+        self._dirty: set[Key] = set()
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._subscription: Subscription | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._next_refresh = 0.0
+        #: Bumped on every change of the contents; tests wait on it.
+        self.version = 0
+        #: Full refreshes done (for tests and metrics).
+        self.refreshes = 0
+
+    # -- reading -------------------------------------------------------------
+
+    def campaigns(self, tenant_id: str) -> list[LiveCampaign]:
+        """The tenant's live campaigns, by id."""
+        found = self._by_tenant.get(tenant_id, {})
+        return [found[k] for k in sorted(found)]
+
+    def get(self, campaign_name: str) -> LiveCampaign | None:
+        key = _key_of(campaign_name)
+        if key is None:
+            return None
+        return self._by_tenant.get(key[0], {}).get(key[1])
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_tenant.values())
+
+    async def wait_for(
+        self,
+        predicate: Callable[[LiveCampaignIndex], bool],
+        timeout: float,  # noqa: ASYNC109 - a test helper; reads better than a context
+    ) -> None:
+        """Return once `predicate(self)` holds; TimeoutError after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"index condition not met within {timeout} s")
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), left)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe, load everything, and start the worker. Events that
+        arrive during the first load are applied right after it."""
+        if self._worker is not None:
+            return
+        self._subscription = await self._bus.subscribe(SUBSCRIPTION, self._on_event)
+        await self.refresh()
+        self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
+            self._subscription = None
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+
+    # -- keeping current -----------------------------------------------------
+
+    async def _on_event(self, message: BusMessage) -> None:
+        try:
+            event = campaign_events.decode(message.data)
+        except Exception:  # a malformed event must not be redelivered forever
+            log.warning("index: undecodable campaign event on %s", message.subject)
+            return
+        key = _key_of(event.campaign)
+        if key is not None:
+            self._dirty.add(key)
+            self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            if now >= self._next_refresh:
+                try:
+                    await self.refresh()
+                except Exception:
+                    log.warning("index: full refresh failed; retrying", exc_info=True)
+                    self._next_refresh = time.monotonic() + _RETRY_SECONDS
+            if self._dirty:
+                keys = set(self._dirty)
+                self._dirty.clear()
+                try:
+                    await self._reload(keys)
+                except Exception:
+                    log.warning("index: reload failed; retrying", exc_info=True)
+                    self._dirty |= keys
+                    await asyncio.sleep(_RETRY_SECONDS)
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), max(0.0, self._next_refresh - time.monotonic())
+                )
+
+    async def refresh(self) -> None:
+        """Reload every live campaign (the repair path)."""
+        self._dirty.clear()  # the full read below covers what was dirty so far
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(campaigns.select().where(campaigns.c.stage == "LIVE"))).all()
+            live = [store.campaign_from_row(r) for r in rows]
+            offers_of = await self._offers(conn, [c.id for c in live])
+        allowed = await self._budgets.can_bid_many(live, self._clock())
+        fresh: dict[str, dict[str, LiveCampaign]] = {}
+        for campaign in live:
+            if allowed.get(campaign.id):
+                fresh.setdefault(campaign.tenant_id, {})[campaign.id] = LiveCampaign(
+                    campaign, tuple(offers_of.get(campaign.id, ()))
+                )
+        changed = fresh != self._by_tenant
+        self._by_tenant = fresh
+        self.refreshes += 1
+        self._next_refresh = time.monotonic() + self._refresh_seconds
+        self._bump(changed or self.refreshes == 1)
+
+    async def _reload(self, keys: Iterable[Key]) -> None:
+        ordered = sorted(keys)
+        for start in range(0, len(ordered), _BATCH):
+            await self._reload_batch(ordered[start : start + _BATCH])
+
+    async def _reload_batch(self, keys: list[Key]) -> None:
+        ids = [cid for _, cid in keys]
+        async with self._db.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    campaigns.select().where(campaigns.c.id.in_(ids), campaigns.c.stage == "LIVE")
+                )
+            ).all()
+            live = [store.campaign_from_row(r) for r in rows]
+            live = [c for c in live if (c.tenant_id, c.id) in set(keys)]
+            offers_of = await self._offers(conn, [c.id for c in live])
+        allowed = await self._budgets.can_bid_many(live, self._clock())
+        keep = {
+            c.id: LiveCampaign(c, tuple(offers_of.get(c.id, ()))) for c in live if allowed.get(c.id)
+        }
+        changed = False
+        for tenant_id, campaign_id in keys:
+            entries = self._by_tenant.setdefault(tenant_id, {})
+            entry = keep.get(campaign_id)
+            if entry is None:
+                changed |= entries.pop(campaign_id, None) is not None
+            elif entries.get(campaign_id) != entry:
+                entries[campaign_id] = entry
+                changed = True
+            if not entries:
+                del self._by_tenant[tenant_id]
+        self._bump(changed)
+
+    async def _offers(self, conn: AsyncConnection, ids: list[str]) -> dict[str, list[Offer]]:
+        found: dict[str, list[Offer]] = {}
+        for start in range(0, len(ids), _BATCH):
+            query = (
+                offers.select()
+                .where(offers.c.campaign_id.in_(ids[start : start + _BATCH]))
+                .where(offers.c.status == "ACTIVE")
+                .order_by(offers.c.campaign_id, offers.c.create_time, offers.c.id)
+            )
+            for row in (await conn.execute(query)).all():
+                offer = store.offer_from_row(row)
+                found.setdefault(offer.campaign_id, []).append(offer)
+        return found
+
+    def _bump(self, changed: bool) -> None:
+        if not changed:
+            return
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
