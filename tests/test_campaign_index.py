@@ -173,6 +173,7 @@ async def test_stage_and_offer_changes_reach_the_index_within_a_second(world: Wo
     await world.set_stage(c, "LIVE")
     await world.within(lambda i: i.get(c.name) is not None)
     assert offer_names(world.index, c.name) == ["Boots"]  # ACTIVE offers only
+    assert world.index.get(c.name).bid_rate == 1.0  # type: ignore[union-attr]  # ASAP
     assert world.index.get(c.name).campaign.stage == "LIVE"  # type: ignore[union-attr]
     assert [e.name for e in world.index.campaigns("acme")] == [c.name]
     assert world.index.campaigns("globex") == []
@@ -257,7 +258,7 @@ async def test_a_deleted_campaign_leaves_the_index(world: World) -> None:
 
 
 async def test_a_restarted_index_loads_what_is_live(world: World) -> None:
-    live = await world.campaign()
+    live = await world.campaign(pacing_mode="EVEN")
     spent = await world.campaign()
     for c in (live, spent):
         await world.set_stage(c, "LIVE")
@@ -269,6 +270,8 @@ async def test_a_restarted_index_loads_what_is_live(world: World) -> None:
     try:
         assert [e.name for e in fresh.campaigns("acme")] == [live.name]
         assert len(fresh) == 1
+        # EVEN and behind its curve, with nothing known about traffic yet.
+        assert fresh.campaigns("acme")[0].bid_rate == 1.0
     finally:
         await fresh.stop()
     async with world.db.engine.connect() as conn:

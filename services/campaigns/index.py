@@ -12,7 +12,9 @@ How it stays current (change propagation):
   lost on the way (publishing is best effort after the commit) and picks up
   budgets that reset at local midnight.
 - A campaign is in the index when its stage is LIVE and its budgets allow
-  bidding (`Budgets.can_bid_many`); an exhausted budget takes it out.
+  bidding; an exhausted budget takes it out. Each load evaluates the budget
+  status (`Budgets.evaluate_many`), which ticks the pacing throttle and gives
+  the entry its `bid_rate`: the 30 s refresh is the throttle's heartbeat.
 
 The subscription is a plain (non-queue) one: every process running an index
 gets every event.
@@ -48,10 +50,12 @@ _RETRY_SECONDS = 0.5
 
 @dataclass(frozen=True, slots=True)
 class LiveCampaign:
-    """A campaign bidding may serve, with its ACTIVE offers."""
+    """A campaign bidding may serve, with its ACTIVE offers and the pacing
+    throttle: bidding takes an opportunity with probability `bid_rate`."""
 
     campaign: Campaign
     offers: tuple[Offer, ...]
+    bid_rate: float = 1.0
 
     @property
     def name(self) -> str:
@@ -197,12 +201,13 @@ class LiveCampaignIndex:
             rows = (await conn.execute(campaigns.select().where(campaigns.c.stage == "LIVE"))).all()
             live = [store.campaign_from_row(r) for r in rows]
             offers_of = await self._offers(conn, [c.id for c in live])
-        allowed = await self._budgets.can_bid_many(live, self._clock())
+        budget = await self._budgets.evaluate_many(live, self._clock())
         fresh: dict[str, dict[str, LiveCampaign]] = {}
         for campaign in live:
-            if allowed.get(campaign.id):
+            status = budget[campaign.id]
+            if status.can_bid:
                 fresh.setdefault(campaign.tenant_id, {})[campaign.id] = LiveCampaign(
-                    campaign, tuple(offers_of.get(campaign.id, ()))
+                    campaign, tuple(offers_of.get(campaign.id, ())), status.bid_rate
                 )
         changed = fresh != self._by_tenant
         self._by_tenant = fresh
@@ -223,12 +228,15 @@ class LiveCampaignIndex:
                     campaigns.select().where(campaigns.c.id.in_(ids), campaigns.c.stage == "LIVE")
                 )
             ).all()
+            wanted = set(keys)
             live = [store.campaign_from_row(r) for r in rows]
-            live = [c for c in live if (c.tenant_id, c.id) in set(keys)]
+            live = [c for c in live if (c.tenant_id, c.id) in wanted]
             offers_of = await self._offers(conn, [c.id for c in live])
-        allowed = await self._budgets.can_bid_many(live, self._clock())
+        budget = await self._budgets.evaluate_many(live, self._clock())
         keep = {
-            c.id: LiveCampaign(c, tuple(offers_of.get(c.id, ()))) for c in live if allowed.get(c.id)
+            c.id: LiveCampaign(c, tuple(offers_of.get(c.id, ())), budget[c.id].bid_rate)
+            for c in live
+            if budget[c.id].can_bid
         }
         changed = False
         for tenant_id, campaign_id in keys:
