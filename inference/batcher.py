@@ -97,6 +97,17 @@ class InferenceBatcher(Generic[Item, Result]):
         self._dispatch()
         return future
 
+    def enqueue_many(self, items: list[Item]) -> list[asyncio.Future[Result]]:
+        """Queue several items at once: they leave together (up to max_items
+        per batch) rather than the first alone."""
+        if self._closed:
+            raise BatcherClosed("the inference batcher is closed")
+        loop, now = asyncio.get_running_loop(), self._clock.now()
+        futures: list[asyncio.Future[Result]] = [loop.create_future() for _ in items]
+        self._pending.extend((item, f, now) for item, f in zip(items, futures, strict=True))
+        self._dispatch()
+        return futures
+
     async def submit(self, item: Item) -> Result:
         return await self.enqueue(item)
 
@@ -144,10 +155,13 @@ class InferenceBatcher(Generic[Item, Result]):
                 if not future.done():
                     future.set_result(result)
         finally:
-            task = asyncio.current_task()
+            try:
+                task = asyncio.current_task()
+            except RuntimeError:  # the loop is gone (closed with this batch pending)
+                task = None
             if task is not None:
                 self._tasks.discard(task)
-            self._dispatch()
+                self._dispatch()
 
     def _arm_timer(self) -> None:
         if self._timer is None:

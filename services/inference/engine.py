@@ -232,8 +232,7 @@ class InferenceEngine:
         return await self._batcher.enqueue(request)
 
     async def predict_many(self, requests: Sequence[ScoringRequest]) -> list[Prediction]:
-        futures = [self._batcher.enqueue(r) for r in requests]
-        return list(await asyncio.gather(*futures))
+        return list(await asyncio.gather(*self._batcher.enqueue_many(list(requests))))
 
     async def _run_batch(self, requests: list[ScoringRequest]) -> list[Prediction]:
         loaded = self._loaded  # one model per batch, even across a reload
