@@ -252,7 +252,9 @@ def _evaluate(args: argparse.Namespace, settings: Any) -> int:
         f"{'estimator':10} {'value':>9} {ci:>21} {'lift':>9} {'lift ' + ci:>23}",
     ]
     for e in [report.logging, *report.estimates]:
-        lift = "" if e.name == "logging" else f"{e.lift:+9.1%} [{e.lift_low:+.1%}, {e.lift_high:+.1%}]"
+        lift = f"{e.lift:+9.1%} [{e.lift_low:+.1%}, {e.lift_high:+.1%}]"
+        if e.name == "logging":
+            lift = ""
         lines.append(f"{e.name:10} {e.value:9.5f} [{e.low:9.5f}, {e.high:9.5f}] {lift}")
     print("\n".join(lines))
     return 0

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 import tempfile
 from collections.abc import AsyncIterator, Sequence
@@ -67,6 +68,22 @@ def _kind(path: str | pathlib.Path) -> str:
     raise ValueError(f"{path}: use a .csv or .parquet file")
 
 
+def _existing(source: str) -> pathlib.Path:
+    path = pathlib.Path(source).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"{source} does not exist")
+    return path
+
+
+def _writable(target: str) -> pathlib.Path:
+    """Absolute path with its directory created and no file in the way
+    (chDB's file() appends to an existing file)."""
+    path = pathlib.Path(target).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    return path
+
+
 def _sql_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -105,14 +122,12 @@ async def read_columns(
     """Columns of a .csv or .parquet file, or of table `source` in `store`."""
     tail = f" LIMIT {int(limit)}" if limit > 0 else ""
     if source.lower().endswith((".csv", ".parquet")):
-        path = pathlib.Path(source)
-        if not path.exists():
-            raise FileNotFoundError(f"{source} does not exist")
+        path = _existing(source)
         if _kind(path) == "csv":
-            columns = read_csv_columns(path)
+            columns = await asyncio.to_thread(read_csv_columns, path)
             return {k: v[:limit] for k, v in columns.items()} if limit > 0 else columns
         async with _chdb(store) as chdb:
-            relation = f"file({_sql_string(str(path.resolve()))}, Parquet)"
+            relation = f"file({_sql_string(str(path))}, Parquet)"
             names = await _describe(chdb, relation)
             rows = await chdb.query(f"SELECT * FROM {relation}{tail}")
         return _rows_to_columns(names, rows)
@@ -134,10 +149,9 @@ async def write_columns(
     target: str, columns: dict[str, list[Any]], store: AnalyticsStore | None = None
 ) -> pathlib.Path:
     """Write columns to a .csv or .parquet file."""
-    path = pathlib.Path(target)
+    path = _writable(target)
     if _kind(path) == "csv":
-        return write_csv_columns(path, columns)
-    path.parent.mkdir(parents=True, exist_ok=True)
+        return await asyncio.to_thread(write_csv_columns, path, columns)
     names = [c for c in EVENT_COLUMNS if c in columns] + [
         c for c in columns if c not in EVENT_COLUMNS
     ]
@@ -149,9 +163,8 @@ async def write_columns(
         try:
             rows = list(zip(*(columns[n] for n in names), strict=True))
             await chdb.insert(scratch, names, rows)
-            path.unlink(missing_ok=True)
             await chdb.execute(
-                f"INSERT INTO FUNCTION file({_sql_string(str(path.resolve()))}, Parquet) "
+                f"INSERT INTO FUNCTION file({_sql_string(str(path))}, Parquet) "
                 f"SELECT * FROM {scratch}"
             )
         finally:
@@ -165,10 +178,6 @@ async def insert_events(store: AnalyticsStore, columns: dict[str, list[Any]]) ->
     names = [c for c in EVENT_COLUMNS if c in columns]
     n = len(columns[names[0]])
     for start in range(0, n, 10_000):
-        rows = list(
-            zip(*(columns[name][start : start + 10_000] for name in names), strict=True)
-        )
+        rows = list(zip(*(columns[name][start : start + 10_000] for name in names), strict=True))
         await store.insert(IMPRESSION_LOG, names, rows)
     return n
-
-
