@@ -103,7 +103,7 @@ class Loyalty:
     tier: str = "GREEN"  # GREEN, GOLD or RESERVE
     stars_balance: float = 0.0
     tier_progress: float = 0.0  # 0..1 towards the next tier
-    earn_rate: float = 1.0  # effective stars per currency unit
+    earn_rate: float = 0.0  # effective stars per currency unit (0: unknown)
     days_since_redeem: float | None = None  # None: never redeemed
     birthday_eligible: bool = False
     preferred_channel: str = "NONE"  # one of CHANNELS

@@ -103,7 +103,7 @@ def test_default_profile_fills_documented_defaults() -> None:
     assert user.shape == (USER_DIM,)
     assert user[139] == 1.0  # slot 0
     assert user[128] == 0.0 and user[132] == 0.0 and user[136] == 0.0
-    assert user[131] == 0.5  # earn rate 1.0 / 2
+    assert user[131] == 0.0  # unknown earn rate, as a proto with the field unset
 
 
 @pytest.mark.parametrize(

@@ -363,3 +363,12 @@ async def test_metrics_are_exported(ienv: InferenceEnv) -> None:
     assert 'campaign_express_inference_latency_seconds_bucket{le="0.0005",provider="numpy"}' in text
     assert "campaign_express_inference_batch_size_bucket" in text
     assert "campaign_express_inference_queue_depth 0.0" in text
+
+
+def test_an_empty_proto_profile_means_the_domain_defaults() -> None:
+    from services.inference.servicer import profile_of
+
+    empty = user_features(profile_of(inference_pb2.ScoringProfile()))
+    np.testing.assert_array_equal(empty, user_features(Profile()))
+    full = user_features(profile_of(PROFILE))
+    np.testing.assert_array_equal(full, user_features(PROFILE_DOMAIN))
