@@ -4,7 +4,9 @@ Callers `submit` one item each and await its own result. Items are sent to
 the provider in batches:
 
 - when the provider is idle (nothing in flight), pending items go at once, so
-  a lone request never waits for the timer;
+  a lone request never waits for the timer ("at once" = at the end of the
+  current turn of the event loop: items submitted in the same turn, e.g.
+  several streams' messages read together, travel together);
 - while the provider is busy but has a free slot (`concurrency` > 1),
   a batch leaves when it reaches `max_items` (16) or when its first item has
   waited `max_wait` (500 us);
@@ -75,6 +77,7 @@ class InferenceBatcher(Generic[Item, Result]):
         self._timer: TimerHandle | None = None
         self._due = False  # the timer fired while no slot was free
         self._tasks: set[asyncio.Task[None]] = set()
+        self._kicked = False  # a dispatch is scheduled for the end of this turn
         self._closed = False
 
     @property
@@ -92,9 +95,10 @@ class InferenceBatcher(Generic[Item, Result]):
         future withdraws the item if its batch has not left yet."""
         if self._closed:
             raise BatcherClosed("the inference batcher is closed")
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
         self._pending.append((item, future, self._clock.now()))
-        self._dispatch()
+        self._kick(loop)
         return future
 
     def enqueue_many(self, items: list[Item]) -> list[asyncio.Future[Result]]:
@@ -105,11 +109,20 @@ class InferenceBatcher(Generic[Item, Result]):
         loop, now = asyncio.get_running_loop(), self._clock.now()
         futures: list[asyncio.Future[Result]] = [loop.create_future() for _ in items]
         self._pending.extend((item, f, now) for item, f in zip(items, futures, strict=True))
-        self._dispatch()
+        self._kick(loop)
         return futures
 
     async def submit(self, item: Item) -> Result:
         return await self.enqueue(item)
+
+    def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._kicked:
+            self._kicked = True
+            loop.call_soon(self._kicked_dispatch)
+
+    def _kicked_dispatch(self) -> None:
+        self._kicked = False
+        self._dispatch()
 
     def _dispatch(self) -> None:
         while self._pending and len(self._tasks) < self.concurrency:

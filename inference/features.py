@@ -195,10 +195,11 @@ def user_features(profile: Profile) -> Vector:
     return out
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=8192)
 def offer_embedding(offer_id: str) -> Vector:
     """The offer part, indices [140, 256): a signed hash embedding of the id.
-    Read-only and cached."""
+    Read-only; recent ones are cached (the NumPy provider keeps its own cache
+    of the offers' first-layer projections)."""
     digest = hashlib.blake2b(offer_id.encode(), digest_size=2 * _OFFER_ENTRIES).digest()
     vector = np.zeros(OFFER_DIM, dtype=np.float32)
     for i in range(_OFFER_ENTRIES):

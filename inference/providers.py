@@ -32,7 +32,7 @@ import numpy.typing as npt
 from inference.catalogue import CATALOGUE, PROVIDER_NAMES, ProviderSpec, availability
 from inference.checkpoint import Checkpoint
 from inference.features import FEATURE_DIM, LAYOUT_VERSION, USER_DIM, build_features
-from inference.numpy_model import NumpyColaNet, Scores
+from inference.numpy_model import NumpyColaNet, Scores, single_threaded_blas
 
 __all__ = [
     "CATALOGUE",
@@ -112,6 +112,7 @@ class NumpyProvider:
     def __init__(self, checkpoint: Checkpoint, name: str = "numpy") -> None:
         self.name = name
         self.max_batch_size = CATALOGUE["numpy"].max_batch_size
+        single_threaded_blas()
         self.model = NumpyColaNet(checkpoint.config, checkpoint.params)
         self.measured_latency: float | None = None
 
