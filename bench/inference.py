@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import pathlib
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,20 +81,18 @@ def in_process(rounds: int) -> list[tuple[str, list[float]]]:
         names.append("xla:cpu")
     except ImportError:
         pass
+    batch = [ScoringRequest(user, tuple(OFFERS)) for _ in range(16)]
     for name in names:
         provider = create_provider(name, ck)
-        results.append(
-            (f"{name}: 1 bid x 64 candidates", _time(lambda: provider.predict(user, OFFERS), rounds))
-        )
+        one = _time(functools.partial(provider.predict, user, OFFERS), rounds)
+        results.append((f"{name}: 1 bid x 64 candidates", one))
         if name == "numpy":
-            results.append(
-                (
-                    "numpy: profile -> features -> 64 scores",
-                    _time(lambda: provider.predict(user_features(profile), OFFERS), rounds),
-                )
-            )
-        batch = [ScoringRequest(user, tuple(OFFERS)) for _ in range(16)]
-        per_batch = _time(lambda: provider.predict_batch(batch), max(200, rounds // 16))
+
+            def from_profile(p: Any = provider) -> None:
+                p.predict(user_features(profile), OFFERS)
+
+            results.append(("numpy: profile -> features -> 64 scores", _time(from_profile, rounds)))
+        per_batch = _time(functools.partial(provider.predict_batch, batch), max(200, rounds // 16))
         results.append((f"{name}: 16 bids x 64 batched (per bid)", [t / 16 for t in per_batch]))
     return results
 
