@@ -43,6 +43,7 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+	$(PY) -m bench.inference
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
