@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from campaignexpress.campaigns.v1 import budget_pb2
 from campaignexpress.campaigns.v1 import campaign_pb2 as pb
 from campaignexpress.type.v1 import money_pb2
 from services.campaigns import model
@@ -229,3 +230,7 @@ def channel_names(values: Any) -> list[str]:
 
 def channel_values(names: list[str]) -> list[int]:
     return [_value(pb.Channel, x, "CHANNEL_") for x in names]
+
+
+def delivery_type_name(value: int) -> str:
+    return _name(budget_pb2.DeliveryEventType, value, "DELIVERY_EVENT_TYPE_", "UNSPECIFIED")

@@ -6,11 +6,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from campaignexpress.campaigns.v1 import (
+    budget_pb2,
     campaign_pb2,
     campaign_service_pb2,
     campaign_service_pb2_grpc,
 )
 from services.campaigns import convert
+from services.campaigns.budget import Budgets, DeliveryEventIn
 from services.campaigns.domain import Campaigns
 from services.campaigns.templates import TEMPLATES
 from services.campaigns.workflow import ApprovalRule, Workflow
@@ -60,10 +62,15 @@ def rule_in(rule: campaign_pb2.ApprovalRule) -> ApprovalRule:
 
 class CampaignServicer(campaign_service_pb2_grpc.CampaignServiceServicer):
     def __init__(
-        self, campaigns: Campaigns, workflow: Workflow, approval_roles_of: ApprovalRolesOf
+        self,
+        campaigns: Campaigns,
+        workflow: Workflow,
+        budgets: Budgets,
+        approval_roles_of: ApprovalRolesOf,
     ) -> None:
         self._campaigns = campaigns
         self._workflow = workflow
+        self._budgets = budgets
         self._approval_roles_of = approval_roles_of
 
     # -- campaigns ---------------------------------------------------------
@@ -361,3 +368,84 @@ class CampaignServicer(campaign_service_pb2_grpc.CampaignServiceServicer):
                 for i in items
             ]
         )
+
+    # -- budgets -------------------------------------------------------------
+
+    async def GetBudgetStatus(self, request: pb.GetBudgetStatusRequest, context: Any) -> Any:
+        status = await self._budgets.status(current_principal(), request.campaign)
+        m = convert.money_out
+        return pb.GetBudgetStatusResponse(
+            budget_status=budget_pb2.BudgetStatus(
+                campaign=status.campaign,
+                total_spend=m(status.total_spend),
+                daily_spend=m(status.daily_spend),
+                total_remaining=m(status.total_remaining),
+                daily_remaining=m(status.daily_remaining),
+                expected_daily_spend=m(status.expected_daily_spend),
+                pacing_ratio=status.pacing_ratio,
+                bid_rate=status.bid_rate,
+                can_bid=status.can_bid,
+                day=status.day,
+            )
+        )
+
+    async def ListBudgetAlerts(self, request: pb.ListBudgetAlertsRequest, context: Any) -> Any:
+        found, token = await self._budgets.list_alerts(
+            current_principal(),
+            request.parent,
+            request.campaign,
+            request.page_size,
+            request.page_token,
+        )
+        return pb.ListBudgetAlertsResponse(
+            budget_alerts=[
+                budget_pb2.BudgetAlert(
+                    name=a.name,
+                    campaign=a.campaign,
+                    type=budget_pb2.AlertType.Value("ALERT_TYPE_" + a.type),
+                    day=a.day,
+                    spend=convert.money_out(a.spend),
+                    threshold=convert.money_out(a.threshold),
+                    message=a.message,
+                    create_time=timestamp(a.create_time),
+                )
+                for a in found
+            ],
+            next_page_token=token,
+        )
+
+    async def GetCampaignMetrics(self, request: pb.GetCampaignMetricsRequest, context: Any) -> Any:
+        found = await self._budgets.metrics(current_principal(), request.campaign)
+        m = convert.money_out
+        return pb.GetCampaignMetricsResponse(
+            metrics=budget_pb2.CampaignMetrics(
+                campaign=found.campaign,
+                impressions=found.impressions,
+                clicks=found.clicks,
+                conversions=found.conversions,
+                spend=m(found.spend),
+                revenue=m(found.revenue),
+                roas=found.roas,
+                roi_percent=found.roi_percent,
+                cpa=m(found.cpa),
+                cpc=m(found.cpc),
+                cpm=m(found.cpm),
+                ctr=found.ctr,
+            )
+        )
+
+    async def RecordDeliveryEvents(
+        self, request: pb.RecordDeliveryEventsRequest, context: Any
+    ) -> Any:
+        events = [
+            DeliveryEventIn(
+                campaign=e.campaign,
+                bid_id=e.bid_id,
+                type=convert.delivery_type_name(e.type),
+                amount=convert.money_in(e.amount),
+                event_time=micros(e.event_time, e.HasField("event_time")),
+            )
+            for e in request.events
+        ]
+        recorded = await self._budgets.record_events(current_principal(), request.parent, events)
+        return pb.RecordDeliveryEventsResponse(recorded=recorded)

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -754,12 +755,19 @@ def _money_text(money: Money) -> str:
     return f"{money.amount_micros / 1_000_000:,.2f} {money.currency_code}"
 
 
+class BudgetSweep(Protocol):
+    async def sweep(self, now: int | None = None) -> int: ...
+
+
 class Scheduler:
     """Runs `run_due_transitions` every `interval` seconds in the background.
     Safe to run in every process: each transition is conditional."""
 
-    def __init__(self, workflow: Workflow, interval: float = 1.0) -> None:
+    def __init__(
+        self, workflow: Workflow, budgets: BudgetSweep | None = None, interval: float = 1.0
+    ) -> None:
         self._workflow = workflow
+        self._budgets = budgets
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
 
@@ -771,6 +779,9 @@ class Scheduler:
         while True:
             try:
                 await self._workflow.run_due_transitions()
+                if self._budgets is not None:
+                    # Pacing alerts and budget resets need no notice to happen.
+                    await self._budgets.sweep()
             except Exception:  # a database outage must not end the scheduler
                 log.warning("scheduler pass failed; retrying", exc_info=True)
             await asyncio.sleep(self._interval)

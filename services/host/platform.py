@@ -20,9 +20,11 @@ from services.backends import AnalyticsStore, KeyValueStore, MessageBus
 from services.backends.analytics import open_analytics_store
 from services.backends.bus import open_message_bus
 from services.backends.kv import open_key_value_store
+from services.campaigns.budget import Budgets
 from services.campaigns.domain import Campaigns
 from services.campaigns.events import CampaignEvents
 from services.campaigns.workflow import Scheduler, Workflow
+from services.common.clock import now_us
 from services.common.forwarding import CallForwarder
 from services.db import Database
 from services.host.access import AccessRules
@@ -80,6 +82,7 @@ class Platform:
     audit: AuditLog
     campaigns: Campaigns
     workflow: Workflow
+    budgets: Budgets
     forwarder: CallForwarder
     metrics_registry: CollectorRegistry
     local_specs: list[ServiceSpec]
@@ -149,6 +152,7 @@ async def create_platform(
         audit=AuditLog(backends.db, backends.bus),
         campaigns=campaigns,
         workflow=Workflow(backends.db, campaigns, campaign_events),
+        budgets=Budgets(backends.db, campaigns, campaign_events, now_us),
         forwarder=CallForwarder(secret),
         metrics_registry=CollectorRegistry(),
         local_specs=[SERVICES_BY_KEY[key] for key in settings.services],
@@ -203,7 +207,7 @@ async def create_platform(
         if any(spec.key == "campaigns" for spec in platform.local_specs):
             # Every process serving campaigns runs the scheduler: its
             # transitions are conditional, so several never double one.
-            scheduler = Scheduler(platform.workflow)
+            scheduler = Scheduler(platform.workflow, platform.budgets)
             scheduler.start()
             platform._closers.append(scheduler.stop)
     return platform

@@ -62,7 +62,9 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "campaigns",
         campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"],
         campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server,
-        lambda p: CampaignServicer(p.campaigns, p.workflow, p.authenticator.approval_roles_of),
+        lambda p: CampaignServicer(
+            p.campaigns, p.workflow, p.budgets, p.authenticator.approval_roles_of
+        ),
     ),
     ServiceSpec(
         "inference",
