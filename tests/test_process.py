@@ -415,6 +415,13 @@ async def test_demo_prints_a_working_key_and_is_idempotent(tmp_path: pathlib.Pat
         status, body = await http_json("GET", f"{base}/v1/tenants/demo/apiKeys", key=key)
         assert status == 200, body
         assert len(body["apiKeys"]) == 1, body
+        # Two live demo campaigns with offers, seeded once.
+        status, body = await http_json("GET", f"{base}/v1/tenants/demo/campaigns", key=key)
+        assert status == 200, body
+        assert [c["stage"] for c in body["campaigns"]] == ["STAGE_LIVE", "STAGE_LIVE"], body
+        offers_path = f"{base}/v1/{body['campaigns'][0]['name']}/offers"
+        status, body = await http_json("GET", offers_path, key=key)
+        assert status == 200 and len(body["offers"]) == 2, body
         assert await proc.terminate() == 0, proc.output()
 
     # A fixed secret from the environment is used verbatim.
