@@ -1,0 +1,1 @@
+"""Real-time bidding: identity, consent, profiles, caps, candidates, auction."""

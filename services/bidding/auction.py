@@ -1,0 +1,83 @@
+"""From scored candidates to one winner per impression (request-flow document,
+steps 6-8): loyalty boost on the recommended bid, the floor in its own
+currency, the best score per impression, one offer per response unless its
+campaign allows repeats."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.bidding.currency import Rates, UnknownCurrency
+from services.bidding.matching import Candidate, Slot
+
+# Higher-tier users have higher lifetime value: bid more for them.
+TIER_BOOST = {"RESERVE": 1.30, "GOLD": 1.15}
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    candidate: Candidate
+    score: float  # 0..1 from the model
+    ctr: float
+    price_cpm: float  # in the campaign's currency, boost applied
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class Winner:
+    imp_id: str
+    scored: Scored
+    price_cpm: float  # in the response currency
+
+
+def recommended_cpm(candidate: Candidate, score: float, loyalty_tier: str) -> tuple[float, str]:
+    """The bid for a candidate: its base CPM (the offer's, else the campaign's
+    max CPM) scaled by the model's score between 0.5x and 1.5x, capped at the
+    max CPM, then boosted for the user's loyalty tier and the campaign's own
+    tier rule."""
+    spec = candidate.campaign.spec
+    max_cpm = spec.bid_strategy.max_cpm
+    base = candidate.offer.spec.bid_cpm if candidate.offer.spec.bid_cpm.is_set else max_cpm
+    currency = base.currency_code or spec.budget.total.currency_code or "USD"
+    price = base.amount_micros / 1e6 * (0.5 + max(0.0, min(1.0, score)))
+    if max_cpm.is_set:
+        price = min(price, max_cpm.amount_micros / 1e6)
+    boost = TIER_BOOST.get(loyalty_tier, 1.0)
+    for rule in spec.loyalty_rules:
+        if rule.tier.upper() == loyalty_tier and not rule.exclude:
+            boost *= rule.bid_multiplier
+    return price * boost, currency
+
+
+def choose_winners(
+    scored: Sequence[Scored], slots: Sequence[Slot], rates: Rates, response_currency: str
+) -> tuple[list[Winner], str]:
+    """Winners in slot order, and a no-bid reason when there are none."""
+    winners: list[Winner] = []
+    used: set[str] = set()
+    reason = "no candidate"
+    for slot in slots:
+        best: tuple[float, float, str, Scored, float] | None = None
+        for s in scored:
+            if slot.imp_id not in s.candidate.slots:
+                continue
+            offer_name = s.candidate.offer.name
+            if offer_name in used and not s.candidate.campaign.spec.allow_repeat_offers:
+                continue
+            try:
+                in_floor = rates.convert(s.price_cpm, s.currency, slot.floor_currency)
+                in_response = rates.convert(s.price_cpm, s.currency, response_currency)
+            except UnknownCurrency:
+                reason = "unknown currency"
+                continue
+            if in_floor < slot.floor:
+                reason = "below floor"
+                continue
+            key = (s.score, in_response, offer_name)
+            if best is None or key > best[:3]:
+                best = (*key, s, in_response)
+        if best is not None:
+            used.add(best[2])
+            winners.append(Winner(slot.imp_id, best[3], round(best[4], 6)))
+    return winners, ("" if winners else reason)
