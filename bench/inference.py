@@ -108,10 +108,12 @@ class StreamResult:
     errors: int = 0
     server_cpu: float = 0.0
     batch_mean: float = 0.0
+    in_window: int = 0  # responses received before the last bid was due
 
     @property
     def achieved(self) -> float:
-        return len(self.latencies) / self.seconds
+        """Responses per second while the load ran (late ones excluded)."""
+        return self.in_window / self.seconds
 
 
 def _request(i: int) -> Any:
@@ -155,10 +157,14 @@ async def _drive_streams(
             if response.HasField("error"):
                 result.errors += 1
             else:
-                result.latencies.append(time.perf_counter() - sent)
+                now = time.perf_counter()
+                result.latencies.append(now - sent)
+                if now <= window_end:
+                    result.in_window += 1
 
-    receivers = [asyncio.create_task(receive(i)) for i in range(streams)]
     start = time.perf_counter() + 0.05
+    window_end = start + seconds
+    receivers = [asyncio.create_task(receive(i)) for i in range(streams)]
     for i in range(total):
         due = start + i / rate
         delay = due - time.perf_counter()
@@ -286,6 +292,80 @@ async def stream_bench(rates: list[float], seconds: float, streams: int) -> list
     return results
 
 
+async def _echo_server(port: int) -> None:
+    """A bare grpc.aio server answering StreamPredict with a canned response of
+    the real size: the floor that gRPC itself sets on one core."""
+    from grpc import aio
+
+    from campaignexpress.inference.v1 import inference_pb2
+    from campaignexpress.inference.v1 import inference_service_pb2 as pb
+    from campaignexpress.inference.v1 import inference_service_pb2_grpc as pb_grpc
+
+    canned = pb.StreamPredictResponse(
+        predictions=inference_pb2.Predictions(
+            offer_ids=OFFERS,
+            scores=[0.1] * 64,
+            predicted_ctrs=[0.02] * 64,
+            recommended_bids=[1.5] * 64,
+            variant_scores=[0.02] * 256,
+            variant_count=4,
+            model_sha256="0" * 64,
+            provider="echo",
+        )
+    )
+
+    class Echo(pb_grpc.InferenceServiceServicer):
+        async def StreamPredict(self, requests: Any, context: Any) -> AsyncIterator[Any]:
+            async for request in requests:
+                out = pb.StreamPredictResponse()
+                out.CopyFrom(canned)
+                out.request_id = request.request_id
+                yield out
+
+    server = aio.server()
+    pb_grpc.add_InferenceServiceServicer_to_server(Echo(), server)  # type: ignore[no-untyped-call]
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+async def echo_bench(rates: list[float], seconds: float, streams: int) -> list[StreamResult]:
+    from grpc import aio
+
+    from campaignexpress.inference.v1 import inference_service_pb2_grpc as pb_grpc
+
+    port = _free_port()
+    pin = ["taskset", "-c", "0"] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+    code = (
+        "import asyncio; from bench.inference import _echo_server; "
+        f"asyncio.run(_echo_server({port}))"
+    )
+    server = await asyncio.create_subprocess_exec(*pin, sys.executable, "-c", code)
+    results = []
+    try:
+        await asyncio.sleep(2.0)
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.InferenceServiceStub(channel)
+            await _drive_streams(stub, [], 500, 1.0, streams)
+            for rate in rates:
+                cpu0, wall0 = _cpu_seconds(server.pid), time.perf_counter()
+                result = await _drive_streams(stub, [], rate, seconds, streams)
+                result.server_cpu = (_cpu_seconds(server.pid) - cpu0) / (
+                    time.perf_counter() - wall0
+                )
+                p50, p99, _ = _percentiles(result.latencies or [float("nan")])
+                print(
+                    f"echo @ {rate:g}/s: achieved {result.achieved:.0f}/s p50 {p50 * 1e3:.2f} ms "
+                    f"p99 {p99 * 1e3:.2f} ms server CPU {result.server_cpu * 100:.0f}%",
+                    flush=True,
+                )
+                results.append(result)
+    finally:
+        server.terminate()
+        await server.wait()
+    return results
+
+
 # --------------------------------------------------------------------------- memory
 
 _MEMORY_PROBE = """
@@ -335,6 +415,7 @@ def memory() -> dict[str, dict[str, int]]:
 def write_report(
     scoring: list[tuple[str, list[float]]],
     streams: list[StreamResult],
+    echoes: list[StreamResult],
     mem: dict[str, dict[str, int]],
     seconds: float,
     stream_count: int,
@@ -367,14 +448,31 @@ def write_report(
         "bid; latency from each bid's scheduled send time to its response.",
         "",
         "| offered bids/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU "
-        "| bids per provider call |",
-        "|---|---|---|---|---|---|---|---|",
+        "| CPU per bid | bids per provider call |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in streams:
         p50, p99, p999 = _percentiles(r.latencies or [float("nan")])
+        per = r.server_cpu / r.achieved * 1e6 if r.achieved else float("nan")
         lines.append(
             f"| {r.rate:g} | {r.achieved:.0f} | {p50 * 1e3:.2f} | {p99 * 1e3:.2f} | "
-            f"{p999 * 1e3:.2f} | {r.errors} | {r.server_cpu * 100:.0f}% | {r.batch_mean:.2f} |"
+            f"{p999 * 1e3:.2f} | {r.errors} | {r.server_cpu * 100:.0f}% | {per:.0f} us | "
+            f"{r.batch_mean:.2f} |"
+        )
+    lines += [
+        "",
+        "Floor set by gRPC itself: a bare `grpc.aio` server answering StreamPredict with a "
+        "canned response of the same size (no interceptors, no scoring), same pinning and load:",
+        "",
+        "| offered msgs/s | achieved/s | p50 ms | p99 ms | server CPU | CPU per message |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in echoes:
+        p50, p99, _ = _percentiles(r.latencies or [float("nan")])
+        per = r.server_cpu / r.achieved * 1e6 if r.achieved else float("nan")
+        lines.append(
+            f"| {r.rate:g} | {r.achieved:.0f} | {p50 * 1e3:.2f} | {p99 * 1e3:.2f} | "
+            f"{r.server_cpu * 100:.0f}% | {per:.0f} us |"
         )
     n, j = mem["numpy"], mem["jax"]
     lines += [
@@ -410,8 +508,9 @@ def main() -> int:
     print(json.dumps(mem), flush=True)
     rates = [float(r) for r in args.rates.split(",")]
     streams = asyncio.run(stream_bench(rates, args.seconds, args.streams))
+    echoes = asyncio.run(echo_bench(rates, args.seconds, args.streams))
     if not args.no_report:
-        write_report(scoring, streams, mem, args.seconds, args.streams)
+        write_report(scoring, streams, echoes, mem, args.seconds, args.streams)
     return 0
 
 
