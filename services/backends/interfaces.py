@@ -29,6 +29,13 @@ class KeyValueStore(Protocol):
         """Atomically add `amount`; the TTL is set when the key is created."""
         ...
 
+    async def incr_many(self, items: Sequence[tuple[str, int, float | None]]) -> list[int]:
+        """`incr` of several (key, amount, ttl_seconds) as ONE atomic step (one
+        round trip): no other client sees some counters moved and not the
+        others. Returns the new values. A key holding a non-integer raises
+        ValueError after the other counters have moved (as Redis MULTI does)."""
+        ...
+
     async def take_token(self, key: str, rate_per_second: float, burst: int) -> TokenBucketResult:
         """Atomically take one token from the bucket `key` (refilled at
         `rate_per_second`, holding at most `burst`)."""

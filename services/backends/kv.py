@@ -145,6 +145,9 @@ class MemoryKeyValueStore:
         """Atomically add `amount`; the TTL is set when the key is created."""
         self._check_open()
         _check_ttl(ttl_seconds)
+        return self._incr(key, amount, ttl_seconds)
+
+    def _incr(self, key: str, amount: int, ttl_seconds: float | None) -> int:
         now = self._clock()
         self._cleanup(now)
         if self._alive(key, now):
@@ -158,6 +161,23 @@ class MemoryKeyValueStore:
             self._data[key] = str(value).encode()
             self._set_expiry(key, None if ttl_seconds is None else now + ttl_seconds)
         return value
+
+    async def incr_many(self, items: Sequence[tuple[str, int, float | None]]) -> list[int]:
+        """`incr` of each (key, amount, ttl_seconds); no await in between, so
+        atomic for the other coroutines."""
+        self._check_open()
+        for _, _, ttl in items:
+            _check_ttl(ttl)
+        values: list[int] = []
+        error: ValueError | None = None
+        for key, amount, ttl in items:
+            try:
+                values.append(self._incr(key, amount, ttl))
+            except ValueError as exc:  # like Redis MULTI: the others still move
+                error = error or exc
+        if error is not None:
+            raise error
+        return values
 
     async def take_token(self, key: str, rate_per_second: float, burst: int) -> TokenBucketResult:
         """Atomically take one token from the bucket `key` (refilled at
@@ -293,6 +313,30 @@ class RedisKeyValueStore:
             return int(value)
         except ResponseError as exc:
             raise ValueError(f"value of key {key!r} is not an integer: {exc}") from exc
+
+    async def incr_many(self, items: Sequence[tuple[str, int, float | None]]) -> list[int]:
+        """`incr` of each (key, amount, ttl_seconds) in one MULTI/EXEC."""
+        from redis.exceptions import ResponseError
+
+        if not items:
+            return []
+        for _, _, ttl in items:
+            _check_ttl(ttl)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for key, amount, ttl in items:
+                    if ttl is not None:
+                        pipe.set(key, b"0", nx=True, px=_ttl_ms(ttl))
+                    pipe.incrby(key, amount)
+                replies = await pipe.execute()
+        except ResponseError as exc:
+            raise ValueError(f"a counter is not an integer: {exc}") from exc
+        values: list[int] = []
+        i = 0
+        for _, _, ttl in items:
+            i += 1 if ttl is None else 2
+            values.append(int(replies[i - 1]))
+        return values
 
     async def take_token(self, key: str, rate_per_second: float, burst: int) -> TokenBucketResult:
         """Atomically take one token from the bucket `key` (refilled at
