@@ -419,6 +419,7 @@ def write_report(
     mem: dict[str, dict[str, int]],
     seconds: float,
     stream_count: int,
+    load: tuple[float, float],
 ) -> None:
     import jax
 
@@ -429,6 +430,8 @@ def write_report(
         f"Machine: {os.cpu_count()} vCPU, {_cpu_model()}, Python {platform.python_version()}, "
         f"NumPy {np.__version__}, JAX {jax.__version__}; no GPU. Command: "
         "`python -m bench.inference`.",
+        f"Load average (1 min) at start {load[0]:.2f}, at end {load[1]:.2f}: other processes "
+        "shared the machine, so treat the figures as a lower bound.",
         "",
         "## In-process scoring (default checkpoint, 64 candidates)",
         "",
@@ -500,6 +503,7 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=4, help="bidi streams")
     parser.add_argument("--no-report", action="store_true", help="print only")
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]
     scoring = in_process(args.rounds)
     for name, samples in scoring:
         p50, p99, _ = _percentiles(samples)
@@ -510,7 +514,8 @@ def main() -> int:
     streams = asyncio.run(stream_bench(rates, args.seconds, args.streams))
     echoes = asyncio.run(echo_bench(rates, args.seconds, args.streams))
     if not args.no_report:
-        write_report(scoring, streams, echoes, mem, args.seconds, args.streams)
+        load = (load_start, os.getloadavg()[0])
+        write_report(scoring, streams, echoes, mem, args.seconds, args.streams, load)
     return 0
 
 
