@@ -16,8 +16,10 @@ from aiohttp import web
 from google.protobuf import descriptor, descriptor_pb2
 from grpc import aio
 
+from campaignexpress.bidding.v1 import bidding_service_pb2
 from gateway.errors import error_body
 from gateway.openapi import build_openapi
+from gateway.openrtb import OPENRTB_VERSION, decode_bid_request, encode_bid_response
 from gateway.transcoder import Route, Router, build_request, render, routes_for
 from services.common.errors import DomainError
 
@@ -28,6 +30,7 @@ Readiness = Callable[[], Awaitable[Mapping[str, bool]]]
 
 FORWARDED_HEADERS = ("authorization", "x-tenant-id", "traceparent", "tracestate")
 CALL_TIMEOUT_SECONDS = 30.0
+BIDDING_SERVICE = "campaignexpress.bidding.v1.BiddingService"
 
 
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -54,6 +57,8 @@ class Gateway:
         self._services = [s.full_name for s in services]
         self._descriptor_set = descriptor_set
         self._openapi: bytes | None = None
+        self._process_bid: Any = None
+        self._max_request_bytes = 4 * 1024 * 1024
 
     def _callable(self, route: Route) -> Any:
         found = self._callables.get(route.grpc_method)
@@ -129,6 +134,55 @@ class Gateway:
         ]
         return _json(body, status, {"X-Request-Id": request_id})
 
+    async def bid(self, request: web.Request) -> web.Response:
+        """OpenRTB 2.6 JSON in and out through the dedicated adapter (not
+        protobuf's JSON mapping), dispatched to BiddingService.ProcessBid.
+        No bid: HTTP 204."""
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        headers = {"X-Request-Id": request_id, "x-openrtb-version": OPENRTB_VERSION}
+        try:
+            body = await request.read()
+            bid_request = decode_bid_request(
+                body,
+                content_encoding=request.headers.get("Content-Encoding"),
+                max_bytes=self._max_request_bytes,
+            )
+        except DomainError as exc:
+            response = self._domain_error(exc, request_id)
+            response.headers.update(headers)
+            return response
+        if self._process_bid is None:
+            self._process_bid = self._channel_for(BIDDING_SERVICE).unary_unary(
+                f"/{BIDDING_SERVICE}/ProcessBid",
+                request_serializer=bidding_service_pb2.ProcessBidRequest.SerializeToString,
+                response_deserializer=bidding_service_pb2.ProcessBidResponse.FromString,
+            )
+        metadata = [("x-request-id", request_id)]
+        for name in FORWARDED_HEADERS:
+            value = request.headers.get(name)
+            if value:
+                metadata.append((name, value))
+        try:
+            reply = await self._process_bid(
+                bidding_service_pb2.ProcessBidRequest(request=bid_request),
+                metadata=metadata,
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
+        except aio.AioRpcError as exc:
+            status, payload, extra = error_body(
+                exc.code(), exc.details() or "", exc.trailing_metadata(), request_id
+            )
+            headers.update(extra)
+            return _json(payload, status, headers)
+        if reply.no_bid:
+            headers["X-No-Bid-Reason"] = reply.reason
+            return web.Response(status=204, headers=headers)
+        return web.Response(
+            body=encode_bid_response(reply.response),
+            content_type="application/json",
+            headers=headers,
+        )
+
     async def health(self, request: web.Request) -> web.Response:
         return _json({"status": "ok"})
 
@@ -151,10 +205,14 @@ class Gateway:
         return web.Response(body=self._openapi, content_type="application/json")
 
     def application(self, max_request_bytes: int) -> web.Application:
-        app = web.Application(client_max_size=max_request_bytes)
+        self._max_request_bytes = max_request_bytes
+        # The bid route reads and limits its body itself (also after gzip).
+        app = web.Application(client_max_size=max_request_bytes + 1)
         app.router.add_get("/health", self.health)
         app.router.add_get("/live", self.live)
         app.router.add_get("/ready", self.ready)
         app.router.add_get("/openapi.json", self.openapi)
+        if BIDDING_SERVICE in self._services:
+            app.router.add_post("/v1/bid", self.bid)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app

@@ -29,6 +29,7 @@ class NoticeToken:
     imp_id: str
     user_id: str
     currency: str  # currency of the notice's price (the response currency)
+    budget_currency: str  # the campaign's budget currency, spend is booked in it
     request_id: str
     time_zone: str  # campaign's, for daily frequency caps
     issued_us: int

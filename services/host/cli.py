@@ -22,6 +22,7 @@ _HELP = {
     "services": "comma-separated services to run here",
     "remote_services": "service=host:port,... of services run by other processes",
     "gateway": "serve the REST gateway (true/false)",
+    "public_url": "base URL exchanges reach for win/billing/loss notices",
     "workers": "processes sharing the ports",
     "demo": "seed the demo tenant, users and API key",
     "demo_api_key": "use this secret for the demo API key",

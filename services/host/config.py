@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ALL_SERVICES = ("tenancy", "auth", "audit", "campaigns", "inference")
+ALL_SERVICES = ("tenancy", "auth", "audit", "campaigns", "inference", "bidding")
 
 
 class ConfigError(ValueError):
@@ -40,6 +40,10 @@ class Settings:
         default_factory=dict, metadata={"env": "CAMPAIGN_EXPRESS_REMOTE_SERVICES"}
     )
     gateway: bool = field(default=True, metadata={"env": "CAMPAIGN_EXPRESS_GATEWAY"})
+    # Base URL exchanges reach this platform at, for win/billing/loss notices.
+    public_url: str = field(
+        default="http://localhost:8080", metadata={"env": "CAMPAIGN_EXPRESS_PUBLIC_URL"}
+    )
     workers: int = field(default=1, metadata={"env": "CAMPAIGN_EXPRESS_WORKERS"})
     demo: bool = field(default=False, metadata={"env": "CAMPAIGN_EXPRESS_DEMO"})
     demo_api_key: str = field(default="", metadata={"env": "CAMPAIGN_EXPRESS_DEMO_API_KEY"})
@@ -199,6 +203,8 @@ def validate(s: Settings) -> None:
         fail("rate_limit_per_second", "must be >= 0 (0 disables rate limiting)")
     if s.rate_limit_burst < 1:
         fail("rate_limit_burst", "must be at least 1")
+    if not s.public_url.startswith(("http://", "https://")):
+        fail("public_url", "must be an http:// or https:// URL")
     if s.max_request_bytes < 1024:
         fail("max_request_bytes", "must be at least 1024")
     if s.demo_api_key and len(s.demo_api_key) < 20:

@@ -92,6 +92,38 @@ class Platform:
     local_channel: LocalChannel | None = None
     _remote_channels: dict[str, aio.Channel] = field(default_factory=dict)
     _closers: list[Any] = field(default_factory=list)
+    _starters: list[Any] = field(default_factory=list)
+    _engine: Any = None
+    # Set by the bidding service when it runs here.
+    bid_processor: Any = None
+    campaign_index: Any = None
+
+    def lifecycle(self, start: Any, stop: Any) -> None:
+        """Register a part's async start (run once the server is built) and
+        stop (run on shutdown, in reverse order)."""
+        self._starters.append(start)
+        self._closers.append(stop)
+
+    def inference_engine(self) -> Any:
+        """The scoring engine, shared by InferenceService and the bidder."""
+        if self._engine is None:
+            from services.inference.engine import EngineSettings, InferenceEngine
+
+            s = self.settings
+            self._engine = InferenceEngine(
+                EngineSettings(
+                    provider=s.inference_provider,
+                    checkpoint_path=s.inference_checkpoint,
+                    remote_url=s.inference_remote_url,
+                    remote_timeout=s.inference_remote_timeout_ms / 1000.0,
+                    batch_size=s.inference_batch_size,
+                    batch_wait=s.inference_batch_wait_us / 1e6,
+                    operator_tenant=s.operator_tenant,
+                ),
+                self.metrics_registry,
+            )
+            self._closers.append(self._engine.close)
+        return self._engine
 
     def channel_for(self, key: str) -> Any:
         """A channel to service `key`: in-process when it runs here, gRPC
@@ -181,6 +213,8 @@ async def create_platform(
         servicer = spec.build(platform)
         spec.add_to_server(servicer, server)
         spec.add_to_server(servicer, platform.registry)
+    for start in platform._starters:
+        await start()
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for spec in platform.local_specs:

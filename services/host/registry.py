@@ -10,11 +10,13 @@ from google.protobuf import descriptor
 
 from campaignexpress.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
 from campaignexpress.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from campaignexpress.bidding.v1 import bidding_service_pb2, bidding_service_pb2_grpc
 from campaignexpress.campaigns.v1 import campaign_service_pb2, campaign_service_pb2_grpc
 from campaignexpress.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from campaignexpress.tenancy.v1 import tenancy_service_pb2, tenancy_service_pb2_grpc
 from services.audit.servicer import AuditServicer
 from services.auth.servicer import AuthServicer
+from services.bidding.wiring import build_bidding_servicer
 from services.campaigns.servicer import CampaignServicer
 from services.inference.servicer import build_inference_servicer
 from services.tenancy.servicer import TenancyServicer
@@ -71,6 +73,12 @@ SERVICES: tuple[ServiceSpec, ...] = (
         inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"],
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
         build_inference_servicer,
+    ),
+    ServiceSpec(
+        "bidding",
+        bidding_service_pb2.DESCRIPTOR.services_by_name["BiddingService"],
+        bidding_service_pb2_grpc.add_BiddingServiceServicer_to_server,
+        build_bidding_servicer,
     ),
 )
 

@@ -22,7 +22,6 @@ from services.common.call import current_principal
 from services.common.errors import ERROR_DOMAIN, DomainError, InvalidArgument
 from services.common.protoconv import timestamp
 from services.inference.engine import (
-    EngineSettings,
     InferenceEngine,
     ModelInfo,
     Prediction,
@@ -253,17 +252,4 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
 def build_inference_servicer(platform: Any) -> InferenceServicer:
     """The servicer with its engine, from the platform's settings and metrics
     registry (the registry's `build` hook)."""
-    s = platform.settings
-    engine = InferenceEngine(
-        EngineSettings(
-            provider=s.inference_provider,
-            checkpoint_path=s.inference_checkpoint,
-            remote_url=s.inference_remote_url,
-            remote_timeout=s.inference_remote_timeout_ms / 1000.0,
-            batch_size=s.inference_batch_size,
-            batch_wait=s.inference_batch_wait_us / 1e6,
-            operator_tenant=s.operator_tenant,
-        ),
-        platform.metrics_registry,
-    )
-    return InferenceServicer(engine)
+    return InferenceServicer(platform.inference_engine())

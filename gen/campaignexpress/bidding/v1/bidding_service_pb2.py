@@ -28,7 +28,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0campaignexpress/bidding/v1/bidding_service.proto\x12\x1a\x63\x61mpaignexpress.bidding.v1\x1a(campaignexpress/openrtb/v2/openrtb.proto\x1a$campaignexpress/type/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/rpc/status.proto\"L\n\x11ProcessBidRequest\x12\x37\n\x07request\x18\x01 \x01(\x0b\x32&.campaignexpress.openrtb.v2.BidRequest\"|\n\x12ProcessBidResponse\x12\x39\n\x08response\x18\x01 \x01(\x0b\x32\'.campaignexpress.openrtb.v2.BidResponse\x12\x0e\n\x06no_bid\x18\x02 \x01(\x08\x12\x0b\n\x03nbr\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\"L\n\x11StreamBidsRequest\x12\x37\n\x07request\x18\x01 \x01(\x0b\x32&.campaignexpress.openrtb.v2.BidRequest\"\xb3\x01\n\x12StreamBidsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x39\n\x08response\x18\x02 \x01(\x0b\x32\'.campaignexpress.openrtb.v2.BidResponse\x12\x0e\n\x06no_bid\x18\x03 \x01(\x08\x12\x0b\n\x03nbr\x18\x04 \x01(\x05\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12!\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.Status\"\x14\n\x12HealthCheckRequest\"\xa7\x02\n\x13HealthCheckResponse\x12\x46\n\x06status\x18\x01 \x01(\x0e\x32\x36.campaignexpress.bidding.v1.HealthCheckResponse.Status\x12K\n\x06\x63hecks\x18\x02 \x03(\x0b\x32;.campaignexpress.bidding.v1.HealthCheckResponse.ChecksEntry\x1a-\n\x0b\x43hecksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"L\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_SERVING\x10\x01\x12\x16\n\x12STATUS_NOT_SERVING\x10\x02\x32\xce\x03\n\x0e\x42iddingService\x12\x91\x01\n\nProcessBid\x12-.campaignexpress.bidding.v1.ProcessBidRequest\x1a..campaignexpress.bidding.v1.ProcessBidResponse\"$\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x18\"\x13/v1/bidding:process:\x01*\x12\x94\x01\n\nStreamBids\x12-.campaignexpress.bidding.v1.StreamBidsRequest\x1a..campaignexpress.bidding.v1.StreamBidsResponse\"#\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x17\"\x12/v1/bidding:stream:\x01*(\x01\x30\x01\x12\x90\x01\n\x0bHealthCheck\x12..campaignexpress.bidding.v1.HealthCheckRequest\x1a/.campaignexpress.bidding.v1.HealthCheckResponse\" \x8a\xb5\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/bidding:healthb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0campaignexpress/bidding/v1/bidding_service.proto\x12\x1a\x63\x61mpaignexpress.bidding.v1\x1a(campaignexpress/openrtb/v2/openrtb.proto\x1a$campaignexpress/type/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/rpc/status.proto\"L\n\x11ProcessBidRequest\x12\x37\n\x07request\x18\x01 \x01(\x0b\x32&.campaignexpress.openrtb.v2.BidRequest\"|\n\x12ProcessBidResponse\x12\x39\n\x08response\x18\x01 \x01(\x0b\x32\'.campaignexpress.openrtb.v2.BidResponse\x12\x0e\n\x06no_bid\x18\x02 \x01(\x08\x12\x0b\n\x03nbr\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\"L\n\x11StreamBidsRequest\x12\x37\n\x07request\x18\x01 \x01(\x0b\x32&.campaignexpress.openrtb.v2.BidRequest\"\xb3\x01\n\x12StreamBidsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x39\n\x08response\x18\x02 \x01(\x0b\x32\'.campaignexpress.openrtb.v2.BidResponse\x12\x0e\n\x06no_bid\x18\x03 \x01(\x08\x12\x0b\n\x03nbr\x18\x04 \x01(\x05\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12!\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.Status\"\x14\n\x12HealthCheckRequest\"\xa7\x02\n\x13HealthCheckResponse\x12\x46\n\x06status\x18\x01 \x01(\x0e\x32\x36.campaignexpress.bidding.v1.HealthCheckResponse.Status\x12K\n\x06\x63hecks\x18\x02 \x03(\x0b\x32;.campaignexpress.bidding.v1.HealthCheckResponse.ChecksEntry\x1a-\n\x0b\x43hecksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"L\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_SERVING\x10\x01\x12\x16\n\x12STATUS_NOT_SERVING\x10\x02\",\n\x10RecordWinRequest\x12\t\n\x01t\x18\x01 \x01(\t\x12\r\n\x05price\x18\x02 \x01(\t\"%\n\x11RecordWinResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x08\"0\n\x14RecordBillingRequest\x12\t\n\x01t\x18\x01 \x01(\t\x12\r\n\x05price\x18\x02 \x01(\t\")\n\x15RecordBillingResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x08\".\n\x11RecordLossRequest\x12\t\n\x01t\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x14\n\x12RecordLossResponse2\x8e\x07\n\x0e\x42iddingService\x12\x91\x01\n\nProcessBid\x12-.campaignexpress.bidding.v1.ProcessBidRequest\x1a..campaignexpress.bidding.v1.ProcessBidResponse\"$\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x18\"\x13/v1/bidding:process:\x01*\x12\x94\x01\n\nStreamBids\x12-.campaignexpress.bidding.v1.StreamBidsRequest\x1a..campaignexpress.bidding.v1.StreamBidsResponse\"#\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x17\"\x12/v1/bidding:stream:\x01*(\x01\x30\x01\x12\x90\x01\n\x0bHealthCheck\x12..campaignexpress.bidding.v1.HealthCheckRequest\x1a/.campaignexpress.bidding.v1.HealthCheckResponse\" \x8a\xb5\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/bidding:health\x12\x8a\x01\n\tRecordWin\x12,.campaignexpress.bidding.v1.RecordWinRequest\x1a-.campaignexpress.bidding.v1.RecordWinResponse\" \x8a\xb5\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x14\x12\x07/v1/winZ\t\"\x07/v1/win\x12\x9e\x01\n\rRecordBilling\x12\x30.campaignexpress.bidding.v1.RecordBillingRequest\x1a\x31.campaignexpress.bidding.v1.RecordBillingResponse\"(\x8a\xb5\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x1c\x12\x0b/v1/billingZ\r\"\x0b/v1/billing\x12\x8f\x01\n\nRecordLoss\x12-.campaignexpress.bidding.v1.RecordLossRequest\x1a..campaignexpress.bidding.v1.RecordLossResponse\"\"\x8a\xb5\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x16\x12\x08/v1/lossZ\n\"\x08/v1/lossb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +43,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BIDDINGSERVICE'].methods_by_name['StreamBids']._serialized_options = b'\212\265\030\002\010\001\202\323\344\223\002\027\"\022/v1/bidding:stream:\001*'
   _globals['_BIDDINGSERVICE'].methods_by_name['HealthCheck']._loaded_options = None
   _globals['_BIDDINGSERVICE'].methods_by_name['HealthCheck']._serialized_options = b'\212\265\030\002\020\001\202\323\344\223\002\024\022\022/v1/bidding:health'
+  _globals['_BIDDINGSERVICE'].methods_by_name['RecordWin']._loaded_options = None
+  _globals['_BIDDINGSERVICE'].methods_by_name['RecordWin']._serialized_options = b'\212\265\030\002\020\001\202\323\344\223\002\024\022\007/v1/winZ\t\"\007/v1/win'
+  _globals['_BIDDINGSERVICE'].methods_by_name['RecordBilling']._loaded_options = None
+  _globals['_BIDDINGSERVICE'].methods_by_name['RecordBilling']._serialized_options = b'\212\265\030\002\020\001\202\323\344\223\002\034\022\013/v1/billingZ\r\"\013/v1/billing'
+  _globals['_BIDDINGSERVICE'].methods_by_name['RecordLoss']._loaded_options = None
+  _globals['_BIDDINGSERVICE'].methods_by_name['RecordLoss']._serialized_options = b'\212\265\030\002\020\001\202\323\344\223\002\026\022\010/v1/lossZ\n\"\010/v1/loss'
   _globals['_PROCESSBIDREQUEST']._serialized_start=215
   _globals['_PROCESSBIDREQUEST']._serialized_end=291
   _globals['_PROCESSBIDRESPONSE']._serialized_start=293
@@ -59,6 +65,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEALTHCHECKRESPONSE_CHECKSENTRY']._serialized_end=919
   _globals['_HEALTHCHECKRESPONSE_STATUS']._serialized_start=921
   _globals['_HEALTHCHECKRESPONSE_STATUS']._serialized_end=997
-  _globals['_BIDDINGSERVICE']._serialized_start=1000
-  _globals['_BIDDINGSERVICE']._serialized_end=1462
+  _globals['_RECORDWINREQUEST']._serialized_start=999
+  _globals['_RECORDWINREQUEST']._serialized_end=1043
+  _globals['_RECORDWINRESPONSE']._serialized_start=1045
+  _globals['_RECORDWINRESPONSE']._serialized_end=1082
+  _globals['_RECORDBILLINGREQUEST']._serialized_start=1084
+  _globals['_RECORDBILLINGREQUEST']._serialized_end=1132
+  _globals['_RECORDBILLINGRESPONSE']._serialized_start=1134
+  _globals['_RECORDBILLINGRESPONSE']._serialized_end=1175
+  _globals['_RECORDLOSSREQUEST']._serialized_start=1177
+  _globals['_RECORDLOSSREQUEST']._serialized_end=1223
+  _globals['_RECORDLOSSRESPONSE']._serialized_start=1225
+  _globals['_RECORDLOSSRESPONSE']._serialized_end=1245
+  _globals['_BIDDINGSERVICE']._serialized_start=1248
+  _globals['_BIDDINGSERVICE']._serialized_end=2158
 # @@protoc_insertion_point(module_scope)

@@ -65,6 +65,21 @@ class BiddingServiceStub:
                 request_serializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.HealthCheckRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.HealthCheckResponse.FromString,
                 _registered_method=True)
+        self.RecordWin = channel.unary_unary(
+                '/campaignexpress.bidding.v1.BiddingService/RecordWin',
+                request_serializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordWinRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordWinResponse.FromString,
+                _registered_method=True)
+        self.RecordBilling = channel.unary_unary(
+                '/campaignexpress.bidding.v1.BiddingService/RecordBilling',
+                request_serializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordBillingRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordBillingResponse.FromString,
+                _registered_method=True)
+        self.RecordLoss = channel.unary_unary(
+                '/campaignexpress.bidding.v1.BiddingService/RecordLoss',
+                request_serializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordLossRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordLossResponse.FromString,
+                _registered_method=True)
 
 
 class BiddingServiceServicer:
@@ -118,6 +133,31 @@ class BiddingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordWin(self, request, context):
+        """Win notice (OpenRTB nurl): the exchange calls the URL of a winning bid
+        with the clearing price in `price` (its ${AUCTION_PRICE} macro). Books
+        the spend and counts the impression for frequency caps, once per bid id.
+        The signed token `t` authenticates the notice: no API key needed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordBilling(self, request, context):
+        """Billing notice (OpenRTB burl): the impression is billable at `price`.
+        Supersedes the win price of the same bid; idempotent per bid id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordLoss(self, request, context):
+        """Loss notice (OpenRTB lurl), with the exchange's loss reason code.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BiddingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +175,21 @@ def add_BiddingServiceServicer_to_server(servicer, server):
                     servicer.HealthCheck,
                     request_deserializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.HealthCheckRequest.FromString,
                     response_serializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.HealthCheckResponse.SerializeToString,
+            ),
+            'RecordWin': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordWin,
+                    request_deserializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordWinRequest.FromString,
+                    response_serializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordWinResponse.SerializeToString,
+            ),
+            'RecordBilling': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordBilling,
+                    request_deserializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordBillingRequest.FromString,
+                    response_serializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordBillingResponse.SerializeToString,
+            ),
+            'RecordLoss': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordLoss,
+                    request_deserializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordLossRequest.FromString,
+                    response_serializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordLossResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -234,6 +289,87 @@ class BiddingService:
             '/campaignexpress.bidding.v1.BiddingService/HealthCheck',
             campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.HealthCheckRequest.SerializeToString,
             campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.HealthCheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordWin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.bidding.v1.BiddingService/RecordWin',
+            campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordWinRequest.SerializeToString,
+            campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordWinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordBilling(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.bidding.v1.BiddingService/RecordBilling',
+            campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordBillingRequest.SerializeToString,
+            campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordBillingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordLoss(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.bidding.v1.BiddingService/RecordLoss',
+            campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordLossRequest.SerializeToString,
+            campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordLossResponse.FromString,
             options,
             channel_credentials,
             insecure,

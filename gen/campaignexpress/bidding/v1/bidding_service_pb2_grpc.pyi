@@ -69,6 +69,18 @@ class BiddingServiceStub:
     depends on. Takes no credentials, for load balancers and exchanges'
     probes.
     """
+    RecordWin: _grpc.UnaryUnaryMultiCallable[_bidding_service_pb2.RecordWinRequest, _bidding_service_pb2.RecordWinResponse]
+    """Win notice (OpenRTB nurl): the exchange calls the URL of a winning bid
+    with the clearing price in `price` (its ${AUCTION_PRICE} macro). Books
+    the spend and counts the impression for frequency caps, once per bid id.
+    The signed token `t` authenticates the notice: no API key needed.
+    """
+    RecordBilling: _grpc.UnaryUnaryMultiCallable[_bidding_service_pb2.RecordBillingRequest, _bidding_service_pb2.RecordBillingResponse]
+    """Billing notice (OpenRTB burl): the impression is billable at `price`.
+    Supersedes the win price of the same bid; idempotent per bid id.
+    """
+    RecordLoss: _grpc.UnaryUnaryMultiCallable[_bidding_service_pb2.RecordLossRequest, _bidding_service_pb2.RecordLossResponse]
+    """Loss notice (OpenRTB lurl), with the exchange's loss reason code."""
 
 @_typing.type_check_only
 class BiddingServiceAsyncStub(BiddingServiceStub):
@@ -111,6 +123,18 @@ class BiddingServiceAsyncStub(BiddingServiceStub):
     depends on. Takes no credentials, for load balancers and exchanges'
     probes.
     """
+    RecordWin: _aio.UnaryUnaryMultiCallable[_bidding_service_pb2.RecordWinRequest, _bidding_service_pb2.RecordWinResponse]  # type: ignore[assignment]
+    """Win notice (OpenRTB nurl): the exchange calls the URL of a winning bid
+    with the clearing price in `price` (its ${AUCTION_PRICE} macro). Books
+    the spend and counts the impression for frequency caps, once per bid id.
+    The signed token `t` authenticates the notice: no API key needed.
+    """
+    RecordBilling: _aio.UnaryUnaryMultiCallable[_bidding_service_pb2.RecordBillingRequest, _bidding_service_pb2.RecordBillingResponse]  # type: ignore[assignment]
+    """Billing notice (OpenRTB burl): the impression is billable at `price`.
+    Supersedes the win price of the same bid; idempotent per bid id.
+    """
+    RecordLoss: _aio.UnaryUnaryMultiCallable[_bidding_service_pb2.RecordLossRequest, _bidding_service_pb2.RecordLossResponse]  # type: ignore[assignment]
+    """Loss notice (OpenRTB lurl), with the exchange's loss reason code."""
 
 class BiddingServiceServicer(metaclass=_abc_1.ABCMeta):
     """BiddingService answers OpenRTB 2.6 bid requests from exchanges and SSPs
@@ -168,5 +192,35 @@ class BiddingServiceServicer(metaclass=_abc_1.ABCMeta):
         depends on. Takes no credentials, for load balancers and exchanges'
         probes.
         """
+
+    @_abc_1.abstractmethod
+    def RecordWin(
+        self,
+        request: _bidding_service_pb2.RecordWinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bidding_service_pb2.RecordWinResponse, _abc.Awaitable[_bidding_service_pb2.RecordWinResponse]]:
+        """Win notice (OpenRTB nurl): the exchange calls the URL of a winning bid
+        with the clearing price in `price` (its ${AUCTION_PRICE} macro). Books
+        the spend and counts the impression for frequency caps, once per bid id.
+        The signed token `t` authenticates the notice: no API key needed.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordBilling(
+        self,
+        request: _bidding_service_pb2.RecordBillingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bidding_service_pb2.RecordBillingResponse, _abc.Awaitable[_bidding_service_pb2.RecordBillingResponse]]:
+        """Billing notice (OpenRTB burl): the impression is billable at `price`.
+        Supersedes the win price of the same bid; idempotent per bid id.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordLoss(
+        self,
+        request: _bidding_service_pb2.RecordLossRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bidding_service_pb2.RecordLossResponse, _abc.Awaitable[_bidding_service_pb2.RecordLossResponse]]:
+        """Loss notice (OpenRTB lurl), with the exchange's loss reason code."""
 
 def add_BiddingServiceServicer_to_server(servicer: BiddingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,408 @@
+"""The bid processor: ONE pipeline behind every entry point (REST /v1/bid,
+gRPC ProcessBid and StreamBids, NATS agents), so the same request gets the
+same decision wherever it arrives.
+
+    user id -> consent -> profile (L1/L2) -> candidates from the live index
+    -> pacing throttle -> frequency caps -> CoLaNet scores -> loyalty boost
+    -> per-imp winner vs floor -> response with notice URLs -> analytics
+
+It reads the OpenRTB message (this is the protocol adapter of the bidding
+domain); the decisions themselves are the pure functions of matching.py,
+auction.py, consent.py and caps.py."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
+from inference.features import BidContext
+from services.analytics.events import AnalyticsEvent, EventType
+from services.bidding import consent as consent_rules
+from services.bidding.auction import Scored, Winner, choose_winners, recommended_cpm
+from services.bidding.caps import FrequencyCaps
+from services.bidding.currency import Rates
+from services.bidding.identity import resolve_user_id
+from services.bidding.matching import DEVICE_GROUPS, Candidate, Context, Slot, select_candidates
+from services.bidding.notices import NoticeSigner, NoticeToken
+from services.bidding.profiles import ProfileStore, default_profile
+from services.campaigns.index import LiveCampaignIndex
+from services.common.clock import now_us
+from services.inference.engine import InferenceEngine
+
+log = logging.getLogger(__name__)
+
+SEAT = "campaign-express"
+DEFAULT_TMAX_MS = 100
+# Time kept for encoding and the network after the decision.
+TMAX_MARGIN_US = 5_000
+
+# OpenRTB 2.6 no-bid reason codes used.
+NBR_TECHNICAL = 1
+NBR_INVALID = 2
+NBR_UNMATCHED_USER = 8
+NBR_UNKNOWN = 0
+# Extension range (500+): ours.
+NBR_NO_CANDIDATE = 500
+NBR_CAPPED = 501
+NBR_BELOW_FLOOR = 502
+NBR_UNKNOWN_CURRENCY = 503
+NBR_TIMEOUT = 504
+
+
+@dataclass(frozen=True, slots=True)
+class BidOutcome:
+    response: rtb.BidResponse | None  # None: no bid
+    nbr: int = NBR_UNKNOWN
+    reason: str = ""
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "campaign_express_bids", "Bid requests by outcome.", ["outcome"], registry=registry
+        )
+        self.no_bids = Counter(
+            "campaign_express_no_bids", "No-bids by reason.", ["reason"], registry=registry
+        )
+        self.latency = Histogram(
+            "campaign_express_bid_seconds",
+            "Time to decide a bid, inside the processor.",
+            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05),
+            registry=registry,
+        )
+        self.loyalty_boosted = Counter(
+            "campaign_express_bids_loyalty_boosted",
+            "Bids whose price got a loyalty-tier boost.",
+            registry=registry,
+        )
+
+
+def _slots(request: rtb.BidRequest) -> list[Slot]:
+    slots = []
+    for imp in request.imp:
+        formats: set[str] = set()
+        sizes: set[tuple[int, int]] = set()
+        blocked: set[int] = set()
+        if imp.HasField("banner"):
+            formats.add("BANNER")
+            sizes.update((f.w, f.h) for f in imp.banner.format if f.w and f.h)
+            if imp.banner.w and imp.banner.h:
+                sizes.add((imp.banner.w, imp.banner.h))
+            blocked.update(imp.banner.battr)
+        if imp.HasField("video"):
+            formats.add("VIDEO")
+            if imp.video.w and imp.video.h:
+                sizes.add((imp.video.w, imp.video.h))
+            blocked.update(imp.video.battr)
+        if imp.HasField("native"):
+            formats.add("NATIVE")
+            blocked.update(imp.native.battr)
+        if imp.HasField("audio"):
+            formats.add("AUDIO")
+            blocked.update(imp.audio.battr)
+        deals = frozenset(d.id for d in imp.pmp.deals) if imp.HasField("pmp") else frozenset()
+        slots.append(
+            Slot(
+                imp_id=imp.id,
+                formats=frozenset(formats),
+                sizes=frozenset(sizes),
+                floor=imp.bidfloor,
+                floor_currency=imp.bidfloorcur or "USD",
+                deals=deals,
+                private_auction=bool(imp.pmp.private_auction) if imp.HasField("pmp") else False,
+                blocked_attributes=frozenset(blocked),
+            )
+        )
+    return slots
+
+
+def _country(request: rtb.BidRequest) -> str:
+    if request.device.HasField("geo") and request.device.geo.country:
+        return request.device.geo.country.upper()
+    if request.user.HasField("geo") and request.user.geo.country:
+        return request.user.geo.country.upper()
+    return ""
+
+
+class BidProcessor:
+    def __init__(
+        self,
+        *,
+        index: LiveCampaignIndex,
+        engine: InferenceEngine,
+        profiles: ProfileStore,
+        caps: FrequencyCaps,
+        signer: NoticeSigner,
+        rates: Rates,
+        emit: Callable[[AnalyticsEvent], None] | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+        vendor_id: int | None = None,
+        clock: Callable[[], int] = now_us,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._index = index
+        self._engine = engine
+        self._profiles = profiles
+        self._caps = caps
+        self._signer = signer
+        self._rates = rates
+        self._emit = emit
+        self._metrics = _Metrics(metrics_registry or CollectorRegistry())
+        self._vendor_id = vendor_id
+        self._clock = clock
+        self._rng = rng
+
+    async def process(
+        self, tenant_id: str, request: rtb.BidRequest, *, received_us: int | None = None
+    ) -> BidOutcome:
+        started = time.perf_counter()
+        now = self._clock()
+        received = received_us or now
+        tmax = request.tmax if request.HasField("tmax") and request.tmax > 0 else DEFAULT_TMAX_MS
+        deadline = received + tmax * 1000 - TMAX_MARGIN_US
+        try:
+            outcome = await self._decide(tenant_id, request, now, deadline)
+        except Exception:
+            log.exception("bid %s failed", request.id)
+            outcome = BidOutcome(None, NBR_TECHNICAL, "TECHNICAL_ERROR")
+        if outcome.response is not None and self._clock() > deadline:
+            outcome = BidOutcome(None, NBR_TIMEOUT, "TMAX_EXCEEDED")
+        self._metrics.latency.observe(time.perf_counter() - started)
+        if outcome.response is None:
+            self._metrics.requests.labels("no_bid").inc()
+            self._metrics.no_bids.labels(outcome.reason).inc()
+            self._record_no_bid(tenant_id, request, outcome, now)
+        else:
+            self._metrics.requests.labels("bid").inc()
+        return outcome
+
+    async def _decide(
+        self, tenant_id: str, request: rtb.BidRequest, now: int, deadline: int
+    ) -> BidOutcome:
+        user, device, regs = request.user, request.device, request.regs
+        user_id, _ = resolve_user_id(user.id, user.buyeruid, device.ifa)
+        decision = consent_rules.decide(
+            regs.gdpr if regs.HasField("gdpr") else None,
+            user.consent,
+            regs.us_privacy,
+            regs.gpp,
+            list(regs.gpp_sid),
+            regs.coppa,
+            device.lmt,
+            device.dnt,
+            self._vendor_id,
+        )
+        known_user = bool(user_id) and decision.personalize
+        profile = await self._profiles.get(user_id) if known_user else default_profile(user_id)
+        live = self._index.campaigns(tenant_id)
+        if not live:
+            return BidOutcome(None, NBR_NO_CANDIDATE, "NO_LIVE_CAMPAIGNS")
+        slots = _slots(request)
+        ctx = Context(
+            now_us=now,
+            country=_country(request),
+            device_type=DEVICE_GROUPS.get(device.devicetype, ""),
+            site_domain=(request.site.domain or "").lower() if request.HasField("site") else "",
+            app_bundle=request.app.bundle if request.HasField("app") else "",
+            segments=frozenset(str(s) for s in profile.segments) if known_user else frozenset(),
+            blocked_categories=frozenset(request.bcat),
+            blocked_advertisers=frozenset(d.lower() for d in request.badv),
+            blocked_apps=frozenset(request.bapp),
+            loyalty_tier=profile.loyalty.tier if known_user else "",
+        )
+        candidates, _ = select_candidates(live, slots, ctx)
+        # Pacing: each campaign takes this opportunity with its bid rate.
+        taking = {
+            c.campaign.id
+            for c in candidates
+            if c.live.bid_rate >= 1 or self._rng() < c.live.bid_rate
+        }
+        candidates = [c for c in candidates if c.campaign.id in taking]
+        if not candidates:
+            return BidOutcome(None, NBR_NO_CANDIDATE, "NO_CANDIDATES")
+        candidates, utilization = await self._apply_caps(candidates, user_id, known_user, now)
+        if not candidates:
+            return BidOutcome(None, NBR_CAPPED, "FREQUENCY_CAPPED")
+        if self._clock() > deadline:
+            return BidOutcome(None, NBR_TIMEOUT, "TMAX_EXCEEDED")
+        feature_profile = profile.to_feature_profile(
+            BidContext(
+                frequency_cap_utilization=utilization,
+                device=_FEATURE_DEVICE.get(ctx.device_type, "UNKNOWN"),
+            ),
+            now_us=now,
+        )
+        prediction = await self._engine.predict(
+            self._engine.request(feature_profile, [c.offer.name for c in candidates])
+        )
+        tier = ctx.loyalty_tier
+        scored = []
+        for i, candidate in enumerate(candidates):
+            score = float(prediction.scores.score[i])
+            price, currency = recommended_cpm(candidate, score, tier)
+            scored.append(
+                Scored(candidate, score, float(prediction.scores.ctr[i]), price, currency)
+            )
+        response_currency = self._response_currency(request)
+        if response_currency is None:
+            return BidOutcome(None, NBR_UNKNOWN_CURRENCY, "UNKNOWN_CURRENCY")
+        winners, reason = choose_winners(scored, slots, self._rates, response_currency)
+        if not winners:
+            if reason == "unknown currency":
+                return BidOutcome(None, NBR_UNKNOWN_CURRENCY, "UNKNOWN_CURRENCY")
+            return BidOutcome(None, NBR_BELOW_FLOOR, "BELOW_FLOOR")
+        if tier in ("RESERVE", "GOLD"):
+            self._metrics.loyalty_boosted.inc(len(winners))
+        return BidOutcome(
+            self._response(tenant_id, request, winners, user_id, response_currency, now)
+        )
+
+    async def _apply_caps(
+        self, candidates: list[Candidate], user_id: str, known_user: bool, now: int
+    ) -> tuple[list[Candidate], float]:
+        """Drop capped campaigns. Without a known user, caps cannot be
+        counted: campaigns with caps are left out rather than overserved."""
+        with_caps = {
+            c.campaign.id: (
+                [(f.max_impressions, f.window) for f in c.campaign.spec.frequency_caps],
+                c.campaign.spec.schedule.time_zone,
+            )
+            for c in candidates
+            if c.campaign.spec.frequency_caps
+        }
+        if not with_caps:
+            return candidates, 0.0
+        if not known_user:
+            return [c for c in candidates if c.campaign.id not in with_caps], 0.0
+        checks = await self._caps.check(
+            user_id, [(cid, caps, tz) for cid, (caps, tz) in with_caps.items()], now
+        )
+        capped = {cid for cid, check in checks.items() if check.reason is not None}
+        utilization = max((c.utilization for c in checks.values()), default=0.0)
+        return [c for c in candidates if c.campaign.id not in capped], utilization
+
+    def _response_currency(self, request: rtb.BidRequest) -> str | None:
+        if not request.cur:
+            return "USD"
+        for cur in request.cur:
+            if self._rates.knows(cur):
+                return cur.upper()
+        return None
+
+    def _response(
+        self,
+        tenant_id: str,
+        request: rtb.BidRequest,
+        winners: list[Winner],
+        user_id: str,
+        currency: str,
+        now: int,
+    ) -> rtb.BidResponse:
+        response = rtb.BidResponse(id=request.id, bidid=uuid.uuid4().hex, cur=currency)
+        seat = response.seatbid.add(seat=SEAT)
+        for winner in winners:
+            candidate = winner.scored.candidate
+            campaign, offer = candidate.campaign, candidate.offer
+            bid_id = uuid.uuid4().hex
+            token = NoticeToken(
+                tenant_id=tenant_id,
+                campaign_id=campaign.id,
+                offer_id=offer.id,
+                bid_id=bid_id,
+                imp_id=winner.imp_id,
+                user_id=user_id,
+                currency=currency,
+                budget_currency=campaign.spec.budget.total.currency_code,
+                request_id=request.id,
+                time_zone=campaign.spec.schedule.time_zone,
+                issued_us=now,
+            )
+            nurl, burl, lurl = self._signer.urls(token)
+            bid = seat.bid.add(
+                id=bid_id,
+                impid=winner.imp_id,
+                price=winner.price_cpm,
+                adid=offer.id,
+                crid=offer.id,
+                adm=offer.spec.markup_template,
+                adomain=offer.spec.advertiser_domains,
+                cat=offer.spec.iab_categories,
+                attr=offer.spec.attributes,
+                nurl=nurl,
+                burl=burl,
+                lurl=lurl,
+            )
+            size = next(iter(offer.spec.sizes), None)
+            if size is not None:
+                bid.w, bid.h = size.width, size.height
+            deals = set(campaign.spec.targeting.deals)
+            for imp in request.imp:
+                if imp.id == winner.imp_id and imp.HasField("pmp"):
+                    for deal in imp.pmp.deals:
+                        if deal.id in deals:
+                            bid.dealid = deal.id
+                            break
+            self._record_bid(tenant_id, request, winner, bid_id, user_id, currency, now)
+        return response
+
+    def _record_bid(
+        self,
+        tenant_id: str,
+        request: rtb.BidRequest,
+        w: Winner,
+        bid_id: str,
+        user_id: str,
+        currency: str,
+        now: int,
+    ) -> None:
+        if self._emit is None:
+            return
+        candidate = w.scored.candidate
+        self._emit(
+            AnalyticsEvent(
+                event_type=EventType.BID,
+                event_time=now,
+                tenant_id=tenant_id,
+                request_id=request.id,
+                imp_id=w.imp_id,
+                bid_id=bid_id,
+                campaign_id=candidate.campaign.id,
+                offer_id=candidate.offer.id,
+                user_id=user_id,
+                price_micros=int(w.price_cpm * 1_000_000),
+                currency=currency,
+                attrs=orjson.dumps({"score": round(w.scored.score, 6)}).decode(),
+            )
+        )
+
+    def _record_no_bid(
+        self, tenant_id: str, request: rtb.BidRequest, outcome: BidOutcome, now: int
+    ) -> None:
+        if self._emit is None:
+            return
+        self._emit(
+            AnalyticsEvent(
+                event_type=EventType.NO_BID,
+                event_time=now,
+                tenant_id=tenant_id,
+                request_id=request.id,
+                reason=outcome.reason,
+            )
+        )
+
+
+_FEATURE_DEVICE = {
+    "DESKTOP": "DESKTOP",
+    "MOBILE": "MOBILE",
+    "TABLET": "TABLET",
+    "CONNECTED_TV": "CTV",
+    "CONNECTED_DEVICE": "CTV",
+}

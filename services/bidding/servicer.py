@@ -1,0 +1,132 @@
+"""BiddingService: the gRPC entry to the bid processor, and the notice RPCs
+(win, billing, loss) that settle bids."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.rpc import status_pb2
+
+from campaignexpress.bidding.v1 import bidding_service_pb2, bidding_service_pb2_grpc
+from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
+from gateway.openrtb import validate_bid_request
+from services.bidding.processor import NBR_INVALID, BidOutcome, BidProcessor
+from services.bidding.settlement import Settlement
+from services.common.call import current_principal
+from services.common.clock import now_us
+from services.common.errors import DomainError
+from services.host.interceptors import status_details
+
+pb = bidding_service_pb2
+
+# Requests one stream may have in flight at once; more wait for a slot.
+MAX_IN_FLIGHT_PER_STREAM = 256
+
+
+def _no_bid_response(request: rtb.BidRequest, outcome: BidOutcome) -> rtb.BidResponse:
+    return rtb.BidResponse(id=request.id, nbr=outcome.nbr)
+
+
+class BiddingServicer(bidding_service_pb2_grpc.BiddingServiceServicer):
+    def __init__(self, processor: BidProcessor, settlement: Settlement, ready: Any) -> None:
+        self._processor = processor
+        self._settlement = settlement
+        self._ready = ready
+
+    async def ProcessBid(self, request: pb.ProcessBidRequest, context: Any) -> Any:
+        received = now_us()
+        validate_bid_request(request.request)
+        outcome = await self._processor.process(
+            current_principal().tenant_id, request.request, received_us=received
+        )
+        if outcome.response is None:
+            return pb.ProcessBidResponse(
+                response=_no_bid_response(request.request, outcome),
+                no_bid=True,
+                nbr=outcome.nbr,
+                reason=outcome.reason,
+            )
+        return pb.ProcessBidResponse(response=outcome.response)
+
+    async def StreamBids(
+        self, requests: AsyncIterator[pb.StreamBidsRequest], context: Any
+    ) -> AsyncIterator[pb.StreamBidsResponse]:
+        """Many requests in flight: each is processed as it arrives and
+        answered as soon as it is decided, matched by request id."""
+        tenant_id = current_principal().tenant_id
+        answers: asyncio.Queue[pb.StreamBidsResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(MAX_IN_FLIGHT_PER_STREAM)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(request: rtb.BidRequest, received: int) -> None:
+            try:
+                validate_bid_request(request)
+                outcome = await self._processor.process(tenant_id, request, received_us=received)
+                if outcome.response is None:
+                    reply = pb.StreamBidsResponse(
+                        request_id=request.id,
+                        response=_no_bid_response(request, outcome),
+                        no_bid=True,
+                        nbr=outcome.nbr,
+                        reason=outcome.reason,
+                    )
+                else:
+                    reply = pb.StreamBidsResponse(request_id=request.id, response=outcome.response)
+            except DomainError as exc:
+                reply = pb.StreamBidsResponse(
+                    request_id=request.id,
+                    no_bid=True,
+                    nbr=NBR_INVALID,
+                    reason="INVALID_REQUEST",
+                    error=status_pb2.Status.FromString(status_details(exc)),
+                )
+            finally:
+                slots.release()
+            await answers.put(reply)
+
+        async def read() -> None:
+            try:
+                async for message in requests:
+                    await slots.acquire()
+                    task = asyncio.get_running_loop().create_task(answer(message.request, now_us()))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*tasks)
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while True:
+                reply = await answers.get()
+                if reply is None:
+                    break
+                yield reply
+        finally:
+            reader.cancel()
+            for task in tasks:
+                task.cancel()
+
+    async def HealthCheck(self, request: pb.HealthCheckRequest, context: Any) -> Any:
+        checks = dict(await self._ready())
+        status = (
+            pb.HealthCheckResponse.STATUS_SERVING
+            if all(checks.values())
+            else pb.HealthCheckResponse.STATUS_NOT_SERVING
+        )
+        return pb.HealthCheckResponse(status=status, checks=checks)
+
+    async def RecordWin(self, request: pb.RecordWinRequest, context: Any) -> Any:
+        return pb.RecordWinResponse(recorded=await self._settlement.win(request.t, request.price))
+
+    async def RecordBilling(self, request: pb.RecordBillingRequest, context: Any) -> Any:
+        return pb.RecordBillingResponse(
+            recorded=await self._settlement.billing(request.t, request.price)
+        )
+
+    async def RecordLoss(self, request: pb.RecordLossRequest, context: Any) -> Any:
+        await self._settlement.loss(request.t, request.reason)
+        return pb.RecordLossResponse()

@@ -1,0 +1,113 @@
+"""Settling bids from win, billing and loss notices: spend into the budget
+ledger (idempotent per bid id), the impression into the frequency caps (once
+per bid), and an analytics event."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from services.analytics.events import AnalyticsEvent, EventType
+from services.bidding.caps import FrequencyCaps
+from services.bidding.currency import Rates, UnknownCurrency
+from services.bidding.notices import NoticeSigner, NoticeToken, parse_price
+from services.campaigns.budget import Budgets, DeliveryEventIn
+from services.campaigns.model import Money
+from services.common.clock import now_us
+from services.common.errors import InvalidArgument
+
+# Notices older than this are refused: a token is not a bearer credential forever.
+MAX_NOTICE_AGE_US = 7 * 86_400 * 1_000_000
+
+
+class Settlement:
+    def __init__(
+        self,
+        budgets: Budgets,
+        caps: FrequencyCaps,
+        signer: NoticeSigner,
+        rates: Rates,
+        emit: Callable[[AnalyticsEvent], None] | None = None,
+        clock: Callable[[], int] = now_us,
+    ) -> None:
+        self._budgets = budgets
+        self._caps = caps
+        self._signer = signer
+        self._rates = rates
+        self._emit = emit
+        self._clock = clock
+
+    def _token(self, t: str) -> NoticeToken:
+        token = self._signer.verify(t)
+        if self._clock() - token.issued_us > MAX_NOTICE_AGE_US:
+            raise InvalidArgument.field("t", "the notice is older than 7 days")
+        return token
+
+    def _amount(self, token: NoticeToken, price_cpm: float) -> Money:
+        """One impression's cost in the campaign's budget currency."""
+        try:
+            per_impression = self._rates.convert(
+                price_cpm / 1000.0, token.currency, token.budget_currency
+            )
+        except UnknownCurrency:
+            raise InvalidArgument.field("t", "the notice's currency is not configured") from None
+        return Money(token.budget_currency, round(per_impression * 1_000_000))
+
+    async def win(self, t: str, price: str) -> bool:
+        token, cpm = self._token(t), parse_price(price)
+        recorded = await self._book(token, "WIN", cpm)
+        if recorded:
+            # Count the impression once per bid, whatever the retries.
+            await self._caps.record_impression(
+                token.user_id, token.campaign_id, self._clock(), token.time_zone
+            )
+        self._event(EventType.WIN, token, cpm)
+        return recorded
+
+    async def billing(self, t: str, price: str) -> bool:
+        token, cpm = self._token(t), parse_price(price)
+        recorded = await self._book(token, "BILLING", cpm)
+        self._event(EventType.BILLING, token, cpm)
+        return recorded
+
+    async def loss(self, t: str, reason: str) -> None:
+        token = self._token(t)
+        if len(reason) > 20 or (reason and not reason.replace("${AUCTION_LOSS}", "").isdigit()):
+            if reason != "${AUCTION_LOSS}":
+                raise InvalidArgument.field("reason", "must be an OpenRTB loss reason code")
+        self._event(EventType.LOSS, token, 0.0, reason=reason.replace("${AUCTION_LOSS}", ""))
+
+    async def _book(self, token: NoticeToken, kind: str, cpm: float) -> bool:
+        recorded = await self._budgets.record_events(
+            None,
+            f"tenants/{token.tenant_id}",
+            [
+                DeliveryEventIn(
+                    campaign=f"tenants/{token.tenant_id}/campaigns/{token.campaign_id}",
+                    bid_id=token.bid_id,
+                    type=kind,
+                    amount=self._amount(token, cpm),
+                )
+            ],
+        )
+        return recorded > 0
+
+    def _event(self, kind: EventType, token: NoticeToken, cpm: float, reason: str = "") -> None:
+        if self._emit is None:
+            return
+        self._emit(
+            AnalyticsEvent(
+                event_type=kind,
+                # One event per bid and kind: a retried notice collapses.
+                event_id=f"{token.bid_id}-{kind.value}",
+                tenant_id=token.tenant_id,
+                request_id=token.request_id,
+                imp_id=token.imp_id,
+                bid_id=token.bid_id,
+                campaign_id=token.campaign_id,
+                offer_id=token.offer_id,
+                user_id=token.user_id,
+                price_micros=int(cpm * 1_000_000),
+                currency=token.currency,
+                reason=reason,
+            )
+        )

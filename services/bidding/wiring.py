@@ -1,0 +1,57 @@
+"""Builds the bidding service and its parts for a Platform: the live
+campaign index, profile store, frequency caps, notice signer, analytics
+pipeline, bid processor and settlement. Started and stopped with the host."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from services.analytics.pipeline import AnalyticsPipeline
+from services.bidding.caps import FrequencyCaps
+from services.bidding.currency import Rates
+from services.bidding.notices import NoticeSigner
+from services.bidding.processor import BidProcessor
+from services.bidding.profiles import ProfileStore
+from services.bidding.servicer import BiddingServicer
+from services.bidding.settlement import Settlement
+from services.campaigns.index import LiveCampaignIndex
+
+if TYPE_CHECKING:
+    from services.host.platform import Platform
+
+
+def build_bidding_servicer(platform: Platform) -> BiddingServicer:
+    settings, backends = platform.settings, platform.backends
+    index = LiveCampaignIndex(backends.db, backends.bus, platform.budgets)
+    pipeline = AnalyticsPipeline(
+        backends.analytics,
+        settings.data_dir / "analytics-journal",
+        metrics_registry=platform.metrics_registry,
+    )
+    signer = NoticeSigner(settings.resolve_jwt_secret(), settings.public_url)
+    rates = Rates()
+    caps = FrequencyCaps(backends.hot_store)
+    processor = BidProcessor(
+        index=index,
+        engine=platform.inference_engine(),
+        profiles=ProfileStore(backends.hot_store, metrics_registry=platform.metrics_registry),
+        caps=caps,
+        signer=signer,
+        rates=rates,
+        emit=pipeline.emit,
+        metrics_registry=platform.metrics_registry,
+    )
+    settlement = Settlement(platform.budgets, caps, signer, rates, emit=pipeline.emit)
+    platform.bid_processor = processor
+    platform.campaign_index = index
+
+    async def start() -> None:
+        await pipeline.start()
+        await index.start()
+
+    async def stop() -> None:
+        await index.stop()
+        await pipeline.stop()
+
+    platform.lifecycle(start, stop)
+    return BiddingServicer(processor, settlement, backends.readiness)
