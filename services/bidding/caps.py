@@ -33,8 +33,8 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
+from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.backends.interfaces import KeyValueStore
@@ -64,6 +64,14 @@ Caps = Sequence[tuple[int, str]]  # (max_impressions, window)
 
 def cap_reason(max_impressions: int, window: str) -> str:
     return f"frequency cap {max_impressions}/{window} reached"
+
+
+_WINDOW_NAMES = {"HOUR": "HOUR", "DAY": "DAY"}
+
+
+@functools.lru_cache(maxsize=4096)
+def _campaign_part(campaign_id: str) -> str:
+    return key_part(campaign_id)  # campaign ids repeat on every bid
 
 
 def _window(window: str) -> str:
@@ -107,8 +115,7 @@ def day_bucket(now_us: int, time_zone: str) -> tuple[str, float]:
     return day, end - seconds
 
 
-@dataclass(frozen=True, slots=True)
-class CapCheck:
+class CapCheck(NamedTuple):
     """One campaign's caps for one user at one moment."""
 
     reason: str | None  # "frequency cap 3/DAY reached", None when not capped
@@ -128,7 +135,7 @@ class FrequencyCaps:
         self._slack = float(slack_seconds)
 
     def _base(self, user_id: str, campaign_id: str) -> str:
-        return f"{self._prefix}:{{{key_part(user_id)}}}:{key_part(campaign_id)}"
+        return f"{self._prefix}:{{{key_part(user_id)}}}:{_campaign_part(campaign_id)}"
 
     def hour_key(self, user_id: str, campaign_id: str, now_us: int) -> str:
         return f"{self._base(user_id, campaign_id)}:h:{hour_bucket(now_us)[0]}"
@@ -149,8 +156,16 @@ class FrequencyCaps:
     ) -> dict[str, str]:
         """For the candidate campaigns of one bid, (campaign_id, caps,
         time_zone) each: the capped ones with their reasons. ONE ``get_many``."""
-        checks = await self.check(user_id, campaigns, now_us)
-        return {cid: c.reason for cid, c in checks.items() if c.reason is not None}
+        plan, values = await self._read(user_id, campaigns, now_us)
+        out: dict[str, str] = {}
+        for campaign_id, active, hour_at, day_at in plan:
+            for max_impressions, window in active:
+                at = hour_at if window == "HOUR" else day_at
+                raw = values[at]
+                if raw is not None and int(raw) >= max_impressions:
+                    out[campaign_id] = cap_reason(max_impressions, window)
+                    break
+        return out
 
     async def check(
         self, user_id: str, campaigns: Sequence[tuple[str, Caps, str]], now_us: int
@@ -158,27 +173,7 @@ class FrequencyCaps:
         """Counts, utilisation and reason per campaign that has caps (campaigns
         without any are left out, as is everything for an anonymous user).
         ONE ``get_many`` for all of them."""
-        if not user_id:
-            return {}
-        keys: list[str] = []
-        plan: list[tuple[str, list[tuple[int, str]], int, int]] = []
-        hour = hour_bucket(now_us)[0]
-        for campaign_id, caps, time_zone in campaigns:
-            active = [(int(m), _window(w)) for m, w in caps if int(m) > 0]
-            if not active:
-                continue
-            base = self._base(user_id, campaign_id)
-            hour_at = day_at = -1
-            if any(w == "HOUR" for _, w in active):
-                hour_at = len(keys)
-                keys.append(f"{base}:h:{hour}")
-            if any(w == "DAY" for _, w in active):
-                day_at = len(keys)
-                keys.append(f"{base}:d:{day_bucket(now_us, time_zone)[0]}")
-            plan.append((campaign_id, active, hour_at, day_at))
-        if not keys:
-            return {}
-        values = await self._kv.get_many(keys)
+        plan, values = await self._read(user_id, campaigns, now_us)
         out: dict[str, CapCheck] = {}
         for campaign_id, active, hour_at, day_at in plan:
             hour_count = int(values[hour_at] or 0) if hour_at >= 0 else 0
@@ -187,11 +182,57 @@ class FrequencyCaps:
             utilization = 0.0
             for max_impressions, window in active:
                 count = hour_count if window == "HOUR" else day_count
-                utilization = max(utilization, min(1.0, count / max_impressions))
-                if reason is None and count >= max_impressions:
-                    reason = cap_reason(max_impressions, window)
+                if count >= max_impressions:
+                    utilization = 1.0
+                    if reason is None:
+                        reason = cap_reason(max_impressions, window)
+                elif count / max_impressions > utilization:
+                    utilization = count / max_impressions
             out[campaign_id] = CapCheck(reason, hour_count, day_count, utilization)
         return out
+
+    async def _read(
+        self, user_id: str, campaigns: Sequence[tuple[str, Caps, str]], now_us: int
+    ) -> tuple[list[tuple[str, list[tuple[int, str]], int, int]], list[bytes | None]]:
+        """The counters the campaigns' caps need, in one ``get_many``: the plan
+        (campaign, its caps, index of its hour and day counter or -1) and the
+        values read."""
+        if not user_id:
+            return [], []
+        keys: list[str] = []
+        plan: list[tuple[str, list[tuple[int, str]], int, int]] = []
+        prefix = f"{self._prefix}:{{{key_part(user_id)}}}:"
+        hour_suffix = f":h:{hour_bucket(now_us)[0]}"
+        day_suffixes: dict[str, str] = {}
+        for campaign_id, caps, time_zone in campaigns:
+            active: list[tuple[int, str]] = []
+            hourly = daily = False
+            for max_impressions, window in caps:
+                if max_impressions <= 0:
+                    continue
+                name = _WINDOW_NAMES.get(window) or _window(window)
+                active.append((max_impressions, name))
+                if name == "HOUR":
+                    hourly = True
+                else:
+                    daily = True
+            if not active:
+                continue
+            base = prefix + _campaign_part(campaign_id)
+            hour_at = day_at = -1
+            if hourly:
+                hour_at = len(keys)
+                keys.append(base + hour_suffix)
+            if daily:
+                suffix = day_suffixes.get(time_zone)
+                if suffix is None:
+                    suffix = day_suffixes[time_zone] = f":d:{day_bucket(now_us, time_zone)[0]}"
+                day_at = len(keys)
+                keys.append(base + suffix)
+            plan.append((campaign_id, active, hour_at, day_at))
+        if not keys:
+            return [], []
+        return plan, await self._kv.get_many(keys)
 
     async def record_impression(
         self, user_id: str, campaign_id: str, now_us: int, time_zone: str
