@@ -202,6 +202,9 @@ class AnalyticsEvent:
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
+# Below this (year 2096) micros / 1e6 rounds back to the same microsecond.
+_FLOAT_EXACT_US = 4 * 10**15
+_fromtimestamp = dt.datetime.fromtimestamp
 
 
 def _micros(when: dt.datetime) -> int:
@@ -215,7 +218,11 @@ def store_row(values: list[Any], time_index: int = EVENT_TIME_INDEX) -> list[Any
     microsecond timestamp becomes an aware UTC datetime, which both stores
     encode correctly (chDB parses a bare integer as seconds; clickhouse-connect
     needs a datetime or raw ticks)."""
-    values[time_index] = _EPOCH + dt.timedelta(microseconds=values[time_index])
+    micros = values[time_index]
+    if 0 <= micros < _FLOAT_EXACT_US:  # exact there, and ~40% cheaper than timedelta
+        values[time_index] = _fromtimestamp(micros / 1e6, dt.UTC)
+    else:
+        values[time_index] = _EPOCH + dt.timedelta(microseconds=micros)
     return values
 
 

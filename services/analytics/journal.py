@@ -17,6 +17,7 @@ it. `cat`, `jq -c` and `wc -l` work on segments for operations.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import pathlib
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from typing import Any, Literal
 
 import orjson
 
-from services.analytics.events import COLUMNS, store_row
+from services.analytics.events import COLUMNS, AnalyticsEvent, store_row
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FORMAT",
@@ -32,6 +35,8 @@ __all__ = [
     "SegmentData",
     "SegmentWriter",
     "SpillDirLock",
+    "count_events",
+    "encode_events",
     "read_segment",
     "scan_segments",
     "segment_path",
@@ -212,3 +217,24 @@ class SegmentWriter:
             self._fd = -1
         if self._fsync == "seal":
             _fsync_directory(self._directory)
+
+
+def encode_events(events: list[AnalyticsEvent]) -> tuple[list[bytes], list[list[Any]], int]:
+    """Journal lines and store rows of events, and how many could not be
+    encoded (mutated into bad types after construction; logged, left out)."""
+    dumps = orjson.dumps
+    option = orjson.OPT_APPEND_NEWLINE
+    lines: list[bytes] = []
+    rows: list[list[Any]] = []
+    bad = 0
+    for event in events:
+        try:
+            values = event.row()
+            line = dumps(values, option=option)
+        except Exception as exc:
+            bad += 1
+            log.error("analytics: event %r cannot be journaled: %s", event, exc)
+            continue
+        lines.append(line)
+        rows.append(store_row(list(values)))
+    return lines, rows, bad

@@ -65,12 +65,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from services.analytics.events import COLUMNS, TABLE, AnalyticsEvent, ensure_table, store_row
+from services.analytics.events import COLUMNS, TABLE, AnalyticsEvent, ensure_table
 from services.analytics.journal import (
     REJECTED_SUFFIX,
     CorruptSegment,
@@ -78,6 +77,7 @@ from services.analytics.journal import (
     SegmentWriter,
     SpillDirLock,
     count_events,
+    encode_events,
     read_segment,
     scan_segments,
 )
@@ -410,53 +410,64 @@ class AnalyticsPipeline:
     # ------------------------------------------------------------------ journal thread
 
     def _journal_main(self) -> None:
+        while True:
+            try:
+                if self._journal_step():
+                    return
+            except Exception:  # a bug must not stop the journal for good
+                log.exception("analytics: journal error; retrying")
+                self._wake.wait(0.1)
+                self._wake.clear()
+
+    def _journal_step(self) -> bool:
+        """One round of the journal thread: commit, seal when due, then wait
+        for the next round. True when the thread is done (stopped)."""
         wake = self._wake
         inbox = self._inbox
-        while True:
-            started = time.monotonic()
-            with self._lock:
-                stopping = self._stop_journal
-                requests = [self._seal_requests.popleft() for _ in range(len(self._seal_requests))]
-                if inbox:
-                    self._commit_locked()
-                if inbox and not stopping:
-                    self._seal_requests.extendleft(reversed(requests))  # journal failing
-                    requests = []
-                elif requests or stopping:
-                    self._seal_locked()
-                elif self._writer is not None and started - self._writer_opened >= (
-                    self._flush_interval
-                ):
-                    self._seal_locked()
-                if requests:
-                    self._hand(_SealDone(requests, self._last_sealed))
-                if self._ack_waiters:
-                    self._schedule_handoff()
-                if stopping:
-                    if inbox:  # the journal cannot write: these were never acknowledged
-                        self._journal_dropped += len(inbox)
-                        log.error("analytics: %d unjournaled events lost at stop", len(inbox))
-                        inbox.clear()
-                    return
-            if self._journal_failing:
-                wake.wait(0.1)
-                wake.clear()
-                continue
-            if inbox and not self._seal_requests:
-                if len(inbox) < self._commit_max:
-                    wake.wait(max(0.0, started + self._commit_interval - time.monotonic()))
-                    wake.clear()
-                continue
-            self._journal_idle = True
-            if inbox or self._seal_requests or self._stop_journal:
-                self._journal_idle = False
-                continue
-            timeout = None
-            if self._writer is not None:
-                timeout = max(0.0, self._writer_opened + self._flush_interval - time.monotonic())
-            wake.wait(timeout)
-            wake.clear()
+        started = time.monotonic()
+        with self._lock:
+            stopping = self._stop_journal
+            # Take the flush requests BEFORE committing: everything emitted
+            # before a request is in the inbox now and goes into this seal.
+            requests = [self._seal_requests.popleft() for _ in range(len(self._seal_requests))]
+            if inbox:
+                self._commit_locked()
+            if inbox and not stopping:  # the journal is failing: serve them later
+                self._seal_requests.extendleft(reversed(requests))
+                requests = []
+            elif requests or stopping:
+                self._seal_locked()
+            elif self._writer is not None and started - self._writer_opened >= (
+                self._flush_interval
+            ):
+                self._seal_locked()
+            if requests:
+                self._hand(_SealDone(requests, self._last_sealed))
+            if self._ack_waiters:
+                self._schedule_handoff()
+            if stopping:
+                if inbox:  # the journal cannot write: these were never acknowledged
+                    self._journal_dropped += len(inbox)
+                    log.error("analytics: %d unjournaled events lost at stop", len(inbox))
+                    inbox.clear()
+                return True
+        if self._journal_failing:
+            wake.wait(0.1)
+        elif inbox and not self._seal_requests:
+            if len(inbox) < self._commit_max:  # group commit: gather for commit_interval
+                wake.wait(max(0.0, started + self._commit_interval - time.monotonic()))
+        else:
+            self._journal_idle = True  # from here on emit wakes the thread
+            if not (inbox or self._seal_requests or self._stop_journal):
+                timeout = None
+                if self._writer is not None:
+                    timeout = max(
+                        0.0, self._writer_opened + self._flush_interval - time.monotonic()
+                    )
+                wake.wait(timeout)
             self._journal_idle = False
+        wake.clear()
+        return False
 
     def _commit_locked(self) -> None:
         """Append the inbox to the journal (caller holds _lock)."""
@@ -471,7 +482,7 @@ class AnalyticsPipeline:
                 self._writer = writer
                 self._writer_opened = time.monotonic()
             chunk = events[position : position + self._batch_size - writer.count]
-            lines, rows, bad = _encode(chunk)
+            lines, rows, bad = encode_events(chunk)
             try:
                 if lines:
                     writer.append(lines, rows)
@@ -564,11 +575,15 @@ class AnalyticsPipeline:
                 await self._work.wait()
                 continue
             segment = self._fifo[0]
-            if await self._deliver(segment):
-                continue
-            await self._wait_for_sink()
-            if segment.attempts >= self._max_attempts and self._fifo and self._fifo[0] is segment:
-                await self._quarantine(segment, f"rejected {segment.attempts} times")
+            try:
+                if await self._deliver(segment):
+                    continue
+                await self._wait_for_sink()
+                if segment.attempts >= self._max_attempts and self._fifo[0] is segment:
+                    await self._quarantine(segment, f"rejected {segment.attempts} times")
+            except Exception:  # a bug must not stop delivery for good
+                log.exception("analytics: delivery error; retrying")
+                await asyncio.sleep(self._retry_max)
 
     async def _deliver(self, segment: _Sealed) -> bool:
         rows = segment.rows
@@ -608,7 +623,10 @@ class AnalyticsPipeline:
             if not isinstance(exc, TimeoutError | ConnectionError):
                 segment.attempts += 1
             return False
-        await asyncio.to_thread(segment.path.unlink, missing_ok=True)
+        try:
+            await asyncio.to_thread(segment.path.unlink, missing_ok=True)
+        except OSError as exc:  # replayed again at the next start; deduplicated there
+            log.error("analytics: cannot delete delivered segment %s: %s", segment.path, exc)
         if not self._sink_up:
             log.warning("analytics: the store is back; replaying %d events", self._backlog)
             self._sink_up = True
@@ -680,27 +698,6 @@ class AnalyticsPipeline:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         return self._loop
-
-
-def _encode(events: list[AnalyticsEvent]) -> tuple[list[bytes], list[list[Any]], int]:
-    """Journal lines and store rows of events; events that cannot be encoded
-    (mutated into bad types after construction) are left out and counted."""
-    dumps = orjson.dumps
-    option = orjson.OPT_APPEND_NEWLINE
-    lines: list[bytes] = []
-    rows: list[list[Any]] = []
-    bad = 0
-    for event in events:
-        try:
-            values = event.row()
-            line = dumps(values, option=option)
-        except Exception as exc:
-            bad += 1
-            log.error("analytics: event %r cannot be journaled: %s", event, exc)
-            continue
-        lines.append(line)
-        rows.append(store_row(list(values)))
-    return lines, rows, bad
 
 
 class _StatsCollector(Collector):
