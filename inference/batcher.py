@@ -192,11 +192,15 @@ class InferenceBatcher(Generic[Item, Result]):
             self._due = True
             self._dispatch()
 
-    async def close(self) -> None:
-        """Stop taking items; send what is pending and wait for every batch."""
-        self._closed = True
+    async def drain(self) -> None:
+        """Send what is pending now and wait until every batch has answered."""
         while self._pending or self._tasks:
             self._due = True
             self._dispatch()
             if self._tasks:
                 await asyncio.wait(set(self._tasks))
+
+    async def close(self) -> None:
+        """Stop taking items; send what is pending and wait for every batch."""
+        self._closed = True
+        await self.drain()

@@ -372,3 +372,17 @@ def test_an_empty_proto_profile_means_the_domain_defaults() -> None:
     np.testing.assert_array_equal(empty, user_features(Profile()))
     full = user_features(profile_of(PROFILE))
     np.testing.assert_array_equal(full, user_features(PROFILE_DOMAIN))
+
+
+async def test_engine_close_drains_and_keeps_serving() -> None:
+    """Shutdown closes the engine before the server's grace period: queued
+    bids are answered and bids arriving afterwards are still scored."""
+    from services.inference.engine import EngineSettings, InferenceEngine
+
+    engine = InferenceEngine(EngineSettings())
+    request = engine.request(PROFILE_DOMAIN, OFFERS[:4])
+    queued = [engine.enqueue(request) for _ in range(5)]
+    await engine.close()
+    assert all(f.done() and len(f.result().scores) == 4 for f in queued)
+    late = await engine.predict(request)
+    assert len(late.scores) == 4

@@ -317,5 +317,8 @@ class InferenceEngine:
         return self.model()
 
     async def close(self) -> None:
-        await self._batcher.close()
+        """Wait for queued bids and release provider resources (connections).
+        The engine keeps serving: shutdown runs this before the server's grace
+        period, and bids arriving then must still be scored."""
+        await self._batcher.drain()
         self._loaded.provider.close()
