@@ -70,6 +70,7 @@ REASON_TOO_LARGE = "BODY_TOO_LARGE"
 REASON_ENCODING = "UNSUPPORTED_CONTENT_ENCODING"
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_dumps = orjson.dumps
 _EXT, _UNKNOWN = "ext_json", "unknown_json"
 
 
@@ -215,7 +216,10 @@ def _decode_object(spec: _DecodeSpec, value: Any) -> dict[str, Any]:
         entry = fields.get(key)
         if entry is None:
             if key == "ext":
-                out[_EXT] = _raw_json(item, key)
+                try:
+                    out[_EXT] = _dumps(item)
+                except orjson.JSONEncodeError:  # deeper than orjson writes (254 levels)
+                    raise _Bad("nests too deeply", key) from None
             else:
                 if unknown is None:
                     unknown = {}
@@ -249,6 +253,8 @@ def _require_id(out: dict[str, Any]) -> None:
     found = out.get("id")
     if found is None:
         raise _Bad("is required", "id")
+    if type(found) is not str:
+        raise _Bad("must be a string", "id")
     if not found:
         raise _Bad("must not be empty", "id")
 
@@ -258,6 +264,8 @@ def _check_request(out: dict[str, Any]) -> None:
     imps = out.get("imp")
     if imps is None:
         raise _Bad("is required", "imp")
+    if type(imps) is not list:
+        raise _Bad("must be an array", "imp")
     if not imps:
         raise _Bad("must hold at least one impression", "imp")
     if len(imps) > 1:
@@ -270,9 +278,14 @@ def _check_request(out: dict[str, Any]) -> None:
 
 def _check_bid(out: dict[str, Any]) -> None:
     _require_id(out)
-    if not out.get("impid"):
-        raise _Bad("is required" if "impid" not in out else "must not be empty", "impid")
-    if "price" not in out:
+    impid = out.get("impid")
+    if impid is None:
+        raise _Bad("is required", "impid")
+    if type(impid) is not str:
+        raise _Bad("must be a string", "impid")
+    if not impid:
+        raise _Bad("must not be empty", "impid")
+    if out.get("price") is None:
         raise _Bad("is required", "price")
 
 
@@ -316,10 +329,16 @@ _SCALARS: dict[int, Converter] = {
 def _decode_spec(
     message_type: descriptor.Descriptor, specs: dict[str, _DecodeSpec], *, fast: bool
 ) -> _DecodeSpec:
-    """The decode table of a message type. `fast` takes JSON integers for int32
-    fields as they are and leaves the range check to the constructor: a value
-    out of range then makes the caller walk again with the strict tables, to
-    name the field."""
+    """The decode table of a message type.
+
+    Strict tables check every value in Python. Fast tables leave two checks to
+    the upb constructor, which makes them in C: int32 values are passed as they
+    are (upb refuses bools, floats and out-of-range values), and so are the
+    items of arrays of scalars once the value is known to be an array (upb
+    would take a string as the list of its characters). When upb refuses a
+    value, the caller walks the body again with the strict tables, which name
+    the field. Fields with rules (sizes, floors, currencies, tmax) and nested
+    objects are checked the same way by both."""
     found = specs.get(message_type.full_name)
     if found is not None:
         return found
@@ -335,23 +354,32 @@ def _decode_spec(
                 convert = functools.partial(_decode_object, sub)
             elif field.type in _SCALARS:
                 convert = _SCALARS[field.type]
-                as_is = _AS_IS.get(field.type) if fast else _STRICT_AS_IS.get(field.type)
+                as_is = (_FAST_AS_IS if fast else _AS_IS).get(field.type)
             else:  # a new proto field of a type this adapter does not map yet
                 raise TypeError(f"{field.full_name}: unsupported field type {field.type}")
             if field.is_repeated:
-                convert = functools.partial(_repeated, convert)
                 as_is = None
+                if fast and field.message_type is None:
+                    convert = _array
+                else:
+                    convert = functools.partial(_repeated, convert)
         spec.fields[field.name] = (as_is, convert)
     spec.check = _CHECKS.get(message_type.name)
     return spec
 
 
+def _array(value: Any) -> list[Any]:
+    if type(value) is not list:
+        raise _Bad("must be an array")
+    return value
+
+
+# Types a table takes as they are, without a call.
 _AS_IS: dict[int, type] = {
     descriptor.FieldDescriptor.TYPE_STRING: str,
-    descriptor.FieldDescriptor.TYPE_INT32: int,
     descriptor.FieldDescriptor.TYPE_DOUBLE: float,
 }
-_STRICT_AS_IS = {k: v for k, v in _AS_IS.items() if v is not int}
+_FAST_AS_IS: dict[int, type] = {**_AS_IS, descriptor.FieldDescriptor.TYPE_INT32: int}
 
 _FAST_SPECS: dict[str, _DecodeSpec] = {}
 _STRICT_SPECS: dict[str, _DecodeSpec] = {}
@@ -413,17 +441,17 @@ def _parse(body: bytes) -> Any:
 
 
 def _decode(
-    cls: Callable[..., Any], specs: tuple[_DecodeSpec, _DecodeSpec], tree: Any, reason: str
+    cls: Callable[..., Any], specs: tuple[_DecodeSpec, _DecodeSpec], body: bytes, reason: str
 ) -> Any:
     fast, strict = specs
     try:
-        return cls(**_decode_object(fast, tree))
+        return cls(**_decode_object(fast, _parse(body)))
     except _Bad as bad:
         _raise(bad, reason)
-    except (TypeError, ValueError):  # an int32 out of range: find and name it
+    except (TypeError, ValueError):  # upb refused a value: find it and name it
         pass
     try:
-        kwargs = _decode_object(strict, tree)
+        kwargs = _decode_object(strict, _parse(body))
     except _Bad as bad:
         _raise(bad, reason)
     try:
@@ -432,13 +460,22 @@ def _decode(
         raise _invalid("body", f"does not fit the schema: {exc}", reason) from None
 
 
+def _decode_strict(cls: Callable[..., Any], specs: Any, body: bytes, reason: str) -> Any:
+    """The strict path alone (for tests: it must agree with the fast one)."""
+    try:
+        kwargs = _decode_object(specs[1], _parse(body))
+    except _Bad as bad:
+        _raise(bad, reason)
+    return cls(**kwargs)
+
+
 def decode_bid_request(
     body: bytes, *, content_encoding: str | None = None, max_bytes: int
 ) -> BidRequest:
     """OpenRTB 2.6 JSON (optionally gzip or deflate, per `content_encoding`)
     -> BidRequest. Raises InvalidArgument naming the field on bad input."""
-    tree = _parse(_body(body, content_encoding, max_bytes))
-    request: BidRequest = _decode(BidRequest, _REQUEST_SPECS, tree, REASON_INVALID)
+    data = _body(body, content_encoding, max_bytes)
+    request: BidRequest = _decode(BidRequest, _REQUEST_SPECS, data, REASON_INVALID)
     return request
 
 
@@ -447,8 +484,8 @@ def decode_bid_response(
 ) -> BidResponse:
     """OpenRTB 2.6 bid response JSON -> BidResponse (for clients, tests and load
     generators). Checks types, the required ids and non-negative prices."""
-    tree = _parse(_body(body, content_encoding, max_bytes))
-    response: BidResponse = _decode(BidResponse, _RESPONSE_SPECS, tree, REASON_INVALID_RESPONSE)
+    data = _body(body, content_encoding, max_bytes)
+    response: BidResponse = _decode(BidResponse, _RESPONSE_SPECS, data, REASON_INVALID_RESPONSE)
     return response
 
 
@@ -460,11 +497,15 @@ _FieldEncoder = tuple[str, Callable[[Any], Any] | None]
 class _EncodeSpec:
     """How to write one message as a JSON object."""
 
-    __slots__ = ("fields", "required")
+    __slots__ = ("by_field", "fields", "required")
 
     def __init__(self) -> None:
         # field name -> (JSON key, converter or None when the value is JSON as is)
         self.fields: dict[str, _FieldEncoder] = {}
+        # the same by field descriptor: ListFields hands back these very objects
+        # (upb keeps one Python object per descriptor while it is referenced),
+        # which saves reading each field's name
+        self.by_field: dict[descriptor.FieldDescriptor, _FieldEncoder] = {}
         # plain (no presence) fields OpenRTB requires: written even when default
         self.required: tuple[tuple[str, Any], ...] = ()
 
@@ -477,9 +518,12 @@ def _unknown_marker(value: Any) -> Any:  # pragma: no cover - a marker, never ca
 def _encode_object(spec: _EncodeSpec, msg: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     unknown = b""
-    fields = spec.fields
+    by_field = spec.by_field
     for field, value in msg.ListFields():
-        key, convert = fields[field.name]
+        entry = by_field.get(field)
+        if entry is None:  # pragma: no cover - another descriptor object
+            entry = spec.fields[field.name]
+        key, convert = entry
         if convert is None:
             out[key] = value
         elif convert is _unknown_marker:
@@ -524,6 +568,7 @@ def _encode_spec(message_type: descriptor.Descriptor, specs: dict[str, _EncodeSp
                 required.append((field.name, field.default_value))
         spec.fields[field.name] = (field.name, convert)
     spec.required = tuple(required)
+    spec.by_field = {field: spec.fields[field.name] for field in message_type.fields}
     return spec
 
 
