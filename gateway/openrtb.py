@@ -404,6 +404,11 @@ def _body(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
     encoding = (content_encoding or "").strip().lower()
     if encoding in ("", "identity"):
         return body
+    if encoding in _COMPRESSED and body.lstrip(b" \t\r\n")[:1] == b"{":
+        # Already inflated by the HTTP server (aiohttp inflates request bodies
+        # itself unless told not to, and keeps the header): neither gzip
+        # (1f 8b) nor zlib data (compression method 8) can start with "{".
+        return body
     if encoding in ("gzip", "x-gzip"):
         return _inflate(body, zlib.MAX_WBITS | 16, max_bytes)
     if encoding == "deflate":
@@ -413,6 +418,9 @@ def _body(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
         f"{content_encoding!r} is not supported; send gzip, deflate or identity",
         REASON_ENCODING,
     )
+
+
+_COMPRESSED = frozenset({"gzip", "x-gzip", "deflate"})
 
 
 def _inflate(body: bytes, wbits: int, max_bytes: int) -> bytes:

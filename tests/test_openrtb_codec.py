@@ -283,6 +283,15 @@ def test_gzip_and_deflate_bodies() -> None:
         assert orjson.loads(encode_bid_request(decode(body, content_encoding=encoding))) == data
 
 
+def test_a_body_the_http_server_already_inflated_is_taken_as_is() -> None:
+    # aiohttp inflates request bodies itself (auto_decompress) and keeps the
+    # Content-Encoding header; compressed data never starts with "{".
+    raw = orjson.dumps(minimal())
+    for encoding in ("gzip", "deflate"):
+        assert decode(raw, content_encoding=encoding).id == "r1"
+        assert decode(b"\n  " + raw, content_encoding=encoding).id == "r1"
+
+
 def _violation(caught: pytest.ExceptionInfo[InvalidArgument]) -> tuple[str, str, str]:
     error = caught.value
     assert len(error.field_violations) == 1
