@@ -44,9 +44,13 @@ def _request_naming(method: descriptor.MethodDescriptor, path: str, value: str) 
     return request
 
 
-# Services whose resources are platform-wide, not a tenant's (the scoring
-# model is shared by every tenant): they must bind no `tenants/...` path.
-GLOBAL_SERVICES = {"campaignexpress.inference.v1.InferenceService"}
+# Services with no tenant-named resources: the scoring model is shared by
+# every tenant; bidding acts for the caller's own tenant (its credential) and
+# notices carry a signed token. They must bind no `tenants/...` path.
+GLOBAL_SERVICES = {
+    "campaignexpress.inference.v1.InferenceService",
+    "campaignexpress.bidding.v1.BiddingService",
+}
 
 
 def test_every_service_has_tenant_scoped_rpcs_covered() -> None:

@@ -4,6 +4,7 @@ pipeline, bid processor and settlement. Started and stopped with the host."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from services.analytics.pipeline import AnalyticsPipeline
@@ -15,6 +16,7 @@ from services.bidding.profiles import ProfileStore
 from services.bidding.servicer import BiddingServicer
 from services.bidding.settlement import Settlement
 from services.campaigns.index import LiveCampaignIndex
+from services.host.config import WORKER_ENV
 
 if TYPE_CHECKING:
     from services.host.platform import Platform
@@ -23,9 +25,11 @@ if TYPE_CHECKING:
 def build_bidding_servicer(platform: Platform) -> BiddingServicer:
     settings, backends = platform.settings, platform.backends
     index = LiveCampaignIndex(backends.db, backends.bus, platform.budgets)
+    # The journal is private to one process: each --workers process has its own.
+    worker = os.environ.get(WORKER_ENV, "0")
     pipeline = AnalyticsPipeline(
         backends.analytics,
-        settings.data_dir / "analytics-journal",
+        settings.data_dir / "analytics-journal" / f"worker-{worker}",
         metrics_registry=platform.metrics_registry,
     )
     signer = NoticeSigner(settings.resolve_jwt_secret(), settings.public_url)

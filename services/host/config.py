@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# Set by `serve --workers N` in each worker process (0..N-1).
+WORKER_ENV = "CAMPAIGN_EXPRESS_WORKER_INDEX"
+
 ALL_SERVICES = ("tenancy", "auth", "audit", "campaigns", "inference", "bidding")
 
 

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.app import Gateway
 from gateway.openapi import load_descriptor_set
-from services.host.config import Settings
+from services.host.config import WORKER_ENV, Settings
 from services.host.demo import DEMO_PASSWORD, DemoSeed, seed_demo
 from services.host.logs import configure_logging, configure_tracing
 from services.host.platform import Platform, create_platform, open_backends
@@ -26,7 +26,6 @@ from services.host.registry import SERVICES_BY_KEY
 
 log = logging.getLogger("campaign_express.host")
 
-WORKER_ENV = "CAMPAIGN_EXPRESS_WORKER_INDEX"
 
 
 @dataclass
