@@ -236,6 +236,24 @@ async def test_emit_before_start_and_after_stop(
     await other.stop()
 
 
+@pytest.mark.parametrize("fsync", ["commit", "seal", "none"])
+async def test_fsync_policies_deliver_everything(
+    faulty: FaultyStore, chdb: ChdbAnalyticsStore, tmp_path: pathlib.Path, fsync: str
+) -> None:
+    pipeline = fast(faulty, tmp_path / "spill", fsync=fsync, flush_interval=5.0)
+    await pipeline.start()
+    for i in range(2_500):
+        pipeline.emit(make_event(i))
+    assert await pipeline.acknowledged() == 2_500
+    segments = scan_segments(tmp_path / "spill")
+    assert sum(journal_module.count_events(p) for _, p in segments) >= 500  # on disk
+    await pipeline.flush()
+    await pipeline.stop()
+    assert faulty.delivered_indexes() == list(range(2_500))
+    with pytest.raises(ValueError):
+        AnalyticsPipeline(chdb, tmp_path / "other", fsync="sometimes")  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- zero loss
 
 

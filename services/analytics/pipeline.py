@@ -259,7 +259,9 @@ class AnalyticsPipeline:
         self._next_number = found[-1][0] + 1 if found else 0
         self._last_sealed = self._next_number - 1
         try:
-            await asyncio.wait_for(ensure_table(self._store, self._table), self._insert_timeout)
+            # Short: a hanging store must not hold up the process's start.
+            timeout = min(self._insert_timeout, 5.0)
+            await asyncio.wait_for(ensure_table(self._store, self._table), timeout)
             self._schema_ready = True
         except Exception as exc:  # the delivery task retries it with the inserts
             log.warning("analytics: store not ready at start (%s); events are journaled", exc)
