@@ -1,0 +1,255 @@
+"""The bid path end to end: REST /v1/bid (OpenRTB JSON), gRPC ProcessBid and
+StreamBids, win/billing notices, caps, consent, bad input, tmax — on embedded
+backends and on PostgreSQL + Redis + NATS."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import gzip
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+from grpc import aio
+
+from campaignexpress.bidding.v1 import bidding_service_pb2 as bpb
+from campaignexpress.bidding.v1 import bidding_service_pb2_grpc as bgrpc
+from gateway.openrtb import decode_bid_request
+from services.auth.rbac import ALL_PERMISSIONS
+from services.campaigns.model import (
+    BidStrategy,
+    Budget,
+    CampaignSpec,
+    FrequencyCap,
+    Money,
+    OfferSpec,
+    Schedule,
+    Size,
+    Targeting,
+)
+from services.common.call import Principal
+from tests.conftest import Env
+
+SYSTEM = Principal(
+    "system/test",
+    "acme",
+    frozenset({"ADMIN"}),
+    ALL_PERMISSIONS,
+    approval_roles=frozenset({"manager"}),
+)
+
+
+def spec(**overrides: Any) -> CampaignSpec:
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    base = CampaignSpec(
+        display_name="Boots",
+        channels=["DISPLAY"],
+        schedule=Schedule(
+            (now - dt.timedelta(minutes=5)).isoformat(),
+            (now + dt.timedelta(days=2)).isoformat(),
+            "UTC",
+        ),
+        budget=Budget(total=Money("USD", 900_000_000)),
+        pacing_mode="ASAP",
+        bid_strategy=BidStrategy("MAX_CPM", max_cpm=Money("USD", 5_000_000)),
+        targeting=Targeting(countries=["USA"]),
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+OFFER = OfferSpec(
+    display_name="boots",
+    format="BANNER",
+    sizes=[Size(300, 250)],
+    markup_template="<a href='https://shop.example'>${AUCTION_PRICE}</a>",
+    click_url="https://shop.example",
+    advertiser_domains=["shop.example"],
+    iab_categories=["IAB22"],
+    bid_cpm=Money("USD", 2_000_000),
+)
+
+
+async def live_campaign(env: Env, **overrides: Any) -> str:
+    platform = env.running.platform
+    campaign = await platform.campaigns.create(
+        None, "tenants/acme", spec(**overrides), offers_to_add=[OFFER]
+    )
+    await platform.workflow.act(SYSTEM, campaign.name, "SUBMIT")
+    await platform.workflow.act(SYSTEM, campaign.name, "GO_LIVE")
+    index = platform.campaign_index
+    await index.wait_for(lambda i: i.get(campaign.name) is not None, timeout=2.0)
+    return campaign.name
+
+
+def bid_request(request_id: str = "r1", user: str = "u1", **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": request_id,
+        "imp": [
+            {
+                "id": "1",
+                "banner": {"format": [{"w": 300, "h": 250}]},
+                "bidfloor": 0.5,
+                "bidfloorcur": "USD",
+            }
+        ],
+        "site": {"domain": "news.example"},
+        "device": {"devicetype": 4, "geo": {"country": "USA"}},
+        "user": {"id": user},
+        "tmax": 200,
+        "cur": ["USD"],
+    }
+    body.update(extra)
+    return body
+
+
+async def post_bid(env: Env, body: Any, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    async with env.http.post(
+        f"{env.base_url}/v1/bid",
+        data=data,
+        headers={**env.headers(), "Content-Type": "application/json", **headers},
+    ) as r:
+        return r.status, dict(r.headers), await r.read()
+
+
+async def test_rest_bid_and_win_notice_settle_spend_once(env: Env) -> None:
+    name = await live_campaign(env)
+    status, headers, raw = await post_bid(env, bid_request(ext={"keep": {"me": 1}}))
+    assert status == 200, raw
+    assert headers["x-openrtb-version"] == "2.6"
+    response = orjson.loads(raw)
+    bid = response["seatbid"][0]["bid"][0]
+    assert response["id"] == "r1" and bid["impid"] == "1"
+    assert bid["price"] >= 0.5 and bid["adomain"] == ["shop.example"]
+    assert "${AUCTION_PRICE}" in bid["nurl"] and bid["w"] == 300
+    win = (
+        bid["nurl"]
+        .replace("http://localhost:8080", env.base_url)
+        .replace("${AUCTION_PRICE}", "1.50")
+    )
+    for _ in range(2):  # a retried notice is settled once
+        async with env.http.get(win) as r:
+            assert r.status == 200
+    status_ = await env.running.platform.budgets.status(None, name)
+    assert status_.total_spend.amount_micros == 1_500  # 1.50 CPM = 0.0015 per impression
+    async with env.http.get(win.replace("t=", "t=x")) as r:
+        assert r.status == 400
+
+
+async def test_no_bid_is_204_with_reason(env: Env) -> None:
+    await live_campaign(env)
+    body = bid_request()
+    body["imp"][0]["bidfloor"] = 999.0
+    status, headers, raw = await post_bid(env, body)
+    assert status == 204 and raw == b""
+    assert headers["X-No-Bid-Reason"] == "BELOW_FLOOR"
+    status, headers, _ = await post_bid(env, bid_request(tmax=1))  # cannot answer in time
+    assert status == 204 and headers["X-No-Bid-Reason"] == "TMAX_EXCEEDED"
+
+
+async def test_the_three_entry_points_agree(env: Env) -> None:
+    await live_campaign(env)
+    body = bid_request("same")
+    status, _, raw = await post_bid(env, body)
+    rest = orjson.loads(raw)["seatbid"][0]["bid"][0]
+    stub = bgrpc.BiddingServiceStub(env.channel)
+    request = decode_bid_request(orjson.dumps(body), max_bytes=1 << 20)
+    unary = await stub.ProcessBid(bpb.ProcessBidRequest(request=request), metadata=env.auth())
+    g = unary.response.seatbid[0].bid[0]
+    assert (g.adid, round(g.price, 6)) == (rest["adid"], round(rest["price"], 6))
+
+    async def many():  # type: ignore[no-untyped-def]
+        for i in range(40):
+            req = bpb.StreamBidsRequest(request=request)
+            req.request.id = f"s{i}"
+            yield req
+
+    answers = [a async for a in stub.StreamBids(many(), metadata=env.auth())]
+    assert sorted(a.request_id for a in answers) == sorted(f"s{i}" for i in range(40))
+    assert {a.response.seatbid[0].bid[0].adid for a in answers} == {rest["adid"]}
+
+
+async def test_stream_reports_bad_requests_without_ending(env: Env) -> None:
+    await live_campaign(env)
+    stub = bgrpc.BiddingServiceStub(env.channel)
+    good = decode_bid_request(orjson.dumps(bid_request("ok")), max_bytes=1 << 20)
+    bad = bpb.StreamBidsRequest()
+    bad.request.id = "bad"  # no imp
+
+    async def two():  # type: ignore[no-untyped-def]
+        yield bad
+        yield bpb.StreamBidsRequest(request=good)
+
+    answers = {a.request_id: a async for a in stub.StreamBids(two(), metadata=env.auth())}
+    assert answers["bad"].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert not answers["ok"].no_bid
+
+
+async def test_frequency_cap_stops_bids_for_that_user_only(env: Env) -> None:
+    await live_campaign(env, frequency_caps=[FrequencyCap(1, "DAY")])
+    status, _, raw = await post_bid(env, bid_request(user="capped"))
+    nurl = orjson.loads(raw)["seatbid"][0]["bid"][0]["nurl"]
+    win = nurl.replace("http://localhost:8080", env.base_url).replace("${AUCTION_PRICE}", "1")
+    async with env.http.get(win) as r:
+        assert r.status == 200
+    status, headers, _ = await post_bid(env, bid_request("r2", user="capped"))
+    assert status == 204 and headers["X-No-Bid-Reason"] == "FREQUENCY_CAPPED"
+    status, _, _ = await post_bid(env, bid_request("r3", user="someone-else"))
+    assert status == 200
+
+
+async def test_no_consent_means_no_segment_targeting(env: Env) -> None:
+    await live_campaign(env, targeting=Targeting(countries=["USA"], segments=["7"]))
+    platform = env.running.platform
+    from services.bidding.profiles import UserProfile
+
+    store = platform.bid_processor._profiles
+    await store.put(UserProfile("fan", segments=[7]))
+    status, _, _ = await post_bid(env, bid_request(user="fan"))
+    assert status == 200  # consented (no GDPR): the profile's segment matches
+    gdpr_no_consent = bid_request("r2", user="fan", regs={"gdpr": 1})
+    status, headers, _ = await post_bid(env, gdpr_no_consent)
+    assert status == 204 and headers["X-No-Bid-Reason"] == "NO_CANDIDATES"
+    coppa = bid_request("r3", user="fan", regs={"coppa": 1})
+    status, _, _ = await post_bid(env, coppa)
+    assert status == 204
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b"{nope", "body"),
+        (orjson.dumps({"id": "x"}), "imp"),
+        (orjson.dumps({"id": "x", "imp": [{"id": "1"}, {"id": "1"}]}), "imp[1].id"),
+        (
+            orjson.dumps({"id": "x", "imp": [{"id": "1", "banner": {"w": 99999, "h": 1}}]}),
+            "imp[0].banner.w",
+        ),
+        (orjson.dumps({"id": "x", "imp": [{"id": "1", "bidfloor": -3}]}), "imp[0].bidfloor"),
+        (orjson.dumps({"id": 5, "imp": [{"id": "1"}]}), "id"),
+    ],
+)
+async def test_bad_bid_requests_are_400_naming_the_field(env: Env, body: bytes, field: str) -> None:
+    status, _, raw = await post_bid(env, body)
+    assert status == 400, raw
+    violations = orjson.loads(raw)["error"]["fieldViolations"]
+    assert any(v["field"] == field for v in violations), violations
+
+
+async def test_gzip_bodies_are_accepted(env: Env) -> None:
+    await live_campaign(env)
+    status, _, _ = await post_bid(
+        env, gzip.compress(orjson.dumps(bid_request())), **{"Content-Encoding": "gzip"}
+    )
+    assert status == 200
+
+
+async def test_bidding_needs_credentials(env: Env) -> None:
+    async with env.http.post(f"{env.base_url}/v1/bid", data=orjson.dumps(bid_request())) as r:
+        assert r.status == 401
+    stub = bgrpc.BiddingServiceStub(env.channel)
+    with pytest.raises(aio.AioRpcError) as caught:
+        await stub.ProcessBid(bpb.ProcessBidRequest())
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
