@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_settings_flags(serve)
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     _add_settings_flags(migrate)
+    agents = commands.add_parser(
+        "agents", help="run NATS bid agents (queue group bid-agents) on NATS_URL"
+    )
+    agents.add_argument(
+        "--agents-per-node", type=int, default=20, help="concurrent consumers in this process"
+    )
+    _add_settings_flags(agents)
     tenant = commands.add_parser(
         "create-tenant", help="create a tenant with an admin API key (bootstrap)"
     )
@@ -131,6 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.inference.cli import run_model
 
         return run_model(args, settings)
+    if args.command == "agents":
+        from services.host.serve import run_agents
+
+        if not 1 <= args.agents_per_node <= 1000:
+            print("campaign-express: invalid --agents-per-node: must be 1-1000", file=sys.stderr)
+            return 2
+        return run_agents(settings, args.agents_per_node)
     if args.command == "migrate":
         asyncio.run(_migrate(settings))
         print(f"database at {settings.effective_database_url} is up to date")

@@ -27,7 +27,6 @@ from services.host.registry import SERVICES_BY_KEY
 log = logging.getLogger("campaign_express.host")
 
 
-
 @dataclass
 class Running:
     """A started platform with its HTTP sites; `stop` drains everything."""
@@ -213,3 +212,45 @@ def _supervise(settings: Settings) -> int:
 
 def _argv_for_workers() -> list[str]:
     return ["-m", "services.host.cli", *sys.argv[1:]]
+
+
+async def agents_forever(settings: Settings, agents_per_node: int) -> None:
+    """The bidding service without gateway, plus `agents_per_node` NATS bid
+    agents; stops on SIGTERM/SIGINT after the agents stop taking messages."""
+    from gateway.agents import BidAgents
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    running = await start(settings)
+    agents = BidAgents(
+        running.platform.backends.bus,
+        running.platform,
+        agents_per_node,
+        max_request_bytes=settings.max_request_bytes,
+    )
+    await agents.start()
+    print(
+        f"Campaign Express bid agents: {agents_per_node} consuming campaign-bids.bid-requests",
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await agents.stop()
+        await running.stop()
+
+
+def run_agents(settings: Settings, agents_per_node: int) -> int:
+    configure_logging(settings.log_level)
+    configure_tracing(settings.tracing)
+    if not settings.nats_url:
+        log.warning("NATS_URL is not set: agents consume the in-process bus only")
+    settings = dataclasses.replace(
+        settings,
+        services=("bidding",),
+        gateway=False,
+    )
+    asyncio.run(agents_forever(settings, agents_per_node))
+    return 0
