@@ -229,7 +229,8 @@ class NumpyColaNet:
             missing = [o for o in dict.fromkeys(offer_ids) if o not in index]
             if missing:
                 if len(index) + len(missing) > self._cache_size:
-                    index.clear()
+                    index.clear()  # start over: every offer of this call is missing now
+                    missing = list(dict.fromkeys(offer_ids))
                 need = len(index) + len(missing)
                 if need > self._offer_proj.shape[0]:
                     grown = np.empty(

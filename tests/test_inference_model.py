@@ -342,3 +342,16 @@ def test_serving_imports_without_jax() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_offer_cache_starts_over_when_full_without_losing_a_call() -> None:
+    ck = default_checkpoint()
+    small = NumpyColaNet(ck.config, ck.params, offer_cache_size=8)
+    reference = NumpyColaNet(ck.config, ck.params)
+    user = np.random.default_rng(5).normal(0, 0.5, USER_DIM).astype(np.float32)
+    for offers in (["a", "b", "c"], ["a", "d", "e", "f", "g", "h"], ["b", "a", "x", "y"]):
+        np.testing.assert_array_equal(
+            small.score(user, offers).score, reference.score(user, offers).score
+        )
+    with pytest.raises(ValueError):
+        NumpyColaNet(ck.config, {**ck.params, "w1": ck.params["w1"][:10]})
