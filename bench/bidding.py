@@ -1,0 +1,461 @@
+"""Benchmark of the bid path: REST `POST /v1/bid` (OpenRTB JSON) and gRPC
+`StreamBids` under open-loop load at fixed rates.
+
+Starts `campaign-express serve` in a subprocess (embedded defaults, or Redis
+and NATS when REDIS_URL / NATS_URL are set in the environment), seeds 64 live
+offers (16 campaigns x 4 offers, ASAP pacing, no frequency caps; the two demo
+campaigns are paused), builds realistic requests (bench/openrtb_samples.py:
+1-3 imps, banner/video/native, deals, schain, ext) for 100k users drawn from a
+Zipf distribution with a consent string that allows personalisation, and
+drives each rate open-loop: latency runs from the scheduled send time, so a
+slow server cannot hide its queue (no coordinated omission).
+
+Reports rate, p50/p99/p99.9, errors, bid share, server and client CPU and the
+profile cache tiers the server counted (its /metrics). With REDIS_URL set,
+`--seed-profiles` first writes the users' profiles into Redis through
+ProfileStore, so the L2 tier has something to hit.
+
+    python -m bench.bidding --rates 300,600,900 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import itertools
+import os
+import pathlib
+import platform
+import random
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import grpc
+import numpy as np
+import orjson
+from grpc import aio
+
+from bench.openloop import Result, run_open_loop
+from bench.openrtb_samples import realistic_request
+from bench.platform_calls import _cpu_model, _cpu_seconds, _free_port, _wait_healthy
+from campaignexpress.bidding.v1 import bidding_service_pb2 as bpb
+from campaignexpress.bidding.v1 import bidding_service_pb2_grpc as bgrpc
+from campaignexpress.campaigns.v1 import campaign_pb2 as cpb
+from campaignexpress.campaigns.v1 import campaign_service_pb2 as cspb
+from campaignexpress.campaigns.v1 import campaign_service_pb2_grpc as csgrpc
+from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
+from campaignexpress.type.v1 import money_pb2
+from gateway.openrtb import decode_bid_request
+
+REPORT = pathlib.Path(__file__).parent / "reports" / "bidding.md"
+KEY = "cx_benchmark-key-0123456789"
+USERS = 100_000
+ZIPF_S = 1.0
+CAMPAIGNS = 16
+OFFERS_PER_CAMPAIGN = 4
+# A TCF v2 string (GDPR applies) granting purposes 1-4 and 7 to vendors 1-800:
+# the sample requests' own string does not decode, and without consent the
+# processor never reads a profile.
+TCF_CONSENT = "CO5rKAAO5rKAAEsACBENCWEgAPIAAEIAAAYgGQQAYAAgY-AAAAA"
+
+_BANNER_SIZES = ((300, 250), (728, 90), (320, 50), (160, 600), (300, 600), (970, 250))
+
+
+def _usd(amount: float) -> money_pb2.Money:
+    return money_pb2.Money(currency_code="USD", amount_micros=int(amount * 1_000_000))
+
+
+def _offer(rng: random.Random, c: int, o: int) -> cpb.Offer:
+    """Offer `o` of campaign `c`: mostly banners over the sample sizes, some
+    video (640x480) and native, at $1-4 CPM (sample floors are $0.05-2.50)."""
+    n = c * OFFERS_PER_CAMPAIGN + o
+    offer = cpb.Offer(
+        display_name=f"bench offer {n}",
+        markup_template=(
+            f'<a href="https://shop.example/o/{n}?p=${{AUCTION_PRICE}}">'
+            f'<img src="https://cdn.shop.example/{n}.png"></a>'
+        ),
+        click_url=f"https://shop.example/o/{n}",
+        advertiser_domains=[f"brand{c}.example"],
+        iab_categories=["IAB22"],
+        bid_cpm=_usd(round(rng.uniform(1.0, 4.0), 2)),
+    )
+    if o == 3 and c % 2 == 0:
+        offer.format = cpb.OFFER_FORMAT_VIDEO
+        offer.sizes.add(width=640, height=480)
+    elif o == 3:
+        offer.format = cpb.OFFER_FORMAT_NATIVE
+    else:
+        offer.format = cpb.OFFER_FORMAT_BANNER
+        w, h = _BANNER_SIZES[n % len(_BANNER_SIZES)]
+        offer.sizes.add(width=w, height=h)
+    return offer
+
+
+async def seed_offers(channel: aio.Channel) -> int:
+    """16 live campaigns x 4 offers through CampaignService; the demo's own
+    campaigns are paused so exactly these 64 offers are live."""
+    metadata = [("authorization", f"Bearer {KEY}")]
+    stub = csgrpc.CampaignServiceStub(channel)
+    parent = "tenants/demo"
+    deadline = time.monotonic() + 60
+    while True:  # the demo key is seeded just after the server answers /health
+        try:
+            existing = await stub.ListCampaigns(
+                cspb.ListCampaignsRequest(parent=parent, page_size=100), metadata=metadata
+            )
+            break
+        except aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAUTHENTICATED or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+    for campaign in existing.campaigns:
+        if campaign.stage == cpb.STAGE_LIVE:
+            await stub.PauseCampaign(
+                cspb.PauseCampaignRequest(name=campaign.name, comment="benchmark"),
+                metadata=metadata,
+            )
+    rng = random.Random(7)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    offers = 0
+    for c in range(CAMPAIGNS):
+        campaign = cpb.Campaign(
+            display_name=f"bench campaign {c}",
+            objective=cpb.OBJECTIVE_CONVERSIONS,
+            channels=[cpb.CHANNEL_DISPLAY, cpb.CHANNEL_VIDEO, cpb.CHANNEL_NATIVE],
+            schedule=cpb.Schedule(
+                start_date_time=(now - dt.timedelta(minutes=5)).isoformat(),
+                end_date_time=(now + dt.timedelta(days=30)).isoformat(),
+                time_zone="UTC",
+            ),
+            # $900: under the Standard approval rule's auto-approval limit;
+            # spend is only settled by win notices, which the benchmark sends none of.
+            budget=cpb.Budget(total=_usd(900)),
+            pacing_mode=cpb.PACING_MODE_ASAP,
+            bid_strategy=cpb.BidStrategy(type=cpb.BID_STRATEGY_TYPE_MAX_CPM, max_cpm=_usd(6)),
+            labels={"env": "bench"},
+        )
+        created = await stub.CreateCampaign(
+            cspb.CreateCampaignRequest(parent=parent, campaign=campaign, request_id=f"bench-{c}"),
+            metadata=metadata,
+        )
+        name = created.campaign.name
+        for o in range(OFFERS_PER_CAMPAIGN):
+            await stub.CreateOffer(
+                cspb.CreateOfferRequest(parent=name, offer=_offer(rng, c, o)), metadata=metadata
+            )
+            offers += 1
+        await stub.SubmitCampaign(cspb.SubmitCampaignRequest(name=name), metadata=metadata)
+        await stub.LaunchCampaign(cspb.LaunchCampaignRequest(name=name), metadata=metadata)
+    return offers
+
+
+class ZipfUsers:
+    """User ids u000000..u099999 with P(rank k) ~ 1/k^s."""
+
+    def __init__(self, n: int = USERS, s: float = ZIPF_S, seed: int = 11) -> None:
+        weights = 1.0 / np.arange(1, n + 1) ** s
+        self._cdf = np.cumsum(weights / weights.sum())
+        self._rng = np.random.default_rng(seed)
+
+    def draw(self, k: int) -> list[str]:
+        ranks = np.searchsorted(self._cdf, self._rng.random(k))
+        return [f"u{int(r):06d}" for r in np.minimum(ranks, len(self._cdf) - 1)]
+
+
+@dataclass
+class Pool:
+    bodies: list[bytes]
+    messages: list[rtb.BidRequest]
+    imps: float  # mean impressions per request
+
+
+def build_pool(size: int, seed: int = 3) -> Pool:
+    rng = random.Random(seed)
+    users = ZipfUsers().draw(size)
+    bodies, messages, imps = [], [], 0
+    for uid in users:
+        request = realistic_request(rng, user_id=uid)
+        request["user"]["consent"] = TCF_CONSENT
+        body = orjson.dumps(request)
+        bodies.append(body)
+        messages.append(decode_bid_request(body, max_bytes=1 << 20))
+        imps += len(request["imp"])
+    return Pool(bodies, messages, imps / max(1, size))
+
+
+def _metric_values(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("campaign_express_") and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+@dataclass
+class Step:
+    entry: str
+    result: Result
+    server_cpu: float  # cores
+    client_cpu: float  # cores
+    bids: float  # bid share of answered requests
+    tiers: dict[str, float]  # profile lookups answered per tier in the step
+    no_bids: dict[str, float]
+
+    @property
+    def per_core(self) -> float:
+        return self.result.achieved / self.server_cpu if self.server_cpu else float("nan")
+
+    @property
+    def hit_rate(self) -> float:
+        total = sum(self.tiers.values())
+        return (self.tiers.get("l1", 0) + self.tiers.get("l2", 0)) / total if total else 0.0
+
+
+class StreamClient:
+    """One StreamBids call; requests written in order by one writer task,
+    answers matched to their futures by request id."""
+
+    def __init__(self, stub: bgrpc.BiddingServiceStub) -> None:
+        self._call = stub.StreamBids(metadata=[("authorization", f"Bearer {KEY}")])
+        self._queue: asyncio.Queue[bpb.StreamBidsRequest] = asyncio.Queue()
+        self._pending: dict[str, asyncio.Future[bpb.StreamBidsResponse]] = {}
+        self._tasks = [asyncio.create_task(self._write()), asyncio.create_task(self._read())]
+        self._seq = itertools.count()
+
+    async def _write(self) -> None:
+        while True:
+            await self._call.write(await self._queue.get())
+
+    async def _read(self) -> None:
+        try:
+            async for reply in self._call:
+                future = self._pending.pop(reply.request_id, None)
+                if future is not None and not future.done():
+                    future.set_result(reply)
+        finally:
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(RuntimeError("stream ended"))
+
+    async def bid(self, message: rtb.BidRequest) -> bpb.StreamBidsResponse:
+        request = bpb.StreamBidsRequest()
+        request.request.CopyFrom(message)
+        request.request.id = f"{message.id}-{next(self._seq)}"
+        future: asyncio.Future[bpb.StreamBidsResponse] = asyncio.get_running_loop().create_future()
+        self._pending[request.request.id] = future
+        self._queue.put_nowait(request)
+        reply = await future
+        if reply.HasField("error"):
+            raise RuntimeError(reply.error.message)
+        return reply
+
+    async def close(self) -> None:
+        await self._call.done_writing()
+        for task in self._tasks:
+            task.cancel()
+
+
+async def bench(
+    rates: list[float], seconds: float, entries: list[str], seed_profiles: bool
+) -> tuple[list[Step], dict[str, Any]]:
+    http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
+    data_dir = tempfile.mkdtemp(prefix="cx-bench-bid-")
+    env = dict(
+        os.environ,
+        CAMPAIGN_EXPRESS_DEMO_API_KEY=KEY,
+        CAMPAIGN_EXPRESS_RATE_LIMIT_PER_SECOND="0",
+        CAMPAIGN_EXPRESS_LOG_LEVEL="WARNING",
+    )
+    if seed_profiles:
+        await _seed_profiles(os.environ["REDIS_URL"])
+    pool_size = int(max(rates) * seconds) + 200
+    started = time.perf_counter()
+    pool = build_pool(pool_size)
+    info: dict[str, Any] = {
+        "pool": pool_size,
+        "pool_seconds": time.perf_counter() - started,
+        "imps": pool.imps,
+        "body_bytes": sum(map(len, pool.bodies)) / len(pool.bodies),
+        "backends": {
+            k: ("set" if os.environ.get(k) else "embedded") for k in ("REDIS_URL", "NATS_URL")
+        },
+    }
+    server = await asyncio.create_subprocess_exec(
+        *[
+            sys.executable, "-m", "services.host.cli", "serve", "--demo",
+            "--host", "127.0.0.1", "--data-dir", data_dir,
+            "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+            "--metrics-port", str(metrics_port),
+        ],
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    steps: list[Step] = []
+    try:
+        await _wait_healthy(f"http://127.0.0.1:{http_port}/health", time.monotonic() + 90)
+        async with (
+            aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as http,
+        ):
+            info["offers"] = await seed_offers(channel)
+            await asyncio.sleep(2.0)  # the live index follows change events (< 1 s)
+            url = f"http://127.0.0.1:{http_port}/v1/bid"
+            headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+            stub = bgrpc.BiddingServiceStub(channel)
+            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+            async def metrics() -> dict[str, float]:
+                async with http.get(metrics_url) as r:
+                    return _metric_values(await r.text())
+
+            for entry in entries:
+                stream = StreamClient(stub) if entry == "StreamBids" else None
+                call = _caller(stream, http, url, headers, pool)
+                await run_open_loop(call, 100, 2.0)  # warm up (and fill L1 a little)
+                for rate in rates:
+                    before = await metrics()
+                    cpu0, wall0, own0 = _cpu_seconds(server.pid), time.perf_counter(), os.times()
+                    result = await run_open_loop(call, rate, seconds)
+                    wall = time.perf_counter() - wall0
+                    own1 = os.times()
+                    cpu = (_cpu_seconds(server.pid) - cpu0) / wall
+                    client = (own1.user + own1.system - own0.user - own0.system) / wall
+                    after = await metrics()
+                    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+                    step = _step(entry, result, cpu, client, delta)
+                    steps.append(step)
+                    print(_line(step), flush=True)
+                    await asyncio.sleep(1.0)
+                if stream is not None:
+                    await stream.close()
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), timeout=30)
+    return steps, info
+
+
+def _caller(
+    stream: StreamClient | None,
+    http: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    pool: Pool,
+) -> Callable[[], Awaitable[object]]:
+    bodies = itertools.cycle(pool.bodies)
+    messages = itertools.cycle(pool.messages)
+
+    async def rest() -> None:
+        async with http.post(url, data=next(bodies), headers=headers) as r:
+            await r.read()
+            if r.status not in (200, 204):
+                raise RuntimeError(r.status)
+
+    if stream is None:
+        return rest
+    return lambda: stream.bid(next(messages))
+
+
+def _step(entry: str, result: Result, cpu: float, client: float, d: dict[str, float]) -> Step:
+    bids = d.get('campaign_express_bids_total{outcome="bid"}', 0.0)
+    nobids = d.get('campaign_express_bids_total{outcome="no_bid"}', 0.0)
+    tiers = {}
+    for tier in ("l1", "l2", "default"):
+        tiers[tier] = d.get(f'campaign_express_profile_cache_hits_total{{tier="{tier}"}}', 0.0)
+    no_bids = {}
+    for key, value in d.items():
+        found = re.match(r'campaign_express_no_bids_total\{reason="(.+)"\}', key)
+        if found and value:
+            no_bids[found.group(1)] = value
+    share = bids / (bids + nobids) if bids + nobids else 0.0
+    return Step(entry, result, cpu, client, share, tiers, no_bids)
+
+
+def _line(s: Step) -> str:
+    r = s.result
+    return (
+        f"{s.entry} @ {r.rate:g}/s: achieved {r.achieved:.0f}/s "
+        f"p50 {r.percentile(50) * 1e3:.2f} ms p99 {r.percentile(99) * 1e3:.2f} ms "
+        f"p99.9 {r.percentile(99.9) * 1e3:.2f} ms errors {r.errors} late {r.late_starts} "
+        f"server CPU {s.server_cpu * 100:.0f}% client CPU {s.client_cpu * 100:.0f}% "
+        f"-> {s.per_core:.0f} bids/s per server core; bid share {s.bids * 100:.0f}%; "
+        f"profile tiers {s.tiers} hit {s.hit_rate * 100:.1f}%; no-bids {s.no_bids}"
+    )
+
+
+async def _seed_profiles(redis_url: str) -> None:
+    """Write a profile for every benchmark user into Redis (L2) through the
+    same ProfileStore the server reads with."""
+    from services.bidding.profiles import ProfileStore, UserProfile
+    from services.common.kv import open_kv  # type: ignore[attr-defined]
+
+    kv = await open_kv(redis_url)
+    store = ProfileStore(kv, l1_max_entries=0)
+    for i in range(USERS):
+        await store.put(UserProfile(f"u{i:06d}"))
+
+
+def write_report(steps: list[Step], info: dict[str, Any], seconds: float) -> None:
+    lines = [
+        "| entry | offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU "
+        "| bids/s per server core | client CPU | bid share | profile L1/L2/default | hit rate |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in steps:
+        r = s.result
+        lines.append(
+            f"| {s.entry} | {r.rate:g} | {r.achieved:.0f} | {r.percentile(50) * 1e3:.2f} | "
+            f"{r.percentile(99) * 1e3:.2f} | {r.percentile(99.9) * 1e3:.2f} | {r.errors} | "
+            f"{s.server_cpu * 100:.0f}% | {s.per_core:.0f} | {s.client_cpu * 100:.0f}% | "
+            f"{s.bids * 100:.0f}% | {s.tiers['l1']:.0f}/{s.tiers['l2']:.0f}/"
+            f"{s.tiers['default']:.0f} | {s.hit_rate * 100:.1f}% |"
+        )
+    header = (
+        f"Machine: {os.cpu_count()} vCPU, {_cpu_model()}, Python {platform.python_version()}; "
+        f"server and load generator share it. Backends: {info['backends']}. {seconds:g} s per "
+        f"step; {info['offers']} live offers; request pool {info['pool']} "
+        f"(mean {info['imps']:.2f} imps, {info['body_bytes']:.0f} B JSON)."
+    )
+    text = header + "\n\n" + "\n".join(lines) + "\n"
+    print(text)
+    REPORT.parent.mkdir(exist_ok=True)
+    raw = REPORT.with_suffix(".last-run.md")
+    raw.write_text(text)
+    print(f"wrote {raw} (bench/reports/bidding.md is written by hand from such runs)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rates", default="300,600,900", help="offered rates, comma-separated")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each step")
+    parser.add_argument(
+        "--entries", default="StreamBids,REST", help="StreamBids and/or REST, comma-separated"
+    )
+    parser.add_argument(
+        "--seed-profiles", action="store_true", help="with REDIS_URL: write the users' profiles"
+    )
+    parser.add_argument("--no-report", action="store_true", help="print only")
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    entries = [e.strip() for e in args.entries.split(",") if e.strip()]
+    if args.seed_profiles and not os.environ.get("REDIS_URL"):
+        parser.error("--seed-profiles needs REDIS_URL")
+    steps, info = asyncio.run(bench(rates, args.seconds, entries, args.seed_profiles))
+    if not args.no_report:
+        write_report(steps, info, args.seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
