@@ -131,6 +131,7 @@ class Run:
     distinct: int = 0
     rows: int = 0
     stats: PipelineStats | None = None
+    load: float = 0.0  # 1-minute load average at the end of the run
 
     @property
     def lost(self) -> int:
@@ -212,6 +213,7 @@ async def run_scenario(
     run.done_seconds = clock() - start
     run.cpu_seconds = _cpu() - cpu0
     run.stats = pipeline.stats()
+    run.load = os.getloadavg()[0]
     await pipeline.stop()
     run.distinct, run.rows = (
         await store.query(f"SELECT uniqExact(event_id), count() FROM {table}")
@@ -322,8 +324,8 @@ def write_report(runs: list[Run], seconds: float, inline_us: float, generator_us
         "",
         "| scenario | events | emitted/s | delivered/s | emit p50 / p99 / p99.9 / max us "
         "| late p99 ms | ack p50 / p99 ms | CPU | CPU us/event | spilled | replayed "
-        "| dropped | lost | dup |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dropped | lost | dup | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         stats = run.stats
@@ -344,7 +346,8 @@ def write_report(runs: list[Run], seconds: float, inline_us: float, generator_us
             f"{run.total / run.done_seconds:,.0f} | {emit} | {late} | {ack} | "
             f"{run.cpu_seconds / run.done_seconds:.0%} | "
             f"{run.cpu_seconds / run.total * 1e6:.1f} | {stats.spilled:,} | "
-            f"{stats.replayed:,} | {stats.dropped} | {run.lost} | {run.rows - run.distinct} |"
+            f"{stats.replayed:,} | {stats.dropped} | {run.lost} | {run.rows - run.distinct} | "
+            f"{run.load:.1f} |"
         )
     steady = [r for r in runs if r.name.startswith("steady") and r.stats is not None]
     full = [r for r in steady if r.lost == 0 and r.total / r.done_seconds >= 0.95 * r.rate]
@@ -377,10 +380,12 @@ def write_report(runs: list[Run], seconds: float, inline_us: float, generator_us
         f"{generator_us:.1f} CPU us per event: the pipeline's own share is the *CPU us/event* "
         "column minus that.",
         "",
-        f"Load average while running: {os.getloadavg()[0]:.1f} (1 min), on a machine shared "
-        "with other work: tails (max emit, lateness, ack p99) include being descheduled and "
-        "waiting for the GIL while another thread holds it (the store's orjson encoding of "
-        "a 10,000-row batch holds it ~4 ms) or for a contended fdatasync.",
+        "*load* is the machine's 1-minute load average at the end of each run: the machine "
+        f"is shared with other work ({os.cpu_count()} vCPU), so a load above that means this "
+        "process got less than the CPU it asked for. The tails (max emit, lateness, ack "
+        "p99) include being descheduled and waiting for the GIL while another thread "
+        "holds it (the store's orjson encoding of a 10,000-row batch holds it ~4 ms) or "
+        "for a contended fdatasync.",
         "",
         f"Synchronous journal commit (emit's own path when the journal thread is "
         f"`queue_max` events behind; encode + write + fdatasync of 1,000 events): "
@@ -392,7 +397,9 @@ def write_report(runs: list[Run], seconds: float, inline_us: float, generator_us
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rates", default="20000,40000", help="offered events/s, comma-separated")
+    parser.add_argument(
+        "--rates", default="20000,30000,40000", help="offered events/s, comma-separated"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each scenario")
     parser.add_argument("--no-report", action="store_true", help="print only")
     args = parser.parse_args()
