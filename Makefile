@@ -44,6 +44,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 	$(PY) -m bench.inference
+	$(PY) -m bench.analytics_pipeline
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
