@@ -4,10 +4,12 @@ adapter behind `POST /v1/bid`.
 OpenRTB JSON is not protobuf's JSON mapping (`ext` objects, unknown keys, 0/1
 flags with presence), and `json_format` costs ~240 us per request, so this
 module does the work itself: orjson parses the body, one table-driven pass
-checks every value against the proto schema and builds the constructor
-arguments, and the upb message is built in a single constructor call. The
-tables are derived from the message descriptors at import, so a field added
-to openrtb.proto is decoded and encoded without touching this file.
+over the parsed tree checks the values against the proto schema and builds the
+constructor arguments, and the upb message is built in a single constructor
+call (which checks int32 ranges and the items of scalar arrays in C; a value it
+refuses is then named by a second, strict pass). The tables are derived from
+the message descriptors at import, so a field added to openrtb.proto is
+decoded and encoded without touching this file.
 
 Round trip. Each object's `ext` value is kept as raw JSON in `ext_json`, and
 the keys the schema does not model (with their values) as one JSON object in
