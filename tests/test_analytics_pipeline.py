@@ -229,6 +229,10 @@ async def test_emit_before_start_and_after_stop(
         pipeline.emit(make_event(2))
     with pytest.raises(RuntimeError):
         await pipeline.flush()
+    never = fast(chdb, tmp_path / "never")
+    never.emit(make_event(3))
+    await never.stop()  # stopped before start: the event was never acknowledged
+    assert never.stats().dropped == 1
     other = fast(chdb, tmp_path / "spill")
     await other.start()
     with pytest.raises(RuntimeError, match="in use"):

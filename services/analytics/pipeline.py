@@ -276,8 +276,8 @@ class AnalyticsPipeline:
     def emit(self, event: AnalyticsEvent) -> None:
         """Queue one event. Returns at once (O(1), no I/O in the normal case);
         the event is acknowledged within `commit_interval` plus a write. Before
-        start() events wait in memory (up to queue_max); after stop() this
-        raises RuntimeError."""
+        start() events wait in memory (up to queue_max; more are counted in
+        `dropped`); after stop() this raises RuntimeError."""
         state = self._state
         if state is not _RUNNING and state is not _NEW:
             raise RuntimeError(f"analytics pipeline is {state}; the event was not accepted")
@@ -326,6 +326,10 @@ class AnalyticsPipeline:
             return
         if self._state == _NEW:
             self._state = _STOPPED
+            if self._inbox:  # emitted, never started: never acknowledged either
+                self._dropped += len(self._inbox)
+                log.error("analytics: %d events dropped: stopped before start", len(self._inbox))
+                self._inbox.clear()
             return
         self._state = _STOPPING
         self._stop_journal = True
