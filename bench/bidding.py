@@ -11,9 +11,9 @@ drives each rate open-loop: latency runs from the scheduled send time, so a
 slow server cannot hide its queue (no coordinated omission).
 
 Reports rate, p50/p99/p99.9, errors, bid share, server and client CPU and the
-profile cache tiers the server counted (its /metrics). With REDIS_URL set,
-`--seed-profiles` first writes the users' profiles into Redis through
-ProfileStore, so the L2 tier has something to hit.
+profile cache tiers the server counted (its /metrics). Not yet done: writing
+the users' profiles into Redis before a REDIS_URL run, without which every
+lookup ends in the default profile.
 
     python -m bench.bidding --rates 300,600,900 --seconds 10
 """
@@ -268,7 +268,7 @@ class StreamClient:
 
 
 async def bench(
-    rates: list[float], seconds: float, entries: list[str], seed_profiles: bool
+    rates: list[float], seconds: float, entries: list[str]
 ) -> tuple[list[Step], dict[str, Any]]:
     http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
     data_dir = tempfile.mkdtemp(prefix="cx-bench-bid-")
@@ -278,8 +278,6 @@ async def bench(
         CAMPAIGN_EXPRESS_RATE_LIMIT_PER_SECOND="0",
         CAMPAIGN_EXPRESS_LOG_LEVEL="WARNING",
     )
-    if seed_profiles:
-        await _seed_profiles(os.environ["REDIS_URL"])
     pool_size = int(max(rates) * seconds) + 200
     started = time.perf_counter()
     pool = build_pool(pool_size)
@@ -394,18 +392,6 @@ def _line(s: Step) -> str:
     )
 
 
-async def _seed_profiles(redis_url: str) -> None:
-    """Write a profile for every benchmark user into Redis (L2) through the
-    same ProfileStore the server reads with."""
-    from services.bidding.profiles import ProfileStore, UserProfile
-    from services.common.kv import open_kv  # type: ignore[attr-defined]
-
-    kv = await open_kv(redis_url)
-    store = ProfileStore(kv, l1_max_entries=0)
-    for i in range(USERS):
-        await store.put(UserProfile(f"u{i:06d}"))
-
-
 def write_report(steps: list[Step], info: dict[str, Any], seconds: float) -> None:
     lines = [
         "| entry | offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU "
@@ -442,16 +428,11 @@ def main() -> int:
     parser.add_argument(
         "--entries", default="StreamBids,REST", help="StreamBids and/or REST, comma-separated"
     )
-    parser.add_argument(
-        "--seed-profiles", action="store_true", help="with REDIS_URL: write the users' profiles"
-    )
     parser.add_argument("--no-report", action="store_true", help="print only")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     entries = [e.strip() for e in args.entries.split(",") if e.strip()]
-    if args.seed_profiles and not os.environ.get("REDIS_URL"):
-        parser.error("--seed-profiles needs REDIS_URL")
-    steps, info = asyncio.run(bench(rates, args.seconds, entries, args.seed_profiles))
+    steps, info = asyncio.run(bench(rates, args.seconds, entries))
     if not args.no_report:
         write_report(steps, info, args.seconds)
     return 0

@@ -113,11 +113,11 @@ def offer_fits(offer: Offer, slot: Slot, ctx: Context) -> bool:
     if slot.sizes and spec.format in ("BANNER", "VIDEO"):
         if not any((s.width, s.height) in slot.sizes for s in spec.sizes):
             return False
-    if ctx.blocked_categories and set(spec.iab_categories) & ctx.blocked_categories:
+    if ctx.blocked_categories and not ctx.blocked_categories.isdisjoint(spec.iab_categories):
         return False
-    if ctx.blocked_advertisers and set(spec.advertiser_domains) & ctx.blocked_advertisers:
+    if ctx.blocked_advertisers and not ctx.blocked_advertisers.isdisjoint(spec.advertiser_domains):
         return False
-    if slot.blocked_attributes and set(spec.attributes) & slot.blocked_attributes:
+    if slot.blocked_attributes and not slot.blocked_attributes.isdisjoint(spec.attributes):
         return False
     return True
 
@@ -143,12 +143,12 @@ def select_candidates(
         if why is not None:
             rejected[why] = rejected.get(why, 0) + 1
             continue
+        # Deals depend on the campaign and slot only: decided once per slot.
+        open_slots = [s for s in slots if deal_allows(entry.campaign, s)]
+        if not open_slots:
+            continue
         for offer in entry.offers:
-            fits = tuple(
-                s.imp_id
-                for s in slots
-                if deal_allows(entry.campaign, s) and offer_fits(offer, s, ctx)
-            )
+            fits = tuple(s.imp_id for s in open_slots if offer_fits(offer, s, ctx))
             if fits:
                 out.append(Candidate(entry, offer, fits))
                 if len(out) >= MAX_CANDIDATES:
