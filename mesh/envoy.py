@@ -54,7 +54,10 @@ PACKAGE_PREFIX = "campaignexpress."
 
 #: Plain HTTP endpoints of the built-in gateway (probes and its OpenAPI document):
 #: routed to it, not transcoded. Every REST path of the API starts with /v1/.
-GATEWAY_PATHS = ("/health", "/live", "/openapi.json", "/ready")
+# Served by the built-in gateway itself: the probes, the OpenAPI document and
+# the OpenRTB JSON endpoint (OpenRTB JSON is not protobuf JSON, so the
+# transcoder cannot carry it).
+GATEWAY_PATHS = ("/health", "/live", "/openapi.json", "/ready", "/v1/bid")
 
 GRPC_CLUSTER = "campaignexpress_grpc"
 GATEWAY_CLUSTER = "campaignexpress_gateway"
