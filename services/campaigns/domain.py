@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.campaigns import store
-from services.campaigns.events import CampaignEvent, CampaignEvents
+from services.campaigns.events import CampaignEvent, CampaignEvents, campaign_changed
 from services.campaigns.model import (
     Campaign,
     CampaignSpec,
@@ -711,15 +711,7 @@ class Campaigns:
     # -- events -----------------------------------------------------------
 
     async def _changed(self, campaign: Campaign) -> None:
-        await self._events.publish(
-            CampaignEvent(
-                "campaign.changed",
-                campaign.tenant_id,
-                campaign.name,
-                stage=campaign.stage,
-                revision=campaign.revision,
-            )
-        )
+        await self._events.publish(campaign_changed(campaign))
 
     async def _offer_changed(self, offer: Offer, campaign: Campaign) -> None:
         await self._events.publish(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import orjson
 
 from services.backends import MessageBus
+from services.campaigns.model import Campaign
 from services.common.clock import now_us
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,17 @@ class CampaignEvents:
             log.warning(
                 "campaign event %s for %s not published", event.type, event.campaign, exc_info=True
             )
+
+
+def campaign_changed(campaign: Campaign) -> CampaignEvent:
+    """The event of a campaign whose definition or stage changed."""
+    return CampaignEvent(
+        "campaign.changed",
+        campaign.tenant_id,
+        campaign.name,
+        stage=campaign.stage,
+        revision=campaign.revision,
+    )
 
 
 def decode(data: bytes) -> CampaignEvent:

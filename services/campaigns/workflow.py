@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.campaigns import store
 from services.campaigns.domain import Campaigns
-from services.campaigns.events import CampaignEvent, CampaignEvents
+from services.campaigns.events import CampaignEvents, campaign_changed
 from services.campaigns.model import Campaign, Money, TransitionRecord, from_json, to_json
 from services.campaigns.schedule import bounds_us
 from services.campaigns.store import record_transition
@@ -40,7 +40,7 @@ from services.common.errors import (
     collect,
 )
 from services.db import Database
-from services.db.tables import approval_rules, approvals, campaigns, transitions
+from services.db.tables import approval_rules, approvals, campaigns, offers, transitions
 
 log = logging.getLogger(__name__)
 
@@ -411,19 +411,10 @@ class Workflow:
         return moved, record
 
     async def _published(self, campaign: Campaign) -> None:
-        await self._events.publish(
-            CampaignEvent(
-                "campaign.changed",
-                campaign.tenant_id,
-                campaign.name,
-                stage=campaign.stage,
-                revision=campaign.revision,
-            )
-        )
+        await self._events.publish(campaign_changed(campaign))
 
     async def _submit(self, caller: Principal, campaign: Campaign, comment: str) -> ActionResult:
-        offers_count = len(await self._offers(campaign))
-        if offers_count == 0 and any(
+        if not await self._has_offers(campaign) and any(
             c in campaign.spec.channels for c in ("DISPLAY", "VIDEO", "NATIVE", "AUDIO", "DOOH")
         ):
             raise FailedPrecondition(
@@ -457,9 +448,12 @@ class Workflow:
         await self._published(submitted)
         return ActionResult(submitted, record)
 
-    async def _offers(self, campaign: Campaign) -> list[object]:
+    async def _has_offers(self, campaign: Campaign) -> bool:
         async with self._db.engine.connect() as conn:
-            return list(await store.load_offers(conn, campaign.id))
+            found = await conn.execute(
+                sa.select(offers.c.id).where(offers.c.campaign_id == campaign.id).limit(1)
+            )
+            return found.first() is not None
 
     async def _review(
         self,

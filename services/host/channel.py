@@ -73,7 +73,6 @@ class LocalContext:
         self._details: str | None = None
         self._initial: tuple[tuple[str, str | bytes], ...] = ()
         self._trailing: tuple[tuple[str, str | bytes], ...] = ()
-        self._cancelled = False
 
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self._metadata
@@ -119,7 +118,7 @@ class LocalContext:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     def cancelled(self) -> bool:
-        return self._cancelled
+        return False  # an in-process caller cannot go away mid-call
 
     def done(self) -> bool:
         return False
