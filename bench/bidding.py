@@ -268,7 +268,7 @@ class StreamClient:
 
 
 async def bench(
-    rates: list[float], seconds: float, entries: list[str]
+    rates: list[float], seconds: float, entries: list[str], profile: str = ""
 ) -> tuple[list[Step], dict[str, Any]]:
     http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
     data_dir = tempfile.mkdtemp(prefix="cx-bench-bid-")
@@ -290,9 +290,11 @@ async def bench(
             k: ("set" if os.environ.get(k) else "embedded") for k in ("REDIS_URL", "NATS_URL")
         },
     }
+    # --profile-server: the server runs under cProfile and writes its stats on exit.
+    runner = ["-m", "cProfile", "-o", profile] if profile else []
     server = await asyncio.create_subprocess_exec(
         *[
-            sys.executable, "-m", "services.host.cli", "serve", "--demo",
+            sys.executable, *runner, "-m", "services.host.cli", "serve", "--demo",
             "--host", "127.0.0.1", "--data-dir", data_dir,
             "--http-port", str(http_port), "--grpc-port", str(grpc_port),
             "--metrics-port", str(metrics_port),
@@ -429,10 +431,13 @@ def main() -> int:
         "--entries", default="StreamBids,REST", help="StreamBids and/or REST, comma-separated"
     )
     parser.add_argument("--no-report", action="store_true", help="print only")
+    parser.add_argument(
+        "--profile-server", default="", metavar="FILE", help="cProfile the server into FILE"
+    )
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     entries = [e.strip() for e in args.entries.split(",") if e.strip()]
-    steps, info = asyncio.run(bench(rates, args.seconds, entries))
+    steps, info = asyncio.run(bench(rates, args.seconds, entries, args.profile_server))
     if not args.no_report:
         write_report(steps, info, args.seconds)
     return 0

@@ -86,6 +86,11 @@ class InferenceBatcher(Generic[Item, Result]):
         return len(self._pending)
 
     @property
+    def idle(self) -> bool:
+        """Open, nothing waiting and no batch out: a new item would leave at once."""
+        return not (self._closed or self._pending or self._tasks)
+
+    @property
     def in_flight(self) -> int:
         """Batches sent to the provider and not yet answered."""
         return len(self._tasks)

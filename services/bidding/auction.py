@@ -36,17 +36,20 @@ def recommended_cpm(candidate: Candidate, score: float, loyalty_tier: str) -> tu
     max CPM) scaled by the model's score between 0.5x and 1.5x, capped at the
     max CPM, then boosted for the user's loyalty tier and the campaign's own
     tier rule."""
-    spec = candidate.campaign.spec
+    spec = candidate.live.campaign.spec
     max_cpm = spec.bid_strategy.max_cpm
-    base = candidate.offer.spec.bid_cpm if candidate.offer.spec.bid_cpm.is_set else max_cpm
+    base = candidate.facts.base_cpm
+    if not base.is_set:
+        base = max_cpm
     currency = base.currency_code or spec.budget.total.currency_code or "USD"
     price = base.amount_micros / 1e6 * (0.5 + max(0.0, min(1.0, score)))
     if max_cpm.is_set:
         price = min(price, max_cpm.amount_micros / 1e6)
     boost = TIER_BOOST.get(loyalty_tier, 1.0)
-    for rule in spec.loyalty_rules:
-        if rule.tier.upper() == loyalty_tier and not rule.exclude:
-            boost *= rule.bid_multiplier
+    if loyalty_tier:
+        for rule in spec.loyalty_rules:
+            if rule.tier.upper() == loyalty_tier and not rule.exclude:
+                boost *= rule.bid_multiplier
     return price * boost, currency
 
 
@@ -57,17 +60,22 @@ def choose_winners(
     winners: list[Winner] = []
     used: set[str] = set()
     reason = "no candidate"
+
+    def convert(price: float, source: str, target: str) -> float:
+        return price if source == target else rates.convert(price, source, target)
+
     for slot in slots:
         best: tuple[float, float, str, Scored, float] | None = None
         for s in scored:
-            if slot.imp_id not in s.candidate.slots:
+            candidate = s.candidate
+            if slot.imp_id not in candidate.slots:
                 continue
-            offer_name = s.candidate.offer.name
-            if offer_name in used and not s.candidate.campaign.spec.allow_repeat_offers:
+            offer_name = candidate.facts.name
+            if offer_name in used and not candidate.live.campaign.spec.allow_repeat_offers:
                 continue
             try:
-                in_floor = rates.convert(s.price_cpm, s.currency, slot.floor_currency)
-                in_response = rates.convert(s.price_cpm, s.currency, response_currency)
+                in_floor = convert(s.price_cpm, s.currency, slot.floor_currency)
+                in_response = convert(s.price_cpm, s.currency, response_currency)
             except UnknownCurrency:
                 reason = "unknown currency"
                 continue

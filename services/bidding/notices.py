@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import orjson
 
@@ -35,6 +35,9 @@ class NoticeToken:
     issued_us: int
 
 
+_TOKEN_FIELDS = tuple(f.name for f in fields(NoticeToken))
+
+
 class NoticeSigner:
     def __init__(self, secret: str, public_url: str) -> None:
         self._key = hashlib.sha256(b"bid-notice:" + secret.encode()).digest()
@@ -46,7 +49,8 @@ class NoticeSigner:
         ).decode()
 
     def token(self, notice: NoticeToken) -> str:
-        body = base64.urlsafe_b64encode(orjson.dumps(asdict(notice))).decode().rstrip("=")
+        payload = {name: getattr(notice, name) for name in _TOKEN_FIELDS}
+        body = base64.urlsafe_b64encode(orjson.dumps(payload)).decode().rstrip("=")
         return f"{body}.{self._sign(body.encode())}"
 
     def urls(self, notice: NoticeToken) -> tuple[str, str, str]:

@@ -13,9 +13,9 @@ auction.py, consent.py and caps.py."""
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -241,7 +241,7 @@ class BidProcessor:
             now_us=now,
         )
         prediction = await self._engine.predict(
-            self._engine.request(feature_profile, [c.offer.name for c in candidates])
+            self._engine.request(feature_profile, [c.facts.name for c in candidates])
         )
         tier = ctx.loyalty_tier
         scored = []
@@ -306,12 +306,12 @@ class BidProcessor:
         currency: str,
         now: int,
     ) -> rtb.BidResponse:
-        response = rtb.BidResponse(id=request.id, bidid=uuid.uuid4().hex, cur=currency)
+        response = rtb.BidResponse(id=request.id, bidid=os.urandom(16).hex(), cur=currency)
         seat = response.seatbid.add(seat=SEAT)
         for winner in winners:
             candidate = winner.scored.candidate
             campaign, offer = candidate.campaign, candidate.offer
-            bid_id = uuid.uuid4().hex
+            bid_id = os.urandom(16).hex()
             token = NoticeToken(
                 tenant_id=tenant_id,
                 campaign_id=campaign.id,
@@ -343,7 +343,7 @@ class BidProcessor:
             size = next(iter(offer.spec.sizes), None)
             if size is not None:
                 bid.w, bid.h = size.width, size.height
-            deals = set(campaign.spec.targeting.deals)
+            deals = candidate.live.deals
             for imp in request.imp:
                 if imp.id == winner.imp_id and imp.HasField("pmp"):
                     for deal in imp.pmp.deals:

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,7 +35,7 @@ from services.backends import BusMessage, MessageBus, Subscription
 from services.campaigns import events as campaign_events
 from services.campaigns import store
 from services.campaigns.budget import Budgets
-from services.campaigns.model import Campaign, Offer
+from services.campaigns.model import Campaign, Money, Offer
 from services.common.clock import Clock, now_us
 from services.db import Database
 from services.db.tables import campaigns, offers
@@ -48,14 +48,75 @@ _BATCH = 200  # campaigns reloaded per query
 _RETRY_SECONDS = 0.5
 
 
+SIZED_FORMATS = frozenset(("BANNER", "VIDEO"))
+
+PlacementKey = tuple[str] | tuple[str, int, int]
+
+
+def placement_keys(
+    formats: Iterable[str], sizes: Iterable[tuple[int, int]]
+) -> frozenset[PlacementKey]:
+    """Where a creative goes, as keys an offer and an impression share when
+    the offer fits: (format, w, h) for sized formats with sizes, else
+    (format,). An offer of a sized format also gets (format,), so it fits an
+    impression that names no size."""
+    sizes = frozenset(sizes)
+    keys: set[PlacementKey] = set()
+    for fmt in formats:
+        if fmt in SIZED_FORMATS and sizes:
+            keys.update((fmt, w, h) for w, h in sizes)
+        else:
+            keys.add((fmt,))
+    return frozenset(keys)
+
+
+@dataclass(frozen=True, slots=True)
+class OfferFacts:
+    """What candidate selection checks of an offer, as sets built once when
+    the index loads it (not once per bid)."""
+
+    offer: Offer
+    format: str
+    sizes: frozenset[tuple[int, int]]
+    categories: frozenset[str]
+    advertisers: frozenset[str]  # lower case
+    attributes: frozenset[int]
+    name: str  # resource name
+    base_cpm: Money  # the offer's own bid CPM, unset when it has none
+    placements: frozenset[PlacementKey]
+
+    @classmethod
+    def of(cls, offer: Offer) -> OfferFacts:
+        spec = offer.spec
+        sizes = [(s.width, s.height) for s in spec.sizes]
+        return cls(
+            placements=placement_keys([spec.format], sizes) | {(spec.format,)},
+            name=offer.name,
+            base_cpm=spec.bid_cpm,
+            offer=offer,
+            format=spec.format,
+            sizes=frozenset((s.width, s.height) for s in spec.sizes),
+            categories=frozenset(spec.iab_categories),
+            advertisers=frozenset(d.lower() for d in spec.advertiser_domains),
+            attributes=frozenset(spec.attributes),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class LiveCampaign:
     """A campaign bidding may serve, with its ACTIVE offers and the pacing
-    throttle: bidding takes an opportunity with probability `bid_rate`."""
+    throttle: bidding takes an opportunity with probability `bid_rate`.
+    `offer_facts` and `deals` are derived from the others on construction."""
 
     campaign: Campaign
     offers: tuple[Offer, ...]
     bid_rate: float = 1.0
+    offer_facts: tuple[OfferFacts, ...] = field(init=False, compare=False, repr=False)
+    deals: frozenset[str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "offer_facts", tuple(OfferFacts.of(o) for o in self.offers))
+        object.__setattr__(self, "deals", frozenset(self.campaign.spec.targeting.deals))
 
     @property
     def name(self) -> str:

@@ -229,6 +229,13 @@ class InferenceEngine:
         return self._batcher.enqueue(request)
 
     async def predict(self, request: ScoringRequest) -> Prediction:
+        """One request. With a provider that answers on the calling thread
+        (numpy, xla) and an idle batcher, it is scored at once: the batch of
+        one the batcher would send, without its hops through the event loop."""
+        loaded = self._loaded
+        if not loaded.provider.blocking and self._batcher.idle:
+            self._metrics.batch_size.observe(1)
+            return self._score(loaded, [request])[0]
         return await self._batcher.enqueue(request)
 
     async def predict_many(self, requests: Sequence[ScoringRequest]) -> list[Prediction]:
@@ -237,16 +244,28 @@ class InferenceEngine:
     async def _run_batch(self, requests: list[ScoringRequest]) -> list[Prediction]:
         loaded = self._loaded  # one model per batch, even across a reload
         provider = loaded.provider
+        if not provider.blocking:
+            return self._score(loaded, requests)
         started = time.perf_counter()
-        if provider.blocking:
-            scores = await asyncio.to_thread(provider.predict_batch, requests)
-        elif len(requests) == 1:
+        scores = await asyncio.to_thread(provider.predict_batch, requests)
+        self._metrics.latency.labels(provider.name).observe(time.perf_counter() - started)
+        return self._predictions(loaded, scores)
+
+    def _score(self, loaded: Loaded, requests: list[ScoringRequest]) -> list[Prediction]:
+        """Scores on this thread (providers that are not `blocking`)."""
+        provider = loaded.provider
+        started = time.perf_counter()
+        if len(requests) == 1:
             scores = [provider.predict(requests[0].user, requests[0].offer_ids)]
         else:
             scores = provider.predict_batch(requests)
         self._metrics.latency.labels(provider.name).observe(time.perf_counter() - started)
+        return self._predictions(loaded, scores)
+
+    @staticmethod
+    def _predictions(loaded: Loaded, scores: list[Scores]) -> list[Prediction]:
         digest, variants = loaded.checkpoint.digest, loaded.checkpoint.config.variants
-        return [Prediction(s, digest, provider.name, variants) for s in scores]
+        return [Prediction(s, digest, loaded.provider.name, variants) for s in scores]
 
     # -- model and providers --------------------------------------------------
 
