@@ -11,9 +11,13 @@ drives each rate open-loop: latency runs from the scheduled send time, so a
 slow server cannot hide its queue (no coordinated omission).
 
 Reports rate, p50/p99/p99.9, errors, bid share, server and client CPU and the
-profile cache tiers the server counted (its /metrics). Not yet done: writing
-the users' profiles into Redis before a REDIS_URL run, without which every
-lookup ends in the default profile.
+profile cache tiers the server counted (its /metrics).
+
+With REDIS_URL set, every user's profile is first written into that Redis, in
+the format the server's ProfileStore reads (`seed_profiles`: segments,
+interests, a loyalty tier for a share of users), so the L1+L2 hit rate is
+measured on known users instead of counting every lookup as the default
+profile; --no-seed-profiles skips it.
 
     python -m bench.bidding --rates 300,600,900 --seconds 10
 """
@@ -29,12 +33,14 @@ import pathlib
 import platform
 import random
 import re
+import struct
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import grpc
@@ -53,6 +59,10 @@ from campaignexpress.campaigns.v1 import campaign_service_pb2_grpc as csgrpc
 from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
 from campaignexpress.type.v1 import money_pb2
 from gateway.openrtb import decode_bid_request
+from inference.features import CHANNELS
+from services.backends.interfaces import KeyValueStore
+from services.backends.kv import _ttl_ms
+from services.bidding.profiles import LoyaltyState, ProfileStore, UserProfile
 
 REPORT = pathlib.Path(__file__).parent / "reports" / "bidding.md"
 KEY = "cx_benchmark-key-0123456789"
@@ -157,6 +167,11 @@ async def seed_offers(channel: aio.Channel) -> int:
     return offers
 
 
+def user_id(rank: int) -> str:
+    """The benchmark's id of the user of Zipf rank `rank` (0-based)."""
+    return f"u{rank:06d}"
+
+
 class ZipfUsers:
     """User ids u000000..u099999 with P(rank k) ~ 1/k^s."""
 
@@ -167,7 +182,113 @@ class ZipfUsers:
 
     def draw(self, k: int) -> list[str]:
         ranks = np.searchsorted(self._cdf, self._rng.random(k))
-        return [f"u{int(r):06d}" for r in np.minimum(ranks, len(self._cdf) - 1)]
+        return [user_id(int(r)) for r in np.minimum(ranks, len(self._cdf) - 1)]
+
+
+PROFILE_SEED = 5
+PROFILE_BATCH = 10_000
+_INTERESTS = 16
+_US_PER_DAY = 86_400_000_000
+_MEMBER_TIERS = ("GREEN", "GOLD", "RESERVE")
+
+
+def bench_profile(uid: str, now_us: int, seed: int = PROFILE_SEED) -> UserProfile:
+    """The seeded profile of one benchmark user, a function of (`uid`,
+    `now_us`, `seed`) only: 16 interest weights in [-2, 2) (exact float32s),
+    2-6 of the 64 segments, last seen within 30 days; 40% of users are
+    loyalty members (Green 50%, Gold 35%, Reserve 15%) with stars, tier
+    progress, an earn rate, a preferred channel and, for most, a redemption
+    in the last 180 days. The others keep the default loyalty state (Green,
+    nothing earned)."""
+    rng = random.Random(f"{seed}:{uid}")
+    # The sum of two signed random bytes / 128: triangular over [-2, 2), and
+    # exact in the float32 the store keeps (random bytes: cheaper than gauss()).
+    raw = struct.unpack(f"<{2 * _INTERESTS}b", rng.randbytes(2 * _INTERESTS))
+    interests = tuple((raw[i] + raw[i + 1]) / 128 for i in range(0, 2 * _INTERESTS, 2))
+    segments = tuple(sorted(rng.sample(range(64), rng.randint(2, 6))))
+    loyalty = LoyaltyState()
+    if rng.random() < 0.4:
+        loyalty = LoyaltyState(
+            tier=rng.choices(_MEMBER_TIERS, weights=(50, 35, 15))[0],
+            stars_balance=round(rng.uniform(0.0, 5000.0), 1),
+            tier_progress=round(rng.random(), 3),
+            earn_rate=rng.choice((1.0, 1.25, 2.0)),
+            last_redeem_us=(
+                now_us - rng.randrange(1, 180 * _US_PER_DAY) if rng.random() < 0.7 else None
+            ),
+            birthday_eligible=rng.random() < 0.03,
+            preferred_channel=rng.choice(CHANNELS[1:]),
+            lifetime_stars=round(rng.uniform(100.0, 60_000.0), 1),
+        )
+    return UserProfile(
+        uid,
+        interests=interests,
+        segments=segments,
+        loyalty=loyalty,
+        last_seen_us=now_us - rng.randrange(30 * _US_PER_DAY),
+        version=1,
+    )
+
+
+class _PipelinedSets:
+    """The only KeyValueStore method `ProfileStore.put` calls, `set`, queuing
+    the same SET ... PX that RedisKeyValueStore sends on a Redis pipeline
+    instead of making one round trip per profile."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+
+    async def set(self, key: str, value: bytes, ttl_seconds: float | None = None) -> None:
+        if ttl_seconds is None:
+            self.pipeline.set(key, value)
+        else:
+            self.pipeline.set(key, value, px=_ttl_ms(ttl_seconds))
+
+
+async def seed_profiles(
+    redis_url: str,
+    users: int = USERS,
+    *,
+    batch: int = PROFILE_BATCH,
+    now_us: int | None = None,
+    seed: int = PROFILE_SEED,
+    progress: Callable[[str], object] | None = print,
+) -> dict[str, int]:
+    """Write `bench_profile` of each user u000000.. (the first `users` ids
+    ZipfUsers draws from) into the Redis at `redis_url`, where the server's
+    ProfileStore looks them up (its L2), and return the count per loyalty tier.
+
+    The records are written by `ProfileStore.put` itself (validation,
+    `UserProfile.to_bytes`, the `profile:<id>` key and the store's L2 TTL of
+    one hour), over a pipeline sent every `batch` profiles: one round trip per
+    batch, 100,000 profiles in seconds. Existing profiles of the same users are
+    overwritten. `progress` gets one line per batch (None: silent)."""
+    import redis.asyncio as aioredis
+
+    now = time.time_ns() // 1000 if now_us is None else now_us
+    client = aioredis.Redis.from_url(redis_url)
+    tiers: Counter[str] = Counter()
+    started = time.perf_counter()
+    try:
+        async with client.pipeline(transaction=False) as pipeline:
+            writes = _PipelinedSets(pipeline)
+            # No L1 (l1_max_entries=0): this store only encodes and writes.
+            store = ProfileStore(cast(KeyValueStore, writes), l1_max_entries=0)
+            for first in range(0, users, batch):
+                for rank in range(first, min(first + batch, users)):
+                    profile = bench_profile(user_id(rank), now, seed)
+                    await store.put(profile)
+                    tiers[profile.loyalty.tier] += 1
+                await pipeline.execute()
+                if progress is not None:
+                    done = min(first + batch, users)
+                    progress(
+                        f"profiles: {done:,}/{users:,} written to Redis "
+                        f"({time.perf_counter() - started:.1f} s)"
+                    )
+    finally:
+        await client.aclose()
+    return {tier: tiers[tier] for tier in _MEMBER_TIERS}
 
 
 @dataclass
@@ -268,7 +389,11 @@ class StreamClient:
 
 
 async def bench(
-    rates: list[float], seconds: float, entries: list[str], profile: str = ""
+    rates: list[float],
+    seconds: float,
+    entries: list[str],
+    profile: str = "",
+    seed_users: bool = True,
 ) -> tuple[list[Step], dict[str, Any]]:
     http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
     data_dir = tempfile.mkdtemp(prefix="cx-bench-bid-")
@@ -289,7 +414,19 @@ async def bench(
         "backends": {
             k: ("set" if os.environ.get(k) else "embedded") for k in ("REDIS_URL", "NATS_URL")
         },
+        "profiles": "none (the embedded store is private to the server)",
     }
+    redis_url = os.environ.get("REDIS_URL", "")
+    if redis_url and not seed_users:
+        info["profiles"] = "not seeded (--no-seed-profiles)"
+    elif redis_url:
+        started = time.perf_counter()
+        tiers = await seed_profiles(redis_url)
+        info["profiles"] = (
+            f"{USERS:,} seeded in {time.perf_counter() - started:.1f} s, loyalty tiers "
+            + ", ".join(f"{tier} {n:,}" for tier, n in tiers.items())
+        )
+    print(f"profiles: {info['profiles']}", flush=True)
     # --profile-server: the server runs under cProfile and writes its stats on exit.
     runner = ["-m", "cProfile", "-o", profile] if profile else []
     server = await asyncio.create_subprocess_exec(
@@ -413,7 +550,8 @@ def write_report(steps: list[Step], info: dict[str, Any], seconds: float) -> Non
         f"Machine: {os.cpu_count()} vCPU, {_cpu_model()}, Python {platform.python_version()}; "
         f"server and load generator share it. Backends: {info['backends']}. {seconds:g} s per "
         f"step; {info['offers']} live offers; request pool {info['pool']} "
-        f"(mean {info['imps']:.2f} imps, {info['body_bytes']:.0f} B JSON)."
+        f"(mean {info['imps']:.2f} imps, {info['body_bytes']:.0f} B JSON); "
+        f"user profiles: {info['profiles']}."
     )
     text = header + "\n\n" + "\n".join(lines) + "\n"
     print(text)
@@ -434,10 +572,17 @@ def main() -> int:
     parser.add_argument(
         "--profile-server", default="", metavar="FILE", help="cProfile the server into FILE"
     )
+    parser.add_argument(
+        "--no-seed-profiles",
+        action="store_true",
+        help="with REDIS_URL, do not write the users' profiles before the load",
+    )
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     entries = [e.strip() for e in args.entries.split(",") if e.strip()]
-    steps, info = asyncio.run(bench(rates, args.seconds, entries, args.profile_server))
+    steps, info = asyncio.run(
+        bench(rates, args.seconds, entries, args.profile_server, not args.no_seed_profiles)
+    )
     if not args.no_report:
         write_report(steps, info, args.seconds)
     return 0
