@@ -33,6 +33,7 @@ import pathlib
 import platform
 import random
 import re
+import shutil
 import struct
 import sys
 import tempfile
@@ -50,7 +51,13 @@ from grpc import aio
 
 from bench.openloop import Result, run_open_loop
 from bench.openrtb_samples import realistic_request
-from bench.platform_calls import _cpu_model, _cpu_seconds, _free_port, _wait_healthy
+from bench.platform_calls import (
+    _cpu_model,
+    _cpu_seconds,
+    _free_port,
+    _wait_healthy,
+    thread_cpu_seconds,
+)
 from campaignexpress.bidding.v1 import bidding_service_pb2 as bpb
 from campaignexpress.bidding.v1 import bidding_service_pb2_grpc as bgrpc
 from campaignexpress.campaigns.v1 import campaign_pb2 as cpb
@@ -463,23 +470,39 @@ async def bench(
                 await run_open_loop(call, 100, 2.0)  # warm up (and fill L1 a little)
                 for rate in rates:
                     before = await metrics()
+                    threads0 = thread_cpu_seconds(server.pid)
                     cpu0, wall0, own0 = _cpu_seconds(server.pid), time.perf_counter(), os.times()
                     result = await run_open_loop(call, rate, seconds)
                     wall = time.perf_counter() - wall0
                     own1 = os.times()
                     cpu = (_cpu_seconds(server.pid) - cpu0) / wall
                     client = (own1.user + own1.system - own0.user - own0.system) / wall
+                    threads1 = thread_cpu_seconds(server.pid)
                     after = await metrics()
                     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
                     step = _step(entry, result, cpu, client, delta)
                     steps.append(step)
                     print(_line(step), flush=True)
+                    by_thread = {
+                        name: (spent - threads0.get(name, 0.0)) / wall
+                        for name, spent in threads1.items()
+                    }
+                    print(
+                        "  server CPU by thread: "
+                        + ", ".join(
+                            f"{name} {share * 100:.0f}%"
+                            for name, share in sorted(by_thread.items(), key=lambda kv: -kv[1])
+                            if share >= 0.005
+                        ),
+                        flush=True,
+                    )
                     await asyncio.sleep(1.0)
                 if stream is not None:
                     await stream.close()
     finally:
         server.terminate()
         await asyncio.wait_for(server.wait(), timeout=30)
+        shutil.rmtree(data_dir, ignore_errors=True)
     return steps, info
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import socket
+import typing
 
 import aiohttp
 import grpc
@@ -528,3 +529,50 @@ async def test_audit_events_are_published_on_the_bus(env: Env) -> None:
     assert event["action"].endswith("/CreateUser")
     assert event["resource"] == name and event["outcome"] == "OK"
     assert message.headers["x-request-id"] == event["request_id"]
+
+
+async def test_concurrent_calls_with_one_key_read_it_once(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a key's cache entry is missing (first use, or expired under load),
+    concurrent calls share one database lookup instead of one each; an
+    unknown key still fails every one of them."""
+    authenticator = env.running.platform.authenticator
+    created = await auth(env).CreateApiKey(
+        auth_pb.CreateApiKeyRequest(
+            parent="tenants/acme",
+            api_key=auth_pb2.ApiKey(display_name="burst", roles=[access_pb2.ROLE_ANALYST]),
+        ),
+        metadata=env.auth(),
+    )
+    lookups = 0
+    real = authenticator.find_api_key_by_secret
+
+    async def counted(secret: str) -> typing.Any:
+        nonlocal lookups
+        lookups += 1
+        return await real(secret)
+
+    monkeypatch.setattr(authenticator, "find_api_key_by_secret", counted)
+    bearer = [("authorization", f"Bearer {created.secret}")]
+    answers = await asyncio.gather(
+        *(
+            auth(env).GetCurrentIdentity(auth_pb.GetCurrentIdentityRequest(), metadata=bearer)
+            for _ in range(20)
+        )
+    )
+    assert {a.principal.subject for a in answers} == {created.api_key.name}
+    assert lookups == 1
+
+    unknown = [("authorization", "Bearer cx_unknown-key-000000000000")]
+    results = await asyncio.gather(
+        *(
+            auth(env).GetCurrentIdentity(auth_pb.GetCurrentIdentityRequest(), metadata=unknown)
+            for _ in range(5)
+        ),
+        return_exceptions=True,
+    )
+    assert all(
+        isinstance(r, aio.AioRpcError) and r.code() == grpc.StatusCode.UNAUTHENTICATED
+        for r in results
+    )

@@ -112,6 +112,11 @@ class Authenticator:
         self._clock = clock
         # credential digest -> (principal, monotonic expiry)
         self._cache: dict[str, tuple[Principal, float]] = {}
+        # credential digest -> the one lookup in progress for it: concurrent
+        # calls with the same credential wait for it instead of each reading
+        # the database when the cache entry expires under load.
+        self._resolving: dict[str, asyncio.Future[Principal]] = {}
+        self._generation = 0  # bumped when the cache is cleared (revocation)
         self._background: set[asyncio.Task[None]] = set()
 
     # -- API keys --------------------------------------------------------
@@ -255,7 +260,7 @@ class Authenticator:
                 .values(revoke_time=now)
             )
         # This process forgets the key at once; others within AUTH_CACHE_SECONDS.
-        self._cache.clear()
+        self._forget_all()
         return await self.get_api_key(caller, name)
 
     # -- tokens ----------------------------------------------------------
@@ -358,6 +363,22 @@ class Authenticator:
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
+        pending = self._resolving.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self._resolve(credential, digest))
+            self._resolving[digest] = pending
+            pending.add_done_callback(lambda done: self._resolved(digest, done))
+        # shield: one caller giving up does not cancel the others' lookup
+        return await asyncio.shield(pending)
+
+    def _resolved(self, digest: str, done: asyncio.Future[Principal]) -> None:
+        if self._resolving.get(digest) is done:
+            del self._resolving[digest]
+        if not done.cancelled():
+            done.exception()  # retrieved here too, when every caller has gone
+
+    async def _resolve(self, credential: str, digest: str) -> Principal:
+        generation = self._generation
         if credential.count(".") == 2 and not credential.startswith(API_KEY_PREFIX):
             principal = await self._principal_from_jwt(credential)
         else:
@@ -372,10 +393,16 @@ class Authenticator:
                 rate_limit_key=f"api_key:{record.id}",
                 approval_roles=approval_roles_for(record.roles, record.approval_roles),
             )
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (principal, time.monotonic() + AUTH_CACHE_SECONDS)
+        if generation == self._generation:  # not read before a revocation
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (principal, time.monotonic() + AUTH_CACHE_SECONDS)
         return principal
+
+    def _forget_all(self) -> None:
+        self._cache.clear()
+        self._resolving.clear()
+        self._generation += 1
 
     async def _principal_from_jwt(self, token: str) -> Principal:
         try:

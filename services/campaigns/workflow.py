@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -754,15 +755,23 @@ class BudgetSweep(Protocol):
 
 
 class Scheduler:
-    """Runs `run_due_transitions` every `interval` seconds in the background.
+    """Runs `run_due_transitions` every `interval` seconds in the background,
+    and the budget sweep every `sweep_interval` seconds (pacing alerts and
+    local-midnight resets need no finer grain; the sweep reads every live
+    campaign and its spend, too much to do every second next to bidding).
     Safe to run in every process: each transition is conditional."""
 
     def __init__(
-        self, workflow: Workflow, budgets: BudgetSweep | None = None, interval: float = 1.0
+        self,
+        workflow: Workflow,
+        budgets: BudgetSweep | None = None,
+        interval: float = 1.0,
+        sweep_interval: float = 30.0,
     ) -> None:
         self._workflow = workflow
         self._budgets = budgets
         self._interval = interval
+        self._sweep_interval = sweep_interval
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -770,11 +779,13 @@ class Scheduler:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
+        next_sweep = 0.0
         while True:
             try:
                 await self._workflow.run_due_transitions()
-                if self._budgets is not None:
+                if self._budgets is not None and time.monotonic() >= next_sweep:
                     # Pacing alerts and budget resets need no notice to happen.
+                    next_sweep = time.monotonic() + self._sweep_interval
                     await self._budgets.sweep()
             except Exception:  # a database outage must not end the scheduler
                 log.warning("scheduler pass failed; retrying", exc_info=True)
