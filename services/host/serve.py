@@ -5,6 +5,7 @@ share the ports (SO_REUSEPORT) under one supervising parent."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import dataclasses
 import logging
 import os
@@ -130,6 +131,16 @@ def _announce(settings: Settings, running: Running, seed: DemoSeed | None) -> No
         )
 
 
+def settle_garbage_collector() -> None:
+    """Once started: collect, then move everything alive (modules, the
+    model, the live index) out of the collector's view, so that full
+    collections while serving walk only what requests create. Without it a
+    full collection of the start-up heap stalls the event loop for tens of
+    milliseconds, which shows up in the bid path's p99."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve_forever(settings: Settings, *, migrate: bool = True, seed: bool = True) -> None:
     # Handlers first: a SIGTERM during start-up stops the process cleanly
     # once it has started, instead of killing it half-way.
@@ -144,6 +155,7 @@ async def serve_forever(settings: Settings, *, migrate: bool = True, seed: bool 
             demo = await seed_demo(running.platform, settings.demo_api_key)
         if os.environ.get(WORKER_ENV, "0") == "0":
             _announce(settings, running, demo)
+        settle_garbage_collector()
         await stop.wait()
         log.info(
             "shutting down: draining in-flight calls (grace %ss)", settings.shutdown_grace_seconds
@@ -235,6 +247,7 @@ async def agents_forever(settings: Settings, agents_per_node: int) -> None:
         f"Campaign Express bid agents: {agents_per_node} consuming campaign-bids.bid-requests",
         flush=True,
     )
+    settle_garbage_collector()
     try:
         await stop.wait()
     finally:
