@@ -5,8 +5,8 @@ share the ports (SO_REUSEPORT) under one supervising parent."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import dataclasses
+import gc
 import logging
 import os
 import signal
