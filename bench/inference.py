@@ -213,7 +213,9 @@ def _batch_stats(metrics_text: str) -> tuple[float, float]:
     return count, total
 
 
-async def stream_bench(rates: list[float], seconds: float, streams: int) -> list[StreamResult]:
+async def stream_bench(
+    rates: list[float], seconds: float, streams: int, profile: str = ""
+) -> list[StreamResult]:
     import aiohttp
     from grpc import aio
 
@@ -229,9 +231,12 @@ async def stream_bench(rates: list[float], seconds: float, streams: int) -> list
         CAMPAIGN_EXPRESS_LOG_LEVEL="WARNING",
     )
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+    # --profile-server: the server runs under cProfile and writes its stats on exit.
+    profiler = ["-m", "cProfile", "-o", profile] if profile else []
     server = await asyncio.create_subprocess_exec(
         *pin,
         sys.executable,
+        *profiler,
         "-m",
         "services.host.cli",
         "serve",
@@ -502,7 +507,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="duration per rate")
     parser.add_argument("--streams", type=int, default=4, help="bidi streams")
     parser.add_argument("--no-report", action="store_true", help="print only")
+    parser.add_argument(
+        "--stream-only", action="store_true", help="only the StreamPredict load (no report)"
+    )
+    parser.add_argument(
+        "--profile-server", default="", metavar="FILE", help="cProfile the server into FILE"
+    )
     args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    if args.stream_only:
+        asyncio.run(stream_bench(rates, args.seconds, args.streams, args.profile_server))
+        return 0
     load_start = os.getloadavg()[0]
     scoring = in_process(args.rounds)
     for name, samples in scoring:
@@ -510,8 +525,7 @@ def main() -> int:
         print(f"{name}: p50 {p50 * 1e6:.0f} us p99 {p99 * 1e6:.0f} us", flush=True)
     mem = memory()
     print(json.dumps(mem), flush=True)
-    rates = [float(r) for r in args.rates.split(",")]
-    streams = asyncio.run(stream_bench(rates, args.seconds, args.streams))
+    streams = asyncio.run(stream_bench(rates, args.seconds, args.streams, args.profile_server))
     echoes = asyncio.run(echo_bench(rates, args.seconds, args.streams))
     if not args.no_report:
         load = (load_start, os.getloadavg()[0])

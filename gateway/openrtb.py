@@ -25,7 +25,8 @@ Bad input raises `InvalidArgument` naming the field by its JSON path, e.g.
 0..1000 CPM, currency codes that are not three capital letters, `tmax` outside
 1..10000 ms, and a body over `max_bytes` before or after gzip inflation
 (inflated by streaming with a cap, so a gzip bomb costs at most `max_bytes`).
-The same rules apply to messages that arrive typed (gRPC, NATS) through
+The rules live in services/bidding/request_rules.py, which applies them to
+messages that arrive typed (gRPC, NATS) through
 `validate_bid_request`.
 """
 
@@ -40,7 +41,20 @@ import orjson
 from google.protobuf import descriptor, message
 
 from campaignexpress.openrtb.v2.openrtb_pb2 import BidRequest, BidResponse
-from services.common.errors import FieldViolation, InvalidArgument
+from services.bidding.request_rules import (
+    MAX_FLOOR_CPM,
+    MAX_SIZE_PX,
+    REASON_INVALID,
+    TMAX_RANGE_MS,
+    invalid_argument,
+    validate_bid_request,
+)
+from services.bidding.request_rules import BadValue as _Bad
+from services.bidding.request_rules import currency_problem as _currency_problem
+from services.bidding.request_rules import floor_problem as _floor_problem
+from services.bidding.request_rules import size_problem as _size_problem
+from services.bidding.request_rules import tmax_problem as _tmax_problem
+from services.common.errors import InvalidArgument
 
 __all__ = [
     "MAX_FLOOR_CPM",
@@ -57,16 +71,9 @@ __all__ = [
 
 #: The OpenRTB version spoken; the REST endpoint answers it in `x-openrtb-version`.
 OPENRTB_VERSION = "2.6"
-#: Largest width or height accepted for a creative slot, device independent pixels.
-MAX_SIZE_PX = 10_000
-#: Largest floor accepted, CPM in the floor's currency.
-MAX_FLOOR_CPM = 1000.0
-#: Accepted `tmax`, milliseconds, inclusive.
-TMAX_RANGE_MS = (1, 10_000)
 
 #: Reasons of the errors raised here (`InvalidArgument.reason`).
 REASON_MALFORMED = "MALFORMED_BODY"
-REASON_INVALID = "INVALID_BID_REQUEST"
 REASON_INVALID_RESPONSE = "INVALID_BID_RESPONSE"
 REASON_TOO_LARGE = "BODY_TOO_LARGE"
 REASON_ENCODING = "UNSUPPORTED_CONTENT_ENCODING"
@@ -79,65 +86,12 @@ _EXT, _UNKNOWN = "ext_json", "unknown_json"
 # --------------------------------------------------------------------------- errors
 
 
-class _Bad(Exception):
-    """A bad value; `path` is filled innermost first while it unwinds, so
-    building the JSON path costs nothing unless the request is bad."""
-
-    def __init__(self, description: str, *path: str | int) -> None:
-        super().__init__(description)
-        self.description = description
-        self.path: list[str | int] = list(path)
-
-    def field(self) -> str:
-        out = ""
-        for part in reversed(self.path):
-            if isinstance(part, int):
-                out += f"[{part}]"
-            else:
-                out += f".{part}" if out else part
-        return out or "body"
-
-
 def _invalid(field: str, description: str, reason: str) -> InvalidArgument:
-    return InvalidArgument(
-        f"invalid {field}: {description}",
-        reason=reason,
-        field_violations=[FieldViolation(field, description)],
-    )
+    return invalid_argument(_Bad(description, field), reason)
 
 
 def _raise(bad: _Bad, reason: str) -> NoReturn:
-    raise _invalid(bad.field(), bad.description, reason) from None
-
-
-# --------------------------------------------------------------------------- value checks
-# Shared by the JSON decoder (on JSON values) and validate_bid_request (on
-# message values): each returns None when fine, else what is wrong.
-
-
-def _size_problem(value: int) -> str | None:
-    if 0 < value <= MAX_SIZE_PX:
-        return None
-    return f"must be between 1 and {MAX_SIZE_PX} pixels"
-
-
-def _floor_problem(value: float) -> str | None:
-    if 0.0 <= value <= MAX_FLOOR_CPM:
-        return None
-    return f"must be between 0 and {MAX_FLOOR_CPM:g} (CPM)"
-
-
-def _currency_problem(value: str) -> str | None:
-    if len(value) == 3 and value.isascii() and value.isalpha() and value.isupper():
-        return None
-    return "must be an ISO 4217 currency code (three capital letters)"
-
-
-def _tmax_problem(value: int) -> str | None:
-    low, high = TMAX_RANGE_MS
-    if low <= value <= high:
-        return None
-    return f"must be between {low} and {high} milliseconds"
+    raise invalid_argument(bad, reason) from None
 
 
 # --------------------------------------------------------------------------- JSON -> kwargs
@@ -615,74 +569,3 @@ def ext_of(msg: message.Message) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return found if isinstance(found, dict) else {}
-
-
-# --------------------------------------------------------------------------- typed requests
-
-
-def validate_bid_request(request: BidRequest) -> None:
-    """The decoder's semantic rules on a request that arrived typed (gRPC
-    ProcessBid/StreamBids, NATS): required and unique ids, sizes, floors,
-    currencies and tmax. Raises InvalidArgument naming the field."""
-    try:
-        _validate_request(request)
-    except _Bad as bad:
-        _raise(bad, REASON_INVALID)
-
-
-def _problem(why: str | None, *path: str | int) -> None:
-    if why is not None:
-        raise _Bad(why, *reversed(path))
-
-
-def _validate_request(request: BidRequest) -> None:
-    if not request.id:
-        raise _Bad("is required", "id")
-    if not request.imp:
-        raise _Bad("must hold at least one impression", "imp")
-    if request.HasField("tmax"):
-        _problem(_tmax_problem(request.tmax), "tmax")
-    for index, code in enumerate(request.cur):
-        _problem(_currency_problem(code), "cur", index)
-    seen: dict[str, int] = {}
-    for index, imp in enumerate(request.imp):
-        where: tuple[str | int, ...] = ("imp", index)
-        if not imp.id:
-            _problem("is required", *where, "id")
-        first = seen.setdefault(imp.id, index)
-        if first != index:
-            _problem(f"duplicates imp[{first}].id", *where, "id")
-        if imp.HasField("bidfloor"):
-            _problem(_floor_problem(imp.bidfloor), *where, "bidfloor")
-        if imp.HasField("bidfloorcur"):
-            _problem(_currency_problem(imp.bidfloorcur), *where, "bidfloorcur")
-        if imp.HasField("banner"):
-            _validate_banner(imp.banner, (*where, "banner"))
-        if imp.HasField("video"):
-            video = imp.video
-            for name in ("w", "h"):
-                if video.HasField(name):
-                    _problem(_size_problem(getattr(video, name)), *where, "video", name)
-            for position, banner in enumerate(video.companionad):
-                _validate_banner(banner, (*where, "video", "companionad", position))
-        if imp.HasField("audio"):
-            for position, banner in enumerate(imp.audio.companionad):
-                _validate_banner(banner, (*where, "audio", "companionad", position))
-        for position, deal in enumerate(imp.pmp.deals):
-            at = (*where, "pmp", "deals", position)
-            if not deal.id:
-                _problem("is required", *at, "id")
-            if deal.HasField("bidfloor"):
-                _problem(_floor_problem(deal.bidfloor), *at, "bidfloor")
-            if deal.HasField("bidfloorcur"):
-                _problem(_currency_problem(deal.bidfloorcur), *at, "bidfloorcur")
-
-
-def _validate_banner(banner: Any, where: tuple[str | int, ...]) -> None:
-    for name in ("w", "h"):
-        if banner.HasField(name):
-            _problem(_size_problem(getattr(banner, name)), *where, name)
-    for position, size in enumerate(banner.format):
-        for name in ("w", "h", "wmin"):
-            if size.HasField(name):
-                _problem(_size_problem(getattr(size, name)), *where, "format", position, name)

@@ -11,8 +11,8 @@ from google.rpc import status_pb2
 
 from campaignexpress.bidding.v1 import bidding_service_pb2, bidding_service_pb2_grpc
 from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
-from gateway.openrtb import validate_bid_request
 from services.bidding.processor import NBR_INVALID, BidOutcome, BidProcessor
+from services.bidding.request_rules import validate_bid_request
 from services.bidding.settlement import Settlement
 from services.common.call import current_principal
 from services.common.clock import now_us
