@@ -109,6 +109,7 @@ class StreamResult:
     server_cpu: float = 0.0
     batch_mean: float = 0.0
     in_window: int = 0  # responses received before the last bid was due
+    style: str = ""  # echo servers: the handler style
 
     @property
     def achieved(self) -> float:
@@ -297,16 +298,22 @@ async def stream_bench(
     return results
 
 
-async def _echo_server(port: int) -> None:
-    """A bare grpc.aio server answering StreamPredict with a canned response of
-    the real size: the floor that gRPC itself sets on one core."""
-    from grpc import aio
+ECHO_STYLES = ("async-generator", "read-write", "sync-server")
 
+
+def _echo_main(port: int, style: str) -> None:
+    """Run the echo server of `style` (a subprocess entry point)."""
+    if style == "sync-server":
+        _sync_echo_server(port)
+    else:
+        asyncio.run(_echo_server(port, style))
+
+
+def _canned_response() -> Any:
     from campaignexpress.inference.v1 import inference_pb2
     from campaignexpress.inference.v1 import inference_service_pb2 as pb
-    from campaignexpress.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
-    canned = pb.StreamPredictResponse(
+    return pb.StreamPredictResponse(
         predictions=inference_pb2.Predictions(
             offer_ids=OFFERS,
             scores=[0.1] * 64,
@@ -319,37 +326,84 @@ async def _echo_server(port: int) -> None:
         )
     )
 
+
+def _sync_echo_server(port: int) -> None:
+    """The floor with grpcio's thread-pool server (handler in a thread)."""
+    from concurrent import futures
+
+    import grpc
+
+    from campaignexpress.inference.v1 import inference_service_pb2 as pb
+    from campaignexpress.inference.v1 import inference_service_pb2_grpc as pb_grpc
+
+    canned = _canned_response()
+
     class Echo(pb_grpc.InferenceServiceServicer):
-        async def StreamPredict(self, requests: Any, context: Any) -> AsyncIterator[Any]:
-            async for request in requests:
+        def StreamPredict(self, requests: Any, context: Any) -> Any:
+            for request in requests:
                 out = pb.StreamPredictResponse()
                 out.CopyFrom(canned)
                 out.request_id = request.request_id
                 yield out
 
-    server = aio.server()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     pb_grpc.add_InferenceServiceServicer_to_server(Echo(), server)  # type: ignore[no-untyped-call]
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+async def _echo_server(port: int, style: str = "async-generator") -> None:
+    """A bare grpc.aio server answering StreamPredict with a canned response of
+    the real size: the floor that gRPC itself sets on one core. `style`: the
+    handler as an async generator (what the servicers do) or as a coroutine
+    using `context.read()` / `context.write()`."""
+    from grpc import aio
+
+    from campaignexpress.inference.v1 import inference_service_pb2 as pb
+    from campaignexpress.inference.v1 import inference_service_pb2_grpc as pb_grpc
+
+    canned = _canned_response()
+
+    def answer(request: Any) -> Any:
+        out = pb.StreamPredictResponse()
+        out.CopyFrom(canned)
+        out.request_id = request.request_id
+        return out
+
+    class Echo(pb_grpc.InferenceServiceServicer):
+        async def StreamPredict(self, requests: Any, context: Any) -> AsyncIterator[Any]:
+            async for request in requests:
+                yield answer(request)
+
+    class ReadWriteEcho(pb_grpc.InferenceServiceServicer):
+        async def StreamPredict(self, requests: Any, context: Any) -> None:  # type: ignore[override]
+            while (request := await context.read()) is not aio.EOF:
+                await context.write(answer(request))
+
+    server = aio.server()
+    servicer = ReadWriteEcho() if style == "read-write" else Echo()
+    pb_grpc.add_InferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
 
 
-async def echo_bench(rates: list[float], seconds: float, streams: int) -> list[StreamResult]:
+async def echo_bench(
+    rates: list[float], seconds: float, streams: int, style: str = "async-generator"
+) -> list[StreamResult]:
     from grpc import aio
 
     from campaignexpress.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
     port = _free_port()
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
-    code = (
-        "import asyncio; from bench.inference import _echo_server; "
-        f"asyncio.run(_echo_server({port}))"
-    )
+    code = f"from bench.inference import _echo_main; _echo_main({port}, {style!r})"
     server = await asyncio.create_subprocess_exec(*pin, sys.executable, "-c", code)
     results = []
     try:
-        await asyncio.sleep(2.0)
         async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), timeout=60)
             stub = pb_grpc.InferenceServiceStub(channel)
             await _drive_streams(stub, [], 500, 1.0, streams)
             for rate in rates:
@@ -359,9 +413,11 @@ async def echo_bench(rates: list[float], seconds: float, streams: int) -> list[S
                     time.perf_counter() - wall0
                 )
                 p50, p99, _ = _percentiles(result.latencies or [float("nan")])
+                result.style = style
                 print(
-                    f"echo @ {rate:g}/s: achieved {result.achieved:.0f}/s p50 {p50 * 1e3:.2f} ms "
-                    f"p99 {p99 * 1e3:.2f} ms server CPU {result.server_cpu * 100:.0f}%",
+                    f"echo ({style}) @ {rate:g}/s: achieved {result.achieved:.0f}/s "
+                    f"p50 {p50 * 1e3:.2f} ms p99 {p99 * 1e3:.2f} ms "
+                    f"server CPU {result.server_cpu * 100:.0f}%",
                     flush=True,
                 )
                 results.append(result)
@@ -469,18 +525,21 @@ def write_report(
         )
     lines += [
         "",
-        "Floor set by gRPC itself: a bare `grpc.aio` server answering StreamPredict with a "
-        "canned response of the same size (no interceptors, no scoring), same pinning and load:",
+        "Floor set by gRPC itself: a bare server answering StreamPredict with a canned "
+        "response of the same size (no interceptors, no scoring), same pinning and load; "
+        "the handler as an async generator (what our servicers are), as a coroutine with "
+        "`context.read()`/`context.write()`, and on grpcio's thread-pool (sync) server:",
         "",
-        "| offered msgs/s | achieved/s | p50 ms | p99 ms | server CPU | CPU per message |",
-        "|---|---|---|---|---|---|",
+        "| handler | offered msgs/s | achieved/s | p50 ms | p99 ms | server CPU "
+        "| CPU per message |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in echoes:
         p50, p99, _ = _percentiles(r.latencies or [float("nan")])
         per = r.server_cpu / r.achieved * 1e6 if r.achieved else float("nan")
         lines.append(
-            f"| {r.rate:g} | {r.achieved:.0f} | {p50 * 1e3:.2f} | {p99 * 1e3:.2f} | "
-            f"{r.server_cpu * 100:.0f}% | {per:.0f} us |"
+            f"| {r.style} | {r.rate:g} | {r.achieved:.0f} | {p50 * 1e3:.2f} | "
+            f"{p99 * 1e3:.2f} | {r.server_cpu * 100:.0f}% | {per:.0f} us |"
         )
     n, j = mem["numpy"], mem["jax"]
     lines += [
@@ -526,7 +585,11 @@ def main() -> int:
     mem = memory()
     print(json.dumps(mem), flush=True)
     streams = asyncio.run(stream_bench(rates, args.seconds, args.streams, args.profile_server))
-    echoes = asyncio.run(echo_bench(rates, args.seconds, args.streams))
+    echoes = [
+        result
+        for style in ECHO_STYLES
+        for result in asyncio.run(echo_bench(rates, args.seconds, args.streams, style))
+    ]
     if not args.no_report:
         load = (load_start, os.getloadavg()[0])
         write_report(scoring, streams, echoes, mem, args.seconds, args.streams, load)

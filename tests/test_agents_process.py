@@ -3,11 +3,13 @@
 
 The deployment is the one docs/bidding.md describes: every process has the
 same DATABASE_URL, REDIS_URL and NATS_URL, and its own gRPC and metrics ports.
-Each process also has its own --data-dir: the embedded analytics store (chDB)
-and the analytics journal lock their directories to one process, so an agents
-process started on the platform's data dir fails at start-up. All of them get
-the same JWT secret (CAMPAIGN_EXPRESS_JWT_SECRET), which also signs the notice
-URLs of bids: a bid made by an agent is settled by the platform's gateway.
+One agents process has a data dir of its own, the other shares the
+platform's: the embedded analytics store (chDB) and the analytics journal lock
+their directories to one process, so an agents process claims a slot of its
+own under `<data dir>/agents/` (services/host/serve.py, claim_agents_slot).
+All of them get the same JWT secret (CAMPAIGN_EXPRESS_JWT_SECRET), which also
+signs the notice URLs of bids: a bid made by an agent is settled by the
+platform's gateway.
 
 Requests are published with nats-py on JetStream (`campaign-bids.bid-requests`)
 with the `reply-to` header naming a subject under `campaign-bids.`, which the
@@ -184,7 +186,8 @@ async def test_agents_processes_answer_bid_requests_and_stop_on_sigterm(
     platform_args = serve_args(tmp_path / "platform", http, free_port(), free_port(), "--demo")
     platform_args[platform_args.index("--shutdown-grace-seconds") + 1] = str(GRACE)
     a_args, a_metrics = agents_args(tmp_path / "agents-a")
-    b_args, b_metrics = agents_args(tmp_path / "agents-b")
+    # agents-b runs on the platform's own data dir, next to it
+    b_args, b_metrics = agents_args(tmp_path / "platform")
     async with (
         serving(tmp_path, "platform", platform_args, env) as platform,
         nats_client(nats_url) as nc,
@@ -202,6 +205,9 @@ async def test_agents_processes_answer_bid_requests_and_stop_on_sigterm(
             # A second process joins the queue group without any coordination.
             async with serving(tmp_path, "agents-b", b_args, env) as agents_b:
                 await agents_b.wait_for_output(AGENTS_READY)
+                # its own journal next to the platform's (worker-0)
+                journals = tmp_path / "platform" / "analytics-journal"
+                assert (journals / "worker-agents-0").is_dir(), list(journals.iterdir())
                 a_before = await requests_counted(a_metrics)
                 b_before = await requests_counted(b_metrics)
                 ids = [f"both-{i}" for i in range(20)]

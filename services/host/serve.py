@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import gc
 import logging
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -61,8 +63,34 @@ def _worker_settings(settings: Settings) -> Settings:
     index = os.environ.get(WORKER_ENV)
     if index is None or settings.clickhouse_url:
         return settings
-    path = settings.data_dir.resolve() / "analytics" / f"worker-{index}"
+    if index.startswith(AGENTS_SLOT_PREFIX):  # an agents process: see claim_agents_slot
+        path = settings.data_dir.resolve() / "agents" / index / "analytics"
+    else:
+        path = settings.data_dir.resolve() / "analytics" / f"worker-{index}"
     return dataclasses.replace(settings, clickhouse_url=f"chdb://{path}")
+
+
+AGENTS_SLOT_PREFIX = "agents-"
+
+
+def claim_agents_slot(data_dir: pathlib.Path) -> tuple[str, int]:
+    """A name for an agents process's own analytics directories on a data
+    dir other processes may use too (the platform's, other agents'): the
+    first `agents-N` whose lock file this process can lock. The lock (held
+    by the returned descriptor until the process ends) keeps two live
+    processes apart; a restarted process takes a free slot and replays the
+    journal a killed one left there."""
+    base = data_dir / "agents"
+    base.mkdir(parents=True, exist_ok=True)
+    for slot in range(1024):
+        fd = os.open(base / f"{AGENTS_SLOT_PREFIX}{slot}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return f"{AGENTS_SLOT_PREFIX}{slot}", fd
+    raise RuntimeError(f"no free agents slot under {base}")
 
 
 async def start(settings: Settings, *, migrate: bool = True) -> Running:
@@ -260,6 +288,15 @@ def run_agents(settings: Settings, agents_per_node: int) -> int:
     configure_tracing(settings.tracing)
     if not settings.nats_url:
         log.warning("NATS_URL is not set: agents consume the in-process bus only")
+    if WORKER_ENV not in os.environ:
+        slot, _lock = claim_agents_slot(settings.data_dir)
+        os.environ[WORKER_ENV] = slot
+        if not settings.clickhouse_url:
+            log.warning(
+                "agents process %s: embedded analytics (chDB) is private to it; "
+                "set CLICKHOUSE_URL to share one store",
+                slot,
+            )
     settings = dataclasses.replace(
         settings,
         services=("bidding",),
