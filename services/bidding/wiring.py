@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from services.host.platform import Platform
 
 
+BID_EVENTS_COMMIT_SECONDS = 0.010
+
+
 def build_bidding_servicer(platform: Platform) -> BiddingServicer:
     settings, backends = platform.settings, platform.backends
     index = LiveCampaignIndex(backends.db, backends.bus, platform.budgets)
@@ -31,6 +34,11 @@ def build_bidding_servicer(platform: Platform) -> BiddingServicer:
         backends.analytics,
         settings.data_dir / "analytics-journal" / f"worker-{worker}",
         metrics_registry=platform.metrics_registry,
+        # Group commit (write + fdatasync) every 10 ms rather than the
+        # pipeline's 2 ms: at bid rates a commit carries ~10 events instead of
+        # ~3, and the fdatasyncs cost about a fifth (measured ~50-100 us of CPU
+        # per bid less). Events are still acknowledged within ~10 ms.
+        commit_interval=BID_EVENTS_COMMIT_SECONDS,
     )
     signer = NoticeSigner(settings.resolve_jwt_secret(), settings.public_url)
     rates = Rates()
