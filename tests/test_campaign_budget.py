@@ -40,6 +40,7 @@ from services.campaigns.model import (
     Schedule,
 )
 from services.campaigns.schedule import local_to_utc_us
+from services.campaigns.workflow import Scheduler, Workflow
 from services.common.call import Principal
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.db import Database
@@ -685,3 +686,34 @@ def test_asap_spends_until_the_cap_and_stops_within_one_impression() -> None:
         now += 1_000_000
     assert 10_000_000 <= spend <= 10_000_000 + max_price
     assert not status.can_bid
+
+
+async def test_scheduler_sweeps_budgets_on_its_own_slower_cadence(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Transitions are checked every `interval`, the budget sweep (every live
+    campaign and its spend) only every `sweep_interval`, first at start."""
+    workflow = Workflow(world.db, world.campaigns, CampaignEvents(world.bus))
+    passes = sweeps = 0
+    run_due, sweep = workflow.run_due_transitions, world.budgets.sweep
+
+    async def counted_pass() -> Any:
+        nonlocal passes
+        passes += 1
+        return await run_due()
+
+    async def counted_sweep(now: int | None = None) -> int:
+        nonlocal sweeps
+        sweeps += 1
+        return await sweep(now)
+
+    monkeypatch.setattr(workflow, "run_due_transitions", counted_pass)
+    monkeypatch.setattr(world.budgets, "sweep", counted_sweep)
+    scheduler = Scheduler(workflow, world.budgets, interval=0.02, sweep_interval=0.3)
+    scheduler.start()
+    try:
+        await asyncio.sleep(0.75)
+    finally:
+        await scheduler.stop()
+    assert passes >= 10
+    assert 2 <= sweeps <= 3  # at 0 s, ~0.3 s, ~0.6 s
