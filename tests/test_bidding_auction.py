@@ -121,6 +121,37 @@ def test_offers_must_fit_the_slot_and_respect_blocks_and_deals() -> None:
     assert select_candidates(with_deal, [SLOT], CTX)[0] == []  # deal campaigns need the deal
 
 
+def test_placement_format_size_and_per_slot_blocks() -> None:
+    """Format and size as placement keys: a sized slot takes offers of one of
+    its sizes only, a slot without sizes any offer of its formats; native has
+    no size; blocked attributes are per slot, blocked advertisers per request
+    (compared in lower case); an offer lists every slot it fits."""
+    offers = (
+        offer("banner-300", sizes=[Size(300, 250)]),
+        offer("banner-728", sizes=[Size(728, 90)]),
+        offer("banner-nosize", sizes=[]),
+        offer("video-640", format="VIDEO", sizes=[Size(640, 480)]),
+        offer("native", format="NATIVE", sizes=[]),
+        offer("attr-3", sizes=[Size(300, 250)], attributes=[3]),
+        offer("brand-x", sizes=[Size(300, 250)], advertiser_domains=["Brand-X.example"]),
+    )
+    live = [LiveCampaign(campaign(allow_repeat_offers=True), offers)]
+    sized = Slot("s", frozenset({"BANNER", "VIDEO"}), frozenset({(300, 250), (640, 480)}), 0, "USD")
+    any_size = Slot("a", frozenset({"BANNER"}), frozenset(), 0, "USD")
+    native = Slot("n", frozenset({"NATIVE"}), frozenset({(300, 250)}), 0, "USD")
+    no_attr_3 = dataclasses.replace(sized, imp_id="b", blocked_attributes=frozenset({3}))
+    ctx = dataclasses.replace(CTX, blocked_advertisers=frozenset({"brand-x.example"}))
+    found, _ = select_candidates(live, [sized, any_size, native, no_attr_3], ctx)
+    assert {c.offer.id: c.slots for c in found} == {
+        "banner-300": ("s", "a", "b"),
+        "banner-728": ("a",),
+        "banner-nosize": ("a",),
+        "video-640": ("s", "b"),
+        "native": ("n",),
+        "attr-3": ("s", "a"),
+    }
+
+
 def test_loyalty_boost_floor_and_one_offer_per_response() -> None:
     c = campaign()
     a, b = offer("a"), offer("b")
