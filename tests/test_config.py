@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import pytest
@@ -98,3 +99,30 @@ def test_logs_are_json_lines_with_the_request_id() -> None:
     assert entry["message"] == 'said "hi"'
     assert entry["request_id"] == "rid-1" and entry["method"] == "a.B/C"
     assert entry["level"] == "ERROR"
+
+
+def test_spans_are_recorded_only_when_the_caller_samples_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tracing on (the default): every span has real trace and span ids for
+    logs and errors, but is recorded only when the incoming traceparent says
+    sampled, unless OTEL_TRACES_SAMPLER picks another sampler."""
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from services.host.logs import tracer_provider
+
+    tracer = tracer_provider({}).get_tracer("test")
+    with tracer.start_as_current_span("root") as root:
+        assert root.get_span_context().is_valid and root.get_span_context().trace_id != 0
+        assert not root.is_recording()
+    sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    unsampled = sampled[:-2] + "00"
+    for traceparent, recording in ((sampled, True), (unsampled, False)):
+        parent = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+        with tracer.start_as_current_span("child", context=parent) as child:
+            assert child.is_recording() is recording
+            assert f"{child.get_span_context().trace_id:032x}" == traceparent[3:35]
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    always = tracer_provider(os.environ).get_tracer("test")
+    with always.start_as_current_span("root") as root:
+        assert root.is_recording()
