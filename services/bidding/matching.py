@@ -144,12 +144,14 @@ def deal_allows(campaign: LiveCampaign, slot: Slot) -> bool:
 def select_candidates(
     live: Sequence[LiveCampaign], slots: Sequence[Slot], ctx: Context
 ) -> tuple[list[Candidate], dict[str, int]]:
-    """Offers that fit at least one slot, at most MAX_CANDIDATES, and the
-    count of campaigns left out per reason (for no-bid reasons).
+    """Offers that fit at least one slot, at most MAX_CANDIDATES, in campaign
+    then offer order, and the count of campaigns left out per reason (for
+    no-bid reasons).
 
-    `offer_fits` spelled out: this loop runs for every offer of every live
-    campaign on every bid, so the request-wide blocks are checked once per
-    offer and each slot is one set test (two with blocked attributes)."""
+    `offer_fits` spelled out: this runs for every live campaign on every bid,
+    so a slot looks its placement keys up in the campaign's offers by
+    placement (only offers of a fitting format and size are visited), and the
+    request-wide blocks are checked once per offer found."""
     out: list[Candidate] = []
     rejected: dict[str, int] = {}
     blocked_categories, blocked_advertisers = ctx.blocked_categories, ctx.blocked_advertisers
@@ -158,26 +160,31 @@ def select_candidates(
         if why is not None:
             rejected[why] = rejected.get(why, 0) + 1
             continue
-        # Deals depend on the campaign and slot only: decided once per slot.
-        open_slots = [
-            (s.placements, s.blocked_attributes, s.imp_id) for s in slots if deal_allows(entry, s)
-        ]
-        if not open_slots:
-            continue
-        for facts in entry.offer_facts:
+        by_placement = entry.offers_by_placement
+        facts = entry.offer_facts
+        fits: dict[int, list[str]] = {}  # offer position -> imp ids, in slot order
+        for slot in slots:
+            # Deals depend on the campaign and slot only: decided once per slot.
+            if not deal_allows(entry, slot):
+                continue
+            imp_id, blocked_attributes = slot.imp_id, slot.blocked_attributes
+            for key in slot.placements:
+                for position in by_placement.get(key, ()):
+                    if blocked_attributes and not blocked_attributes.isdisjoint(
+                        facts[position].attributes
+                    ):
+                        continue
+                    found = fits.setdefault(position, [])
+                    if not found or found[-1] != imp_id:  # two keys of one slot
+                        found.append(imp_id)
+        for position in sorted(fits):
+            offer = facts[position]
             if not (
-                blocked_categories.isdisjoint(facts.categories)
-                and blocked_advertisers.isdisjoint(facts.advertisers)
+                blocked_categories.isdisjoint(offer.categories)
+                and blocked_advertisers.isdisjoint(offer.advertisers)
             ):
                 continue
-            fits: tuple[str, ...] = ()
-            for placements, blocked_attributes, imp_id in open_slots:
-                if not placements.isdisjoint(facts.placements) and (
-                    not blocked_attributes or blocked_attributes.isdisjoint(facts.attributes)
-                ):
-                    fits += (imp_id,)
-            if fits:
-                out.append(Candidate(entry, facts, fits))
-                if len(out) >= MAX_CANDIDATES:
-                    return out, rejected
+            out.append(Candidate(entry, offer, tuple(fits[position])))
+            if len(out) >= MAX_CANDIDATES:
+                return out, rejected
     return out, rejected

@@ -112,10 +112,20 @@ class LiveCampaign:
     offers: tuple[Offer, ...]
     bid_rate: float = 1.0
     offer_facts: tuple[OfferFacts, ...] = field(init=False, compare=False, repr=False)
+    # placement key -> positions in offer_facts of the offers having it
+    offers_by_placement: dict[PlacementKey, tuple[int, ...]] = field(
+        init=False, compare=False, repr=False
+    )
     deals: frozenset[str] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "offer_facts", tuple(OfferFacts.of(o) for o in self.offers))
+        facts = tuple(OfferFacts.of(o) for o in self.offers)
+        by_key: dict[PlacementKey, list[int]] = {}
+        for position, offer in enumerate(facts):
+            for key in offer.placements:
+                by_key.setdefault(key, []).append(position)
+        object.__setattr__(self, "offer_facts", facts)
+        object.__setattr__(self, "offers_by_placement", {k: tuple(v) for k, v in by_key.items()})
         object.__setattr__(self, "deals", frozenset(self.campaign.spec.targeting.deals))
 
     @property
