@@ -46,14 +46,14 @@ from services.bidding.request_rules import (
     MAX_SIZE_PX,
     REASON_INVALID,
     TMAX_RANGE_MS,
+    BadValue,
+    currency_problem,
+    floor_problem,
     invalid_argument,
+    size_problem,
+    tmax_problem,
     validate_bid_request,
 )
-from services.bidding.request_rules import BadValue as _Bad
-from services.bidding.request_rules import currency_problem as _currency_problem
-from services.bidding.request_rules import floor_problem as _floor_problem
-from services.bidding.request_rules import size_problem as _size_problem
-from services.bidding.request_rules import tmax_problem as _tmax_problem
 from services.common.errors import InvalidArgument
 
 __all__ = [
@@ -87,10 +87,10 @@ _EXT, _UNKNOWN = "ext_json", "unknown_json"
 
 
 def _invalid(field: str, description: str, reason: str) -> InvalidArgument:
-    return invalid_argument(_Bad(description, field), reason)
+    return invalid_argument(BadValue(description, field), reason)
 
 
-def _raise(bad: _Bad, reason: str) -> NoReturn:
+def _raise(bad: BadValue, reason: str) -> NoReturn:
     raise invalid_argument(bad, reason) from None
 
 
@@ -102,7 +102,7 @@ Converter = Callable[[Any], Any]
 def _string(value: Any) -> str:
     if type(value) is str:
         return value
-    raise _Bad("must be a string")
+    raise BadValue("must be a string")
 
 
 def _int32(value: Any) -> int:
@@ -110,10 +110,10 @@ def _int32(value: Any) -> int:
     if kind is int:
         if _INT32_MIN <= value <= _INT32_MAX:
             return int(value)
-        raise _Bad("is out of range for a 32-bit integer")
+        raise BadValue("is out of range for a 32-bit integer")
     if kind is float and value.is_integer():
         return _int32(int(value))
-    raise _Bad("must be an integer")
+    raise BadValue("must be an integer")
 
 
 def _double(value: Any) -> float:
@@ -122,7 +122,7 @@ def _double(value: Any) -> float:
         return float(value)
     if kind is int:
         return float(value)
-    raise _Bad("must be a number")
+    raise BadValue("must be a number")
 
 
 def _checked(convert: Converter, problem: Callable[[Any], str | None]) -> Converter:
@@ -130,7 +130,7 @@ def _checked(convert: Converter, problem: Callable[[Any], str | None]) -> Conver
         converted = convert(value)
         why = problem(converted)
         if why is not None:
-            raise _Bad(why)
+            raise BadValue(why)
         return converted
 
     return check
@@ -138,12 +138,12 @@ def _checked(convert: Converter, problem: Callable[[Any], str | None]) -> Conver
 
 def _repeated(convert: Converter, value: Any) -> list[Any]:
     if type(value) is not list:
-        raise _Bad("must be an array")
+        raise BadValue("must be an array")
     out = []
     for index, item in enumerate(value):
         try:
             out.append(convert(item))
-        except _Bad as bad:
+        except BadValue as bad:
             bad.path.append(index)
             raise
     return out
@@ -164,7 +164,7 @@ class _DecodeSpec:
 def _decode_object(spec: _DecodeSpec, value: Any) -> dict[str, Any]:
     """A JSON object -> constructor arguments of the spec's message."""
     if type(value) is not dict:
-        raise _Bad("must be an object")
+        raise BadValue("must be an object")
     out: dict[str, Any] = {}
     unknown: dict[str, Any] | None = None
     fields = spec.fields
@@ -175,7 +175,7 @@ def _decode_object(spec: _DecodeSpec, value: Any) -> dict[str, Any]:
                 try:
                     out[_EXT] = _dumps(item)
                 except orjson.JSONEncodeError:  # deeper than orjson writes (254 levels)
-                    raise _Bad("nests too deeply", key) from None
+                    raise BadValue("nests too deeply", key) from None
             else:
                 if unknown is None:
                     unknown = {}
@@ -188,7 +188,7 @@ def _decode_object(spec: _DecodeSpec, value: Any) -> dict[str, Any]:
             continue
         try:
             out[key] = entry[1](item)
-        except _Bad as bad:
+        except BadValue as bad:
             bad.path.append(key)
             raise
     if unknown is not None:
@@ -202,54 +202,54 @@ def _raw_json(value: Any, key: str) -> bytes:
     try:
         return orjson.dumps(value)
     except orjson.JSONEncodeError:  # nesting deeper than orjson writes (254 levels)
-        raise _Bad("nests too deeply", key) from None
+        raise BadValue("nests too deeply", key) from None
 
 
 def _require_id(out: dict[str, Any]) -> None:
     found = out.get("id")
     if found is None:
-        raise _Bad("is required", "id")
+        raise BadValue("is required", "id")
     if type(found) is not str:
-        raise _Bad("must be a string", "id")
+        raise BadValue("must be a string", "id")
     if not found:
-        raise _Bad("must not be empty", "id")
+        raise BadValue("must not be empty", "id")
 
 
 def _check_request(out: dict[str, Any]) -> None:
     _require_id(out)
     imps = out.get("imp")
     if imps is None:
-        raise _Bad("is required", "imp")
+        raise BadValue("is required", "imp")
     if type(imps) is not list:
-        raise _Bad("must be an array", "imp")
+        raise BadValue("must be an array", "imp")
     if not imps:
-        raise _Bad("must hold at least one impression", "imp")
+        raise BadValue("must hold at least one impression", "imp")
     if len(imps) > 1:
         seen: dict[str, int] = {}
         for index, imp in enumerate(imps):
             first = seen.setdefault(imp["id"], index)
             if first != index:
-                raise _Bad(f"duplicates imp[{first}].id", "id", index, "imp")
+                raise BadValue(f"duplicates imp[{first}].id", "id", index, "imp")
 
 
 def _check_bid(out: dict[str, Any]) -> None:
     _require_id(out)
     impid = out.get("impid")
     if impid is None:
-        raise _Bad("is required", "impid")
+        raise BadValue("is required", "impid")
     if type(impid) is not str:
-        raise _Bad("must be a string", "impid")
+        raise BadValue("must be a string", "impid")
     if not impid:
-        raise _Bad("must not be empty", "impid")
+        raise BadValue("must not be empty", "impid")
     if out.get("price") is None:
-        raise _Bad("is required", "price")
+        raise BadValue("is required", "price")
 
 
 # (message, field) -> converter replacing the one derived from the field's type.
 _CHECKED_FIELDS: dict[tuple[str, str], Converter] = {}
-_size = _checked(_int32, _size_problem)
-_floor = _checked(_double, _floor_problem)
-_currency = _checked(_string, _currency_problem)
+_size = _checked(_int32, size_problem)
+_floor = _checked(_double, floor_problem)
+_currency = _checked(_string, currency_problem)
 for _message_name, _field_names in (
     ("Banner", ("w", "h")),
     ("Format", ("w", "h", "wmin")),
@@ -261,7 +261,7 @@ for _message_name in ("Imp", "Deal"):
     _CHECKED_FIELDS[(_message_name, "bidfloor")] = _floor
     _CHECKED_FIELDS[(_message_name, "bidfloorcur")] = _currency
 _CHECKED_FIELDS[("BidRequest", "cur")] = functools.partial(_repeated, _currency)
-_CHECKED_FIELDS[("BidRequest", "tmax")] = _checked(_int32, _tmax_problem)
+_CHECKED_FIELDS[("BidRequest", "tmax")] = _checked(_int32, tmax_problem)
 _CHECKED_FIELDS[("BidResponse", "cur")] = _currency
 _CHECKED_FIELDS[("Bid", "price")] = _checked(
     _double, lambda v: None if v >= 0.0 else "must not be negative"
@@ -326,7 +326,7 @@ def _decode_spec(
 
 def _array(value: Any) -> list[Any]:
     if type(value) is not list:
-        raise _Bad("must be an array")
+        raise BadValue("must be an array")
     return value
 
 
@@ -410,13 +410,13 @@ def _decode(
     fast, strict = specs
     try:
         return cls(**_decode_object(fast, _parse(body)))
-    except _Bad as bad:
+    except BadValue as bad:
         _raise(bad, reason)
     except (TypeError, ValueError):  # upb refused a value: find it and name it
         pass
     try:
         kwargs = _decode_object(strict, _parse(body))
-    except _Bad as bad:
+    except BadValue as bad:
         _raise(bad, reason)
     try:
         return cls(**kwargs)
@@ -428,7 +428,7 @@ def _decode_strict(cls: Callable[..., Any], specs: Any, body: bytes, reason: str
     """The strict path alone (for tests: it must agree with the fast one)."""
     try:
         kwargs = _decode_object(specs[1], _parse(body))
-    except _Bad as bad:
+    except BadValue as bad:
         _raise(bad, reason)
     return cls(**kwargs)
 

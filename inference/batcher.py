@@ -64,6 +64,7 @@ class InferenceBatcher(Generic[Item, Result]):
         concurrency: int = 1,
         clock: Clock | None = None,
         on_flush: Callable[[int], None] | None = None,
+        run_now: Callable[[list[Item]], list[Result]] | None = None,
     ) -> None:
         if max_items < 1 or max_wait < 0 or concurrency < 1:
             raise ValueError("max_items and concurrency must be >= 1, max_wait >= 0")
@@ -73,6 +74,10 @@ class InferenceBatcher(Generic[Item, Result]):
         self.concurrency = concurrency
         self._clock = clock or LoopClock()
         self._on_flush = on_flush
+        # A synchronous run_batch (the provider answers on this thread): with
+        # it, `submit` on an idle batcher runs the batch of one at once
+        # instead of scheduling it through the event loop.
+        self._run_now = run_now
         self._pending: list[tuple[Item, asyncio.Future[Result], float]] = []  # + arrival time
         self._timer: TimerHandle | None = None
         self._due = False  # the timer fired while no slot was free
@@ -118,6 +123,12 @@ class InferenceBatcher(Generic[Item, Result]):
         return futures
 
     async def submit(self, item: Item) -> Result:
+        """One item's result. Idle, with `run_now`, the item is the batch
+        that would leave at once anyway, run on the spot."""
+        if self._run_now is not None and self.idle:
+            if self._on_flush is not None:
+                self._on_flush(1)
+            return self._run_now([item])[0]
         return await self.enqueue(item)
 
     def _kick(self, loop: asyncio.AbstractEventLoop) -> None:

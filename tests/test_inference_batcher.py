@@ -231,3 +231,31 @@ async def test_items_queued_together_leave_together() -> None:
     assert provider.batches[1] == [5, 6]
     provider.finish(1)
     assert await asyncio.gather(*futures) == [f"result-{i}" for i in range(1, 7)]
+
+
+async def test_submit_on_an_idle_batcher_runs_a_synchronous_batch_on_the_spot() -> None:
+    """With `run_now`, an idle batcher's lone item is run in the caller's turn
+    (a batch of one, counted as such); an item arriving while a batch is out
+    queues as usual."""
+    clock, provider = FakeClock(), Provider()
+    sizes: list[int] = []
+    ran_now: list[list[int]] = []
+
+    def run_now(items: list[int]) -> list[str]:
+        ran_now.append(list(items))
+        return [f"now-{i}" for i in items]
+
+    batcher = InferenceBatcher(provider.run, clock=clock, on_flush=sizes.append, run_now=run_now)
+    assert await batcher.submit(1) == "now-1"
+    assert ran_now == [[1]] and provider.batches == [] and sizes == [1]
+
+    first = batcher.enqueue(2)  # a batch goes out through run_batch
+    await settle()
+    second = asyncio.ensure_future(batcher.submit(3))  # busy: queued, not run now
+    await settle()
+    assert ran_now == [[1]] and batcher.queue_depth == 1
+    provider.finish(0)
+    await settle()
+    provider.finish(1)
+    assert (await first, await second) == ("result-2", "result-3")
+    assert provider.batches == [[2], [3]]

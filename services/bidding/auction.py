@@ -38,7 +38,7 @@ def recommended_cpm(candidate: Candidate, score: float, loyalty_tier: str) -> tu
     tier rule."""
     spec = candidate.live.campaign.spec
     max_cpm = spec.bid_strategy.max_cpm
-    base = candidate.facts.base_cpm
+    base = candidate.offer.spec.bid_cpm
     if not base.is_set:
         base = max_cpm
     currency = base.currency_code or spec.budget.total.currency_code or "USD"

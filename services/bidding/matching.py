@@ -114,17 +114,6 @@ def campaign_matches(campaign: Campaign, ctx: Context) -> str | None:
     return None
 
 
-def offer_fits(offer: OfferFacts, slot: Slot, ctx: Context) -> bool:
-    """Whether an offer may fill a slot: format and size (a shared placement
-    key), and the publisher's blocked categories, advertisers and creative
-    attributes."""
-    return (
-        not offer_blocked(offer, ctx)
-        and not slot.placements.isdisjoint(offer.placements)
-        and slot.blocked_attributes.isdisjoint(offer.attributes)
-    )
-
-
 def offer_blocked(offer: OfferFacts, ctx: Context) -> bool:
     """Request-wide blocks (bcat, badv): the same for every slot."""
     return not (
@@ -148,13 +137,13 @@ def select_candidates(
     then offer order, and the count of campaigns left out per reason (for
     no-bid reasons).
 
-    `offer_fits` spelled out: this runs for every live campaign on every bid,
-    so a slot looks its placement keys up in the campaign's offers by
-    placement (only offers of a fitting format and size are visited), and the
-    request-wide blocks are checked once per offer found."""
+    An offer fits a slot when they share a placement key (format and size)
+    and none of the slot's blocked creative attributes; this runs for every
+    live campaign on every bid, so a slot looks its keys up in the campaign's
+    offers by placement (only offers of a fitting format and size are
+    visited), and the request-wide blocks are checked once per offer found."""
     out: list[Candidate] = []
     rejected: dict[str, int] = {}
-    blocked_categories, blocked_advertisers = ctx.blocked_categories, ctx.blocked_advertisers
     for entry in live:
         why = campaign_matches(entry.campaign, ctx)
         if why is not None:
@@ -179,10 +168,7 @@ def select_candidates(
                         found.append(imp_id)
         for position in sorted(fits):
             offer = facts[position]
-            if not (
-                blocked_categories.isdisjoint(offer.categories)
-                and blocked_advertisers.isdisjoint(offer.advertisers)
-            ):
+            if offer_blocked(offer, ctx):
                 continue
             out.append(Candidate(entry, offer, tuple(fits[position])))
             if len(out) >= MAX_CANDIDATES:

@@ -35,7 +35,7 @@ from services.backends import BusMessage, MessageBus, Subscription
 from services.campaigns import events as campaign_events
 from services.campaigns import store
 from services.campaigns.budget import Budgets
-from services.campaigns.model import Campaign, Money, Offer
+from services.campaigns.model import Campaign, Offer
 from services.common.clock import Clock, now_us
 from services.db import Database
 from services.db.tables import campaigns, offers
@@ -81,8 +81,7 @@ class OfferFacts:
     categories: frozenset[str]
     advertisers: frozenset[str]  # lower case
     attributes: frozenset[int]
-    name: str  # resource name
-    base_cpm: Money  # the offer's own bid CPM, unset when it has none
+    name: str  # resource name (Offer.name formats it on every call)
     placements: frozenset[PlacementKey]
 
     @classmethod
@@ -92,7 +91,6 @@ class OfferFacts:
         return cls(
             placements=placement_keys([spec.format], sizes) | {(spec.format,)},
             name=offer.name,
-            base_cpm=spec.bid_cpm,
             offer=offer,
             format=spec.format,
             sizes=frozenset((s.width, s.height) for s in spec.sizes),

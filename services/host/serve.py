@@ -56,6 +56,9 @@ def _bound_port(runner: web.AppRunner) -> int:
     return 0
 
 
+AGENTS_SLOT_PREFIX = "agents-"
+
+
 def _worker_settings(settings: Settings) -> Settings:
     """chDB locks its directory to one process: each worker of --workers N
     gets its own embedded analytics directory (a ClickHouse server, set with
@@ -68,9 +71,6 @@ def _worker_settings(settings: Settings) -> Settings:
     else:
         path = settings.data_dir.resolve() / "analytics" / f"worker-{index}"
     return dataclasses.replace(settings, clickhouse_url=f"chdb://{path}")
-
-
-AGENTS_SLOT_PREFIX = "agents-"
 
 
 def claim_agents_slot(data_dir: pathlib.Path) -> tuple[str, int]:

@@ -162,6 +162,7 @@ class InferenceEngine:
             # blocking providers run in a thread: let a second batch form meanwhile
             concurrency=2 if provider.blocking else 1,
             on_flush=self._metrics.batch_size.observe,
+            run_now=None if provider.blocking else self._score_current,
         )
         self._reload_lock = asyncio.Lock()
 
@@ -230,16 +231,14 @@ class InferenceEngine:
 
     async def predict(self, request: ScoringRequest) -> Prediction:
         """One request. With a provider that answers on the calling thread
-        (numpy, xla) and an idle batcher, it is scored at once: the batch of
-        one the batcher would send, without its hops through the event loop."""
-        loaded = self._loaded
-        if not loaded.provider.blocking and self._batcher.idle:
-            self._metrics.batch_size.observe(1)
-            return self._score(loaded, [request])[0]
-        return await self._batcher.enqueue(request)
+        (numpy, xla:cpu) and an idle batcher, it is scored at once."""
+        return await self._batcher.submit(request)
 
     async def predict_many(self, requests: Sequence[ScoringRequest]) -> list[Prediction]:
         return list(await asyncio.gather(*self._batcher.enqueue_many(list(requests))))
+
+    def _score_current(self, requests: list[ScoringRequest]) -> list[Prediction]:
+        return self._score(self._loaded, requests)
 
     async def _run_batch(self, requests: list[ScoringRequest]) -> list[Prediction]:
         loaded = self._loaded  # one model per batch, even across a reload
