@@ -33,10 +33,7 @@ import pathlib
 import platform
 import random
 import re
-import shutil
 import struct
-import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -52,10 +49,10 @@ from grpc import aio
 from bench.openloop import Result, run_open_loop
 from bench.openrtb_samples import realistic_request
 from bench.platform_calls import (
+    BENCH_KEY,
     _cpu_model,
     _cpu_seconds,
-    _free_port,
-    _wait_healthy,
+    start_demo_server,
     thread_cpu_seconds,
 )
 from campaignexpress.bidding.v1 import bidding_service_pb2 as bpb
@@ -72,7 +69,7 @@ from services.backends.kv import _ttl_ms
 from services.bidding.profiles import LoyaltyState, ProfileStore, UserProfile
 
 REPORT = pathlib.Path(__file__).parent / "reports" / "bidding.md"
-KEY = "cx_benchmark-key-0123456789"
+KEY = BENCH_KEY
 USERS = 100_000
 ZIPF_S = 1.0
 CAMPAIGNS = 16
@@ -402,14 +399,6 @@ async def bench(
     profile: str = "",
     seed_users: bool = True,
 ) -> tuple[list[Step], dict[str, Any]]:
-    http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
-    data_dir = tempfile.mkdtemp(prefix="cx-bench-bid-")
-    env = dict(
-        os.environ,
-        CAMPAIGN_EXPRESS_DEMO_API_KEY=KEY,
-        CAMPAIGN_EXPRESS_RATE_LIMIT_PER_SECOND="0",
-        CAMPAIGN_EXPRESS_LOG_LEVEL="WARNING",
-    )
     pool_size = int(max(rates) * seconds) + 200
     started = time.perf_counter()
     pool = build_pool(pool_size)
@@ -434,21 +423,12 @@ async def bench(
             + ", ".join(f"{tier} {n:,}" for tier, n in tiers.items())
         )
     print(f"profiles: {info['profiles']}", flush=True)
-    # --profile-server: the server runs under cProfile and writes its stats on exit.
-    runner = ["-m", "cProfile", "-o", profile] if profile else []
-    server = await asyncio.create_subprocess_exec(
-        *[
-            sys.executable, *runner, "-m", "services.host.cli", "serve", "--demo",
-            "--host", "127.0.0.1", "--data-dir", data_dir,
-            "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-            "--metrics-port", str(metrics_port),
-        ],
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    server = await start_demo_server(
+        profile=profile, data_prefix="cx-bench-bid-", health_timeout=90
+    )
+    http_port, grpc_port, metrics_port = server.http_port, server.grpc_port, server.metrics_port
     steps: list[Step] = []
     try:
-        await _wait_healthy(f"http://127.0.0.1:{http_port}/health", time.monotonic() + 90)
         async with (
             aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as http,
@@ -500,9 +480,7 @@ async def bench(
                 if stream is not None:
                     await stream.close()
     finally:
-        server.terminate()
-        await asyncio.wait_for(server.wait(), timeout=30)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        await server.stop()
     return steps, info
 
 

@@ -22,7 +22,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -30,7 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from bench.platform_calls import _cpu_model, _cpu_seconds, _free_port, _wait_healthy
+from bench.platform_calls import (
+    BENCH_KEY,
+    _cpu_model,
+    _cpu_seconds,
+    _free_port,
+    start_demo_server,
+)
 
 REPORT = pathlib.Path(__file__).parent / "reports" / "inference.md"
 OFFERS = [f"offer-{i:04d}" for i in range(64)]
@@ -222,46 +227,12 @@ async def stream_bench(
 
     from campaignexpress.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
-    http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
-    key = "cx_benchmark-key-0123456789"
-    data_dir = tempfile.mkdtemp(prefix="cx-bench-")
-    env = dict(
-        os.environ,
-        CAMPAIGN_EXPRESS_DEMO_API_KEY=key,
-        CAMPAIGN_EXPRESS_RATE_LIMIT_PER_SECOND="0",
-        CAMPAIGN_EXPRESS_LOG_LEVEL="WARNING",
+    server = await start_demo_server(
+        services="tenancy,auth,audit,inference", pin_to_cpu0=True, profile=profile
     )
-    pin = ["taskset", "-c", "0"] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
-    # --profile-server: the server runs under cProfile and writes its stats on exit.
-    profiler = ["-m", "cProfile", "-o", profile] if profile else []
-    server = await asyncio.create_subprocess_exec(
-        *pin,
-        sys.executable,
-        *profiler,
-        "-m",
-        "services.host.cli",
-        "serve",
-        "--demo",
-        "--services",
-        "tenancy,auth,audit,inference",
-        "--host",
-        "127.0.0.1",
-        "--data-dir",
-        data_dir,
-        "--http-port",
-        str(http_port),
-        "--grpc-port",
-        str(grpc_port),
-        "--metrics-port",
-        str(metrics_port),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    if pin:  # the load generator on the other cores
-        os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
+    grpc_port, metrics_port, key = server.grpc_port, server.metrics_port, BENCH_KEY
     results: list[StreamResult] = []
     try:
-        await _wait_healthy(f"http://127.0.0.1:{http_port}/health", time.monotonic() + 60)
         metadata = [("authorization", f"Bearer {key}")]
         async with (
             aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
@@ -292,9 +263,7 @@ async def stream_bench(
                 )
                 results.append(result)
     finally:
-        server.terminate()
-        await asyncio.wait_for(server.wait(), timeout=30)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        await server.stop()
     return results
 
 
@@ -309,6 +278,7 @@ def _echo_main(port: int, style: str) -> None:
         asyncio.run(_echo_server(port, style))
 
 
+@functools.cache
 def _canned_response() -> Any:
     from campaignexpress.inference.v1 import inference_pb2
     from campaignexpress.inference.v1 import inference_service_pb2 as pb
@@ -327,24 +297,26 @@ def _canned_response() -> Any:
     )
 
 
+def _echo_reply(request: Any) -> Any:
+    """The canned response (real size) for one StreamPredict request."""
+    out = type(_canned_response())()
+    out.CopyFrom(_canned_response())
+    out.request_id = request.request_id
+    return out
+
+
 def _sync_echo_server(port: int) -> None:
     """The floor with grpcio's thread-pool server (handler in a thread)."""
     from concurrent import futures
 
     import grpc
 
-    from campaignexpress.inference.v1 import inference_service_pb2 as pb
     from campaignexpress.inference.v1 import inference_service_pb2_grpc as pb_grpc
-
-    canned = _canned_response()
 
     class Echo(pb_grpc.InferenceServiceServicer):
         def StreamPredict(self, requests: Any, context: Any) -> Any:
             for request in requests:
-                out = pb.StreamPredictResponse()
-                out.CopyFrom(canned)
-                out.request_id = request.request_id
-                yield out
+                yield _echo_reply(request)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     pb_grpc.add_InferenceServiceServicer_to_server(Echo(), server)  # type: ignore[no-untyped-call]
@@ -360,26 +332,17 @@ async def _echo_server(port: int, style: str = "async-generator") -> None:
     using `context.read()` / `context.write()`."""
     from grpc import aio
 
-    from campaignexpress.inference.v1 import inference_service_pb2 as pb
     from campaignexpress.inference.v1 import inference_service_pb2_grpc as pb_grpc
-
-    canned = _canned_response()
-
-    def answer(request: Any) -> Any:
-        out = pb.StreamPredictResponse()
-        out.CopyFrom(canned)
-        out.request_id = request.request_id
-        return out
 
     class Echo(pb_grpc.InferenceServiceServicer):
         async def StreamPredict(self, requests: Any, context: Any) -> AsyncIterator[Any]:
             async for request in requests:
-                yield answer(request)
+                yield _echo_reply(request)
 
     class ReadWriteEcho(pb_grpc.InferenceServiceServicer):
         async def StreamPredict(self, requests: Any, context: Any) -> None:  # type: ignore[override]
             while (request := await context.read()) is not aio.EOF:
-                await context.write(answer(request))
+                await context.write(_echo_reply(request))
 
     server = aio.server()
     servicer = ReadWriteEcho() if style == "read-write" else Echo()

@@ -15,10 +15,12 @@ import os
 import pathlib
 import platform
 import re
+import shutil
 import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
 import aiohttp
 from grpc import aio
@@ -76,40 +78,83 @@ async def _wait_healthy(url: str, deadline: float) -> None:
     raise RuntimeError("server did not become healthy")
 
 
-async def bench(rates: list[float], seconds: float) -> list[tuple[str, Result, float]]:
+BENCH_KEY = "cx_benchmark-key-0123456789"
+
+
+@dataclass
+class DemoServer:
+    """`campaign-express serve --demo` in a subprocess, for the benchmarks."""
+
+    process: asyncio.subprocess.Process
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    data_dir: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def stop(self) -> None:
+        self.process.terminate()
+        await asyncio.wait_for(self.process.wait(), timeout=30)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+async def start_demo_server(
+    *,
+    services: str = "",
+    pin_to_cpu0: bool = False,
+    profile: str = "",
+    data_prefix: str = "cx-bench-",
+    health_timeout: float = 60.0,
+) -> DemoServer:
+    """Start the platform on embedded defaults (or the backends the
+    environment names) with the demo tenant and BENCH_KEY as its admin key,
+    rate limiting off, and wait until it answers /health. `services`: a
+    --services subset; `pin_to_cpu0`: the server on CPU 0 (taskset) and this
+    process on the others; `profile`: the server runs under cProfile and
+    writes its stats to that file when it exits."""
     http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
-    key = "cx_benchmark-key-0123456789"
-    data_dir = tempfile.mkdtemp(prefix="cx-bench-")
+    data_dir = tempfile.mkdtemp(prefix=data_prefix)
     env = dict(
         os.environ,
-        CAMPAIGN_EXPRESS_DEMO_API_KEY=key,
+        CAMPAIGN_EXPRESS_DEMO_API_KEY=BENCH_KEY,
         CAMPAIGN_EXPRESS_RATE_LIMIT_PER_SECOND="0",
         CAMPAIGN_EXPRESS_LOG_LEVEL="WARNING",
     )
-    server = await asyncio.create_subprocess_exec(
-        *[
-            sys.executable,
-            "-m",
-            "services.host.cli",
-            "serve",
-            "--demo",
-            "--host",
-            "127.0.0.1",
-            "--data-dir",
-            data_dir,
-            "--http-port",
-            str(http_port),
-            "--grpc-port",
-            str(grpc_port),
-            "--metrics-port",
-            str(metrics_port),
-        ],
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
+    pin = pin_to_cpu0 and bool(shutil.which("taskset")) and (os.cpu_count() or 1) > 1
+    command = [
+        *(["taskset", "-c", "0"] if pin else []),
+        sys.executable,
+        *(["-m", "cProfile", "-o", profile] if profile else []),
+        "-m", "services.host.cli", "serve", "--demo",
+        *(["--services", services] if services else []),
+        "--host", "127.0.0.1", "--data-dir", data_dir,
+        "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+        "--metrics-port", str(metrics_port),
+    ]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.DEVNULL
     )
+    if pin:  # the load generator on the other cores
+        os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
+    server = DemoServer(process, http_port, grpc_port, metrics_port, data_dir)
+    try:
+        await _wait_healthy(
+            f"http://127.0.0.1:{http_port}/health", time.monotonic() + health_timeout
+        )
+    except BaseException:
+        await server.stop()
+        raise
+    return server
+
+
+async def bench(rates: list[float], seconds: float) -> list[tuple[str, Result, float]]:
+    server = await start_demo_server()
+    http_port, grpc_port, key = server.http_port, server.grpc_port, BENCH_KEY
     results: list[tuple[str, Result, float]] = []
     try:
-        await _wait_healthy(f"http://127.0.0.1:{http_port}/health", time.monotonic() + 60)
         metadata = [("authorization", f"Bearer {key}")]
         async with aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             tenancy = tenancy_service_pb2_grpc.TenancyServiceStub(channel)
@@ -149,8 +194,7 @@ async def bench(rates: list[float], seconds: float) -> list[tuple[str, Result, f
                             flush=True,
                         )
     finally:
-        server.terminate()
-        await asyncio.wait_for(server.wait(), timeout=30)
+        await server.stop()
     return results
 
 
