@@ -205,14 +205,18 @@ def _raw_json(value: Any, key: str) -> bytes:
         raise BadValue("nests too deeply", key) from None
 
 
-def _require_id(out: dict[str, Any]) -> None:
-    found = out.get("id")
+def _require_string(out: dict[str, Any], key: str) -> None:
+    found = out.get(key)
     if found is None:
-        raise BadValue("is required", "id")
+        raise BadValue("is required", key)
     if type(found) is not str:
-        raise BadValue("must be a string", "id")
+        raise BadValue("must be a string", key)
     if not found:
-        raise BadValue("must not be empty", "id")
+        raise BadValue("must not be empty", key)
+
+
+def _require_id(out: dict[str, Any]) -> None:
+    _require_string(out, "id")
 
 
 def _check_request(out: dict[str, Any]) -> None:
@@ -234,13 +238,7 @@ def _check_request(out: dict[str, Any]) -> None:
 
 def _check_bid(out: dict[str, Any]) -> None:
     _require_id(out)
-    impid = out.get("impid")
-    if impid is None:
-        raise BadValue("is required", "impid")
-    if type(impid) is not str:
-        raise BadValue("must be a string", "impid")
-    if not impid:
-        raise BadValue("must not be empty", "impid")
+    _require_string(out, "impid")
     if out.get("price") is None:
         raise BadValue("is required", "price")
 
