@@ -76,8 +76,6 @@ class OfferFacts:
     the index loads it (not once per bid)."""
 
     offer: Offer
-    format: str
-    sizes: frozenset[tuple[int, int]]
     categories: frozenset[str]
     advertisers: frozenset[str]  # lower case
     attributes: frozenset[int]
@@ -89,11 +87,9 @@ class OfferFacts:
         spec = offer.spec
         sizes = [(s.width, s.height) for s in spec.sizes]
         return cls(
+            offer=offer,
             placements=placement_keys([spec.format], sizes) | {(spec.format,)},
             name=offer.name,
-            offer=offer,
-            format=spec.format,
-            sizes=frozenset((s.width, s.height) for s in spec.sizes),
             categories=frozenset(spec.iab_categories),
             advertisers=frozenset(d.lower() for d in spec.advertiser_domains),
             attributes=frozenset(spec.attributes),
