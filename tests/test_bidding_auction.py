@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from services.bidding.auction import Scored, choose_winners, recommended_cpm
 from services.bidding.currency import Rates
 from services.bidding.matching import (
+    MAX_CANDIDATES,
+    Candidate,
+    CandidateIndex,
     Context,
     Slot,
     campaign_matches,
-    select_candidates,
+    deal_allows,
+    offer_blocked,
 )
 from services.bidding.notices import NoticeSigner, NoticeToken, parse_price
 from services.campaigns.index import LiveCampaign
@@ -60,6 +67,36 @@ def offer(oid: str, cid: str = "c1", **spec: object) -> Offer:
     return Offer(oid, "acme", cid, dataclasses.replace(base, **spec), 1, 0, 0)
 
 
+def select_candidates(live: list[LiveCampaign], slots: list[Slot], ctx: Context) -> list[Candidate]:
+    return CandidateIndex(live).select(slots, ctx)
+
+
+def reference_select(
+    live: list[LiveCampaign], slots: list[Slot], ctx: Context
+) -> list[tuple[str, tuple[str, ...]]]:
+    """The rules one campaign and one offer at a time: what the compiled
+    index must agree with."""
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for entry in live:
+        if campaign_matches(entry.campaign, ctx) is not None:
+            continue
+        for facts in entry.offer_facts:
+            if offer_blocked(facts, ctx):
+                continue
+            imp_ids = tuple(
+                slot.imp_id
+                for slot in slots
+                if deal_allows(entry, slot)
+                and not facts.placements.isdisjoint(slot.placements)
+                and slot.blocked_attributes.isdisjoint(facts.attributes)
+            )
+            if imp_ids:
+                out.append((facts.name, imp_ids))
+                if len(out) == MAX_CANDIDATES:
+                    return out
+    return out
+
+
 SLOT = Slot("1", frozenset({"BANNER"}), frozenset({(300, 250)}), 0.5, "USD")
 CTX = Context(now_us=NOW, country="USA", device_type="MOBILE", site_domain="news.example")
 
@@ -81,7 +118,10 @@ CTX = Context(now_us=NOW, country="USA", device_type="MOBILE", site_domain="news
     ],
 )
 def test_targeting_rules(targeting: Targeting, ctx: Context, reason: str | None) -> None:
-    assert campaign_matches(campaign(targeting=targeting), ctx) == reason
+    c = campaign(targeting=targeting)
+    assert campaign_matches(c, ctx) == reason
+    found = select_candidates([LiveCampaign(c, (offer("o"),))], [SLOT], ctx)
+    assert [x.offer.id for x in found] == ([] if reason else ["o"])
 
 
 def test_dayparts_and_excluded_loyalty_tiers() -> None:
@@ -94,9 +134,26 @@ def test_dayparts_and_excluded_loyalty_tiers() -> None:
     )
     assert campaign_matches(campaign(schedule=closed), CTX) in ("daypart", None)
     excluded = campaign(loyalty_rules=[LoyaltyTierRule("gold", exclude=True)])
-    assert campaign_matches(excluded, dataclasses.replace(CTX, loyalty_tier="GOLD")) == (
-        "loyalty tier excluded"
+    gold = dataclasses.replace(CTX, loyalty_tier="GOLD")
+    assert campaign_matches(excluded, gold) == "loyalty tier excluded"
+    index = CandidateIndex([LiveCampaign(excluded, (offer("o"),))])
+    assert index.select([SLOT], gold) == []
+    assert [c.offer.id for c in index.select([SLOT], CTX)] == ["o"]
+
+
+def test_daypart_closes_and_opens_with_the_clock() -> None:
+    """The compiled index evaluates dayparts per minute: the same index
+    admits the campaign inside its hours and not outside them."""
+    hour = (NOW // 3_600_000_000) % 24
+    open_now = Daypart(start_hour=hour, end_hour=hour + 1)
+    c = campaign(
+        schedule=Schedule("2026-01-01T00:00", "2030-01-01T00:00", "UTC", dayparts=[open_now])
     )
+    index = CandidateIndex([LiveCampaign(c, (offer("o"),))])
+    assert [x.offer.id for x in index.select([SLOT], CTX)] == ["o"]
+    an_hour_later = dataclasses.replace(CTX, now_us=NOW + 3_600_000_000)
+    assert index.select([SLOT], an_hour_later) == []
+    assert [x.offer.id for x in index.select([SLOT], CTX)] == ["o"]
 
 
 def test_offers_must_fit_the_slot_and_respect_blocks_and_deals() -> None:
@@ -112,13 +169,13 @@ def test_offers_must_fit_the_slot_and_respect_blocks_and_deals() -> None:
         )
     ]
     ctx = dataclasses.replace(CTX, blocked_categories=frozenset({"IAB7"}))
-    found, _ = select_candidates(live, [SLOT], ctx)
+    found = select_candidates(live, [SLOT], ctx)
     assert [c.offer.id for c in found] == ["fits"]
     private = dataclasses.replace(SLOT, private_auction=True, deals=frozenset({"deal-9"}))
-    assert select_candidates(live, [private], CTX)[0] == []
+    assert select_candidates(live, [private], CTX) == []
     with_deal = [LiveCampaign(campaign(targeting=Targeting(deals=["deal-9"])), (offer("d"),))]
-    assert [c.offer.id for c in select_candidates(with_deal, [private], CTX)[0]] == ["d"]
-    assert select_candidates(with_deal, [SLOT], CTX)[0] == []  # deal campaigns need the deal
+    assert [c.offer.id for c in select_candidates(with_deal, [private], CTX)] == ["d"]
+    assert select_candidates(with_deal, [SLOT], CTX) == []  # deal campaigns need the deal
 
 
 def test_placement_format_size_and_per_slot_blocks() -> None:
@@ -141,7 +198,7 @@ def test_placement_format_size_and_per_slot_blocks() -> None:
     native = Slot("n", frozenset({"NATIVE"}), frozenset({(300, 250)}), 0, "USD")
     no_attr_3 = dataclasses.replace(sized, imp_id="b", blocked_attributes=frozenset({3}))
     ctx = dataclasses.replace(CTX, blocked_advertisers=frozenset({"brand-x.example"}))
-    found, _ = select_candidates(live, [sized, any_size, native, no_attr_3], ctx)
+    found = select_candidates(live, [sized, any_size, native, no_attr_3], ctx)
     assert {c.offer.id: c.slots for c in found} == {
         "banner-300": ("s", "a", "b"),
         "banner-728": ("a",),
@@ -156,7 +213,7 @@ def test_loyalty_boost_floor_and_one_offer_per_response() -> None:
     c = campaign()
     a, b = offer("a"), offer("b")
     live = LiveCampaign(c, (a, b))
-    cands, _ = select_candidates([live], [SLOT, dataclasses.replace(SLOT, imp_id="2")], CTX)
+    cands = select_candidates([live], [SLOT, dataclasses.replace(SLOT, imp_id="2")], CTX)
     price_plain, _ = recommended_cpm(cands[0], 0.5, "")
     price_reserve, _ = recommended_cpm(cands[0], 0.5, "RESERVE")
     price_gold, _ = recommended_cpm(cands[0], 0.5, "GOLD")
@@ -189,3 +246,170 @@ def test_notice_tokens_are_signed_and_prices_checked() -> None:
     for bad in ("", "${AUCTION_PRICE}", "abc", "-1", "1e9", "nan"):
         with pytest.raises(InvalidArgument):
             parse_price(bad)
+
+
+# -- the compiled index against the rules, on random worlds -----------------
+
+_COUNTRIES = ["USA", "FRA", "DEU"]
+_DEVICES = ["MOBILE", "DESKTOP", "CONNECTED_TV"]
+_DOMAINS = ["news.example", "example", "sport.news.example", "other.org", "org"]
+_APPS = ["com.game", "com.news", "tv.app"]
+_SEGMENTS = ["s1", "s2", "s3"]
+_TIERS = ["", "GREEN", "GOLD", "RESERVE"]
+_DEALS = ["d1", "d2", "d3"]
+_SIZES = [(300, 250), (728, 90), (640, 480)]
+_CATEGORIES = ["IAB1", "IAB7", "IAB22"]
+_ADVERTISERS = ["a.example", "b.example"]
+
+
+def _some(values: list[Any]) -> st.SearchStrategy[list[Any]]:
+    return st.lists(st.sampled_from(values), max_size=2, unique=True)
+
+
+def _rarely(strategy: st.SearchStrategy[Any], otherwise: Any) -> st.SearchStrategy[Any]:
+    """`strategy` one time in four, else `otherwise`: blocks, closed dayparts
+    and exclusions are kept rare so that most examples admit some offers."""
+    return st.integers(0, 3).flatmap(lambda k: strategy if k == 0 else st.just(otherwise))
+
+
+@st.composite
+def _live_campaign(draw: st.DrawFn, cid: str) -> LiveCampaign:
+    hour = draw(st.integers(0, 23))
+    dayparts = draw(_rarely(st.just([Daypart(start_hour=hour, end_hour=hour + 1)]), []))
+    # Two rules at most per campaign, so that campaigns are often admitted
+    # and each rule decides the outcome in many examples.
+    lists = {
+        "countries": _COUNTRIES,
+        "device_types": _DEVICES,
+        "site_allow": _DOMAINS,
+        "site_deny": _DOMAINS,
+        "app_allow": _APPS,
+        "app_deny": _APPS,
+        "segments": _SEGMENTS,
+        "deals": _DEALS,
+    }
+    targeted = draw(st.sets(st.sampled_from(sorted(lists)), max_size=2))
+    targeting = Targeting(
+        **{
+            name: draw(st.lists(st.sampled_from(lists[name]), min_size=1, max_size=2, unique=True))
+            for name in sorted(targeted)
+        }
+    )
+    rules = [LoyaltyTierRule(tier.lower(), exclude=True) for tier in draw(_some(_TIERS[1:]))]
+    c = campaign(
+        cid,
+        targeting=targeting,
+        loyalty_rules=rules,
+        schedule=Schedule("2026-01-01T00:00", "2030-01-01T00:00", "UTC", dayparts=dayparts),
+    )
+    offers = []
+    for i in range(draw(st.integers(0, 3))):
+        fmt = draw(st.sampled_from(["BANNER", "VIDEO", "NATIVE"]))
+        offers.append(
+            offer(
+                f"{cid}-o{i}",
+                cid,
+                format=fmt,
+                sizes=[Size(w, h) for w, h in draw(_some(_SIZES))],
+                attributes=draw(_rarely(_some([1, 2, 3]), [])),
+                iab_categories=draw(_some(_CATEGORIES)),
+                advertiser_domains=[d.upper() for d in draw(_some(_ADVERTISERS))],
+            )
+        )
+    return LiveCampaign(c, tuple(offers))
+
+
+_SLOTS = st.lists(
+    st.builds(
+        Slot,
+        imp_id=st.sampled_from(["1", "2", "3"]),
+        formats=st.frozensets(
+            st.sampled_from(["BANNER", "VIDEO", "NATIVE", "AUDIO"]), min_size=1, max_size=3
+        ),
+        sizes=_rarely(st.frozensets(st.sampled_from(_SIZES), min_size=1, max_size=2), frozenset()),
+        floor=st.just(0.0),
+        floor_currency=st.just("USD"),
+        deals=st.frozensets(st.sampled_from(_DEALS), max_size=2),
+        private_auction=_rarely(st.just(True), False),
+        blocked_attributes=_rarely(
+            st.frozensets(st.sampled_from([1, 2, 3]), max_size=2), frozenset()
+        ),
+    ),
+    min_size=1,
+    max_size=3,
+    unique_by=lambda s: s.imp_id,
+)
+
+_CONTEXTS = st.builds(
+    Context,
+    now_us=st.integers(NOW, NOW + 7 * 86_400_000_000),
+    country=st.sampled_from(["", *_COUNTRIES]),
+    device_type=st.sampled_from(["", *_DEVICES]),
+    site_domain=st.sampled_from(["", *_DOMAINS]),
+    app_bundle=st.sampled_from(["", *_APPS]),
+    segments=st.frozensets(st.sampled_from(_SEGMENTS), max_size=2),
+    blocked_categories=_rarely(
+        st.frozensets(st.sampled_from(_CATEGORIES), max_size=2), frozenset()
+    ),
+    blocked_advertisers=_rarely(
+        st.frozensets(st.sampled_from(_ADVERTISERS), max_size=1), frozenset()
+    ),
+    blocked_apps=_rarely(st.frozensets(st.sampled_from(_APPS), max_size=1), frozenset()),
+    loyalty_tier=st.sampled_from(_TIERS),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    live=st.integers(1, 5).flatmap(
+        lambda n: st.tuples(*[_live_campaign(f"c{i}") for i in range(n)])
+    ),
+    slots=_SLOTS,
+    contexts=st.lists(_CONTEXTS, min_size=1, max_size=8),
+)
+def test_compiled_index_selects_what_the_rules_admit(
+    live: tuple[LiveCampaign, ...], slots: list[Slot], contexts: list[Context]
+) -> None:
+    """Every targeting rule, block, deal and placement, on random campaigns
+    and requests: the bitmaps pick exactly the offers (and the slots each
+    fits) that the one-campaign-at-a-time rules pick, in the same order; one
+    index serves several requests (its daypart minute cache included)."""
+    index = CandidateIndex(list(live))
+    for ctx in contexts:
+        got = [(c.facts.name, c.slots) for c in index.select(slots, ctx)]
+        assert got == reference_select(list(live), slots, ctx)
+
+
+def test_candidates_stop_at_the_cap_in_campaign_order() -> None:
+    many = [
+        LiveCampaign(
+            campaign(f"c{i:02}"), tuple(offer(f"o{i:02}-{j}", f"c{i:02}") for j in range(5))
+        )
+        for i in range(20)
+    ]
+    found = CandidateIndex(many).select([SLOT], CTX)
+    assert len(found) == MAX_CANDIDATES
+    assert [c.offer.id for c in found] == [f"o{i:02}-{j}" for i in range(20) for j in range(5)][
+        :MAX_CANDIDATES
+    ]
+    assert [c.offer.id for c in found] == [
+        name.rsplit("/", 1)[1] for name, _ in reference_select(many, [SLOT], CTX)
+    ]
+
+
+def test_campaign_loyalty_rules_multiply_the_tier_boost() -> None:
+    rules = [
+        LoyaltyTierRule("gold", bid_multiplier=1.5),
+        LoyaltyTierRule("GREEN", bid_multiplier=0.8),
+    ]
+    live = LiveCampaign(campaign(loyalty_rules=rules), (offer("a"),))
+    (cand,) = CandidateIndex([live]).select([SLOT], CTX)
+    assert recommended_cpm(cand, 0.5, "GOLD")[0] == pytest.approx(2.0 * 1.15 * 1.5)
+    assert recommended_cpm(cand, 0.5, "GREEN")[0] == pytest.approx(2.0 * 0.8)
+    assert recommended_cpm(cand, 0.5, "RESERVE")[0] == pytest.approx(2.0 * 1.3)
+    # capped at the campaign's max CPM (5.00) before the boost; 1.5x at score 1
+    no_bid_cpm = LiveCampaign(campaign(), (offer("b", bid_cpm=Money()),))
+    (cand,) = CandidateIndex([no_bid_cpm]).select([SLOT], CTX)
+    price, currency = recommended_cpm(cand, 1.0, "")
+    assert price == pytest.approx(5.0) and currency == "USD"
+    assert recommended_cpm(cand, 0.0, "GOLD")[0] == pytest.approx(2.5 * 1.15)

@@ -22,7 +22,7 @@ from services.backends.bus import open_message_bus
 from services.campaigns.budget import Budgets, DeliveryEventIn
 from services.campaigns.domain import Campaigns
 from services.campaigns.events import CampaignEvent, CampaignEvents
-from services.campaigns.index import LiveCampaignIndex
+from services.campaigns.index import LiveCampaign, LiveCampaignIndex
 from services.campaigns.model import (
     BidStrategy,
     Budget,
@@ -196,6 +196,29 @@ async def test_stage_and_offer_changes_reach_the_index_within_a_second(world: Wo
     await world.set_stage(c, "PAUSED")
     await world.within(lambda i: i.get(c.name) is None)
     assert world.index.campaigns("acme") == []
+
+
+async def test_views_are_built_once_and_rebuilt_when_the_tenant_changes(world: World) -> None:
+    """What bidding compiles from a tenant's live campaigns (its candidate
+    bitmaps) is made once per change of the index, not per bid, and an offer
+    added to a live campaign is in the next view."""
+    builds: list[list[str]] = []
+
+    def build(live: list[LiveCampaign]) -> list[str]:
+        builds.append([o.spec.display_name for e in live for o in e.offers])
+        return builds[-1]
+
+    c = await world.campaign()
+    await world.set_stage(c, "LIVE")
+    await world.within(lambda i: i.get(c.name) is not None)
+    first = world.index.view("acme", build)
+    assert first == ["Boots"]
+    assert world.index.view("acme", build) is first and len(builds) == 1
+    assert world.index.view("globex", build) == [] and len(builds) == 2
+    await world.campaigns.create_offer(principal(), c.name, offer("Scarves"))
+    await world.within(lambda i: offer_names(i, c.name) == ["Boots", "Scarves"])
+    assert world.index.view("acme", build) == ["Boots", "Scarves"]
+    assert world.index.view("acme", build) is builds[-1]
 
 
 async def test_the_workflow_going_live_reaches_the_index(world: World) -> None:

@@ -6,17 +6,13 @@ campaign allows repeats."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from services.bidding.currency import Rates, UnknownCurrency
 from services.bidding.matching import Candidate, Slot
 
-# Higher-tier users have higher lifetime value: bid more for them.
-TIER_BOOST = {"RESERVE": 1.30, "GOLD": 1.15}
 
-
-@dataclass(frozen=True, slots=True)
-class Scored:
+class Scored(NamedTuple):
     candidate: Candidate
     score: float  # 0..1 from the model
     ctr: float
@@ -24,8 +20,7 @@ class Scored:
     currency: str
 
 
-@dataclass(frozen=True, slots=True)
-class Winner:
+class Winner(NamedTuple):
     imp_id: str
     scored: Scored
     price_cpm: float  # in the response currency
@@ -35,22 +30,26 @@ def recommended_cpm(candidate: Candidate, score: float, loyalty_tier: str) -> tu
     """The bid for a candidate: its base CPM (the offer's, else the campaign's
     max CPM) scaled by the model's score between 0.5x and 1.5x, capped at the
     max CPM, then boosted for the user's loyalty tier and the campaign's own
-    tier rule."""
-    spec = candidate.live.campaign.spec
-    max_cpm = spec.bid_strategy.max_cpm
-    base = candidate.offer.spec.bid_cpm
-    if not base.is_set:
-        base = max_cpm
-    currency = base.currency_code or spec.budget.total.currency_code or "USD"
-    price = base.amount_micros / 1e6 * (0.5 + max(0.0, min(1.0, score)))
-    if max_cpm.is_set:
-        price = min(price, max_cpm.amount_micros / 1e6)
-    boost = TIER_BOOST.get(loyalty_tier, 1.0)
-    if loyalty_tier:
-        for rule in spec.loyalty_rules:
-            if rule.tier.upper() == loyalty_tier and not rule.exclude:
-                boost *= rule.bid_multiplier
-    return price * boost, currency
+    tier rule (`LiveCampaign.tier_boost`)."""
+    live, facts = candidate.live, candidate.facts
+    price = facts.base_cpm * (0.5 + max(0.0, min(1.0, score)))
+    if live.max_cpm is not None:
+        price = min(price, live.max_cpm)
+    return price * live.tier_boost.get(loyalty_tier, 1.0), facts.currency
+
+
+def price_candidates(
+    candidates: Sequence[Candidate],
+    scores: Sequence[float],
+    ctrs: Sequence[float],
+    loyalty_tier: str,
+) -> list[Scored]:
+    """`recommended_cpm` for each candidate, with its model outputs."""
+    out = []
+    for candidate, score, ctr in zip(candidates, scores, ctrs, strict=True):
+        price, currency = recommended_cpm(candidate, score, loyalty_tier)
+        out.append(Scored(candidate, score, ctr, price, currency))
+    return out
 
 
 def choose_winners(

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from services.campaigns.index import LiveCampaign, OfferFacts, PlacementKey, placement_keys
-from services.campaigns.model import Campaign, Offer
+from services.campaigns.model import Campaign, Offer, Schedule
 from services.campaigns.schedule import in_daypart
 
 MAX_CANDIDATES = 64
@@ -63,11 +64,12 @@ class Context:
     loyalty_tier: str = ""  # GREEN, GOLD, RESERVE
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
+    """An offer that may serve (a tuple: a bid makes one per offer found)."""
+
     live: LiveCampaign
     facts: OfferFacts
-    slots: tuple[str, ...] = field(default=())  # imp ids the offer fits
+    slots: tuple[str, ...] = ()  # imp ids the offer fits
 
     @property
     def campaign(self) -> Campaign:
@@ -130,47 +132,175 @@ def deal_allows(campaign: LiveCampaign, slot: Slot) -> bool:
     return True
 
 
-def select_candidates(
-    live: Sequence[LiveCampaign], slots: Sequence[Slot], ctx: Context
-) -> tuple[list[Candidate], dict[str, int]]:
-    """Offers that fit at least one slot, at most MAX_CANDIDATES, in campaign
-    then offer order, and the count of campaigns left out per reason (for
-    no-bid reasons).
+def _or(masks: dict[Any, int], keys: Iterable[Any]) -> int:
+    found = 0
+    for key in keys:
+        found |= masks.get(key, 0)
+    return found
 
-    An offer fits a slot when they share a placement key (format and size)
-    and none of the slot's blocked creative attributes; this runs for every
-    live campaign on every bid, so a slot looks its keys up in the campaign's
-    offers by placement (only offers of a fitting format and size are
-    visited), and the request-wide blocks are checked once per offer found."""
-    out: list[Candidate] = []
-    rejected: dict[str, int] = {}
-    for entry in live:
-        why = campaign_matches(entry.campaign, ctx)
-        if why is not None:
-            rejected[why] = rejected.get(why, 0) + 1
-            continue
-        by_placement = entry.offers_by_placement
-        facts = entry.offer_facts
-        fits: dict[int, list[str]] = {}  # offer position -> imp ids, in slot order
-        for slot in slots:
-            # Deals depend on the campaign and slot only: decided once per slot.
-            if not deal_allows(entry, slot):
-                continue
-            imp_id, blocked_attributes = slot.imp_id, slot.blocked_attributes
-            for key in slot.placements:
-                for position in by_placement.get(key, ()):
-                    if blocked_attributes and not blocked_attributes.isdisjoint(
-                        facts[position].attributes
-                    ):
-                        continue
-                    found = fits.setdefault(position, [])
-                    if not found or found[-1] != imp_id:  # two keys of one slot
-                        found.append(imp_id)
-        for position in sorted(fits):
-            offer = facts[position]
-            if offer_blocked(offer, ctx):
-                continue
-            out.append(Candidate(entry, offer, tuple(fits[position])))
-            if len(out) >= MAX_CANDIDATES:
-                return out, rejected
-    return out, rejected
+
+def _domain_suffixes(domain: str) -> list[str]:
+    """The domain and each parent: the values d with `domain == d` or
+    `domain.endswith("." + d)` (what _domain_matches accepts)."""
+    return [domain] + [domain[i + 1 :] for i, ch in enumerate(domain) if ch == "."]
+
+
+class CandidateIndex:
+    """A tenant's live offers compiled into bitmaps for candidate selection.
+
+    Each offer gets one bit (campaign order, then offer order), and every rule
+    becomes a lookup of the offers it admits or excludes, as a Python int used
+    as a bit set: per country, device group, segment, site and app list
+    entry, excluded loyalty tier, deal, placement key, creative attribute,
+    IAB category and advertiser. A bid then costs a few dictionary lookups
+    and integer operations per request term, not a scan of every campaign's
+    targeting. Built when the tenant's live campaigns change (the live index
+    caches it); the rules are those of `campaign_matches`, `offer_blocked`
+    and `deal_allows`, and the tests hold the two equal.
+
+    Dayparts depend on the time: the campaigns closed at an instant are
+    evaluated once per minute (local hours change on whole minutes)."""
+
+    def __init__(self, live: Sequence[LiveCampaign]) -> None:
+        self.live = tuple(live)
+        self._entries: list[tuple[LiveCampaign, OfferFacts]] = []
+        self._all = 0
+        self._country_any = self._device_any = self._segment_any = 0
+        self._site_allow_any = self._app_allow_any = self._deal_bound = 0
+        self._country: dict[str, int] = {}
+        self._device: dict[str, int] = {}
+        self._segment: dict[str, int] = {}
+        self._site_allow: dict[str, int] = {}
+        self._site_deny: dict[str, int] = {}
+        self._app_allow: dict[str, int] = {}
+        self._app_deny: dict[str, int] = {}
+        self._excluded_tier: dict[str, int] = {}
+        self._deal: dict[str, int] = {}
+        self._placement: dict[PlacementKey, int] = {}
+        self._attribute: dict[int, int] = {}
+        self._category: dict[str, int] = {}
+        self._advertiser: dict[str, int] = {}
+        self._dayparted: list[tuple[Schedule, int]] = []
+        self._closed_minute = -1
+        self._closed = 0
+        #: Whether a campaign's pacing throttle is on (bid_rate < 1).
+        self.throttled = any(entry.bid_rate < 1 for entry in self.live)
+        #: Whether a campaign has frequency caps.
+        self.capped = any(entry.campaign.spec.frequency_caps for entry in self.live)
+        for entry in self.live:
+            bits = 0
+            for facts in entry.offer_facts:
+                bit = 1 << len(self._entries)
+                self._entries.append((entry, facts))
+                bits |= bit
+                for key in facts.placements:
+                    self._add(self._placement, key, bit)
+                for attribute in facts.attributes:
+                    self._add(self._attribute, attribute, bit)
+                for category in facts.categories:
+                    self._add(self._category, category, bit)
+                for advertiser in facts.advertisers:
+                    self._add(self._advertiser, advertiser, bit)
+            self._all |= bits
+            self._compile_campaign(entry, bits)
+
+    @staticmethod
+    def _add(masks: dict[Any, int], key: Any, bits: int) -> None:
+        masks[key] = masks.get(key, 0) | bits
+
+    def _compile_campaign(self, entry: LiveCampaign, bits: int) -> None:
+        spec = entry.campaign.spec
+        t = spec.targeting
+        if spec.schedule.dayparts:
+            self._dayparted.append((spec.schedule, bits))
+        for listed, masks, anywhere in (
+            (t.countries, self._country, "_country_any"),
+            (t.device_types, self._device, "_device_any"),
+            (t.segments, self._segment, "_segment_any"),
+            (t.site_allow, self._site_allow, "_site_allow_any"),
+            (t.app_allow, self._app_allow, "_app_allow_any"),
+        ):
+            if not listed:  # no such targeting: admitted everywhere
+                setattr(self, anywhere, getattr(self, anywhere) | bits)
+            for value in listed:
+                self._add(masks, value, bits)
+        for value in t.site_deny:
+            self._add(self._site_deny, value, bits)
+        for value in t.app_deny:
+            self._add(self._app_deny, value, bits)
+        for rule in spec.loyalty_rules:
+            if rule.exclude:
+                self._add(self._excluded_tier, rule.tier.upper(), bits)
+        if entry.deals:
+            self._deal_bound |= bits
+            for deal in entry.deals:
+                self._add(self._deal, deal, bits)
+
+    def _closed_at(self, now_us: int) -> int:
+        minute = now_us // 60_000_000
+        if minute != self._closed_minute:
+            closed = 0
+            for schedule, bits in self._dayparted:
+                if not in_daypart(schedule, now_us):
+                    closed |= bits
+            self._closed, self._closed_minute = closed, minute
+        return self._closed
+
+    def _admitted(self, ctx: Context) -> int:
+        """Offers whose campaign may serve in this context and that the
+        request's blocks (bcat, badv) leave."""
+        admitted = self._all
+        if self._dayparted:
+            admitted &= ~self._closed_at(ctx.now_us)
+        admitted &= self._country_any | self._country.get(ctx.country, 0)
+        admitted &= self._device_any | self._device.get(ctx.device_type, 0)
+        if ctx.site_domain:
+            suffixes = _domain_suffixes(ctx.site_domain)
+            admitted &= ~_or(self._site_deny, suffixes)
+            admitted &= self._site_allow_any | _or(self._site_allow, suffixes)
+        elif not ctx.app_bundle:
+            admitted &= self._site_allow_any
+        if ctx.app_bundle:
+            if ctx.app_bundle in ctx.blocked_apps:
+                return 0
+            admitted &= ~self._app_deny.get(ctx.app_bundle, 0)
+            admitted &= self._app_allow_any | self._app_allow.get(ctx.app_bundle, 0)
+        elif not ctx.site_domain:
+            admitted &= self._app_allow_any
+        admitted &= self._segment_any | _or(self._segment, ctx.segments)
+        admitted &= ~self._excluded_tier.get(ctx.loyalty_tier, 0)
+        if ctx.blocked_categories:
+            admitted &= ~_or(self._category, ctx.blocked_categories)
+        if ctx.blocked_advertisers:
+            admitted &= ~_or(self._advertiser, ctx.blocked_advertisers)
+        return admitted
+
+    def _fitting(self, slot: Slot) -> int:
+        """Offers that fit the slot: placement, creative attributes, deals."""
+        fits = _or(self._placement, slot.placements)
+        if fits and slot.blocked_attributes:
+            fits &= ~_or(self._attribute, slot.blocked_attributes)
+        if fits and (slot.private_auction or self._deal_bound):
+            with_deal = _or(self._deal, slot.deals)
+            fits &= with_deal if slot.private_auction else ~self._deal_bound | with_deal
+        return fits
+
+    def select(self, slots: Sequence[Slot], ctx: Context) -> list[Candidate]:
+        """Offers that fit at least one slot, at most MAX_CANDIDATES, in
+        campaign then offer order, each with the slots it fits."""
+        admitted = self._admitted(ctx) if self._all else 0
+        if not admitted:
+            return []
+        per_slot = [(slot.imp_id, self._fitting(slot) & admitted) for slot in slots]
+        remaining = 0
+        for _, fits in per_slot:
+            remaining |= fits
+        out: list[Candidate] = []
+        entries = self._entries
+        while remaining and len(out) < MAX_CANDIDATES:
+            lowest = remaining & -remaining
+            remaining ^= lowest
+            entry, facts = entries[lowest.bit_length() - 1]
+            imp_ids = tuple(imp_id for imp_id, fits in per_slot if fits & lowest)
+            out.append(Candidate(entry, facts, imp_ids))
+        return out

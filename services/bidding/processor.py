@@ -26,11 +26,11 @@ from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
 from inference.features import BidContext
 from services.analytics.events import AnalyticsEvent, EventType
 from services.bidding import consent as consent_rules
-from services.bidding.auction import Scored, Winner, choose_winners, recommended_cpm
+from services.bidding.auction import Winner, choose_winners, price_candidates
 from services.bidding.caps import FrequencyCaps
 from services.bidding.currency import Rates
 from services.bidding.identity import resolve_user_id
-from services.bidding.matching import DEVICE_GROUPS, Candidate, Context, Slot, select_candidates
+from services.bidding.matching import DEVICE_GROUPS, Candidate, CandidateIndex, Context, Slot
 from services.bidding.notices import NoticeSigner, NoticeToken
 from services.bidding.profiles import ProfileStore, default_profile
 from services.campaigns.index import LiveCampaignIndex
@@ -202,8 +202,8 @@ class BidProcessor:
         )
         known_user = bool(user_id) and decision.personalize
         profile = await self._profiles.get(user_id) if known_user else default_profile(user_id)
-        live = self._index.campaigns(tenant_id)
-        if not live:
+        matcher = self._index.view(tenant_id, CandidateIndex)
+        if not matcher.live:
             return BidOutcome(None, NBR_NO_CANDIDATE, "NO_LIVE_CAMPAIGNS")
         slots = _slots(request)
         ctx = Context(
@@ -218,19 +218,22 @@ class BidProcessor:
             blocked_apps=frozenset(request.bapp),
             loyalty_tier=profile.loyalty.tier if known_user else "",
         )
-        candidates, _ = select_candidates(live, slots, ctx)
-        # Pacing: each campaign takes this opportunity with its bid rate.
-        taking = {
-            c.campaign.id
-            for c in candidates
-            if c.live.bid_rate >= 1 or self._rng() < c.live.bid_rate
-        }
-        candidates = [c for c in candidates if c.campaign.id in taking]
+        candidates = matcher.select(slots, ctx)
+        if matcher.throttled:
+            # Pacing: each campaign takes this opportunity with its bid rate.
+            taking = {
+                c.campaign.id
+                for c in candidates
+                if c.live.bid_rate >= 1 or self._rng() < c.live.bid_rate
+            }
+            candidates = [c for c in candidates if c.campaign.id in taking]
         if not candidates:
             return BidOutcome(None, NBR_NO_CANDIDATE, "NO_CANDIDATES")
-        candidates, utilization = await self._apply_caps(candidates, user_id, known_user, now)
-        if not candidates:
-            return BidOutcome(None, NBR_CAPPED, "FREQUENCY_CAPPED")
+        utilization = 0.0
+        if matcher.capped:
+            candidates, utilization = await self._apply_caps(candidates, user_id, known_user, now)
+            if not candidates:
+                return BidOutcome(None, NBR_CAPPED, "FREQUENCY_CAPPED")
         if self._clock() > deadline:
             return BidOutcome(None, NBR_TIMEOUT, "TMAX_EXCEEDED")
         feature_profile = profile.to_feature_profile(
@@ -244,13 +247,9 @@ class BidProcessor:
             self._engine.request(feature_profile, [c.facts.name for c in candidates])
         )
         tier = ctx.loyalty_tier
-        scored = []
-        for i, candidate in enumerate(candidates):
-            score = float(prediction.scores.score[i])
-            price, currency = recommended_cpm(candidate, score, tier)
-            scored.append(
-                Scored(candidate, score, float(prediction.scores.ctr[i]), price, currency)
-            )
+        scored = price_candidates(
+            candidates, prediction.scores.score.tolist(), prediction.scores.ctr.tolist(), tier
+        )
         response_currency = self._response_currency(request)
         if response_currency is None:
             return BidOutcome(None, NBR_UNKNOWN_CURRENCY, "UNKNOWN_CURRENCY")

@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,7 +36,7 @@ from services.backends import BusMessage, MessageBus, Subscription
 from services.campaigns import events as campaign_events
 from services.campaigns import store
 from services.campaigns.budget import Budgets
-from services.campaigns.model import Campaign, Offer
+from services.campaigns.model import Campaign, CampaignSpec, Offer
 from services.common.clock import Clock, now_us
 from services.db import Database
 from services.db.tables import campaigns, offers
@@ -49,6 +50,10 @@ _RETRY_SECONDS = 0.5
 
 
 SIZED_FORMATS = frozenset(("BANNER", "VIDEO"))
+
+# Higher-tier users have higher lifetime value: bid more for them
+# (request-flow document, step 7).
+TIER_BOOST = {"RESERVE": 1.30, "GOLD": 1.15}
 
 PlacementKey = tuple[str] | tuple[str, int, int]
 
@@ -81,11 +86,14 @@ class OfferFacts:
     attributes: frozenset[int]
     name: str  # resource name (Offer.name formats it on every call)
     placements: frozenset[PlacementKey]
+    base_cpm: float  # the offer's bid CPM, else the campaign's max CPM
+    currency: str  # of base_cpm
 
     @classmethod
-    def of(cls, offer: Offer) -> OfferFacts:
+    def of(cls, offer: Offer, campaign: CampaignSpec) -> OfferFacts:
         spec = offer.spec
         sizes = [(s.width, s.height) for s in spec.sizes]
+        base = spec.bid_cpm if spec.bid_cpm.is_set else campaign.bid_strategy.max_cpm
         return cls(
             offer=offer,
             placements=placement_keys([spec.format], sizes) | {(spec.format,)},
@@ -93,6 +101,8 @@ class OfferFacts:
             categories=frozenset(spec.iab_categories),
             advertisers=frozenset(d.lower() for d in spec.advertiser_domains),
             attributes=frozenset(spec.attributes),
+            base_cpm=base.amount_micros / 1e6,
+            currency=base.currency_code or campaign.budget.total.currency_code or "USD",
         )
 
 
@@ -100,7 +110,7 @@ class OfferFacts:
 class LiveCampaign:
     """A campaign bidding may serve, with its ACTIVE offers and the pacing
     throttle: bidding takes an opportunity with probability `bid_rate`.
-    `offer_facts` and `deals` are derived from the others on construction."""
+    The other fields are derived from these on construction."""
 
     campaign: Campaign
     offers: tuple[Offer, ...]
@@ -111,16 +121,29 @@ class LiveCampaign:
         init=False, compare=False, repr=False
     )
     deals: frozenset[str] = field(init=False, compare=False, repr=False)
+    max_cpm: float | None = field(init=False, compare=False, repr=False)
+    # loyalty tier -> bid multiplier: the platform's tier boost times the
+    # campaign's own (non-excluding) rules for that tier; 1.0 for others
+    tier_boost: dict[str, float] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        facts = tuple(OfferFacts.of(o) for o in self.offers)
+        spec = self.campaign.spec
+        facts = tuple(OfferFacts.of(o, spec) for o in self.offers)
         by_key: dict[PlacementKey, list[int]] = {}
         for position, offer in enumerate(facts):
             for key in offer.placements:
                 by_key.setdefault(key, []).append(position)
         object.__setattr__(self, "offer_facts", facts)
         object.__setattr__(self, "offers_by_placement", {k: tuple(v) for k, v in by_key.items()})
-        object.__setattr__(self, "deals", frozenset(self.campaign.spec.targeting.deals))
+        object.__setattr__(self, "deals", frozenset(spec.targeting.deals))
+        max_cpm = spec.bid_strategy.max_cpm
+        object.__setattr__(self, "max_cpm", max_cpm.amount_micros / 1e6 if max_cpm.is_set else None)
+        boosts = dict(TIER_BOOST)
+        for rule in spec.loyalty_rules:
+            tier = rule.tier.upper()
+            if tier and not rule.exclude:
+                boosts[tier] = boosts.get(tier, 1.0) * rule.bid_multiplier
+        object.__setattr__(self, "tier_boost", boosts)
 
     @property
     def name(self) -> str:
@@ -132,6 +155,7 @@ class LiveCampaign:
 
 
 Key = tuple[str, str]  # (tenant id, campaign id)
+V = TypeVar("V")
 
 
 def _key_of(campaign_name: str) -> Key | None:
@@ -157,6 +181,8 @@ class LiveCampaignIndex:
         self._refresh_seconds = refresh_seconds
         self._clock = clock
         self._by_tenant: dict[str, dict[str, LiveCampaign]] = {}
+        # (tenant id, builder) -> what the builder made of its live campaigns
+        self._views: dict[tuple[str, Callable[[list[LiveCampaign]], Any]], Any] = {}
         self._dirty: set[Key] = set()
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
@@ -174,6 +200,16 @@ class LiveCampaignIndex:
         """The tenant's live campaigns, by id."""
         found = self._by_tenant.get(tenant_id, {})
         return [found[k] for k in sorted(found)]
+
+    def view(self, tenant_id: str, build: Callable[[list[LiveCampaign]], V]) -> V:
+        """`build(self.campaigns(tenant_id))`, made once and kept until the
+        index changes: for structures compiled from the live campaigns (the
+        bidder's candidate bitmaps) that are too costly to make per bid."""
+        key = (tenant_id, build)
+        found = self._views.get(key)
+        if found is None:
+            found = self._views[key] = build(self.campaigns(tenant_id))
+        return cast(V, found)
 
     def get(self, campaign_name: str) -> LiveCampaign | None:
         key = _key_of(campaign_name)
@@ -334,5 +370,6 @@ class LiveCampaignIndex:
         if not changed:
             return
         self.version += 1
+        self._views.clear()
         self._changed.set()
         self._changed = asyncio.Event()
