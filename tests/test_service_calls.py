@@ -4,7 +4,9 @@ auth servicer) is the same code in both cases."""
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
+import time
 
 import aiohttp
 import grpc
@@ -124,7 +126,12 @@ def _echo_registry() -> HandlerRegistry:
         await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
         return b""
 
+    async def slow(request: bytes, context) -> bytes:  # type: ignore[no-untyped-def]
+        await asyncio.sleep(float(request))
+        return b"late"
+
     handlers = {
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
@@ -165,3 +172,17 @@ async def test_local_channel_reports_status_like_a_network_channel() -> None:
     with pytest.raises(aio.AioRpcError) as caught:
         await channel.unary_unary("/test.Echo/Missing")(b"")
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_local_channel_enforces_the_call_deadline() -> None:
+    """A unary call past its timeout ends DEADLINE_EXCEEDED, as over the
+    network; within it, it answers."""
+    channel = LocalChannel(_echo_registry())
+    slow = channel.unary_unary("/test.Echo/Slow")
+    started = time.monotonic()
+    with pytest.raises(aio.AioRpcError) as caught:
+        await slow(b"5", timeout=0.05)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 1.0
+    assert await slow(b"0.01", timeout=2) == b"late"
+    assert await slow(b"0") == b"late"  # no timeout

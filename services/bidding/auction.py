@@ -27,15 +27,9 @@ class Winner(NamedTuple):
 
 
 def recommended_cpm(candidate: Candidate, score: float, loyalty_tier: str) -> tuple[float, str]:
-    """The bid for a candidate: its base CPM (the offer's, else the campaign's
-    max CPM) scaled by the model's score between 0.5x and 1.5x, capped at the
-    max CPM, then boosted for the user's loyalty tier and the campaign's own
-    tier rule (`LiveCampaign.tier_boost`)."""
-    live, facts = candidate.live, candidate.facts
-    price = facts.base_cpm * (0.5 + max(0.0, min(1.0, score)))
-    if live.max_cpm is not None:
-        price = min(price, live.max_cpm)
-    return price * live.tier_boost.get(loyalty_tier, 1.0), facts.currency
+    """The bid for one candidate (see `price_candidates`)."""
+    scored = price_candidates([candidate], [score], [0.0], loyalty_tier)[0]
+    return scored.price_cpm, scored.currency
 
 
 def price_candidates(
@@ -44,11 +38,20 @@ def price_candidates(
     ctrs: Sequence[float],
     loyalty_tier: str,
 ) -> list[Scored]:
-    """`recommended_cpm` for each candidate, with its model outputs."""
+    """Each candidate's bid, with its model outputs: its base CPM (the
+    offer's, else the campaign's max CPM) scaled by the model's score between
+    0.5x and 1.5x, capped at the max CPM, then boosted for the user's loyalty
+    tier and the campaign's own tier rule (`LiveCampaign.tier_boost`)."""
     out = []
     for candidate, score, ctr in zip(candidates, scores, ctrs, strict=True):
-        price, currency = recommended_cpm(candidate, score, loyalty_tier)
-        out.append(Scored(candidate, score, ctr, price, currency))
+        live, facts, _ = candidate
+        clipped = score if 0.0 <= score <= 1.0 else (1.0 if score > 1.0 else 0.0)
+        price = facts.base_cpm * (0.5 + clipped)
+        max_cpm = live.max_cpm
+        if max_cpm is not None and price > max_cpm:
+            price = max_cpm
+        boost = live.tier_boost.get(loyalty_tier, 1.0)
+        out.append(Scored(candidate, score, ctr, price * boost, facts.currency))
     return out
 
 

@@ -7,6 +7,7 @@ advertiser or a block from the publisher, so each is tested on its own."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -45,7 +46,11 @@ class Slot:
     placements: frozenset[PlacementKey] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "placements", placement_keys(self.formats, self.sizes))
+        object.__setattr__(self, "placements", _placements(self.formats, self.sizes))
+
+
+# Impressions repeat a few formats and sizes: their keys are made once.
+_placements = functools.lru_cache(maxsize=4096)(placement_keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,10 +302,11 @@ class CandidateIndex:
             remaining |= fits
         out: list[Candidate] = []
         entries = self._entries
+        only = (per_slot[0][0],) if len(per_slot) == 1 else None
         while remaining and len(out) < MAX_CANDIDATES:
             lowest = remaining & -remaining
             remaining ^= lowest
             entry, facts = entries[lowest.bit_length() - 1]
-            imp_ids = tuple(imp_id for imp_id, fits in per_slot if fits & lowest)
+            imp_ids = only or tuple([imp_id for imp_id, fits in per_slot if fits & lowest])
             out.append(Candidate(entry, facts, imp_ids))
         return out

@@ -156,6 +156,8 @@ class BidProcessor:
         self._rates = rates
         self._emit = emit
         self._metrics = _Metrics(metrics_registry or CollectorRegistry())
+        self._bids = self._metrics.requests.labels("bid")
+        self._no_bids = self._metrics.requests.labels("no_bid")
         self._vendor_id = vendor_id
         self._clock = clock
         self._rng = rng
@@ -177,11 +179,11 @@ class BidProcessor:
             outcome = BidOutcome(None, NBR_TIMEOUT, "TMAX_EXCEEDED")
         self._metrics.latency.observe(time.perf_counter() - started)
         if outcome.response is None:
-            self._metrics.requests.labels("no_bid").inc()
+            self._no_bids.inc()
             self._metrics.no_bids.labels(outcome.reason).inc()
             self._record_no_bid(tenant_id, request, outcome, now)
         else:
-            self._metrics.requests.labels("bid").inc()
+            self._bids.inc()
         return outcome
 
     async def _decide(

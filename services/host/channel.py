@@ -223,10 +223,10 @@ class LocalChannel:
                 behaviour = handler.stream_unary if request_streaming else handler.unary_unary
                 encode = handler.response_serializer or (lambda m: m)
                 try:
-                    coro = behaviour(arg, context)
-                    response = await (
-                        asyncio.wait_for(coro, timeout) if timeout is not None else coro
-                    )
+                    # asyncio.timeout, not wait_for: the call runs in this
+                    # task, without a task of its own per call.
+                    async with asyncio.timeout(timeout):
+                        response = await behaviour(arg, context)
                 except _Abort:
                     raise context.error() from None
                 except TimeoutError:
