@@ -62,32 +62,37 @@ def choose_winners(
     winners: list[Winner] = []
     used: set[str] = set()
     reason = "no candidate"
-
-    def convert(price: float, source: str, target: str) -> float:
-        return price if source == target else rates.convert(price, source, target)
-
     for slot in slots:
+        imp_id, floor, floor_currency = slot.imp_id, slot.floor, slot.floor_currency
         best: tuple[float, float, str, Scored, float] | None = None
         for s in scored:
             candidate = s.candidate
-            if slot.imp_id not in candidate.slots:
+            if imp_id not in candidate.slots:
                 continue
             offer_name = candidate.facts.name
             if offer_name in used and not candidate.live.campaign.spec.allow_repeat_offers:
                 continue
+            price, currency = s.price_cpm, s.currency
             try:
-                in_floor = convert(s.price_cpm, s.currency, slot.floor_currency)
-                in_response = convert(s.price_cpm, s.currency, response_currency)
+                in_floor = (
+                    price
+                    if currency == floor_currency
+                    else rates.convert(price, currency, floor_currency)
+                )
+                in_response = (
+                    price
+                    if currency == response_currency
+                    else rates.convert(price, currency, response_currency)
+                )
             except UnknownCurrency:
                 reason = "unknown currency"
                 continue
-            if in_floor < slot.floor:
+            if in_floor < floor:
                 reason = "below floor"
                 continue
-            key = (s.score, in_response, offer_name)
-            if best is None or key > best[:3]:
-                best = (*key, s, in_response)
+            if best is None or (s.score, in_response, offer_name) > best[:3]:
+                best = (s.score, in_response, offer_name, s, in_response)
         if best is not None:
             used.add(best[2])
-            winners.append(Winner(slot.imp_id, best[3], round(best[4], 6)))
+            winners.append(Winner(imp_id, best[3], round(best[4], 6)))
     return winners, ("" if winners else reason)

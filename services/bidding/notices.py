@@ -44,9 +44,7 @@ class NoticeSigner:
         self._base = public_url.rstrip("/")
 
     def _sign(self, body: bytes) -> str:
-        return base64.urlsafe_b64encode(
-            hmac.new(self._key, body, hashlib.sha256).digest()[:18]
-        ).decode()
+        return base64.urlsafe_b64encode(hmac.digest(self._key, body, "sha256")[:18]).decode()
 
     def token(self, notice: NoticeToken) -> str:
         payload = {name: getattr(notice, name) for name in _TOKEN_FIELDS}
