@@ -3,7 +3,11 @@
 Pure functions over small request views (`Slot`, `Context`) and the live
 index's campaigns; the bid processor builds the views from the OpenRTB
 message once per request. Every rule here is a targeting promise to an
-advertiser or a block from the publisher, so each is tested on its own."""
+advertiser or a block from the publisher, so each is tested on its own.
+
+The rules are written one campaign at a time (`campaign_matches`,
+`offer_blocked`, `deal_allows`); bids run them compiled into bitmaps
+(`CandidateIndex`), which tests hold equal to them."""
 
 from __future__ import annotations
 
