@@ -63,6 +63,7 @@ class Loaded:
     provider: Provider
     path: str
     load_time: int  # microseconds since the epoch
+    latency: Any  # the provider's child of the latency histogram
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +155,13 @@ class InferenceEngine:
         self._metrics = _Metrics(registry or CollectorRegistry(), self)
         checkpoint = _load(settings.checkpoint_path)
         provider = self._provider(settings.provider, checkpoint)
-        self._loaded = Loaded(checkpoint, provider, settings.checkpoint_path, clock())
+        self._loaded = Loaded(
+            checkpoint,
+            provider,
+            settings.checkpoint_path,
+            clock(),
+            self._metrics.latency.labels(provider.name),
+        )
         self._batcher: InferenceBatcher[ScoringRequest, Prediction] = InferenceBatcher(
             self._run_batch,
             max_items=settings.batch_size,
@@ -247,7 +254,7 @@ class InferenceEngine:
             return self._score(loaded, requests)
         started = time.perf_counter()
         scores = await asyncio.to_thread(provider.predict_batch, requests)
-        self._metrics.latency.labels(provider.name).observe(time.perf_counter() - started)
+        loaded.latency.observe(time.perf_counter() - started)
         return self._predictions(loaded, scores)
 
     def _score(self, loaded: Loaded, requests: list[ScoringRequest]) -> list[Prediction]:
@@ -258,7 +265,7 @@ class InferenceEngine:
             scores = [provider.predict(requests[0].user, requests[0].offer_ids)]
         else:
             scores = provider.predict_batch(requests)
-        self._metrics.latency.labels(provider.name).observe(time.perf_counter() - started)
+        loaded.latency.observe(time.perf_counter() - started)
         return self._predictions(loaded, scores)
 
     @staticmethod
@@ -327,7 +334,13 @@ class InferenceEngine:
                 self._metrics.reloads.labels("failed").inc()
                 raise FailedPrecondition(str(exc), reason="PROVIDER_UNAVAILABLE") from None
             previous = self._loaded
-            self._loaded = Loaded(checkpoint, provider, path, self._clock())
+            self._loaded = Loaded(
+                checkpoint,
+                provider,
+                path,
+                self._clock(),
+                self._metrics.latency.labels(provider.name),
+            )
             self._metrics.reloads.labels("ok").inc()
         # batches already running hold `previous`; its resources close with them
         if previous.provider is not provider:
