@@ -141,11 +141,41 @@ def deal_allows(campaign: LiveCampaign, slot: Slot) -> bool:
     return True
 
 
-def _or(masks: dict[Any, int], keys: Iterable[Any]) -> int:
-    found = 0
-    for key in keys:
-        found |= masks.get(key, 0)
-    return found
+class _Masks:
+    """One rule kind as bit sets: per value, the offers whose campaign lists it
+    (or whose offer has it), and `unlisted`, the offers whose campaign lists
+    no value of this kind (for allow lists: admitted whatever the request)."""
+
+    __slots__ = ("by_value", "unlisted")
+
+    def __init__(self) -> None:
+        self.by_value: dict[Any, int] = {}
+        self.unlisted = 0
+
+    def add(self, values: Iterable[Any], bits: int) -> None:
+        listed = False
+        for value in values:
+            self.by_value[value] = self.by_value.get(value, 0) | bits
+            listed = True
+        if not listed:
+            self.unlisted |= bits
+
+    def of(self, value: Any) -> int:
+        return self.by_value.get(value, 0)
+
+    def of_any(self, values: Iterable[Any]) -> int:
+        found = 0
+        by_value = self.by_value
+        for value in values:
+            found |= by_value.get(value, 0)
+        return found
+
+    def allowing(self, value: Any) -> int:
+        """Offers an allow list of this kind admits for `value`."""
+        return self.unlisted | self.by_value.get(value, 0)
+
+    def allowing_any(self, values: Iterable[Any]) -> int:
+        return self.unlisted | self.of_any(values)
 
 
 def _domain_suffixes(domain: str) -> list[str]:
@@ -172,78 +202,52 @@ class CandidateIndex:
 
     def __init__(self, live: Sequence[LiveCampaign]) -> None:
         self.live = tuple(live)
-        self._entries: list[tuple[LiveCampaign, OfferFacts]] = []
-        self._all = 0
-        self._country_any = self._device_any = self._segment_any = 0
-        self._site_allow_any = self._app_allow_any = self._deal_bound = 0
-        self._country: dict[str, int] = {}
-        self._device: dict[str, int] = {}
-        self._segment: dict[str, int] = {}
-        self._site_allow: dict[str, int] = {}
-        self._site_deny: dict[str, int] = {}
-        self._app_allow: dict[str, int] = {}
-        self._app_deny: dict[str, int] = {}
-        self._excluded_tier: dict[str, int] = {}
-        self._deal: dict[str, int] = {}
-        self._placement: dict[PlacementKey, int] = {}
-        self._attribute: dict[int, int] = {}
-        self._category: dict[str, int] = {}
-        self._advertiser: dict[str, int] = {}
-        self._dayparted: list[tuple[Schedule, int]] = []
-        self._closed_minute = -1
-        self._closed = 0
         #: Whether a campaign's pacing throttle is on (bid_rate < 1).
         self.throttled = any(entry.bid_rate < 1 for entry in self.live)
         #: Whether a campaign has frequency caps.
         self.capped = any(entry.campaign.spec.frequency_caps for entry in self.live)
+        self._entries: list[tuple[LiveCampaign, OfferFacts]] = []
+        self._all = 0
+        # campaign rules
+        self._countries, self._devices, self._segments = _Masks(), _Masks(), _Masks()
+        self._site_allow, self._site_deny = _Masks(), _Masks()
+        self._app_allow, self._app_deny = _Masks(), _Masks()
+        self._excluded_tiers, self._deals = _Masks(), _Masks()
+        self._dayparted: list[tuple[Schedule, int]] = []
+        self._closed_minute = -1
+        self._closed = 0
+        # offer facts
+        self._placements, self._attributes = _Masks(), _Masks()
+        self._categories, self._advertisers = _Masks(), _Masks()
         for entry in self.live:
             bits = 0
             for facts in entry.offer_facts:
                 bit = 1 << len(self._entries)
                 self._entries.append((entry, facts))
                 bits |= bit
-                for key in facts.placements:
-                    self._add(self._placement, key, bit)
-                for attribute in facts.attributes:
-                    self._add(self._attribute, attribute, bit)
-                for category in facts.categories:
-                    self._add(self._category, category, bit)
-                for advertiser in facts.advertisers:
-                    self._add(self._advertiser, advertiser, bit)
+                self._placements.add(facts.placements, bit)
+                self._attributes.add(facts.attributes, bit)
+                self._categories.add(facts.categories, bit)
+                self._advertisers.add(facts.advertisers, bit)
             self._all |= bits
-            self._compile_campaign(entry, bits)
+            self._add_campaign(entry, bits)
+        # offers of campaigns with deals: they bid only where one is offered
+        self._deal_bound = self._all & ~self._deals.unlisted
 
-    @staticmethod
-    def _add(masks: dict[Any, int], key: Any, bits: int) -> None:
-        masks[key] = masks.get(key, 0) | bits
-
-    def _compile_campaign(self, entry: LiveCampaign, bits: int) -> None:
+    def _add_campaign(self, entry: LiveCampaign, bits: int) -> None:
         spec = entry.campaign.spec
         t = spec.targeting
         if spec.schedule.dayparts:
             self._dayparted.append((spec.schedule, bits))
-        for listed, masks, anywhere in (
-            (t.countries, self._country, "_country_any"),
-            (t.device_types, self._device, "_device_any"),
-            (t.segments, self._segment, "_segment_any"),
-            (t.site_allow, self._site_allow, "_site_allow_any"),
-            (t.app_allow, self._app_allow, "_app_allow_any"),
-        ):
-            if not listed:  # no such targeting: admitted everywhere
-                setattr(self, anywhere, getattr(self, anywhere) | bits)
-            for value in listed:
-                self._add(masks, value, bits)
-        for value in t.site_deny:
-            self._add(self._site_deny, value, bits)
-        for value in t.app_deny:
-            self._add(self._app_deny, value, bits)
-        for rule in spec.loyalty_rules:
-            if rule.exclude:
-                self._add(self._excluded_tier, rule.tier.upper(), bits)
-        if entry.deals:
-            self._deal_bound |= bits
-            for deal in entry.deals:
-                self._add(self._deal, deal, bits)
+        self._countries.add(t.countries, bits)
+        self._devices.add(t.device_types, bits)
+        self._segments.add(t.segments, bits)
+        self._site_allow.add(t.site_allow, bits)
+        self._site_deny.add(t.site_deny, bits)
+        self._app_allow.add(t.app_allow, bits)
+        self._app_deny.add(t.app_deny, bits)
+        self._excluded_tiers.add((r.tier.upper() for r in spec.loyalty_rules if r.exclude), bits)
+        self._deals.add(entry.deals, bits)
 
     def _closed_at(self, now_us: int) -> int:
         minute = now_us // 60_000_000
@@ -261,36 +265,36 @@ class CandidateIndex:
         admitted = self._all
         if self._dayparted:
             admitted &= ~self._closed_at(ctx.now_us)
-        admitted &= self._country_any | self._country.get(ctx.country, 0)
-        admitted &= self._device_any | self._device.get(ctx.device_type, 0)
+        admitted &= self._countries.allowing(ctx.country)
+        admitted &= self._devices.allowing(ctx.device_type)
         if ctx.site_domain:
             suffixes = _domain_suffixes(ctx.site_domain)
-            admitted &= ~_or(self._site_deny, suffixes)
-            admitted &= self._site_allow_any | _or(self._site_allow, suffixes)
+            admitted &= ~self._site_deny.of_any(suffixes)
+            admitted &= self._site_allow.allowing_any(suffixes)
         elif not ctx.app_bundle:
-            admitted &= self._site_allow_any
+            admitted &= self._site_allow.unlisted
         if ctx.app_bundle:
             if ctx.app_bundle in ctx.blocked_apps:
                 return 0
-            admitted &= ~self._app_deny.get(ctx.app_bundle, 0)
-            admitted &= self._app_allow_any | self._app_allow.get(ctx.app_bundle, 0)
+            admitted &= ~self._app_deny.of(ctx.app_bundle)
+            admitted &= self._app_allow.allowing(ctx.app_bundle)
         elif not ctx.site_domain:
-            admitted &= self._app_allow_any
-        admitted &= self._segment_any | _or(self._segment, ctx.segments)
-        admitted &= ~self._excluded_tier.get(ctx.loyalty_tier, 0)
+            admitted &= self._app_allow.unlisted
+        admitted &= self._segments.allowing_any(ctx.segments)
+        admitted &= ~self._excluded_tiers.of(ctx.loyalty_tier)
         if ctx.blocked_categories:
-            admitted &= ~_or(self._category, ctx.blocked_categories)
+            admitted &= ~self._categories.of_any(ctx.blocked_categories)
         if ctx.blocked_advertisers:
-            admitted &= ~_or(self._advertiser, ctx.blocked_advertisers)
+            admitted &= ~self._advertisers.of_any(ctx.blocked_advertisers)
         return admitted
 
     def _fitting(self, slot: Slot) -> int:
         """Offers that fit the slot: placement, creative attributes, deals."""
-        fits = _or(self._placement, slot.placements)
+        fits = self._placements.of_any(slot.placements)
         if fits and slot.blocked_attributes:
-            fits &= ~_or(self._attribute, slot.blocked_attributes)
+            fits &= ~self._attributes.of_any(slot.blocked_attributes)
         if fits and (slot.private_auction or self._deal_bound):
-            with_deal = _or(self._deal, slot.deals)
+            with_deal = self._deals.of_any(slot.deals)
             fits &= with_deal if slot.private_auction else ~self._deal_bound | with_deal
         return fits
 
