@@ -200,8 +200,9 @@ async def test_stage_and_offer_changes_reach_the_index_within_a_second(world: Wo
 
 async def test_views_are_built_once_and_rebuilt_when_the_tenant_changes(world: World) -> None:
     """What bidding compiles from a tenant's live campaigns (its candidate
-    bitmaps) is made once per change of the index, not per bid, and an offer
-    added to a live campaign is in the next view."""
+    bitmaps) is made once per change of that tenant's campaigns, not per bid;
+    an offer added to a live campaign is in the next view, and other tenants
+    keep theirs."""
     builds: list[list[str]] = []
 
     def build(live: list[LiveCampaign]) -> list[str]:
@@ -214,11 +215,16 @@ async def test_views_are_built_once_and_rebuilt_when_the_tenant_changes(world: W
     first = world.index.view("acme", build)
     assert first == ["Boots"]
     assert world.index.view("acme", build) is first and len(builds) == 1
-    assert world.index.view("globex", build) == [] and len(builds) == 2
+    other = world.index.view("globex", build)
+    assert other == [] and len(builds) == 2
     await world.campaigns.create_offer(principal(), c.name, offer("Scarves"))
     await world.within(lambda i: offer_names(i, c.name) == ["Boots", "Scarves"])
     assert world.index.view("acme", build) == ["Boots", "Scarves"]
     assert world.index.view("acme", build) is builds[-1]
+    # a change to acme leaves globex's view as it was
+    assert world.index.view("globex", build) is other and len(builds) == 3
+    await world.index.refresh()  # nothing changed: views are kept
+    assert world.index.view("acme", build) is builds[-1] and len(builds) == 3
 
 
 async def test_the_workflow_going_live_reaches_the_index(world: World) -> None:

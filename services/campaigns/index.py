@@ -310,11 +310,12 @@ class LiveCampaignIndex:
                 fresh.setdefault(campaign.tenant_id, {})[campaign.id] = LiveCampaign(
                     campaign, tuple(offers_of.get(campaign.id, ())), status.bid_rate
                 )
-        changed = fresh != self._by_tenant
+        old = self._by_tenant
+        changed = {t for t in fresh.keys() | old.keys() if fresh.get(t) != old.get(t)}
         self._by_tenant = fresh
         self.refreshes += 1
         self._next_refresh = time.monotonic() + self._refresh_seconds
-        self._bump(changed or self.refreshes == 1)
+        self._bump(changed, force=self.refreshes == 1)
 
     async def _reload(self, keys: Iterable[Key]) -> None:
         ordered = sorted(keys)
@@ -339,15 +340,16 @@ class LiveCampaignIndex:
             for c in live
             if budget[c.id].can_bid
         }
-        changed = False
+        changed: set[str] = set()
         for tenant_id, campaign_id in keys:
             entries = self._by_tenant.setdefault(tenant_id, {})
             entry = keep.get(campaign_id)
             if entry is None:
-                changed |= entries.pop(campaign_id, None) is not None
+                if entries.pop(campaign_id, None) is not None:
+                    changed.add(tenant_id)
             elif entries.get(campaign_id) != entry:
                 entries[campaign_id] = entry
-                changed = True
+                changed.add(tenant_id)
             if not entries:
                 del self._by_tenant[tenant_id]
         self._bump(changed)
@@ -366,10 +368,13 @@ class LiveCampaignIndex:
                 found.setdefault(offer.campaign_id, []).append(offer)
         return found
 
-    def _bump(self, changed: bool) -> None:
-        if not changed:
+    def _bump(self, tenants: set[str], *, force: bool = False) -> None:
+        """Note a change of these tenants' live campaigns: their views are
+        made again on next use, other tenants keep theirs."""
+        if not tenants and not force:
             return
         self.version += 1
-        self._views.clear()
+        if tenants:
+            self._views = {k: v for k, v in self._views.items() if k[0] not in tenants}
         self._changed.set()
         self._changed = asyncio.Event()
