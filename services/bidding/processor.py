@@ -345,7 +345,7 @@ class BidProcessor:
             if size is not None:
                 bid.w, bid.h = size.width, size.height
             deals = candidate.live.deals
-            for imp in request.imp:
+            for imp in request.imp if deals else ():
                 if imp.id == winner.imp_id and imp.HasField("pmp"):
                     for deal in imp.pmp.deals:
                         if deal.id in deals:
