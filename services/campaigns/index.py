@@ -116,10 +116,6 @@ class LiveCampaign:
     offers: tuple[Offer, ...]
     bid_rate: float = 1.0
     offer_facts: tuple[OfferFacts, ...] = field(init=False, compare=False, repr=False)
-    # placement key -> positions in offer_facts of the offers having it
-    offers_by_placement: dict[PlacementKey, tuple[int, ...]] = field(
-        init=False, compare=False, repr=False
-    )
     deals: frozenset[str] = field(init=False, compare=False, repr=False)
     max_cpm: float | None = field(init=False, compare=False, repr=False)
     # loyalty tier -> bid multiplier: the platform's tier boost times the
@@ -128,13 +124,7 @@ class LiveCampaign:
 
     def __post_init__(self) -> None:
         spec = self.campaign.spec
-        facts = tuple(OfferFacts.of(o, spec) for o in self.offers)
-        by_key: dict[PlacementKey, list[int]] = {}
-        for position, offer in enumerate(facts):
-            for key in offer.placements:
-                by_key.setdefault(key, []).append(position)
-        object.__setattr__(self, "offer_facts", facts)
-        object.__setattr__(self, "offers_by_placement", {k: tuple(v) for k, v in by_key.items()})
+        object.__setattr__(self, "offer_facts", tuple(OfferFacts.of(o, spec) for o in self.offers))
         object.__setattr__(self, "deals", frozenset(spec.targeting.deals))
         max_cpm = spec.bid_strategy.max_cpm
         object.__setattr__(self, "max_cpm", max_cpm.amount_micros / 1e6 if max_cpm.is_set else None)
