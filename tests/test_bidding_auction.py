@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.bidding.auction import Scored, choose_winners, recommended_cpm
+from services.bidding.auction import Scored, choose_winners, price_candidates
 from services.bidding.currency import Rates
 from services.bidding.matching import (
     MAX_CANDIDATES,
@@ -69,6 +69,12 @@ def offer(oid: str, cid: str = "c1", **spec: object) -> Offer:
 
 def select_candidates(live: list[LiveCampaign], slots: list[Slot], ctx: Context) -> list[Candidate]:
     return CandidateIndex(live).select(slots, ctx)
+
+
+def recommended_cpm(candidate: Candidate, score: float, tier: str) -> tuple[float, str]:
+    """One candidate's price and currency through `price_candidates`."""
+    (scored,) = price_candidates([candidate], [score], [0.0], tier)
+    return scored.price_cpm, scored.currency
 
 
 def reference_select(

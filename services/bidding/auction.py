@@ -26,12 +26,6 @@ class Winner(NamedTuple):
     price_cpm: float  # in the response currency
 
 
-def recommended_cpm(candidate: Candidate, score: float, loyalty_tier: str) -> tuple[float, str]:
-    """The bid for one candidate (see `price_candidates`)."""
-    scored = price_candidates([candidate], [score], [0.0], loyalty_tier)[0]
-    return scored.price_cpm, scored.currency
-
-
 def price_candidates(
     candidates: Sequence[Candidate],
     scores: Sequence[float],

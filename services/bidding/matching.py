@@ -301,7 +301,7 @@ class CandidateIndex:
     def select(self, slots: Sequence[Slot], ctx: Context) -> list[Candidate]:
         """Offers that fit at least one slot, at most MAX_CANDIDATES, in
         campaign then offer order, each with the slots it fits."""
-        admitted = self._admitted(ctx) if self._all else 0
+        admitted = self._admitted(ctx)
         if not admitted:
             return []
         per_slot = [(slot.imp_id, self._fitting(slot) & admitted) for slot in slots]

@@ -192,8 +192,8 @@ class LiveCampaignIndex:
         return [found[k] for k in sorted(found)]
 
     def view(self, tenant_id: str, build: Callable[[list[LiveCampaign]], V]) -> V:
-        """`build(self.campaigns(tenant_id))`, made once and kept until the
-        index changes: for structures compiled from the live campaigns (the
+        """`build(self.campaigns(tenant_id))`, made once and kept until that
+        tenant's live campaigns change: for structures compiled from them (the
         bidder's candidate bitmaps) that are too costly to make per bid."""
         key = (tenant_id, build)
         found = self._views.get(key)

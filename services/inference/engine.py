@@ -155,13 +155,7 @@ class InferenceEngine:
         self._metrics = _Metrics(registry or CollectorRegistry(), self)
         checkpoint = _load(settings.checkpoint_path)
         provider = self._provider(settings.provider, checkpoint)
-        self._loaded = Loaded(
-            checkpoint,
-            provider,
-            settings.checkpoint_path,
-            clock(),
-            self._metrics.latency.labels(provider.name),
-        )
+        self._loaded = self._load_model(checkpoint, provider, settings.checkpoint_path)
         self._batcher: InferenceBatcher[ScoringRequest, Prediction] = InferenceBatcher(
             self._run_batch,
             max_items=settings.batch_size,
@@ -172,6 +166,10 @@ class InferenceEngine:
             run_now=None if provider.blocking else self._score_current,
         )
         self._reload_lock = asyncio.Lock()
+
+    def _load_model(self, checkpoint: Checkpoint, provider: Provider, path: str) -> Loaded:
+        latency = self._metrics.latency.labels(provider.name)
+        return Loaded(checkpoint, provider, path, self._clock(), latency)
 
     def _provider(self, name: str, checkpoint: Checkpoint) -> Provider:
         return create_provider(
@@ -334,13 +332,7 @@ class InferenceEngine:
                 self._metrics.reloads.labels("failed").inc()
                 raise FailedPrecondition(str(exc), reason="PROVIDER_UNAVAILABLE") from None
             previous = self._loaded
-            self._loaded = Loaded(
-                checkpoint,
-                provider,
-                path,
-                self._clock(),
-                self._metrics.latency.labels(provider.name),
-            )
+            self._loaded = self._load_model(checkpoint, provider, path)
             self._metrics.reloads.labels("ok").inc()
         # batches already running hold `previous`; its resources close with them
         if previous.provider is not provider:
