@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,15 +12,17 @@ from google.rpc import status_pb2
 
 from campaignexpress.bidding.v1 import bidding_service_pb2, bidding_service_pb2_grpc
 from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
-from services.bidding.processor import NBR_INVALID, BidOutcome, BidProcessor
+from services.bidding.processor import NBR_INVALID, NBR_TECHNICAL, BidOutcome, BidProcessor
 from services.bidding.request_rules import validate_bid_request
 from services.bidding.settlement import Settlement
 from services.common.call import current_principal
 from services.common.clock import now_us
+from services.common.eager import Finished, start_eagerly
 from services.common.errors import DomainError
-from services.host.interceptors import status_details
+from services.host.interceptors import internal_status, status_details
 
 pb = bidding_service_pb2
+log = logging.getLogger(__name__)
 
 # Requests one stream may have in flight at once; more wait for a slot.
 MAX_IN_FLIGHT_PER_STREAM = 256
@@ -58,9 +61,9 @@ class BiddingServicer(bidding_service_pb2_grpc.BiddingServiceServicer):
         tenant_id = current_principal().tenant_id
         answers: asyncio.Queue[pb.StreamBidsResponse | None] = asyncio.Queue()
         slots = asyncio.Semaphore(MAX_IN_FLIGHT_PER_STREAM)
-        tasks: set[asyncio.Task[None]] = set()
+        tasks: set[asyncio.Task[pb.StreamBidsResponse]] = set()
 
-        async def answer(request: rtb.BidRequest, received: int) -> None:
+        async def answer(request: rtb.BidRequest, received: int) -> pb.StreamBidsResponse:
             try:
                 validate_bid_request(request)
                 outcome = await self._processor.process(tenant_id, request, received_us=received)
@@ -82,23 +85,43 @@ class BiddingServicer(bidding_service_pb2_grpc.BiddingServiceServicer):
                     reason="INVALID_REQUEST",
                     error=status_pb2.Status.FromString(status_details(exc)),
                 )
+            except Exception:  # answered as an error; the stream goes on
+                log.exception("stream bid %s failed", request.id)
+                reply = pb.StreamBidsResponse(
+                    request_id=request.id,
+                    no_bid=True,
+                    nbr=NBR_TECHNICAL,
+                    reason="TECHNICAL_ERROR",
+                    error=status_pb2.Status.FromString(internal_status("internal error")),
+                )
             finally:
                 slots.release()
-            await answers.put(reply)
+            return reply
+
+        def answered(task: asyncio.Task[pb.StreamBidsResponse]) -> None:
+            tasks.discard(task)
+            if not task.cancelled():
+                answers.put_nowait(task.result())
 
         async def read() -> None:
             try:
                 async for message in requests:
                     await slots.acquire()
-                    task = asyncio.get_running_loop().create_task(answer(message.request, now_us()))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    # Most bids never wait (profile in L1, embedded store): they
+                    # are answered on this turn, without a task of their own.
+                    started = start_eagerly(answer(message.request, now_us()), loop)
+                    if isinstance(started, Finished):
+                        answers.put_nowait(started.result)
+                    else:
+                        tasks.add(started)
+                        started.add_done_callback(answered)
                 if tasks:
-                    await asyncio.gather(*tasks)
+                    await asyncio.wait(tasks)
             finally:
-                await answers.put(None)
+                answers.put_nowait(None)
 
-        reader = asyncio.get_running_loop().create_task(read())
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(read())
         try:
             while True:
                 reply = await answers.get()
