@@ -54,10 +54,19 @@ def to_device_params(params: Params | JaxParams, dtype: Any = None) -> JaxParams
     return {name: jnp.asarray(value, dtype=dtype) for name, value in params.items()}
 
 
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def forward_raw(params: JaxParams, x: jax.Array, config: ModelConfig) -> jax.Array:
-    """Head outputs before their link functions, (n, 3 + variants)."""
+    """Head outputs before their link functions, (n, 3 + variants).
+
+    The products run at full float32 precision on every backend: XLA's
+    default on NVIDIA GPUs multiplies float32 in TF32, which moved scores by
+    up to ~2e-3 against the NumPy provider on an H200 (bench/reports/
+    inference.md) and would make a bid's price depend on the provider."""
     clip = config.input_clip
-    current = jnp.clip(x, -clip, clip) @ params["w1"] + params["b1"]
+    current = _matmul(jnp.clip(x, -clip, clip), params["w1"]) + params["b1"]
     threshold = jnp.maximum(params["threshold"], 0.05)
     leak = jnp.clip(params["leak"], 0.0, 1.0)
     v = jnp.zeros_like(current)
@@ -68,8 +77,8 @@ def forward_raw(params: JaxParams, x: jax.Array, config: ModelConfig) -> jax.Arr
         v = v - s * threshold
         count = count + s
     rate = count * (1.0 / config.time_steps)
-    hidden = jnp.tanh(rate @ params["w2"] + params["b2"])
-    return hidden @ params["wh"] + params["bh"]
+    hidden = jnp.tanh(_matmul(rate, params["w2"]) + params["b2"])
+    return _matmul(hidden, params["wh"]) + params["bh"]
 
 
 def apply_heads(raw: jax.Array, config: ModelConfig) -> dict[str, jax.Array]:

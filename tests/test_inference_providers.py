@@ -73,6 +73,23 @@ def test_xla_cpu_provider_matches_numpy() -> None:
         np.testing.assert_allclose(scores.bid[clear], expected.bid[clear], atol=1e-4)
 
 
+def test_the_model_multiplies_at_full_float32_precision_on_every_backend() -> None:
+    """XLA's default float32 matmul on NVIDIA GPUs is TF32, which moved
+    scores by ~2e-3 against numpy on an H200; the lowered model must ask for
+    HIGHEST precision in each of its three products (this is checked on the
+    module any backend compiles, so it holds without a GPU here)."""
+    jax = pytest.importorskip("jax")
+    from inference.model import forward_raw, to_device_params
+
+    ck = default_checkpoint()
+    params = to_device_params(ck.params)
+    rows = np.zeros((4, FEATURE_DIM), dtype=np.float32)
+    text = jax.jit(lambda x: forward_raw(params, x, ck.config)).lower(rows).as_text()
+    products = [line for line in text.splitlines() if "dot_general" in line]
+    assert len(products) == 3
+    assert all("HIGHEST" in line for line in products), products
+
+
 @pytest.mark.parametrize(
     ("name", "package"),
     [
