@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.bidding.auction import Scored, choose_winners, price_candidates
-from services.bidding.currency import Rates
+from services.bidding.currency import Rates, UnknownCurrency
 from services.bidding.matching import (
     MAX_CANDIDATES,
     Candidate,
@@ -419,3 +419,86 @@ def test_campaign_loyalty_rules_multiply_the_tier_boost() -> None:
     price, currency = recommended_cpm(cand, 1.0, "")
     assert price == pytest.approx(5.0) and currency == "USD"
     assert recommended_cpm(cand, 0.0, "GOLD")[0] == pytest.approx(2.5 * 1.15)
+
+
+def reference_winners(
+    scored: list[Scored], slots: list[Slot], rates: Rates, currency: str
+) -> tuple[list[tuple[str, str, float]], str]:
+    """Every candidate against every slot, in the order given: the auction's
+    rules written without its best-score-first shortcut."""
+    winners: list[tuple[str, str, float]] = []
+    used: set[str] = set()
+    failures: set[str] = set()
+    for slot in slots:
+        best: tuple[float, float, str] | None = None
+        for s in scored:
+            name = s.candidate.facts.name
+            if slot.imp_id not in s.candidate.slots:
+                continue
+            if name in used and not s.candidate.live.campaign.spec.allow_repeat_offers:
+                continue
+            try:
+                in_floor = rates.convert(s.price_cpm, s.currency, slot.floor_currency)
+                in_response = rates.convert(s.price_cpm, s.currency, currency)
+            except UnknownCurrency:
+                failures.add("unknown currency")
+                continue
+            if in_floor < slot.floor:
+                failures.add("below floor")
+                continue
+            if best is None or (s.score, in_response, name) > best:
+                best = (s.score, in_response, name)
+        if best is not None:
+            used.add(best[2])
+            winners.append((slot.imp_id, best[2], round(best[1], 6)))
+    if winners:
+        return winners, ""
+    for reason in ("unknown currency", "below floor"):
+        if reason in failures:
+            return winners, reason
+    return winners, "no candidate"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.1, 0.5, 0.5, 0.9]),  # ties on purpose
+            st.sampled_from([0.5, 1.0, 2.0, 2.0]),
+            st.sampled_from(["USD", "USD", "EUR", "XYZ"]),
+            st.sets(st.sampled_from(["1", "2", "3"]), min_size=1),
+            st.integers(0, 3),  # offer, shared between candidates
+            st.booleans(),  # the campaign allows repeats
+        ),
+        max_size=12,
+    ),
+    st.lists(
+        st.tuples(st.sampled_from([0.0, 0.8, 1.5]), st.sampled_from(["USD", "EUR", "ABC"])),
+        min_size=1,
+        max_size=3,
+    ),
+    st.sampled_from(["USD", "EUR"]),
+)
+def test_auction_equals_the_exhaustive_rules(
+    rows: list[tuple[float, float, str, set[str], int, bool]],
+    floors: list[tuple[float, str]],
+    currency: str,
+) -> None:
+    """Best score first with an early stop picks exactly the winners (and
+    the no-bid reason) of comparing every candidate with every slot."""
+    rates = Rates()
+    scored = []
+    for score, price, cur, imps, offer_no, repeats in rows:
+        live = LiveCampaign(
+            campaign(f"c{offer_no}", allow_repeat_offers=repeats),
+            (offer(f"o{offer_no}", f"c{offer_no}"),),
+        )
+        candidate = Candidate(live, live.offer_facts[0], tuple(sorted(imps)))
+        scored.append(Scored(candidate, score, 0.0, price, cur))
+    slots = [
+        Slot(str(i + 1), frozenset({"BANNER"}), frozenset(), floor, floor_cur)
+        for i, (floor, floor_cur) in enumerate(floors)
+    ]
+    winners, reason = choose_winners(scored, slots, rates, currency)
+    got = [(w.imp_id, w.scored.candidate.facts.name, w.price_cpm) for w in winners]
+    assert (got, reason) == reference_winners(scored, slots, rates, currency)

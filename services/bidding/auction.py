@@ -49,17 +49,32 @@ def price_candidates(
     return out
 
 
+def _score(scored: Scored) -> float:
+    return scored.score
+
+
 def choose_winners(
     scored: Sequence[Scored], slots: Sequence[Slot], rates: Rates, response_currency: str
 ) -> tuple[list[Winner], str]:
-    """Winners in slot order, and a no-bid reason when there are none."""
+    """Winners in slot order, and a no-bid reason when there are none.
+
+    Per slot, the best candidate that fits it and clears its floor: highest
+    score, then highest price in the response currency, then offer name;
+    an offer wins once per response unless its campaign allows repeats.
+    Candidates are visited best score first, so a slot stops at the first
+    that qualifies once no other has as high a score. Without winners the
+    reason is "unknown currency" if a candidate's price could not be
+    converted, else "below floor" if one was under its floor."""
+    ranked = sorted(scored, key=_score, reverse=True)
     winners: list[Winner] = []
     used: set[str] = set()
-    reason = "no candidate"
+    unknown_currency = below_floor = False
     for slot in slots:
         imp_id, floor, floor_currency = slot.imp_id, slot.floor, slot.floor_currency
-        best: tuple[float, float, str, Scored, float] | None = None
-        for s in scored:
+        best: tuple[float, float, str, Scored] | None = None
+        for s in ranked:
+            if best is not None and s.score < best[0]:
+                break  # the rest score lower: none can win this slot
             candidate = s.candidate
             if imp_id not in candidate.slots:
                 continue
@@ -79,14 +94,18 @@ def choose_winners(
                     else rates.convert(price, currency, response_currency)
                 )
             except UnknownCurrency:
-                reason = "unknown currency"
+                unknown_currency = True
                 continue
             if in_floor < floor:
-                reason = "below floor"
+                below_floor = True
                 continue
             if best is None or (s.score, in_response, offer_name) > best[:3]:
-                best = (s.score, in_response, offer_name, s, in_response)
+                best = (s.score, in_response, offer_name, s)
         if best is not None:
             used.add(best[2])
-            winners.append(Winner(imp_id, best[3], round(best[4], 6)))
-    return winners, ("" if winners else reason)
+            winners.append(Winner(imp_id, best[3], round(best[1], 6)))
+    if winners:
+        return winners, ""
+    if unknown_currency:
+        return winners, "unknown currency"
+    return winners, "below floor" if below_floor else "no candidate"

@@ -88,59 +88,71 @@ def validate_bid_request(request: BidRequest) -> None:
         raise invalid_argument(bad, REASON_INVALID) from None
 
 
-def _problem(why: str | None, *path: str | int) -> None:
-    if why is not None:
-        raise BadValue(why, *reversed(path))
-
-
 def _validate_request(request: BidRequest) -> None:
+    # Checked on every bid: the common case (every value fine) makes no
+    # path and calls no helper for an absent field; a BadValue names the
+    # field, innermost part first.
     if not request.id:
         raise BadValue("is required", "id")
     if not request.imp:
         raise BadValue("must hold at least one impression", "imp")
-    if request.HasField("tmax"):
-        _problem(tmax_problem(request.tmax), "tmax")
+    if request.HasField("tmax") and (why := tmax_problem(request.tmax)) is not None:
+        raise BadValue(why, "tmax")
     for index, code in enumerate(request.cur):
-        _problem(currency_problem(code), "cur", index)
+        if (why := currency_problem(code)) is not None:
+            raise BadValue(why, index, "cur")
     seen: dict[str, int] = {}
     for index, imp in enumerate(request.imp):
-        where: tuple[str | int, ...] = ("imp", index)
-        if not imp.id:
-            _problem("is required", *where, "id")
-        first = seen.setdefault(imp.id, index)
-        if first != index:
-            _problem(f"duplicates imp[{first}].id", *where, "id")
-        if imp.HasField("bidfloor"):
-            _problem(floor_problem(imp.bidfloor), *where, "bidfloor")
-        if imp.HasField("bidfloorcur"):
-            _problem(currency_problem(imp.bidfloorcur), *where, "bidfloorcur")
-        if imp.HasField("banner"):
-            _validate_banner(imp.banner, (*where, "banner"))
-        if imp.HasField("video"):
-            video = imp.video
-            for name in ("w", "h"):
-                if video.HasField(name):
-                    _problem(size_problem(getattr(video, name)), *where, "video", name)
-            for position, banner in enumerate(video.companionad):
-                _validate_banner(banner, (*where, "video", "companionad", position))
-        if imp.HasField("audio"):
-            for position, banner in enumerate(imp.audio.companionad):
-                _validate_banner(banner, (*where, "audio", "companionad", position))
+        try:
+            _validate_imp(imp, index, seen)
+        except BadValue as bad:
+            bad.path += (index, "imp")
+            raise
+
+
+def _validate_imp(imp: Any, index: int, seen: dict[str, int]) -> None:
+    imp_id = imp.id
+    if not imp_id:
+        raise BadValue("is required", "id")
+    first = seen.setdefault(imp_id, index)
+    if first != index:
+        raise BadValue(f"duplicates imp[{first}].id", "id")
+    if imp.HasField("bidfloor") and (why := floor_problem(imp.bidfloor)) is not None:
+        raise BadValue(why, "bidfloor")
+    if imp.HasField("bidfloorcur") and (why := currency_problem(imp.bidfloorcur)) is not None:
+        raise BadValue(why, "bidfloorcur")
+    if imp.HasField("banner"):
+        _validate_banner(imp.banner, "banner")
+    if imp.HasField("video"):
+        video = imp.video
+        for name in ("w", "h"):
+            if video.HasField(name) and (why := size_problem(getattr(video, name))) is not None:
+                raise BadValue(why, name, "video")
+        for position, banner in enumerate(video.companionad):
+            _validate_banner(banner, "video", "companionad", position)
+    if imp.HasField("audio"):
+        for position, banner in enumerate(imp.audio.companionad):
+            _validate_banner(banner, "audio", "companionad", position)
+    if imp.HasField("pmp"):
         for position, deal in enumerate(imp.pmp.deals):
-            at = (*where, "pmp", "deals", position)
             if not deal.id:
-                _problem("is required", *at, "id")
-            if deal.HasField("bidfloor"):
-                _problem(floor_problem(deal.bidfloor), *at, "bidfloor")
-            if deal.HasField("bidfloorcur"):
-                _problem(currency_problem(deal.bidfloorcur), *at, "bidfloorcur")
+                why = "is required"
+                raise BadValue(why, "id", position, "deals", "pmp")
+            if deal.HasField("bidfloor") and (why := floor_problem(deal.bidfloor)) is not None:
+                raise BadValue(why, "bidfloor", position, "deals", "pmp")
+            if (
+                deal.HasField("bidfloorcur")
+                and (why := currency_problem(deal.bidfloorcur)) is not None
+            ):
+                raise BadValue(why, "bidfloorcur", position, "deals", "pmp")
 
 
-def _validate_banner(banner: Any, where: tuple[str | int, ...]) -> None:
+def _validate_banner(banner: Any, *where: str | int) -> None:
+    """A banner at `where` (outermost first, below the imp)."""
     for name in ("w", "h"):
-        if banner.HasField(name):
-            _problem(size_problem(getattr(banner, name)), *where, name)
+        if banner.HasField(name) and (why := size_problem(getattr(banner, name))) is not None:
+            raise BadValue(why, name, *reversed(where))
     for position, size in enumerate(banner.format):
         for name in ("w", "h", "wmin"):
-            if size.HasField(name):
-                _problem(size_problem(getattr(size, name)), *where, "format", position, name)
+            if size.HasField(name) and (why := size_problem(getattr(size, name))) is not None:
+                raise BadValue(why, name, position, "format", *reversed(where))
