@@ -186,3 +186,33 @@ async def test_local_channel_enforces_the_call_deadline() -> None:
     assert time.monotonic() - started < 1.0
     assert await slow(b"0.01", timeout=2) == b"late"
     assert await slow(b"0") == b"late"  # no timeout
+
+
+async def test_local_channel_wraps_a_method_once_and_intercepts_every_call() -> None:
+    """The interceptors wrap a method's handler on its first call only; what
+    the wrapper does runs on every call, with that call's metadata."""
+    wrapped: list[str] = []
+    seen: list[str] = []
+
+    class Recording(aio.ServerInterceptor):  # type: ignore[misc]
+        async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+            wrapped.append(details.method)
+            handler = await continuation(details)
+            if handler is None:
+                return None
+            inner = handler.unary_unary
+
+            async def behaviour(request, context):  # type: ignore[no-untyped-def]
+                seen.append(dict(context.invocation_metadata())["caller"])
+                return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(behaviour)
+
+    channel = LocalChannel(_echo_registry(), [Recording()])
+    unary = channel.unary_unary("/test.Echo/Unary")
+    assert await unary(b"a", metadata=[("caller", "first")]) == b"A"
+    assert await unary(b"b", metadata=[("caller", "second")]) == b"B"
+    with pytest.raises(aio.AioRpcError):
+        await channel.unary_unary("/test.Echo/Missing")(b"", metadata=[("caller", "third")])
+    assert wrapped == ["/test.Echo/Unary", "/test.Echo/Missing"]
+    assert seen == ["first", "second"]

@@ -12,6 +12,7 @@ interceptors run for network calls and for the in-process channel."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -72,12 +73,23 @@ class MetricsStep:
             registry=registry,
         )
 
+        # label children, looked up once per method (and code)
+        self._latency_of: dict[str, Any] = {}
+        self._handled_of: dict[tuple[str, grpc.StatusCode], Any] = {}
+
     async def before(self, call: CallInfo) -> None:
         call.started = time.perf_counter()
 
     async def after(self, call: CallInfo, code: grpc.StatusCode, error: str) -> None:
-        self.latency.labels(call.method).observe(time.perf_counter() - call.started)
-        self.handled.labels(call.method, code.name).inc()
+        method = call.method
+        latency = self._latency_of.get(method)
+        if latency is None:
+            latency = self._latency_of[method] = self.latency.labels(method)
+        latency.observe(time.perf_counter() - call.started)
+        handled = self._handled_of.get((method, code))
+        if handled is None:
+            handled = self._handled_of[method, code] = self.handled.labels(method, code.name)
+        handled.inc()
 
 
 class AuthenticationStep:
@@ -138,7 +150,7 @@ class RbacStep:
         if rule.unauthenticated:
             return
         principal = call.require_principal()
-        needed = access_pb2.Permission.Name(rule.permission).removeprefix("PERMISSION_")
+        needed = _permission_name(rule.permission)
         if needed not in principal.permissions:
             raise PermissionDenied(
                 f"{call.action} needs permission {needed}; roles "
@@ -149,6 +161,11 @@ class RbacStep:
 
     async def after(self, call: CallInfo, code: grpc.StatusCode, error: str) -> None:
         return None
+
+
+@functools.cache
+def _permission_name(permission: access_pb2.Permission.ValueType) -> str:
+    return str(access_pb2.Permission.Name(permission)).removeprefix("PERMISSION_")
 
 
 class RateLimitStep:
