@@ -4,6 +4,7 @@ backends and on PostgreSQL + Redis + NATS."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import gzip
@@ -185,6 +186,39 @@ async def test_stream_reports_bad_requests_without_ending(env: Env) -> None:
     answers = {a.request_id: a async for a in stub.StreamBids(two(), metadata=env.auth())}
     assert answers["bad"].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert not answers["ok"].no_bid
+
+
+async def test_stream_reads_on_while_bids_wait_and_answers_each_once(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bids that wait on a backend (here: 50 ms injected before the real
+    processor) do not hold up the stream: requests behind them are read
+    and answered first, and every request gets exactly one answer."""
+    await live_campaign(env)
+    processor = env.running.platform.bid_processor
+    real_process = processor.process
+
+    async def slow_for_some(tenant_id: str, request: Any, **kwargs: Any) -> Any:
+        if request.id.startswith("slow"):
+            await asyncio.sleep(0.05)
+        return await real_process(tenant_id, request, **kwargs)
+
+    monkeypatch.setattr(processor, "process", slow_for_some)
+    stub = bgrpc.BiddingServiceStub(env.channel)
+    template = decode_bid_request(orjson.dumps(bid_request("x")), max_bytes=1 << 20)
+    ids = ["slow-1", "fast-1", "fast-2", "slow-2", "fast-3", "slow-3"]
+
+    async def requests():  # type: ignore[no-untyped-def]
+        for request_id in ids:
+            message = bpb.StreamBidsRequest(request=template)
+            message.request.id = request_id
+            yield message
+
+    answers = [a async for a in stub.StreamBids(requests(), metadata=env.auth())]
+    order = [a.request_id for a in answers]
+    assert sorted(order) == sorted(ids)
+    assert set(order[:3]) == {"fast-1", "fast-2", "fast-3"}
+    assert all(not a.no_bid and a.response.seatbid[0].bid for a in answers)
 
 
 async def test_frequency_cap_stops_bids_for_that_user_only(env: Env) -> None:
