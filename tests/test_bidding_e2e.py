@@ -221,6 +221,40 @@ async def test_stream_reads_on_while_bids_wait_and_answers_each_once(
     assert all(not a.no_bid and a.response.seatbid[0].bid for a in answers)
 
 
+async def test_stream_answers_a_failing_request_with_internal_and_goes_on(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request whose processing fails unexpectedly (injected here) gets an
+    INTERNAL error answer without details; the others on the stream bid."""
+    await live_campaign(env)
+    processor = env.running.platform.bid_processor
+    real_process = processor.process
+
+    async def fails_for_one(tenant_id: str, request: Any, **kwargs: Any) -> Any:
+        if request.id == "boom":
+            raise RuntimeError("injected failure")
+        return await real_process(tenant_id, request, **kwargs)
+
+    monkeypatch.setattr(processor, "process", fails_for_one)
+    stub = bgrpc.BiddingServiceStub(env.channel)
+    template = decode_bid_request(orjson.dumps(bid_request("x")), max_bytes=1 << 20)
+
+    async def requests():  # type: ignore[no-untyped-def]
+        for request_id in ("before", "boom", "after"):
+            message = bpb.StreamBidsRequest(request=template)
+            message.request.id = request_id
+            yield message
+
+    answers = {a.request_id: a async for a in stub.StreamBids(requests(), metadata=env.auth())}
+    assert set(answers) == {"before", "boom", "after"}
+    failed = answers["boom"]
+    assert failed.no_bid and failed.reason == "TECHNICAL_ERROR"
+    assert failed.error.code == grpc.StatusCode.INTERNAL.value[0]
+    assert "injected" not in failed.error.message
+    assert not answers["before"].no_bid and not answers["after"].no_bid
+    assert "stream bid boom failed" in caplog.text
+
+
 async def test_frequency_cap_stops_bids_for_that_user_only(env: Env) -> None:
     await live_campaign(env, frequency_caps=[FrequencyCap(1, "DAY")])
     status, _, raw = await post_bid(env, bid_request(user="capped"))
