@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -42,6 +43,7 @@ from services.common.errors import (
 )
 from services.common.forwarding import INTERNAL_MARK_KEY, CallForwarder
 from services.host.access import AccessRules
+from services.host.tracing import TracingInterceptor
 
 log = logging.getLogger("campaign_express.calls")
 
@@ -445,8 +447,9 @@ def build_interceptors(
     ]
     interceptors: list[aio.ServerInterceptor] = []
     if tracing:
-        from opentelemetry.instrumentation.grpc import aio_server_interceptor
-
-        interceptors.append(aio_server_interceptor())
+        # Calls without a traceparent skip OpenTelemetry under the default
+        # sampler, which could never record them (services/host/tracing.py).
+        every_call = bool(os.environ.get("OTEL_TRACES_SAMPLER"))
+        interceptors.append(TracingInterceptor(every_call=every_call))
     interceptors.append(PlatformInterceptor(steps, rules))
     return interceptors
