@@ -154,7 +154,7 @@ def user_features(profile: Profile) -> Vector:
             raise FeatureError(
                 f"interests[{index}]", f"must be a finite number, got {interests[index]}"
             )
-        out[: interests.size] = np.clip(interests, -_INTEREST_CLIP, _INTEREST_CLIP)
+        out[: interests.size] = np.minimum(np.maximum(interests, -_INTEREST_CLIP), _INTEREST_CLIP)
     for i, segment in enumerate(profile.segments):
         if not 0 <= int(segment) < 64:
             raise FeatureError(f"segments[{i}]", f"segment index must be 0..63, got {segment}")
