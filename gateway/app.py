@@ -19,7 +19,12 @@ from grpc import aio
 from campaignexpress.bidding.v1 import bidding_service_pb2
 from gateway.errors import error_body
 from gateway.openapi import build_openapi
-from gateway.openrtb import OPENRTB_VERSION, decode_bid_request, encode_bid_response
+from gateway.openrtb import (
+    OPENRTB_VERSION,
+    body_too_large,
+    decode_bid_request,
+    encode_bid_response,
+)
 from gateway.transcoder import Route, Router, build_request, render, routes_for
 from services.common.errors import DomainError
 
@@ -141,7 +146,11 @@ class Gateway:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         headers = {"X-Request-Id": request_id, "x-openrtb-version": OPENRTB_VERSION}
         try:
-            body = await request.read()
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                # over client_max_size as sent, or once aiohttp inflated it
+                raise body_too_large(self._max_request_bytes) from None
             bid_request = decode_bid_request(
                 body,
                 content_encoding=request.headers.get("Content-Encoding"),

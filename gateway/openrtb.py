@@ -86,6 +86,11 @@ _EXT, _UNKNOWN = "ext_json", "unknown_json"
 # --------------------------------------------------------------------------- errors
 
 
+def body_too_large(max_bytes: int) -> InvalidArgument:
+    """The error for a body over `max_bytes`, as sent or once inflated."""
+    return _invalid("body", f"is larger than {max_bytes} bytes", REASON_TOO_LARGE)
+
+
 def _invalid(field: str, description: str, reason: str) -> InvalidArgument:
     return invalid_argument(BadValue(description, field), reason)
 
@@ -354,7 +359,7 @@ def _body(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
     if max_bytes <= 0:
         raise ValueError("max_bytes must be positive")
     if len(body) > max_bytes:
-        raise _invalid("body", f"is larger than {max_bytes} bytes", REASON_TOO_LARGE)
+        raise body_too_large(max_bytes)
     encoding = (content_encoding or "").strip().lower()
     if encoding in ("", "identity"):
         return body

@@ -321,3 +321,21 @@ async def test_bidding_needs_credentials(env: Env) -> None:
     with pytest.raises(aio.AioRpcError) as caught:
         await stub.ProcessBid(bpb.ProcessBidRequest())
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("env", [{"max_request_bytes": 4096}], indirect=True)
+async def test_a_bid_body_over_the_limit_is_400_naming_the_body(env: Env) -> None:
+    """Over the configured limit, as sent or once inflated: 400
+    INVALID_ARGUMENT naming `body` (reason BODY_TOO_LARGE), like every other
+    bad bid request, not the HTTP server's bare 413."""
+    big = bid_request()
+    big["ext"] = {"pad": "x" * 8000}
+    for body, headers in (
+        (orjson.dumps(big), {}),
+        (gzip.compress(orjson.dumps(big)), {"Content-Encoding": "gzip"}),
+    ):
+        status, _, raw = await post_bid(env, body, **headers)
+        error = orjson.loads(raw)["error"]
+        assert status == 400, (headers, raw[:200])
+        assert error["reason"] == "BODY_TOO_LARGE"
+        assert [v["field"] for v in error["fieldViolations"]] == ["body"]
