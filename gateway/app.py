@@ -26,7 +26,7 @@ from gateway.openrtb import (
     encode_bid_response,
 )
 from gateway.transcoder import Route, Router, build_request, render, routes_for
-from services.common.errors import DomainError
+from services.common.errors import ERROR_DOMAIN, DomainError
 
 log = logging.getLogger("campaign_express.gateway")
 
@@ -134,6 +134,8 @@ class Gateway:
     def _domain_error(self, exc: DomainError, request_id: str) -> web.Response:
         status, body, _ = error_body(grpc.StatusCode[exc.code], exc.message, (), request_id)
         body["error"]["reason"] = exc.reason
+        body["error"]["domain"] = ERROR_DOMAIN
+        body["error"]["metadata"] = dict(exc.metadata)
         body["error"]["fieldViolations"] = [
             {"field": v.field, "description": v.description} for v in exc.field_violations
         ]

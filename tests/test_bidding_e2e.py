@@ -337,5 +337,5 @@ async def test_a_bid_body_over_the_limit_is_400_naming_the_body(env: Env) -> Non
         status, _, raw = await post_bid(env, body, **headers)
         error = orjson.loads(raw)["error"]
         assert status == 400, (headers, raw[:200])
-        assert error["reason"] == "BODY_TOO_LARGE"
+        assert (error["reason"], error["domain"]) == ("BODY_TOO_LARGE", "campaignexpress.io")
         assert [v["field"] for v in error["fieldViolations"]] == ["body"]
