@@ -691,8 +691,9 @@ def test_asap_spends_until_the_cap_and_stops_within_one_impression() -> None:
 async def test_scheduler_sweeps_budgets_on_its_own_slower_cadence(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Transitions are checked every `interval`, the budget sweep (every live
-    campaign and its spend) only every `sweep_interval`, first at start."""
+    """With passes every `interval` (a resync as short as that), the budget
+    sweep (every live campaign and its spend) still runs only every
+    `sweep_interval`, first at start."""
     workflow = Workflow(world.db, world.campaigns, CampaignEvents(world.bus))
     passes = sweeps = 0
     run_due, sweep = workflow.run_due_transitions, world.budgets.sweep
@@ -709,7 +710,9 @@ async def test_scheduler_sweeps_budgets_on_its_own_slower_cadence(
 
     monkeypatch.setattr(workflow, "run_due_transitions", counted_pass)
     monkeypatch.setattr(world.budgets, "sweep", counted_sweep)
-    scheduler = Scheduler(workflow, world.budgets, interval=0.02, sweep_interval=0.3)
+    scheduler = Scheduler(
+        workflow, world.budgets, interval=0.02, sweep_interval=0.3, resync_interval=0.02
+    )
     scheduler.start()
     try:
         await asyncio.sleep(0.75)
@@ -717,3 +720,40 @@ async def test_scheduler_sweeps_budgets_on_its_own_slower_cadence(
         await scheduler.stop()
     assert passes >= 10
     assert 2 <= sweeps <= 3  # at 0 s, ~0.3 s, ~0.6 s
+
+
+async def test_scheduler_sleeps_until_a_transition_is_due_or_a_campaign_changes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No polling: with nothing due it passes once and waits (here up to a
+    60 s resync); a campaign event on the bus wakes it, and it then sleeps
+    until the next transition is due, not a second at a time."""
+    workflow = Workflow(world.db, world.campaigns, CampaignEvents(world.bus))
+    passes = 0
+    due_in: float | None = None
+    run_due = workflow.run_due_transitions
+
+    async def counted_pass() -> Any:
+        nonlocal passes
+        passes += 1
+        return await run_due()
+
+    async def next_due() -> float | None:
+        return due_in
+
+    monkeypatch.setattr(workflow, "run_due_transitions", counted_pass)
+    monkeypatch.setattr(workflow, "seconds_to_next_transition", next_due)
+    scheduler = Scheduler(workflow, bus=world.bus, interval=0.02, resync_interval=60)
+    scheduler.start()
+    try:
+        await asyncio.sleep(0.3)
+        assert passes == 1  # nothing due, nothing changed: no polling
+        due_in = 0.25
+        await world.bus.publish("campaign-express.campaigns.acme", b"{}")  # any change
+        await asyncio.sleep(0.1)
+        assert passes == 2  # woken by the event
+        due_in = None
+        await asyncio.sleep(0.35)
+        assert passes == 3  # once more when the transition fell due, then quiet
+    finally:
+        await scheduler.stop()

@@ -10,6 +10,7 @@ transition twice."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -21,9 +22,10 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.backends import BusMessage, MessageBus, Subscription
 from services.campaigns import store
 from services.campaigns.domain import Campaigns
-from services.campaigns.events import CampaignEvents, campaign_changed
+from services.campaigns.events import SUBJECT_PREFIX, CampaignEvents, campaign_changed
 from services.campaigns.model import Campaign, Money, TransitionRecord, from_json, to_json
 from services.campaigns.schedule import bounds_us
 from services.campaigns.store import record_transition
@@ -715,13 +717,8 @@ class Workflow:
         """Scheduled -> Live at start, Live/Paused -> Completed at end, for
         every tenant. Returns how many transitions were made."""
         now = self._clock()
-        c = campaigns.c
-        due = sa.or_(
-            sa.and_(c.stage == "SCHEDULED", c.start_time <= now),
-            sa.and_(c.stage.in_(("LIVE", "PAUSED", "SCHEDULED")), c.end_time <= now),
-        )
         async with self._db.engine.connect() as conn:
-            rows = (await conn.execute(campaigns.select().where(due).limit(500))).all()
+            rows = (await conn.execute(_DUE_TRANSITIONS, {"now": now})).all()
         moved = 0
         for row in rows:
             campaign = store.campaign_from_row(row)
@@ -741,6 +738,48 @@ class Workflow:
                 continue  # another scheduler or a user moved it first
         return moved
 
+    async def seconds_to_next_transition(self) -> float | None:
+        """How long until the next schedule transition falls due (0 if one is
+        due now), or None when no campaign has one ahead."""
+        now = self._clock()
+        async with self._db.engine.connect() as conn:
+            starts, ends = (await conn.execute(_NEXT_TRANSITIONS, {"now": now})).one()
+        ahead = [t for t in (starts, ends) if t is not None]
+        return max(0.0, (min(ahead) - now) / 1e6) if ahead else None
+
+
+# The scheduler's query, built once: it runs every second in every process,
+# and building the expression each time cost more than running it.
+_DUE_TRANSITIONS = (
+    campaigns.select()
+    .where(
+        sa.or_(
+            sa.and_(
+                campaigns.c.stage == "SCHEDULED",
+                campaigns.c.start_time <= sa.bindparam("now"),
+            ),
+            sa.and_(
+                campaigns.c.stage.in_(("LIVE", "PAUSED", "SCHEDULED")),
+                campaigns.c.end_time <= sa.bindparam("now"),
+            ),
+        )
+    )
+    .limit(500)
+)
+# The earliest start of a SCHEDULED campaign and the earliest end of one that
+# can still complete, after `now`.
+_NEXT_TRANSITIONS = sa.select(
+    sa.select(sa.func.min(campaigns.c.start_time))
+    .where(campaigns.c.stage == "SCHEDULED", campaigns.c.start_time > sa.bindparam("now"))
+    .scalar_subquery(),
+    sa.select(sa.func.min(campaigns.c.end_time))
+    .where(
+        campaigns.c.stage.in_(("LIVE", "PAUSED", "SCHEDULED")),
+        campaigns.c.end_time > sa.bindparam("now"),
+    )
+    .scalar_subquery(),
+)
+
 
 def _bounds(campaign: Campaign) -> tuple[int | None, int | None]:
     return bounds_us(campaign.spec.schedule)
@@ -750,46 +789,90 @@ def _money_text(money: Money) -> str:
     return f"{money.amount_micros / 1_000_000:,.2f} {money.currency_code}"
 
 
+# Every tenant's campaign events (a plain subscription: every process gets them).
+CHANGES_SUBJECT = f"{SUBJECT_PREFIX}.>"
+
+
 class BudgetSweep(Protocol):
     async def sweep(self, now: int | None = None) -> int: ...
 
 
 class Scheduler:
-    """Runs `run_due_transitions` every `interval` seconds in the background,
-    and the budget sweep every `sweep_interval` seconds (pacing alerts and
-    local-midnight resets need no finer grain; the sweep reads every live
-    campaign and its spend, too much to do every second next to bidding).
-    Safe to run in every process: each transition is conditional."""
+    """Makes the schedule's transitions (`run_due_transitions`) when they
+    fall due, and runs the budget sweep every `sweep_interval` seconds
+    (pacing alerts and local-midnight resets need no finer grain; the sweep
+    reads every live campaign and its spend, too much to do every second
+    next to bidding). Safe to run in every process: each transition is
+    conditional.
+
+    It does not poll the database every second: after each pass it reads
+    when the next transition falls due and sleeps until then, until a
+    campaign changes (with `bus`: every process hears every campaign event,
+    so a campaign scheduled anywhere wakes it), or `resync_interval` at the
+    most (an event lost on the way). Passes are at least `interval` apart,
+    so a transition happens within about `interval` of its time."""
 
     def __init__(
         self,
         workflow: Workflow,
         budgets: BudgetSweep | None = None,
+        *,
+        bus: MessageBus | None = None,
         interval: float = 1.0,
         sweep_interval: float = 30.0,
+        resync_interval: float = 30.0,
     ) -> None:
         self._workflow = workflow
         self._budgets = budgets
+        self._bus = bus
         self._interval = interval
         self._sweep_interval = sweep_interval
+        self._resync_interval = resync_interval
+        self._changed = asyncio.Event()
+        self._subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
+    async def _on_change(self, message: BusMessage) -> None:
+        self._changed.set()
+
+    async def _subscribe(self) -> None:
+        if self._bus is None or self._subscription is not None:
+            return
+        try:
+            self._subscription = await self._bus.subscribe(CHANGES_SUBJECT, self._on_change)
+        except Exception:  # the resync interval still bounds how late it can be
+            log.warning("scheduler: cannot subscribe to campaign changes", exc_info=True)
+
     async def _loop(self) -> None:
         next_sweep = 0.0
         while True:
+            await self._subscribe()
+            self._changed.clear()  # a change from here on calls for another pass
+            wait = self._resync_interval
             try:
                 await self._workflow.run_due_transitions()
+                due_in = await self._workflow.seconds_to_next_transition()
+                if due_in is not None:
+                    wait = min(wait, due_in)
                 if self._budgets is not None and time.monotonic() >= next_sweep:
                     # Pacing alerts and budget resets need no notice to happen.
                     next_sweep = time.monotonic() + self._sweep_interval
                     await self._budgets.sweep()
             except Exception:  # a database outage must not end the scheduler
                 log.warning("scheduler pass failed; retrying", exc_info=True)
-            await asyncio.sleep(self._interval)
+                wait = self._interval
+            if self._budgets is not None:
+                wait = min(wait, max(0.0, next_sweep - time.monotonic()))
+            deadline = time.monotonic() + wait
+            await asyncio.sleep(self._interval)  # at most one pass per interval
+            remaining = deadline - time.monotonic()
+            if remaining > 0 and not self._changed.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), remaining)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -799,3 +882,6 @@ class Scheduler:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None

@@ -241,7 +241,7 @@ async def create_platform(
         if any(spec.key == "campaigns" for spec in platform.local_specs):
             # Every process serving campaigns runs the scheduler: its
             # transitions are conditional, so several never double one.
-            scheduler = Scheduler(platform.workflow, platform.budgets)
+            scheduler = Scheduler(platform.workflow, platform.budgets, bus=platform.backends.bus)
             scheduler.start()
             platform._closers.append(scheduler.stop)
     return platform
