@@ -43,6 +43,8 @@ from services.common.errors import (
 )
 from services.common.forwarding import INTERNAL_MARK_KEY, CallForwarder
 from services.host.access import AccessRules
+from services.host.handlers import rewrapped
+from services.host.logs import samples_root_spans
 from services.host.tracing import TracingInterceptor
 
 log = logging.getLogger("campaign_express.calls")
@@ -301,28 +303,10 @@ class PlatformInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = details.method
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.unary_unary),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.stream_unary),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, handler.unary_stream),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(method, handler.stream_stream),
-            handler.request_deserializer,
-            handler.response_serializer,
+        return rewrapped(
+            handler,
+            lambda behaviour: self._wrap_unary(method, behaviour),
+            lambda behaviour: self._wrap_stream(method, behaviour),
         )
 
     def _start(self, method: str, context: Any) -> CallInfo:
@@ -449,7 +433,7 @@ def build_interceptors(
     if tracing:
         # Calls without a traceparent skip OpenTelemetry under the default
         # sampler, which could never record them (services/host/tracing.py).
-        every_call = bool(os.environ.get("OTEL_TRACES_SAMPLER"))
+        every_call = samples_root_spans(os.environ)
         interceptors.append(TracingInterceptor(every_call=every_call))
     interceptors.append(PlatformInterceptor(steps, rules))
     return interceptors

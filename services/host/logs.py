@@ -61,11 +61,17 @@ def configure_tracing(enabled: bool) -> None:
     trace.set_tracer_provider(tracer_provider(os.environ))
 
 
+def samples_root_spans(environ: Mapping[str, str]) -> bool:
+    """Whether the deployment chose its own sampler (OTEL_TRACES_SAMPLER),
+    which may record a call that carries no traceparent."""
+    return bool(environ.get("OTEL_TRACES_SAMPLER"))
+
+
 def tracer_provider(environ: Mapping[str, str]) -> Any:
     """The SDK tracer provider `configure_tracing` installs."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
-    if environ.get("OTEL_TRACES_SAMPLER"):
+    if samples_root_spans(environ):
         return TracerProvider()  # the SDK reads OTEL_TRACES_SAMPLER(_ARG) itself
     return TracerProvider(sampler=ParentBased(root=ALWAYS_OFF))

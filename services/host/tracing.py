@@ -19,6 +19,8 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from services.host.handlers import behaviour_of, rewrapped
+
 TRACEPARENT = "traceparent"
 
 
@@ -65,19 +67,9 @@ class TracingInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         traced = await self._otel.intercept_service(resolved, details)
         if self._every_call:
             return traced
-        deserialize, serialize = plain.request_deserializer, plain.response_serializer
-        if plain.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _unary(plain.unary_unary, traced.unary_unary), deserialize, serialize
-            )
-        if plain.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _unary(plain.stream_unary, traced.stream_unary), deserialize, serialize
-            )
-        if plain.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _streaming(plain.unary_stream, traced.unary_stream), deserialize, serialize
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            _streaming(plain.stream_stream, traced.stream_stream), deserialize, serialize
+        with_span = behaviour_of(traced)
+        return rewrapped(
+            plain,
+            lambda behaviour: _unary(behaviour, with_span),
+            lambda behaviour: _streaming(behaviour, with_span),
         )
