@@ -748,8 +748,9 @@ class Workflow:
         return max(0.0, (min(ahead) - now) / 1e6) if ahead else None
 
 
-# The scheduler's query, built once: it runs every second in every process,
-# and building the expression each time cost more than running it.
+# The scheduler's queries, built once: building the expression cost more than
+# running it. A campaign in one of these stages completes at its end.
+_COMPLETABLE = ("LIVE", "PAUSED", "SCHEDULED")
 _DUE_TRANSITIONS = (
     campaigns.select()
     .where(
@@ -759,22 +760,22 @@ _DUE_TRANSITIONS = (
                 campaigns.c.start_time <= sa.bindparam("now"),
             ),
             sa.and_(
-                campaigns.c.stage.in_(("LIVE", "PAUSED", "SCHEDULED")),
+                campaigns.c.stage.in_(_COMPLETABLE),
                 campaigns.c.end_time <= sa.bindparam("now"),
             ),
         )
     )
     .limit(500)
 )
-# The earliest start of a SCHEDULED campaign and the earliest end of one that
-# can still complete, after `now`.
+# The earliest start of a SCHEDULED campaign and the earliest end of a
+# completable one, after `now`.
 _NEXT_TRANSITIONS = sa.select(
     sa.select(sa.func.min(campaigns.c.start_time))
     .where(campaigns.c.stage == "SCHEDULED", campaigns.c.start_time > sa.bindparam("now"))
     .scalar_subquery(),
     sa.select(sa.func.min(campaigns.c.end_time))
     .where(
-        campaigns.c.stage.in_(("LIVE", "PAUSED", "SCHEDULED")),
+        campaigns.c.stage.in_(_COMPLETABLE),
         campaigns.c.end_time > sa.bindparam("now"),
     )
     .scalar_subquery(),

@@ -166,7 +166,7 @@ class LocalChannel:
         # first call: the platform's interceptors (tracing, the platform
         # pipeline) choose their wrapping by method alone and do their
         # per-call work inside the handler they return, so it can be reused
-        # (a gateway bid saves ~25 us of wrapping per request).
+        # (the wrapping was ~5% of a gateway bid's CPU, profiled).
         self._intercepted: dict[str, grpc.RpcMethodHandler] = {}
 
     async def _handler(self, details: _CallDetails) -> grpc.RpcMethodHandler:
