@@ -29,6 +29,7 @@ from bench.bidding import build_pool, seed_offers
 from bench.platform_calls import BENCH_KEY
 from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
 from services.host.config import load_settings
+from services.host.demo import seed_demo
 from services.host.serve import Running, settle_garbage_collector, start
 
 TENANT = "demo"
@@ -61,8 +62,6 @@ async def _wait_for_offers(running: Running, offers: int) -> None:
 
 
 async def measure(requests: int, passes: int, profile: int) -> None:
-    from services.host.demo import seed_demo
-
     data_dir = tempfile.mkdtemp(prefix="cx-bid-pipeline-")
     running = await _started(data_dir)
     try:
@@ -77,11 +76,14 @@ async def measure(requests: int, passes: int, profile: int) -> None:
         best = float("inf")
         bids = 0
         wire = [m.SerializeToString() for m in pool.messages]
+
+        def fresh() -> list[rtb.BidRequest]:
+            # parsed anew for each pass, as a server gets them: a message is
+            # faster to read the second time (upb caches its fields' objects)
+            return [rtb.BidRequest.FromString(data) for data in wire]
+
         for n in range(passes):
-            # fresh messages each pass, as a server gets them: a parsed
-            # message is faster to read the second time (upb caches the
-            # Python objects of its fields)
-            messages = [rtb.BidRequest.FromString(data) for data in wire]
+            messages = fresh()
             started = time.perf_counter()
             bids = 0
             for message in messages:
@@ -97,8 +99,9 @@ async def measure(requests: int, passes: int, profile: int) -> None:
         )
         if profile:
             profiler = cProfile.Profile()
+            messages = fresh()
             profiler.enable()
-            for message in pool.messages:
+            for message in messages:
                 await processor.process(TENANT, message)
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(profile)
