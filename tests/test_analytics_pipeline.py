@@ -258,6 +258,33 @@ async def test_fsync_policies_deliver_everything(
         AnalyticsPipeline(chdb, tmp_path / "other", fsync="sometimes")  # type: ignore[arg-type]
 
 
+async def test_trickle_of_events_is_committed_in_groups(
+    faulty: FaultyStore, tmp_path: pathlib.Path
+) -> None:
+    """Events arriving one by one, each after the journal went idle, are
+    gathered for commit_interval and written together, not one write each;
+    an acknowledgement barrier still commits at once."""
+    interval = 0.05
+    pipeline = fast(faulty, tmp_path / "spill", fsync="none", commit_interval=interval)
+    await pipeline.start()
+    began = time.perf_counter()
+    for i in range(200):  # one event every ~2 ms for ~0.4 s; each write takes microseconds
+        pipeline.emit(make_event(i))
+        await asyncio.sleep(0.002)
+    elapsed = time.perf_counter() - began
+    stats = pipeline.stats()
+    assert stats.acknowledged >= 150  # the journal kept up
+    # one commit per gathering window, not one per event (200 without gathering)
+    assert stats.commits <= elapsed / interval + 3, (stats.commits, elapsed)
+    pipeline.emit(make_event(200))
+    waited = time.perf_counter()
+    assert await pipeline.acknowledged() == 201
+    assert time.perf_counter() - waited < interval  # the barrier did not wait out the window
+    await pipeline.flush()
+    assert faulty.delivered_indexes() == list(range(201))
+    await pipeline.stop()
+
+
 # --------------------------------------------------------------------------- zero loss
 
 

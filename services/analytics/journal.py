@@ -171,6 +171,7 @@ class SegmentWriter:
         self._fsync = fsync
         self._directory = directory
         self._fd = -1
+        self._size = 0  # bytes in the file (it is new: opened with O_EXCL)
         self._header = (
             orjson.dumps({"format": FORMAT, "table": table, "columns": list(COLUMNS)}) + b"\n"
         )
@@ -186,7 +187,7 @@ class SegmentWriter:
             )
             if self._fsync == "commit":
                 _fsync_directory(self._directory)
-        size = os.fstat(self._fd).st_size
+        size = self._size
         if size == 0:
             data = self._header + data
         try:
@@ -202,6 +203,7 @@ class SegmentWriter:
             except OSError:
                 pass
             raise
+        self._size = size + len(data)
         self.count += len(lines)
         self.rows.extend(rows)
 
