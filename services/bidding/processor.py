@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 
 from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
 from inference.features import BidContext
@@ -35,6 +35,7 @@ from services.bidding.notices import NoticeSigner, NoticeToken
 from services.bidding.profiles import ProfileStore, default_profile
 from services.campaigns.index import LiveCampaignIndex
 from services.common.clock import now_us
+from services.common.loopmetrics import Counter, Histogram
 from services.inference.engine import InferenceEngine
 
 log = logging.getLogger(__name__)

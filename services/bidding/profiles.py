@@ -40,12 +40,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from inference.features import CHANNELS, TIERS, BidContext, Loyalty, Profile
 from services.backends.interfaces import KeyValueStore
 from services.backends.outages import is_backend_outage
 from services.bidding.identity import key_part
+from services.common.loopmetrics import Counter
 
 __all__ = [
     "KEY_PREFIX",

@@ -25,7 +25,7 @@ from google.protobuf import any_pb2, message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc import aio
 from opentelemetry import trace
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 
 from campaignexpress.type.v1 import access_pb2
 from services.audit.domain import AuditLog
@@ -42,6 +42,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.forwarding import INTERNAL_MARK_KEY, CallForwarder
+from services.common.loopmetrics import Counter, Histogram
 from services.host.access import AccessRules
 from services.host.handlers import rewrapped
 from services.host.logs import samples_root_spans

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from inference.batcher import InferenceBatcher
 from inference.catalogue import CATALOGUE, availability
@@ -29,6 +29,7 @@ from services.common.errors import (
     PermissionDenied,
     collect,
 )
+from services.common.loopmetrics import Histogram
 
 __all__ = [
     "MODEL_NAME",
