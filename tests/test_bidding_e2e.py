@@ -339,3 +339,42 @@ async def test_a_bid_body_over_the_limit_is_400_naming_the_body(env: Env) -> Non
         assert status == 400, (headers, raw[:200])
         assert (error["reason"], error["domain"]) == ("BODY_TOO_LARGE", "campaignexpress.io")
         assert [v["field"] for v in error["fieldViolations"]] == ["body"]
+
+
+async def test_bid_no_bid_and_notice_events_reach_the_analytics_store(env: Env) -> None:
+    """Step 11: every answer leaves its event in the analytics table, with
+    the fields of the bid it describes."""
+    platform = env.running.platform
+    await live_campaign(env)
+    status, _, raw = await post_bid(env, bid_request("ev-bid", user="u-ev"))
+    assert status == 200, raw
+    bid = orjson.loads(raw)["seatbid"][0]["bid"][0]
+    floor = bid_request("ev-floor")
+    floor["imp"][0]["bidfloor"] = 999.0
+    assert (await post_bid(env, floor))[0] == 204
+    win = bid["nurl"].replace("http://localhost:8080", env.base_url)
+    async with env.http.get(win.replace("${AUCTION_PRICE}", "1.005")) as r:
+        assert r.status == 200
+    await platform.analytics_pipeline.flush()
+    rows = await platform.backends.analytics.query(
+        "SELECT event_type, request_id, imp_id, bid_id, offer_id, user_id, price_micros, "
+        "currency, reason, attrs, campaign_id != '' FROM bid_events FINAL "
+        "WHERE tenant_id = 'acme' AND request_id IN ('ev-bid', 'ev-floor') ORDER BY event_type"
+    )
+    by_type = {row[0]: row[1:] for row in rows}
+    assert sorted(by_type) == ["bid", "no_bid", "win"]
+    request_id, imp_id, bid_id, offer_id, user_id, price, currency, reason, attrs, named = by_type[
+        "bid"
+    ]
+    assert (request_id, imp_id, bid_id, offer_id, user_id) == (
+        "ev-bid",
+        "1",
+        bid["id"],
+        bid["adid"],
+        "u-ev",
+    )
+    assert (price, currency, reason, named) == (round(bid["price"] * 1_000_000), "USD", "", 1)
+    assert 0 <= orjson.loads(attrs)["score"] <= 1
+    assert by_type["no_bid"][0] == "ev-floor" and by_type["no_bid"][7] == "BELOW_FLOOR"
+    # the win carries the clearing CPM, in micros
+    assert by_type["win"][2] == bid["id"] and by_type["win"][5] == 1_005_000

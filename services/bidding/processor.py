@@ -379,7 +379,7 @@ class BidProcessor:
                 campaign_id=candidate.campaign.id,
                 offer_id=candidate.offer.id,
                 user_id=user_id,
-                price_micros=int(w.price_cpm * 1_000_000),
+                price_micros=round(w.price_cpm * 1_000_000),
                 currency=currency,
                 attrs=orjson.dumps({"score": round(w.scored.score, 6)}).decode(),
             )

@@ -106,7 +106,7 @@ class Settlement:
                 campaign_id=token.campaign_id,
                 offer_id=token.offer_id,
                 user_id=token.user_id,
-                price_micros=int(cpm * 1_000_000),
+                price_micros=round(cpm * 1_000_000),
                 currency=token.currency,
                 reason=reason,
             )

@@ -55,6 +55,7 @@ def build_bidding_servicer(platform: Platform) -> BiddingServicer:
     )
     settlement = Settlement(platform.budgets, caps, signer, rates, emit=pipeline.emit)
     platform.bid_processor = processor
+    platform.analytics_pipeline = pipeline
     platform.campaign_index = index
 
     async def start() -> None:

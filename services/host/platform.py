@@ -96,6 +96,7 @@ class Platform:
     _engine: Any = None
     # Set by the bidding service when it runs here.
     bid_processor: Any = None
+    analytics_pipeline: Any = None
     campaign_index: Any = None
 
     def lifecycle(self, start: Any, stop: Any) -> None:
