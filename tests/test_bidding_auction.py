@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
+import hmac
 from typing import Any
 
 import pytest
@@ -502,3 +505,11 @@ def test_auction_equals_the_exhaustive_rules(
     winners, reason = choose_winners(scored, slots, rates, currency)
     got = [(w.imp_id, w.scored.candidate.facts.name, w.price_cpm) for w in winners]
     assert (got, reason) == reference_winners(scored, slots, rates, currency)
+
+
+@given(st.binary(max_size=600), st.text(min_size=1, max_size=50))
+def test_notice_signature_is_standard_hmac_sha256(body: bytes, secret: str) -> None:
+    signer = NoticeSigner(secret, "https://bid.example")
+    key = hashlib.sha256(b"bid-notice:" + secret.encode()).digest()
+    expected = base64.urlsafe_b64encode(hmac.digest(key, body, "sha256")[:18]).decode()
+    assert signer._sign(body) == expected

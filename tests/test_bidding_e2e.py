@@ -378,3 +378,32 @@ async def test_bid_no_bid_and_notice_events_reach_the_analytics_store(env: Env) 
     assert by_type["no_bid"][0] == "ev-floor" and by_type["no_bid"][7] == "BELOW_FLOOR"
     # the win carries the clearing CPM, in micros
     assert by_type["win"][2] == bid["id"] and by_type["win"][5] == 1_005_000
+
+
+async def test_an_edited_offer_bids_with_its_new_creative(env: Env) -> None:
+    """The offer's part of a bid is built once per version of the offer: an
+    edit reaches the next bid."""
+    platform = env.running.platform
+    name = await live_campaign(env)
+    status, _, raw = await post_bid(env, bid_request("before"))
+    assert status == 200, raw
+    before = orjson.loads(raw)["seatbid"][0]["bid"][0]
+    assert before["adm"] == OFFER.markup_template and before["cat"] == ["IAB22"]
+    assert (before["w"], before["h"], before["crid"]) == (300, 250, before["adid"])
+    offer_name = platform.campaign_index.get(name).offers[0].name
+    edited = dataclasses.replace(
+        OFFER, markup_template="<b>new</b>", iab_categories=["IAB1"], sizes=[Size(320, 50)]
+    )
+    await platform.campaigns.update_offer(
+        SYSTEM, offer_name, edited, ["markup_template", "iab_categories", "sizes"], ""
+    )
+    await platform.campaign_index.wait_for(
+        lambda i: i.get(name).offers[0].spec.markup_template == "<b>new</b>", timeout=2.0
+    )
+    body = bid_request("after")
+    body["imp"][0]["banner"]["format"] = [{"w": 320, "h": 50}]
+    status, _, raw = await post_bid(env, body)
+    assert status == 200, raw
+    after = orjson.loads(raw)["seatbid"][0]["bid"][0]
+    assert (after["adm"], after["cat"], after["w"], after["h"]) == ("<b>new</b>", ["IAB1"], 320, 50)
+    assert after["id"] != before["id"] and after["impid"] == "1" and after["price"] > 0
