@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.bidding.auction import Scored, choose_winners, price_candidates
+from services.bidding.auction import Scored, choose_winners, price_candidates, run_auction
 from services.bidding.currency import Rates, UnknownCurrency
 from services.bidding.matching import (
     MAX_CANDIDATES,
@@ -513,3 +513,50 @@ def test_notice_signature_is_standard_hmac_sha256(body: bytes, secret: str) -> N
     key = hashlib.sha256(b"bid-notice:" + secret.encode()).digest()
     expected = base64.urlsafe_b64encode(hmac.digest(key, body, "sha256")[:18]).decode()
     assert signer._sign(body) == expected
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.1, 0.5, 0.5, 0.9, 1.2, -0.1]),  # ties, and scores to clip
+            st.sampled_from([0.5, 1.0, 2.0]),  # base CPM
+            st.sampled_from(["USD", "USD", "EUR", "XYZ"]),
+            st.sets(st.sampled_from(["1", "2", "3"]), min_size=1),
+            st.integers(0, 3),
+            st.booleans(),
+        ),
+        max_size=12,
+    ),
+    st.lists(
+        st.tuples(st.sampled_from([0.0, 0.8, 1.5]), st.sampled_from(["USD", "EUR", "ABC"])),
+        min_size=1,
+        max_size=3,
+    ),
+    st.sampled_from(["USD", "EUR"]),
+    st.sampled_from(["", "GOLD", "RESERVE"]),
+)
+def test_lazy_pricing_auction_equals_pricing_every_candidate(
+    rows: list[tuple[float, float, str, set[str], int, bool]],
+    floors: list[tuple[float, str]],
+    currency: str,
+    tier: str,
+) -> None:
+    """run_auction prices only the candidates it looks at, and decides
+    exactly what choose_winners decides on every candidate priced."""
+    rates = Rates()
+    candidates, scores = [], []
+    for score, cpm, cur, imps, offer_no, repeats in rows:
+        made = offer(f"o{offer_no}", f"c{offer_no}", bid_cpm=Money(cur, int(cpm * 1e6)))
+        live = LiveCampaign(campaign(f"c{offer_no}", allow_repeat_offers=repeats), (made,))
+        candidates.append(Candidate(live, live.offer_facts[0], tuple(sorted(imps))))
+        scores.append(score)
+    ctrs = [0.01 * i for i in range(len(rows))]
+    slots = [
+        Slot(str(i + 1), frozenset({"BANNER"}), frozenset(), floor, floor_cur)
+        for i, (floor, floor_cur) in enumerate(floors)
+    ]
+    eager = choose_winners(price_candidates(candidates, scores, ctrs, tier), slots, rates, currency)
+    assert run_auction(candidates, scores, ctrs, tier, slots, rates, currency) == eager
+    with pytest.raises(ValueError):
+        run_auction(candidates, scores[:-1] + [0.5, 0.5], ctrs, tier, slots, rates, currency)

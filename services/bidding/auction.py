@@ -5,7 +5,7 @@ campaign allows repeats."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from services.bidding.currency import Rates, UnknownCurrency
@@ -26,6 +26,17 @@ class Winner(NamedTuple):
     price_cpm: float  # in the response currency
 
 
+def _priced(candidate: Candidate, score: float, ctr: float, loyalty_tier: str) -> Scored:
+    live, facts, _ = candidate
+    clipped = score if 0.0 <= score <= 1.0 else (1.0 if score > 1.0 else 0.0)
+    price = facts.base_cpm * (0.5 + clipped)
+    max_cpm = live.max_cpm
+    if max_cpm is not None and price > max_cpm:
+        price = max_cpm
+    boost = live.tier_boost.get(loyalty_tier, 1.0)
+    return Scored(candidate, score, ctr, price * boost, facts.currency)
+
+
 def price_candidates(
     candidates: Sequence[Candidate],
     scores: Sequence[float],
@@ -36,21 +47,10 @@ def price_candidates(
     offer's, else the campaign's max CPM) scaled by the model's score between
     0.5x and 1.5x, capped at the max CPM, then boosted for the user's loyalty
     tier and the campaign's own tier rule (`LiveCampaign.tier_boost`)."""
-    out = []
-    for candidate, score, ctr in zip(candidates, scores, ctrs, strict=True):
-        live, facts, _ = candidate
-        clipped = score if 0.0 <= score <= 1.0 else (1.0 if score > 1.0 else 0.0)
-        price = facts.base_cpm * (0.5 + clipped)
-        max_cpm = live.max_cpm
-        if max_cpm is not None and price > max_cpm:
-            price = max_cpm
-        boost = live.tier_boost.get(loyalty_tier, 1.0)
-        out.append(Scored(candidate, score, ctr, price * boost, facts.currency))
-    return out
-
-
-def _score(scored: Scored) -> float:
-    return scored.score
+    return [
+        _priced(candidate, score, ctr, loyalty_tier)
+        for candidate, score, ctr in zip(candidates, scores, ctrs, strict=True)
+    ]
 
 
 def choose_winners(
@@ -65,22 +65,77 @@ def choose_winners(
     that qualifies once no other has as high a score. Without winners the
     reason is "unknown currency" if a candidate's price could not be
     converted, else "below floor" if one was under its floor."""
-    ranked = sorted(scored, key=_score, reverse=True)
+    scores = [s.score for s in scored]
+    return _choose(
+        _best_first(scores),
+        scores,
+        [s.candidate for s in scored],
+        scored.__getitem__,
+        slots,
+        rates,
+        response_currency,
+    )
+
+
+def run_auction(
+    candidates: Sequence[Candidate],
+    scores: Sequence[float],
+    ctrs: Sequence[float],
+    loyalty_tier: str,
+    slots: Sequence[Slot],
+    rates: Rates,
+    response_currency: str,
+) -> tuple[list[Winner], str]:
+    """choose_winners(price_candidates(...), ...) without pricing every
+    candidate: a candidate is priced when the auction first looks at its price
+    (most are never looked at: the best-score-first visit stops early, and a
+    candidate that does not fit the slot is passed over unpriced)."""
+    if not len(candidates) == len(scores) == len(ctrs):
+        raise ValueError("one score and one ctr per candidate")
+    priced: dict[int, Scored] = {}
+
+    def scored_at(i: int) -> Scored:
+        found = priced.get(i)
+        if found is None:
+            found = priced[i] = _priced(candidates[i], scores[i], ctrs[i], loyalty_tier)
+        return found
+
+    return _choose(
+        _best_first(scores), scores, candidates, scored_at, slots, rates, response_currency
+    )
+
+
+def _best_first(scores: Sequence[float]) -> list[int]:
+    """Candidate positions by score, highest first; ties keep their order."""
+    return sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
+
+
+def _choose(
+    order: Sequence[int],
+    scores: Sequence[float],
+    candidates: Sequence[Candidate],
+    scored_at: Callable[[int], Scored],
+    slots: Sequence[Slot],
+    rates: Rates,
+    response_currency: str,
+) -> tuple[list[Winner], str]:
     winners: list[Winner] = []
     used: set[str] = set()
     unknown_currency = below_floor = False
     for slot in slots:
         imp_id, floor, floor_currency = slot.imp_id, slot.floor, slot.floor_currency
         best: tuple[float, float, str, Scored] | None = None
-        for s in ranked:
-            if best is not None and s.score < best[0]:
+        for i in order:
+            score = scores[i]
+            if best is not None and score < best[0]:
                 break  # the rest score lower: none can win this slot
-            candidate = s.candidate
+            candidate = candidates[i]
             if imp_id not in candidate.slots:
                 continue
             offer_name = candidate.facts.name
             if offer_name in used and not candidate.live.campaign.spec.allow_repeat_offers:
                 continue
+            s = scored_at(i)
             price, currency = s.price_cpm, s.currency
             try:
                 in_floor = (
@@ -99,8 +154,8 @@ def choose_winners(
             if in_floor < floor:
                 below_floor = True
                 continue
-            if best is None or (s.score, in_response, offer_name) > best[:3]:
-                best = (s.score, in_response, offer_name, s)
+            if best is None or (score, in_response, offer_name) > best[:3]:
+                best = (score, in_response, offer_name, s)
         if best is not None:
             used.add(best[2])
             winners.append(Winner(imp_id, best[3], round(best[1], 6)))

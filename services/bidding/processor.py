@@ -26,7 +26,7 @@ from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
 from inference.features import BidContext
 from services.analytics.events import AnalyticsEvent, EventType
 from services.bidding import consent as consent_rules
-from services.bidding.auction import Winner, choose_winners, price_candidates
+from services.bidding.auction import Winner, run_auction
 from services.bidding.caps import FrequencyCaps
 from services.bidding.currency import Rates
 from services.bidding.identity import resolve_user_id
@@ -253,13 +253,18 @@ class BidProcessor:
             self._engine.request(feature_profile, [c.facts.name for c in candidates])
         )
         tier = ctx.loyalty_tier
-        scored = price_candidates(
-            candidates, prediction.scores.score.tolist(), prediction.scores.ctr.tolist(), tier
-        )
         response_currency = self._response_currency(request)
         if response_currency is None:
             return BidOutcome(None, NBR_UNKNOWN_CURRENCY, "UNKNOWN_CURRENCY")
-        winners, reason = choose_winners(scored, slots, self._rates, response_currency)
+        winners, reason = run_auction(
+            candidates,
+            prediction.scores.score.tolist(),
+            prediction.scores.ctr.tolist(),
+            tier,
+            slots,
+            self._rates,
+            response_currency,
+        )
         if not winners:
             if reason == "unknown currency":
                 return BidOutcome(None, NBR_UNKNOWN_CURRENCY, "UNKNOWN_CURRENCY")
