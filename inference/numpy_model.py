@@ -36,6 +36,9 @@ from inference.features import FEATURE_DIM, USER_DIM, offer_embeddings
 
 __all__ = ["NumpyColaNet", "Scores", "single_threaded_blas"]
 
+# Candidate lists whose projections a model keeps (at most 64 x hidden floats each).
+CANDIDATE_LISTS_KEPT = 512
+
 Array = npt.NDArray[Any]
 
 
@@ -226,6 +229,8 @@ class NumpyColaNet:
         self._offer_index: dict[str, int] = {}
         self._offer_proj = np.empty((256, config.hidden_units), dtype=dtype)
         self._lock = threading.Lock()
+        # candidate list -> its offer projections (see _candidate_projection)
+        self._candidate_rows: dict[tuple[str, ...], Array] = {}
 
     # -- first layer ------------------------------------------------------
 
@@ -307,8 +312,21 @@ class NumpyColaNet:
     def score(self, user: Array, offer_ids: Sequence[str]) -> Scores:
         """Outputs for one bid: its user part (140,) and candidate offers."""
         up = self.user_projection(np.asarray(user).reshape(1, USER_DIM))
-        current = self.offer_projection(offer_ids) + up + self._b1
-        return self._from_current(current)
+        up += self._b1
+        return self._from_current(self._candidate_projection(offer_ids) + up)
+
+    def _candidate_projection(self, offer_ids: Sequence[str]) -> Array:
+        """offer_projection of a bid's candidate list, kept per list: bids
+        repeat the same few lists (the same formats and sizes find the same
+        offers), and a hit skips the per-offer lookups and the gather. The
+        array is shared: callers must not change it."""
+        key = tuple(offer_ids)
+        found = self._candidate_rows.get(key)
+        if found is None:
+            if len(self._candidate_rows) >= CANDIDATE_LISTS_KEPT:
+                self._candidate_rows.clear()
+            found = self._candidate_rows[key] = self.offer_projection(key)
+        return found
 
     def score_many(self, users: Array, offers: Sequence[Sequence[str]]) -> list[Scores]:
         """Outputs for several bids in one pass; users (r, 140)."""

@@ -355,3 +355,21 @@ def test_offer_cache_starts_over_when_full_without_losing_a_call() -> None:
         )
     with pytest.raises(ValueError):
         NumpyColaNet(ck.config, {**ck.params, "w1": ck.params["w1"][:10]})
+
+
+def test_a_repeated_candidate_list_scores_as_the_full_rows_for_every_user() -> None:
+    """score() keeps each candidate list's offer projections: the second and
+    later bids with the same list, for other users, still score exactly as
+    the full feature rows do, and the kept array is not changed by a bid."""
+    ck = default_checkpoint()
+    model = NumpyColaNet(ck.config, ck.params, dtype=np.float64)
+    offers = [f"offer-{i}" for i in range(21)]
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        user = rng.normal(0, 0.5, USER_DIM).astype(np.float32)
+        full = model.forward(build_features(user, offers).astype(np.float64))
+        np.testing.assert_allclose(model.score(user, offers).score, full.score, atol=1e-12)
+    assert len(model._candidate_rows) == 1
+    kept = model._candidate_rows[tuple(offers)].copy()
+    model.score(rng.normal(0, 0.5, USER_DIM), offers)
+    np.testing.assert_array_equal(model._candidate_rows[tuple(offers)], kept)
