@@ -29,12 +29,14 @@ from services.analytics import (
     AnalyticsEvent,
     AnalyticsPipeline,
     EventType,
+    bid_row,
     count_by_campaign,
     count_by_type,
     count_distinct_events,
     count_rows,
     ensure_table,
     new_event_id,
+    no_bid_row,
 )
 from services.analytics import journal as journal_module
 from services.analytics.journal import FORMAT, scan_segments, segment_path
@@ -126,6 +128,54 @@ def test_event_validation_and_ids() -> None:
     assert all(len(i) == 32 and int(i, 16) >= 0 and i[12] == "7" for i in ids)
     assert ids == sorted(ids)  # time-ordered within a process
     assert AnalyticsEvent.from_row(make_event(5).row()) == make_event(5)
+
+
+def test_bid_path_rows_are_valid_events_with_their_fields_in_place() -> None:
+    """bid_row and no_bid_row skip AnalyticsEvent's checks: they must build
+    exactly the row such an event would have."""
+    row = bid_row(BASE_TIME_US, "acme", "r1", "1", "b1", "c1", "o1", "u1", 1_250_000, "USD", "{}")
+    bid = AnalyticsEvent.from_row(row)  # validates
+    assert row == bid.row()
+    assert (bid.event_type, bid.event_time, bid.tenant_id, bid.request_id, bid.imp_id) == (
+        EventType.BID,
+        BASE_TIME_US,
+        "acme",
+        "r1",
+        "1",
+    )
+    assert (bid.bid_id, bid.campaign_id, bid.offer_id, bid.user_id) == ("b1", "c1", "o1", "u1")
+    assert (bid.price_micros, bid.currency, bid.reason, bid.attrs) == (1_250_000, "USD", "", "{}")
+    row = no_bid_row(BASE_TIME_US, "acme", "r2", "BELOW_FLOOR")
+    no_bid = AnalyticsEvent.from_row(row)
+    assert row == no_bid.row()
+    assert (no_bid.event_type, no_bid.request_id, no_bid.reason) == (
+        EventType.NO_BID,
+        "r2",
+        "BELOW_FLOOR",
+    )
+    assert no_bid.event_id != bid.event_id
+
+
+async def test_rows_and_events_travel_together_in_emit_order(
+    faulty: FaultyStore, tmp_path: pathlib.Path
+) -> None:
+    pipeline = fast(faulty, tmp_path / "spill")
+    await pipeline.start()
+    rows = [no_bid_row(BASE_TIME_US + i, "acme", f"row-{i}", "NO_CANDIDATES") for i in range(3)]
+    pipeline.emit(make_event(0))
+    for row in rows:
+        pipeline.emit(row)
+    pipeline.emit(make_event(1))
+    await pipeline.flush()
+    (batch,) = faulty.batches  # event ids, in insert order
+    assert batch[1:4] == [row[0] for row in rows]
+    assert (index_of(batch[0]), index_of(batch[4])) == (0, 1)
+    stored = await faulty.inner.query(
+        "SELECT request_id, event_type, reason FROM bid_events "
+        "WHERE request_id LIKE 'row-%' ORDER BY request_id"
+    )
+    assert stored == [(f"row-{i}", "no_bid", "NO_CANDIDATES") for i in range(3)]
+    await pipeline.stop()
 
 
 async def test_table_is_idempotent_and_events_round_trip(

@@ -5,11 +5,14 @@ from services.analytics.events import (
     COLUMNS,
     TABLE,
     AnalyticsEvent,
+    EventRow,
     EventType,
     attrs_json,
     bid_events_ddl,
+    bid_row,
     ensure_table,
     new_event_id,
+    no_bid_row,
 )
 from services.analytics.journal import FsyncPolicy
 from services.analytics.pipeline import AnalyticsPipeline, PipelineStats
@@ -25,15 +28,18 @@ __all__ = [
     "TABLE",
     "AnalyticsEvent",
     "AnalyticsPipeline",
+    "EventRow",
     "EventType",
     "FsyncPolicy",
     "PipelineStats",
     "attrs_json",
     "bid_events_ddl",
+    "bid_row",
     "count_by_campaign",
     "count_by_type",
     "count_distinct_events",
     "count_rows",
     "ensure_table",
     "new_event_id",
+    "no_bid_row",
 ]

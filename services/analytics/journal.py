@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import orjson
 
-from services.analytics.events import COLUMNS, AnalyticsEvent, store_row
+from services.analytics.events import COLUMNS, AnalyticsEvent, EventRow, store_row
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +221,12 @@ class SegmentWriter:
             _fsync_directory(self._directory)
 
 
-def encode_events(events: list[AnalyticsEvent]) -> tuple[list[bytes], list[list[Any]], int]:
-    """Journal lines and store rows of events, and how many could not be
-    encoded (mutated into bad types after construction; logged, left out)."""
+def encode_events(
+    events: list[AnalyticsEvent | EventRow],
+) -> tuple[list[bytes], list[list[Any]], int]:
+    """Journal lines and store rows of events (or event rows), and how many
+    could not be encoded (mutated into bad types after construction; logged,
+    left out)."""
     dumps = orjson.dumps
     option = orjson.OPT_APPEND_NEWLINE
     lines: list[bytes] = []
@@ -231,7 +234,7 @@ def encode_events(events: list[AnalyticsEvent]) -> tuple[list[bytes], list[list[
     bad = 0
     for event in events:
         try:
-            values = event.row()
+            values = event if type(event) is tuple else event.row()  # type: ignore[union-attr]
             line = dumps(values, option=option)
         except Exception as exc:
             bad += 1

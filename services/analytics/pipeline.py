@@ -69,7 +69,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from services.analytics.events import COLUMNS, TABLE, AnalyticsEvent, ensure_table
+from services.analytics.events import COLUMNS, TABLE, AnalyticsEvent, EventRow, ensure_table
 from services.analytics.journal import (
     REJECTED_SUFFIX,
     CorruptSegment,
@@ -182,7 +182,7 @@ class AnalyticsPipeline:
         self._dir_lock: SpillDirLock | None = None
 
         # emit side (loop thread writes; the journal thread pops)
-        self._inbox: deque[AnalyticsEvent] = deque()
+        self._inbox: deque[AnalyticsEvent | EventRow] = deque()
         self._emitted = 0
         self._dropped = 0
         self._inline_commits = 0
@@ -275,9 +275,10 @@ class AnalyticsPipeline:
         self._work.set()
         self._deliverer = asyncio.create_task(self._deliver_main(), name="analytics-delivery")
 
-    def emit(self, event: AnalyticsEvent) -> None:
-        """Queue one event. Returns at once (O(1), no I/O in the normal case);
-        the event is acknowledged within `commit_interval` plus a write. Before
+    def emit(self, event: AnalyticsEvent | EventRow) -> None:
+        """Queue one event, or an event row made by `bid_row`/`no_bid_row`.
+        Returns at once (O(1), no I/O in the normal case); the event is
+        acknowledged within `commit_interval` plus a write. Before
         start() events wait in memory (up to queue_max; more are counted in
         `dropped`); after stop() this raises RuntimeError."""
         state = self._state
@@ -394,7 +395,7 @@ class AnalyticsPipeline:
 
     # ------------------------------------------------------------------ emit overflow
 
-    def _overflow(self, event: AnalyticsEvent) -> None:
+    def _overflow(self, event: AnalyticsEvent | EventRow) -> None:
         """The inbox holds queue_max events: the journal thread is behind."""
         if self._journal_failing or self._state is _NEW:
             self._dropped += 1

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
 from inference.features import BidContext
-from services.analytics.events import AnalyticsEvent, EventType
+from services.analytics.events import AnalyticsEvent, EventRow, bid_row, no_bid_row
 from services.bidding import consent as consent_rules
 from services.bidding.auction import Winner, run_auction
 from services.bidding.caps import FrequencyCaps
@@ -145,7 +145,7 @@ class BidProcessor:
         caps: FrequencyCaps,
         signer: NoticeSigner,
         rates: Rates,
-        emit: Callable[[AnalyticsEvent], None] | None = None,
+        emit: Callable[[AnalyticsEvent | EventRow], None] | None = None,
         metrics_registry: CollectorRegistry | None = None,
         vendor_id: int | None = None,
         clock: Callable[[], int] = now_us,
@@ -390,36 +390,26 @@ class BidProcessor:
             return
         candidate = w.scored.candidate
         self._emit(
-            AnalyticsEvent(
-                event_type=EventType.BID,
-                event_time=now,
-                tenant_id=tenant_id,
-                request_id=request.id,
-                imp_id=w.imp_id,
-                bid_id=bid_id,
-                campaign_id=candidate.campaign.id,
-                offer_id=candidate.offer.id,
-                user_id=user_id,
-                price_micros=round(w.price_cpm * 1_000_000),
-                currency=currency,
-                attrs=orjson.dumps({"score": round(w.scored.score, 6)}).decode(),
+            bid_row(
+                now,
+                tenant_id,
+                request.id,
+                w.imp_id,
+                bid_id,
+                candidate.campaign.id,
+                candidate.offer.id,
+                user_id,
+                round(w.price_cpm * 1_000_000),
+                currency,
+                orjson.dumps({"score": round(w.scored.score, 6)}).decode(),
             )
         )
 
     def _record_no_bid(
         self, tenant_id: str, request: rtb.BidRequest, outcome: BidOutcome, now: int
     ) -> None:
-        if self._emit is None:
-            return
-        self._emit(
-            AnalyticsEvent(
-                event_type=EventType.NO_BID,
-                event_time=now,
-                tenant_id=tenant_id,
-                request_id=request.id,
-                reason=outcome.reason,
-            )
-        )
+        if self._emit is not None:
+            self._emit(no_bid_row(now, tenant_id, request.id, outcome.reason))
 
 
 _FEATURE_DEVICE = {
