@@ -13,7 +13,6 @@ auction.py, consent.py and caps.py."""
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from services.bidding.notices import NoticeSigner, NoticeToken
 from services.bidding.profiles import ProfileStore, default_profile
 from services.campaigns.index import LiveCampaignIndex, OfferFacts
 from services.common.clock import now_us
+from services.common.ids import random_hex_id
 from services.common.loopmetrics import Counter, Histogram
 from services.inference.engine import InferenceEngine
 
@@ -316,12 +316,12 @@ class BidProcessor:
         currency: str,
         now: int,
     ) -> rtb.BidResponse:
-        response = rtb.BidResponse(id=request.id, bidid=os.urandom(16).hex(), cur=currency)
+        response = rtb.BidResponse(id=request.id, bidid=random_hex_id(), cur=currency)
         seat = response.seatbid.add(seat=SEAT)
         for winner in winners:
             candidate = winner.scored.candidate
             campaign, offer = candidate.campaign, candidate.offer
-            bid_id = os.urandom(16).hex()
+            bid_id = random_hex_id()
             token = NoticeToken(
                 tenant_id=tenant_id,
                 campaign_id=campaign.id,
