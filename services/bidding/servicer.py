@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +31,43 @@ MAX_IN_FLIGHT_PER_STREAM = 256
 
 def _no_bid_response(request: rtb.BidRequest, outcome: BidOutcome) -> rtb.BidResponse:
     return rtb.BidResponse(id=request.id, nbr=outcome.nbr)
+
+
+class _Answers:
+    """A stream's decided replies on their way out: one producer side (bids
+    answered eagerly or by their tasks) and one consumer (the response
+    stream), so a deque and a single waiter do, without asyncio.Queue's
+    bookkeeping per reply. Iterating yields replies in the order they were
+    put until a None; replies that gathered while the consumer was writing
+    go out without another wait."""
+
+    __slots__ = ("_loop", "_replies", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._replies: deque[pb.StreamBidsResponse | None] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, reply: pb.StreamBidsResponse | None) -> None:
+        """Queue a reply (None: the stream is done)."""
+        self._replies.append(reply)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def __aiter__(self) -> AsyncIterator[pb.StreamBidsResponse]:
+        replies = self._replies
+        while True:
+            if not replies:
+                waiter = self._waiter = self._loop.create_future()
+                await waiter
+                continue
+            reply = replies.popleft()
+            if reply is None:
+                return
+            yield reply
 
 
 class BiddingServicer(bidding_service_pb2_grpc.BiddingServiceServicer):
@@ -59,7 +97,8 @@ class BiddingServicer(bidding_service_pb2_grpc.BiddingServiceServicer):
         """Many requests in flight: each is processed as it arrives and
         answered as soon as it is decided, matched by request id."""
         tenant_id = current_principal().tenant_id
-        answers: asyncio.Queue[pb.StreamBidsResponse | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        answers = _Answers(loop)
         slots = asyncio.Semaphore(MAX_IN_FLIGHT_PER_STREAM)
         tasks: set[asyncio.Task[pb.StreamBidsResponse]] = set()
 
@@ -101,7 +140,7 @@ class BiddingServicer(bidding_service_pb2_grpc.BiddingServiceServicer):
         def answered(task: asyncio.Task[pb.StreamBidsResponse]) -> None:
             tasks.discard(task)
             if not task.cancelled():
-                answers.put_nowait(task.result())
+                answers.put(task.result())
 
         async def read() -> None:
             try:
@@ -111,22 +150,18 @@ class BiddingServicer(bidding_service_pb2_grpc.BiddingServiceServicer):
                     # are answered on this turn, without a task of their own.
                     started = start_eagerly(answer(message.request, now_us()), loop)
                     if isinstance(started, Finished):
-                        answers.put_nowait(started.result)
+                        answers.put(started.result)
                     else:
                         tasks.add(started)
                         started.add_done_callback(answered)
                 if tasks:
                     await asyncio.wait(tasks)
             finally:
-                answers.put_nowait(None)
+                answers.put(None)
 
-        loop = asyncio.get_running_loop()
         reader = loop.create_task(read())
         try:
-            while True:
-                reply = await answers.get()
-                if reply is None:
-                    break
+            async for reply in answers:
                 yield reply
         finally:
             reader.cancel()
