@@ -407,3 +407,22 @@ async def test_an_edited_offer_bids_with_its_new_creative(env: Env) -> None:
     after = orjson.loads(raw)["seatbid"][0]["bid"][0]
     assert (after["adm"], after["cat"], after["w"], after["h"]) == ("<b>new</b>", ["IAB1"], 320, 50)
     assert after["id"] != before["id"] and after["impid"] == "1" and after["price"] > 0
+
+
+async def test_stream_bids_in_process_reads_the_request_iterator(env: Env) -> None:
+    """Over gRPC the stream reads through the context's read(); the
+    in-process channel's context has none, and the same servicer reads its
+    request iterator instead."""
+    await live_campaign(env)
+    request = decode_bid_request(orjson.dumps(bid_request("local")), max_bytes=1 << 20)
+
+    async def many():  # type: ignore[no-untyped-def]
+        for i in range(5):
+            req = bpb.StreamBidsRequest(request=request)
+            req.request.id = f"local-{i}"
+            yield req
+
+    stub = bgrpc.BiddingServiceStub(env.running.platform.local_channel)
+    answers = [a async for a in stub.StreamBids(many(), metadata=env.auth())]
+    assert sorted(a.request_id for a in answers) == [f"local-{i}" for i in range(5)]
+    assert all(not a.no_bid and a.response.seatbid[0].bid for a in answers)
