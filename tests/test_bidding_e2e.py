@@ -409,10 +409,8 @@ async def test_an_edited_offer_bids_with_its_new_creative(env: Env) -> None:
     assert after["id"] != before["id"] and after["impid"] == "1" and after["price"] > 0
 
 
-async def test_stream_bids_in_process_reads_the_request_iterator(env: Env) -> None:
-    """Over gRPC the stream reads through the context's read(); the
-    in-process channel's context has none, and the same servicer reads its
-    request iterator instead."""
+async def test_stream_bids_works_through_the_in_process_channel(env: Env) -> None:
+    """The same servicer streams bids to an in-process caller."""
     await live_campaign(env)
     request = decode_bid_request(orjson.dumps(bid_request("local")), max_bytes=1 << 20)
 

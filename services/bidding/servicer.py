@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from google.rpc import status_pb2
-from grpc import aio
 
 from campaignexpress.bidding.v1 import bidding_service_pb2, bidding_service_pb2_grpc
 from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
@@ -32,22 +31,6 @@ MAX_IN_FLIGHT_PER_STREAM = 256
 
 def _no_bid_response(request: rtb.BidRequest, outcome: BidOutcome) -> rtb.BidResponse:
     return rtb.BidResponse(id=request.id, nbr=outcome.nbr)
-
-
-def _reader(requests: AsyncIterator[pb.StreamBidsRequest], context: Any) -> Any:
-    """An awaitable reading the stream's next request, aio.EOF at its end:
-    the gRPC context's read() where it has one (a gRPC server's), which skips
-    grpc's async-generator layer per message; else (the in-process channel)
-    the next item of the request iterator."""
-    read = getattr(context, "read", None)
-    if read is not None:
-        return read
-    iterator = aiter(requests)
-
-    async def next_request() -> Any:
-        return await anext(iterator, aio.EOF)
-
-    return next_request
 
 
 class _Answers:
@@ -160,9 +143,8 @@ class BiddingServicer(bidding_service_pb2_grpc.BiddingServiceServicer):
                 answers.put(task.result())
 
         async def read() -> None:
-            next_request = _reader(requests, context)
             try:
-                while (message := await next_request()) is not aio.EOF:
+                async for message in requests:
                     await slots.acquire()
                     # Most bids never wait (profile in L1, embedded store): they
                     # are answered on this turn, without a task of their own.
