@@ -8,6 +8,7 @@ import hashlib
 import hmac
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -251,6 +252,17 @@ def test_notice_tokens_are_signed_and_prices_checked() -> None:
         signer.verify(t[:-2] + "AA")
     with pytest.raises(InvalidArgument):
         NoticeSigner("x" * 40, "https://bid.example").verify(t)
+    # a token from before the array form (a JSON object of the fields) still settles
+    body = base64.urlsafe_b64encode(orjson.dumps(token)).decode().rstrip("=")
+    earlier = f"{body}.{signer._sign(body.encode())}"
+    assert signer.verify(earlier) == token
+    assert len(t) < len(earlier) - 150  # the array form: shorter URLs
+    # signed, but not a token's layout: refused, naming the parameter
+    for raw in ([2, *dataclasses.astuple(token)], [1, "acme"], "text", 5):
+        body = base64.urlsafe_b64encode(orjson.dumps(raw)).decode().rstrip("=")
+        with pytest.raises(InvalidArgument) as refused:
+            signer.verify(f"{body}.{signer._sign(body.encode())}")
+        assert refused.value.field_violations[0].field == "t"
     assert parse_price("1.75") == 1.75
     for bad in ("", "${AUCTION_PRICE}", "abc", "-1", "1e9", "nan"):
         with pytest.raises(InvalidArgument):

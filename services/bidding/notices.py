@@ -7,14 +7,19 @@ forged or pointed at another tenant's campaign; the exchange substitutes the
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
+import operator
 from dataclasses import dataclass
 
 import orjson
 
 from services.common.errors import InvalidArgument
 
+# The token's layout: [1, then NoticeToken's fields in order]. Earlier
+# tokens were a JSON object of the fields; verify() reads both.
+TOKEN_VERSION = 1
 PRICE_MACRO = "${AUCTION_PRICE}"
 LOSS_MACRO = "${AUCTION_LOSS}"
 MAX_PRICE_CPM = 10_000.0
@@ -33,6 +38,9 @@ class NoticeToken:
     request_id: str
     time_zone: str  # campaign's, for daily frequency caps
     issued_us: int
+
+
+_token_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(NoticeToken)))
 
 
 class NoticeSigner:
@@ -54,8 +62,11 @@ class NoticeSigner:
         return base64.urlsafe_b64encode(outer.digest()[:18]).decode()
 
     def token(self, notice: NoticeToken) -> str:
-        # orjson writes a dataclass as an object of its fields, in order
-        body = base64.urlsafe_b64encode(orjson.dumps(notice)).decode().rstrip("=")
+        """The signed token: a JSON array [version, fields in order], base64url
+        without padding, a dot, the signature. An array rather than an object
+        of named fields: ~150 characters less per URL, three URLs per bid."""
+        fields = (TOKEN_VERSION, *_token_fields(notice))
+        body = base64.urlsafe_b64encode(orjson.dumps(fields)).decode().rstrip("=")
         return f"{body}.{self._sign(body.encode())}"
 
     def urls(self, notice: NoticeToken) -> tuple[str, str, str]:
@@ -77,9 +88,13 @@ class NoticeSigner:
             raise InvalidArgument.field("t", "is not a notice token this platform issued")
         try:
             raw = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-            return NoticeToken(**raw)
+            if type(raw) is list and raw and raw[0] == TOKEN_VERSION:
+                return NoticeToken(*raw[1:])
+            if type(raw) is dict:  # tokens issued before the array form
+                return NoticeToken(**raw)
         except (ValueError, TypeError):
-            raise InvalidArgument.field("t", "is not a notice token this platform issued") from None
+            pass
+        raise InvalidArgument.field("t", "is not a notice token this platform issued")
 
 
 def parse_price(raw: str) -> float:
