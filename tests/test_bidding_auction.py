@@ -474,24 +474,41 @@ def reference_winners(
     return winners, "no candidate"
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.lists(
+def auction_rows(scores: list[float], prices: list[float]) -> st.SearchStrategy[Any]:
+    """Candidates as (score, price or base CPM, currency, imp ids, offer
+    number shared between candidates, the campaign allows repeats)."""
+    return st.lists(
         st.tuples(
-            st.sampled_from([0.1, 0.5, 0.5, 0.9]),  # ties on purpose
-            st.sampled_from([0.5, 1.0, 2.0, 2.0]),
+            st.sampled_from(scores),
+            st.sampled_from(prices),
             st.sampled_from(["USD", "USD", "EUR", "XYZ"]),
             st.sets(st.sampled_from(["1", "2", "3"]), min_size=1),
-            st.integers(0, 3),  # offer, shared between candidates
-            st.booleans(),  # the campaign allows repeats
+            st.integers(0, 3),
+            st.booleans(),
         ),
         max_size=12,
-    ),
-    st.lists(
-        st.tuples(st.sampled_from([0.0, 0.8, 1.5]), st.sampled_from(["USD", "EUR", "ABC"])),
-        min_size=1,
-        max_size=3,
-    ),
+    )
+
+
+# (floor, floor currency) per slot
+auction_floors = st.lists(
+    st.tuples(st.sampled_from([0.0, 0.8, 1.5]), st.sampled_from(["USD", "EUR", "ABC"])),
+    min_size=1,
+    max_size=3,
+)
+
+
+def auction_slots(floors: list[tuple[float, str]]) -> list[Slot]:
+    return [
+        Slot(str(i + 1), frozenset({"BANNER"}), frozenset(), floor, floor_cur)
+        for i, (floor, floor_cur) in enumerate(floors)
+    ]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    auction_rows([0.1, 0.5, 0.5, 0.9], [0.5, 1.0, 2.0, 2.0]),  # ties on purpose
+    auction_floors,
     st.sampled_from(["USD", "EUR"]),
 )
 def test_auction_equals_the_exhaustive_rules(
@@ -510,10 +527,7 @@ def test_auction_equals_the_exhaustive_rules(
         )
         candidate = Candidate(live, live.offer_facts[0], tuple(sorted(imps)))
         scored.append(Scored(candidate, score, 0.0, price, cur))
-    slots = [
-        Slot(str(i + 1), frozenset({"BANNER"}), frozenset(), floor, floor_cur)
-        for i, (floor, floor_cur) in enumerate(floors)
-    ]
+    slots = auction_slots(floors)
     winners, reason = choose_winners(scored, slots, rates, currency)
     got = [(w.imp_id, w.scored.candidate.facts.name, w.price_cpm) for w in winners]
     assert (got, reason) == reference_winners(scored, slots, rates, currency)
@@ -529,22 +543,8 @@ def test_notice_signature_is_standard_hmac_sha256(body: bytes, secret: str) -> N
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.lists(
-        st.tuples(
-            st.sampled_from([0.1, 0.5, 0.5, 0.9, 1.2, -0.1]),  # ties, and scores to clip
-            st.sampled_from([0.5, 1.0, 2.0]),  # base CPM
-            st.sampled_from(["USD", "USD", "EUR", "XYZ"]),
-            st.sets(st.sampled_from(["1", "2", "3"]), min_size=1),
-            st.integers(0, 3),
-            st.booleans(),
-        ),
-        max_size=12,
-    ),
-    st.lists(
-        st.tuples(st.sampled_from([0.0, 0.8, 1.5]), st.sampled_from(["USD", "EUR", "ABC"])),
-        min_size=1,
-        max_size=3,
-    ),
+    auction_rows([0.1, 0.5, 0.5, 0.9, 1.2, -0.1], [0.5, 1.0, 2.0]),  # ties, scores to clip
+    auction_floors,
     st.sampled_from(["USD", "EUR"]),
     st.sampled_from(["", "GOLD", "RESERVE"]),
 )
@@ -564,10 +564,7 @@ def test_lazy_pricing_auction_equals_pricing_every_candidate(
         candidates.append(Candidate(live, live.offer_facts[0], tuple(sorted(imps))))
         scores.append(score)
     ctrs = [0.01 * i for i in range(len(rows))]
-    slots = [
-        Slot(str(i + 1), frozenset({"BANNER"}), frozenset(), floor, floor_cur)
-        for i, (floor, floor_cur) in enumerate(floors)
-    ]
+    slots = auction_slots(floors)
     eager = choose_winners(price_candidates(candidates, scores, ctrs, tier), slots, rates, currency)
     assert run_auction(candidates, scores, ctrs, tier, slots, rates, currency) == eager
     with pytest.raises(ValueError):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -33,7 +34,10 @@ _bound_label: Callable[[float], str] = floatToGoString
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
-class _Labelled(Collector):
+C = TypeVar("C", "_CounterValue", "_HistogramValue")
+
+
+class _Labelled(Collector, Generic[C]):
     """A metric family: its children by label values; without label names,
     the family is its own only child."""
 
@@ -49,11 +53,15 @@ class _Labelled(Collector):
         self._name = name
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
-        self._children: dict[tuple[str, ...], object] = {}
+        self._children: dict[tuple[str, ...], C] = {}
         if registry is not None:
             registry.register(self)
 
-    def _child(self, values: tuple[str, ...]) -> object:
+    def labels(self, *values: str) -> C:
+        """The child for these label values (made on first use)."""
+        return self._child(tuple(str(v) for v in values))
+
+    def _child(self, values: tuple[str, ...]) -> C:
         child = self._children.get(values)
         if child is None:
             if len(values) != len(self._labelnames):
@@ -63,7 +71,7 @@ class _Labelled(Collector):
             child = self._children[values] = self._new_child()
         return child
 
-    def _new_child(self) -> object:
+    def _new_child(self) -> C:
         raise NotImplementedError
 
     def _require_unlabelled(self) -> None:
@@ -90,7 +98,7 @@ class _CounterValue:
         self.value += amount
 
 
-class Counter(_Labelled):
+class Counter(_Labelled["_CounterValue"]):
     """A monotonic counter (exposed as `<name>_total`)."""
 
     def __init__(
@@ -109,11 +117,6 @@ class Counter(_Labelled):
     def _new_child(self) -> _CounterValue:
         return _CounterValue()
 
-    def labels(self, *values: str) -> _CounterValue:
-        child = self._child(tuple(str(v) for v in values))
-        assert isinstance(child, _CounterValue)
-        return child
-
     def inc(self, amount: float = 1.0) -> None:
         self._require_unlabelled()
         self._own.inc(amount)
@@ -124,7 +127,6 @@ class Counter(_Labelled):
     def collect(self) -> Iterator[Metric]:
         family = self._family()
         for values, child in list(self._children.items()):
-            assert isinstance(child, _CounterValue)
             family.add_metric(list(values), child.value)
         yield family
 
@@ -143,7 +145,7 @@ class _HistogramValue:
         self.sum += value
 
 
-class Histogram(_Labelled):
+class Histogram(_Labelled["_HistogramValue"]):
     """A histogram with fixed bucket bounds (exposed as `_bucket`, `_count`
     and `_sum`, cumulative as Prometheus wants)."""
 
@@ -168,11 +170,6 @@ class Histogram(_Labelled):
     def _new_child(self) -> _HistogramValue:
         return _HistogramValue(self._bounds)
 
-    def labels(self, *values: str) -> _HistogramValue:
-        child = self._child(tuple(str(v) for v in values))
-        assert isinstance(child, _HistogramValue)
-        return child
-
     def observe(self, value: float) -> None:
         self._require_unlabelled()
         self._own.observe(value)
@@ -183,7 +180,6 @@ class Histogram(_Labelled):
     def collect(self) -> Iterator[Metric]:
         family = self._family()
         for values, child in list(self._children.items()):
-            assert isinstance(child, _HistogramValue)
             counts, total = list(child.counts), child.sum
             cumulative, running = [], 0
             for bound, count in zip((*self._bounds, math.inf), counts, strict=True):
