@@ -234,7 +234,7 @@ def encode_events(
     bad = 0
     for event in events:
         try:
-            values = event if type(event) is tuple else event.row()  # type: ignore[union-attr]
+            values = event.row() if isinstance(event, AnalyticsEvent) else event
             line = dumps(values, option=option)
         except Exception as exc:
             bad += 1

@@ -18,12 +18,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import orjson
 from prometheus_client import CollectorRegistry
 
 from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
 from inference.features import BidContext
-from services.analytics.events import AnalyticsEvent, EventRow, bid_row, no_bid_row
+from services.analytics.events import AnalyticsEvent, EventRow, attrs_json, bid_row, no_bid_row
 from services.bidding import consent as consent_rules
 from services.bidding.auction import Winner, run_auction
 from services.bidding.caps import FrequencyCaps
@@ -401,7 +400,7 @@ class BidProcessor:
                 user_id,
                 round(w.price_cpm * 1_000_000),
                 currency,
-                orjson.dumps({"score": round(w.scored.score, 6)}).decode(),
+                attrs_json({"score": round(w.scored.score, 6)}),
             )
         )
 

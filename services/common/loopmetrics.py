@@ -58,8 +58,11 @@ class _Labelled(Collector, Generic[C]):
             registry.register(self)
 
     def labels(self, *values: str) -> C:
-        """The child for these label values (made on first use)."""
-        return self._child(tuple(str(v) for v in values))
+        """The child for these label values (made on first use). A lookup
+        of label values already seen is one dict access, so callers need
+        not keep children of their own."""
+        child = self._children.get(values)
+        return child if child is not None else self._child(tuple(str(v) for v in values))
 
     def _child(self, values: tuple[str, ...]) -> C:
         child = self._children.get(values)

@@ -78,23 +78,12 @@ class MetricsStep:
             registry=registry,
         )
 
-        # label children, looked up once per method (and code)
-        self._latency_of: dict[str, Any] = {}
-        self._handled_of: dict[tuple[str, grpc.StatusCode], Any] = {}
-
     async def before(self, call: CallInfo) -> None:
         call.started = time.perf_counter()
 
     async def after(self, call: CallInfo, code: grpc.StatusCode, error: str) -> None:
-        method = call.method
-        latency = self._latency_of.get(method)
-        if latency is None:
-            latency = self._latency_of[method] = self.latency.labels(method)
-        latency.observe(time.perf_counter() - call.started)
-        handled = self._handled_of.get((method, code))
-        if handled is None:
-            handled = self._handled_of[method, code] = self.handled.labels(method, code.name)
-        handled.inc()
+        self.latency.labels(call.method).observe(time.perf_counter() - call.started)
+        self.handled.labels(call.method, code.name).inc()
 
 
 class AuthenticationStep:
