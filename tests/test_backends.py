@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import decimal
+import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +32,7 @@ from services.backends.bus import (
     subject_matches,
 )
 from services.backends.kv import MemoryKeyValueStore, RedisKeyValueStore, open_key_value_store
+from services.common.threadpriority import BACKGROUND_NICE, is_engine_thread
 
 # --------------------------------------------------------------------------- helpers
 
@@ -727,3 +730,46 @@ async def test_postgres_fixture_gives_a_fresh_database(
             assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 2
     finally:
         await engine.dispose()
+
+
+def _threads() -> list[tuple[int, str, int]]:
+    """(tid, name, nice) of every thread of this process."""
+    out = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            out.append((int(task.name), name, os.getpriority(os.PRIO_PROCESS, int(task.name))))
+        except OSError:
+            continue  # ended meanwhile
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread nice is Linux's")
+async def test_chdb_engine_threads_run_at_background_priority(
+    chdb_store: ChdbAnalyticsStore,
+) -> None:
+    await chdb_store.execute(EVENTS_DDL)
+    await chdb_store.insert("events", EVENT_COLUMNS, [event_row(i) for i in range(2_000)])
+    await chdb_store.query("SELECT count() FROM events")
+    own_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    threads = _threads()
+    engine = [(name, nice) for _, name, nice in threads if is_engine_thread(name)]
+    assert any(name in ("ThreadPool", "MergeMutate") for name, _ in engine), threads
+    assert all(nice >= BACKGROUND_NICE for _, nice in engine), engine
+    # the calling (event loop) thread keeps its priority; the worker that
+    # drives the engine runs at background priority too
+    assert own_nice < BACKGROUND_NICE
+    worker_tid, worker_nice = await chdb_store._run(
+        lambda: (tid := threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, tid))
+    )
+    assert worker_nice >= BACKGROUND_NICE
+    python_tids = {t.native_id for t in threading.enumerate()} - {worker_tid}
+    others = [(name, nice) for tid, name, nice in threads if tid in python_tids]
+    assert others and all(nice == own_nice for _, nice in others), others
+
+
+def test_engine_thread_names() -> None:
+    for name in ("ThreadPool", "MergeMutate", "BgSchPool", "QueryPipelineEx", "jemalloc_bg_thd"):
+        assert is_engine_thread(name), name
+    for name in ("python", "event_engine", "grpc_global_tim", "lifeguard", "Pool", "Thread"):
+        assert not is_engine_thread(name), name
