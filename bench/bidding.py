@@ -548,15 +548,17 @@ def _line(s: Step) -> str:
 def write_report(steps: list[Step], info: dict[str, Any], seconds: float) -> None:
     lines = [
         "| entry | offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU "
-        "| bids/s per server core | client CPU | bid share | profile L1/L2/default | hit rate |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| bids/s per server core | processor us | client CPU | bid share "
+        "| profile L1/L2/default | hit rate |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in steps:
         r = s.result
         lines.append(
             f"| {s.entry} | {r.rate:g} | {r.achieved:.0f} | {r.percentile(50) * 1e3:.2f} | "
             f"{r.percentile(99) * 1e3:.2f} | {r.percentile(99.9) * 1e3:.2f} | {r.errors} | "
-            f"{s.server_cpu * 100:.0f}% | {s.per_core:.0f} | {s.client_cpu * 100:.0f}% | "
+            f"{s.server_cpu * 100:.0f}% | {s.per_core:.0f} | {s.decide_us:.0f} | "
+            f"{s.client_cpu * 100:.0f}% | "
             f"{s.bids * 100:.0f}% | {s.tiers['l1']:.0f}/{s.tiers['l2']:.0f}/"
             f"{s.tiers['default']:.0f} | {s.hit_rate * 100:.1f}% |"
         )
