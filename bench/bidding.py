@@ -10,8 +10,11 @@ Zipf distribution with a consent string that allows personalisation, and
 drives each rate open-loop: latency runs from the scheduled send time, so a
 slow server cannot hide its queue (no coordinated omission).
 
-Reports rate, p50/p99/p99.9, errors, bid share, server and client CPU and the
-profile cache tiers the server counted (its /metrics).
+Reports rate, p50/p99/p99.9, errors, bid share, server and client CPU, the
+mean time inside the bid processor and the profile cache tiers the server
+counted (its /metrics). With --pin the server runs alone on CPU 0 (all its
+threads) and this load generator on the other CPUs: a step then shows what
+one server core answers.
 
 With REDIS_URL set, every user's profile is first written into that Redis, in
 the format the server's ProfileStore reads (`seed_profiles`: segments,
