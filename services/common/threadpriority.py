@@ -11,7 +11,7 @@ the scheduler gives the serving threads ~90% of a contended core, while on an
 idle core the engine runs at full speed. Its work is never lost by waiting:
 events are journaled before the engine sees them (services.analytics.pipeline).
 
-Which threads: those named by ClickHouse's thread pools (`ENGINE_THREAD_NAMES`),
+Which threads: those named by ClickHouse's thread pools (`is_engine_thread`),
 never a Python thread. A thread the engine names otherwise keeps its
 priority, which is no worse than without this module. Threads inherit their
 creator's priority, but the engine starts some from threads that existed
@@ -72,7 +72,11 @@ def lower_engine_threads(nice: int = BACKGROUND_NICE) -> int:
 def lower_current_thread(nice: int = BACKGROUND_NICE) -> None:
     """Raise the calling thread's nice value to at least `nice` (threads it
     starts from now on inherit it)."""
-    if hasattr(os, "setpriority"):
-        tid = threading.get_native_id()
+    if not _TASKS.is_dir() or not hasattr(os, "setpriority"):
+        return  # a thread id is a setpriority target on Linux only
+    tid = threading.get_native_id()
+    try:
         if os.getpriority(os.PRIO_PROCESS, tid) < nice:
             os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError:
+        pass  # a sandbox that forbids it: the thread keeps its priority
