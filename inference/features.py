@@ -42,6 +42,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +60,7 @@ __all__ = [
     "Loyalty",
     "Profile",
     "build_features",
+    "clipped",
     "offer_embedding",
     "offer_embeddings",
     "user_features",
@@ -137,6 +139,13 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
+def clipped(x: npt.NDArray[Any], bound: Any) -> npt.NDArray[Any]:
+    """x clipped to [-bound, bound]: two ufunc calls, ~2.5x faster than
+    np.clip's wrapper chain on a bid's small arrays (NaN stays NaN)."""
+    out: npt.NDArray[Any] = np.minimum(np.maximum(x, -bound), bound)
+    return out
+
+
 def _clip01(value: float) -> float:
     return 0.0 if value < 0.0 else 1.0 if value > 1.0 else value
 
@@ -154,7 +163,7 @@ def user_features(profile: Profile) -> Vector:
             raise FeatureError(
                 f"interests[{index}]", f"must be a finite number, got {interests[index]}"
             )
-        out[: interests.size] = np.minimum(np.maximum(interests, -_INTEREST_CLIP), _INTEREST_CLIP)
+        out[: interests.size] = clipped(interests, _INTEREST_CLIP)
     for i, segment in enumerate(profile.segments):
         if not 0 <= int(segment) < 64:
             raise FeatureError(f"segments[{i}]", f"segment index must be 0..63, got {segment}")

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.config import ModelConfig, Params, param_shapes
-from inference.features import FEATURE_DIM, USER_DIM, offer_embeddings
+from inference.features import FEATURE_DIM, USER_DIM, clipped, offer_embeddings
 
 __all__ = ["NumpyColaNet", "Scores", "single_threaded_blas"]
 
@@ -120,13 +120,6 @@ def single_threaded_blas() -> bool:
                 done = True
                 break
     return done
-
-
-def _clipped(x: Array, bound: Any) -> Array:
-    """x clipped to [-bound, bound]: two ufunc calls, ~2.5x faster than
-    np.clip's wrapper chain on a bid's small arrays (NaN stays NaN)."""
-    clipped: Array = np.minimum(np.maximum(x, -bound), bound)
-    return clipped
 
 
 def _sigmoid(x: Array) -> Array:
@@ -254,7 +247,7 @@ class NumpyColaNet:
                 emb = offer_embeddings(missing).astype(self.dtype)
                 start = len(index)
                 self._offer_proj[start : start + len(missing)] = (
-                    _clipped(emb, self._clip) @ self._w1_offer
+                    clipped(emb, self._clip) @ self._w1_offer
                 )
                 for i, offer in enumerate(missing):
                     index[offer] = start + i
@@ -264,7 +257,7 @@ class NumpyColaNet:
     def user_projection(self, users: Array) -> Array:
         """(r, hidden) first-layer contributions of user parts (r, 140)."""
         users = np.asarray(users, dtype=self.dtype)
-        projected: Array = _clipped(users, self._clip) @ self._w1_user
+        projected: Array = clipped(users, self._clip) @ self._w1_user
         return projected
 
     # -- the rest ---------------------------------------------------------
@@ -306,7 +299,7 @@ class NumpyColaNet:
         x = np.asarray(features, dtype=self.dtype)
         if x.ndim != 2 or x.shape[1] != FEATURE_DIM:
             raise ValueError(f"features must have shape (n, {FEATURE_DIM})")
-        current = _clipped(x, self._clip) @ self._w1 + self._b1
+        current = clipped(x, self._clip) @ self._w1 + self._b1
         return self._from_current(current)
 
     def score(self, user: Array, offer_ids: Sequence[str]) -> Scores:

@@ -35,9 +35,10 @@ DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2
 
 
 C = TypeVar("C", "_CounterValue", "_HistogramValue")
+F = TypeVar("F", CounterMetricFamily, HistogramMetricFamily)
 
 
-class _Labelled(Collector, Generic[C]):
+class _Labelled(Collector, Generic[C, F]):
     """A metric family: its children by label values; without label names,
     the family is its own only child."""
 
@@ -54,6 +55,10 @@ class _Labelled(Collector, Generic[C]):
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
         self._children: dict[tuple[str, ...], C] = {}
+        # without label names, the family's one child, updated through it
+        self._own: C | None = None
+        if not self._labelnames:
+            self._own = self._children[()] = self._new_child()
         if registry is not None:
             registry.register(self)
 
@@ -77,15 +82,26 @@ class _Labelled(Collector, Generic[C]):
     def _new_child(self) -> C:
         raise NotImplementedError
 
-    def _require_unlabelled(self) -> None:
-        if self._labelnames:
+    def _unlabelled(self) -> C:
+        own = self._own
+        if own is None:
             raise ValueError(f"{self._name} has labels {self._labelnames}: use labels() first")
+        return own
 
     def describe(self) -> Iterable[Metric]:
         # the family without samples: the registry refuses a duplicate name
         return [self._family()]
 
-    def _family(self) -> Metric:
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for values, child in list(self._children.items()):
+            self._add_sample(family, list(values), child)
+        yield family
+
+    def _family(self) -> F:
+        raise NotImplementedError
+
+    def _add_sample(self, family: F, values: list[str], child: C) -> None:
         raise NotImplementedError
 
 
@@ -101,7 +117,7 @@ class _CounterValue:
         self.value += amount
 
 
-class Counter(_Labelled["_CounterValue"]):
+class Counter(_Labelled["_CounterValue", CounterMetricFamily]):
     """A monotonic counter (exposed as `<name>_total`)."""
 
     def __init__(
@@ -113,25 +129,20 @@ class Counter(_Labelled["_CounterValue"]):
         registry: CollectorRegistry | None = None,
     ) -> None:
         super().__init__(name.removesuffix("_total"), documentation, labelnames, registry)
-        self._own = _CounterValue()
-        if not self._labelnames:
-            self._children[()] = self._own
 
     def _new_child(self) -> _CounterValue:
         return _CounterValue()
 
     def inc(self, amount: float = 1.0) -> None:
-        self._require_unlabelled()
-        self._own.inc(amount)
+        self._unlabelled().inc(amount)
 
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
 
-    def collect(self) -> Iterator[Metric]:
-        family = self._family()
-        for values, child in list(self._children.items()):
-            family.add_metric(list(values), child.value)
-        yield family
+    def _add_sample(
+        self, family: CounterMetricFamily, values: list[str], child: _CounterValue
+    ) -> None:
+        family.add_metric(values, child.value)
 
 
 class _HistogramValue:
@@ -148,7 +159,7 @@ class _HistogramValue:
         self.sum += value
 
 
-class Histogram(_Labelled["_HistogramValue"]):
+class Histogram(_Labelled["_HistogramValue", HistogramMetricFamily]):
     """A histogram with fixed bucket bounds (exposed as `_bucket`, `_count`
     and `_sum`, cumulative as Prometheus wants)."""
 
@@ -164,29 +175,24 @@ class Histogram(_Labelled["_HistogramValue"]):
         bounds = tuple(float(b) for b in buckets if not math.isinf(b))
         if not bounds or list(bounds) != sorted(set(bounds)):
             raise ValueError("histogram buckets must be increasing and not empty")
-        self._bounds = bounds
+        self._bounds = bounds  # before the base class makes a child
         super().__init__(name, documentation, labelnames, registry)
-        self._own = _HistogramValue(bounds)
-        if not self._labelnames:
-            self._children[()] = self._own
 
     def _new_child(self) -> _HistogramValue:
         return _HistogramValue(self._bounds)
 
     def observe(self, value: float) -> None:
-        self._require_unlabelled()
-        self._own.observe(value)
+        self._unlabelled().observe(value)
 
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
 
-    def collect(self) -> Iterator[Metric]:
-        family = self._family()
-        for values, child in list(self._children.items()):
-            counts, total = list(child.counts), child.sum
-            cumulative, running = [], 0
-            for bound, count in zip((*self._bounds, math.inf), counts, strict=True):
-                running += count
-                cumulative.append((_bound_label(bound), running))
-            family.add_metric(list(values), cumulative, total)
-        yield family
+    def _add_sample(
+        self, family: HistogramMetricFamily, values: list[str], child: _HistogramValue
+    ) -> None:
+        counts, total = list(child.counts), child.sum
+        cumulative, running = [], 0
+        for bound, count in zip((*self._bounds, math.inf), counts, strict=True):
+            running += count
+            cumulative.append((_bound_label(bound), running))
+        family.add_metric(values, cumulative, total)

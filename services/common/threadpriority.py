@@ -42,6 +42,8 @@ _ENGINE_NAMES = frozenset(
 )
 
 _TASKS = pathlib.Path("/proc/self/task")
+# Linux: a thread id is a setpriority target, and /proc lists the threads.
+_SUPPORTED = _TASKS.is_dir() and hasattr(os, "setpriority")
 
 
 def is_engine_thread(name: str) -> bool:
@@ -52,7 +54,7 @@ def is_engine_thread(name: str) -> bool:
 def lower_engine_threads(nice: int = BACKGROUND_NICE) -> int:
     """Raise the nice value of the engine's threads to at least `nice`;
     returns how many threads it changed."""
-    if not _TASKS.is_dir() or not hasattr(os, "setpriority"):
+    if not _SUPPORTED:
         return 0
     python_threads = {t.native_id for t in threading.enumerate()}
     changed = 0
@@ -72,8 +74,8 @@ def lower_engine_threads(nice: int = BACKGROUND_NICE) -> int:
 def lower_current_thread(nice: int = BACKGROUND_NICE) -> None:
     """Raise the calling thread's nice value to at least `nice` (threads it
     starts from now on inherit it)."""
-    if not _TASKS.is_dir() or not hasattr(os, "setpriority"):
-        return  # a thread id is a setpriority target on Linux only
+    if not _SUPPORTED:
+        return
     tid = threading.get_native_id()
     try:
         if os.getpriority(os.PRIO_PROCESS, tid) < nice:
