@@ -1,6 +1,13 @@
 """Contract checks CI runs: buf lint, buf format, buf breaking against the
 previous version of main, and gen/ in sync with proto/.
 
+The generated code is regenerated into a temporary directory and compared with
+the committed gen/ and mesh/envoy/edge.yaml: the working tree is never touched.
+A difference is reported with its cause: a proto changed (run `make gen` and
+commit), or only the generators' version lines differ (the installed
+grpcio-tools / protobuf are not the ones that generated gen/: install from the
+lock, or regenerate after `make lock`).
+
 `buf breaking` compares with an image built from the base revision's proto/
 (default: the merge base with origin/main, or HEAD~1 on main itself), so no network and
 no remote module is needed."""
@@ -8,7 +15,10 @@ no remote module is needed."""
 from __future__ import annotations
 
 import argparse
+import filecmp
+import importlib.util
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +26,96 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUF = str(pathlib.Path(sys.executable).parent / "buf")
+
+# Lines that carry the generators' versions, not the contract.
+_VERSION_LINES = (
+    re.compile(r"^GRPC_GENERATED_VERSION = '[^']*'$", re.M),
+    re.compile(r"^# Protobuf Python Version: .*$", re.M),
+    re.compile(
+        r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*"
+        r"\d+,\s*\d+,\s*\d+,\s*'[^']*',",
+        re.M,
+    ),
+)
+
+
+def _without_versions(text: str) -> str:
+    for pattern in _VERSION_LINES:
+        text = pattern.sub("<version>", text)
+    return text
+
+
+def _versions_in(text: str) -> list[str]:
+    return [m.group(0) for pattern in _VERSION_LINES[:2] for m in pattern.finditer(text)]
+
+
+def _load_gen_module() -> object:
+    spec = importlib.util.spec_from_file_location("_gen", ROOT / "scripts" / "gen.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tree(root: pathlib.Path) -> dict[str, pathlib.Path]:
+    return {
+        str(p.relative_to(root)): p
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def generated_in_sync() -> bool:
+    """Regenerate into a temporary directory and compare with the committed
+    files; print what differs and why."""
+    gen = _load_gen_module()
+    with tempfile.TemporaryDirectory(prefix="cx-gen-check-") as tmp:
+        out = pathlib.Path(tmp)
+        try:
+            gen.generate(out / "gen", out / "edge.yaml")  # type: ignore[attr-defined]
+        except (RuntimeError, subprocess.CalledProcessError) as error:
+            print(f"regenerating gen/ failed: {error}")
+            return False
+        pairs = {("gen/" + k): (v, ROOT / "gen" / k) for k, v in _tree(out / "gen").items()}
+        pairs["mesh/envoy/edge.yaml"] = (out / "edge.yaml", ROOT / "mesh" / "envoy" / "edge.yaml")
+        committed = {"gen/" + k for k in _tree(ROOT / "gen")}
+        missing = sorted(k for k, (_, dest) in pairs.items() if not dest.exists())
+        extra = sorted(committed - set(pairs) - {"gen/campaignexpress/__init__.py"})
+        extra = [k for k in extra if k.startswith("gen/campaignexpress/")]
+        changed, version_only = [], []
+        for name, (fresh, current) in sorted(pairs.items()):
+            if not current.exists() or filecmp.cmp(fresh, current, shallow=False):
+                continue
+            try:
+                a, b = fresh.read_text(), current.read_text()
+            except UnicodeDecodeError:
+                changed.append(name)
+                continue
+            if _without_versions(a) == _without_versions(b):
+                version_only.append((name, _versions_in(b), _versions_in(a)))
+            else:
+                changed.append(name)
+    if not (missing or extra or changed or version_only):
+        print("generated code in sync: ok")
+        return True
+    if missing or extra or changed:
+        print("gen/ or mesh/envoy/ differ from proto/ (a proto changed): run `make gen` and commit")
+        for name in missing:
+            print(f"  not committed: {name}")
+        for name in extra:
+            print(f"  committed but no longer generated: {name}")
+        for name in changed:
+            print(f"  differs: {name}")
+    if version_only:
+        print(
+            f"{len(version_only)} generated files differ only in the generators' version lines: "
+            "the installed grpcio-tools/protobuf are not the ones that generated gen/. "
+            "Install from the lock (`make test` does), or after `make lock` run `make gen` "
+            "and commit."
+        )
+        for name, old, new in version_only[:5]:
+            print(f"  {name}: committed {old} vs regenerated {new}")
+    return False
 
 
 def run(
@@ -63,8 +163,8 @@ def main() -> int:
     parser.add_argument("--against", help="git revision to compare with")
     args = parser.parse_args()
     failures = 0
-    gen = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen.py")], cwd=ROOT)
-    failures += gen.returncode != 0
+    # buf reads google/api and google/rpc from build/protodeps (from the locked wheel).
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "protodeps.py")], check=True)
     for name, cmd in (
         ("buf lint", [BUF, "lint"]),
         ("buf format", [BUF, "format", "proto", "--diff", "--exit-code"]),
@@ -73,13 +173,7 @@ def main() -> int:
         print(result.stdout + result.stderr, end="")
         print(f"{name}: {'ok' if result.returncode == 0 else 'FAILED'}")
         failures += result.returncode != 0
-    drift = run("git", "status", "--porcelain", "--", "gen", "mesh/envoy", check=False)
-    if drift.stdout.strip():
-        print("gen/ or mesh/envoy/ differ from the committed files; run `make gen` and commit:")
-        print(drift.stdout, end="")
-        failures += 1
-    else:
-        print("generated code in sync: ok")
+    failures += not generated_in_sync()
     base = args.against or base_revision()
     if base:
         failures += breaking(base) != 0
