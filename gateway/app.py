@@ -17,16 +17,13 @@ from google.protobuf import descriptor, descriptor_pb2
 from grpc import aio
 
 from campaignexpress.bidding.v1 import bidding_service_pb2
+from gateway.bodies import body_too_large, content_encoding, decompress
 from gateway.errors import error_body
 from gateway.openapi import build_openapi
-from gateway.openrtb import (
-    OPENRTB_VERSION,
-    body_too_large,
-    decode_bid_request,
-    encode_bid_response,
-)
+from gateway.openrtb import OPENRTB_VERSION, decode_bid_request, encode_bid_response
+from gateway.serverlog import ClientErrorLog
 from gateway.transcoder import Route, Router, build_request, render, routes_for
-from services.common.errors import ERROR_DOMAIN, DomainError
+from services.common.errors import ERROR_DOMAIN, DomainError, InvalidArgument, Unauthenticated
 
 log = logging.getLogger("campaign_express.gateway")
 
@@ -45,6 +42,46 @@ def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None
         content_type="application/json",
         headers=headers,
     )
+
+
+MAX_REQUEST_ID_LENGTH = 128
+
+
+def _is_header_text(value: str) -> bool:
+    """gRPC metadata values (and what we echo in headers) must be printable
+    ASCII; aiohttp hands other bytes over as surrogate escapes."""
+    return value.isascii() and value.isprintable()
+
+
+def _request_id(request: web.Request) -> str:
+    """The caller's x-request-id (its first 128 characters) when it is text,
+    else a fresh one (a bad one is then refused by `_call_metadata`)."""
+    value = request.headers.get("x-request-id", "")
+    if value and _is_header_text(value):
+        return value[:MAX_REQUEST_ID_LENGTH]
+    return uuid.uuid4().hex
+
+
+def _call_metadata(request: web.Request, request_id: str) -> list[tuple[str, str]]:
+    """The headers passed on to the gRPC call. A header that is not printable
+    ASCII text is the client's error: 401 for credentials, 400 otherwise."""
+    given_id = request.headers.get("x-request-id", "")
+    if given_id and not _is_header_text(given_id):
+        raise InvalidArgument.field("x-request-id", "must be printable ASCII")
+    metadata = [("x-request-id", request_id)]
+    for name in FORWARDED_HEADERS:
+        value = request.headers.get(name)
+        if not value:
+            continue
+        if not _is_header_text(value):
+            if name == "authorization":
+                raise Unauthenticated(
+                    "the authorization header must be `Bearer <API key or token>` in ASCII",
+                    reason="BAD_AUTHORIZATION_SCHEME",
+                )
+            raise InvalidArgument.field(name, "must be printable ASCII")
+        metadata.append((name, value))
+    return metadata
 
 
 class Gateway:
@@ -77,8 +114,12 @@ class Gateway:
         return found
 
     async def handle(self, request: web.Request) -> web.Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = _request_id(request)
         headers = {"X-Request-Id": request_id}
+        try:
+            metadata = _call_metadata(request, request_id)
+        except DomainError as exc:
+            return self._domain_error(exc, request_id)
         matched = self.router.match(request.method, request.path)
         if matched is None:
             allowed = self.router.allowed_verbs(request.path)
@@ -99,7 +140,7 @@ class Gateway:
         try:
             payload: Any = None
             if route.body:
-                raw = await request.read()
+                raw = await self._read_body(request)
                 if raw.strip():
                     try:
                         payload = orjson.loads(raw)
@@ -108,11 +149,6 @@ class Gateway:
             message = build_request(route, path_values, payload, request.query.items())
         except DomainError as exc:
             return self._domain_error(exc, request_id)
-        metadata = [("x-request-id", request_id)]
-        for name in FORWARDED_HEADERS:
-            value = request.headers.get(name)
-            if value:
-                metadata.append((name, value))
         try:
             reply = await self._callable(route)(
                 message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS
@@ -124,6 +160,16 @@ class Gateway:
             headers.update(extra)
             return _json(body, status, headers)
         return _json(render(reply), 200, headers)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body, decompressed per Content-Encoding; both the body as sent
+        and its decompressed size are capped at the request limit."""
+        encoding = content_encoding(request.headers.get("Content-Encoding"))
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise body_too_large(self._max_request_bytes) from None
+        return await decompress(raw, encoding, self._max_request_bytes)
 
     def _bad_body(self, why: str, request_id: str) -> web.Response:
         status, body, _ = error_body(grpc.StatusCode.INVALID_ARGUMENT, why, (), request_id)
@@ -145,19 +191,12 @@ class Gateway:
         """OpenRTB 2.6 JSON in and out through the dedicated adapter (not
         protobuf's JSON mapping), dispatched to BiddingService.ProcessBid.
         No bid: HTTP 204."""
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = _request_id(request)
         headers = {"X-Request-Id": request_id, "x-openrtb-version": OPENRTB_VERSION}
         try:
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                # over client_max_size as sent, or once aiohttp inflated it
-                raise body_too_large(self._max_request_bytes) from None
-            bid_request = decode_bid_request(
-                body,
-                content_encoding=request.headers.get("Content-Encoding"),
-                max_bytes=self._max_request_bytes,
-            )
+            metadata = _call_metadata(request, request_id)
+            body = await self._read_body(request)
+            bid_request = decode_bid_request(body, max_bytes=self._max_request_bytes)
         except DomainError as exc:
             response = self._domain_error(exc, request_id)
             response.headers.update(headers)
@@ -168,11 +207,6 @@ class Gateway:
                 request_serializer=bidding_service_pb2.ProcessBidRequest.SerializeToString,
                 response_deserializer=bidding_service_pb2.ProcessBidResponse.FromString,
             )
-        metadata = [("x-request-id", request_id)]
-        for name in FORWARDED_HEADERS:
-            value = request.headers.get(name)
-            if value:
-                metadata.append((name, value))
         try:
             reply = await self._process_bid(
                 bidding_service_pb2.ProcessBidRequest(request=bid_request),
@@ -214,6 +248,18 @@ class Gateway:
             document = build_openapi(self._descriptor_set, services=self._services)
             self._openapi = orjson.dumps(document)
         return web.Response(body=self._openapi, content_type="application/json")
+
+    def runner(self, max_request_bytes: int, shutdown_timeout: float) -> web.AppRunner:
+        """The HTTP server of this gateway. aiohttp's own request
+        decompression is off: it would inflate a whole body on the event loop
+        before a handler could refuse it (gateway/bodies.py does it in slices)."""
+        return web.AppRunner(
+            self.application(max_request_bytes),
+            access_log=None,
+            shutdown_timeout=shutdown_timeout,
+            auto_decompress=False,
+            logger=ClientErrorLog(logging.getLogger("aiohttp.server")),
+        )
 
     def application(self, max_request_bytes: int) -> web.Application:
         self._max_request_bytes = max_request_bytes

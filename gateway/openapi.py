@@ -494,6 +494,79 @@ def _platform_paths() -> dict[str, Schema]:
     return paths
 
 
+BIDDING_SERVICE = "campaignexpress.bidding.v1.BiddingService"
+OPENRTB_BID_PATH = "/v1/bid"
+
+
+def _openrtb_bid_path() -> dict[str, Schema]:
+    """`POST /v1/bid`: OpenRTB 2.6 JSON in and out through the gateway's own
+    adapter (not protobuf's JSON mapping), dispatched to ProcessBid."""
+    object_ = {"type": "object"}
+    bid_request: Schema = {
+        "type": "object",
+        "description": "An OpenRTB 2.6 BidRequest (IAB Tech Lab spec, section 3.2.1).",
+        "required": ["id", "imp"],
+        "properties": {
+            "id": {"type": "string", "minLength": 1},
+            "imp": {"type": "array", "minItems": 1, "items": object_},
+            "site": object_,
+            "app": object_,
+            "device": object_,
+            "user": object_,
+            "regs": object_,
+            "source": object_,
+            "tmax": {"type": "integer", "minimum": 0},
+            "cur": {"type": "array", "items": {"type": "string"}},
+            "test": {"type": "integer", "enum": [0, 1]},
+            "at": {"type": "integer"},
+            "bcat": {"type": "array", "items": {"type": "string"}},
+            "badv": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    bid_response: Schema = {
+        "type": "object",
+        "description": "An OpenRTB 2.6 BidResponse (section 4.2.1).",
+        "required": ["id"],
+        "properties": {
+            "id": {"type": "string"},
+            "seatbid": {"type": "array", "items": object_},
+            "bidid": {"type": "string"},
+            "cur": {"type": "string"},
+        },
+    }
+    operation: Schema = {
+        "operationId": "OpenRtb_Bid",
+        "tags": ["OpenRTB"],
+        "summary": "Answers one OpenRTB 2.6 bid request (JSON).",
+        "description": (
+            "OpenRTB 2.6 JSON in and out. A no-bid is HTTP 204 with the reason in "
+            "`X-No-Bid-Reason`. The body may be gzip-, deflate- or zstd-compressed "
+            "(`Content-Encoding`). Any API key or token of the tenant (Viewer is enough) "
+            "authenticates the exchange."
+        ),
+        "security": [{"bearerAuth": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": bid_request}}},
+        "responses": {
+            "200": {
+                "description": "A bid.",
+                "headers": {"x-openrtb-version": {"schema": {"type": "string"}}},
+                "content": {"application/json": {"schema": bid_response}},
+            },
+            "204": {
+                "description": "No bid.",
+                "headers": {"X-No-Bid-Reason": {"schema": {"type": "string"}}},
+            },
+            "400": {"$ref": "#/components/responses/BadRequest"},
+            "401": {"$ref": "#/components/responses/Unauthenticated"},
+            "403": {"$ref": "#/components/responses/PermissionDenied"},
+            "429": {"$ref": "#/components/responses/TooManyRequests"},
+            "default": {"$ref": "#/components/responses/Error"},
+        },
+        "x-dispatches-to": f"/{BIDDING_SERVICE}/ProcessBid",
+    }
+    return {"post": operation}
+
+
 class _Operations:
     """Turns the http rules of the selected services into path items."""
 
@@ -683,6 +756,8 @@ def build_openapi(
     for service in selected:
         added = False
         for method in index.services[service].method:
+            if method.client_streaming or method.server_streaming:
+                continue  # streams are gRPC only: the gateway does not serve them
             access, rules = _access(method)
             for rule in rules:
                 ops.add(service, method, rule, access)
@@ -694,6 +769,9 @@ def build_openapi(
             tags.append(tag)
     paths: dict[str, Schema] = {p: dict(sorted(item.items())) for p, item in ops.paths.items()}
     paths.update(_platform_paths())
+    if BIDDING_SERVICE in selected:
+        paths[OPENRTB_BID_PATH] = _openrtb_bid_path()
+        tags.append({"name": "OpenRTB", "description": "OpenRTB 2.6 JSON bidding for exchanges."})
     shared_schemas, responses = _shared_components()
     schemas = builder.finish()
     schemas.update(shared_schemas)

@@ -23,8 +23,9 @@ Bad input raises `InvalidArgument` naming the field by its JSON path, e.g.
 `imp[1].banner.format[0].w`: malformed JSON, wrong types, a missing or empty
 `id` or `imp`, duplicate imp ids, sizes outside 1..10000 px, floors outside
 0..1000 CPM, currency codes that are not three capital letters, `tmax` outside
-1..10000 ms, and a body over `max_bytes` before or after gzip inflation
-(inflated by streaming with a cap, so a gzip bomb costs at most `max_bytes`).
+1..10000 ms, and a body over `max_bytes` before or after decompression
+(gzip, deflate or zstd, with the output capped: a bomb costs at most
+`max_bytes`; gateway/bodies.py).
 The rules live in services/bidding/request_rules.py, which applies them to
 messages that arrive typed (gRPC, NATS) through
 `validate_bid_request`.
@@ -33,7 +34,6 @@ messages that arrive typed (gRPC, NATS) through
 from __future__ import annotations
 
 import functools
-import zlib
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -41,6 +41,12 @@ import orjson
 from google.protobuf import descriptor, message
 
 from campaignexpress.openrtb.v2.openrtb_pb2 import BidRequest, BidResponse
+from gateway.bodies import (
+    REASON_MALFORMED,
+    body_too_large,
+    decompress_sync,
+)
+from gateway.bodies import content_encoding as content_encoding_of
 from services.bidding.request_rules import (
     MAX_FLOOR_CPM,
     MAX_SIZE_PX,
@@ -73,10 +79,7 @@ __all__ = [
 OPENRTB_VERSION = "2.6"
 
 #: Reasons of the errors raised here (`InvalidArgument.reason`).
-REASON_MALFORMED = "MALFORMED_BODY"
 REASON_INVALID_RESPONSE = "INVALID_BID_RESPONSE"
-REASON_TOO_LARGE = "BODY_TOO_LARGE"
-REASON_ENCODING = "UNSUPPORTED_CONTENT_ENCODING"
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _dumps = orjson.dumps
@@ -84,11 +87,6 @@ _EXT, _UNKNOWN = "ext_json", "unknown_json"
 
 
 # --------------------------------------------------------------------------- errors
-
-
-def body_too_large(max_bytes: int) -> InvalidArgument:
-    """The error for a body over `max_bytes`, as sent or once inflated."""
-    return _invalid("body", f"is larger than {max_bytes} bytes", REASON_TOO_LARGE)
 
 
 def _invalid(field: str, description: str, reason: str) -> InvalidArgument:
@@ -360,44 +358,15 @@ def _body(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
         raise ValueError("max_bytes must be positive")
     if len(body) > max_bytes:
         raise body_too_large(max_bytes)
-    encoding = (content_encoding or "").strip().lower()
-    if encoding in ("", "identity"):
+    encoding = content_encoding_of(content_encoding)
+    if not encoding:
         return body
-    if encoding in _COMPRESSED and body.lstrip(b" \t\r\n")[:1] == b"{":
-        # Already inflated by the HTTP server (aiohttp inflates request bodies
-        # itself unless told not to, and keeps the header): neither gzip
-        # (1f 8b) nor zlib data (compression method 8) can start with "{".
+    if body.lstrip(b" \t\r\n")[:1] == b"{":
+        # Already decompressed by whoever read it (an HTTP server that inflates
+        # bodies itself keeps the header): gzip (1f 8b), zlib (compression
+        # method 8), raw deflate and zstd (28 b5 2f fd) data cannot start with "{".
         return body
-    if encoding in ("gzip", "x-gzip"):
-        return _inflate(body, zlib.MAX_WBITS | 16, max_bytes)
-    if encoding == "deflate":
-        return _inflate(body, zlib.MAX_WBITS, max_bytes)
-    raise _invalid(
-        "content-encoding",
-        f"{content_encoding!r} is not supported; send gzip, deflate or identity",
-        REASON_ENCODING,
-    )
-
-
-_COMPRESSED = frozenset({"gzip", "x-gzip", "deflate"})
-
-
-def _inflate(body: bytes, wbits: int, max_bytes: int) -> bytes:
-    """Inflate with the output capped at `max_bytes` + 1: a bomb stops there."""
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(body, max_bytes + 1)
-    except zlib.error as exc:
-        raise _invalid("body", f"is not valid compressed data: {exc}", REASON_MALFORMED) from None
-    if len(out) > max_bytes or inflater.unconsumed_tail:
-        raise _invalid(
-            "body", f"inflates to more than {max_bytes} bytes", REASON_TOO_LARGE
-        ) from None
-    if not inflater.eof:
-        raise _invalid("body", "compressed data is truncated", REASON_MALFORMED)
-    if inflater.unused_data:
-        raise _invalid("body", "has data after the compressed stream", REASON_MALFORMED)
-    return out
+    return decompress_sync(body, encoding, max_bytes)
 
 
 def _parse(body: bytes) -> Any:

@@ -211,4 +211,7 @@ async def test_body_over_the_limit_is_refused(env: Env) -> None:
         json={"email": "big@acme.example", "displayName": "x" * 5000},
         headers=env.headers(),
     ) as r:
-        assert r.status == 413
+        # the JSON error of every bad body (as on /v1/bid), not aiohttp's bare 413
+        assert r.status == 400
+        error = (await r.json())["error"]
+        assert (error["reason"], error["fieldViolations"][0]["field"]) == ("BODY_TOO_LARGE", "body")

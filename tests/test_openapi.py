@@ -83,6 +83,8 @@ def http_rules(fds: descriptor_pb2.FileDescriptorSet) -> list[tuple[str, str, st
                 )
                 if not options.HasExtension(annotations_pb2.http):
                     continue
+                if method.client_streaming or method.server_streaming:
+                    continue  # gRPC only: the gateway serves no streams
                 rule = options.Extensions[annotations_pb2.http]
                 for r in [rule, *rule.additional_bindings]:
                     kind = r.WhichOneof("pattern")
@@ -171,7 +173,9 @@ def test_security_absent_exactly_on_unauthenticated(
     }
     assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     for _, _, op in operations(doc):
-        if "x-grpc-method" not in op:
+        if op["operationId"] == "OpenRtb_Bid":
+            assert op["security"] == [{"bearerAuth": []}]
+        elif "x-grpc-method" not in op:
             assert op["security"] == []
         elif op["x-grpc-method"] in unauthenticated:
             assert op["security"] == []
@@ -485,3 +489,17 @@ def test_synthetic_conflicts_and_bad_rules() -> None:
         build_openapi(_synthetic(http_pb2.HttpRule(get="v2/widgets")))
     with pytest.raises(ValueError, match="unsupported HTTP method"):
         build_openapi(_synthetic(http_pb2.HttpRule(custom={"kind": "FETCH", "path": "/v2/x"})))
+
+
+def test_openrtb_bid_and_no_stream_paths(doc: dict[str, Any]) -> None:
+    """The gateway's own OpenRTB route is documented; gRPC-only streams are not
+    (the gateway answers 404/405 there)."""
+    bid = doc["paths"]["/v1/bid"]["post"]
+    assert bid["operationId"] == "OpenRtb_Bid"
+    assert set(bid["responses"]) >= {"200", "204", "400", "401"}
+    schema = bid["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["id", "imp"]
+    assert "/v1/bidding:stream" not in doc["paths"]
+    assert not any(
+        op.get("x-grpc-method", "").endswith("/StreamBids") for _, _, op in operations(doc)
+    )

@@ -313,7 +313,7 @@ def test_gzip_bomb_stops_at_the_cap() -> None:
         decode(bomb, content_encoding="gzip")
     field, description, reason = _violation(caught)
     assert (field, reason) == ("body", "BODY_TOO_LARGE")
-    assert "inflates to more than" in description
+    assert "decompresses to more than" in description
     # Exactly at the limit after inflation is fine; one byte more is not.
     raw = orjson.dumps(minimal())
     padded = raw + b" " * (LIMIT - len(raw))

@@ -110,8 +110,9 @@ class Authenticator:
         self._access_seconds = access_token_seconds
         self._refresh_seconds = refresh_token_seconds
         self._clock = clock
-        # credential digest -> (principal, monotonic expiry)
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        # credential digest -> (principal, monotonic expiry, and the clock's
+        # microsecond at which the credential or its source expires; 0: never)
+        self._cache: dict[str, tuple[Principal, float, int]] = {}
         # credential digest -> the one lookup in progress for it: concurrent
         # calls with the same credential wait for it instead of each reading
         # the database when the cache entry expires under load.
@@ -266,10 +267,19 @@ class Authenticator:
     # -- tokens ----------------------------------------------------------
 
     def _access_token(
-        self, subject: str, tenant_id: str, roles: list[str], kind: str, credential: str
+        self,
+        subject: str,
+        tenant_id: str,
+        roles: list[str],
+        kind: str,
+        credential: str,
+        source_expire_us: int | None = None,
     ) -> tuple[str, int]:
         issued = int(time.time())
         expires = issued + self._access_seconds
+        if source_expire_us is not None:
+            # A token never outlives the credential it was issued from.
+            expires = min(expires, source_expire_us // 1_000_000)
         claims = {
             "iss": JWT_ISSUER,
             "sub": subject,
@@ -291,7 +301,9 @@ class Authenticator:
         if not api_key_secret:
             raise Unauthenticated("api_key is required", reason="MISSING_CREDENTIALS")
         record = await self._live_api_key(api_key_secret)
-        return self._access_token(record.name, record.tenant_id, record.roles, "api_key", record.id)
+        return self._access_token(
+            record.name, record.tenant_id, record.roles, "api_key", record.id, record.expire_time
+        )
 
     async def login(self, tenant: str, email: str, password: str) -> TokenPair:
         (tenant_id,) = names.parse_name(tenant, "tenant", "tenants")
@@ -361,7 +373,11 @@ class Authenticator:
             )
         digest = _digest(credential)
         cached = self._cache.get(digest)
-        if cached is not None and cached[1] > time.monotonic():
+        if (
+            cached is not None
+            and cached[1] > time.monotonic()
+            and (not cached[2] or cached[2] > self._clock())
+        ):
             return cached[0]
         pending = self._resolving.get(digest)
         if pending is None:
@@ -379,10 +395,12 @@ class Authenticator:
 
     async def _resolve(self, credential: str, digest: str) -> Principal:
         generation = self._generation
+        valid_until_us: int | None
         if credential.count(".") == 2 and not credential.startswith(API_KEY_PREFIX):
-            principal = await self._principal_from_jwt(credential)
+            principal, valid_until_us = await self._principal_from_jwt(credential)
         else:
             record = await self._live_api_key(credential)
+            valid_until_us = record.expire_time
             self._touch(record)
             principal = Principal(
                 subject=record.name,
@@ -396,7 +414,13 @@ class Authenticator:
         if generation == self._generation:  # not read before a revocation
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[digest] = (principal, time.monotonic() + AUTH_CACHE_SECONDS)
+            # Kept AUTH_CACHE_SECONDS at most, and never past the moment the
+            # credential (or the key it was issued from) expires.
+            self._cache[digest] = (
+                principal,
+                time.monotonic() + AUTH_CACHE_SECONDS,
+                valid_until_us or 0,
+            )
         return principal
 
     def _forget_all(self) -> None:
@@ -404,7 +428,11 @@ class Authenticator:
         self._resolving.clear()
         self._generation += 1
 
-    async def _principal_from_jwt(self, token: str) -> Principal:
+    async def _principal_from_jwt(self, token: str) -> tuple[Principal, int]:
+        """The token's principal and until when it holds (microseconds): the
+        token's own expiry, or its source API key's when that comes first.
+        A token derived from an API key or a user ends with it: revoked or
+        expired key, disabled or deleted user."""
         try:
             claims = jwt.decode(
                 token,
@@ -420,6 +448,7 @@ class Authenticator:
         if claims["typ"] != "access":
             raise Unauthenticated("not an access token", reason="BAD_TOKEN")
         tenant_id, kind, credential = claims["tenant_id"], claims.get("kind"), claims["cred"]
+        valid_until_us = int(claims["exp"]) * 1_000_000
         if kind == "user":
             user = await self._tenancy.find_user(tenant_id, credential)
             if user is None or user.disabled:
@@ -432,9 +461,13 @@ class Authenticator:
             record = await self._find_api_key(tenant_id, credential)
             if record is None or record.revoke_time is not None:
                 raise Unauthenticated("the token's API key was revoked", reason="KEY_REVOKED")
+            if record.expire_time is not None:
+                if record.expire_time <= self._clock():
+                    raise Unauthenticated("the token's API key has expired", reason="KEY_EXPIRED")
+                valid_until_us = min(valid_until_us, record.expire_time)
             roles = record.roles
             explicit = record.approval_roles
-        return Principal(
+        principal = Principal(
             subject=claims["sub"],
             tenant_id=tenant_id,
             roles=frozenset(roles),
@@ -443,6 +476,7 @@ class Authenticator:
             rate_limit_key=f"{kind}:{credential}",
             approval_roles=approval_roles_for(roles, explicit),
         )
+        return principal, valid_until_us
 
     async def approval_roles_of(self, tenant_id: str, subject: str) -> frozenset[str]:
         """Approval roles a user or API key of the tenant holds (for queries

@@ -163,6 +163,11 @@ class BiddingServicer(bidding_service_pb2_grpc.BiddingServiceServicer):
         try:
             async for reply in answers:
                 yield reply
+            # The request stream failed (a message that does not parse, a
+            # cancelled call): end the call with its error, not OK.
+            error = reader.exception() if reader.done() and not reader.cancelled() else None
+            if error is not None:
+                raise error
         finally:
             reader.cancel()
             for task in tasks:

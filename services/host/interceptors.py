@@ -36,6 +36,8 @@ from services.common.call import CallInfo, reset_current_call, set_current_call
 from services.common.errors import (
     ERROR_DOMAIN,
     DomainError,
+    FieldViolation,
+    InvalidArgument,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
@@ -44,7 +46,7 @@ from services.common.errors import (
 from services.common.forwarding import INTERNAL_MARK_KEY, CallForwarder
 from services.common.loopmetrics import Counter, Histogram
 from services.host.access import AccessRules
-from services.host.handlers import rewrapped
+from services.host.handlers import Unparseable, rewrapped, tolerant
 from services.host.logs import samples_root_spans
 from services.host.tracing import TracingInterceptor
 
@@ -293,10 +295,12 @@ class PlatformInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = details.method
+        streamed_requests = bool(handler.stream_unary or handler.stream_stream)
         return rewrapped(
             handler,
-            lambda behaviour: self._wrap_unary(method, behaviour),
-            lambda behaviour: self._wrap_stream(method, behaviour),
+            lambda behaviour: self._wrap_unary(method, behaviour, streamed_requests),
+            lambda behaviour: self._wrap_stream(method, behaviour, streamed_requests),
+            deserializer=tolerant(handler.request_deserializer),
         )
 
     def _start(self, method: str, context: Any) -> CallInfo:
@@ -353,12 +357,18 @@ class PlatformInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         elif not isinstance(error, aio.AbortError | asyncio.CancelledError):
             await context.abort(code, text, tuple(trailing))
 
-    def _wrap_unary(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    def _wrap_unary(
+        self, method: str, behaviour: Callable[..., Any], streamed_requests: bool
+    ) -> Callable[..., Any]:
         async def wrapped(request: Any, context: Any) -> Any:
             call = self._start(method, context)
             call.request = request
             token = set_current_call(call)
             try:
+                if streamed_requests:
+                    request = _parsed_stream(request)
+                elif isinstance(request, Unparseable):
+                    raise _unparseable(request)
                 for step in self._steps:
                     await step.before(call)
                 call.response = await behaviour(request, context)
@@ -372,12 +382,18 @@ class PlatformInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
         return wrapped
 
-    def _wrap_stream(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    def _wrap_stream(
+        self, method: str, behaviour: Callable[..., Any], streamed_requests: bool
+    ) -> Callable[..., Any]:
         async def wrapped(request: Any, context: Any) -> AsyncIterator[Any]:
             call = self._start(method, context)
             call.request = request
             token = set_current_call(call)
             try:
+                if streamed_requests:
+                    request = _parsed_stream(request)
+                elif isinstance(request, Unparseable):
+                    raise _unparseable(request)
                 for step in self._steps:
                     await step.before(call)
                 async for response in behaviour(request, context):
@@ -390,6 +406,23 @@ class PlatformInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             await self._finish(call, context, None)
 
         return wrapped
+
+
+def _unparseable(request: Unparseable) -> InvalidArgument:
+    return InvalidArgument(
+        f"the request message does not parse: {request.error}",
+        reason="MALFORMED_MESSAGE",
+        field_violations=[FieldViolation("request", "is not a valid protobuf message")],
+    )
+
+
+async def _parsed_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The client's messages; one that does not parse raises INVALID_ARGUMENT
+    into the servicer reading them (which must let it end the call)."""
+    async for request in requests:
+        if isinstance(request, Unparseable):
+            raise _unparseable(request)
+        yield request
 
 
 def _trace_id() -> str:

@@ -109,11 +109,7 @@ async def start(settings: Settings, *, migrate: bool = True) -> Running:
             backends.readiness,
             load_descriptor_set(),
         )
-        http_runner = web.AppRunner(
-            gateway.application(settings.max_request_bytes),
-            access_log=None,
-            shutdown_timeout=settings.shutdown_grace_seconds,
-        )
+        http_runner = gateway.runner(settings.max_request_bytes, settings.shutdown_grace_seconds)
         await http_runner.setup()
         await web.TCPSite(http_runner, settings.host, settings.http_port, reuse_port=True).start()
         http_port = _bound_port(http_runner)

@@ -1,0 +1,291 @@
+"""Bad input at the edges answers 4xx / INVALID_ARGUMENT, never a 5xx, a stall
+or a traceback: request bytes that do not parse on every unary RPC and on
+StreamBids, compressed bodies, bytes that are not text, forged page tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+from aiohttp.http_exceptions import BadHttpMessage
+from backports import zstd
+from grpc import aio
+
+from campaignexpress.bidding.v1 import bidding_service_pb2 as bpb
+from gateway.openapi import load_descriptor_set
+from gateway.openrtb import decode_bid_request
+from gateway.serverlog import ClientErrorLog
+from tests.conftest import Env, error_details
+
+# Bytes no message parses: a truncated varint tag, and field number 0.
+NOT_A_MESSAGE = (b"\xff\xff\xff", b"\x00")
+
+
+def unary_methods() -> list[str]:
+    """Every unary RPC of the platform's contracts, as /package.Service/Method."""
+    methods = []
+    for file in load_descriptor_set().file:
+        if not file.package.startswith("campaignexpress."):
+            continue
+        for service in file.service:
+            for method in service.method:
+                if not (method.client_streaming or method.server_streaming):
+                    methods.append(f"/{file.package}.{service.name}/{method.name}")
+    return sorted(methods)
+
+
+UNARY = unary_methods()
+
+
+def test_every_service_is_covered() -> None:
+    services = {m.split("/")[1] for m in UNARY}
+    assert len(services) >= 6 and len(UNARY) >= 40, UNARY
+
+
+@pytest.mark.parametrize("authenticated", [False, True], ids=["anonymous", "admin"])
+async def test_unparseable_unary_requests_are_invalid_argument(
+    env: Env, authenticated: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    metadata = env.auth() if authenticated else []
+    for method in UNARY:
+        call = env.channel.unary_unary(method)  # raw bytes in and out
+        for garbage in NOT_A_MESSAGE:
+            with pytest.raises(aio.AioRpcError) as failed:
+                await call(garbage, metadata=metadata, timeout=10)
+            assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            details = error_details(failed.value)
+            assert details["reason"] == "MALFORMED_MESSAGE", method
+            assert "request" in details["fields"], method
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_unparseable_stream_frame_ends_the_stream_with_invalid_argument(
+    env: Env,
+) -> None:
+    request = decode_bid_request(
+        orjson.dumps(
+            {
+                "id": "ok",
+                "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}],
+                "device": {"geo": {"country": "USA"}},
+                "user": {"id": "u1"},
+            }
+        ),
+        max_bytes=1 << 20,
+    )
+    good = bpb.StreamBidsRequest(request=request).SerializeToString()
+    stream = env.channel.stream_stream("/campaignexpress.bidding.v1.BiddingService/StreamBids")
+
+    async def frames() -> AsyncIterator[bytes]:
+        yield good
+        yield NOT_A_MESSAGE[0]
+        yield good
+
+    call = stream(frames(), metadata=env.auth(), timeout=10)
+    answered = []
+    with pytest.raises(aio.AioRpcError) as failed:
+        async for raw in call:
+            answered.append(bpb.StreamBidsResponse.FromString(raw).request_id)
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(failed.value)["reason"] == "MALFORMED_MESSAGE"
+    assert answered in ([], ["ok"])  # the first request may be answered before the end
+
+
+# --------------------------------------------------------------------------- bodies
+
+BOMB_OUTPUT = 64 * 1024 * 1024  # far past the default 4 MiB request limit
+
+
+def compressors() -> dict[str, Any]:
+    return {
+        "gzip": gzip.compress,
+        "deflate": zlib.compress,
+        "zstd": zstd.compress,
+    }
+
+
+def json_body_routes(env: Env) -> list[tuple[str, bytes]]:
+    """A transcoded route with a body and the OpenRTB route, each with a body it takes."""
+    user = orjson.dumps(
+        {"email": "zip@acme.example", "password": "long-enough-pw", "roles": ["ROLE_VIEWER"]}
+    )
+    bid = orjson.dumps({"id": "r1", "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}]})
+    return [(f"{env.base_url}/v1/tenants/acme/users", user), (f"{env.base_url}/v1/bid", bid)]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "zstd"])
+async def test_compressed_bodies_are_read(env: Env, encoding: str) -> None:
+    for url, body in json_body_routes(env):
+        headers = {**env.headers(), "Content-Encoding": encoding}
+        async with env.http.post(url, data=compressors()[encoding](body), headers=headers) as r:
+            assert r.status in (200, 204), (url, r.status, await r.text())
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "zstd"])
+async def test_corrupt_truncated_and_bomb_bodies_are_400(env: Env, encoding: str) -> None:
+    compress = compressors()[encoding]
+    for url, body in json_body_routes(env):
+        packed = compress(body)
+        cases = {
+            "corrupt": b"\x00\x01garbage" + packed[8:],
+            "truncated": packed[: len(packed) // 2],
+            "trailing": packed + b"more",
+            "bomb": compress(b" " * BOMB_OUTPUT),
+        }
+        for case, data in cases.items():
+            for headers in (
+                {"Content-Encoding": encoding},
+                {**env.headers(), "Content-Encoding": encoding},
+            ):
+                async with env.http.post(url, data=data, headers=headers) as r:
+                    assert r.status == 400, (url, case, r.status)
+                    error = (await r.json())["error"]
+                    expected = "BODY_TOO_LARGE" if case == "bomb" else "MALFORMED_BODY"
+                    assert error["reason"] == expected, (url, case, error)
+                    assert error["fieldViolations"][0]["field"] == "body"
+
+
+async def test_unsupported_encoding_is_400(env: Env) -> None:
+    for url, body in json_body_routes(env):
+        for encoding in ("br", "gzip, gzip", "compress", "\u00e9"):
+            headers = {**env.headers(), "Content-Encoding": encoding}
+            async with env.http.post(url, data=body, headers=headers) as r:
+                assert r.status == 400, (url, encoding)
+                error = (await r.json())["error"]
+                assert error["reason"] == "UNSUPPORTED_CONTENT_ENCODING"
+
+
+async def test_bomb_uploads_do_not_hold_up_other_requests(env: Env) -> None:
+    """Unauthenticated decompression bombs on both body routes while another
+    client polls /live: every poll is answered promptly."""
+    bomb = gzip.compress(b"\x00" * BOMB_OUTPUT)
+    urls = [url for url, _ in json_body_routes(env)]
+    stop = asyncio.Event()
+
+    async def upload(url: str) -> int:
+        sent = 0
+        while not stop.is_set():
+            async with env.http.post(url, data=bomb, headers={"Content-Encoding": "gzip"}) as r:
+                assert r.status == 400
+                sent += 1
+        return sent
+
+    uploads = [asyncio.create_task(upload(urls[i % 2])) for i in range(8)]
+    latencies = []
+    try:
+        for _ in range(40):
+            started = time.perf_counter()
+            async with env.http.get(f"{env.base_url}/live") as r:
+                assert r.status == 200
+            latencies.append(time.perf_counter() - started)
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        sent = sum(await asyncio.gather(*uploads))
+    assert sent >= 8
+    # One bomb inflates in slices of 256 KiB with the loop turning between
+    # them; inflating a whole one at once took ~30 ms here, eight at a time
+    # several hundred.
+    assert max(latencies) < 0.5, sorted(latencies)[-5:]
+
+
+# ------------------------------------------------------------------ bytes that are not text
+
+
+async def raw_http(env: Env, request: bytes) -> tuple[int, bytes]:
+    """Send `request` as is (clients refuse to send such bytes) -> status, body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.running.http_port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+NOT_TEXT = (b"\xff\xfe", b"\xc3\x28", b"\xed\xa0\x80", b"caf\xc3\xa9", b"\x00\x01")
+
+
+def not_text_requests(key: bytes) -> dict[str, bytes]:
+    """Requests carrying bytes that are not valid (ASCII) text in a header, the
+    query string or a notice token, on authenticated and anonymous routes."""
+    auth = b"Authorization: Bearer " + key + b"\r\n"
+    cases: dict[str, bytes] = {}
+    for i, bad in enumerate(NOT_TEXT):
+        escaped = "".join(f"%{b:02x}" for b in bad).encode()
+        get = b"GET /v1/auth/identity HTTP/1.1\r\nHost: x\r\n"
+        cases[f"authorization-{i}"] = get + b"Authorization: Bearer " + bad + b"\r\n"
+        cases[f"scheme-{i}"] = get + b"Authorization: " + bad + b"\r\n"
+        for header in (b"X-Request-Id", b"X-Tenant-Id", b"traceparent", b"tracestate"):
+            cases[f"{header.decode()}-{i}"] = get + auth + header + b": " + bad + b"\r\n"
+        users = b"GET /v1/tenants/acme/users?"
+        cases[f"query-value-{i}"] = (
+            users + b"pageToken=" + escaped + b" HTTP/1.1\r\nHost: x\r\n" + auth
+        )
+        cases[f"query-key-{i}"] = users + escaped + b"=1 HTTP/1.1\r\nHost: x\r\n" + auth
+        cases[f"query-raw-{i}"] = users + b"filter=" + bad + b" HTTP/1.1\r\nHost: x\r\n" + auth
+        cases[f"path-{i}"] = b"GET /v1/tenants/" + escaped + b" HTTP/1.1\r\nHost: x\r\n" + auth
+        for notice in (b"win", b"billing", b"loss"):
+            cases[f"{notice.decode()}-token-{i}"] = (
+                b"GET /v1/" + notice + b"?t=" + escaped + b"&price=1 HTTP/1.1\r\nHost: x\r\n"
+            )
+            cases[f"{notice.decode()}-raw-{i}"] = (
+                b"GET /v1/" + notice + b"?t=" + bad + b" HTTP/1.1\r\nHost: x\r\n"
+            )
+        bid = b"POST /v1/bid HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        cases[f"bid-authorization-{i}"] = bid + b"Authorization: Bearer " + bad + b"\r\n"
+        cases[f"bid-encoding-{i}"] = bid + auth + b"Content-Encoding: " + bad + b"\r\n"
+    return {name: request + b"Connection: close\r\n\r\n" for name, request in cases.items()}
+
+
+async def test_bytes_that_are_not_text_get_4xx(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    for name, request in not_text_requests(env.keys["acme"]["ADMIN"].encode()).items():
+        if request.startswith(b"POST"):
+            request += b"{}"
+        status, body = await raw_http(env, request)
+        assert 400 <= status < 500, (name, status, body[:200])
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+async def test_refused_requests_are_logged_once_without_traceback_and_cannot_flood(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    request = b"GET /live HTTP/1.1\r\nHost: x\r\nX-Bad: \x00\x01\r\nConnection: close\r\n\r\n"
+    for _ in range(50):
+        status, _ = await raw_http(env, request)
+        assert status == 400
+    lines = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert 1 <= len(lines) <= 10
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in lines)
+    assert all(r.levelno == logging.WARNING for r in lines)
+
+
+def test_client_error_log_counts_what_it_suppressed(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    log = ClientErrorLog(
+        logging.getLogger("test.serverlog"), burst=2, window=10, clock=lambda: now[0]
+    )
+    caplog.set_level(logging.INFO, "test.serverlog")
+    error = BadHttpMessage("Invalid header value char:\n\n  b'X: \\x00'")
+    for _ in range(5):
+        log.exception("Error handling request", exc_info=error)
+    assert len(caplog.records) == 2
+    now[0] = 11.0
+    log.exception("Error handling request", exc_info=error)
+    assert "(3 more client errors not logged)" in caplog.records[-1].getMessage()
+    log.exception("server bug", exc_info=RuntimeError("boom"))  # not a client error
+    assert caplog.records[-1].exc_info is not None and caplog.records[-1].levelno == logging.ERROR
