@@ -57,7 +57,7 @@ async def _started(data_dir: str) -> Running:
 
 
 async def _wait_for_offers(running: Running, offers: int) -> None:
-    index = running.platform.campaign_index
+    index = running.platform.api("bidding").index
     for _ in range(200):  # up to ~10 s
         if sum(len(c.offers) for c in index.campaigns(TENANT)) >= offers:
             return
@@ -74,7 +74,7 @@ async def measure(requests: int, passes: int, profile: int, idle_us: float = 0.0
         async with aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             offers = await seed_offers(channel)
         await _wait_for_offers(running, offers)
-        processor = running.platform.bid_processor
+        processor = running.platform.api("bidding").processor
         pool = build_pool(requests)
         settle_garbage_collector()
         best = float("inf")

@@ -49,6 +49,9 @@ class BidAgents:
             raise ValueError("agents must be at least 1")
         self._bus = bus
         self._platform = platform
+        # Resolved once: every message authenticates and bids.
+        self._authenticate = platform.kernel.interface("call_authenticator").authenticate
+        self._process = platform.api("bidding").processor.process
         self._agents = agents
         self._max_bytes = max_request_bytes
         self._subject = subject
@@ -77,7 +80,7 @@ class BidAgents:
         body = b""
         try:
             scheme, _, credential = headers.get("authorization", "").partition(" ")
-            principal = await self._platform.authenticator.authenticate(
+            principal = await self._authenticate(
                 credential.strip() if scheme.lower() == "bearer" else ""
             )
             if "CAMPAIGN_READ" not in principal.permissions:
@@ -87,7 +90,7 @@ class BidAgents:
                 content_encoding=headers.get("content-encoding"),
                 max_bytes=self._max_bytes,
             )
-            outcome = await self._platform.bid_processor.process(principal.tenant_id, request)
+            outcome = await self._process(principal.tenant_id, request)
             if outcome.response is None:
                 answer.update({"status": "204", "x-no-bid-reason": outcome.reason})
             else:

@@ -387,6 +387,19 @@ def postgres_url(postgres_server: PostgresServer) -> str:
 @pytest.fixture
 def postgres_url_fresh(postgres_server: PostgresServer) -> Iterator[str]:
     """A brand-new empty database for this test, dropped afterwards."""
+    with _fresh_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url_fresh_2(postgres_server: PostgresServer) -> Iterator[str]:
+    """A second brand-new empty database for this test."""
+    with _fresh_database(postgres_server) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _fresh_database(postgres_server: PostgresServer) -> Iterator[str]:
     name = f"ce_test_{uuid.uuid4().hex[:12]}"
     run_async(lambda: _pg_admin(postgres_server.port, f'CREATE DATABASE "{name}"'))
     try:

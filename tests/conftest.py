@@ -19,7 +19,9 @@ import grpc
 import pytest
 from grpc import aio
 
+from services.db import Database
 from services.host.config import load_settings
+from services.host.platform import load_modules, migration_locations
 from services.host.serve import Running, start
 
 pytest_plugins = ["tests.backend_servers"]
@@ -38,6 +40,11 @@ def backend_urls(request: pytest.FixtureRequest) -> dict[str, str]:
         "redis_url": request.getfixturevalue("redis_url_flushed"),
         "nats_url": request.getfixturevalue("nats_url"),
     }
+
+
+async def migrate(db: Database) -> None:
+    """Bring a database to the head of every registered domain's migrations."""
+    await db.migrate(migration_locations(load_modules().values()))
 
 
 def make_settings(data_dir: pathlib.Path, **overrides: Any) -> Any:
@@ -79,13 +86,17 @@ class Env:
 
 
 async def seed_tenants(running: Running) -> dict[str, dict[str, str]]:
-    platform = running.platform
+    """Two tenants with a key per role, written through the tenancy and auth
+    domains' in-process interfaces (there in every process, also one that
+    serves neither)."""
+    kernel = running.platform.kernel
+    tenancy, auth = kernel.interface("user_directory"), kernel.interface("call_authenticator")
     keys: dict[str, dict[str, str]] = {}
     for tenant in TENANTS:
-        await platform.tenancy.create_tenant(None, tenant, tenant.title(), {})
+        await tenancy.create_tenant(None, tenant, tenant.title(), {})
         keys[tenant] = {}
         for role in ROLES:
-            _, secret = await platform.authenticator.create_api_key(
+            _, secret = await auth.create_api_key(
                 None, f"tenants/{tenant}", f"{role.lower()} key", [role]
             )
             keys[tenant][role] = secret
@@ -131,4 +142,4 @@ def error_details(exc: aio.AioRpcError) -> dict[str, Any]:
     return found
 
 
-__all__ = ["Env", "error_details", "grpc", "make_settings", "seed_tenants"]
+__all__ = ["Env", "error_details", "grpc", "make_settings", "migrate", "seed_tenants"]

@@ -7,12 +7,14 @@ import grpc
 import pytest
 
 from campaignexpress.type.v1 import access_pb2
-from services.auth.rbac import ALL_PERMISSIONS, ROLE_PERMISSIONS, permissions_for
 from services.common.call import CallInfo, Principal
 from services.common.errors import PermissionDenied
+from services.common.rbac import ALL_PERMISSIONS, ROLE_PERMISSIONS, permissions_for
 from services.host.access import AccessRules
 from services.host.interceptors import RbacStep
-from services.host.registry import SERVICES
+from services.host.platform import load_modules
+
+SERVICES = [service for module in load_modules().values() for service in module.services]
 
 
 def test_every_rpc_declares_an_access_rule() -> None:

@@ -15,7 +15,7 @@ Requests are published with nats-py on JetStream (`campaign-bids.bid-requests`)
 with the `reply-to` header naming a subject under `campaign-bids.`, which the
 test subscribes to (a plain NATS reply inbox is not answered: see
 gateway/agents.py). The bid request is the one tests/test_bid_agents.py uses: a
-300x250 banner in the USA, which both demo campaigns (services/host/demo.py)
+300x250 banner in the USA, which both demo campaigns (services/campaigns/demo.py)
 serve at up to $4 CPM.
 """
 

@@ -18,7 +18,6 @@ from grpc import aio
 from campaignexpress.bidding.v1 import bidding_service_pb2 as bpb
 from campaignexpress.bidding.v1 import bidding_service_pb2_grpc as bgrpc
 from gateway.openrtb import decode_bid_request
-from services.auth.rbac import ALL_PERMISSIONS
 from services.campaigns.model import (
     BidStrategy,
     Budget,
@@ -31,6 +30,7 @@ from services.campaigns.model import (
     Targeting,
 )
 from services.common.call import Principal
+from services.common.rbac import ALL_PERMISSIONS
 from tests.conftest import Env
 
 SYSTEM = Principal(
@@ -74,12 +74,12 @@ OFFER = OfferSpec(
 
 async def live_campaign(env: Env, **overrides: Any) -> str:
     platform = env.running.platform
-    campaign = await platform.campaigns.create(
+    campaign = await platform.api("campaigns").campaigns.create(
         None, "tenants/acme", spec(**overrides), offers_to_add=[OFFER]
     )
-    await platform.workflow.act(SYSTEM, campaign.name, "SUBMIT")
-    await platform.workflow.act(SYSTEM, campaign.name, "GO_LIVE")
-    index = platform.campaign_index
+    await platform.api("campaigns").workflow.act(SYSTEM, campaign.name, "SUBMIT")
+    await platform.api("campaigns").workflow.act(SYSTEM, campaign.name, "GO_LIVE")
+    index = platform.api("bidding").index
     await index.wait_for(lambda i: i.get(campaign.name) is not None, timeout=2.0)
     return campaign.name
 
@@ -133,7 +133,7 @@ async def test_rest_bid_and_win_notice_settle_spend_once(env: Env) -> None:
     for _ in range(2):  # a retried notice is settled once
         async with env.http.get(win) as r:
             assert r.status == 200
-    status_ = await env.running.platform.budgets.status(None, name)
+    status_ = await env.running.platform.api("campaigns").budgets.status(None, name)
     assert status_.total_spend.amount_micros == 1_500  # 1.50 CPM = 0.0015 per impression
     async with env.http.get(win.replace("t=", "t=x")) as r:
         assert r.status == 400
@@ -195,7 +195,7 @@ async def test_stream_reads_on_while_bids_wait_and_answers_each_once(
     processor) do not hold up the stream: requests behind them are read
     and answered first, and every request gets exactly one answer."""
     await live_campaign(env)
-    processor = env.running.platform.bid_processor
+    processor = env.running.platform.api("bidding").processor
     real_process = processor.process
 
     async def slow_for_some(tenant_id: str, request: Any, **kwargs: Any) -> Any:
@@ -227,7 +227,7 @@ async def test_stream_answers_a_failing_request_with_internal_and_goes_on(
     """A request whose processing fails unexpectedly (injected here) gets an
     INTERNAL error answer without details; the others on the stream bid."""
     await live_campaign(env)
-    processor = env.running.platform.bid_processor
+    processor = env.running.platform.api("bidding").processor
     real_process = processor.process
 
     async def fails_for_one(tenant_id: str, request: Any, **kwargs: Any) -> Any:
@@ -273,7 +273,7 @@ async def test_no_consent_means_no_segment_targeting(env: Env) -> None:
     platform = env.running.platform
     from services.bidding.profiles import UserProfile
 
-    store = platform.bid_processor._profiles
+    store = platform.api("bidding").processor._profiles
     await store.put(UserProfile("fan", segments=[7]))
     status, _, _ = await post_bid(env, bid_request(user="fan"))
     assert status == 200  # consented (no GDPR): the profile's segment matches
@@ -355,7 +355,7 @@ async def test_bid_no_bid_and_notice_events_reach_the_analytics_store(env: Env) 
     win = bid["nurl"].replace("http://localhost:8080", env.base_url)
     async with env.http.get(win.replace("${AUCTION_PRICE}", "1.005")) as r:
         assert r.status == 200
-    await platform.analytics_pipeline.flush()
+    await platform.api("bidding").pipeline.flush()
     rows = await platform.backends.analytics.query(
         "SELECT event_type, request_id, imp_id, bid_id, offer_id, user_id, price_micros, "
         "currency, reason, attrs, campaign_id != '' FROM bid_events FINAL "
@@ -390,14 +390,14 @@ async def test_an_edited_offer_bids_with_its_new_creative(env: Env) -> None:
     before = orjson.loads(raw)["seatbid"][0]["bid"][0]
     assert before["adm"] == OFFER.markup_template and before["cat"] == ["IAB22"]
     assert (before["w"], before["h"], before["crid"]) == (300, 250, before["adid"])
-    offer_name = platform.campaign_index.get(name).offers[0].name
+    offer_name = platform.api("bidding").index.get(name).offers[0].name
     edited = dataclasses.replace(
         OFFER, markup_template="<b>new</b>", iab_categories=["IAB1"], sizes=[Size(320, 50)]
     )
-    await platform.campaigns.update_offer(
+    await platform.api("campaigns").campaigns.update_offer(
         SYSTEM, offer_name, edited, ["markup_template", "iab_categories", "sizes"], ""
     )
-    await platform.campaign_index.wait_for(
+    await platform.api("bidding").index.wait_for(
         lambda i: i.get(name).offers[0].spec.markup_template == "<b>new</b>", timeout=2.0
     )
     body = bid_request("after")

@@ -17,7 +17,6 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from services.auth.rbac import ALL_PERMISSIONS
 from services.backends import BusMessage
 from services.backends.bus import InProcessBus
 from services.campaigns import pacing
@@ -40,11 +39,14 @@ from services.campaigns.model import (
     Schedule,
 )
 from services.campaigns.schedule import local_to_utc_us
+from services.campaigns.tables import campaigns, delivery_events, spend_days
 from services.campaigns.workflow import Scheduler, Workflow
 from services.common.call import Principal
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
+from services.common.rbac import ALL_PERMISSIONS
 from services.db import Database
-from services.db.tables import campaigns, delivery_events, spend_days, tenants
+from services.tenancy.tables import tenants
+from tests.conftest import migrate
 
 NY = "America/New_York"
 HOUR = 3600 * 1_000_000
@@ -132,7 +134,7 @@ async def world(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Async
     else:
         url = request.getfixturevalue("postgres_url_fresh")
     db = Database(url)
-    await db.migrate()
+    await migrate(db)
     clock = Clock(ny("2026-11-02T12:00"))
     async with db.engine.begin() as conn:
         for tenant in ("acme", "globex"):

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from services.auth.rbac import ALL_PERMISSIONS
 from services.backends import MessageBus
 from services.backends.bus import open_message_bus
 from services.campaigns.budget import Budgets, DeliveryEventIn
@@ -33,11 +32,14 @@ from services.campaigns.model import (
     Schedule,
     Size,
 )
+from services.campaigns.tables import campaigns, offers
 from services.campaigns.workflow import Workflow
 from services.common.call import Principal
 from services.common.clock import now_us
+from services.common.rbac import ALL_PERMISSIONS
 from services.db import Database
-from services.db.tables import campaigns, offers, tenants
+from services.tenancy.tables import tenants
+from tests.conftest import migrate
 
 PROPAGATION_S = 1.0
 
@@ -133,7 +135,7 @@ async def world(
 ) -> AsyncIterator[World]:
     refresh = getattr(request, "param", 30.0)
     db = Database(backend_urls.get("database_url") or f"sqlite:///{tmp_path / 'index.db'}")
-    await db.migrate()
+    await migrate(db)
     async with db.engine.begin() as conn:
         for tenant in ("acme", "globex"):
             await conn.execute(

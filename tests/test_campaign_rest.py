@@ -33,7 +33,9 @@ async def call(env: Env, verb: str, path: str, headers: dict[str, str], body: An
 async def test_rest_walkthrough(env: Env) -> None:
     admin = env.headers()
     platform = env.running.platform
-    index = LiveCampaignIndex(platform.backends.db, platform.backends.bus, platform.budgets)
+    index = LiveCampaignIndex(
+        platform.backends.db, platform.backends.bus, platform.api("campaigns").budgets
+    )
     await index.start()
     try:
         campaign = (

@@ -330,7 +330,7 @@ async def test_scheduler_never_transitions_twice(env: Env) -> None:
     )
     await s.SubmitCampaign(svc.SubmitCampaignRequest(name=c.name), metadata=env.auth())
     await s.ScheduleCampaign(svc.ScheduleCampaignRequest(name=c.name), metadata=env.auth())
-    workflow = env.running.platform.workflow
+    workflow = env.running.platform.api("campaigns").workflow
     # Pretend the start has come, for several schedulers at once (processes,
     # restarts): only one makes the transition.
     real_clock = workflow._clock

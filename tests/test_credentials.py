@@ -13,12 +13,12 @@ from campaignexpress.auth.v1 import auth_service_pb2 as auth_pb
 from campaignexpress.tenancy.v1 import tenancy_service_pb2 as ten_pb
 from campaignexpress.type.v1 import access_pb2
 from services.auth.domain import Authenticator
-from services.auth.passwords import PasswordHasher
 from services.common.clock import now_us
 from services.common.errors import Unauthenticated
+from services.common.passwords import PasswordHasher
 from services.db import Database
 from services.tenancy.domain import Tenancy
-from tests.conftest import Env, error_details
+from tests.conftest import Env, error_details, migrate
 from tests.test_platform_grpc import PASSWORD, auth, create_user, tenancy
 
 SECRET = "test-secret-of-32-bytes-or-more-0123456789"
@@ -27,7 +27,7 @@ SECRET = "test-secret-of-32-bytes-or-more-0123456789"
 @pytest.fixture
 async def authenticator(tmp_path):  # type: ignore[no-untyped-def]
     db = Database(f"sqlite:///{tmp_path / 'auth.db'}")
-    await db.migrate()
+    await migrate(db)
     offset = [0]
     hasher = PasswordHasher()
     tenancy_ = Tenancy(db, hasher, operator_tenant="operator")
@@ -90,7 +90,7 @@ async def test_tokens_over_grpc_end_with_their_key_and_user(env: Env) -> None:
         auth_pb.RevokeApiKeyRequest(name=created.api_key.name), metadata=env.auth()
     )
     await tenancy(env).DeleteUser(ten_pb.DeleteUserRequest(name=name), metadata=env.auth())
-    env.running.platform.authenticator._cache.clear()  # skip the 5 s positive cache
+    env.running.platform.api("auth")._cache.clear()  # skip the 5 s positive cache
     for bearer, reason in ((key_bearer, "KEY_REVOKED"), (user_bearer, "BAD_TOKEN")):
         with pytest.raises(aio.AioRpcError) as caught:
             await auth(env).GetCurrentIdentity(auth_pb.GetCurrentIdentityRequest(), metadata=bearer)

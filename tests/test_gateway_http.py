@@ -167,7 +167,7 @@ async def test_delete_and_not_found(env: Env) -> None:
 
 
 async def test_login_and_jwt_over_rest(env: Env) -> None:
-    await env.running.platform.tenancy.create_user(
+    await env.running.platform.api("tenancy").create_user(
         None, "tenants/acme", "jo@acme.example", "Jo", ["ANALYST"], PASSWORD
     )
     async with env.http.post(

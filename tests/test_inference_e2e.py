@@ -249,8 +249,8 @@ async def _serve(settings: Any, model_path: str, request: pb.PredictRequest) -> 
     running = await start(settings)
     try:
         platform = running.platform
-        await platform.tenancy.create_tenant(None, "acme", "Acme", {})
-        _, key = await platform.authenticator.create_api_key(None, "tenants/acme", "k", ["ADMIN"])
+        await platform.api("tenancy").create_tenant(None, "acme", "Acme", {})
+        _, key = await platform.api("auth").create_api_key(None, "tenants/acme", "k", ["ADMIN"])
         metadata = [("authorization", f"Bearer {key}")]
         async with aio.insecure_channel(f"127.0.0.1:{platform.grpc_port}") as channel:
             stub = pb_grpc.InferenceServiceStub(channel)

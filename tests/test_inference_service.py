@@ -49,8 +49,8 @@ async def ienv(tmp_path: pathlib.Path) -> AsyncIterator[InferenceEnv]:
     try:
         keys = await seed_tenants(running)
         platform = running.platform
-        await platform.tenancy.create_tenant(None, "operator", "Operator", {})
-        _, secret = await platform.authenticator.create_api_key(
+        await platform.api("tenancy").create_tenant(None, "operator", "Operator", {})
+        _, secret = await platform.api("auth").create_api_key(
             None, "tenants/operator", "ops", ["ADMIN"]
         )
         keys["operator"] = {"ADMIN": secret}
@@ -296,7 +296,7 @@ async def test_only_the_operator_tenant_may_reload(
     ok = await ienv.stub.ReloadModel(reload, metadata=ienv.auth("operator", "ADMIN"))
     assert ok.model.checkpoint_sha256 == default_checkpoint().digest
     # the reload (and the refusals) are audited in their tenants
-    records, _ = await ienv.running.platform.audit.list(
+    records, _ = await ienv.running.platform.api("audit").list(
         _operator_principal(), "tenants/operator", 50, "", _audit_filter()
     )
     outcomes = [r.outcome for r in records if r.action.endswith("/ReloadModel")]
@@ -304,8 +304,8 @@ async def test_only_the_operator_tenant_may_reload(
 
 
 def _operator_principal() -> Any:
-    from services.auth.rbac import ALL_PERMISSIONS
     from services.common.call import Principal
+    from services.common.rbac import ALL_PERMISSIONS
 
     return Principal(
         "tenants/operator/apiKeys/x", "operator", frozenset({"ADMIN"}), ALL_PERMISSIONS

@@ -167,7 +167,7 @@ async def test_user_lifecycle_with_login_refresh_and_disable(env: Env) -> None:
         ),
         metadata=env.auth(),
     )
-    env.running.platform.authenticator._cache.clear()  # skip the 5 s positive cache
+    env.running.platform.api("auth")._cache.clear()  # skip the 5 s positive cache
     with pytest.raises(aio.AioRpcError) as caught:
         await auth(env).GetCurrentIdentity(auth_pb.GetCurrentIdentityRequest(), metadata=bearer)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -377,7 +377,7 @@ async def test_unexpected_error_is_internal_with_trace_id_and_no_leak(
     async def broken(*args: object) -> None:
         raise RuntimeError("db password is hunter2")
 
-    monkeypatch.setattr(env.running.platform.tenancy, "list_users", broken)
+    monkeypatch.setattr(env.running.platform.api("tenancy"), "list_users", broken)
     with pytest.raises(aio.AioRpcError) as caught:
         await tenancy(env).ListUsers(
             ten_pb.ListUsersRequest(parent="tenants/acme"), metadata=env.auth()
@@ -398,8 +398,8 @@ async def test_operator_tenant_alone_creates_tenants(env: Env) -> None:
         )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     platform = env.running.platform
-    await platform.tenancy.create_tenant(None, "operator", "Operator", {})
-    _, secret = await platform.authenticator.create_api_key(
+    await platform.api("tenancy").create_tenant(None, "operator", "Operator", {})
+    _, secret = await platform.api("auth").create_api_key(
         None, "tenants/operator", "ops", ["ADMIN"]
     )
     ops = [("authorization", f"Bearer {secret}")]
@@ -537,7 +537,7 @@ async def test_concurrent_calls_with_one_key_read_it_once(
     """When a key's cache entry is missing (first use, or expired under load),
     concurrent calls share one database lookup instead of one each; an
     unknown key still fails every one of them."""
-    authenticator = env.running.platform.authenticator
+    authenticator = env.running.platform.api("auth")
     created = await auth(env).CreateApiKey(
         auth_pb.CreateApiKeyRequest(
             parent="tenants/acme",

@@ -13,8 +13,10 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor, message, message_factory
 from grpc import aio
 
-from services.host.registry import SERVICES
+from services.host.platform import load_modules
 from tests.conftest import Env, error_details
+
+SERVICES = [service for module in load_modules().values() for service in module.services]
 
 
 def _scoped_methods() -> list[tuple[str, descriptor.MethodDescriptor, str, str]]:
@@ -120,7 +122,7 @@ async def test_login_is_scoped_to_the_named_tenant(env: Env) -> None:
     from campaignexpress.auth.v1 import auth_service_pb2 as auth_pb
     from campaignexpress.auth.v1 import auth_service_pb2_grpc as auth_grpc
 
-    await env.running.platform.tenancy.create_user(
+    await env.running.platform.api("tenancy").create_user(
         None, "tenants/globex", "same@x.example", "", ["VIEWER"], "globex-password"
     )
     with pytest.raises(aio.AioRpcError) as caught:

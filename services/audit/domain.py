@@ -11,13 +11,13 @@ from dataclasses import asdict, dataclass
 import orjson
 import sqlalchemy as sa
 
+from services.audit.tables import audit_events
 from services.backends import MessageBus
 from services.common import names
 from services.common.call import Principal
 from services.common.clock import Clock, now_us
 from services.common.errors import InvalidArgument
 from services.db import Database
-from services.db.tables import audit_events
 
 log = logging.getLogger(__name__)
 

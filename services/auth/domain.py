@@ -10,12 +10,12 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import jwt
 import sqlalchemy as sa
 
-from services.auth.passwords import PasswordHasher
-from services.auth.rbac import approval_roles_for, permissions_for
+from services.auth.tables import api_keys, refresh_tokens
 from services.common import names
 from services.common.call import Principal
 from services.common.clock import Clock, now_us
@@ -27,10 +27,10 @@ from services.common.errors import (
     Unauthenticated,
     collect,
 )
+from services.common.passwords import PasswordHasher
+from services.common.rbac import approval_roles_for, permissions_for
 from services.common.validation import check_approval_roles, check_roles, check_text
 from services.db import Database
-from services.db.tables import api_keys, refresh_tokens
-from services.tenancy.domain import Tenancy
 
 JWT_ALGORITHM = "HS256"
 JWT_ISSUER = "campaign-express"
@@ -89,13 +89,47 @@ def _api_key(row: sa.Row[tuple[object, ...]]) -> ApiKeyRecord:
     )
 
 
+class DirectoryTenant(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+class DirectoryUser(Protocol):
+    """What authentication reads of a user (the tenancy domain's record)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def roles(self) -> list[str]: ...
+    @property
+    def approval_roles(self) -> list[str]: ...
+    @property
+    def disabled(self) -> bool: ...
+    @property
+    def password_hash(self) -> str: ...
+
+
+class UserDirectory(Protocol):
+    """The tenants and users authentication checks credentials against,
+    in-process: every call authenticates (the tenancy domain offers it as
+    the `user_directory` interface; docs/architecture.md)."""
+
+    async def find_tenant(self, tenant_id: str) -> DirectoryTenant | None: ...
+    async def find_user(self, tenant_id: str, user_id: str) -> DirectoryUser | None: ...
+    async def find_user_by_email(self, tenant_id: str, email: str) -> DirectoryUser | None: ...
+
+
 class Authenticator:
     """Issues credentials and turns a bearer credential into a Principal."""
 
     def __init__(
         self,
         db: Database,
-        tenancy: Tenancy,
+        directory: UserDirectory,
         hasher: PasswordHasher,
         *,
         jwt_secret: str,
@@ -104,7 +138,7 @@ class Authenticator:
         clock: Clock = now_us,
     ) -> None:
         self._db = db
-        self._tenancy = tenancy
+        self._tenancy = directory
         self._hasher = hasher
         self._jwt_secret = jwt_secret
         self._access_seconds = access_token_seconds
@@ -362,6 +396,18 @@ class Authenticator:
                 )
             )
         return TokenPair(access, access_exp, f"rt_{token_id}.{secret}", refresh_exp)
+
+    async def end_user_sessions(self, tenant_id: str, user_id: str) -> None:
+        """The user's credentials changed (password, disabled, deleted): its
+        refresh tokens stop working and no sign-in of it stays cached here.
+        Idempotent; every process runs it for its own cache."""
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                refresh_tokens.delete().where(
+                    refresh_tokens.c.tenant_id == tenant_id, refresh_tokens.c.user_id == user_id
+                )
+            )
+        self._forget_all()
 
     # -- authentication of calls -------------------------------------------
 

@@ -20,7 +20,7 @@ from services.common.call import current_principal
 from services.common.clock import now_us
 from services.common.eager import Finished, start_eagerly
 from services.common.errors import DomainError
-from services.host.interceptors import internal_status, status_details
+from services.common.status import internal_status, status_details
 
 pb = bidding_service_pb2
 log = logging.getLogger(__name__)

@@ -50,12 +50,12 @@ from services.campaigns.schedule import (
     local_day,
     zone,
 )
+from services.campaigns.tables import budget_alerts, campaigns, delivery_events, spend_days
 from services.campaigns.validation import MAX_BUDGET_MICROS, MAX_CPM_MICROS
 from services.common import names
 from services.common.call import Principal
 from services.common.errors import FieldViolation, InvalidArgument, NotFound, collect
 from services.db import Database
-from services.db.tables import budget_alerts, campaigns, delivery_events, spend_days
 
 log = logging.getLogger(__name__)
 

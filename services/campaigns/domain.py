@@ -24,6 +24,7 @@ from services.campaigns.model import (
     to_json,
 )
 from services.campaigns.schedule import bounds_us
+from services.campaigns.tables import campaign_revisions, campaigns, offers
 from services.campaigns.templates import TEMPLATES
 from services.campaigns.validation import validate_campaign, validate_offer
 from services.common import names
@@ -38,7 +39,6 @@ from services.common.errors import (
     collect,
 )
 from services.db import Database
-from services.db.tables import campaign_revisions, campaigns, offers
 
 # Stages in which the definition may change, and what a change does there.
 FROZEN_STAGES = {

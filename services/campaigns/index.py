@@ -37,9 +37,9 @@ from services.campaigns import events as campaign_events
 from services.campaigns import store
 from services.campaigns.budget import Budgets
 from services.campaigns.model import Campaign, CampaignSpec, Offer
+from services.campaigns.tables import campaigns, offers
 from services.common.clock import Clock, now_us
 from services.db import Database
-from services.db.tables import campaigns, offers
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from services.campaigns.model import (
     from_json,
     to_json,
 )
-from services.db.tables import (
+from services.campaigns.tables import (
     campaign_revisions,
     campaigns,
     idempotency_keys,

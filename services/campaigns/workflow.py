@@ -29,6 +29,7 @@ from services.campaigns.events import SUBJECT_PREFIX, CampaignEvents, campaign_c
 from services.campaigns.model import Campaign, Money, TransitionRecord, from_json, to_json
 from services.campaigns.schedule import bounds_us
 from services.campaigns.store import record_transition
+from services.campaigns.tables import approval_rules, approvals, campaigns, offers, transitions
 from services.campaigns.validation import CHANNELS
 from services.common import names
 from services.common.call import Principal
@@ -43,7 +44,6 @@ from services.common.errors import (
     collect,
 )
 from services.db import Database
-from services.db.tables import approval_rules, approvals, campaigns, offers, transitions
 
 log = logging.getLogger(__name__)
 

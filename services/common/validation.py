@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from services.auth.rbac import ROLES
 from services.common.errors import FieldViolation
+from services.common.rbac import ROLES
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,}$")
 

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
+#: The single history databases had before each domain owned its own: kept
+#: frozen, only to bring such a database to LEGACY_HEAD before the take-over.
+LEGACY = pathlib.Path(__file__).parent / "legacy"
+LEGACY_REVISIONS = frozenset({"0001", "0002", "0003"})
+LEGACY_HEAD = "0003"
+
+log = logging.getLogger("campaign_express.db")
 
 
 def normalize_database_url(url: str) -> str:
@@ -50,10 +62,14 @@ class Database:
         if self.is_sqlite:
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
 
-    async def migrate(self) -> None:
-        """Apply every Alembic migration not yet applied (idempotent)."""
+    async def migrate(self, version_locations: Sequence[pathlib.Path]) -> None:
+        """Apply every migration not yet applied of every domain's history
+        (`version_locations`: their folders, one Alembic branch each);
+        idempotent. A database made before histories were per domain is
+        first brought to the last shared revision, then taken over by the
+        domain baselines that describe that schema (services/db/legacy)."""
         async with self.engine.begin() as connection:
-            await connection.run_sync(_upgrade_to_head)
+            await connection.run_sync(_upgrade_to_heads, list(version_locations))
 
     async def ping(self) -> bool:
         try:
@@ -72,10 +88,48 @@ class Database:
 _MIGRATION_LOCK_ID = 7_201_118
 
 
-def _upgrade_to_head(connection: sa.Connection) -> None:
-    if connection.dialect.name == "postgresql":
-        connection.execute(sa.text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})"))
+def _config(connection: sa.Connection, version_locations: Sequence[pathlib.Path]) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    # os.pathsep-separated, so paths with spaces are fine
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("version_locations", os.pathsep.join(map(str, version_locations)))
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    return config
+
+
+def _upgrade_to_heads(connection: sa.Connection, version_locations: list[pathlib.Path]) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})"))
+    if not version_locations:
+        return
+    current = set(MigrationContext.configure(connection).get_current_heads())
+    if current & LEGACY_REVISIONS:
+        _take_over_legacy(connection, version_locations)
+    command.upgrade(_config(connection, version_locations), "heads")
+
+
+def _take_over_legacy(connection: sa.Connection, version_locations: list[pathlib.Path]) -> None:
+    """Finish the single pre-domain history (its revisions are kept frozen in
+    services/db/legacy), then record instead the domain baselines that
+    declare `covers_legacy_schema`: they create exactly the tables that
+    history made, so nothing is run and no data moves."""
+    command.upgrade(_config(connection, [LEGACY]), LEGACY_HEAD)
+    config = _config(connection, version_locations)
+    scripts = ScriptDirectory.from_config(config)
+    baselines = [
+        script
+        for script in scripts.walk_revisions()
+        if getattr(script.module, "covers_legacy_schema", False)
+    ]
+    # A baseline another one depends on is implied by it (Alembic refuses both).
+    implied = {dep for script in baselines for dep in _dependencies(script.dependencies)}
+    outermost = [script.revision for script in baselines if script.revision not in implied]
+    log.info("taking over the pre-domain schema with baselines %s", ", ".join(outermost))
+    command.stamp(config, outermost, purge=True)
+
+
+def _dependencies(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from services.host.config import SETTINGS_FIELDS, ConfigError, Settings, load_settings
+from services.kernel import Command
 
 _HELP = {
     "data_dir": "directory for the SQLite file, chDB data and secrets",
@@ -87,10 +88,16 @@ def _parser() -> argparse.ArgumentParser:
     tenant.add_argument("tenant_id", help="3-40 lowercase letters, digits or hyphens")
     tenant.add_argument("--display-name", dest="tenant_display_name", default=None)
     _add_settings_flags(tenant)
-    from services.inference.cli import add_model_parser
-
-    add_model_parser(commands, _add_settings_flags)
+    for command in _domain_commands().values():
+        command.add_parser(commands, _add_settings_flags)
     return parser
+
+
+def _domain_commands() -> dict[str, Command]:
+    """The subcommands registered domains add (e.g. `model`)."""
+    from services.host.platform import load_modules
+
+    return {c.name: c for module in load_modules().values() for c in module.commands}
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -100,25 +107,27 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 async def _migrate(settings: Settings) -> None:
     from services.db import Database
+    from services.host.platform import load_modules, migration_locations
 
     db = Database(settings.effective_database_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        await db.migrate()
+        await db.migrate(migration_locations(load_modules().values()))
     finally:
         await db.close()
 
 
 async def _create_tenant(settings: Settings, tenant_id: str, display_name: str) -> str:
-    from services.host.platform import create_platform, open_backends
+    """The tenant and its admin API key, seeded by every domain (bind=False:
+    nothing is served and no background work starts)."""
+    from services.host.demo import seed_tenant
+    from services.host.platform import create_platform, open_platform_backends
+    from services.kernel import TenantSeed
 
-    platform = await create_platform(settings, await open_backends(settings), bind=False)
+    platform = await create_platform(settings, await open_platform_backends(settings), bind=False)
     try:
-        await platform.tenancy.create_tenant(None, tenant_id, display_name, {})
-        _, secret = await platform.authenticator.create_api_key(
-            None, f"tenants/{tenant_id}", "bootstrap admin key", ["ADMIN"]
-        )
-        return secret
+        seed = await seed_tenant(platform, TenantSeed(tenant_id, display_name))
+        return seed.api_key
     finally:
         await platform.stop(0)
 
@@ -134,10 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.host.serve import run
 
         return run(settings)
-    if args.command == "model":
-        from services.inference.cli import run_model
-
-        return run_model(args, settings)
+    domain_command = _domain_commands().get(args.command)
+    if domain_command is not None:
+        return domain_command.run(args, settings)
     if args.command == "agents":
         from services.host.serve import run_agents
 

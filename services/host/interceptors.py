@@ -21,20 +21,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
-from google.protobuf import any_pb2, message
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.protobuf import message
 from grpc import aio
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
 from campaignexpress.type.v1 import access_pb2
-from services.audit.domain import AuditLog
-from services.auth.domain import Authenticator
 from services.backends import KeyValueStore
 from services.backends.outages import is_backend_outage
-from services.common.call import CallInfo, reset_current_call, set_current_call
+from services.common.call import CallInfo, Principal, reset_current_call, set_current_call
 from services.common.errors import (
-    ERROR_DOMAIN,
     DomainError,
     FieldViolation,
     InvalidArgument,
@@ -45,6 +41,7 @@ from services.common.errors import (
 )
 from services.common.forwarding import INTERNAL_MARK_KEY, CallForwarder
 from services.common.loopmetrics import Counter, Histogram
+from services.common.status import STATUS_DETAILS_KEY, internal_status, status_details
 from services.host.access import AccessRules
 from services.host.handlers import Unparseable, rewrapped, tolerant
 from services.host.logs import samples_root_spans
@@ -52,8 +49,30 @@ from services.host.tracing import TracingInterceptor
 
 log = logging.getLogger("campaign_express.calls")
 
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 REQUEST_ID_KEY = "x-request-id"
+
+
+class CallAuthenticator(Protocol):
+    """Turns a bearer credential into the caller's principal (the
+    `call_authenticator` interface some domain offers)."""
+
+    async def authenticate(self, credential: str) -> Principal: ...
+
+
+class CallAuditor(Protocol):
+    """Records a mutating call's outcome (the `call_auditor` interface)."""
+
+    async def record(
+        self,
+        *,
+        tenant_id: str,
+        actor: str,
+        action: str,
+        resource: str,
+        outcome: str,
+        request_id: str,
+        detail: str = "",
+    ) -> object: ...
 
 
 class Step(Protocol):
@@ -91,7 +110,7 @@ class MetricsStep:
 class AuthenticationStep:
     """Turns `authorization: Bearer <credential>` into the call's principal."""
 
-    def __init__(self, authenticator: Authenticator, rules: AccessRules) -> None:
+    def __init__(self, authenticator: CallAuthenticator, rules: AccessRules) -> None:
         self._authenticator = authenticator
         self._rules = rules
 
@@ -201,7 +220,7 @@ class AuditStep:
     """Records every mutating call once its outcome is known, including
     refusals by RBAC or validation."""
 
-    def __init__(self, audit: AuditLog, rules: AccessRules) -> None:
+    def __init__(self, audit: CallAuditor, rules: AccessRules) -> None:
         self._audit = audit
         self._rules = rules
 
@@ -243,41 +262,6 @@ def _resource_of(msg: object) -> str:
             if "name" in field.message_type.fields_by_name and inner.name:
                 return str(inner.name)
     return ""
-
-
-def status_details(error: DomainError) -> bytes:
-    """google.rpc.Status with ErrorInfo (+ BadRequest, RetryInfo)."""
-    code = grpc.StatusCode[error.code]
-    status = status_pb2.Status(code=code.value[0], message=error.message)
-    info = error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
-    )
-    details: list[message.Message] = [info]
-    if error.field_violations:
-        details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
-                    for v in error.field_violations
-                ]
-            )
-        )
-    if isinstance(error, ResourceExhausted):
-        retry = error_details_pb2.RetryInfo()
-        retry.retry_delay.FromNanoseconds(int(error.retry_after * 1e9))
-        details.append(retry)
-    for detail in details:
-        packed = any_pb2.Any()
-        packed.Pack(detail)
-        status.details.append(packed)
-    return bytes(status.SerializeToString())
-
-
-def internal_status(message_text: str) -> bytes:
-    status = status_pb2.Status(code=code_pb2.INTERNAL, message=message_text)
-    return bytes(status.SerializeToString())
 
 
 class PlatformInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
@@ -434,8 +418,8 @@ def _trace_id() -> str:
 def build_interceptors(
     *,
     rules: AccessRules,
-    authenticator: Authenticator,
-    audit: AuditLog,
+    authenticator: CallAuthenticator,
+    audit: CallAuditor,
     hot_store: KeyValueStore,
     forwarder: CallForwarder,
     metrics_registry: CollectorRegistry,

@@ -22,10 +22,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.app import Gateway
 from gateway.openapi import load_descriptor_set
 from services.host.config import WORKER_ENV, Settings
-from services.host.demo import DEMO_PASSWORD, DemoSeed, seed_demo
+from services.host.demo import DEMO_PASSWORD, seed_demo
 from services.host.logs import configure_logging, configure_tracing
-from services.host.platform import Platform, create_platform, open_backends
-from services.host.registry import SERVICES_BY_KEY
+from services.host.platform import Platform, create_platform, open_platform_backends
+from services.kernel import TenantSeed
 
 log = logging.getLogger("campaign_express.host")
 
@@ -96,16 +96,18 @@ def claim_agents_slot(data_dir: pathlib.Path) -> tuple[str, int]:
 async def start(settings: Settings, *, migrate: bool = True) -> Running:
     """Start gRPC, the gateway and metrics per `settings` (port 0 = any)."""
     settings = _worker_settings(settings)
-    backends = await open_backends(settings, migrate=migrate)
+    backends = await open_platform_backends(settings, migrate=migrate)
     platform = await create_platform(settings, backends)
     http_runner = metrics_runner = None
     http_port = metrics_port = 0
     if settings.gateway:
-        services = [SERVICES_BY_KEY[k].descriptor for k in settings.services]
-        services += [SERVICES_BY_KEY[k].descriptor for k in settings.remote_services]
+        reachable = [*settings.services, *settings.remote_services]
+        services = [
+            service.descriptor for name in reachable for service in platform.modules[name].services
+        ]
         gateway = Gateway(
             services,
-            lambda full_name: platform.channel_for(_key_of(full_name)),
+            lambda full_name: platform.channel_for(platform.domain_of_service(full_name)),
             backends.readiness,
             load_descriptor_set(),
         )
@@ -129,14 +131,7 @@ async def start(settings: Settings, *, migrate: bool = True) -> Running:
     return Running(platform, http_runner, metrics_runner, http_port, metrics_port)
 
 
-def _key_of(full_name: str) -> str:
-    for key, spec in SERVICES_BY_KEY.items():
-        if spec.full_name == full_name:
-            return key
-    raise LookupError(full_name)
-
-
-def _announce(settings: Settings, running: Running, seed: DemoSeed | None) -> None:
+def _announce(settings: Settings, running: Running, seed: TenantSeed | None) -> None:
     host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
     print(
         f"Campaign Express serving {', '.join(settings.services)}: "
@@ -146,13 +141,16 @@ def _announce(settings: Settings, running: Running, seed: DemoSeed | None) -> No
         flush=True,
     )
     if seed is not None:
-        print(
-            f"Demo tenant {seed.tenant}; admin API key: {seed.api_key}\n"
-            f"Users ({', '.join(seed.users.values())}) have the password '{DEMO_PASSWORD}'.\n"
-            f"Try: curl -H 'Authorization: Bearer {seed.api_key}' "
-            f"http://{host}:{running.http_port}/v1/auth/identity",
-            flush=True,
-        )
+        lines = [f"Demo tenant tenants/{seed.tenant_id}; admin API key: {seed.api_key or '-'}"]
+        if seed.users:
+            users = ", ".join(seed.users.values())
+            lines.append(f"Users ({users}) have the password '{DEMO_PASSWORD}'.")
+        if seed.api_key:
+            lines.append(
+                f"Try: curl -H 'Authorization: Bearer {seed.api_key}' "
+                f"http://{host}:{running.http_port}/v1/auth/identity"
+            )
+        print("\n".join(lines), flush=True)
 
 
 def settle_garbage_collector() -> None:
@@ -188,9 +186,9 @@ async def serve_forever(settings: Settings, *, migrate: bool = True, seed: bool 
         await running.stop()
 
 
-async def prepare(settings: Settings) -> DemoSeed | None:
+async def prepare(settings: Settings) -> TenantSeed | None:
     """One-time work before workers fork: migrations and demo data."""
-    backends = await open_backends(settings)
+    backends = await open_platform_backends(settings)
     platform = await create_platform(settings, backends, bind=False)
     try:
         if settings.demo:

@@ -247,9 +247,3 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         self._engine.check_model(request.name, "name")
         info = await self._engine.reload(current_principal(), request.checkpoint_path)
         return pb.ReloadModelResponse(model=model_proto(info))
-
-
-def build_inference_servicer(platform: Any) -> InferenceServicer:
-    """The servicer with its engine, from the platform's settings and metrics
-    registry (the registry's `build` hook)."""
-    return InferenceServicer(platform.inference_engine())

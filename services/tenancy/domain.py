@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from services.auth.passwords import PasswordHasher
 from services.common import names
 from services.common.call import Principal
 from services.common.clock import Clock, now_us
@@ -21,6 +20,7 @@ from services.common.errors import (
     PermissionDenied,
     collect,
 )
+from services.common.passwords import PasswordHasher
 from services.common.validation import (
     check_approval_roles,
     check_email,
@@ -29,7 +29,8 @@ from services.common.validation import (
     check_text,
 )
 from services.db import Database
-from services.db.tables import refresh_tokens, tenants, users
+from services.tenancy.events import UserEvents
+from services.tenancy.tables import tenants, users
 
 MIN_PASSWORD = 12
 
@@ -126,12 +127,22 @@ class Tenancy:
         hasher: PasswordHasher,
         *,
         operator_tenant: str,
+        events: UserEvents | None = None,
         clock: Clock = now_us,
     ) -> None:
         self._db = db
         self._hasher = hasher
         self._operator_tenant = operator_tenant
+        self._events = events
         self._clock = clock
+
+    async def _credentials_changed(self, user: str, reason: str) -> None:
+        """Tell whoever derived credentials from the user (the auth domain:
+        refresh tokens, cached sign-ins) that they must end. A lost event
+        leaves refresh tokens of a disabled or deleted user refused anyway
+        (refresh checks the user); a password change relies on it."""
+        if self._events is not None:
+            await self._events.credentials_changed(user, reason)
 
     # -- tenants ---------------------------------------------------------
 
@@ -416,11 +427,10 @@ class Tenancy:
             )
             if result.rowcount != 1:
                 raise Aborted(f"{name} changed concurrently; read it again and retry")
-            if change.password is not None or change.disabled:
-                # Credentials changed: existing refresh tokens must stop working.
-                await conn.execute(
-                    refresh_tokens.delete().where(refresh_tokens.c.user_id == current.id)
-                )
+        if change.password is not None:
+            await self._credentials_changed(current.name, "password_changed")
+        elif change.disabled:
+            await self._credentials_changed(current.name, "disabled")
         updated = await self.find_user(current.tenant_id, current.id)
         assert updated is not None
         return updated
@@ -430,7 +440,5 @@ class Tenancy:
         if caller.subject == name:
             raise PermissionDenied("a user cannot delete itself", reason="SELF_DELETION")
         async with self._db.engine.begin() as conn:
-            await conn.execute(
-                refresh_tokens.delete().where(refresh_tokens.c.user_id == current.id)
-            )
             await conn.execute(users.delete().where(users.c.id == current.id))
+        await self._credentials_changed(current.name, "deleted")

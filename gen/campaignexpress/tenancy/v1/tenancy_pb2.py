@@ -26,7 +26,7 @@ from campaignexpress.type.v1 import access_pb2 as campaignexpress_dot_type_dot_v
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(campaignexpress/tenancy/v1/tenancy.proto\x12\x1a\x63\x61mpaignexpress.tenancy.v1\x1a$campaignexpress/type/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x02\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x06labels\x18\x05 \x03(\x0b\x32..campaignexpress.tenancy.v1.Tenant.LabelsEntry\x12\x0c\n\x04\x65tag\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x93\x02\n\x04User\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12,\n\x05roles\x18\x04 \x03(\x0e\x32\x1d.campaignexpress.type.v1.Role\x12\x10\n\x08password\x18\x05 \x01(\t\x12\x10\n\x08\x64isabled\x18\x06 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\t \x01(\t\x12\x16\n\x0e\x61pproval_roles\x18\n \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(campaignexpress/tenancy/v1/tenancy.proto\x12\x1a\x63\x61mpaignexpress.tenancy.v1\x1a$campaignexpress/type/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x02\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x06labels\x18\x05 \x03(\x0b\x32..campaignexpress.tenancy.v1.Tenant.LabelsEntry\x12\x0c\n\x04\x65tag\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x93\x02\n\x04User\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12,\n\x05roles\x18\x04 \x03(\x0e\x32\x1d.campaignexpress.type.v1.Role\x12\x10\n\x08password\x18\x05 \x01(\t\x12\x10\n\x08\x64isabled\x18\x06 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\t \x01(\t\x12\x16\n\x0e\x61pproval_roles\x18\n \x03(\t\"\xd9\x01\n\x16UserCredentialsChanged\x12\x0c\n\x04user\x18\x01 \x01(\t\x12I\n\x06reason\x18\x02 \x01(\x0e\x32\x39.campaignexpress.tenancy.v1.UserCredentialsChanged.Reason\"f\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17REASON_PASSWORD_CHANGED\x10\x01\x12\x13\n\x0fREASON_DISABLED\x10\x02\x12\x12\n\x0eREASON_DELETED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,4 +41,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENANT_LABELSENTRY']._serialized_end=411
   _globals['_USER']._serialized_start=414
   _globals['_USER']._serialized_end=689
+  _globals['_USERCREDENTIALSCHANGED']._serialized_start=692
+  _globals['_USERCREDENTIALSCHANGED']._serialized_end=909
+  _globals['_USERCREDENTIALSCHANGED_REASON']._serialized_start=807
+  _globals['_USERCREDENTIALSCHANGED_REASON']._serialized_end=909
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -157,3 +158,60 @@ class User(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___User: _TypeAlias = User  # noqa: Y015
+
+@_typing.final
+class UserCredentialsChanged(_message.Message):
+    """UserCredentialsChanged is the bus event (subject
+    `campaign-express.tenancy.user-credentials`) published after a user's
+    password changed or the user was disabled or deleted: every credential
+    derived from the user (refresh tokens, cached sign-ins) must end.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Reason:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[UserCredentialsChanged._Reason.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        REASON_UNSPECIFIED: UserCredentialsChanged._Reason.ValueType  # 0
+        """Not set."""
+        REASON_PASSWORD_CHANGED: UserCredentialsChanged._Reason.ValueType  # 1
+        """A new password was set."""
+        REASON_DISABLED: UserCredentialsChanged._Reason.ValueType  # 2
+        """The user was disabled."""
+        REASON_DELETED: UserCredentialsChanged._Reason.ValueType  # 3
+        """The user was deleted."""
+
+    class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
+        """Why the credentials changed."""
+
+    REASON_UNSPECIFIED: UserCredentialsChanged.Reason.ValueType  # 0
+    """Not set."""
+    REASON_PASSWORD_CHANGED: UserCredentialsChanged.Reason.ValueType  # 1
+    """A new password was set."""
+    REASON_DISABLED: UserCredentialsChanged.Reason.ValueType  # 2
+    """The user was disabled."""
+    REASON_DELETED: UserCredentialsChanged.Reason.ValueType  # 3
+    """The user was deleted."""
+
+    USER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """The user, `tenants/{tenant}/users/{user}`."""
+    reason: Global___UserCredentialsChanged.Reason.ValueType
+    """Why."""
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        reason: Global___UserCredentialsChanged.Reason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserCredentialsChanged: _TypeAlias = UserCredentialsChanged  # noqa: Y015

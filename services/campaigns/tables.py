@@ -1,87 +1,15 @@
-"""Tables of the platform domain. Times are integer microseconds since the
-epoch (UTC) so SQLite and PostgreSQL compare and sort them the same way."""
+"""Tables of the campaigns domain: campaigns, revisions, offers, the workflow's
+transitions, approvals and rules, the delivery ledger, budget alerts, spend
+per day and idempotency keys. Migrations: services/campaigns/migrations/.
+
+Times are integer microseconds since the epoch (UTC) so SQLite and PostgreSQL
+compare and sort them the same way."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-metadata = sa.MetaData()
-
-tenants = sa.Table(
-    "tenants",
-    metadata,
-    sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("display_name", sa.String(200), nullable=False),
-    sa.Column("labels", sa.JSON, nullable=False),
-    sa.Column("create_time", sa.BigInteger, nullable=False),
-    sa.Column("update_time", sa.BigInteger, nullable=False),
-    sa.Column("version", sa.Integer, nullable=False),
-)
-
-users = sa.Table(
-    "users",
-    metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("tenant_id", sa.String(40), sa.ForeignKey("tenants.id"), nullable=False),
-    sa.Column("email", sa.String(320), nullable=False),
-    sa.Column("display_name", sa.String(200), nullable=False),
-    sa.Column("roles", sa.JSON, nullable=False),
-    sa.Column("password_hash", sa.String(200), nullable=False),
-    sa.Column("disabled", sa.Boolean, nullable=False),
-    sa.Column("create_time", sa.BigInteger, nullable=False),
-    sa.Column("update_time", sa.BigInteger, nullable=False),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("approval_roles", sa.JSON, nullable=False, server_default="[]"),
-    sa.UniqueConstraint("tenant_id", "email", name="uq_users_tenant_email"),
-    sa.Index("ix_users_tenant_created", "tenant_id", "create_time", "id"),
-)
-
-api_keys = sa.Table(
-    "api_keys",
-    metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("tenant_id", sa.String(40), sa.ForeignKey("tenants.id"), nullable=False),
-    sa.Column("display_name", sa.String(200), nullable=False),
-    sa.Column("roles", sa.JSON, nullable=False),
-    sa.Column("key_prefix", sa.String(32), nullable=False),
-    sa.Column("secret_hash", sa.String(128), nullable=False),
-    sa.Column("create_time", sa.BigInteger, nullable=False),
-    sa.Column("last_used_time", sa.BigInteger, nullable=True),
-    sa.Column("revoke_time", sa.BigInteger, nullable=True),
-    sa.Column("expire_time", sa.BigInteger, nullable=True),
-    sa.Column("approval_roles", sa.JSON, nullable=False, server_default="[]"),
-    sa.Index("ix_api_keys_tenant_created", "tenant_id", "create_time", "id"),
-)
-
-refresh_tokens = sa.Table(
-    "refresh_tokens",
-    metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("tenant_id", sa.String(40), sa.ForeignKey("tenants.id"), nullable=False),
-    sa.Column("user_id", sa.String(64), nullable=False),
-    sa.Column("token_hash", sa.String(128), nullable=False),
-    sa.Column("create_time", sa.BigInteger, nullable=False),
-    sa.Column("expire_time", sa.BigInteger, nullable=False),
-    sa.Column("used_time", sa.BigInteger, nullable=True),
-    sa.Index("ix_refresh_tokens_user", "user_id"),
-)
-
-audit_events = sa.Table(
-    "audit_events",
-    metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("tenant_id", sa.String(40), nullable=False),
-    sa.Column("actor", sa.String(300), nullable=False),
-    sa.Column("action", sa.String(300), nullable=False),
-    sa.Column("resource", sa.String(500), nullable=False),
-    sa.Column("event_time", sa.BigInteger, nullable=False),
-    sa.Column("outcome", sa.String(40), nullable=False),
-    sa.Column("request_id", sa.String(100), nullable=False),
-    sa.Column("detail", sa.Text, nullable=False),
-    sa.Index("ix_audit_events_tenant_time", "tenant_id", "event_time", "id"),
-)
-
-# -- campaigns (migration 0002) ----------------------------------------------
+from services.db import metadata
 
 campaigns = sa.Table(
     "campaigns",
@@ -106,6 +34,7 @@ campaigns = sa.Table(
     sa.Index("ix_campaigns_stage_start", "stage", "start_time"),
 )
 
+
 campaign_revisions = sa.Table(
     "campaign_revisions",
     metadata,
@@ -119,6 +48,7 @@ campaign_revisions = sa.Table(
     sa.Column("change", sa.String(500), nullable=False),
     sa.Column("create_time", sa.BigInteger, nullable=False),
 )
+
 
 offers = sa.Table(
     "offers",
@@ -134,6 +64,7 @@ offers = sa.Table(
     sa.Column("update_time", sa.BigInteger, nullable=False),
     sa.Index("ix_offers_campaign_created", "campaign_id", "create_time", "id"),
 )
+
 
 transitions = sa.Table(
     "campaign_transitions",
@@ -151,6 +82,7 @@ transitions = sa.Table(
     sa.Index("ix_transitions_campaign_time", "campaign_id", "time", "id"),
 )
 
+
 approvals = sa.Table(
     "campaign_approvals",
     metadata,
@@ -163,6 +95,7 @@ approvals = sa.Table(
     sa.Column("time", sa.BigInteger, nullable=False),
 )
 
+
 approval_rules = sa.Table(
     "approval_rules",
     metadata,
@@ -172,6 +105,7 @@ approval_rules = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("update_time", sa.BigInteger, nullable=False),
 )
+
 
 delivery_events = sa.Table(
     "delivery_events",
@@ -188,6 +122,7 @@ delivery_events = sa.Table(
     sa.Column("day", sa.String(10), nullable=False),
     sa.Index("ix_delivery_campaign_day", "campaign_id", "day"),
 )
+
 
 budget_alerts = sa.Table(
     "budget_alerts",
@@ -212,6 +147,8 @@ budget_alerts = sa.Table(
 # Per campaign and local day, maintained in the same transaction as the
 # delivery_events rows it summarises (services/campaigns/budget.py), so budget
 # checks read a few rows instead of the whole ledger.
+
+
 spend_days = sa.Table(
     "spend_days",
     metadata,
@@ -224,6 +161,7 @@ spend_days = sa.Table(
     sa.Column("conversions", sa.BigInteger, nullable=False),
     sa.Column("revenue_micros", sa.BigInteger, nullable=False),
 )
+
 
 idempotency_keys = sa.Table(
     "idempotency_keys",

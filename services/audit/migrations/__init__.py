@@ -1,0 +1,1 @@
+"""Alembic revisions of the audit domain: its own branch, labelled `audit`."""

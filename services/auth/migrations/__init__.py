@@ -1,0 +1,1 @@
+"""Alembic revisions of the auth domain: its own branch, labelled `auth`."""

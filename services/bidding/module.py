@@ -1,0 +1,80 @@
+"""The bidding domain (BiddingService): the bid processor with its profile
+store, frequency caps, notice signer, analytics pipeline and settlement. It
+reads the campaigns domain's live index and spend ledger and the inference
+domain's scoring engine in-process (named interfaces: the bid path cannot
+afford a call for them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from campaignexpress.bidding.v1 import bidding_service_pb2, bidding_service_pb2_grpc
+from services.analytics.pipeline import AnalyticsPipeline
+from services.bidding.caps import FrequencyCaps
+from services.bidding.currency import Rates
+from services.bidding.notices import NoticeSigner
+from services.bidding.processor import BidProcessor
+from services.bidding.profiles import ProfileStore
+from services.bidding.servicer import BiddingServicer
+from services.bidding.settlement import Settlement
+from services.campaigns.index import LiveCampaignIndex
+from services.kernel import Built, DomainModule, Kernel, Service
+
+BID_EVENTS_COMMIT_SECONDS = 0.010
+
+
+@dataclass(frozen=True)
+class BiddingApi:
+    """The domain objects, for the NATS bid agents, benchmarks and tests."""
+
+    processor: BidProcessor
+    pipeline: AnalyticsPipeline
+    index: LiveCampaignIndex
+    settlement: Settlement
+
+
+async def _build(kernel: Kernel) -> Built:
+    settings, backends = kernel.settings, kernel.backends
+    index: LiveCampaignIndex = kernel.interface("live_campaign_index")
+    # The journal is private to one process: each --workers process has its own.
+    pipeline = AnalyticsPipeline(
+        backends.analytics,
+        settings.data_dir / "analytics-journal" / f"worker-{kernel.worker}",
+        metrics_registry=kernel.metrics_registry,
+        # Group commit (write + fdatasync) every 10 ms rather than the
+        # pipeline's 2 ms: at bid rates a commit carries ~10 events instead of
+        # ~3, and the fdatasyncs cost about a fifth (measured ~50-100 us of CPU
+        # per bid less). Events are still acknowledged within ~10 ms.
+        commit_interval=BID_EVENTS_COMMIT_SECONDS,
+    )
+    signer = NoticeSigner(kernel.secret, settings.public_url)
+    rates = Rates()
+    caps = FrequencyCaps(backends.hot_store)
+    processor = BidProcessor(
+        index=index,
+        engine=kernel.interface("scoring_engine"),
+        profiles=ProfileStore(backends.hot_store, metrics_registry=kernel.metrics_registry),
+        caps=caps,
+        signer=signer,
+        rates=rates,
+        emit=pipeline.emit,
+        metrics_registry=kernel.metrics_registry,
+    )
+    settlement = Settlement(
+        kernel.interface("spend_ledger"), caps, signer, rates, emit=pipeline.emit
+    )
+    kernel.lifecycle(pipeline.start, pipeline.stop)
+    servicer = BiddingServicer(processor, settlement, backends.readiness)
+    return Built([servicer], api=BiddingApi(processor, pipeline, index, settlement))
+
+
+MODULE = DomainModule(
+    name="bidding",
+    services=(
+        Service(
+            bidding_service_pb2.DESCRIPTOR.services_by_name["BiddingService"],
+            bidding_service_pb2_grpc.add_BiddingServiceServicer_to_server,
+        ),
+    ),
+    build=_build,
+)

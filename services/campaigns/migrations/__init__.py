@@ -1,0 +1,1 @@
+"""Alembic revisions of the campaigns domain: its own branch, labelled `campaigns`."""

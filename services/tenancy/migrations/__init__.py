@@ -1,0 +1,1 @@
+"""Alembic revisions of the tenancy domain: its own branch, labelled `tenancy`."""
