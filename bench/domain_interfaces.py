@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from campaignexpress.inference.v1 import inference_pb2, inference_service_pb2
-from inference.features import Profile
 from campaignexpress.inference.v1 import inference_service_pb2_grpc as inference_grpc
+from inference.features import Profile
 from services.host.config import load_settings
 from services.host.serve import start
 
