@@ -5,8 +5,10 @@ StreamBids, compressed bodies, bytes that are not text, forged page tokens."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import logging
+import re
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -17,12 +19,17 @@ import orjson
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage
 from backports import zstd
+from google.api import annotations_pb2
+from google.protobuf import descriptor, message_factory
 from grpc import aio
 
 from campaignexpress.bidding.v1 import bidding_service_pb2 as bpb
 from gateway.openapi import load_descriptor_set
 from gateway.openrtb import decode_bid_request
 from gateway.serverlog import ClientErrorLog
+from services.common.errors import InvalidArgument
+from services.common.pagination import PageTokens, scope
+from services.host.platform import load_modules
 from tests.conftest import Env, error_details
 
 # Bytes no message parses: a truncated varint tag, and field number 0.
@@ -289,3 +296,125 @@ def test_client_error_log_counts_what_it_suppressed(caplog: pytest.LogCaptureFix
     assert "(3 more client errors not logged)" in caplog.records[-1].getMessage()
     log.exception("server bug", exc_info=RuntimeError("boom"))  # not a client error
     assert caplog.records[-1].exc_info is not None and caplog.records[-1].levelno == logging.ERROR
+
+
+# ------------------------------------------------------------------ page tokens
+
+
+def list_methods() -> list[tuple[str, descriptor.MethodDescriptor, str]]:
+    """Every RPC that pages (its request has `page_token`), with the resource
+    pattern its HTTP rule binds (`tenants/*` or `tenants/*/campaigns/*`)."""
+    found = []
+    for module in load_modules().values():
+        for service in module.services:
+            for method in service.descriptor.methods:
+                if "page_token" not in method.input_type.fields_by_name:
+                    continue
+                rule = method.GetOptions().Extensions[annotations_pb2.http]
+                template = getattr(rule, rule.WhichOneof("pattern") or "get")
+                match = re.search(r"\{[a-z_]+=([^}]*)\}", template)
+                found.append((service.full_name, method, match.group(1) if match else ""))
+    return found
+
+
+LISTS = list_methods()
+
+
+def test_every_list_rpc_is_covered() -> None:
+    names = {m.name for _, m, _ in LISTS}
+    assert {"ListTenants", "ListUsers", "ListApiKeys", "ListAuditEvents", "ListCampaigns"} <= names
+    assert len(LISTS) >= 10
+
+
+def list_request(
+    method: descriptor.MethodDescriptor, pattern: str, campaign: str, token: str
+) -> Any:
+    request = message_factory.GetMessageClass(method.input_type)(page_size=1, page_token=token)
+    resource = campaign if pattern.count("/") == 3 else "tenants/acme"
+    for field in ("parent", "name"):
+        if field in method.input_type.fields_by_name and pattern:
+            setattr(request, field, resource)
+    return request
+
+
+async def call_list(
+    env: Env, service: str, method: descriptor.MethodDescriptor, request: Any
+) -> Any:
+    call = env.channel.unary_unary(
+        f"/{service}/{method.name}",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=message_factory.GetMessageClass(method.output_type).FromString,
+    )
+    return await call(request, metadata=env.auth(), timeout=10)
+
+
+async def test_forged_stale_or_foreign_page_tokens_are_invalid_argument_on_every_list(
+    env: Env,
+) -> None:
+    campaign = await _a_campaign(env)
+    keys = message_factory.GetMessageClass(
+        next(m for _, m, _ in LISTS if m.name == "ListApiKeys").input_type
+    )
+    api_keys = next((s, m) for s, m, _ in LISTS if m.name == "ListApiKeys")
+    first = await call_list(env, *api_keys, keys(parent="tenants/acme", page_size=1))
+    real = first.next_page_token
+    assert real  # five keys: there is a next page
+    again = await call_list(
+        env, *api_keys, keys(parent="tenants/acme", page_size=1, page_token=real)
+    )
+    assert again.api_keys[0].name != first.api_keys[0].name  # the real token works
+    flipped = real[:10] + ("A" if real[10] != "A" else "B") + real[11:]
+    unsigned = base64.urlsafe_b64encode(
+        orjson.dumps({"t": 1, "id": "x", "after": "a", "before": 9, "id2": 1})
+    ).decode()
+    forged = ["abc", "!!!!", "====", "\u00e9t\u00e9", "a" * 5000, flipped, unsigned, real[:-4]]
+    for service, method, pattern in LISTS:
+        # a valid first page: the request itself is fine
+        await call_list(env, service, method, list_request(method, pattern, campaign, ""))
+        for token in forged + ([] if method.name == "ListApiKeys" else [real]):
+            with pytest.raises(aio.AioRpcError) as failed:
+                await call_list(
+                    env, service, method, list_request(method, pattern, campaign, token)
+                )
+            assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method.name, token)
+            assert "page_token" in error_details(failed.value)["fields"], (method.name, token)
+    # the same list with other parameters is another request
+    with pytest.raises(aio.AioRpcError) as failed:
+        await call_list(
+            env, *api_keys, keys(parent="tenants/acme", show_revoked=True, page_token=real)
+        )
+    assert "page_token" in error_details(failed.value)["fields"]
+
+
+async def _a_campaign(env: Env) -> str:
+    from campaignexpress.campaigns.v1 import campaign_service_pb2
+    from tests.campaign_helpers import campaign_msg, stub
+
+    reply = await stub(env.channel).CreateCampaign(
+        campaign_service_pb2.CreateCampaignRequest(parent="tenants/acme", campaign=campaign_msg()),
+        metadata=env.auth(),
+    )
+    return str(reply.campaign.name)
+
+
+def test_page_tokens_expire_and_bind_their_request() -> None:
+    now = [1_000_000.0]
+    tokens = PageTokens("secret-one", clock=lambda: now[0])
+    token = tokens.encode(scope("ListUsers", "tenants/acme"), {"t": 5, "id": "u1"})
+    assert tokens.decode(scope("ListUsers", "tenants/acme"), token, "t", "id") == {
+        "t": 5,
+        "id": "u1",
+    }
+    for other_scope in (scope("ListUsers", "tenants/globex"), scope("ListApiKeys", "tenants/acme")):
+        with pytest.raises(InvalidArgument):
+            tokens.decode(other_scope, token)
+    with pytest.raises(InvalidArgument):  # another deployment's secret
+        PageTokens("secret-two", clock=lambda: now[0]).decode(
+            scope("ListUsers", "tenants/acme"), token
+        )
+    with pytest.raises(InvalidArgument):  # a key the cursor lacks
+        tokens.decode(scope("ListUsers", "tenants/acme"), token, "t", "id", "after")
+    now[0] += 24 * 3600 + 1
+    with pytest.raises(InvalidArgument) as stale:
+        tokens.decode(scope("ListUsers", "tenants/acme"), token, "t", "id")
+    assert "expired" in stale.value.message

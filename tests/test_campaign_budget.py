@@ -43,10 +43,13 @@ from services.campaigns.tables import campaigns, delivery_events, spend_days
 from services.campaigns.workflow import Scheduler, Workflow
 from services.common.call import Principal
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
+from services.common.pagination import PageTokens
 from services.common.rbac import ALL_PERMISSIONS
 from services.db import Database
 from services.tenancy.tables import tenants
 from tests.conftest import migrate
+
+PAGES = PageTokens("test-secret")
 
 NY = "America/New_York"
 HOUR = 3600 * 1_000_000
@@ -156,8 +159,10 @@ async def world(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Async
 
     await bus.subscribe("campaign-express.>", collect)
     events = CampaignEvents(bus)
-    domain = Campaigns(db, events, clock)
-    yield World(db, bus, clock, domain, Budgets(db, domain, events, clock), messages)
+    domain = Campaigns(db, events, clock, page_tokens=PAGES)
+    yield World(
+        db, bus, clock, domain, Budgets(db, domain, events, clock, page_tokens=PAGES), messages
+    )
     await bus.close()
     await db.close()
 
@@ -696,7 +701,7 @@ async def test_scheduler_sweeps_budgets_on_its_own_slower_cadence(
     """With passes every `interval` (a resync as short as that), the budget
     sweep (every live campaign and its spend) still runs only every
     `sweep_interval`, first at start."""
-    workflow = Workflow(world.db, world.campaigns, CampaignEvents(world.bus))
+    workflow = Workflow(world.db, world.campaigns, CampaignEvents(world.bus), page_tokens=PAGES)
     passes = sweeps = 0
     run_due, sweep = workflow.run_due_transitions, world.budgets.sweep
 
@@ -730,7 +735,7 @@ async def test_scheduler_sleeps_until_a_transition_is_due_or_a_campaign_changes(
     """No polling: with nothing due it passes once and waits (here up to a
     60 s resync); a campaign event on the bus wakes it, and it then sleeps
     until the next transition is due, not a second at a time."""
-    workflow = Workflow(world.db, world.campaigns, CampaignEvents(world.bus))
+    workflow = Workflow(world.db, world.campaigns, CampaignEvents(world.bus), page_tokens=PAGES)
     passes = 0
     due_in: float | None = None
     run_due = workflow.run_due_transitions

@@ -36,10 +36,13 @@ from services.campaigns.tables import campaigns, offers
 from services.campaigns.workflow import Workflow
 from services.common.call import Principal
 from services.common.clock import now_us
+from services.common.pagination import PageTokens
 from services.common.rbac import ALL_PERMISSIONS
 from services.db import Database
 from services.tenancy.tables import tenants
 from tests.conftest import migrate
+
+PAGES = PageTokens("test-secret")
 
 PROPAGATION_S = 1.0
 
@@ -150,8 +153,8 @@ async def world(
             )
     bus = await open_message_bus(backend_urls.get("nats_url"))
     events = CampaignEvents(bus)
-    domain = Campaigns(db, events)
-    budgets = Budgets(db, domain, events, now_us)
+    domain = Campaigns(db, events, page_tokens=PAGES)
+    budgets = Budgets(db, domain, events, now_us, page_tokens=PAGES)
     index = LiveCampaignIndex(db, bus, budgets, refresh_seconds=refresh)
     await index.start()
     try:
@@ -230,7 +233,7 @@ async def test_views_are_built_once_and_rebuilt_when_the_tenant_changes(world: W
 
 
 async def test_the_workflow_going_live_reaches_the_index(world: World) -> None:
-    workflow = Workflow(world.db, world.campaigns, world.events)
+    workflow = Workflow(world.db, world.campaigns, world.events, page_tokens=PAGES)
     c = await world.campaign()
     await workflow.act(principal(), c.name, "SUBMIT")  # auto-approved: under 1,000 USD
     await workflow.act(principal(), c.name, "GO_LIVE")

@@ -15,11 +15,14 @@ from campaignexpress.type.v1 import access_pb2
 from services.auth.domain import Authenticator
 from services.common.clock import now_us
 from services.common.errors import Unauthenticated
+from services.common.pagination import PageTokens
 from services.common.passwords import PasswordHasher
 from services.db import Database
 from services.tenancy.domain import Tenancy
 from tests.conftest import Env, error_details, migrate
 from tests.test_platform_grpc import PASSWORD, auth, create_user, tenancy
+
+PAGES = PageTokens("test-secret")
 
 SECRET = "test-secret-of-32-bytes-or-more-0123456789"
 
@@ -30,7 +33,7 @@ async def authenticator(tmp_path):  # type: ignore[no-untyped-def]
     await migrate(db)
     offset = [0]
     hasher = PasswordHasher()
-    tenancy_ = Tenancy(db, hasher, operator_tenant="operator")
+    tenancy_ = Tenancy(db, hasher, operator_tenant="operator", page_tokens=PAGES)
     authenticator = Authenticator(
         db,
         tenancy_,
@@ -39,6 +42,7 @@ async def authenticator(tmp_path):  # type: ignore[no-untyped-def]
         access_token_seconds=900,
         refresh_token_seconds=3600,
         clock=lambda: now_us() + offset[0],
+        page_tokens=PAGES,
     )
     await tenancy_.create_tenant(None, "acme", "Acme", {})
     yield authenticator, offset

@@ -13,10 +13,11 @@ import sqlalchemy as sa
 
 from services.audit.tables import audit_events
 from services.backends import MessageBus
-from services.common import names
+from services.common import names, pagination
 from services.common.call import Principal
 from services.common.clock import Clock, now_us
 from services.common.errors import InvalidArgument
+from services.common.pagination import PageTokens
 from services.db import Database
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,18 @@ class AuditFilter:
 
 
 class AuditLog:
-    def __init__(self, db: Database, bus: MessageBus | None, clock: Clock = now_us) -> None:
+    def __init__(
+        self,
+        db: Database,
+        bus: MessageBus | None,
+        clock: Clock = now_us,
+        *,
+        page_tokens: PageTokens,
+    ) -> None:
         self._db = db
         self._bus = bus
         self._clock = clock
+        self._pages = page_tokens
 
     async def record(
         self,
@@ -105,7 +114,8 @@ class AuditLog:
         names.require_same_tenant(parent, "parent", caller.tenant_id)
         (tenant_id,) = names.parse_name(parent, "parent", "tenants")
         size = names.page_size(page_size)
-        cursor = names.decode_page_token(page_token, "id")
+        scope = pagination.scope("ListAuditEvents", parent, flt)
+        cursor = self._pages.decode(scope, page_token, "id")
         if flt.start_time and flt.end_time and flt.end_time <= flt.start_time:
             raise InvalidArgument.field("end_time", "must be after start_time")
         c = audit_events.c
@@ -136,5 +146,5 @@ class AuditLog:
             query = query.where(c.id < str(cursor["id"]))
         async with self._db.engine.connect() as conn:
             rows = [AuditRecord(**r._mapping) for r in (await conn.execute(query)).all()]
-        token = names.encode_page_token({"id": rows[size - 1].id}) if len(rows) > size else ""
+        token = self._pages.encode(scope, {"id": rows[size - 1].id}) if len(rows) > size else ""
         return rows[:size], token

@@ -11,7 +11,12 @@ from services.kernel import Built, DomainModule, Kernel, Service
 
 
 def _audit_log(kernel: Kernel) -> AuditLog:
-    return AuditLog(kernel.backends.db, kernel.backends.bus, clock=kernel.clock)
+    return AuditLog(
+        kernel.backends.db,
+        kernel.backends.bus,
+        clock=kernel.clock,
+        page_tokens=kernel.page_tokens,
+    )
 
 
 async def _build(kernel: Kernel) -> Built:

@@ -16,7 +16,7 @@ import jwt
 import sqlalchemy as sa
 
 from services.auth.tables import api_keys, refresh_tokens
-from services.common import names
+from services.common import names, pagination
 from services.common.call import Principal
 from services.common.clock import Clock, now_us
 from services.common.errors import (
@@ -27,6 +27,7 @@ from services.common.errors import (
     Unauthenticated,
     collect,
 )
+from services.common.pagination import PageTokens
 from services.common.passwords import PasswordHasher
 from services.common.rbac import approval_roles_for, permissions_for
 from services.common.validation import check_approval_roles, check_roles, check_text
@@ -136,8 +137,10 @@ class Authenticator:
         access_token_seconds: int,
         refresh_token_seconds: int,
         clock: Clock = now_us,
+        page_tokens: PageTokens,
     ) -> None:
         self._db = db
+        self._pages = page_tokens
         self._tenancy = directory
         self._hasher = hasher
         self._jwt_secret = jwt_secret
@@ -258,7 +261,8 @@ class Authenticator:
         names.require_same_tenant(parent, "parent", caller.tenant_id)
         (tenant_id,) = names.parse_name(parent, "parent", "tenants")
         size = names.page_size(page_size)
-        cursor = names.decode_page_token(page_token, "t", "id")
+        scope = pagination.scope("ListApiKeys", parent, show_revoked)
+        cursor = self._pages.decode(scope, page_token, "t", "id")
         query = (
             api_keys.select()
             .where(api_keys.c.tenant_id == tenant_id)
@@ -268,7 +272,7 @@ class Authenticator:
         if not show_revoked:
             query = query.where(api_keys.c.revoke_time.is_(None))
         if cursor:
-            t, last = int(cursor["t"]), str(cursor["id"])  # type: ignore[call-overload]
+            t, last = int(cursor["t"]), str(cursor["id"])
             query = query.where(
                 sa.or_(
                     api_keys.c.create_time < t,
@@ -280,7 +284,7 @@ class Authenticator:
         token = ""
         if len(rows) > size:
             last_row = rows[size - 1]
-            token = names.encode_page_token({"t": last_row.create_time, "id": last_row.id})
+            token = self._pages.encode(scope, {"t": last_row.create_time, "id": last_row.id})
         return rows[:size], token
 
     async def revoke_api_key(self, caller: Principal, name: str) -> ApiKeyRecord:

@@ -28,6 +28,7 @@ def _authenticator(kernel: Kernel) -> Authenticator:
         access_token_seconds=settings.access_token_seconds,
         refresh_token_seconds=settings.refresh_token_seconds,
         clock=kernel.clock,
+        page_tokens=kernel.page_tokens,
     )
     subscription: list[Subscription] = []
 

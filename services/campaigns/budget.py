@@ -52,9 +52,10 @@ from services.campaigns.schedule import (
 )
 from services.campaigns.tables import budget_alerts, campaigns, delivery_events, spend_days
 from services.campaigns.validation import MAX_BUDGET_MICROS, MAX_CPM_MICROS
-from services.common import names
+from services.common import names, pagination
 from services.common.call import Principal
 from services.common.errors import FieldViolation, InvalidArgument, NotFound, collect
+from services.common.pagination import PageTokens
 from services.db import Database
 
 log = logging.getLogger(__name__)
@@ -379,8 +380,11 @@ class Budgets:
         campaigns_domain: Campaigns,
         events: CampaignEvents,
         clock: Callable[[], int],
+        *,
+        page_tokens: PageTokens,
     ) -> None:
         self._db = db
+        self._pages = page_tokens
         self._campaigns = campaigns_domain
         self._events = events
         self._clock = clock
@@ -905,7 +909,8 @@ class Budgets:
             names.require_same_tenant(parent, "parent", caller.tenant_id)
         (tenant_id,) = names.parse_name(parent, "parent", "tenants")
         size = names.page_size(page_size)
-        cursor = names.decode_page_token(page_token, "t", "id")
+        scope = pagination.scope("ListBudgetAlerts", parent, campaign_filter)
+        cursor = self._pages.decode(scope, page_token, "t", "id")
         a = budget_alerts.c
         query = (
             budget_alerts.select()
@@ -918,14 +923,14 @@ class Budgets:
             _, campaign_id = names.parse_name(campaign_filter, "campaign", "tenants", "campaigns")
             query = query.where(a.campaign_id == campaign_id)
         if cursor:
-            t, last = int(cursor["t"]), str(cursor["id"])  # type: ignore[call-overload]
+            t, last = int(cursor["t"]), str(cursor["id"])
             query = query.where(sa.or_(a.create_time < t, sa.and_(a.create_time == t, a.id < last)))
         async with self._db.engine.connect() as conn:
             found = [_alert_from_row(r) for r in (await conn.execute(query)).all()]
         token = ""
         if len(found) > size:
             last_alert = found[size - 1]
-            token = names.encode_page_token({"t": last_alert.create_time, "id": last_alert.id})
+            token = self._pages.encode(scope, {"t": last_alert.create_time, "id": last_alert.id})
         return found[:size], token
 
     # -- metrics -------------------------------------------------------------

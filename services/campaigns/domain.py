@@ -27,7 +27,7 @@ from services.campaigns.schedule import bounds_us
 from services.campaigns.tables import campaign_revisions, campaigns, offers
 from services.campaigns.templates import TEMPLATES
 from services.campaigns.validation import validate_campaign, validate_offer
-from services.common import names
+from services.common import names, pagination
 from services.common.call import Principal
 from services.common.clock import Clock, now_us
 from services.common.errors import (
@@ -38,6 +38,7 @@ from services.common.errors import (
     NotFound,
     collect,
 )
+from services.common.pagination import PageTokens
 from services.db import Database
 
 # Stages in which the definition may change, and what a change does there.
@@ -149,10 +150,18 @@ class Filter:
 
 
 class Campaigns:
-    def __init__(self, db: Database, events: CampaignEvents, clock: Clock = now_us) -> None:
+    def __init__(
+        self,
+        db: Database,
+        events: CampaignEvents,
+        clock: Clock = now_us,
+        *,
+        page_tokens: PageTokens,
+    ) -> None:
         self._db = db
         self._events = events
         self._clock = clock
+        self._pages = page_tokens
 
     # -- reading ----------------------------------------------------------
 
@@ -195,10 +204,11 @@ class Campaigns:
         names.require_same_tenant(parent, "parent", caller.tenant_id)
         (tenant_id,) = names.parse_name(parent, "parent", "tenants")
         size = names.page_size(page_size)
-        cursor = names.decode_page_token(page_token, "t", "id")
+        scope = pagination.scope("ListCampaigns", parent, filter_text)
+        cursor = self._pages.decode(scope, page_token, "t", "id")
         flt = Filter(filter_text)
         found: list[Campaign] = []
-        after = (int(cursor["t"]), str(cursor["id"])) if cursor else None  # type: ignore[call-overload]
+        after = (int(cursor["t"]), str(cursor["id"])) if cursor else None
         c = campaigns.c
         while len(found) <= size:
             query = (
@@ -231,7 +241,7 @@ class Campaigns:
         token = ""
         if len(found) > size:
             last = found[size - 1]
-            token = names.encode_page_token({"t": last.create_time, "id": last.id})
+            token = self._pages.encode(scope, {"t": last.create_time, "id": last.id})
         return found[:size], token
 
     async def revisions(
@@ -239,7 +249,8 @@ class Campaigns:
     ) -> tuple[list[Revision], str]:
         campaign = await self.get(caller, name)
         size = names.page_size(page_size)
-        cursor = names.decode_page_token(page_token, "before")
+        scope = pagination.scope("ListCampaignRevisions", campaign.name)
+        cursor = self._pages.decode(scope, page_token, "before")
         query = (
             campaign_revisions.select()
             .where(campaign_revisions.c.campaign_id == campaign.id)
@@ -247,11 +258,13 @@ class Campaigns:
             .limit(size + 1)
         )
         if cursor:
-            query = query.where(campaign_revisions.c.revision < int(cursor["before"]))  # type: ignore[call-overload]
+            query = query.where(campaign_revisions.c.revision < int(cursor["before"]))
         async with self._db.engine.connect() as conn:
             rows = [store.revision_from_row(r) for r in (await conn.execute(query)).all()]
         token = (
-            names.encode_page_token({"before": rows[size - 1].revision}) if len(rows) > size else ""
+            self._pages.encode(scope, {"before": rows[size - 1].revision})
+            if len(rows) > size
+            else ""
         )
         return rows[:size], token
 
@@ -635,7 +648,8 @@ class Campaigns:
     ) -> tuple[list[Offer], str]:
         campaign = await self.get(caller, parent)
         size = names.page_size(page_size)
-        cursor = names.decode_page_token(page_token, "t", "id")
+        scope = pagination.scope("ListOffers", campaign.name)
+        cursor = self._pages.decode(scope, page_token, "t", "id")
         o = offers.c
         query = (
             offers.select()
@@ -644,14 +658,14 @@ class Campaigns:
             .limit(size + 1)
         )
         if cursor:
-            t, last = int(cursor["t"]), str(cursor["id"])  # type: ignore[call-overload]
+            t, last = int(cursor["t"]), str(cursor["id"])
             query = query.where(sa.or_(o.create_time > t, sa.and_(o.create_time == t, o.id > last)))
         async with self._db.engine.connect() as conn:
             rows = [store.offer_from_row(r) for r in (await conn.execute(query)).all()]
         token = ""
         if len(rows) > size:
-            token = names.encode_page_token(
-                {"t": rows[size - 1].create_time, "id": rows[size - 1].id}
+            token = self._pages.encode(
+                scope, {"t": rows[size - 1].create_time, "id": rows[size - 1].id}
             )
         return rows[:size], token
 

@@ -18,7 +18,11 @@ from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 
 
 def _campaign_store(kernel: Kernel) -> Campaigns:
-    return Campaigns(kernel.backends.db, CampaignEvents(kernel.backends.bus))
+    return Campaigns(
+        kernel.backends.db,
+        CampaignEvents(kernel.backends.bus),
+        page_tokens=kernel.page_tokens,
+    )
 
 
 def _spend_ledger(kernel: Kernel) -> Budgets:
@@ -27,6 +31,7 @@ def _spend_ledger(kernel: Kernel) -> Budgets:
         kernel.interface("campaign_store"),
         CampaignEvents(kernel.backends.bus),
         kernel.clock,
+        page_tokens=kernel.page_tokens,
     )
 
 
@@ -41,7 +46,12 @@ def _live_index(kernel: Kernel) -> LiveCampaignIndex:
 async def _build(kernel: Kernel) -> Built:
     campaigns: Campaigns = kernel.interface("campaign_store")
     budgets: Budgets = kernel.interface("spend_ledger")
-    workflow = Workflow(kernel.backends.db, campaigns, CampaignEvents(kernel.backends.bus))
+    workflow = Workflow(
+        kernel.backends.db,
+        campaigns,
+        CampaignEvents(kernel.backends.bus),
+        page_tokens=kernel.page_tokens,
+    )
     # Every process serving campaigns runs the scheduler: its transitions
     # are conditional, so several never double one.
     scheduler = Scheduler(workflow, budgets, bus=kernel.backends.bus)

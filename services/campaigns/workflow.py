@@ -31,7 +31,7 @@ from services.campaigns.schedule import bounds_us
 from services.campaigns.store import record_transition
 from services.campaigns.tables import approval_rules, approvals, campaigns, offers, transitions
 from services.campaigns.validation import CHANNELS
-from services.common import names
+from services.common import names, pagination
 from services.common.call import Principal
 from services.common.clock import Clock, now_us
 from services.common.errors import (
@@ -43,6 +43,7 @@ from services.common.errors import (
     PermissionDenied,
     collect,
 )
+from services.common.pagination import PageTokens
 from services.db import Database
 
 log = logging.getLogger(__name__)
@@ -219,11 +220,14 @@ class Workflow:
         campaigns_domain: Campaigns,
         events: CampaignEvents,
         clock: Clock = now_us,
+        *,
+        page_tokens: PageTokens,
     ) -> None:
         self._db = db
         self._campaigns = campaigns_domain
         self._events = events
         self._clock = clock
+        self._pages = page_tokens
 
     # -- approval rules ----------------------------------------------------
 
@@ -604,7 +608,8 @@ class Workflow:
     ) -> tuple[list[TransitionRecord], str]:
         campaign = await self._campaigns.get(caller, name)
         size = names.page_size(page_size)
-        cursor = names.decode_page_token(page_token, "t", "id")
+        scope = pagination.scope("ListCampaignTransitions", name)
+        cursor = self._pages.decode(scope, page_token, "t", "id")
         t = transitions.c
         query = (
             sa.select(t.id, t.action, t.from_stage, t.to_stage, t.actor, t.role, t.comment, t.time)
@@ -613,7 +618,7 @@ class Workflow:
             .limit(size + 1)
         )
         if cursor:
-            after_t, after_id = int(cursor["t"]), str(cursor["id"])  # type: ignore[call-overload]
+            after_t, after_id = int(cursor["t"]), str(cursor["id"])
             query = query.where(
                 sa.or_(t.time > after_t, sa.and_(t.time == after_t, t.id > after_id))
             )
@@ -625,7 +630,7 @@ class Workflow:
         ]
         token = ""
         if len(rows) > size:
-            token = names.encode_page_token({"t": rows[size - 1].time, "id": rows[size - 1].id})
+            token = self._pages.encode(scope, {"t": rows[size - 1].time, "id": rows[size - 1].id})
         return records[:size], token
 
     async def pending(
@@ -642,7 +647,8 @@ class Workflow:
         names.require_same_tenant(parent, "parent", caller.tenant_id)
         (tenant_id,) = names.parse_name(parent, "parent", "tenants")
         size = names.page_size(page_size)
-        cursor = names.decode_page_token(page_token, "t", "id")
+        scope = pagination.scope("ListPendingApprovals", parent, approver, sorted(approver_roles))
+        cursor = self._pages.decode(scope, page_token, "t", "id")
         rules = {r.id: r for r in await self.rules(tenant_id)}
         c = campaigns.c
         query = (
@@ -651,7 +657,7 @@ class Workflow:
             .order_by(c.update_time, c.id)
         )
         if cursor:
-            after_t, after_id = int(cursor["t"]), str(cursor["id"])  # type: ignore[call-overload]
+            after_t, after_id = int(cursor["t"]), str(cursor["id"])
             query = query.where(
                 sa.or_(c.update_time > after_t, sa.and_(c.update_time == after_t, c.id > after_id))
             )
@@ -679,7 +685,7 @@ class Workflow:
         token = ""
         if len(result) > size:
             last = result[size - 1].campaign
-            token = names.encode_page_token({"t": last.update_time, "id": last.id})
+            token = self._pages.encode(scope, {"t": last.update_time, "id": last.id})
         return result[:size], token
 
     async def calendar(

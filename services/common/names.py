@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import re
-
-import orjson
 
 from services.common.errors import InvalidArgument, PermissionDenied
 
@@ -64,21 +61,3 @@ def page_size(value: int) -> int:
     if value < 0 or value > MAX_PAGE_SIZE:
         raise InvalidArgument.field("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
     return value or DEFAULT_PAGE_SIZE
-
-
-def encode_page_token(cursor: dict[str, object]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(cursor)).decode().rstrip("=")
-
-
-def decode_page_token(token: str, *keys: str) -> dict[str, object] | None:
-    """The cursor inside a page token, or None for the first page."""
-    if not token:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        cursor = orjson.loads(raw)
-    except (ValueError, orjson.JSONDecodeError):
-        raise InvalidArgument.field("page_token", "is not a token this API returned") from None
-    if not isinstance(cursor, dict) or any(k not in cursor for k in keys):
-        raise InvalidArgument.field("page_token", "is not a token this API returned")
-    return cursor

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.clock import Clock, now_us
 from services.common.forwarding import CallForwarder
+from services.common.pagination import PageTokens
 from services.kernel.backends import Backends
 from services.kernel.config import WORKER_ENV, Settings
 
@@ -40,6 +41,8 @@ class Kernel:
         self.secret = settings.resolve_jwt_secret()
         #: Carries a caller's credentials on calls made while serving it.
         self.forwarder = CallForwarder(self.secret)
+        #: Signs and checks the page tokens of every List RPC.
+        self.page_tokens = PageTokens(self.secret)
         self._channel_for = channel_for
         self._providers: dict[str, tuple[str, Callable[[Kernel], Any]]] = {}
         # offers: domain name -> the interfaces it offers, by name

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from services.common import names
+from services.common import names, pagination
 from services.common.call import Principal
 from services.common.clock import Clock, now_us
 from services.common.errors import (
@@ -20,6 +20,7 @@ from services.common.errors import (
     PermissionDenied,
     collect,
 )
+from services.common.pagination import PageTokens
 from services.common.passwords import PasswordHasher
 from services.common.validation import (
     check_approval_roles,
@@ -129,8 +130,10 @@ class Tenancy:
         operator_tenant: str,
         events: UserEvents | None = None,
         clock: Clock = now_us,
+        page_tokens: PageTokens,
     ) -> None:
         self._db = db
+        self._pages = page_tokens
         self._hasher = hasher
         self._operator_tenant = operator_tenant
         self._events = events
@@ -207,7 +210,8 @@ class Tenancy:
         self, caller: Principal, page_size: int, page_token: str
     ) -> tuple[list[TenantRecord], str]:
         size = names.page_size(page_size)
-        cursor = names.decode_page_token(page_token, "after")
+        scope = pagination.scope("ListTenants", caller.tenant_id)
+        cursor = self._pages.decode(scope, page_token, "after")
         query = tenants.select().order_by(tenants.c.id).limit(size + 1)
         if not self._is_operator(caller):
             query = query.where(tenants.c.id == caller.tenant_id)
@@ -215,7 +219,7 @@ class Tenancy:
             query = query.where(tenants.c.id > str(cursor["after"]))
         async with self._db.engine.connect() as conn:
             rows = [_tenant(r) for r in (await conn.execute(query)).all()]
-        token = names.encode_page_token({"after": rows[size - 1].id}) if len(rows) > size else ""
+        token = self._pages.encode(scope, {"after": rows[size - 1].id}) if len(rows) > size else ""
         return rows[:size], token
 
     async def update_tenant(
@@ -358,7 +362,8 @@ class Tenancy:
         names.require_same_tenant(parent, "parent", caller.tenant_id)
         (tenant_id,) = names.parse_name(parent, "parent", "tenants")
         size = names.page_size(page_size)
-        cursor = names.decode_page_token(page_token, "t", "id")
+        scope = pagination.scope("ListUsers", parent)
+        cursor = self._pages.decode(scope, page_token, "t", "id")
         query = (
             users.select()
             .where(users.c.tenant_id == tenant_id)
@@ -366,7 +371,7 @@ class Tenancy:
             .limit(size + 1)
         )
         if cursor:
-            t, last = int(cursor["t"]), str(cursor["id"])  # type: ignore[call-overload]
+            t, last = int(cursor["t"]), str(cursor["id"])
             query = query.where(
                 sa.or_(
                     users.c.create_time > t,
@@ -378,7 +383,7 @@ class Tenancy:
         token = ""
         if len(rows) > size:
             last_row = rows[size - 1]
-            token = names.encode_page_token({"t": last_row.create_time, "id": last_row.id})
+            token = self._pages.encode(scope, {"t": last_row.create_time, "id": last_row.id})
         return rows[:size], token
 
     async def update_user(self, caller: Principal, name: str, change: UserChange) -> UserRecord:

@@ -21,6 +21,7 @@ def _tenancy(kernel: Kernel) -> Tenancy:
         operator_tenant=kernel.settings.operator_tenant,
         events=UserEvents(kernel.backends.bus),
         clock=kernel.clock,
+        page_tokens=kernel.page_tokens,
     )
 
 
