@@ -250,6 +250,9 @@ def test_notice_tokens_are_signed_and_prices_checked() -> None:
     assert signer.verify(t) == token
     with pytest.raises(InvalidArgument):
         signer.verify(t[:-2] + "AA")
+    for text in (t[:-2] + "\u00e9\u00e9", "\u00e9." + t, "\u2603"):  # not base64url at all
+        with pytest.raises(InvalidArgument):
+            signer.verify(text)
     with pytest.raises(InvalidArgument):
         NoticeSigner("x" * 40, "https://bid.example").verify(t)
     # a token from before the array form (a JSON object of the fields) still settles

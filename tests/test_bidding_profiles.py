@@ -405,28 +405,65 @@ async def test_unusual_user_ids_are_hashed_into_the_key(kv: KeyValueStore) -> No
 # --------------------------------------------------------------------------- hit rate
 
 
+class CountingStore(MemoryKeyValueStore):
+    """Counts the keys read from the hot store and how many held a record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = self.found = 0
+
+    async def get(self, key: str) -> bytes | None:
+        value = await super().get(key)
+        self.reads += 1
+        self.found += value is not None
+        return value
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        values = await super().get_many(keys)
+        self.reads += len(keys)
+        self.found += sum(v is not None for v in values)
+        return values
+
+
 async def test_zipf_workload_hit_rate() -> None:
-    """100k users, Zipf (s = 1.1) popularity, every user's profile in L2, an
-    L1 of 20k entries (a fifth of the users): after warm-up L1+L2 answer
-    >= 95% of lookups and L1 alone the large majority. A quick in-process
-    simulation, not a timed test."""
+    """100k users with Zipf (s = 1.1) popularity, of whom 80% have a stored
+    profile (the rest are unknown: negative entries), and an L1 of 20k
+    entries. Measured from the outside: the store is read exactly for L1's
+    misses; L2 answers exactly the reads that found a record; and L1's hit
+    rate comes close to the best any 20k-entry cache can do on independent
+    draws (the popularity mass of the 20k most popular users). A quick
+    in-process simulation, not a timed test."""
     users = [f"user-{i:06d}" for i in range(100_000)]
-    kv = MemoryKeyValueStore()
+    kv = CountingStore()
     record = sample().to_bytes()
-    for uid in users:
-        await kv.set(profile_key(uid), record, ttl_seconds=3600)
+    stored = {i for i in range(len(users)) if i % 5 != 4}
+    for i in stored:
+        await kv.set(profile_key(users[i]), record, ttl_seconds=3600)
     rng = np.random.default_rng(42)
     weights = 1.0 / np.arange(1, len(users) + 1) ** 1.1
-    draws = rng.choice(len(users), size=120_000, p=weights / weights.sum())
+    weights /= weights.sum()
+    draws = rng.choice(len(users), size=120_000, p=weights)
     store = ProfileStore(kv, l1_max_entries=20_000)
     for i in draws[:20_000]:  # warm-up
         await store.get(users[i])
-    before = store.stats()
+    before, reads, found = store.stats(), kv.reads, kv.found
+    looked_up: list[int] = []
     for start in range(20_000, len(draws), 2):  # bids of one or two users
-        await store.get_many([users[i] for i in draws[start : start + 2]])
+        pair = list(dict.fromkeys(int(i) for i in draws[start : start + 2]))
+        looked_up += pair
+        await store.get_many([users[i] for i in pair])
     after = store.stats()
     lookups = after.lookups - before.lookups
-    l1 = (after.l1_hits - before.l1_hits) / lookups
-    l1_l2 = (after.l1_hits + after.l2_hits - before.l1_hits - before.l2_hits) / lookups
-    assert l1_l2 >= 0.95
-    assert l1 >= 0.80, f"L1 hit rate {l1:.3f}"
+    assert lookups == len(looked_up)
+    l1_hits = after.l1_hits - before.l1_hits
+    l1_misses = after.l1_misses - before.l1_misses
+    l2_hits = after.l2_hits - before.l2_hits
+    assert kv.reads - reads == l1_misses  # the hot store serves exactly L1's misses
+    assert l2_hits == kv.found - found  # and L2 counts what it found there
+    # Stored users get their profile, unknown ones the default, from either tier.
+    known = np.isin(looked_up, list(stored)).mean()
+    assert abs((l1_hits + l2_hits) / lookups - known) < 1e-9
+    # Without I/O: L1's profiles and its negative entries for unknown users.
+    l1 = (lookups - l1_misses) / lookups
+    best = weights[:20_000].sum()  # the optimum of a 20k cache on independent draws
+    assert 0.9 * best <= l1 <= best + 0.01, f"L1 hit rate {l1:.3f}, best possible {best:.3f}"

@@ -172,3 +172,74 @@ async def test_rest_walkthrough(env: Env) -> None:
         ]
     finally:
         await index.stop()
+
+
+async def test_your_campaign_wins_once_the_demo_campaigns_pause(env: Env) -> None:
+    """docs/campaigns.md, "See it win": in the demo tenant the two live demo
+    campaigns also answer a US 300x250 request; with them paused, the
+    reader's campaign wins, and a win notice at a $2.10 CPM clearing price
+    books $0.0021 (2,100 micros) for the impression."""
+    import orjson
+
+    from services.host.demo import seed_demo
+
+    seed = await seed_demo(env.running.platform)
+    admin = {"Authorization": f"Bearer {seed.api_key}"}
+    campaign = {
+        "displayName": "Winter sale",
+        "objective": "OBJECTIVE_CONVERSIONS",
+        "channels": ["CHANNEL_DISPLAY"],
+        "schedule": {"startDateTime": local_in(-60), "endDateTime": local_in(86400 * 30)},
+        "budget": {"total": usd(5000), "daily": usd(200)},
+        "pacingMode": "PACING_MODE_ASAP",
+        "bidStrategy": {"type": "BID_STRATEGY_TYPE_MAX_CPM", "maxCpm": usd(4)},
+        "targeting": {"countries": ["USA"], "deviceTypes": ["DEVICE_TYPE_MOBILE"]},
+    }
+    name = (await call(env, "POST", "tenants/demo/campaigns", admin, campaign))["campaign"]["name"]
+    offer = {
+        "displayName": "30% off boots",
+        "format": "OFFER_FORMAT_BANNER",
+        "sizes": [{"width": 300, "height": 250}],
+        "markupTemplate": '<a href="https://shop.example/boots">boots</a>',
+        "clickUrl": "https://shop.example/boots",
+        "advertiserDomains": ["shop.example"],
+        "iabCategories": ["IAB22"],
+        "bidCpm": usd(2.5),
+    }
+    offer_name = (await call(env, "POST", f"{name}/offers", admin, offer))["offer"]["name"]
+    await call(env, "POST", f"{name}:submit", admin, {"comment": "ready"})
+    manager = await call(
+        env,
+        "POST",
+        "tenants/demo/apiKeys",
+        admin,
+        {"displayName": "approver", "roles": ["ROLE_MANAGER"]},
+    )
+    approver = {"Authorization": f"Bearer {manager['secret']}"}
+    await call(env, "POST", f"{name}:approve", approver, {"comment": "ok"})
+    await call(env, "POST", f"{name}:launch", admin, {})
+    demo = await call(env, "GET", "tenants/demo/campaigns?filter=labels.env%3Ddemo", admin)
+    assert len(demo["campaigns"]) == 2
+    for other in demo["campaigns"]:
+        await call(env, "POST", f"{other['name']}:pause", admin, {"comment": "my test"})
+    request = {
+        "id": "r1",
+        "imp": [{"id": "1", "banner": {"format": [{"w": 300, "h": 250}]}, "bidfloor": 0.5}],
+        "device": {"devicetype": 4, "geo": {"country": "USA"}},
+        "user": {"id": "u1"},
+        "cur": ["USD"],
+    }
+    bid: dict[str, Any] = {}
+    for _ in range(100):  # the live index follows the change events within ~1 s
+        async with env.http.post(f"{env.base_url}/v1/bid", json=request, headers=admin) as r:
+            if r.status == 200:
+                bid = orjson.loads(await r.read())["seatbid"][0]["bid"][0]
+                if bid["adid"] == offer_name.rsplit("/", 1)[1]:
+                    break
+        await asyncio.sleep(0.05)
+    assert bid.get("adid") == offer_name.rsplit("/", 1)[1], bid
+    win = bid["nurl"].replace("http://localhost:8080", env.base_url)
+    async with env.http.get(win.replace("${AUCTION_PRICE}", "2.10")) as r:
+        assert r.status == 200
+    status = (await call(env, "GET", f"{name}/budgetStatus", admin))["budgetStatus"]
+    assert status["totalSpend"]["amountMicros"] == "2100"

@@ -36,8 +36,8 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
             action=request.action,
             resource=request.resource,
             outcome=request.outcome,
-            start_time=micros(request.start_time, request.HasField("start_time")),
-            end_time=micros(request.end_time, request.HasField("end_time")),
+            start_time=micros(request.start_time, request.HasField("start_time"), "start_time"),
+            end_time=micros(request.end_time, request.HasField("end_time"), "end_time"),
         )
         records, token = await self._audit.list(
             current_principal(), request.parent, request.page_size, request.page_token, flt

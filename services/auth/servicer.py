@@ -63,7 +63,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             request.parent,
             key.display_name,
             role_names(key.roles),
-            micros(key.expire_time, key.HasField("expire_time")),
+            micros(key.expire_time, key.HasField("expire_time"), "api_key.expire_time"),
             approval_roles=list(key.approval_roles),
         )
         return pb.CreateApiKeyResponse(api_key=api_key_proto(record), secret=secret)

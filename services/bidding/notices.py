@@ -81,7 +81,8 @@ class NoticeSigner:
     def verify(self, token: str) -> NoticeToken:
         body, _, signature = token.partition(".")
         if (
-            not body
+            not token.isascii()  # tokens are base64url; compare_digest refuses other text
+            or not body
             or not signature
             or not hmac.compare_digest(self._sign(body.encode()), signature)
         ):

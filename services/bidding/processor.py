@@ -31,7 +31,8 @@ from services.bidding.identity import resolve_user_id
 from services.bidding.matching import DEVICE_GROUPS, Candidate, CandidateIndex, Context, Slot
 from services.bidding.notices import NoticeSigner, NoticeToken
 from services.bidding.profiles import ProfileStore, default_profile
-from services.campaigns.index import LiveCampaignIndex, OfferFacts
+from services.bidding.upstream import LiveCampaigns
+from services.campaigns.index import OfferFacts
 from services.common.clock import now_us
 from services.common.ids import random_hex_id
 from services.common.loopmetrics import Counter, Histogram
@@ -138,7 +139,7 @@ class BidProcessor:
     def __init__(
         self,
         *,
-        index: LiveCampaignIndex,
+        index: LiveCampaigns,
         engine: InferenceEngine,
         profiles: ProfileStore,
         caps: FrequencyCaps,

@@ -9,8 +9,6 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
-from google.rpc import status_pb2
-
 from campaignexpress.bidding.v1 import bidding_service_pb2, bidding_service_pb2_grpc
 from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
 from services.bidding.processor import NBR_INVALID, NBR_TECHNICAL, BidOutcome, BidProcessor
@@ -20,7 +18,7 @@ from services.common.call import current_principal
 from services.common.clock import now_us
 from services.common.eager import Finished, start_eagerly
 from services.common.errors import DomainError
-from services.common.status import internal_status, status_details
+from services.common.status import status_of
 
 pb = bidding_service_pb2
 log = logging.getLogger(__name__)
@@ -122,7 +120,7 @@ class BiddingServicer(bidding_service_pb2_grpc.BiddingServiceServicer):
                     no_bid=True,
                     nbr=NBR_INVALID,
                     reason="INVALID_REQUEST",
-                    error=status_pb2.Status.FromString(status_details(exc)),
+                    error=status_of(exc),
                 )
             except Exception:  # answered as an error; the stream goes on
                 log.exception("stream bid %s failed", request.id)
@@ -131,7 +129,7 @@ class BiddingServicer(bidding_service_pb2_grpc.BiddingServiceServicer):
                     no_bid=True,
                     nbr=NBR_TECHNICAL,
                     reason="TECHNICAL_ERROR",
-                    error=status_pb2.Status.FromString(internal_status("internal error")),
+                    error=status_of(RuntimeError()),
                 )
             finally:
                 slots.release()

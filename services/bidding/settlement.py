@@ -10,7 +10,8 @@ from services.analytics.events import AnalyticsEvent, EventType
 from services.bidding.caps import FrequencyCaps
 from services.bidding.currency import Rates, UnknownCurrency
 from services.bidding.notices import NoticeSigner, NoticeToken, parse_price
-from services.campaigns.budget import Budgets, DeliveryEventIn
+from services.bidding.upstream import SpendLedger
+from services.campaigns.budget import DeliveryEventIn
 from services.campaigns.model import Money
 from services.common.clock import now_us
 from services.common.errors import InvalidArgument
@@ -22,7 +23,7 @@ MAX_NOTICE_AGE_US = 7 * 86_400 * 1_000_000
 class Settlement:
     def __init__(
         self,
-        budgets: Budgets,
+        budgets: SpendLedger,
         caps: FrequencyCaps,
         signer: NoticeSigner,
         rates: Rates,

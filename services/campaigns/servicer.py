@@ -352,8 +352,8 @@ class CampaignServicer(campaign_service_pb2_grpc.CampaignServiceServicer):
         items = await self._workflow.calendar(
             current_principal(),
             request.parent,
-            micros(request.start_time, request.HasField("start_time")),
-            micros(request.end_time, request.HasField("end_time")),
+            micros(request.start_time, request.HasField("start_time"), "start_time"),
+            micros(request.end_time, request.HasField("end_time"), "end_time"),
         )
         return pb.GetCampaignCalendarResponse(
             entries=[
@@ -443,9 +443,11 @@ class CampaignServicer(campaign_service_pb2_grpc.CampaignServiceServicer):
                 bid_id=e.bid_id,
                 type=convert.delivery_type_name(e.type),
                 amount=convert.money_in(e.amount),
-                event_time=micros(e.event_time, e.HasField("event_time")),
+                event_time=micros(
+                    e.event_time, e.HasField("event_time"), f"events[{i}].event_time"
+                ),
             )
-            for e in request.events
+            for i, e in enumerate(request.events)
         ]
         recorded = await self._budgets.record_events(current_principal(), request.parent, events)
         return pb.RecordDeliveryEventsResponse(recorded=recorded)

@@ -19,8 +19,16 @@ def timestamp(us: int | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def micros(ts: timestamp_pb2.Timestamp, present: bool) -> int | None:
-    return ts.ToMicroseconds() if present else None
+def micros(ts: timestamp_pb2.Timestamp, present: bool, field: str) -> int | None:
+    """A request's Timestamp in microseconds (None when absent); one outside
+    0001-01-01..9999-12-31 or with nanos outside 0..999999999 is the
+    caller's error, naming `field`."""
+    if not present:
+        return None
+    try:
+        return int(ts.ToMicroseconds())
+    except ValueError as exc:
+        raise InvalidArgument.field(field, f"is not a valid timestamp: {exc}") from None
 
 
 def role_names(values: Iterable[int]) -> list[str]:

@@ -15,7 +15,17 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def status_details(error: DomainError) -> bytes:
-    """google.rpc.Status with ErrorInfo (+ BadRequest, RetryInfo)."""
+    """google.rpc.Status with ErrorInfo (+ BadRequest, RetryInfo), serialized
+    for the `grpc-status-details-bin` trailer."""
+    return bytes(status_of(error).SerializeToString())
+
+
+def status_of(error: BaseException) -> status_pb2.Status:
+    """The google.rpc.Status of an error: a domain error's code, message and
+    details; anything else is INTERNAL (for the items of a stream, which
+    answer each failure in a message instead of ending the call)."""
+    if not isinstance(error, DomainError):
+        return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
     code = grpc.StatusCode[error.code]
     status = status_pb2.Status(code=code.value[0], message=error.message)
     info = error_details_pb2.ErrorInfo(
@@ -41,7 +51,7 @@ def status_details(error: DomainError) -> bytes:
         packed = any_pb2.Any()
         packed.Pack(detail)
         status.details.append(packed)
-    return bytes(status.SerializeToString())
+    return status
 
 
 def internal_status(message_text: str) -> bytes:

@@ -8,9 +8,8 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import grpc
-from google.protobuf import any_pb2, struct_pb2
-from google.rpc import error_details_pb2, status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import status_pb2
 
 from campaignexpress.inference.v1 import (
     inference_pb2,
@@ -19,8 +18,9 @@ from campaignexpress.inference.v1 import (
 )
 from inference.features import CHANNELS, DEVICES, BidContext, Loyalty, Profile
 from services.common.call import current_principal
-from services.common.errors import ERROR_DOMAIN, DomainError, InvalidArgument
+from services.common.errors import DomainError, InvalidArgument
 from services.common.protoconv import timestamp
+from services.common.status import status_of
 from services.inference.engine import (
     InferenceEngine,
     ModelInfo,
@@ -122,30 +122,7 @@ def provider_proto(status: ProviderStatus) -> inference_pb2.ProviderInfo:
 def error_status(error: BaseException) -> status_pb2.Status:
     """google.rpc.Status of a failed stream item (as the interceptor would
     send for a failed call)."""
-    if not isinstance(error, DomainError):
-        return status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message="internal error")
-    status = status_pb2.Status(code=grpc.StatusCode[error.code].value[0], message=error.message)
-    details: list[Any] = [
-        error_details_pb2.ErrorInfo(
-            reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
-        )
-    ]
-    if error.field_violations:
-        details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
-                    for v in error.field_violations
-                ]
-            )
-        )
-    for detail in details:
-        packed = any_pb2.Any()
-        packed.Pack(detail)
-        status.details.append(packed)
-    return status
+    return status_of(error)
 
 
 class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
