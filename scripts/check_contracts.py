@@ -15,6 +15,7 @@ no remote module is needed."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import filecmp
 import importlib.util
 import pathlib
@@ -65,57 +66,84 @@ def _tree(root: pathlib.Path) -> dict[str, pathlib.Path]:
     }
 
 
+@dataclasses.dataclass
+class Drift:
+    """How regenerated files differ from the committed ones."""
+
+    missing: list[str]  # generated, not committed
+    extra: list[str]  # committed, no longer generated
+    changed: list[str]  # content differs: a proto changed
+    version_only: list[tuple[str, list[str], list[str]]]  # only generator versions differ
+
+    @property
+    def clean(self) -> bool:
+        return not (self.missing or self.extra or self.changed or self.version_only)
+
+
+def compare(fresh: pathlib.Path, committed: pathlib.Path) -> Drift:
+    """Compare two trees, each holding gen/ and mesh/envoy/edge.yaml."""
+    generated = {f"gen/{k}": v for k, v in _tree(fresh / "gen").items()}
+    generated["mesh/envoy/edge.yaml"] = fresh / "mesh" / "envoy" / "edge.yaml"
+    kept = {f"gen/{k}" for k in _tree(committed / "gen") if k.startswith("campaignexpress/")}
+    drift = Drift(
+        missing=sorted(k for k in generated if not (committed / k).exists()),
+        extra=sorted(kept - set(generated) - {"gen/campaignexpress/__init__.py"}),
+        changed=[],
+        version_only=[],
+    )
+    for name, path in sorted(generated.items()):
+        current = committed / name
+        if not current.exists() or filecmp.cmp(path, current, shallow=False):
+            continue
+        try:
+            new, old = path.read_text(), current.read_text()
+        except UnicodeDecodeError:
+            drift.changed.append(name)
+            continue
+        if _without_versions(new) == _without_versions(old):
+            drift.version_only.append((name, _versions_in(old), _versions_in(new)))
+        else:
+            drift.changed.append(name)
+    return drift
+
+
+def report(drift: Drift) -> None:
+    if drift.clean:
+        print("generated code in sync: ok")
+        return
+    if drift.missing or drift.extra or drift.changed:
+        print("gen/ or mesh/envoy/ differ from proto/ (a proto changed): run `make gen` and commit")
+        for name in drift.missing:
+            print(f"  not committed: {name}")
+        for name in drift.extra:
+            print(f"  committed but no longer generated: {name}")
+        for name in drift.changed:
+            print(f"  differs: {name}")
+    if drift.version_only:
+        print(
+            f"{len(drift.version_only)} generated files differ only in the generators' version "
+            "lines: the installed grpcio-tools/protobuf are not the ones that generated gen/. "
+            "Install from the lock (`make test` does), or after `make lock` run `make gen` "
+            "and commit."
+        )
+        for name, old, new in drift.version_only[:5]:
+            print(f"  {name}: committed {old} vs regenerated {new}")
+
+
 def generated_in_sync() -> bool:
     """Regenerate into a temporary directory and compare with the committed
-    files; print what differs and why."""
+    files (the working tree is not touched); print what differs and why."""
     gen = _load_gen_module()
     with tempfile.TemporaryDirectory(prefix="cx-gen-check-") as tmp:
         out = pathlib.Path(tmp)
         try:
-            gen.generate(out / "gen", out / "edge.yaml")  # type: ignore[attr-defined]
+            gen.generate(out / "gen", out / "mesh" / "envoy" / "edge.yaml")  # type: ignore[attr-defined]
         except (RuntimeError, subprocess.CalledProcessError) as error:
             print(f"regenerating gen/ failed: {error}")
             return False
-        pairs = {("gen/" + k): (v, ROOT / "gen" / k) for k, v in _tree(out / "gen").items()}
-        pairs["mesh/envoy/edge.yaml"] = (out / "edge.yaml", ROOT / "mesh" / "envoy" / "edge.yaml")
-        committed = {"gen/" + k for k in _tree(ROOT / "gen")}
-        missing = sorted(k for k, (_, dest) in pairs.items() if not dest.exists())
-        extra = sorted(committed - set(pairs) - {"gen/campaignexpress/__init__.py"})
-        extra = [k for k in extra if k.startswith("gen/campaignexpress/")]
-        changed, version_only = [], []
-        for name, (fresh, current) in sorted(pairs.items()):
-            if not current.exists() or filecmp.cmp(fresh, current, shallow=False):
-                continue
-            try:
-                a, b = fresh.read_text(), current.read_text()
-            except UnicodeDecodeError:
-                changed.append(name)
-                continue
-            if _without_versions(a) == _without_versions(b):
-                version_only.append((name, _versions_in(b), _versions_in(a)))
-            else:
-                changed.append(name)
-    if not (missing or extra or changed or version_only):
-        print("generated code in sync: ok")
-        return True
-    if missing or extra or changed:
-        print("gen/ or mesh/envoy/ differ from proto/ (a proto changed): run `make gen` and commit")
-        for name in missing:
-            print(f"  not committed: {name}")
-        for name in extra:
-            print(f"  committed but no longer generated: {name}")
-        for name in changed:
-            print(f"  differs: {name}")
-    if version_only:
-        print(
-            f"{len(version_only)} generated files differ only in the generators' version lines: "
-            "the installed grpcio-tools/protobuf are not the ones that generated gen/. "
-            "Install from the lock (`make test` does), or after `make lock` run `make gen` "
-            "and commit."
-        )
-        for name, old, new in version_only[:5]:
-            print(f"  {name}: committed {old} vs regenerated {new}")
-    return False
+        drift = compare(out, ROOT)
+    report(drift)
+    return drift.clean
 
 
 def run(
