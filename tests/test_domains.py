@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+from typing import Any
 
 import grpc
 import pytest
@@ -132,3 +133,48 @@ def test_no_import_circle_under_services() -> None:
         )
     assert _cycle(packages) is None, _cycle(packages)
     assert "services.host" not in packages["services.kernel"]
+
+
+async def test_the_kernel_builds_each_interface_once_and_orders_the_lifecycle(
+    tmp_path: pathlib.Path,
+) -> None:
+    from services.kernel import Kernel
+    from tests.conftest import make_settings
+
+    events: list[str] = []
+
+    def hooks(name: str) -> tuple[Any, Any]:
+        async def start() -> None:
+            events.append(f"start {name}")
+
+        async def stop() -> None:
+            events.append(f"stop {name}")
+
+        return start, stop
+
+    def clock(kernel: Kernel) -> object:
+        kernel.lifecycle(*hooks("clock"))
+        return object()
+
+    def loop(kernel: Kernel) -> object:
+        return kernel.interface("loop")
+
+    kernel = Kernel(
+        make_settings(tmp_path),
+        None,  # type: ignore[arg-type]  # no backend is touched here
+        {"a": {"clock": clock, "loop": loop}, "b": {"uses_clock": lambda k: k.interface("clock")}},
+        lambda domain: None,
+    )
+    assert kernel.interface("uses_clock") is kernel.interface("clock")
+    with pytest.raises(RuntimeError, match="depends on itself"):
+        kernel.interface("loop")
+    with pytest.raises(LookupError):
+        kernel.interface("nobody offers this")
+    with pytest.raises(ValueError, match="offered by a and b"):
+        Kernel(make_settings(tmp_path), None, {"a": {"x": clock}, "b": {"x": clock}}, print)  # type: ignore[arg-type]
+    kernel.when_serving(*hooks("scheduler"))
+    await kernel.start(serving=True)
+    with pytest.raises(RuntimeError):
+        kernel.lifecycle(*hooks("late"))
+    await kernel.stop()
+    assert events == ["start clock", "start scheduler", "stop scheduler", "stop clock"]

@@ -57,6 +57,7 @@ class Kernel:
         self._starters: list[Hook] = []
         self._stoppers: list[Hook] = []
         self._serving_hooks: list[tuple[Hook, Hook]] = []
+        self._started = False
 
     @property
     def worker(self) -> str:
@@ -90,7 +91,10 @@ class Kernel:
 
     def lifecycle(self, start: Hook | None, stop: Hook | None) -> None:
         """A part's async start (run once every domain is built) and stop
-        (run on shutdown, in reverse order)."""
+        (run on shutdown, in reverse order). Parts register while domains are
+        built: an interface first asked for later would never start."""
+        if self._started:
+            raise RuntimeError("lifecycle hooks must be registered while domains are built")
         if start is not None:
             self._starters.append(start)
         if stop is not None:
@@ -102,6 +106,7 @@ class Kernel:
         self._serving_hooks.append((start, stop))
 
     async def start(self, serving: bool) -> None:
+        self._started = True
         for start in self._starters:
             await start()
         if serving:
