@@ -108,6 +108,29 @@ async def test_unparseable_stream_frame_ends_the_stream_with_invalid_argument(
     assert answered in ([], ["ok"])  # the first request may be answered before the end
 
 
+async def test_unparseable_frame_ends_stream_predict_with_invalid_argument(env: Env) -> None:
+    from campaignexpress.inference.v1 import inference_pb2, inference_service_pb2
+
+    good = inference_service_pb2.StreamPredictRequest(
+        request_id="ok",
+        profile=inference_pb2.ScoringProfile(interests=[0.1]),
+        offer_ids=["offer-1"],
+    ).SerializeToString()
+    stream = env.channel.stream_stream(
+        "/campaignexpress.inference.v1.InferenceService/StreamPredict"
+    )
+
+    async def frames() -> AsyncIterator[bytes]:
+        yield good
+        yield NOT_A_MESSAGE[1]
+
+    with pytest.raises(aio.AioRpcError) as failed:
+        async for _ in stream(frames(), metadata=env.auth(), timeout=10):
+            pass
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(failed.value)["reason"] == "MALFORMED_MESSAGE"
+
+
 # --------------------------------------------------------------------------- bodies
 
 BOMB_OUTPUT = 64 * 1024 * 1024  # far past the default 4 MiB request limit
@@ -173,21 +196,23 @@ async def test_unsupported_encoding_is_400(env: Env) -> None:
 
 
 async def test_bomb_uploads_do_not_hold_up_other_requests(env: Env) -> None:
-    """Unauthenticated decompression bombs on both body routes while another
-    client polls /live: every poll is answered promptly."""
+    """Unauthenticated decompression bombs on both body routes (and the
+    metrics port, which reads no body) while another client polls /live:
+    every poll is answered promptly."""
     bomb = gzip.compress(b"\x00" * BOMB_OUTPUT)
-    urls = [url for url, _ in json_body_routes(env)]
+    metrics = f"http://127.0.0.1:{env.running.metrics_port}/metrics"
+    urls = [url for url, _ in json_body_routes(env)] + [metrics]
     stop = asyncio.Event()
 
     async def upload(url: str) -> int:
         sent = 0
         while not stop.is_set():
             async with env.http.post(url, data=bomb, headers={"Content-Encoding": "gzip"}) as r:
-                assert r.status == 400
+                assert r.status == (405 if url == metrics else 400)
                 sent += 1
         return sent
 
-    uploads = [asyncio.create_task(upload(urls[i % 2])) for i in range(8)]
+    uploads = [asyncio.create_task(upload(urls[i % 3])) for i in range(9)]
     latencies = []
     try:
         for _ in range(40):

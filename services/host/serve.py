@@ -123,7 +123,11 @@ async def start(settings: Settings, *, migrate: bool = True) -> Running:
     metrics_app = web.Application()
     metrics_app.router.add_get("/metrics", metrics)
     metrics_runner = web.AppRunner(
-        metrics_app, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds
+        metrics_app,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_grace_seconds,
+        # It reads no body: nothing a client sends is inflated here.
+        auto_decompress=False,
     )
     await metrics_runner.setup()
     await web.TCPSite(metrics_runner, settings.host, settings.metrics_port, reuse_port=True).start()
