@@ -28,7 +28,8 @@ from services.common.errors import ERROR_DOMAIN, DomainError, InvalidArgument, U
 log = logging.getLogger("campaign_express.gateway")
 
 ChannelFor = Callable[[str], Any]  # full service name -> channel
-Readiness = Callable[[], Awaitable[Mapping[str, bool]]]
+#: Each backend's state, "ok" when it is ready (Backends.check).
+Readiness = Callable[[], Awaitable[Mapping[str, str]]]
 
 FORWARDED_HEADERS = ("authorization", "x-tenant-id", "traceparent", "tracestate")
 CALL_TIMEOUT_SECONDS = 30.0
@@ -235,11 +236,16 @@ class Gateway:
         return _json({"status": "alive"})
 
     async def ready(self, request: web.Request) -> web.Response:
-        checks = dict(await self._readiness())
-        ok = all(checks.values())
-        return _json(
-            {"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503
-        )
+        states = dict(await self._readiness())
+        ok = all(state == "ok" for state in states.values())
+        body: dict[str, Any] = {
+            "status": "ready" if ok else "not ready",
+            "checks": {name: state == "ok" for name, state in states.items()},
+        }
+        problems = {name: state for name, state in states.items() if state != "ok"}
+        if problems:
+            body["problems"] = problems  # which backend, and down or slow
+        return _json(body, 200 if ok else 503)
 
     async def openapi(self, request: web.Request) -> web.Response:
         if self._openapi is None:

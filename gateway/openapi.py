@@ -450,6 +450,11 @@ def _shared_components() -> tuple[dict[str, Schema], dict[str, Schema]]:
             "properties": {
                 "status": {"type": "string", "examples": ["ok", "alive", "ready", "not ready"]},
                 "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+                "problems": {
+                    "type": "object",
+                    "description": "Backends not ready: `down`, or `no answer within N s`.",
+                    "additionalProperties": {"type": "string"},
+                },
             },
         },
     }

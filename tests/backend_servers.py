@@ -188,8 +188,8 @@ def find_redis_server() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+@contextlib.contextmanager
+def _redis_server() -> Iterator[tuple[str, ServerProcess]]:
     binary = find_redis_server()
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="ce-redis-"))
@@ -205,9 +205,25 @@ def redis_url() -> Iterator[str]:
     server = _spawn("redis-server", argv, workdir)
     try:
         _wait_until(server, lambda: _tcp_line(port, b"PING\r\n", b"+PONG"), "redis PING")
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0", server
     finally:
+        if server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGCONT)  # a test may leave it frozen
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with _redis_server() as (url, _):
+        yield url
+
+
+@pytest.fixture
+def private_redis() -> Iterator[tuple[str, ServerProcess]]:
+    """A Redis of this test's own (URL and process), for fault injection:
+    SIGSTOP freezes it, SIGCONT thaws it."""
+    with _redis_server() as started:
+        yield started
 
 
 @pytest.fixture

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import pathlib
+import signal
+import time
+from typing import Any
+
+import aiohttp
 import pytest
 
-from tests.conftest import Env
+from services.host.serve import start
+from tests.conftest import Env, make_settings
 
 PASSWORD = "correct horse battery"
 
@@ -36,7 +44,43 @@ async def test_ready_reports_a_failed_backend(env: Env, monkeypatch: pytest.Monk
     monkeypatch.setattr(env.running.platform.backends.hot_store, "ping", down)
     async with env.http.get(f"{env.base_url}/ready") as r:
         assert r.status == 503
-        assert (await r.json())["checks"]["hot_store"] is False
+        body = await r.json()
+        assert body["checks"]["hot_store"] is False
+        assert body["problems"] == {"hot_store": "down"}
+
+
+@pytest.mark.backends
+async def test_ready_answers_in_time_naming_a_frozen_backend(
+    tmp_path: pathlib.Path, private_redis: tuple[str, Any]
+) -> None:
+    """A Redis frozen with SIGSTOP: /ready still answers within about its
+    1 s deadline, naming the backend that did not answer; thawed, ready again."""
+    url, redis_server = private_redis
+    running = await start(make_settings(tmp_path, redis_url=url))
+    try:
+        async with aiohttp.ClientSession() as http:
+            ready = f"http://127.0.0.1:{running.http_port}/ready"
+            async with http.get(ready) as r:
+                assert r.status == 200
+            redis_server.proc.send_signal(signal.SIGSTOP)
+            try:
+                started = time.perf_counter()
+                async with http.get(ready) as r:
+                    elapsed = time.perf_counter() - started
+                    body = await r.json()
+                assert r.status == 503 and elapsed < 3, (elapsed, body)
+                assert body["problems"] == {"hot_store": "no answer within 1 s"}
+                assert body["checks"]["database"] is True
+            finally:
+                redis_server.proc.send_signal(signal.SIGCONT)
+            for _ in range(50):
+                async with http.get(ready) as r:
+                    if r.status == 200:
+                        break
+                await asyncio.sleep(0.1)
+            assert r.status == 200
+    finally:
+        await running.stop()
 
 
 async def test_status_codes_401_403_400(env: Env) -> None:

@@ -108,7 +108,7 @@ async def start(settings: Settings, *, migrate: bool = True) -> Running:
         gateway = Gateway(
             services,
             lambda full_name: platform.channel_for(platform.domain_of_service(full_name)),
-            backends.readiness,
+            backends.check,
             load_descriptor_set(),
         )
         http_runner = gateway.runner(settings.max_request_bytes, settings.shutdown_grace_seconds)

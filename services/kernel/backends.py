@@ -4,8 +4,10 @@ analytics store (embedded defaults, or servers when their URLs are set)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import pathlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from services.backends import AnalyticsStore, KeyValueStore, MessageBus
@@ -17,6 +19,9 @@ from services.kernel.config import Settings
 
 log = logging.getLogger("campaign_express.host")
 
+#: How long /ready and the readiness checks wait for a backend's ping.
+READY_DEADLINE_SECONDS = 1.0
+
 
 @dataclass
 class Backends:
@@ -25,13 +30,31 @@ class Backends:
     bus: MessageBus
     analytics: AnalyticsStore
 
-    async def readiness(self) -> dict[str, bool]:
-        return {
-            "database": await self.db.ping(),
-            "hot_store": await self.hot_store.ping(),
-            "bus": await self.bus.ping(),
-            "analytics": await self.analytics.ping(),
+    async def check(self, deadline: float = READY_DEADLINE_SECONDS) -> dict[str, str]:
+        """Each backend's state: "ok", "down", or "no answer within N s" for
+        one that did not answer its ping in time. The pings run together, so
+        the whole check takes at most `deadline` however many are stuck."""
+        pings = {
+            "database": self.db.ping,
+            "hot_store": self.hot_store.ping,
+            "bus": self.bus.ping,
+            "analytics": self.analytics.ping,
         }
+
+        async def state(ping: Callable[[], Awaitable[bool]]) -> str:
+            try:
+                return "ok" if await asyncio.wait_for(ping(), deadline) else "down"
+            except TimeoutError:
+                return f"no answer within {deadline:g} s"
+            except Exception as exc:  # noqa: BLE001 - a failed ping is a down backend
+                return f"down: {type(exc).__name__}"
+
+        states = await asyncio.gather(*(state(ping) for ping in pings.values()))
+        return dict(zip(pings, states, strict=True))
+
+    async def readiness(self) -> dict[str, bool]:
+        """Whether each backend answers its ping in time (see `check`)."""
+        return {name: state == "ok" for name, state in (await self.check()).items()}
 
     async def close(self) -> None:
         for closer in (self.bus.close, self.hot_store.close, self.analytics.close, self.db.close):
