@@ -9,6 +9,7 @@ import hmac
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -16,6 +17,7 @@ import jwt
 import sqlalchemy as sa
 
 from services.auth.tables import api_keys, refresh_tokens
+from services.backends.outages import is_backend_outage
 from services.common import names, pagination
 from services.common.call import Principal
 from services.common.clock import Clock, now_us
@@ -40,6 +42,9 @@ MIN_API_KEY_LENGTH = 20
 # How long a positive authentication is reused before the store is asked
 # again; bounds how late a revocation made in another process takes effect.
 AUTH_CACHE_SECONDS = 5.0
+#: How long a credential verified before a database outage stays accepted
+#: during it (Settings.auth_outage_grace_seconds).
+DEFAULT_OUTAGE_GRACE_SECONDS = 300.0
 # last_used_time is kept to the minute: at most one write per key a minute.
 LAST_USED_RESOLUTION_US = 60_000_000
 
@@ -138,6 +143,8 @@ class Authenticator:
         refresh_token_seconds: int,
         clock: Clock = now_us,
         page_tokens: PageTokens,
+        outage_grace_seconds: float = DEFAULT_OUTAGE_GRACE_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
         self._pages = page_tokens
@@ -155,6 +162,14 @@ class Authenticator:
         # the database when the cache entry expires under load.
         self._resolving: dict[str, asyncio.Future[Principal]] = {}
         self._generation = 0  # bumped when the cache is cleared (revocation)
+        # While the database is down, credentials this process verified
+        # shortly before are still accepted (digest -> principal, when it was
+        # last verified, until when it holds in the clock's microseconds, 0:
+        # no end), unless this process has seen them end since.
+        self._outage_grace = outage_grace_seconds
+        self._monotonic = monotonic
+        self._last_good: dict[str, tuple[Principal, float, int]] = {}
+        self._ended: set[str] = set()  # rate_limit_key of keys revoked, users ended
         self._background: set[asyncio.Task[None]] = set()
 
     # -- API keys --------------------------------------------------------
@@ -299,6 +314,7 @@ class Authenticator:
                 .values(revoke_time=now)
             )
         # This process forgets the key at once; others within AUTH_CACHE_SECONDS.
+        self._ended.add(f"api_key:{record.id}")
         self._forget_all()
         return await self.get_api_key(caller, name)
 
@@ -411,6 +427,7 @@ class Authenticator:
                     refresh_tokens.c.tenant_id == tenant_id, refresh_tokens.c.user_id == user_id
                 )
             )
+        self._ended.add(f"user:{user_id}")
         self._forget_all()
 
     # -- authentication of calls -------------------------------------------
@@ -425,7 +442,7 @@ class Authenticator:
         cached = self._cache.get(digest)
         if (
             cached is not None
-            and cached[1] > time.monotonic()
+            and cached[1] > self._monotonic()
             and (not cached[2] or cached[2] > self._clock())
         ):
             return cached[0]
@@ -435,7 +452,31 @@ class Authenticator:
             self._resolving[digest] = pending
             pending.add_done_callback(lambda done: self._resolved(digest, done))
         # shield: one caller giving up does not cancel the others' lookup
-        return await asyncio.shield(pending)
+        try:
+            return await asyncio.shield(pending)
+        except Exception as exc:
+            if is_backend_outage(exc):
+                known = self._known_before_outage(digest)
+                if known is not None:
+                    return known
+            raise
+
+    def _known_before_outage(self, digest: str) -> Principal | None:
+        """The credential's principal as last verified, if that was within
+        the outage grace, it has not expired and this process has not seen
+        it end (revoked key, disabled or deleted user) since. An unknown
+        credential gets nothing: the caller answers UNAVAILABLE."""
+        entry = self._last_good.get(digest)
+        if entry is None:
+            return None
+        principal, verified_at, valid_until_us = entry
+        if self._monotonic() - verified_at > self._outage_grace:
+            return None
+        if valid_until_us and valid_until_us <= self._clock():
+            return None
+        if principal.rate_limit_key in self._ended:
+            return None
+        return principal
 
     def _resolved(self, digest: str, done: asyncio.Future[Principal]) -> None:
         if self._resolving.get(digest) is done:
@@ -468,9 +509,12 @@ class Authenticator:
             # credential (or the key it was issued from) expires.
             self._cache[digest] = (
                 principal,
-                time.monotonic() + AUTH_CACHE_SECONDS,
+                self._monotonic() + AUTH_CACHE_SECONDS,
                 valid_until_us or 0,
             )
+            if len(self._last_good) > 10_000:
+                self._last_good.clear()
+            self._last_good[digest] = (principal, self._monotonic(), valid_until_us or 0)
         return principal
 
     def _forget_all(self) -> None:

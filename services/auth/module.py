@@ -29,6 +29,7 @@ def _authenticator(kernel: Kernel) -> Authenticator:
         refresh_token_seconds=settings.refresh_token_seconds,
         clock=kernel.clock,
         page_tokens=kernel.page_tokens,
+        outage_grace_seconds=settings.auth_outage_grace_seconds,
     )
     subscription: list[Subscription] = []
 

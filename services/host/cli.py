@@ -31,6 +31,9 @@ _HELP = {
     "jwt_secret": "HS256 secret for access tokens (default: kept in the data dir)",
     "access_token_seconds": "access token lifetime",
     "refresh_token_seconds": "refresh token lifetime",
+    "auth_outage_grace_seconds": (
+        "how long keys and tokens verified before a database outage stay accepted during it"
+    ),
     "rate_limit_per_second": "calls per second per API key or user (0 = off)",
     "rate_limit_burst": "burst size of the rate limit",
     "max_request_bytes": "largest request body accepted",

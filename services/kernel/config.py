@@ -61,6 +61,9 @@ class Settings:
     refresh_token_seconds: int = field(
         default=30 * 86400, metadata={"env": "CAMPAIGN_EXPRESS_REFRESH_TOKEN_SECONDS"}
     )
+    auth_outage_grace_seconds: float = field(
+        default=300.0, metadata={"env": "CAMPAIGN_EXPRESS_AUTH_OUTAGE_GRACE_SECONDS"}
+    )
     rate_limit_per_second: float = field(
         default=100.0, metadata={"env": "CAMPAIGN_EXPRESS_RATE_LIMIT_PER_SECOND"}
     )
@@ -209,6 +212,8 @@ def validate(s: Settings, known_services: Sequence[str]) -> None:
         fail("access_token_seconds", "must be at least 30")
     if s.refresh_token_seconds < s.access_token_seconds:
         fail("refresh_token_seconds", "must not be shorter than access tokens")
+    if not 0 <= s.auth_outage_grace_seconds <= 86400:
+        fail("auth_outage_grace_seconds", "must be between 0 and 86400 (0: refuse all)")
     if s.rate_limit_per_second < 0:
         fail("rate_limit_per_second", "must be >= 0 (0 disables rate limiting)")
     if s.rate_limit_burst < 1:
