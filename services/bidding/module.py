@@ -53,7 +53,11 @@ async def _build(kernel: Kernel) -> Built:
     processor = BidProcessor(
         index=index,
         engine=kernel.interface("scoring_engine"),
-        profiles=ProfileStore(backends.hot_store, metrics_registry=kernel.metrics_registry),
+        profiles=ProfileStore(
+            backends.hot_store,
+            metrics_registry=kernel.metrics_registry,
+            report_outage=lambda error: kernel.backend_watch.report(error, "hot_store"),
+        ),
         caps=caps,
         signer=signer,
         rates=rates,

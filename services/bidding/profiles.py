@@ -316,12 +316,14 @@ class ProfileStore:
         negative_ttl_seconds: float = 30.0,
         metrics_registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
+        report_outage: Callable[[BaseException], None] | None = None,
     ) -> None:
         if l1_max_entries < 0:
             raise ValueError("l1_max_entries must be >= 0")
         if not l2_ttl_seconds > 0:
             raise ValueError("l2_ttl_seconds must be > 0")
         self._kv = kv
+        self._report_outage = report_outage
         self._l1: OrderedDict[str, _Entry] = OrderedDict()
         self._l1_max = l1_max_entries
         self._l2_ttl = float(l2_ttl_seconds)
@@ -415,7 +417,10 @@ class ProfileStore:
             except Exception as exc:
                 if not (is_backend_outage(exc) or isinstance(exc, OSError)):
                     raise
-                log.warning("profile L2 read failed, using defaults: %s", exc)
+                if self._report_outage is not None:
+                    self._report_outage(exc)  # one line per outage, not per bid
+                else:
+                    log.warning("profile L2 read failed, using defaults: %s", exc)
                 self._metrics.errors.labels("read").inc()
                 values = [None] * len(missing)
                 failed = True

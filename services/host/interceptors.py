@@ -265,7 +265,13 @@ def _resource_of(msg: object) -> str:
 
 
 class PlatformInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, steps: Sequence[Step], rules: AccessRules) -> None:
+    def __init__(
+        self,
+        steps: Sequence[Step],
+        rules: AccessRules,
+        report_outage: Callable[[BaseException], None],
+    ) -> None:
+        self._report_outage = report_outage
         self._steps = list(steps)
         self._reversed = list(reversed(self._steps))
         self._rules = rules
@@ -312,7 +318,7 @@ class PlatformInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                 if key == STATUS_DETAILS_KEY:
                     trailing.append((key, value))
         elif error is not None and is_backend_outage(error):
-            log.warning("%s: backend unavailable: %r", call.action, error)
+            self._report_outage(error)  # one log line per outage, counted per call
             outage = Unavailable(
                 "a backend is unavailable; retry later", reason="BACKEND_UNAVAILABLE"
             )
@@ -425,6 +431,7 @@ def build_interceptors(
     metrics_registry: CollectorRegistry,
     rate_limit_per_second: float,
     rate_limit_burst: int,
+    report_outage: Callable[[BaseException], None],
     tracing: bool = True,
 ) -> list[aio.ServerInterceptor]:
     """The interceptors of every server and in-process channel, in order."""
@@ -442,5 +449,5 @@ def build_interceptors(
         # sampler, which could never record them (services/host/tracing.py).
         every_call = samples_root_spans(os.environ)
         interceptors.append(TracingInterceptor(every_call=every_call))
-    interceptors.append(PlatformInterceptor(steps, rules))
+    interceptors.append(PlatformInterceptor(steps, rules, report_outage))
     return interceptors

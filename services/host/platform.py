@@ -156,6 +156,7 @@ async def create_platform(
         metrics_registry=kernel.metrics_registry,
         rate_limit_per_second=settings.rate_limit_per_second,
         rate_limit_burst=settings.rate_limit_burst,
+        report_outage=kernel.backend_watch.report,
         tracing=settings.tracing,
     )
     platform.local_channel = LocalChannel(platform.registry, interceptors)

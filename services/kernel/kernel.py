@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from services.backends.watch import BackendWatch
 from services.common.clock import Clock, now_us
 from services.common.forwarding import CallForwarder
 from services.common.pagination import PageTokens
@@ -43,6 +44,11 @@ class Kernel:
         self.forwarder = CallForwarder(self.secret)
         #: Signs and checks the page tokens of every List RPC.
         self.page_tokens = PageTokens(self.secret)
+        #: Where callers report a backend failing under them: one log line per
+        #: outage, not one per failed call (services/backends/watch.py).
+        self.backend_watch = BackendWatch(
+            backends.probes() if backends is not None else {}, self.metrics_registry
+        )
         self._channel_for = channel_for
         self._providers: dict[str, tuple[str, Callable[[Kernel], Any]]] = {}
         # offers: domain name -> the interfaces it offers, by name
@@ -118,3 +124,4 @@ class Kernel:
         stoppers, self._stoppers = self._stoppers, []
         for stop in reversed(stoppers):
             await stop()
+        await self.backend_watch.close()
