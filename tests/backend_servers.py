@@ -268,6 +268,57 @@ def nats_url() -> Iterator[str]:
         server.stop()
 
 
+class PrivateNats:
+    """A nats-server of one test's own, on a fixed port, that the test can kill
+    and start again, with its JetStream store or with an empty one."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.server: ServerProcess | None = None
+        self.restart(empty_store=True)
+
+    def restart(self, *, empty_store: bool) -> None:
+        if self.server is not None and self.server.proc.poll() is None:
+            raise RuntimeError("kill it first")
+        workdir = Path(tempfile.mkdtemp(prefix="ce-nats-private-"))
+        store = workdir / "jetstream"
+        if not empty_store and self.server is not None:
+            store = self.server.workdir / "jetstream"
+        argv = [
+            find_nats_server(),
+            "-js",
+            "-sd",
+            str(store),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+        ]
+        if self.server is not None and not empty_store:
+            workdir = self.server.workdir  # keep the store's folder
+        self.server = _spawn("nats-server", argv, workdir)
+        _wait_until(self.server, lambda: _tcp_line(self.port, None, b"INFO "), "nats INFO")
+
+    def kill(self) -> None:
+        assert self.server is not None
+        self.server.proc.kill()
+        self.server.proc.wait()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+@pytest.fixture
+def private_nats() -> Iterator[PrivateNats]:
+    server = PrivateNats()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 # --------------------------------------------------------------------------- postgres
 
 

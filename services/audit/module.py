@@ -16,6 +16,7 @@ def _audit_log(kernel: Kernel) -> AuditLog:
         kernel.backends.bus,
         clock=kernel.clock,
         page_tokens=kernel.page_tokens,
+        publisher=kernel.best_effort,
     )
 
 

@@ -23,7 +23,7 @@ import functools
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -224,6 +224,9 @@ class InProcessBus:
         for queue in queues:
             self._spawn(msg, functools.partial(self._pick_member, queue, tokens))
 
+    def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Never called: an in-process bus is never cut off."""
+
     async def subscribe(
         self, subject: str, handler: MessageHandler, queue: str | None = None
     ) -> Subscription:
@@ -262,13 +265,47 @@ def _consumer_name(queue: str, subject: str) -> str:
 
 
 class _NatsSubscription:
-    def __init__(self, bus: NatsBus, psub: Any, stream: str, consumer: str, ephemeral: bool):
+    def __init__(
+        self,
+        bus: NatsBus,
+        psub: Any,
+        stream: str,
+        consumer: str,
+        *,
+        subject: str,
+        handler: MessageHandler,
+        queue: str | None,
+    ):
         self._bus = bus
         self._psub = psub
         self._stream = stream
         self._consumer = consumer
-        self._ephemeral = ephemeral
+        self._ephemeral = not queue
+        self._subject = subject
+        self._handler = handler
+        self._queue = queue
         self._done = False
+
+    async def restore(self) -> bool:
+        """After a reconnect: re-create the consumer when the server lost it
+        (restarted without its store, or an ephemeral consumer it dropped) and
+        bind to it again. Returns whether it had to."""
+        from nats.js.errors import NotFoundError
+
+        if self._done:
+            return False
+        try:
+            await self._bus._jetstream().consumer_info(self._stream, self._consumer)
+            return False
+        except NotFoundError:
+            pass
+        inner = getattr(self._psub, "_sub", self._psub)
+        with contextlib.suppress(Exception):
+            await inner.unsubscribe()
+        self._psub, self._consumer = await self._bus._bind(
+            self._subject, self._handler, self._queue
+        )
+        return True
 
     async def unsubscribe(self) -> None:
         """Stop receiving: buffered messages are still handled (drain). A queue
@@ -355,6 +392,8 @@ class NatsBus:
         self._subs: set[_NatsSubscription] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._reconnect_listeners: list[Callable[[], Awaitable[None]]] = []
+        self._recovering: asyncio.Task[None] | None = None
 
     @property
     def subjects(self) -> tuple[str, ...]:
@@ -377,7 +416,9 @@ class NatsBus:
             connect_timeout=self._connect_timeout,
             allow_reconnect=True,
             max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
             error_cb=self._on_error,
+            reconnected_cb=self._on_reconnected,
         )
         self._js = self._nc.jetstream()
         try:
@@ -388,7 +429,43 @@ class NatsBus:
             raise
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("bus: NATS connection error: %s", exc)
+        log.debug("bus: NATS connection error: %s", exc)  # the backend watch logs outages
+
+    def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Call `callback` after each reconnect, once the stream and the
+        subscriptions' consumers are back: what was published while this
+        process was cut off may not have reached it (e.g. to re-read state)."""
+        self._reconnect_listeners.append(callback)
+
+    async def _on_reconnected(self) -> None:
+        if self._recovering is None or self._recovering.done():
+            self._recovering = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """The server may have come back without its JetStream store: make
+        the stream and every consumer again (retrying until JetStream
+        answers), then tell the listeners."""
+        delay = 0.2
+        while not self._closed:
+            try:
+                await self._ensure_stream()
+                restored = 0
+                for sub in list(self._subs):
+                    restored += await sub.restore()
+                break
+            except Exception as exc:  # noqa: BLE001 - JetStream not ready yet: again
+                log.debug("bus: recovery after reconnect failed (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        else:
+            return
+        if restored:
+            log.warning("bus: re-created %d consumers the server had lost", restored)
+        for callback in list(self._reconnect_listeners):
+            try:
+                await callback()
+            except Exception:
+                log.warning("bus: a reconnect listener failed", exc_info=True)
 
     async def _ensure_stream(self) -> None:
         from nats.js.api import RetentionPolicy, StorageType, StreamConfig
@@ -430,20 +507,43 @@ class NatsBus:
             raise RuntimeError("NatsBus is closed")
         _split(subject, wildcards=False)
         self._check_subject(subject)
-        await self._jetstream().publish(subject, bytes(data), headers=dict(headers or {}) or None)
+        from nats.errors import NoRespondersError
+        from nats.js.errors import NoStreamResponseError, NotFoundError
+
+        try:
+            await self._jetstream().publish(
+                subject, bytes(data), headers=dict(headers or {}) or None
+            )
+        except (NoStreamResponseError, NoRespondersError, NotFoundError):
+            # The server came back without its store: make the stream again, once.
+            await self._ensure_stream()
+            await self._jetstream().publish(
+                subject, bytes(data), headers=dict(headers or {}) or None
+            )
 
     async def subscribe(
         self, subject: str, handler: MessageHandler, queue: str | None = None
     ) -> Subscription:
         """Deliver messages of `subject` (NATS wildcards allowed) to `handler`.
         Subscribers sharing a `queue` split the messages between them."""
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-        from nats.js.errors import BadRequestError
-
         if self._closed:
             raise RuntimeError("NatsBus is closed")
         _split(subject, wildcards=True)
         self._check_subject(subject)
+        psub, consumer = await self._bind(subject, handler, queue)
+        sub = _NatsSubscription(
+            self, psub, self._stream, consumer, subject=subject, handler=handler, queue=queue
+        )
+        self._subs.add(sub)
+        return sub
+
+    async def _bind(
+        self, subject: str, handler: MessageHandler, queue: str | None
+    ) -> tuple[Any, str]:
+        """Create (or find) the subscription's consumer and bind to it."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import BadRequestError
+
         js = self._jetstream()
         config = ConsumerConfig(
             filter_subject=subject,
@@ -472,9 +572,7 @@ class NatsBus:
             cb=self._callback(handler),
             manual_ack=True,
         )
-        sub = _NatsSubscription(self, psub, self._stream, info.name, ephemeral=not queue)
-        self._subs.add(sub)
-        return sub
+        return psub, str(info.name)
 
     def _callback(self, handler: MessageHandler) -> Callable[[Any], Any]:
         async def on_message(msg: Any) -> None:
@@ -528,7 +626,10 @@ class NatsBus:
             return False
         try:
             await nc.flush(timeout=2)
+            # Connected is not enough: the stream must be there to publish to.
+            await asyncio.wait_for(self._jetstream().stream_info(self._stream), 2)
         except Exception:
+            await self._on_reconnected()  # repair in the background, if it can be
             return False
         return True
 
@@ -538,6 +639,10 @@ class NatsBus:
         if self._closed:
             return
         self._closed = True
+        if self._recovering is not None and not self._recovering.done():
+            self._recovering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovering
         for sub in list(self._subs):
             await sub.unsubscribe()
         while self._tasks:
@@ -564,3 +669,65 @@ async def open_message_bus(url: str | None) -> MessageBus:
     raise ValueError(
         f"NATS_URL must be empty, memory://, nats:// or tls://; got a URL with scheme {scheme!r}"
     )
+
+
+#: How long an API call waits for a best-effort publish before going on.
+BEST_EFFORT_PUBLISH_SECONDS = 0.25
+
+
+class BestEffortPublisher:
+    """Publishes that must not hold up the call making them (change events,
+    the bus copy of an audit row: the database has the record): each waits
+    at most `budget`; one still pending then goes on in the background (the
+    client may be reconnecting) with its failure reported, and at most
+    `max_pending` wait so (the rest are dropped and reported)."""
+
+    def __init__(
+        self,
+        bus: MessageBus,
+        *,
+        report_failure: Callable[[BaseException], None] | None = None,
+        budget: float = BEST_EFFORT_PUBLISH_SECONDS,
+        max_pending: int = 1000,
+    ) -> None:
+        self.bus = bus
+        self._report = report_failure
+        self._budget = budget
+        self._max_pending = max_pending
+        self._pending: set[asyncio.Future[None]] = set()
+
+    async def publish(
+        self, subject: str, data: bytes, headers: Mapping[str, str] | None = None
+    ) -> bool:
+        """True when the bus took it within the budget."""
+        if len(self._pending) >= self._max_pending:
+            self._failed(TimeoutError(f"{len(self._pending)} publishes already pending"))
+            return False
+        task = asyncio.ensure_future(self.bus.publish(subject, data, headers))
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self._budget)
+            return True
+        except TimeoutError:
+            self._pending.add(task)
+            task.add_done_callback(self._settled)
+            return False
+        except Exception as exc:  # noqa: BLE001 - best effort: reported, not raised
+            self._failed(exc)
+            return False
+
+    def _settled(self, task: asyncio.Future[None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._failed(task.exception())  # type: ignore[arg-type]
+
+    def _failed(self, error: BaseException) -> None:
+        if self._report is not None:
+            self._report(error)
+        else:
+            log.warning("bus: a best-effort publish failed: %s", error)
+
+    async def close(self) -> None:
+        pending = list(self._pending)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

@@ -38,7 +38,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.backends import MessageBus
 from services.campaigns import pacing, store
 from services.campaigns.domain import Campaigns
 from services.campaigns.events import CampaignEvent, CampaignEvents
@@ -388,7 +387,6 @@ class Budgets:
         self._campaigns = campaigns_domain
         self._events = events
         self._clock = clock
-        self._bus: MessageBus = events.bus  # alerts go where the campaign events go
         self._pacers: dict[str, pacing.PacerState] = {}
         self._last_can_bid: dict[str, bool] = {}
 
@@ -964,10 +962,9 @@ class Budgets:
         """Best effort, after the commit: alerts stay listed by the RPC and
         the index's periodic refresh repairs a lost budget.changed."""
         for alert in alerts:
-            try:
-                await self._bus.publish(alert_subject(alert.tenant_id), _alert_payload(alert))
-            except Exception:
-                log.warning("budget alert %s not published", alert.name, exc_info=True)
+            await self._events.publisher.publish(
+                alert_subject(alert.tenant_id), _alert_payload(alert)
+            )
         for campaign in flips:
             await self._events.publish(
                 CampaignEvent(

@@ -4,16 +4,14 @@ in-memory candidate index without reading the database per bid."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import orjson
 
 from services.backends import MessageBus
+from services.backends.bus import BestEffortPublisher
 from services.campaigns.model import Campaign
 from services.common.clock import now_us
-
-log = logging.getLogger(__name__)
 
 SUBJECT_PREFIX = "campaign-express.campaigns"
 
@@ -34,13 +32,21 @@ class CampaignEvent:
 
 
 class CampaignEvents:
-    def __init__(self, bus: MessageBus) -> None:
+    def __init__(self, bus: MessageBus, publisher: BestEffortPublisher | None = None) -> None:
         self._bus = bus
+        # A change waits at most ~0.25 s for the bus (a lost event is repaired
+        # by the index's refresh after a reconnect, or its periodic one).
+        self._publisher = publisher or BestEffortPublisher(bus)
 
     @property
     def bus(self) -> MessageBus:
         """The bus the events go on (budget alerts share it)."""
         return self._bus
+
+    @property
+    def publisher(self) -> BestEffortPublisher:
+        """How they are published: never holding a change up (alerts too)."""
+        return self._publisher
 
     async def publish(self, event: CampaignEvent) -> None:
         """Best effort after the database commit: a lost event is repaired by
@@ -54,12 +60,7 @@ class CampaignEvents:
             "offer": event.offer,
             "time": event.time or now_us(),
         }
-        try:
-            await self._bus.publish(subject_for(event.tenant_id), orjson.dumps(payload))
-        except Exception:
-            log.warning(
-                "campaign event %s for %s not published", event.type, event.campaign, exc_info=True
-            )
+        await self._publisher.publish(subject_for(event.tenant_id), orjson.dumps(payload))
 
 
 def campaign_changed(campaign: Campaign) -> CampaignEvent:

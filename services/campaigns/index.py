@@ -233,6 +233,9 @@ class LiveCampaignIndex:
         if self._worker is not None:
             return
         self._subscription = await self._bus.subscribe(SUBSCRIPTION, self._on_event)
+        # Changes published while this process was cut off from the bus never
+        # arrive: read everything again as soon as it is back.
+        self._bus.on_reconnect(self._refresh_soon)
         await self.refresh()
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
@@ -248,6 +251,10 @@ class LiveCampaignIndex:
             self._worker = None
 
     # -- keeping current -----------------------------------------------------
+
+    async def _refresh_soon(self) -> None:
+        self._next_refresh = 0.0
+        self._wake.set()
 
     async def _on_event(self, message: BusMessage) -> None:
         try:

@@ -20,7 +20,7 @@ from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 def _campaign_store(kernel: Kernel) -> Campaigns:
     return Campaigns(
         kernel.backends.db,
-        CampaignEvents(kernel.backends.bus),
+        CampaignEvents(kernel.backends.bus, kernel.best_effort),
         page_tokens=kernel.page_tokens,
     )
 
@@ -29,7 +29,7 @@ def _spend_ledger(kernel: Kernel) -> Budgets:
     return Budgets(
         kernel.backends.db,
         kernel.interface("campaign_store"),
-        CampaignEvents(kernel.backends.bus),
+        CampaignEvents(kernel.backends.bus, kernel.best_effort),
         kernel.clock,
         page_tokens=kernel.page_tokens,
     )
@@ -49,7 +49,7 @@ async def _build(kernel: Kernel) -> Built:
     workflow = Workflow(
         kernel.backends.db,
         campaigns,
-        CampaignEvents(kernel.backends.bus),
+        CampaignEvents(kernel.backends.bus, kernel.best_effort),
         page_tokens=kernel.page_tokens,
     )
     # Every process serving campaigns runs the scheduler: its transitions

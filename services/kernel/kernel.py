@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from services.backends.bus import BestEffortPublisher
 from services.backends.watch import BackendWatch
 from services.common.clock import Clock, now_us
 from services.common.forwarding import CallForwarder
@@ -48,6 +49,14 @@ class Kernel:
         #: outage, not one per failed call (services/backends/watch.py).
         self.backend_watch = BackendWatch(
             backends.probes() if backends is not None else {}, self.metrics_registry
+        )
+        #: Publishes that must not hold a call up (change events, audit copies).
+        self.best_effort = (
+            BestEffortPublisher(
+                backends.bus, report_failure=lambda error: self.backend_watch.report(error, "bus")
+            )
+            if backends is not None
+            else None
         )
         self._channel_for = channel_for
         self._providers: dict[str, tuple[str, Callable[[Kernel], Any]]] = {}
@@ -124,4 +133,6 @@ class Kernel:
         stoppers, self._stoppers = self._stoppers, []
         for stop in reversed(stoppers):
             await stop()
+        if self.best_effort is not None:
+            await self.best_effort.close()
         await self.backend_watch.close()
