@@ -218,6 +218,53 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
+class RestartableRedis:
+    """A Redis of one test's own that keeps its data on disk (append-only
+    file, fsync always), so that the test can kill it and start it again on
+    the same port with what it had."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = Path(tempfile.mkdtemp(prefix="ce-redis-restartable-"))
+        self.server: ServerProcess | None = None
+        self.start()
+
+    def start(self) -> None:
+        argv = [
+            find_redis_server(),
+            "--save", "",
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.workdir),
+            "--daemonize", "no",
+        ]  # fmt: skip
+        log_dir = Path(tempfile.mkdtemp(prefix="ce-redis-log-"))
+        self.server = _spawn("redis-server", argv, log_dir)
+        _wait_until(self.server, lambda: _tcp_line(self.port, b"PING\r\n", b"+PONG"), "redis PING")
+
+    def kill(self) -> None:
+        assert self.server is not None
+        self.server.proc.kill()
+        self.server.proc.wait()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def restartable_redis() -> Iterator[RestartableRedis]:
+    server = RestartableRedis()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def private_redis() -> Iterator[tuple[str, ServerProcess]]:
     """A Redis of this test's own (URL and process), for fault injection:

@@ -11,6 +11,7 @@ deduplicated by the table) and also check there are no stored duplicates.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import pathlib
 import signal
@@ -29,6 +30,7 @@ from services.analytics import (
     AnalyticsEvent,
     AnalyticsPipeline,
     EventType,
+    bid_events_ddl,
     bid_row,
     count_by_campaign,
     count_by_type,
@@ -39,6 +41,7 @@ from services.analytics import (
     no_bid_row,
 )
 from services.analytics import journal as journal_module
+from services.analytics.events import store_row
 from services.analytics.journal import FORMAT, scan_segments, segment_path
 from services.backends.analytics import ChdbAnalyticsStore
 from tests.analytics_helpers import (
@@ -191,7 +194,7 @@ async def test_table_is_idempotent_and_events_round_trip(
     )[0]
     assert engine == "ReplacingMergeTree"
     assert partition == "toYYYYMM(event_time)"
-    assert sorting == "tenant_id, event_type, event_time, event_id"
+    assert sorting == "tenant_id, event_type, event_id"
     assert "TTL toDateTime(event_time) + toIntervalDay(90)" in ttl
     tricky = AnalyticsEvent(
         event_type=EventType.NO_BID,
@@ -221,6 +224,53 @@ async def test_table_is_idempotent_and_events_round_trip(
         "no_bid": 3,
         "win": 2,
     }
+
+
+async def test_a_retried_notice_counts_once_and_collapses(
+    chdb: ChdbAnalyticsStore, tmp_path: pathlib.Path
+) -> None:
+    """An exchange retrying a win notice emits the bid's event id again with a
+    later event_time: counted once at once, one row after merging."""
+    pipeline = fast(chdb, tmp_path / "spill")
+    await pipeline.start()
+    win = AnalyticsEvent(
+        event_type=EventType.WIN, tenant_id="acme", event_time=BASE_TIME_US, bid_id="b1"
+    )
+    for retry in range(3):
+        pipeline.emit(dataclasses.replace(win, event_time=BASE_TIME_US + retry * 1_000_000))
+        await pipeline.flush()  # three inserts: the insert-time dedupe cannot help
+    await pipeline.stop()
+    assert await count_rows(chdb) == 3
+    assert await count_by_type(chdb) == {"win": 1}
+    assert await count_by_campaign(chdb) == {"": {"win": 1}}
+    await chdb.execute("OPTIMIZE TABLE bid_events FINAL")
+    assert await count_rows(chdb) == 1
+
+
+async def test_a_table_of_the_first_layout_is_moved_over(
+    chdb: ChdbAnalyticsStore, tmp_path: pathlib.Path
+) -> None:
+    """A table made with event_time before event_id in its sorting key (as
+    main had it) gets the new key at start-up, with every row kept."""
+    first = bid_events_ddl().replace(
+        "ORDER BY (tenant_id, event_type, event_id)",
+        "ORDER BY (tenant_id, event_type, event_time, event_id)",
+    )
+    await chdb.execute(first)
+    originals = [make_event(i) for i in range(20)]
+    await chdb.insert("bid_events", COLUMNS, [store_row(list(e.row())) for e in originals])
+    await ensure_table(chdb)
+    await ensure_table(chdb)  # and again: nothing more to do
+    (sorting,) = (
+        await chdb.query("SELECT sorting_key FROM system.tables WHERE name = 'bid_events'")
+    )[0]
+    assert sorting == "tenant_id, event_type, event_id"
+    assert not await chdb.query(
+        "SELECT name FROM system.tables WHERE name LIKE 'bid_events_first%'"
+    )
+    rows = await chdb.query(f"SELECT {', '.join(COLUMNS)} FROM bid_events")
+    got = sorted((AnalyticsEvent.from_row(r) for r in rows), key=lambda e: e.event_id)
+    assert got == sorted(originals, key=lambda e: e.event_id)
 
 
 async def test_query_helpers(chdb: ChdbAnalyticsStore, tmp_path: pathlib.Path) -> None:

@@ -75,9 +75,9 @@ def test_errors_name_their_backend() -> None:
 async def test_calls_during_a_redis_outage_log_one_line(
     tmp_path: pathlib.Path, private_redis: tuple[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Redis killed under steady authenticated calls (their rate limit reads
-    it): every call answers 503 and is counted, and the log has one line for
-    the outage, not one per call."""
+    """Redis killed under steady authenticated calls: their rate limit, which
+    reads it, lets them through (it protects; it is not worth failing a call
+    for), and the log has one line for the outage, not one per call."""
     url, redis_server = private_redis
     running = await start(make_settings(tmp_path, redis_url=url))
     caplog.set_level(logging.INFO)
@@ -91,9 +91,10 @@ async def test_calls_during_a_redis_outage_log_one_line(
                 async with http.get(
                     f"http://127.0.0.1:{running.http_port}/v1/tenants/acme", headers=headers
                 ) as r:
-                    assert r.status == 503
+                    assert r.status == 200
         registry = running.platform.metrics_registry
-        assert failures(registry, "hot_store") == 40
+        # the first call finds it down; the others skip it while the watch knows
+        assert 1 <= failures(registry, "hot_store") <= 3
         outage_lines = [
             r
             for r in caplog.records

@@ -129,6 +129,21 @@ async def test_kv_incr_is_atomic_under_concurrency(kv: KeyValueStore) -> None:
     assert await kv.get("hits") == b"200"
 
 
+async def test_kv_incr_many_once(kv: KeyValueStore) -> None:
+    """The counters move once per marker, atomically, however many calls race;
+    the marker expires on its own TTL; counters keep their TTL rules."""
+    items = [("h", 1, 60.0), ("d", 2, None)]
+    results = await asyncio.gather(*(kv.incr_many_once("won:b1", 0.4, items) for _ in range(20)))
+    assert [r for r in results if r is not None] == [[1, 2]]
+    assert await kv.get_many(["h", "d"]) == [b"1", b"2"]
+    assert await kv.incr_many_once("won:b2", 0.4, items) == [2, 4]  # another bid
+    await asyncio.sleep(0.5)
+    assert await kv.incr_many_once("won:b1", 0.4, items) == [3, 6]  # the marker expired
+    await kv.set("text", b"abc")
+    with pytest.raises(ValueError):
+        await kv.incr_many_once("won:b3", 60, [("text", 1, None)])
+
+
 async def test_kv_token_bucket_burst_refusal_and_refill(kv: KeyValueStore) -> None:
     rate, burst = 5.0, 3
     taken = [await kv.take_token("bucket", rate, burst) for _ in range(burst)]

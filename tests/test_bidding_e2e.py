@@ -18,6 +18,7 @@ from grpc import aio
 from campaignexpress.bidding.v1 import bidding_service_pb2 as bpb
 from campaignexpress.bidding.v1 import bidding_service_pb2_grpc as bgrpc
 from gateway.openrtb import decode_bid_request
+from services.analytics.queries import count_by_type
 from services.campaigns.model import (
     BidStrategy,
     Budget,
@@ -353,9 +354,12 @@ async def test_bid_no_bid_and_notice_events_reach_the_analytics_store(env: Env) 
     floor["imp"][0]["bidfloor"] = 999.0
     assert (await post_bid(env, floor))[0] == 204
     win = bid["nurl"].replace("http://localhost:8080", env.base_url)
-    async with env.http.get(win.replace("${AUCTION_PRICE}", "1.005")) as r:
-        assert r.status == 200
-    await platform.api("bidding").pipeline.flush()
+    for _ in range(3):  # the exchange retries its win notice: one win, in analytics too
+        async with env.http.get(win.replace("${AUCTION_PRICE}", "1.005")) as r:
+            assert r.status == 200
+        await platform.api("bidding").pipeline.flush()
+    counts = await count_by_type(platform.backends.analytics, tenant_id="acme")
+    assert counts["win"] == 1 and counts["bid"] == 1
     rows = await platform.backends.analytics.query(
         "SELECT event_type, request_id, imp_id, bid_id, offer_id, user_id, price_micros, "
         "currency, reason, attrs, campaign_id != '' FROM bid_events FINAL "

@@ -303,17 +303,19 @@ def bid_events_ddl(table: str = TABLE, ttl_days: int = 90) -> str:
     with the same key).
 
     Duplicates are possible by design: a batch inserted just before a crash is
-    replayed from the journal after restart. Two mechanisms remove them:
+    replayed from the journal after restart, and a win or billing notice the
+    exchange retries is emitted again with its bid's event id but a later
+    event_time. Two mechanisms remove them:
     - non_replicated_deduplication_window: an insert whose block is identical
       to one of the last 1,000 inserted blocks is dropped at insert time.
       A replayed segment is the same rows in the same order as the original
       insert, so the common case never stores a duplicate;
-    - ReplacingMergeTree keyed on (..., event_id): any duplicate that got
-      through anyway (a partially written segment after power loss, a
-      re-emitted event with the same id) collapses at merge time, and exact
-      counts meanwhile come from FINAL or uniqExact(event_id) (see queries.py).
-    The sorting key starts with (tenant_id, event_type, event_time) as the
-    queries filter that way; event_id last makes it the dedupe key.
+    - ReplacingMergeTree sorted by (tenant_id, event_type, event_id): every
+      row of one event id collapses at merge time, whatever its event_time
+      (the first key had event_time before event_id, so a retried notice
+      never collapsed; `ensure_table` moves such a table over). Exact counts
+      meanwhile come from uniqExact(event_id) (queries.py), which also covers
+      the rare retry that lands in the next month's partition.
     """
     if ttl_days <= 0:
         raise ValueError("ttl_days must be positive")
@@ -336,11 +338,34 @@ def bid_events_ddl(table: str = TABLE, ttl_days: int = 90) -> str:
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(event_time)
-ORDER BY (tenant_id, event_type, event_time, event_id)
+ORDER BY (tenant_id, event_type, event_id)
 TTL toDateTime(event_time) + INTERVAL {int(ttl_days)} DAY
 SETTINGS non_replicated_deduplication_window = 1000"""
 
 
+#: The sorting key of the table's first layout, which kept retried notices apart.
+_FIRST_SORTING_KEY = "tenant_id, event_type, event_time, event_id"
+
+
 async def ensure_table(store: AnalyticsStore, table: str = TABLE, ttl_days: int = 90) -> None:
-    """Create the events table unless it exists (idempotent)."""
+    """Create the events table unless it exists (idempotent). A table of the
+    first layout is moved over: renamed aside, the new one created (inserts
+    meanwhile fail and are retried from the journal), its rows copied in,
+    the old one dropped; a copy interrupted by a crash resumes at the next
+    start (the aside table is still there; the copy's duplicates collapse)."""
+    quoted, aside = quote_identifier(table), quote_identifier(f"{table}_first_layout")
+    if await _sorting_key(store, table) == _FIRST_SORTING_KEY:
+        await store.execute(f"RENAME TABLE {quoted} TO {aside}")
     await store.execute(bid_events_ddl(table, ttl_days))
+    if await _sorting_key(store, f"{table}_first_layout") is not None:
+        columns = ", ".join(quote_identifier(c) for c in COLUMNS)
+        await store.execute(f"INSERT INTO {quoted} ({columns}) SELECT {columns} FROM {aside}")
+        await store.execute(f"DROP TABLE {aside}")
+
+
+async def _sorting_key(store: AnalyticsStore, table: str) -> str | None:
+    rows = await store.query(
+        "SELECT sorting_key FROM system.tables WHERE database = currentDatabase() "
+        "AND name = '" + table.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    )
+    return str(rows[0][0]) if rows else None

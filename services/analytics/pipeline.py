@@ -42,7 +42,7 @@ sink sees it, so a failing sink costs nothing but memory release:
 A crash after an insert and before its file is deleted replays that segment:
 the identical block is dropped by the table's insert deduplication, and any
 other duplicate collapses on event_id (see events.bid_events_ddl; exact
-counts use FINAL or uniqExact(event_id)).
+counts use uniqExact(event_id)).
 
 A segment that the store keeps rejecting while it answers ping
 (`max_attempts` times in a row: bad data, not an outage) is renamed to

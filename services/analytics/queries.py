@@ -1,8 +1,9 @@
 """Read-side helpers over the events table for tests and operations.
 
 Counts are exact despite possible duplicates (a segment replayed after a crash
-between its insert and its deletion): `FINAL` collapses rows with the same
-sorting key, which ends in event_id (see events.bid_events_ddl).
+between its insert and its deletion, a notice the exchange retried): they
+count distinct event ids, whether or not the merges that collapse them have
+run (see events.bid_events_ddl).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ async def count_by_type(
     """Events per event type (deduplicated), optionally for one tenant and a
     time range [since_us, until_us)."""
     rows = await store.query(
-        f"SELECT event_type, count() FROM {quote_identifier(table)} FINAL"
+        f"SELECT event_type, uniqExact(event_id) FROM {quote_identifier(table)}"
         f"{_where(tenant_id, since_us, until_us)} GROUP BY event_type ORDER BY event_type"
     )
     return {str(kind): int(n) for kind, n in rows}
@@ -64,7 +65,7 @@ async def count_by_campaign(
     """campaign_id -> event type -> events (deduplicated); events without a
     campaign (most no-bids) are under ''."""
     rows = await store.query(
-        f"SELECT campaign_id, event_type, count() FROM {quote_identifier(table)} FINAL"
+        f"SELECT campaign_id, event_type, uniqExact(event_id) FROM {quote_identifier(table)}"
         f"{_where(tenant_id, since_us, until_us)}"
         " GROUP BY campaign_id, event_type ORDER BY campaign_id, event_type"
     )

@@ -36,6 +36,14 @@ class KeyValueStore(Protocol):
         ValueError after the other counters have moved (as Redis MULTI does)."""
         ...
 
+    async def incr_many_once(
+        self, marker: str, marker_ttl_seconds: float, items: Sequence[tuple[str, int, float | None]]
+    ) -> list[int] | None:
+        """`incr_many(items)` unless `marker` exists, and set `marker` (for
+        `marker_ttl_seconds`), atomically: a side effect retried under the
+        same marker happens once. None when the marker was already there."""
+        ...
+
     async def take_token(self, key: str, rate_per_second: float, burst: int) -> TokenBucketResult:
         """Atomically take one token from the bucket `key` (refilled at
         `rate_per_second`, holding at most `burst`)."""

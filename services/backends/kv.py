@@ -179,6 +179,24 @@ class MemoryKeyValueStore:
             raise error
         return values
 
+    async def incr_many_once(
+        self, marker: str, marker_ttl_seconds: float, items: Sequence[tuple[str, int, float | None]]
+    ) -> list[int] | None:
+        """`incr_many(items)` unless `marker` exists, setting it; atomic (no
+        await in between)."""
+        self._check_open()
+        _check_ttl(marker_ttl_seconds)
+        for _, _, ttl in items:
+            _check_ttl(ttl)
+        now = self._clock()
+        self._cleanup(now)
+        if self._alive(marker, now):
+            return None
+        values = [self._incr(key, amount, ttl) for key, amount, ttl in items]
+        self._data[marker] = b"1"
+        self._set_expiry(marker, now + marker_ttl_seconds)
+        return values
+
     async def take_token(self, key: str, rate_per_second: float, burst: int) -> TokenBucketResult:
         """Atomically take one token from the bucket `key` (refilled at
         `rate_per_second`, holding at most `burst`)."""
@@ -253,6 +271,23 @@ return {allowed, string.format('%.17g', retry_after), string.format('%.17g', tok
 """
 
 
+_INCR_ONCE_LUA = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', tonumber(ARGV[1])) then
+  return nil
+end
+local out = {}
+for i = 2, #KEYS do
+  local amount = tonumber(ARGV[2 * i - 2])
+  local ttl = tonumber(ARGV[2 * i - 1])
+  if ttl >= 0 then
+    redis.call('SET', KEYS[i], '0', 'NX', 'PX', ttl)
+  end
+  out[i - 1] = redis.call('INCRBY', KEYS[i], amount)
+end
+return out
+"""
+
+
 def _ttl_ms(ttl_seconds: float) -> int:
     return max(1, math.ceil(ttl_seconds * 1000))
 
@@ -277,6 +312,7 @@ class RedisKeyValueStore:
         )
         self._redis: Any = aioredis.Redis.from_pool(pool)  # owns and closes the pool
         self._take_token_script: Any = self._redis.register_script(_TOKEN_BUCKET_LUA)
+        self._incr_once_script: Any = self._redis.register_script(_INCR_ONCE_LUA)
 
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self._redis.get(key)
@@ -337,6 +373,25 @@ class RedisKeyValueStore:
             i += 1 if ttl is None else 2
             values.append(int(replies[i - 1]))
         return values
+
+    async def incr_many_once(
+        self, marker: str, marker_ttl_seconds: float, items: Sequence[tuple[str, int, float | None]]
+    ) -> list[int] | None:
+        """`incr_many(items)` unless `marker` exists, setting it: one Lua script."""
+        from redis.exceptions import ResponseError
+
+        _check_ttl(marker_ttl_seconds)
+        args: list[int] = [_ttl_ms(marker_ttl_seconds)]
+        for _, amount, ttl in items:
+            _check_ttl(ttl)
+            args += [int(amount), -1 if ttl is None else _ttl_ms(ttl)]
+        try:
+            replies = await self._incr_once_script(
+                keys=[marker, *(key for key, _, _ in items)], args=args
+            )
+        except ResponseError as exc:
+            raise ValueError(f"a counter is not an integer: {exc}") from exc
+        return None if replies is None else [int(v) for v in replies]
 
     async def take_token(self, key: str, rate_per_second: float, burst: int) -> TokenBucketResult:
         """Atomically take one token from the bucket `key` (refilled at

@@ -49,6 +49,10 @@ __all__ = [
     "hour_bucket",
 ]
 
+#: How long a won bid's impression is remembered as counted: exchanges retry
+#: notices within minutes; a retry later than this would count it again.
+NOTICE_RETRY_WINDOW_SECONDS = 2 * 3600.0
+
 log = logging.getLogger(__name__)
 
 WINDOWS = ("HOUR", "DAY")
@@ -233,6 +237,28 @@ class FrequencyCaps:
         if not keys:
             return [], []
         return plan, await self._kv.get_many(keys)
+
+    async def record_impression_once(
+        self, bid_id: str, user_id: str, campaign_id: str, now_us: int, time_zone: str
+    ) -> tuple[int, int] | None:
+        """`record_impression` once per bid: a win notice retried (after this
+        failed, or after it worked) counts the impression exactly once, as
+        long as the retry comes within NOTICE_RETRY_WINDOW_SECONDS. None when
+        it was already counted."""
+        if not user_id:
+            return 0, 0
+        base = self._base(user_id, campaign_id)
+        hour, hour_left = hour_bucket(now_us)
+        day, day_left = day_bucket(now_us, time_zone)
+        counted = await self._kv.incr_many_once(
+            f"{base}:won:{bid_id}",
+            NOTICE_RETRY_WINDOW_SECONDS,
+            [
+                (f"{base}:h:{hour}", 1, hour_left + self._slack),
+                (f"{base}:d:{day}", 1, day_left + self._slack),
+            ],
+        )
+        return None if counted is None else (counted[0], counted[1])
 
     async def record_impression(
         self, user_id: str, campaign_id: str, now_us: int, time_zone: str

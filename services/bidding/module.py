@@ -47,6 +47,16 @@ async def _build(kernel: Kernel) -> Built:
         # per bid less). Events are still acknowledged within ~10 ms.
         commit_interval=BID_EVENTS_COMMIT_SECONDS,
     )
+    watch = kernel.backend_watch
+
+    def hot_store_failed(error: BaseException) -> None:
+        watch.report(error, "hot_store")
+
+    def hot_store_down() -> bool:
+        # While the watch knows Redis is down (until its probe answers), bids
+        # do not wait on it at all: default profiles, campaigns with caps out.
+        return watch.is_down("hot_store")
+
     signer = NoticeSigner(kernel.secret, settings.public_url)
     rates = Rates()
     caps = FrequencyCaps(backends.hot_store)
@@ -56,13 +66,16 @@ async def _build(kernel: Kernel) -> Built:
         profiles=ProfileStore(
             backends.hot_store,
             metrics_registry=kernel.metrics_registry,
-            report_outage=lambda error: kernel.backend_watch.report(error, "hot_store"),
+            report_outage=hot_store_failed,
+            skip_l2=hot_store_down,
         ),
         caps=caps,
         signer=signer,
         rates=rates,
         emit=pipeline.emit,
         metrics_registry=kernel.metrics_registry,
+        report_outage=hot_store_failed,
+        hot_store_down=hot_store_down,
     )
     settlement = Settlement(
         kernel.interface("spend_ledger"), caps, signer, rates, emit=pipeline.emit

@@ -12,6 +12,7 @@ auction.py, consent.py and caps.py."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
 from inference.features import BidContext
 from services.analytics.events import AnalyticsEvent, EventRow, attrs_json, bid_row, no_bid_row
+from services.backends.outages import is_backend_outage
 from services.bidding import consent as consent_rules
 from services.bidding.auction import Winner, run_auction
 from services.bidding.caps import FrequencyCaps
@@ -44,6 +46,11 @@ SEAT = "campaign-express"
 DEFAULT_TMAX_MS = 100
 # Time kept for encoding and the network after the decision.
 TMAX_MARGIN_US = 5_000
+#: The most a bid waits for the hot store (a profile read, a caps read): a slow
+#: or frozen Redis costs a bid at most this, never its whole tmax.
+HOT_STORE_BUDGET_US = 20_000
+#: Kept for scoring and the answer when a hot-store read must end early.
+SCORING_RESERVE_US = 10_000
 # Bid templates kept (one per live offer; cleared past this).
 MAX_BID_TEMPLATES = 4096
 
@@ -149,6 +156,8 @@ class BidProcessor:
         metrics_registry: CollectorRegistry | None = None,
         vendor_id: int | None = None,
         clock: Callable[[], int] = now_us,
+        report_outage: Callable[[BaseException], None] | None = None,
+        hot_store_down: Callable[[], bool] | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._index = index
@@ -163,6 +172,8 @@ class BidProcessor:
         self._no_bids = self._metrics.requests.labels("no_bid")
         self._vendor_id = vendor_id
         self._clock = clock
+        self._report_outage = report_outage or (lambda error: log.warning("hot store: %s", error))
+        self._hot_store_down = hot_store_down or (lambda: False)
         self._rng = rng
         self._templates: dict[int, tuple[OfferFacts, rtb.Bid]] = {}
 
@@ -207,7 +218,11 @@ class BidProcessor:
             self._vendor_id,
         )
         known_user = bool(user_id) and decision.personalize
-        profile = await self._profiles.get(user_id) if known_user else default_profile(user_id)
+        profile = (
+            await self._profiles.get(user_id, l2_budget=self._hot_store_budget(deadline) / 1e6)
+            if known_user
+            else default_profile(user_id)
+        )
         matcher = self._index.view(tenant_id, CandidateIndex)
         if not matcher.live:
             return BidOutcome(None, NBR_NO_CANDIDATE, "NO_LIVE_CAMPAIGNS")
@@ -237,7 +252,9 @@ class BidProcessor:
             return BidOutcome(None, NBR_NO_CANDIDATE, "NO_CANDIDATES")
         utilization = 0.0
         if matcher.capped:
-            candidates, utilization = await self._apply_caps(candidates, user_id, known_user, now)
+            candidates, utilization = await self._apply_caps(
+                candidates, user_id, known_user, now, deadline
+            )
             if not candidates:
                 return BidOutcome(None, NBR_CAPPED, "FREQUENCY_CAPPED")
         if self._clock() > deadline:
@@ -275,11 +292,21 @@ class BidProcessor:
             self._response(tenant_id, request, winners, user_id, response_currency, now)
         )
 
+    def _hot_store_budget(self, deadline: int) -> int:
+        """Microseconds a hot-store read may take now (0: none left)."""
+        return max(0, min(HOT_STORE_BUDGET_US, deadline - self._clock() - SCORING_RESERVE_US))
+
     async def _apply_caps(
-        self, candidates: list[Candidate], user_id: str, known_user: bool, now: int
+        self,
+        candidates: list[Candidate],
+        user_id: str,
+        known_user: bool,
+        now: int,
+        deadline: int,
     ) -> tuple[list[Candidate], float]:
         """Drop capped campaigns. Without a known user, caps cannot be
-        counted: campaigns with caps are left out rather than overserved."""
+        counted: campaigns with caps are left out rather than overserved; so
+        too while the hot store is down or does not answer in its budget."""
         with_caps = {
             c.campaign.id: (
                 [(f.max_impressions, f.window) for f in c.campaign.spec.frequency_caps],
@@ -290,11 +317,21 @@ class BidProcessor:
         }
         if not with_caps:
             return candidates, 0.0
-        if not known_user:
-            return [c for c in candidates if c.campaign.id not in with_caps], 0.0
-        checks = await self._caps.check(
-            user_id, [(cid, caps, tz) for cid, (caps, tz) in with_caps.items()], now
-        )
+        uncapped = [c for c in candidates if c.campaign.id not in with_caps]
+        if not known_user or self._hot_store_down():
+            return uncapped, 0.0
+        try:
+            async with asyncio.timeout(self._hot_store_budget(deadline) / 1e6):
+                checks = await self._caps.check(
+                    user_id, [(cid, caps, tz) for cid, (caps, tz) in with_caps.items()], now
+                )
+        except Exception as exc:
+            # The counts cannot be read in time: campaigns with caps sit this
+            # bid out (never over-served); the others still compete.
+            if not (isinstance(exc, TimeoutError) or is_backend_outage(exc)):
+                raise
+            self._report_outage(exc)
+            return uncapped, 0.0
         capped = {cid for cid, check in checks.items() if check.reason is not None}
         utilization = max((c.utilization for c in checks.values()), default=0.0)
         return [c for c in candidates if c.campaign.id not in capped], utilization

@@ -30,6 +30,7 @@ the value.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -285,7 +286,8 @@ class _Metrics:
         )
         self.errors = Counter(
             "campaign_express_profile_store_errors",
-            "L2 reads that failed (answered from defaults) or stored values that did not decode.",
+            "L2 reads that failed or ran out of their time (answered from defaults), "
+            "or stored values that did not decode.",
             ["kind"],
             registry=registry,
         )
@@ -317,6 +319,7 @@ class ProfileStore:
         metrics_registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
         report_outage: Callable[[BaseException], None] | None = None,
+        skip_l2: Callable[[], bool] | None = None,
     ) -> None:
         if l1_max_entries < 0:
             raise ValueError("l1_max_entries must be >= 0")
@@ -324,6 +327,7 @@ class ProfileStore:
             raise ValueError("l2_ttl_seconds must be > 0")
         self._kv = kv
         self._report_outage = report_outage
+        self._skip_l2 = skip_l2
         self._l1: OrderedDict[str, _Entry] = OrderedDict()
         self._l1_max = l1_max_entries
         self._l2_ttl = float(l2_ttl_seconds)
@@ -359,16 +363,23 @@ class ProfileStore:
         return default_profile(user_id)
 
     # -- reads
-    async def get(self, user_id: str, *, personalize: bool = True) -> UserProfile:
+    async def get(
+        self, user_id: str, *, personalize: bool = True, l2_budget: float | None = None
+    ) -> UserProfile:
         """One user's profile. With ``personalize=False`` (no consent) or an
         anonymous user, the default profile without touching any tier."""
         if not personalize or not user_id:
             return default_profile(user_id)
-        return (await self.get_many((user_id,)))[user_id]
+        return (await self.get_many((user_id,), l2_budget=l2_budget))[user_id]
 
-    async def get_many(self, user_ids: Sequence[str]) -> dict[str, UserProfile]:
+    async def get_many(
+        self, user_ids: Sequence[str], *, l2_budget: float | None = None
+    ) -> dict[str, UserProfile]:
         """Profiles of `user_ids` (duplicates collapse; anonymous "" gets the
-        default without I/O). All L1 misses are read in ONE L2 ``get_many``."""
+        default without I/O). All L1 misses are read in ONE L2 ``get_many``,
+        which may take `l2_budget` seconds at most: users it did not answer for
+        in time get the default profile (as when L2 is down), and so do all
+        misses while `skip_l2()` says L2 is known to be down."""
         out: dict[str, UserProfile] = {}
         missing: list[str] = []
         now = self._clock()
@@ -402,7 +413,25 @@ class ProfileStore:
             self._defaults += defaults
             self._metrics.default_hit.inc(defaults)
         if missing:
-            await self._fill(missing, out)
+            if self._skip_l2 is not None and self._skip_l2():
+                self._l1_misses += len(missing)
+                self._defaults += len(missing)
+                self._metrics.default_hit.inc(len(missing))
+                for uid in missing:
+                    out[uid] = default_profile(uid)
+            elif l2_budget is None:
+                await self._fill(missing, out)
+            else:
+                try:
+                    async with asyncio.timeout(max(l2_budget, 0.0)):
+                        await self._fill(missing, out)
+                except TimeoutError as exc:
+                    self._metrics.errors.labels("timeout").inc()
+                    if self._report_outage is not None:
+                        self._report_outage(exc)
+                    for uid in missing:
+                        if out.get(uid) is _PENDING:
+                            out[uid] = default_profile(uid)
         return out
 
     async def _fill(self, missing: list[str], out: dict[str, UserProfile]) -> None:

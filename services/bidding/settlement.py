@@ -54,13 +54,15 @@ class Settlement:
         return Money(token.budget_currency, round(per_impression * 1_000_000))
 
     async def win(self, t: str, price: str) -> bool:
+        """Book the spend, then count the impression for frequency caps. Both
+        happen once per bid however often the exchange retries, and a retry
+        after either failed (503) completes what is missing: the ledger keeps
+        the spend once, the caps' once-marker the impression."""
         token, cpm = self._token(t), parse_price(price)
         recorded = await self._book(token, "WIN", cpm)
-        if recorded:
-            # Count the impression once per bid, whatever the retries.
-            await self._caps.record_impression(
-                token.user_id, token.campaign_id, self._clock(), token.time_zone
-            )
+        await self._caps.record_impression_once(
+            token.bid_id, token.user_id, token.campaign_id, self._clock(), token.time_zone
+        )
         self._event(EventType.WIN, token, cpm)
         return recorded
 

@@ -183,18 +183,30 @@ def _permission_name(permission: access_pb2.Permission.ValueType) -> str:
     return str(access_pb2.Permission.Name(permission)).removeprefix("PERMISSION_")
 
 
+#: The most a call waits for its rate-limit token from the hot store.
+RATE_LIMIT_BUDGET_SECONDS = 0.02
+
+
 class RateLimitStep:
     """Token bucket per API key (or user), kept in the hot-state store so all
     workers and nodes share it when REDIS_URL is set. Calls one service makes
     for another carry a signed internal mark and are not charged again."""
 
     def __init__(
-        self, store: KeyValueStore, forwarder: CallForwarder, rate_per_second: float, burst: int
+        self,
+        store: KeyValueStore,
+        forwarder: CallForwarder,
+        rate_per_second: float,
+        burst: int,
+        report_outage: Callable[[BaseException], None] | None = None,
+        store_down: Callable[[], bool] | None = None,
     ) -> None:
         self._store = store
         self._forwarder = forwarder
         self._rate = rate_per_second
         self._burst = burst
+        self._report_outage = report_outage
+        self._store_down = store_down or (lambda: False)
 
     async def before(self, call: CallInfo) -> None:
         if call.principal is None or self._rate <= 0:
@@ -202,9 +214,21 @@ class RateLimitStep:
         mark = call.metadata.get(INTERNAL_MARK_KEY, "")
         if mark and self._forwarder.is_internal(call.request_id, mark):
             return
-        result = await self._store.take_token(
-            f"ratelimit:{call.principal.rate_limit_key}", self._rate, self._burst
-        )
+        if self._store_down():
+            return  # fail open while the hot store is known to be down
+        try:
+            async with asyncio.timeout(RATE_LIMIT_BUDGET_SECONDS):
+                result = await self._store.take_token(
+                    f"ratelimit:{call.principal.rate_limit_key}", self._rate, self._burst
+                )
+        except Exception as exc:
+            # Rate limiting protects; it is not worth failing or delaying the
+            # call for: a store that does not answer in time lets it through.
+            if not (isinstance(exc, TimeoutError) or is_backend_outage(exc)):
+                raise
+            if self._report_outage is not None:
+                self._report_outage(exc)
+            return
         if not result.allowed:
             raise ResourceExhausted(
                 f"rate limit of {self._rate:g} calls/s (burst {self._burst}) exceeded",
@@ -432,6 +456,8 @@ def build_interceptors(
     rate_limit_per_second: float,
     rate_limit_burst: int,
     report_outage: Callable[[BaseException], None],
+    hot_store_down: Callable[[], bool] | None = None,
+    report_hot_store_outage: Callable[[BaseException], None] | None = None,
     tracing: bool = True,
 ) -> list[aio.ServerInterceptor]:
     """The interceptors of every server and in-process channel, in order."""
@@ -440,7 +466,14 @@ def build_interceptors(
         AuthenticationStep(authenticator, rules),
         TenantStep(),
         RbacStep(rules),
-        RateLimitStep(hot_store, forwarder, rate_limit_per_second, rate_limit_burst),
+        RateLimitStep(
+            hot_store,
+            forwarder,
+            rate_limit_per_second,
+            rate_limit_burst,
+            report_hot_store_outage,
+            hot_store_down,
+        ),
         AuditStep(audit, rules),
     ]
     interceptors: list[aio.ServerInterceptor] = []

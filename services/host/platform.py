@@ -157,6 +157,8 @@ async def create_platform(
         rate_limit_per_second=settings.rate_limit_per_second,
         rate_limit_burst=settings.rate_limit_burst,
         report_outage=kernel.backend_watch.report,
+        hot_store_down=lambda: kernel.backend_watch.is_down("hot_store"),
+        report_hot_store_outage=lambda error: kernel.backend_watch.report(error, "hot_store"),
         tracing=settings.tracing,
     )
     platform.local_channel = LocalChannel(platform.registry, interceptors)

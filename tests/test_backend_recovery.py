@@ -1,0 +1,234 @@
+"""Backends that die and come back. The bus after a NATS restart, with its
+store or without it (the stream and consumers gone): publishes work again,
+subscribers receive again, /ready says the truth meanwhile, and bidders'
+live index learns of changes made while it was cut off within seconds of the
+bus coming back. Redis down during a win notice: the retry completes it."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from typing import Any
+
+import pytest
+
+from services.backends.bus import NatsBus
+from services.backends.interfaces import BusMessage
+from services.host.serve import start
+from tests.backend_servers import PrivateNats, RestartableRedis
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.backends
+
+
+async def eventually(check, seconds: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "not within the deadline"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("empty_store", [True, False], ids=["store-lost", "store-kept"])
+async def test_publish_and_subscribe_work_again_after_a_restart(
+    private_nats: PrivateNats, empty_store: bool
+) -> None:
+    bus = NatsBus(private_nats.url, subjects=["campaign-express.>"])
+    await bus.connect()
+    received: list[bytes] = []
+    reconnected = asyncio.Event()
+
+    async def handler(message: BusMessage) -> None:
+        received.append(message.data)
+
+    async def on_reconnect() -> None:
+        reconnected.set()
+
+    bus.on_reconnect(on_reconnect)
+    plain = await bus.subscribe("campaign-express.t.>", handler)
+    grouped = await bus.subscribe("campaign-express.q.>", handler, queue="workers")
+    try:
+        await bus.publish("campaign-express.t.a", b"before")
+
+        async def got_before() -> bool:
+            return b"before" in received
+
+        await eventually(got_before)
+        private_nats.kill()
+
+        async def down() -> bool:
+            return not await bus.ping()
+
+        await eventually(down)
+        private_nats.restart(empty_store=empty_store)
+        await asyncio.wait_for(reconnected.wait(), 20)
+        assert await bus.ping()
+        await bus.publish("campaign-express.t.a", b"after")
+        await bus.publish("campaign-express.q.a", b"queued")
+
+        async def got_after() -> bool:
+            return b"after" in received and b"queued" in received
+
+        await eventually(got_after)
+    finally:
+        await plain.unsubscribe()
+        await grouped.unsubscribe()
+        await bus.close()
+
+
+async def test_a_bidder_learns_of_a_pause_made_while_the_bus_was_down(
+    tmp_path: pathlib.Path, private_nats: PrivateNats
+) -> None:
+    """The campaign is paused while NATS is down (its change event is lost);
+    after NATS comes back with an empty store, the bidders' live index drops
+    the campaign within seconds, not at its 30 s full refresh."""
+    from tests.test_bidding_e2e import OFFER, SYSTEM, spec
+
+    running = await start(make_settings(tmp_path, nats_url=private_nats.url))
+    try:
+        from tests.conftest import seed_tenants
+
+        await seed_tenants(running)
+        api = running.platform.api("campaigns")
+        index = running.platform.api("bidding").index
+        campaign = await api.campaigns.create(None, "tenants/acme", spec(), offers_to_add=[OFFER])
+        await api.workflow.act(SYSTEM, campaign.name, "SUBMIT")
+        await api.workflow.act(SYSTEM, campaign.name, "GO_LIVE")
+
+        async def live() -> bool:
+            return index.get(campaign.name) is not None
+
+        await eventually(live)
+        private_nats.kill()
+        started = asyncio.get_running_loop().time()
+        await api.workflow.act(SYSTEM, campaign.name, "PAUSE", "bus down")
+        # Its change event is best effort: the pause does not wait out the
+        # bus client's 5 s publish timeout (it took two of them before).
+        assert asyncio.get_running_loop().time() - started < 1.5
+        await asyncio.sleep(1.0)
+        assert index.get(campaign.name) is not None  # the event could not reach it
+        started = asyncio.get_running_loop().time()
+        private_nats.restart(empty_store=True)
+
+        async def dropped() -> bool:
+            return index.get(campaign.name) is None
+
+        await eventually(dropped, 15)
+        assert asyncio.get_running_loop().time() - started < 15
+    finally:
+        await running.stop()
+
+
+async def test_a_win_during_a_redis_outage_completes_on_the_retry(
+    tmp_path: pathlib.Path, restartable_redis: RestartableRedis
+) -> None:
+    """Redis is down when the win notice comes: the spend is booked, the cap
+    increment fails, the notice answers 503. The exchange retries once Redis
+    is back: the impression is counted then, once, and more retries change
+    neither the spend nor the caps."""
+    import aiohttp
+    import orjson
+
+    from services.bidding.caps import day_bucket
+    from tests.test_bidding_e2e import OFFER, SYSTEM, bid_request, spec
+
+    running = await start(make_settings(tmp_path, redis_url=restartable_redis.url))
+    try:
+        from tests.conftest import seed_tenants
+
+        keys = await seed_tenants(running)
+        api = running.platform.api("campaigns")
+        campaign = await api.campaigns.create(None, "tenants/acme", spec(), offers_to_add=[OFFER])
+        await api.workflow.act(SYSTEM, campaign.name, "SUBMIT")
+        await api.workflow.act(SYSTEM, campaign.name, "GO_LIVE")
+        index = running.platform.api("bidding").index
+        await index.wait_for(lambda i: i.get(campaign.name) is not None, timeout=5.0)
+        base = f"http://127.0.0.1:{running.http_port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{base}/v1/bid",
+                json=bid_request("outage", user="u-outage"),
+                headers={"Authorization": f"Bearer {keys['acme']['ADMIN']}"},
+            ) as r:
+                assert r.status == 200
+                bid = orjson.loads(await r.read())["seatbid"][0]["bid"][0]
+            win = (
+                bid["nurl"]
+                .replace("http://localhost:8080", base)
+                .replace("${AUCTION_PRICE}", "2.0")
+            )
+            restartable_redis.kill()
+            async with http.get(win) as r:
+                assert r.status == 503
+            restartable_redis.start()
+            for _ in range(3):
+                async with http.get(win) as r:
+                    assert r.status == 200
+        status = await api.budgets.status(None, campaign.name)
+        assert status.total_spend.amount_micros == 2_000  # one impression at a $2 CPM
+        caps = running.platform.backends.hot_store
+        day, _ = day_bucket(running.platform.kernel.clock(), "UTC")
+        counters = await caps.get_many(
+            [k for k in await _keys(restartable_redis.url) if k.endswith(f":d:{day}")]
+        )
+        assert counters == [b"1"], counters  # the user's day counter for the campaign
+    finally:
+        await running.stop()
+
+
+async def _keys(url: str) -> list[str]:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        return [k async for k in client.scan_iter("*") if ":won:" not in k and ":d:" in k]
+    finally:
+        await client.aclose()
+
+
+async def test_bids_stay_on_time_while_redis_is_frozen(
+    tmp_path: pathlib.Path, private_redis: tuple[str, Any]
+) -> None:
+    """Redis frozen (SIGSTOP) under a stream of bids for known users: each
+    is answered well within its tmax, from the default profile, instead of
+    waiting for Redis; after SIGCONT the profile store is read again."""
+    import signal
+    import time
+
+    import aiohttp
+
+    from tests.test_bidding_e2e import OFFER, SYSTEM, bid_request, spec
+
+    url, redis_server = private_redis
+    running = await start(make_settings(tmp_path, redis_url=url))
+    try:
+        from tests.conftest import seed_tenants
+
+        keys = await seed_tenants(running)
+        api = running.platform.api("campaigns")
+        campaign = await api.campaigns.create(None, "tenants/acme", spec(), offers_to_add=[OFFER])
+        await api.workflow.act(SYSTEM, campaign.name, "SUBMIT")
+        await api.workflow.act(SYSTEM, campaign.name, "GO_LIVE")
+        index = running.platform.api("bidding").index
+        await index.wait_for(lambda i: i.get(campaign.name) is not None, timeout=5.0)
+        headers = {"Authorization": f"Bearer {keys['acme']['ADMIN']}"}
+        bid_url = f"http://127.0.0.1:{running.http_port}/v1/bid"
+        async with aiohttp.ClientSession() as http:
+
+            async def bid(i: int) -> tuple[int, float]:
+                started = time.perf_counter()
+                body = bid_request(f"frozen-{i}", user=f"user-{i}", tmax=100)
+                async with http.post(bid_url, json=body, headers=headers) as r:
+                    await r.read()
+                    return r.status, time.perf_counter() - started
+
+            assert (await bid(-1))[0] == 200
+            redis_server.proc.send_signal(signal.SIGSTOP)
+            try:
+                answers = [await bid(i) for i in range(60)]
+            finally:
+                redis_server.proc.send_signal(signal.SIGCONT)
+        latencies = sorted(seconds for _, seconds in answers)
+        assert latencies[-1] < 0.1, latencies[-5:]  # every one within its 100 ms tmax
+        assert sum(status == 200 for status, _ in answers) >= 57  # bids, on default profiles
+    finally:
+        await running.stop()
