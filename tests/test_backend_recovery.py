@@ -195,6 +195,7 @@ async def test_bids_stay_on_time_while_redis_is_frozen(
     import time
 
     import aiohttp
+    import orjson
 
     from tests.test_bidding_e2e import OFFER, SYSTEM, bid_request, spec
 
@@ -213,18 +214,30 @@ async def test_bids_stay_on_time_while_redis_is_frozen(
         headers = {"Authorization": f"Bearer {keys['acme']['ADMIN']}"}
         bid_url = f"http://127.0.0.1:{running.http_port}/v1/bid"
         async with aiohttp.ClientSession() as http:
+            nurls: list[str] = []
 
             async def bid(i: int) -> tuple[int, float]:
                 started = time.perf_counter()
                 body = bid_request(f"frozen-{i}", user=f"user-{i}", tmax=100)
                 async with http.post(bid_url, json=body, headers=headers) as r:
-                    await r.read()
+                    raw = await r.read()
+                    if r.status == 200:
+                        nurls.append(orjson.loads(raw)["seatbid"][0]["bid"][0]["nurl"])
                     return r.status, time.perf_counter() - started
 
             assert (await bid(-1))[0] == 200
             redis_server.proc.send_signal(signal.SIGSTOP)
             try:
                 answers = [await bid(i) for i in range(60)]
+                # A call that must write to Redis (a win notice counts the
+                # impression) fails within the client's 2 s socket timeout.
+                win = nurls[-1].replace(
+                    "http://localhost:8080", f"http://127.0.0.1:{running.http_port}"
+                )
+                started = time.perf_counter()
+                async with http.get(win.replace("${AUCTION_PRICE}", "1")) as r:
+                    assert r.status == 503
+                assert time.perf_counter() - started < 3.5
             finally:
                 redis_server.proc.send_signal(signal.SIGCONT)
         latencies = sorted(seconds for _, seconds in answers)

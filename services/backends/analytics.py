@@ -382,6 +382,11 @@ def parse_clickhouse_url(url: str) -> dict[str, Any]:
     return kwargs
 
 
+#: Explicit waits of the ClickHouse client (docs/operations.md, "Client timeouts").
+CLICKHOUSE_CONNECT_TIMEOUT_SECONDS = 2.0
+CLICKHOUSE_QUERY_TIMEOUT_SECONDS = 30.0
+
+
 class ClickHouseServerStore:
     """A ClickHouse server over HTTP(S) through clickhouse-connect's async client
     (aiohttp underneath, so nothing blocks the event loop). Call `connect()`
@@ -389,6 +394,10 @@ class ClickHouseServerStore:
 
     def __init__(self, url: str) -> None:
         self._kwargs = parse_clickhouse_url(url)
+        # Explicit waits (docs/operations.md, "Client timeouts"); a URL's own
+        # query settings still go to the server.
+        self._kwargs.setdefault("connect_timeout", CLICKHOUSE_CONNECT_TIMEOUT_SECONDS)
+        self._kwargs.setdefault("send_receive_timeout", CLICKHOUSE_QUERY_TIMEOUT_SECONDS)
         self._client: Any = None
 
     async def connect(self) -> None:

@@ -48,6 +48,10 @@ DEFAULT_STREAM_SUBJECTS: tuple[str, ...] = ("campaign-express.>", "campaign-bids
 
 _DEFAULT_ATTEMPTS = 5
 
+#: Explicit waits of the NATS client (docs/operations.md, "Client timeouts").
+NATS_CONNECT_TIMEOUT_SECONDS = 2.0
+NATS_PUBLISH_TIMEOUT_SECONDS = 2.0
+
 
 # --------------------------------------------------------------------------- subjects
 
@@ -362,7 +366,8 @@ class NatsBus:
         backoff_seconds: float = 0.1,
         max_backoff_seconds: float = 5.0,
         max_in_flight: int = 256,
-        connect_timeout: float = 5.0,
+        connect_timeout: float = NATS_CONNECT_TIMEOUT_SECONDS,
+        publish_timeout: float = NATS_PUBLISH_TIMEOUT_SECONDS,
         client_name: str = "campaign-express",
     ) -> None:
         self._url = url
@@ -386,6 +391,7 @@ class NatsBus:
         self._max_backoff = max_backoff_seconds
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._connect_timeout = connect_timeout
+        self._publish_timeout = publish_timeout
         self._client_name = client_name
         self._nc: Any = None
         self._js: Any = None
@@ -512,13 +518,19 @@ class NatsBus:
 
         try:
             await self._jetstream().publish(
-                subject, bytes(data), headers=dict(headers or {}) or None
+                subject,
+                bytes(data),
+                timeout=self._publish_timeout,
+                headers=dict(headers or {}) or None,
             )
         except (NoStreamResponseError, NoRespondersError, NotFoundError):
             # The server came back without its store: make the stream again, once.
             await self._ensure_stream()
             await self._jetstream().publish(
-                subject, bytes(data), headers=dict(headers or {}) or None
+                subject,
+                bytes(data),
+                timeout=self._publish_timeout,
+                headers=dict(headers or {}) or None,
             )
 
     async def subscribe(

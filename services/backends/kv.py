@@ -292,6 +292,12 @@ def _ttl_ms(ttl_seconds: float) -> int:
     return max(1, math.ceil(ttl_seconds * 1000))
 
 
+#: Explicit waits of the Redis client (docs/operations.md, "Client timeouts").
+REDIS_CONNECT_TIMEOUT_SECONDS = 1.0
+REDIS_SOCKET_TIMEOUT_SECONDS = 2.0
+REDIS_POOL_TIMEOUT_SECONDS = 1.0
+
+
 class RedisKeyValueStore:
     """Redis-backed store shared by every process of a deployment.
 
@@ -302,13 +308,33 @@ class RedisKeyValueStore:
     script cache is empty).
     """
 
-    def __init__(self, url: str, *, max_connections: int = 64, pool_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_connections: int = 64,
+        pool_timeout: float = REDIS_POOL_TIMEOUT_SECONDS,
+        connect_timeout: float = REDIS_CONNECT_TIMEOUT_SECONDS,
+        socket_timeout: float = REDIS_SOCKET_TIMEOUT_SECONDS,
+    ) -> None:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
-        # A blocking pool makes a burst of concurrent calls wait for a free
-        # connection (up to pool_timeout) instead of failing "Too many connections".
+        # Every wait is bounded and set here (docs/operations.md, "Client
+        # timeouts"): a blocking pool makes a burst of calls wait for a free
+        # connection up to pool_timeout instead of failing "Too many
+        # connections"; a frozen server costs a call socket_timeout at most;
+        # no retries (the client's default retries a dead server 3 times):
+        # the caller decides, and the bid path bounds its reads itself.
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=pool_timeout, decode_responses=False
+            url,
+            max_connections=max_connections,
+            timeout=pool_timeout,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=False,
         )
         self._redis: Any = aioredis.Redis.from_pool(pool)  # owns and closes the pool
         self._take_token_script: Any = self._redis.register_script(_TOKEN_BUCKET_LUA)

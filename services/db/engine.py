@@ -25,6 +25,12 @@ LEGACY_HEAD = "0003"
 log = logging.getLogger("campaign_express.db")
 
 
+#: Explicit waits of the PostgreSQL client (docs/operations.md, "Client timeouts").
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 2.0
+POSTGRES_COMMAND_TIMEOUT_SECONDS = 30.0
+POSTGRES_POOL_TIMEOUT_SECONDS = 2.0
+
+
 def normalize_database_url(url: str) -> str:
     """Pick the async driver for plain URLs: postgresql:// -> asyncpg,
     sqlite:// -> aiosqlite. Anything else is a configuration error."""
@@ -57,7 +63,19 @@ class Database:
         self.is_sqlite = self.url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
         if not self.is_sqlite:
-            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+            # Every wait bounded (docs/operations.md, "Client timeouts"): a
+            # connection attempt, a statement, and the wait for a pooled
+            # connection; dead pooled connections are found by pre-ping.
+            kwargs.update(
+                pool_size=10,
+                max_overflow=10,
+                pool_pre_ping=True,
+                pool_timeout=POSTGRES_POOL_TIMEOUT_SECONDS,
+                connect_args={
+                    "timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS,
+                    "command_timeout": POSTGRES_COMMAND_TIMEOUT_SECONDS,
+                },
+            )
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
