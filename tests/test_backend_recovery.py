@@ -245,3 +245,37 @@ async def test_bids_stay_on_time_while_redis_is_frozen(
         assert sum(status == 200 for status, _ in answers) >= 57  # bids, on default profiles
     finally:
         await running.stop()
+
+
+async def test_profile_reads_keep_to_their_budget_and_report_only_real_timeouts(
+    private_redis: tuple[str, Any],
+) -> None:
+    """With Redis frozen, a profile read answers the default profile when its
+    budget runs out; a budget the caller cut short for its own deadline is
+    not reported as an outage, and a budget of 0 reads nothing."""
+    import signal
+    import time
+
+    from services.backends.kv import RedisKeyValueStore
+    from services.bidding.profiles import ProfileStore, default_profile
+
+    url, redis_server = private_redis
+    kv = RedisKeyValueStore(url)
+    reported: list[BaseException] = []
+    store = ProfileStore(kv, report_outage=reported.append)
+    try:
+        assert await kv.ping()
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            for report, expected in ((False, 0), (True, 1)):
+                started = time.perf_counter()
+                profile = await store.get(f"u-{report}", l2_budget=0.05, report_timeout=report)
+                assert time.perf_counter() - started < 0.5
+                assert profile == default_profile(f"u-{report}")
+                assert len(reported) == expected
+            assert await store.get("u-none", l2_budget=0) == default_profile("u-none")
+            assert len(reported) == 1
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+    finally:
+        await kv.close()

@@ -218,11 +218,16 @@ class BidProcessor:
             self._vendor_id,
         )
         known_user = bool(user_id) and decision.personalize
-        profile = (
-            await self._profiles.get(user_id, l2_budget=self._hot_store_budget(deadline) / 1e6)
-            if known_user
-            else default_profile(user_id)
-        )
+        if known_user:
+            budget = self._hot_store_budget(deadline)
+            profile = await self._profiles.get(
+                user_id,
+                l2_budget=budget / 1e6,
+                # a budget cut short by this bid's own deadline says nothing of Redis
+                report_timeout=budget >= HOT_STORE_BUDGET_US,
+            )
+        else:
+            profile = default_profile(user_id)
         matcher = self._index.view(tenant_id, CandidateIndex)
         if not matcher.live:
             return BidOutcome(None, NBR_NO_CANDIDATE, "NO_LIVE_CAMPAIGNS")
@@ -318,10 +323,11 @@ class BidProcessor:
         if not with_caps:
             return candidates, 0.0
         uncapped = [c for c in candidates if c.campaign.id not in with_caps]
-        if not known_user or self._hot_store_down():
+        budget = self._hot_store_budget(deadline)
+        if not known_user or budget <= 0 or self._hot_store_down():
             return uncapped, 0.0
         try:
-            async with asyncio.timeout(self._hot_store_budget(deadline) / 1e6):
+            async with asyncio.timeout(budget / 1e6):
                 checks = await self._caps.check(
                     user_id, [(cid, caps, tz) for cid, (caps, tz) in with_caps.items()], now
                 )
@@ -330,7 +336,8 @@ class BidProcessor:
             # bid out (never over-served); the others still compete.
             if not (isinstance(exc, TimeoutError) or is_backend_outage(exc)):
                 raise
-            self._report_outage(exc)
+            if not isinstance(exc, TimeoutError) or budget >= HOT_STORE_BUDGET_US:
+                self._report_outage(exc)  # not when this bid's deadline cut it short
             return uncapped, 0.0
         capped = {cid for cid, check in checks.items() if check.reason is not None}
         utilization = max((c.utilization for c in checks.values()), default=0.0)

@@ -364,22 +364,36 @@ class ProfileStore:
 
     # -- reads
     async def get(
-        self, user_id: str, *, personalize: bool = True, l2_budget: float | None = None
+        self,
+        user_id: str,
+        *,
+        personalize: bool = True,
+        l2_budget: float | None = None,
+        report_timeout: bool = True,
     ) -> UserProfile:
         """One user's profile. With ``personalize=False`` (no consent) or an
         anonymous user, the default profile without touching any tier."""
         if not personalize or not user_id:
             return default_profile(user_id)
-        return (await self.get_many((user_id,), l2_budget=l2_budget))[user_id]
+        return (
+            await self.get_many((user_id,), l2_budget=l2_budget, report_timeout=report_timeout)
+        )[user_id]
 
     async def get_many(
-        self, user_ids: Sequence[str], *, l2_budget: float | None = None
+        self,
+        user_ids: Sequence[str],
+        *,
+        l2_budget: float | None = None,
+        report_timeout: bool = True,
     ) -> dict[str, UserProfile]:
         """Profiles of `user_ids` (duplicates collapse; anonymous "" gets the
         default without I/O). All L1 misses are read in ONE L2 ``get_many``,
         which may take `l2_budget` seconds at most: users it did not answer for
         in time get the default profile (as when L2 is down), and so do all
-        misses while `skip_l2()` says L2 is known to be down."""
+        misses while `skip_l2()` says L2 is known to be down. A budget that
+        runs out is reported as an L2 outage unless `report_timeout` is false
+        (the caller cut it short for its own deadline: that says nothing about
+        L2); a budget of 0 reads nothing."""
         out: dict[str, UserProfile] = {}
         missing: list[str] = []
         now = self._clock()
@@ -413,7 +427,9 @@ class ProfileStore:
             self._defaults += defaults
             self._metrics.default_hit.inc(defaults)
         if missing:
-            if self._skip_l2 is not None and self._skip_l2():
+            if (self._skip_l2 is not None and self._skip_l2()) or (
+                l2_budget is not None and l2_budget <= 0
+            ):
                 self._l1_misses += len(missing)
                 self._defaults += len(missing)
                 self._metrics.default_hit.inc(len(missing))
@@ -427,7 +443,7 @@ class ProfileStore:
                         await self._fill(missing, out)
                 except TimeoutError as exc:
                     self._metrics.errors.labels("timeout").inc()
-                    if self._report_outage is not None:
+                    if report_timeout and self._report_outage is not None:
                         self._report_outage(exc)
                     for uid in missing:
                         if out.get(uid) is _PENDING:
