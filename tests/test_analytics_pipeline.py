@@ -659,6 +659,8 @@ async def test_sigkill_loses_no_acknowledged_event(tmp_path: pathlib.Path, sink:
 
     store = ChdbAnalyticsStore(path)  # reopened after the kill
     try:
+        await ensure_table(store)
+        stored_before = await count_distinct_events(store)
         pipeline = fast(store, spill)
         await pipeline.start()
         async with asyncio.timeout(20):
@@ -672,6 +674,9 @@ async def test_sigkill_loses_no_acknowledged_event(tmp_path: pathlib.Path, sink:
         assert distinct == set(range(len(distinct)))  # a prefix of emit order: no gaps
         assert await count_distinct_events(store) >= acked
         assert sum((await count_by_type(store)).values()) == len(distinct)
-        assert stats.recovered > 0 and stats.dropped == 0
+        assert stats.dropped == 0
+        # The child's reports lag: it may have delivered everything between its
+        # last one and the kill. Whatever the store lacked came from the journal.
+        assert stats.recovered > 0 or stored_before >= acked
     finally:
         await store.close()
