@@ -154,21 +154,20 @@ class Authenticator:
         self._access_seconds = access_token_seconds
         self._refresh_seconds = refresh_token_seconds
         self._clock = clock
-        # credential digest -> (principal, monotonic expiry, and the clock's
-        # microsecond at which the credential or its source expires; 0: never)
+        # credential digest -> (principal, when it was last verified on the
+        # monotonic clock, the clock's microsecond at which the credential or
+        # its source expires; 0: never). Fresh for AUTH_CACHE_SECONDS after
+        # the check unless forgotten since; while the database is down, good
+        # for the outage grace unless this process saw the credential end.
         self._cache: dict[str, tuple[Principal, float, int]] = {}
+        self._forgotten_at = float("-inf")  # monotonic time of the last revocation
         # credential digest -> the one lookup in progress for it: concurrent
         # calls with the same credential wait for it instead of each reading
         # the database when the cache entry expires under load.
         self._resolving: dict[str, asyncio.Future[Principal]] = {}
         self._generation = 0  # bumped when the cache is cleared (revocation)
-        # While the database is down, credentials this process verified
-        # shortly before are still accepted (digest -> principal, when it was
-        # last verified, until when it holds in the clock's microseconds, 0:
-        # no end), unless this process has seen them end since.
         self._outage_grace = outage_grace_seconds
         self._monotonic = monotonic
-        self._last_good: dict[str, tuple[Principal, float, int]] = {}
         self._ended: set[str] = set()  # rate_limit_key of keys revoked, users ended
         self._background: set[asyncio.Task[None]] = set()
 
@@ -442,7 +441,8 @@ class Authenticator:
         cached = self._cache.get(digest)
         if (
             cached is not None
-            and cached[1] > self._monotonic()
+            and cached[1] > self._forgotten_at
+            and cached[1] > self._monotonic() - AUTH_CACHE_SECONDS
             and (not cached[2] or cached[2] > self._clock())
         ):
             return cached[0]
@@ -466,7 +466,7 @@ class Authenticator:
         the outage grace, it has not expired and this process has not seen
         it end (revoked key, disabled or deleted user) since. An unknown
         credential gets nothing: the caller answers UNAVAILABLE."""
-        entry = self._last_good.get(digest)
+        entry = self._cache.get(digest)
         if entry is None:
             return None
         principal, verified_at, valid_until_us = entry
@@ -505,20 +505,13 @@ class Authenticator:
         if generation == self._generation:  # not read before a revocation
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            # Kept AUTH_CACHE_SECONDS at most, and never past the moment the
-            # credential (or the key it was issued from) expires.
-            self._cache[digest] = (
-                principal,
-                self._monotonic() + AUTH_CACHE_SECONDS,
-                valid_until_us or 0,
-            )
-            if len(self._last_good) > 10_000:
-                self._last_good.clear()
-            self._last_good[digest] = (principal, self._monotonic(), valid_until_us or 0)
+            self._cache[digest] = (principal, self._monotonic(), valid_until_us or 0)
         return principal
 
     def _forget_all(self) -> None:
-        self._cache.clear()
+        """No cached check is fresh any more (a revocation); the checks stay
+        known for a database outage, where `_ended` refuses what ended."""
+        self._forgotten_at = self._monotonic()
         self._resolving.clear()
         self._generation += 1
 
