@@ -138,7 +138,7 @@ def test_no_import_circle_under_services() -> None:
 async def test_the_kernel_builds_each_interface_once_and_orders_the_lifecycle(
     tmp_path: pathlib.Path,
 ) -> None:
-    from services.kernel import Kernel
+    from services.kernel import Kernel, open_backends
     from tests.conftest import make_settings
 
     events: list[str] = []
@@ -159,9 +159,11 @@ async def test_the_kernel_builds_each_interface_once_and_orders_the_lifecycle(
     def loop(kernel: Kernel) -> object:
         return kernel.interface("loop")
 
+    settings = make_settings(tmp_path)
+    backends = await open_backends(settings)
     kernel = Kernel(
-        make_settings(tmp_path),
-        None,  # type: ignore[arg-type]  # no backend is touched here
+        settings,
+        backends,
         {"a": {"clock": clock, "loop": loop}, "b": {"uses_clock": lambda k: k.interface("clock")}},
         lambda domain: None,
     )
@@ -171,10 +173,11 @@ async def test_the_kernel_builds_each_interface_once_and_orders_the_lifecycle(
     with pytest.raises(LookupError):
         kernel.interface("nobody offers this")
     with pytest.raises(ValueError, match="offered by a and b"):
-        Kernel(make_settings(tmp_path), None, {"a": {"x": clock}, "b": {"x": clock}}, print)  # type: ignore[arg-type]
+        Kernel(settings, backends, {"a": {"x": clock}, "b": {"x": clock}}, print)
     kernel.when_serving(*hooks("scheduler"))
     await kernel.start(serving=True)
     with pytest.raises(RuntimeError):
         kernel.lifecycle(*hooks("late"))
     await kernel.stop()
+    await backends.close()
     assert events == ["start clock", "start scheduler", "stop scheduler", "stop clock"]

@@ -702,7 +702,7 @@ class BestEffortPublisher:
         budget: float = BEST_EFFORT_PUBLISH_SECONDS,
         max_pending: int = 1000,
     ) -> None:
-        self.bus = bus
+        self._bus = bus
         self._report = report_failure
         self._budget = budget
         self._max_pending = max_pending
@@ -715,7 +715,7 @@ class BestEffortPublisher:
         if len(self._pending) >= self._max_pending:
             self._failed(TimeoutError(f"{len(self._pending)} publishes already pending"))
             return False
-        task = asyncio.ensure_future(self.bus.publish(subject, data, headers))
+        task = asyncio.ensure_future(self._bus.publish(subject, data, headers))
         try:
             await asyncio.wait_for(asyncio.shield(task), self._budget)
             return True

@@ -460,7 +460,7 @@ class ProfileStore:
             try:
                 values = await self._kv.get_many([profile_key(uid) for uid in missing])
             except Exception as exc:
-                if not (is_backend_outage(exc) or isinstance(exc, OSError)):
+                if not is_backend_outage(exc):  # OSError included
                     raise
                 if self._report_outage is not None:
                     self._report_outage(exc)  # one line per outage, not per bid

@@ -33,15 +33,9 @@ class CampaignEvent:
 
 class CampaignEvents:
     def __init__(self, bus: MessageBus, publisher: BestEffortPublisher | None = None) -> None:
-        self._bus = bus
         # A change waits at most ~0.25 s for the bus (a lost event is repaired
         # by the index's refresh after a reconnect, or its periodic one).
         self._publisher = publisher or BestEffortPublisher(bus)
-
-    @property
-    def bus(self) -> MessageBus:
-        """The bus the events go on (budget alerts share it)."""
-        return self._bus
 
     @property
     def publisher(self) -> BestEffortPublisher:

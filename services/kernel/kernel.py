@@ -47,16 +47,10 @@ class Kernel:
         self.page_tokens = PageTokens(self.secret)
         #: Where callers report a backend failing under them: one log line per
         #: outage, not one per failed call (services/backends/watch.py).
-        self.backend_watch = BackendWatch(
-            backends.probes() if backends is not None else {}, self.metrics_registry
-        )
+        self.backend_watch = BackendWatch(backends.probes(), self.metrics_registry)
         #: Publishes that must not hold a call up (change events, audit copies).
-        self.best_effort = (
-            BestEffortPublisher(
-                backends.bus, report_failure=lambda error: self.backend_watch.report(error, "bus")
-            )
-            if backends is not None
-            else None
+        self.best_effort = BestEffortPublisher(
+            backends.bus, report_failure=lambda error: self.backend_watch.report(error, "bus")
         )
         self._channel_for = channel_for
         self._providers: dict[str, tuple[str, Callable[[Kernel], Any]]] = {}
@@ -133,6 +127,5 @@ class Kernel:
         stoppers, self._stoppers = self._stoppers, []
         for stop in reversed(stoppers):
             await stop()
-        if self.best_effort is not None:
-            await self.best_effort.close()
+        await self.best_effort.close()
         await self.backend_watch.close()
