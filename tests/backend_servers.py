@@ -188,21 +188,43 @@ def find_redis_server() -> str:
     return path
 
 
-@contextlib.contextmanager
-def _redis_server() -> Iterator[tuple[str, ServerProcess]]:
-    binary = find_redis_server()
-    port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="ce-redis-"))
-    argv = [
-        binary,
+def _redis_argv(port: int, workdir: Path, *, persistent: bool) -> list[str]:
+    """A loopback redis-server in `workdir`; `persistent`: an append-only file
+    synced on every write, so that a restart finds what it had."""
+    durability = (
+        ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
+    )
+    return [
+        find_redis_server(),
         "--save", "",
-        "--appendonly", "no",
+        *durability,
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--dir", str(workdir),
         "--daemonize", "no",
     ]  # fmt: skip
-    server = _spawn("redis-server", argv, workdir)
+
+
+class _Killable:
+    """A server of one test's own that the test kills and starts again."""
+
+    server: ServerProcess | None = None
+
+    def kill(self) -> None:
+        assert self.server is not None
+        self.server.proc.kill()
+        self.server.proc.wait()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+@contextlib.contextmanager
+def _redis_server() -> Iterator[tuple[str, ServerProcess]]:
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="ce-redis-"))
+    server = _spawn("redis-server", _redis_argv(port, workdir, persistent=False), workdir)
     try:
         _wait_until(server, lambda: _tcp_line(port, b"PING\r\n", b"+PONG"), "redis PING")
         yield f"redis://127.0.0.1:{port}/0", server
@@ -218,41 +240,23 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
-class RestartableRedis:
-    """A Redis of one test's own that keeps its data on disk (append-only
-    file, fsync always), so that the test can kill it and start it again on
-    the same port with what it had."""
+class RestartableRedis(_Killable):
+    """A Redis of one test's own that keeps its data on disk, so that the test
+    can kill it and start it again on the same port with what it had."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.workdir = Path(tempfile.mkdtemp(prefix="ce-redis-restartable-"))
-        self.server: ServerProcess | None = None
         self.start()
 
     def start(self) -> None:
-        argv = [
-            find_redis_server(),
-            "--save", "",
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.workdir),
-            "--daemonize", "no",
-        ]  # fmt: skip
-        log_dir = Path(tempfile.mkdtemp(prefix="ce-redis-log-"))
-        self.server = _spawn("redis-server", argv, log_dir)
+        argv = _redis_argv(self.port, self.workdir, persistent=True)
+        self.server = _spawn("redis-server", argv, Path(tempfile.mkdtemp(prefix="ce-redis-log-")))
         _wait_until(self.server, lambda: _tcp_line(self.port, b"PING\r\n", b"+PONG"), "redis PING")
 
-    def kill(self) -> None:
-        assert self.server is not None
-        self.server.proc.kill()
-        self.server.proc.wait()
-
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
+        super().stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -304,9 +308,7 @@ def nats_url() -> Iterator[str]:
     binary = find_nats_server()
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="ce-nats-"))
-    store = workdir / "jetstream"
-    argv = [binary, "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port)]
-    server = _spawn("nats-server", argv, workdir)
+    server = _spawn("nats-server", _nats_argv(binary, port, workdir / "jetstream"), workdir)
     try:
         # The server sends INFO once it accepts clients (JetStream is up by then).
         _wait_until(server, lambda: _tcp_line(port, None, b"INFO "), "nats INFO")
@@ -315,46 +317,29 @@ def nats_url() -> Iterator[str]:
         server.stop()
 
 
-class PrivateNats:
+def _nats_argv(binary: str, port: int, store: Path) -> list[str]:
+    return [binary, "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port)]
+
+
+class PrivateNats(_Killable):
     """A nats-server of one test's own, on a fixed port, that the test can kill
     and start again, with its JetStream store or with an empty one."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
-        self.server: ServerProcess | None = None
         self.restart(empty_store=True)
 
     def restart(self, *, empty_store: bool) -> None:
         if self.server is not None and self.server.proc.poll() is None:
             raise RuntimeError("kill it first")
-        workdir = Path(tempfile.mkdtemp(prefix="ce-nats-private-"))
-        store = workdir / "jetstream"
-        if not empty_store and self.server is not None:
-            store = self.server.workdir / "jetstream"
-        argv = [
-            find_nats_server(),
-            "-js",
-            "-sd",
-            str(store),
-            "-a",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-        ]
         if self.server is not None and not empty_store:
-            workdir = self.server.workdir  # keep the store's folder
+            workdir = self.server.workdir  # the folder that holds the store
+        else:
+            workdir = Path(tempfile.mkdtemp(prefix="ce-nats-private-"))
+        argv = _nats_argv(find_nats_server(), self.port, workdir / "jetstream")
         self.server = _spawn("nats-server", argv, workdir)
         _wait_until(self.server, lambda: _tcp_line(self.port, None, b"INFO "), "nats INFO")
-
-    def kill(self) -> None:
-        assert self.server is not None
-        self.server.proc.kill()
-        self.server.proc.wait()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
 
 
 @pytest.fixture

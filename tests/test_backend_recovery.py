@@ -81,7 +81,7 @@ async def test_a_bidder_learns_of_a_pause_made_while_the_bus_was_down(
     """The campaign is paused while NATS is down (its change event is lost);
     after NATS comes back with an empty store, the bidders' live index drops
     the campaign within seconds, not at its 30 s full refresh."""
-    from tests.test_bidding_e2e import OFFER, SYSTEM, spec
+    from tests.test_bidding_e2e import SYSTEM, live_campaign_on
 
     running = await start(make_settings(tmp_path, nats_url=private_nats.url))
     try:
@@ -90,27 +90,20 @@ async def test_a_bidder_learns_of_a_pause_made_while_the_bus_was_down(
         await seed_tenants(running)
         api = running.platform.api("campaigns")
         index = running.platform.api("bidding").index
-        campaign = await api.campaigns.create(None, "tenants/acme", spec(), offers_to_add=[OFFER])
-        await api.workflow.act(SYSTEM, campaign.name, "SUBMIT")
-        await api.workflow.act(SYSTEM, campaign.name, "GO_LIVE")
-
-        async def live() -> bool:
-            return index.get(campaign.name) is not None
-
-        await eventually(live)
+        name = await live_campaign_on(running.platform)
         private_nats.kill()
         started = asyncio.get_running_loop().time()
-        await api.workflow.act(SYSTEM, campaign.name, "PAUSE", "bus down")
+        await api.workflow.act(SYSTEM, name, "PAUSE", "bus down")
         # Its change event is best effort: the pause does not wait out the
         # bus client's 5 s publish timeout (it took two of them before).
         assert asyncio.get_running_loop().time() - started < 1.5
         await asyncio.sleep(1.0)
-        assert index.get(campaign.name) is not None  # the event could not reach it
+        assert index.get(name) is not None  # the event could not reach it
         started = asyncio.get_running_loop().time()
         private_nats.restart(empty_store=True)
 
         async def dropped() -> bool:
-            return index.get(campaign.name) is None
+            return index.get(name) is None
 
         await eventually(dropped, 15)
         assert asyncio.get_running_loop().time() - started < 15
@@ -129,19 +122,14 @@ async def test_a_win_during_a_redis_outage_completes_on_the_retry(
     import orjson
 
     from services.bidding.caps import day_bucket
-    from tests.test_bidding_e2e import OFFER, SYSTEM, bid_request, spec
+    from tests.test_bidding_e2e import bid_request, live_campaign_on
 
     running = await start(make_settings(tmp_path, redis_url=restartable_redis.url))
     try:
         from tests.conftest import seed_tenants
 
         keys = await seed_tenants(running)
-        api = running.platform.api("campaigns")
-        campaign = await api.campaigns.create(None, "tenants/acme", spec(), offers_to_add=[OFFER])
-        await api.workflow.act(SYSTEM, campaign.name, "SUBMIT")
-        await api.workflow.act(SYSTEM, campaign.name, "GO_LIVE")
-        index = running.platform.api("bidding").index
-        await index.wait_for(lambda i: i.get(campaign.name) is not None, timeout=5.0)
+        name = await live_campaign_on(running.platform)
         base = f"http://127.0.0.1:{running.http_port}"
         async with aiohttp.ClientSession() as http:
             async with http.post(
@@ -163,7 +151,7 @@ async def test_a_win_during_a_redis_outage_completes_on_the_retry(
             for _ in range(3):
                 async with http.get(win) as r:
                     assert r.status == 200
-        status = await api.budgets.status(None, campaign.name)
+        status = await running.platform.api("campaigns").budgets.status(None, name)
         assert status.total_spend.amount_micros == 2_000  # one impression at a $2 CPM
         caps = running.platform.backends.hot_store
         day, _ = day_bucket(running.platform.kernel.clock(), "UTC")
@@ -197,7 +185,7 @@ async def test_bids_stay_on_time_while_redis_is_frozen(
     import aiohttp
     import orjson
 
-    from tests.test_bidding_e2e import OFFER, SYSTEM, bid_request, spec
+    from tests.test_bidding_e2e import bid_request, live_campaign_on
 
     url, redis_server = private_redis
     running = await start(make_settings(tmp_path, redis_url=url))
@@ -205,12 +193,7 @@ async def test_bids_stay_on_time_while_redis_is_frozen(
         from tests.conftest import seed_tenants
 
         keys = await seed_tenants(running)
-        api = running.platform.api("campaigns")
-        campaign = await api.campaigns.create(None, "tenants/acme", spec(), offers_to_add=[OFFER])
-        await api.workflow.act(SYSTEM, campaign.name, "SUBMIT")
-        await api.workflow.act(SYSTEM, campaign.name, "GO_LIVE")
-        index = running.platform.api("bidding").index
-        await index.wait_for(lambda i: i.get(campaign.name) is not None, timeout=5.0)
+        await live_campaign_on(running.platform)
         headers = {"Authorization": f"Bearer {keys['acme']['ADMIN']}"}
         bid_url = f"http://127.0.0.1:{running.http_port}/v1/bid"
         async with aiohttp.ClientSession() as http:

@@ -74,7 +74,11 @@ OFFER = OfferSpec(
 
 
 async def live_campaign(env: Env, **overrides: Any) -> str:
-    platform = env.running.platform
+    return await live_campaign_on(env.running.platform, **overrides)
+
+
+async def live_campaign_on(platform: Any, **overrides: Any) -> str:
+    """A live campaign with OFFER in tenant acme, in the bidders' index."""
     campaign = await platform.api("campaigns").campaigns.create(
         None, "tenants/acme", spec(**overrides), offers_to_add=[OFFER]
     )
