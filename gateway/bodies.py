@@ -44,13 +44,17 @@ def body_too_large(max_bytes: int) -> InvalidArgument:
 
 
 class _Decompressor(Protocol):
-    def step(self, data: bytes, max_length: int) -> bytes: ...
+    def step(self, data: bytes, max_length: int) -> bytes:
+        """Feed `data` (b"" for none) and return at most `max_length` bytes."""
+        ...
 
     @property
     def finished(self) -> bool: ...
 
     @property
-    def pending(self) -> bytes: ...
+    def stalled(self) -> bool:
+        """It can give no more output without more input."""
+        ...
 
     @property
     def trailing(self) -> bytes: ...
@@ -61,15 +65,16 @@ class _Zlib:
         self._inflater = zlib.decompressobj(wbits)
 
     def step(self, data: bytes, max_length: int) -> bytes:
-        return self._inflater.decompress(data, max_length)
+        # Input a capped call left over waits in unconsumed_tail: feed it first.
+        return self._inflater.decompress(self._inflater.unconsumed_tail + data, max_length)
 
     @property
     def finished(self) -> bool:
         return self._inflater.eof
 
     @property
-    def pending(self) -> bytes:
-        return self._inflater.unconsumed_tail
+    def stalled(self) -> bool:
+        return not self._inflater.unconsumed_tail
 
     @property
     def trailing(self) -> bytes:
@@ -88,10 +93,8 @@ class _Zstd:
         return self._decompressor.eof
 
     @property
-    def pending(self) -> bytes:
-        # zstd keeps unconsumed input inside; it wants more calls while it
-        # says it needs no input.
-        return b"" if self._decompressor.needs_input else b"-"
+    def stalled(self) -> bool:
+        return self._decompressor.needs_input
 
     @property
     def trailing(self) -> bytes:
@@ -147,10 +150,8 @@ async def decompress(body: bytes, encoding: str, max_bytes: int) -> bytes:
             raise invalid_body(f"decompresses to more than {max_bytes} bytes", REASON_TOO_LARGE)
         if decompressor.finished:
             break
-        if not chunk and not decompressor.pending:
+        if not chunk and decompressor.stalled:
             raise invalid_body(f"{encoding} data is truncated", REASON_MALFORMED)
-        if isinstance(decompressor, _Zlib):
-            data = decompressor.pending
         await asyncio.sleep(0)
     if decompressor.trailing:
         raise invalid_body("has data after the compressed stream", REASON_MALFORMED)
