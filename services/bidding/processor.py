@@ -334,7 +334,7 @@ class BidProcessor:
         except Exception as exc:
             # The counts cannot be read in time: campaigns with caps sit this
             # bid out (never over-served); the others still compete.
-            if not (isinstance(exc, TimeoutError) or is_backend_outage(exc)):
+            if not is_backend_outage(exc):  # timeouts included
                 raise
             if not isinstance(exc, TimeoutError) or budget >= HOT_STORE_BUDGET_US:
                 self._report_outage(exc)  # not when this bid's deadline cut it short

@@ -224,7 +224,7 @@ class RateLimitStep:
         except Exception as exc:
             # Rate limiting protects; it is not worth failing or delaying the
             # call for: a store that does not answer in time lets it through.
-            if not (isinstance(exc, TimeoutError) or is_backend_outage(exc)):
+            if not is_backend_outage(exc):  # timeouts included
                 raise
             if self._report_outage is not None:
                 self._report_outage(exc)
