@@ -107,10 +107,14 @@ class FaultyStore:
 # --------------------------------------------------------------------------- subprocess
 
 
-async def _emit_until_killed(spill: pathlib.Path, chdb: pathlib.Path, sink_down: bool) -> None:
+async def _emit_until_killed(
+    spill: pathlib.Path, chdb: pathlib.Path, sink_down: bool, write_now: bool
+) -> None:
     """Emit ~25,000 events/s forever, printing `planned P` before a chunk
     (no index >= P was emitted yet) and `acked A written W` after it (events
-    0..A-1 are acknowledged)."""
+    0..A-1 are acknowledged). With `write_now`, each event is written to the
+    journal as the bid path does before answering (`write_now()`, no fsync),
+    and A counts the events written so."""
     store = FaultyStore(ChdbAnalyticsStore(chdb))
     store.down = sink_down
     pipeline = AnalyticsPipeline(store, spill, batch_size=5_000, flush_interval=0.5)
@@ -118,19 +122,23 @@ async def _emit_until_killed(spill: pathlib.Path, chdb: pathlib.Path, sink_down:
     out = sys.stdout
     index = 0
     chunk = 0
+    written_now = 0
     while True:
         upper = index + 500
         out.write(f"planned {upper}\n")
         out.flush()
         for i in range(index, upper):
             pipeline.emit(make_event(i, "kill"))
+            if write_now and pipeline.write_now():
+                written_now = i + 1
         index = upper
         chunk += 1
-        if chunk % 10 == 0:
+        if chunk % 10 == 0 and not write_now:
             await pipeline.acknowledged()  # the barrier, as a caller needing it would
         await asyncio.sleep(0.02)
         stats = pipeline.stats()
-        out.write(f"acked {stats.acknowledged} written {stats.written}\n")
+        acked = max(stats.acknowledged, written_now)
+        out.write(f"acked {acked} written {stats.written}\n")
         out.flush()
 
 
@@ -139,8 +147,9 @@ def main() -> None:
     parser.add_argument("spill", type=pathlib.Path)
     parser.add_argument("chdb", type=pathlib.Path)
     parser.add_argument("--sink-down", action="store_true")
+    parser.add_argument("--write-now", action="store_true")
     args = parser.parse_args()
-    asyncio.run(_emit_until_killed(args.spill, args.chdb, args.sink_down))
+    asyncio.run(_emit_until_killed(args.spill, args.chdb, args.sink_down, args.write_now))
 
 
 if __name__ == "__main__":

@@ -384,6 +384,12 @@ def _postgres_os_user() -> str | None:
 
 
 async def _pg_wait_and_create(port: int, database: str) -> None:
+    await _pg_wait(port)
+    await _pg_admin(port, f'CREATE DATABASE "{database}"')
+
+
+async def _pg_wait(port: int) -> None:
+    """Wait until the server at `port` accepts connections (after recovery)."""
     import asyncpg
 
     deadline = time.monotonic() + START_TIMEOUT
@@ -392,15 +398,12 @@ async def _pg_wait_and_create(port: int, database: str) -> None:
             conn = await asyncpg.connect(
                 host="127.0.0.1", port=port, user="postgres", database="postgres", timeout=2
             )
-            break
+            await conn.close()
+            return
         except (TimeoutError, OSError, asyncpg.PostgresError):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)
-    try:
-        await conn.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await conn.close()
 
 
 async def _pg_admin(port: int, sql: str) -> None:
@@ -421,12 +424,8 @@ class PostgresServer:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    bindir = find_postgres_bin()
-    user = _postgres_os_user()
-    port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="ce-postgres-"))
+def _initdb(bindir: Path, user: str | None, workdir: Path) -> Path:
+    """A new cluster in `workdir`/data (fast and unsafe: tests only)."""
     datadir = workdir / "data"
     if user is not None:
         entry = pwd.getpwnam(user)
@@ -455,7 +454,11 @@ def postgres_server() -> Iterator[PostgresServer]:
         text = init_log.read_text(errors="replace")[-4000:]
         shutil.rmtree(workdir, ignore_errors=True)
         pytest.fail(f"initdb failed ({result.returncode}):\n{text}", pytrace=False)
-    argv = [
+    return datadir
+
+
+def _postgres_argv(bindir: Path, datadir: Path, port: int, workdir: Path) -> list[str]:
+    return [
         str(bindir / "postgres"),
         "-D", str(datadir),
         "-p", str(port),
@@ -466,7 +469,16 @@ def postgres_server() -> Iterator[PostgresServer]:
         "-c", "full_page_writes=off",
         "-c", "max_connections=200",
     ]  # fmt: skip
-    server = _spawn("postgres", argv, workdir, user=user)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    bindir = find_postgres_bin()
+    user = _postgres_os_user()
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="ce-postgres-"))
+    datadir = _initdb(bindir, user, workdir)
+    server = _spawn("postgres", _postgres_argv(bindir, datadir, port, workdir), workdir, user=user)
     server.stop_signal = signal.SIGINT  # "fast" shutdown: do not wait for clients
     try:
         try:
@@ -474,6 +486,87 @@ def postgres_server() -> Iterator[PostgresServer]:
         except Exception as exc:
             server.fail(f"{type(exc).__name__}: {exc}")
         yield PostgresServer(port=port)
+    finally:
+        server.stop()
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of one test's own, for fault injection: the
+    postmaster and its backends share one process group, which freeze()
+    stops (SIGSTOP), thaw() continues and kill() ends with SIGKILL (a crash:
+    the next start() runs crash recovery on the same data)."""
+
+    def __init__(self, database: str = PG_DATABASE) -> None:
+        self.bindir = find_postgres_bin()
+        self.user = _postgres_os_user()
+        self.port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="ce-postgres-private-"))
+        self.datadir = _initdb(self.bindir, self.user, self.workdir)
+        self.database = database
+        self.url = PostgresServer(self.port).url(database)
+        self.server: ServerProcess | None = None
+        self._created = False
+        self.start()
+
+    def start(self) -> None:
+        if self.server is not None and self.server.proc.poll() is None:
+            raise RuntimeError("kill it first")
+        logs = Path(tempfile.mkdtemp(prefix="ce-postgres-log-"))
+        argv = _postgres_argv(self.bindir, self.datadir, self.port, self.workdir)
+        self.server = _spawn("postgres", argv, logs, user=self.user)
+        self.server.stop_signal = signal.SIGINT
+        try:
+            if self._created:
+                run_async(lambda: _pg_wait(self.port))
+            else:
+                run_async(lambda: _pg_wait_and_create(self.port, self.database))
+                self._created = True
+        except Exception as exc:
+            self.server.fail(f"{type(exc).__name__}: {exc}")
+
+    def _signal_group(self, signum: int) -> None:
+        assert self.server is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.server.proc.pid, signum)
+
+    def freeze(self) -> None:
+        self._signal_group(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal_group(signal.SIGCONT)
+
+    def kill(self) -> None:
+        assert self.server is not None
+        self._signal_group(signal.SIGKILL)
+        self.server.proc.wait()
+        # the backends go with the postmaster (one group); wait for them too
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline and _group_alive(self.server.proc.pid):
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            if self.server.proc.poll() is None:
+                self.thaw()
+            self.server.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    try:
+        yield server
     finally:
         server.stop()
 

@@ -159,7 +159,12 @@ def count_events(path: pathlib.Path) -> int:
 
 class SegmentWriter:
     """The open segment. Used by one thread at a time (the pipeline's journal
-    thread, or emit's overflow path under the same lock)."""
+    thread, or the event loop's thread under the same lock).
+
+    `append` writes (the lines are in the kernel: they survive the death of
+    the process); `sync` makes what was appended durable per the policy
+    (fsync="commit": fdatasync, and the directory once for a new file), so
+    that one sync can cover several appends."""
 
     def __init__(
         self, directory: pathlib.Path, number: int, table: str, fsync: FsyncPolicy
@@ -172,21 +177,21 @@ class SegmentWriter:
         self._directory = directory
         self._fd = -1
         self._size = 0  # bytes in the file (it is new: opened with O_EXCL)
+        self._dirty = False  # appended since the last sync
+        self._entry_synced = fsync != "commit"  # the file's directory entry
         self._header = (
             orjson.dumps({"format": FORMAT, "table": table, "columns": list(COLUMNS)}) + b"\n"
         )
 
     def append(self, lines: list[bytes], rows: list[list[Any]]) -> None:
         """Write the lines (each ending in a newline) in one `write`; on return
-        they are in the kernel (and on disk with fsync=commit). On error the
-        file is cut back to where it was, so a retry does not duplicate."""
+        they are in the kernel. On error the file is cut back to where it was,
+        so a retry does not duplicate."""
         data = b"".join(lines)
         if self._fd < 0:
             self._fd = os.open(
                 self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644
             )
-            if self._fsync == "commit":
-                _fsync_directory(self._directory)
         size = self._size
         if size == 0:
             data = self._header + data
@@ -195,8 +200,6 @@ class SegmentWriter:
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
-            if self._fsync == "commit":
-                os.fdatasync(self._fd)
         except OSError:
             try:
                 os.ftruncate(self._fd, size)
@@ -204,8 +207,20 @@ class SegmentWriter:
                 pass
             raise
         self._size = size + len(data)
+        self._dirty = True
         self.count += len(lines)
         self.rows.extend(rows)
+
+    def sync(self) -> None:
+        """With fsync="commit", put what was appended on disk (fdatasync; the
+        directory too for a new file). Nothing to do for the other policies."""
+        if not self._dirty or self._fsync != "commit":
+            return
+        os.fdatasync(self._fd)
+        if not self._entry_synced:
+            _fsync_directory(self._directory)
+            self._entry_synced = True
+        self._dirty = False
 
     def seal(self) -> None:
         """Close the file (fsync per policy); it is complete from here on."""
@@ -214,6 +229,8 @@ class SegmentWriter:
         try:
             if self._fsync == "seal":
                 os.fdatasync(self._fd)
+            else:
+                self.sync()
         finally:
             os.close(self._fd)
             self._fd = -1

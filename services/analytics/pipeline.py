@@ -199,6 +199,14 @@ class AnalyticsPipeline:
         self._next_number = 0
         self._last_sealed = -1
         self._acked = 0
+        # Events the journal is done with: acknowledged, or dropped as not
+        # encodable (never journaled, but nothing to wait for either).
+        self._settled = 0
+        # Events taken from the inbox: written to the open segment, or dropped
+        # as not encodable. Written and not yet synced (fsync="commit"):
+        self._journaled = 0
+        self._unsynced = 0
+        self._unsynced_bad = 0
         self._commits = 0
         self._journal_dropped = 0
         self._handed_in_memory = 0
@@ -275,31 +283,55 @@ class AnalyticsPipeline:
         self._work.set()
         self._deliverer = asyncio.create_task(self._deliver_main(), name="analytics-delivery")
 
-    def emit(self, event: AnalyticsEvent | EventRow) -> None:
+    def emit(self, event: AnalyticsEvent | EventRow) -> bool:
         """Queue one event, or an event row made by `bid_row`/`no_bid_row`.
         Returns at once (O(1), no I/O in the normal case); the event is
-        acknowledged within `commit_interval` plus a write. Before
-        start() events wait in memory (up to queue_max; more are counted in
-        `dropped`); after stop() this raises RuntimeError."""
+        acknowledged within `commit_interval` plus a write, or sooner when
+        someone awaits `acknowledged()`. False: the event was refused (counted
+        in `dropped`): before start() events wait in memory up to queue_max,
+        and a failing journal holds at most queue_max. After stop() this
+        raises RuntimeError."""
         state = self._state
         if state is not _RUNNING and state is not _NEW:
             raise RuntimeError(f"analytics pipeline is {state}; the event was not accepted")
         inbox = self._inbox
         if len(inbox) >= self._queue_max:
-            self._overflow(event)
-            return
+            return self._overflow(event)
         inbox.append(event)
         self._emitted += 1
         if self._journal_idle:
             self._journal_idle = False
             self._wake.set()
+        return True
+
+    def write_now(self) -> bool:
+        """Write what was emitted to the journal file now, on this thread: one
+        write(2) and no fsync, so it takes microseconds and those events
+        survive the death of the process from here on; the journal thread
+        makes them durable per the fsync policy (fdatasync with "commit")
+        within `commit_interval`, and only then are they acknowledged.
+        True when every event emitted so far is written. False when the
+        journal thread holds the journal right now (committing) or the journal
+        is failing: then `await acknowledged()`."""
+        target = self._emitted
+        if self._journaled >= target:
+            return True
+        if self._journal_failing or self._state is not _RUNNING:
+            return False
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._commit_locked(sync=False)
+        finally:
+            self._lock.release()
+        return self._journaled >= target
 
     async def acknowledged(self) -> int:
         """Wait until every event emitted before this call is journaled (the
         durability barrier); returns the number acknowledged so far. Bound it
         with asyncio.timeout where the journal may be failing."""
         target = self._emitted
-        if self._acked < target:
+        if self._settled < target:
             waiter = self._require_loop().create_future()
             self._ack_waiters.append((target, waiter))
             self._wake.set()
@@ -395,7 +427,7 @@ class AnalyticsPipeline:
 
     # ------------------------------------------------------------------ emit overflow
 
-    def _overflow(self, event: AnalyticsEvent | EventRow) -> None:
+    def _overflow(self, event: AnalyticsEvent | EventRow) -> bool:
         """The inbox holds queue_max events: the journal thread is behind."""
         if self._journal_failing or self._state is _NEW:
             self._dropped += 1
@@ -405,7 +437,7 @@ class AnalyticsPipeline:
                     self._dropped,
                     self._dir,
                 )
-            return
+            return False
         self._inbox.append(event)
         self._emitted += 1
         # Commit here, synchronously, unless the journal thread is committing
@@ -416,6 +448,7 @@ class AnalyticsPipeline:
                 self._commit_locked()
             finally:
                 self._lock.release()
+        return True
 
     # ------------------------------------------------------------------ journal thread
 
@@ -442,6 +475,8 @@ class AnalyticsPipeline:
             requests = [self._seal_requests.popleft() for _ in range(len(self._seal_requests))]
             if inbox:
                 self._commit_locked()
+            else:
+                self._sync_locked()  # what write_now wrote from the loop's thread
             if inbox and not stopping:  # the journal is failing: serve them later
                 self._seal_requests.extendleft(reversed(requests))
                 requests = []
@@ -463,7 +498,7 @@ class AnalyticsPipeline:
                 return True
         if self._journal_failing:
             wake.wait(0.1)
-        elif inbox and not self._seal_requests:
+        elif (inbox or self._unsynced) and not self._seal_requests:
             if len(inbox) < self._commit_max:  # group commit: gather for commit_interval
                 wake.wait(max(0.0, started + self._commit_interval - time.monotonic()))
         else:
@@ -487,8 +522,9 @@ class AnalyticsPipeline:
         wake.clear()
         return False
 
-    def _commit_locked(self) -> None:
-        """Append the inbox to the journal (caller holds _lock)."""
+    def _commit_locked(self, *, sync: bool = True) -> None:
+        """Append the inbox to the journal (caller holds _lock); then, unless
+        `sync` is False, make it durable (`_sync_locked`)."""
         inbox = self._inbox
         events = [inbox.popleft() for _ in range(len(inbox))]
         position = 0
@@ -507,25 +543,52 @@ class AnalyticsPipeline:
                     self._commits += 1
             except OSError as exc:
                 inbox.extendleft(reversed(events[position:]))
-                if not self._journal_failing:
-                    log.error("analytics: journal write failed in %s: %s", self._dir, exc)
-                self._journal_failing = True
+                self._journal_failed(exc)
                 return
             position += len(chunk)
-            self._acked += len(lines)
-            self._journal_dropped += bad
+            self._journaled += len(chunk)
+            self._unsynced += len(lines)
+            self._unsynced_bad += bad
             if writer.count >= self._batch_size:
                 self._seal_locked()
+        if sync or self._fsync != "commit":
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        """Make what was appended durable (fdatasync with fsync="commit"):
+        those events are acknowledged from here on."""
+        if not (self._unsynced or self._unsynced_bad):
+            return
+        writer = self._writer
+        if writer is not None:
+            try:
+                writer.sync()
+            except OSError as exc:  # written, not known durable: retried next round
+                self._journal_failed(exc)
+                return
+        self._settle_unsynced()
         if self._journal_failing:
             log.warning("analytics: journal writes work again in %s", self._dir)
         self._journal_failing = False
+
+    def _settle_unsynced(self) -> None:
+        self._acked += self._unsynced
+        self._settled += self._unsynced + self._unsynced_bad
+        self._journal_dropped += self._unsynced_bad
+        self._unsynced = self._unsynced_bad = 0
         if self._ack_waiters:
             self._schedule_handoff()
+
+    def _journal_failed(self, exc: OSError) -> None:
+        if not self._journal_failing:
+            log.error("analytics: journal write failed in %s: %s", self._dir, exc)
+        self._journal_failing = True
 
     def _seal_locked(self) -> None:
         writer = self._writer
         if writer is None:
             return
+        self._sync_locked()
         self._writer = None
         if writer.count == 0:
             return
@@ -533,6 +596,8 @@ class AnalyticsPipeline:
             writer.seal()
         except OSError as exc:  # written but maybe not synced: deliver it anyway
             log.error("analytics: sealing %s failed: %s", writer.path, exc)
+        # Sealed: whatever the sync said, its events go on to the store.
+        self._settle_unsynced()
         self._last_sealed = writer.number
         in_memory = self._handed_in_memory - self._released_in_memory
         keep = self._sink_up and in_memory + writer.count <= self._queue_max
@@ -570,10 +635,10 @@ class AnalyticsPipeline:
                     if not request.done():
                         request.set_result(item.upto)
         if self._ack_waiters:
-            acked = self._acked
+            settled = self._settled
             waiting = []
             for target, waiter in self._ack_waiters:
-                if acked >= target:
+                if settled >= target:
                     if not waiter.done():
                         waiter.set_result(None)
                 else:

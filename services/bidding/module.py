@@ -72,13 +72,13 @@ async def _build(kernel: Kernel) -> Built:
         caps=caps,
         signer=signer,
         rates=rates,
-        emit=pipeline.emit,
+        events=pipeline,
         metrics_registry=kernel.metrics_registry,
         report_outage=hot_store_failed,
         hot_store_down=hot_store_down,
     )
     settlement = Settlement(
-        kernel.interface("spend_ledger"), caps, signer, rates, emit=pipeline.emit
+        kernel.interface("spend_ledger"), caps, signer, rates, events=pipeline
     )
     kernel.lifecycle(pipeline.start, pipeline.stop)
     servicer = BiddingServicer(processor, settlement, backends.readiness)

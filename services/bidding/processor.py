@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
 from inference.features import BidContext
-from services.analytics.events import AnalyticsEvent, EventRow, attrs_json, bid_row, no_bid_row
+from services.analytics.events import attrs_json, bid_row, no_bid_row
 from services.backends.outages import is_backend_outage
 from services.bidding import consent as consent_rules
 from services.bidding.auction import Winner, run_auction
@@ -33,7 +33,7 @@ from services.bidding.identity import resolve_user_id
 from services.bidding.matching import DEVICE_GROUPS, Candidate, CandidateIndex, Context, Slot
 from services.bidding.notices import NoticeSigner, NoticeToken
 from services.bidding.profiles import ProfileStore, default_profile
-from services.bidding.upstream import LiveCampaigns
+from services.bidding.upstream import BidEvents, LiveCampaigns
 from services.campaigns.index import OfferFacts
 from services.common.clock import now_us
 from services.common.ids import random_hex_id
@@ -85,6 +85,12 @@ class _Metrics:
         self.latency = Histogram(
             "campaign_express_bid_seconds",
             "Time to decide a bid, inside the processor.",
+            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05),
+            registry=registry,
+        )
+        self.journal_wait = Histogram(
+            "campaign_express_bid_journal_wait_seconds",
+            "Time a decided bid waits for its event's journal write before it is answered.",
             buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05),
             registry=registry,
         )
@@ -152,7 +158,7 @@ class BidProcessor:
         caps: FrequencyCaps,
         signer: NoticeSigner,
         rates: Rates,
-        emit: Callable[[AnalyticsEvent | EventRow], None] | None = None,
+        events: BidEvents | None = None,
         metrics_registry: CollectorRegistry | None = None,
         vendor_id: int | None = None,
         clock: Callable[[], int] = now_us,
@@ -166,7 +172,7 @@ class BidProcessor:
         self._caps = caps
         self._signer = signer
         self._rates = rates
-        self._emit = emit
+        self._events = events
         self._metrics = _Metrics(metrics_registry or CollectorRegistry())
         self._bids = self._metrics.requests.labels("bid")
         self._no_bids = self._metrics.requests.labels("no_bid")
@@ -193,6 +199,11 @@ class BidProcessor:
         if outcome.response is not None and self._clock() > deadline:
             outcome = BidOutcome(None, NBR_TIMEOUT, "TMAX_EXCEEDED")
         self._metrics.latency.observe(time.perf_counter() - started)
+        if outcome.response is not None and not await self._journaled(deadline):
+            # Acknowledged = journaled: a bid whose event is not on disk by its
+            # deadline is not answered (its bid row, if journaled later, is
+            # followed by this no-bid row of the same request).
+            outcome = BidOutcome(None, NBR_TECHNICAL, "JOURNAL_TIMEOUT")
         if outcome.response is None:
             self._no_bids.inc()
             self._metrics.no_bids.labels(outcome.reason).inc()
@@ -293,9 +304,31 @@ class BidProcessor:
             return BidOutcome(None, NBR_BELOW_FLOOR, "BELOW_FLOOR")
         if tier in ("RESERVE", "GOLD"):
             self._metrics.loyalty_boosted.inc(len(winners))
-        return BidOutcome(
-            self._response(tenant_id, request, winners, user_id, response_currency, now)
-        )
+        response = self._response(tenant_id, request, winners, user_id, response_currency, now)
+        if response is None:
+            return BidOutcome(None, NBR_TECHNICAL, "JOURNAL_FULL")
+        return BidOutcome(response)
+
+    async def _journaled(self, deadline: int) -> bool:
+        """Make sure this bid's events are in the journal before it is
+        answered: written at once from this thread (they survive a kill -9 of
+        the process from then on), or, when the journal thread holds the file
+        or the journal is failing, awaited, at most until the deadline."""
+        events = self._events
+        if events is None or events.write_now():
+            return True
+        left = deadline - self._clock()
+        if left <= 0:
+            return False
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(left / 1e6):
+                await events.acknowledged()
+        except TimeoutError:
+            return False
+        finally:
+            self._metrics.journal_wait.observe(time.perf_counter() - started)
+        return True
 
     def _hot_store_budget(self, deadline: int) -> int:
         """Microseconds a hot-store read may take now (0: none left)."""
@@ -359,7 +392,10 @@ class BidProcessor:
         user_id: str,
         currency: str,
         now: int,
-    ) -> rtb.BidResponse:
+    ) -> rtb.BidResponse | None:
+        """The bid response, or None when the journal refused a bid's event
+        (failing and full): a bid that cannot be journaled is not answered."""
+        journaled = True
         response = rtb.BidResponse(id=request.id, bidid=random_hex_id(), cur=currency)
         seat = response.seatbid.add(seat=SEAT)
         for winner in winners:
@@ -391,8 +427,10 @@ class BidProcessor:
                         if deal.id in deals:
                             bid.dealid = deal.id
                             break
-            self._record_bid(tenant_id, request, winner, bid_id, user_id, currency, now)
-        return response
+            journaled &= self._record_bid(
+                tenant_id, request, winner, bid_id, user_id, currency, now
+            )
+        return response if journaled else None
 
     def _bid_template(self, facts: OfferFacts) -> rtb.Bid:
         """The offer's part of a bid (ids, markup, domains, categories,
@@ -429,11 +467,11 @@ class BidProcessor:
         user_id: str,
         currency: str,
         now: int,
-    ) -> None:
-        if self._emit is None:
-            return
+    ) -> bool:
+        if self._events is None:
+            return True
         candidate = w.scored.candidate
-        self._emit(
+        return self._events.emit(
             bid_row(
                 now,
                 tenant_id,
@@ -452,8 +490,8 @@ class BidProcessor:
     def _record_no_bid(
         self, tenant_id: str, request: rtb.BidRequest, outcome: BidOutcome, now: int
     ) -> None:
-        if self._emit is not None:
-            self._emit(no_bid_row(now, tenant_id, request.id, outcome.reason))
+        if self._events is not None:
+            self._events.emit(no_bid_row(now, tenant_id, request.id, outcome.reason))
 
 
 _FEATURE_DEVICE = {

@@ -4,20 +4,24 @@ per bid), and an analytics event."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from services.analytics.events import AnalyticsEvent, EventType
 from services.bidding.caps import FrequencyCaps
 from services.bidding.currency import Rates, UnknownCurrency
 from services.bidding.notices import NoticeSigner, NoticeToken, parse_price
-from services.bidding.upstream import SpendLedger
+from services.bidding.upstream import BidEvents, SpendLedger
 from services.campaigns.budget import DeliveryEventIn
 from services.campaigns.model import Money
 from services.common.clock import now_us
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, Unavailable
 
 # Notices older than this are refused: a token is not a bearer credential forever.
 MAX_NOTICE_AGE_US = 7 * 86_400 * 1_000_000
+#: A notice is answered once its event is journaled; past this, 503 (the
+#: exchange retries, and every side effect of a notice happens once).
+NOTICE_JOURNAL_TIMEOUT_S = 2.0
 
 
 class Settlement:
@@ -27,14 +31,14 @@ class Settlement:
         caps: FrequencyCaps,
         signer: NoticeSigner,
         rates: Rates,
-        emit: Callable[[AnalyticsEvent], None] | None = None,
+        events: BidEvents | None = None,
         clock: Callable[[], int] = now_us,
     ) -> None:
         self._budgets = budgets
         self._caps = caps
         self._signer = signer
         self._rates = rates
-        self._emit = emit
+        self._events = events
         self._clock = clock
 
     def _token(self, t: str) -> NoticeToken:
@@ -63,13 +67,13 @@ class Settlement:
         await self._caps.record_impression_once(
             token.bid_id, token.user_id, token.campaign_id, self._clock(), token.time_zone
         )
-        self._event(EventType.WIN, token, cpm)
+        await self._event(EventType.WIN, token, cpm)
         return recorded
 
     async def billing(self, t: str, price: str) -> bool:
         token, cpm = self._token(t), parse_price(price)
         recorded = await self._book(token, "BILLING", cpm)
-        self._event(EventType.BILLING, token, cpm)
+        await self._event(EventType.BILLING, token, cpm)
         return recorded
 
     async def loss(self, t: str, reason: str) -> None:
@@ -77,7 +81,7 @@ class Settlement:
         if len(reason) > 20 or (reason and not reason.replace("${AUCTION_LOSS}", "").isdigit()):
             if reason != "${AUCTION_LOSS}":
                 raise InvalidArgument.field("reason", "must be an OpenRTB loss reason code")
-        self._event(EventType.LOSS, token, 0.0, reason=reason.replace("${AUCTION_LOSS}", ""))
+        await self._event(EventType.LOSS, token, 0.0, reason=reason.replace("${AUCTION_LOSS}", ""))
 
     async def _book(self, token: NoticeToken, kind: str, cpm: float) -> bool:
         recorded = await self._budgets.record_events(
@@ -94,10 +98,16 @@ class Settlement:
         )
         return recorded > 0
 
-    def _event(self, kind: EventType, token: NoticeToken, cpm: float, reason: str = "") -> None:
-        if self._emit is None:
+    async def _event(
+        self, kind: EventType, token: NoticeToken, cpm: float, reason: str = ""
+    ) -> None:
+        """The notice's analytics event, journaled before the notice is
+        answered: a notice answered 200 is never missing from analytics, and a
+        retry (after a 503 or a lost answer) collapses on the event id."""
+        events = self._events
+        if events is None:
             return
-        self._emit(
+        accepted = events.emit(
             AnalyticsEvent(
                 event_type=kind,
                 # One event per bid and kind: a retried notice collapses.
@@ -114,3 +124,11 @@ class Settlement:
                 reason=reason,
             )
         )
+        if accepted:
+            try:
+                async with asyncio.timeout(NOTICE_JOURNAL_TIMEOUT_S):
+                    await events.acknowledged()
+                return
+            except TimeoutError:
+                pass
+        raise Unavailable("the analytics journal cannot take the notice's event; retry")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
+from services.analytics.events import AnalyticsEvent, EventRow
 from services.campaigns.budget import DeliveryEventIn
 from services.campaigns.index import LiveCampaign
 from services.common.call import Principal
@@ -30,3 +31,21 @@ class SpendLedger(Protocol):
     async def record_events(
         self, caller: Principal | None, parent: str, events: Sequence[DeliveryEventIn]
     ) -> int: ...
+
+
+class BidEvents(Protocol):
+    """The analytics journal, as the bid path uses it: a bid is answered only
+    once its event is journaled (services.analytics.pipeline)."""
+
+    def emit(self, event: AnalyticsEvent | EventRow) -> bool:
+        """Queue an event; False when the journal refused it (failing and full)."""
+        ...
+
+    def write_now(self) -> bool:
+        """Write the emitted events to the journal file now (no fsync); False
+        when that cannot be done at once."""
+        ...
+
+    async def acknowledged(self) -> int:
+        """Return once every event emitted before the call is journaled."""
+        ...
