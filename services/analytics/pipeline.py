@@ -517,7 +517,10 @@ class AnalyticsPipeline:
             # (an acknowledgement or a flush) or the pipeline stops; they set
             # `wake` and end the gathering early. Committing at once would
             # make one write per event whenever the writes keep up.
-            if inbox and not (self._seal_requests or self._stop_journal or self._ack_waiters):
+            # Events written by write_now count too: their fdatasync is due.
+            if (inbox or self._unsynced) and not (
+                self._seal_requests or self._stop_journal or self._ack_waiters
+            ):
                 wake.wait(self._commit_interval)
         wake.clear()
         return False
