@@ -117,9 +117,12 @@ def _offer(rng: random.Random, c: int, o: int) -> cpb.Offer:
     return offer
 
 
-async def seed_offers(channel: aio.Channel) -> int:
+async def seed_offers(
+    channel: aio.Channel, configure: Callable[[int, cpb.Campaign], object] | None = None
+) -> int:
     """16 live campaigns x 4 offers through CampaignService; the demo's own
-    campaigns are paused so exactly these 64 offers are live."""
+    campaigns are paused so exactly these 64 offers are live. `configure`
+    may change campaign `c` before it is created."""
     metadata = [("authorization", f"Bearer {KEY}")]
     stub = csgrpc.CampaignServiceStub(channel)
     parent = "tenants/demo"
@@ -160,6 +163,8 @@ async def seed_offers(channel: aio.Channel) -> int:
             bid_strategy=cpb.BidStrategy(type=cpb.BID_STRATEGY_TYPE_MAX_CPM, max_cpm=_usd(6)),
             labels={"env": "bench"},
         )
+        if configure is not None:
+            configure(c, campaign)
         created = await stub.CreateCampaign(
             cspb.CreateCampaignRequest(parent=parent, campaign=campaign, request_id=f"bench-{c}"),
             metadata=metadata,
