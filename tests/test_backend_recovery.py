@@ -230,6 +230,65 @@ async def test_bids_stay_on_time_while_redis_is_frozen(
         await running.stop()
 
 
+async def test_caps_fail_closed_or_open_per_campaign_while_redis_is_frozen(
+    tmp_path: pathlib.Path, private_redis: tuple[str, Any]
+) -> None:
+    """Two live campaigns with frequency caps, one failing CLOSED (the
+    default) and one OPEN. With Redis up the CLOSED one wins bids; frozen, the
+    caps cannot be counted: the CLOSED one sits every bid out, the OPEN one
+    bids instead, on time."""
+    import signal
+    import time
+
+    import aiohttp
+    import orjson
+
+    from bench.faults import decode_token
+    from services.campaigns.model import FrequencyCap
+    from tests.conftest import seed_tenants
+    from tests.test_bidding_e2e import bid_request, live_campaign_on
+
+    url, redis_server = private_redis
+    running = await start(make_settings(tmp_path, redis_url=url))
+    try:
+        keys = await seed_tenants(running)
+        caps = [FrequencyCap(max_impressions=50, window="DAY")]
+        closed = await live_campaign_on(running.platform, frequency_caps=caps)
+        opened = await live_campaign_on(
+            running.platform, frequency_caps=caps, cap_failure_mode="OPEN"
+        )
+        ids = {closed.rsplit("/", 1)[1]: "CLOSED", opened.rsplit("/", 1)[1]: "OPEN"}
+        headers = {"Authorization": f"Bearer {keys['acme']['ADMIN']}"}
+        bid_url = f"http://127.0.0.1:{running.http_port}/v1/bid"
+        async with aiohttp.ClientSession() as http:
+
+            async def winners(label: str, n: int) -> tuple[set[str], float]:
+                won, slowest = set(), 0.0
+                for i in range(n):
+                    started = time.perf_counter()
+                    body = bid_request(f"{label}-{i}", user=f"user-{i}", tmax=100)
+                    async with http.post(bid_url, json=body, headers=headers) as r:
+                        raw = await r.read()
+                        slowest = max(slowest, time.perf_counter() - started)
+                        if r.status == 200:
+                            nurl = orjson.loads(raw)["seatbid"][0]["bid"][0]["nurl"]
+                            t = nurl.split("t=", 1)[1].split("&", 1)[0]
+                            won.add(ids[decode_token(t).campaign_id])
+                return won, slowest
+
+            up, _ = await winners("up", 40)
+            assert "CLOSED" in up  # it competes (and wins) while the counts are read
+            redis_server.proc.send_signal(signal.SIGSTOP)
+            try:
+                frozen, slowest = await winners("frozen", 40)
+            finally:
+                redis_server.proc.send_signal(signal.SIGCONT)
+        assert frozen == {"OPEN"}
+        assert slowest < 0.1
+    finally:
+        await running.stop()
+
+
 async def test_profile_reads_keep_to_their_budget_and_report_only_real_timeouts(
     private_redis: tuple[str, Any],
 ) -> None:

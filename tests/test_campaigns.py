@@ -24,6 +24,7 @@ async def test_create_get_list_with_filter(env: Env) -> None:
     c = made.campaign
     assert c.name.startswith("tenants/acme/campaigns/")
     assert c.stage == cpb.STAGE_DRAFT and c.revision == 1
+    assert c.cap_failure_mode == cpb.CAP_FAILURE_MODE_CLOSED  # the default, stated
     got = await s.GetCampaign(
         svc.GetCampaignRequest(name=c.name), metadata=env.auth("acme", "VIEWER")
     )
@@ -131,6 +132,7 @@ async def test_list_pages_cover_everything_once(env: Env) -> None:
         ),
         ({"channels": []}, {"campaign.channels"}),
         ({"display_name": ""}, {"campaign.display_name"}),
+        ({"cap_failure_mode": 7}, {"campaign.cap_failure_mode"}),
     ],
 )
 async def test_bad_campaigns_are_refused_naming_the_field(

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -343,8 +343,10 @@ class BidProcessor:
         deadline: int,
     ) -> tuple[list[Candidate], float]:
         """Drop capped campaigns. Without a known user, caps cannot be
-        counted: campaigns with caps are left out rather than overserved; so
-        too while the hot store is down or does not answer in its budget."""
+        counted: campaigns with caps are left out rather than overserved.
+        While the hot store is down or does not answer in its budget, each
+        campaign's `cap_failure_mode` decides: CLOSED (the default) sits the
+        bid out, OPEN bids as if under its caps."""
         with_caps = {
             c.campaign.id: (
                 [(f.max_impressions, f.window) for f in c.campaign.spec.frequency_caps],
@@ -355,23 +357,24 @@ class BidProcessor:
         }
         if not with_caps:
             return candidates, 0.0
-        uncapped = [c for c in candidates if c.campaign.id not in with_caps]
+        if not known_user:
+            return [c for c in candidates if c.campaign.id not in with_caps], 0.0
         budget = self._hot_store_budget(deadline)
-        if not known_user or budget <= 0 or self._hot_store_down():
-            return uncapped, 0.0
+        if budget <= 0 or self._hot_store_down():
+            return _caps_unknown(candidates, with_caps), 0.0
         try:
             async with asyncio.timeout(budget / 1e6):
                 checks = await self._caps.check(
                     user_id, [(cid, caps, tz) for cid, (caps, tz) in with_caps.items()], now
                 )
         except Exception as exc:
-            # The counts cannot be read in time: campaigns with caps sit this
-            # bid out (never over-served); the others still compete.
+            # The counts cannot be read in time: each campaign with caps
+            # follows its failure mode; the others still compete.
             if not is_backend_outage(exc):  # timeouts included
                 raise
             if not isinstance(exc, TimeoutError) or budget >= HOT_STORE_BUDGET_US:
                 self._report_outage(exc)  # not when this bid's deadline cut it short
-            return uncapped, 0.0
+            return _caps_unknown(candidates, with_caps), 0.0
         capped = {cid for cid, check in checks.items() if check.reason is not None}
         utilization = max((c.utilization for c in checks.values()), default=0.0)
         return [c for c in candidates if c.campaign.id not in capped], utilization
@@ -492,6 +495,16 @@ class BidProcessor:
     ) -> None:
         if self._events is not None:
             self._events.emit(no_bid_row(now, tenant_id, request.id, outcome.reason))
+
+
+def _caps_unknown(candidates: list[Candidate], with_caps: Collection[str]) -> list[Candidate]:
+    """The candidates that may bid when their caps cannot be counted: those
+    without caps, and those whose caps fail open."""
+    return [
+        c
+        for c in candidates
+        if c.campaign.id not in with_caps or c.campaign.spec.cap_failure_mode == "OPEN"
+    ]
 
 
 _FEATURE_DEVICE = {

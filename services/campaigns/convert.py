@@ -92,6 +92,9 @@ def spec_in(c: pb.Campaign) -> model.CampaignSpec:
         ],
         labels=dict(c.labels),
         allow_repeat_offers=c.allow_repeat_offers,
+        cap_failure_mode=_name(
+            pb.CapFailureMode, c.cap_failure_mode, "CAP_FAILURE_MODE_", "CLOSED"
+        ),
     )
 
 
@@ -153,6 +156,7 @@ def spec_out(spec: model.CampaignSpec, target: pb.Campaign) -> None:
     )
     target.labels.update(spec.labels)
     target.allow_repeat_offers = spec.allow_repeat_offers
+    target.cap_failure_mode = _value(pb.CapFailureMode, spec.cap_failure_mode, "CAP_FAILURE_MODE_")  # type: ignore[assignment]
 
 
 def campaign_out(c: model.Campaign) -> pb.Campaign:

@@ -92,6 +92,8 @@ class CampaignSpec:
     loyalty_rules: list[LoyaltyTierRule] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     allow_repeat_offers: bool = False
+    # CLOSED: sit out bids whose cap counts cannot be read in time; OPEN: bid on.
+    cap_failure_mode: str = "CLOSED"
 
 
 @dataclass(frozen=True, slots=True)

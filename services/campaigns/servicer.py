@@ -146,6 +146,7 @@ class CampaignServicer(campaign_service_pb2_grpc.CampaignServiceServicer):
                 "loyalty_rules",
                 "labels",
                 "allow_repeat_offers",
+                "cap_failure_mode",
             ):
                 snapshot.ClearField(field)
             convert.spec_out(r.spec, snapshot)

@@ -18,6 +18,7 @@ PACING_MODES = ("EVEN", "ASAP")
 BID_STRATEGIES = ("MAX_CPM", "TARGET_CPA")
 DEVICE_TYPES = ("MOBILE", "TABLET", "DESKTOP", "CONNECTED_TV", "CONNECTED_DEVICE")
 CAP_WINDOWS = ("HOUR", "DAY")
+CAP_FAILURE_MODES = ("CLOSED", "OPEN")
 OFFER_FORMATS = ("BANNER", "VIDEO", "NATIVE", "AUDIO")
 OFFER_STATUSES = ("ACTIVE", "PAUSED")
 
@@ -69,6 +70,7 @@ def validate_campaign(spec: CampaignSpec, prefix: str = "campaign") -> list[Fiel
     for channel in spec.channels:
         _enum(v, f"{p}.channels", channel, CHANNELS)
     _enum(v, f"{p}.pacing_mode", spec.pacing_mode, PACING_MODES)
+    _enum(v, f"{p}.cap_failure_mode", spec.cap_failure_mode, CAP_FAILURE_MODES)
     check_labels(v, f"{p}.labels", spec.labels)
 
     # Schedule: a known zone, parseable local times, end after start.

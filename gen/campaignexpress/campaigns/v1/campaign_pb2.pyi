@@ -269,6 +269,36 @@ CAP_WINDOW_DAY: CapWindow.ValueType  # 2
 """Per day in the campaign's time zone."""
 Global___CapWindow: _TypeAlias = CapWindow  # noqa: Y015
 
+class _CapFailureMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CapFailureModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CapFailureMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CAP_FAILURE_MODE_UNSPECIFIED: _CapFailureMode.ValueType  # 0
+    """Not set; CLOSED is used."""
+    CAP_FAILURE_MODE_CLOSED: _CapFailureMode.ValueType  # 1
+    """The campaign sits such bids out: never served over its caps."""
+    CAP_FAILURE_MODE_OPEN: _CapFailureMode.ValueType  # 2
+    """The campaign bids as if under its caps: delivery goes on, and a user may
+    see it more often than the caps allow while the outage lasts.
+    """
+
+class CapFailureMode(_CapFailureMode, metaclass=_CapFailureModeEnumTypeWrapper):
+    """What bidding does with a campaign's frequency caps when the counts cannot
+    be read in time (the hot store is down, frozen or past its budget).
+    """
+
+CAP_FAILURE_MODE_UNSPECIFIED: CapFailureMode.ValueType  # 0
+"""Not set; CLOSED is used."""
+CAP_FAILURE_MODE_CLOSED: CapFailureMode.ValueType  # 1
+"""The campaign sits such bids out: never served over its caps."""
+CAP_FAILURE_MODE_OPEN: CapFailureMode.ValueType  # 2
+"""The campaign bids as if under its caps: delivery goes on, and a user may
+see it more often than the caps allow while the outage lasts.
+"""
+Global___CapFailureMode: _TypeAlias = CapFailureMode  # noqa: Y015
+
 class _Weekday:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -676,6 +706,7 @@ class Campaign(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CAP_FAILURE_MODE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `tenants/{tenant}/campaigns/{campaign}`."""
     display_name: _builtins.str
@@ -696,6 +727,10 @@ class Campaign(_message.Message):
     """Output only: approval rule matched at submission."""
     etag: _builtins.str
     """Checksum of the current state, for optimistic concurrency."""
+    cap_failure_mode: Global___CapFailureMode.ValueType
+    """What bidding does with the frequency caps when their counts cannot be
+    read in time; CLOSED by default.
+    """
     @_builtins.property
     def channels(self) -> _containers.RepeatedScalarFieldContainer[Global___Channel.ValueType]:
         """Channels; at least one."""
@@ -758,10 +793,11 @@ class Campaign(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        cap_failure_mode: Global___CapFailureMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bid_strategy", b"bid_strategy", "budget", b"budget", "create_time", b"create_time", "schedule", b"schedule", "targeting", b"targeting", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_repeat_offers", b"allow_repeat_offers", "approval_rule", b"approval_rule", "bid_strategy", b"bid_strategy", "budget", b"budget", "channels", b"channels", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "frequency_caps", b"frequency_caps", "labels", b"labels", "loyalty_rules", b"loyalty_rules", "name", b"name", "objective", b"objective", "pacing_mode", b"pacing_mode", "revision", b"revision", "schedule", b"schedule", "stage", b"stage", "targeting", b"targeting", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_repeat_offers", b"allow_repeat_offers", "approval_rule", b"approval_rule", "bid_strategy", b"bid_strategy", "budget", b"budget", "cap_failure_mode", b"cap_failure_mode", "channels", b"channels", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "frequency_caps", b"frequency_caps", "labels", b"labels", "loyalty_rules", b"loyalty_rules", "name", b"name", "objective", b"objective", "pacing_mode", b"pacing_mode", "revision", b"revision", "schedule", b"schedule", "stage", b"stage", "targeting", b"targeting", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
