@@ -40,6 +40,8 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import gc
+import logging
 import os
 import pathlib
 import platform
@@ -68,6 +70,8 @@ from services.backends.analytics import open_analytics_store
 from services.bidding.caps import FrequencyCaps
 from services.bidding.notices import NoticeToken
 from tests.backend_servers import PrivateNats, PrivatePostgres, RestartableRedis
+
+log = logging.getLogger("bench.faults")
 
 TMAX_MS = 100
 WIN_SHARE = 0.25
@@ -199,6 +203,25 @@ async def wait_ready(base_url: str, deadline: float) -> float | None:
     return None
 
 
+async def watch_ready(base_url: str, stop: asyncio.Event) -> Counter[str]:
+    """Poll /ready every 250 ms until `stop`: how often each answer came
+    ("200", "503 postgres: down", "no answer")."""
+    seen: Counter[str] = Counter()
+    timeout = aiohttp.ClientTimeout(total=1.5)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        while not stop.is_set():
+            try:
+                async with http.get(base_url + "/ready") as reply:
+                    body = orjson.loads(await reply.read())
+                    problems = ", ".join(f"{k}: {v}" for k, v in body.get("problems", {}).items())
+                    seen[f"{reply.status} {problems}".strip()] += 1
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                seen["no answer"] += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.25)
+    return seen
+
+
 async def seed_campaigns(grpc_port: int) -> None:
     """bench.bidding's 16 campaigns, with a frequency cap (1,000 a day: never
     reached, but read on every bid) on 0-7: 0-3 fail closed (the default), 4-7
@@ -233,6 +256,7 @@ class Notice:
     sends: int = 0
     ok: int = 0  # 200 answers (the first books, the retries must not)
     done: bool = False
+    last: str = ""  # the last answer: a status, or the client's error
 
 
 def decode_token(t: str) -> NoticeToken:
@@ -282,8 +306,11 @@ class Load:
         self._running = False
         if self._driver is not None:
             await self._driver
-        if self._tasks:  # the notices still being retried
-            await asyncio.wait(set(self._tasks), timeout=notice_grace)
+        deadline = time.monotonic() + notice_grace
+        # the bids still in flight and the notices still being retried (a
+        # bid answered now spawns its notice: wait for those too)
+        while self._tasks and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
         for task in self._tasks:
             task.cancel()
         if self._http is not None:
@@ -344,12 +371,13 @@ class Load:
         notice.sends += 1
         try:
             async with self._http.get(self.base_url + notice.path) as reply:
-                await reply.read()
+                body = await reply.read()
+                notice.last = f"{reply.status} {body[:200]!r}"
                 if reply.status == 200:
                     notice.ok += 1
                     notice.done = True
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            pass
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            notice.last = repr(exc)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -367,6 +395,9 @@ class FaultResult:
     errors: int
     recovery_s: float | None
     outcome_counts: dict[int, int]
+    ready_said: str = ""  # what /ready answered during the fault
+    #: (ms into the fault it was sent, ms it took) of each answer past tmax
+    late: list[tuple[int, int]] = field(default_factory=list)
 
 
 def summarize(fault: str, samples: list[Sample], since: float, until: float) -> FaultResult:
@@ -392,6 +423,11 @@ def summarize(fault: str, samples: list[Sample], since: float, until: float) -> 
         errors=sum(1 for s in window if s.status not in (200, 204)),
         recovery_s=None,
         outcome_counts=dict(Counter(s.status for s in window)),
+        late=[
+            (round((s.at - since) * 1e3), round(s.latency * 1e3))
+            for s in window
+            if s.status in (200, 204) and s.latency * 1e3 >= TMAX_MS
+        ],
     )
 
 
@@ -399,7 +435,8 @@ def summarize(fault: str, samples: list[Sample], since: float, until: float) -> 
 class Consistency:
     answered_bids: int
     missing_from_analytics: int
-    win_notices: int
+    win_notices: int  # won bids whose win notice was answered 200
+    unsettled_notices: int  # win notices never answered 200 (goal 0)
     win_events: int  # rows after FINAL
     wins_missing_from_analytics: int  # won bids without a win event
     duplicate_win_events: int  # rows after FINAL minus distinct event ids
@@ -436,6 +473,12 @@ async def run_plan(
 ) -> Run:
     began = time.monotonic()
     rig = Rig(workdir / "data")
+    # The load generator's own pauses count as latency (open loop): what a
+    # caller (a test run before this one) left on the heap would make each
+    # full collection a ~100 ms stall of every request in flight, so it is
+    # moved out of the collector's sight for the run.
+    gc.collect()
+    gc.freeze()
     try:
         rig.start_server()
         if await wait_ready(rig.base_url, time.monotonic() + 90) is None:
@@ -453,12 +496,17 @@ async def run_plan(
             progress(f"fault: {name} for {hold:g} s")
             since = time.monotonic()
             await asyncio.to_thread(inject)
+            stop = asyncio.Event()
+            watching = asyncio.create_task(watch_ready(rig.base_url, stop))
             await asyncio.sleep(hold)
+            stop.set()
+            said = await watching
             await asyncio.to_thread(restore)
             until = time.monotonic()
             recovery = await wait_ready(rig.base_url, until + recovery_limit_s)
             result = summarize(name, load.samples, since, until)
             result.recovery_s = recovery
+            result.ready_said = "; ".join(f"{answer} x{n}" for answer, n in said.most_common())
             faults.append(result)
             progress(
                 f"  {result.requests} requests: {result.on_time:.1%} on time, "
@@ -499,6 +547,7 @@ async def run_plan(
             wall_s=time.monotonic() - began,
         )
     finally:
+        gc.unfreeze()
         await asyncio.to_thread(rig.close)
 
 
@@ -517,11 +566,12 @@ async def check_consistency(rig: Rig, load: Load) -> Consistency:
     finally:
         await store.close()
     ledger = await _ledger_wins(rig.postgres.url)
-    caps_off = await _cap_mismatches(rig.redis.url, list(won.values()))
+    caps_off = await _cap_mismatches(rig.redis.url, list(load.notices.values()))
     return Consistency(
         answered_bids=len(answered),
         missing_from_analytics=len(answered - stored),
         win_notices=len(won),
+        unsettled_notices=len(load.notices) - len(won),
         win_events=int(win_rows),
         wins_missing_from_analytics=len(set(won) - win_bids),
         duplicate_win_events=int(win_rows) - int(win_ids),
@@ -546,13 +596,20 @@ async def _ledger_wins(url: str) -> set[str]:
     return {r["bid_id"] for r in rows}
 
 
-async def _cap_mismatches(url: str, won: list[Notice]) -> int:
+async def _cap_mismatches(url: str, notices: list[Notice]) -> int:
     """(user, campaign) pairs whose day counters (today and yesterday, UTC)
-    do not add up to their won bids."""
+    do not add up to their won bids (pairs with a notice never answered 200
+    are left out: its impression may or may not be counted)."""
     import redis.asyncio as aioredis
 
+    unsettled = {(n.token.user_id, n.token.campaign_id) for n in notices if not n.done}
+    for n in notices:
+        if not n.done:
+            log.warning("win notice never answered 200: %d sends, last %s", n.sends, n.last)
     expected: Counter[tuple[str, str]] = Counter(
-        (n.token.user_id, n.token.campaign_id) for n in won if n.token.user_id
+        (n.token.user_id, n.token.campaign_id)
+        for n in notices
+        if n.token.user_id and (n.token.user_id, n.token.campaign_id) not in unsettled
     )
     caps = FrequencyCaps(None)  # type: ignore[arg-type]  # only its key names
     now = time.time_ns() // 1000
@@ -564,8 +621,10 @@ async def _cap_mismatches(url: str, won: list[Notice]) -> int:
                 caps.day_key(user, campaign, now - days * 86_400_000_000, "UTC") for days in (0, 1)
             }
             values = await client.mget(list(keys))
-            if sum(int(v) for v in values if v is not None) != count:
+            found = sum(int(v) for v in values if v is not None)
+            if found != count:
                 off += 1
+                log.warning("caps of %s on %s: counted %d, won %d", user, campaign, found, count)
     finally:
         await client.aclose()
     return off
@@ -582,19 +641,25 @@ def report_lines(run: Run) -> list[str]:
         f"kill {run.kill_s:g} s; {run.wall_s:.0f} s in all.",
         "",
         "| fault | requests | answered on time | with a bid | p50 ms | p99 ms | errors "
-        "| ready again after |",
-        "|---|---|---|---|---|---|---|---|",
+        "| /ready during the fault | ready again after |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for f in run.faults:
-        recovery = "not within the limit" if f.recovery_s is None else f"{f.recovery_s:.2f} s"
+        if f.fault == "no fault":
+            recovery = "-"
+        elif f.recovery_s is None:
+            recovery = "not within the limit"
+        else:
+            recovery = f"{f.recovery_s:.2f} s"
         lines.append(
             f"| {f.fault} | {f.requests} | {f.on_time:.1%} | {f.bid_share:.1%} | "
-            f"{f.p50_ms:.2f} | {f.p99_ms:.2f} | {f.errors} | {recovery} |"
+            f"{f.p50_ms:.2f} | {f.p99_ms:.2f} | {f.errors} | {f.ready_said or '-'} | {recovery} |"
         )
     lines += [
         "",
         f"Answered bids: {c.answered_bids}; missing from analytics: "
-        f"**{c.missing_from_analytics}**. Won bids (win notice answered 200): {c.win_notices}; "
+        f"**{c.missing_from_analytics}**. Won bids (win notice answered 200): {c.win_notices}, "
+        f"never answered 200: **{c.unsettled_notices}**; "
         f"win events after FINAL: {c.win_events}, duplicated: **{c.duplicate_win_events}**, "
         f"won bids without one: **{c.wins_missing_from_analytics}**; "
         f"won bids not in the spend ledger: **{c.wins_not_in_ledger}** (ledger wins "

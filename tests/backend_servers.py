@@ -457,7 +457,13 @@ def _initdb(bindir: Path, user: str | None, workdir: Path) -> Path:
     return datadir
 
 
-def _postgres_argv(bindir: Path, datadir: Path, port: int, workdir: Path) -> list[str]:
+def _postgres_argv(
+    bindir: Path, datadir: Path, port: int, workdir: Path, *, survive_kill: bool = False
+) -> list[str]:
+    """The server's command line. Fast and unsafe by default; `survive_kill`:
+    a commit waits for its WAL write (synchronous_commit=on), so a SIGKILL of
+    the server loses no committed transaction (fsync stays off: the data is in
+    the kernel, which outlives the process)."""
     return [
         str(bindir / "postgres"),
         "-D", str(datadir),
@@ -465,7 +471,7 @@ def _postgres_argv(bindir: Path, datadir: Path, port: int, workdir: Path) -> lis
         "-c", "listen_addresses=127.0.0.1",
         "-c", f"unix_socket_directories={workdir}",
         "-c", "fsync=off",
-        "-c", "synchronous_commit=off",
+        "-c", f"synchronous_commit={'on' if survive_kill else 'off'}",
         "-c", "full_page_writes=off",
         "-c", "max_connections=200",
     ]  # fmt: skip
@@ -491,10 +497,12 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 class PrivatePostgres:
-    """A PostgreSQL cluster of one test's own, for fault injection: the
-    postmaster and its backends share one process group, which freeze()
-    stops (SIGSTOP), thaw() continues and kill() ends with SIGKILL (a crash:
-    the next start() runs crash recovery on the same data)."""
+    """A PostgreSQL cluster of one test's own, for fault injection: freeze()
+    stops the postmaster and every process it started (SIGSTOP), thaw()
+    continues them, kill() ends them with SIGKILL (a crash: the next start()
+    runs crash recovery on the same data). Each backend is its own process
+    group (PostgreSQL calls setsid() in its children), so they are found by
+    parent pid, not signalled as a group."""
 
     def __init__(self, database: str = PG_DATABASE) -> None:
         self.bindir = find_postgres_bin()
@@ -512,7 +520,7 @@ class PrivatePostgres:
         if self.server is not None and self.server.proc.poll() is None:
             raise RuntimeError("kill it first")
         logs = Path(tempfile.mkdtemp(prefix="ce-postgres-log-"))
-        argv = _postgres_argv(self.bindir, self.datadir, self.port, self.workdir)
+        argv = _postgres_argv(self.bindir, self.datadir, self.port, self.workdir, survive_kill=True)
         self.server = _spawn("postgres", argv, logs, user=self.user)
         self.server.stop_signal = signal.SIGINT
         try:
@@ -524,24 +532,26 @@ class PrivatePostgres:
         except Exception as exc:
             self.server.fail(f"{type(exc).__name__}: {exc}")
 
-    def _signal_group(self, signum: int) -> None:
+    def _signal_all(self, signum: int) -> None:
         assert self.server is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.server.proc.pid, signum)
+        postmaster = self.server.proc.pid
+        for pid in [postmaster, *_children(postmaster)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     def freeze(self) -> None:
-        self._signal_group(signal.SIGSTOP)
+        self._signal_all(signal.SIGSTOP)
 
     def thaw(self) -> None:
-        self._signal_group(signal.SIGCONT)
+        self._signal_all(signal.SIGCONT)
 
     def kill(self) -> None:
         assert self.server is not None
-        self._signal_group(signal.SIGKILL)
+        children = _children(self.server.proc.pid)
+        self._signal_all(signal.SIGKILL)
         self.server.proc.wait()
-        # the backends go with the postmaster (one group); wait for them too
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while time.monotonic() < deadline and _group_alive(self.server.proc.pid):
+        deadline = time.monotonic() + STOP_TIMEOUT  # the backends, reaped by init
+        while time.monotonic() < deadline and any(_alive(pid) for pid in children):
             time.sleep(0.05)
 
     def stop(self) -> None:
@@ -552,14 +562,29 @@ class PrivatePostgres:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _group_alive(pgid: int) -> bool:
+def _children(parent: int) -> list[int]:
+    """The pids of `parent`'s child processes (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == parent:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return state != "Z"
 
 
 @pytest.fixture

@@ -7,7 +7,9 @@ bus coming back. Redis down during a win notice: the retry completes it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
+import signal
 from typing import Any
 
 import pytest
@@ -15,7 +17,7 @@ import pytest
 from services.backends.bus import NatsBus
 from services.backends.interfaces import BusMessage
 from services.host.serve import start
-from tests.backend_servers import PrivateNats, RestartableRedis
+from tests.backend_servers import PrivateNats, PrivatePostgres, RestartableRedis
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.backends
@@ -72,6 +74,40 @@ async def test_publish_and_subscribe_work_again_after_a_restart(
     finally:
         await plain.unsubscribe()
         await grouped.unsubscribe()
+        await bus.close()
+
+
+async def test_the_bus_is_ready_again_after_a_freeze_that_outlasted_its_pings(
+    private_nats: PrivateNats,
+) -> None:
+    """Readiness checks give up on a frozen server (SIGSTOP) after their own
+    deadline. Once the server runs again, the bus must say so and publish:
+    a ping that used nc.flush() left a cancelled pong future behind, and the
+    late PONG then broke the client's read loop until the process restarted."""
+    bus = NatsBus(private_nats.url, subjects=["campaign-express.>"])
+    await bus.connect()
+    try:
+        assert await bus.ping()
+        assert private_nats.server is not None
+        private_nats.server.proc.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(3):  # as /ready does: each check cut off at its deadline
+                with contextlib.suppress(asyncio.TimeoutError):
+                    assert not await asyncio.wait_for(bus.ping(), 0.5)
+        finally:
+            private_nats.server.proc.send_signal(signal.SIGCONT)
+
+        async def ready() -> bool:
+            try:
+                return await asyncio.wait_for(bus.ping(), 3)
+            except TimeoutError:
+                return False
+
+        await eventually(ready, 10)
+        await bus.publish("campaign-express.t.after-freeze", b"x")
+        await asyncio.sleep(1.0)  # the late PONGs have arrived: still healthy
+        assert await bus.ping()
+    finally:
         await bus.close()
 
 
@@ -233,10 +269,9 @@ async def test_bids_stay_on_time_while_redis_is_frozen(
 async def test_caps_fail_closed_or_open_per_campaign_while_redis_is_frozen(
     tmp_path: pathlib.Path, private_redis: tuple[str, Any]
 ) -> None:
-    """Two live campaigns with frequency caps, one failing CLOSED (the
-    default) and one OPEN. With Redis up the CLOSED one wins bids; frozen, the
-    caps cannot be counted: the CLOSED one sits every bid out, the OPEN one
-    bids instead, on time."""
+    """Live campaigns with frequency caps, one failing CLOSED (the default),
+    then one OPEN. With Redis up the CLOSED one bids; frozen, the caps cannot
+    be counted: the CLOSED one sits every bid out, the OPEN one bids, on time."""
     import signal
     import time
 
@@ -254,10 +289,7 @@ async def test_caps_fail_closed_or_open_per_campaign_while_redis_is_frozen(
         keys = await seed_tenants(running)
         caps = [FrequencyCap(max_impressions=50, window="DAY")]
         closed = await live_campaign_on(running.platform, frequency_caps=caps)
-        opened = await live_campaign_on(
-            running.platform, frequency_caps=caps, cap_failure_mode="OPEN"
-        )
-        ids = {closed.rsplit("/", 1)[1]: "CLOSED", opened.rsplit("/", 1)[1]: "OPEN"}
+        ids = {closed.rsplit("/", 1)[1]: "CLOSED"}
         headers = {"Authorization": f"Bearer {keys['acme']['ADMIN']}"}
         bid_url = f"http://127.0.0.1:{running.http_port}/v1/bid"
         async with aiohttp.ClientSession() as http:
@@ -276,13 +308,23 @@ async def test_caps_fail_closed_or_open_per_campaign_while_redis_is_frozen(
                             won.add(ids[decode_token(t).campaign_id])
                 return won, slowest
 
-            up, _ = await winners("up", 40)
-            assert "CLOSED" in up  # it competes (and wins) while the counts are read
-            redis_server.proc.send_signal(signal.SIGSTOP)
-            try:
-                frozen, slowest = await winners("frozen", 40)
-            finally:
-                redis_server.proc.send_signal(signal.SIGCONT)
+            async def while_frozen(label: str) -> tuple[set[str], float]:
+                redis_server.proc.send_signal(signal.SIGSTOP)
+                try:
+                    return await winners(label, 40)
+                finally:
+                    redis_server.proc.send_signal(signal.SIGCONT)
+
+            up, _ = await winners("up", 20)
+            assert up == {"CLOSED"}  # it bids while the counts can be read
+            frozen, slowest = await while_frozen("closed-frozen")
+            assert frozen == set()  # and sits every bid out while they cannot
+            assert slowest < 0.1
+            opened = await live_campaign_on(
+                running.platform, frequency_caps=caps, cap_failure_mode="OPEN"
+            )
+            ids[opened.rsplit("/", 1)[1]] = "OPEN"
+            frozen, slowest = await while_frozen("open-frozen")
         assert frozen == {"OPEN"}
         assert slowest < 0.1
     finally:
@@ -321,3 +363,135 @@ async def test_profile_reads_keep_to_their_budget_and_report_only_real_timeouts(
             redis_server.proc.send_signal(signal.SIGCONT)
     finally:
         await kv.close()
+
+
+async def test_a_stalled_database_costs_known_keys_a_few_milliseconds(
+    private_postgres: PrivatePostgres,
+) -> None:
+    """PostgreSQL frozen (SIGSTOP: connections open, nothing answers) when a
+    key's cache entry expires: the call is served from what was verified
+    within AUTH_REFRESH_WAIT_SECONDS, an unknown key fails as an outage
+    within AUTH_LOOKUP_SECONDS (not the driver's 30 s command timeout), and
+    once the database answers again a revocation made elsewhere is seen."""
+    from services.auth.domain import (
+        AUTH_LOOKUP_SECONDS,
+        AUTH_REFRESH_WAIT_SECONDS,
+        Authenticator,
+    )
+    from services.backends.outages import is_backend_outage
+    from services.common.call import Principal
+    from services.common.errors import Unauthenticated
+    from services.common.passwords import PasswordHasher
+    from services.common.rbac import ALL_PERMISSIONS
+    from services.db import Database
+    from services.tenancy.domain import Tenancy
+    from tests.conftest import migrate
+    from tests.test_credentials import PAGES, SECRET
+
+    db = Database(private_postgres.url)
+    await migrate(db)
+    hasher = PasswordHasher()
+    tenancy = Tenancy(db, hasher, operator_tenant="operator", page_tokens=PAGES)
+    now = [1000.0]
+
+    def authenticator() -> Authenticator:
+        return Authenticator(
+            db,
+            tenancy,
+            hasher,
+            jwt_secret=SECRET,
+            access_token_seconds=900,
+            refresh_token_seconds=3600,
+            page_tokens=PAGES,
+            monotonic=lambda: now[0],
+        )
+
+    serving, elsewhere = authenticator(), authenticator()  # two processes' worth
+    try:
+        await tenancy.create_tenant(None, "acme", "Acme", {})
+        record, key = await elsewhere.create_api_key(None, "tenants/acme", "bidder", ["VIEWER"])
+        _, unknown = await elsewhere.create_api_key(None, "tenants/acme", "unused", ["VIEWER"])
+        assert (await serving.authenticate(key)).tenant_id == "acme"
+        loop = asyncio.get_running_loop()
+        private_postgres.freeze()
+        try:
+            now[0] += 10  # past the 5 s cache
+            for _ in range(20):
+                started = loop.time()
+                assert (await serving.authenticate(key)).tenant_id == "acme"
+                assert loop.time() - started < AUTH_REFRESH_WAIT_SECONDS + 0.05
+            started = loop.time()
+            with pytest.raises(Exception) as refused:
+                await serving.authenticate(unknown)
+            assert is_backend_outage(refused.value)
+            assert loop.time() - started < AUTH_LOOKUP_SECONDS + 1.0
+        finally:
+            private_postgres.thaw()
+        admin = Principal("tenants/acme/users/admin", "acme", frozenset({"ADMIN"}), ALL_PERMISSIONS)
+
+        async def revoked() -> bool:
+            try:
+                await elsewhere.revoke_api_key(admin, record.name)
+            except Exception as exc:  # the pool's connections broke in the freeze
+                if is_backend_outage(exc):
+                    return False
+                raise
+            return True
+
+        await eventually(revoked)
+        now[0] += 10
+
+        async def refused_now() -> bool:
+            try:
+                await serving.authenticate(key)
+            except Unauthenticated:
+                return True
+            return False
+
+        await eventually(refused_now)
+        with pytest.raises(Unauthenticated):  # not served again from what was known
+            await serving.authenticate(key)
+    finally:
+        await serving.close()
+        await elsewhere.close()
+        await db.close()
+
+
+async def test_ready_answers_in_time_while_the_database_is_frozen(
+    tmp_path: pathlib.Path, private_postgres: PrivatePostgres
+) -> None:
+    """/ready names the frozen database within its 1 s deadline every time
+    (a ping cut off at the deadline is not waited for while its query is
+    cancelled on a server that does not answer), and says ready once the
+    database runs again."""
+    import time
+
+    import aiohttp
+
+    from services.kernel.backends import READY_DEADLINE_SECONDS
+
+    running = await start(make_settings(tmp_path, database_url=private_postgres.url))
+    ready_url = f"http://127.0.0.1:{running.http_port}/ready"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(ready_url) as reply:
+                assert reply.status == 200
+            private_postgres.freeze()
+            try:
+                for _ in range(4):
+                    started = time.perf_counter()
+                    async with http.get(ready_url) as reply:
+                        body = await reply.json()
+                        assert reply.status == 503
+                    assert time.perf_counter() - started < READY_DEADLINE_SECONDS + 0.4
+                    assert "no answer" in body["problems"]["database"], body
+            finally:
+                private_postgres.thaw()
+
+            async def ready() -> bool:
+                async with http.get(ready_url) as reply:
+                    return reply.status == 200
+
+            await eventually(ready)
+    finally:
+        await running.stop()

@@ -73,6 +73,7 @@ async def test_bids_notices_and_events_live_through_every_backend_fault(
     assert c.answered_bids > 1_000, c
     assert c.missing_from_analytics == 0, c
     assert c.win_notices > 200, c
+    assert c.unsettled_notices == 0, c
     assert c.duplicate_win_events == 0, c
     assert c.wins_missing_from_analytics == 0, c
     assert c.wins_not_in_ledger == 0, c

@@ -45,6 +45,14 @@ AUTH_CACHE_SECONDS = 5.0
 #: How long a credential verified before a database outage stays accepted
 #: during it (Settings.auth_outage_grace_seconds).
 DEFAULT_OUTAGE_GRACE_SECONDS = 300.0
+#: The most one lookup of a credential in the database may take (the
+#: database's own command timeout is 30 s): past it the lookup fails as an
+#: outage, so a stalled database is an outage to authentication too.
+AUTH_LOOKUP_SECONDS = 2.0
+#: How long a call whose credential is known (verified before, not seen to
+#: end) waits for the refresh of its expired cache entry before it is served
+#: from that entry: a slow or stalled database costs a bid at most this.
+AUTH_REFRESH_WAIT_SECONDS = 0.02
 # last_used_time is kept to the minute: at most one write per key a minute.
 LAST_USED_RESOLUTION_US = 60_000_000
 
@@ -164,7 +172,8 @@ class Authenticator:
         # credential digest -> the one lookup in progress for it: concurrent
         # calls with the same credential wait for it instead of each reading
         # the database when the cache entry expires under load.
-        self._resolving: dict[str, asyncio.Future[Principal]] = {}
+        # Each with the monotonic time it started.
+        self._resolving: dict[str, tuple[asyncio.Future[Principal], float]] = {}
         self._generation = 0  # bumped when the cache is cleared (revocation)
         self._outage_grace = outage_grace_seconds
         self._monotonic = monotonic
@@ -446,14 +455,26 @@ class Authenticator:
             and (not cached[2] or cached[2] > self._clock())
         ):
             return cached[0]
-        pending = self._resolving.get(digest)
-        if pending is None:
-            pending = asyncio.ensure_future(self._resolve(credential, digest))
-            self._resolving[digest] = pending
-            pending.add_done_callback(lambda done: self._resolved(digest, done))
+        now = self._monotonic()
+        resolving = self._resolving.get(digest)
+        if resolving is None:
+            lookup = asyncio.wait_for(self._resolve(credential, digest), AUTH_LOOKUP_SECONDS)
+            resolving = (asyncio.ensure_future(lookup), now)
+            self._resolving[digest] = resolving
+            resolving[0].add_done_callback(lambda done: self._resolved(digest, done))
+        pending, started = resolving
+        known = self._known_before_outage(digest) if cached is not None else None
         # shield: one caller giving up does not cancel the others' lookup
         try:
-            return await asyncio.shield(pending)
+            if known is None:
+                return await asyncio.shield(pending)
+            # A known credential does not wait out a slow database: the
+            # refresh goes on, and its answer (a revocation too) is used from
+            # the next call on.
+            wait = AUTH_REFRESH_WAIT_SECONDS - (now - started)
+            if wait <= 0:
+                return known
+            return await asyncio.wait_for(asyncio.shield(pending), wait)
         except Exception as exc:
             if is_backend_outage(exc):
                 known = self._known_before_outage(digest)
@@ -479,10 +500,16 @@ class Authenticator:
         return principal
 
     def _resolved(self, digest: str, done: asyncio.Future[Principal]) -> None:
-        if self._resolving.get(digest) is done:
+        resolving = self._resolving.get(digest)
+        if resolving is not None and resolving[0] is done:
             del self._resolving[digest]
-        if not done.cancelled():
-            done.exception()  # retrieved here too, when every caller has gone
+        if done.cancelled():
+            return
+        error = done.exception()  # retrieved here too, when every caller has gone
+        if error is not None and not is_backend_outage(error):
+            # The store said no (revoked, expired, unknown): what was known
+            # of the credential is not served again, not even in an outage.
+            self._cache.pop(digest, None)
 
     async def _resolve(self, credential: str, digest: str) -> Principal:
         generation = self._generation

@@ -637,8 +637,13 @@ class NatsBus:
         if nc is None or self._closed or not nc.is_connected:
             return False
         try:
-            await nc.flush(timeout=2)
-            # Connected is not enough: the stream must be there to publish to.
+            # A request, not nc.flush(): a flush that times out leaves its
+            # cancelled pong future queued in nats-py, and the late PONG then
+            # fails the client's read loop (InvalidStateError) for good. A
+            # request's future is dropped from the response map when it is
+            # cancelled, so a frozen server costs this call its timeout and
+            # nothing after. Connected is not enough anyway: the stream must
+            # be there to publish to.
             await asyncio.wait_for(self._jetstream().stream_info(self._stream), 2)
         except Exception:
             await self._on_reconnected()  # repair in the background, if it can be

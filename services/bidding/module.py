@@ -77,9 +77,7 @@ async def _build(kernel: Kernel) -> Built:
         report_outage=hot_store_failed,
         hot_store_down=hot_store_down,
     )
-    settlement = Settlement(
-        kernel.interface("spend_ledger"), caps, signer, rates, events=pipeline
-    )
+    settlement = Settlement(kernel.interface("spend_ledger"), caps, signer, rates, events=pipeline)
     kernel.lifecycle(pipeline.start, pipeline.stop)
     servicer = BiddingServicer(processor, settlement, backends.readiness)
     return Built([servicer], api=BiddingApi(processor, pipeline, index, settlement))

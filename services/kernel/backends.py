@@ -8,7 +8,7 @@ import asyncio
 import logging
 import pathlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.backends import AnalyticsStore, KeyValueStore, MessageBus
 from services.backends.analytics import open_analytics_store
@@ -30,22 +30,40 @@ class Backends:
     bus: MessageBus
     analytics: AnalyticsStore
 
+    #: The ping of each backend in progress: a ping still stuck from an
+    #: earlier check is waited on again, never started twice.
+    _pinging: dict[str, asyncio.Task[bool]] = field(default_factory=dict, init=False, repr=False)
+
     async def check(self, deadline: float = READY_DEADLINE_SECONDS) -> dict[str, str]:
         """Each backend's state: "ok", "down", or "no answer within N s" for
         one that did not answer its ping in time. The pings run together, so
-        the whole check takes at most `deadline` however many are stuck."""
-        pings = self.probes()
+        the whole check takes at most `deadline` however many are stuck: a
+        ping past it is left to finish on its own, not cancelled (cancelling
+        a query on a frozen database waits for that database), and the next
+        check waits on it again instead of starting another."""
+        names = list(self.probes())
+        tasks = [self._ping(name) for name in names]
+        await asyncio.wait(tasks, timeout=deadline)
+        return {name: self._state(task, deadline) for name, task in zip(names, tasks, strict=True)}
 
-        async def state(ping: Callable[[], Awaitable[bool]]) -> str:
-            try:
-                return "ok" if await asyncio.wait_for(ping(), deadline) else "down"
-            except TimeoutError:
-                return f"no answer within {deadline:g} s"
-            except Exception as exc:  # noqa: BLE001 - a failed ping is a down backend
-                return f"down: {type(exc).__name__}"
+    def _ping(self, name: str) -> asyncio.Task[bool]:
+        task = self._pinging.get(name)
+        if task is None or task.done():
+            task = asyncio.ensure_future(self.probes()[name]())
+            self._pinging[name] = task
+            task.add_done_callback(_retrieve)
+        return task
 
-        states = await asyncio.gather(*(state(ping) for ping in pings.values()))
-        return dict(zip(pings, states, strict=True))
+    @staticmethod
+    def _state(task: asyncio.Task[bool], deadline: float) -> str:
+        if not task.done():
+            return f"no answer within {deadline:g} s"
+        if task.cancelled():
+            return "down: cancelled"
+        error = task.exception()
+        if error is not None:  # a failed ping is a down backend
+            return f"down: {type(error).__name__}"
+        return "ok" if task.result() else "down"
 
     def probes(self) -> dict[str, Callable[[], Awaitable[bool]]]:
         """Each backend's ping, by the name /ready and the logs use."""
@@ -61,6 +79,8 @@ class Backends:
         return {name: state == "ok" for name, state in (await self.check()).items()}
 
     async def close(self) -> None:
+        for task in self._pinging.values():
+            task.cancel()
         for closer in (self.bus.close, self.hot_store.close, self.analytics.close, self.db.close):
             try:
                 await closer()
@@ -83,3 +103,9 @@ async def open_backends(
         bus=await open_message_bus(settings.nats_url or None),
         analytics=await open_analytics_store(settings.clickhouse_url or None, settings.data_dir),
     )
+
+
+def _retrieve(task: asyncio.Task[bool]) -> None:
+    """Mark a ping's outcome retrieved (nobody may be waiting for it)."""
+    if not task.cancelled():
+        task.exception()
