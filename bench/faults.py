@@ -13,7 +13,8 @@ campaigns x 4 offers; campaigns 0-3 carry a frequency cap that fails closed
 (bench/openrtb_samples.py, tmax 100 ms, Zipf users) on `POST /v1/bid` at a
 fixed rate, open loop, over the whole run. A quarter of the bids are won: the
 win notice (nurl) is sent twice, as an exchange retrying would, and again
-every 0.5 s until it is answered 200.
+until it is answered 200, backing off from 0.5 s to 8 s (on connections of
+its own: notices waiting on a stalled backend do not hold up bids).
 
 Plan, one fault after the other, each after a steady spell: PostgreSQL, Redis
 and NATS are each frozen (SIGSTOP to the server's process group, then
@@ -76,6 +77,7 @@ log = logging.getLogger("bench.faults")
 TMAX_MS = 100
 WIN_SHARE = 0.25
 NOTICE_RETRY_SECONDS = 0.5
+NOTICE_RETRY_MAX_SECONDS = 8.0
 BACKENDS = ("postgres", "redis", "nats")
 REPORT = pathlib.Path(__file__).parent / "reports" / "faults.md"
 
@@ -283,6 +285,9 @@ class Load:
         self._tasks: set[asyncio.Task[None]] = set()
         self._driver: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
+        # notices on connections of their own, as an exchange's notice
+        # sender: notices waiting on a stalled backend do not hold up bids
+        self._notice_http: aiohttp.ClientSession | None = None
 
     def _pool(self, size: int) -> list[bytes]:
         bodies = []
@@ -298,6 +303,10 @@ class Load:
             connector=aiohttp.TCPConnector(limit=500),
             timeout=aiohttp.ClientTimeout(total=2.0),
             headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+        )
+        self._notice_http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=200),
+            timeout=aiohttp.ClientTimeout(total=5.0),
         )
         self._running = True
         self._driver = asyncio.create_task(self._drive())
@@ -315,6 +324,8 @@ class Load:
             task.cancel()
         if self._http is not None:
             await self._http.close()
+        if self._notice_http is not None:
+            await self._notice_http.close()
 
     async def _drive(self) -> None:
         interval = 1.0 / self.rate
@@ -360,17 +371,20 @@ class Load:
 
     async def _win(self, notice: Notice) -> None:
         """Send the win notice twice (a retry racing the first), then again
-        until one is answered 200 (while the run lasts)."""
+        until one is answered 200 (while the run lasts), backing off as
+        exchanges do: 0.5 s doubling to 8 s, with jitter."""
         await asyncio.gather(self._send(notice), self._send(notice))
-        while not notice.done and (self._running or notice.sends < 100):
-            await asyncio.sleep(NOTICE_RETRY_SECONDS)
+        delay = NOTICE_RETRY_SECONDS
+        while not notice.done and (self._running or notice.sends < 30):
+            await asyncio.sleep(delay * self._rng.uniform(0.8, 1.2))
+            delay = min(delay * 2, NOTICE_RETRY_MAX_SECONDS)
             await self._send(notice)
 
     async def _send(self, notice: Notice) -> None:
-        assert self._http is not None
+        assert self._notice_http is not None
         notice.sends += 1
         try:
-            async with self._http.get(self.base_url + notice.path) as reply:
+            async with self._notice_http.get(self.base_url + notice.path) as reply:
                 body = await reply.read()
                 notice.last = f"{reply.status} {body[:200]!r}"
                 if reply.status == 200:
@@ -565,7 +579,7 @@ async def check_consistency(rig: Rig, load: Load) -> Consistency:
         win_bids = {str(r[0]) for r in rows}
     finally:
         await store.close()
-    ledger = await _ledger_wins(rig.postgres.url)
+    ledger = await ledger_wins(rig.postgres.url)
     caps_off = await _cap_mismatches(rig.redis.url, list(load.notices.values()))
     return Consistency(
         answered_bids=len(answered),
@@ -581,7 +595,7 @@ async def check_consistency(rig: Rig, load: Load) -> Consistency:
     )
 
 
-async def _ledger_wins(url: str) -> set[str]:
+async def ledger_wins(url: str) -> set[str]:
     import asyncpg
 
     dsn = url.replace("postgresql+asyncpg://", "postgresql://")
@@ -694,7 +708,7 @@ def main() -> int:
     lines = report_lines(run)
     print("\n".join(lines))
     if not args.no_report:
-        raw = REPORT.with_name("faults-latest.md")
+        raw = REPORT.with_name("faults.last-run.md")
         raw.write_text("\n".join(lines) + "\n")
         print(f"wrote {raw} ({REPORT.name} is written by hand from such runs)")
     return 0

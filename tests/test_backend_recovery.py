@@ -495,3 +495,76 @@ async def test_ready_answers_in_time_while_the_database_is_frozen(
             await eventually(ready)
     finally:
         await running.stop()
+
+
+async def test_notices_beyond_the_in_flight_bound_are_refused_at_once_while_the_database_stalls(
+    tmp_path: pathlib.Path, private_postgres: PrivatePostgres
+) -> None:
+    """PostgreSQL frozen: the win notices the process is settling wait on
+    the database; more than NOTICES_IN_FLIGHT_MAX at once are answered 503
+    without waiting (an exchange's retries cannot pile up). After the thaw
+    every retried notice settles, once."""
+    import time
+
+    import aiohttp
+    import orjson
+
+    from bench.faults import ledger_wins
+    from services.bidding.settlement import NOTICES_IN_FLIGHT_MAX
+    from tests.conftest import seed_tenants
+    from tests.test_bidding_e2e import bid_request, live_campaign_on
+
+    running = await start(make_settings(tmp_path, database_url=private_postgres.url))
+    try:
+        keys = await seed_tenants(running)
+        await live_campaign_on(running.platform)
+        headers = {"Authorization": f"Bearer {keys['acme']['ADMIN']}"}
+        base = f"http://127.0.0.1:{running.http_port}"
+        wins: list[str] = []
+        bid_ids: list[str] = []
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(
+            timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
+        ) as http:
+            for i in range(NOTICES_IN_FLIGHT_MAX + 36):
+                body = bid_request(f"r{i}", user=f"user-{i}")
+                async with http.post(f"{base}/v1/bid", json=body, headers=headers) as r:
+                    assert r.status == 200
+                    bid = orjson.loads(await r.read())["seatbid"][0]["bid"][0]
+                    bid_ids.append(bid["id"])
+                    nurl = bid["nurl"].replace("${AUCTION_PRICE}", "1.0")
+                    wins.append(nurl.split("://", 1)[1].split("/", 1)[1])
+
+            async def send(path: str) -> tuple[int, float]:
+                started = time.perf_counter()
+                async with http.get(f"{base}/{path}") as reply:
+                    await reply.read()
+                    return reply.status, time.perf_counter() - started
+
+            private_postgres.freeze()
+            try:
+                pending = [asyncio.ensure_future(send(path)) for path in wins]
+                await asyncio.sleep(1.0)
+                refused = [t.result() for t in pending if t.done()]
+                # The bound's worth wait on the database; the rest were refused
+                # at once.
+                assert len(refused) >= 36, refused
+                assert all(status == 503 for status, _ in refused), refused
+                assert all(seconds < 0.5 for _, seconds in refused), refused
+            finally:
+                private_postgres.thaw()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+            async def settled(path: str) -> None:
+                for _ in range(100):
+                    status, _ = await send(path)
+                    if status == 200:
+                        return
+                    await asyncio.sleep(0.2)
+                raise AssertionError(f"{path} never settled")
+
+            await asyncio.gather(*(settled(path) for path in wins))
+        # each bid's spend in the ledger once (it raises on a bid seen twice)
+        assert await ledger_wins(private_postgres.url) == set(bid_ids)
+    finally:
+        await running.stop()

@@ -5,7 +5,8 @@ per bid), and an analytics event."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 from services.analytics.events import AnalyticsEvent, EventType
 from services.bidding.caps import FrequencyCaps
@@ -22,6 +23,10 @@ MAX_NOTICE_AGE_US = 7 * 86_400 * 1_000_000
 #: A notice is answered once its event is journaled; past this, 503 (the
 #: exchange retries, and every side effect of a notice happens once).
 NOTICE_JOURNAL_TIMEOUT_S = 2.0
+#: Notices settled at once in this process; more are answered 503 at once.
+#: A stalled database holds each notice up to its pool wait: without a bound,
+#: an exchange's retries pile up (and take the CPU bids need) until it heals.
+NOTICES_IN_FLIGHT_MAX = 64
 
 
 class Settlement:
@@ -40,6 +45,20 @@ class Settlement:
         self._rates = rates
         self._events = events
         self._clock = clock
+        self._in_flight = 0
+        self.max_in_flight = NOTICES_IN_FLIGHT_MAX
+
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        if self._in_flight >= self.max_in_flight:
+            raise Unavailable(
+                f"{self._in_flight} notices are being settled (the most at once); retry later"
+            )
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
 
     def _token(self, t: str) -> NoticeToken:
         token = self._signer.verify(t)
@@ -63,17 +82,19 @@ class Settlement:
         after either failed (503) completes what is missing: the ledger keeps
         the spend once, the caps' once-marker the impression."""
         token, cpm = self._token(t), parse_price(price)
-        recorded = await self._book(token, "WIN", cpm)
-        await self._caps.record_impression_once(
-            token.bid_id, token.user_id, token.campaign_id, self._clock(), token.time_zone
-        )
-        await self._event(EventType.WIN, token, cpm)
+        with self._admitted():
+            recorded = await self._book(token, "WIN", cpm)
+            await self._caps.record_impression_once(
+                token.bid_id, token.user_id, token.campaign_id, self._clock(), token.time_zone
+            )
+            await self._event(EventType.WIN, token, cpm)
         return recorded
 
     async def billing(self, t: str, price: str) -> bool:
         token, cpm = self._token(t), parse_price(price)
-        recorded = await self._book(token, "BILLING", cpm)
-        await self._event(EventType.BILLING, token, cpm)
+        with self._admitted():
+            recorded = await self._book(token, "BILLING", cpm)
+            await self._event(EventType.BILLING, token, cpm)
         return recorded
 
     async def loss(self, t: str, reason: str) -> None:
