@@ -1,0 +1,47 @@
+"""Tables of the audience domain: canonical profiles, the identities that
+resolve to them, and the message ids already applied (the ingestion's
+idempotency keys). Migrations: services/audience/migrations/.
+
+Times are integer microseconds since the epoch (UTC), as elsewhere."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from services.db import metadata
+
+audience_profiles = sa.Table(
+    "audience_profiles",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("traits", sa.JSON, nullable=False),
+    sa.Column("event_count", sa.BigInteger, nullable=False),
+    sa.Column("first_seen_time", sa.BigInteger, nullable=False),
+    sa.Column("last_seen_time", sa.BigInteger, nullable=False),
+    # Set when an alias or an identify merged this profile into another.
+    sa.Column("merged_into", sa.String(64), nullable=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_audience_profiles_tenant_created", "tenant_id", "create_time", "id"),
+)
+
+audience_identities = sa.Table(
+    "audience_identities",
+    metadata,
+    sa.Column("tenant_id", sa.String(40), primary_key=True),
+    sa.Column("kind", sa.String(20), primary_key=True),  # user_id, anonymous_id
+    sa.Column("value", sa.String(1024), primary_key=True),
+    sa.Column("profile_id", sa.String(64), nullable=False),
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_audience_identities_profile", "profile_id"),
+)
+
+audience_messages = sa.Table(
+    "audience_messages",
+    metadata,
+    sa.Column("tenant_id", sa.String(40), primary_key=True),
+    sa.Column("message_id", sa.String(1024), primary_key=True),
+    sa.Column("receive_time", sa.BigInteger, nullable=False),
+)

@@ -1,0 +1,198 @@
+"""Canonical profiles built from tracking calls (services/audience/profiles.py),
+on SQLite and PostgreSQL: each message applied once, identities resolved and
+merged deterministically, traits, counts and first/last seen kept."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import pathlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from services.audience.profiles import Profiles
+from services.audience.tracking import read_batch, read_call
+from services.common.errors import NotFound
+from services.db import Database
+
+MIGRATIONS = pathlib.Path(__file__).parent.parent / "services" / "audience" / "migrations"
+T0 = round(dt.datetime(2026, 12, 6, 12, tzinfo=dt.UTC).timestamp() * 1e6)  # received
+MINUTE = 60_000_000
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.backends)])
+async def profiles(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> AsyncIterator[Profiles]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'cx.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url_fresh")
+    db = Database(url)
+    await db.migrate([MIGRATIONS])
+    try:
+        yield Profiles(db, clock=lambda: T0)
+    finally:
+        await db.close()
+
+
+def call(kind: str, at: int = T0, **fields: Any) -> Any:
+    return read_call(fields, at, call_type=kind)
+
+
+async def test_a_retried_message_is_applied_once(profiles: Profiles) -> None:
+    track = call("track", userId="u1", event="Viewed", messageId="m1")
+    first = await profiles.ingest("acme", [track, track])
+    assert (first.applied, first.duplicates) == (1, 1)
+    again = await profiles.ingest("acme", [track])
+    assert (again.applied, again.duplicates) == (0, 1)
+    profile = await profiles.get("acme", first.profile_ids[0])
+    assert profile.event_count == 1
+    # message ids are per tenant
+    other = await profiles.ingest("globex", [track])
+    assert other.applied == 1 and other.profile_ids[0] != first.profile_ids[0]
+
+
+async def test_traits_counts_and_first_and_last_seen(profiles: Profiles) -> None:
+    result = await profiles.ingest(
+        "acme",
+        [
+            call(
+                "identify",
+                userId="u1",
+                traits={"email": "ann@example.com", "plan": "free"},
+                timestamp="2026-12-01T10:00:00Z",
+                messageId="a",
+            ),  # fmt: skip
+            call(
+                "track",
+                userId="u1",
+                event="Upgraded",
+                context={"traits": {"plan": "pro"}},
+                timestamp="2026-12-03T10:00:00Z",
+                messageId="b",
+            ),  # fmt: skip
+            call(
+                "page", userId="u1", name="Home", timestamp="2026-11-30T10:00:00Z", messageId="c"
+            ),  # fmt: skip
+            call(
+                "group",
+                userId="u1",
+                groupId="acme-inc",
+                messageId="d",
+                timestamp="2026-12-02T10:00:00Z",
+            ),  # fmt: skip
+        ],
+    )
+    assert len(set(result.profile_ids)) == 1
+    profile = await profiles.get("acme", result.profile_ids[0])
+    assert profile.traits == {"email": "ann@example.com", "plan": "pro"}
+    assert profile.event_count == 2  # track and page; identify and group are not events
+    assert (
+        profile.first_seen_us
+        == read_call(
+            {"userId": "x", "timestamp": "2026-11-30T10:00:00Z"}, T0, call_type="identify"
+        ).timestamp_us
+    )
+    assert profile.last_seen_us - profile.first_seen_us == 3 * 24 * 60 * MINUTE
+    assert profile.identities == {"user_id": ["u1"]}
+    assert (await profiles.resolve("acme", "user_id", "u1")) == profile
+    assert await profiles.resolve("acme", "user_id", "nobody") is None
+    with pytest.raises(NotFound):
+        await profiles.get("acme", "no-such-profile")
+    with pytest.raises(NotFound):
+        await profiles.get("globex", profile.id)  # another tenant's
+
+
+async def test_a_visitor_who_signs_in_is_merged_into_the_users_profile(
+    profiles: Profiles,
+) -> None:
+    visitor = await profiles.ingest(
+        "acme",
+        [
+            call(
+                "track",
+                anonymousId="anon-1",
+                event="Viewed",
+                messageId="1",
+                traits={},
+                timestamp="2026-12-01T10:00:00Z",
+            ),  # fmt: skip
+            call("identify", anonymousId="anon-1", traits={"color": "red"}, messageId="2"),
+        ],
+    )
+    user = await profiles.ingest(
+        "acme",
+        [
+            call(
+                "identify", userId="u1", traits={"color": "blue", "tier": "gold"}, messageId="3"
+            ),  # fmt: skip
+            call("track", userId="u1", event="Bought", messageId="4"),
+        ],
+    )
+    assert visitor.profile_ids[0] != user.profile_ids[0]
+    signed_in = await profiles.ingest(
+        "acme", [call("track", userId="u1", anonymousId="anon-1", event="Paid", messageId="5")]
+    )
+    survivor = user.profile_ids[0]
+    assert signed_in.profile_ids == [survivor]
+    merged = await profiles.get("acme", visitor.profile_ids[0])  # follows to the survivor
+    assert merged.id == survivor
+    assert merged.identities == {"anonymous_id": ["anon-1"], "user_id": ["u1"]}
+    assert merged.traits == {"color": "blue", "tier": "gold"}  # the user's traits win
+    assert merged.event_count == 3
+
+
+async def test_two_users_on_one_device_are_never_merged(profiles: Profiles) -> None:
+    ann = await profiles.ingest("acme", [call("identify", userId="ann", anonymousId="dev-1")])
+    bob = await profiles.ingest("acme", [call("identify", userId="bob", anonymousId="dev-1")])
+    assert ann.profile_ids[0] != bob.profile_ids[0]
+    assert (await profiles.get("acme", ann.profile_ids[0])).identities == {
+        "anonymous_id": ["dev-1"],
+        "user_id": ["ann"],
+    }
+    assert (await profiles.get("acme", bob.profile_ids[0])).identities == {"user_id": ["bob"]}
+    # bob known already: his call with ann's device stays his, nothing merged
+    again = await profiles.ingest(
+        "acme", [call("track", userId="bob", anonymousId="dev-1", event="e")]
+    )
+    assert again.profile_ids == bob.profile_ids
+    assert (await profiles.get("acme", ann.profile_ids[0])).id == ann.profile_ids[0]
+
+
+async def test_alias_merges_the_previous_id_into_the_user(profiles: Profiles) -> None:
+    old = await profiles.ingest(
+        "acme", [call("identify", userId="old-crm-id", traits={"city": "Oslo"})]
+    )
+    aliased = await profiles.ingest(
+        "acme", [call("alias", userId="new-id", previousId="old-crm-id")]
+    )
+    profile = await profiles.get("acme", old.profile_ids[0])
+    assert profile.id == aliased.profile_ids[0]
+    assert profile.identities == {"user_id": ["new-id", "old-crm-id"]}
+    assert profile.traits == {"city": "Oslo"}
+    # an unknown previous id is attached as an anonymous id
+    fresh = await profiles.ingest("acme", [call("alias", userId="u9", previousId="cookie-9")])
+    assert (await profiles.resolve("acme", "anonymous_id", "cookie-9")) == await profiles.get(
+        "acme", fresh.profile_ids[0]
+    )
+
+
+async def test_concurrent_batches_for_one_new_user_make_one_profile(profiles: Profiles) -> None:
+    batches = [
+        read_batch(
+            {
+                "batch": [
+                    {"type": "track", "userId": "new-user", "event": f"e{i}", "messageId": f"m{i}"}
+                ]
+            },
+            T0,
+        )
+        for i in range(8)
+    ]
+    results = await asyncio.gather(*(profiles.ingest("acme", b) for b in batches))
+    assert len({r.profile_ids[0] for r in results}) == 1
+    profile = await profiles.get("acme", results[0].profile_ids[0])
+    assert profile.event_count == 8
