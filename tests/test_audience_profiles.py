@@ -14,7 +14,7 @@ import pytest
 
 from services.audience.profiles import Profiles
 from services.audience.tracking import read_batch, read_call
-from services.common.errors import NotFound
+from services.common.errors import InvalidArgument, NotFound
 from services.db import Database
 
 MIGRATIONS = pathlib.Path(__file__).parent.parent / "services" / "audience" / "migrations"
@@ -196,3 +196,89 @@ async def test_concurrent_batches_for_one_new_user_make_one_profile(profiles: Pr
     assert len({r.profile_ids[0] for r in results}) == 1
     profile = await profiles.get("acme", results[0].profile_ids[0])
     assert profile.event_count == 8
+
+
+async def test_profiles_are_listed_a_page_at_a_time_without_merged_ones(
+    profiles: Profiles,
+) -> None:
+    clock = [T0]
+    profiles._clock = lambda: clock[0]  # creation order: one profile per tick
+    made = []
+    for i in range(5):
+        clock[0] += 1
+        result = await profiles.ingest(
+            "acme",
+            [
+                call(
+                    "identify",
+                    userId=f"u{i}",
+                    anonymousId=f"a{i}",
+                    timestamp=f"2026-12-0{i + 1}T00:00:00Z",
+                )
+            ],  # fmt: skip
+        )
+        made.append(result.profile_ids[0])
+    clock[0] += 1
+    await profiles.ingest("acme", [call("identify", anonymousId="lonely")])
+    await profiles.ingest("acme", [call("alias", userId="u0", previousId="lonely")])
+    await profiles.ingest("globex", [call("identify", userId="elsewhere")])
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page, token = await profiles.list("acme", 2, token)
+        seen += [p.id for p in page]
+        pages += 1
+        if not token:
+            break
+    assert seen == made and pages == 3  # the merged "lonely" profile is not listed
+    recent, _ = await profiles.list(
+        "acme", seen_since_us=read_call(
+            {"userId": "x", "timestamp": "2026-12-04T00:00:00Z"}, T0, call_type="identify"
+        ).timestamp_us,
+    )  # fmt: skip
+    # u0 was seen again at the alias (now); u3 and u4 on Dec 4 and 5
+    assert [p.id for p in recent] == [made[0], *made[3:]]
+    with pytest.raises(InvalidArgument) as bad:
+        await profiles.list("acme", 1001)
+    assert bad.value.field_violations[0].field == "page_size"
+    _, first_token = await profiles.list("acme", 2)
+    with pytest.raises(InvalidArgument) as forged:
+        await profiles.list("globex", 2, first_token)  # another tenant's request
+    assert forged.value.field_violations[0].field == "page_token"
+
+
+async def test_traits_are_set_and_unset_on_the_surviving_profile(profiles: Profiles) -> None:
+    anon = await profiles.ingest("acme", [call("identify", anonymousId="a", traits={"x": 1})])
+    await profiles.ingest("acme", [call("identify", userId="u", anonymousId="a", traits={"y": 2})])
+    updated = await profiles.update_traits(
+        "acme", anon.profile_ids[0], {"plan": "pro"}, unset=["x", "missing"]
+    )
+    assert updated.traits == {"y": 2, "plan": "pro"}
+    assert updated.identities["user_id"] == ["u"]  # the survivor was updated
+    for bad_set, bad_unset in (({"a": 1}, ["a"]), ({"": 1}, []), ({}, ["k" * 257])):
+        with pytest.raises(InvalidArgument) as refused:
+            await profiles.update_traits("acme", updated.id, bad_set, bad_unset)
+        assert refused.value.field_violations[0].field == "traits"
+    with pytest.raises(NotFound):
+        await profiles.update_traits("globex", updated.id, {"a": 1})
+
+
+async def test_a_deleted_profile_takes_its_identities_and_merged_profiles_with_it(
+    profiles: Profiles,
+) -> None:
+    anon = await profiles.ingest("acme", [call("identify", anonymousId="a")])
+    user = await profiles.ingest("acme", [call("identify", userId="u", anonymousId="a")])
+    kept = await profiles.ingest("acme", [call("identify", userId="other")])
+    await profiles.delete("acme", user.profile_ids[0])
+    for profile_id in (anon.profile_ids[0], user.profile_ids[0]):
+        with pytest.raises(NotFound):
+            await profiles.get("acme", profile_id)
+    assert await profiles.resolve("acme", "user_id", "u") is None
+    assert await profiles.resolve("acme", "anonymous_id", "a") is None
+    assert (await profiles.get("acme", kept.profile_ids[0])).identities == {"user_id": ["other"]}
+    with pytest.raises(NotFound):
+        await profiles.delete("acme", user.profile_ids[0])
+    # the same ids make a new profile afterwards
+    again = await profiles.ingest("acme", [call("identify", userId="u")])
+    assert again.profile_ids[0] != user.profile_ids[0]

@@ -38,14 +38,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.audience.tables import audience_identities, audience_messages, audience_profiles
 from services.audience.tracking import TrackedCall
 from services.common.clock import now_us
-from services.common.errors import NotFound
+from services.common.errors import InvalidArgument, NotFound
 from services.common.ids import random_hex_id
+from services.common.pagination import PageTokens, scope
 from services.db import Database
 
 #: How often a batch is tried again after a conflict with a concurrent one
 #: (the same new identity or message id written by both).
 CONFLICT_RETRIES = 5
 _COUNTED = frozenset({"track", "page", "screen"})
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1_000
+#: Traits one update may set or unset at most.
+MAX_TRAIT_CHANGES = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +73,125 @@ class IngestResult:
 
 
 class Profiles:
-    def __init__(self, db: Database, clock: Callable[[], int] = now_us) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], int] = now_us,
+        page_tokens: PageTokens | None = None,
+    ) -> None:
         self._db = db
         self._clock = clock
+        self._pages = page_tokens or PageTokens("audience-profiles")
+
+    async def list(
+        self,
+        tenant_id: str,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        seen_since_us: int = 0,
+    ) -> tuple[list[Profile], str]:
+        """A tenant's profiles (merged ones left out), oldest first, a page
+        at a time; `seen_since_us`: only those seen at or after it."""
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument.field(
+                "page_size", f"must be 0-{MAX_PAGE_SIZE} (0: {DEFAULT_PAGE_SIZE})"
+            )
+        size = page_size or DEFAULT_PAGE_SIZE
+        request = scope("audience.ListProfiles", tenant_id, seen_since_us)
+        cursor = self._pages.decode(request, page_token, "t", "id")
+        p = audience_profiles.c
+        query = (
+            sa.select(audience_profiles)
+            .where(p.tenant_id == tenant_id, p.merged_into.is_(None))
+            .order_by(p.create_time, p.id)
+            .limit(size + 1)
+        )
+        if seen_since_us:
+            query = query.where(p.last_seen_time >= seen_since_us)
+        if cursor is not None:
+            query = query.where(
+                sa.or_(
+                    p.create_time > cursor["t"],
+                    sa.and_(p.create_time == cursor["t"], p.id > cursor["id"]),
+                )
+            )
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+            profiles = [await self._profile(conn, row) for row in rows[:size]]
+        token = ""
+        if len(rows) > size:
+            last = rows[size - 1]
+            token = self._pages.encode(request, {"t": last.create_time, "id": last.id})
+        return profiles, token
+
+    async def update_traits(
+        self,
+        tenant_id: str,
+        profile_id: str,
+        set_traits: dict[str, Any] | None = None,
+        unset: Sequence[str] = (),
+    ) -> Profile:
+        """Set traits key by key and remove others (an operator's fix or a
+        connector's sync), on the profile or the one it was merged into."""
+        set_traits = set_traits or {}
+        if len(set_traits) + len(unset) > MAX_TRAIT_CHANGES:
+            raise InvalidArgument.field("traits", f"at most {MAX_TRAIT_CHANGES} changes at once")
+        for key in [*set_traits, *unset]:
+            if not isinstance(key, str) or not key or len(key) > 256:
+                raise InvalidArgument.field("traits", f"{key!r}: a trait name is 1-256 characters")
+        both = set(set_traits) & set(unset)
+        if both:
+            raise InvalidArgument.field("traits", f"{sorted(both)[0]!r} is both set and unset")
+        target = (await self.get(tenant_id, profile_id)).id
+        now = self._clock()
+        async with self._db.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(audience_profiles)
+                    .where(audience_profiles.c.id == target)
+                    .with_for_update()
+                )
+            ).one()
+            traits = {**row.traits, **set_traits}
+            for key in unset:
+                traits.pop(key, None)
+            await conn.execute(
+                audience_profiles.update()
+                .where(audience_profiles.c.id == target)
+                .values(traits=traits, version=row.version + 1, update_time=now)
+            )
+        return await self.get(tenant_id, target)
+
+    async def delete(self, tenant_id: str, profile_id: str) -> None:
+        """Remove the profile, every profile merged into it and their
+        identities from the management database. NOT_FOUND if there is none."""
+        target = (await self.get(tenant_id, profile_id)).id
+        async with self._db.engine.begin() as conn:
+            ids = {target}
+            frontier = [target]
+            while frontier:  # every profile merged into it, however deep
+                found = (
+                    await conn.scalars(
+                        sa.select(audience_profiles.c.id).where(
+                            audience_profiles.c.tenant_id == tenant_id,
+                            audience_profiles.c.merged_into.in_(frontier),
+                        )
+                    )
+                ).all()
+                frontier = [i for i in found if i not in ids]
+                ids.update(frontier)
+            await conn.execute(
+                audience_identities.delete().where(
+                    audience_identities.c.tenant_id == tenant_id,
+                    audience_identities.c.profile_id.in_(ids),
+                )
+            )
+            await conn.execute(
+                audience_profiles.delete().where(
+                    audience_profiles.c.tenant_id == tenant_id, audience_profiles.c.id.in_(ids)
+                )
+            )
 
     async def ingest(self, tenant_id: str, calls: Sequence[TrackedCall]) -> IngestResult:
         """Apply the calls in order, each once; one transaction."""
