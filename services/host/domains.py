@@ -13,6 +13,7 @@ DOMAINS: tuple[str, ...] = (
     "tenancy",
     "auth",
     "audit",
+    "audience",
     "campaigns",
     "inference",
     "bidding",

@@ -1,0 +1,33 @@
+"""The audience domain: tracking calls in, canonical profiles out
+(AudienceService). In progress: see docs/audience.md."""
+
+from __future__ import annotations
+
+import pathlib
+
+from campaignexpress.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
+from services.audience.domain import Audience
+from services.audience.profiles import Profiles
+from services.audience.servicer import AudienceServicer
+from services.kernel import Built, DomainModule, Kernel, Service
+
+
+async def _build(kernel: Kernel) -> Built:
+    audience = Audience(
+        Profiles(kernel.backends.db, clock=kernel.clock, page_tokens=kernel.page_tokens),
+        clock=kernel.clock,
+    )
+    return Built([AudienceServicer(audience)], api=audience)
+
+
+MODULE = DomainModule(
+    name="audience",
+    services=(
+        Service(
+            audience_service_pb2.DESCRIPTOR.services_by_name["AudienceService"],
+            audience_service_pb2_grpc.add_AudienceServiceServicer_to_server,
+        ),
+    ),
+    build=_build,
+    migrations=pathlib.Path(__file__).parent / "migrations",
+)

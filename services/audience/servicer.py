@@ -1,0 +1,107 @@
+"""AudienceService: protos in, domain calls, protos out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from campaignexpress.audience.v1 import audience_service_pb2, audience_service_pb2_grpc, profile_pb2
+from services.audience.domain import Audience, profile_name
+from services.audience.profiles import Profile
+from services.common.call import current_principal
+from services.common.protoconv import micros, timestamp
+
+pb = audience_service_pb2
+
+
+def _plain(value: Any) -> Any:
+    """A Struct's value as JSON would give it: Struct numbers are doubles,
+    so whole ones become ints again (a numeric userId is 42, not 42.0)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _dict(message: struct_pb2.Struct) -> dict[str, Any]:
+    plain: dict[str, Any] = _plain(json_format.MessageToDict(message))
+    return plain
+
+
+def profile_proto(profile: Profile) -> profile_pb2.Profile:
+    traits = struct_pb2.Struct()
+    traits.update(profile.traits)
+    return profile_pb2.Profile(
+        name=profile_name(profile),
+        traits=traits,
+        event_count=profile.event_count,
+        first_seen_time=timestamp(profile.first_seen_us),
+        last_seen_time=timestamp(profile.last_seen_us),
+        identities=[
+            profile_pb2.Identity(kind=kind, value=value)
+            for kind, values in sorted(profile.identities.items())
+            for value in values
+        ],
+        version=profile.version,
+    )
+
+
+class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
+    def __init__(self, audience: Audience) -> None:
+        self._audience = audience
+
+    async def IngestEvents(self, request: pb.IngestEventsRequest, context: Any) -> Any:
+        result = await self._audience.ingest(
+            current_principal(),
+            request.parent,
+            [_dict(call) for call in request.batch],
+            context=_dict(request.context),
+            integrations=_dict(request.integrations),
+            sent_at=request.sent_at,
+        )
+        return pb.IngestEventsResponse(
+            applied=result.applied,
+            duplicates=result.duplicates,
+            profiles=[f"{request.parent}/profiles/{p}" if p else "" for p in result.profile_ids],
+        )
+
+    async def GetProfile(self, request: pb.GetProfileRequest, context: Any) -> Any:
+        found = await self._audience.get(current_principal(), request.name)
+        return pb.GetProfileResponse(profile=profile_proto(found))
+
+    async def ListProfiles(self, request: pb.ListProfilesRequest, context: Any) -> Any:
+        found, token = await self._audience.list(
+            current_principal(),
+            request.parent,
+            request.page_size,
+            request.page_token,
+            micros(request.seen_since_time, request.HasField("seen_since_time"), "seen_since_time"),
+        )
+        return pb.ListProfilesResponse(
+            profiles=[profile_proto(p) for p in found], next_page_token=token
+        )
+
+    async def ResolveProfile(self, request: pb.ResolveProfileRequest, context: Any) -> Any:
+        found = await self._audience.resolve(
+            current_principal(), request.parent, request.kind, request.value
+        )
+        return pb.ResolveProfileResponse(profile=profile_proto(found))
+
+    async def UpdateProfileTraits(
+        self, request: pb.UpdateProfileTraitsRequest, context: Any
+    ) -> Any:
+        found = await self._audience.update_traits(
+            current_principal(),
+            request.name,
+            _dict(request.set_traits),
+            list(request.unset_traits),
+        )
+        return pb.UpdateProfileTraitsResponse(profile=profile_proto(found))
+
+    async def DeleteProfile(self, request: pb.DeleteProfileRequest, context: Any) -> Any:
+        await self._audience.delete(current_principal(), request.name)
+        return pb.DeleteProfileResponse()
