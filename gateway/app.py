@@ -16,12 +16,14 @@ from aiohttp import web
 from google.protobuf import descriptor, descriptor_pb2
 from grpc import aio
 
+from campaignexpress.audience.v1 import audience_service_pb2
 from campaignexpress.bidding.v1 import bidding_service_pb2
 from gateway.bodies import body_too_large, content_encoding, decompress
 from gateway.errors import error_body
 from gateway.openapi import build_openapi
 from gateway.openrtb import OPENRTB_VERSION, decode_bid_request, encode_bid_response
 from gateway.serverlog import ClientErrorLog
+from gateway.tracking import AUDIENCE_SERVICE, TRACKING_PATHS, bearer, ingest_request, size_limit
 from gateway.transcoder import Route, Router, build_request, render, routes_for
 from services.common.errors import ERROR_DOMAIN, DomainError, InvalidArgument, Unauthenticated
 
@@ -101,6 +103,7 @@ class Gateway:
         self._descriptor_set = descriptor_set
         self._openapi: bytes | None = None
         self._process_bid: Any = None
+        self._ingest: Any = None
         self._max_request_bytes = 4 * 1024 * 1024
 
     def _callable(self, route: Route) -> Any:
@@ -229,6 +232,51 @@ class Gateway:
             headers=headers,
         )
 
+    async def track(self, request: web.Request) -> web.Response:
+        """Segment's HTTP Tracking API (gateway/tracking.py), dispatched to
+        AudienceService.IngestEvents; `{"success": true}` when taken."""
+        request_id = _request_id(request)
+        headers = {"X-Request-Id": request_id}
+        kind = TRACKING_PATHS[request.path]
+        limit = size_limit(kind)
+        try:
+            metadata = [
+                (k, v) for k, v in _call_metadata(request, request_id) if k != "authorization"
+            ]
+            metadata.append(("authorization", bearer(request.headers.get("authorization", ""))))
+            body = await self._read_body(request)
+            if len(body) > limit:
+                status, payload, _ = error_body(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the body is larger than {limit} bytes (Segment's limit)",
+                    (),
+                    request_id,
+                )
+                payload["error"]["fieldViolations"] = [
+                    {"field": "body", "description": f"is larger than {limit} bytes"}
+                ]
+                return _json(payload, 413, headers)
+            ingest = ingest_request(kind, body)
+        except DomainError as exc:
+            response = self._domain_error(exc, request_id)
+            response.headers.update(headers)
+            return response
+        if self._ingest is None:
+            self._ingest = self._channel_for(AUDIENCE_SERVICE).unary_unary(
+                f"/{AUDIENCE_SERVICE}/IngestEvents",
+                request_serializer=audience_service_pb2.IngestEventsRequest.SerializeToString,
+                response_deserializer=audience_service_pb2.IngestEventsResponse.FromString,
+            )
+        try:
+            await self._ingest(ingest, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+        except aio.AioRpcError as exc:
+            status, payload, extra = error_body(
+                exc.code(), exc.details() or "", exc.trailing_metadata(), request_id
+            )
+            headers.update(extra)
+            return _json(payload, status, headers)
+        return _json({"success": True}, 200, headers)
+
     async def health(self, request: web.Request) -> web.Response:
         return _json({"status": "ok"})
 
@@ -277,5 +325,8 @@ class Gateway:
         app.router.add_get("/openapi.json", self.openapi)
         if BIDDING_SERVICE in self._services:
             app.router.add_post("/v1/bid", self.bid)
+        if AUDIENCE_SERVICE in self._services:
+            for path in TRACKING_PATHS:
+                app.router.add_post(path, self.track)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app

@@ -54,10 +54,14 @@ PACKAGE_PREFIX = "campaignexpress."
 
 #: Plain HTTP endpoints of the built-in gateway (probes and its OpenAPI document):
 #: routed to it, not transcoded. Every REST path of the API starts with /v1/.
-# Served by the built-in gateway itself: the probes, the OpenAPI document and
+# Served by the built-in gateway itself: the probes, the OpenAPI document,
 # the OpenRTB JSON endpoint (OpenRTB JSON is not protobuf JSON, so the
-# transcoder cannot carry it).
-GATEWAY_PATHS = ("/health", "/live", "/openapi.json", "/ready", "/v1/bid")
+# transcoder cannot carry it) and Segment's tracking paths (Basic write-key
+# auth and Segment's bodies; gateway/tracking.py).
+SEGMENT_PATHS = tuple(
+    f"/v1/{kind}" for kind in ("identify", "track", "page", "screen", "group", "alias", "batch")
+)
+GATEWAY_PATHS = ("/health", "/live", "/openapi.json", "/ready", "/v1/bid", *SEGMENT_PATHS)
 
 GRPC_CLUSTER = "campaignexpress_grpc"
 GATEWAY_CLUSTER = "campaignexpress_gateway"

@@ -137,3 +137,122 @@ async def test_bad_calls_are_refused_naming_the_field(env: Env) -> None:
         assert status == 400, (path, answer)
         fields = [v["field"] for v in answer["error"]["fieldViolations"]]
         assert field in fields, (path, answer)
+
+
+def basic(key: str) -> dict[str, str]:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+
+
+async def segment(env: Env, path: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
+    import gzip
+
+    import orjson
+
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    extra = {}
+    if path.endswith("#gzip"):
+        path, data, extra = path[:-5], gzip.compress(data), {"Content-Encoding": "gzip"}
+    async with env.http.post(
+        f"{env.base_url}/v1/{path}",
+        data=data,
+        headers={**headers, **extra, "Content-Type": "application/json"},
+    ) as reply:
+        return reply.status, await reply.json()
+
+
+async def test_segment_sources_send_unchanged_with_the_key_as_write_key(env: Env) -> None:
+    key = env.keys["acme"]["ADMIN"]
+    answers = [
+        await segment(
+            env,
+            "identify",
+            {"userId": "seg-1", "traits": {"name": "Ann"}, "messageId": "s1"},
+            basic(key),
+        ),  # fmt: skip
+        await segment(
+            env,
+            "track",
+            {
+                "userId": "seg-1",
+                "event": "Clicked",
+                "messageId": "s2",
+                "sentAt": "2026-12-06T12:00:00Z",
+            },
+            basic(key),
+        ),  # fmt: skip
+        await segment(
+            env,
+            "page#gzip",
+            {"anonymousId": "cookie-1", "name": "Home", "messageId": "s3"},
+            env.headers(),
+        ),  # fmt: skip
+        await segment(
+            env,
+            "batch",
+            {
+                "batch": [
+                    {
+                        "type": "alias",
+                        "userId": "seg-1",
+                        "previousId": "cookie-1",
+                        "messageId": "s4",
+                    },
+                    {"type": "screen", "userId": "seg-1", "name": "Cart", "messageId": "s5"},
+                    {"type": "track", "userId": "seg-1", "event": "Clicked", "messageId": "s2"},
+                ],
+                "context": {"app": {"name": "shop"}},
+            },
+            basic(key),
+        ),  # fmt: skip
+    ]
+    assert answers == [(200, {"success": True})] * 4
+    status, resolved = await call(
+        env, "GET", "tenants/acme/profiles:resolve?kind=user_id&value=seg-1"
+    )
+    profile = resolved["profile"]
+    assert status == 200 and profile["traits"] == {"name": "Ann"}
+    # track s2 (its retry in the batch collapsed), page, screen
+    assert profile["eventCount"] == "3"
+    assert {(i["kind"], i["value"]) for i in profile["identities"]} == {
+        ("user_id", "seg-1"),
+        ("anonymous_id", "cookie-1"),
+    }
+    # the calls went to the key's tenant only
+    status, _ = await call(
+        env, "GET", "tenants/globex/profiles:resolve?kind=user_id&value=seg-1", tenant="globex"
+    )
+    assert status == 404
+
+
+async def test_segment_paths_refuse_bad_keys_sizes_and_calls(env: Env) -> None:
+    from services.audience.tracking import MAX_BATCH_BYTES, MAX_CALL_BYTES
+
+    key = env.keys["acme"]["ADMIN"]
+    fine = {"userId": "u", "event": "e"}
+    assert (await segment(env, "track", fine, basic("cx_not-a-key-at-all-000000")))[0] == 401
+    assert (await segment(env, "track", fine, {"Authorization": "Basic %%%"}))[0] == 401
+    assert (await segment(env, "track", fine, {"Authorization": "Digest x"}))[0] == 401
+    assert (await segment(env, "track", fine, {}))[0] == 401
+    viewer = env.keys["acme"]["VIEWER"]  # may not write events
+    assert (await segment(env, "track", fine, basic(viewer)))[0] == 403
+    big = {"userId": "u", "event": "e", "properties": {"blob": "x" * MAX_CALL_BYTES}}
+    status, answer = await segment(env, "track", big, basic(key))
+    assert status == 413 and answer["error"]["fieldViolations"][0]["field"] == "body"
+    many = {
+        "batch": [{"type": "track", "userId": "u", "event": "x" * 1000}] * (MAX_BATCH_BYTES // 1000)
+    }
+    assert (await segment(env, "batch", many, basic(key)))[0] == 413
+    for path, body, field in (
+        ("track", {"userId": "u"}, "batch[0].event"),
+        ("track", b"{not json", "body"),
+        ("track", [1], "body"),
+        ("batch", {"batch": [{"type": "track", "userId": "u", "event": "e"}, 7]}, "batch[1]"),
+        ("batch", {"batch": "no"}, "batch"),
+        ("batch", {"batch": [{"type": "identify", "userId": "u"}], "sentAt": 5}, "sentAt"),
+    ):
+        status, answer = await segment(env, path, body, basic(key))
+        assert status == 400, (path, body, answer)
+        fields = [v["field"] for v in answer["error"]["fieldViolations"]]
+        assert field in fields, (path, answer)

@@ -35,7 +35,8 @@ class Audience:
         integrations: Mapping[str, Any] | None = None,
         sent_at: str = "",
     ) -> IngestResult:
-        tenant_id = self._tenant(caller, parent)
+        # `tenants/-`: the caller's own (the Segment paths name no tenant).
+        tenant_id = caller.tenant_id if parent == "tenants/-" else self._tenant(caller, parent)
         body: dict[str, Any] = {"batch": list(calls)}
         if context:
             body["context"] = dict(context)

@@ -33,7 +33,7 @@ class IngestEventsRequest(_message.Message):
     INTEGRATIONS_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
-    """The tenant, `tenants/{tenant}`."""
+    """The tenant, `tenants/{tenant}`; `tenants/-` is the caller's own."""
     sent_at: _builtins.str
     """When the sender sent the batch (ISO-8601), for clock-skew correction."""
     @_builtins.property
