@@ -282,3 +282,16 @@ async def test_a_deleted_profile_takes_its_identities_and_merged_profiles_with_i
     # the same ids make a new profile afterwards
     again = await profiles.ingest("acme", [call("identify", userId="u")])
     assert again.profile_ids[0] != user.profile_ids[0]
+
+
+async def test_demo_profiles_are_seeded_once(profiles: Profiles) -> None:
+    from services.audience.demo import DEMO_PEOPLE, demo_calls, seed_demo_profiles
+
+    applied = await seed_demo_profiles(profiles, "demo", T0)
+    assert applied == len(demo_calls(T0))
+    assert await seed_demo_profiles(profiles, "demo", T0 + MINUTE) == 0  # again: nothing new
+    listed, token = await profiles.list("demo", 1000)
+    assert len(listed) == DEMO_PEOPLE and not token  # the anonymous browsers were merged
+    merged = [p for p in listed if "anonymous_id" in p.identities]
+    assert len(merged) == DEMO_PEOPLE // 4
+    assert all(p.traits["email"].endswith("@example.com") and p.event_count >= 1 for p in listed)

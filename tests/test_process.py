@@ -423,6 +423,11 @@ async def test_demo_prints_a_working_key_and_is_idempotent(tmp_path: pathlib.Pat
         offers_path = f"{base}/v1/{body['campaigns'][0]['name']}/offers"
         status, body = await http_json("GET", offers_path, key=key)
         assert status == 200 and len(body["offers"]) == 2, body
+        # Demo profiles, seeded once (a second seeding applies nothing new).
+        status, body = await http_json(
+            "GET", f"{base}/v1/tenants/demo/profiles?pageSize=1000", key=key
+        )
+        assert status == 200 and len(body["profiles"]) == 200, body
         assert await proc.terminate() == 0, proc.output()
 
     # A fixed secret from the environment is used verbatim.

@@ -6,18 +6,22 @@ from __future__ import annotations
 import pathlib
 
 from campaignexpress.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
+from services.audience.demo import seed_demo_profiles
 from services.audience.domain import Audience
 from services.audience.profiles import Profiles
 from services.audience.servicer import AudienceServicer
-from services.kernel import Built, DomainModule, Kernel, Service
+from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 
 
 async def _build(kernel: Kernel) -> Built:
-    audience = Audience(
-        Profiles(kernel.backends.db, clock=kernel.clock, page_tokens=kernel.page_tokens),
-        clock=kernel.clock,
-    )
-    return Built([AudienceServicer(audience)], api=audience)
+    profiles = Profiles(kernel.backends.db, clock=kernel.clock, page_tokens=kernel.page_tokens)
+    audience = Audience(profiles, clock=kernel.clock)
+
+    async def seed(seed: TenantSeed) -> None:
+        if seed.demo:
+            await seed_demo_profiles(profiles, seed.tenant_id, kernel.clock())
+
+    return Built([AudienceServicer(audience)], api=audience, seed=seed)
 
 
 MODULE = DomainModule(

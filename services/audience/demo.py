@@ -1,0 +1,65 @@
+"""Demo profiles for `serve --demo`: synthetic people with traits and a month
+of activity, some of whom browsed anonymously before signing in (so their
+profiles show merges). Every call has a fixed message id, so seeding again
+changes nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from typing import Any
+
+from services.audience.profiles import Profiles
+from services.audience.tracking import read_batch
+
+DEMO_PEOPLE = 200
+_CITIES = ("Lisbon", "Austin", "Osaka", "Lagos", "Oslo", "Lima", "Pune", "Perth")
+_PLANS = ("free", "plus", "pro")
+_EVENTS = ("Product Viewed", "Product Added", "Checkout Started", "Order Completed")
+_PAGES = ("Home", "Boots", "Jackets", "Cart")
+
+
+def demo_calls(now_us: int, people: int = DEMO_PEOPLE) -> list[dict[str, Any]]:
+    rng = random.Random(20261206)
+    calls: list[dict[str, Any]] = []
+
+    def at(days_ago: float) -> str:
+        moment = dt.datetime.fromtimestamp(now_us / 1e6, dt.UTC) - dt.timedelta(days=days_ago)
+        return moment.isoformat()
+
+    for n in range(people):
+        user = f"demo-user-{n:04d}"
+        anon = f"demo-cookie-{n:04d}"
+        ids = {"userId": user}
+        first = rng.uniform(5, 30)
+        if n % 4 == 0:  # browsed anonymously first, then signed in: one merge
+            calls.append({"type": "page", "anonymousId": anon, "name": "Home",
+                          "timestamp": at(first + 1), "messageId": f"demo-{n}-anon"})  # fmt: skip
+            ids["anonymousId"] = anon
+        calls.append({
+            "type": "identify", **ids, "timestamp": at(first), "messageId": f"demo-{n}-id",
+            "traits": {"name": f"Demo Person {n}", "email": f"person{n}@example.com",
+                       "city": rng.choice(_CITIES), "plan": rng.choice(_PLANS)},
+        })  # fmt: skip
+        for k in range(rng.randint(1, 8)):
+            if rng.random() < 0.4:
+                calls.append({"type": "page", "userId": user, "name": rng.choice(_PAGES),
+                              "timestamp": at(rng.uniform(0, first)),
+                              "messageId": f"demo-{n}-{k}"})  # fmt: skip
+            else:
+                calls.append({"type": "track", "userId": user, "event": rng.choice(_EVENTS),
+                              "properties": {"value": round(rng.uniform(5, 250), 2)},
+                              "timestamp": at(rng.uniform(0, first)),
+                              "messageId": f"demo-{n}-{k}"})  # fmt: skip
+    return calls
+
+
+async def seed_demo_profiles(profiles: Profiles, tenant_id: str, now_us: int) -> int:
+    """Ingest the demo calls (those applied before are skipped); how many
+    were applied now."""
+    calls = demo_calls(now_us)
+    applied = 0
+    for start in range(0, len(calls), 500):
+        batch = read_batch({"batch": calls[start : start + 500]}, now_us)
+        applied += (await profiles.ingest(tenant_id, batch)).applied
+    return applied
