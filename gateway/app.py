@@ -273,6 +273,11 @@ class Gateway:
             status, payload, extra = error_body(
                 exc.code(), exc.details() or "", exc.trailing_metadata(), request_id
             )
+            if kind:  # one call, sent as a batch of one: name its fields as sent
+                error = payload["error"]
+                error["message"] = str(error.get("message", "")).replace("batch[0].", "")
+                for violation in error.get("fieldViolations", []):
+                    violation["field"] = violation["field"].removeprefix("batch[0].")
             headers.update(extra)
             return _json(payload, status, headers)
         return _json({"success": True}, 200, headers)

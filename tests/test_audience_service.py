@@ -245,7 +245,8 @@ async def test_segment_paths_refuse_bad_keys_sizes_and_calls(env: Env) -> None:
     }
     assert (await segment(env, "batch", many, basic(key)))[0] == 413
     for path, body, field in (
-        ("track", {"userId": "u"}, "batch[0].event"),
+        ("track", {"userId": "u"}, "event"),  # one call: its field as sent
+        ("identify", {"traits": {}}, "userId"),
         ("track", b"{not json", "body"),
         ("track", [1], "body"),
         ("batch", {"batch": [{"type": "track", "userId": "u", "event": "e"}, 7]}, "batch[1]"),
