@@ -226,13 +226,13 @@ async def test_profiles_are_listed_a_page_at_a_time_without_merged_ones(
     token = ""
     pages = 0
     while True:
-        page, token = await profiles.list("acme", 2, token)
+        page, token = await profiles.list_profiles("acme", 2, token)
         seen += [p.id for p in page]
         pages += 1
         if not token:
             break
     assert seen == made and pages == 3  # the merged "lonely" profile is not listed
-    recent, _ = await profiles.list(
+    recent, _ = await profiles.list_profiles(
         "acme", seen_since_us=read_call(
             {"userId": "x", "timestamp": "2026-12-04T00:00:00Z"}, T0, call_type="identify"
         ).timestamp_us,
@@ -240,11 +240,11 @@ async def test_profiles_are_listed_a_page_at_a_time_without_merged_ones(
     # u0 was seen again at the alias (now); u3 and u4 on Dec 4 and 5
     assert [p.id for p in recent] == [made[0], *made[3:]]
     with pytest.raises(InvalidArgument) as bad:
-        await profiles.list("acme", 1001)
+        await profiles.list_profiles("acme", 1001)
     assert bad.value.field_violations[0].field == "page_size"
-    _, first_token = await profiles.list("acme", 2)
+    _, first_token = await profiles.list_profiles("acme", 2)
     with pytest.raises(InvalidArgument) as forged:
-        await profiles.list("globex", 2, first_token)  # another tenant's request
+        await profiles.list_profiles("globex", 2, first_token)  # another tenant's request
     assert forged.value.field_violations[0].field == "page_token"
 
 
@@ -290,7 +290,7 @@ async def test_demo_profiles_are_seeded_once(profiles: Profiles) -> None:
     applied = await seed_demo_profiles(profiles, "demo", T0)
     assert applied == len(demo_calls(T0))
     assert await seed_demo_profiles(profiles, "demo", T0 + MINUTE) == 0  # again: nothing new
-    listed, token = await profiles.list("demo", 1000)
+    listed, token = await profiles.list_profiles("demo", 1000)
     assert len(listed) == DEMO_PEOPLE and not token  # the anonymous browsers were merged
     merged = [p for p in listed if "anonymous_id" in p.identities]
     assert len(merged) == DEMO_PEOPLE // 4

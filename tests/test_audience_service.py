@@ -257,3 +257,25 @@ async def test_segment_paths_refuse_bad_keys_sizes_and_calls(env: Env) -> None:
         assert status == 400, (path, body, answer)
         fields = [v["field"] for v in answer["error"]["fieldViolations"]]
         assert field in fields, (path, answer)
+
+
+async def test_merges_are_in_the_audit_log(env: Env) -> None:
+    status, first = await call(
+        env, "POST", "tenants/acme/events:ingest",
+        {"batch": [{"type": "page", "anonymousId": "visitor-9", "name": "Home"},
+                   {"type": "identify", "userId": "member-9"}]},
+    )  # fmt: skip
+    assert status == 200 and len(set(first["profiles"])) == 2
+    survivor = first["profiles"][1]
+    status, _ = await call(
+        env, "POST", "tenants/acme/events:ingest",
+        {"batch": [{"type": "track", "userId": "member-9", "anonymousId": "visitor-9",
+                    "event": "Signed In"}]},
+    )  # fmt: skip
+    assert status == 200
+    status, audit = await call(env, "GET", "tenants/acme/auditEvents?action=MergeProfiles")
+    assert status == 200, audit
+    [event] = audit["auditEvents"]
+    assert event["resource"] == survivor
+    assert first["profiles"][0].rsplit("/", 1)[1] in event["detail"]
+    assert "visitor-9 signed in as user_id member-9" in event["detail"]

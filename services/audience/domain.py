@@ -4,16 +4,34 @@ checked and split, the caller's tenant enforced, then the profile store."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from services.audience.profiles import IngestResult, Profile, Profiles
 from services.audience.tracking import read_batch
 from services.common import names
-from services.common.call import Principal
+from services.common.call import Principal, current_call_or_none
 from services.common.clock import now_us
 from services.common.errors import InvalidArgument, NotFound
 
 IDENTITY_KINDS = ("user_id", "anonymous_id")
+#: The audit log's action for a merge made while calls were applied.
+MERGE_ACTION = "campaignexpress.audience.v1.AudienceService/MergeProfiles"
+
+
+class MergeRecorder(Protocol):
+    """Where merges are recorded (the audit log's `record`)."""
+
+    async def record(
+        self,
+        *,
+        tenant_id: str,
+        actor: str,
+        action: str,
+        resource: str,
+        outcome: str,
+        request_id: str,
+        detail: str = "",
+    ) -> Any: ...
 
 
 def profile_name(profile: Profile) -> str:
@@ -21,9 +39,15 @@ def profile_name(profile: Profile) -> str:
 
 
 class Audience:
-    def __init__(self, profiles: Profiles, clock: Callable[[], int] = now_us) -> None:
+    def __init__(
+        self,
+        profiles: Profiles,
+        clock: Callable[[], int] = now_us,
+        merges: MergeRecorder | None = None,
+    ) -> None:
         self.profiles = profiles
         self._clock = clock
+        self._merges = merges
 
     async def ingest(
         self,
@@ -44,13 +68,26 @@ class Audience:
             body["integrations"] = dict(integrations)
         if sent_at:
             body["sentAt"] = sent_at
-        return await self.profiles.ingest(tenant_id, read_batch(body, self._clock()))
+        result = await self.profiles.ingest(tenant_id, read_batch(body, self._clock()))
+        if self._merges is not None and result.merges:
+            call = current_call_or_none()
+            for merge in result.merges:
+                await self._merges.record(
+                    tenant_id=tenant_id,
+                    actor=caller.subject,
+                    action=MERGE_ACTION,
+                    resource=f"tenants/{tenant_id}/profiles/{merge.target}",
+                    outcome="OK",
+                    request_id=call.request_id if call is not None else "",
+                    detail=f"merged profile {merge.source}: {merge.why}",
+                )
+        return result
 
     async def get(self, caller: Principal, name: str) -> Profile:
         tenant_id, profile_id = self._profile(caller, name)
         return await self.profiles.get(tenant_id, profile_id)
 
-    async def list(
+    async def list_profiles(
         self,
         caller: Principal,
         parent: str,
@@ -59,7 +96,7 @@ class Audience:
         seen_since_us: int | None = None,
     ) -> tuple[list[Profile], str]:
         tenant_id = self._tenant(caller, parent)
-        return await self.profiles.list(
+        return await self.profiles.list_profiles(
             tenant_id, page_size, page_token, seen_since_us=seen_since_us or 0
         )
 

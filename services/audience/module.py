@@ -15,7 +15,8 @@ from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 
 async def _build(kernel: Kernel) -> Built:
     profiles = Profiles(kernel.backends.db, clock=kernel.clock, page_tokens=kernel.page_tokens)
-    audience = Audience(profiles, clock=kernel.clock)
+    auditor = kernel.interface("call_auditor") if kernel.has_interface("call_auditor") else None
+    audience = Audience(profiles, clock=kernel.clock, merges=auditor)
 
     async def seed(seed: TenantSeed) -> None:
         if seed.demo:

@@ -66,10 +66,20 @@ class Profile:
 
 
 @dataclass(frozen=True, slots=True)
+class Merge:
+    """One profile folded into another while calls were applied."""
+
+    source: str  # the merged profile's id
+    target: str  # the survivor's id
+    why: str  # e.g. "anonymous_id anon-1 signed in as user_id u1"
+
+
+@dataclass(frozen=True, slots=True)
 class IngestResult:
     applied: int  # calls applied now
     duplicates: int  # calls whose messageId was applied before
     profile_ids: list[str]  # per call, the profile it was applied to ("" for a duplicate)
+    merges: list[Merge] = field(default_factory=list)
 
 
 class Profiles:
@@ -83,7 +93,7 @@ class Profiles:
         self._clock = clock
         self._pages = page_tokens or PageTokens("audience-profiles")
 
-    async def list(
+    async def list_profiles(
         self,
         tenant_id: str,
         page_size: int = 0,
@@ -237,6 +247,7 @@ class Profiles:
         now = self._clock()
         applied = duplicates = 0
         touched: list[str] = []
+        merges: list[Merge] = []
         for call in calls:
             seen = await conn.scalar(
                 sa.select(sa.literal(1)).where(
@@ -253,14 +264,19 @@ class Profiles:
                     tenant_id=tenant_id, message_id=call.message_id, receive_time=call.received_us
                 )
             )
-            profile_id = await self._profile_for(conn, tenant_id, call, now)
+            profile_id = await self._profile_for(conn, tenant_id, call, now, merges)
             await self._apply(conn, tenant_id, profile_id, call, now)
             applied += 1
             touched.append(profile_id)
-        return IngestResult(applied, duplicates, touched)
+        return IngestResult(applied, duplicates, touched, merges)
 
     async def _profile_for(
-        self, conn: AsyncConnection, tenant_id: str, call: TrackedCall, now: int
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        call: TrackedCall,
+        now: int,
+        merges: list[Merge],
     ) -> str:
         user_pid = (
             await _identity(conn, tenant_id, "user_id", call.user_id) if call.user_id else None
@@ -276,6 +292,8 @@ class Profiles:
                 await _attach(conn, tenant_id, "anonymous_id", call.previous_id, target, now)
             elif previous != target:
                 await self._merge(conn, previous, target, now)
+                why = f"alias of {call.previous_id[:200]} to user_id {call.user_id[:200]}"
+                merges.append(Merge(previous, target, why))
             return target
         anon_pid = (
             await _identity(conn, tenant_id, "anonymous_id", call.anonymous_id)
@@ -288,6 +306,11 @@ class Profiles:
             elif anon_pid is not None and anon_pid != user_pid:
                 if not await _has_kind(conn, tenant_id, anon_pid, "user_id"):
                     await self._merge(conn, anon_pid, user_pid, now)
+                    why = (
+                        f"anonymous_id {call.anonymous_id[:200]} signed in as "
+                        f"user_id {call.user_id[:200]}"
+                    )
+                    merges.append(Merge(anon_pid, user_pid, why))
             return user_pid
         if anon_pid is not None:
             if not call.user_id:

@@ -74,7 +74,7 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
         return pb.GetProfileResponse(profile=profile_proto(found))
 
     async def ListProfiles(self, request: pb.ListProfilesRequest, context: Any) -> Any:
-        found, token = await self._audience.list(
+        found, token = await self._audience.list_profiles(
             current_principal(),
             request.parent,
             request.page_size,
