@@ -15,7 +15,15 @@ def test_defaults_are_the_documented_ports_and_embedded_backends() -> None:
     assert (s.http_port, s.grpc_port, s.metrics_port) == (8080, 9090, 9091)
     assert s.database_url == "" and s.effective_database_url.startswith("sqlite:///")
     assert s.redis_url == s.nats_url == s.clickhouse_url == ""
-    assert s.services == ("tenancy", "auth", "audit", "campaigns", "inference", "bidding")
+    assert s.services == (
+        "tenancy",
+        "auth",
+        "audit",
+        "audience",
+        "campaigns",
+        "inference",
+        "bidding",
+    )
 
 
 def test_environment_then_flags_win() -> None:
