@@ -690,3 +690,88 @@ async def test_sigkill_loses_no_acknowledged_event(tmp_path: pathlib.Path, sink:
         assert stats.recovered > 0 or stored_before >= acked
     finally:
         await store.close()
+
+
+class SlowFollower:
+    """A JournalFollower that applies only when told to."""
+
+    def __init__(self) -> None:
+        self.recovered: list[tuple[int, pathlib.Path]] = []
+        self.recovered_done: set[int] = set()
+        self.fed: list[tuple[object, ...]] = []
+        self.applied = 0
+        self.progress = lambda: None
+
+    def start(self, recovered: list[tuple[int, pathlib.Path]], progress: object) -> None:
+        self.recovered = list(recovered)
+        self.progress = progress  # type: ignore[assignment]
+
+    def feed(self, rows: list[tuple[object, ...]]) -> None:
+        self.fed.extend(rows)
+
+    def done_with(self, number: int, recovered: bool, last: int) -> bool:
+        return number in self.recovered_done if recovered else self.applied >= last
+
+    def apply_all(self) -> None:
+        self.recovered_done.update(n for n, _ in self.recovered)
+        self.applied = len(self.fed)
+        self.progress()
+
+
+async def test_a_follower_gets_acknowledged_events_in_order_and_keeps_their_files(
+    chdb: ChdbAnalyticsStore, tmp_path: pathlib.Path
+) -> None:
+    spill = tmp_path / "spill"
+    follower = SlowFollower()
+    pipeline = fast(chdb, spill, follower=follower)
+    await pipeline.start()
+    for i in range(30):
+        pipeline.emit(make_event(i, "f"))
+    await pipeline.acknowledged()
+    await asyncio.sleep(0)  # the hand-over runs on the loop
+    assert [index_of(row[0]) for row in follower.fed] == list(range(30))
+    assert pipeline.emitted == 30
+    await pipeline.flush()
+    # in the store, but the follower has not applied them: the files stay
+    assert await count_distinct_events(chdb) == 30
+    kept = scan_segments(spill)
+    assert kept
+    follower.apply_all()
+    assert scan_segments(spill) == []
+    # events emitted after a follower is done with the earlier ones go too
+    pipeline.emit(make_event(30, "f"))
+    await pipeline.flush()
+    assert len(scan_segments(spill)) == 1
+    follower.apply_all()
+    assert scan_segments(spill) == []
+    await pipeline.stop()
+
+
+async def test_a_follower_is_handed_what_an_earlier_process_left(
+    chdb: ChdbAnalyticsStore, tmp_path: pathlib.Path
+) -> None:
+    spill = tmp_path / "spill"
+    first = SlowFollower()
+    pipeline = fast(chdb, spill, follower=first)
+    await pipeline.start()
+    for i in range(10):
+        pipeline.emit(make_event(i, "g"))
+    await pipeline.flush()
+    await pipeline.stop()  # delivered, never applied: the files stay
+    left = scan_segments(spill)
+    assert left
+    second = SlowFollower()
+    again = fast(chdb, spill, follower=second)
+    await again.start()
+    assert second.recovered == left
+    rows = []
+    for _, path in second.recovered:
+        rows += journal_module.read_segment(path, for_store=False).rows
+    assert sorted(index_of(r[0]) for r in rows) == list(range(10))
+    assert type(rows[0][1]) is int  # as journaled: microseconds, not a datetime
+    await again.flush()
+    assert scan_segments(spill) == left  # replayed into the store, still needed
+    second.apply_all()
+    assert scan_segments(spill) == []
+    assert await count_distinct_events(chdb) == 10
+    await again.stop()

@@ -4,6 +4,9 @@ bad input answered 400 naming the field."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 from tests.conftest import Env
@@ -16,6 +19,21 @@ async def call(
         verb, f"{env.base_url}/v1/{path}", json=body, headers=env.headers(tenant, role)
     ) as reply:
         return reply.status, await reply.json()
+
+
+async def applied(
+    env: Env, kind: str, value: str, done: Callable[[Any], bool], within: float = 1.0
+) -> Any:
+    """The profile of an identity once `done(profile)`: the calls accepted
+    before are applied within `within` seconds (the promise)."""
+    path = f"tenants/acme/profiles:resolve?kind={kind}&value={value}"
+    deadline = time.monotonic() + within
+    while True:
+        status, found = await call(env, "GET", path)
+        if status == 200 and done(found["profile"]):
+            return found["profile"]
+        assert time.monotonic() < deadline, f"not applied within {within} s: {status} {found}"
+        await asyncio.sleep(0.02)
 
 
 async def test_calls_build_profiles_that_are_read_changed_and_deleted(env: Env) -> None:
@@ -43,15 +61,19 @@ async def test_calls_build_profiles_that_are_read_changed_and_deleted(env: Env) 
             ],
             "context": {"library": {"name": "analytics-python"}},
             "sentAt": "2026-12-06T12:00:00Z",
+            "waitForProfiles": True,
         },
     )
     assert status == 200, ingested
+    assert ingested["accepted"] == 3
     assert ingested["applied"] == 3 and len(set(ingested["profiles"])) == 1
     name = ingested["profiles"][0]
     assert name.startswith("tenants/acme/profiles/")
     # the retry of a call is applied once
     retried = {"type": "track", "userId": "4242", "event": "Bought Boots", "messageId": "m3"}
-    status, again = await call(env, "POST", "tenants/acme/events:ingest", {"batch": [retried]})
+    status, again = await call(
+        env, "POST", "tenants/acme/events:ingest", {"batch": [retried], "waitForProfiles": True}
+    )
     assert status == 200 and again["duplicates"] == 1 and again.get("applied", 0) == 0
 
     status, got = await call(env, "GET", name)
@@ -91,7 +113,8 @@ async def test_calls_build_profiles_that_are_read_changed_and_deleted(env: Env) 
 async def test_profiles_are_the_tenants_own_and_need_the_cdp_permissions(env: Env) -> None:
     status, ingested = await call(
         env, "POST", "tenants/acme/events:ingest",
-        {"batch": [{"type": "identify", "userId": "u1", "traits": {"a": 1}}]},
+        {"batch": [{"type": "identify", "userId": "u1", "traits": {"a": 1}}],
+         "waitForProfiles": True},
     )  # fmt: skip
     assert status == 200
     name = ingested["profiles"][0]
@@ -208,13 +231,10 @@ async def test_segment_sources_send_unchanged_with_the_key_as_write_key(env: Env
         ),  # fmt: skip
     ]
     assert answers == [(200, {"success": True})] * 4
-    status, resolved = await call(
-        env, "GET", "tenants/acme/profiles:resolve?kind=user_id&value=seg-1"
-    )
-    profile = resolved["profile"]
-    assert status == 200 and profile["traits"] == {"name": "Ann"}
-    # track s2 (its retry in the batch collapsed), page, screen
-    assert profile["eventCount"] == "3"
+    # applied within a second of the answers
+    profile = await applied(env, "user_id", "seg-1", lambda p: p["eventCount"] == "3")
+    assert profile["traits"] == {"name": "Ann"}
+    # track s2 (its retry in the batch collapsed), page, screen: 3
     assert {(i["kind"], i["value"]) for i in profile["identities"]} == {
         ("user_id", "seg-1"),
         ("anonymous_id", "cookie-1"),
@@ -263,14 +283,16 @@ async def test_merges_are_in_the_audit_log(env: Env) -> None:
     status, first = await call(
         env, "POST", "tenants/acme/events:ingest",
         {"batch": [{"type": "page", "anonymousId": "visitor-9", "name": "Home"},
-                   {"type": "identify", "userId": "member-9"}]},
+                   {"type": "identify", "userId": "member-9"}],
+         "waitForProfiles": True},
     )  # fmt: skip
     assert status == 200 and len(set(first["profiles"])) == 2
     survivor = first["profiles"][1]
     status, _ = await call(
         env, "POST", "tenants/acme/events:ingest",
         {"batch": [{"type": "track", "userId": "member-9", "anonymousId": "visitor-9",
-                    "event": "Signed In"}]},
+                    "event": "Signed In"}],
+         "waitForProfiles": True},
     )  # fmt: skip
     assert status == 200
     status, audit = await call(env, "GET", "tenants/acme/auditEvents?action=MergeProfiles")

@@ -18,7 +18,7 @@ import itertools
 import os
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +29,11 @@ from services.backends.interfaces import AnalyticsStore
 from services.common.clock import now_us
 
 __all__ = [
+    "BID_EVENTS",
     "COLUMNS",
     "EVENT_TIME_INDEX",
     "EventRow",
+    "EventSchema",
     "TABLE",
     "AnalyticsEvent",
     "EventType",
@@ -369,3 +371,26 @@ async def _sorting_key(store: AnalyticsStore, table: str) -> str | None:
         "AND name = '" + table.replace("\\", "\\\\").replace("'", "\\'") + "'"
     )
     return str(rows[0][0]) if rows else None
+
+
+@dataclass(frozen=True, slots=True)
+class EventSchema:
+    """A table an AnalyticsPipeline fills: its default name, its columns in
+    journal order (one of them `event_time`, integer microseconds in the
+    journal), and how to create it (idempotent: `ensure(store, table)`)."""
+
+    table: str
+    columns: tuple[str, ...]
+    ensure: Callable[[AnalyticsStore, str], Awaitable[None]]
+
+    def __post_init__(self) -> None:
+        if "event_time" not in self.columns:
+            raise ValueError("an event table needs an event_time column")
+
+    @property
+    def time_index(self) -> int:
+        return self.columns.index("event_time")
+
+
+#: The bid events (this module's table).
+BID_EVENTS = EventSchema(TABLE, COLUMNS, ensure_table)

@@ -25,7 +25,13 @@ from typing import Any, Literal
 
 import orjson
 
-from services.analytics.events import COLUMNS, AnalyticsEvent, EventRow, store_row
+from services.analytics.events import (
+    COLUMNS,
+    EVENT_TIME_INDEX,
+    AnalyticsEvent,
+    EventRow,
+    store_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +122,9 @@ class CorruptSegment(Exception):
     """A segment whose header is unreadable."""
 
 
-def read_segment(path: pathlib.Path) -> SegmentData:
-    """Read a segment back, its rows converted for the store (store_row)."""
+def read_segment(path: pathlib.Path, *, for_store: bool = True) -> SegmentData:
+    """Read a segment back, its rows converted for the store (store_row), or
+    as they were journaled with `for_store=False` (what a follower reads)."""
     data = path.read_bytes()
     lines = data.split(b"\n")
     tail = lines.pop()  # b"" when the file ends with a newline
@@ -133,7 +140,7 @@ def read_segment(path: pathlib.Path) -> SegmentData:
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CorruptSegment(f"{path}: unreadable header: {exc}") from exc
     width = len(columns)
-    time_index = columns.index("event_time") if "event_time" in columns else -1
+    time_index = columns.index("event_time") if for_store and "event_time" in columns else -1
     rows: list[list[Any]] = []
     corrupt = 0
     loads = orjson.loads
@@ -167,7 +174,12 @@ class SegmentWriter:
     that one sync can cover several appends."""
 
     def __init__(
-        self, directory: pathlib.Path, number: int, table: str, fsync: FsyncPolicy
+        self,
+        directory: pathlib.Path,
+        number: int,
+        table: str,
+        fsync: FsyncPolicy,
+        columns: tuple[str, ...] = COLUMNS,
     ) -> None:
         self.number = number
         self.path = segment_path(directory, number)
@@ -180,7 +192,7 @@ class SegmentWriter:
         self._dirty = False  # appended since the last sync
         self._entry_synced = fsync != "commit"  # the file's directory entry
         self._header = (
-            orjson.dumps({"format": FORMAT, "table": table, "columns": list(COLUMNS)}) + b"\n"
+            orjson.dumps({"format": FORMAT, "table": table, "columns": list(columns)}) + b"\n"
         )
 
     def append(self, lines: list[bytes], rows: list[list[Any]]) -> None:
@@ -240,10 +252,11 @@ class SegmentWriter:
 
 def encode_events(
     events: list[AnalyticsEvent | EventRow],
+    time_index: int = EVENT_TIME_INDEX,
 ) -> tuple[list[bytes], list[list[Any]], int]:
-    """Journal lines and store rows of events (or event rows), and how many
-    could not be encoded (mutated into bad types after construction; logged,
-    left out)."""
+    """Journal lines and store rows of events (or event rows; `time_index`:
+    the column of their microsecond event time), and how many could not be
+    encoded (mutated into bad types after construction; logged, left out)."""
     dumps = orjson.dumps
     option = orjson.OPT_APPEND_NEWLINE
     lines: list[bytes] = []
@@ -258,5 +271,5 @@ def encode_events(
             log.error("analytics: event %r cannot be journaled: %s", event, exc)
             continue
         lines.append(line)
-        rows.append(store_row(list(values)))
+        rows.append(store_row(list(values), time_index))
     return lines, rows, bad

@@ -61,15 +61,15 @@ import pathlib
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from services.analytics.events import COLUMNS, TABLE, AnalyticsEvent, EventRow, ensure_table
+from services.analytics.events import BID_EVENTS, AnalyticsEvent, EventRow, EventSchema
 from services.analytics.journal import (
     REJECTED_SUFFIX,
     CorruptSegment,
@@ -83,7 +83,7 @@ from services.analytics.journal import (
 )
 from services.backends.interfaces import AnalyticsStore
 
-__all__ = ["AnalyticsPipeline", "PipelineStats"]
+__all__ = ["AnalyticsPipeline", "JournalFollower", "PipelineStats"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,35 @@ class PipelineStats:
     sink_up: bool  # the last insert succeeded
 
 
+class JournalFollower(Protocol):
+    """Something that applies a pipeline's events somewhere else as well (the
+    audience applies tracking calls to profiles), in emit order, from the
+    journal's guarantee: a segment file is deleted only once the store has
+    its events AND the follower says it is done with them, so a follower
+    that dies or falls behind finds them again at the next start.
+
+    Every method is called on the event loop's thread, and must return at
+    once (queue the work, do it in a task)."""
+
+    def start(
+        self, recovered: list[tuple[int, pathlib.Path]], progress: Callable[[], None]
+    ) -> None:
+        """Called once at the pipeline's start with the segment files an
+        earlier process left (number, path: read them with
+        journal.read_segment(path, for_store=False)), to be applied before
+        anything fed. Call `progress()` whenever done_with may say yes to
+        more."""
+
+    def feed(self, rows: list[EventRow]) -> None:
+        """Acknowledged events, as journaled (value tuples in the schema's
+        column order), in emit order: the first call holds emitted event 1
+        onwards."""
+
+    def done_with(self, number: int, recovered: bool, last: int) -> bool:
+        """May segment `number` go? A recovered one: when its file has been
+        applied. A live one: when the first `last` events fed are."""
+
+
 @dataclass(slots=True)
 class _Sealed:
     """A complete segment waiting for the store."""
@@ -120,6 +149,8 @@ class _Sealed:
     count: int
     rows: list[list[Any]] | None  # None: read it back from the file
     attempts: int = 0  # consecutive failed inserts while the store answered ping
+    last: int = 0  # events journaled up to the end of this one (emit order)
+    recovered: bool = False  # left by an earlier process
 
 
 @dataclass(slots=True)
@@ -148,7 +179,9 @@ class AnalyticsPipeline:
         flush_interval: float = 1.0,
         queue_max: int = 100_000,
         metrics_registry: CollectorRegistry | None = None,
-        table: str = TABLE,
+        table: str = "",
+        schema: EventSchema = BID_EVENTS,
+        follower: JournalFollower | None = None,
         fsync: FsyncPolicy = "commit",
         commit_interval: float = 0.002,
         insert_timeout: float = 30.0,
@@ -166,7 +199,10 @@ class AnalyticsPipeline:
             raise ValueError(f"unknown fsync policy {fsync!r}")
         self._store = store
         self._dir = pathlib.Path(spill_dir)
-        self._table = table
+        self._schema = schema
+        self._table = table or schema.table
+        self._time_index = schema.time_index
+        self._follower = follower
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._queue_max = queue_max
@@ -183,6 +219,10 @@ class AnalyticsPipeline:
 
         # emit side (loop thread writes; the journal thread pops)
         self._inbox: deque[AnalyticsEvent | EventRow] = deque()
+        # With a follower: events emitted and not yet fed to it (loop thread).
+        self._tail: deque[AnalyticsEvent | EventRow] = deque()
+        self._fed = 0
+        self._kept: deque[_Sealed] = deque()  # delivered; the follower still needs them
         self._emitted = 0
         self._dropped = 0
         self._inline_commits = 0
@@ -256,7 +296,7 @@ class AnalyticsPipeline:
             self._dir_lock.release()
             raise
         for number, path, count in found:
-            self._fifo.append(_Sealed(number, path, count, None))
+            self._fifo.append(_Sealed(number, path, count, None, recovered=True))
             self._backlog += count
             self._recovered += count
         if found:
@@ -271,10 +311,12 @@ class AnalyticsPipeline:
         try:
             # Short: a hanging store must not hold up the process's start.
             timeout = min(self._insert_timeout, 5.0)
-            await asyncio.wait_for(ensure_table(self._store, self._table), timeout)
+            await asyncio.wait_for(self._schema.ensure(self._store, self._table), timeout)
             self._schema_ready = True
         except Exception as exc:  # the delivery task retries it with the inserts
             log.warning("analytics: store not ready at start (%s); events are journaled", exc)
+        if self._follower is not None:
+            self._follower.start([(n, p) for n, p, _ in found], self._follower_progress)
         self._state = _RUNNING
         self._thread = threading.Thread(
             target=self._journal_main, name="analytics-journal", daemon=True
@@ -299,6 +341,8 @@ class AnalyticsPipeline:
             return self._overflow(event)
         inbox.append(event)
         self._emitted += 1
+        if self._follower is not None:
+            self._tail.append(event)
         if self._journal_idle:
             self._journal_idle = False
             self._wake.set()
@@ -440,6 +484,8 @@ class AnalyticsPipeline:
             return False
         self._inbox.append(event)
         self._emitted += 1
+        if self._follower is not None:
+            self._tail.append(event)
         # Commit here, synchronously, unless the journal thread is committing
         # right now (then it drains the inbox itself in a moment).
         if self._lock.acquire(blocking=False):
@@ -534,12 +580,14 @@ class AnalyticsPipeline:
         while position < len(events):
             writer = self._writer
             if writer is None:
-                writer = SegmentWriter(self._dir, self._next_number, self._table, self._fsync)
+                writer = SegmentWriter(
+                    self._dir, self._next_number, self._table, self._fsync, self._schema.columns
+                )
                 self._next_number += 1
                 self._writer = writer
                 self._writer_opened = time.monotonic()
             chunk = events[position : position + self._batch_size - writer.count]
-            lines, rows, bad = encode_events(chunk)
+            lines, rows, bad = encode_events(chunk, self._time_index)
             try:
                 if lines:
                     writer.append(lines, rows)
@@ -579,7 +627,7 @@ class AnalyticsPipeline:
         self._settled += self._unsynced + self._unsynced_bad
         self._journal_dropped += self._unsynced_bad
         self._unsynced = self._unsynced_bad = 0
-        if self._ack_waiters:
+        if self._ack_waiters or self._follower is not None:
             self._schedule_handoff()
 
     def _journal_failed(self, exc: OSError) -> None:
@@ -608,7 +656,15 @@ class AnalyticsPipeline:
             self._handed_in_memory += writer.count
         else:
             self._spilled_at_seal += writer.count
-        self._hand(_Sealed(writer.number, writer.path, writer.count, writer.rows if keep else None))
+        self._hand(
+            _Sealed(
+                writer.number,
+                writer.path,
+                writer.count,
+                writer.rows if keep else None,
+                last=self._journaled,
+            )
+        )
 
     def _hand(self, item: _Sealed | _SealDone) -> None:
         self._handoff.append(item)
@@ -637,6 +693,14 @@ class AnalyticsPipeline:
                 for request in item.requests:
                     if not request.done():
                         request.set_result(item.upto)
+        if self._follower is not None and self._settled > self._fed:
+            tail = self._tail
+            take = min(self._settled - self._fed, len(tail))
+            items = [tail.popleft() for _ in range(take)]
+            self._fed += take
+            self._follower.feed(
+                [item.row() if isinstance(item, AnalyticsEvent) else item for item in items]
+            )
         if self._ack_waiters:
             settled = self._settled
             waiting = []
@@ -674,7 +738,7 @@ class AnalyticsPipeline:
 
     async def _deliver(self, segment: _Sealed) -> bool:
         rows = segment.rows
-        columns: list[str] | tuple[str, ...] = COLUMNS
+        columns: list[str] | tuple[str, ...] = self._schema.columns
         if rows is None:
             try:
                 data = await asyncio.to_thread(read_segment, segment.path)
@@ -695,7 +759,9 @@ class AnalyticsPipeline:
                 )
         try:
             if not self._schema_ready:
-                await asyncio.wait_for(ensure_table(self._store, self._table), self._insert_timeout)
+                await asyncio.wait_for(
+                    self._schema.ensure(self._store, self._table), self._insert_timeout
+                )
                 self._schema_ready = True
             if rows:
                 await asyncio.wait_for(
@@ -710,10 +776,14 @@ class AnalyticsPipeline:
             if not isinstance(exc, TimeoutError | ConnectionError):
                 segment.attempts += 1
             return False
-        try:
-            await asyncio.to_thread(segment.path.unlink, missing_ok=True)
-        except OSError as exc:  # replayed again at the next start; deduplicated there
-            log.error("analytics: cannot delete delivered segment %s: %s", segment.path, exc)
+        follower = self._follower
+        if follower is None or follower.done_with(segment.number, segment.recovered, segment.last):
+            try:
+                await asyncio.to_thread(segment.path.unlink, missing_ok=True)
+            except OSError as exc:  # replayed again at the next start; deduplicated there
+                log.error("analytics: cannot delete delivered segment %s: %s", segment.path, exc)
+        else:
+            self._kept.append(segment)
         if not self._sink_up:
             log.warning("analytics: the store is back; replaying %d events", self._backlog)
             self._sink_up = True
@@ -777,6 +847,26 @@ class AnalyticsPipeline:
         )
         self._quarantined += segment.count
         self._finish(segment, 0)
+
+    def _follower_progress(self) -> None:
+        """The follower applied more: delete the delivered segments it is
+        done with (in order; a quick unlink each)."""
+        follower, kept = self._follower, self._kept
+        while kept and follower is not None:
+            segment = kept[0]
+            if not follower.done_with(segment.number, segment.recovered, segment.last):
+                return
+            kept.popleft()
+            try:
+                segment.path.unlink(missing_ok=True)
+            except OSError as exc:  # replayed again at the next start; deduplicated there
+                log.error("analytics: cannot delete delivered segment %s: %s", segment.path, exc)
+
+    @property
+    def emitted(self) -> int:
+        """Events accepted by emit so far: the last one emitted is number
+        `emitted` of the follower's feed."""
+        return self._emitted
 
     def _fifo_events(self) -> int:
         return sum(segment.count for segment in self._fifo)

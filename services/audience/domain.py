@@ -3,17 +3,28 @@ checked and split, the caller's tenant enforced, then the profile store."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from services.analytics.pipeline import AnalyticsPipeline
+from services.audience.applier import AppliedHook, ProfileApplier
+from services.audience.events import call_row
 from services.audience.profiles import IngestResult, Profile, Profiles
-from services.audience.tracking import read_batch
+from services.audience.tracking import TrackedCall, read_batch
 from services.common import names
-from services.common.call import Principal, current_call_or_none
+from services.common.call import Principal
 from services.common.clock import now_us
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, Unavailable
 
 IDENTITY_KINDS = ("user_id", "anonymous_id")
+#: How long IngestEvents waits for its calls to be journaled before it says
+#: UNAVAILABLE (the journal's group commit takes milliseconds).
+ACKNOWLEDGE_SECONDS = 5.0
+#: How long `wait_for_profiles` waits for them to be applied; past it the
+#: answer says only that they are accepted.
+APPLY_WAIT_SECONDS = 5.0
 #: The audit log's action for a merge made while calls were applied.
 MERGE_ACTION = "campaignexpress.audience.v1.AudienceService/MergeProfiles"
 
@@ -38,16 +49,49 @@ def profile_name(profile: Profile) -> str:
     return f"tenants/{profile.tenant_id}/profiles/{profile.id}"
 
 
+def record_merges(recorder: MergeRecorder) -> AppliedHook:
+    """An applier hook that records each merge in the audit log: the
+    survivor as the resource, the source of the call as the actor."""
+
+    async def hook(
+        tenant_id: str, source: str, calls: Sequence[TrackedCall], result: IngestResult
+    ) -> None:
+        for merge in result.merges:
+            await recorder.record(
+                tenant_id=tenant_id,
+                actor=source,
+                action=MERGE_ACTION,
+                resource=f"tenants/{tenant_id}/profiles/{merge.target}",
+                outcome="OK",
+                request_id="",
+                detail=f"merged profile {merge.source}: {merge.why}",
+            )
+
+    return hook
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What IngestEvents answers."""
+
+    accepted: int  # calls durable in the journal
+    applied: int = 0  # with wait_for_profiles: applied now
+    duplicates: int = 0  # with wait_for_profiles: applied before
+    profile_ids: list[str] = field(default_factory=list)  # with wait_for_profiles
+
+
 class Audience:
     def __init__(
         self,
         profiles: Profiles,
+        events: AnalyticsPipeline,
+        applier: ProfileApplier,
         clock: Callable[[], int] = now_us,
-        merges: MergeRecorder | None = None,
     ) -> None:
         self.profiles = profiles
+        self.events = events
+        self.applier = applier
         self._clock = clock
-        self._merges = merges
 
     async def ingest(
         self,
@@ -58,7 +102,10 @@ class Audience:
         context: Mapping[str, Any] | None = None,
         integrations: Mapping[str, Any] | None = None,
         sent_at: str = "",
-    ) -> IngestResult:
+        wait_for_profiles: bool = False,
+    ) -> Accepted:
+        """Check the calls (all or none), journal them, and answer once
+        they are durable (or, with `wait_for_profiles`, applied)."""
         # `tenants/-`: the caller's own (the Segment paths name no tenant).
         tenant_id = caller.tenant_id if parent == "tenants/-" else self._tenant(caller, parent)
         body: dict[str, Any] = {"batch": list(calls)}
@@ -68,20 +115,43 @@ class Audience:
             body["integrations"] = dict(integrations)
         if sent_at:
             body["sentAt"] = sent_at
-        result = await self.profiles.ingest(tenant_id, read_batch(body, self._clock()))
-        if self._merges is not None and result.merges:
-            call = current_call_or_none()
-            for merge in result.merges:
-                await self._merges.record(
-                    tenant_id=tenant_id,
-                    actor=caller.subject,
-                    action=MERGE_ACTION,
-                    resource=f"tenants/{tenant_id}/profiles/{merge.target}",
-                    outcome="OK",
-                    request_id=call.request_id if call is not None else "",
-                    detail=f"merged profile {merge.source}: {merge.why}",
-                )
-        return result
+        tracked = read_batch(body, self._clock())
+        return await self.accept(tenant_id, caller.subject, tracked, wait_for_profiles)
+
+    async def accept(
+        self,
+        tenant_id: str,
+        source: str,
+        calls: Sequence[TrackedCall],
+        wait_for_profiles: bool = False,
+    ) -> Accepted:
+        """Journal checked calls of a tenant; see `ingest`."""
+        emit = self.events.emit
+        for call in calls:
+            if not emit(call_row(tenant_id, source, call)):
+                # The journal cannot write and its memory is full: the
+                # calls emitted before this one may still become durable
+                # (a retry is deduplicated by messageId).
+                raise Unavailable("the event journal cannot take events now; retry")
+        last = self.events.emitted
+        outcome = self.applier.watch(last - len(calls) + 1, last) if wait_for_profiles else None
+        try:
+            async with asyncio.timeout(ACKNOWLEDGE_SECONDS):
+                await self.events.acknowledged()
+        except TimeoutError:
+            raise Unavailable(
+                "the event journal is not writing; the calls may or may not be kept: retry"
+            ) from None
+        if outcome is None:
+            return Accepted(len(calls))
+        try:
+            async with asyncio.timeout(APPLY_WAIT_SECONDS):
+                profile_ids = await outcome
+        except TimeoutError:
+            # Durable and on their way: said as such, without the profiles.
+            return Accepted(len(calls))
+        applied = sum(1 for p in profile_ids if p)
+        return Accepted(len(calls), applied, len(calls) - applied, profile_ids)
 
     async def get(self, caller: Principal, name: str) -> Profile:
         tenant_id, profile_id = self._profile(caller, name)

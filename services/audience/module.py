@@ -6,8 +6,11 @@ from __future__ import annotations
 import pathlib
 
 from campaignexpress.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
+from services.analytics.pipeline import AnalyticsPipeline
+from services.audience.applier import ProfileApplier
 from services.audience.demo import seed_demo_profiles
-from services.audience.domain import Audience
+from services.audience.domain import Audience, record_merges
+from services.audience.events import EVENTS
 from services.audience.profiles import Profiles
 from services.audience.servicer import AudienceServicer
 from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
@@ -16,7 +19,22 @@ from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 async def _build(kernel: Kernel) -> Built:
     profiles = Profiles(kernel.backends.db, clock=kernel.clock, page_tokens=kernel.page_tokens)
     auditor = kernel.interface("call_auditor") if kernel.has_interface("call_auditor") else None
-    audience = Audience(profiles, clock=kernel.clock, merges=auditor)
+    applier = ProfileApplier(profiles, on_applied=record_merges(auditor) if auditor else None)
+    # The journal is private to one process: each --workers process has its own.
+    events = AnalyticsPipeline(
+        kernel.backends.analytics,
+        kernel.settings.data_dir / "events-journal" / f"worker-{kernel.worker}",
+        schema=EVENTS,
+        follower=applier,
+        # Seal every 250 ms: the store gets the events within about a second
+        # and the journal's files go as soon as the applier is done with them.
+        flush_interval=0.25,
+    )
+    # Stopped in reverse: the journal first (its last calls reach the
+    # applier), then the applier, given a moment to apply them.
+    kernel.lifecycle(None, applier.stop)
+    kernel.lifecycle(events.start, events.stop)
+    audience = Audience(profiles, events, applier, clock=kernel.clock)
 
     async def seed(seed: TenantSeed) -> None:
         if seed.demo:

@@ -62,8 +62,10 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
             context=_dict(request.context),
             integrations=_dict(request.integrations),
             sent_at=request.sent_at,
+            wait_for_profiles=request.wait_for_profiles,
         )
         return pb.IngestEventsResponse(
+            accepted=result.accepted,
             applied=result.applied,
             duplicates=result.duplicates,
             profiles=[f"{request.parent}/profiles/{p}" if p else "" for p in result.profile_ids],

@@ -32,10 +32,17 @@ class IngestEventsRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     INTEGRATIONS_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
+    WAIT_FOR_PROFILES_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """The tenant, `tenants/{tenant}`; `tenants/-` is the caller's own."""
     sent_at: _builtins.str
     """When the sender sent the batch (ISO-8601), for clock-skew correction."""
+    wait_for_profiles: _builtins.bool
+    """Answer only once the calls are applied to profiles (read-your-writes,
+    at most a few seconds), with `applied`, `duplicates` and `profiles`.
+    Otherwise the answer comes once the calls are durable (journaled), and
+    they are applied within a second.
+    """
     @_builtins.property
     def batch(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]:
         """The calls, each a Segment-spec call object with its `type`."""
@@ -56,10 +63,11 @@ class IngestEventsRequest(_message.Message):
         context: _struct_pb2.Struct | None = ...,
         integrations: _struct_pb2.Struct | None = ...,
         sent_at: _builtins.str = ...,
+        wait_for_profiles: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "integrations", b"integrations"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "context", b"context", "integrations", b"integrations", "parent", b"parent", "sent_at", b"sent_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "context", b"context", "integrations", b"integrations", "parent", b"parent", "sent_at", b"sent_at", "wait_for_profiles", b"wait_for_profiles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -74,13 +82,20 @@ class IngestEventsResponse(_message.Message):
     APPLIED_FIELD_NUMBER: _builtins.int
     DUPLICATES_FIELD_NUMBER: _builtins.int
     PROFILES_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
     applied: _builtins.int
-    """Calls applied now."""
+    """With `wait_for_profiles`: calls applied now."""
     duplicates: _builtins.int
-    """Calls whose messageId was applied before."""
+    """With `wait_for_profiles`: calls whose messageId was applied before."""
+    accepted: _builtins.int
+    """Calls accepted: durable in the event journal, on their way to the
+    events table and to profiles.
+    """
     @_builtins.property
     def profiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Per call, the profile it was applied to; empty for a duplicate."""
+        """With `wait_for_profiles`: per call, the profile it was applied to;
+        empty for a duplicate.
+        """
 
     def __init__(
         self,
@@ -88,10 +103,11 @@ class IngestEventsResponse(_message.Message):
         applied: _builtins.int = ...,
         duplicates: _builtins.int = ...,
         profiles: _abc.Iterable[_builtins.str] | None = ...,
+        accepted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "duplicates", b"duplicates", "profiles", b"profiles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "applied", b"applied", "duplicates", b"duplicates", "profiles", b"profiles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

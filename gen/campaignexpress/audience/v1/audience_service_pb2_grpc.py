@@ -74,8 +74,9 @@ class AudienceServiceServicer:
     """
 
     def IngestEvents(self, request, context):
-        """Applies tracking calls (identify, track, page, screen, group, alias), as
-        in the body of Segment's batch call; each `messageId` once.
+        """Accepts tracking calls (identify, track, page, screen, group, alias), as
+        in the body of Segment's batch call, once durable; each `messageId` is
+        applied once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,8 +36,9 @@ class AudienceServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AudienceServiceAsyncStub: ...
     IngestEvents: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.IngestEventsRequest, _audience_service_pb2.IngestEventsResponse]
-    """Applies tracking calls (identify, track, page, screen, group, alias), as
-    in the body of Segment's batch call; each `messageId` once.
+    """Accepts tracking calls (identify, track, page, screen, group, alias), as
+    in the body of Segment's batch call, once durable; each `messageId` is
+    applied once.
     """
     GetProfile: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.GetProfileRequest, _audience_service_pb2.GetProfileResponse]
     """Gets a profile; a merged profile's name answers with its survivor."""
@@ -58,8 +59,9 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     IngestEvents: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.IngestEventsRequest, _audience_service_pb2.IngestEventsResponse]  # type: ignore[assignment]
-    """Applies tracking calls (identify, track, page, screen, group, alias), as
-    in the body of Segment's batch call; each `messageId` once.
+    """Accepts tracking calls (identify, track, page, screen, group, alias), as
+    in the body of Segment's batch call, once durable; each `messageId` is
+    applied once.
     """
     GetProfile: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.GetProfileRequest, _audience_service_pb2.GetProfileResponse]  # type: ignore[assignment]
     """Gets a profile; a merged profile's name answers with its survivor."""
@@ -83,8 +85,9 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audience_service_pb2.IngestEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audience_service_pb2.IngestEventsResponse, _abc.Awaitable[_audience_service_pb2.IngestEventsResponse]]:
-        """Applies tracking calls (identify, track, page, screen, group, alias), as
-        in the body of Segment's batch call; each `messageId` once.
+        """Accepts tracking calls (identify, track, page, screen, group, alias), as
+        in the body of Segment's batch call, once durable; each `messageId` is
+        applied once.
         """
 
     @_abc_1.abstractmethod
