@@ -208,6 +208,12 @@ class Profiles:
         for attempt in range(CONFLICT_RETRIES):
             try:
                 async with self._db.engine.begin() as conn:
+                    if self._db.is_sqlite:
+                        # The sqlite3 driver begins a transaction only at the
+                        # first write, and a batch reads before it writes: a
+                        # write that changes nothing takes the database's
+                        # write lock first, so no other batch interleaves.
+                        await conn.execute(sa.text("DELETE FROM audience_messages WHERE 0 = 1"))
                     return await self._ingest(conn, tenant_id, calls)
             except sa.exc.DBAPIError as exc:
                 if not _conflict(exc) or attempt == CONFLICT_RETRIES - 1:
@@ -244,174 +250,22 @@ class Profiles:
     async def _ingest(
         self, conn: AsyncConnection, tenant_id: str, calls: Sequence[TrackedCall]
     ) -> IngestResult:
-        now = self._clock()
+        batch = _Batch(conn, tenant_id, self._clock())
+        await batch.prefetch(calls)
         applied = duplicates = 0
         touched: list[str] = []
         merges: list[Merge] = []
         for call in calls:
-            seen = await conn.scalar(
-                sa.select(sa.literal(1)).where(
-                    audience_messages.c.tenant_id == tenant_id,
-                    audience_messages.c.message_id == call.message_id,
-                )
-            )
-            if seen:
+            if not batch.first_time(call):
                 duplicates += 1
                 touched.append("")
                 continue
-            await conn.execute(
-                audience_messages.insert().values(
-                    tenant_id=tenant_id, message_id=call.message_id, receive_time=call.received_us
-                )
-            )
-            profile_id = await self._profile_for(conn, tenant_id, call, now, merges)
-            await self._apply(conn, tenant_id, profile_id, call, now)
+            profile_id = await _profile_for(batch, call, merges)
+            await batch.apply(profile_id, call)
             applied += 1
             touched.append(profile_id)
+        await batch.flush()
         return IngestResult(applied, duplicates, touched, merges)
-
-    async def _profile_for(
-        self,
-        conn: AsyncConnection,
-        tenant_id: str,
-        call: TrackedCall,
-        now: int,
-        merges: list[Merge],
-    ) -> str:
-        user_pid = (
-            await _identity(conn, tenant_id, "user_id", call.user_id) if call.user_id else None
-        )
-        if call.type == "alias":
-            target = user_pid or await self._create(conn, tenant_id, call, now)
-            if user_pid is None:
-                await _attach(conn, tenant_id, "user_id", call.user_id, target, now)
-            previous = await _identity(conn, tenant_id, "user_id", call.previous_id)
-            if previous is None:
-                previous = await _identity(conn, tenant_id, "anonymous_id", call.previous_id)
-            if previous is None:
-                await _attach(conn, tenant_id, "anonymous_id", call.previous_id, target, now)
-            elif previous != target:
-                await self._merge(conn, previous, target, now)
-                why = f"alias of {call.previous_id[:200]} to user_id {call.user_id[:200]}"
-                merges.append(Merge(previous, target, why))
-            return target
-        anon_pid = (
-            await _identity(conn, tenant_id, "anonymous_id", call.anonymous_id)
-            if call.anonymous_id
-            else None
-        )
-        if user_pid is not None:
-            if anon_pid is None and call.anonymous_id:
-                await _attach(conn, tenant_id, "anonymous_id", call.anonymous_id, user_pid, now)
-            elif anon_pid is not None and anon_pid != user_pid:
-                if not await _has_kind(conn, tenant_id, anon_pid, "user_id"):
-                    await self._merge(conn, anon_pid, user_pid, now)
-                    why = (
-                        f"anonymous_id {call.anonymous_id[:200]} signed in as "
-                        f"user_id {call.user_id[:200]}"
-                    )
-                    merges.append(Merge(anon_pid, user_pid, why))
-            return user_pid
-        if anon_pid is not None:
-            if not call.user_id:
-                return anon_pid
-            if await _has_kind(conn, tenant_id, anon_pid, "user_id"):
-                # Another user on this device: this user gets a profile of its own.
-                created = await self._create(conn, tenant_id, call, now)
-                await _attach(conn, tenant_id, "user_id", call.user_id, created, now)
-                return created
-            await _attach(conn, tenant_id, "user_id", call.user_id, anon_pid, now)
-            return anon_pid
-        created = await self._create(conn, tenant_id, call, now)
-        if call.user_id:
-            await _attach(conn, tenant_id, "user_id", call.user_id, created, now)
-        if call.anonymous_id:
-            await _attach(conn, tenant_id, "anonymous_id", call.anonymous_id, created, now)
-        return created
-
-    async def _create(
-        self, conn: AsyncConnection, tenant_id: str, call: TrackedCall, now: int
-    ) -> str:
-        profile_id = random_hex_id()
-        await conn.execute(
-            audience_profiles.insert().values(
-                id=profile_id,
-                tenant_id=tenant_id,
-                traits={},
-                event_count=0,
-                first_seen_time=call.timestamp_us,
-                last_seen_time=call.timestamp_us,
-                merged_into=None,
-                version=0,
-                create_time=now,
-                update_time=now,
-            )
-        )
-        return profile_id
-
-    async def _apply(
-        self, conn: AsyncConnection, tenant_id: str, profile_id: str, call: TrackedCall, now: int
-    ) -> None:
-        row = (
-            await conn.execute(
-                sa.select(audience_profiles)
-                .where(audience_profiles.c.id == profile_id)
-                .with_for_update()  # concurrent calls for one profile: one at a time
-            )
-        ).one()
-        traits = dict(row.traits)
-        if call.type == "identify":
-            traits.update(call.traits)
-        context_traits = call.context.get("traits")
-        if isinstance(context_traits, dict):
-            traits.update(context_traits)
-        await conn.execute(
-            audience_profiles.update()
-            .where(audience_profiles.c.id == profile_id)
-            .values(
-                traits=traits,
-                event_count=row.event_count + (1 if call.type in _COUNTED else 0),
-                first_seen_time=min(row.first_seen_time, call.timestamp_us),
-                last_seen_time=max(row.last_seen_time, call.timestamp_us),
-                version=row.version + 1,
-                update_time=now,
-            )
-        )
-
-    async def _merge(self, conn: AsyncConnection, source: str, target: str, now: int) -> None:
-        """Fold `source` into `target` (see the module's docstring)."""
-        rows = {
-            r.id: r
-            for r in await conn.execute(
-                sa.select(audience_profiles)
-                .where(audience_profiles.c.id.in_([source, target]))
-                .order_by(audience_profiles.c.id)  # locks in one order: no deadlock
-                .with_for_update()
-            )
-        }
-        src, dst = rows[source], rows[target]
-        await conn.execute(
-            audience_identities.update()
-            .where(audience_identities.c.profile_id == source)
-            .values(profile_id=target)
-        )
-        await conn.execute(
-            audience_profiles.update()
-            .where(audience_profiles.c.id == target)
-            .values(
-                traits={**src.traits, **dst.traits},
-                event_count=src.event_count + dst.event_count,
-                first_seen_time=min(src.first_seen_time, dst.first_seen_time),
-                last_seen_time=max(src.last_seen_time, dst.last_seen_time),
-                version=dst.version + 1,
-                update_time=now,
-            )
-        )
-        await conn.execute(
-            audience_profiles.update()
-            .where(audience_profiles.c.id == source)
-            .values(merged_into=target, version=src.version + 1, update_time=now)
-        )
 
     async def _profile(self, conn: AsyncConnection, row: Any) -> Profile:
         identities: dict[str, list[str]] = {}
@@ -444,27 +298,298 @@ async def _identity(conn: AsyncConnection, tenant_id: str, kind: str, value: str
     return found
 
 
-async def _attach(
-    conn: AsyncConnection, tenant_id: str, kind: str, value: str, profile_id: str, now: int
-) -> None:
-    await conn.execute(
-        audience_identities.insert().values(
-            tenant_id=tenant_id, kind=kind, value=value, profile_id=profile_id, create_time=now
-        )
+async def _profile_for(batch: _Batch, call: TrackedCall, merges: list[Merge]) -> str:
+    """The profile a call goes to, creating, attaching and merging as the
+    module's docstring says."""
+    user_pid = await batch.identity("user_id", call.user_id) if call.user_id else None
+    if call.type == "alias":
+        target = user_pid or await batch.create(call)
+        if user_pid is None:
+            await batch.attach("user_id", call.user_id, target)
+        previous = await batch.identity("user_id", call.previous_id)
+        if previous is None:
+            previous = await batch.identity("anonymous_id", call.previous_id)
+        if previous is None:
+            await batch.attach("anonymous_id", call.previous_id, target)
+        elif previous != target:
+            await batch.merge(previous, target)
+            why = f"alias of {call.previous_id[:200]} to user_id {call.user_id[:200]}"
+            merges.append(Merge(previous, target, why))
+        return target
+    anon_pid = (
+        await batch.identity("anonymous_id", call.anonymous_id) if call.anonymous_id else None
     )
+    if user_pid is not None:
+        if anon_pid is None and call.anonymous_id:
+            await batch.attach("anonymous_id", call.anonymous_id, user_pid)
+        elif anon_pid is not None and anon_pid != user_pid:
+            if not await batch.has_user_id(anon_pid):
+                await batch.merge(anon_pid, user_pid)
+                why = (
+                    f"anonymous_id {call.anonymous_id[:200]} signed in as "
+                    f"user_id {call.user_id[:200]}"
+                )
+                merges.append(Merge(anon_pid, user_pid, why))
+        return user_pid
+    if anon_pid is not None:
+        if not call.user_id:
+            return anon_pid
+        if await batch.has_user_id(anon_pid):
+            # Another user on this device: this user gets a profile of its own.
+            created = await batch.create(call)
+            await batch.attach("user_id", call.user_id, created)
+            return created
+        await batch.attach("user_id", call.user_id, anon_pid)
+        return anon_pid
+    created = await batch.create(call)
+    if call.user_id:
+        await batch.attach("user_id", call.user_id, created)
+    if call.anonymous_id:
+        await batch.attach("anonymous_id", call.anonymous_id, created)
+    return created
 
 
-async def _has_kind(conn: AsyncConnection, tenant_id: str, profile_id: str, kind: str) -> bool:
-    found = await conn.scalar(
-        sa.select(sa.literal(1))
-        .where(
-            audience_identities.c.tenant_id == tenant_id,
-            audience_identities.c.profile_id == profile_id,
-            audience_identities.c.kind == kind,
+@dataclass(slots=True)
+class _State:
+    """A profile's row as the batch changes it."""
+
+    traits: dict[str, Any]
+    event_count: int
+    first_seen: int
+    last_seen: int
+    version: int
+    merged_into: str | None = None
+    new: bool = False
+    dirty: bool = False
+
+
+#: Values in one `IN (...)` at most.
+_IN_CHUNK = 500
+
+
+class _Batch:
+    """One batch of calls in one transaction, with what it reads cached: the
+    message ids seen, identities, and the profiles' rows (read once, locked,
+    changed in memory and written once at the end, in `flush`). Reads go to
+    the database in bulk up front (`prefetch`); what a batch touches beyond
+    them is read one at a time."""
+
+    def __init__(self, conn: AsyncConnection, tenant_id: str, now: int) -> None:
+        self.conn = conn
+        self.tenant_id = tenant_id
+        self.now = now
+        self._seen: set[str] = set()
+        self._new_messages: list[dict[str, Any]] = []
+        self._ids: dict[tuple[str, str], str | None] = {}
+        self._has_user: dict[str, bool] = {}
+        self._states: dict[str, _State] = {}
+
+    async def prefetch(self, calls: Sequence[TrackedCall]) -> None:
+        t = self.tenant_id
+        message_ids = list({c.message_id for c in calls})
+        m = audience_messages.c
+        for chunk in _chunks(message_ids):
+            self._seen.update(
+                await self.conn.scalars(
+                    sa.select(m.message_id).where(m.tenant_id == t, m.message_id.in_(chunk))
+                )
+            )
+        wanted: dict[str, set[str]] = {"user_id": set(), "anonymous_id": set()}
+        for c in calls:
+            if c.user_id:
+                wanted["user_id"].add(c.user_id)
+            if c.anonymous_id:
+                wanted["anonymous_id"].add(c.anonymous_id)
+            if c.previous_id:
+                wanted["user_id"].add(c.previous_id)
+                wanted["anonymous_id"].add(c.previous_id)
+        i = audience_identities.c
+        for kind, values in wanted.items():
+            for value in values:
+                self._ids[(kind, value)] = None
+            for chunk in _chunks(sorted(values)):
+                for value, profile_id in await self.conn.execute(
+                    sa.select(i.value, i.profile_id).where(
+                        i.tenant_id == t, i.kind == kind, i.value.in_(chunk)
+                    )
+                ):
+                    self._ids[(kind, value)] = profile_id
+        found = sorted({pid for pid in self._ids.values() if pid is not None})
+        for chunk in _chunks(found):
+            await self._load(chunk)
+
+    def first_time(self, call: TrackedCall) -> bool:
+        """True (and recorded) unless the call's messageId was applied."""
+        if call.message_id in self._seen:
+            return False
+        self._seen.add(call.message_id)
+        self._new_messages.append(
+            {
+                "tenant_id": self.tenant_id,
+                "message_id": call.message_id,
+                "receive_time": call.received_us,
+            }
         )
-        .limit(1)
-    )
-    return bool(found)
+        return True
+
+    async def identity(self, kind: str, value: str) -> str | None:
+        key = (kind, value)
+        if key not in self._ids:
+            self._ids[key] = await _identity(self.conn, self.tenant_id, kind, value)
+        return self._ids[key]
+
+    async def attach(self, kind: str, value: str, profile_id: str) -> None:
+        await self.conn.execute(
+            audience_identities.insert().values(
+                tenant_id=self.tenant_id,
+                kind=kind,
+                value=value,
+                profile_id=profile_id,
+                create_time=self.now,
+            )
+        )
+        self._ids[(kind, value)] = profile_id
+        if kind == "user_id":
+            self._has_user[profile_id] = True
+
+    async def has_user_id(self, profile_id: str) -> bool:
+        found = self._has_user.get(profile_id)
+        if found is None:
+            i = audience_identities.c
+            found = bool(
+                await self.conn.scalar(
+                    sa.select(sa.literal(1))
+                    .where(
+                        i.tenant_id == self.tenant_id,
+                        i.profile_id == profile_id,
+                        i.kind == "user_id",
+                    )
+                    .limit(1)
+                )
+            )
+            self._has_user[profile_id] = found
+        return found
+
+    async def create(self, call: TrackedCall) -> str:
+        profile_id = random_hex_id()
+        when = call.timestamp_us
+        self._states[profile_id] = _State({}, 0, when, when, 0, new=True)
+        self._has_user[profile_id] = False
+        return profile_id
+
+    async def apply(self, profile_id: str, call: TrackedCall) -> None:
+        state = await self._state(profile_id)
+        if call.type == "identify" and call.traits:
+            state.traits.update(call.traits)
+        context_traits = call.context.get("traits")
+        if isinstance(context_traits, dict):
+            state.traits.update(context_traits)
+        if call.type in _COUNTED:
+            state.event_count += 1
+        state.first_seen = min(state.first_seen, call.timestamp_us)
+        state.last_seen = max(state.last_seen, call.timestamp_us)
+        self._touch(state)
+
+    async def merge(self, source: str, target: str) -> None:
+        """Fold `source` into `target` (see the module's docstring)."""
+        if source not in self._states or target not in self._states:
+            await self._load(sorted({source, target} - set(self._states)))
+        src, dst = self._states[source], self._states[target]
+        dst.traits = {**src.traits, **dst.traits}
+        dst.event_count += src.event_count
+        dst.first_seen = min(dst.first_seen, src.first_seen)
+        dst.last_seen = max(dst.last_seen, src.last_seen)
+        self._touch(dst)
+        src.merged_into = target
+        self._touch(src)
+        await self.conn.execute(
+            audience_identities.update()
+            .where(audience_identities.c.profile_id == source)
+            .values(profile_id=target)
+        )
+        for key, profile_id in self._ids.items():
+            if profile_id == source:
+                self._ids[key] = target
+        if self._has_user.get(source):
+            self._has_user[target] = True
+
+    async def flush(self) -> None:
+        """Write what the batch changed: message ids, new profiles, changed ones."""
+        if self._new_messages:
+            await self.conn.execute(audience_messages.insert(), self._new_messages)
+        created = [
+            {
+                "id": pid,
+                "tenant_id": self.tenant_id,
+                "traits": st.traits,
+                "event_count": st.event_count,
+                "first_seen_time": st.first_seen,
+                "last_seen_time": st.last_seen,
+                "merged_into": st.merged_into,
+                "version": st.version,
+                "create_time": self.now,
+                "update_time": self.now,
+            }
+            for pid, st in self._states.items()
+            if st.new
+        ]
+        if created:
+            await self.conn.execute(audience_profiles.insert(), created)
+        changed = [
+            {
+                "b_id": pid,
+                "traits": st.traits,
+                "event_count": st.event_count,
+                "first_seen_time": st.first_seen,
+                "last_seen_time": st.last_seen,
+                "merged_into": st.merged_into,
+                "version": st.version,
+                "update_time": self.now,
+            }
+            for pid, st in self._states.items()
+            if st.dirty and not st.new
+        ]
+        if changed:
+            p = audience_profiles.c
+            await self.conn.execute(
+                audience_profiles.update().where(p.id == sa.bindparam("b_id")),
+                changed,
+            )
+
+    def _touch(self, state: _State) -> None:
+        if not state.dirty:
+            state.dirty = True
+            state.version += 1
+
+    async def _state(self, profile_id: str) -> _State:
+        state = self._states.get(profile_id)
+        if state is None:
+            await self._load([profile_id])
+            state = self._states[profile_id]
+        return state
+
+    async def _load(self, ids: Sequence[str]) -> None:
+        """Read and lock profiles' rows (in id order: no deadlock between
+        batches that lock the same ones)."""
+        p = audience_profiles.c
+        for row in await self.conn.execute(
+            sa.select(audience_profiles)
+            .where(p.id.in_(list(ids)))
+            .order_by(p.id)
+            .with_for_update()  # concurrent batches for one profile: one at a time
+        ):
+            self._states[row.id] = _State(
+                dict(row.traits),
+                row.event_count,
+                row.first_seen_time,
+                row.last_seen_time,
+                row.version,
+                row.merged_into,
+            )
+
+
+def _chunks(values: Sequence[str]) -> list[Sequence[str]]:
+    return [values[n : n + _IN_CHUNK] for n in range(0, len(values), _IN_CHUNK)]
 
 
 #: SQLSTATEs of a transaction that lost to a concurrent one: tried again.
