@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from bench.openloop import Result, run_open_loop
 from bench.platform_calls import BENCH_KEY, _cpu_model, _cpu_seconds, _free_port, _wait_healthy
 from services.backends.analytics import open_analytics_store
+from services.db.engine import normalize_database_url
 from services.host.config import load_settings
 
 REPORT = pathlib.Path(__file__).parent / "reports" / "audience.md"
@@ -84,10 +85,13 @@ class Server:
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
             "--metrics-port", str(self.metrics_port),
         ]  # fmt: skip
-        log = open(self.data_dir.parent / "serve.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        self.process = self._spawn(argv, env)
         await _wait_healthy(f"{self.base_url}/health", time.monotonic() + 90)
+
+    def _spawn(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab") as log:
+            return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:
         assert self.process is not None
@@ -151,12 +155,26 @@ async def post_batch(http: aiohttp.ClientSession, base_url: str, calls: Calls) -
     calls.accepted.update(ids)
 
 
+async def applier_counts(http: aiohttp.ClientSession, server: Server) -> tuple[float, float]:
+    """(fed, applied) of the profile applier, from the server's metrics."""
+    async with http.get(f"http://127.0.0.1:{server.metrics_port}/metrics") as r:
+        text = await r.text()
+    found = {}
+    for line in text.splitlines():
+        for name in ("fed", "applied"):
+            if line.startswith(f"campaign_express_audience_applier_{name}_total "):
+                found[name] = float(line.split()[1])
+    return found.get("fed", 0.0), found.get("applied", 0.0)
+
+
 @dataclass
 class Throughput:
     rate: float  # requests/s asked
     batch: int
     result: Result
     cpu: float  # server CPU (1.0 = one core)
+    applied_per_second: float = 0.0  # profiles: calls applied per second during the step
+    catch_up_seconds: float = 0.0  # after the step, until every call was applied
 
     @property
     def events_per_second(self) -> float:
@@ -176,19 +194,35 @@ async def throughput(
         await run_open_loop(lambda: post_batch(http, server.base_url, warm), 20, 2.0)
         for i, rate in enumerate(rates):
             calls = Calls(f"t{i}", batch, users)
+            _, applied0 = await applier_counts(http, server)
             cpu0, wall0 = _cpu_seconds(server.pid), time.perf_counter()
-            result = await run_open_loop(lambda: post_batch(http, server.base_url, calls), rate, seconds)  # noqa: B023
-            cpu = (_cpu_seconds(server.pid) - cpu0) / (time.perf_counter() - wall0)
-            row = Throughput(rate, batch, result, cpu)
+            result = await run_open_loop(
+                lambda: post_batch(http, server.base_url, calls),  # noqa: B023
+                rate,
+                seconds,
+            )
+            wall = time.perf_counter() - wall0
+            cpu = (_cpu_seconds(server.pid) - cpu0) / wall
+            fed, applied1 = await applier_counts(http, server)
+            ended = time.perf_counter()
+            applied = applied1
+            while applied < fed and time.perf_counter() - ended < 120:
+                await asyncio.sleep(0.1)
+                _, applied = await applier_counts(http, server)
+            row = Throughput(
+                rate, batch, result, cpu, (applied1 - applied0) / wall, time.perf_counter() - ended
+            )
             out.append(row)
             print(
                 f"ingest @ {rate:g} req/s x {batch}: {row.events_per_second:,.0f} events/s, "
-                f"p50 {result.percentile(50) * 1e3:.1f} ms p99 {result.percentile(99) * 1e3:.1f} ms, "
+                f"p50 {result.percentile(50) * 1e3:.1f} ms "
+                f"p99 {result.percentile(99) * 1e3:.1f} ms, "
                 f"errors {result.errors}, server CPU {cpu:.0%}, "
-                f"{row.events_per_core_second:,.0f} events per CPU-second",
+                f"{row.events_per_core_second:,.0f} events per CPU-second; profiles: "
+                f"{row.applied_per_second:,.0f} calls/s applied during it, "
+                f"all applied {row.catch_up_seconds:.1f} s after it",
                 flush=True,
             )
-            await asyncio.sleep(2.0)  # let the applier catch up before the next step
     return out
 
 
@@ -252,7 +286,7 @@ async def kill_run(server: Server, rate: float, batch: int, seconds: float, user
         await asyncio.sleep(seconds / 2)
         server.kill()
         killed = time.perf_counter()
-        print(f"killed the server (SIGKILL) with {len(calls.accepted):,} calls accepted", flush=True)
+        print(f"killed the server (SIGKILL), {len(calls.accepted):,} calls accepted", flush=True)
         await server.start()
         restart = time.perf_counter() - killed
         first = await load
@@ -287,7 +321,7 @@ async def _missing_events(data_dir: pathlib.Path, accepted: set[str]) -> tuple[i
 
 async def _missing_applied(data_dir: pathlib.Path, accepted: set[str]) -> int:
     url = load_settings({"data_dir": str(data_dir)}, environ={}).effective_database_url
-    engine = create_async_engine(url)
+    engine = create_async_engine(normalize_database_url(url))
     try:
         async with engine.connect() as conn:
             rows = await conn.execute(
@@ -334,15 +368,16 @@ async def main_async(args: argparse.Namespace) -> list[str]:
                         f"## Throughput (`/v1/batch`, {args.batch} calls a request, open loop)",
                         "",
                         "| asked req/s | events/s | p50 ms | p99 ms | errors | server CPU "
-                        "| events per CPU-second |",
-                        "|---|---|---|---|---|---|---|",
+                        "| events per CPU-second | applied to profiles/s | all applied after |",
+                        "|---|---|---|---|---|---|---|---|---|",
                     ]
                     for row in rows:
                         r = row.result
                         lines.append(
                             f"| {row.rate:g} | {row.events_per_second:,.0f} | "
                             f"{r.percentile(50) * 1e3:.1f} | {r.percentile(99) * 1e3:.1f} | "
-                            f"{r.errors} | {row.cpu:.0%} | {row.events_per_core_second:,.0f} |"
+                            f"{r.errors} | {row.cpu:.0%} | {row.events_per_core_second:,.0f} | "
+                            f"{row.applied_per_second:,.0f} | {row.catch_up_seconds:.1f} s |"
                         )
                     lines.append("")
                 if args.only in ("", "profile"):
@@ -364,9 +399,7 @@ async def main_async(args: argparse.Namespace) -> list[str]:
             server = Server(base / "kill", pin)
             await server.start()
             try:
-                run = await kill_run(
-                    server, args.kill_rate, args.batch, args.seconds, args.users
-                )
+                run = await kill_run(server, args.kill_rate, args.batch, args.seconds, args.users)
             finally:
                 server.stop()
             line = (

@@ -28,8 +28,12 @@ import itertools
 import logging
 import pathlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from services.analytics.events import EventRow
 from services.analytics.journal import CorruptSegment, read_segment
@@ -74,6 +78,7 @@ class ProfileApplier:
         batch_max: int = 500,
         retry_min: float = 0.05,
         retry_max: float = 5.0,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self._profiles = profiles
         self._on_applied = on_applied
@@ -93,6 +98,8 @@ class ProfileApplier:
         self._task: asyncio.Task[None] | None = None
         self._watches: list[_Watch] = []
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        if metrics_registry is not None:
+            metrics_registry.register(_StatsCollector(self))
 
     # -- JournalFollower --------------------------------------------------
 
@@ -290,3 +297,25 @@ class ProfileApplier:
                     logged = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._retry_max)
+
+
+class _StatsCollector(Collector):
+    """Prometheus view of ApplierStats, read at scrape time."""
+
+    def __init__(self, applier: ProfileApplier) -> None:
+        self._applier = applier
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._applier.stats()
+        prefix = "campaign_express_audience_applier_"
+        for name, doc in (
+            ("fed", "Calls acknowledged and handed to the profile applier."),
+            ("applied", "Calls the profile applier is done with (duplicates and failed included)."),
+            ("recovered", "Calls applied from journal files left by an earlier process."),
+            ("failed", "Calls the database refused (skipped; alert on > 0)."),
+            ("retries", "Batches tried again after a database failure."),
+        ):
+            yield CounterMetricFamily(prefix + name, doc, value=getattr(stats, name))
+        yield GaugeMetricFamily(
+            prefix + "lag", "Calls acknowledged and not yet applied to profiles.", stats.lag
+        )

@@ -19,7 +19,11 @@ from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 async def _build(kernel: Kernel) -> Built:
     profiles = Profiles(kernel.backends.db, clock=kernel.clock, page_tokens=kernel.page_tokens)
     auditor = kernel.interface("call_auditor") if kernel.has_interface("call_auditor") else None
-    applier = ProfileApplier(profiles, on_applied=record_merges(auditor) if auditor else None)
+    applier = ProfileApplier(
+        profiles,
+        on_applied=record_merges(auditor) if auditor else None,
+        metrics_registry=kernel.metrics_registry,
+    )
     # The journal is private to one process: each --workers process has its own.
     events = AnalyticsPipeline(
         kernel.backends.analytics,
