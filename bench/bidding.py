@@ -70,10 +70,11 @@ from gateway.openrtb import decode_bid_request
 from inference.features import CHANNELS
 from services.backends.interfaces import KeyValueStore
 from services.backends.kv import _ttl_ms
-from services.bidding.profiles import LoyaltyState, ProfileStore, UserProfile
+from services.bidding.profiles import LoyaltyState, ProfileStore, UserProfile, tenant_user
 
 REPORT = pathlib.Path(__file__).parent / "reports" / "bidding.md"
 KEY = BENCH_KEY
+TENANT = "demo"  # the bench key's tenant: its users' profiles are stored as theirs
 USERS = 100_000
 ZIPF_S = 1.0
 CAMPAIGNS = 16
@@ -289,7 +290,7 @@ async def seed_profiles(
             store = ProfileStore(cast(KeyValueStore, writes), l1_max_entries=0)
             for first in range(0, users, batch):
                 for rank in range(first, min(first + batch, users)):
-                    profile = bench_profile(user_id(rank), now, seed)
+                    profile = bench_profile(tenant_user(TENANT, user_id(rank)), now, seed)
                     await store.put(profile)
                     tiers[profile.loyalty.tier] += 1
                 await pipeline.execute()

@@ -9,9 +9,9 @@ import collections
 import pytest
 import redis.asyncio as aioredis
 
-from bench.bidding import ZipfUsers, bench_profile, seed_profiles, user_id
+from bench.bidding import TENANT, ZipfUsers, bench_profile, seed_profiles, user_id
 from services.backends.kv import RedisKeyValueStore
-from services.bidding.profiles import ProfileStore, default_profile, profile_key
+from services.bidding.profiles import ProfileStore, default_profile, profile_key, tenant_user
 
 pytestmark = pytest.mark.backends
 
@@ -32,7 +32,7 @@ async def test_seeded_profiles_round_trip_through_the_servers_profile_store(
     kv = RedisKeyValueStore(redis_url_flushed)
     try:
         store = ProfileStore(kv)
-        ids = [user_id(rank) for rank in range(USERS + 1)]
+        ids = [tenant_user(TENANT, user_id(rank)) for rank in range(USERS + 1)]
         got = await store.get_many(ids)
         stats = store.stats()
         assert (stats.l2_hits, stats.defaults) == (USERS, 1)  # the one past the end
@@ -44,7 +44,8 @@ async def test_seeded_profiles_round_trip_through_the_servers_profile_store(
     seeded = [got[uid] for uid in ids[:USERS]]
 
     # The bench's load draws its users from exactly these ids.
-    assert set(ZipfUsers(n=USERS).draw(1000)) <= set(ids[:USERS])
+    drawn = {tenant_user(TENANT, uid) for uid in ZipfUsers(n=USERS).draw(1000)}
+    assert drawn <= set(ids[:USERS])
     # Plausible contents the bidder uses: interests and segments for everyone,
     # a loyalty membership for a share, every tier present.
     assert tiers == dict(collections.Counter(p.loyalty.tier for p in seeded))

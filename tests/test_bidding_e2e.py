@@ -276,10 +276,10 @@ async def test_frequency_cap_stops_bids_for_that_user_only(env: Env) -> None:
 async def test_no_consent_means_no_segment_targeting(env: Env) -> None:
     await live_campaign(env, targeting=Targeting(countries=["USA"], segments=["7"]))
     platform = env.running.platform
-    from services.bidding.profiles import UserProfile
+    from services.bidding.profiles import UserProfile, tenant_user
 
     store = platform.api("bidding").processor._profiles
-    await store.put(UserProfile("fan", segments=[7]))
+    await store.put(UserProfile(tenant_user("acme", "fan"), segments=[7]))
     status, _, _ = await post_bid(env, bid_request(user="fan"))
     assert status == 200  # consented (no GDPR): the profile's segment matches
     gdpr_no_consent = bid_request("r2", user="fan", regs={"gdpr": 1})

@@ -48,6 +48,24 @@ log = logging.getLogger(__name__)
 AppliedHook = Callable[[str, str, Sequence[TrackedCall], IngestResult], Awaitable[None]]
 
 
+def chain(*hooks: AppliedHook | None) -> AppliedHook | None:
+    """One hook that calls each given one in turn (None: there is none)."""
+    present = [hook for hook in hooks if hook is not None]
+    if not present:
+        return None
+
+    async def each(
+        tenant_id: str, source: str, calls: Sequence[TrackedCall], result: IngestResult
+    ) -> None:
+        for hook in present:
+            try:
+                await hook(tenant_id, source, calls, result)
+            except Exception:  # one hook's failure must not skip the others
+                log.exception("audience: after applying calls of tenant %s", tenant_id)
+
+    return each
+
+
 @dataclass(slots=True)
 class _Watch:
     first: int

@@ -7,7 +7,8 @@ import pathlib
 
 from campaignexpress.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
 from services.analytics.pipeline import AnalyticsPipeline
-from services.audience.applier import ProfileApplier
+from services.audience.applier import ProfileApplier, chain
+from services.audience.bidview import BidView
 from services.audience.demo import seed_demo_profiles
 from services.audience.domain import Audience, record_merges
 from services.audience.events import EVENTS
@@ -19,9 +20,19 @@ from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 async def _build(kernel: Kernel) -> Built:
     profiles = Profiles(kernel.backends.db, clock=kernel.clock, page_tokens=kernel.page_tokens)
     auditor = kernel.interface("call_auditor") if kernel.has_interface("call_auditor") else None
+    # The bid-time view goes through this process's ProfileStore (when the
+    # bidding domain is registered), so its cache sees each change at once.
+    view = (
+        BidView(profiles, kernel.interface("profile_store"))
+        if kernel.has_interface("profile_store")
+        else None
+    )
     applier = ProfileApplier(
         profiles,
-        on_applied=record_merges(auditor) if auditor else None,
+        on_applied=chain(
+            record_merges(auditor) if auditor else None,
+            view.on_applied if view else None,
+        ),
         metrics_registry=kernel.metrics_registry,
     )
     # The journal is private to one process: each --workers process has its own.

@@ -6,6 +6,7 @@ afford a call for them)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from campaignexpress.bidding.v1 import bidding_service_pb2, bidding_service_pb2_grpc
@@ -47,28 +48,14 @@ async def _build(kernel: Kernel) -> Built:
         # per bid less). Events are still acknowledged within ~10 ms.
         commit_interval=BID_EVENTS_COMMIT_SECONDS,
     )
-    watch = kernel.backend_watch
-
-    def hot_store_failed(error: BaseException) -> None:
-        watch.report(error, "hot_store")
-
-    def hot_store_down() -> bool:
-        # While the watch knows Redis is down (until its probe answers), bids
-        # do not wait on it at all: default profiles, campaigns with caps out.
-        return watch.is_down("hot_store")
-
+    hot_store_failed, hot_store_down = _hot_store_watch(kernel)
     signer = NoticeSigner(kernel.secret, settings.public_url)
     rates = Rates()
     caps = FrequencyCaps(backends.hot_store)
     processor = BidProcessor(
         index=index,
         engine=kernel.interface("scoring_engine"),
-        profiles=ProfileStore(
-            backends.hot_store,
-            metrics_registry=kernel.metrics_registry,
-            report_outage=hot_store_failed,
-            skip_l2=hot_store_down,
-        ),
+        profiles=kernel.interface("profile_store"),
         caps=caps,
         signer=signer,
         rates=rates,
@@ -83,6 +70,36 @@ async def _build(kernel: Kernel) -> Built:
     return Built([servicer], api=BiddingApi(processor, pipeline, index, settlement))
 
 
+def _hot_store_watch(
+    kernel: Kernel,
+) -> tuple[Callable[[BaseException], None], Callable[[], bool]]:
+    """(report a hot-store failure, is it known down). While the watch knows
+    Redis is down (until its probe answers), bids do not wait on it at all:
+    default profiles, campaigns with caps out."""
+    watch = kernel.backend_watch
+
+    def failed(error: BaseException) -> None:
+        watch.report(error, "hot_store")
+
+    def down() -> bool:
+        return watch.is_down("hot_store")
+
+    return failed, down
+
+
+def _profile_store(kernel: Kernel) -> ProfileStore:
+    """The bid path's profiles (one per process): the bidder reads them, the
+    audience domain writes them (so this process's cache sees a change at
+    once)."""
+    hot_store_failed, hot_store_down = _hot_store_watch(kernel)
+    return ProfileStore(
+        kernel.backends.hot_store,
+        metrics_registry=kernel.metrics_registry,
+        report_outage=hot_store_failed,
+        skip_l2=hot_store_down,
+    )
+
+
 MODULE = DomainModule(
     name="bidding",
     services=(
@@ -92,4 +109,5 @@ MODULE = DomainModule(
         ),
     ),
     build=_build,
+    interfaces={"profile_store": _profile_store},
 )

@@ -32,7 +32,7 @@ from services.bidding.currency import Rates
 from services.bidding.identity import resolve_user_id
 from services.bidding.matching import DEVICE_GROUPS, Candidate, CandidateIndex, Context, Slot
 from services.bidding.notices import NoticeSigner, NoticeToken
-from services.bidding.profiles import ProfileStore, default_profile
+from services.bidding.profiles import ProfileStore, default_profile, tenant_user
 from services.bidding.upstream import BidEvents, LiveCampaigns
 from services.campaigns.index import OfferFacts
 from services.common.clock import now_us
@@ -232,7 +232,7 @@ class BidProcessor:
         if known_user:
             budget = self._hot_store_budget(deadline)
             profile = await self._profiles.get(
-                user_id,
+                tenant_user(tenant_id, user_id),
                 l2_budget=budget / 1e6,
                 # a budget cut short by this bid's own deadline says nothing of Redis
                 report_timeout=budget >= HOT_STORE_BUDGET_US,

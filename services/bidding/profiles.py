@@ -58,6 +58,7 @@ __all__ = [
     "UserProfile",
     "default_profile",
     "profile_key",
+    "tenant_user",
 ]
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,13 @@ def default_profile(user_id: str = "") -> UserProfile:
 
 def profile_key(user_id: str) -> str:
     return KEY_PREFIX + key_part(user_id)
+
+
+def tenant_user(tenant_id: str, user_id: str) -> str:
+    """The id a tenant's user has in the store: profiles are per tenant (two
+    tenants' "u1" are two people), so the bid path and the audience domain,
+    which writes the profiles, both name them `<tenant>/<user id>`."""
+    return f"{tenant_id}/{user_id}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,80 @@
+"""The bid-time view of profiles: the record the bidder's ProfileStore reads
+(services.bidding.profiles, Redis at scale), written by the audience domain
+after each batch of calls it applies, for every profile the batch changed,
+under every identity of the profile (its user ids and anonymous ids), as
+`<tenant>/<id>`: the bid path's user id (user.id, else user.buyeruid, else
+device.ifa) finds the profile when it is one of them.
+
+What a profile gives the bid today: `last_seen_us` (the model's recency
+feature) and the loyalty tier from the `loyalty_tier` trait (GREEN, GOLD or
+RESERVE; anything else is the default). Segments and interests join it as
+those features land (segments, decisioning). The process's own ProfileStore
+is written, so its cache holds the new record at once; other processes read
+it when their cache entry expires (see docs/audience.md).
+
+A failing hot store does not stop the applier: the view is written again
+on the profile's next change; the failure is counted and logged."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from inference.features import TIERS
+from services.audience.profiles import IngestResult, Profile, Profiles
+from services.audience.tracking import TrackedCall
+from services.bidding.profiles import LoyaltyState, ProfileStore, UserProfile, tenant_user
+
+log = logging.getLogger(__name__)
+
+LOYALTY_TIER_TRAIT = "loyalty_tier"
+_KINDS = ("user_id", "anonymous_id")
+
+
+def bid_profile(profile: Profile, user_id: str) -> UserProfile:
+    """The bid-time record of a profile, for one of its ids."""
+    tier = str(profile.traits.get(LOYALTY_TIER_TRAIT, "")).upper()
+    loyalty = LoyaltyState(tier=tier) if tier in TIERS else LoyaltyState()
+    return UserProfile(
+        tenant_user(profile.tenant_id, user_id),
+        loyalty=loyalty,
+        last_seen_us=profile.last_seen_us,
+        version=profile.version,
+    )
+
+
+class BidView:
+    def __init__(self, profiles: Profiles, store: ProfileStore) -> None:
+        self._profiles = profiles
+        self._store = store
+        self.written = 0
+        self.failures = 0
+
+    async def on_applied(
+        self, tenant_id: str, source: str, calls: Sequence[TrackedCall], result: IngestResult
+    ) -> None:
+        changed = [p for p in dict.fromkeys(result.profile_ids) if p]
+        if changed:
+            await self.write(tenant_id, changed)
+
+    async def write(self, tenant_id: str, profile_ids: Sequence[str]) -> None:
+        records = [
+            bid_profile(profile, value)
+            for profile in await self._profiles.get_many(tenant_id, profile_ids)
+            for kind in _KINDS
+            for value in profile.identities.get(kind, ())
+        ]
+        outcomes = await asyncio.gather(
+            *(self._store.put(record) for record in records), return_exceptions=True
+        )
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        self.written += len(records) - len(failed)
+        if failed:
+            self.failures += len(failed)
+            log.warning(
+                "audience: %d of %d bid-time profiles not written (%r)",
+                len(failed),
+                len(records),
+                failed[0],
+            )
