@@ -59,6 +59,7 @@ class Server:
     grpc_port: int = field(default_factory=_free_port)
     metrics_port: int = field(default_factory=_free_port)
     process: subprocess.Popen[bytes] | None = None
+    profile: str = ""  # run the server under cProfile, its stats written here at exit
 
     @property
     def base_url(self) -> str:
@@ -80,7 +81,8 @@ class Server:
             env.pop(name, None)  # embedded defaults in the data dir
         argv = [
             *(["taskset", "-c", "0"] if self.pin else []),
-            sys.executable, "-m", "services.host.cli", "serve", "--demo",
+            sys.executable, *(["-m", "cProfile", "-o", self.profile] if self.profile else []),
+            "-m", "services.host.cli", "serve", "--demo",
             "--host", "127.0.0.1", "--data-dir", str(self.data_dir),
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
             "--metrics-port", str(self.metrics_port),
@@ -227,20 +229,27 @@ async def throughput(
 
 
 async def profile_latency(
-    server: Server, rate: float, batch: int, seconds: float, users: int, probes: int
+    server: Server,
+    rate: float,
+    batch: int,
+    seconds: float,
+    users: int,
+    probes: int,
+    warmup: float = 0.5,
 ) -> tuple[list[float], Result]:
-    """Probes under load: identify with a fresh trait, poll until it shows."""
+    """Probes under load (after `warmup` seconds of it): identify with a
+    fresh trait, poll until it shows."""
     latencies: list[float] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as http:
         calls = Calls("p", batch, users)
         load = asyncio.create_task(
-            run_open_loop(lambda: post_batch(http, server.base_url, calls), rate, seconds)
+            run_open_loop(lambda: post_batch(http, server.base_url, calls), rate, seconds + warmup)
         )
         headers = {"Authorization": f"Bearer {BENCH_KEY}"}
         resolve = (
             f"{server.base_url}/v1/tenants/{TENANT}/profiles:resolve?kind=user_id&value=probe-"
         )
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(warmup)
         for n in range(probes):
             user = f"{n % 20}"
             body = orjson.dumps(
@@ -258,6 +267,8 @@ async def profile_latency(
                     found = await r.json() if r.status == 200 else None
                 if found and found["profile"]["traits"].get("probe") == n:
                     latencies.append(time.perf_counter() - started)
+                    if latencies[-1] > 0.5:
+                        print(f"probe {n}: {latencies[-1]:.2f} s", flush=True)
                     break
                 await asyncio.sleep(0.005)
             await asyncio.sleep(max(0.0, seconds / probes - (time.perf_counter() - started)))
@@ -358,7 +369,7 @@ async def main_async(args: argparse.Namespace) -> list[str]:
         os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
     try:
         if args.only in ("", "throughput", "profile"):
-            server = Server(base / "data", pin)
+            server = Server(base / "data", pin, profile=args.cprofile)
             await server.start()
             try:
                 if args.only in ("", "throughput"):
@@ -381,8 +392,9 @@ async def main_async(args: argparse.Namespace) -> list[str]:
                         )
                     lines.append("")
                 if args.only in ("", "profile"):
+                    # after 3 s of load: past the demo seeding at start-up
                     latencies, load = await profile_latency(
-                        server, args.profile_rate, args.batch, args.seconds, args.users, 50
+                        server, args.profile_rate, args.batch, args.seconds, args.users, 50, 3.0
                     )
                     line = (
                         f"Event -> profile (identify, then ResolveProfile polled every 5 ms) "
@@ -427,6 +439,7 @@ def main() -> int:
     parser.add_argument("--profile-rate", type=float, default=5.0)
     parser.add_argument("--kill-rate", type=float, default=20.0)
     parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--cprofile", default="", help="profile the server into this file")
     args = parser.parse_args()
     lines = asyncio.run(main_async(args))
     if not args.no_report and not args.only:

@@ -1,9 +1,11 @@
 """The bid-time view of profiles: the record the bidder's ProfileStore reads
 (services.bidding.profiles, Redis at scale), written by the audience domain
-after each batch of calls it applies, for every profile the batch changed,
-under every identity of the profile (its user ids and anonymous ids), as
-`<tenant>/<id>`: the bid path's user id (user.id, else user.buyeruid, else
-device.ifa) finds the profile when it is one of them.
+after each batch of calls it applies, for every profile whose view the
+batch changed (new, merged into, a new loyalty tier, or last seen moved by a
+minute or more: profiles.bid_signature), under every identity of the
+profile (its user ids and anonymous ids), as `<tenant>/<id>`: the bid
+path's user id (user.id, else user.buyeruid, else device.ifa) finds the
+profile when it is one of them.
 
 What a profile gives the bid today: `last_seen_us` (the model's recency
 feature) and the loyalty tier from the `loyalty_tier` trait (GREEN, GOLD or
@@ -13,7 +15,8 @@ is written, so its cache holds the new record at once; other processes read
 it when their cache entry expires (see docs/audience.md).
 
 A failing hot store does not stop the applier: the view is written again
-on the profile's next change; the failure is counted and logged."""
+on the profile's next change of its view; the failure is counted and
+logged."""
 
 from __future__ import annotations
 
@@ -22,13 +25,14 @@ import logging
 from collections.abc import Sequence
 
 from inference.features import TIERS
-from services.audience.profiles import IngestResult, Profile, Profiles
+from services.audience.profiles import BID_TRAITS, IngestResult, Profile, Profiles
 from services.audience.tracking import TrackedCall
 from services.bidding.profiles import LoyaltyState, ProfileStore, UserProfile, tenant_user
 
 log = logging.getLogger(__name__)
 
 LOYALTY_TIER_TRAIT = "loyalty_tier"
+assert LOYALTY_TIER_TRAIT in BID_TRAITS  # what Profiles watches for changes
 _KINDS = ("user_id", "anonymous_id")
 
 
@@ -54,9 +58,8 @@ class BidView:
     async def on_applied(
         self, tenant_id: str, source: str, calls: Sequence[TrackedCall], result: IngestResult
     ) -> None:
-        changed = [p for p in dict.fromkeys(result.profile_ids) if p]
-        if changed:
-            await self.write(tenant_id, changed)
+        if result.bid_changed:
+            await self.write(tenant_id, result.bid_changed)
 
     async def write(self, tenant_id: str, profile_ids: Sequence[str]) -> None:
         records = [

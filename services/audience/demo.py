@@ -19,6 +19,10 @@ _EVENTS = ("Product Viewed", "Product Added", "Checkout Started", "Order Complet
 _PAGES = ("Home", "Boots", "Jackets", "Cart")
 
 
+def demo_user_ids(people: int = DEMO_PEOPLE) -> list[str]:
+    return [f"demo-user-{n:04d}" for n in range(people)]
+
+
 def demo_calls(now_us: int, people: int = DEMO_PEOPLE) -> list[dict[str, Any]]:
     rng = random.Random(20261206)
     calls: list[dict[str, Any]] = []
@@ -27,8 +31,7 @@ def demo_calls(now_us: int, people: int = DEMO_PEOPLE) -> list[dict[str, Any]]:
         moment = dt.datetime.fromtimestamp(now_us / 1e6, dt.UTC) - dt.timedelta(days=days_ago)
         return moment.isoformat()
 
-    for n in range(people):
-        user = f"demo-user-{n:04d}"
+    for n, user in enumerate(demo_user_ids(people)):
         anon = f"demo-cookie-{n:04d}"
         ids = {"userId": user}
         first = rng.uniform(5, 30)

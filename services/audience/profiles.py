@@ -80,6 +80,21 @@ class IngestResult:
     duplicates: int  # calls whose messageId was applied before
     profile_ids: list[str]  # per call, the profile it was applied to ("" for a duplicate)
     merges: list[Merge] = field(default_factory=list)
+    # Profiles whose bid-time view changed (`bid_signature`): new, merged
+    # into, or a change of a BID_TRAITS trait or of last seen by a step.
+    bid_changed: list[str] = field(default_factory=list)
+
+
+#: Traits the bid-time view carries (services.audience.bidview).
+BID_TRAITS = ("loyalty_tier",)
+#: Last seen matters to bidding to this step (the model's recency is in
+#: hours): a visit within a minute of the last one does not rewrite the view.
+RECENCY_STEP_US = 60 * 1_000_000
+
+
+def bid_signature(traits: dict[str, Any], last_seen_us: int) -> tuple[Any, ...]:
+    """What of a profile the bid-time view holds, to tell a change."""
+    return (*(traits.get(name) for name in BID_TRAITS), last_seen_us // RECENCY_STEP_US)
 
 
 class Profiles:
@@ -265,7 +280,7 @@ class Profiles:
             applied += 1
             touched.append(profile_id)
         await batch.flush()
-        return IngestResult(applied, duplicates, touched, merges)
+        return IngestResult(applied, duplicates, touched, merges, batch.bid_changed())
 
     async def get_many(self, tenant_id: str, profile_ids: Sequence[str]) -> list[Profile]:
         """The profiles of these ids that exist and are not merged, with
@@ -389,6 +404,8 @@ class _State:
     merged_into: str | None = None
     new: bool = False
     dirty: bool = False
+    signature: tuple[Any, ...] | None = None  # bid_signature as read (None: new)
+    merged: bool = False  # another profile was merged into it
 
 
 #: Values in one `IN (...)` at most.
@@ -408,6 +425,7 @@ class _Batch:
         self.now = now
         self._seen: set[str] = set()
         self._new_messages: list[dict[str, Any]] = []
+        self._new_ids: dict[tuple[str, str], str] = {}  # attached, written in flush
         self._ids: dict[tuple[str, str], str | None] = {}
         self._has_user: dict[str, bool] = {}
         self._states: dict[str, _State] = {}
@@ -467,15 +485,8 @@ class _Batch:
         return self._ids[key]
 
     async def attach(self, kind: str, value: str, profile_id: str) -> None:
-        await self.conn.execute(
-            audience_identities.insert().values(
-                tenant_id=self.tenant_id,
-                kind=kind,
-                value=value,
-                profile_id=profile_id,
-                create_time=self.now,
-            )
-        )
+        """Give the profile this identity (written with the batch's others)."""
+        self._new_ids[(kind, value)] = profile_id
         self._ids[(kind, value)] = profile_id
         if kind == "user_id":
             self._has_user[profile_id] = True
@@ -530,6 +541,10 @@ class _Batch:
         self._touch(dst)
         src.merged_into = target
         self._touch(src)
+        dst.merged = True
+        for key, owner in self._new_ids.items():
+            if owner == source:
+                self._new_ids[key] = target
         await self.conn.execute(
             audience_identities.update()
             .where(audience_identities.c.profile_id == source)
@@ -545,6 +560,20 @@ class _Batch:
         """Write what the batch changed: message ids, new profiles, changed ones."""
         if self._new_messages:
             await self.conn.execute(audience_messages.insert(), self._new_messages)
+        if self._new_ids:
+            await self.conn.execute(
+                audience_identities.insert(),
+                [
+                    {
+                        "tenant_id": self.tenant_id,
+                        "kind": kind,
+                        "value": value,
+                        "profile_id": profile_id,
+                        "create_time": self.now,
+                    }
+                    for (kind, value), profile_id in self._new_ids.items()
+                ],
+            )
         created = [
             {
                 "id": pid,
@@ -584,6 +613,15 @@ class _Batch:
                 changed,
             )
 
+    def bid_changed(self) -> list[str]:
+        return [
+            pid
+            for pid, st in self._states.items()
+            if st.merged_into is None
+            and st.dirty
+            and (st.new or st.merged or st.signature != bid_signature(st.traits, st.last_seen))
+        ]
+
     def _touch(self, state: _State) -> None:
         if not state.dirty:
             state.dirty = True
@@ -613,6 +651,7 @@ class _Batch:
                 row.last_seen_time,
                 row.version,
                 row.merged_into,
+                signature=bid_signature(row.traits, row.last_seen_time),
             )
 
 
