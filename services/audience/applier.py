@@ -232,11 +232,10 @@ class ProfileApplier:
             took = time.monotonic() - started
             if took > SLOW_BATCH_SECONDS:
                 log.warning(
-                    "audience: %d calls took %.2f s to apply (%d waiting) DEBUG t=%.2f",
+                    "audience: %d calls took %.2f s to apply (%d waiting)",
                     take,
                     took,
                     len(self._queue),
-                    time.time() % 100,
                 )
             self._applied += take
             self._settle()
