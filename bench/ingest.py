@@ -355,6 +355,22 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
+async def profile_line(
+    server: Server, args: argparse.Namespace, what: str, warmup: float, rate: float = 0.0
+) -> str:
+    latencies, load = await profile_latency(
+        server, rate or args.profile_rate, args.batch, args.seconds, args.users, 50, warmup
+    )
+    line = (
+        f"- {what}: under {load.achieved * args.batch:,.0f} events/s, "
+        f"{len(latencies)} probes (identify, then ResolveProfile polled every 5 ms): "
+        f"p50 {pct(latencies, 50) * 1e3:.0f} ms, p99 {pct(latencies, 99) * 1e3:.0f} ms, "
+        f"max {max(latencies, default=float('nan')) * 1e3:.0f} ms."
+    )
+    print(line, flush=True)
+    return line
+
+
 async def main_async(args: argparse.Namespace) -> list[str]:
     pin = bool(shutil.which("taskset")) and (os.cpu_count() or 1) > 1
     lines = [
@@ -392,21 +408,31 @@ async def main_async(args: argparse.Namespace) -> list[str]:
                         )
                     lines.append("")
                 if args.only in ("", "profile"):
-                    # after 3 s of load: past the demo seeding at start-up
-                    latencies, load = await profile_latency(
-                        server, args.profile_rate, args.batch, args.seconds, args.users, 50, 3.0
-                    )
-                    line = (
-                        f"Event -> profile (identify, then ResolveProfile polled every 5 ms) "
-                        f"under {load.achieved * args.batch:,.0f} events/s of load: "
-                        f"{len(latencies)} probes, p50 {pct(latencies, 50) * 1e3:.0f} ms, "
-                        f"p99 {pct(latencies, 99) * 1e3:.0f} ms, max "
-                        f"{max(latencies, default=float('nan')) * 1e3:.0f} ms."
-                    )
-                    print(line, flush=True)
-                    lines += ["## Event -> profile", "", line, ""]
+                    # the people are known by now (the throughput steps sent them)
+                    lines += ["## Event -> profile", ""]
+                    for rate in (args.profile_rate, args.profile_rate * 5 / 3):
+                        lines.append(
+                            await profile_line(
+                                server, args, "known people, after 3 s of load", 3.0, rate
+                            )
+                        )
             finally:
                 server.stop()
+            if args.only in ("", "profile"):
+                cold = Server(base / "cold", pin)
+                await cold.start()
+                try:
+                    lines.append(
+                        await profile_line(
+                            cold,
+                            args,
+                            f"{args.users:,} people never seen before, from the start",
+                            0.5,
+                        )
+                    )
+                finally:
+                    cold.stop()
+                lines.append("")
         if args.only in ("", "kill"):
             server = Server(base / "kill", pin)
             await server.start()
@@ -436,7 +462,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--users", type=int, default=5_000)
-    parser.add_argument("--profile-rate", type=float, default=5.0)
+    parser.add_argument("--profile-rate", type=float, default=30.0)
     parser.add_argument("--kill-rate", type=float, default=20.0)
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--cprofile", default="", help="profile the server into this file")

@@ -11,8 +11,9 @@ What a profile gives the bid today: `last_seen_us` (the model's recency
 feature) and the loyalty tier from the `loyalty_tier` trait (GREEN, GOLD or
 RESERVE; anything else is the default). Segments and interests join it as
 those features land (segments, decisioning). The process's own ProfileStore
-is written, so its cache holds the new record at once; other processes read
-it when their cache entry expires (see docs/audience.md).
+is written, so its cache holds the new record at once; the ids are then
+published on the bus (services.bidding.profile_changes) and the other
+processes drop them from their caches.
 
 A failing hot store does not stop the applier: the view is written again
 on the profile's next change of its view; the failure is counted and
@@ -27,11 +28,16 @@ from collections.abc import Sequence
 from inference.features import TIERS
 from services.audience.profiles import BID_TRAITS, IngestResult, Profile, Profiles
 from services.audience.tracking import TrackedCall
+from services.bidding.profile_changes import ProfileChanges
 from services.bidding.profiles import LoyaltyState, ProfileStore, UserProfile, tenant_user
 
 log = logging.getLogger(__name__)
 
 LOYALTY_TIER_TRAIT = "loyalty_tier"
+#: How long a written view lives in the hot store: rewritten at each change,
+#: so a person keeps their view while active within this time (at scale the
+#: hot store also evicts under memory pressure: docs/audience.md).
+VIEW_TTL_SECONDS = 30 * 86_400
 assert LOYALTY_TIER_TRAIT in BID_TRAITS  # what Profiles watches for changes
 _KINDS = ("user_id", "anonymous_id")
 
@@ -49,9 +55,12 @@ def bid_profile(profile: Profile, user_id: str) -> UserProfile:
 
 
 class BidView:
-    def __init__(self, profiles: Profiles, store: ProfileStore) -> None:
+    def __init__(
+        self, profiles: Profiles, store: ProfileStore, changes: ProfileChanges | None = None
+    ) -> None:
         self._profiles = profiles
         self._store = store
+        self._changes = changes
         self.written = 0
         self.failures = 0
 
@@ -69,10 +78,13 @@ class BidView:
             for value in profile.identities.get(kind, ())
         ]
         outcomes = await asyncio.gather(
-            *(self._store.put(record) for record in records), return_exceptions=True
+            *(self._store.put(record, VIEW_TTL_SECONDS) for record in records),
+            return_exceptions=True,
         )
         failed = [o for o in outcomes if isinstance(o, BaseException)]
         self.written += len(records) - len(failed)
+        if self._changes is not None and records:
+            await self._changes.changed(tenant_id, [r.user_id for r in records])
         if failed:
             self.failures += len(failed)
             log.warning(

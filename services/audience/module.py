@@ -23,7 +23,7 @@ async def _build(kernel: Kernel) -> Built:
     # The bid-time view goes through this process's ProfileStore (when the
     # bidding domain is registered), so its cache sees each change at once.
     view = (
-        BidView(profiles, kernel.interface("profile_store"))
+        BidView(profiles, kernel.interface("profile_store"), kernel.interface("profile_changes"))
         if kernel.has_interface("profile_store")
         else None
     )

@@ -15,6 +15,7 @@ from services.bidding.caps import FrequencyCaps
 from services.bidding.currency import Rates
 from services.bidding.notices import NoticeSigner
 from services.bidding.processor import BidProcessor
+from services.bidding.profile_changes import ProfileChanges
 from services.bidding.profiles import ProfileStore
 from services.bidding.servicer import BiddingServicer
 from services.bidding.settlement import Settlement
@@ -64,6 +65,7 @@ async def _build(kernel: Kernel) -> Built:
         report_outage=hot_store_failed,
         hot_store_down=hot_store_down,
     )
+    kernel.interface("profile_changes")  # this process hears of other writers' changes
     settlement = Settlement(kernel.interface("spend_ledger"), caps, signer, rates, events=pipeline)
     kernel.lifecycle(pipeline.start, pipeline.stop)
     servicer = BiddingServicer(processor, settlement, backends.readiness)
@@ -100,6 +102,15 @@ def _profile_store(kernel: Kernel) -> ProfileStore:
     )
 
 
+def _profile_changes(kernel: Kernel) -> ProfileChanges:
+    """Profile changes between processes (one per process): the audience
+    domain publishes them, every process's ProfileStore drops those ids
+    from its cache."""
+    changes = ProfileChanges(kernel.backends.bus, kernel.interface("profile_store"))
+    kernel.lifecycle(changes.start, changes.stop)
+    return changes
+
+
 MODULE = DomainModule(
     name="bidding",
     services=(
@@ -109,5 +120,5 @@ MODULE = DomainModule(
         ),
     ),
     build=_build,
-    interfaces={"profile_store": _profile_store},
+    interfaces={"profile_store": _profile_store, "profile_changes": _profile_changes},
 )

@@ -533,10 +533,10 @@ class ProfileStore:
             self._written[uid] = self._seq
 
     # -- writes
-    async def put(self, profile: UserProfile) -> None:
-        """Write-through: L2 (TTL `l2_ttl_seconds`), then L1. Raises
-        ValueError for a profile the store cannot hold, and the backend's
-        error when L2 fails (L1 is then left without the user)."""
+    async def put(self, profile: UserProfile, ttl_seconds: float | None = None) -> None:
+        """Write-through: L2 (TTL `ttl_seconds`, by default `l2_ttl_seconds`),
+        then L1. Raises ValueError for a profile the store cannot hold, and
+        the backend's error when L2 fails (L1 is then left without the user)."""
         if not profile.user_id:
             raise ValueError("user_id: anonymous profiles are not stored")
         profile.validate()
@@ -544,7 +544,7 @@ class ProfileStore:
         uid = profile.user_id
         self._mark_written(uid)
         self._l1.pop(uid, None)
-        await self._kv.set(profile_key(uid), data, ttl_seconds=self._l2_ttl)
+        await self._kv.set(profile_key(uid), data, ttl_seconds=ttl_seconds or self._l2_ttl)
         self._l1_put(uid, profile, self._clock() + self._l1_ttl)
         self._mark_written(uid)
 
