@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -241,7 +242,8 @@ async def profile_latency(
     fresh trait, poll until it shows."""
     latencies: list[float] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as http:
-        calls = Calls("p", batch, users)
+        run = uuid.uuid4().hex[:8]  # each measurement's calls are new (not deduplicated)
+        calls = Calls(f"p{run}", batch, users)
         load = asyncio.create_task(
             run_open_loop(lambda: post_batch(http, server.base_url, calls), rate, seconds + warmup)
         )
@@ -253,7 +255,12 @@ async def profile_latency(
         for n in range(probes):
             user = f"{n % 20}"
             body = orjson.dumps(
-                {"type": "identify", "userId": f"probe-{user}", "traits": {"probe": n}}
+                {
+                    "type": "identify",
+                    "userId": f"probe-{user}",
+                    "traits": {"probe": n},
+                    "messageId": f"probe-{run}-{n}",
+                }
             )
             started = time.perf_counter()
             async with http.post(
