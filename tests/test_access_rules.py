@@ -35,14 +35,14 @@ def test_mutating_rpcs_are_declared_mutating() -> None:
                 assert rule.permission != access_pb2.PERMISSION_UNSPECIFIED, method.full_name
 
 
-def test_twenty_permissions_match_the_proto_enum() -> None:
+def test_the_permissions_match_the_proto_enum() -> None:
     proto = {
         name.removeprefix("PERMISSION_")
         for name in access_pb2.Permission.keys()
         if name != "PERMISSION_UNSPECIFIED"
     }
     assert proto == ALL_PERMISSIONS
-    assert len(ALL_PERMISSIONS) == 20
+    assert len(ALL_PERMISSIONS) == 22  # FR-PLT-003's 20 and EVENTS_READ / EVENTS_WRITE
 
 
 def test_roles_match_the_proto_enum_and_the_matrix() -> None:
@@ -58,6 +58,8 @@ def test_roles_match_the_proto_enum_and_the_matrix() -> None:
     assert not any(p.endswith("_WRITE") for p in ROLE_PERMISSIONS["VIEWER"])
     assert ROLE_PERMISSIONS["VIEWER"] < ROLE_PERMISSIONS["ANALYST"]
     assert permissions_for(["VIEWER", "MANAGER"]) == ROLE_PERMISSIONS["MANAGER"]
+    assert ROLE_PERMISSIONS["EVENT_SOURCE"] == {"EVENTS_WRITE"}
+    assert "EVENTS_WRITE" in ROLE_PERMISSIONS["MANAGER"]
 
 
 async def test_an_rpc_without_a_declaration_is_refused() -> None:

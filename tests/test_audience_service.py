@@ -301,3 +301,66 @@ async def test_merges_are_in_the_audit_log(env: Env) -> None:
     assert event["resource"] == survivor
     assert first["profiles"][0].rsplit("/", 1)[1] in event["detail"]
     assert "visitor-9 signed in as user_id member-9" in event["detail"]
+
+
+async def test_a_sources_write_key_sends_events_and_nothing_else(env: Env) -> None:
+    status, created = await call(
+        env, "POST", "tenants/acme/sources", {"displayName": "Web shop", "kind": "SOURCE_KIND_WEB"}
+    )
+    assert status == 200, created
+    source = created["source"]
+    key = source["writeKey"]
+    assert source["kind"] == "SOURCE_KIND_WEB" and source["name"].startswith(
+        "tenants/acme/sources/"
+    )
+    assert source["apiKey"].startswith("tenants/acme/apiKeys/")
+    status, got = await call(env, "GET", source["name"])
+    assert status == 200 and "writeKey" not in got["source"]  # shown once
+    status, listed = await call(env, "GET", "tenants/acme/sources?pageSize=10")
+    assert status == 200 and [s["name"] for s in listed["sources"]] == [source["name"]]
+
+    sent = {"userId": "shopper-1", "event": "Viewed", "messageId": "w1"}
+    assert await segment(env, "track", sent, basic(key)) == (200, {"success": True})
+    await applied(env, "user_id", "shopper-1", lambda p: p.get("eventCount") == "1")
+    # the events table names the source
+    audience = env.running.platform.api("audience")
+    await audience.events.flush()
+    store = env.running.platform.kernel.backends.analytics
+    rows = await store.query("SELECT source FROM events WHERE event_id = 'w1'")
+    assert [r[0] for r in rows] == [source["name"]]
+
+    # the write key can do nothing else
+    bearer = {"Authorization": f"Bearer {key}"}
+    for verb, path in (
+        ("GET", "tenants/acme/profiles"),
+        ("GET", "tenants/acme"),
+        ("GET", "tenants/acme/sources"),
+    ):
+        async with env.http.request(verb, f"{env.base_url}/v1/{path}", headers=bearer) as r:
+            assert r.status == 403, (path, await r.text())
+
+    # deleting the source revokes its key
+    status, _ = await call(env, "DELETE", source["name"])
+    assert status == 200
+    status, answer = await segment(env, "track", {**sent, "messageId": "w2"}, basic(key))
+    assert status == 401, answer
+    status, _ = await call(env, "GET", source["name"])
+    assert status == 404
+
+
+async def test_sources_are_checked_and_need_cdp_write(env: Env) -> None:
+    for body, field in (
+        ({"displayName": "x"}, "source.kind"),
+        ({"kind": "SOURCE_KIND_POS"}, "source.display_name"),
+        ({"displayName": "x" * 201, "kind": "SOURCE_KIND_POS"}, "source.display_name"),
+    ):
+        status, answer = await call(env, "POST", "tenants/acme/sources", body)
+        assert status == 400, answer
+        assert field in [v["field"] for v in answer["error"]["fieldViolations"]], answer
+    status, _ = await call(
+        env, "POST", "tenants/acme/sources", {"displayName": "x", "kind": "SOURCE_KIND_POS"},
+        role="ANALYST",
+    )  # fmt: skip
+    assert status == 403
+    status, _ = await call(env, "GET", "tenants/acme/sources/nope")
+    assert status == 404

@@ -12,6 +12,7 @@ from services.analytics.pipeline import AnalyticsPipeline
 from services.audience.applier import AppliedHook, ProfileApplier
 from services.audience.events import call_row
 from services.audience.profiles import IngestResult, Profile, Profiles
+from services.audience.sources import Sources
 from services.audience.tracking import TrackedCall, read_batch
 from services.common import names
 from services.common.call import Principal
@@ -86,11 +87,13 @@ class Audience:
         profiles: Profiles,
         events: AnalyticsPipeline,
         applier: ProfileApplier,
+        sources: Sources,
         clock: Callable[[], int] = now_us,
     ) -> None:
         self.profiles = profiles
         self.events = events
         self.applier = applier
+        self.sources = sources
         self._clock = clock
 
     async def ingest(
@@ -116,7 +119,8 @@ class Audience:
         if sent_at:
             body["sentAt"] = sent_at
         tracked = read_batch(body, self._clock())
-        return await self.accept(tenant_id, caller.subject, tracked, wait_for_profiles)
+        source = await self.sources.source_of(caller)
+        return await self.accept(tenant_id, source, tracked, wait_for_profiles)
 
     async def accept(
         self,

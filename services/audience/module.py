@@ -14,6 +14,7 @@ from services.audience.domain import Audience, record_merges
 from services.audience.events import EVENTS
 from services.audience.profiles import Profiles
 from services.audience.servicer import AudienceServicer
+from services.audience.sources import Sources
 from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 
 
@@ -49,7 +50,13 @@ async def _build(kernel: Kernel) -> Built:
     # applier), then the applier, given a moment to apply them.
     kernel.lifecycle(None, applier.stop)
     kernel.lifecycle(events.start, events.stop)
-    audience = Audience(profiles, events, applier, clock=kernel.clock)
+    sources = Sources(
+        kernel.backends.db,
+        kernel.interface("call_authenticator"),
+        clock=kernel.clock,
+        page_tokens=kernel.page_tokens,
+    )
+    audience = Audience(profiles, events, applier, sources, clock=kernel.clock)
 
     async def seed(seed: TenantSeed) -> None:
         if seed.demo:

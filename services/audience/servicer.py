@@ -6,9 +6,15 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from campaignexpress.audience.v1 import audience_service_pb2, audience_service_pb2_grpc, profile_pb2
+from campaignexpress.audience.v1 import (
+    audience_service_pb2,
+    audience_service_pb2_grpc,
+    profile_pb2,
+    source_pb2,
+)
 from services.audience.domain import Audience, profile_name
 from services.audience.profiles import Profile
+from services.audience.sources import Source
 from services.common.call import current_principal
 from services.common.protoconv import micros, timestamp
 
@@ -47,6 +53,27 @@ def profile_proto(profile: Profile) -> profile_pb2.Profile:
             for value in values
         ],
         version=profile.version,
+    )
+
+
+_KINDS = {
+    source_pb2.SOURCE_KIND_WEB: "web",
+    source_pb2.SOURCE_KIND_MOBILE: "mobile",
+    source_pb2.SOURCE_KIND_SERVER: "server",
+    source_pb2.SOURCE_KIND_POS: "pos",
+    source_pb2.SOURCE_KIND_KIOSK: "kiosk",
+}
+_KIND_ENUMS = {name: value for value, name in _KINDS.items()}
+
+
+def source_proto(source: Source, write_key: str = "") -> source_pb2.Source:
+    return source_pb2.Source(
+        name=source.name,
+        display_name=source.display_name,
+        kind=_KIND_ENUMS.get(source.kind, source_pb2.SOURCE_KIND_UNSPECIFIED),
+        write_key=write_key,
+        api_key=source.api_key,
+        create_time=timestamp(source.create_time),
     )
 
 
@@ -103,6 +130,31 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
             list(request.unset_traits),
         )
         return pb.UpdateProfileTraitsResponse(profile=profile_proto(found))
+
+    async def CreateSource(self, request: pb.CreateSourceRequest, context: Any) -> Any:
+        source, key = await self._audience.sources.create(
+            current_principal(),
+            request.parent,
+            request.source.display_name,
+            _KINDS.get(request.source.kind, ""),
+        )
+        return pb.CreateSourceResponse(source=source_proto(source, key))
+
+    async def GetSource(self, request: pb.GetSourceRequest, context: Any) -> Any:
+        found = await self._audience.sources.get(current_principal(), request.name)
+        return pb.GetSourceResponse(source=source_proto(found))
+
+    async def ListSources(self, request: pb.ListSourcesRequest, context: Any) -> Any:
+        found, token = await self._audience.sources.list_sources(
+            current_principal(), request.parent, request.page_size, request.page_token
+        )
+        return pb.ListSourcesResponse(
+            sources=[source_proto(s) for s in found], next_page_token=token
+        )
+
+    async def DeleteSource(self, request: pb.DeleteSourceRequest, context: Any) -> Any:
+        await self._audience.sources.delete(current_principal(), request.name)
+        return pb.DeleteSourceResponse()
 
     async def DeleteProfile(self, request: pb.DeleteProfileRequest, context: Any) -> Any:
         await self._audience.delete(current_principal(), request.name)

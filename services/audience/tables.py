@@ -1,6 +1,7 @@
 """Tables of the audience domain: canonical profiles, the identities that
-resolve to them, and the message ids already applied (the ingestion's
-idempotency keys). Migrations: services/audience/migrations/.
+resolve to them, the message ids already applied (the ingestion's
+idempotency keys) and the sources events come from. Migrations:
+services/audience/migrations/.
 
 Times are integer microseconds since the epoch (UTC), as elsewhere."""
 
@@ -44,4 +45,18 @@ audience_messages = sa.Table(
     sa.Column("tenant_id", sa.String(40), primary_key=True),
     sa.Column("message_id", sa.String(1024), primary_key=True),
     sa.Column("receive_time", sa.BigInteger, nullable=False),
+)
+
+audience_sources = sa.Table(
+    "audience_sources",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),  # web, mobile, server, pos, kiosk
+    # The auth domain's API key behind the write key (role EVENT_SOURCE).
+    sa.Column("api_key", sa.String(200), nullable=False),
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_audience_sources_tenant_created", "tenant_id", "create_time", "id"),
+    sa.Index("ix_audience_sources_api_key", "api_key", unique=True),
 )

@@ -17,11 +17,12 @@ RESOURCES = (
     "BILLING",
     "USER",
     "TENANT",
+    "EVENTS",  # tracking events (audience): what a source's write key sends
 )
 
 ALL_PERMISSIONS = frozenset(f"{r}_{a}" for r in RESOURCES for a in ("READ", "WRITE"))
 
-_MARKETING = ("CAMPAIGN", "CREATIVE", "JOURNEY", "EXPERIMENT", "DCO", "CDP")
+_MARKETING = ("CAMPAIGN", "CREATIVE", "JOURNEY", "EXPERIMENT", "DCO", "CDP", "EVENTS")
 
 
 def _grant(read: tuple[str, ...], write: tuple[str, ...] = ()) -> frozenset[str]:
@@ -44,6 +45,10 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "ANALYST": _grant(read=(*_MARKETING, "ANALYTICS", "TENANT"), write=("ANALYTICS",)),
     # Dashboards only.
     "VIEWER": _grant(read=("CAMPAIGN", "ANALYTICS", "TENANT")),
+    # A source's write key (audience sources): sends tracking events and
+    # nothing else, not even reading the tenant (write keys sit in web pages
+    # and apps, as Segment's do).
+    "EVENT_SOURCE": _grant(read=(), write=("EVENTS",)),
 }
 
 ROLES = tuple(ROLE_PERMISSIONS)

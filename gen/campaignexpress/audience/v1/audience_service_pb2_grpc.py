@@ -61,6 +61,26 @@ class AudienceServiceStub:
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateProfileTraitsRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateProfileTraitsResponse.FromString,
                 _registered_method=True)
+        self.CreateSource = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/CreateSource',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateSourceRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateSourceResponse.FromString,
+                _registered_method=True)
+        self.GetSource = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/GetSource',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetSourceRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetSourceResponse.FromString,
+                _registered_method=True)
+        self.ListSources = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/ListSources',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSourcesRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSourcesResponse.FromString,
+                _registered_method=True)
+        self.DeleteSource = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/DeleteSource',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSourceRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSourceResponse.FromString,
+                _registered_method=True)
         self.DeleteProfile = channel.unary_unary(
                 '/campaignexpress.audience.v1.AudienceService/DeleteProfile',
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteProfileRequest.SerializeToString,
@@ -110,6 +130,34 @@ class AudienceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSource(self, request, context):
+        """Creates a source and its write key (shown in this answer only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSource(self, request, context):
+        """Gets a source (without its write key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSources(self, request, context):
+        """Lists a tenant's sources, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSource(self, request, context):
+        """Deletes a source and revokes its write key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteProfile(self, request, context):
         """Deletes a profile, the profiles merged into it and their identities.
         """
@@ -144,6 +192,26 @@ def add_AudienceServiceServicer_to_server(servicer, server):
                     servicer.UpdateProfileTraits,
                     request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateProfileTraitsRequest.FromString,
                     response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateProfileTraitsResponse.SerializeToString,
+            ),
+            'CreateSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSource,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateSourceRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateSourceResponse.SerializeToString,
+            ),
+            'GetSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSource,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetSourceRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetSourceResponse.SerializeToString,
+            ),
+            'ListSources': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSources,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSourcesRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSourcesResponse.SerializeToString,
+            ),
+            'DeleteSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSource,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSourceRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSourceResponse.SerializeToString,
             ),
             'DeleteProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteProfile,
@@ -288,6 +356,114 @@ class AudienceService:
             '/campaignexpress.audience.v1.AudienceService/UpdateProfileTraits',
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateProfileTraitsRequest.SerializeToString,
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateProfileTraitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/CreateSource',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateSourceRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/GetSource',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetSourceRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/ListSources',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSourcesRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSourcesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/DeleteSource',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSourceRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSourceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,14 @@ class AudienceServiceStub:
     """Finds the profile an identity resolves to."""
     UpdateProfileTraits: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.UpdateProfileTraitsRequest, _audience_service_pb2.UpdateProfileTraitsResponse]
     """Sets and removes traits of a profile."""
+    CreateSource: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.CreateSourceRequest, _audience_service_pb2.CreateSourceResponse]
+    """Creates a source and its write key (shown in this answer only)."""
+    GetSource: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.GetSourceRequest, _audience_service_pb2.GetSourceResponse]
+    """Gets a source (without its write key)."""
+    ListSources: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListSourcesRequest, _audience_service_pb2.ListSourcesResponse]
+    """Lists a tenant's sources, oldest first."""
+    DeleteSource: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteSourceRequest, _audience_service_pb2.DeleteSourceResponse]
+    """Deletes a source and revokes its write key."""
     DeleteProfile: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteProfileRequest, _audience_service_pb2.DeleteProfileResponse]
     """Deletes a profile, the profiles merged into it and their identities."""
 
@@ -71,6 +79,14 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     """Finds the profile an identity resolves to."""
     UpdateProfileTraits: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.UpdateProfileTraitsRequest, _audience_service_pb2.UpdateProfileTraitsResponse]  # type: ignore[assignment]
     """Sets and removes traits of a profile."""
+    CreateSource: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.CreateSourceRequest, _audience_service_pb2.CreateSourceResponse]  # type: ignore[assignment]
+    """Creates a source and its write key (shown in this answer only)."""
+    GetSource: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.GetSourceRequest, _audience_service_pb2.GetSourceResponse]  # type: ignore[assignment]
+    """Gets a source (without its write key)."""
+    ListSources: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListSourcesRequest, _audience_service_pb2.ListSourcesResponse]  # type: ignore[assignment]
+    """Lists a tenant's sources, oldest first."""
+    DeleteSource: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteSourceRequest, _audience_service_pb2.DeleteSourceResponse]  # type: ignore[assignment]
+    """Deletes a source and revokes its write key."""
     DeleteProfile: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteProfileRequest, _audience_service_pb2.DeleteProfileResponse]  # type: ignore[assignment]
     """Deletes a profile, the profiles merged into it and their identities."""
 
@@ -121,6 +137,38 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audience_service_pb2.UpdateProfileTraitsResponse, _abc.Awaitable[_audience_service_pb2.UpdateProfileTraitsResponse]]:
         """Sets and removes traits of a profile."""
+
+    @_abc_1.abstractmethod
+    def CreateSource(
+        self,
+        request: _audience_service_pb2.CreateSourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.CreateSourceResponse, _abc.Awaitable[_audience_service_pb2.CreateSourceResponse]]:
+        """Creates a source and its write key (shown in this answer only)."""
+
+    @_abc_1.abstractmethod
+    def GetSource(
+        self,
+        request: _audience_service_pb2.GetSourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.GetSourceResponse, _abc.Awaitable[_audience_service_pb2.GetSourceResponse]]:
+        """Gets a source (without its write key)."""
+
+    @_abc_1.abstractmethod
+    def ListSources(
+        self,
+        request: _audience_service_pb2.ListSourcesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.ListSourcesResponse, _abc.Awaitable[_audience_service_pb2.ListSourcesResponse]]:
+        """Lists a tenant's sources, oldest first."""
+
+    @_abc_1.abstractmethod
+    def DeleteSource(
+        self,
+        request: _audience_service_pb2.DeleteSourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.DeleteSourceResponse, _abc.Awaitable[_audience_service_pb2.DeleteSourceResponse]]:
+        """Deletes a source and revokes its write key."""
 
     @_abc_1.abstractmethod
     def DeleteProfile(

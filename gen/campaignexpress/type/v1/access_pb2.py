@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$campaignexpress/type/v1/access.proto\x12\x17\x63\x61mpaignexpress.type.v1\x1a google/protobuf/descriptor.proto\"p\n\nAccessRule\x12\x37\n\npermission\x18\x01 \x01(\x0e\x32#.campaignexpress.type.v1.Permission\x12\x17\n\x0funauthenticated\x18\x02 \x01(\x08\x12\x10\n\x08mutating\x18\x03 \x01(\x08*\xec\x04\n\nPermission\x12\x1a\n\x16PERMISSION_UNSPECIFIED\x10\x00\x12\x1c\n\x18PERMISSION_CAMPAIGN_READ\x10\x01\x12\x1d\n\x19PERMISSION_CAMPAIGN_WRITE\x10\x02\x12\x1c\n\x18PERMISSION_CREATIVE_READ\x10\x03\x12\x1d\n\x19PERMISSION_CREATIVE_WRITE\x10\x04\x12\x1b\n\x17PERMISSION_JOURNEY_READ\x10\x05\x12\x1c\n\x18PERMISSION_JOURNEY_WRITE\x10\x06\x12\x1e\n\x1aPERMISSION_EXPERIMENT_READ\x10\x07\x12\x1f\n\x1bPERMISSION_EXPERIMENT_WRITE\x10\x08\x12\x17\n\x13PERMISSION_DCO_READ\x10\t\x12\x18\n\x14PERMISSION_DCO_WRITE\x10\n\x12\x17\n\x13PERMISSION_CDP_READ\x10\x0b\x12\x18\n\x14PERMISSION_CDP_WRITE\x10\x0c\x12\x1d\n\x19PERMISSION_ANALYTICS_READ\x10\r\x12\x1e\n\x1aPERMISSION_ANALYTICS_WRITE\x10\x0e\x12\x1b\n\x17PERMISSION_BILLING_READ\x10\x0f\x12\x1c\n\x18PERMISSION_BILLING_WRITE\x10\x10\x12\x18\n\x14PERMISSION_USER_READ\x10\x11\x12\x19\n\x15PERMISSION_USER_WRITE\x10\x12\x12\x1a\n\x16PERMISSION_TENANT_READ\x10\x13\x12\x1b\n\x17PERMISSION_TENANT_WRITE\x10\x14*t\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x10\n\x0cROLE_MANAGER\x10\x02\x12\x11\n\rROLE_OPERATOR\x10\x03\x12\x10\n\x0cROLE_ANALYST\x10\x04\x12\x0f\n\x0bROLE_VIEWER\x10\x05:U\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0b\x32#.campaignexpress.type.v1.AccessRuleb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$campaignexpress/type/v1/access.proto\x12\x17\x63\x61mpaignexpress.type.v1\x1a google/protobuf/descriptor.proto\"p\n\nAccessRule\x12\x37\n\npermission\x18\x01 \x01(\x0e\x32#.campaignexpress.type.v1.Permission\x12\x17\n\x0funauthenticated\x18\x02 \x01(\x08\x12\x10\n\x08mutating\x18\x03 \x01(\x08*\xa5\x05\n\nPermission\x12\x1a\n\x16PERMISSION_UNSPECIFIED\x10\x00\x12\x1c\n\x18PERMISSION_CAMPAIGN_READ\x10\x01\x12\x1d\n\x19PERMISSION_CAMPAIGN_WRITE\x10\x02\x12\x1c\n\x18PERMISSION_CREATIVE_READ\x10\x03\x12\x1d\n\x19PERMISSION_CREATIVE_WRITE\x10\x04\x12\x1b\n\x17PERMISSION_JOURNEY_READ\x10\x05\x12\x1c\n\x18PERMISSION_JOURNEY_WRITE\x10\x06\x12\x1e\n\x1aPERMISSION_EXPERIMENT_READ\x10\x07\x12\x1f\n\x1bPERMISSION_EXPERIMENT_WRITE\x10\x08\x12\x17\n\x13PERMISSION_DCO_READ\x10\t\x12\x18\n\x14PERMISSION_DCO_WRITE\x10\n\x12\x17\n\x13PERMISSION_CDP_READ\x10\x0b\x12\x18\n\x14PERMISSION_CDP_WRITE\x10\x0c\x12\x1d\n\x19PERMISSION_ANALYTICS_READ\x10\r\x12\x1e\n\x1aPERMISSION_ANALYTICS_WRITE\x10\x0e\x12\x1b\n\x17PERMISSION_BILLING_READ\x10\x0f\x12\x1c\n\x18PERMISSION_BILLING_WRITE\x10\x10\x12\x18\n\x14PERMISSION_USER_READ\x10\x11\x12\x19\n\x15PERMISSION_USER_WRITE\x10\x12\x12\x1a\n\x16PERMISSION_TENANT_READ\x10\x13\x12\x1b\n\x17PERMISSION_TENANT_WRITE\x10\x14\x12\x1a\n\x16PERMISSION_EVENTS_READ\x10\x15\x12\x1b\n\x17PERMISSION_EVENTS_WRITE\x10\x16*\x8b\x01\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x10\n\x0cROLE_MANAGER\x10\x02\x12\x11\n\rROLE_OPERATOR\x10\x03\x12\x10\n\x0cROLE_ANALYST\x10\x04\x12\x0f\n\x0bROLE_VIEWER\x10\x05\x12\x15\n\x11ROLE_EVENT_SOURCE\x10\x06:U\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0b\x32#.campaignexpress.type.v1.AccessRuleb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'campaignexpress.type.v1.acc
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PERMISSION']._serialized_start=214
-  _globals['_PERMISSION']._serialized_end=834
-  _globals['_ROLE']._serialized_start=836
-  _globals['_ROLE']._serialized_end=952
+  _globals['_PERMISSION']._serialized_end=891
+  _globals['_ROLE']._serialized_start=894
+  _globals['_ROLE']._serialized_end=1033
   _globals['_ACCESSRULE']._serialized_start=99
   _globals['_ACCESSRULE']._serialized_end=211
 # @@protoc_insertion_point(module_scope)

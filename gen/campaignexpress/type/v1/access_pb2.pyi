@@ -67,10 +67,15 @@ class _PermissionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Permission
     """Read the tenant's own settings; every role holds it."""
     PERMISSION_TENANT_WRITE: _Permission.ValueType  # 20
     """Change the tenant's settings; on the operator tenant, create tenants."""
+    PERMISSION_EVENTS_READ: _Permission.ValueType  # 21
+    """Read the tracking events received (the events table)."""
+    PERMISSION_EVENTS_WRITE: _Permission.ValueType  # 22
+    """Send tracking events: all a source's write key may do."""
 
 class Permission(_Permission, metaclass=_PermissionEnumTypeWrapper):
-    """Permission is one of the 20 granular permissions of FR-PLT-003: a resource
-    type paired with read or write access.
+    """Permission is one of the granular permissions of FR-PLT-003 (its 20, and
+    EVENTS for tracking events, which a source's write key alone may send): a
+    resource type paired with read or write access.
     """
 
 PERMISSION_UNSPECIFIED: Permission.ValueType  # 0
@@ -115,6 +120,10 @@ PERMISSION_TENANT_READ: Permission.ValueType  # 19
 """Read the tenant's own settings; every role holds it."""
 PERMISSION_TENANT_WRITE: Permission.ValueType  # 20
 """Change the tenant's settings; on the operator tenant, create tenants."""
+PERMISSION_EVENTS_READ: Permission.ValueType  # 21
+"""Read the tracking events received (the events table)."""
+PERMISSION_EVENTS_WRITE: Permission.ValueType  # 22
+"""Send tracking events: all a source's write key may do."""
 Global___Permission: _TypeAlias = Permission  # noqa: Y015
 
 class _Role:
@@ -135,6 +144,8 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     """Read-only access to campaigns and reports."""
     ROLE_VIEWER: _Role.ValueType  # 5
     """Dashboard access only."""
+    ROLE_EVENT_SOURCE: _Role.ValueType  # 6
+    """A source's write key (audience): sends tracking events, nothing else."""
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper):
     """Role is a named set of permissions (architecture document section 9.2)."""
@@ -151,6 +162,8 @@ ROLE_ANALYST: Role.ValueType  # 4
 """Read-only access to campaigns and reports."""
 ROLE_VIEWER: Role.ValueType  # 5
 """Dashboard access only."""
+ROLE_EVENT_SOURCE: Role.ValueType  # 6
+"""A source's write key (audience): sends tracking events, nothing else."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 @_typing.final
