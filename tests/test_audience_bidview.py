@@ -43,7 +43,8 @@ async def test_an_identify_changes_the_next_bids_profile(env: Env) -> None:
             {"type": "page", "anonymousId": "cookie-5", "name": "Home",
              "timestamp": "2026-12-01T10:00:00Z"},
             {"type": "identify", "userId": "vip", "anonymousId": "cookie-5",
-             "traits": {"loyalty_tier": "reserve"}, "timestamp": "2026-12-01T10:05:00Z"},
+             "traits": {"loyalty_tier": "reserve"}, "timestamp": "2026-12-01T10:05:00Z",
+             "context": {"device": {"advertisingId": "IFA-VIP-1"}}},
         ],
     )  # fmt: skip
     after = await processor._profiles.get(tenant_user("acme", "vip"))
@@ -54,6 +55,12 @@ async def test_an_identify_changes_the_next_bids_profile(env: Env) -> None:
     # the profile's anonymous id (a cookie-synced buyeruid, say) finds it too
     status, _, _ = await post_bid(env, bid_request("r3", user="cookie-5"))
     assert status == 200 and boosted(env) == 2
+    # so does the device's advertising id, for a request with no user ids
+    app_request = bid_request("r4", user="")
+    app_request["user"] = {}
+    app_request["device"]["ifa"] = "IFA-VIP-1"
+    status, _, _ = await post_bid(env, app_request)
+    assert status == 200 and boosted(env) == 3
     # profiles are the tenant's own: globex's "vip" is someone else
     other = await processor._profiles.get(tenant_user("globex", "vip"))
     assert other.loyalty.tier == "GREEN"

@@ -97,7 +97,8 @@ async def test_traits_counts_and_first_and_last_seen(profiles: Profiles) -> None
         ).timestamp_us
     )
     assert profile.last_seen_us - profile.first_seen_us == 3 * 24 * 60 * MINUTE
-    assert profile.identities == {"user_id": ["u1"]}
+    assert profile.identities["user_id"] == ["u1"]
+    assert set(profile.identities) == {"user_id", "email_sha256"}
     assert (await profiles.resolve("acme", "user_id", "u1")) == profile
     assert await profiles.resolve("acme", "user_id", "nobody") is None
     with pytest.raises(NotFound):
@@ -295,3 +296,57 @@ async def test_demo_profiles_are_seeded_once(profiles: Profiles) -> None:
     merged = [p for p in listed if "anonymous_id" in p.identities]
     assert len(merged) == DEMO_PEOPLE // 4
     assert all(p.traits["email"].endswith("@example.com") and p.event_count >= 1 for p in listed)
+
+
+async def test_device_ids_and_hashed_contacts_are_identities(profiles: Profiles) -> None:
+    from services.audience.profiles import hashed_identity
+
+    device = {"advertisingId": "AAAA-1111", "token": "push-tok-1"}
+    first = await profiles.ingest(
+        "acme",
+        [
+            call("identify", anonymousId="install-1", context={"device": device},
+                 traits={"email": " Ann@Example.COM ", "phone": "+1 (555) 010-0000"}),
+        ],
+    )  # fmt: skip
+    pid = first.profile_ids[0]
+    profile = await profiles.get("acme", pid)
+    assert profile.identities["ifa"] == ["AAAA-1111"]
+    assert profile.identities["push_token"] == ["push-tok-1"]
+    # only hashes of the normalised contacts are kept
+    assert profile.identities["email_sha256"] == [hashed_identity("email", "ann@example.com")[1]]
+    assert profile.identities["phone_sha256"] == [hashed_identity("phone", "+15550100000")[1]]
+    assert "Ann@Example.COM" not in str(profile.identities)
+    for kind, value in (
+        ("ifa", "AAAA-1111"),
+        *[hashed_identity("email", "ANN@example.com")],
+        *[hashed_identity("phone", "+1 555 010 0000")],
+    ):
+        found = await profiles.resolve("acme", kind, value)
+        assert found is not None and found.id == pid, kind
+
+    # the app reinstalled: a new anonymous id on the same device is the same person
+    again = await profiles.ingest(
+        "acme",
+        [call("track", anonymousId="install-2", event="Opened",
+              context={"device": {"advertisingId": "AAAA-1111"}})],
+    )  # fmt: skip
+    assert again.profile_ids == [pid]
+    # a zeroed advertising id (tracking limited) is no identity
+    zeroed = await profiles.ingest(
+        "acme",
+        [call("track", anonymousId="install-3", event="Opened",
+              context={"device": {"advertisingId": "00000000-0000-0000-0000-000000000000"}})],
+    )  # fmt: skip
+    assert zeroed.profile_ids != [pid]
+    assert "ifa" not in (await profiles.get("acme", zeroed.profile_ids[0])).identities
+
+
+async def test_a_device_of_another_user_does_not_take_a_new_user(profiles: Profiles) -> None:
+    device = {"device": {"advertisingId": "SHARED-1"}}
+    ann = await profiles.ingest("acme", [call("identify", userId="ann", context=device)])
+    bob = await profiles.ingest("acme", [call("identify", userId="bob", context=device)])
+    assert ann.profile_ids != bob.profile_ids
+    # the device stays with its first profile
+    found = await profiles.resolve("acme", "ifa", "SHARED-1")
+    assert found is not None and found.id == ann.profile_ids[0]

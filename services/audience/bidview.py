@@ -3,9 +3,9 @@
 after each batch of calls it applies, for every profile whose view the
 batch changed (new, merged into, a new loyalty tier, or last seen moved by a
 minute or more: profiles.bid_signature), under every identity of the
-profile (its user ids and anonymous ids), as `<tenant>/<id>`: the bid
-path's user id (user.id, else user.buyeruid, else device.ifa) finds the
-profile when it is one of them.
+profile a bid request can name (its user ids, anonymous ids and device
+advertising ids), as `<tenant>/<id>`: the bid path's user id (user.id, else
+user.buyeruid, else device.ifa) finds the profile when it is one of them.
 
 What a profile gives the bid today: `last_seen_us` (the model's recency
 feature) and the loyalty tier from the `loyalty_tier` trait (GREEN, GOLD or
@@ -39,7 +39,8 @@ LOYALTY_TIER_TRAIT = "loyalty_tier"
 #: hot store also evicts under memory pressure: docs/audience.md).
 VIEW_TTL_SECONDS = 30 * 86_400
 assert LOYALTY_TIER_TRAIT in BID_TRAITS  # what Profiles watches for changes
-_KINDS = ("user_id", "anonymous_id")
+#: The identities a bid request can carry (user.id / buyeruid, device.ifa).
+_KINDS = ("user_id", "anonymous_id", "ifa")
 
 
 def bid_profile(profile: Profile, user_id: str) -> UserProfile:

@@ -11,7 +11,13 @@ from typing import Any, Protocol
 from services.analytics.pipeline import AnalyticsPipeline
 from services.audience.applier import AppliedHook, ProfileApplier
 from services.audience.events import call_row
-from services.audience.profiles import IngestResult, Profile, Profiles
+from services.audience.profiles import (
+    IDENTITY_KINDS,
+    IngestResult,
+    Profile,
+    Profiles,
+    hashed_identity,
+)
 from services.audience.sources import Sources
 from services.audience.tracking import TrackedCall, read_batch
 from services.common import names
@@ -19,7 +25,8 @@ from services.common.call import Principal
 from services.common.clock import now_us
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 
-IDENTITY_KINDS = ("user_id", "anonymous_id")
+#: What ResolveProfile takes: the stored kinds, and a raw email or phone.
+RESOLVE_KINDS = (*IDENTITY_KINDS, "email", "phone")
 #: How long IngestEvents waits for its calls to be journaled before it says
 #: UNAVAILABLE (the journal's group commit takes milliseconds).
 ACKNOWLEDGE_SECONDS = 5.0
@@ -176,11 +183,11 @@ class Audience:
 
     async def resolve(self, caller: Principal, parent: str, kind: str, value: str) -> Profile:
         tenant_id = self._tenant(caller, parent)
-        if kind not in IDENTITY_KINDS:
-            raise InvalidArgument.field("kind", f"must be one of {', '.join(IDENTITY_KINDS)}")
+        if kind not in RESOLVE_KINDS:
+            raise InvalidArgument.field("kind", f"must be one of {', '.join(RESOLVE_KINDS)}")
         if not value:
             raise InvalidArgument.field("value", "required")
-        found = await self.profiles.resolve(tenant_id, kind, value)
+        found = await self.profiles.resolve(tenant_id, *hashed_identity(kind, value))
         if found is None:
             raise NotFound(f"no profile has {kind} {value[:100]!r}")
         return found

@@ -28,6 +28,7 @@ applied whole or, on a conflict with a concurrent writer, retried whole."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -342,8 +343,19 @@ async def _identity(conn: AsyncConnection, tenant_id: str, kind: str, value: str
 
 
 async def _profile_for(batch: _Batch, call: TrackedCall, merges: list[Merge]) -> str:
-    """The profile a call goes to, creating, attaching and merging as the
-    module's docstring says."""
+    """The profile a call goes to, with the call's other identities (device
+    ids, hashed email and phone) attached to it unless another profile has
+    them already."""
+    target = await _resolve_call(batch, call, merges)
+    for kind, value in other_identities(call):
+        if await batch.identity(kind, value) is None:
+            await batch.attach(kind, value, target)
+    return target
+
+
+async def _resolve_call(batch: _Batch, call: TrackedCall, merges: list[Merge]) -> str:
+    """The profile a call's user and anonymous ids go to, creating,
+    attaching and merging as the module's docstring says."""
     user_pid = await batch.identity("user_id", call.user_id) if call.user_id else None
     if call.type == "alias":
         target = user_pid or await batch.create(call)
@@ -384,12 +396,99 @@ async def _profile_for(batch: _Batch, call: TrackedCall, merges: list[Merge]) ->
             return created
         await batch.attach("user_id", call.user_id, anon_pid)
         return anon_pid
+    device_pid = await _device_profile(batch, call)
+    if device_pid is not None:
+        # A known device with new ids (an app reinstalled, cookies cleared).
+        if call.user_id:
+            await batch.attach("user_id", call.user_id, device_pid)
+        if call.anonymous_id:
+            await batch.attach("anonymous_id", call.anonymous_id, device_pid)
+        return device_pid
     created = await batch.create(call)
     if call.user_id:
         await batch.attach("user_id", call.user_id, created)
     if call.anonymous_id:
         await batch.attach("anonymous_id", call.anonymous_id, created)
     return created
+
+
+async def _device_profile(batch: _Batch, call: TrackedCall) -> str | None:
+    """The profile of the call's advertising id, when it can take the call's
+    ids: not when it already has another user id."""
+    ifa = _device_ifa(call)
+    found = await batch.identity("ifa", ifa) if ifa else None
+    if found is None or (call.user_id and await batch.has_user_id(found)):
+        return None
+    return found
+
+
+def _device_ifa(call: TrackedCall) -> str:
+    device = call.context.get("device")
+    if not isinstance(device, dict):
+        return ""
+    ifa = device.get("advertisingId")
+    if not isinstance(ifa, str) or not ifa.strip() or len(ifa) > 200:
+        return ""
+    ifa = ifa.strip()
+    return "" if set(ifa) <= _ZERO_IFA_CHARS else ifa
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def normalized_email(value: str) -> str:
+    return value.strip().lower()
+
+
+def normalized_phone(value: str) -> str:
+    """Digits only, with a leading + kept ("+1 (555) 010-0000" -> "+15550100000")."""
+    value = value.strip()
+    digits = "".join(ch for ch in value if ch.isdigit())
+    return ("+" + digits if value.startswith("+") else digits) if digits else ""
+
+
+def hashed_identity(kind: str, value: str) -> tuple[str, str]:
+    """(stored kind, value) of an identity as ResolveProfile names it: an
+    `email` or `phone` is looked up by its SHA-256 (raw ones are not kept)."""
+    if kind == "email":
+        return "email_sha256", _sha256(normalized_email(value))
+    if kind == "phone":
+        return "phone_sha256", _sha256(normalized_phone(value))
+    return kind, value
+
+
+def other_identities(call: TrackedCall) -> list[tuple[str, str]]:
+    """The call's identities besides its user and anonymous ids: the device's
+    advertising id (`context.device.advertisingId`, IFA/AAID; a zeroed one is
+    none) and push token (`context.device.token`), and the SHA-256 of the
+    email and phone traits (identify's traits, any call's context.traits)."""
+    found: list[tuple[str, str]] = []
+    ifa = _device_ifa(call)
+    if ifa:
+        found.append(("ifa", ifa))
+    device = call.context.get("device")
+    token = device.get("token") if isinstance(device, dict) else None
+    if isinstance(token, str) and token.strip() and len(token) <= 1_000:
+        found.append(("push_token", token.strip()))
+    traits: dict[str, Any] = {}
+    if call.type == "identify":
+        traits.update(call.traits)
+    context_traits = call.context.get("traits")
+    if isinstance(context_traits, dict):
+        traits.update(context_traits)
+    email, phone = traits.get("email"), traits.get("phone")
+    if isinstance(email, str) and "@" in email and len(email) <= 320:
+        found.append(hashed_identity("email", email))
+    if isinstance(phone, str) and normalized_phone(phone) and len(phone) <= 40:
+        found.append(hashed_identity("phone", phone))
+    return found
+
+
+#: Identity kinds a profile can have (what ResolveProfile also takes, with
+#: `email` and `phone` hashed on lookup).
+IDENTITY_KINDS = ("user_id", "anonymous_id", "ifa", "push_token", "email_sha256", "phone_sha256")
+_ZERO_IFA_CHARS = frozenset("0-")
 
 
 @dataclass(slots=True)
@@ -440,8 +539,10 @@ class _Batch:
                     sa.select(m.message_id).where(m.tenant_id == t, m.message_id.in_(chunk))
                 )
             )
-        wanted: dict[str, set[str]] = {"user_id": set(), "anonymous_id": set()}
+        wanted: dict[str, set[str]] = {kind: set() for kind in IDENTITY_KINDS}
         for c in calls:
+            for kind, value in other_identities(c):
+                wanted[kind].add(value)
             if c.user_id:
                 wanted["user_id"].add(c.user_id)
             if c.anonymous_id:

@@ -236,7 +236,10 @@ class ResolveProfileRequest(_message.Message):
     parent: _builtins.str
     """The tenant, `tenants/{tenant}`."""
     kind: _builtins.str
-    """`user_id` or `anonymous_id`."""
+    """An identity kind (`user_id`, `anonymous_id`, `ifa`, `push_token`,
+    `email_sha256`, `phone_sha256`), or `email` / `phone` with the raw value,
+    which is normalised and hashed for the lookup.
+    """
     value: _builtins.str
     """The identity's value."""
     def __init__(

@@ -85,9 +85,12 @@ class Identity(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
-    """`user_id` or `anonymous_id`."""
+    """`user_id`, `anonymous_id`, `ifa` (the device's advertising id),
+    `push_token`, `email_sha256` or `phone_sha256` (of the normalised email
+    or phone trait; the raw ones are not identities).
+    """
     value: _builtins.str
-    """The id as sources send it."""
+    """The id as sources send it (a hash for the *_sha256 kinds)."""
     def __init__(
         self,
         *,
