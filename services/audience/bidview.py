@@ -8,9 +8,10 @@ advertising ids), as `<tenant>/<id>`: the bid path's user id (user.id, else
 user.buyeruid, else device.ifa) finds the profile when it is one of them.
 
 What a profile gives the bid today: `last_seen_us` (the model's recency
-feature) and the loyalty tier from the `loyalty_tier` trait (GREEN, GOLD or
-RESERVE; anything else is the default). Segments and interests join it as
-those features land (segments, decisioning). The process's own ProfileStore
+feature), the loyalty tier from the `loyalty_tier` trait (GREEN, GOLD or
+RESERVE; anything else is the default) and its segments (their bid indexes,
+which campaigns target; rewritten when memberships change). Interests join
+it with decisioning. The process's own ProfileStore
 is written, so its cache holds the new record at once; the ids are then
 published on the bus (services.bidding.profile_changes) and the other
 processes drop them from their caches.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from inference.features import TIERS
 from services.audience.profiles import BID_TRAITS, IngestResult, Profile, Profiles
@@ -43,25 +44,36 @@ assert LOYALTY_TIER_TRAIT in BID_TRAITS  # what Profiles watches for changes
 _KINDS = ("user_id", "anonymous_id", "ifa")
 
 
-def bid_profile(profile: Profile, user_id: str) -> UserProfile:
-    """The bid-time record of a profile, for one of its ids."""
+def bid_profile(profile: Profile, user_id: str, segments: Sequence[int] = ()) -> UserProfile:
+    """The bid-time record of a profile, for one of its ids; `segments`: the
+    bid indexes of its segments."""
     tier = str(profile.traits.get(LOYALTY_TIER_TRAIT, "")).upper()
     loyalty = LoyaltyState(tier=tier) if tier in TIERS else LoyaltyState()
     return UserProfile(
         tenant_user(profile.tenant_id, user_id),
+        segments=tuple(segments),
         loyalty=loyalty,
         last_seen_us=profile.last_seen_us,
         version=profile.version,
     )
 
 
+#: The bid indexes of the segments each of a tenant's profiles is in.
+SegmentsOf = Callable[[str, Sequence[str]], Awaitable[dict[str, list[int]]]]
+
+
 class BidView:
     def __init__(
-        self, profiles: Profiles, store: ProfileStore, changes: ProfileChanges | None = None
+        self,
+        profiles: Profiles,
+        store: ProfileStore,
+        changes: ProfileChanges | None = None,
+        segments_of: SegmentsOf | None = None,
     ) -> None:
         self._profiles = profiles
         self._store = store
         self._changes = changes
+        self._segments_of = segments_of
         self.written = 0
         self.failures = 0
 
@@ -72,9 +84,17 @@ class BidView:
             await self.write(tenant_id, result.bid_changed)
 
     async def write(self, tenant_id: str, profile_ids: Sequence[str]) -> None:
+        if not profile_ids:
+            return
+        profiles = await self._profiles.get_many(tenant_id, profile_ids)
+        segments = (
+            await self._segments_of(tenant_id, [p.id for p in profiles])
+            if self._segments_of is not None
+            else {}
+        )
         records = [
-            bid_profile(profile, value)
-            for profile in await self._profiles.get_many(tenant_id, profile_ids)
+            bid_profile(profile, value, segments.get(profile.id, ()))
+            for profile in profiles
             for kind in _KINDS
             for value in profile.identities.get(kind, ())
         ]

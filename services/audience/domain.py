@@ -18,6 +18,7 @@ from services.audience.profiles import (
     Profiles,
     hashed_identity,
 )
+from services.audience.segments import Segment, Segments
 from services.audience.sources import Sources
 from services.audience.tracking import TrackedCall, read_batch
 from services.common import names
@@ -95,8 +96,10 @@ class Audience:
         events: AnalyticsPipeline,
         applier: ProfileApplier,
         sources: Sources,
+        segments: Segments,
         clock: Callable[[], int] = now_us,
     ) -> None:
+        self.segments = segments
         self.profiles = profiles
         self.events = events
         self.applier = applier
@@ -163,6 +166,12 @@ class Audience:
             return Accepted(len(calls))
         applied = sum(1 for p in profile_ids if p)
         return Accepted(len(calls), applied, len(calls) - applied, profile_ids)
+
+    async def evaluate_segments(self, caller: Principal, name: str) -> tuple[list[Segment], int]:
+        """The segments a profile (or the one it was merged into) meets now."""
+        tenant_id, profile_id = self._profile(caller, name)
+        survivor = await self.profiles.get(tenant_id, profile_id)
+        return await self.segments.evaluate_profile(tenant_id, survivor.id)
 
     async def get(self, caller: Principal, name: str) -> Profile:
         tenant_id, profile_id = self._profile(caller, name)

@@ -13,29 +13,47 @@ from services.audience.demo import demo_user_ids, seed_demo_profiles
 from services.audience.domain import Audience, record_merges
 from services.audience.events import EVENTS
 from services.audience.profiles import Profiles
+from services.audience.segments import Segments
 from services.audience.servicer import AudienceServicer
 from services.audience.sources import Sources
+from services.backends.bus import BestEffortPublisher
 from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 
 
 async def _build(kernel: Kernel) -> Built:
     profiles = Profiles(kernel.backends.db, clock=kernel.clock, page_tokens=kernel.page_tokens)
     auditor = kernel.interface("call_auditor") if kernel.has_interface("call_auditor") else None
+    segments = Segments(
+        kernel.backends.db,
+        clock=kernel.clock,
+        page_tokens=kernel.page_tokens,
+        publisher=BestEffortPublisher(kernel.backends.bus),
+    )
     # The bid-time view goes through this process's ProfileStore (when the
     # bidding domain is registered), so its cache sees each change at once.
     view = (
-        BidView(profiles, kernel.interface("profile_store"), kernel.interface("profile_changes"))
+        BidView(
+            profiles,
+            kernel.interface("profile_store"),
+            kernel.interface("profile_changes"),
+            segments_of=segments.bid_indexes,
+        )
         if kernel.has_interface("profile_store")
         else None
     )
+    if view is not None:
+        segments.on_members_changed(view.write)
     applier = ProfileApplier(
         profiles,
         on_applied=chain(
             record_merges(auditor) if auditor else None,
+            segments.on_applied,
             view.on_applied if view else None,
         ),
         metrics_registry=kernel.metrics_registry,
     )
+    if kernel.worker == "0":  # one process re-evaluates segments as time passes
+        kernel.when_serving(segments.start, segments.stop)
     # The journal is private to one process: each --workers process has its own.
     events = AnalyticsPipeline(
         kernel.backends.analytics,
@@ -56,7 +74,7 @@ async def _build(kernel: Kernel) -> Built:
         clock=kernel.clock,
         page_tokens=kernel.page_tokens,
     )
-    audience = Audience(profiles, events, applier, sources, clock=kernel.clock)
+    audience = Audience(profiles, events, applier, sources, segments, clock=kernel.clock)
 
     async def seed(seed: TenantSeed) -> None:
         if seed.demo:

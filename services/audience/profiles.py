@@ -34,9 +34,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.audience.tables import audience_identities, audience_messages, audience_profiles
+from services.audience.tables import (
+    audience_event_counts,
+    audience_identities,
+    audience_messages,
+    audience_profiles,
+    audience_segment_members,
+)
 from services.audience.tracking import TrackedCall
 from services.common.clock import now_us
 from services.common.errors import InvalidArgument, NotFound
@@ -85,6 +93,8 @@ class IngestResult:
     # into, or a change of a BID_TRAITS trait or of last seen by a step.
     bid_changed: list[str] = field(default_factory=list)
 
+
+US_PER_DAY = 86_400_000_000
 
 #: Traits the bid-time view carries (services.audience.bidview).
 BID_TRAITS = ("loyalty_tier",)
@@ -213,6 +223,8 @@ class Profiles:
                     audience_identities.c.profile_id.in_(ids),
                 )
             )
+            for table in (audience_event_counts, audience_segment_members):
+                await conn.execute(table.delete().where(table.c.profile_id.in_(ids)))
             await conn.execute(
                 audience_profiles.delete().where(
                     audience_profiles.c.tenant_id == tenant_id, audience_profiles.c.id.in_(ids)
@@ -266,7 +278,7 @@ class Profiles:
     async def _ingest(
         self, conn: AsyncConnection, tenant_id: str, calls: Sequence[TrackedCall]
     ) -> IngestResult:
-        batch = _Batch(conn, tenant_id, self._clock())
+        batch = _Batch(conn, tenant_id, self._clock(), self._db.is_sqlite)
         await batch.prefetch(calls)
         applied = duplicates = 0
         touched: list[str] = []
@@ -518,8 +530,10 @@ class _Batch:
     the database in bulk up front (`prefetch`); what a batch touches beyond
     them is read one at a time."""
 
-    def __init__(self, conn: AsyncConnection, tenant_id: str, now: int) -> None:
+    def __init__(self, conn: AsyncConnection, tenant_id: str, now: int, sqlite: bool) -> None:
         self.conn = conn
+        self._sqlite = sqlite
+        self._counts: dict[tuple[str, str, int], int] = {}  # (profile, event, day) -> calls
         self.tenant_id = tenant_id
         self.now = now
         self._seen: set[str] = set()
@@ -626,6 +640,10 @@ class _Batch:
             state.traits.update(context_traits)
         if call.type in _COUNTED:
             state.event_count += 1
+            named = call.event or call.name
+            if named:
+                key = (profile_id, named, call.timestamp_us // US_PER_DAY)
+                self._counts[key] = self._counts.get(key, 0) + 1
         state.first_seen = min(state.first_seen, call.timestamp_us)
         state.last_seen = max(state.last_seen, call.timestamp_us)
         self._touch(state)
@@ -646,6 +664,25 @@ class _Batch:
         for key, owner in self._new_ids.items():
             if owner == source:
                 self._new_ids[key] = target
+        for (owner, named, day), n in list(self._counts.items()):
+            if owner == source:
+                del self._counts[(owner, named, day)]
+                moved = (target, named, day)
+                self._counts[moved] = self._counts.get(moved, 0) + n
+        # the merged profile's stored event counts are the survivor's now
+        await self.conn.execute(
+            sa.text(
+                "INSERT INTO audience_event_counts (profile_id, event, day, tenant_id, count) "
+                "SELECT :target, event, day, tenant_id, count FROM audience_event_counts "
+                "WHERE profile_id = :source "
+                "ON CONFLICT (profile_id, event, day) "
+                "DO UPDATE SET count = audience_event_counts.count + excluded.count"
+            ),
+            {"source": source, "target": target},
+        )
+        await self.conn.execute(
+            audience_event_counts.delete().where(audience_event_counts.c.profile_id == source)
+        )
         await self.conn.execute(
             audience_identities.update()
             .where(audience_identities.c.profile_id == source)
@@ -661,6 +698,24 @@ class _Batch:
         """Write what the batch changed: message ids, new profiles, changed ones."""
         if self._new_messages:
             await self.conn.execute(audience_messages.insert(), self._new_messages)
+        if self._counts:
+            insert = (sqlite_insert if self._sqlite else postgresql_insert)(audience_event_counts)
+            await self.conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["profile_id", "event", "day"],
+                    set_={"count": audience_event_counts.c.count + insert.excluded.count},
+                ),
+                [
+                    {
+                        "profile_id": pid,
+                        "event": named,
+                        "day": day,
+                        "tenant_id": self.tenant_id,
+                        "count": n,
+                    }
+                    for (pid, named, day), n in self._counts.items()
+                ],
+            )
         if self._new_ids:
             await self.conn.execute(
                 audience_identities.insert(),

@@ -10,10 +10,13 @@ from campaignexpress.audience.v1 import (
     audience_service_pb2,
     audience_service_pb2_grpc,
     profile_pb2,
+    segment_pb2,
     source_pb2,
 )
+from services.audience import conditions
 from services.audience.domain import Audience, profile_name
 from services.audience.profiles import Profile
+from services.audience.segments import Segment
 from services.audience.sources import Source
 from services.common.call import current_principal
 from services.common.protoconv import micros, timestamp
@@ -75,6 +78,36 @@ def source_proto(source: Source, write_key: str = "") -> source_pb2.Source:
         api_key=source.api_key,
         create_time=timestamp(source.create_time),
     )
+
+
+_SEGMENT_KINDS = {
+    "BEHAVIOURAL": segment_pb2.SEGMENT_KIND_BEHAVIOURAL,
+    "DEMOGRAPHIC": segment_pb2.SEGMENT_KIND_DEMOGRAPHIC,
+    "LIFECYCLE": segment_pb2.SEGMENT_KIND_LIFECYCLE,
+    "CUSTOM": segment_pb2.SEGMENT_KIND_CUSTOM,
+}
+
+
+def _condition_json(condition: segment_pb2.SegmentCondition) -> Any:
+    """A condition as conditions.read_condition reads it (enum names,
+    camelCase fields; whole numbers back to ints)."""
+    return _plain(json_format.MessageToDict(condition))
+
+
+def segment_proto(segment: Segment) -> segment_pb2.Segment:
+    message = segment_pb2.Segment(
+        name=segment.name,
+        display_name=segment.display_name,
+        description=segment.description,
+        kind=_SEGMENT_KINDS.get(segment.kind, segment_pb2.SEGMENT_KIND_UNSPECIFIED),
+        bid_index=segment.bid_index,
+        size=segment.size,
+        create_time=timestamp(segment.create_time),
+        update_time=timestamp(segment.update_time),
+        evaluate_time=timestamp(segment.evaluate_time or None),
+    )
+    json_format.ParseDict(conditions.to_json(segment.condition), message.condition)
+    return message
 
 
 class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
@@ -155,6 +188,62 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
     async def DeleteSource(self, request: pb.DeleteSourceRequest, context: Any) -> Any:
         await self._audience.sources.delete(current_principal(), request.name)
         return pb.DeleteSourceResponse()
+
+    async def CreateSegment(self, request: pb.CreateSegmentRequest, context: Any) -> Any:
+        segment = request.segment
+        created = await self._audience.segments.create(
+            current_principal(),
+            request.parent,
+            segment.display_name,
+            segment.description,
+            _condition_json(segment.condition) if segment.HasField("condition") else None,
+        )
+        return pb.CreateSegmentResponse(segment=segment_proto(created))
+
+    async def GetSegment(self, request: pb.GetSegmentRequest, context: Any) -> Any:
+        found = await self._audience.segments.get(current_principal(), request.name)
+        return pb.GetSegmentResponse(segment=segment_proto(found))
+
+    async def ListSegments(self, request: pb.ListSegmentsRequest, context: Any) -> Any:
+        found, token = await self._audience.segments.list_segments(
+            current_principal(), request.parent, request.page_size, request.page_token
+        )
+        return pb.ListSegmentsResponse(
+            segments=[segment_proto(s) for s in found], next_page_token=token
+        )
+
+    async def DeleteSegment(self, request: pb.DeleteSegmentRequest, context: Any) -> Any:
+        await self._audience.segments.delete(current_principal(), request.name)
+        return pb.DeleteSegmentResponse()
+
+    async def EstimateSegment(self, request: pb.EstimateSegmentRequest, context: Any) -> Any:
+        size, evaluated = await self._audience.segments.estimate(
+            current_principal(),
+            request.parent,
+            _condition_json(request.condition) if request.HasField("condition") else None,
+        )
+        return pb.EstimateSegmentResponse(size=size, evaluated=evaluated)
+
+    async def ListSegmentMembers(self, request: pb.ListSegmentMembersRequest, context: Any) -> Any:
+        found, token = await self._audience.segments.members(
+            current_principal(), request.segment, request.page_size, request.page_token
+        )
+        tenant = request.segment.split("/segments/", 1)[0]
+        return pb.ListSegmentMembersResponse(
+            members=[
+                pb.SegmentMember(profile=f"{tenant}/profiles/{pid}", enter_time=timestamp(at))
+                for pid, at in found
+            ],
+            next_page_token=token,
+        )
+
+    async def EvaluateProfileSegments(
+        self, request: pb.EvaluateProfileSegmentsRequest, context: Any
+    ) -> Any:
+        met, evaluated = await self._audience.evaluate_segments(current_principal(), request.name)
+        return pb.EvaluateProfileSegmentsResponse(
+            segments=[s.name for s in met], evaluated=evaluated
+        )
 
     async def DeleteProfile(self, request: pb.DeleteProfileRequest, context: Any) -> Any:
         await self._audience.delete(current_principal(), request.name)

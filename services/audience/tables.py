@@ -60,3 +60,42 @@ audience_sources = sa.Table(
     sa.Index("ix_audience_sources_tenant_created", "tenant_id", "create_time", "id"),
     sa.Index("ix_audience_sources_api_key", "api_key", unique=True),
 )
+
+audience_segments = sa.Table(
+    "audience_segments",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("description", sa.String(2000), nullable=False),
+    sa.Column("condition", sa.JSON, nullable=False),  # services/audience/segments.py's form
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("bid_index", sa.Integer, nullable=False),  # 0-63, or -1
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
+    sa.Column("evaluate_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_audience_segments_tenant_created", "tenant_id", "create_time", "id"),
+)
+
+audience_segment_members = sa.Table(
+    "audience_segment_members",
+    metadata,
+    sa.Column("segment_id", sa.String(64), primary_key=True),
+    sa.Column("profile_id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("enter_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_audience_segment_members_profile", "profile_id"),
+)
+
+# Track, page and screen calls per profile, event name and UTC day: what
+# behavioural conditions count in real time.
+audience_event_counts = sa.Table(
+    "audience_event_counts",
+    metadata,
+    sa.Column("profile_id", sa.String(64), primary_key=True),
+    sa.Column("event", sa.String(1024), primary_key=True),
+    sa.Column("day", sa.Integer, primary_key=True),  # days since the epoch (UTC)
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+)

@@ -81,6 +81,41 @@ class AudienceServiceStub:
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSourceRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSourceResponse.FromString,
                 _registered_method=True)
+        self.CreateSegment = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/CreateSegment',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateSegmentRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateSegmentResponse.FromString,
+                _registered_method=True)
+        self.GetSegment = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/GetSegment',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetSegmentRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetSegmentResponse.FromString,
+                _registered_method=True)
+        self.ListSegments = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/ListSegments',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSegment = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/DeleteSegment',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSegmentRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSegmentResponse.FromString,
+                _registered_method=True)
+        self.EstimateSegment = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/EstimateSegment',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EstimateSegmentRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EstimateSegmentResponse.FromString,
+                _registered_method=True)
+        self.ListSegmentMembers = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/ListSegmentMembers',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentMembersRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentMembersResponse.FromString,
+                _registered_method=True)
+        self.EvaluateProfileSegments = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/EvaluateProfileSegments',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EvaluateProfileSegmentsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EvaluateProfileSegmentsResponse.FromString,
+                _registered_method=True)
         self.DeleteProfile = channel.unary_unary(
                 '/campaignexpress.audience.v1.AudienceService/DeleteProfile',
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteProfileRequest.SerializeToString,
@@ -158,6 +193,55 @@ class AudienceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSegment(self, request, context):
+        """Creates a segment; its members are computed at once and kept current.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSegment(self, request, context):
+        """Gets a segment with its size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSegments(self, request, context):
+        """Lists a tenant's segments, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSegment(self, request, context):
+        """Deletes a segment and its memberships.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EstimateSegment(self, request, context):
+        """How many profiles a condition would take in, before saving it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSegmentMembers(self, request, context):
+        """The members of a segment, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateProfileSegments(self, request, context):
+        """Evaluates one profile against every segment of its tenant, now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteProfile(self, request, context):
         """Deletes a profile, the profiles merged into it and their identities.
         """
@@ -212,6 +296,41 @@ def add_AudienceServiceServicer_to_server(servicer, server):
                     servicer.DeleteSource,
                     request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSourceRequest.FromString,
                     response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSourceResponse.SerializeToString,
+            ),
+            'CreateSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSegment,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateSegmentRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateSegmentResponse.SerializeToString,
+            ),
+            'GetSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSegment,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetSegmentRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetSegmentResponse.SerializeToString,
+            ),
+            'ListSegments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSegments,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentsRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentsResponse.SerializeToString,
+            ),
+            'DeleteSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSegment,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSegmentRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSegmentResponse.SerializeToString,
+            ),
+            'EstimateSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.EstimateSegment,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EstimateSegmentRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EstimateSegmentResponse.SerializeToString,
+            ),
+            'ListSegmentMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSegmentMembers,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentMembersRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentMembersResponse.SerializeToString,
+            ),
+            'EvaluateProfileSegments': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateProfileSegments,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EvaluateProfileSegmentsRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EvaluateProfileSegmentsResponse.SerializeToString,
             ),
             'DeleteProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteProfile,
@@ -464,6 +583,195 @@ class AudienceService:
             '/campaignexpress.audience.v1.AudienceService/DeleteSource',
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSourceRequest.SerializeToString,
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/CreateSegment',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateSegmentRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/GetSegment',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetSegmentRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/ListSegments',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentsRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/DeleteSegment',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSegmentRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EstimateSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/EstimateSegment',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EstimateSegmentRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EstimateSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSegmentMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/ListSegmentMembers',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentMembersRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateProfileSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/EvaluateProfileSegments',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EvaluateProfileSegmentsRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EvaluateProfileSegmentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

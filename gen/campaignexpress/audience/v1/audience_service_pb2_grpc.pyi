@@ -56,6 +56,20 @@ class AudienceServiceStub:
     """Lists a tenant's sources, oldest first."""
     DeleteSource: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteSourceRequest, _audience_service_pb2.DeleteSourceResponse]
     """Deletes a source and revokes its write key."""
+    CreateSegment: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.CreateSegmentRequest, _audience_service_pb2.CreateSegmentResponse]
+    """Creates a segment; its members are computed at once and kept current."""
+    GetSegment: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.GetSegmentRequest, _audience_service_pb2.GetSegmentResponse]
+    """Gets a segment with its size."""
+    ListSegments: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListSegmentsRequest, _audience_service_pb2.ListSegmentsResponse]
+    """Lists a tenant's segments, oldest first."""
+    DeleteSegment: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteSegmentRequest, _audience_service_pb2.DeleteSegmentResponse]
+    """Deletes a segment and its memberships."""
+    EstimateSegment: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.EstimateSegmentRequest, _audience_service_pb2.EstimateSegmentResponse]
+    """How many profiles a condition would take in, before saving it."""
+    ListSegmentMembers: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListSegmentMembersRequest, _audience_service_pb2.ListSegmentMembersResponse]
+    """The members of a segment, a page at a time."""
+    EvaluateProfileSegments: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.EvaluateProfileSegmentsRequest, _audience_service_pb2.EvaluateProfileSegmentsResponse]
+    """Evaluates one profile against every segment of its tenant, now."""
     DeleteProfile: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteProfileRequest, _audience_service_pb2.DeleteProfileResponse]
     """Deletes a profile, the profiles merged into it and their identities."""
 
@@ -87,6 +101,20 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     """Lists a tenant's sources, oldest first."""
     DeleteSource: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteSourceRequest, _audience_service_pb2.DeleteSourceResponse]  # type: ignore[assignment]
     """Deletes a source and revokes its write key."""
+    CreateSegment: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.CreateSegmentRequest, _audience_service_pb2.CreateSegmentResponse]  # type: ignore[assignment]
+    """Creates a segment; its members are computed at once and kept current."""
+    GetSegment: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.GetSegmentRequest, _audience_service_pb2.GetSegmentResponse]  # type: ignore[assignment]
+    """Gets a segment with its size."""
+    ListSegments: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListSegmentsRequest, _audience_service_pb2.ListSegmentsResponse]  # type: ignore[assignment]
+    """Lists a tenant's segments, oldest first."""
+    DeleteSegment: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteSegmentRequest, _audience_service_pb2.DeleteSegmentResponse]  # type: ignore[assignment]
+    """Deletes a segment and its memberships."""
+    EstimateSegment: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.EstimateSegmentRequest, _audience_service_pb2.EstimateSegmentResponse]  # type: ignore[assignment]
+    """How many profiles a condition would take in, before saving it."""
+    ListSegmentMembers: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListSegmentMembersRequest, _audience_service_pb2.ListSegmentMembersResponse]  # type: ignore[assignment]
+    """The members of a segment, a page at a time."""
+    EvaluateProfileSegments: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.EvaluateProfileSegmentsRequest, _audience_service_pb2.EvaluateProfileSegmentsResponse]  # type: ignore[assignment]
+    """Evaluates one profile against every segment of its tenant, now."""
     DeleteProfile: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteProfileRequest, _audience_service_pb2.DeleteProfileResponse]  # type: ignore[assignment]
     """Deletes a profile, the profiles merged into it and their identities."""
 
@@ -169,6 +197,62 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audience_service_pb2.DeleteSourceResponse, _abc.Awaitable[_audience_service_pb2.DeleteSourceResponse]]:
         """Deletes a source and revokes its write key."""
+
+    @_abc_1.abstractmethod
+    def CreateSegment(
+        self,
+        request: _audience_service_pb2.CreateSegmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.CreateSegmentResponse, _abc.Awaitable[_audience_service_pb2.CreateSegmentResponse]]:
+        """Creates a segment; its members are computed at once and kept current."""
+
+    @_abc_1.abstractmethod
+    def GetSegment(
+        self,
+        request: _audience_service_pb2.GetSegmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.GetSegmentResponse, _abc.Awaitable[_audience_service_pb2.GetSegmentResponse]]:
+        """Gets a segment with its size."""
+
+    @_abc_1.abstractmethod
+    def ListSegments(
+        self,
+        request: _audience_service_pb2.ListSegmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.ListSegmentsResponse, _abc.Awaitable[_audience_service_pb2.ListSegmentsResponse]]:
+        """Lists a tenant's segments, oldest first."""
+
+    @_abc_1.abstractmethod
+    def DeleteSegment(
+        self,
+        request: _audience_service_pb2.DeleteSegmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.DeleteSegmentResponse, _abc.Awaitable[_audience_service_pb2.DeleteSegmentResponse]]:
+        """Deletes a segment and its memberships."""
+
+    @_abc_1.abstractmethod
+    def EstimateSegment(
+        self,
+        request: _audience_service_pb2.EstimateSegmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.EstimateSegmentResponse, _abc.Awaitable[_audience_service_pb2.EstimateSegmentResponse]]:
+        """How many profiles a condition would take in, before saving it."""
+
+    @_abc_1.abstractmethod
+    def ListSegmentMembers(
+        self,
+        request: _audience_service_pb2.ListSegmentMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.ListSegmentMembersResponse, _abc.Awaitable[_audience_service_pb2.ListSegmentMembersResponse]]:
+        """The members of a segment, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def EvaluateProfileSegments(
+        self,
+        request: _audience_service_pb2.EvaluateProfileSegmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.EvaluateProfileSegmentsResponse, _abc.Awaitable[_audience_service_pb2.EvaluateProfileSegmentsResponse]]:
+        """Evaluates one profile against every segment of its tenant, now."""
 
     @_abc_1.abstractmethod
     def DeleteProfile(

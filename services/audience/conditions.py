@@ -1,0 +1,338 @@
+"""Segment conditions: read from their JSON form (what the API's
+`SegmentCondition` gives and the database keeps), checked with the path of
+every bad field, and evaluated against one profile.
+
+    {"trait": {"trait": "plan", "comparison": "COMPARISON_EQUALS", "value": "pro"}}
+    {"event": {"event": "Order Completed", "minCount": 2, "withinDays": 30}}
+    {"lifecycle": {"stage": "LIFECYCLE_STAGE_ACTIVE"}}
+    {"all": {"conditions": [...]}}   {"any": {"conditions": [...]}}   {"not": {...}}
+
+Evaluating needs the profile (traits, first and last seen) and, for event
+conditions, its event counts per name and UTC day (`Counts`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.errors import FieldViolation, collect
+
+US_PER_DAY = 86_400_000_000
+_KINDS = ("trait", "event", "lifecycle", "all", "any", "not")
+MAX_GROUP = 20
+MAX_DEPTH = 6
+MAX_WINDOW_DAYS = 365
+DEFAULT_WINDOW_DAYS = 30
+MAX_MIN_COUNT = 1_000_000
+
+COMPARISONS = (
+    "COMPARISON_EQUALS",
+    "COMPARISON_NOT_EQUALS",
+    "COMPARISON_GREATER",
+    "COMPARISON_GREATER_OR_EQUAL",
+    "COMPARISON_LESS",
+    "COMPARISON_LESS_OR_EQUAL",
+    "COMPARISON_IN",
+    "COMPARISON_EXISTS",
+    "COMPARISON_CONTAINS",
+)
+#: Lifecycle stages and their rules, in days: new = first seen within
+#: NEW_DAYS; active = seen within ACTIVE_DAYS and not new; lapsing = last seen
+#: ACTIVE_DAYS..CHURN_DAYS ago; churned = longer.
+STAGES = (
+    "LIFECYCLE_STAGE_NEW",
+    "LIFECYCLE_STAGE_ACTIVE",
+    "LIFECYCLE_STAGE_LAPSING",
+    "LIFECYCLE_STAGE_CHURNED",
+)
+NEW_DAYS, ACTIVE_DAYS, CHURN_DAYS = 7, 30, 90
+
+
+@dataclass(frozen=True, slots=True)
+class Trait:
+    trait: str
+    comparison: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    event: str
+    min_count: int
+    within_days: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    stage: str
+
+
+@dataclass(frozen=True, slots=True)
+class All:
+    parts: tuple[Condition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    parts: tuple[Condition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    part: Condition
+
+
+Condition = Trait | Event | Lifecycle | All | AnyOf | Not
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What a condition is evaluated on: a profile's traits and times, and
+    `count(event, since_day)`: its calls of that name from that UTC day on."""
+
+    traits: Mapping[str, Any]
+    first_seen_us: int
+    last_seen_us: int
+    count: Callable[[str, int], int]
+
+
+# --------------------------------------------------------------------- reading
+
+
+def read_condition(data: Any, field: str = "condition") -> Condition:
+    """The condition of its JSON form; InvalidArgument naming every bad field."""
+    violations: list[FieldViolation] = []
+    condition = _read(data, field, violations, 0)
+    collect(violations)
+    assert condition is not None
+    return condition
+
+
+def _read(data: Any, field: str, bad: list[FieldViolation], depth: int) -> Condition | None:
+    if not isinstance(data, dict) or len(data) != 1:
+        bad.append(
+            FieldViolation(field, "must set exactly one of trait, event, lifecycle, all, any, not")
+        )
+        return None
+    if depth > MAX_DEPTH:
+        bad.append(FieldViolation(field, f"nests more than {MAX_DEPTH} levels"))
+        return None
+    ((kind, body),) = data.items()
+    at = f"{field}.{kind}"
+    if kind in ("all", "any"):
+        parts = body.get("conditions") if isinstance(body, dict) else None
+        if not isinstance(parts, list) or not 1 <= len(parts) <= MAX_GROUP:
+            bad.append(FieldViolation(f"{at}.conditions", f"needs 1-{MAX_GROUP} conditions"))
+            return None
+        read = [_read(p, f"{at}.conditions[{i}]", bad, depth + 1) for i, p in enumerate(parts)]
+        if any(r is None for r in read):
+            return None
+        items = tuple(r for r in read if r is not None)
+        return All(items) if kind == "all" else AnyOf(items)
+    if kind == "not":
+        inner = _read(body, at, bad, depth + 1)
+        return None if inner is None else Not(inner)
+    if not isinstance(body, dict):
+        bad.append(FieldViolation(at, "must be an object"))
+        return None
+    if kind == "trait":
+        return _trait(body, at, bad)
+    if kind == "event":
+        return _event(body, at, bad)
+    if kind == "lifecycle":
+        stage = body.get("stage")
+        if stage not in STAGES:
+            bad.append(FieldViolation(f"{at}.stage", f"must be one of {', '.join(STAGES)}"))
+            return None
+        return Lifecycle(stage)
+    bad.append(FieldViolation(field, f"unknown condition {kind!r}"))
+    return None
+
+
+def _trait(body: dict[str, Any], at: str, bad: list[FieldViolation]) -> Trait | None:
+    name, comparison, value = body.get("trait"), body.get("comparison"), body.get("value")
+    ok = True
+    if not isinstance(name, str) or not 1 <= len(name) <= 256:
+        bad.append(FieldViolation(f"{at}.trait", "required: a trait name of 1-256 characters"))
+        ok = False
+    if comparison not in COMPARISONS:
+        bad.append(FieldViolation(f"{at}.comparison", f"must be one of {', '.join(COMPARISONS)}"))
+        return None
+    if comparison == "COMPARISON_IN":
+        if not isinstance(value, list) or not value:
+            bad.append(FieldViolation(f"{at}.value", "COMPARISON_IN needs a non-empty list"))
+            ok = False
+    elif comparison != "COMPARISON_EXISTS":
+        if value is None or isinstance(value, dict | list):
+            bad.append(FieldViolation(f"{at}.value", "required: a string, number or boolean"))
+            ok = False
+        elif comparison in _ORDERING and isinstance(value, bool):
+            bad.append(FieldViolation(f"{at}.value", "a boolean has no order"))
+            ok = False
+    return Trait(name, comparison, value) if ok and isinstance(name, str) else None
+
+
+def _event(body: dict[str, Any], at: str, bad: list[FieldViolation]) -> Event | None:
+    name = body.get("event")
+    min_count = body.get("minCount", body.get("min_count", 0)) or 1
+    window = body.get("withinDays", body.get("within_days", 0)) or DEFAULT_WINDOW_DAYS
+    ok = True
+    if not isinstance(name, str) or not 1 <= len(name) <= 1_024:
+        bad.append(FieldViolation(f"{at}.event", "required: an event name of 1-1024 characters"))
+        ok = False
+    if not isinstance(min_count, int) or not 1 <= min_count <= MAX_MIN_COUNT:
+        bad.append(FieldViolation(f"{at}.min_count", f"must be 1-{MAX_MIN_COUNT:,}"))
+        ok = False
+    if not isinstance(window, int) or not 1 <= window <= MAX_WINDOW_DAYS:
+        bad.append(FieldViolation(f"{at}.within_days", f"must be 1-{MAX_WINDOW_DAYS}"))
+        ok = False
+    return Event(name, min_count, window) if ok and isinstance(name, str) else None
+
+
+def to_json(condition: Condition) -> dict[str, Any]:
+    """The JSON form (what read_condition reads)."""
+    match condition:
+        case Trait(trait, comparison, value):
+            body: dict[str, Any] = {"trait": trait, "comparison": comparison}
+            if value is not None:
+                body["value"] = value
+            return {"trait": body}
+        case Event(event, min_count, within_days):
+            return {"event": {"event": event, "minCount": min_count, "withinDays": within_days}}
+        case Lifecycle(stage):
+            return {"lifecycle": {"stage": stage}}
+        case All(parts):
+            return {"all": {"conditions": [to_json(p) for p in parts]}}
+        case AnyOf(parts):
+            return {"any": {"conditions": [to_json(p) for p in parts]}}
+        case Not(part):
+            return {"not": to_json(part)}
+    raise TypeError(f"not a condition: {condition!r}")
+
+
+def leaves(condition: Condition) -> list[Trait | Event | Lifecycle]:
+    match condition:
+        case All(parts) | AnyOf(parts):
+            return [leaf for part in parts for leaf in leaves(part)]
+        case Not(part):
+            return leaves(part)
+    assert isinstance(condition, Trait | Event | Lifecycle)
+    return [condition]
+
+
+def kind_of(condition: Condition) -> str:
+    """BEHAVIOURAL, DEMOGRAPHIC, LIFECYCLE, or CUSTOM when kinds mix."""
+    kinds = {type(leaf) for leaf in leaves(condition)}
+    if kinds == {Event}:
+        return "BEHAVIOURAL"
+    if kinds == {Trait}:
+        return "DEMOGRAPHIC"
+    if kinds == {Lifecycle}:
+        return "LIFECYCLE"
+    return "CUSTOM"
+
+
+def longest_window(condition: Condition) -> int:
+    """Days of event counts the condition reads (0: none)."""
+    return max(
+        (leaf.within_days for leaf in leaves(condition) if isinstance(leaf, Event)), default=0
+    )
+
+
+# ------------------------------------------------------------------ evaluating
+
+_ORDERING = {
+    "COMPARISON_GREATER",
+    "COMPARISON_GREATER_OR_EQUAL",
+    "COMPARISON_LESS",
+    "COMPARISON_LESS_OR_EQUAL",
+}
+
+
+def matches(condition: Condition, facts: Facts, now_us: int) -> bool:
+    match condition:
+        case All(parts):
+            return all(matches(p, facts, now_us) for p in parts)
+        case AnyOf(parts):
+            return any(matches(p, facts, now_us) for p in parts)
+        case Not(part):
+            return not matches(part, facts, now_us)
+        case Trait():
+            return _compare(condition, facts.traits)
+        case Event(event, min_count, within_days):
+            since = now_us // US_PER_DAY - within_days + 1
+            return facts.count(event, since) >= min_count
+        case Lifecycle(stage):
+            return stage_of(facts.first_seen_us, facts.last_seen_us, now_us) == stage
+    raise TypeError(f"not a condition: {condition!r}")
+
+
+def stage_of(first_seen_us: int, last_seen_us: int, now_us: int) -> str:
+    if first_seen_us >= now_us - NEW_DAYS * US_PER_DAY:
+        return "LIFECYCLE_STAGE_NEW"
+    if last_seen_us >= now_us - ACTIVE_DAYS * US_PER_DAY:
+        return "LIFECYCLE_STAGE_ACTIVE"
+    if last_seen_us >= now_us - CHURN_DAYS * US_PER_DAY:
+        return "LIFECYCLE_STAGE_LAPSING"
+    return "LIFECYCLE_STAGE_CHURNED"
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _equal(have: Any, want: Any) -> bool:
+    if isinstance(have, bool) or isinstance(want, bool):
+        return have is want if isinstance(have, bool) and isinstance(want, bool) else False
+    a, b = _number(have), _number(want)
+    if a is not None and b is not None and not (isinstance(have, str) and isinstance(want, str)):
+        return a == b
+    return bool(have == want)
+
+
+def _compare(condition: Trait, traits: Mapping[str, Any]) -> bool:
+    comparison, want = condition.comparison, condition.value
+    if condition.trait not in traits or traits[condition.trait] is None:
+        return False
+    have = traits[condition.trait]
+    if comparison == "COMPARISON_EXISTS":
+        return True
+    if comparison == "COMPARISON_EQUALS":
+        return _equal(have, want)
+    if comparison == "COMPARISON_NOT_EQUALS":
+        return not _equal(have, want)
+    if comparison == "COMPARISON_IN":
+        return any(_equal(have, option) for option in want)
+    if comparison == "COMPARISON_CONTAINS":
+        if isinstance(have, str):
+            return isinstance(want, str) and want.lower() in have.lower()
+        if isinstance(have, list):
+            return any(_equal(item, want) for item in have)
+        return False
+    a, b = _number(have), _number(want)
+    if a is None or b is None:
+        if not (isinstance(have, str) and isinstance(want, str)):
+            return False
+        a_s, b_s = have, want
+        return {
+            "COMPARISON_GREATER": a_s > b_s,
+            "COMPARISON_GREATER_OR_EQUAL": a_s >= b_s,
+            "COMPARISON_LESS": a_s < b_s,
+            "COMPARISON_LESS_OR_EQUAL": a_s <= b_s,
+        }[comparison]
+    return {
+        "COMPARISON_GREATER": a > b,
+        "COMPARISON_GREATER_OR_EQUAL": a >= b,
+        "COMPARISON_LESS": a < b,
+        "COMPARISON_LESS_OR_EQUAL": a <= b,
+    }[comparison]

@@ -1,0 +1,625 @@
+"""Segments: groups of people by a condition (services.audience.conditions)
+over traits, events and lifecycle, with their members kept in the
+management database and current as events arrive.
+
+- Real time: after each batch of calls the applier applies, the profiles it
+  changed (and any merged away) are evaluated against every segment of the
+  tenant; who entered or left is written at once (so within the applier's
+  latency of the event: tens of milliseconds, see docs/audience.md) and
+  published on the bus, `campaign-express.segments.<tenant>`:
+  `{"segment": name, "entered": [profile names], "exited": [...], "time": us}`.
+- Time passing: lifecycle stages and event windows change with no event, so
+  every profile is evaluated again every `refresh_seconds` (default 300;
+  `evaluate_all`), and at once for a new segment (its backfill publishes no
+  "entered": those people did not just enter).
+- Event conditions count the profile's calls per name and UTC day
+  (audience_event_counts, kept by the applier in the same transaction as the
+  profile): exact to the day.
+
+A segment also gets a bid index (0-63, the lowest free one of its tenant):
+its bit in the bid-time profile, so campaigns target it as segment "N"."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.audience import conditions
+from services.audience.conditions import Condition, Facts
+from services.audience.profiles import IngestResult
+from services.audience.tables import (
+    audience_event_counts,
+    audience_profiles,
+    audience_segment_members,
+    audience_segments,
+)
+from services.audience.tracking import TrackedCall
+from services.backends.bus import BestEffortPublisher
+from services.common import names
+from services.common.call import Principal
+from services.common.clock import now_us
+from services.common.errors import FieldViolation, InvalidArgument, NotFound, collect
+from services.common.ids import random_hex_id
+from services.common.pagination import PageTokens, scope
+from services.common.validation import check_text
+from services.db import Database
+
+log = logging.getLogger(__name__)
+
+SUBJECT_PREFIX = "campaign-express.segments"
+BID_INDEXES = 64
+MAX_SEGMENTS = 500  # per tenant
+DEFAULT_PAGE_SIZE = 50
+DEFAULT_MEMBERS_PAGE = 100
+MAX_PAGE_SIZE = 1_000
+#: Profiles read per step of a full evaluation.
+PASS_PAGE = 1_000
+#: How long a process trusts its list of a tenant's segments.
+CACHE_SECONDS = 5.0
+
+MembersChanged = Callable[[str, list[str]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    id: str
+    tenant_id: str
+    display_name: str
+    description: str
+    condition: Condition
+    kind: str
+    bid_index: int
+    size: int
+    create_time: int
+    update_time: int
+    evaluate_time: int
+
+    @property
+    def name(self) -> str:
+        return f"tenants/{self.tenant_id}/segments/{self.id}"
+
+
+class Segments:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Callable[[], int] = now_us,
+        page_tokens: PageTokens | None = None,
+        publisher: BestEffortPublisher | None = None,
+        refresh_seconds: float = 300.0,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._pages = page_tokens or PageTokens("audience-segments")
+        self._publisher = publisher
+        self._refresh_seconds = refresh_seconds
+        self._cache: dict[str, tuple[float, list[Segment]]] = {}
+        self._members_changed: list[MembersChanged] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def on_members_changed(self, hook: MembersChanged) -> None:
+        """Call `hook(tenant_id, profile_ids)` after memberships change (the
+        bid-time view rewrites those profiles)."""
+        self._members_changed.append(hook)
+
+    # -- the API ---------------------------------------------------------------
+
+    async def create(
+        self,
+        caller: Principal,
+        parent: str,
+        display_name: str,
+        description: str,
+        condition: Any,
+    ) -> Segment:
+        tenant_id = _tenant(caller, parent)
+        violations: list[FieldViolation] = []
+        check_text(violations, "segment.display_name", display_name, required=True, max_len=200)
+        check_text(violations, "segment.description", description, required=False, max_len=2000)
+        collect(violations)
+        if not condition:
+            raise InvalidArgument.field("segment.condition", "required")
+        read = conditions.read_condition(condition, "segment.condition")
+        now = self._clock()
+        async with self._db.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(audience_segments.c.bid_index).where(
+                        audience_segments.c.tenant_id == tenant_id
+                    )
+                )
+            ).all()
+            if len(rows) >= MAX_SEGMENTS:
+                raise InvalidArgument.field(
+                    "parent", f"a tenant has at most {MAX_SEGMENTS} segments"
+                )
+            used = {r.bid_index for r in rows}
+            bid_index = next((i for i in range(BID_INDEXES) if i not in used), -1)
+            segment = Segment(
+                random_hex_id(),
+                tenant_id,
+                display_name,
+                description,
+                read,
+                conditions.kind_of(read),
+                bid_index,
+                0,
+                now,
+                now,
+                0,
+            )
+            await conn.execute(
+                audience_segments.insert().values(
+                    id=segment.id,
+                    tenant_id=tenant_id,
+                    display_name=display_name,
+                    description=description,
+                    condition=conditions.to_json(read),
+                    kind=segment.kind,
+                    bid_index=bid_index,
+                    size=0,
+                    create_time=now,
+                    update_time=now,
+                    evaluate_time=0,
+                )
+            )
+        self._cache.pop(tenant_id, None)
+        await self.evaluate_all(tenant_id, only=[segment.id], publish=False)
+        return await self._get(tenant_id, segment.id)
+
+    async def get(self, caller: Principal, name: str) -> Segment:
+        tenant_id, segment_id = _segment(caller, name, "name")
+        return await self._get(tenant_id, segment_id)
+
+    async def list_segments(
+        self, caller: Principal, parent: str, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[Segment], str]:
+        tenant_id = _tenant(caller, parent)
+        size = _page_size(page_size, DEFAULT_PAGE_SIZE)
+        request = scope("audience.ListSegments", tenant_id)
+        cursor = self._pages.decode(request, page_token, "t", "id")
+        c = audience_segments.c
+        query = (
+            sa.select(audience_segments)
+            .where(c.tenant_id == tenant_id)
+            .order_by(c.create_time, c.id)
+            .limit(size + 1)
+        )
+        if cursor is not None:
+            query = query.where(
+                sa.or_(
+                    c.create_time > cursor["t"],
+                    sa.and_(c.create_time == cursor["t"], c.id > cursor["id"]),
+                )
+            )
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        token = ""
+        if len(rows) > size:
+            last = rows[size - 1]
+            token = self._pages.encode(request, {"t": last.create_time, "id": last.id})
+        return [_from_row(r) for r in rows[:size]], token
+
+    async def delete(self, caller: Principal, name: str) -> None:
+        tenant_id, segment_id = _segment(caller, name, "name")
+        await self._get(tenant_id, segment_id)
+        m = audience_segment_members.c
+        async with self._db.engine.begin() as conn:
+            members = list(
+                await conn.scalars(sa.select(m.profile_id).where(m.segment_id == segment_id))
+            )
+            await conn.execute(audience_segment_members.delete().where(m.segment_id == segment_id))
+            await conn.execute(
+                audience_segments.delete().where(audience_segments.c.id == segment_id)
+            )
+        self._cache.pop(tenant_id, None)
+        await self._tell(tenant_id, members)
+
+    async def estimate(self, caller: Principal, parent: str, condition: Any) -> tuple[int, int]:
+        """(profiles meeting the condition now, profiles evaluated)."""
+        tenant_id = _tenant(caller, parent)
+        if not condition:
+            raise InvalidArgument.field("condition", "required")
+        read = conditions.read_condition(condition, "condition")
+        now = self._clock()
+        size = evaluated = 0
+        async for page in self._pages_of_facts(tenant_id, conditions.longest_window(read)):
+            evaluated += len(page)
+            size += sum(1 for facts in page.values() if conditions.matches(read, facts, now))
+        return size, evaluated
+
+    async def members(
+        self, caller: Principal, name: str, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[tuple[str, int]], str]:
+        """(profile id, enter time) of a segment's members, in profile order."""
+        tenant_id, segment_id = _segment(caller, name, "segment")
+        await self._get(tenant_id, segment_id)
+        size = _page_size(page_size, DEFAULT_MEMBERS_PAGE)
+        request = scope("audience.ListSegmentMembers", tenant_id, segment_id)
+        cursor = self._pages.decode(request, page_token, "p")
+        m = audience_segment_members.c
+        query = (
+            sa.select(m.profile_id, m.enter_time)
+            .where(m.segment_id == segment_id)
+            .order_by(m.profile_id)
+            .limit(size + 1)
+        )
+        if cursor is not None:
+            query = query.where(m.profile_id > cursor["p"])
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        token = ""
+        if len(rows) > size:
+            token = self._pages.encode(request, {"p": rows[size - 1].profile_id})
+        return [(r.profile_id, r.enter_time) for r in rows[:size]], token
+
+    async def evaluate_profile(self, tenant_id: str, profile_id: str) -> tuple[list[Segment], int]:
+        """The segments one profile meets now (FR-SEG-004), and how many were
+        evaluated."""
+        segments = await self.of_tenant(tenant_id)
+        now = self._clock()
+        async with self._db.engine.connect() as conn:
+            facts = await _facts(conn, tenant_id, [profile_id], _window(segments), now)
+        if profile_id not in facts:
+            raise NotFound(f"profile {profile_id} not found")
+        met = [s for s in segments if conditions.matches(s.condition, facts[profile_id], now)]
+        return met, len(segments)
+
+    async def bid_indexes(self, tenant_id: str, profile_ids: Sequence[str]) -> dict[str, list[int]]:
+        """The bid indexes of the segments each profile is a member of."""
+        segments = {s.id: s.bid_index for s in await self.of_tenant(tenant_id)}
+        found: dict[str, list[int]] = defaultdict(list)
+        m = audience_segment_members.c
+        async with self._db.engine.connect() as conn:
+            for chunk in _chunks(list(profile_ids)):
+                for segment_id, profile_id in await conn.execute(
+                    sa.select(m.segment_id, m.profile_id).where(m.profile_id.in_(chunk))
+                ):
+                    index = segments.get(segment_id, -1)
+                    if index >= 0:
+                        found[profile_id].append(index)
+        return {pid: sorted(v) for pid, v in found.items()}
+
+    # -- keeping members current ---------------------------------------------------
+
+    async def on_applied(
+        self, tenant_id: str, source: str, calls: Sequence[TrackedCall], result: IngestResult
+    ) -> None:
+        """The applier's hook: evaluate the profiles a batch changed."""
+        changed = [p for p in dict.fromkeys(result.profile_ids) if p]
+        merged = [m.source for m in result.merges]
+        if changed or merged:
+            await self.refresh_profiles(tenant_id, changed, gone=merged)
+
+    async def refresh_profiles(
+        self, tenant_id: str, profile_ids: Sequence[str], gone: Sequence[str] = ()
+    ) -> list[str]:
+        """Evaluate these profiles against every segment of the tenant and
+        write who entered and left (`gone`: profiles merged away, which leave
+        every segment). Returns the profiles whose memberships changed."""
+        segments = await self.of_tenant(tenant_id)
+        if not segments:
+            return []
+        now = self._clock()
+        async with self._db.engine.begin() as conn:
+            facts = await _facts(conn, tenant_id, profile_ids, _window(segments), now)
+            wanted = {
+                (s.id, pid)
+                for pid, f in facts.items()
+                for s in segments
+                if conditions.matches(s.condition, f, now)
+            }
+            changes = await _write_members(
+                conn, tenant_id, [*profile_ids, *gone], wanted, None, now
+            )
+        await self._after(tenant_id, segments, changes, publish=True)
+        return sorted({pid for _, pid in changes[0] | changes[1]})
+
+    async def evaluate_all(
+        self, tenant_id: str, only: Sequence[str] | None = None, publish: bool = True
+    ) -> None:
+        """Every profile of the tenant against its segments (or `only` these)."""
+        segments = [s for s in await self.of_tenant(tenant_id) if only is None or s.id in only]
+        if not segments:
+            return
+        now = self._clock()
+        entered: set[tuple[str, str]] = set()
+        exited: set[tuple[str, str]] = set()
+        seen: set[str] = set()
+        async for page in self._pages_of_facts(tenant_id, _window(segments)):
+            wanted = {
+                (s.id, pid)
+                for pid, f in page.items()
+                for s in segments
+                if conditions.matches(s.condition, f, now)
+            }
+            async with self._db.engine.begin() as conn:
+                e, x = await _write_members(
+                    conn, tenant_id, list(page), wanted, [s.id for s in segments], now
+                )
+            entered |= e
+            exited |= x
+            seen.update(page)
+        # members whose profile is gone (deleted or merged) leave
+        m = audience_segment_members.c
+        async with self._db.engine.begin() as conn:
+            for segment in segments:
+                stale = [
+                    pid
+                    for pid in await conn.scalars(
+                        sa.select(m.profile_id).where(m.segment_id == segment.id)
+                    )
+                    if pid not in seen
+                ]
+                for chunk in _chunks(stale):
+                    await conn.execute(
+                        audience_segment_members.delete().where(
+                            m.segment_id == segment.id, m.profile_id.in_(chunk)
+                        )
+                    )
+                exited |= {(segment.id, pid) for pid in stale}
+            await conn.execute(
+                audience_segments.update()
+                .where(audience_segments.c.id.in_([s.id for s in segments]))
+                .values(evaluate_time=now)
+            )
+        await self._after(tenant_id, segments, (entered, exited), publish=publish)
+
+    async def of_tenant(self, tenant_id: str) -> list[Segment]:
+        cached = self._cache.get(tenant_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        async with self._db.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(audience_segments)
+                    .where(audience_segments.c.tenant_id == tenant_id)
+                    .order_by(audience_segments.c.create_time, audience_segments.c.id)
+                )
+            ).all()
+        segments = [_from_row(r) for r in rows]
+        self._cache[tenant_id] = (time.monotonic() + CACHE_SECONDS, segments)
+        return segments
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._periodic(), name="segments")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _periodic(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_seconds)
+            try:
+                async with self._db.engine.connect() as conn:
+                    tenants = list(
+                        await conn.scalars(sa.select(audience_segments.c.tenant_id).distinct())
+                    )
+                for tenant_id in tenants:
+                    await self.evaluate_all(tenant_id)
+            except Exception:  # the next round tries again
+                log.warning("segments: periodic evaluation failed", exc_info=True)
+
+    async def _after(
+        self,
+        tenant_id: str,
+        segments: Sequence[Segment],
+        changes: tuple[set[tuple[str, str]], set[tuple[str, str]]],
+        *,
+        publish: bool,
+    ) -> None:
+        entered, exited = changes
+        if not (entered or exited):
+            return
+        touched = {sid for sid, _ in entered | exited}
+        async with self._db.engine.begin() as conn:
+            for segment_id in touched:
+                count = await conn.scalar(
+                    sa.select(sa.func.count()).where(
+                        audience_segment_members.c.segment_id == segment_id
+                    )
+                )
+                await conn.execute(
+                    audience_segments.update()
+                    .where(audience_segments.c.id == segment_id)
+                    .values(size=int(count or 0))
+                )
+        if publish and self._publisher is not None:
+            by_id = {s.id: s for s in segments}
+            now = self._clock()
+            for segment_id in touched:
+                segment = by_id.get(segment_id)
+                if segment is None:
+                    continue
+                body = {
+                    "segment": segment.name,
+                    "entered": [
+                        f"tenants/{tenant_id}/profiles/{p}" for s, p in entered if s == segment_id
+                    ],
+                    "exited": [
+                        f"tenants/{tenant_id}/profiles/{p}" for s, p in exited if s == segment_id
+                    ],
+                    "time": now,
+                }
+                await self._publisher.publish(f"{SUBJECT_PREFIX}.{tenant_id}", orjson.dumps(body))
+        await self._tell(tenant_id, sorted({pid for _, pid in entered | exited}))
+
+    async def _tell(self, tenant_id: str, profile_ids: list[str]) -> None:
+        for hook in self._members_changed:
+            try:
+                await hook(tenant_id, profile_ids)
+            except Exception:
+                log.warning("segments: a members-changed hook failed", exc_info=True)
+
+    async def _get(self, tenant_id: str, segment_id: str) -> Segment:
+        async with self._db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(audience_segments).where(
+                        audience_segments.c.tenant_id == tenant_id,
+                        audience_segments.c.id == segment_id,
+                    )
+                )
+            ).first()
+        if row is None:
+            name = f"tenants/{tenant_id}/segments/{segment_id}"
+            raise NotFound(f"{name} not found", metadata={"resource": name})
+        return _from_row(row)
+
+    async def _pages_of_facts(self, tenant_id: str, window_days: int) -> Any:
+        """The facts of every live profile of the tenant, a page at a time."""
+        p = audience_profiles.c
+        after = ""
+        while True:
+            async with self._db.engine.connect() as conn:
+                ids = list(
+                    await conn.scalars(
+                        sa.select(p.id)
+                        .where(p.tenant_id == tenant_id, p.merged_into.is_(None), p.id > after)
+                        .order_by(p.id)
+                        .limit(PASS_PAGE)
+                    )
+                )
+                if not ids:
+                    return
+                page = await _facts(conn, tenant_id, ids, window_days, self._clock())
+            yield page
+            after = ids[-1]
+
+
+async def _facts(
+    conn: AsyncConnection,
+    tenant_id: str,
+    profile_ids: Sequence[str],
+    window_days: int,
+    now: int,
+) -> dict[str, Facts]:
+    """Facts of the live (not merged) profiles among these ids."""
+    p, c = audience_profiles.c, audience_event_counts.c
+    rows: list[Any] = []
+    counts: dict[str, dict[str, list[tuple[int, int]]]] = defaultdict(lambda: defaultdict(list))
+    for chunk in _chunks(list(dict.fromkeys(profile_ids))):
+        rows += (
+            await conn.execute(
+                sa.select(p.id, p.traits, p.first_seen_time, p.last_seen_time).where(
+                    p.tenant_id == tenant_id, p.id.in_(chunk), p.merged_into.is_(None)
+                )
+            )
+        ).all()
+        if window_days:
+            since = now // conditions.US_PER_DAY - window_days
+            for profile_id, event, day, n in await conn.execute(
+                sa.select(c.profile_id, c.event, c.day, c.count).where(
+                    c.profile_id.in_(chunk), c.day >= since
+                )
+            ):
+                counts[profile_id][event].append((day, n))
+    return {
+        row.id: Facts(
+            dict(row.traits), row.first_seen_time, row.last_seen_time, _counter(counts.get(row.id))
+        )
+        for row in rows
+    }
+
+
+def _counter(per_event: dict[str, list[tuple[int, int]]] | None) -> Callable[[str, int], int]:
+    def count(event: str, since_day: int) -> int:
+        if not per_event:
+            return 0
+        return sum(n for day, n in per_event.get(event, ()) if day >= since_day)
+
+    return count
+
+
+async def _write_members(
+    conn: AsyncConnection,
+    tenant_id: str,
+    profile_ids: Sequence[str],
+    wanted: set[tuple[str, str]],
+    segment_ids: Sequence[str] | None,
+    now: int,
+) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """Make the memberships of these profiles (in these segments, or all)
+    what `wanted` says; returns (entered, exited) as (segment, profile)."""
+    m = audience_segment_members.c
+    current: set[tuple[str, str]] = set()
+    for chunk in _chunks(list(dict.fromkeys(profile_ids))):
+        query = sa.select(m.segment_id, m.profile_id).where(m.profile_id.in_(chunk))
+        if segment_ids is not None:
+            query = query.where(m.segment_id.in_(list(segment_ids)))
+        current |= {(r.segment_id, r.profile_id) for r in await conn.execute(query)}
+    entered, exited = wanted - current, current - wanted
+    if entered:
+        await conn.execute(
+            audience_segment_members.insert(),
+            [
+                {"segment_id": s, "profile_id": p, "tenant_id": tenant_id, "enter_time": now}
+                for s, p in sorted(entered)
+            ],
+        )
+    if exited:
+        await conn.execute(
+            audience_segment_members.delete().where(
+                m.segment_id == sa.bindparam("b_segment"), m.profile_id == sa.bindparam("b_profile")
+            ),
+            [{"b_segment": s, "b_profile": p} for s, p in sorted(exited)],
+        )
+    return entered, exited
+
+
+def _window(segments: Iterable[Segment]) -> int:
+    return max((conditions.longest_window(s.condition) for s in segments), default=0)
+
+
+def _from_row(row: Any) -> Segment:
+    return Segment(
+        row.id,
+        row.tenant_id,
+        row.display_name,
+        row.description,
+        conditions.read_condition(row.condition),
+        row.kind,
+        row.bid_index,
+        row.size,
+        row.create_time,
+        row.update_time,
+        row.evaluate_time,
+    )
+
+
+def _chunks(values: Sequence[str], size: int = 500) -> list[Sequence[str]]:
+    return [values[n : n + size] for n in range(0, len(values), size)]
+
+
+def _page_size(page_size: int, default: int) -> int:
+    if page_size < 0 or page_size > MAX_PAGE_SIZE:
+        raise InvalidArgument.field("page_size", f"must be 0-{MAX_PAGE_SIZE} (0: {default})")
+    return page_size or default
+
+
+def _tenant(caller: Principal, parent: str) -> str:
+    names.require_same_tenant(parent, "parent", caller.tenant_id)
+    (tenant_id,) = names.parse_name(parent, "parent", "tenants")
+    return tenant_id
+
+
+def _segment(caller: Principal, name: str, field: str) -> tuple[str, str]:
+    names.require_same_tenant(name, field, caller.tenant_id)
+    tenant_id, segment_id = names.parse_name(name, field, "tenants", "segments")
+    return tenant_id, segment_id
