@@ -27,8 +27,10 @@ from campaignexpress.bidding.v1 import bidding_service_pb2 as bpb
 from gateway.openapi import load_descriptor_set
 from gateway.openrtb import decode_bid_request
 from gateway.serverlog import ClientErrorLog
+from services.common.call import Principal
 from services.common.errors import InvalidArgument
 from services.common.pagination import PageTokens, scope
+from services.common.rbac import ALL_PERMISSIONS
 from services.host.platform import load_modules
 from tests.conftest import Env, error_details
 
@@ -343,6 +345,8 @@ def list_methods() -> list[tuple[str, descriptor.MethodDescriptor, str]]:
 
 
 LISTS = list_methods()
+#: A resource of each collection that lists live under, made by the test.
+RESOURCES: dict[str, str] = {}
 
 
 def test_every_list_rpc_is_covered() -> None:
@@ -354,8 +358,13 @@ def test_every_list_rpc_is_covered() -> None:
 def list_request(
     method: descriptor.MethodDescriptor, pattern: str, campaign: str, token: str
 ) -> Any:
+    """`campaign`: the name of a resource of each collection lists live
+    under (a campaign, a segment), by collection, or a campaign's name."""
     request = message_factory.GetMessageClass(method.input_type)(page_size=1, page_token=token)
-    resource = campaign if pattern.count("/") == 3 else "tenants/acme"
+    resource = "tenants/acme"
+    if pattern.count("/") == 3:
+        collection = pattern.split("/")[2]
+        resource = RESOURCES.get(collection, campaign)
     for field in ("parent", "name"):
         if field in method.input_type.fields_by_name and pattern:
             setattr(request, field, resource)
@@ -377,6 +386,8 @@ async def test_forged_stale_or_foreign_page_tokens_are_invalid_argument_on_every
     env: Env,
 ) -> None:
     campaign = await _a_campaign(env)
+    RESOURCES["campaigns"] = campaign
+    RESOURCES["segments"] = await _a_segment(env)
     keys = message_factory.GetMessageClass(
         next(m for _, m, _ in LISTS if m.name == "ListApiKeys").input_type
     )
@@ -409,6 +420,18 @@ async def test_forged_stale_or_foreign_page_tokens_are_invalid_argument_on_every
             env, *api_keys, keys(parent="tenants/acme", show_revoked=True, page_token=real)
         )
     assert "page_token" in error_details(failed.value)["fields"]
+
+
+async def _a_segment(env: Env) -> str:
+    segment = await env.running.platform.api("audience").segments.create(
+        Principal("tenants/acme/apiKeys/t", "acme", frozenset({"ADMIN"}), ALL_PERMISSIONS),
+        "tenants/acme",
+        "any",
+        "",
+        {"lifecycle": {"stage": "LIFECYCLE_STAGE_NEW"}},
+    )
+    name: str = segment.name
+    return name
 
 
 async def _a_campaign(env: Env) -> str:

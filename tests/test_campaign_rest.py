@@ -175,7 +175,7 @@ async def test_rest_walkthrough(env: Env) -> None:
 
 
 async def test_your_campaign_wins_once_the_demo_campaigns_pause(env: Env) -> None:
-    """docs/campaigns.md, "See it win": in the demo tenant the two live demo
+    """docs/campaigns.md, "See it win": in the demo tenant the live demo
     campaigns also answer a US 300x250 request; with them paused, the
     reader's campaign wins, and a win notice at a $2.10 CPM clearing price
     books $0.0021 (2,100 micros) for the impression."""
@@ -219,7 +219,7 @@ async def test_your_campaign_wins_once_the_demo_campaigns_pause(env: Env) -> Non
     await call(env, "POST", f"{name}:approve", approver, {"comment": "ok"})
     await call(env, "POST", f"{name}:launch", admin, {})
     demo = await call(env, "GET", "tenants/demo/campaigns?filter=labels.env%3Ddemo", admin)
-    assert len(demo["campaigns"]) == 2
+    assert len(demo["campaigns"]) == 3  # one for the "Pro plan" segment
     for other in demo["campaigns"]:
         await call(env, "POST", f"{other['name']}:pause", admin, {"comment": "my test"})
     request = {

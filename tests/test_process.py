@@ -416,11 +416,15 @@ async def test_demo_prints_a_working_key_and_is_idempotent(tmp_path: pathlib.Pat
         status, body = await http_json("GET", f"{base}/v1/tenants/demo/apiKeys", key=key)
         assert status == 200, body
         assert len(body["apiKeys"]) == 1, body
-        # Two live demo campaigns with offers, seeded once.
+        # Three live demo campaigns with offers, seeded once; one targets the
+        # demo's "Pro plan" segment.
         status, body = await http_json("GET", f"{base}/v1/tenants/demo/campaigns", key=key)
         assert status == 200, body
-        assert [c["stage"] for c in body["campaigns"]] == ["STAGE_LIVE", "STAGE_LIVE"], body
-        offers_path = f"{base}/v1/{body['campaigns'][0]['name']}/offers"
+        assert [c["stage"] for c in body["campaigns"]] == ["STAGE_LIVE"] * 3, body
+        targeted = [c for c in body["campaigns"] if c.get("targeting", {}).get("segments")]
+        assert [c["displayName"] for c in targeted] == ["Pro members: free shipping"], body
+        [boots] = [c for c in body["campaigns"] if c["displayName"] == "Winter boots"]
+        offers_path = f"{base}/v1/{boots['name']}/offers"
         status, body = await http_json("GET", offers_path, key=key)
         assert status == 200 and len(body["offers"]) == 2, body
         # Demo profiles, seeded once (a second seeding applies nothing new).
@@ -428,6 +432,19 @@ async def test_demo_prints_a_working_key_and_is_idempotent(tmp_path: pathlib.Pat
             "GET", f"{base}/v1/tenants/demo/profiles?pageSize=1000", key=key
         )
         assert status == 200 and len(body["profiles"]) == 200, body
+        # Demo segments of four kinds, with members.
+        status, body = await http_json("GET", f"{base}/v1/tenants/demo/segments", key=key)
+        assert status == 200, body
+        kinds = {s["displayName"]: s["kind"] for s in body["segments"]}
+        assert kinds == {
+            "Pro plan": "SEGMENT_KIND_DEMOGRAPHIC",
+            "Repeat buyers": "SEGMENT_KIND_BEHAVIOURAL",
+            "Active": "SEGMENT_KIND_LIFECYCLE",
+            "Lisbon browsers": "SEGMENT_KIND_CUSTOM",
+        }, body
+        sizes = {s["displayName"]: int(s.get("size", 0)) for s in body["segments"]}
+        assert 0 < sizes["Pro plan"] < 200 and 0 < sizes["Active"] < 200, sizes
+        assert sizes["Repeat buyers"] > 0, sizes
         assert await proc.terminate() == 0, proc.output()
 
     # A fixed secret from the environment is used verbatim.

@@ -10,7 +10,10 @@ import random
 from typing import Any
 
 from services.audience.profiles import Profiles
+from services.audience.segments import Segments
 from services.audience.tracking import read_batch
+from services.common.call import Principal
+from services.common.rbac import ALL_PERMISSIONS
 
 DEMO_PEOPLE = 200
 _CITIES = ("Lisbon", "Austin", "Osaka", "Lagos", "Oslo", "Lima", "Pune", "Perth")
@@ -66,3 +69,61 @@ async def seed_demo_profiles(profiles: Profiles, tenant_id: str, now_us: int) ->
         batch = read_batch({"batch": calls[start : start + 500]}, now_us)
         applied += (await profiles.ingest(tenant_id, batch)).applied
     return applied
+
+
+#: The demo segments, one of each kind the conditions offer.
+DEMO_SEGMENTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    (
+        "Pro plan",
+        "People on the pro plan (demographic).",
+        {"trait": {"trait": "plan", "comparison": "COMPARISON_EQUALS", "value": "pro"}},
+    ),
+    (
+        "Repeat buyers",
+        "Two orders or more in 30 days (behavioural).",
+        {"event": {"event": "Order Completed", "minCount": 2, "withinDays": 30}},
+    ),
+    (
+        "Active",
+        "Seen within 30 days, not new (lifecycle).",
+        {"lifecycle": {"stage": "LIFECYCLE_STAGE_ACTIVE"}},
+    ),
+    (
+        "Lisbon browsers",
+        "In Lisbon, viewed products, never ordered (custom).",
+        {
+            "all": {
+                "conditions": [
+                    {
+                        "trait": {
+                            "trait": "city",
+                            "comparison": "COMPARISON_EQUALS",
+                            "value": "Lisbon",
+                        }
+                    },
+                    {"event": {"event": "Product Viewed", "withinDays": 30}},
+                    {"not": {"event": {"event": "Order Completed", "withinDays": 30}}},
+                ]
+            }
+        },
+    ),  # fmt: skip
+)
+
+
+async def seed_demo_segments(segments: Segments, tenant_id: str) -> dict[str, int]:
+    """The demo segments (those missing are created); their bid indexes by
+    display name."""
+    system = Principal(
+        subject="system/demo",
+        tenant_id=tenant_id,
+        roles=frozenset({"ADMIN"}),
+        permissions=ALL_PERMISSIONS,
+    )
+    existing = {s.display_name: s for s in await segments.of_tenant(tenant_id)}
+    indexes = {}
+    for title, description, condition in DEMO_SEGMENTS:
+        segment = existing.get(title) or await segments.create(
+            system, f"tenants/{tenant_id}", title, description, condition
+        )
+        indexes[title] = segment.bid_index
+    return indexes

@@ -9,7 +9,7 @@ from campaignexpress.audience.v1 import audience_service_pb2, audience_service_p
 from services.analytics.pipeline import AnalyticsPipeline
 from services.audience.applier import ProfileApplier, chain
 from services.audience.bidview import BidView
-from services.audience.demo import demo_user_ids, seed_demo_profiles
+from services.audience.demo import demo_user_ids, seed_demo_profiles, seed_demo_segments
 from services.audience.domain import Audience, record_merges
 from services.audience.events import EVENTS
 from services.audience.profiles import Profiles
@@ -79,6 +79,7 @@ async def _build(kernel: Kernel) -> Built:
     async def seed(seed: TenantSeed) -> None:
         if seed.demo:
             await seed_demo_profiles(profiles, seed.tenant_id, kernel.clock())
+            seed.segments.update(await seed_demo_segments(segments, seed.tenant_id))
             if view is not None:  # the demo people bid with their profiles too
                 ids = [
                     found.id

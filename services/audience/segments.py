@@ -242,7 +242,7 @@ class Segments:
         self, caller: Principal, name: str, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[tuple[str, int]], str]:
         """(profile id, enter time) of a segment's members, in profile order."""
-        tenant_id, segment_id = _segment(caller, name, "segment")
+        tenant_id, segment_id = _segment(caller, name, "parent")
         await self._get(tenant_id, segment_id)
         size = _page_size(page_size, DEFAULT_MEMBERS_PAGE)
         request = scope("audience.ListSegmentMembers", tenant_id, segment_id)

@@ -226,9 +226,9 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
 
     async def ListSegmentMembers(self, request: pb.ListSegmentMembersRequest, context: Any) -> Any:
         found, token = await self._audience.segments.members(
-            current_principal(), request.segment, request.page_size, request.page_token
+            current_principal(), request.parent, request.page_size, request.page_token
         )
-        tenant = request.segment.split("/segments/", 1)[0]
+        tenant = request.parent.split("/segments/", 1)[0]
         return pb.ListSegmentMembersResponse(
             members=[
                 pb.SegmentMember(profile=f"{tenant}/profiles/{pid}", enter_time=timestamp(at))

@@ -1,9 +1,11 @@
-"""Demo data of the campaigns domain: two live display campaigns with
-offers in the demo tenant, made once (`serve --demo`)."""
+"""Demo data of the campaigns domain: live display campaigns with offers in
+the demo tenant, made once (`serve --demo`): two for everyone, and one for
+the audience demo's "Pro plan" segment when there is one."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
 from services.campaigns.domain import Campaigns
 from services.campaigns.model import (
@@ -21,7 +23,9 @@ from services.common.call import Principal
 from services.common.rbac import ALL_PERMISSIONS
 
 
-def _demo_campaign(title: str, channels: list[str], days: int) -> CampaignSpec:
+def _demo_campaign(
+    title: str, channels: list[str], days: int, segments: list[str] | None = None
+) -> CampaignSpec:
     start = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
     return CampaignSpec(
         display_name=title,
@@ -35,7 +39,7 @@ def _demo_campaign(title: str, channels: list[str], days: int) -> CampaignSpec:
         budget=Budget(total=Money("USD", 900_000_000), daily=Money("USD", 30_000_000)),
         pacing_mode="EVEN",
         bid_strategy=BidStrategy(type="MAX_CPM", max_cpm=Money("USD", 4_000_000)),
-        targeting=Targeting(countries=["USA", "GBR", "FRA"]),
+        targeting=Targeting(countries=["USA", "GBR", "FRA"], segments=segments or []),
         labels={"env": "demo"},
     )
 
@@ -56,8 +60,14 @@ def _demo_offer(title: str, category: str, width: int, height: int) -> OfferSpec
     )
 
 
-async def seed_demo_campaigns(campaigns: Campaigns, workflow: Workflow, tenant_id: str) -> None:
-    """Two live demo campaigns with offers, once (the tenant keeps them)."""
+async def seed_demo_campaigns(
+    campaigns: Campaigns,
+    workflow: Workflow,
+    tenant_id: str,
+    segments: Mapping[str, int] | None = None,
+) -> None:
+    """The live demo campaigns with offers, once (the tenant keeps them);
+    `segments`: the demo segments' bid indexes by name."""
     system = Principal(
         subject="system/demo",
         tenant_id=tenant_id,
@@ -69,17 +79,28 @@ async def seed_demo_campaigns(campaigns: Campaigns, workflow: Workflow, tenant_i
     existing, _ = await campaigns.list_campaigns(system, parent, 1, "", "labels.env=demo")
     if existing:
         return
-    for title, offers in (
+    plans: list[tuple[str, list[tuple[str, str, int, int]], list[str] | None]] = [
         (
             "Winter boots",
             [("Boots 30% off", "boots", 300, 250), ("Boots banner", "boots", 728, 90)],
+            None,
         ),
-        ("Holiday gifts", [("Gift guide", "gifts", 300, 250), ("Gift cards", "gifts", 320, 50)]),
-    ):
+        (
+            "Holiday gifts",
+            [("Gift guide", "gifts", 300, 250), ("Gift cards", "gifts", 320, 50)],
+            None,
+        ),
+    ]
+    pro = (segments or {}).get("Pro plan", -1)
+    if pro >= 0:  # people on the pro plan only: targeting by audience segment
+        plans.append(
+            ("Pro members: free shipping", [("Free shipping", "pro", 300, 250)], [str(pro)])
+        )
+    for title, offers, targeted in plans:
         campaign = await campaigns.create(
             None,
             parent,
-            _demo_campaign(title, ["DISPLAY"], 90),
+            _demo_campaign(title, ["DISPLAY"], 90, targeted),
             request_id=f"demo-{title}",
             offers_to_add=[_demo_offer(*o) for o in offers],
         )

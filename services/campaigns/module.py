@@ -64,7 +64,7 @@ async def _build(kernel: Kernel) -> Built:
 
     async def seed(seed: TenantSeed) -> None:
         if seed.demo:
-            await seed_demo_campaigns(campaigns, workflow, seed.tenant_id)
+            await seed_demo_campaigns(campaigns, workflow, seed.tenant_id, seed.segments)
 
     return Built([servicer], api=CampaignsApi(campaigns, workflow, budgets), seed=seed)
 

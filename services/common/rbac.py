@@ -52,6 +52,8 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
 }
 
 ROLES = tuple(ROLE_PERMISSIONS)
+#: Roles a person (a user) may hold: EVENT_SOURCE is for write keys only.
+USER_ROLES = tuple(role for role in ROLES if role != "EVENT_SOURCE")
 
 
 # Approval roles (campaign approval rules) that RBAC roles imply; others, such

@@ -24,13 +24,18 @@ def check_email(violations: list[FieldViolation], field: str, value: str) -> Non
         violations.append(FieldViolation(field, "must be an email address"))
 
 
-def check_roles(violations: list[FieldViolation], field: str, roles: list[str]) -> None:
+def check_roles(
+    violations: list[FieldViolation],
+    field: str,
+    roles: list[str],
+    allowed: tuple[str, ...] = ROLES,
+) -> None:
     if not roles:
         violations.append(FieldViolation(field, "needs at least one role"))
     for role in roles:
-        if role not in ROLES:
+        if role not in allowed:
             violations.append(
-                FieldViolation(field, f"unknown role {role!r}; known: {', '.join(ROLES)}")
+                FieldViolation(field, f"unknown role {role!r}; known: {', '.join(allowed)}")
             )
 
 

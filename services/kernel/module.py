@@ -41,6 +41,9 @@ class TenantSeed:
     #: Demo users, role -> email.
     users: dict[str, str] = field(default_factory=dict)
     password: str = ""
+    #: Demo segments' bid indexes by display name (audience seeds them before
+    #: campaigns, whose demo targets one).
+    segments: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from services.common.errors import (
 )
 from services.common.pagination import PageTokens
 from services.common.passwords import PasswordHasher
+from services.common.rbac import USER_ROLES
 from services.common.validation import (
     check_approval_roles,
     check_email,
@@ -280,7 +281,7 @@ class Tenancy:
         violations: list[FieldViolation] = []
         check_email(violations, "user.email", email)
         check_text(violations, "user.display_name", display_name, required=False, max_len=200)
-        check_roles(violations, "user.roles", roles)
+        check_roles(violations, "user.roles", roles, USER_ROLES)
         check_approval_roles(violations, "user.approval_roles", approval_roles or [])
         if len(password) < MIN_PASSWORD:
             violations.append(
@@ -394,7 +395,7 @@ class Tenancy:
                 violations, "user.display_name", change.display_name, required=False, max_len=200
             )
         if change.roles is not None:
-            check_roles(violations, "user.roles", change.roles)
+            check_roles(violations, "user.roles", change.roles, USER_ROLES)
         if change.approval_roles is not None:
             check_approval_roles(violations, "user.approval_roles", change.approval_roles)
         if change.password is not None and len(change.password) < MIN_PASSWORD:

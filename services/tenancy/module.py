@@ -7,7 +7,7 @@ import pathlib
 from campaignexpress.tenancy.v1 import tenancy_service_pb2, tenancy_service_pb2_grpc
 from services.common.errors import AlreadyExists
 from services.common.passwords import PasswordHasher
-from services.common.rbac import ROLES
+from services.common.rbac import USER_ROLES
 from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 from services.tenancy.domain import Tenancy
 from services.tenancy.events import UserEvents
@@ -44,7 +44,7 @@ async def _seed(tenancy: Tenancy, seed: TenantSeed) -> None:
             await tenancy.create_tenant(None, seed.tenant_id, seed.display_name, {"env": "demo"})
         except AlreadyExists:  # another worker won the race
             pass
-    for role in ROLES:
+    for role in USER_ROLES:
         email = f"{role.lower()}@{seed.tenant_id}.example"
         seed.users[role] = email
         if await tenancy.find_user_by_email(seed.tenant_id, email) is None:

@@ -829,11 +829,11 @@ class ListSegmentMembersRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SEGMENT_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    segment: _builtins.str
-    """`tenants/{tenant}/segments/{segment}`."""
+    parent: _builtins.str
+    """The segment, `tenants/{tenant}/segments/{segment}`."""
     page_size: _builtins.int
     """Maximum number of members to return, 1-1000; 0 means 100."""
     page_token: _builtins.str
@@ -841,13 +841,13 @@ class ListSegmentMembersRequest(_message.Message):
     def __init__(
         self,
         *,
-        segment: _builtins.str = ...,
+        parent: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "segment", b"segment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
