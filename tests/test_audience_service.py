@@ -9,6 +9,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
+import pytest
+from grpc import aio
+
 from tests.conftest import Env
 
 
@@ -364,3 +368,41 @@ async def test_sources_are_checked_and_need_cdp_write(env: Env) -> None:
     assert status == 403
     status, _ = await call(env, "GET", "tenants/acme/sources/nope")
     assert status == 404
+
+
+async def test_a_grpc_stream_of_batches_is_answered_in_order(env: Env) -> None:
+    from google.protobuf import struct_pb2
+
+    from campaignexpress.audience.v1 import audience_service_pb2 as apb
+    from campaignexpress.audience.v1 import audience_service_pb2_grpc as agrpc
+
+    def batch(sequence: int, *calls: dict[str, Any]) -> apb.StreamEventsRequest:
+        request = apb.StreamEventsRequest(parent="tenants/-", sequence=sequence)
+        for c in calls:
+            message = struct_pb2.Struct()
+            message.update(c)
+            request.batch.append(message)
+        return request
+
+    requests = [
+        batch(1, {"type": "identify", "userId": "pos-1", "traits": {"store": "Lisbon"}}),
+        batch(2, {"type": "track", "userId": "pos-1"}),  # no event: refused
+        batch(3, *[{"type": "track", "userId": "pos-1", "event": f"Scan {n}"} for n in range(3)]),
+    ]
+
+    async def send() -> Any:
+        for request in requests:
+            yield request
+
+    stub = agrpc.AudienceServiceStub(env.channel)
+    answers = [a async for a in stub.StreamEvents(send(), metadata=env.auth())]
+    assert [(a.sequence, a.accepted) for a in answers] == [(1, 1), (2, 0), (3, 3)]
+    assert not answers[0].HasField("error")
+    assert answers[1].error.code == 3  # INVALID_ARGUMENT, the stream went on
+    assert "batch[0].event" in answers[1].error.message
+    await applied(env, "user_id", "pos-1", lambda p: p.get("eventCount") == "3")
+    # a key that may not send events cannot stream them either
+    viewer = [("authorization", f"Bearer {env.keys['acme']['VIEWER']}")]
+    with pytest.raises(aio.AioRpcError) as refused:
+        _ = [a async for a in stub.StreamEvents(send(), metadata=viewer)]
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED

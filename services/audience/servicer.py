@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -19,7 +20,9 @@ from services.audience.profiles import Profile
 from services.audience.segments import Segment
 from services.audience.sources import Source
 from services.common.call import current_principal
+from services.common.errors import DomainError
 from services.common.protoconv import micros, timestamp
+from services.common.status import status_of
 
 pb = audience_service_pb2
 
@@ -130,6 +133,26 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
             duplicates=result.duplicates,
             profiles=[f"{request.parent}/profiles/{p}" if p else "" for p in result.profile_ids],
         )
+
+    async def StreamEvents(
+        self, requests: AsyncIterator[pb.StreamEventsRequest], context: Any
+    ) -> AsyncIterator[pb.StreamEventsResponse]:
+        """One batch at a time, in order: each is answered once durable (so
+        answers come in request order); open several streams for more in
+        flight."""
+        caller = current_principal()
+        async for request in requests:
+            try:
+                result = await self._audience.ingest(
+                    caller,
+                    request.parent,
+                    [_dict(call) for call in request.batch],
+                    context=_dict(request.context),
+                    sent_at=request.sent_at,
+                )
+                yield pb.StreamEventsResponse(sequence=request.sequence, accepted=result.accepted)
+            except DomainError as exc:
+                yield pb.StreamEventsResponse(sequence=request.sequence, error=status_of(exc))
 
     async def GetProfile(self, request: pb.GetProfileRequest, context: Any) -> Any:
         found = await self._audience.get(current_principal(), request.name)

@@ -12,6 +12,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -114,6 +115,82 @@ class IngestEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IngestEventsResponse: _TypeAlias = IngestEventsResponse  # noqa: Y015
+
+@_typing.final
+class StreamEventsRequest(_message.Message):
+    """One batch of a StreamEvents stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, `tenants/{tenant}`; `tenants/-` is the caller's own."""
+    sequence: _builtins.int
+    """The sender's number for this batch, echoed in its answer."""
+    sent_at: _builtins.str
+    """When the sender sent the batch (ISO-8601), for clock-skew correction."""
+    @_builtins.property
+    def batch(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]:
+        """The calls, each a Segment-spec call object with its `type`."""
+
+    @_builtins.property
+    def context(self) -> _struct_pb2.Struct:
+        """Defaults for every call's `context` (the call's own keys win)."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        batch: _abc.Iterable[_struct_pb2.Struct] | None = ...,
+        context: _struct_pb2.Struct | None = ...,
+        sent_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "context", b"context", "parent", b"parent", "sent_at", b"sent_at", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamEventsRequest: _TypeAlias = StreamEventsRequest  # noqa: Y015
+
+@_typing.final
+class StreamEventsResponse(_message.Message):
+    """The answer to one batch of a StreamEvents stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The batch's `sequence`."""
+    accepted: _builtins.int
+    """Calls accepted (durable); 0 when `error` is set."""
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Why the batch was refused (e.g. INVALID_ARGUMENT with its field
+        violations); unset otherwise. The stream goes on.
+        """
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        accepted: _builtins.int = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "error", b"error", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamEventsResponse: _TypeAlias = StreamEventsResponse  # noqa: Y015
 
 @_typing.final
 class GetProfileRequest(_message.Message):

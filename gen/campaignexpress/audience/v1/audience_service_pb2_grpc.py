@@ -41,6 +41,11 @@ class AudienceServiceStub:
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.IngestEventsRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.IngestEventsResponse.FromString,
                 _registered_method=True)
+        self.StreamEvents = channel.stream_stream(
+                '/campaignexpress.audience.v1.AudienceService/StreamEvents',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StreamEventsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StreamEventsResponse.FromString,
+                _registered_method=True)
         self.GetProfile = channel.unary_unary(
                 '/campaignexpress.audience.v1.AudienceService/GetProfile',
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetProfileRequest.SerializeToString,
@@ -132,6 +137,17 @@ class AudienceServiceServicer:
         """Accepts tracking calls (identify, track, page, screen, group, alias), as
         in the body of Segment's batch call, once durable; each `messageId` is
         applied once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamEvents(self, request_iterator, context):
+        """Takes a stream of batches of tracking calls, for sources that keep a
+        connection (mobile, point of sale, kiosk, server): each batch is
+        answered in order, with its `sequence`, once durable; a bad batch is
+        answered with its error and the stream goes on. Not available over REST
+        (streaming).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,6 +273,11 @@ def add_AudienceServiceServicer_to_server(servicer, server):
                     request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.IngestEventsRequest.FromString,
                     response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.IngestEventsResponse.SerializeToString,
             ),
+            'StreamEvents': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamEvents,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StreamEventsRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StreamEventsResponse.SerializeToString,
+            ),
             'GetProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.GetProfile,
                     request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetProfileRequest.FromString,
@@ -367,6 +388,33 @@ class AudienceService:
             '/campaignexpress.audience.v1.AudienceService/IngestEvents',
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.IngestEventsRequest.SerializeToString,
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.IngestEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamEvents(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/StreamEvents',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StreamEventsRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StreamEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,13 @@ class AudienceServiceStub:
     in the body of Segment's batch call, once durable; each `messageId` is
     applied once.
     """
+    StreamEvents: _grpc.StreamStreamMultiCallable[_audience_service_pb2.StreamEventsRequest, _audience_service_pb2.StreamEventsResponse]
+    """Takes a stream of batches of tracking calls, for sources that keep a
+    connection (mobile, point of sale, kiosk, server): each batch is
+    answered in order, with its `sequence`, once durable; a bad batch is
+    answered with its error and the stream goes on. Not available over REST
+    (streaming).
+    """
     GetProfile: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.GetProfileRequest, _audience_service_pb2.GetProfileResponse]
     """Gets a profile; a merged profile's name answers with its survivor."""
     ListProfiles: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListProfilesRequest, _audience_service_pb2.ListProfilesResponse]
@@ -84,6 +91,13 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     """Accepts tracking calls (identify, track, page, screen, group, alias), as
     in the body of Segment's batch call, once durable; each `messageId` is
     applied once.
+    """
+    StreamEvents: _aio.StreamStreamMultiCallable[_audience_service_pb2.StreamEventsRequest, _audience_service_pb2.StreamEventsResponse]  # type: ignore[assignment]
+    """Takes a stream of batches of tracking calls, for sources that keep a
+    connection (mobile, point of sale, kiosk, server): each batch is
+    answered in order, with its `sequence`, once durable; a bad batch is
+    answered with its error and the stream goes on. Not available over REST
+    (streaming).
     """
     GetProfile: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.GetProfileRequest, _audience_service_pb2.GetProfileResponse]  # type: ignore[assignment]
     """Gets a profile; a merged profile's name answers with its survivor."""
@@ -132,6 +146,19 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Accepts tracking calls (identify, track, page, screen, group, alias), as
         in the body of Segment's batch call, once durable; each `messageId` is
         applied once.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamEvents(
+        self,
+        request_iterator: _MaybeAsyncIterator[_audience_service_pb2.StreamEventsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_audience_service_pb2.StreamEventsResponse], _abc.AsyncIterator[_audience_service_pb2.StreamEventsResponse]]:
+        """Takes a stream of batches of tracking calls, for sources that keep a
+        connection (mobile, point of sale, kiosk, server): each batch is
+        answered in order, with its `sequence`, once durable; a bad batch is
+        answered with its error and the stream goes on. Not available over REST
+        (streaming).
         """
 
     @_abc_1.abstractmethod
