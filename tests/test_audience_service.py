@@ -406,3 +406,40 @@ async def test_a_grpc_stream_of_batches_is_answered_in_order(env: Env) -> None:
     with pytest.raises(aio.AioRpcError) as refused:
         _ = [a async for a in stub.StreamEvents(send(), metadata=viewer)]
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_sources_publish_on_the_bus(env: Env) -> None:
+    import orjson
+
+    status, created = await call(
+        env, "POST", "tenants/acme/sources", {"displayName": "Store 12", "kind": "SOURCE_KIND_POS"}
+    )
+    assert status == 200, created
+    source_id = created["source"]["name"].rsplit("/", 1)[1]
+    bus = env.running.platform.kernel.backends.bus
+    subject = f"campaign-express.ingest.acme.{source_id}"
+    # unreadable, unknown source, bad call: each dropped, none blocks the next
+    await bus.publish(subject, b"{nope")
+    await bus.publish("campaign-express.ingest.acme.no-such-source",
+                      orjson.dumps({"type": "identify", "userId": "ghost"}))  # fmt: skip
+    await bus.publish(subject, orjson.dumps({"batch": [{"type": "track", "userId": "x"}]}))
+    await bus.publish(
+        subject,
+        orjson.dumps(
+            {
+                "batch": [
+                    {"type": "identify", "userId": "till-1", "traits": {"store": 12}},
+                    {"type": "track", "userId": "till-1", "event": "Purchase"},
+                ],
+                "sentAt": "2026-12-06T12:00:00Z",
+            }
+        ),
+    )
+    await bus.publish(subject, orjson.dumps({"type": "track", "userId": "till-1", "event": "Scan"}))
+    profile = await applied(env, "user_id", "till-1", lambda p: p.get("eventCount") == "2", 3.0)
+    assert profile["traits"] == {"store": 12}
+    for user in ("ghost", "x"):
+        status, _ = await call(
+            env, "GET", f"tenants/acme/profiles:resolve?kind=user_id&value={user}"
+        )
+        assert status == 404

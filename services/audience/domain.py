@@ -132,6 +132,9 @@ class Audience:
         source = await self.sources.source_of(caller)
         return await self.accept(tenant_id, source, tracked, wait_for_profiles)
 
+    def now(self) -> int:
+        return self._clock()
+
     async def accept(
         self,
         tenant_id: str,

@@ -9,6 +9,7 @@ from campaignexpress.audience.v1 import audience_service_pb2, audience_service_p
 from services.analytics.pipeline import AnalyticsPipeline
 from services.audience.applier import ProfileApplier, chain
 from services.audience.bidview import BidView
+from services.audience.bus_ingest import BusIngest
 from services.audience.demo import demo_user_ids, seed_demo_profiles, seed_demo_segments
 from services.audience.domain import Audience, record_merges
 from services.audience.events import EVENTS
@@ -75,6 +76,10 @@ async def _build(kernel: Kernel) -> Built:
         page_tokens=kernel.page_tokens,
     )
     audience = Audience(profiles, events, applier, sources, segments, clock=kernel.clock)
+    # Calls published on the bus by omnichannel sources (a queue group: each
+    # message taken by one process), in serving processes only.
+    from_bus = BusIngest(kernel.backends.bus, audience)
+    kernel.when_serving(from_bus.start, from_bus.stop)
 
     async def seed(seed: TenantSeed) -> None:
         if seed.demo:

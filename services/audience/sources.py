@@ -104,6 +104,11 @@ class Sources:
 
     async def get(self, caller: Principal, name: str) -> Source:
         tenant_id, source_id = _source(caller, name)
+        return await self.find(tenant_id, source_id)
+
+    async def find(self, tenant_id: str, source_id: str) -> Source:
+        """The source, or NotFound (for callers that checked the tenant)."""
+        name = f"tenants/{tenant_id}/sources/{source_id}"
         async with self._db.engine.connect() as conn:
             row = (
                 await conn.execute(
