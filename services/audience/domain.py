@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from services.analytics.pipeline import AnalyticsPipeline
 from services.audience.applier import AppliedHook, ProfileApplier
 from services.audience.events import call_row
+from services.audience.privacy import DataSubjects
 from services.audience.profiles import (
     IDENTITY_KINDS,
     IngestResult,
@@ -97,9 +98,11 @@ class Audience:
         applier: ProfileApplier,
         sources: Sources,
         segments: Segments,
+        data_subjects: DataSubjects,
         clock: Callable[[], int] = now_us,
     ) -> None:
         self.segments = segments
+        self.data_subjects = data_subjects
         self.profiles = profiles
         self.events = events
         self.applier = applier

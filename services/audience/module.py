@@ -13,11 +13,13 @@ from services.audience.bus_ingest import BusIngest
 from services.audience.demo import demo_user_ids, seed_demo_profiles, seed_demo_segments
 from services.audience.domain import Audience, record_merges
 from services.audience.events import EVENTS
+from services.audience.privacy import DataSubjectHooks, DataSubjects
 from services.audience.profiles import Profiles
 from services.audience.segments import Segments
 from services.audience.servicer import AudienceServicer
 from services.audience.sources import Sources
 from services.backends.bus import BestEffortPublisher
+from services.bidding.profiles import tenant_user
 from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 
 
@@ -75,7 +77,27 @@ async def _build(kernel: Kernel) -> Built:
         clock=kernel.clock,
         page_tokens=kernel.page_tokens,
     )
-    audience = Audience(profiles, events, applier, sources, segments, clock=kernel.clock)
+    store = kernel.interface("profile_store") if kernel.has_interface("profile_store") else None
+
+    async def forget_bid_profile(tenant_id: str, user_id: str) -> None:
+        if store is not None:
+            await store.invalidate(tenant_user(tenant_id, user_id))
+
+    data_subjects = DataSubjects(
+        profiles,
+        segments,
+        events,
+        applier,
+        kernel.backends.analytics,
+        forget_bid_profile=forget_bid_profile,
+        audit=auditor,
+        hooks=kernel.interface("data_subject_hooks"),
+        clock=kernel.clock,
+        page_tokens=kernel.page_tokens,
+    )
+    audience = Audience(
+        profiles, events, applier, sources, segments, data_subjects, clock=kernel.clock
+    )
     # Calls published on the bus by omnichannel sources (a queue group: each
     # message taken by one process), in serving processes only.
     from_bus = BusIngest(kernel.backends.bus, audience)
@@ -106,4 +128,7 @@ MODULE = DomainModule(
     ),
     build=_build,
     migrations=pathlib.Path(__file__).parent / "migrations",
+    # Other domains register what they hold about a person (data-subject
+    # export and erasure: services/audience/privacy.py).
+    interfaces={"data_subject_hooks": lambda kernel: DataSubjectHooks()},
 )

@@ -119,6 +119,10 @@ class Profiles:
         self._clock = clock
         self._pages = page_tokens or PageTokens("audience-profiles")
 
+    @property
+    def db(self) -> Database:
+        return self._db
+
     async def list_profiles(
         self,
         tenant_id: str,

@@ -428,18 +428,7 @@ class Segments:
         if not (entered or exited):
             return
         touched = {sid for sid, _ in entered | exited}
-        async with self._db.engine.begin() as conn:
-            for segment_id in touched:
-                count = await conn.scalar(
-                    sa.select(sa.func.count()).where(
-                        audience_segment_members.c.segment_id == segment_id
-                    )
-                )
-                await conn.execute(
-                    audience_segments.update()
-                    .where(audience_segments.c.id == segment_id)
-                    .values(size=int(count or 0))
-                )
+        await self.recount(sorted(touched))
         if publish and self._publisher is not None:
             by_id = {s.id: s for s in segments}
             now = self._clock()
@@ -459,6 +448,22 @@ class Segments:
                 }
                 await self._publisher.publish(f"{SUBJECT_PREFIX}.{tenant_id}", orjson.dumps(body))
         await self._tell(tenant_id, sorted({pid for _, pid in entered | exited}))
+
+    async def recount(self, segment_ids: Sequence[str]) -> None:
+        """Set these segments' sizes from their members (after members were
+        removed behind the segments' back: a profile deleted)."""
+        async with self._db.engine.begin() as conn:
+            for segment_id in segment_ids:
+                count = await conn.scalar(
+                    sa.select(sa.func.count()).where(
+                        audience_segment_members.c.segment_id == segment_id
+                    )
+                )
+                await conn.execute(
+                    audience_segments.update()
+                    .where(audience_segments.c.id == segment_id)
+                    .values(size=int(count or 0))
+                )
 
     async def _tell(self, tenant_id: str, profile_ids: list[str]) -> None:
         for hook in self._members_changed:

@@ -10,12 +10,14 @@ from google.protobuf import json_format, struct_pb2
 from campaignexpress.audience.v1 import (
     audience_service_pb2,
     audience_service_pb2_grpc,
+    data_subject_pb2,
     profile_pb2,
     segment_pb2,
     source_pb2,
 )
 from services.audience import conditions
 from services.audience.domain import Audience, profile_name
+from services.audience.privacy import Record
 from services.audience.profiles import Profile
 from services.audience.segments import Segment
 from services.audience.sources import Source
@@ -111,6 +113,48 @@ def segment_proto(segment: Segment) -> segment_pb2.Segment:
     )
     json_format.ParseDict(conditions.to_json(segment.condition), message.condition)
     return message
+
+
+_DSR_KINDS = {
+    data_subject_pb2.DATA_SUBJECT_REQUEST_KIND_EXPORT: "export",
+    data_subject_pb2.DATA_SUBJECT_REQUEST_KIND_ERASE: "erase",
+}
+_DSR_KIND_ENUMS = {name: value for value, name in _DSR_KINDS.items()}
+_DSR_STATES = {
+    "succeeded": data_subject_pb2.DATA_SUBJECT_REQUEST_STATE_SUCCEEDED,
+    "failed": data_subject_pb2.DATA_SUBJECT_REQUEST_STATE_FAILED,
+}
+
+
+def data_subject_proto(record: Record) -> data_subject_pb2.DataSubjectRequest:
+    message = data_subject_pb2.DataSubjectRequest(
+        name=record.name,
+        kind=_DSR_KIND_ENUMS.get(
+            record.kind, data_subject_pb2.DATA_SUBJECT_REQUEST_KIND_UNSPECIFIED
+        ),
+        subject=profile_pb2.Identity(kind=record.subject_kind, value=record.subject_sha256),
+        state=_DSR_STATES.get(
+            record.state, data_subject_pb2.DATA_SUBJECT_REQUEST_STATE_UNSPECIFIED
+        ),
+        error=record.error,
+        create_time=timestamp(record.create_time),
+        complete_time=timestamp(record.complete_time),
+    )
+    message.summary.update(record.summary)
+    if record.archive is not None:
+        message.archive.update(_json_safe(record.archive))
+    return message
+
+
+def _json_safe(value: Any) -> Any:
+    """A Struct holds JSON: integers beyond a double's exact range as text."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**53:
+        return str(value)
+    return value
 
 
 class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
@@ -266,6 +310,35 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
         met, evaluated = await self._audience.evaluate_segments(current_principal(), request.name)
         return pb.EvaluateProfileSegmentsResponse(
             segments=[s.name for s in met], evaluated=evaluated
+        )
+
+    async def CreateDataSubjectRequest(
+        self, request: pb.CreateDataSubjectRequestRequest, context: Any
+    ) -> Any:
+        asked = request.data_subject_request
+        record = await self._audience.data_subjects.create(
+            current_principal(),
+            request.parent,
+            _DSR_KINDS.get(asked.kind, ""),
+            asked.subject.kind,
+            asked.subject.value,
+        )
+        return pb.CreateDataSubjectRequestResponse(data_subject_request=data_subject_proto(record))
+
+    async def GetDataSubjectRequest(
+        self, request: pb.GetDataSubjectRequestRequest, context: Any
+    ) -> Any:
+        record = await self._audience.data_subjects.get(current_principal(), request.name)
+        return pb.GetDataSubjectRequestResponse(data_subject_request=data_subject_proto(record))
+
+    async def ListDataSubjectRequests(
+        self, request: pb.ListDataSubjectRequestsRequest, context: Any
+    ) -> Any:
+        found, token = await self._audience.data_subjects.list_requests(
+            current_principal(), request.parent, request.page_size, request.page_token
+        )
+        return pb.ListDataSubjectRequestsResponse(
+            data_subject_requests=[data_subject_proto(r) for r in found], next_page_token=token
         )
 
     async def DeleteProfile(self, request: pb.DeleteProfileRequest, context: Any) -> Any:

@@ -99,3 +99,22 @@ audience_event_counts = sa.Table(
     sa.Column("tenant_id", sa.String(40), nullable=False),
     sa.Column("count", sa.BigInteger, nullable=False),
 )
+
+# The completion records of data-subject requests: the person as the kind
+# and SHA-256 of the identity asked for, never the value.
+audience_data_subject_requests = sa.Table(
+    "audience_data_subject_requests",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("kind", sa.String(10), nullable=False),  # export, erase
+    sa.Column("subject_kind", sa.String(20), nullable=False),
+    sa.Column("subject_sha256", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(10), nullable=False),  # succeeded, failed
+    sa.Column("summary", sa.JSON, nullable=False),
+    sa.Column("error", sa.String(2000), nullable=False),
+    sa.Column("actor", sa.String(300), nullable=False),
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+    sa.Column("complete_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_audience_dsr_tenant_created", "tenant_id", "create_time", "id"),
+)

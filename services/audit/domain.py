@@ -5,6 +5,7 @@ platform's audit interceptor; the log is also published on the bus
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from dataclasses import asdict, dataclass
 
@@ -103,6 +104,50 @@ class AuditLog:
                 {"x-request-id": request_id},
             )
         return record
+
+    async def redact(self, tenant_id: str, needles: list[str], replacement: str) -> int:
+        """Replace every appearance of these strings (a person's ids, on a
+        data-subject erasure) in the tenant's records' resource and detail;
+        the records themselves stay (who did what, when). Returns the number
+        of records changed. The bus copies are not reached: they expire with
+        the stream's max age."""
+        needles = [n for n in dict.fromkeys(needles) if len(n) >= 3]
+        if not needles:
+            return 0
+        # Whole ids only ("eve" is not erased from "events"), longest first.
+        alternatives = "|".join(re.escape(n) for n in sorted(needles, key=len, reverse=True))
+        pattern = re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
+        c = audit_events.c
+        changed = 0
+        async with self._db.engine.begin() as conn:
+            for start in range(0, len(needles), 50):
+                chunk = needles[start : start + 50]
+                found = (
+                    await conn.execute(
+                        sa.select(c.id, c.resource, c.detail).where(
+                            c.tenant_id == tenant_id,
+                            sa.or_(
+                                *[
+                                    column.contains(needle, autoescape=True)
+                                    for needle in chunk
+                                    for column in (c.resource, c.detail)
+                                ]
+                            ),
+                        )
+                    )
+                ).all()
+                for row in found:
+                    resource = pattern.sub(replacement, row.resource)
+                    detail = pattern.sub(replacement, row.detail)
+                    if (resource, detail) == (row.resource, row.detail):
+                        continue  # only inside longer words: not theirs
+                    await conn.execute(
+                        audit_events.update()
+                        .where(c.id == row.id)
+                        .values(resource=resource, detail=detail)
+                    )
+                    changed += 1
+        return changed
 
     async def list(
         self,

@@ -68,8 +68,29 @@ async def _build(kernel: Kernel) -> Built:
     kernel.interface("profile_changes")  # this process hears of other writers' changes
     settlement = Settlement(kernel.interface("spend_ledger"), caps, signer, rates, events=pipeline)
     kernel.lifecycle(pipeline.start, pipeline.stop)
+    if kernel.has_interface("data_subject_hooks"):
+        kernel.interface("data_subject_hooks").register("bidding", _BidEventsInFlight(pipeline))
     servicer = BiddingServicer(processor, settlement, backends.readiness)
     return Built([servicer], api=BiddingApi(processor, pipeline, index, settlement))
+
+
+class _BidEventsInFlight:
+    """Bidding's part in data-subject requests: its bid events (user ids
+    included) are the analytics store's `bid_events`, which the audience
+    domain exports and erases; before an erasure they must be there, not in
+    this process's journal."""
+
+    def __init__(self, pipeline: AnalyticsPipeline) -> None:
+        self._pipeline = pipeline
+
+    async def settle(self) -> None:
+        await self._pipeline.flush()
+
+    async def export(self, person: object) -> dict[str, str]:
+        return {}
+
+    async def erase(self, person: object) -> int:
+        return 0
 
 
 def _hot_store_watch(

@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from campaignexpress.audience.v1 import data_subject_pb2 as _data_subject_pb2
 from campaignexpress.audience.v1 import profile_pb2 as _profile_pb2
 from campaignexpress.audience.v1 import segment_pb2 as _segment_pb2
 from campaignexpress.audience.v1 import source_pb2 as _source_pb2
@@ -1035,3 +1036,159 @@ class EvaluateProfileSegmentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvaluateProfileSegmentsResponse: _TypeAlias = EvaluateProfileSegmentsResponse  # noqa: Y015
+
+@_typing.final
+class CreateDataSubjectRequestRequest(_message.Message):
+    """Request of CreateDataSubjectRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    DATA_SUBJECT_REQUEST_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, `tenants/{tenant}`."""
+    @_builtins.property
+    def data_subject_request(self) -> _data_subject_pb2.DataSubjectRequest:
+        """The request: `kind` and `subject`."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        data_subject_request: _data_subject_pb2.DataSubjectRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data_subject_request", b"data_subject_request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_subject_request", b"data_subject_request", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateDataSubjectRequestRequest: _TypeAlias = CreateDataSubjectRequestRequest  # noqa: Y015
+
+@_typing.final
+class CreateDataSubjectRequestResponse(_message.Message):
+    """Response of CreateDataSubjectRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_SUBJECT_REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def data_subject_request(self) -> _data_subject_pb2.DataSubjectRequest:
+        """The completion record (with the archive of an export)."""
+
+    def __init__(
+        self,
+        *,
+        data_subject_request: _data_subject_pb2.DataSubjectRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data_subject_request", b"data_subject_request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_subject_request", b"data_subject_request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateDataSubjectRequestResponse: _TypeAlias = CreateDataSubjectRequestResponse  # noqa: Y015
+
+@_typing.final
+class GetDataSubjectRequestRequest(_message.Message):
+    """Request of GetDataSubjectRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/dataSubjectRequests/{request}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDataSubjectRequestRequest: _TypeAlias = GetDataSubjectRequestRequest  # noqa: Y015
+
+@_typing.final
+class GetDataSubjectRequestResponse(_message.Message):
+    """Response of GetDataSubjectRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_SUBJECT_REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def data_subject_request(self) -> _data_subject_pb2.DataSubjectRequest:
+        """The record (without an archive)."""
+
+    def __init__(
+        self,
+        *,
+        data_subject_request: _data_subject_pb2.DataSubjectRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data_subject_request", b"data_subject_request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_subject_request", b"data_subject_request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDataSubjectRequestResponse: _TypeAlias = GetDataSubjectRequestResponse  # noqa: Y015
+
+@_typing.final
+class ListDataSubjectRequestsRequest(_message.Message):
+    """Request of ListDataSubjectRequests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, `tenants/{tenant}`."""
+    page_size: _builtins.int
+    """Maximum number of records to return, 1-1000; 0 means 50."""
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDataSubjectRequestsRequest: _TypeAlias = ListDataSubjectRequestsRequest  # noqa: Y015
+
+@_typing.final
+class ListDataSubjectRequestsResponse(_message.Message):
+    """Response of ListDataSubjectRequests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_SUBJECT_REQUESTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last one."""
+    @_builtins.property
+    def data_subject_requests(self) -> _containers.RepeatedCompositeFieldContainer[_data_subject_pb2.DataSubjectRequest]:
+        """The records, newest first."""
+
+    def __init__(
+        self,
+        *,
+        data_subject_requests: _abc.Iterable[_data_subject_pb2.DataSubjectRequest] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_subject_requests", b"data_subject_requests", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDataSubjectRequestsResponse: _TypeAlias = ListDataSubjectRequestsResponse  # noqa: Y015

@@ -121,6 +121,21 @@ class AudienceServiceStub:
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EvaluateProfileSegmentsRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EvaluateProfileSegmentsResponse.FromString,
                 _registered_method=True)
+        self.CreateDataSubjectRequest = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/CreateDataSubjectRequest',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateDataSubjectRequestRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateDataSubjectRequestResponse.FromString,
+                _registered_method=True)
+        self.GetDataSubjectRequest = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/GetDataSubjectRequest',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetDataSubjectRequestRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetDataSubjectRequestResponse.FromString,
+                _registered_method=True)
+        self.ListDataSubjectRequests = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/ListDataSubjectRequests',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDataSubjectRequestsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDataSubjectRequestsResponse.FromString,
+                _registered_method=True)
         self.DeleteProfile = channel.unary_unary(
                 '/campaignexpress.audience.v1.AudienceService/DeleteProfile',
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteProfileRequest.SerializeToString,
@@ -258,6 +273,28 @@ class AudienceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateDataSubjectRequest(self, request, context):
+        """Exports or erases everything held about a person, now; the answer is
+        the completion record (and, for an export, the archive).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDataSubjectRequest(self, request, context):
+        """Gets the record of a data-subject request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDataSubjectRequests(self, request, context):
+        """Lists a tenant's data-subject requests, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteProfile(self, request, context):
         """Deletes a profile, the profiles merged into it and their identities.
         """
@@ -352,6 +389,21 @@ def add_AudienceServiceServicer_to_server(servicer, server):
                     servicer.EvaluateProfileSegments,
                     request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EvaluateProfileSegmentsRequest.FromString,
                     response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EvaluateProfileSegmentsResponse.SerializeToString,
+            ),
+            'CreateDataSubjectRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDataSubjectRequest,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateDataSubjectRequestRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateDataSubjectRequestResponse.SerializeToString,
+            ),
+            'GetDataSubjectRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataSubjectRequest,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetDataSubjectRequestRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetDataSubjectRequestResponse.SerializeToString,
+            ),
+            'ListDataSubjectRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDataSubjectRequests,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDataSubjectRequestsRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDataSubjectRequestsResponse.SerializeToString,
             ),
             'DeleteProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteProfile,
@@ -820,6 +872,87 @@ class AudienceService:
             '/campaignexpress.audience.v1.AudienceService/EvaluateProfileSegments',
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EvaluateProfileSegmentsRequest.SerializeToString,
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.EvaluateProfileSegmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDataSubjectRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/CreateDataSubjectRequest',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateDataSubjectRequestRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateDataSubjectRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDataSubjectRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/GetDataSubjectRequest',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetDataSubjectRequestRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetDataSubjectRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDataSubjectRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/ListDataSubjectRequests',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDataSubjectRequestsRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDataSubjectRequestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

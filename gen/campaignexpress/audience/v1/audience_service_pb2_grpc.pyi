@@ -77,6 +77,14 @@ class AudienceServiceStub:
     """The members of a segment, a page at a time."""
     EvaluateProfileSegments: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.EvaluateProfileSegmentsRequest, _audience_service_pb2.EvaluateProfileSegmentsResponse]
     """Evaluates one profile against every segment of its tenant, now."""
+    CreateDataSubjectRequest: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.CreateDataSubjectRequestRequest, _audience_service_pb2.CreateDataSubjectRequestResponse]
+    """Exports or erases everything held about a person, now; the answer is
+    the completion record (and, for an export, the archive).
+    """
+    GetDataSubjectRequest: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.GetDataSubjectRequestRequest, _audience_service_pb2.GetDataSubjectRequestResponse]
+    """Gets the record of a data-subject request."""
+    ListDataSubjectRequests: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListDataSubjectRequestsRequest, _audience_service_pb2.ListDataSubjectRequestsResponse]
+    """Lists a tenant's data-subject requests, newest first."""
     DeleteProfile: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteProfileRequest, _audience_service_pb2.DeleteProfileResponse]
     """Deletes a profile, the profiles merged into it and their identities."""
 
@@ -129,6 +137,14 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     """The members of a segment, a page at a time."""
     EvaluateProfileSegments: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.EvaluateProfileSegmentsRequest, _audience_service_pb2.EvaluateProfileSegmentsResponse]  # type: ignore[assignment]
     """Evaluates one profile against every segment of its tenant, now."""
+    CreateDataSubjectRequest: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.CreateDataSubjectRequestRequest, _audience_service_pb2.CreateDataSubjectRequestResponse]  # type: ignore[assignment]
+    """Exports or erases everything held about a person, now; the answer is
+    the completion record (and, for an export, the archive).
+    """
+    GetDataSubjectRequest: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.GetDataSubjectRequestRequest, _audience_service_pb2.GetDataSubjectRequestResponse]  # type: ignore[assignment]
+    """Gets the record of a data-subject request."""
+    ListDataSubjectRequests: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListDataSubjectRequestsRequest, _audience_service_pb2.ListDataSubjectRequestsResponse]  # type: ignore[assignment]
+    """Lists a tenant's data-subject requests, newest first."""
     DeleteProfile: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteProfileRequest, _audience_service_pb2.DeleteProfileResponse]  # type: ignore[assignment]
     """Deletes a profile, the profiles merged into it and their identities."""
 
@@ -280,6 +296,32 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audience_service_pb2.EvaluateProfileSegmentsResponse, _abc.Awaitable[_audience_service_pb2.EvaluateProfileSegmentsResponse]]:
         """Evaluates one profile against every segment of its tenant, now."""
+
+    @_abc_1.abstractmethod
+    def CreateDataSubjectRequest(
+        self,
+        request: _audience_service_pb2.CreateDataSubjectRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.CreateDataSubjectRequestResponse, _abc.Awaitable[_audience_service_pb2.CreateDataSubjectRequestResponse]]:
+        """Exports or erases everything held about a person, now; the answer is
+        the completion record (and, for an export, the archive).
+        """
+
+    @_abc_1.abstractmethod
+    def GetDataSubjectRequest(
+        self,
+        request: _audience_service_pb2.GetDataSubjectRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.GetDataSubjectRequestResponse, _abc.Awaitable[_audience_service_pb2.GetDataSubjectRequestResponse]]:
+        """Gets the record of a data-subject request."""
+
+    @_abc_1.abstractmethod
+    def ListDataSubjectRequests(
+        self,
+        request: _audience_service_pb2.ListDataSubjectRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.ListDataSubjectRequestsResponse, _abc.Awaitable[_audience_service_pb2.ListDataSubjectRequestsResponse]]:
+        """Lists a tenant's data-subject requests, newest first."""
 
     @_abc_1.abstractmethod
     def DeleteProfile(
