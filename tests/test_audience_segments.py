@@ -199,3 +199,43 @@ async def test_a_campaign_targeting_a_segment_bids_for_its_members(env: Env) -> 
     )
     status, _, _ = await post_bid(env, bid_request("r3", user="free-user"))
     assert status == 204
+
+
+async def test_a_person_who_refuses_advertising_is_not_targeted(env: Env) -> None:
+    segment = await create(env, PRO, "Pro plan")
+    await live_campaign(
+        env, targeting=Targeting(countries=["USA"], segments=[str(segment.get("bidIndex", 0))])
+    )
+    refuse = {"consent": {"categoryPreferences": {"Advertising": False, "Analytics": True}}}
+    await ingest(
+        env,
+        {"type": "identify", "userId": "shy", "traits": {"plan": "pro"}, "context": refuse,
+         "timestamp": "2026-12-01T10:00:00Z", "messageId": "c1"},
+    )  # fmt: skip
+    shy = await profile_of(env, "shy")
+    assert await members(env, segment) == {shy}  # a member, but not for ads
+    status, got = await call(env, "GET", shy)
+    consent = got["profile"]["consent"]
+    assert consent["advertising"]["state"] == "CONSENT_STATE_REFUSED"
+    assert consent["analytics"]["state"] == "CONSENT_STATE_GRANTED"
+    status, _, _ = await post_bid(env, bid_request("r1", user="shy"))
+    assert status == 204  # not personalised: the segment does not apply
+    # an older choice does not undo a newer one
+    grant_old = {"consent": {"categoryPreferences": {"advertising": True}}}
+    await ingest(
+        env,
+        {"type": "track", "userId": "shy", "event": "x", "context": grant_old,
+         "timestamp": "2026-11-01T10:00:00Z", "messageId": "c2"},
+    )  # fmt: skip
+    status, _, _ = await post_bid(env, bid_request("r2", user="shy"))
+    assert status == 204
+    # they change their mind (the API, now): targeted again
+    status, body = await call(
+        env, "POST", f"{shy}:updateConsent", {"consent": {"advertising": True}}
+    )
+    assert status == 200
+    assert body["profile"]["consent"]["advertising"]["state"] == "CONSENT_STATE_GRANTED"
+    status, _, _ = await post_bid(env, bid_request("r3", user="shy"))
+    assert status == 200
+    status, answer = await call(env, "POST", f"{shy}:updateConsent", {"consent": {}})
+    assert status == 400 and "consent" in str(answer)

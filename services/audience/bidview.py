@@ -27,7 +27,14 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from inference.features import TIERS
-from services.audience.profiles import BID_TRAITS, IngestResult, Profile, Profiles
+from services.audience.profiles import (
+    ADVERTISING,
+    BID_TRAITS,
+    IngestResult,
+    Profile,
+    Profiles,
+    granted,
+)
 from services.audience.tracking import TrackedCall
 from services.bidding.profile_changes import ProfileChanges
 from services.bidding.profiles import LoyaltyState, ProfileStore, UserProfile, tenant_user
@@ -55,6 +62,7 @@ def bid_profile(profile: Profile, user_id: str, segments: Sequence[int] = ()) ->
         loyalty=loyalty,
         last_seen_us=profile.last_seen_us,
         version=profile.version,
+        ads_opt_out=granted(profile.consent, ADVERTISING) is False,
     )
 
 

@@ -4,7 +4,7 @@ checked and split, the caller's tenant enforced, then the profile store."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,6 +18,7 @@ from services.audience.profiles import (
     Profile,
     Profiles,
     hashed_identity,
+    read_consent,
 )
 from services.audience.segments import Segment, Segments
 from services.audience.sources import Sources
@@ -103,6 +104,11 @@ class Audience:
     ) -> None:
         self.segments = segments
         self.data_subjects = data_subjects
+        # Called after a change made through the API (not by the applier):
+        # (tenant id, profile ids) -> the segments and the bid-time view.
+        self.on_changed: list[Callable[[str, list[str]], Awaitable[None]]] = []
+        # Called after profiles are deleted: (tenant id, their identities).
+        self.on_deleted: list[Callable[[str, dict[str, list[str]]], Awaitable[None]]] = []
         self.profiles = profiles
         self.events = events
         self.applier = applier
@@ -215,11 +221,29 @@ class Audience:
         unset: Sequence[str],
     ) -> Profile:
         tenant_id, profile_id = self._profile(caller, name)
-        return await self.profiles.update_traits(tenant_id, profile_id, dict(set_traits), unset)
+        updated = await self.profiles.update_traits(tenant_id, profile_id, dict(set_traits), unset)
+        await self.changed(tenant_id, [updated.id])
+        return updated
+
+    async def changed(self, tenant_id: str, profile_ids: list[str]) -> None:
+        for hook in self.on_changed:
+            await hook(tenant_id, profile_ids)
+
+    async def update_consent(
+        self, caller: Principal, name: str, choices: Mapping[str, Any]
+    ) -> Profile:
+        tenant_id, profile_id = self._profile(caller, name)
+        read = read_consent(dict(choices))
+        updated = await self.profiles.update_consent(tenant_id, profile_id, read)
+        await self.changed(tenant_id, [updated.id])
+        return updated
 
     async def delete(self, caller: Principal, name: str) -> None:
         tenant_id, profile_id = self._profile(caller, name)
+        doomed = await self.profiles.get(tenant_id, profile_id)
         await self.profiles.delete(tenant_id, profile_id)
+        for hook in self.on_deleted:
+            await hook(tenant_id, doomed.identities)
 
     @staticmethod
     def _tenant(caller: Principal, parent: str) -> str:

@@ -98,6 +98,25 @@ async def _build(kernel: Kernel) -> Built:
     audience = Audience(
         profiles, events, applier, sources, segments, data_subjects, clock=kernel.clock
     )
+
+    async def refresh_segments(tenant_id: str, profile_ids: list[str]) -> None:
+        await segments.refresh_profiles(tenant_id, profile_ids)
+
+    audience.on_changed.append(refresh_segments)
+    if view is not None:
+        audience.on_changed.append(view.write)
+
+    async def forget_bid_profiles(tenant_id: str, identities: dict[str, list[str]]) -> None:
+        for kind in ("user_id", "anonymous_id", "ifa"):
+            for value in identities.get(kind, ()):
+                await forget_bid_profile(tenant_id, value)
+
+    audience.on_deleted.append(forget_bid_profiles)
+
+    async def recount_segments(tenant_id: str, identities: dict[str, list[str]]) -> None:
+        await segments.recount([s.id for s in await segments.of_tenant(tenant_id)])
+
+    audience.on_deleted.append(recount_segments)
     # Calls published on the bus by omnichannel sources (a queue group: each
     # message taken by one process), in serving processes only.
     from_bus = BusIngest(kernel.backends.bus, audience)

@@ -72,6 +72,8 @@ class Profile:
     last_seen_us: int
     version: int
     identities: dict[str, list[str]] = field(default_factory=dict)  # kind -> values
+    # purpose (or "purpose:channel") -> {"granted": bool, "time": us}
+    consent: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +105,80 @@ BID_TRAITS = ("loyalty_tier",)
 RECENCY_STEP_US = 60 * 1_000_000
 
 
-def bid_signature(traits: dict[str, Any], last_seen_us: int) -> tuple[Any, ...]:
+def bid_signature(
+    traits: dict[str, Any], last_seen_us: int, consent: dict[str, Any]
+) -> tuple[Any, ...]:
     """What of a profile the bid-time view holds, to tell a change."""
-    return (*(traits.get(name) for name in BID_TRAITS), last_seen_us // RECENCY_STEP_US)
+    return (
+        *(traits.get(name) for name in BID_TRAITS),
+        last_seen_us // RECENCY_STEP_US,
+        granted(consent, ADVERTISING),
+    )
+
+
+# -- consent ----------------------------------------------------------------
+
+#: The purpose bidding honours: a profile that refused it is bid on as a
+#: request without consent. Messaging honours MARKETING (and
+#: "marketing:<channel>").
+ADVERTISING = "advertising"
+MARKETING = "marketing"
+MAX_CONSENT_KEYS = 50
+
+
+def read_consent(values: Any, field: str = "consent") -> dict[str, bool]:
+    """Choices by purpose: keys trimmed and lower-cased ("Advertising" is
+    "advertising"; "marketing:email" a purpose on one channel), values true
+    or false. InvalidArgument naming the field otherwise."""
+    if not isinstance(values, dict):
+        raise InvalidArgument.field(field, "must be an object of purpose: true/false")
+    if len(values) > MAX_CONSENT_KEYS:
+        raise InvalidArgument.field(field, f"at most {MAX_CONSENT_KEYS} purposes")
+    choices = {}
+    for key, value in values.items():
+        purpose = str(key).strip().lower()
+        if not purpose or len(purpose) > 100:
+            raise InvalidArgument.field(field, f"{key!r}: a purpose is 1-100 characters")
+        if not isinstance(value, bool):
+            raise InvalidArgument.field(f"{field}.{purpose}", "must be true or false")
+        choices[purpose] = value
+    return choices
+
+
+def call_consent(call: TrackedCall) -> dict[str, bool]:
+    """The choices a call carries, as Segment's consent management sends
+    them: `context.consent.categoryPreferences` ({"Advertising": false, ...});
+    anything else there is ignored."""
+    consent = call.context.get("consent")
+    preferences = consent.get("categoryPreferences") if isinstance(consent, dict) else None
+    if not isinstance(preferences, dict):
+        return {}
+    try:
+        return read_consent(preferences)
+    except InvalidArgument:
+        return {}
+
+
+def merge_consent(
+    current: dict[str, dict[str, Any]], choices: dict[str, bool], at_us: int
+) -> dict[str, dict[str, Any]]:
+    """`current` with these choices made at `at_us`: per purpose, the latest wins."""
+    merged = dict(current)
+    for purpose, choice in choices.items():
+        known = merged.get(purpose)
+        if known is None or int(known.get("time", 0)) <= at_us:
+            merged[purpose] = {"granted": choice, "time": at_us}
+    return merged
+
+
+def granted(consent: dict[str, Any], purpose: str, channel: str = "") -> bool | None:
+    """The person's choice for a purpose (on a channel, when they made one
+    for it); None when they made none."""
+    for key in (f"{purpose}:{channel}", purpose) if channel else (purpose,):
+        choice = consent.get(key)
+        if isinstance(choice, dict) and isinstance(choice.get("granted"), bool):
+            return bool(choice["granted"])
+    return None
 
 
 class Profiles:
@@ -200,6 +273,34 @@ class Profiles:
                 audience_profiles.update()
                 .where(audience_profiles.c.id == target)
                 .values(traits=traits, version=row.version + 1, update_time=now)
+            )
+        return await self.get(tenant_id, target)
+
+    async def update_consent(
+        self, tenant_id: str, profile_id: str, choices: dict[str, bool]
+    ) -> Profile:
+        """Record the person's choices (made now) per purpose, on the
+        profile or the one it was merged into."""
+        if not choices:
+            raise InvalidArgument.field("consent", "name at least one purpose")
+        target = (await self.get(tenant_id, profile_id)).id
+        now = self._clock()
+        async with self._db.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(audience_profiles)
+                    .where(audience_profiles.c.id == target)
+                    .with_for_update()
+                )
+            ).one()
+            await conn.execute(
+                audience_profiles.update()
+                .where(audience_profiles.c.id == target)
+                .values(
+                    consent=merge_consent(dict(row.consent), choices, now),
+                    version=row.version + 1,
+                    update_time=now,
+                )
             )
         return await self.get(tenant_id, target)
 
@@ -344,6 +445,7 @@ def _from_row(row: Any, identities: dict[str, list[str]]) -> Profile:
         last_seen_us=row.last_seen_time,
         version=row.version,
         identities=identities,
+        consent=dict(row.consent or {}),
     )
 
 
@@ -520,6 +622,7 @@ class _State:
     new: bool = False
     dirty: bool = False
     signature: tuple[Any, ...] | None = None  # bid_signature as read (None: new)
+    consent: dict[str, dict[str, Any]] = field(default_factory=dict)
     merged: bool = False  # another profile was merged into it
 
 
@@ -642,6 +745,9 @@ class _Batch:
         context_traits = call.context.get("traits")
         if isinstance(context_traits, dict):
             state.traits.update(context_traits)
+        choices = call_consent(call)
+        if choices:
+            state.consent = merge_consent(state.consent, choices, call.timestamp_us)
         if call.type in _COUNTED:
             state.event_count += 1
             named = call.event or call.name
@@ -661,6 +767,10 @@ class _Batch:
         dst.event_count += src.event_count
         dst.first_seen = min(dst.first_seen, src.first_seen)
         dst.last_seen = max(dst.last_seen, src.last_seen)
+        for purpose, choice in src.consent.items():
+            dst.consent = merge_consent(
+                dst.consent, {purpose: bool(choice["granted"])}, int(choice["time"])
+            )
         self._touch(dst)
         src.merged_into = target
         self._touch(src)
@@ -746,6 +856,7 @@ class _Batch:
                 "version": st.version,
                 "create_time": self.now,
                 "update_time": self.now,
+                "consent": st.consent,
             }
             for pid, st in self._states.items()
             if st.new
@@ -762,6 +873,7 @@ class _Batch:
                 "merged_into": st.merged_into,
                 "version": st.version,
                 "update_time": self.now,
+                "consent": st.consent,
             }
             for pid, st in self._states.items()
             if st.dirty and not st.new
@@ -779,7 +891,11 @@ class _Batch:
             for pid, st in self._states.items()
             if st.merged_into is None
             and st.dirty
-            and (st.new or st.merged or st.signature != bid_signature(st.traits, st.last_seen))
+            and (
+                st.new
+                or st.merged
+                or st.signature != bid_signature(st.traits, st.last_seen, st.consent)
+            )
         ]
 
     def _touch(self, state: _State) -> None:
@@ -811,7 +927,8 @@ class _Batch:
                 row.last_seen_time,
                 row.version,
                 row.merged_into,
-                signature=bid_signature(row.traits, row.last_seen_time),
+                signature=bid_signature(row.traits, row.last_seen_time, row.consent),
+                consent=dict(row.consent),
             )
 
 

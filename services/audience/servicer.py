@@ -61,6 +61,15 @@ def profile_proto(profile: Profile) -> profile_pb2.Profile:
             for value in values
         ],
         version=profile.version,
+        consent={
+            purpose: profile_pb2.ConsentChoice(
+                state=profile_pb2.CONSENT_STATE_GRANTED
+                if choice.get("granted")
+                else profile_pb2.CONSENT_STATE_REFUSED,
+                update_time=timestamp(int(choice.get("time", 0))),
+            )
+            for purpose, choice in profile.consent.items()
+        },
     )
 
 
@@ -340,6 +349,14 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
         return pb.ListDataSubjectRequestsResponse(
             data_subject_requests=[data_subject_proto(r) for r in found], next_page_token=token
         )
+
+    async def UpdateProfileConsent(
+        self, request: pb.UpdateProfileConsentRequest, context: Any
+    ) -> Any:
+        found = await self._audience.update_consent(
+            current_principal(), request.name, dict(request.consent)
+        )
+        return pb.UpdateProfileConsentResponse(profile=profile_proto(found))
 
     async def DeleteProfile(self, request: pb.DeleteProfileRequest, context: Any) -> Any:
         await self._audience.delete(current_principal(), request.name)

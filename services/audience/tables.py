@@ -25,6 +25,9 @@ audience_profiles = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("create_time", sa.BigInteger, nullable=False),
     sa.Column("update_time", sa.BigInteger, nullable=False),
+    # Consent per purpose (and channel): {"advertising": {"granted": false,
+    # "time": us}, "marketing:email": {...}} (services/audience/profiles.py).
+    sa.Column("consent", sa.JSON, nullable=False, server_default=sa.text("'{}'")),
     sa.Index("ix_audience_profiles_tenant_created", "tenant_id", "create_time", "id"),
 )
 

@@ -237,6 +237,11 @@ class BidProcessor:
                 # a budget cut short by this bid's own deadline says nothing of Redis
                 report_timeout=budget >= HOT_STORE_BUDGET_US,
             )
+            if profile.ads_opt_out:
+                # They said no to personalised ads (audience consent): as a
+                # request without consent, whatever the request's signals.
+                known_user = False
+                profile = default_profile(user_id)
         else:
             profile = default_profile(user_id)
         matcher = self._index.view(tenant_id, CandidateIndex)

@@ -77,6 +77,7 @@ _FORMAT = 1
 _HEADER = struct.Struct("<BBBBqqqddddQB")
 _FLAG_BIRTHDAY = 1
 _FLAG_REDEEMED = 2
+_FLAG_NO_ADS = 4  # the person refused personalised advertising (audience consent)
 _US_PER_DAY = 86_400_000_000
 _US_PER_HOUR = 3_600_000_000
 
@@ -115,6 +116,9 @@ class UserProfile:
     loyalty: LoyaltyState = field(default_factory=lambda: _GREEN)
     last_seen_us: int = 0  # 0: never seen
     version: int = 0  # bumped by whoever writes the profile
+    # The person refused personalised advertising (their consent in the
+    # audience domain): bids treat them as the request's own consent denial.
+    ads_opt_out: bool = False
 
     def __post_init__(self) -> None:
         if type(self.interests) is not tuple:
@@ -148,8 +152,10 @@ class UserProfile:
         mask = 0
         for segment in self.segments:
             mask |= 1 << segment
-        flags = (_FLAG_BIRTHDAY if loyalty.birthday_eligible else 0) | (
-            _FLAG_REDEEMED if loyalty.last_redeem_us is not None else 0
+        flags = (
+            (_FLAG_BIRTHDAY if loyalty.birthday_eligible else 0)
+            | (_FLAG_REDEEMED if loyalty.last_redeem_us is not None else 0)
+            | (_FLAG_NO_ADS if self.ads_opt_out else 0)
         )
         n = len(self.interests)
         head = _HEADER.pack(
@@ -208,7 +214,15 @@ class UserProfile:
             )
         except (struct.error, IndexError) as exc:
             raise ValueError(f"not a stored profile: {exc}") from None
-        return cls(user_id, interests, tuple(segments), loyalty, last_seen_us, version)
+        return cls(
+            user_id,
+            interests,
+            tuple(segments),
+            loyalty,
+            last_seen_us,
+            version,
+            ads_opt_out=bool(flags & _FLAG_NO_ADS),
+        )
 
     # -- scoring
     def to_feature_profile(self, context: BidContext, *, now_us: int | None = None) -> Profile:

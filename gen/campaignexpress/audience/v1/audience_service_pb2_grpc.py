@@ -136,6 +136,11 @@ class AudienceServiceStub:
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDataSubjectRequestsRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDataSubjectRequestsResponse.FromString,
                 _registered_method=True)
+        self.UpdateProfileConsent = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/UpdateProfileConsent',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateProfileConsentRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateProfileConsentResponse.FromString,
+                _registered_method=True)
         self.DeleteProfile = channel.unary_unary(
                 '/campaignexpress.audience.v1.AudienceService/DeleteProfile',
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteProfileRequest.SerializeToString,
@@ -295,6 +300,13 @@ class AudienceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateProfileConsent(self, request, context):
+        """Records a person's consent choices, made now, by purpose.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteProfile(self, request, context):
         """Deletes a profile, the profiles merged into it and their identities.
         """
@@ -404,6 +416,11 @@ def add_AudienceServiceServicer_to_server(servicer, server):
                     servicer.ListDataSubjectRequests,
                     request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDataSubjectRequestsRequest.FromString,
                     response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDataSubjectRequestsResponse.SerializeToString,
+            ),
+            'UpdateProfileConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateProfileConsent,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateProfileConsentRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateProfileConsentResponse.SerializeToString,
             ),
             'DeleteProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteProfile,
@@ -953,6 +970,33 @@ class AudienceService:
             '/campaignexpress.audience.v1.AudienceService/ListDataSubjectRequests',
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDataSubjectRequestsRequest.SerializeToString,
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDataSubjectRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateProfileConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/UpdateProfileConsent',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateProfileConsentRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateProfileConsentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -85,6 +85,8 @@ class AudienceServiceStub:
     """Gets the record of a data-subject request."""
     ListDataSubjectRequests: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListDataSubjectRequestsRequest, _audience_service_pb2.ListDataSubjectRequestsResponse]
     """Lists a tenant's data-subject requests, newest first."""
+    UpdateProfileConsent: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.UpdateProfileConsentRequest, _audience_service_pb2.UpdateProfileConsentResponse]
+    """Records a person's consent choices, made now, by purpose."""
     DeleteProfile: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteProfileRequest, _audience_service_pb2.DeleteProfileResponse]
     """Deletes a profile, the profiles merged into it and their identities."""
 
@@ -145,6 +147,8 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     """Gets the record of a data-subject request."""
     ListDataSubjectRequests: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListDataSubjectRequestsRequest, _audience_service_pb2.ListDataSubjectRequestsResponse]  # type: ignore[assignment]
     """Lists a tenant's data-subject requests, newest first."""
+    UpdateProfileConsent: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.UpdateProfileConsentRequest, _audience_service_pb2.UpdateProfileConsentResponse]  # type: ignore[assignment]
+    """Records a person's consent choices, made now, by purpose."""
     DeleteProfile: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteProfileRequest, _audience_service_pb2.DeleteProfileResponse]  # type: ignore[assignment]
     """Deletes a profile, the profiles merged into it and their identities."""
 
@@ -322,6 +326,14 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audience_service_pb2.ListDataSubjectRequestsResponse, _abc.Awaitable[_audience_service_pb2.ListDataSubjectRequestsResponse]]:
         """Lists a tenant's data-subject requests, newest first."""
+
+    @_abc_1.abstractmethod
+    def UpdateProfileConsent(
+        self,
+        request: _audience_service_pb2.UpdateProfileConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.UpdateProfileConsentResponse, _abc.Awaitable[_audience_service_pb2.UpdateProfileConsentResponse]]:
+        """Records a person's consent choices, made now, by purpose."""
 
     @_abc_1.abstractmethod
     def DeleteProfile(

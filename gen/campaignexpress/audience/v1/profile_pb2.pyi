@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,6 +21,30 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ConsentState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConsentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConsentState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONSENT_STATE_UNSPECIFIED: _ConsentState.ValueType  # 0
+    """No choice known."""
+    CONSENT_STATE_GRANTED: _ConsentState.ValueType  # 1
+    """They agreed."""
+    CONSENT_STATE_REFUSED: _ConsentState.ValueType  # 2
+    """They refused."""
+
+class ConsentState(_ConsentState, metaclass=_ConsentStateEnumTypeWrapper):
+    """Whether a person agreed to a purpose."""
+
+CONSENT_STATE_UNSPECIFIED: ConsentState.ValueType  # 0
+"""No choice known."""
+CONSENT_STATE_GRANTED: ConsentState.ValueType  # 1
+"""They agreed."""
+CONSENT_STATE_REFUSED: ConsentState.ValueType  # 2
+"""They refused."""
+Global___ConsentState: _TypeAlias = ConsentState  # noqa: Y015
+
 @_typing.final
 class Profile(_message.Message):
     """A person as the platform knows them: traits, activity and the identities
@@ -28,6 +53,27 @@ class Profile(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ConsentEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___ConsentChoice: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___ConsentChoice | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     TRAITS_FIELD_NUMBER: _builtins.int
     EVENT_COUNT_FIELD_NUMBER: _builtins.int
@@ -35,6 +81,7 @@ class Profile(_message.Message):
     LAST_SEEN_TIME_FIELD_NUMBER: _builtins.int
     IDENTITIES_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    CONSENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`tenants/{tenant}/profiles/{profile}`."""
     event_count: _builtins.int
@@ -57,6 +104,12 @@ class Profile(_message.Message):
     def identities(self) -> _containers.RepeatedCompositeFieldContainer[Global___Identity]:
         """The identities that resolve to this profile, by kind and value."""
 
+    @_builtins.property
+    def consent(self) -> _containers.MessageMap[_builtins.str, Global___ConsentChoice]:
+        """The person's choices by purpose (`advertising`, `marketing`, ... or
+        `marketing:email` for one channel), the latest of each.
+        """
+
     def __init__(
         self,
         *,
@@ -67,14 +120,43 @@ class Profile(_message.Message):
         last_seen_time: _timestamp_pb2.Timestamp | None = ...,
         identities: _abc.Iterable[Global___Identity] | None = ...,
         version: _builtins.int = ...,
+        consent: _abc.Mapping[_builtins.str, Global___ConsentChoice] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen_time", b"first_seen_time", "last_seen_time", b"last_seen_time", "traits", b"traits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_count", b"event_count", "first_seen_time", b"first_seen_time", "identities", b"identities", "last_seen_time", b"last_seen_time", "name", b"name", "traits", b"traits", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "event_count", b"event_count", "first_seen_time", b"first_seen_time", "identities", b"identities", "last_seen_time", b"last_seen_time", "name", b"name", "traits", b"traits", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Profile: _TypeAlias = Profile  # noqa: Y015
+
+@_typing.final
+class ConsentChoice(_message.Message):
+    """A person's choice for one purpose."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    state: Global___ConsentState.ValueType
+    """Given or refused."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was made."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___ConsentState.ValueType = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentChoice: _TypeAlias = ConsentChoice  # noqa: Y015
 
 @_typing.final
 class Identity(_message.Message):
