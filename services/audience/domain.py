@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from services.analytics.pipeline import AnalyticsPipeline
 from services.audience.applier import AppliedHook, ProfileApplier
+from services.audience.devices import Devices
 from services.audience.events import call_row
 from services.audience.privacy import DataSubjects
 from services.audience.profiles import (
@@ -100,8 +101,10 @@ class Audience:
         sources: Sources,
         segments: Segments,
         data_subjects: DataSubjects,
+        devices: Devices,
         clock: Callable[[], int] = now_us,
     ) -> None:
+        self.devices = devices
         self.segments = segments
         self.data_subjects = data_subjects
         # Called after a change made through the API (not by the applier):

@@ -11,6 +11,7 @@ from services.audience.applier import ProfileApplier, chain
 from services.audience.bidview import BidView
 from services.audience.bus_ingest import BusIngest
 from services.audience.demo import demo_user_ids, seed_demo_profiles, seed_demo_segments
+from services.audience.devices import Devices
 from services.audience.domain import Audience, record_merges
 from services.audience.events import EVENTS
 from services.audience.privacy import DataSubjectHooks, DataSubjects
@@ -95,8 +96,16 @@ async def _build(kernel: Kernel) -> Built:
         clock=kernel.clock,
         page_tokens=kernel.page_tokens,
     )
+    devices = Devices(kernel.backends.db, profiles, clock=kernel.clock)
     audience = Audience(
-        profiles, events, applier, sources, segments, data_subjects, clock=kernel.clock
+        profiles,
+        events,
+        applier,
+        sources,
+        segments,
+        data_subjects,
+        devices,
+        clock=kernel.clock,
     )
 
     async def refresh_segments(tenant_id: str, profile_ids: list[str]) -> None:

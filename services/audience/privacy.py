@@ -48,9 +48,11 @@ from services.audience.profiles import IDENTITY_KINDS, Profile, Profiles, hashed
 from services.audience.segments import Segments
 from services.audience.tables import (
     audience_data_subject_requests,
+    audience_devices,
     audience_event_counts,
     audience_profiles,
     audience_segment_members,
+    audience_sessions,
 )
 from services.backends.analytics import quote_identifier
 from services.backends.interfaces import AnalyticsStore
@@ -310,6 +312,22 @@ class DataSubjects:
                     )
                 )
             ]
+            devices = [
+                dict(r._mapping)
+                for r in await conn.execute(
+                    sa.select(audience_devices).where(
+                        audience_devices.c.profile_id.in_(person.profile_ids)
+                    )
+                )
+            ]
+            sessions = [
+                dict(r._mapping)
+                for r in await conn.execute(
+                    sa.select(audience_sessions).where(
+                        audience_sessions.c.profile_id.in_(person.profile_ids)
+                    )
+                )
+            ]
             memberships = list(
                 await conn.scalars(
                     sa.select(audience_segment_members.c.segment_id).where(
@@ -327,6 +345,8 @@ class DataSubjects:
             ],
             "segments": [f"tenants/{tenant_id}/segments/{s}" for s in memberships],
             "eventCounts": counts,
+            "devices": devices,
+            "sessions": sessions,
             "events": events,
             "bidEvents": bids,
             "domains": hooks,

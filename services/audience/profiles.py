@@ -39,11 +39,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.audience.tables import (
+    audience_devices,
     audience_event_counts,
     audience_identities,
     audience_messages,
     audience_profiles,
     audience_segment_members,
+    audience_sessions,
 )
 from services.audience.tracking import TrackedCall
 from services.common.clock import now_us
@@ -328,7 +330,12 @@ class Profiles:
                     audience_identities.c.profile_id.in_(ids),
                 )
             )
-            for table in (audience_event_counts, audience_segment_members):
+            for table in (
+                audience_event_counts,
+                audience_segment_members,
+                audience_devices,
+                audience_sessions,
+            ):
                 await conn.execute(table.delete().where(table.c.profile_id.in_(ids)))
             await conn.execute(
                 audience_profiles.delete().where(

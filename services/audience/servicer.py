@@ -11,18 +11,20 @@ from campaignexpress.audience.v1 import (
     audience_service_pb2,
     audience_service_pb2_grpc,
     data_subject_pb2,
+    device_pb2,
     profile_pb2,
     segment_pb2,
     source_pb2,
 )
 from services.audience import conditions
+from services.audience.devices import Device, Session
 from services.audience.domain import Audience, profile_name
 from services.audience.privacy import Record
 from services.audience.profiles import Profile
 from services.audience.segments import Segment
 from services.audience.sources import Source
 from services.common.call import current_principal
-from services.common.errors import DomainError
+from services.common.errors import DomainError, InvalidArgument
 from services.common.protoconv import micros, timestamp
 from services.common.status import status_of
 
@@ -166,6 +168,43 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def device_proto(device: Device) -> device_pb2.Device:
+    message = device_pb2.Device(
+        name=device.name,
+        profile=f"tenants/{device.tenant_id}/profiles/{device.profile_id}",
+        platform=device.platform,
+        token=device.token,
+        app_id=device.app_id,
+        state=device.state,
+        invalid_reason=device.invalid_reason,
+        create_time=timestamp(device.create_time),
+        update_time=timestamp(device.update_time),
+    )
+    if device.web_push_keys:
+        message.web_push_keys.p256dh = device.web_push_keys.get("p256dh", "")
+        message.web_push_keys.auth = device.web_push_keys.get("auth", "")
+    return message
+
+
+def session_proto(session: Session) -> device_pb2.Session:
+    return device_pb2.Session(
+        name=session.name,
+        profile=f"tenants/{session.tenant_id}/profiles/{session.profile_id}",
+        device=f"tenants/{session.tenant_id}/devices/{session.device_id}"
+        if session.device_id
+        else "",
+        state=session.state,
+        start_time=timestamp(session.start_time),
+        end_time=timestamp(session.end_time or None),
+        active_seconds=session.active_us / 1e6,
+    )
+
+
+def _own(parent: str) -> str:
+    """`tenants/-` is the caller's tenant (SDKs know only their key)."""
+    return f"tenants/{current_principal().tenant_id}" if parent == "tenants/-" else parent
+
+
 class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
     def __init__(self, audience: Audience) -> None:
         self._audience = audience
@@ -206,6 +245,57 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
                 yield pb.StreamEventsResponse(sequence=request.sequence, accepted=result.accepted)
             except DomainError as exc:
                 yield pb.StreamEventsResponse(sequence=request.sequence, error=status_of(exc))
+
+    async def RegisterDevice(self, request: pb.RegisterDeviceRequest, context: Any) -> Any:
+        device = request.device
+        keys = (
+            {"p256dh": device.web_push_keys.p256dh, "auth": device.web_push_keys.auth}
+            if device.HasField("web_push_keys")
+            else None
+        )
+        registered = await self._audience.devices.register(
+            current_principal(),
+            _own(request.parent),
+            user_id=request.user_id,
+            anonymous_id=request.anonymous_id,
+            platform=device.platform,
+            token=device.token,
+            web_push_keys=keys,
+            app_id=device.app_id,
+        )
+        return pb.RegisterDeviceResponse(device=device_proto(registered))
+
+    async def ListDevices(self, request: pb.ListDevicesRequest, context: Any) -> Any:
+        found = await self._audience.devices.list_devices(current_principal(), request.parent)
+        return pb.ListDevicesResponse(devices=[device_proto(d) for d in found])
+
+    async def InvalidateDevice(self, request: pb.InvalidateDeviceRequest, context: Any) -> Any:
+        device = await self._audience.devices.invalidate(
+            current_principal(), request.name, request.reason
+        )
+        return pb.InvalidateDeviceResponse(device=device_proto(device))
+
+    async def StartSession(self, request: pb.StartSessionRequest, context: Any) -> Any:
+        session = await self._audience.devices.start_session(
+            current_principal(),
+            _own(request.parent),
+            request.user_id,
+            request.anonymous_id,
+            request.device,
+        )
+        return pb.StartSessionResponse(session=session_proto(session))
+
+    async def ChangeSession(self, request: pb.ChangeSessionRequest, context: Any) -> Any:
+        if request.action not in ("pause", "resume", "end"):
+            raise InvalidArgument.field("action", "must be pause, resume or end")
+        session = await self._audience.devices.change_session(
+            current_principal(), request.name, request.action
+        )
+        return pb.ChangeSessionResponse(session=session_proto(session))
+
+    async def ListSessions(self, request: pb.ListSessionsRequest, context: Any) -> Any:
+        found = await self._audience.devices.list_sessions(current_principal(), request.parent)
+        return pb.ListSessionsResponse(sessions=[session_proto(x) for x in found])
 
     async def GetProfile(self, request: pb.GetProfileRequest, context: Any) -> Any:
         found = await self._audience.get(current_principal(), request.name)

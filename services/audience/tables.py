@@ -121,3 +121,40 @@ audience_data_subject_requests = sa.Table(
     sa.Column("complete_time", sa.BigInteger, nullable=False),
     sa.Index("ix_audience_dsr_tenant_created", "tenant_id", "create_time", "id"),
 )
+
+# Push-capable devices of a profile (FR-SDK-002): one row per platform and
+# token; `state` active or invalid (a provider said the token is gone).
+audience_devices = sa.Table(
+    "audience_devices",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("profile_id", sa.String(64), nullable=False),
+    sa.Column("platform", sa.String(10), nullable=False),  # ios, android, web
+    sa.Column("token", sa.String(4096), nullable=False),  # web push: the endpoint URL
+    sa.Column("token_sha256", sa.String(64), nullable=False),
+    sa.Column("web_push_keys", sa.JSON, nullable=True),  # {"p256dh": ..., "auth": ...}
+    sa.Column("app_id", sa.String(200), nullable=False),
+    sa.Column("state", sa.String(10), nullable=False),  # active, invalid
+    sa.Column("invalid_reason", sa.String(500), nullable=False),
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
+    sa.Index("ux_audience_devices_token", "tenant_id", "platform", "token_sha256", unique=True),
+    sa.Index("ix_audience_devices_profile", "profile_id"),
+)
+
+# App sessions (FR-SDK-004): started, paused, resumed, ended.
+audience_sessions = sa.Table(
+    "audience_sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("profile_id", sa.String(64), nullable=False),
+    sa.Column("device_id", sa.String(64), nullable=False),  # "" when not given
+    sa.Column("state", sa.String(10), nullable=False),  # active, paused, ended
+    sa.Column("start_time", sa.BigInteger, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),  # the last start/pause/resume/end
+    sa.Column("end_time", sa.BigInteger, nullable=False),  # 0 until ended
+    sa.Column("active_us", sa.BigInteger, nullable=False),  # time active (paused spans out)
+    sa.Index("ix_audience_sessions_profile", "profile_id", "start_time"),
+)

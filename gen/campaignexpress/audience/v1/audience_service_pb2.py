@@ -23,6 +23,7 @@ _sym_db = _symbol_database.Default()
 
 
 from campaignexpress.audience.v1 import data_subject_pb2 as campaignexpress_dot_audience_dot_v1_dot_data__subject__pb2
+from campaignexpress.audience.v1 import device_pb2 as campaignexpress_dot_audience_dot_v1_dot_device__pb2
 from campaignexpress.audience.v1 import profile_pb2 as campaignexpress_dot_audience_dot_v1_dot_profile__pb2
 from campaignexpress.audience.v1 import segment_pb2 as campaignexpress_dot_audience_dot_v1_dot_segment__pb2
 from campaignexpress.audience.v1 import source_pb2 as campaignexpress_dot_audience_dot_v1_dot_source__pb2
@@ -33,7 +34,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2campaignexpress/audience/v1/audience_service.proto\x12\x1b\x63\x61mpaignexpress.audience.v1\x1a.campaignexpress/audience/v1/data_subject.proto\x1a)campaignexpress/audience/v1/profile.proto\x1a)campaignexpress/audience/v1/segment.proto\x1a(campaignexpress/audience/v1/source.proto\x1a$campaignexpress/type/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xd2\x01\n\x13IngestEventsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12&\n\x05\x62\x61tch\x18\x02 \x03(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\x0cintegrations\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07sent_at\x18\x05 \x01(\t\x12\x19\n\x11wait_for_profiles\x18\x06 \x01(\x08\"_\n\x14IngestEventsResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12\x10\n\x08profiles\x18\x03 \x03(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x05\"\x9a\x01\n\x13StreamEventsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12&\n\x05\x62\x61tch\x18\x03 \x03(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07sent_at\x18\x05 \x01(\t\"]\n\x14StreamEventsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x05\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\"!\n\x11GetProfileRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"K\n\x12GetProfileResponse\x12\x35\n\x07profile\x18\x01 \x01(\x0b\x32$.campaignexpress.audience.v1.Profile\"\x81\x01\n\x13ListProfilesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x33\n\x0fseen_since_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"g\n\x14ListProfilesResponse\x12\x36\n\x08profiles\x18\x01 \x03(\x0b\x32$.campaignexpress.audience.v1.Profile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x15ResolveProfileRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"O\n\x16ResolveProfileResponse\x12\x35\n\x07profile\x18\x01 \x01(\x0b\x32$.campaignexpress.audience.v1.Profile\"m\n\x1aUpdateProfileTraitsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\nset_traits\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0cunset_traits\x18\x03 \x03(\t\"T\n\x1bUpdateProfileTraitsResponse\x12\x35\n\x07profile\x18\x01 \x01(\x0b\x32$.campaignexpress.audience.v1.Profile\"$\n\x14\x44\x65leteProfileRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteProfileResponse\"Z\n\x13\x43reateSourceRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x33\n\x06source\x18\x02 \x01(\x0b\x32#.campaignexpress.audience.v1.Source\"K\n\x14\x43reateSourceResponse\x12\x33\n\x06source\x18\x01 \x01(\x0b\x32#.campaignexpress.audience.v1.Source\" \n\x10GetSourceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"H\n\x11GetSourceResponse\x12\x33\n\x06source\x18\x01 \x01(\x0b\x32#.campaignexpress.audience.v1.Source\"K\n\x12ListSourcesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x13ListSourcesResponse\x12\x34\n\x07sources\x18\x01 \x03(\x0b\x32#.campaignexpress.audience.v1.Source\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x13\x44\x65leteSourceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteSourceResponse\"]\n\x14\x43reateSegmentRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x35\n\x07segment\x18\x02 \x01(\x0b\x32$.campaignexpress.audience.v1.Segment\"N\n\x15\x43reateSegmentResponse\x12\x35\n\x07segment\x18\x01 \x01(\x0b\x32$.campaignexpress.audience.v1.Segment\"!\n\x11GetSegmentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"K\n\x12GetSegmentResponse\x12\x35\n\x07segment\x18\x01 \x01(\x0b\x32$.campaignexpress.audience.v1.Segment\"L\n\x13ListSegmentsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"g\n\x14ListSegmentsResponse\x12\x36\n\x08segments\x18\x01 \x03(\x0b\x32$.campaignexpress.audience.v1.Segment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x14\x44\x65leteSegmentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteSegmentResponse\"j\n\x16\x45stimateSegmentRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12@\n\tcondition\x18\x02 \x01(\x0b\x32-.campaignexpress.audience.v1.SegmentCondition\":\n\x17\x45stimateSegmentResponse\x12\x0c\n\x04size\x18\x01 \x01(\x03\x12\x11\n\tevaluated\x18\x02 \x01(\x03\"R\n\x19ListSegmentMembersRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"P\n\rSegmentMember\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12.\n\nenter_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x1aListSegmentMembersResponse\x12;\n\x07members\x18\x01 \x03(\x0b\x32*.campaignexpress.audience.v1.SegmentMember\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x1e\x45valuateProfileSegmentsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"F\n\x1f\x45valuateProfileSegmentsResponse\x12\x10\n\x08segments\x18\x01 \x03(\t\x12\x11\n\tevaluated\x18\x02 \x01(\x05\"\x80\x01\n\x1f\x43reateDataSubjectRequestRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12M\n\x14\x64\x61ta_subject_request\x18\x02 \x01(\x0b\x32/.campaignexpress.audience.v1.DataSubjectRequest\"q\n CreateDataSubjectRequestResponse\x12M\n\x14\x64\x61ta_subject_request\x18\x01 \x01(\x0b\x32/.campaignexpress.audience.v1.DataSubjectRequest\",\n\x1cGetDataSubjectRequestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"n\n\x1dGetDataSubjectRequestResponse\x12M\n\x14\x64\x61ta_subject_request\x18\x01 \x01(\x0b\x32/.campaignexpress.audience.v1.DataSubjectRequest\"W\n\x1eListDataSubjectRequestsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x8a\x01\n\x1fListDataSubjectRequestsResponse\x12N\n\x15\x64\x61ta_subject_requests\x18\x01 \x03(\x0b\x32/.campaignexpress.audience.v1.DataSubjectRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb3\x01\n\x1bUpdateProfileConsentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12V\n\x07\x63onsent\x18\x02 \x03(\x0b\x32\x45.campaignexpress.audience.v1.UpdateProfileConsentRequest.ConsentEntry\x1a.\n\x0c\x43onsentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"U\n\x1cUpdateProfileConsentResponse\x12\x35\n\x07profile\x18\x01 \x01(\x0b\x32$.campaignexpress.audience.v1.Profile2\xa4\x1f\n\x0f\x41udienceService\x12\xaa\x01\n\x0cIngestEvents\x12\x30.campaignexpress.audience.v1.IngestEventsRequest\x1a\x31.campaignexpress.audience.v1.IngestEventsResponse\"5\x8a\xb5\x18\x02\x08\x16\x82\xd3\xe4\x93\x02)\"$/v1/{parent=tenants/*}/events:ingest:\x01*\x12\x9b\x01\n\x0cStreamEvents\x12\x30.campaignexpress.audience.v1.StreamEventsRequest\x1a\x31.campaignexpress.audience.v1.StreamEventsResponse\"\"\x8a\xb5\x18\x02\x08\x16\x82\xd3\xe4\x93\x02\x16\"\x11/v1/events:stream:\x01*(\x01\x30\x01\x12\x9c\x01\n\nGetProfile\x12..campaignexpress.audience.v1.GetProfileRequest\x1a/.campaignexpress.audience.v1.GetProfileResponse\"-\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=tenants/*/profiles/*}\x12\xa2\x01\n\x0cListProfiles\x12\x30.campaignexpress.audience.v1.ListProfilesRequest\x1a\x31.campaignexpress.audience.v1.ListProfilesResponse\"-\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=tenants/*}/profiles\x12\xb0\x01\n\x0eResolveProfile\x12\x32.campaignexpress.audience.v1.ResolveProfileRequest\x1a\x33.campaignexpress.audience.v1.ResolveProfileResponse\"5\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02)\x12\'/v1/{parent=tenants/*}/profiles:resolve\x12\xc9\x01\n\x13UpdateProfileTraits\x12\x37.campaignexpress.audience.v1.UpdateProfileTraitsRequest\x1a\x38.campaignexpress.audience.v1.UpdateProfileTraitsResponse\"?\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02\x31\",/v1/{name=tenants/*/profiles/*}:updateTraits:\x01*\x12\xab\x01\n\x0c\x43reateSource\x12\x30.campaignexpress.audience.v1.CreateSourceRequest\x1a\x31.campaignexpress.audience.v1.CreateSourceResponse\"6\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02(\"\x1e/v1/{parent=tenants/*}/sources:\x06source\x12\x98\x01\n\tGetSource\x12-.campaignexpress.audience.v1.GetSourceRequest\x1a..campaignexpress.audience.v1.GetSourceResponse\",\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{name=tenants/*/sources/*}\x12\x9e\x01\n\x0bListSources\x12/.campaignexpress.audience.v1.ListSourcesRequest\x1a\x30.campaignexpress.audience.v1.ListSourcesResponse\",\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{parent=tenants/*}/sources\x12\xa3\x01\n\x0c\x44\x65leteSource\x12\x30.campaignexpress.audience.v1.DeleteSourceRequest\x1a\x31.campaignexpress.audience.v1.DeleteSourceResponse\".\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02 *\x1e/v1/{name=tenants/*/sources/*}\x12\xb0\x01\n\rCreateSegment\x12\x31.campaignexpress.audience.v1.CreateSegmentRequest\x1a\x32.campaignexpress.audience.v1.CreateSegmentResponse\"8\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02*\"\x1f/v1/{parent=tenants/*}/segments:\x07segment\x12\x9c\x01\n\nGetSegment\x12..campaignexpress.audience.v1.GetSegmentRequest\x1a/.campaignexpress.audience.v1.GetSegmentResponse\"-\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=tenants/*/segments/*}\x12\xa2\x01\n\x0cListSegments\x12\x30.campaignexpress.audience.v1.ListSegmentsRequest\x1a\x31.campaignexpress.audience.v1.ListSegmentsResponse\"-\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=tenants/*}/segments\x12\xa7\x01\n\rDeleteSegment\x12\x31.campaignexpress.audience.v1.DeleteSegmentRequest\x1a\x32.campaignexpress.audience.v1.DeleteSegmentResponse\"/\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02!*\x1f/v1/{name=tenants/*/segments/*}\x12\xb7\x01\n\x0f\x45stimateSegment\x12\x33.campaignexpress.audience.v1.EstimateSegmentRequest\x1a\x34.campaignexpress.audience.v1.EstimateSegmentResponse\"9\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02-\"(/v1/{parent=tenants/*}/segments:estimate:\x01*\x12\xbe\x01\n\x12ListSegmentMembers\x12\x36.campaignexpress.audience.v1.ListSegmentMembersRequest\x1a\x37.campaignexpress.audience.v1.ListSegmentMembersResponse\"7\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02+\x12)/v1/{parent=tenants/*/segments/*}/members\x12\xd4\x01\n\x17\x45valuateProfileSegments\x12;.campaignexpress.audience.v1.EvaluateProfileSegmentsRequest\x1a<.campaignexpress.audience.v1.EvaluateProfileSegmentsResponse\">\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02\x32\x12\x30/v1/{name=tenants/*/profiles/*}:evaluateSegments\x12\xe9\x01\n\x18\x43reateDataSubjectRequest\x12<.campaignexpress.audience.v1.CreateDataSubjectRequestRequest\x1a=.campaignexpress.audience.v1.CreateDataSubjectRequestResponse\"P\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02\x42\"*/v1/{parent=tenants/*}/dataSubjectRequests:\x14\x64\x61ta_subject_request\x12\xc8\x01\n\x15GetDataSubjectRequest\x12\x39.campaignexpress.audience.v1.GetDataSubjectRequestRequest\x1a:.campaignexpress.audience.v1.GetDataSubjectRequestResponse\"8\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02,\x12*/v1/{name=tenants/*/dataSubjectRequests/*}\x12\xce\x01\n\x17ListDataSubjectRequests\x12;.campaignexpress.audience.v1.ListDataSubjectRequestsRequest\x1a<.campaignexpress.audience.v1.ListDataSubjectRequestsResponse\"8\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02,\x12*/v1/{parent=tenants/*}/dataSubjectRequests\x12\xcd\x01\n\x14UpdateProfileConsent\x12\x38.campaignexpress.audience.v1.UpdateProfileConsentRequest\x1a\x39.campaignexpress.audience.v1.UpdateProfileConsentResponse\"@\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02\x32\"-/v1/{name=tenants/*/profiles/*}:updateConsent:\x01*\x12\xa7\x01\n\rDeleteProfile\x12\x31.campaignexpress.audience.v1.DeleteProfileRequest\x1a\x32.campaignexpress.audience.v1.DeleteProfileResponse\"/\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02!*\x1f/v1/{name=tenants/*/profiles/*}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2campaignexpress/audience/v1/audience_service.proto\x12\x1b\x63\x61mpaignexpress.audience.v1\x1a.campaignexpress/audience/v1/data_subject.proto\x1a(campaignexpress/audience/v1/device.proto\x1a)campaignexpress/audience/v1/profile.proto\x1a)campaignexpress/audience/v1/segment.proto\x1a(campaignexpress/audience/v1/source.proto\x1a$campaignexpress/type/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xd2\x01\n\x13IngestEventsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12&\n\x05\x62\x61tch\x18\x02 \x03(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\x0cintegrations\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07sent_at\x18\x05 \x01(\t\x12\x19\n\x11wait_for_profiles\x18\x06 \x01(\x08\"_\n\x14IngestEventsResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12\x10\n\x08profiles\x18\x03 \x03(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x05\"\x9a\x01\n\x13StreamEventsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12&\n\x05\x62\x61tch\x18\x03 \x03(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07sent_at\x18\x05 \x01(\t\"]\n\x14StreamEventsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x05\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\"!\n\x11GetProfileRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"K\n\x12GetProfileResponse\x12\x35\n\x07profile\x18\x01 \x01(\x0b\x32$.campaignexpress.audience.v1.Profile\"\x81\x01\n\x13ListProfilesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x33\n\x0fseen_since_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"g\n\x14ListProfilesResponse\x12\x36\n\x08profiles\x18\x01 \x03(\x0b\x32$.campaignexpress.audience.v1.Profile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x15ResolveProfileRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"O\n\x16ResolveProfileResponse\x12\x35\n\x07profile\x18\x01 \x01(\x0b\x32$.campaignexpress.audience.v1.Profile\"m\n\x1aUpdateProfileTraitsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\nset_traits\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0cunset_traits\x18\x03 \x03(\t\"T\n\x1bUpdateProfileTraitsResponse\x12\x35\n\x07profile\x18\x01 \x01(\x0b\x32$.campaignexpress.audience.v1.Profile\"$\n\x14\x44\x65leteProfileRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteProfileResponse\"Z\n\x13\x43reateSourceRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x33\n\x06source\x18\x02 \x01(\x0b\x32#.campaignexpress.audience.v1.Source\"K\n\x14\x43reateSourceResponse\x12\x33\n\x06source\x18\x01 \x01(\x0b\x32#.campaignexpress.audience.v1.Source\" \n\x10GetSourceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"H\n\x11GetSourceResponse\x12\x33\n\x06source\x18\x01 \x01(\x0b\x32#.campaignexpress.audience.v1.Source\"K\n\x12ListSourcesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x13ListSourcesResponse\x12\x34\n\x07sources\x18\x01 \x03(\x0b\x32#.campaignexpress.audience.v1.Source\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x13\x44\x65leteSourceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteSourceResponse\"]\n\x14\x43reateSegmentRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x35\n\x07segment\x18\x02 \x01(\x0b\x32$.campaignexpress.audience.v1.Segment\"N\n\x15\x43reateSegmentResponse\x12\x35\n\x07segment\x18\x01 \x01(\x0b\x32$.campaignexpress.audience.v1.Segment\"!\n\x11GetSegmentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"K\n\x12GetSegmentResponse\x12\x35\n\x07segment\x18\x01 \x01(\x0b\x32$.campaignexpress.audience.v1.Segment\"L\n\x13ListSegmentsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"g\n\x14ListSegmentsResponse\x12\x36\n\x08segments\x18\x01 \x03(\x0b\x32$.campaignexpress.audience.v1.Segment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x14\x44\x65leteSegmentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteSegmentResponse\"j\n\x16\x45stimateSegmentRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12@\n\tcondition\x18\x02 \x01(\x0b\x32-.campaignexpress.audience.v1.SegmentCondition\":\n\x17\x45stimateSegmentResponse\x12\x0c\n\x04size\x18\x01 \x01(\x03\x12\x11\n\tevaluated\x18\x02 \x01(\x03\"R\n\x19ListSegmentMembersRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"P\n\rSegmentMember\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12.\n\nenter_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x1aListSegmentMembersResponse\x12;\n\x07members\x18\x01 \x03(\x0b\x32*.campaignexpress.audience.v1.SegmentMember\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x1e\x45valuateProfileSegmentsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"F\n\x1f\x45valuateProfileSegmentsResponse\x12\x10\n\x08segments\x18\x01 \x03(\t\x12\x11\n\tevaluated\x18\x02 \x01(\x05\"\x80\x01\n\x1f\x43reateDataSubjectRequestRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12M\n\x14\x64\x61ta_subject_request\x18\x02 \x01(\x0b\x32/.campaignexpress.audience.v1.DataSubjectRequest\"q\n CreateDataSubjectRequestResponse\x12M\n\x14\x64\x61ta_subject_request\x18\x01 \x01(\x0b\x32/.campaignexpress.audience.v1.DataSubjectRequest\",\n\x1cGetDataSubjectRequestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"n\n\x1dGetDataSubjectRequestResponse\x12M\n\x14\x64\x61ta_subject_request\x18\x01 \x01(\x0b\x32/.campaignexpress.audience.v1.DataSubjectRequest\"W\n\x1eListDataSubjectRequestsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x8a\x01\n\x1fListDataSubjectRequestsResponse\x12N\n\x15\x64\x61ta_subject_requests\x18\x01 \x03(\x0b\x32/.campaignexpress.audience.v1.DataSubjectRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb3\x01\n\x1bUpdateProfileConsentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12V\n\x07\x63onsent\x18\x02 \x03(\x0b\x32\x45.campaignexpress.audience.v1.UpdateProfileConsentRequest.ConsentEntry\x1a.\n\x0c\x43onsentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"U\n\x1cUpdateProfileConsentResponse\x12\x35\n\x07profile\x18\x01 \x01(\x0b\x32$.campaignexpress.audience.v1.Profile\"\x83\x01\n\x15RegisterDeviceRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61nonymous_id\x18\x03 \x01(\t\x12\x33\n\x06\x64\x65vice\x18\x04 \x01(\x0b\x32#.campaignexpress.audience.v1.Device\"M\n\x16RegisterDeviceResponse\x12\x33\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32#.campaignexpress.audience.v1.Device\"$\n\x12ListDevicesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\"K\n\x13ListDevicesResponse\x12\x34\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32#.campaignexpress.audience.v1.Device\"7\n\x17InvalidateDeviceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"O\n\x18InvalidateDeviceResponse\x12\x33\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32#.campaignexpress.audience.v1.Device\"\\\n\x13StartSessionRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61nonymous_id\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\"M\n\x14StartSessionResponse\x12\x35\n\x07session\x18\x01 \x01(\x0b\x32$.campaignexpress.audience.v1.Session\"4\n\x14\x43hangeSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\"N\n\x15\x43hangeSessionResponse\x12\x35\n\x07session\x18\x01 \x01(\x0b\x32$.campaignexpress.audience.v1.Session\"%\n\x13ListSessionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\"N\n\x14ListSessionsResponse\x12\x36\n\x08sessions\x18\x01 \x03(\x0b\x32$.campaignexpress.audience.v1.Session2\xd6\'\n\x0f\x41udienceService\x12\xaa\x01\n\x0cIngestEvents\x12\x30.campaignexpress.audience.v1.IngestEventsRequest\x1a\x31.campaignexpress.audience.v1.IngestEventsResponse\"5\x8a\xb5\x18\x02\x08\x16\x82\xd3\xe4\x93\x02)\"$/v1/{parent=tenants/*}/events:ingest:\x01*\x12\x9b\x01\n\x0cStreamEvents\x12\x30.campaignexpress.audience.v1.StreamEventsRequest\x1a\x31.campaignexpress.audience.v1.StreamEventsResponse\"\"\x8a\xb5\x18\x02\x08\x16\x82\xd3\xe4\x93\x02\x16\"\x11/v1/events:stream:\x01*(\x01\x30\x01\x12\xb3\x01\n\x0eRegisterDevice\x12\x32.campaignexpress.audience.v1.RegisterDeviceRequest\x1a\x33.campaignexpress.audience.v1.RegisterDeviceResponse\"8\x8a\xb5\x18\x02\x08\x16\x82\xd3\xe4\x93\x02,\"\'/v1/{parent=tenants/*}/devices:register:\x01*\x12\xa9\x01\n\x0bListDevices\x12/.campaignexpress.audience.v1.ListDevicesRequest\x1a\x30.campaignexpress.audience.v1.ListDevicesResponse\"7\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02+\x12)/v1/{parent=tenants/*/profiles/*}/devices\x12\xbd\x01\n\x10InvalidateDevice\x12\x34.campaignexpress.audience.v1.InvalidateDeviceRequest\x1a\x35.campaignexpress.audience.v1.InvalidateDeviceResponse\"<\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02.\")/v1/{name=tenants/*/devices/*}:invalidate:\x01*\x12\xab\x01\n\x0cStartSession\x12\x30.campaignexpress.audience.v1.StartSessionRequest\x1a\x31.campaignexpress.audience.v1.StartSessionResponse\"6\x8a\xb5\x18\x02\x08\x16\x82\xd3\xe4\x93\x02*\"%/v1/{parent=tenants/*}/sessions:start:\x01*\x12\xaf\x01\n\rChangeSession\x12\x31.campaignexpress.audience.v1.ChangeSessionRequest\x1a\x32.campaignexpress.audience.v1.ChangeSessionResponse\"7\x8a\xb5\x18\x02\x08\x16\x82\xd3\xe4\x93\x02+\"&/v1/{name=tenants/*/sessions/*}:change:\x01*\x12\xad\x01\n\x0cListSessions\x12\x30.campaignexpress.audience.v1.ListSessionsRequest\x1a\x31.campaignexpress.audience.v1.ListSessionsResponse\"8\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02,\x12*/v1/{parent=tenants/*/profiles/*}/sessions\x12\x9c\x01\n\nGetProfile\x12..campaignexpress.audience.v1.GetProfileRequest\x1a/.campaignexpress.audience.v1.GetProfileResponse\"-\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=tenants/*/profiles/*}\x12\xa2\x01\n\x0cListProfiles\x12\x30.campaignexpress.audience.v1.ListProfilesRequest\x1a\x31.campaignexpress.audience.v1.ListProfilesResponse\"-\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=tenants/*}/profiles\x12\xb0\x01\n\x0eResolveProfile\x12\x32.campaignexpress.audience.v1.ResolveProfileRequest\x1a\x33.campaignexpress.audience.v1.ResolveProfileResponse\"5\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02)\x12\'/v1/{parent=tenants/*}/profiles:resolve\x12\xc9\x01\n\x13UpdateProfileTraits\x12\x37.campaignexpress.audience.v1.UpdateProfileTraitsRequest\x1a\x38.campaignexpress.audience.v1.UpdateProfileTraitsResponse\"?\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02\x31\",/v1/{name=tenants/*/profiles/*}:updateTraits:\x01*\x12\xab\x01\n\x0c\x43reateSource\x12\x30.campaignexpress.audience.v1.CreateSourceRequest\x1a\x31.campaignexpress.audience.v1.CreateSourceResponse\"6\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02(\"\x1e/v1/{parent=tenants/*}/sources:\x06source\x12\x98\x01\n\tGetSource\x12-.campaignexpress.audience.v1.GetSourceRequest\x1a..campaignexpress.audience.v1.GetSourceResponse\",\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{name=tenants/*/sources/*}\x12\x9e\x01\n\x0bListSources\x12/.campaignexpress.audience.v1.ListSourcesRequest\x1a\x30.campaignexpress.audience.v1.ListSourcesResponse\",\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{parent=tenants/*}/sources\x12\xa3\x01\n\x0c\x44\x65leteSource\x12\x30.campaignexpress.audience.v1.DeleteSourceRequest\x1a\x31.campaignexpress.audience.v1.DeleteSourceResponse\".\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02 *\x1e/v1/{name=tenants/*/sources/*}\x12\xb0\x01\n\rCreateSegment\x12\x31.campaignexpress.audience.v1.CreateSegmentRequest\x1a\x32.campaignexpress.audience.v1.CreateSegmentResponse\"8\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02*\"\x1f/v1/{parent=tenants/*}/segments:\x07segment\x12\x9c\x01\n\nGetSegment\x12..campaignexpress.audience.v1.GetSegmentRequest\x1a/.campaignexpress.audience.v1.GetSegmentResponse\"-\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=tenants/*/segments/*}\x12\xa2\x01\n\x0cListSegments\x12\x30.campaignexpress.audience.v1.ListSegmentsRequest\x1a\x31.campaignexpress.audience.v1.ListSegmentsResponse\"-\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=tenants/*}/segments\x12\xa7\x01\n\rDeleteSegment\x12\x31.campaignexpress.audience.v1.DeleteSegmentRequest\x1a\x32.campaignexpress.audience.v1.DeleteSegmentResponse\"/\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02!*\x1f/v1/{name=tenants/*/segments/*}\x12\xb7\x01\n\x0f\x45stimateSegment\x12\x33.campaignexpress.audience.v1.EstimateSegmentRequest\x1a\x34.campaignexpress.audience.v1.EstimateSegmentResponse\"9\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02-\"(/v1/{parent=tenants/*}/segments:estimate:\x01*\x12\xbe\x01\n\x12ListSegmentMembers\x12\x36.campaignexpress.audience.v1.ListSegmentMembersRequest\x1a\x37.campaignexpress.audience.v1.ListSegmentMembersResponse\"7\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02+\x12)/v1/{parent=tenants/*/segments/*}/members\x12\xd4\x01\n\x17\x45valuateProfileSegments\x12;.campaignexpress.audience.v1.EvaluateProfileSegmentsRequest\x1a<.campaignexpress.audience.v1.EvaluateProfileSegmentsResponse\">\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02\x32\x12\x30/v1/{name=tenants/*/profiles/*}:evaluateSegments\x12\xe9\x01\n\x18\x43reateDataSubjectRequest\x12<.campaignexpress.audience.v1.CreateDataSubjectRequestRequest\x1a=.campaignexpress.audience.v1.CreateDataSubjectRequestResponse\"P\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02\x42\"*/v1/{parent=tenants/*}/dataSubjectRequests:\x14\x64\x61ta_subject_request\x12\xc8\x01\n\x15GetDataSubjectRequest\x12\x39.campaignexpress.audience.v1.GetDataSubjectRequestRequest\x1a:.campaignexpress.audience.v1.GetDataSubjectRequestResponse\"8\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02,\x12*/v1/{name=tenants/*/dataSubjectRequests/*}\x12\xce\x01\n\x17ListDataSubjectRequests\x12;.campaignexpress.audience.v1.ListDataSubjectRequestsRequest\x1a<.campaignexpress.audience.v1.ListDataSubjectRequestsResponse\"8\x8a\xb5\x18\x02\x08\x0b\x82\xd3\xe4\x93\x02,\x12*/v1/{parent=tenants/*}/dataSubjectRequests\x12\xcd\x01\n\x14UpdateProfileConsent\x12\x38.campaignexpress.audience.v1.UpdateProfileConsentRequest\x1a\x39.campaignexpress.audience.v1.UpdateProfileConsentResponse\"@\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02\x32\"-/v1/{name=tenants/*/profiles/*}:updateConsent:\x01*\x12\xa7\x01\n\rDeleteProfile\x12\x31.campaignexpress.audience.v1.DeleteProfileRequest\x1a\x32.campaignexpress.audience.v1.DeleteProfileResponse\"/\x8a\xb5\x18\x04\x08\x0c\x18\x01\x82\xd3\xe4\x93\x02!*\x1f/v1/{name=tenants/*/profiles/*}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +47,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDIENCESERVICE'].methods_by_name['IngestEvents']._serialized_options = b'\212\265\030\002\010\026\202\323\344\223\002)\"$/v1/{parent=tenants/*}/events:ingest:\001*'
   _globals['_AUDIENCESERVICE'].methods_by_name['StreamEvents']._loaded_options = None
   _globals['_AUDIENCESERVICE'].methods_by_name['StreamEvents']._serialized_options = b'\212\265\030\002\010\026\202\323\344\223\002\026\"\021/v1/events:stream:\001*'
+  _globals['_AUDIENCESERVICE'].methods_by_name['RegisterDevice']._loaded_options = None
+  _globals['_AUDIENCESERVICE'].methods_by_name['RegisterDevice']._serialized_options = b'\212\265\030\002\010\026\202\323\344\223\002,\"\'/v1/{parent=tenants/*}/devices:register:\001*'
+  _globals['_AUDIENCESERVICE'].methods_by_name['ListDevices']._loaded_options = None
+  _globals['_AUDIENCESERVICE'].methods_by_name['ListDevices']._serialized_options = b'\212\265\030\002\010\013\202\323\344\223\002+\022)/v1/{parent=tenants/*/profiles/*}/devices'
+  _globals['_AUDIENCESERVICE'].methods_by_name['InvalidateDevice']._loaded_options = None
+  _globals['_AUDIENCESERVICE'].methods_by_name['InvalidateDevice']._serialized_options = b'\212\265\030\004\010\014\030\001\202\323\344\223\002.\")/v1/{name=tenants/*/devices/*}:invalidate:\001*'
+  _globals['_AUDIENCESERVICE'].methods_by_name['StartSession']._loaded_options = None
+  _globals['_AUDIENCESERVICE'].methods_by_name['StartSession']._serialized_options = b'\212\265\030\002\010\026\202\323\344\223\002*\"%/v1/{parent=tenants/*}/sessions:start:\001*'
+  _globals['_AUDIENCESERVICE'].methods_by_name['ChangeSession']._loaded_options = None
+  _globals['_AUDIENCESERVICE'].methods_by_name['ChangeSession']._serialized_options = b'\212\265\030\002\010\026\202\323\344\223\002+\"&/v1/{name=tenants/*/sessions/*}:change:\001*'
+  _globals['_AUDIENCESERVICE'].methods_by_name['ListSessions']._loaded_options = None
+  _globals['_AUDIENCESERVICE'].methods_by_name['ListSessions']._serialized_options = b'\212\265\030\002\010\013\202\323\344\223\002,\022*/v1/{parent=tenants/*/profiles/*}/sessions'
   _globals['_AUDIENCESERVICE'].methods_by_name['GetProfile']._loaded_options = None
   _globals['_AUDIENCESERVICE'].methods_by_name['GetProfile']._serialized_options = b'\212\265\030\002\010\013\202\323\344\223\002!\022\037/v1/{name=tenants/*/profiles/*}'
   _globals['_AUDIENCESERVICE'].methods_by_name['ListProfiles']._loaded_options = None
@@ -86,98 +99,122 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDIENCESERVICE'].methods_by_name['UpdateProfileConsent']._serialized_options = b'\212\265\030\004\010\014\030\001\202\323\344\223\0022\"-/v1/{name=tenants/*/profiles/*}:updateConsent:\001*'
   _globals['_AUDIENCESERVICE'].methods_by_name['DeleteProfile']._loaded_options = None
   _globals['_AUDIENCESERVICE'].methods_by_name['DeleteProfile']._serialized_options = b'\212\265\030\004\010\014\030\001\202\323\344\223\002!*\037/v1/{name=tenants/*/profiles/*}'
-  _globals['_INGESTEVENTSREQUEST']._serialized_start=416
-  _globals['_INGESTEVENTSREQUEST']._serialized_end=626
-  _globals['_INGESTEVENTSRESPONSE']._serialized_start=628
-  _globals['_INGESTEVENTSRESPONSE']._serialized_end=723
-  _globals['_STREAMEVENTSREQUEST']._serialized_start=726
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=880
-  _globals['_STREAMEVENTSRESPONSE']._serialized_start=882
-  _globals['_STREAMEVENTSRESPONSE']._serialized_end=975
-  _globals['_GETPROFILEREQUEST']._serialized_start=977
-  _globals['_GETPROFILEREQUEST']._serialized_end=1010
-  _globals['_GETPROFILERESPONSE']._serialized_start=1012
-  _globals['_GETPROFILERESPONSE']._serialized_end=1087
-  _globals['_LISTPROFILESREQUEST']._serialized_start=1090
-  _globals['_LISTPROFILESREQUEST']._serialized_end=1219
-  _globals['_LISTPROFILESRESPONSE']._serialized_start=1221
-  _globals['_LISTPROFILESRESPONSE']._serialized_end=1324
-  _globals['_RESOLVEPROFILEREQUEST']._serialized_start=1326
-  _globals['_RESOLVEPROFILEREQUEST']._serialized_end=1394
-  _globals['_RESOLVEPROFILERESPONSE']._serialized_start=1396
-  _globals['_RESOLVEPROFILERESPONSE']._serialized_end=1475
-  _globals['_UPDATEPROFILETRAITSREQUEST']._serialized_start=1477
-  _globals['_UPDATEPROFILETRAITSREQUEST']._serialized_end=1586
-  _globals['_UPDATEPROFILETRAITSRESPONSE']._serialized_start=1588
-  _globals['_UPDATEPROFILETRAITSRESPONSE']._serialized_end=1672
-  _globals['_DELETEPROFILEREQUEST']._serialized_start=1674
-  _globals['_DELETEPROFILEREQUEST']._serialized_end=1710
-  _globals['_DELETEPROFILERESPONSE']._serialized_start=1712
-  _globals['_DELETEPROFILERESPONSE']._serialized_end=1735
-  _globals['_CREATESOURCEREQUEST']._serialized_start=1737
-  _globals['_CREATESOURCEREQUEST']._serialized_end=1827
-  _globals['_CREATESOURCERESPONSE']._serialized_start=1829
-  _globals['_CREATESOURCERESPONSE']._serialized_end=1904
-  _globals['_GETSOURCEREQUEST']._serialized_start=1906
-  _globals['_GETSOURCEREQUEST']._serialized_end=1938
-  _globals['_GETSOURCERESPONSE']._serialized_start=1940
-  _globals['_GETSOURCERESPONSE']._serialized_end=2012
-  _globals['_LISTSOURCESREQUEST']._serialized_start=2014
-  _globals['_LISTSOURCESREQUEST']._serialized_end=2089
-  _globals['_LISTSOURCESRESPONSE']._serialized_start=2091
-  _globals['_LISTSOURCESRESPONSE']._serialized_end=2191
-  _globals['_DELETESOURCEREQUEST']._serialized_start=2193
-  _globals['_DELETESOURCEREQUEST']._serialized_end=2228
-  _globals['_DELETESOURCERESPONSE']._serialized_start=2230
-  _globals['_DELETESOURCERESPONSE']._serialized_end=2252
-  _globals['_CREATESEGMENTREQUEST']._serialized_start=2254
-  _globals['_CREATESEGMENTREQUEST']._serialized_end=2347
-  _globals['_CREATESEGMENTRESPONSE']._serialized_start=2349
-  _globals['_CREATESEGMENTRESPONSE']._serialized_end=2427
-  _globals['_GETSEGMENTREQUEST']._serialized_start=2429
-  _globals['_GETSEGMENTREQUEST']._serialized_end=2462
-  _globals['_GETSEGMENTRESPONSE']._serialized_start=2464
-  _globals['_GETSEGMENTRESPONSE']._serialized_end=2539
-  _globals['_LISTSEGMENTSREQUEST']._serialized_start=2541
-  _globals['_LISTSEGMENTSREQUEST']._serialized_end=2617
-  _globals['_LISTSEGMENTSRESPONSE']._serialized_start=2619
-  _globals['_LISTSEGMENTSRESPONSE']._serialized_end=2722
-  _globals['_DELETESEGMENTREQUEST']._serialized_start=2724
-  _globals['_DELETESEGMENTREQUEST']._serialized_end=2760
-  _globals['_DELETESEGMENTRESPONSE']._serialized_start=2762
-  _globals['_DELETESEGMENTRESPONSE']._serialized_end=2785
-  _globals['_ESTIMATESEGMENTREQUEST']._serialized_start=2787
-  _globals['_ESTIMATESEGMENTREQUEST']._serialized_end=2893
-  _globals['_ESTIMATESEGMENTRESPONSE']._serialized_start=2895
-  _globals['_ESTIMATESEGMENTRESPONSE']._serialized_end=2953
-  _globals['_LISTSEGMENTMEMBERSREQUEST']._serialized_start=2955
-  _globals['_LISTSEGMENTMEMBERSREQUEST']._serialized_end=3037
-  _globals['_SEGMENTMEMBER']._serialized_start=3039
-  _globals['_SEGMENTMEMBER']._serialized_end=3119
-  _globals['_LISTSEGMENTMEMBERSRESPONSE']._serialized_start=3121
-  _globals['_LISTSEGMENTMEMBERSRESPONSE']._serialized_end=3235
-  _globals['_EVALUATEPROFILESEGMENTSREQUEST']._serialized_start=3237
-  _globals['_EVALUATEPROFILESEGMENTSREQUEST']._serialized_end=3283
-  _globals['_EVALUATEPROFILESEGMENTSRESPONSE']._serialized_start=3285
-  _globals['_EVALUATEPROFILESEGMENTSRESPONSE']._serialized_end=3355
-  _globals['_CREATEDATASUBJECTREQUESTREQUEST']._serialized_start=3358
-  _globals['_CREATEDATASUBJECTREQUESTREQUEST']._serialized_end=3486
-  _globals['_CREATEDATASUBJECTREQUESTRESPONSE']._serialized_start=3488
-  _globals['_CREATEDATASUBJECTREQUESTRESPONSE']._serialized_end=3601
-  _globals['_GETDATASUBJECTREQUESTREQUEST']._serialized_start=3603
-  _globals['_GETDATASUBJECTREQUESTREQUEST']._serialized_end=3647
-  _globals['_GETDATASUBJECTREQUESTRESPONSE']._serialized_start=3649
-  _globals['_GETDATASUBJECTREQUESTRESPONSE']._serialized_end=3759
-  _globals['_LISTDATASUBJECTREQUESTSREQUEST']._serialized_start=3761
-  _globals['_LISTDATASUBJECTREQUESTSREQUEST']._serialized_end=3848
-  _globals['_LISTDATASUBJECTREQUESTSRESPONSE']._serialized_start=3851
-  _globals['_LISTDATASUBJECTREQUESTSRESPONSE']._serialized_end=3989
-  _globals['_UPDATEPROFILECONSENTREQUEST']._serialized_start=3992
-  _globals['_UPDATEPROFILECONSENTREQUEST']._serialized_end=4171
-  _globals['_UPDATEPROFILECONSENTREQUEST_CONSENTENTRY']._serialized_start=4125
-  _globals['_UPDATEPROFILECONSENTREQUEST_CONSENTENTRY']._serialized_end=4171
-  _globals['_UPDATEPROFILECONSENTRESPONSE']._serialized_start=4173
-  _globals['_UPDATEPROFILECONSENTRESPONSE']._serialized_end=4258
-  _globals['_AUDIENCESERVICE']._serialized_start=4261
-  _globals['_AUDIENCESERVICE']._serialized_end=8265
+  _globals['_INGESTEVENTSREQUEST']._serialized_start=458
+  _globals['_INGESTEVENTSREQUEST']._serialized_end=668
+  _globals['_INGESTEVENTSRESPONSE']._serialized_start=670
+  _globals['_INGESTEVENTSRESPONSE']._serialized_end=765
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=768
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=922
+  _globals['_STREAMEVENTSRESPONSE']._serialized_start=924
+  _globals['_STREAMEVENTSRESPONSE']._serialized_end=1017
+  _globals['_GETPROFILEREQUEST']._serialized_start=1019
+  _globals['_GETPROFILEREQUEST']._serialized_end=1052
+  _globals['_GETPROFILERESPONSE']._serialized_start=1054
+  _globals['_GETPROFILERESPONSE']._serialized_end=1129
+  _globals['_LISTPROFILESREQUEST']._serialized_start=1132
+  _globals['_LISTPROFILESREQUEST']._serialized_end=1261
+  _globals['_LISTPROFILESRESPONSE']._serialized_start=1263
+  _globals['_LISTPROFILESRESPONSE']._serialized_end=1366
+  _globals['_RESOLVEPROFILEREQUEST']._serialized_start=1368
+  _globals['_RESOLVEPROFILEREQUEST']._serialized_end=1436
+  _globals['_RESOLVEPROFILERESPONSE']._serialized_start=1438
+  _globals['_RESOLVEPROFILERESPONSE']._serialized_end=1517
+  _globals['_UPDATEPROFILETRAITSREQUEST']._serialized_start=1519
+  _globals['_UPDATEPROFILETRAITSREQUEST']._serialized_end=1628
+  _globals['_UPDATEPROFILETRAITSRESPONSE']._serialized_start=1630
+  _globals['_UPDATEPROFILETRAITSRESPONSE']._serialized_end=1714
+  _globals['_DELETEPROFILEREQUEST']._serialized_start=1716
+  _globals['_DELETEPROFILEREQUEST']._serialized_end=1752
+  _globals['_DELETEPROFILERESPONSE']._serialized_start=1754
+  _globals['_DELETEPROFILERESPONSE']._serialized_end=1777
+  _globals['_CREATESOURCEREQUEST']._serialized_start=1779
+  _globals['_CREATESOURCEREQUEST']._serialized_end=1869
+  _globals['_CREATESOURCERESPONSE']._serialized_start=1871
+  _globals['_CREATESOURCERESPONSE']._serialized_end=1946
+  _globals['_GETSOURCEREQUEST']._serialized_start=1948
+  _globals['_GETSOURCEREQUEST']._serialized_end=1980
+  _globals['_GETSOURCERESPONSE']._serialized_start=1982
+  _globals['_GETSOURCERESPONSE']._serialized_end=2054
+  _globals['_LISTSOURCESREQUEST']._serialized_start=2056
+  _globals['_LISTSOURCESREQUEST']._serialized_end=2131
+  _globals['_LISTSOURCESRESPONSE']._serialized_start=2133
+  _globals['_LISTSOURCESRESPONSE']._serialized_end=2233
+  _globals['_DELETESOURCEREQUEST']._serialized_start=2235
+  _globals['_DELETESOURCEREQUEST']._serialized_end=2270
+  _globals['_DELETESOURCERESPONSE']._serialized_start=2272
+  _globals['_DELETESOURCERESPONSE']._serialized_end=2294
+  _globals['_CREATESEGMENTREQUEST']._serialized_start=2296
+  _globals['_CREATESEGMENTREQUEST']._serialized_end=2389
+  _globals['_CREATESEGMENTRESPONSE']._serialized_start=2391
+  _globals['_CREATESEGMENTRESPONSE']._serialized_end=2469
+  _globals['_GETSEGMENTREQUEST']._serialized_start=2471
+  _globals['_GETSEGMENTREQUEST']._serialized_end=2504
+  _globals['_GETSEGMENTRESPONSE']._serialized_start=2506
+  _globals['_GETSEGMENTRESPONSE']._serialized_end=2581
+  _globals['_LISTSEGMENTSREQUEST']._serialized_start=2583
+  _globals['_LISTSEGMENTSREQUEST']._serialized_end=2659
+  _globals['_LISTSEGMENTSRESPONSE']._serialized_start=2661
+  _globals['_LISTSEGMENTSRESPONSE']._serialized_end=2764
+  _globals['_DELETESEGMENTREQUEST']._serialized_start=2766
+  _globals['_DELETESEGMENTREQUEST']._serialized_end=2802
+  _globals['_DELETESEGMENTRESPONSE']._serialized_start=2804
+  _globals['_DELETESEGMENTRESPONSE']._serialized_end=2827
+  _globals['_ESTIMATESEGMENTREQUEST']._serialized_start=2829
+  _globals['_ESTIMATESEGMENTREQUEST']._serialized_end=2935
+  _globals['_ESTIMATESEGMENTRESPONSE']._serialized_start=2937
+  _globals['_ESTIMATESEGMENTRESPONSE']._serialized_end=2995
+  _globals['_LISTSEGMENTMEMBERSREQUEST']._serialized_start=2997
+  _globals['_LISTSEGMENTMEMBERSREQUEST']._serialized_end=3079
+  _globals['_SEGMENTMEMBER']._serialized_start=3081
+  _globals['_SEGMENTMEMBER']._serialized_end=3161
+  _globals['_LISTSEGMENTMEMBERSRESPONSE']._serialized_start=3163
+  _globals['_LISTSEGMENTMEMBERSRESPONSE']._serialized_end=3277
+  _globals['_EVALUATEPROFILESEGMENTSREQUEST']._serialized_start=3279
+  _globals['_EVALUATEPROFILESEGMENTSREQUEST']._serialized_end=3325
+  _globals['_EVALUATEPROFILESEGMENTSRESPONSE']._serialized_start=3327
+  _globals['_EVALUATEPROFILESEGMENTSRESPONSE']._serialized_end=3397
+  _globals['_CREATEDATASUBJECTREQUESTREQUEST']._serialized_start=3400
+  _globals['_CREATEDATASUBJECTREQUESTREQUEST']._serialized_end=3528
+  _globals['_CREATEDATASUBJECTREQUESTRESPONSE']._serialized_start=3530
+  _globals['_CREATEDATASUBJECTREQUESTRESPONSE']._serialized_end=3643
+  _globals['_GETDATASUBJECTREQUESTREQUEST']._serialized_start=3645
+  _globals['_GETDATASUBJECTREQUESTREQUEST']._serialized_end=3689
+  _globals['_GETDATASUBJECTREQUESTRESPONSE']._serialized_start=3691
+  _globals['_GETDATASUBJECTREQUESTRESPONSE']._serialized_end=3801
+  _globals['_LISTDATASUBJECTREQUESTSREQUEST']._serialized_start=3803
+  _globals['_LISTDATASUBJECTREQUESTSREQUEST']._serialized_end=3890
+  _globals['_LISTDATASUBJECTREQUESTSRESPONSE']._serialized_start=3893
+  _globals['_LISTDATASUBJECTREQUESTSRESPONSE']._serialized_end=4031
+  _globals['_UPDATEPROFILECONSENTREQUEST']._serialized_start=4034
+  _globals['_UPDATEPROFILECONSENTREQUEST']._serialized_end=4213
+  _globals['_UPDATEPROFILECONSENTREQUEST_CONSENTENTRY']._serialized_start=4167
+  _globals['_UPDATEPROFILECONSENTREQUEST_CONSENTENTRY']._serialized_end=4213
+  _globals['_UPDATEPROFILECONSENTRESPONSE']._serialized_start=4215
+  _globals['_UPDATEPROFILECONSENTRESPONSE']._serialized_end=4300
+  _globals['_REGISTERDEVICEREQUEST']._serialized_start=4303
+  _globals['_REGISTERDEVICEREQUEST']._serialized_end=4434
+  _globals['_REGISTERDEVICERESPONSE']._serialized_start=4436
+  _globals['_REGISTERDEVICERESPONSE']._serialized_end=4513
+  _globals['_LISTDEVICESREQUEST']._serialized_start=4515
+  _globals['_LISTDEVICESREQUEST']._serialized_end=4551
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=4553
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=4628
+  _globals['_INVALIDATEDEVICEREQUEST']._serialized_start=4630
+  _globals['_INVALIDATEDEVICEREQUEST']._serialized_end=4685
+  _globals['_INVALIDATEDEVICERESPONSE']._serialized_start=4687
+  _globals['_INVALIDATEDEVICERESPONSE']._serialized_end=4766
+  _globals['_STARTSESSIONREQUEST']._serialized_start=4768
+  _globals['_STARTSESSIONREQUEST']._serialized_end=4860
+  _globals['_STARTSESSIONRESPONSE']._serialized_start=4862
+  _globals['_STARTSESSIONRESPONSE']._serialized_end=4939
+  _globals['_CHANGESESSIONREQUEST']._serialized_start=4941
+  _globals['_CHANGESESSIONREQUEST']._serialized_end=4993
+  _globals['_CHANGESESSIONRESPONSE']._serialized_start=4995
+  _globals['_CHANGESESSIONRESPONSE']._serialized_end=5073
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=5075
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=5112
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=5114
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=5192
+  _globals['_AUDIENCESERVICE']._serialized_start=5195
+  _globals['_AUDIENCESERVICE']._serialized_end=10273
 # @@protoc_insertion_point(module_scope)

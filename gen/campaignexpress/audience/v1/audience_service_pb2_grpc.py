@@ -46,6 +46,36 @@ class AudienceServiceStub:
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StreamEventsResponse.FromString,
                 _registered_method=True)
+        self.RegisterDevice = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/RegisterDevice',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.RegisterDeviceRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.RegisterDeviceResponse.FromString,
+                _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/ListDevices',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
+        self.InvalidateDevice = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/InvalidateDevice',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.InvalidateDeviceRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.InvalidateDeviceResponse.FromString,
+                _registered_method=True)
+        self.StartSession = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/StartSession',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StartSessionRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StartSessionResponse.FromString,
+                _registered_method=True)
+        self.ChangeSession = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/ChangeSession',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ChangeSessionRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ChangeSessionResponse.FromString,
+                _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/ListSessions',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
         self.GetProfile = channel.unary_unary(
                 '/campaignexpress.audience.v1.AudienceService/GetProfile',
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetProfileRequest.SerializeToString,
@@ -168,6 +198,49 @@ class AudienceServiceServicer:
         answered in order, with its `sequence`, once durable; a bad batch is
         answered with its error and the stream goes on. Not available over REST
         (streaming).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterDevice(self, request, context):
+        """Registers a push device for the person an SDK names (created when
+        unknown); the same token registered again moves to them and is active.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDevices(self, request, context):
+        """Lists a profile's devices.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InvalidateDevice(self, request, context):
+        """Marks a device's token invalid (a provider said it is gone).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartSession(self, request, context):
+        """Starts an app session for the person an SDK names.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeSession(self, request, context):
+        """Pauses, resumes or ends a session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """Lists a profile's sessions, newest first (up to 1,000).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -327,6 +400,36 @@ def add_AudienceServiceServicer_to_server(servicer, server):
                     request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StreamEventsRequest.FromString,
                     response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StreamEventsResponse.SerializeToString,
             ),
+            'RegisterDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterDevice,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.RegisterDeviceRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.RegisterDeviceResponse.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDevicesRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'InvalidateDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.InvalidateDevice,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.InvalidateDeviceRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.InvalidateDeviceResponse.SerializeToString,
+            ),
+            'StartSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartSession,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StartSessionRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StartSessionResponse.SerializeToString,
+            ),
+            'ChangeSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeSession,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ChangeSessionRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ChangeSessionResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSessionsRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSessionsResponse.SerializeToString,
+            ),
             'GetProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.GetProfile,
                     request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetProfileRequest.FromString,
@@ -484,6 +587,168 @@ class AudienceService:
             '/campaignexpress.audience.v1.AudienceService/StreamEvents',
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StreamEventsRequest.SerializeToString,
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StreamEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/RegisterDevice',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.RegisterDeviceRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.RegisterDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/ListDevices',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDevicesRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvalidateDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/InvalidateDevice',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.InvalidateDeviceRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.InvalidateDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/StartSession',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StartSessionRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.StartSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/ChangeSession',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ChangeSessionRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ChangeSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/ListSessions',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSessionsRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

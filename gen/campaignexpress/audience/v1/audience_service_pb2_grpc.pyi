@@ -47,6 +47,20 @@ class AudienceServiceStub:
     answered with its error and the stream goes on. Not available over REST
     (streaming).
     """
+    RegisterDevice: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.RegisterDeviceRequest, _audience_service_pb2.RegisterDeviceResponse]
+    """Registers a push device for the person an SDK names (created when
+    unknown); the same token registered again moves to them and is active.
+    """
+    ListDevices: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListDevicesRequest, _audience_service_pb2.ListDevicesResponse]
+    """Lists a profile's devices."""
+    InvalidateDevice: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.InvalidateDeviceRequest, _audience_service_pb2.InvalidateDeviceResponse]
+    """Marks a device's token invalid (a provider said it is gone)."""
+    StartSession: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.StartSessionRequest, _audience_service_pb2.StartSessionResponse]
+    """Starts an app session for the person an SDK names."""
+    ChangeSession: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ChangeSessionRequest, _audience_service_pb2.ChangeSessionResponse]
+    """Pauses, resumes or ends a session."""
+    ListSessions: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListSessionsRequest, _audience_service_pb2.ListSessionsResponse]
+    """Lists a profile's sessions, newest first (up to 1,000)."""
     GetProfile: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.GetProfileRequest, _audience_service_pb2.GetProfileResponse]
     """Gets a profile; a merged profile's name answers with its survivor."""
     ListProfiles: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListProfilesRequest, _audience_service_pb2.ListProfilesResponse]
@@ -109,6 +123,20 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     answered with its error and the stream goes on. Not available over REST
     (streaming).
     """
+    RegisterDevice: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.RegisterDeviceRequest, _audience_service_pb2.RegisterDeviceResponse]  # type: ignore[assignment]
+    """Registers a push device for the person an SDK names (created when
+    unknown); the same token registered again moves to them and is active.
+    """
+    ListDevices: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListDevicesRequest, _audience_service_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    """Lists a profile's devices."""
+    InvalidateDevice: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.InvalidateDeviceRequest, _audience_service_pb2.InvalidateDeviceResponse]  # type: ignore[assignment]
+    """Marks a device's token invalid (a provider said it is gone)."""
+    StartSession: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.StartSessionRequest, _audience_service_pb2.StartSessionResponse]  # type: ignore[assignment]
+    """Starts an app session for the person an SDK names."""
+    ChangeSession: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ChangeSessionRequest, _audience_service_pb2.ChangeSessionResponse]  # type: ignore[assignment]
+    """Pauses, resumes or ends a session."""
+    ListSessions: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListSessionsRequest, _audience_service_pb2.ListSessionsResponse]  # type: ignore[assignment]
+    """Lists a profile's sessions, newest first (up to 1,000)."""
     GetProfile: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.GetProfileRequest, _audience_service_pb2.GetProfileResponse]  # type: ignore[assignment]
     """Gets a profile; a merged profile's name answers with its survivor."""
     ListProfiles: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListProfilesRequest, _audience_service_pb2.ListProfilesResponse]  # type: ignore[assignment]
@@ -180,6 +208,56 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         answered with its error and the stream goes on. Not available over REST
         (streaming).
         """
+
+    @_abc_1.abstractmethod
+    def RegisterDevice(
+        self,
+        request: _audience_service_pb2.RegisterDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.RegisterDeviceResponse, _abc.Awaitable[_audience_service_pb2.RegisterDeviceResponse]]:
+        """Registers a push device for the person an SDK names (created when
+        unknown); the same token registered again moves to them and is active.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDevices(
+        self,
+        request: _audience_service_pb2.ListDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.ListDevicesResponse, _abc.Awaitable[_audience_service_pb2.ListDevicesResponse]]:
+        """Lists a profile's devices."""
+
+    @_abc_1.abstractmethod
+    def InvalidateDevice(
+        self,
+        request: _audience_service_pb2.InvalidateDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.InvalidateDeviceResponse, _abc.Awaitable[_audience_service_pb2.InvalidateDeviceResponse]]:
+        """Marks a device's token invalid (a provider said it is gone)."""
+
+    @_abc_1.abstractmethod
+    def StartSession(
+        self,
+        request: _audience_service_pb2.StartSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.StartSessionResponse, _abc.Awaitable[_audience_service_pb2.StartSessionResponse]]:
+        """Starts an app session for the person an SDK names."""
+
+    @_abc_1.abstractmethod
+    def ChangeSession(
+        self,
+        request: _audience_service_pb2.ChangeSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.ChangeSessionResponse, _abc.Awaitable[_audience_service_pb2.ChangeSessionResponse]]:
+        """Pauses, resumes or ends a session."""
+
+    @_abc_1.abstractmethod
+    def ListSessions(
+        self,
+        request: _audience_service_pb2.ListSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.ListSessionsResponse, _abc.Awaitable[_audience_service_pb2.ListSessionsResponse]]:
+        """Lists a profile's sessions, newest first (up to 1,000)."""
 
     @_abc_1.abstractmethod
     def GetProfile(
