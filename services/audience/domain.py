@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from services.analytics.pipeline import AnalyticsPipeline
 from services.audience.applier import AppliedHook, ProfileApplier
+from services.audience.computed import ComputedProperties
 from services.audience.devices import Devices
 from services.audience.events import call_row
 from services.audience.privacy import DataSubjects
@@ -102,9 +103,11 @@ class Audience:
         segments: Segments,
         data_subjects: DataSubjects,
         devices: Devices,
+        computed: ComputedProperties,
         clock: Callable[[], int] = now_us,
     ) -> None:
         self.devices = devices
+        self.computed = computed
         self.segments = segments
         self.data_subjects = data_subjects
         # Called after a change made through the API (not by the applier):

@@ -10,6 +10,7 @@ from services.analytics.pipeline import AnalyticsPipeline
 from services.audience.applier import ProfileApplier, chain
 from services.audience.bidview import BidView
 from services.audience.bus_ingest import BusIngest
+from services.audience.computed import ComputedProperties
 from services.audience.demo import demo_user_ids, seed_demo_profiles, seed_demo_segments
 from services.audience.devices import Devices
 from services.audience.domain import Audience, record_merges
@@ -47,10 +48,13 @@ async def _build(kernel: Kernel) -> Built:
     )
     if view is not None:
         segments.on_members_changed(view.write)
+    computed = ComputedProperties(profiles, kernel.backends.analytics, clock=kernel.clock)
+    segments.computed = computed.values_of
     applier = ProfileApplier(
         profiles,
         on_applied=chain(
             record_merges(auditor) if auditor else None,
+            computed.on_applied,  # before segments: they read the values
             segments.on_applied,
             view.on_applied if view else None,
         ),
@@ -105,6 +109,7 @@ async def _build(kernel: Kernel) -> Built:
         segments,
         data_subjects,
         devices,
+        computed,
         clock=kernel.clock,
     )
 

@@ -47,6 +47,7 @@ from services.audience.events import TABLE as EVENTS_TABLE
 from services.audience.profiles import IDENTITY_KINDS, Profile, Profiles, hashed_identity
 from services.audience.segments import Segments
 from services.audience.tables import (
+    audience_computed_buckets,
     audience_data_subject_requests,
     audience_devices,
     audience_event_counts,
@@ -328,6 +329,14 @@ class DataSubjects:
                     )
                 )
             ]
+            computed = [
+                dict(r._mapping)
+                for r in await conn.execute(
+                    sa.select(audience_computed_buckets).where(
+                        audience_computed_buckets.c.profile_id.in_(person.profile_ids)
+                    )
+                )
+            ]
             memberships = list(
                 await conn.scalars(
                     sa.select(audience_segment_members.c.segment_id).where(
@@ -346,6 +355,7 @@ class DataSubjects:
             "segments": [f"tenants/{tenant_id}/segments/{s}" for s in memberships],
             "eventCounts": counts,
             "devices": devices,
+            "computedPropertyBuckets": computed,
             "sessions": sessions,
             "events": events,
             "bidEvents": bids,

@@ -39,6 +39,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.audience.tables import (
+    audience_computed_buckets,
     audience_devices,
     audience_event_counts,
     audience_identities,
@@ -335,6 +336,7 @@ class Profiles:
                 audience_segment_members,
                 audience_devices,
                 audience_sessions,
+                audience_computed_buckets,
             ):
                 await conn.execute(table.delete().where(table.c.profile_id.in_(ids)))
             await conn.execute(

@@ -67,6 +67,7 @@ PASS_PAGE = 1_000
 CACHE_SECONDS = 5.0
 
 MembersChanged = Callable[[str, list[str]], Awaitable[None]]
+ComputedValues = Callable[[str, Sequence[str]], Awaitable[dict[str, dict[str, Any]]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,8 @@ class Segments:
         self._refresh_seconds = refresh_seconds
         self._cache: dict[str, tuple[float, list[Segment]]] = {}
         self._members_changed: list[MembersChanged] = []
+        # Computed property values by profile (they read as traits).
+        self.computed: ComputedValues | None = None
         self._task: asyncio.Task[None] | None = None
 
     def on_members_changed(self, hook: MembersChanged) -> None:
@@ -270,6 +273,7 @@ class Segments:
         now = self._clock()
         async with self._db.engine.connect() as conn:
             facts = await _facts(conn, tenant_id, [profile_id], _window(segments), now)
+        facts = await self._with_computed(tenant_id, facts)
         if profile_id not in facts:
             raise NotFound(f"profile {profile_id} not found")
         met = [s for s in segments if conditions.matches(s.condition, facts[profile_id], now)]
@@ -312,7 +316,9 @@ class Segments:
             return []
         now = self._clock()
         async with self._db.engine.begin() as conn:
-            facts = await _facts(conn, tenant_id, profile_ids, _window(segments), now)
+            facts = await self._with_computed(
+                tenant_id, await _facts(conn, tenant_id, profile_ids, _window(segments), now)
+            )
             wanted = {
                 (s.id, pid)
                 for pid, f in facts.items()
@@ -472,6 +478,20 @@ class Segments:
             except Exception:
                 log.warning("segments: a members-changed hook failed", exc_info=True)
 
+    async def _with_computed(self, tenant_id: str, facts: dict[str, Facts]) -> dict[str, Facts]:
+        """Facts whose traits include the computed properties (by key)."""
+        if self.computed is None or not facts:
+            return facts
+        values = await self.computed(tenant_id, list(facts))
+        if not values:
+            return facts
+        return {
+            pid: Facts(
+                {**f.traits, **values.get(pid, {})}, f.first_seen_us, f.last_seen_us, f.count
+            )
+            for pid, f in facts.items()
+        }
+
     async def _get(self, tenant_id: str, segment_id: str) -> Segment:
         async with self._db.engine.connect() as conn:
             row = (
@@ -504,7 +524,7 @@ class Segments:
                 if not ids:
                     return
                 page = await _facts(conn, tenant_id, ids, window_days, self._clock())
-            yield page
+            yield await self._with_computed(tenant_id, page)
             after = ids[-1]
 
 

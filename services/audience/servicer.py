@@ -10,6 +10,7 @@ from google.protobuf import json_format, struct_pb2
 from campaignexpress.audience.v1 import (
     audience_service_pb2,
     audience_service_pb2_grpc,
+    computed_property_pb2,
     data_subject_pb2,
     device_pb2,
     profile_pb2,
@@ -17,6 +18,7 @@ from campaignexpress.audience.v1 import (
     source_pb2,
 )
 from services.audience import conditions
+from services.audience.computed import ComputedProperty
 from services.audience.devices import Device, Session
 from services.audience.domain import Audience, profile_name
 from services.audience.privacy import Record
@@ -48,10 +50,13 @@ def _dict(message: struct_pb2.Struct) -> dict[str, Any]:
     return plain
 
 
-def profile_proto(profile: Profile) -> profile_pb2.Profile:
+def profile_proto(profile: Profile, computed: dict[str, Any] | None = None) -> profile_pb2.Profile:
     traits = struct_pb2.Struct()
     traits.update(profile.traits)
+    values = struct_pb2.Struct()
+    values.update(computed or {})
     return profile_pb2.Profile(
+        computed=values,
         name=profile_name(profile),
         traits=traits,
         event_count=profile.event_count,
@@ -168,6 +173,31 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+_AGGREGATES = {
+    computed_property_pb2.AGGREGATE_COUNT: "count",
+    computed_property_pb2.AGGREGATE_SUM: "sum",
+    computed_property_pb2.AGGREGATE_MIN: "min",
+    computed_property_pb2.AGGREGATE_MAX: "max",
+    computed_property_pb2.AGGREGATE_FIRST: "first",
+    computed_property_pb2.AGGREGATE_LAST: "last",
+    computed_property_pb2.AGGREGATE_DISTINCT: "distinct",
+}
+_AGGREGATE_ENUMS = {name: value for value, name in _AGGREGATES.items()}
+
+
+def computed_proto(prop: ComputedProperty) -> computed_property_pb2.ComputedProperty:
+    return computed_property_pb2.ComputedProperty(
+        name=prop.name,
+        display_name=prop.display_name,
+        key=prop.key,
+        event=prop.event,
+        aggregate=_AGGREGATE_ENUMS.get(prop.aggregate, computed_property_pb2.AGGREGATE_UNSPECIFIED),
+        property=prop.property_name,
+        within_days=prop.within_days,
+        create_time=timestamp(prop.create_time),
+    )
+
+
 def device_proto(device: Device) -> device_pb2.Device:
     message = device_pb2.Device(
         name=device.name,
@@ -208,6 +238,47 @@ def _own(parent: str) -> str:
 class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
     def __init__(self, audience: Audience) -> None:
         self._audience = audience
+
+    async def _protos(self, found: list[Profile]) -> list[profile_pb2.Profile]:
+        """Profiles with their computed properties."""
+        if not found:
+            return []
+        values = await self._audience.computed.values_of(found[0].tenant_id, [p.id for p in found])
+        return [profile_proto(p, values.get(p.id)) for p in found]
+
+    async def _proto(self, profile: Profile) -> profile_pb2.Profile:
+        (message,) = await self._protos([profile])
+        return message
+
+    async def CreateComputedProperty(
+        self, request: pb.CreateComputedPropertyRequest, context: Any
+    ) -> Any:
+        asked = request.computed_property
+        created = await self._audience.computed.create(
+            current_principal(),
+            request.parent,
+            display_name=asked.display_name,
+            key=asked.key,
+            event=asked.event,
+            aggregate=_AGGREGATES.get(asked.aggregate, ""),
+            property_name=asked.property,
+            within_days=asked.within_days,
+        )
+        return pb.CreateComputedPropertyResponse(computed_property=computed_proto(created))
+
+    async def ListComputedProperties(
+        self, request: pb.ListComputedPropertiesRequest, context: Any
+    ) -> Any:
+        found = await self._audience.computed.list_properties(current_principal(), request.parent)
+        return pb.ListComputedPropertiesResponse(
+            computed_properties=[computed_proto(p) for p in found]
+        )
+
+    async def DeleteComputedProperty(
+        self, request: pb.DeleteComputedPropertyRequest, context: Any
+    ) -> Any:
+        await self._audience.computed.delete(current_principal(), request.name)
+        return pb.DeleteComputedPropertyResponse()
 
     async def IngestEvents(self, request: pb.IngestEventsRequest, context: Any) -> Any:
         result = await self._audience.ingest(
@@ -299,7 +370,7 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
 
     async def GetProfile(self, request: pb.GetProfileRequest, context: Any) -> Any:
         found = await self._audience.get(current_principal(), request.name)
-        return pb.GetProfileResponse(profile=profile_proto(found))
+        return pb.GetProfileResponse(profile=await self._proto(found))
 
     async def ListProfiles(self, request: pb.ListProfilesRequest, context: Any) -> Any:
         found, token = await self._audience.list_profiles(
@@ -309,15 +380,13 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
             request.page_token,
             micros(request.seen_since_time, request.HasField("seen_since_time"), "seen_since_time"),
         )
-        return pb.ListProfilesResponse(
-            profiles=[profile_proto(p) for p in found], next_page_token=token
-        )
+        return pb.ListProfilesResponse(profiles=await self._protos(found), next_page_token=token)
 
     async def ResolveProfile(self, request: pb.ResolveProfileRequest, context: Any) -> Any:
         found = await self._audience.resolve(
             current_principal(), request.parent, request.kind, request.value
         )
-        return pb.ResolveProfileResponse(profile=profile_proto(found))
+        return pb.ResolveProfileResponse(profile=await self._proto(found))
 
     async def UpdateProfileTraits(
         self, request: pb.UpdateProfileTraitsRequest, context: Any
@@ -328,7 +397,7 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
             _dict(request.set_traits),
             list(request.unset_traits),
         )
-        return pb.UpdateProfileTraitsResponse(profile=profile_proto(found))
+        return pb.UpdateProfileTraitsResponse(profile=await self._proto(found))
 
     async def CreateSource(self, request: pb.CreateSourceRequest, context: Any) -> Any:
         source, key = await self._audience.sources.create(
@@ -446,7 +515,7 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
         found = await self._audience.update_consent(
             current_principal(), request.name, dict(request.consent)
         )
-        return pb.UpdateProfileConsentResponse(profile=profile_proto(found))
+        return pb.UpdateProfileConsentResponse(profile=await self._proto(found))
 
     async def DeleteProfile(self, request: pb.DeleteProfileRequest, context: Any) -> Any:
         await self._audience.delete(current_principal(), request.name)

@@ -158,3 +158,32 @@ audience_sessions = sa.Table(
     sa.Column("active_us", sa.BigInteger, nullable=False),  # time active (paused spans out)
     sa.Index("ix_audience_sessions_profile", "profile_id", "start_time"),
 )
+
+audience_computed_properties = sa.Table(
+    "audience_computed_properties",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("key", sa.String(64), nullable=False),
+    sa.Column("event", sa.String(1024), nullable=False),
+    sa.Column("aggregate", sa.String(10), nullable=False),  # count, sum, min, ...
+    sa.Column("property", sa.String(256), nullable=False),
+    sa.Column("within_days", sa.Integer, nullable=False),  # 0: all time
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+    sa.Index("ux_audience_computed_key", "tenant_id", "key", unique=True),
+)
+
+# A computed property's partial aggregate per profile and UTC day (all time:
+# day 0): {"n": count, "sum": .., "min": .., "max": .., "first": [us, v],
+# "last": [us, v], "values": [distinct values, up to 1,000]}.
+audience_computed_buckets = sa.Table(
+    "audience_computed_buckets",
+    metadata,
+    sa.Column("property_id", sa.String(64), primary_key=True),
+    sa.Column("profile_id", sa.String(64), primary_key=True),
+    sa.Column("day", sa.Integer, primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("state", sa.JSON, nullable=False),
+    sa.Index("ix_audience_computed_buckets_profile", "profile_id"),
+)

@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from campaignexpress.audience.v1 import computed_property_pb2 as _computed_property_pb2
 from campaignexpress.audience.v1 import data_subject_pb2 as _data_subject_pb2
 from campaignexpress.audience.v1 import device_pb2 as _device_pb2
 from campaignexpress.audience.v1 import profile_pb2 as _profile_pb2
@@ -1575,3 +1576,140 @@ class ListSessionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSessionsResponse: _TypeAlias = ListSessionsResponse  # noqa: Y015
+
+@_typing.final
+class CreateComputedPropertyRequest(_message.Message):
+    """Request of CreateComputedProperty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    COMPUTED_PROPERTY_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, `tenants/{tenant}`."""
+    @_builtins.property
+    def computed_property(self) -> _computed_property_pb2.ComputedProperty:
+        """The property."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        computed_property: _computed_property_pb2.ComputedProperty | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["computed_property", b"computed_property"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["computed_property", b"computed_property", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateComputedPropertyRequest: _TypeAlias = CreateComputedPropertyRequest  # noqa: Y015
+
+@_typing.final
+class CreateComputedPropertyResponse(_message.Message):
+    """Response of CreateComputedProperty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPUTED_PROPERTY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def computed_property(self) -> _computed_property_pb2.ComputedProperty:
+        """The property."""
+
+    def __init__(
+        self,
+        *,
+        computed_property: _computed_property_pb2.ComputedProperty | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["computed_property", b"computed_property"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["computed_property", b"computed_property"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateComputedPropertyResponse: _TypeAlias = CreateComputedPropertyResponse  # noqa: Y015
+
+@_typing.final
+class ListComputedPropertiesRequest(_message.Message):
+    """Request of ListComputedProperties."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, `tenants/{tenant}`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListComputedPropertiesRequest: _TypeAlias = ListComputedPropertiesRequest  # noqa: Y015
+
+@_typing.final
+class ListComputedPropertiesResponse(_message.Message):
+    """Response of ListComputedProperties."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPUTED_PROPERTIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def computed_properties(self) -> _containers.RepeatedCompositeFieldContainer[_computed_property_pb2.ComputedProperty]:
+        """The properties, oldest first (at most 100 a tenant)."""
+
+    def __init__(
+        self,
+        *,
+        computed_properties: _abc.Iterable[_computed_property_pb2.ComputedProperty] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["computed_properties", b"computed_properties"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListComputedPropertiesResponse: _TypeAlias = ListComputedPropertiesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteComputedPropertyRequest(_message.Message):
+    """Request of DeleteComputedProperty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/computedProperties/{property}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteComputedPropertyRequest: _TypeAlias = DeleteComputedPropertyRequest  # noqa: Y015
+
+@_typing.final
+class DeleteComputedPropertyResponse(_message.Message):
+    """Response of DeleteComputedProperty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteComputedPropertyResponse: _TypeAlias = DeleteComputedPropertyResponse  # noqa: Y015

@@ -76,6 +76,21 @@ class AudienceServiceStub:
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSessionsResponse.FromString,
                 _registered_method=True)
+        self.CreateComputedProperty = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/CreateComputedProperty',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateComputedPropertyRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateComputedPropertyResponse.FromString,
+                _registered_method=True)
+        self.ListComputedProperties = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/ListComputedProperties',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListComputedPropertiesRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListComputedPropertiesResponse.FromString,
+                _registered_method=True)
+        self.DeleteComputedProperty = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/DeleteComputedProperty',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteComputedPropertyRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteComputedPropertyResponse.FromString,
+                _registered_method=True)
         self.GetProfile = channel.unary_unary(
                 '/campaignexpress.audience.v1.AudienceService/GetProfile',
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetProfileRequest.SerializeToString,
@@ -241,6 +256,28 @@ class AudienceServiceServicer:
 
     def ListSessions(self, request, context):
         """Lists a profile's sessions, newest first (up to 1,000).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateComputedProperty(self, request, context):
+        """Creates a computed property, computed at once from the events table and
+        kept current as events arrive.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListComputedProperties(self, request, context):
+        """Lists a tenant's computed properties, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteComputedProperty(self, request, context):
+        """Deletes a computed property and its values.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -429,6 +466,21 @@ def add_AudienceServiceServicer_to_server(servicer, server):
                     servicer.ListSessions,
                     request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSessionsRequest.FromString,
                     response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'CreateComputedProperty': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateComputedProperty,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateComputedPropertyRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateComputedPropertyResponse.SerializeToString,
+            ),
+            'ListComputedProperties': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListComputedProperties,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListComputedPropertiesRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListComputedPropertiesResponse.SerializeToString,
+            ),
+            'DeleteComputedProperty': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteComputedProperty,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteComputedPropertyRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteComputedPropertyResponse.SerializeToString,
             ),
             'GetProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.GetProfile,
@@ -749,6 +801,87 @@ class AudienceService:
             '/campaignexpress.audience.v1.AudienceService/ListSessions',
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSessionsRequest.SerializeToString,
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateComputedProperty(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/CreateComputedProperty',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateComputedPropertyRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateComputedPropertyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListComputedProperties(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/ListComputedProperties',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListComputedPropertiesRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListComputedPropertiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteComputedProperty(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/DeleteComputedProperty',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteComputedPropertyRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteComputedPropertyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,14 @@ class AudienceServiceStub:
     """Pauses, resumes or ends a session."""
     ListSessions: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListSessionsRequest, _audience_service_pb2.ListSessionsResponse]
     """Lists a profile's sessions, newest first (up to 1,000)."""
+    CreateComputedProperty: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.CreateComputedPropertyRequest, _audience_service_pb2.CreateComputedPropertyResponse]
+    """Creates a computed property, computed at once from the events table and
+    kept current as events arrive.
+    """
+    ListComputedProperties: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListComputedPropertiesRequest, _audience_service_pb2.ListComputedPropertiesResponse]
+    """Lists a tenant's computed properties, oldest first."""
+    DeleteComputedProperty: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteComputedPropertyRequest, _audience_service_pb2.DeleteComputedPropertyResponse]
+    """Deletes a computed property and its values."""
     GetProfile: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.GetProfileRequest, _audience_service_pb2.GetProfileResponse]
     """Gets a profile; a merged profile's name answers with its survivor."""
     ListProfiles: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListProfilesRequest, _audience_service_pb2.ListProfilesResponse]
@@ -137,6 +145,14 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     """Pauses, resumes or ends a session."""
     ListSessions: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListSessionsRequest, _audience_service_pb2.ListSessionsResponse]  # type: ignore[assignment]
     """Lists a profile's sessions, newest first (up to 1,000)."""
+    CreateComputedProperty: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.CreateComputedPropertyRequest, _audience_service_pb2.CreateComputedPropertyResponse]  # type: ignore[assignment]
+    """Creates a computed property, computed at once from the events table and
+    kept current as events arrive.
+    """
+    ListComputedProperties: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListComputedPropertiesRequest, _audience_service_pb2.ListComputedPropertiesResponse]  # type: ignore[assignment]
+    """Lists a tenant's computed properties, oldest first."""
+    DeleteComputedProperty: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteComputedPropertyRequest, _audience_service_pb2.DeleteComputedPropertyResponse]  # type: ignore[assignment]
+    """Deletes a computed property and its values."""
     GetProfile: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.GetProfileRequest, _audience_service_pb2.GetProfileResponse]  # type: ignore[assignment]
     """Gets a profile; a merged profile's name answers with its survivor."""
     ListProfiles: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListProfilesRequest, _audience_service_pb2.ListProfilesResponse]  # type: ignore[assignment]
@@ -258,6 +274,32 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audience_service_pb2.ListSessionsResponse, _abc.Awaitable[_audience_service_pb2.ListSessionsResponse]]:
         """Lists a profile's sessions, newest first (up to 1,000)."""
+
+    @_abc_1.abstractmethod
+    def CreateComputedProperty(
+        self,
+        request: _audience_service_pb2.CreateComputedPropertyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.CreateComputedPropertyResponse, _abc.Awaitable[_audience_service_pb2.CreateComputedPropertyResponse]]:
+        """Creates a computed property, computed at once from the events table and
+        kept current as events arrive.
+        """
+
+    @_abc_1.abstractmethod
+    def ListComputedProperties(
+        self,
+        request: _audience_service_pb2.ListComputedPropertiesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.ListComputedPropertiesResponse, _abc.Awaitable[_audience_service_pb2.ListComputedPropertiesResponse]]:
+        """Lists a tenant's computed properties, oldest first."""
+
+    @_abc_1.abstractmethod
+    def DeleteComputedProperty(
+        self,
+        request: _audience_service_pb2.DeleteComputedPropertyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.DeleteComputedPropertyResponse, _abc.Awaitable[_audience_service_pb2.DeleteComputedPropertyResponse]]:
+        """Deletes a computed property and its values."""
 
     @_abc_1.abstractmethod
     def GetProfile(

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)campaignexpress/audience/v1/profile.proto\x12\x1b\x63\x61mpaignexpress.audience.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x03\n\x07Profile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06traits\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x65vent_count\x18\x03 \x01(\x03\x12\x33\n\x0f\x66irst_seen_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_seen_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\nidentities\x18\x06 \x03(\x0b\x32%.campaignexpress.audience.v1.Identity\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12\x42\n\x07\x63onsent\x18\x08 \x03(\x0b\x32\x31.campaignexpress.audience.v1.Profile.ConsentEntry\x1aZ\n\x0c\x43onsentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x39\n\x05value\x18\x02 \x01(\x0b\x32*.campaignexpress.audience.v1.ConsentChoice:\x02\x38\x01\"z\n\rConsentChoice\x12\x38\n\x05state\x18\x01 \x01(\x0e\x32).campaignexpress.audience.v1.ConsentState\x12/\n\x0bupdate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\'\n\x08Identity\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t*c\n\x0c\x43onsentState\x12\x1d\n\x19\x43ONSENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43ONSENT_STATE_GRANTED\x10\x01\x12\x19\n\x15\x43ONSENT_STATE_REFUSED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)campaignexpress/audience/v1/profile.proto\x12\x1b\x63\x61mpaignexpress.audience.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x03\n\x07Profile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06traits\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x65vent_count\x18\x03 \x01(\x03\x12\x33\n\x0f\x66irst_seen_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_seen_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\nidentities\x18\x06 \x03(\x0b\x32%.campaignexpress.audience.v1.Identity\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12\x42\n\x07\x63onsent\x18\x08 \x03(\x0b\x32\x31.campaignexpress.audience.v1.Profile.ConsentEntry\x12)\n\x08\x63omputed\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x1aZ\n\x0c\x43onsentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x39\n\x05value\x18\x02 \x01(\x0b\x32*.campaignexpress.audience.v1.ConsentChoice:\x02\x38\x01\"z\n\rConsentChoice\x12\x38\n\x05state\x18\x01 \x01(\x0e\x32).campaignexpress.audience.v1.ConsentState\x12/\n\x0bupdate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\'\n\x08Identity\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t*c\n\x0c\x43onsentState\x12\x1d\n\x19\x43ONSENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43ONSENT_STATE_GRANTED\x10\x01\x12\x19\n\x15\x43ONSENT_STATE_REFUSED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,14 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROFILE_CONSENTENTRY']._loaded_options = None
   _globals['_PROFILE_CONSENTENTRY']._serialized_options = b'8\001'
-  _globals['_CONSENTSTATE']._serialized_start=731
-  _globals['_CONSENTSTATE']._serialized_end=830
+  _globals['_CONSENTSTATE']._serialized_start=774
+  _globals['_CONSENTSTATE']._serialized_end=873
   _globals['_PROFILE']._serialized_start=138
-  _globals['_PROFILE']._serialized_end=564
-  _globals['_PROFILE_CONSENTENTRY']._serialized_start=474
-  _globals['_PROFILE_CONSENTENTRY']._serialized_end=564
-  _globals['_CONSENTCHOICE']._serialized_start=566
-  _globals['_CONSENTCHOICE']._serialized_end=688
-  _globals['_IDENTITY']._serialized_start=690
-  _globals['_IDENTITY']._serialized_end=729
+  _globals['_PROFILE']._serialized_end=607
+  _globals['_PROFILE_CONSENTENTRY']._serialized_start=517
+  _globals['_PROFILE_CONSENTENTRY']._serialized_end=607
+  _globals['_CONSENTCHOICE']._serialized_start=609
+  _globals['_CONSENTCHOICE']._serialized_end=731
+  _globals['_IDENTITY']._serialized_start=733
+  _globals['_IDENTITY']._serialized_end=772
 # @@protoc_insertion_point(module_scope)

@@ -82,6 +82,7 @@ class Profile(_message.Message):
     IDENTITIES_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CONSENT_FIELD_NUMBER: _builtins.int
+    COMPUTED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`tenants/{tenant}/profiles/{profile}`."""
     event_count: _builtins.int
@@ -110,6 +111,10 @@ class Profile(_message.Message):
         `marketing:email` for one channel), the latest of each.
         """
 
+    @_builtins.property
+    def computed(self) -> _struct_pb2.Struct:
+        """Computed properties by key (e.g. {"orders_30d": 3})."""
+
     def __init__(
         self,
         *,
@@ -121,10 +126,11 @@ class Profile(_message.Message):
         identities: _abc.Iterable[Global___Identity] | None = ...,
         version: _builtins.int = ...,
         consent: _abc.Mapping[_builtins.str, Global___ConsentChoice] | None = ...,
+        computed: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen_time", b"first_seen_time", "last_seen_time", b"last_seen_time", "traits", b"traits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["computed", b"computed", "first_seen_time", b"first_seen_time", "last_seen_time", b"last_seen_time", "traits", b"traits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "event_count", b"event_count", "first_seen_time", b"first_seen_time", "identities", b"identities", "last_seen_time", b"last_seen_time", "name", b"name", "traits", b"traits", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["computed", b"computed", "consent", b"consent", "event_count", b"event_count", "first_seen_time", b"first_seen_time", "identities", b"identities", "last_seen_time", b"last_seen_time", "name", b"name", "traits", b"traits", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
