@@ -239,3 +239,42 @@ async def test_a_person_who_refuses_advertising_is_not_targeted(env: Env) -> Non
     assert status == 200
     status, answer = await call(env, "POST", f"{shy}:updateConsent", {"consent": {}})
     assert status == 400 and "consent" in str(answer)
+
+
+async def test_a_segment_is_changed_and_segments_overlap(env: Env) -> None:
+    await ingest(
+        env,
+        {"type": "identify", "userId": "o1", "traits": {"plan": "pro", "city": "Lisbon"}},
+        {"type": "identify", "userId": "o2", "traits": {"plan": "pro", "city": "Oslo"}},
+        {"type": "identify", "userId": "o3", "traits": {"plan": "free", "city": "Lisbon"}},
+    )
+    pro = await create(env, PRO, "Pro")
+    lisbon_condition = {
+        "trait": {"trait": "city", "comparison": "COMPARISON_EQUALS", "value": "Lisbon"}
+    }
+    lisbon = await create(env, lisbon_condition, "Lisbon")
+    status, body = await call(
+        env, "POST", "tenants/acme/segments:overlap",
+        {"segments": [pro["name"], lisbon["name"]]},
+    )  # fmt: skip
+    assert status == 200, body
+    assert body["sizes"] == ["2", "2"] and body["inAll"] == "1"
+    assert body["pairs"] == [{"first": pro["name"], "second": lisbon["name"], "shared": "1"}]
+    status, answer = await call(
+        env, "POST", "tenants/acme/segments:overlap", {"segments": [pro["name"]]}
+    )
+    assert status == 400 and "segments" in str(answer)
+
+    # a new condition: evaluated at once
+    oslo = {"trait": {"trait": "city", "comparison": "COMPARISON_EQUALS", "value": "Oslo"}}
+    status, body = await call(
+        env, "PATCH", f"{lisbon['name']}?updateMask=displayName,condition",
+        {"displayName": "Oslo", "condition": oslo},
+    )  # fmt: skip
+    assert status == 200, body
+    assert body["segment"]["displayName"] == "Oslo" and body["segment"]["size"] == "1"
+    assert await members(env, body["segment"]) == {await profile_of(env, "o2")}
+    status, body = await call(
+        env, "PATCH", f"{lisbon['name']}?updateMask=kind", {"displayName": "x"}
+    )
+    assert status == 400 and "update_mask" in str(body)

@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from services.analytics.pipeline import AnalyticsPipeline
 from services.audience.applier import AppliedHook, ProfileApplier
 from services.audience.computed import ComputedProperties
@@ -149,6 +151,30 @@ class Audience:
 
     def now(self) -> int:
         return self._clock()
+
+    async def ingest_json(
+        self,
+        caller: Principal,
+        parent: str,
+        body: bytes,
+        call_type: str = "",
+        *,
+        wait_for_profiles: bool = False,
+    ) -> Accepted:
+        """`ingest` of a Segment body as JSON text: a batch body, or one call
+        of `call_type`."""
+        tenant_id = caller.tenant_id if parent == "tenants/-" else self._tenant(caller, parent)
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidArgument.field("body", f"is not JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise InvalidArgument.field("body", "must be a JSON object")
+        if call_type:
+            parsed = {"batch": [{**parsed, "type": parsed.get("type", call_type)}]}
+        tracked = read_batch(parsed, self._clock())
+        source = await self.sources.source_of(caller)
+        return await self.accept(tenant_id, source, tracked, wait_for_profiles)
 
     async def accept(
         self,

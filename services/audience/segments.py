@@ -180,6 +180,83 @@ class Segments:
         await self.evaluate_all(tenant_id, only=[segment.id], publish=False)
         return await self._get(tenant_id, segment.id)
 
+    async def update(
+        self,
+        caller: Principal,
+        name: str,
+        paths: Sequence[str],
+        *,
+        display_name: str,
+        description: str,
+        condition: Any,
+    ) -> Segment:
+        """Change the fields in `paths` (empty: all three); a new condition
+        is evaluated over every profile at once, its changes published."""
+        tenant_id, segment_id = _segment(caller, name, "segment.name")
+        current = await self._get(tenant_id, segment_id)
+        fields = set(paths) or {"display_name", "description", "condition"}
+        unknown = fields - {"display_name", "description", "condition"}
+        if unknown:
+            raise InvalidArgument.field(
+                "update_mask", f"{sorted(unknown)[0]!r}: display_name, description or condition"
+            )
+        violations: list[FieldViolation] = []
+        if "display_name" in fields:
+            check_text(violations, "segment.display_name", display_name, required=True, max_len=200)
+        if "description" in fields:
+            check_text(violations, "segment.description", description, required=False, max_len=2000)
+        collect(violations)
+        values: dict[str, Any] = {"update_time": self._clock()}
+        if "display_name" in fields:
+            values["display_name"] = display_name
+        if "description" in fields:
+            values["description"] = description
+        if "condition" in fields:
+            if not condition:
+                raise InvalidArgument.field("segment.condition", "required")
+            read = conditions.read_condition(condition, "segment.condition")
+            values["condition"] = conditions.to_json(read)
+            values["kind"] = conditions.kind_of(read)
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                audience_segments.update()
+                .where(audience_segments.c.id == current.id)
+                .values(**values)
+            )
+        self._cache.pop(tenant_id, None)
+        if "condition" in fields:
+            await self.evaluate_all(tenant_id, only=[current.id], publish=True)
+        return await self._get(tenant_id, current.id)
+
+    async def overlap(
+        self, caller: Principal, parent: str, segment_names: Sequence[str]
+    ) -> tuple[list[int], list[tuple[str, str, int]], int]:
+        """(sizes, shared by each pair, in all) of 2-10 segments."""
+        tenant_id = _tenant(caller, parent)
+        if not 2 <= len(segment_names) <= 10 or len(set(segment_names)) != len(segment_names):
+            raise InvalidArgument.field("segments", "name 2-10 different segments")
+        ids = []
+        for i, name in enumerate(segment_names):
+            owner, segment_id = _segment(caller, name, f"segments[{i}]")
+            if owner != tenant_id:
+                raise InvalidArgument.field(f"segments[{i}]", "must be of the parent tenant")
+            await self._get(tenant_id, segment_id)
+            ids.append(segment_id)
+        m = audience_segment_members.c
+        async with self._db.engine.connect() as conn:
+            members = {
+                sid: set(await conn.scalars(sa.select(m.profile_id).where(m.segment_id == sid)))
+                for sid in ids
+            }
+        sizes = [len(members[sid]) for sid in ids]
+        pairs = [
+            (segment_names[a], segment_names[b], len(members[ids[a]] & members[ids[b]]))
+            for a in range(len(ids))
+            for b in range(a + 1, len(ids))
+        ]
+        in_all = set.intersection(*(members[sid] for sid in ids))
+        return sizes, pairs, len(in_all)
+
     async def get(self, caller: Principal, name: str) -> Segment:
         tenant_id, segment_id = _segment(caller, name, "name")
         return await self._get(tenant_id, segment_id)

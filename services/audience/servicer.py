@@ -281,6 +281,15 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
         return pb.DeleteComputedPropertyResponse()
 
     async def IngestEvents(self, request: pb.IngestEventsRequest, context: Any) -> Any:
+        if request.json_body:
+            result = await self._audience.ingest_json(
+                current_principal(),
+                request.parent,
+                request.json_body,
+                request.call_type,
+                wait_for_profiles=request.wait_for_profiles,
+            )
+            return pb.IngestEventsResponse(accepted=result.accepted)
         result = await self._audience.ingest(
             current_principal(),
             request.parent,
@@ -445,6 +454,30 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
         )
         return pb.ListSegmentsResponse(
             segments=[segment_proto(s) for s in found], next_page_token=token
+        )
+
+    async def UpdateSegment(self, request: pb.UpdateSegmentRequest, context: Any) -> Any:
+        segment = request.segment
+        updated = await self._audience.segments.update(
+            current_principal(),
+            segment.name,
+            list(request.update_mask.paths),
+            display_name=segment.display_name,
+            description=segment.description,
+            condition=(
+                _condition_json(segment.condition) if segment.HasField("condition") else None
+            ),
+        )
+        return pb.UpdateSegmentResponse(segment=segment_proto(updated))
+
+    async def OverlapSegments(self, request: pb.OverlapSegmentsRequest, context: Any) -> Any:
+        sizes, pairs, in_all = await self._audience.segments.overlap(
+            current_principal(), request.parent, list(request.segments)
+        )
+        return pb.OverlapSegmentsResponse(
+            sizes=sizes,
+            pairs=[pb.SegmentPair(first=a, second=b, shared=n) for a, b, n in pairs],
+            in_all=in_all,
         )
 
     async def DeleteSegment(self, request: pb.DeleteSegmentRequest, context: Any) -> Any:

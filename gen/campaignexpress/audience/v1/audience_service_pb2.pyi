@@ -11,6 +11,7 @@ from campaignexpress.audience.v1 import segment_pb2 as _segment_pb2
 from campaignexpress.audience.v1 import source_pb2 as _source_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -39,6 +40,8 @@ class IngestEventsRequest(_message.Message):
     INTEGRATIONS_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
     WAIT_FOR_PROFILES_FIELD_NUMBER: _builtins.int
+    JSON_BODY_FIELD_NUMBER: _builtins.int
+    CALL_TYPE_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """The tenant, `tenants/{tenant}`; `tenants/-` is the caller's own."""
     sent_at: _builtins.str
@@ -48,6 +51,15 @@ class IngestEventsRequest(_message.Message):
     at most a few seconds), with `applied`, `duplicates` and `profiles`.
     Otherwise the answer comes once the calls are durable (journaled), and
     they are applied within a second.
+    """
+    json_body: _builtins.bytes
+    """Instead of `batch`, `context`, `integrations` and `sent_at`: the body of
+    Segment's batch call as JSON text, read as it is (what the gateway's
+    Segment paths send: no conversion per call).
+    """
+    call_type: _builtins.str
+    """With `json_body`: the body is one call of this type (`identify`,
+    `track`, ...), as Segment's single-call paths take it.
     """
     @_builtins.property
     def batch(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]:
@@ -70,10 +82,12 @@ class IngestEventsRequest(_message.Message):
         integrations: _struct_pb2.Struct | None = ...,
         sent_at: _builtins.str = ...,
         wait_for_profiles: _builtins.bool = ...,
+        json_body: _builtins.bytes = ...,
+        call_type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "integrations", b"integrations"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "context", b"context", "integrations", b"integrations", "parent", b"parent", "sent_at", b"sent_at", "wait_for_profiles", b"wait_for_profiles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "call_type", b"call_type", "context", b"context", "integrations", b"integrations", "json_body", b"json_body", "parent", b"parent", "sent_at", b"sent_at", "wait_for_profiles", b"wait_for_profiles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1713,3 +1727,151 @@ class DeleteComputedPropertyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteComputedPropertyResponse: _TypeAlias = DeleteComputedPropertyResponse  # noqa: Y015
+
+@_typing.final
+class UpdateSegmentRequest(_message.Message):
+    """Request of UpdateSegment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def segment(self) -> _segment_pb2.Segment:
+        """The segment with its new values; `name` selects it."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields to change: `display_name`, `description`, `condition`; empty
+        means all three.
+        """
+
+    def __init__(
+        self,
+        *,
+        segment: _segment_pb2.Segment | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSegmentRequest: _TypeAlias = UpdateSegmentRequest  # noqa: Y015
+
+@_typing.final
+class UpdateSegmentResponse(_message.Message):
+    """Response of UpdateSegment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def segment(self) -> _segment_pb2.Segment:
+        """The segment, evaluated."""
+
+    def __init__(
+        self,
+        *,
+        segment: _segment_pb2.Segment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSegmentResponse: _TypeAlias = UpdateSegmentResponse  # noqa: Y015
+
+@_typing.final
+class OverlapSegmentsRequest(_message.Message):
+    """Request of OverlapSegments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, `tenants/{tenant}`."""
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Two to ten segments, `tenants/{tenant}/segments/{segment}`."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        segments: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "segments", b"segments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverlapSegmentsRequest: _TypeAlias = OverlapSegmentsRequest  # noqa: Y015
+
+@_typing.final
+class SegmentPair(_message.Message):
+    """Profiles two segments share."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_FIELD_NUMBER: _builtins.int
+    SECOND_FIELD_NUMBER: _builtins.int
+    SHARED_FIELD_NUMBER: _builtins.int
+    first: _builtins.str
+    """One segment."""
+    second: _builtins.str
+    """The other."""
+    shared: _builtins.int
+    """Profiles in both."""
+    def __init__(
+        self,
+        *,
+        first: _builtins.str = ...,
+        second: _builtins.str = ...,
+        shared: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first", b"first", "second", b"second", "shared", b"shared"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentPair: _TypeAlias = SegmentPair  # noqa: Y015
+
+@_typing.final
+class OverlapSegmentsResponse(_message.Message):
+    """Response of OverlapSegments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZES_FIELD_NUMBER: _builtins.int
+    PAIRS_FIELD_NUMBER: _builtins.int
+    IN_ALL_FIELD_NUMBER: _builtins.int
+    in_all: _builtins.int
+    """Profiles in all of them."""
+    @_builtins.property
+    def sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Each segment's size, in request order."""
+
+    @_builtins.property
+    def pairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___SegmentPair]:
+        """Every pair of them."""
+
+    def __init__(
+        self,
+        *,
+        sizes: _abc.Iterable[_builtins.int] | None = ...,
+        pairs: _abc.Iterable[Global___SegmentPair] | None = ...,
+        in_all: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_all", b"in_all", "pairs", b"pairs", "sizes", b"sizes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverlapSegmentsResponse: _TypeAlias = OverlapSegmentsResponse  # noqa: Y015

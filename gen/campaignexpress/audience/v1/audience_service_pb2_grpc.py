@@ -146,6 +146,16 @@ class AudienceServiceStub:
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentsRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentsResponse.FromString,
                 _registered_method=True)
+        self.UpdateSegment = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/UpdateSegment',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateSegmentRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateSegmentResponse.FromString,
+                _registered_method=True)
+        self.OverlapSegments = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/OverlapSegments',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.OverlapSegmentsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.OverlapSegmentsResponse.FromString,
+                _registered_method=True)
         self.DeleteSegment = channel.unary_unary(
                 '/campaignexpress.audience.v1.AudienceService/DeleteSegment',
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteSegmentRequest.SerializeToString,
@@ -360,6 +370,21 @@ class AudienceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateSegment(self, request, context):
+        """Changes a segment's name, description or condition (its members are
+        evaluated again at once; who enters or leaves is published).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OverlapSegments(self, request, context):
+        """How many profiles two or more segments share.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteSegment(self, request, context):
         """Deletes a segment and its memberships.
         """
@@ -536,6 +561,16 @@ def add_AudienceServiceServicer_to_server(servicer, server):
                     servicer.ListSegments,
                     request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentsRequest.FromString,
                     response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentsResponse.SerializeToString,
+            ),
+            'UpdateSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSegment,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateSegmentRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateSegmentResponse.SerializeToString,
+            ),
+            'OverlapSegments': grpc.unary_unary_rpc_method_handler(
+                    servicer.OverlapSegments,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.OverlapSegmentsRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.OverlapSegmentsResponse.SerializeToString,
             ),
             'DeleteSegment': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteSegment,
@@ -1179,6 +1214,60 @@ class AudienceService:
             '/campaignexpress.audience.v1.AudienceService/ListSegments',
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentsRequest.SerializeToString,
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/UpdateSegment',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateSegmentRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.UpdateSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OverlapSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/OverlapSegments',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.OverlapSegmentsRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.OverlapSegmentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

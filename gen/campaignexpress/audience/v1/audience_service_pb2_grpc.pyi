@@ -91,6 +91,12 @@ class AudienceServiceStub:
     """Gets a segment with its size."""
     ListSegments: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListSegmentsRequest, _audience_service_pb2.ListSegmentsResponse]
     """Lists a tenant's segments, oldest first."""
+    UpdateSegment: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.UpdateSegmentRequest, _audience_service_pb2.UpdateSegmentResponse]
+    """Changes a segment's name, description or condition (its members are
+    evaluated again at once; who enters or leaves is published).
+    """
+    OverlapSegments: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.OverlapSegmentsRequest, _audience_service_pb2.OverlapSegmentsResponse]
+    """How many profiles two or more segments share."""
     DeleteSegment: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteSegmentRequest, _audience_service_pb2.DeleteSegmentResponse]
     """Deletes a segment and its memberships."""
     EstimateSegment: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.EstimateSegmentRequest, _audience_service_pb2.EstimateSegmentResponse]
@@ -175,6 +181,12 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     """Gets a segment with its size."""
     ListSegments: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListSegmentsRequest, _audience_service_pb2.ListSegmentsResponse]  # type: ignore[assignment]
     """Lists a tenant's segments, oldest first."""
+    UpdateSegment: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.UpdateSegmentRequest, _audience_service_pb2.UpdateSegmentResponse]  # type: ignore[assignment]
+    """Changes a segment's name, description or condition (its members are
+    evaluated again at once; who enters or leaves is published).
+    """
+    OverlapSegments: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.OverlapSegmentsRequest, _audience_service_pb2.OverlapSegmentsResponse]  # type: ignore[assignment]
+    """How many profiles two or more segments share."""
     DeleteSegment: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteSegmentRequest, _audience_service_pb2.DeleteSegmentResponse]  # type: ignore[assignment]
     """Deletes a segment and its memberships."""
     EstimateSegment: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.EstimateSegmentRequest, _audience_service_pb2.EstimateSegmentResponse]  # type: ignore[assignment]
@@ -388,6 +400,24 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audience_service_pb2.ListSegmentsResponse, _abc.Awaitable[_audience_service_pb2.ListSegmentsResponse]]:
         """Lists a tenant's segments, oldest first."""
+
+    @_abc_1.abstractmethod
+    def UpdateSegment(
+        self,
+        request: _audience_service_pb2.UpdateSegmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.UpdateSegmentResponse, _abc.Awaitable[_audience_service_pb2.UpdateSegmentResponse]]:
+        """Changes a segment's name, description or condition (its members are
+        evaluated again at once; who enters or leaves is published).
+        """
+
+    @_abc_1.abstractmethod
+    def OverlapSegments(
+        self,
+        request: _audience_service_pb2.OverlapSegmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.OverlapSegmentsResponse, _abc.Awaitable[_audience_service_pb2.OverlapSegmentsResponse]]:
+        """How many profiles two or more segments share."""
 
     @_abc_1.abstractmethod
     def DeleteSegment(
