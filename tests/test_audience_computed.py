@@ -95,3 +95,34 @@ async def test_bad_definitions_are_refused(env: Env) -> None:
     assert [p["key"] for p in listed["computedProperties"]] == ["ok_key"]
     status, _ = await call(env, "DELETE", listed["computedProperties"][0]["name"])
     assert status == 200
+
+
+async def test_a_filtered_count_makes_a_behavioural_segment_with_property_filters(
+    env: Env,
+) -> None:
+    await ingest(env, order("pf-1", 1, 120, "A"), order("pf-1", 2, 15, "B"))
+    await env.running.platform.api("audience").events.flush()
+    status, body = await call(
+        env,
+        "POST",
+        "tenants/acme/computedProperties",
+        {"displayName": "Big orders", "key": "big_orders_30d", "event": "Order Completed",
+         "aggregate": "AGGREGATE_COUNT", "withinDays": 30,
+         "filters": [{"property": "revenue", "comparison": "COMPARISON_GREATER_OR_EQUAL",
+                      "value": 100}]},
+    )  # fmt: skip
+    assert status == 200, body
+    assert body["computedProperty"]["filters"][0]["property"] == "revenue"
+    assert (await computed(env, "pf-1"))["big_orders_30d"] == 1  # from the stored events
+    await ingest(env, order("pf-1", 3, 250, "C"), order("pf-1", 4, 5, "D"))
+    assert (await computed(env, "pf-1"))["big_orders_30d"] == 2  # and as they arrive
+    status, answer = await call(
+        env,
+        "POST",
+        "tenants/acme/computedProperties",
+        {"displayName": "x", "key": "x2", "event": "E", "aggregate": "AGGREGATE_COUNT",
+         "filters": [{"property": "revenue"}]},
+    )  # fmt: skip
+    assert status == 400
+    fields = [v["field"] for v in answer["error"]["fieldViolations"]]
+    assert "computed_property.filters[0].comparison" in fields, answer

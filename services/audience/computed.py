@@ -27,6 +27,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.audience import conditions
 from services.audience.events import TABLE as EVENTS_TABLE
 from services.audience.profiles import IngestResult, Profiles
 from services.audience.tables import (
@@ -44,6 +45,7 @@ from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
+    InvalidArgument,
     NotFound,
     collect,
 )
@@ -68,6 +70,11 @@ class ComputedProperty:
     property_name: str  # the event property aggregated ("" for count)
     within_days: int
     create_time: int
+    filters: tuple[conditions.Trait, ...] = ()  # on the event's properties
+
+    def takes(self, properties: dict[str, Any]) -> bool:
+        """Whether an event with these properties counts."""
+        return all(conditions.compare(f, properties) for f in self.filters)
 
     @property
     def name(self) -> str:
@@ -183,6 +190,7 @@ class ComputedProperties:
         aggregate: str,
         property_name: str,
         within_days: int,
+        filters: Sequence[Any] = (),
     ) -> ComputedProperty:
         tenant_id = _tenant(caller, parent)
         at = "computed_property"
@@ -200,7 +208,10 @@ class ComputedProperties:
             bad.append(FieldViolation(f"{at}.property", "at most 256 characters"))
         if not 0 <= within_days <= 365:
             bad.append(FieldViolation(f"{at}.within_days", "must be 0 (all time) to 365"))
+        if len(filters) > 10:
+            bad.append(FieldViolation(f"{at}.filters", "at most 10"))
         collect(bad)
+        read_filters = tuple(_filter(f, f"{at}.filters[{i}]") for i, f in enumerate(filters[:10]))
         existing = await self.of_tenant(tenant_id)
         if any(p.key == key for p in existing):
             raise AlreadyExists(f"a computed property has key {key!r}")
@@ -216,6 +227,7 @@ class ComputedProperties:
             property_name,
             within_days,
             self._clock(),
+            read_filters,
         )
         async with self._db.engine.begin() as conn:
             await conn.execute(
@@ -228,6 +240,7 @@ class ComputedProperties:
                     aggregate=aggregate,
                     property=property_name,
                     within_days=within_days,
+                    filters=[conditions.to_json(f)["trait"] for f in read_filters],
                     create_time=prop.create_time,
                 )
             )
@@ -308,7 +321,7 @@ class ComputedProperties:
                 continue
             named = call.event or call.name
             for prop in props:
-                if prop.event == named:
+                if prop.event == named and prop.takes(call.properties):
                     value = call.properties.get(prop.property_name) if prop.property_name else None
                     key = (prop.id, profile_id, prop.day_of(call.timestamp_us))
                     updates[key].append((call.timestamp_us, _json_value(value)))
@@ -330,8 +343,7 @@ class ComputedProperties:
         if prop.within_days:
             since = f" AND event_time >= now64(6) - INTERVAL {int(prop.within_days) + 1} DAY"
         rows = await self._analytics.query(
-            "SELECT user_id, anonymous_id, toUnixTimestamp64Micro(event_time), "
-            f"JSONExtractRaw(properties, {_literal(prop.property_name or '_')}) "
+            "SELECT user_id, anonymous_id, toUnixTimestamp64Micro(event_time), properties "
             f"FROM (SELECT * FROM {quote_identifier(EVENTS_TABLE)} FINAL) "
             f"WHERE tenant_id = {_literal(prop.tenant_id)} "
             "AND event_type IN ('track', 'page', 'screen') "
@@ -353,13 +365,16 @@ class ComputedProperties:
                     ):
                         owner[(kind, value)] = profile_id
         updates: dict[tuple[str, str, int], list[tuple[int, Any]]] = defaultdict(list)
-        for user_id, anonymous_id, at_us, raw in rows:
+        for user_id, anonymous_id, at_us, text in rows:
             profile_id = owner.get(("user_id", str(user_id))) or owner.get(
                 ("anonymous_id", str(anonymous_id))
             )
             if profile_id is None:
                 continue
-            value = orjson.loads(raw) if raw and prop.property_name else None
+            properties = orjson.loads(text) if text else {}
+            if not isinstance(properties, dict) or not prop.takes(properties):
+                continue
+            value = properties.get(prop.property_name) if prop.property_name else None
             updates[(prop.id, profile_id, prop.day_of(int(at_us)))].append(
                 (int(at_us), _json_value(value))
             )
@@ -463,6 +478,25 @@ def _literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _filter(data: Any, field: str) -> conditions.Trait:
+    """A property filter (`{"property", "comparison", "value"}`) read as a
+    trait condition on the event's properties; bad fields named as sent."""
+    body = dict(data) if isinstance(data, dict) else {}
+    if "property" in body:
+        body["trait"] = body.pop("property")
+    try:
+        read = conditions.read_condition({"trait": body}, field)
+    except InvalidArgument as exc:
+        renamed = [
+            FieldViolation(v.field.replace(f"{field}.trait.trait", f"{field}.property")
+                           .replace(f"{field}.trait.", f"{field}."), v.description)
+            for v in exc.field_violations
+        ]  # fmt: skip
+        raise InvalidArgument(str(exc), field_violations=renamed) from None
+    assert isinstance(read, conditions.Trait)
+    return read
+
+
 def _from_row(row: Any) -> ComputedProperty:
     return ComputedProperty(
         row.id,
@@ -474,6 +508,12 @@ def _from_row(row: Any) -> ComputedProperty:
         row.property,
         row.within_days,
         row.create_time,
+        tuple(
+            _filter(
+                {"trait": f["trait"], **{k: v for k, v in f.items() if k != "trait"}}, "filters"
+            )
+            for f in (row.filters or [])
+        ),
     )
 
 

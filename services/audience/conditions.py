@@ -259,7 +259,7 @@ def matches(condition: Condition, facts: Facts, now_us: int) -> bool:
         case Not(part):
             return not matches(part, facts, now_us)
         case Trait():
-            return _compare(condition, facts.traits)
+            return compare(condition, facts.traits)
         case Event(event, min_count, within_days):
             since = now_us // US_PER_DAY - within_days + 1
             return facts.count(event, since) >= min_count
@@ -300,7 +300,7 @@ def _equal(have: Any, want: Any) -> bool:
     return bool(have == want)
 
 
-def _compare(condition: Trait, traits: Mapping[str, Any]) -> bool:
+def compare(condition: Trait, traits: Mapping[str, Any]) -> bool:
     comparison, want = condition.comparison, condition.value
     if condition.trait not in traits or traits[condition.trait] is None:
         return False

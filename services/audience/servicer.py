@@ -185,6 +185,12 @@ _AGGREGATES = {
 _AGGREGATE_ENUMS = {name: value for value, name in _AGGREGATES.items()}
 
 
+def _property_filter(condition: conditions.Trait) -> computed_property_pb2.PropertyFilter:
+    body = dict(conditions.to_json(condition)["trait"])
+    body["property"] = body.pop("trait")
+    return json_format.ParseDict(body, computed_property_pb2.PropertyFilter())
+
+
 def computed_proto(prop: ComputedProperty) -> computed_property_pb2.ComputedProperty:
     return computed_property_pb2.ComputedProperty(
         name=prop.name,
@@ -195,6 +201,7 @@ def computed_proto(prop: ComputedProperty) -> computed_property_pb2.ComputedProp
         property=prop.property_name,
         within_days=prop.within_days,
         create_time=timestamp(prop.create_time),
+        filters=[_property_filter(f) for f in prop.filters],
     )
 
 
@@ -263,6 +270,7 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
             aggregate=_AGGREGATES.get(asked.aggregate, ""),
             property_name=asked.property,
             within_days=asked.within_days,
+            filters=[_plain(json_format.MessageToDict(f)) for f in asked.filters],
         )
         return pb.CreateComputedPropertyResponse(computed_property=computed_proto(created))
 

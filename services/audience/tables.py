@@ -170,6 +170,8 @@ audience_computed_properties = sa.Table(
     sa.Column("aggregate", sa.String(10), nullable=False),  # count, sum, min, ...
     sa.Column("property", sa.String(256), nullable=False),
     sa.Column("within_days", sa.Integer, nullable=False),  # 0: all time
+    # Only events whose properties pass these (conditions.py's trait form).
+    sa.Column("filters", sa.JSON, nullable=False),
     sa.Column("create_time", sa.BigInteger, nullable=False),
     sa.Index("ux_audience_computed_key", "tenant_id", "key", unique=True),
 )

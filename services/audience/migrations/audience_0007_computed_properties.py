@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("aggregate", sa.String(10), nullable=False),
         sa.Column("property", sa.String(256), nullable=False),
         sa.Column("within_days", sa.Integer, nullable=False),
+        sa.Column("filters", sa.JSON, nullable=False),
         sa.Column("create_time", sa.BigInteger, nullable=False),
     )
     op.create_index(

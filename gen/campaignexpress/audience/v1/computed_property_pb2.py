@@ -22,18 +22,22 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from campaignexpress.audience.v1 import segment_pb2 as campaignexpress_dot_audience_dot_v1_dot_segment__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n3campaignexpress/audience/v1/computed_property.proto\x12\x1b\x63\x61mpaignexpress.audience.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x01\n\x10\x43omputedProperty\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\r\n\x05\x65vent\x18\x04 \x01(\t\x12\x39\n\taggregate\x18\x05 \x01(\x0e\x32&.campaignexpress.audience.v1.Aggregate\x12\x10\n\x08property\x18\x06 \x01(\t\x12\x13\n\x0bwithin_days\x18\x07 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xb5\x01\n\tAggregate\x12\x19\n\x15\x41GGREGATE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41GGREGATE_COUNT\x10\x01\x12\x11\n\rAGGREGATE_SUM\x10\x02\x12\x11\n\rAGGREGATE_MIN\x10\x03\x12\x11\n\rAGGREGATE_MAX\x10\x04\x12\x13\n\x0f\x41GGREGATE_FIRST\x10\x05\x12\x12\n\x0e\x41GGREGATE_LAST\x10\x06\x12\x16\n\x12\x41GGREGATE_DISTINCT\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n3campaignexpress/audience/v1/computed_property.proto\x12\x1b\x63\x61mpaignexpress.audience.v1\x1a)campaignexpress/audience/v1/segment.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x02\n\x10\x43omputedProperty\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\r\n\x05\x65vent\x18\x04 \x01(\t\x12\x39\n\taggregate\x18\x05 \x01(\x0e\x32&.campaignexpress.audience.v1.Aggregate\x12\x10\n\x08property\x18\x06 \x01(\t\x12\x13\n\x0bwithin_days\x18\x07 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x07\x66ilters\x18\t \x03(\x0b\x32+.campaignexpress.audience.v1.PropertyFilter\"\x86\x01\n\x0ePropertyFilter\x12\x10\n\x08property\x18\x01 \x01(\t\x12;\n\ncomparison\x18\x02 \x01(\x0e\x32\'.campaignexpress.audience.v1.Comparison\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value*\xb5\x01\n\tAggregate\x12\x19\n\x15\x41GGREGATE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41GGREGATE_COUNT\x10\x01\x12\x11\n\rAGGREGATE_SUM\x10\x02\x12\x11\n\rAGGREGATE_MIN\x10\x03\x12\x11\n\rAGGREGATE_MAX\x10\x04\x12\x13\n\x0f\x41GGREGATE_FIRST\x10\x05\x12\x12\n\x0e\x41GGREGATE_LAST\x10\x06\x12\x16\n\x12\x41GGREGATE_DISTINCT\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'campaignexpress.audience.v1.computed_property_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGGREGATE']._serialized_start=350
-  _globals['_AGGREGATE']._serialized_end=531
-  _globals['_COMPUTEDPROPERTY']._serialized_start=118
-  _globals['_COMPUTEDPROPERTY']._serialized_end=347
+  _globals['_AGGREGATE']._serialized_start=622
+  _globals['_AGGREGATE']._serialized_end=803
+  _globals['_COMPUTEDPROPERTY']._serialized_start=191
+  _globals['_COMPUTEDPROPERTY']._serialized_end=482
+  _globals['_PROPERTYFILTER']._serialized_start=485
+  _globals['_PROPERTYFILTER']._serialized_end=619
 # @@protoc_insertion_point(module_scope)

@@ -3,9 +3,13 @@
 isort:skip_file
 """
 
+from campaignexpress.audience.v1 import segment_pb2 as _segment_pb2
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -80,6 +84,7 @@ class ComputedProperty(_message.Message):
     PROPERTY_FIELD_NUMBER: _builtins.int
     WITHIN_DAYS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    FILTERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`tenants/{tenant}/computedProperties/{property}`."""
     display_name: _builtins.str
@@ -98,6 +103,13 @@ class ComputedProperty(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only: when it was created."""
 
+    @_builtins.property
+    def filters(self) -> _containers.RepeatedCompositeFieldContainer[Global___PropertyFilter]:
+        """Only events whose properties pass every filter (up to 10): "performed
+        X with property P ..." (a behavioural segment with property filters is
+        a trait condition on such a property).
+        """
+
     def __init__(
         self,
         *,
@@ -109,11 +121,44 @@ class ComputedProperty(_message.Message):
         property: _builtins.str = ...,
         within_days: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        filters: _abc.Iterable[Global___PropertyFilter] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate", b"aggregate", "create_time", b"create_time", "display_name", b"display_name", "event", b"event", "key", b"key", "name", b"name", "property", b"property", "within_days", b"within_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate", b"aggregate", "create_time", b"create_time", "display_name", b"display_name", "event", b"event", "filters", b"filters", "key", b"key", "name", b"name", "property", b"property", "within_days", b"within_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ComputedProperty: _TypeAlias = ComputedProperty  # noqa: Y015
+
+@_typing.final
+class PropertyFilter(_message.Message):
+    """An event property compared with a value."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPERTY_FIELD_NUMBER: _builtins.int
+    COMPARISON_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    property: _builtins.str
+    """The event property's name."""
+    comparison: _segment_pb2.Comparison.ValueType
+    """How."""
+    @_builtins.property
+    def value(self) -> _struct_pb2.Value:
+        """With what (a list for COMPARISON_IN)."""
+
+    def __init__(
+        self,
+        *,
+        property: _builtins.str = ...,
+        comparison: _segment_pb2.Comparison.ValueType = ...,
+        value: _struct_pb2.Value | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison", b"comparison", "property", b"property", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PropertyFilter: _TypeAlias = PropertyFilter  # noqa: Y015
