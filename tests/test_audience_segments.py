@@ -278,3 +278,73 @@ async def test_a_segment_is_changed_and_segments_overlap(env: Env) -> None:
         env, "PATCH", f"{lisbon['name']}?updateMask=kind", {"displayName": "x"}
     )
     assert status == 400 and "update_mask" in str(body)
+
+
+async def test_predictive_segments_on_a_score_trait_and_on_the_model(env: Env) -> None:
+    await ingest(
+        env,
+        {"type": "identify", "userId": "p-hi", "traits": {"churn_score": 0.8}},
+        {"type": "identify", "userId": "p-lo", "traits": {"churn_score": 0.2}},
+        {"type": "identify", "userId": "p-gold", "traits": {"loyalty_tier": "gold"}},
+    )
+    churn = await create(
+        env,
+        {"predictive": {"score": "churn_score", "comparison": "COMPARISON_GREATER_OR_EQUAL",
+                        "threshold": 0.5}},
+        "Likely to churn",
+    )  # fmt: skip
+    assert churn["kind"] == "SEGMENT_KIND_PREDICTIVE"
+    assert await members(env, churn) == {await profile_of(env, "p-hi")}
+    # the served model's predicted click-through splits people at a threshold
+    segments = env.running.platform.api("audience").segments
+    facts = await segments._pages_of_facts("acme", 0).__anext__()
+    ctr = await segments.predict("acme", facts)
+    assert ctr and all(0.0 <= v <= 1.0 for v in ctr.values())
+    low, high = min(ctr.values()), max(ctr.values())
+    assert low < high  # tiers and recency differ: so do the predictions
+    middle = (low + high) / 2
+    likely = await create(
+        env,
+        {"predictive": {"score": "ctr", "comparison": "COMPARISON_GREATER", "threshold": middle}},
+        "Likely to click",
+    )
+    expected = {f"tenants/acme/profiles/{pid}" for pid, v in ctr.items() if v > middle}
+    assert await members(env, likely) == expected and 0 < len(expected) < len(ctr)
+
+
+async def test_a_lookalike_segment_finds_people_like_its_seed(env: Env) -> None:
+    def shopper(user: str, vip: bool, events: list[str], plan: str) -> list[dict[str, Any]]:
+        traits: dict[str, Any] = {"plan": plan}
+        if vip:
+            traits["vip"] = True
+        calls = [{"type": "identify", "userId": user, "traits": traits}]
+        calls += [
+            {"type": "track", "userId": user, "event": e, "messageId": f"{user}-{n}"}
+            for n, e in enumerate(events)
+        ]
+        return calls
+
+    buyer = ["Order Completed"] * 3 + ["Product Viewed"] * 4
+    calls = [
+        *shopper("seed-1", True, buyer, "pro"),
+        *shopper("seed-2", True, buyer + ["Order Completed"], "pro"),
+        *shopper("alike", False, buyer, "pro"),
+        *shopper("unlike", False, ["Support Ticket"] * 5, "free"),
+    ]
+    await ingest(env, *calls)
+    seed = await create(
+        env, {"trait": {"trait": "vip", "comparison": "COMPARISON_EQUALS", "value": True}}, "VIPs"
+    )
+    assert seed["size"] == "2"
+    lookalike = await create(
+        env, {"lookalike": {"seed": seed["name"], "similarity": 0.8}}, "Like our VIPs"
+    )
+    assert lookalike["kind"] == "SEGMENT_KIND_LOOKALIKE"
+    assert await members(env, lookalike) == {await profile_of(env, "alike")}
+    assert lookalike["similarity"] >= 0.8  # what the members achieve
+    status, answer = await call(
+        env, "POST", "tenants/acme/segments",
+        {"displayName": "x", "condition": {"lookalike": {"seed": "tenants/acme/segments/nope",
+                                                        "similarity": 0.5}}},
+    )  # fmt: skip
+    assert status == 400 and "no such segment" in str(answer)

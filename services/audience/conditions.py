@@ -13,13 +13,13 @@ conditions, its event counts per name and UTC day (`Counts`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.errors import FieldViolation, collect
 
 US_PER_DAY = 86_400_000_000
-_KINDS = ("trait", "event", "lifecycle", "all", "any", "not")
+_KINDS = ("trait", "event", "lifecycle", "predictive", "lookalike", "all", "any", "not")
 MAX_GROUP = 20
 MAX_DEPTH = 6
 MAX_WINDOW_DAYS = 365
@@ -69,6 +69,23 @@ class Lifecycle:
 
 
 @dataclass(frozen=True, slots=True)
+class Predictive:
+    score: str  # "ctr" (the served model), or a trait holding a score
+    comparison: str
+    threshold: float
+
+
+@dataclass(frozen=True, slots=True)
+class Lookalike:
+    seed: str  # the seed segment's name
+    similarity: float  # 0..1
+
+
+#: Days of events a lookalike's vectors count.
+LOOKALIKE_DAYS = 90
+
+
+@dataclass(frozen=True, slots=True)
 class All:
     parts: tuple[Condition, ...]
 
@@ -83,7 +100,8 @@ class Not:
     part: Condition
 
 
-Condition = Trait | Event | Lifecycle | All | AnyOf | Not
+Condition = Trait | Event | Lifecycle | Predictive | Lookalike | All | AnyOf | Not
+Leaf = Trait | Event | Lifecycle | Predictive | Lookalike
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +113,11 @@ class Facts:
     first_seen_us: int
     last_seen_us: int
     count: Callable[[str, int], int]
+    # Event name -> calls in the window read (lookalike vectors).
+    events: Mapping[str, int] = field(default_factory=dict)
+    # Scores the caller worked out: "ctr"; "lookalike:<seed>" similarity;
+    # "in:<seed>" 1.0 for a member of that seed.
+    scores: Mapping[str, float] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------- reading
@@ -140,6 +163,10 @@ def _read(data: Any, field: str, bad: list[FieldViolation], depth: int) -> Condi
         return _trait(body, at, bad)
     if kind == "event":
         return _event(body, at, bad)
+    if kind == "predictive":
+        return _predictive(body, at, bad)
+    if kind == "lookalike":
+        return _lookalike(body, at, bad)
     if kind == "lifecycle":
         stage = body.get("stage")
         if stage not in STAGES:
@@ -173,6 +200,40 @@ def _trait(body: dict[str, Any], at: str, bad: list[FieldViolation]) -> Trait | 
     return Trait(name, comparison, value) if ok and isinstance(name, str) else None
 
 
+def _predictive(body: dict[str, Any], at: str, bad: list[FieldViolation]) -> Predictive | None:
+    score, comparison = body.get("score"), body.get("comparison")
+    threshold = body.get("threshold", 0)
+    ok = True
+    if not isinstance(score, str) or not 1 <= len(score) <= 256:
+        bad.append(FieldViolation(f"{at}.score", "required: ctr, or a trait's name"))
+        ok = False
+    if comparison not in _ORDERING | {"COMPARISON_EQUALS", "COMPARISON_NOT_EQUALS"}:
+        bad.append(FieldViolation(f"{at}.comparison", "must compare numbers (greater, ...)"))
+        ok = False
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        bad.append(FieldViolation(f"{at}.threshold", "must be a number"))
+        ok = False
+    if not ok:
+        return None
+    return Predictive(str(score), str(comparison), float(threshold))
+
+
+def _lookalike(body: dict[str, Any], at: str, bad: list[FieldViolation]) -> Lookalike | None:
+    seed, similarity = body.get("seed"), body.get("similarity", 0)
+    ok = True
+    parts = seed.split("/") if isinstance(seed, str) else []
+    if len(parts) != 4 or parts[0] != "tenants" or parts[2] != "segments":
+        bad.append(FieldViolation(f"{at}.seed", "required: tenants/{t}/segments/{s}"))
+        ok = False
+    if isinstance(similarity, bool) or not isinstance(similarity, int | float):
+        bad.append(FieldViolation(f"{at}.similarity", "must be a number"))
+        ok = False
+    elif not 0 < similarity <= 1:
+        bad.append(FieldViolation(f"{at}.similarity", "must be more than 0, at most 1"))
+        ok = False
+    return Lookalike(str(seed), float(similarity)) if ok else None
+
+
 def _event(body: dict[str, Any], at: str, bad: list[FieldViolation]) -> Event | None:
     name = body.get("event")
     min_count = body.get("minCount", body.get("min_count", 0)) or 1
@@ -202,6 +263,12 @@ def to_json(condition: Condition) -> dict[str, Any]:
             return {"event": {"event": event, "minCount": min_count, "withinDays": within_days}}
         case Lifecycle(stage):
             return {"lifecycle": {"stage": stage}}
+        case Predictive(score, comparison, threshold):
+            return {
+                "predictive": {"score": score, "comparison": comparison, "threshold": threshold}
+            }
+        case Lookalike(seed, similarity):
+            return {"lookalike": {"seed": seed, "similarity": similarity}}
         case All(parts):
             return {"all": {"conditions": [to_json(p) for p in parts]}}
         case AnyOf(parts):
@@ -211,19 +278,23 @@ def to_json(condition: Condition) -> dict[str, Any]:
     raise TypeError(f"not a condition: {condition!r}")
 
 
-def leaves(condition: Condition) -> list[Trait | Event | Lifecycle]:
+def leaves(condition: Condition) -> list[Leaf]:
     match condition:
         case All(parts) | AnyOf(parts):
             return [leaf for part in parts for leaf in leaves(part)]
         case Not(part):
             return leaves(part)
-    assert isinstance(condition, Trait | Event | Lifecycle)
+    assert isinstance(condition, Trait | Event | Lifecycle | Predictive | Lookalike)
     return [condition]
 
 
 def kind_of(condition: Condition) -> str:
     """BEHAVIOURAL, DEMOGRAPHIC, LIFECYCLE, or CUSTOM when kinds mix."""
     kinds = {type(leaf) for leaf in leaves(condition)}
+    if kinds == {Predictive}:
+        return "PREDICTIVE"
+    if kinds == {Lookalike}:
+        return "LOOKALIKE"
     if kinds == {Event}:
         return "BEHAVIOURAL"
     if kinds == {Trait}:
@@ -235,9 +306,20 @@ def kind_of(condition: Condition) -> str:
 
 def longest_window(condition: Condition) -> int:
     """Days of event counts the condition reads (0: none)."""
-    return max(
-        (leaf.within_days for leaf in leaves(condition) if isinstance(leaf, Event)), default=0
-    )
+    windows = [
+        leaf.within_days if isinstance(leaf, Event) else LOOKALIKE_DAYS
+        for leaf in leaves(condition)
+        if isinstance(leaf, Event | Lookalike)
+    ]
+    return max(windows, default=0)
+
+
+def needs(condition: Condition) -> tuple[bool, set[str]]:
+    """(whether it reads the model's ctr, the lookalike seeds it reads)."""
+    found = leaves(condition)
+    ctr = any(isinstance(leaf, Predictive) and leaf.score == "ctr" for leaf in found)
+    seeds = {leaf.seed for leaf in found if isinstance(leaf, Lookalike)}
+    return ctr, seeds
 
 
 # ------------------------------------------------------------------ evaluating
@@ -265,6 +347,15 @@ def matches(condition: Condition, facts: Facts, now_us: int) -> bool:
             return facts.count(event, since) >= min_count
         case Lifecycle(stage):
             return stage_of(facts.first_seen_us, facts.last_seen_us, now_us) == stage
+        case Predictive(score, comparison, threshold):
+            value = facts.scores.get("ctr") if score == "ctr" else _number(facts.traits.get(score))
+            if value is None:
+                return False
+            return compare(Trait(score, comparison, threshold), {score: value})
+        case Lookalike(seed, similarity):
+            if facts.scores.get(f"in:{seed}"):
+                return False  # the seed's own members are not lookalikes
+            return facts.scores.get(f"lookalike:{seed}", 0.0) >= similarity
     raise TypeError(f"not a condition: {condition!r}")
 
 

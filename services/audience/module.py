@@ -17,7 +17,7 @@ from services.audience.domain import Audience, record_merges
 from services.audience.events import EVENTS
 from services.audience.privacy import DataSubjectHooks, DataSubjects
 from services.audience.profiles import Profiles
-from services.audience.segments import Segments
+from services.audience.segments import Segments, predict_ctr
 from services.audience.servicer import AudienceServicer
 from services.audience.sources import Sources
 from services.backends.bus import BestEffortPublisher
@@ -50,6 +50,8 @@ async def _build(kernel: Kernel) -> Built:
         segments.on_members_changed(view.write)
     computed = ComputedProperties(profiles, kernel.backends.analytics, clock=kernel.clock)
     segments.computed = computed.values_of
+    if kernel.has_interface("scoring_engine"):
+        segments.predict = predict_ctr(kernel.interface("scoring_engine"))
     applier = ProfileApplier(
         profiles,
         on_applied=chain(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -33,6 +34,8 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from inference.features import TIERS, BidContext, Loyalty
+from inference.features import Profile as FeatureProfile
 from services.audience import conditions
 from services.audience.conditions import Condition, Facts
 from services.audience.profiles import IngestResult
@@ -68,6 +71,36 @@ CACHE_SECONDS = 5.0
 
 MembersChanged = Callable[[str, list[str]], Awaitable[None]]
 ComputedValues = Callable[[str, Sequence[str]], Awaitable[dict[str, dict[str, Any]]]]
+Predict = Callable[[str, dict[str, Facts]], Awaitable[dict[str, float]]]
+
+#: Traits left out of lookalike vectors: they identify, not describe.
+_PERSONAL_TRAITS = frozenset({"email", "name", "first_name", "last_name", "phone", "address"})
+
+
+def vector_of(facts: Facts) -> dict[str, float]:
+    """A profile as a sparse vector: its event counts (log-scaled) and its
+    short text or boolean traits (one dimension per key and value)."""
+    vector = {f"e:{name}": math.log1p(n) for name, n in facts.events.items() if n > 0}
+    for key, value in facts.traits.items():
+        if key in _PERSONAL_TRAITS:
+            continue
+        if isinstance(value, bool) or (isinstance(value, str) and 0 < len(value) <= 32):
+            vector[f"t:{key}={value}"] = 1.0
+    return vector
+
+
+def _unit(vector: dict[str, float]) -> dict[str, float]:
+    norm = math.sqrt(sum(v * v for v in vector.values()))
+    return {k: v / norm for k, v in vector.items()} if norm else {}
+
+
+def _cosine(vector: dict[str, float], centre: dict[str, float]) -> float:
+    """Cosine similarity of a vector and a centre (a mean of unit vectors)."""
+    unit = _unit(vector)
+    norm = math.sqrt(sum(v * v for v in centre.values()))
+    if not unit or not norm:
+        return 0.0
+    return sum(v * centre.get(k, 0.0) for k, v in unit.items()) / norm
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +116,7 @@ class Segment:
     create_time: int
     update_time: int
     evaluate_time: int
+    similarity: float = 0.0  # lookalikes: members' mean similarity to the seed
 
     @property
     def name(self) -> str:
@@ -108,6 +142,9 @@ class Segments:
         self._members_changed: list[MembersChanged] = []
         # Computed property values by profile (they read as traits).
         self.computed: ComputedValues | None = None
+        # The model's predicted ctr by profile (predictive segments on "ctr").
+        self.predict: Predict | None = None
+        self._centres: dict[str, dict[str, float]] = {}  # lookalike seed -> centre
         self._task: asyncio.Task[None] | None = None
 
     def on_members_changed(self, hook: MembersChanged) -> None:
@@ -133,6 +170,7 @@ class Segments:
         if not condition:
             raise InvalidArgument.field("segment.condition", "required")
         read = conditions.read_condition(condition, "segment.condition")
+        await self._check_seeds(tenant_id, read, "segment.condition")
         now = self._clock()
         async with self._db.engine.begin() as conn:
             rows = (
@@ -215,6 +253,7 @@ class Segments:
             if not condition:
                 raise InvalidArgument.field("segment.condition", "required")
             read = conditions.read_condition(condition, "segment.condition")
+            await self._check_seeds(tenant_id, read, "segment.condition", current.id)
             values["condition"] = conditions.to_json(read)
             values["kind"] = conditions.kind_of(read)
         async with self._db.engine.begin() as conn:
@@ -350,7 +389,7 @@ class Segments:
         now = self._clock()
         async with self._db.engine.connect() as conn:
             facts = await _facts(conn, tenant_id, [profile_id], _window(segments), now)
-        facts = await self._with_computed(tenant_id, facts)
+        facts = await self._enrich(tenant_id, facts, segments)
         if profile_id not in facts:
             raise NotFound(f"profile {profile_id} not found")
         met = [s for s in segments if conditions.matches(s.condition, facts[profile_id], now)]
@@ -393,8 +432,10 @@ class Segments:
             return []
         now = self._clock()
         async with self._db.engine.begin() as conn:
-            facts = await self._with_computed(
-                tenant_id, await _facts(conn, tenant_id, profile_ids, _window(segments), now)
+            facts = await self._enrich(
+                tenant_id,
+                await _facts(conn, tenant_id, profile_ids, _window(segments), now),
+                segments,
             )
             wanted = {
                 (s.id, pid)
@@ -419,7 +460,19 @@ class Segments:
         entered: set[tuple[str, str]] = set()
         exited: set[tuple[str, str]] = set()
         seen: set[str] = set()
-        async for page in self._pages_of_facts(tenant_id, _window(segments)):
+        for segment in segments:  # lookalikes: their seed's centre afresh
+            for seed in conditions.needs(segment.condition)[1]:
+                self._centres.pop(seed, None)
+        similarity: dict[str, list[float]] = defaultdict(list)
+        async for page in self._pages_of_facts(tenant_id, _window(segments), segments):
+            for segment in segments:
+                if isinstance(segment.condition, conditions.Lookalike):
+                    key = f"lookalike:{segment.condition.seed}"
+                    similarity[segment.id] += [
+                        f.scores.get(key, 0.0)
+                        for f in page.values()
+                        if conditions.matches(segment.condition, f, now)
+                    ]
             wanted = {
                 (s.id, pid)
                 for pid, f in page.items()
@@ -456,6 +509,12 @@ class Segments:
                 .where(audience_segments.c.id.in_([s.id for s in segments]))
                 .values(evaluate_time=now)
             )
+            for segment_id, values in similarity.items():
+                await conn.execute(
+                    audience_segments.update()
+                    .where(audience_segments.c.id == segment_id)
+                    .values(similarity=sum(values) / len(values) if values else 0.0)
+                )
         await self._after(tenant_id, segments, (entered, exited), publish=publish)
 
     async def of_tenant(self, tenant_id: str) -> list[Segment]:
@@ -555,19 +614,95 @@ class Segments:
             except Exception:
                 log.warning("segments: a members-changed hook failed", exc_info=True)
 
-    async def _with_computed(self, tenant_id: str, facts: dict[str, Facts]) -> dict[str, Facts]:
-        """Facts whose traits include the computed properties (by key)."""
-        if self.computed is None or not facts:
+    async def _enrich(
+        self, tenant_id: str, facts: dict[str, Facts], segments: Sequence[Segment]
+    ) -> dict[str, Facts]:
+        """Facts with what these segments read worked out: computed
+        properties among the traits (by key), the model's ctr, and each
+        lookalike seed's similarity and membership."""
+        if not facts:
             return facts
-        values = await self.computed(tenant_id, list(facts))
-        if not values:
+        values = await self.computed(tenant_id, list(facts)) if self.computed else {}
+        wants_ctr, seeds = False, set[str]()
+        for segment in segments:
+            ctr, found = conditions.needs(segment.condition)
+            wants_ctr, seeds = wants_ctr or ctr, seeds | found
+        scores: dict[str, dict[str, float]] = defaultdict(dict)
+        if wants_ctr and self.predict is not None:
+            for pid, ctr_value in (await self.predict(tenant_id, facts)).items():
+                scores[pid]["ctr"] = ctr_value
+        for seed in seeds:
+            centre = await self._centre(tenant_id, seed)
+            owner, seed_id = seed.split("/")[1], seed.split("/")[3]
+            members: set[str] = set()
+            if owner == tenant_id:
+                m = audience_segment_members.c
+                async with self._db.engine.connect() as conn:
+                    for chunk in _chunks(list(facts)):
+                        members |= set(
+                            await conn.scalars(
+                                sa.select(m.profile_id).where(
+                                    m.segment_id == seed_id, m.profile_id.in_(chunk)
+                                )
+                            )
+                        )
+            for pid, f in facts.items():
+                scores[pid][f"lookalike:{seed}"] = _cosine(vector_of(f), centre)
+                if pid in members:
+                    scores[pid][f"in:{seed}"] = 1.0
+        if not values and not scores:
             return facts
         return {
             pid: Facts(
-                {**f.traits, **values.get(pid, {})}, f.first_seen_us, f.last_seen_us, f.count
+                {**f.traits, **values.get(pid, {})},
+                f.first_seen_us,
+                f.last_seen_us,
+                f.count,
+                f.events,
+                {**f.scores, **scores.get(pid, {})},
             )
             for pid, f in facts.items()
         }
+
+    async def _check_seeds(
+        self, tenant_id: str, condition: Condition, field: str, itself: str = ""
+    ) -> None:
+        """A lookalike's seed is another segment of the same tenant."""
+        for seed in conditions.needs(condition)[1]:
+            owner, seed_id = seed.split("/")[1], seed.split("/")[3]
+            if owner != tenant_id or seed_id == itself:
+                raise InvalidArgument.field(field, f"{seed}: the seed must be another segment here")
+            try:
+                await self._get(tenant_id, seed_id)
+            except NotFound:
+                raise InvalidArgument.field(field, f"{seed}: no such segment") from None
+
+    async def _centre(self, tenant_id: str, seed: str) -> dict[str, float]:
+        """The mean vector of a seed segment's members (kept until the next
+        full evaluation of a lookalike of it)."""
+        found = self._centres.get(seed)
+        if found is not None:
+            return found
+        owner, seed_id = seed.split("/")[1], seed.split("/")[3]
+        total: dict[str, float] = defaultdict(float)
+        count = 0
+        if owner == tenant_id:
+            m = audience_segment_members.c
+            async with self._db.engine.connect() as conn:
+                ids = list(
+                    await conn.scalars(sa.select(m.profile_id).where(m.segment_id == seed_id))
+                )
+                for chunk in _chunks(ids):
+                    page = await _facts(
+                        conn, tenant_id, chunk, conditions.LOOKALIKE_DAYS, self._clock()
+                    )
+                    for f in page.values():
+                        for key, value in _unit(vector_of(f)).items():
+                            total[key] += value
+                        count += 1
+        centre = {key: value / count for key, value in total.items()} if count else {}
+        self._centres[seed] = centre
+        return centre
 
     async def _get(self, tenant_id: str, segment_id: str) -> Segment:
         async with self._db.engine.connect() as conn:
@@ -584,8 +719,11 @@ class Segments:
             raise NotFound(f"{name} not found", metadata={"resource": name})
         return _from_row(row)
 
-    async def _pages_of_facts(self, tenant_id: str, window_days: int) -> Any:
-        """The facts of every live profile of the tenant, a page at a time."""
+    async def _pages_of_facts(
+        self, tenant_id: str, window_days: int, segments: Sequence[Segment] = ()
+    ) -> Any:
+        """The facts of every live profile of the tenant, a page at a time,
+        with what `segments` read worked out."""
         p = audience_profiles.c
         after = ""
         while True:
@@ -601,7 +739,7 @@ class Segments:
                 if not ids:
                     return
                 page = await _facts(conn, tenant_id, ids, window_days, self._clock())
-            yield await self._with_computed(tenant_id, page)
+            yield await self._enrich(tenant_id, page, segments)
             after = ids[-1]
 
 
@@ -634,7 +772,11 @@ async def _facts(
                 counts[profile_id][event].append((day, n))
     return {
         row.id: Facts(
-            dict(row.traits), row.first_seen_time, row.last_seen_time, _counter(counts.get(row.id))
+            dict(row.traits),
+            row.first_seen_time,
+            row.last_seen_time,
+            _counter(counts.get(row.id)),
+            {e: sum(n for _, n in days) for e, days in counts.get(row.id, {}).items()},
         )
         for row in rows
     }
@@ -702,6 +844,7 @@ def _from_row(row: Any) -> Segment:
         row.create_time,
         row.update_time,
         row.evaluate_time,
+        float(row.similarity or 0.0),
     )
 
 
@@ -725,3 +868,25 @@ def _segment(caller: Principal, name: str, field: str) -> tuple[str, str]:
     names.require_same_tenant(name, field, caller.tenant_id)
     tenant_id, segment_id = names.parse_name(name, field, "tenants", "segments")
     return tenant_id, segment_id
+
+
+def predict_ctr(engine: Any) -> Predict:
+    """Predictive segments' `ctr`: the served model's predicted click-through
+    for each profile as it would bid (its loyalty tier, hours since last
+    seen), against a neutral pseudo-offer."""
+
+    async def predict(tenant_id: str, facts: dict[str, Facts]) -> dict[str, float]:
+        now = now_us()
+        requests = []
+        for f in facts.values():
+            tier = str(f.traits.get("loyalty_tier", "")).upper()
+            hours = (now - f.last_seen_us) / 3.6e9 if f.last_seen_us else None
+            profile = FeatureProfile(
+                loyalty=Loyalty(tier=tier if tier in TIERS else "GREEN"),
+                context=BidContext(hours_since_last_visit=max(0.0, hours) if hours else None),
+            )
+            requests.append(engine.request(profile, [f"audience:{tenant_id}"]))
+        predictions = await engine.predict_many(requests)
+        return {pid: float(p.scores.ctr[0]) for pid, p in zip(facts, predictions, strict=True)}
+
+    return predict

@@ -106,6 +106,8 @@ _SEGMENT_KINDS = {
     "DEMOGRAPHIC": segment_pb2.SEGMENT_KIND_DEMOGRAPHIC,
     "LIFECYCLE": segment_pb2.SEGMENT_KIND_LIFECYCLE,
     "CUSTOM": segment_pb2.SEGMENT_KIND_CUSTOM,
+    "PREDICTIVE": segment_pb2.SEGMENT_KIND_PREDICTIVE,
+    "LOOKALIKE": segment_pb2.SEGMENT_KIND_LOOKALIKE,
 }
 
 
@@ -126,6 +128,7 @@ def segment_proto(segment: Segment) -> segment_pb2.Segment:
         create_time=timestamp(segment.create_time),
         update_time=timestamp(segment.update_time),
         evaluate_time=timestamp(segment.evaluate_time or None),
+        similarity=segment.similarity,
     )
     json_format.ParseDict(conditions.to_json(segment.condition), message.condition)
     return message

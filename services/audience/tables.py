@@ -78,6 +78,8 @@ audience_segments = sa.Table(
     sa.Column("create_time", sa.BigInteger, nullable=False),
     sa.Column("update_time", sa.BigInteger, nullable=False),
     sa.Column("evaluate_time", sa.BigInteger, nullable=False),
+    # Lookalikes: the members' mean similarity to the seed (last full evaluation).
+    sa.Column("similarity", sa.Float, nullable=False, server_default=sa.text("0")),
     sa.Index("ix_audience_segments_tenant_created", "tenant_id", "create_time", "id"),
 )
 

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("create_time", sa.BigInteger, nullable=False),
         sa.Column("update_time", sa.BigInteger, nullable=False),
         sa.Column("evaluate_time", sa.BigInteger, nullable=False),
+        sa.Column("similarity", sa.Float, nullable=False, server_default=sa.text("0")),
     )
     op.create_index(
         "ix_audience_segments_tenant_created",

@@ -26,29 +26,33 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)campaignexpress/audience/v1/segment.proto\x12\x1b\x63\x61mpaignexpress.audience.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x02\n\x07Segment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12@\n\tcondition\x18\x04 \x01(\x0b\x32-.campaignexpress.audience.v1.SegmentCondition\x12\x36\n\x04kind\x18\x05 \x01(\x0e\x32(.campaignexpress.audience.v1.SegmentKind\x12\x11\n\tbid_index\x18\x06 \x01(\x05\x12\x0c\n\x04size\x18\x07 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\revaluate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x03\n\x10SegmentCondition\x12<\n\x05trait\x18\x01 \x01(\x0b\x32+.campaignexpress.audience.v1.TraitConditionH\x00\x12<\n\x05\x65vent\x18\x02 \x01(\x0b\x32+.campaignexpress.audience.v1.EventConditionH\x00\x12\x44\n\tlifecycle\x18\x03 \x01(\x0b\x32/.campaignexpress.audience.v1.LifecycleConditionH\x00\x12:\n\x03\x61ll\x18\x04 \x01(\x0b\x32+.campaignexpress.audience.v1.ConditionGroupH\x00\x12:\n\x03\x61ny\x18\x05 \x01(\x0b\x32+.campaignexpress.audience.v1.ConditionGroupH\x00\x12<\n\x03not\x18\x06 \x01(\x0b\x32-.campaignexpress.audience.v1.SegmentConditionH\x00\x42\x0b\n\tcondition\"S\n\x0e\x43onditionGroup\x12\x41\n\nconditions\x18\x01 \x03(\x0b\x32-.campaignexpress.audience.v1.SegmentCondition\"\x83\x01\n\x0eTraitCondition\x12\r\n\x05trait\x18\x01 \x01(\t\x12;\n\ncomparison\x18\x02 \x01(\x0e\x32\'.campaignexpress.audience.v1.Comparison\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"G\n\x0e\x45ventCondition\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\x11\n\tmin_count\x18\x02 \x01(\x05\x12\x13\n\x0bwithin_days\x18\x03 \x01(\x05\"P\n\x12LifecycleCondition\x12:\n\x05stage\x18\x01 \x01(\x0e\x32+.campaignexpress.audience.v1.LifecycleStage*\xd5\x01\n\x0bSegmentKind\x12\x1c\n\x18SEGMENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18SEGMENT_KIND_BEHAVIOURAL\x10\x01\x12\x1c\n\x18SEGMENT_KIND_DEMOGRAPHIC\x10\x02\x12\x1b\n\x17SEGMENT_KIND_PREDICTIVE\x10\x03\x12\x1a\n\x16SEGMENT_KIND_LIFECYCLE\x10\x04\x12\x17\n\x13SEGMENT_KIND_CUSTOM\x10\x05\x12\x1a\n\x16SEGMENT_KIND_LOOKALIKE\x10\x06*\x89\x02\n\nComparison\x12\x1a\n\x16\x43OMPARISON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43OMPARISON_EQUALS\x10\x01\x12\x19\n\x15\x43OMPARISON_NOT_EQUALS\x10\x02\x12\x16\n\x12\x43OMPARISON_GREATER\x10\x03\x12\x1f\n\x1b\x43OMPARISON_GREATER_OR_EQUAL\x10\x04\x12\x13\n\x0f\x43OMPARISON_LESS\x10\x05\x12\x1c\n\x18\x43OMPARISON_LESS_OR_EQUAL\x10\x06\x12\x11\n\rCOMPARISON_IN\x10\x07\x12\x15\n\x11\x43OMPARISON_EXISTS\x10\x08\x12\x17\n\x13\x43OMPARISON_CONTAINS\x10\t*\xa0\x01\n\x0eLifecycleStage\x12\x1f\n\x1bLIFECYCLE_STAGE_UNSPECIFIED\x10\x00\x12\x17\n\x13LIFECYCLE_STAGE_NEW\x10\x01\x12\x1a\n\x16LIFECYCLE_STAGE_ACTIVE\x10\x02\x12\x1b\n\x17LIFECYCLE_STAGE_LAPSING\x10\x03\x12\x1b\n\x17LIFECYCLE_STAGE_CHURNED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)campaignexpress/audience/v1/segment.proto\x12\x1b\x63\x61mpaignexpress.audience.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x03\n\x07Segment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12@\n\tcondition\x18\x04 \x01(\x0b\x32-.campaignexpress.audience.v1.SegmentCondition\x12\x36\n\x04kind\x18\x05 \x01(\x0e\x32(.campaignexpress.audience.v1.SegmentKind\x12\x11\n\tbid_index\x18\x06 \x01(\x05\x12\x0c\n\x04size\x18\x07 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\revaluate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsimilarity\x18\x0b \x01(\x01\"\xa5\x04\n\x10SegmentCondition\x12<\n\x05trait\x18\x01 \x01(\x0b\x32+.campaignexpress.audience.v1.TraitConditionH\x00\x12<\n\x05\x65vent\x18\x02 \x01(\x0b\x32+.campaignexpress.audience.v1.EventConditionH\x00\x12\x44\n\tlifecycle\x18\x03 \x01(\x0b\x32/.campaignexpress.audience.v1.LifecycleConditionH\x00\x12:\n\x03\x61ll\x18\x04 \x01(\x0b\x32+.campaignexpress.audience.v1.ConditionGroupH\x00\x12:\n\x03\x61ny\x18\x05 \x01(\x0b\x32+.campaignexpress.audience.v1.ConditionGroupH\x00\x12<\n\x03not\x18\x06 \x01(\x0b\x32-.campaignexpress.audience.v1.SegmentConditionH\x00\x12\x46\n\npredictive\x18\x07 \x01(\x0b\x32\x30.campaignexpress.audience.v1.PredictiveConditionH\x00\x12\x44\n\tlookalike\x18\x08 \x01(\x0b\x32/.campaignexpress.audience.v1.LookalikeConditionH\x00\x42\x0b\n\tcondition\"t\n\x13PredictiveCondition\x12\r\n\x05score\x18\x01 \x01(\t\x12;\n\ncomparison\x18\x02 \x01(\x0e\x32\'.campaignexpress.audience.v1.Comparison\x12\x11\n\tthreshold\x18\x03 \x01(\x01\"6\n\x12LookalikeCondition\x12\x0c\n\x04seed\x18\x01 \x01(\t\x12\x12\n\nsimilarity\x18\x02 \x01(\x01\"S\n\x0e\x43onditionGroup\x12\x41\n\nconditions\x18\x01 \x03(\x0b\x32-.campaignexpress.audience.v1.SegmentCondition\"\x83\x01\n\x0eTraitCondition\x12\r\n\x05trait\x18\x01 \x01(\t\x12;\n\ncomparison\x18\x02 \x01(\x0e\x32\'.campaignexpress.audience.v1.Comparison\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"G\n\x0e\x45ventCondition\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\x11\n\tmin_count\x18\x02 \x01(\x05\x12\x13\n\x0bwithin_days\x18\x03 \x01(\x05\"P\n\x12LifecycleCondition\x12:\n\x05stage\x18\x01 \x01(\x0e\x32+.campaignexpress.audience.v1.LifecycleStage*\xd5\x01\n\x0bSegmentKind\x12\x1c\n\x18SEGMENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18SEGMENT_KIND_BEHAVIOURAL\x10\x01\x12\x1c\n\x18SEGMENT_KIND_DEMOGRAPHIC\x10\x02\x12\x1b\n\x17SEGMENT_KIND_PREDICTIVE\x10\x03\x12\x1a\n\x16SEGMENT_KIND_LIFECYCLE\x10\x04\x12\x17\n\x13SEGMENT_KIND_CUSTOM\x10\x05\x12\x1a\n\x16SEGMENT_KIND_LOOKALIKE\x10\x06*\x89\x02\n\nComparison\x12\x1a\n\x16\x43OMPARISON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43OMPARISON_EQUALS\x10\x01\x12\x19\n\x15\x43OMPARISON_NOT_EQUALS\x10\x02\x12\x16\n\x12\x43OMPARISON_GREATER\x10\x03\x12\x1f\n\x1b\x43OMPARISON_GREATER_OR_EQUAL\x10\x04\x12\x13\n\x0f\x43OMPARISON_LESS\x10\x05\x12\x1c\n\x18\x43OMPARISON_LESS_OR_EQUAL\x10\x06\x12\x11\n\rCOMPARISON_IN\x10\x07\x12\x15\n\x11\x43OMPARISON_EXISTS\x10\x08\x12\x17\n\x13\x43OMPARISON_CONTAINS\x10\t*\xa0\x01\n\x0eLifecycleStage\x12\x1f\n\x1bLIFECYCLE_STAGE_UNSPECIFIED\x10\x00\x12\x17\n\x13LIFECYCLE_STAGE_NEW\x10\x01\x12\x1a\n\x16LIFECYCLE_STAGE_ACTIVE\x10\x02\x12\x1b\n\x17LIFECYCLE_STAGE_LAPSING\x10\x03\x12\x1b\n\x17LIFECYCLE_STAGE_CHURNED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'campaignexpress.audience.v1.segment_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEGMENTKIND']._serialized_start=1295
-  _globals['_SEGMENTKIND']._serialized_end=1508
-  _globals['_COMPARISON']._serialized_start=1511
-  _globals['_COMPARISON']._serialized_end=1776
-  _globals['_LIFECYCLESTAGE']._serialized_start=1779
-  _globals['_LIFECYCLESTAGE']._serialized_end=1939
+  _globals['_SEGMENTKIND']._serialized_start=1631
+  _globals['_SEGMENTKIND']._serialized_end=1844
+  _globals['_COMPARISON']._serialized_start=1847
+  _globals['_COMPARISON']._serialized_end=2112
+  _globals['_LIFECYCLESTAGE']._serialized_start=2115
+  _globals['_LIFECYCLESTAGE']._serialized_end=2275
   _globals['_SEGMENT']._serialized_start=138
-  _globals['_SEGMENT']._serialized_end=508
-  _globals['_SEGMENTCONDITION']._serialized_start=511
-  _globals['_SEGMENTCONDITION']._serialized_end=918
-  _globals['_CONDITIONGROUP']._serialized_start=920
-  _globals['_CONDITIONGROUP']._serialized_end=1003
-  _globals['_TRAITCONDITION']._serialized_start=1006
-  _globals['_TRAITCONDITION']._serialized_end=1137
-  _globals['_EVENTCONDITION']._serialized_start=1139
-  _globals['_EVENTCONDITION']._serialized_end=1210
-  _globals['_LIFECYCLECONDITION']._serialized_start=1212
-  _globals['_LIFECYCLECONDITION']._serialized_end=1292
+  _globals['_SEGMENT']._serialized_end=528
+  _globals['_SEGMENTCONDITION']._serialized_start=531
+  _globals['_SEGMENTCONDITION']._serialized_end=1080
+  _globals['_PREDICTIVECONDITION']._serialized_start=1082
+  _globals['_PREDICTIVECONDITION']._serialized_end=1198
+  _globals['_LOOKALIKECONDITION']._serialized_start=1200
+  _globals['_LOOKALIKECONDITION']._serialized_end=1254
+  _globals['_CONDITIONGROUP']._serialized_start=1256
+  _globals['_CONDITIONGROUP']._serialized_end=1339
+  _globals['_TRAITCONDITION']._serialized_start=1342
+  _globals['_TRAITCONDITION']._serialized_end=1473
+  _globals['_EVENTCONDITION']._serialized_start=1475
+  _globals['_EVENTCONDITION']._serialized_end=1546
+  _globals['_LIFECYCLECONDITION']._serialized_start=1548
+  _globals['_LIFECYCLECONDITION']._serialized_end=1628
 # @@protoc_insertion_point(module_scope)

@@ -166,6 +166,7 @@ class Segment(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     EVALUATE_TIME_FIELD_NUMBER: _builtins.int
+    SIMILARITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`tenants/{tenant}/segments/{segment}`."""
     display_name: _builtins.str
@@ -180,6 +181,10 @@ class Segment(_message.Message):
     """
     size: _builtins.int
     """Output only: how many profiles are members now."""
+    similarity: _builtins.float
+    """Output only, lookalike segments: the members' mean similarity to the
+    seed, at the last full evaluation.
+    """
     @_builtins.property
     def condition(self) -> Global___SegmentCondition:
         """Who belongs: a condition on traits, events and lifecycle, nested in
@@ -211,10 +216,11 @@ class Segment(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         evaluate_time: _timestamp_pb2.Timestamp | None = ...,
+        similarity: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "create_time", b"create_time", "evaluate_time", b"evaluate_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_index", b"bid_index", "condition", b"condition", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "evaluate_time", b"evaluate_time", "kind", b"kind", "name", b"name", "size", b"size", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_index", b"bid_index", "condition", b"condition", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "evaluate_time", b"evaluate_time", "kind", b"kind", "name", b"name", "similarity", b"similarity", "size", b"size", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -232,6 +238,8 @@ class SegmentCondition(_message.Message):
     ALL_FIELD_NUMBER: _builtins.int
     ANY_FIELD_NUMBER: _builtins.int
     NOT_FIELD_NUMBER: _builtins.int
+    PREDICTIVE_FIELD_NUMBER: _builtins.int
+    LOOKALIKE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def trait(self) -> Global___TraitCondition:
         """A trait compared with a value."""
@@ -252,6 +260,14 @@ class SegmentCondition(_message.Message):
     def any(self) -> Global___ConditionGroup:
         """At least one of these conditions (OR)."""
 
+    @_builtins.property
+    def predictive(self) -> Global___PredictiveCondition:
+        """A model's score compared with a threshold."""
+
+    @_builtins.property
+    def lookalike(self) -> Global___LookalikeCondition:
+        """Similar to the members of a seed segment."""
+
     def __init__(
         self,
         *,
@@ -260,16 +276,82 @@ class SegmentCondition(_message.Message):
         lifecycle: Global___LifecycleCondition | None = ...,
         all: Global___ConditionGroup | None = ...,
         any: Global___ConditionGroup | None = ...,
+        predictive: Global___PredictiveCondition | None = ...,
+        lookalike: Global___LookalikeCondition | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "any", b"any", "condition", b"condition", "event", b"event", "lifecycle", b"lifecycle", "not", b"not", "trait", b"trait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "any", b"any", "condition", b"condition", "event", b"event", "lifecycle", b"lifecycle", "lookalike", b"lookalike", "not", b"not", "predictive", b"predictive", "trait", b"trait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "any", b"any", "condition", b"condition", "event", b"event", "lifecycle", b"lifecycle", "not", b"not", "trait", b"trait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "any", b"any", "condition", b"condition", "event", b"event", "lifecycle", b"lifecycle", "lookalike", b"lookalike", "not", b"not", "predictive", b"predictive", "trait", b"trait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_condition: _TypeAlias = _typing.Literal["trait", "event", "lifecycle", "all", "any", "not"]  # noqa: Y015
+    _WhichOneofReturnType_condition: _TypeAlias = _typing.Literal["trait", "event", "lifecycle", "all", "any", "not", "predictive", "lookalike"]  # noqa: Y015
     _WhichOneofArgType_condition: _TypeAlias = _typing.Literal["condition", b"condition"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_condition) -> _WhichOneofReturnType_condition | None: ...
 
 Global___SegmentCondition: _TypeAlias = SegmentCondition  # noqa: Y015
+
+@_typing.final
+class PredictiveCondition(_message.Message):
+    """A model's score compared with a threshold: `ctr`, the served CoLaNet
+    model's predicted click-through for the person (their loyalty tier,
+    segments and recency), or the name of a trait holding a per-tenant
+    propensity score (set by identify calls or UpdateProfileTraits).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCORE_FIELD_NUMBER: _builtins.int
+    COMPARISON_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    score: _builtins.str
+    """`ctr`, or a trait's name."""
+    comparison: Global___Comparison.ValueType
+    """How (greater, less, ... or equal)."""
+    threshold: _builtins.float
+    """With what."""
+    def __init__(
+        self,
+        *,
+        score: _builtins.str = ...,
+        comparison: Global___Comparison.ValueType = ...,
+        threshold: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison", b"comparison", "score", b"score", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictiveCondition: _TypeAlias = PredictiveCondition  # noqa: Y015
+
+@_typing.final
+class LookalikeCondition(_message.Message):
+    """People like a seed segment's members: each profile is a vector of its
+    event counts over 90 days (log-scaled) and its short text traits; those
+    whose cosine similarity to the seed's centre reaches `similarity` (and who
+    are not in the seed) are members.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEED_FIELD_NUMBER: _builtins.int
+    SIMILARITY_FIELD_NUMBER: _builtins.int
+    seed: _builtins.str
+    """The seed segment, `tenants/{tenant}/segments/{segment}`."""
+    similarity: _builtins.float
+    """The least similarity, 0-1 (e.g. 0.8)."""
+    def __init__(
+        self,
+        *,
+        seed: _builtins.str = ...,
+        similarity: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seed", b"seed", "similarity", b"similarity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookalikeCondition: _TypeAlias = LookalikeCondition  # noqa: Y015
 
 @_typing.final
 class ConditionGroup(_message.Message):
