@@ -310,6 +310,8 @@ class Devices:
         ended one changes nothing; an ended one cannot resume."""
         names.require_same_tenant(name, "name", caller.tenant_id)
         tenant_id, session_id = names.parse_name(name, "name", "tenants", "sessions")
+        if action not in ("pause", "resume", "end"):
+            raise InvalidArgument.field("action", "must be pause, resume or end")
         now = self._clock()
         s = audience_sessions.c
         async with self._db.engine.begin() as conn:
