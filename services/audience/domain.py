@@ -13,6 +13,7 @@ import orjson
 from services.analytics.pipeline import AnalyticsPipeline
 from services.audience.applier import AppliedHook, ProfileApplier
 from services.audience.computed import ComputedProperties
+from services.audience.connectors import Connectors
 from services.audience.devices import Devices
 from services.audience.events import call_row
 from services.audience.privacy import DataSubjects
@@ -108,6 +109,7 @@ class Audience:
         computed: ComputedProperties,
         clock: Callable[[], int] = now_us,
     ) -> None:
+        self.connectors = Connectors(profiles, self._accept_from_connector, clock=clock)
         self.devices = devices
         self.computed = computed
         self.segments = segments
@@ -148,6 +150,11 @@ class Audience:
         tracked = read_batch(body, self._clock())
         source = await self.sources.source_of(caller)
         return await self.accept(tenant_id, source, tracked, wait_for_profiles)
+
+    async def _accept_from_connector(
+        self, tenant_id: str, source: str, calls: Sequence[TrackedCall]
+    ) -> Accepted:
+        return await self.accept(tenant_id, source, calls)
 
     def now(self) -> int:
         return self._clock()

@@ -133,6 +133,8 @@ async def _build(kernel: Kernel) -> Built:
         await segments.recount([s.id for s in await segments.of_tenant(tenant_id)])
 
     audience.on_deleted.append(recount_segments)
+    if kernel.worker == "0":  # one process runs the connectors' schedules
+        kernel.when_serving(audience.connectors.start, audience.connectors.stop)
     # Calls published on the bus by omnichannel sources (a queue group: each
     # message taken by one process), in serving processes only.
     from_bus = BusIngest(kernel.backends.bus, audience)

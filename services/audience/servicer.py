@@ -11,6 +11,7 @@ from campaignexpress.audience.v1 import (
     audience_service_pb2,
     audience_service_pb2_grpc,
     computed_property_pb2,
+    connector_pb2,
     data_subject_pb2,
     device_pb2,
     profile_pb2,
@@ -19,6 +20,8 @@ from campaignexpress.audience.v1 import (
 )
 from services.audience import conditions
 from services.audience.computed import ComputedProperty
+from services.audience.connectors import SECRETS as CONNECTOR_SECRETS
+from services.audience.connectors import Connector, SyncRun
 from services.audience.devices import Device, Session
 from services.audience.domain import Audience, profile_name
 from services.audience.privacy import Record
@@ -208,6 +211,35 @@ def computed_proto(prop: ComputedProperty) -> computed_property_pb2.ComputedProp
     )
 
 
+def connector_proto(connector: Connector) -> connector_pb2.Connector:
+    return connector_pb2.Connector(
+        name=connector.name,
+        display_name=connector.display_name,
+        platform=connector.platform,
+        direction=connector.direction,
+        config={k: ("***" if k in CONNECTOR_SECRETS else v) for k, v in connector.config.items()},
+        mappings=[
+            connector_pb2.FieldMapping(platform_field=a, canonical_field=b)
+            for a, b in connector.mappings
+        ],
+        schedule_minutes=connector.schedule_minutes,
+        create_time=timestamp(connector.create_time),
+        last_run_time=timestamp(connector.last_run_time or None),
+    )
+
+
+def sync_run_proto(run: SyncRun) -> connector_pb2.SyncRun:
+    return connector_pb2.SyncRun(
+        name=run.name,
+        direction=run.direction,
+        state=run.state,
+        records=run.records,
+        error=run.error,
+        start_time=timestamp(run.start_time),
+        end_time=timestamp(run.end_time),
+    )
+
+
 def device_proto(device: Device) -> device_pb2.Device:
     message = device_pb2.Device(
         name=device.name,
@@ -259,6 +291,36 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
     async def _proto(self, profile: Profile) -> profile_pb2.Profile:
         (message,) = await self._protos([profile])
         return message
+
+    async def CreateConnector(self, request: pb.CreateConnectorRequest, context: Any) -> Any:
+        asked = request.connector
+        created = await self._audience.connectors.create(
+            current_principal(),
+            request.parent,
+            display_name=asked.display_name,
+            platform=asked.platform,
+            direction=asked.direction,
+            config=dict(asked.config),
+            mappings=[(m.platform_field, m.canonical_field) for m in asked.mappings],
+            schedule_minutes=asked.schedule_minutes,
+        )
+        return pb.CreateConnectorResponse(connector=connector_proto(created))
+
+    async def ListConnectors(self, request: pb.ListConnectorsRequest, context: Any) -> Any:
+        found = await self._audience.connectors.list_connectors(current_principal(), request.parent)
+        return pb.ListConnectorsResponse(connectors=[connector_proto(c) for c in found])
+
+    async def DeleteConnector(self, request: pb.DeleteConnectorRequest, context: Any) -> Any:
+        await self._audience.connectors.delete(current_principal(), request.name)
+        return pb.DeleteConnectorResponse()
+
+    async def RunConnector(self, request: pb.RunConnectorRequest, context: Any) -> Any:
+        runs = await self._audience.connectors.run(current_principal(), request.name)
+        return pb.RunConnectorResponse(runs=[sync_run_proto(r) for r in runs])
+
+    async def ListSyncRuns(self, request: pb.ListSyncRunsRequest, context: Any) -> Any:
+        runs = await self._audience.connectors.runs(current_principal(), request.parent)
+        return pb.ListSyncRunsResponse(runs=[sync_run_proto(r) for r in runs])
 
     async def CreateComputedProperty(
         self, request: pb.CreateComputedPropertyRequest, context: Any

@@ -191,3 +191,38 @@ audience_computed_buckets = sa.Table(
     sa.Column("state", sa.JSON, nullable=False),
     sa.Index("ix_audience_computed_buckets_profile", "profile_id"),
 )
+
+# Links to other customer-data platforms (services/audience/connectors.py).
+audience_connectors = sa.Table(
+    "audience_connectors",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("platform", sa.String(40), nullable=False),
+    sa.Column("direction", sa.String(20), nullable=False),
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("mappings", sa.JSON, nullable=False),  # [[platform field, canonical field]]
+    sa.Column("schedule_minutes", sa.Integer, nullable=False),
+    # Outbound: the last profile sent, [update_time, id]; inbound: the platform's cursor.
+    sa.Column("outbound_cursor", sa.JSON, nullable=False),
+    sa.Column("inbound_cursor", sa.String(500), nullable=False),
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+    sa.Column("last_run_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_audience_connectors_tenant", "tenant_id"),
+)
+
+audience_sync_runs = sa.Table(
+    "audience_sync_runs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("connector_id", sa.String(64), nullable=False),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("direction", sa.String(20), nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),  # succeeded, failed
+    sa.Column("records", sa.BigInteger, nullable=False),
+    sa.Column("error", sa.String(2000), nullable=False),
+    sa.Column("start_time", sa.BigInteger, nullable=False),
+    sa.Column("end_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_audience_sync_runs_connector", "connector_id", "start_time"),
+)

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from campaignexpress.audience.v1 import computed_property_pb2 as _computed_property_pb2
+from campaignexpress.audience.v1 import connector_pb2 as _connector_pb2
 from campaignexpress.audience.v1 import data_subject_pb2 as _data_subject_pb2
 from campaignexpress.audience.v1 import device_pb2 as _device_pb2
 from campaignexpress.audience.v1 import profile_pb2 as _profile_pb2
@@ -1875,3 +1876,232 @@ class OverlapSegmentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OverlapSegmentsResponse: _TypeAlias = OverlapSegmentsResponse  # noqa: Y015
+
+@_typing.final
+class CreateConnectorRequest(_message.Message):
+    """Request of CreateConnector."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    CONNECTOR_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, `tenants/{tenant}`."""
+    @_builtins.property
+    def connector(self) -> _connector_pb2.Connector:
+        """The connector."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        connector: _connector_pb2.Connector | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connector", b"connector"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connector", b"connector", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateConnectorRequest: _TypeAlias = CreateConnectorRequest  # noqa: Y015
+
+@_typing.final
+class CreateConnectorResponse(_message.Message):
+    """Response of CreateConnector."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTOR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def connector(self) -> _connector_pb2.Connector:
+        """The connector (secrets shown as "***")."""
+
+    def __init__(
+        self,
+        *,
+        connector: _connector_pb2.Connector | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connector", b"connector"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connector", b"connector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateConnectorResponse: _TypeAlias = CreateConnectorResponse  # noqa: Y015
+
+@_typing.final
+class ListConnectorsRequest(_message.Message):
+    """Request of ListConnectors."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, `tenants/{tenant}`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConnectorsRequest: _TypeAlias = ListConnectorsRequest  # noqa: Y015
+
+@_typing.final
+class ListConnectorsResponse(_message.Message):
+    """Response of ListConnectors."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTORS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def connectors(self) -> _containers.RepeatedCompositeFieldContainer[_connector_pb2.Connector]:
+        """The connectors, oldest first (at most 50 a tenant)."""
+
+    def __init__(
+        self,
+        *,
+        connectors: _abc.Iterable[_connector_pb2.Connector] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connectors", b"connectors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConnectorsResponse: _TypeAlias = ListConnectorsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteConnectorRequest(_message.Message):
+    """Request of DeleteConnector."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/connectors/{connector}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteConnectorRequest: _TypeAlias = DeleteConnectorRequest  # noqa: Y015
+
+@_typing.final
+class DeleteConnectorResponse(_message.Message):
+    """Response of DeleteConnector."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteConnectorResponse: _TypeAlias = DeleteConnectorResponse  # noqa: Y015
+
+@_typing.final
+class RunConnectorRequest(_message.Message):
+    """Request of RunConnector."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/connectors/{connector}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunConnectorRequest: _TypeAlias = RunConnectorRequest  # noqa: Y015
+
+@_typing.final
+class RunConnectorResponse(_message.Message):
+    """Response of RunConnector."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[_connector_pb2.SyncRun]:
+        """The runs it made (one per direction)."""
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[_connector_pb2.SyncRun] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunConnectorResponse: _TypeAlias = RunConnectorResponse  # noqa: Y015
+
+@_typing.final
+class ListSyncRunsRequest(_message.Message):
+    """Request of ListSyncRuns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The connector, `tenants/{tenant}/connectors/{connector}`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSyncRunsRequest: _TypeAlias = ListSyncRunsRequest  # noqa: Y015
+
+@_typing.final
+class ListSyncRunsResponse(_message.Message):
+    """Response of ListSyncRuns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[_connector_pb2.SyncRun]:
+        """The runs, newest first."""
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[_connector_pb2.SyncRun] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSyncRunsResponse: _TypeAlias = ListSyncRunsResponse  # noqa: Y015

@@ -91,6 +91,31 @@ class AudienceServiceStub:
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteComputedPropertyRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteComputedPropertyResponse.FromString,
                 _registered_method=True)
+        self.CreateConnector = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/CreateConnector',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateConnectorRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateConnectorResponse.FromString,
+                _registered_method=True)
+        self.ListConnectors = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/ListConnectors',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListConnectorsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListConnectorsResponse.FromString,
+                _registered_method=True)
+        self.DeleteConnector = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/DeleteConnector',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteConnectorRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteConnectorResponse.FromString,
+                _registered_method=True)
+        self.RunConnector = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/RunConnector',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.RunConnectorRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.RunConnectorResponse.FromString,
+                _registered_method=True)
+        self.ListSyncRuns = channel.unary_unary(
+                '/campaignexpress.audience.v1.AudienceService/ListSyncRuns',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSyncRunsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSyncRunsResponse.FromString,
+                _registered_method=True)
         self.GetProfile = channel.unary_unary(
                 '/campaignexpress.audience.v1.AudienceService/GetProfile',
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.GetProfileRequest.SerializeToString,
@@ -288,6 +313,41 @@ class AudienceServiceServicer:
 
     def DeleteComputedProperty(self, request, context):
         """Deletes a computed property and its values.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateConnector(self, request, context):
+        """Creates a connector to another customer-data platform.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConnectors(self, request, context):
+        """Lists a tenant's connectors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteConnector(self, request, context):
+        """Deletes a connector and its history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunConnector(self, request, context):
+        """Runs a connector now (each direction it has), resuming where it stopped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSyncRuns(self, request, context):
+        """A connector's runs, newest first (up to 100).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -506,6 +566,31 @@ def add_AudienceServiceServicer_to_server(servicer, server):
                     servicer.DeleteComputedProperty,
                     request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteComputedPropertyRequest.FromString,
                     response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteComputedPropertyResponse.SerializeToString,
+            ),
+            'CreateConnector': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateConnector,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateConnectorRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateConnectorResponse.SerializeToString,
+            ),
+            'ListConnectors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConnectors,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListConnectorsRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListConnectorsResponse.SerializeToString,
+            ),
+            'DeleteConnector': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteConnector,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteConnectorRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteConnectorResponse.SerializeToString,
+            ),
+            'RunConnector': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunConnector,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.RunConnectorRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.RunConnectorResponse.SerializeToString,
+            ),
+            'ListSyncRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSyncRuns,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSyncRunsRequest.FromString,
+                    response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSyncRunsResponse.SerializeToString,
             ),
             'GetProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.GetProfile,
@@ -917,6 +1002,141 @@ class AudienceService:
             '/campaignexpress.audience.v1.AudienceService/DeleteComputedProperty',
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteComputedPropertyRequest.SerializeToString,
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteComputedPropertyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateConnector(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/CreateConnector',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateConnectorRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.CreateConnectorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConnectors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/ListConnectors',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListConnectorsRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListConnectorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteConnector(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/DeleteConnector',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteConnectorRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.DeleteConnectorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunConnector(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/RunConnector',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.RunConnectorRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.RunConnectorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSyncRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/ListSyncRuns',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSyncRunsRequest.SerializeToString,
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSyncRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,16 @@ class AudienceServiceStub:
     """Lists a tenant's computed properties, oldest first."""
     DeleteComputedProperty: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteComputedPropertyRequest, _audience_service_pb2.DeleteComputedPropertyResponse]
     """Deletes a computed property and its values."""
+    CreateConnector: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.CreateConnectorRequest, _audience_service_pb2.CreateConnectorResponse]
+    """Creates a connector to another customer-data platform."""
+    ListConnectors: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListConnectorsRequest, _audience_service_pb2.ListConnectorsResponse]
+    """Lists a tenant's connectors."""
+    DeleteConnector: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteConnectorRequest, _audience_service_pb2.DeleteConnectorResponse]
+    """Deletes a connector and its history."""
+    RunConnector: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.RunConnectorRequest, _audience_service_pb2.RunConnectorResponse]
+    """Runs a connector now (each direction it has), resuming where it stopped."""
+    ListSyncRuns: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListSyncRunsRequest, _audience_service_pb2.ListSyncRunsResponse]
+    """A connector's runs, newest first (up to 100)."""
     GetProfile: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.GetProfileRequest, _audience_service_pb2.GetProfileResponse]
     """Gets a profile; a merged profile's name answers with its survivor."""
     ListProfiles: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListProfilesRequest, _audience_service_pb2.ListProfilesResponse]
@@ -159,6 +169,16 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     """Lists a tenant's computed properties, oldest first."""
     DeleteComputedProperty: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteComputedPropertyRequest, _audience_service_pb2.DeleteComputedPropertyResponse]  # type: ignore[assignment]
     """Deletes a computed property and its values."""
+    CreateConnector: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.CreateConnectorRequest, _audience_service_pb2.CreateConnectorResponse]  # type: ignore[assignment]
+    """Creates a connector to another customer-data platform."""
+    ListConnectors: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListConnectorsRequest, _audience_service_pb2.ListConnectorsResponse]  # type: ignore[assignment]
+    """Lists a tenant's connectors."""
+    DeleteConnector: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteConnectorRequest, _audience_service_pb2.DeleteConnectorResponse]  # type: ignore[assignment]
+    """Deletes a connector and its history."""
+    RunConnector: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.RunConnectorRequest, _audience_service_pb2.RunConnectorResponse]  # type: ignore[assignment]
+    """Runs a connector now (each direction it has), resuming where it stopped."""
+    ListSyncRuns: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListSyncRunsRequest, _audience_service_pb2.ListSyncRunsResponse]  # type: ignore[assignment]
+    """A connector's runs, newest first (up to 100)."""
     GetProfile: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.GetProfileRequest, _audience_service_pb2.GetProfileResponse]  # type: ignore[assignment]
     """Gets a profile; a merged profile's name answers with its survivor."""
     ListProfiles: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListProfilesRequest, _audience_service_pb2.ListProfilesResponse]  # type: ignore[assignment]
@@ -312,6 +332,46 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audience_service_pb2.DeleteComputedPropertyResponse, _abc.Awaitable[_audience_service_pb2.DeleteComputedPropertyResponse]]:
         """Deletes a computed property and its values."""
+
+    @_abc_1.abstractmethod
+    def CreateConnector(
+        self,
+        request: _audience_service_pb2.CreateConnectorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.CreateConnectorResponse, _abc.Awaitable[_audience_service_pb2.CreateConnectorResponse]]:
+        """Creates a connector to another customer-data platform."""
+
+    @_abc_1.abstractmethod
+    def ListConnectors(
+        self,
+        request: _audience_service_pb2.ListConnectorsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.ListConnectorsResponse, _abc.Awaitable[_audience_service_pb2.ListConnectorsResponse]]:
+        """Lists a tenant's connectors."""
+
+    @_abc_1.abstractmethod
+    def DeleteConnector(
+        self,
+        request: _audience_service_pb2.DeleteConnectorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.DeleteConnectorResponse, _abc.Awaitable[_audience_service_pb2.DeleteConnectorResponse]]:
+        """Deletes a connector and its history."""
+
+    @_abc_1.abstractmethod
+    def RunConnector(
+        self,
+        request: _audience_service_pb2.RunConnectorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.RunConnectorResponse, _abc.Awaitable[_audience_service_pb2.RunConnectorResponse]]:
+        """Runs a connector now (each direction it has), resuming where it stopped."""
+
+    @_abc_1.abstractmethod
+    def ListSyncRuns(
+        self,
+        request: _audience_service_pb2.ListSyncRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.ListSyncRunsResponse, _abc.Awaitable[_audience_service_pb2.ListSyncRunsResponse]]:
+        """A connector's runs, newest first (up to 100)."""
 
     @_abc_1.abstractmethod
     def GetProfile(
