@@ -350,3 +350,23 @@ async def test_a_device_of_another_user_does_not_take_a_new_user(profiles: Profi
     # the device stays with its first profile
     found = await profiles.resolve("acme", "ifa", "SHARED-1")
     assert found is not None and found.id == ann.profile_ids[0]
+
+
+async def test_housekeeping_prunes_old_message_ids_and_counters(profiles: Profiles) -> None:
+    from services.audience.housekeeping import MESSAGE_DAYS, US_PER_DAY, Housekeeping
+
+    old = T0 - 400 * US_PER_DAY
+    track = call("track", userId="u1", event="E", messageId="keep-me")
+    ancient = call("track", at=old, userId="u1", event="E", messageId="old",
+                   timestamp="2025-10-01T00:00:00Z")  # fmt: skip
+    await profiles.ingest("acme", [track, ancient])
+    house = Housekeeping(profiles.db, clock=lambda: T0 + MESSAGE_DAYS * US_PER_DAY - 1)
+    removed = await house.prune()
+    # "keep-me" is within the week; "old" was received 400 days ago; the
+    # counter of the event 400+ days back is past every window
+    assert removed == {"messages": 1, "event_counts": 1, "computed_buckets": 0}
+    assert (await profiles.ingest("acme", [track])).duplicates == 1
+    later = Housekeeping(profiles.db, clock=lambda: T0 + MESSAGE_DAYS * US_PER_DAY + 1)
+    assert (await later.prune())["messages"] == 1
+    # past the retention a retry is applied again (senders retry within hours)
+    assert (await profiles.ingest("acme", [track])).applied == 1

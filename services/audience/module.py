@@ -15,6 +15,7 @@ from services.audience.demo import demo_user_ids, seed_demo_profiles, seed_demo_
 from services.audience.devices import Devices
 from services.audience.domain import Audience, record_merges
 from services.audience.events import EVENTS
+from services.audience.housekeeping import Housekeeping
 from services.audience.privacy import DataSubjectHooks, DataSubjects
 from services.audience.profiles import Profiles
 from services.audience.segments import Segments, predict_ctr
@@ -133,8 +134,10 @@ async def _build(kernel: Kernel) -> Built:
         await segments.recount([s.id for s in await segments.of_tenant(tenant_id)])
 
     audience.on_deleted.append(recount_segments)
-    if kernel.worker == "0":  # one process runs the connectors' schedules
+    if kernel.worker == "0":  # one process runs the schedules and prunes
         kernel.when_serving(audience.connectors.start, audience.connectors.stop)
+        housekeeping = Housekeeping(kernel.backends.db, clock=kernel.clock)
+        kernel.when_serving(housekeeping.start, housekeeping.stop)
     # Calls published on the bus by omnichannel sources (a queue group: each
     # message taken by one process), in serving processes only.
     from_bus = BusIngest(kernel.backends.bus, audience)

@@ -48,6 +48,7 @@ audience_messages = sa.Table(
     sa.Column("tenant_id", sa.String(40), primary_key=True),
     sa.Column("message_id", sa.String(1024), primary_key=True),
     sa.Column("receive_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_audience_messages_received", "receive_time"),
 )
 
 audience_sources = sa.Table(
@@ -103,6 +104,7 @@ audience_event_counts = sa.Table(
     sa.Column("day", sa.Integer, primary_key=True),  # days since the epoch (UTC)
     sa.Column("tenant_id", sa.String(40), nullable=False),
     sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Index("ix_audience_event_counts_day", "day"),
 )
 
 # The completion records of data-subject requests: the person as the kind
