@@ -29,6 +29,7 @@ audience_profiles = sa.Table(
     # "time": us}, "marketing:email": {...}} (services/audience/profiles.py).
     sa.Column("consent", sa.JSON, nullable=False, server_default=sa.text("'{}'")),
     sa.Index("ix_audience_profiles_tenant_created", "tenant_id", "create_time", "id"),
+    sa.Index("ix_audience_profiles_tenant_id", "tenant_id", "id"),
 )
 
 audience_identities = sa.Table(
