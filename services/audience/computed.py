@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +29,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.audience import conditions
 from services.audience.events import TABLE as EVENTS_TABLE
-from services.audience.profiles import IngestResult, Profiles
+from services.audience.profiles import IngestResult, Profiles, chunks
 from services.audience.tables import (
     audience_computed_buckets,
     audience_computed_properties,
     audience_identities,
 )
 from services.audience.tracking import TrackedCall
-from services.backends.analytics import quote_identifier
+from services.backends.analytics import quote_identifier, quote_literal
 from services.backends.interfaces import AnalyticsStore
 from services.common import names
 from services.common.call import Principal
@@ -87,24 +87,11 @@ class ComputedProperty:
 # ------------------------------------------------------------------ buckets
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
 def fold(state: dict[str, Any], at_us: int, value: Any) -> dict[str, Any]:
     """A bucket with one more event (its property's `value`, None if absent)."""
     state = dict(state)
     state["n"] = int(state.get("n", 0)) + 1
-    number = _number(value)
+    number = conditions.number(value)
     if number is not None:
         state["sum"] = float(state.get("sum", 0.0)) + number
         state["min"] = number if "min" not in state else min(float(state["min"]), number)
@@ -192,7 +179,7 @@ class ComputedProperties:
         within_days: int,
         filters: Sequence[Any] = (),
     ) -> ComputedProperty:
-        tenant_id = _tenant(caller, parent)
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
         at = "computed_property"
         bad: list[FieldViolation] = []
         check_text(bad, f"{at}.display_name", display_name, required=True, max_len=200)
@@ -249,7 +236,7 @@ class ComputedProperties:
         return prop
 
     async def list_properties(self, caller: Principal, parent: str) -> list[ComputedProperty]:
-        return await self.of_tenant(_tenant(caller, parent))
+        return await self.of_tenant(names.own_tenant(parent, caller.tenant_id))
 
     async def delete(self, caller: Principal, name: str) -> None:
         names.require_same_tenant(name, "name", caller.tenant_id)
@@ -291,7 +278,7 @@ class ComputedProperties:
         combined: dict[tuple[str, str], dict[str, Any]] = {}
         b = audience_computed_buckets.c
         async with self._db.engine.connect() as conn:
-            for chunk in _chunks(list(dict.fromkeys(profile_ids))):
+            for chunk in chunks(list(dict.fromkeys(profile_ids))):
                 for row in await conn.execute(
                     sa.select(b.property_id, b.profile_id, b.day, b.state).where(
                         b.profile_id.in_(chunk), b.property_id.in_(list(by_id))
@@ -345,9 +332,9 @@ class ComputedProperties:
         rows = await self._analytics.query(
             "SELECT user_id, anonymous_id, toUnixTimestamp64Micro(event_time), properties "
             f"FROM (SELECT * FROM {quote_identifier(EVENTS_TABLE)} FINAL) "
-            f"WHERE tenant_id = {_literal(prop.tenant_id)} "
+            f"WHERE tenant_id = {quote_literal(prop.tenant_id)} "
             "AND event_type IN ('track', 'page', 'screen') "
-            f"AND event = {_literal(prop.event)}{since} LIMIT 10000000"
+            f"AND event = {quote_literal(prop.event)}{since} LIMIT 10000000"
         )
         if not rows:
             return
@@ -357,7 +344,7 @@ class ComputedProperties:
         i = audience_identities.c
         async with self._db.engine.connect() as conn:
             for kind, values in (("user_id", users), ("anonymous_id", anons)):
-                for chunk in _chunks(sorted(values)):
+                for chunk in chunks(sorted(values)):
                     for value, profile_id in await conn.execute(
                         sa.select(i.value, i.profile_id).where(
                             i.tenant_id == prop.tenant_id, i.kind == kind, i.value.in_(chunk)
@@ -392,7 +379,7 @@ async def _fold_in(
     profile_ids = sorted({pid for _, pid, _ in updates})
     prop_ids = sorted({prop for prop, _, _ in updates})
     current: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for chunk in _chunks(profile_ids):
+    for chunk in chunks(profile_ids):
         for row in await conn.execute(
             sa.select(b.property_id, b.profile_id, b.day, b.state).where(
                 b.profile_id.in_(chunk), b.property_id.in_(prop_ids)
@@ -474,10 +461,6 @@ def _json_value(value: Any) -> Any:
     return orjson.dumps(value).decode()
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _filter(data: Any, field: str) -> conditions.Trait:
     """A property filter (`{"property", "comparison", "value"}`) read as a
     trait condition on the event's properties; bad fields named as sent."""
@@ -515,13 +498,3 @@ def _from_row(row: Any) -> ComputedProperty:
             for f in (row.filters or [])
         ),
     )
-
-
-def _chunks(values: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
-    return [values[n : n + size] for n in range(0, len(values), size)]
-
-
-def _tenant(caller: Principal, parent: str) -> str:
-    names.require_same_tenant(parent, "parent", caller.tenant_id)
-    (tenant_id,) = names.parse_name(parent, "parent", "tenants")
-    return tenant_id

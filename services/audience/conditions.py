@@ -348,7 +348,7 @@ def matches(condition: Condition, facts: Facts, now_us: int) -> bool:
         case Lifecycle(stage):
             return stage_of(facts.first_seen_us, facts.last_seen_us, now_us) == stage
         case Predictive(score, comparison, threshold):
-            value = facts.scores.get("ctr") if score == "ctr" else _number(facts.traits.get(score))
+            value = facts.scores.get("ctr") if score == "ctr" else number(facts.traits.get(score))
             if value is None:
                 return False
             return compare(Trait(score, comparison, threshold), {score: value})
@@ -369,7 +369,8 @@ def stage_of(first_seen_us: int, last_seen_us: int, now_us: int) -> str:
     return "LIFECYCLE_STAGE_CHURNED"
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
+    """A value as a number: ints, floats and numeric text; None otherwise."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -385,7 +386,7 @@ def _number(value: Any) -> float | None:
 def _equal(have: Any, want: Any) -> bool:
     if isinstance(have, bool) or isinstance(want, bool):
         return have is want if isinstance(have, bool) and isinstance(want, bool) else False
-    a, b = _number(have), _number(want)
+    a, b = number(have), number(want)
     if a is not None and b is not None and not (isinstance(have, str) and isinstance(want, str)):
         return a == b
     return bool(have == want)
@@ -410,7 +411,7 @@ def compare(condition: Trait, traits: Mapping[str, Any]) -> bool:
         if isinstance(have, list):
             return any(_equal(item, want) for item in have)
         return False
-    a, b = _number(have), _number(want)
+    a, b = number(have), number(want)
     if a is None or b is None:
         if not (isinstance(have, str) and isinstance(want, str)):
             return False

@@ -332,7 +332,7 @@ class Connectors:
         mappings: list[tuple[str, str]],
         schedule_minutes: int,
     ) -> Connector:
-        tenant_id = _tenant(caller, parent)
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
         at = "connector"
         bad: list[FieldViolation] = []
         check_text(bad, f"{at}.display_name", display_name, required=True, max_len=200)
@@ -403,7 +403,7 @@ class Connectors:
         return connector
 
     async def list_connectors(self, caller: Principal, parent: str) -> list[Connector]:
-        tenant_id = _tenant(caller, parent)
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
         c = audience_connectors.c
         async with self._db.engine.connect() as conn:
             rows = (
@@ -669,9 +669,3 @@ def _run(connector: Connector, row: Any) -> SyncRun:
         row.start_time,
         row.end_time,
     )
-
-
-def _tenant(caller: Principal, parent: str) -> str:
-    names.require_same_tenant(parent, "parent", caller.tenant_id)
-    (tenant_id,) = names.parse_name(parent, "parent", "tenants")
-    return tenant_id

@@ -101,7 +101,7 @@ class Devices:
         web_push_keys: dict[str, str] | None,
         app_id: str,
     ) -> Device:
-        tenant_id = _tenant(caller, parent)
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
         bad: list[FieldViolation] = []
         if platform not in PLATFORMS:
             bad.append(FieldViolation("platform", f"must be one of {', '.join(PLATFORMS)}"))
@@ -275,7 +275,7 @@ class Devices:
     async def start_session(
         self, caller: Principal, parent: str, user_id: str, anonymous_id: str, device: str
     ) -> Session:
-        tenant_id = _tenant(caller, parent)
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
         if not user_id and not anonymous_id:
             raise InvalidArgument.field("user_id", "name the person: user_id or anonymous_id")
         device_id = ""
@@ -453,12 +453,6 @@ def _session(row: Any) -> Session:
         row.end_time,
         row.active_us,
     )
-
-
-def _tenant(caller: Principal, parent: str) -> str:
-    names.require_same_tenant(parent, "parent", caller.tenant_id)
-    (tenant_id,) = names.parse_name(parent, "parent", "tenants")
-    return tenant_id
 
 
 def _profile(caller: Principal, name: str) -> tuple[str, str]:

@@ -286,9 +286,7 @@ class Audience:
 
     @staticmethod
     def _tenant(caller: Principal, parent: str) -> str:
-        names.require_same_tenant(parent, "parent", caller.tenant_id)
-        (tenant_id,) = names.parse_name(parent, "parent", "tenants")
-        return tenant_id
+        return names.own_tenant(parent, caller.tenant_id)
 
     @staticmethod
     def _profile(caller: Principal, name: str) -> tuple[str, str]:

@@ -55,7 +55,7 @@ from services.audience.tables import (
     audience_segment_members,
     audience_sessions,
 )
-from services.backends.analytics import quote_identifier
+from services.backends.analytics import quote_identifier, quote_literal
 from services.backends.interfaces import AnalyticsStore
 from services.common import names
 from services.common.call import Principal
@@ -166,7 +166,7 @@ class DataSubjects:
     async def create(
         self, caller: Principal, parent: str, kind: str, subject_kind: str, value: str
     ) -> Record:
-        tenant_id = _tenant(caller, parent)
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
         if kind not in KINDS:
             raise InvalidArgument.field(
                 "data_subject_request.kind", "must be DATA_SUBJECT_REQUEST_KIND_EXPORT or _ERASE"
@@ -245,7 +245,7 @@ class DataSubjects:
     async def list_requests(
         self, caller: Principal, parent: str, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[Record], str]:
-        tenant_id = _tenant(caller, parent)
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
         if page_size < 0 or page_size > MAX_PAGE_SIZE:
             raise InvalidArgument.field(
                 "page_size", f"must be 0-{MAX_PAGE_SIZE} (0: {DEFAULT_PAGE_SIZE})"
@@ -410,13 +410,13 @@ class DataSubjects:
             return []
         columns = await self._analytics.query(
             "SELECT name FROM system.columns WHERE database = currentDatabase() "
-            f"AND table = {_literal(table)} ORDER BY position"
+            f"AND table = {quote_literal(table)} ORDER BY position"
         )
         if not columns:
             return []
         names_ = [str(c[0]) for c in columns]
         rows = await self._analytics.query(
-            f"SELECT * FROM {quote_identifier(table)} WHERE tenant_id = {_literal(tenant_id)} "
+            f"SELECT * FROM {quote_identifier(table)} WHERE tenant_id = {quote_literal(tenant_id)} "
             f"AND ({where}) ORDER BY event_time LIMIT {MAX_EXPORT_ROWS}"
         )
         return [
@@ -429,11 +429,11 @@ class DataSubjects:
         quoted = quote_identifier(table)
         exists = await self._analytics.query(
             "SELECT count() FROM system.tables WHERE database = currentDatabase() "
-            f"AND name = {_literal(table)}"
+            f"AND name = {quote_literal(table)}"
         )
         if not exists or not exists[0][0]:
             return 0
-        condition = f"tenant_id = {_literal(tenant_id)} AND ({where})"
+        condition = f"tenant_id = {quote_literal(tenant_id)} AND ({where})"
         ((count,),) = await self._analytics.query(f"SELECT count() FROM {quoted} WHERE {condition}")
         if count:
             await self._analytics.execute(
@@ -457,12 +457,8 @@ def _bid_filter(person: Person) -> str:
     return f"user_id IN ({_list(ids)})" if ids else ""
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _list(values: Sequence[str]) -> str:
-    return ", ".join(_literal(v) for v in values)
+    return ", ".join(quote_literal(v) for v in values)
 
 
 def _plain(value: Any) -> Any:
@@ -484,9 +480,3 @@ def _record(row: Any) -> Record:
         row.create_time,
         row.complete_time,
     )
-
-
-def _tenant(caller: Principal, parent: str) -> str:
-    names.require_same_tenant(parent, "parent", caller.tenant_id)
-    (tenant_id,) = names.parse_name(parent, "parent", "tenants")
-    return tenant_id

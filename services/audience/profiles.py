@@ -415,7 +415,7 @@ class Profiles:
         found: list[Profile] = []
         p, i = audience_profiles.c, audience_identities.c
         async with self._db.engine.connect() as conn:
-            for chunk in _chunks(list(dict.fromkeys(profile_ids))):
+            for chunk in chunks(list(dict.fromkeys(profile_ids))):
                 rows = (
                     await conn.execute(
                         sa.select(audience_profiles).where(
@@ -663,7 +663,7 @@ class _Batch:
         t = self.tenant_id
         message_ids = list({c.message_id for c in calls})
         m = audience_messages.c
-        for chunk in _chunks(message_ids):
+        for chunk in chunks(message_ids):
             self._seen.update(
                 await self.conn.scalars(
                     sa.select(m.message_id).where(m.tenant_id == t, m.message_id.in_(chunk))
@@ -684,7 +684,7 @@ class _Batch:
         for kind, values in wanted.items():
             for value in values:
                 self._ids[(kind, value)] = None
-            for chunk in _chunks(sorted(values)):
+            for chunk in chunks(sorted(values)):
                 for value, profile_id in await self.conn.execute(
                     sa.select(i.value, i.profile_id).where(
                         i.tenant_id == t, i.kind == kind, i.value.in_(chunk)
@@ -692,7 +692,7 @@ class _Batch:
                 ):
                     self._ids[(kind, value)] = profile_id
         found = sorted({pid for pid in self._ids.values() if pid is not None})
-        for chunk in _chunks(found):
+        for chunk in chunks(found):
             await self._load(chunk)
 
     def first_time(self, call: TrackedCall) -> bool:
@@ -941,7 +941,8 @@ class _Batch:
             )
 
 
-def _chunks(values: Sequence[str]) -> list[Sequence[str]]:
+def chunks(values: Sequence[str]) -> list[Sequence[str]]:
+    """`values` in slices small enough for one `IN (...)`."""
     return [values[n : n + _IN_CHUNK] for n in range(0, len(values), _IN_CHUNK)]
 
 

@@ -38,7 +38,7 @@ from inference.features import TIERS, BidContext, Loyalty
 from inference.features import Profile as FeatureProfile
 from services.audience import conditions
 from services.audience.conditions import Condition, Facts
-from services.audience.profiles import IngestResult
+from services.audience.profiles import IngestResult, chunks
 from services.audience.tables import (
     audience_event_counts,
     audience_profiles,
@@ -162,7 +162,7 @@ class Segments:
         description: str,
         condition: Any,
     ) -> Segment:
-        tenant_id = _tenant(caller, parent)
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
         violations: list[FieldViolation] = []
         check_text(violations, "segment.display_name", display_name, required=True, max_len=200)
         check_text(violations, "segment.description", description, required=False, max_len=2000)
@@ -271,7 +271,7 @@ class Segments:
         self, caller: Principal, parent: str, segment_names: Sequence[str]
     ) -> tuple[list[int], list[tuple[str, str, int]], int]:
         """(sizes, shared by each pair, in all) of 2-10 segments."""
-        tenant_id = _tenant(caller, parent)
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
         if not 2 <= len(segment_names) <= 10 or len(set(segment_names)) != len(segment_names):
             raise InvalidArgument.field("segments", "name 2-10 different segments")
         ids = []
@@ -303,7 +303,7 @@ class Segments:
     async def list_segments(
         self, caller: Principal, parent: str, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[Segment], str]:
-        tenant_id = _tenant(caller, parent)
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
         size = _page_size(page_size, DEFAULT_PAGE_SIZE)
         request = scope("audience.ListSegments", tenant_id)
         cursor = self._pages.decode(request, page_token, "t", "id")
@@ -346,7 +346,7 @@ class Segments:
 
     async def estimate(self, caller: Principal, parent: str, condition: Any) -> tuple[int, int]:
         """(profiles meeting the condition now, profiles evaluated)."""
-        tenant_id = _tenant(caller, parent)
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
         if not condition:
             raise InvalidArgument.field("condition", "required")
         read = conditions.read_condition(condition, "condition")
@@ -401,7 +401,7 @@ class Segments:
         found: dict[str, list[int]] = defaultdict(list)
         m = audience_segment_members.c
         async with self._db.engine.connect() as conn:
-            for chunk in _chunks(list(profile_ids)):
+            for chunk in chunks(list(profile_ids)):
                 for segment_id, profile_id in await conn.execute(
                     sa.select(m.segment_id, m.profile_id).where(m.profile_id.in_(chunk))
                 ):
@@ -497,7 +497,7 @@ class Segments:
                     )
                     if pid not in seen
                 ]
-                for chunk in _chunks(stale):
+                for chunk in chunks(stale):
                     await conn.execute(
                         audience_segment_members.delete().where(
                             m.segment_id == segment.id, m.profile_id.in_(chunk)
@@ -638,7 +638,7 @@ class Segments:
             if owner == tenant_id:
                 m = audience_segment_members.c
                 async with self._db.engine.connect() as conn:
-                    for chunk in _chunks(list(facts)):
+                    for chunk in chunks(list(facts)):
                         members |= set(
                             await conn.scalars(
                                 sa.select(m.profile_id).where(
@@ -692,7 +692,7 @@ class Segments:
                 ids = list(
                     await conn.scalars(sa.select(m.profile_id).where(m.segment_id == seed_id))
                 )
-                for chunk in _chunks(ids):
+                for chunk in chunks(ids):
                     page = await _facts(
                         conn, tenant_id, chunk, conditions.LOOKALIKE_DAYS, self._clock()
                     )
@@ -754,7 +754,7 @@ async def _facts(
     p, c = audience_profiles.c, audience_event_counts.c
     rows: list[Any] = []
     counts: dict[str, dict[str, list[tuple[int, int]]]] = defaultdict(lambda: defaultdict(list))
-    for chunk in _chunks(list(dict.fromkeys(profile_ids))):
+    for chunk in chunks(list(dict.fromkeys(profile_ids))):
         rows += (
             await conn.execute(
                 sa.select(p.id, p.traits, p.first_seen_time, p.last_seen_time).where(
@@ -803,7 +803,7 @@ async def _write_members(
     what `wanted` says; returns (entered, exited) as (segment, profile)."""
     m = audience_segment_members.c
     current: set[tuple[str, str]] = set()
-    for chunk in _chunks(list(dict.fromkeys(profile_ids))):
+    for chunk in chunks(list(dict.fromkeys(profile_ids))):
         query = sa.select(m.segment_id, m.profile_id).where(m.profile_id.in_(chunk))
         if segment_ids is not None:
             query = query.where(m.segment_id.in_(list(segment_ids)))
@@ -848,20 +848,10 @@ def _from_row(row: Any) -> Segment:
     )
 
 
-def _chunks(values: Sequence[str], size: int = 500) -> list[Sequence[str]]:
-    return [values[n : n + size] for n in range(0, len(values), size)]
-
-
 def _page_size(page_size: int, default: int) -> int:
     if page_size < 0 or page_size > MAX_PAGE_SIZE:
         raise InvalidArgument.field("page_size", f"must be 0-{MAX_PAGE_SIZE} (0: {default})")
     return page_size or default
-
-
-def _tenant(caller: Principal, parent: str) -> str:
-    names.require_same_tenant(parent, "parent", caller.tenant_id)
-    (tenant_id,) = names.parse_name(parent, "parent", "tenants")
-    return tenant_id
 
 
 def _segment(caller: Principal, name: str, field: str) -> tuple[str, str]:

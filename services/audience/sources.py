@@ -77,7 +77,7 @@ class Sources:
         self, caller: Principal, parent: str, display_name: str, kind: str
     ) -> tuple[Source, str]:
         """A new source and its write key (returned this once)."""
-        tenant_id = _tenant(caller, parent)
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
         violations: list[FieldViolation] = []
         check_text(violations, "source.display_name", display_name, required=True, max_len=200)
         if kind not in KINDS:
@@ -125,7 +125,7 @@ class Sources:
     async def list_sources(
         self, caller: Principal, parent: str, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[Source], str]:
-        tenant_id = _tenant(caller, parent)
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
         if page_size < 0 or page_size > MAX_PAGE_SIZE:
             raise InvalidArgument.field(
                 "page_size", f"must be 0-{MAX_PAGE_SIZE} (0: {DEFAULT_PAGE_SIZE})"
@@ -187,12 +187,6 @@ class Sources:
 
 def _from_row(row: Any) -> Source:
     return Source(row.id, row.tenant_id, row.display_name, row.kind, row.api_key, row.create_time)
-
-
-def _tenant(caller: Principal, parent: str) -> str:
-    names.require_same_tenant(parent, "parent", caller.tenant_id)
-    (tenant_id,) = names.parse_name(parent, "parent", "tenants")
-    return tenant_id
 
 
 def _source(caller: Principal, name: str) -> tuple[str, str]:

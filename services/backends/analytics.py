@@ -34,6 +34,7 @@ __all__ = [
     "open_analytics_store",
     "parse_clickhouse_url",
     "quote_identifier",
+    "quote_literal",
 ]
 
 T = TypeVar("T")
@@ -44,6 +45,11 @@ def quote_identifier(name: str) -> str:
     first dot and each part quoted."""
     parts = name.split(".", 1) if "." in name else [name]
     return ".".join("`" + p.replace("\\", "\\\\").replace("`", "\\`") + "`" for p in parts)
+
+
+def quote_literal(value: str) -> str:
+    """A ClickHouse string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 # --------------------------------------------------------------------------- types

@@ -57,6 +57,13 @@ def require_same_tenant(name: str, field: str, caller_tenant: str) -> str:
     return tenant
 
 
+def own_tenant(parent: str, caller_tenant: str, field: str = "parent") -> str:
+    """The tenant id of `tenants/{tenant}`, which must be the caller's."""
+    require_same_tenant(parent, field, caller_tenant)
+    (tenant_id,) = parse_name(parent, field, "tenants")
+    return tenant_id
+
+
 def page_size(value: int) -> int:
     if value < 0 or value > MAX_PAGE_SIZE:
         raise InvalidArgument.field("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
