@@ -35,6 +35,8 @@ Readiness = Callable[[], Awaitable[Mapping[str, str]]]
 
 FORWARDED_HEADERS = ("authorization", "x-tenant-id", "traceparent", "tracestate")
 CALL_TIMEOUT_SECONDS = 30.0
+#: A streamed file (an export) may take this long in all.
+STREAM_TIMEOUT_SECONDS = 1800.0
 BIDDING_SERVICE = "campaignexpress.bidding.v1.BiddingService"
 
 
@@ -117,7 +119,7 @@ class Gateway:
             self._callables[route.grpc_method] = found
         return found
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         request_id = _request_id(request)
         headers = {"X-Request-Id": request_id}
         try:
@@ -153,6 +155,8 @@ class Gateway:
             message = build_request(route, path_values, payload, request.query.items())
         except DomainError as exc:
             return self._domain_error(exc, request_id)
+        if route.streaming:
+            return await self._stream(request, route, message, metadata, headers)
         try:
             reply = await self._callable(route)(
                 message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS
@@ -164,6 +168,59 @@ class Gateway:
             headers.update(extra)
             return _json(body, status, headers)
         return _json(render(reply), 200, headers)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        route: Route,
+        message: Any,
+        metadata: Any,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        """A server stream of HttpBody as one response: its status once the
+        first chunk (or an error) arrives, then each chunk as it comes. A
+        failure after the first chunk cuts the connection, so the client sees
+        a truncated transfer, never a short file that looks whole."""
+        found = self._callables.get(route.grpc_method)
+        if found is None:
+            found = self._channel_for(route.service).unary_stream(
+                route.grpc_method,
+                request_serializer=route.request_class.SerializeToString,
+                response_deserializer=route.response_class.FromString,
+            )
+            self._callables[route.grpc_method] = found
+        chunks = aiter(found(message, metadata=metadata, timeout=STREAM_TIMEOUT_SECONDS))
+        try:
+            first = await anext(chunks, None)
+        except aio.AioRpcError as exc:
+            status, body, extra = error_body(
+                exc.code(),
+                exc.details() or "",
+                exc.trailing_metadata(),
+                request_id=headers["X-Request-Id"],
+            )
+            headers.update(extra)
+            return _json(body, status, headers)
+        response = web.StreamResponse(status=200, headers=headers)
+        if first is None:
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        response.content_type, _, charset = first.content_type.partition("; charset=")
+        if charset:
+            response.charset = charset
+        await response.prepare(request)
+        try:
+            await response.write(first.data)
+            async for chunk in chunks:
+                await response.write(chunk.data)
+        except aio.AioRpcError as exc:
+            log.warning("gateway: %s failed mid-stream: %s", route.grpc_method, exc.details())
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        return response
 
     async def _read_body(self, request: web.Request) -> bytes:
         """The body, decompressed per Content-Encoding; both the body as sent

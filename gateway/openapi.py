@@ -39,6 +39,9 @@ from google.rpc import code_pb2
 
 from campaignexpress.type.v1 import access_pb2
 
+#: Server streams of this message are files over REST (streamed chunks).
+HTTP_BODY = "google.api.HttpBody"
+
 __all__ = ["build_openapi", "default_descriptor_set_path", "load_descriptor_set"]
 
 Schema = dict[str, Any]
@@ -699,10 +702,6 @@ class _Operations:
             parameters += self.query_params(request, "", "", excluded, frozenset({request}))
         if parameters:
             operation["parameters"] = parameters
-        if rule.response_body:
-            ok = self.builder.field_schema(self.index.field(response, rule.response_body))
-        else:
-            ok = self.builder.ref(response)
         codes = {"400": "BadRequest", "401": "Unauthenticated", "404": "NotFound"}
         codes.update({"429": "TooManyRequests", "default": "Error"})
         if not access.unauthenticated:
@@ -710,7 +709,20 @@ class _Operations:
         if verb != "get":
             codes["409"] = "Conflict"
         responses: Schema = {c: {"$ref": f"#/components/responses/{r}"} for c, r in codes.items()}
-        responses["200"] = {"description": "OK", "content": {"application/json": {"schema": ok}}}
+        if response == HTTP_BODY:  # a file, streamed: its type is the method's to say
+            responses["200"] = {
+                "description": "The file, streamed (see the operation's description).",
+                "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        else:
+            if rule.response_body:
+                ok = self.builder.field_schema(self.index.field(response, rule.response_body))
+            else:
+                ok = self.builder.ref(response)
+            responses["200"] = {
+                "description": "OK",
+                "content": {"application/json": {"schema": ok}},
+            }
         operation["responses"] = dict(sorted(responses.items()))
         operation["security"] = [] if access.unauthenticated else [{"bearerAuth": []}]
         if access.permission and not access.unauthenticated:
@@ -761,8 +773,10 @@ def build_openapi(
     for service in selected:
         added = False
         for method in index.services[service].method:
-            if method.client_streaming or method.server_streaming:
-                continue  # streams are gRPC only: the gateway does not serve them
+            if method.client_streaming or (
+                method.server_streaming and method.output_type.lstrip(".") != HTTP_BODY
+            ):
+                continue  # streams are gRPC only, but for files (HttpBody)
             access, rules = _access(method)
             for rule in rules:
                 ops.add(service, method, rule, access)

@@ -35,6 +35,9 @@ class Route:
     method: descriptor.MethodDescriptor
     request_class: type[message.Message]
     response_class: type[message.Message]
+    # A server stream of google.api.HttpBody: the response is a file, sent
+    # chunk by chunk as the stream yields them.
+    streaming: bool = False
 
     @property
     def bound_fields(self) -> set[str]:
@@ -76,11 +79,22 @@ def _rules(rule: http_pb2.HttpRule) -> Iterable[http_pb2.HttpRule]:
     yield from rule.additional_bindings
 
 
+HTTP_BODY = "google.api.HttpBody"
+
+
+def serves_over_rest(method: descriptor.MethodDescriptor) -> bool:
+    """Unary methods, and server streams of HttpBody (files, streamed);
+    other streams are gRPC only."""
+    if method.client_streaming:
+        return False
+    return not method.server_streaming or method.output_type.full_name == HTTP_BODY
+
+
 def routes_for(service: descriptor.ServiceDescriptor) -> list[Route]:
     routes = []
     for method in service.methods:
-        if method.client_streaming or method.server_streaming:
-            continue  # streams are gRPC only
+        if not serves_over_rest(method):
+            continue
         options = method.GetOptions()
         if not options.HasExtension(annotations_pb2.http):
             continue
@@ -105,6 +119,7 @@ def routes_for(service: descriptor.ServiceDescriptor) -> list[Route]:
                     method=method,
                     request_class=message_factory.GetMessageClass(method.input_type),
                     response_class=message_factory.GetMessageClass(method.output_type),
+                    streaming=method.server_streaming,
                 )
             )
     return routes
@@ -301,7 +316,8 @@ def _field_of(error: str) -> str:
     found = _PARSE_FIELD.search(error)
     if not found:
         return ""
-    return (found.group(1) or found.group(2) or "").split(".", 1)[-1]
+    # the message ends its path with the sentence's full stop (or an ellipsis)
+    return (found.group(1) or found.group(2) or "").rstrip(".").split(".", 1)[-1]
 
 
 def render(response: message.Message) -> dict[str, Any]:

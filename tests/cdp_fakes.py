@@ -17,6 +17,7 @@ SEGMENT_WRITE_KEY = "seg-write-key"
 MPARTICLE_KEY, MPARTICLE_SECRET = "mp-key", "mp-secret"
 SF_CLIENT_ID, SF_CLIENT_SECRET = "sf-client", "sf-secret"
 TEALIUM_ACCOUNT, TEALIUM_PROFILE = "acme-account", "main"
+ZEOTAP_KEY, ZEOTAP_ORG = "zeotap-key", 1577
 
 
 def _basic(user: str, password: str) -> str:
@@ -171,6 +172,60 @@ def app(fakes: Fakes) -> web.Application:
         fakes.took("tealium").extend(events)
         return web.Response(status=204)
 
+    def zeotap_checked(request: web.Request, body: Any, scope: str) -> str:
+        """Why a Profile API request is refused ("" if it is not)."""
+        if request.headers.get("apikey") != ZEOTAP_KEY:
+            return "zeotap: apikey header"
+        if scope not in request.headers.get("scopes", "").split(","):
+            return f"zeotap: scopes header with {scope}"
+        if request.content_type != "application/json" or not isinstance(body, dict):
+            return "zeotap: a JSON object"
+        if body.get("orgId") != ZEOTAP_ORG or not isinstance(body.get("region"), str):
+            return "zeotap: orgId (a number) and region"
+        ids = body.get("ids")
+        if not isinstance(ids, dict) or len(ids) != 1:
+            return "zeotap: ids with exactly one identifier type"
+        return ""
+
+    async def zeotap_upsert(request: web.Request) -> web.Response:
+        if failing():
+            return web.Response(status=503)
+        body = await request.json()
+        why = zeotap_checked(request, body, "profile.write")
+        if why:
+            return refuse(why, 401 if "apikey" in why else 400)
+        ((id_type, value),) = body["ids"].items()
+        upsert = body.get("upsert")
+        if not isinstance(value, str) or not value:
+            return refuse("zeotap: one identifier value")
+        if not isinstance(upsert, dict) or not isinstance(upsert.get("profile"), dict):
+            return refuse("zeotap: upsert.profile object")
+        fakes.took("zeotap").append(body)
+        return web.json_response(
+            [{"ucid": f"ucid-{value}", "ids": {id_type: [{id_type: value}]},
+              "profile": upsert["profile"], "region": body["region"]}]
+        )  # fmt: skip
+
+    async def zeotap_delete(request: web.Request) -> web.Response:
+        body = await request.json()
+        why = zeotap_checked(request, body, "profile.delete")
+        if why:
+            return refuse(why, 401 if "apikey" in why else 400)
+        ((_, values),) = body["ids"].items()
+        if not isinstance(values, list) or not 1 <= len(values) <= 400:
+            return refuse("zeotap: 1-400 ids to delete")
+        if not isinstance(body.get("sendEmailNotification", False), bool):
+            return refuse("zeotap: sendEmailNotification boolean")
+        fakes.took("zeotap:deleted").extend(values)
+        known = {b["ids"][next(iter(b["ids"]))] for b in fakes.took("zeotap")}
+        return web.json_response(
+            {
+                "ucids": [f"ucid-{v}" for v in values if v in known],
+                "deletedProfiles": [f"ucid-{v}" for v in values if v in known],
+                "profilesNotFound": [v for v in values if v not in known],
+            }
+        )
+
     application = web.Application()
     application.add_routes(
         [
@@ -181,6 +236,8 @@ def app(fakes: Fakes) -> web.Application:
             web.post("/dc/api/v1/ingest/sources/{source}/{object}", sf_ingest),
             web.post("/dc/api/v2/query", sf_query),
             web.post("/tealium/bulk-event", tealium_bulk),
+            web.post("/zeotap/cdp/v1/users", zeotap_upsert),
+            web.post("/zeotap/cdp/v1/users/_delete", zeotap_delete),
         ]
     )
     return application

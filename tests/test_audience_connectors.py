@@ -51,6 +51,8 @@ def configs(base: str) -> dict[str, dict[str, Any]]:
                                   "object_name": "Profile"},
         "tealium": {"base_url": f"{base}/tealium", "account": cdp_fakes.TEALIUM_ACCOUNT,
                     "profile": cdp_fakes.TEALIUM_PROFILE},
+        "zeotap": {"base_url": f"{base}/zeotap", "api_key": cdp_fakes.ZEOTAP_KEY,
+                   "org_id": str(cdp_fakes.ZEOTAP_ORG), "region": "UK"},
     }  # fmt: skip
 
 
@@ -86,13 +88,17 @@ async def test_profiles_go_out_to_each_platform_and_resume_after_a_failure(
     rows = fakes.took("salesforce:campaign_express/Profile")
     assert {r["user_id"] for r in rows} == {"c0", "c1", "c2"} and rows[0]["Email__c"]
     assert {e["tealium_visitor_id"] for e in fakes.took("tealium")} == {"c0", "c1", "c2"}
+    upserts = {b["ids"]["user_id"]: b for b in fakes.took("zeotap")}
+    assert set(upserts) == {"c0", "c1", "c2"}
+    assert upserts["c1"]["upsert"]["profile"] == {"Email__c": "c1@example.com", "plan": "pro"}
+    assert upserts["c1"]["region"] == "UK"
     # secrets are write-only
     status, listed = await call(env, "GET", "tenants/acme/connectors")
     assert status == 200
     assert all(
         c["config"].get(k, "***") == "***"
         for c in listed["connectors"]
-        for k in ("write_key", "api_secret", "client_secret")
+        for k in ("write_key", "api_secret", "client_secret", "api_key")
     )
     assert cdp_fakes.SEGMENT_WRITE_KEY not in str(listed)
 
@@ -142,12 +148,17 @@ async def test_bad_connectors_are_refused_and_schedules_run(env: Env, fakes: Fak
     base = {"displayName": "x", "platform": "segment", "direction": "outbound",
             "config": {"write_key": "k"}}  # fmt: skip
     for change, field in (
-        ({"platform": "zeotap"}, "connector.platform"),
+        ({"platform": "braze"}, "connector.platform"),
+        ({"platform": "zeotap", "config": {"api_key": "k", "org_id": "acme"}},
+         "connector.config.org_id"),
+        ({"platform": "zeotap", "config": {"api_key": "k"}}, "connector.config.org_id"),
+        ({"platform": "zeotap", "direction": "inbound",
+          "config": {"api_key": "k", "org_id": "1"}}, "connector.direction"),
         ({"config": {}}, "connector.config.write_key"),
         ({"direction": "inbound"}, "connector.direction"),
         ({"config": {"write_key": "k", "base_url": "ftp://x"}}, "connector.config.base_url"),
         ({"scheduleMinutes": -1}, "connector.schedule_minutes"),
-    ):
+    ):  # fmt: skip
         status, answer = await call(env, "POST", "tenants/acme/connectors", {**base, **change})
         assert status == 400, (change, answer)
         assert field in [v["field"] for v in answer["error"]["fieldViolations"]], answer
@@ -164,3 +175,62 @@ async def test_bad_connectors_are_refused_and_schedules_run(env: Env, fakes: Fak
     assert await connectors.run_due() == 0  # not due again for an hour
     assert time.monotonic() - started < 10
     assert [c["userId"] for c in fakes.took("segment")] == ["sched-1"]
+
+
+async def test_an_erased_person_is_deleted_from_zeotap_too(env: Env, fakes: Fakes) -> None:
+    """A data-subject erasure asks each outbound Zeotap connector to delete
+    the person (Profile API deletion); an export names the platforms their
+    profile is sent to; a platform that cannot be reached fails the request."""
+    await ingest(
+        env,
+        {"type": "identify", "userId": "gone-1", "anonymousId": "anon-g", "messageId": "g1",
+         "traits": {"plan": "pro"}},
+        {"type": "identify", "userId": "stays-1", "messageId": "s1"},
+    )  # fmt: skip
+    made = await connector(
+        env,
+        {"displayName": "zeotap", "platform": "zeotap", "direction": "outbound",
+         "config": configs(fakes.base_url)["zeotap"]},
+    )  # fmt: skip
+    assert (await run(env, made["name"]))[0]["state"] == "succeeded"
+    assert {b["ids"]["user_id"] for b in fakes.took("zeotap")} == {"gone-1", "stays-1"}
+
+    status, body = await call(
+        env, "POST", "tenants/acme/dataSubjectRequests",
+        {"kind": "DATA_SUBJECT_REQUEST_KIND_EXPORT",
+         "subject": {"kind": "user_id", "value": "gone-1"}},
+    )  # fmt: skip
+    assert status == 200, body
+    shared = body["dataSubjectRequest"]["archive"]["domains"]["connectedPlatforms"]
+    assert shared == [{"connector": made["name"], "platform": "zeotap"}]
+
+    status, body = await call(
+        env, "POST", "tenants/acme/dataSubjectRequests",
+        {"kind": "DATA_SUBJECT_REQUEST_KIND_ERASE",
+         "subject": {"kind": "user_id", "value": "gone-1"}},
+    )  # fmt: skip
+    assert status == 200, body
+    record = body["dataSubjectRequest"]
+    assert record["state"] == "DATA_SUBJECT_REQUEST_STATE_SUCCEEDED", record
+    assert sorted(fakes.took("zeotap:deleted")) == ["anon-g", "gone-1"]
+    assert record["summary"]["connectedPlatforms"] == 2
+    assert fakes.refused == []
+
+    # Zeotap unreachable: the erasure is recorded as failed, not as done
+    status, _ = await call(env, "DELETE", made["name"])
+    assert status == 200
+    await connector(
+        env,
+        {"displayName": "zeotap", "platform": "zeotap", "direction": "outbound",
+         "config": {**configs(fakes.base_url)["zeotap"], "base_url": "http://127.0.0.1:9"}},
+    )  # fmt: skip
+    status, body = await call(
+        env, "POST", "tenants/acme/dataSubjectRequests",
+        {"kind": "DATA_SUBJECT_REQUEST_KIND_ERASE",
+         "subject": {"kind": "user_id", "value": "stays-1"}},
+    )  # fmt: skip
+    assert status == 200, body
+    assert body["dataSubjectRequest"]["state"] == "DATA_SUBJECT_REQUEST_STATE_FAILED"
+    # nothing was removed here: the request can be made again
+    status, _ = await call(env, "GET", "tenants/acme/profiles:resolve?kind=user_id&value=stays-1")
+    assert status == 200

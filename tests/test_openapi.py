@@ -83,8 +83,10 @@ def http_rules(fds: descriptor_pb2.FileDescriptorSet) -> list[tuple[str, str, st
                 )
                 if not options.HasExtension(annotations_pb2.http):
                     continue
-                if method.client_streaming or method.server_streaming:
-                    continue  # gRPC only: the gateway serves no streams
+                if method.client_streaming or (
+                    method.server_streaming and method.output_type != ".google.api.HttpBody"
+                ):
+                    continue  # gRPC only: the gateway serves streams of files alone
                 rule = options.Extensions[annotations_pb2.http]
                 for r in [rule, *rule.additional_bindings]:
                     kind = r.WhichOneof("pattern")
@@ -503,3 +505,13 @@ def test_openrtb_bid_and_no_stream_paths(doc: dict[str, Any]) -> None:
     assert not any(
         op.get("x-grpc-method", "").endswith("/StreamBids") for _, _, op in operations(doc)
     )
+
+
+def test_a_streamed_file_is_documented_as_binary(doc: dict[str, Any]) -> None:
+    export = doc["paths"]["/v1/tenants/{tenant}/segments/{segment}/members:export"]["get"]
+    assert export["x-grpc-method"].endswith("/ExportSegmentMembers")
+    assert export["responses"]["200"]["content"] == {
+        "*/*": {"schema": {"type": "string", "format": "binary"}}
+    }
+    names = [p["name"] for p in export.get("parameters", [])]
+    assert "format" in names

@@ -45,7 +45,6 @@ from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
-    InvalidArgument,
     NotFound,
     collect,
 )
@@ -462,21 +461,11 @@ def _json_value(value: Any) -> Any:
 
 
 def _filter(data: Any, field: str) -> conditions.Trait:
-    """A property filter (`{"property", "comparison", "value"}`) read as a
-    trait condition on the event's properties; bad fields named as sent."""
-    body = dict(data) if isinstance(data, dict) else {}
-    if "property" in body:
-        body["trait"] = body.pop("property")
-    try:
-        read = conditions.read_condition({"trait": body}, field)
-    except InvalidArgument as exc:
-        renamed = [
-            FieldViolation(v.field.replace(f"{field}.trait.trait", f"{field}.property")
-                           .replace(f"{field}.trait.", f"{field}."), v.description)
-            for v in exc.field_violations
-        ]  # fmt: skip
-        raise InvalidArgument(str(exc), field_violations=renamed) from None
-    assert isinstance(read, conditions.Trait)
+    """A property filter; InvalidArgument naming its bad fields."""
+    bad: list[FieldViolation] = []
+    read = conditions.read_filter(data, field, bad)
+    collect(bad)
+    assert read is not None
     return read
 
 
@@ -491,10 +480,5 @@ def _from_row(row: Any) -> ComputedProperty:
         row.property,
         row.within_days,
         row.create_time,
-        tuple(
-            _filter(
-                {"trait": f["trait"], **{k: v for k, v in f.items() if k != "trait"}}, "filters"
-            )
-            for f in (row.filters or [])
-        ),
+        tuple(_filter(f, "filters") for f in (row.filters or [])),
     )

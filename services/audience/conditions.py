@@ -3,18 +3,25 @@
 every bad field, and evaluated against one profile.
 
     {"trait": {"trait": "plan", "comparison": "COMPARISON_EQUALS", "value": "pro"}}
-    {"event": {"event": "Order Completed", "minCount": 2, "withinDays": 30}}
+    {"event": {"event": "Order Completed", "minCount": 2, "withinDays": 30,
+               "filters": [{"property": "total", "comparison": "COMPARISON_GREATER",
+                            "value": 100}]}}
     {"lifecycle": {"stage": "LIFECYCLE_STAGE_ACTIVE"}}
     {"all": {"conditions": [...]}}   {"any": {"conditions": [...]}}   {"not": {...}}
 
 Evaluating needs the profile (traits, first and last seen) and, for event
-conditions, its event counts per name and UTC day (`Counts`)."""
+conditions, how many matching calls it made in the window (`Facts.count`:
+the applier's per-day counters in real time, ClickHouse SQL over the events
+table in the periodic pass, services.audience.windows)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from services.common.errors import FieldViolation, collect
 
@@ -25,6 +32,10 @@ MAX_DEPTH = 6
 MAX_WINDOW_DAYS = 365
 DEFAULT_WINDOW_DAYS = 30
 MAX_MIN_COUNT = 1_000_000
+MAX_FILTERS = 10
+#: Counter names of event conditions with property filters start with this
+#: (no event name does: names are printable text).
+FILTERED_PREFIX = "\x1f"
 
 COMPARISONS = (
     "COMPARISON_EQUALS",
@@ -61,6 +72,26 @@ class Event:
     event: str
     min_count: int
     within_days: int
+    # Only calls whose properties pass every filter count (a filter is a
+    # trait condition on the call's properties).
+    filters: tuple[Trait, ...] = ()
+    # What its calls are counted under: the event's name; with filters, a
+    # name of its own (FILTERED_PREFIX + a digest of event and filters).
+    key: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        key = self.event
+        if self.filters:
+            text = orjson.dumps(
+                [self.event, [_filter_json(f) for f in self.filters]],
+                option=orjson.OPT_SORT_KEYS,
+            )
+            key = FILTERED_PREFIX + hashlib.sha256(text).hexdigest()[:32]
+        object.__setattr__(self, "key", key)
+
+    def takes(self, properties: Mapping[str, Any]) -> bool:
+        """Whether a call with these properties counts."""
+        return all(compare(f, properties) for f in self.filters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +138,13 @@ Leaf = Trait | Event | Lifecycle | Predictive | Lookalike
 @dataclass(frozen=True, slots=True)
 class Facts:
     """What a condition is evaluated on: a profile's traits and times, and
-    `count(event, since_day)`: its calls of that name from that UTC day on."""
+    `count(condition, since_day)`: its calls that an event condition counts
+    from that UTC day on."""
 
     traits: Mapping[str, Any]
     first_seen_us: int
     last_seen_us: int
-    count: Callable[[str, int], int]
+    count: Callable[[Event, int], int]
     # Event name -> calls in the window read (lookalike vectors).
     events: Mapping[str, int] = field(default_factory=dict)
     # Scores the caller worked out: "ctr"; "lookalike:<seed>" similarity;
@@ -238,9 +270,13 @@ def _event(body: dict[str, Any], at: str, bad: list[FieldViolation]) -> Event | 
     name = body.get("event")
     min_count = body.get("minCount", body.get("min_count", 0)) or 1
     window = body.get("withinDays", body.get("within_days", 0)) or DEFAULT_WINDOW_DAYS
+    raw_filters = body.get("filters") or []
     ok = True
     if not isinstance(name, str) or not 1 <= len(name) <= 1_024:
         bad.append(FieldViolation(f"{at}.event", "required: an event name of 1-1024 characters"))
+        ok = False
+    elif not name.isprintable():
+        bad.append(FieldViolation(f"{at}.event", "must be printable text"))
         ok = False
     if not isinstance(min_count, int) or not 1 <= min_count <= MAX_MIN_COUNT:
         bad.append(FieldViolation(f"{at}.min_count", f"must be 1-{MAX_MIN_COUNT:,}"))
@@ -248,7 +284,47 @@ def _event(body: dict[str, Any], at: str, bad: list[FieldViolation]) -> Event | 
     if not isinstance(window, int) or not 1 <= window <= MAX_WINDOW_DAYS:
         bad.append(FieldViolation(f"{at}.within_days", f"must be 1-{MAX_WINDOW_DAYS}"))
         ok = False
-    return Event(name, min_count, window) if ok and isinstance(name, str) else None
+    filters: list[Trait] = []
+    if not isinstance(raw_filters, list) or len(raw_filters) > MAX_FILTERS:
+        bad.append(FieldViolation(f"{at}.filters", f"must be a list of at most {MAX_FILTERS}"))
+        ok = False
+    else:
+        for i, item in enumerate(raw_filters):
+            read = read_filter(item, f"{at}.filters[{i}]", bad)
+            if read is None:
+                ok = False
+            else:
+                filters.append(read)
+    if not ok or not isinstance(name, str):
+        return None
+    return Event(name, min_count, window, tuple(filters))
+
+
+def read_filter(data: Any, at: str, bad: list[FieldViolation]) -> Trait | None:
+    """A property filter, `{"property", "comparison", "value"}`, as a trait
+    condition on a call's properties; bad fields named as sent."""
+    if not isinstance(data, dict):
+        bad.append(FieldViolation(at, "must be an object"))
+        return None
+    body = dict(data)
+    body["trait"] = body.pop("property", body.get("trait"))  # stored: "trait"
+    found: list[FieldViolation] = []
+    read = _trait(body, at, found)
+    bad += [
+        FieldViolation(
+            v.field.replace(f"{at}.trait", f"{at}.property"),
+            v.description.replace("a trait name", "a property name"),
+        )
+        for v in found
+    ]
+    return read
+
+
+def _filter_json(condition: Trait) -> dict[str, Any]:
+    body: dict[str, Any] = {"property": condition.trait, "comparison": condition.comparison}
+    if condition.value is not None:
+        body["value"] = condition.value
+    return body
 
 
 def to_json(condition: Condition) -> dict[str, Any]:
@@ -259,8 +335,11 @@ def to_json(condition: Condition) -> dict[str, Any]:
             if value is not None:
                 body["value"] = value
             return {"trait": body}
-        case Event(event, min_count, within_days):
-            return {"event": {"event": event, "minCount": min_count, "withinDays": within_days}}
+        case Event(event, min_count, within_days, filters):
+            body = {"event": event, "minCount": min_count, "withinDays": within_days}
+            if filters:
+                body["filters"] = [_filter_json(f) for f in filters]
+            return {"event": body}
         case Lifecycle(stage):
             return {"lifecycle": {"stage": stage}}
         case Predictive(score, comparison, threshold):
@@ -342,9 +421,9 @@ def matches(condition: Condition, facts: Facts, now_us: int) -> bool:
             return not matches(part, facts, now_us)
         case Trait():
             return compare(condition, facts.traits)
-        case Event(event, min_count, within_days):
+        case Event(_, min_count, within_days):
             since = now_us // US_PER_DAY - within_days + 1
-            return facts.count(event, since) >= min_count
+            return facts.count(condition, since) >= min_count
         case Lifecycle(stage):
             return stage_of(facts.first_seen_us, facts.last_seen_us, now_us) == stage
         case Predictive(score, comparison, threshold):

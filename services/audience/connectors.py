@@ -23,17 +23,28 @@ a page sent twice is an idempotent upsert on every platform here):
   `client_secret`, `source_api_name`, `object_name`);
 - `tealium` — the HTTP API's bulk endpoint, `POST {base_url}/bulk-event`
   with the account, profile and data source shared (config: `account`,
-  `profile`, `datasource`, `base_url` default https://collect.tealiumiq.com).
+  `profile`, `datasource`, `base_url` default https://collect.tealiumiq.com);
+- `zeotap` — the Profile API's upsert, `POST {base_url}/cdp/v1/users`, one
+  profile per request (ZEOTAP_CONCURRENCY at once), `{"orgId", "region",
+  "ids": {id_type: value}, "upsert": {"profile": fields}}` with the `apikey`
+  and `scopes: profile.write` headers (config: `api_key`, `org_id`, `region`
+  default EU, `id_type` default user_id, `base_url` default
+  https://api.zeotap.com).
 
 Inbound, `salesforce_data_cloud`: its Query API (`POST .../api/v2/query`)
 reads rows of `query_object` changed after the cursor (`cursor_field`,
 default `LastModifiedDate__c`), mapped to our fields and applied as identify
 calls (through the journal, like any call; the connector is their source).
 The other platforms send to us through the Segment-compatible tracking API
-(their webhook or forwarding destinations), not by polling.
+(their webhook or forwarding destinations; Zeotap's HTTP API sources speak
+Segment's format too), not by polling.
 
-Zeotap is not here: its ingestion API's documentation was not available to
-build and test against."""
+Erasure: when a person is erased (a data-subject request), each outbound
+Zeotap connector of the tenant is asked to delete them too, through the
+Profile API's `POST {base_url}/cdp/v1/users/_delete` (`scopes:
+profile.delete`), by their user ids (`forget`); the other platforms here
+offer deletion only through separate regulation APIs and consoles, which the
+operator runs (docs/audience.md)."""
 
 from __future__ import annotations
 
@@ -65,7 +76,7 @@ from services.common.validation import check_text
 
 log = logging.getLogger(__name__)
 
-PLATFORMS = ("segment", "mparticle", "salesforce_data_cloud", "tealium")
+PLATFORMS = ("segment", "mparticle", "salesforce_data_cloud", "tealium", "zeotap")
 DIRECTIONS = ("outbound", "inbound", "bidirectional")
 INBOUND_PLATFORMS = ("salesforce_data_cloud",)
 #: Config keys each platform needs (others are optional or defaulted).
@@ -80,8 +91,13 @@ REQUIRED = {
         "object_name",
     ),
     "tealium": ("account", "profile"),
+    "zeotap": ("api_key", "org_id"),
 }
-SECRETS = frozenset({"write_key", "api_secret", "client_secret"})
+SECRETS = frozenset({"write_key", "api_secret", "client_secret", "api_key"})
+#: Profile API requests in flight at once (Zeotap allows 200 per second).
+ZEOTAP_CONCURRENCY = 10
+#: IDs per Profile API deletion (its limit).
+ZEOTAP_DELETE_MAX = 400
 PAGE = 100
 MAX_CONNECTORS = 50
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
@@ -243,8 +259,51 @@ async def push(
         await _post(
             http, f"{base}/bulk-event", (200, 204), json={"shared": shared, "events": events}
         )
+    elif connector.platform == "zeotap":
+        await _zeotap_upserts(http, c, records)
     else:  # pragma: no cover - checked at creation
         raise ValueError(connector.platform)
+
+
+def _zeotap(c: dict[str, str], scope: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """(base URL, headers, the body's organisation and region)."""
+    base = c.get("base_url", "https://api.zeotap.com").rstrip("/")
+    headers = {"apikey": c["api_key"], "scopes": scope}
+    return base, headers, {"orgId": int(c["org_id"]), "region": c.get("region", "EU")}
+
+
+async def _zeotap_upserts(
+    http: aiohttp.ClientSession,
+    c: dict[str, str],
+    records: list[tuple[dict[str, Any], dict[str, Any], str]],
+) -> None:
+    base, headers, scope = _zeotap(c, "profile.write")
+    id_type = c.get("id_type", "user_id")
+    gate = asyncio.Semaphore(ZEOTAP_CONCURRENCY)
+
+    async def upsert(record: dict[str, Any], fields: dict[str, Any]) -> None:
+        body = {**scope, "ids": {id_type: record["user_id"] or record["anonymous_id"]},
+                "upsert": {"profile": fields}}  # fmt: skip
+        async with gate:
+            await _post(http, f"{base}/cdp/v1/users", (200, 201), json=body, headers=headers)
+
+    # every profile of the page goes or the page fails (and is sent again:
+    # an upsert is idempotent)
+    await asyncio.gather(*(upsert(record, fields) for record, fields, _ in records))
+
+
+async def forget(http: aiohttp.ClientSession, connector: Connector, user_ids: list[str]) -> int:
+    """Ask the platform to delete these people (Zeotap's Profile API, by the
+    connector's `id_type`); returns how many ids were sent."""
+    if connector.platform != "zeotap" or not user_ids:
+        return 0
+    base, headers, scope = _zeotap(connector.config, "profile.delete")
+    id_type = connector.config.get("id_type", "user_id")
+    for first in range(0, len(user_ids), ZEOTAP_DELETE_MAX):
+        body = {**scope, "ids": {id_type: user_ids[first : first + ZEOTAP_DELETE_MAX]},
+                "sendEmailNotification": False}  # fmt: skip
+        await _post(http, f"{base}/cdp/v1/users/_delete", (200,), json=body, headers=headers)
+    return len(user_ids)
 
 
 async def pull(
@@ -304,6 +363,41 @@ def _https(instance: str) -> str:
     return instance.rstrip("/") if "://" in instance else f"https://{instance}"
 
 
+# ------------------------------------------------------------------ erasure
+
+
+class ConnectedPlatforms:
+    """The connectors' data-subject hook (services.audience.privacy): an
+    export lists the platforms the person's profile is sent to; an erasure
+    asks each that can delete (`forget`) to delete them, and fails (so the
+    request is recorded as failed, and can be made again) if one cannot."""
+
+    outside = True  # erased first (services.audience.privacy)
+
+    def __init__(self, connectors: Connectors) -> None:
+        self._connectors = connectors
+
+    async def _outbound(self, tenant_id: str) -> list[Connector]:
+        return [c for c in await self._connectors.of_tenant(tenant_id) if c.direction != "inbound"]
+
+    async def settle(self) -> None:
+        return None
+
+    async def export(self, person: Any) -> Any:
+        return [
+            {"connector": c.name, "platform": c.platform}
+            for c in await self._outbound(person.tenant_id)
+        ]
+
+    async def erase(self, person: Any) -> int:
+        ids = person.values("user_id", "anonymous_id")
+        asked = 0
+        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
+            for connector in await self._outbound(person.tenant_id):
+                asked += await forget(http, connector, ids)
+        return asked
+
+
 # ------------------------------------------------------------------ the store
 
 
@@ -352,6 +446,8 @@ class Connectors:
         for key in REQUIRED.get(platform, ()):
             if not config.get(key):
                 bad.append(FieldViolation(f"{at}.config.{key}", f"required for {platform}"))
+        if platform == "zeotap" and config.get("org_id") and not config["org_id"].isdigit():
+            bad.append(FieldViolation(f"{at}.config.org_id", "must be Zeotap's numeric id"))
         if platform == "salesforce_data_cloud" and direction != "outbound":
             if not config.get("query_object"):
                 bad.append(FieldViolation(f"{at}.config.query_object", "required for inbound"))
@@ -403,7 +499,9 @@ class Connectors:
         return connector
 
     async def list_connectors(self, caller: Principal, parent: str) -> list[Connector]:
-        tenant_id = names.own_tenant(parent, caller.tenant_id)
+        return await self.of_tenant(names.own_tenant(parent, caller.tenant_id))
+
+    async def of_tenant(self, tenant_id: str) -> list[Connector]:
         c = audience_connectors.c
         async with self._db.engine.connect() as conn:
             rows = (

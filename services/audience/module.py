@@ -11,6 +11,7 @@ from services.audience.applier import ProfileApplier, chain
 from services.audience.bidview import BidView
 from services.audience.bus_ingest import BusIngest
 from services.audience.computed import ComputedProperties
+from services.audience.connectors import ConnectedPlatforms
 from services.audience.demo import demo_user_ids, seed_demo_profiles, seed_demo_segments
 from services.audience.devices import Devices
 from services.audience.domain import Audience, record_merges
@@ -34,7 +35,9 @@ async def _build(kernel: Kernel) -> Built:
         clock=kernel.clock,
         page_tokens=kernel.page_tokens,
         publisher=BestEffortPublisher(kernel.backends.bus),
+        analytics=kernel.backends.analytics,
     )
+    profiles.counter_keys = segments.counter_keys
     # The bid-time view goes through this process's ProfileStore (when the
     # bidding domain is registered), so its cache sees each change at once.
     view = (
@@ -114,6 +117,11 @@ async def _build(kernel: Kernel) -> Built:
         devices,
         computed,
         clock=kernel.clock,
+    )
+
+    # An erasure reaches the platforms connectors send profiles to.
+    kernel.interface("data_subject_hooks").register(
+        "connectedPlatforms", ConnectedPlatforms(audience.connectors)
     )
 
     async def refresh_segments(tenant_id: str, profile_ids: list[str]) -> None:

@@ -93,7 +93,10 @@ class DataSubjectHook(Protocol):
     """What another domain holds about a person (its rows keyed by their
     profile or ids): `settle` makes what it has in flight reach its stores
     (before an erasure reads them), `export` returns what it holds as
-    JSON-able data, `erase` removes it and returns how many records went."""
+    JSON-able data, `erase` removes it and returns how many records went.
+    A hook with `outside = True` reaches other platforms: its erasure runs
+    before anything here is removed, so a failure leaves a request that can
+    be made again."""
 
     async def settle(self) -> None: ...
 
@@ -371,12 +374,17 @@ class DataSubjects:
             for hook in self.hooks.hooks.values():
                 await hook.settle()
         summary: dict[str, Any] = {}
-        # 2. the analytics store
+        # 2. other platforms first (what we sent them): if one fails, nothing
+        # here is gone yet and the request can simply be made again
+        for name, hook in self.hooks.hooks.items():
+            if getattr(hook, "outside", False):
+                summary[name] = await hook.erase(person)
+        # 3. the analytics store
         summary["events"] = await self._delete_rows(EVENTS_TABLE, tenant_id, _event_filter(person))
         summary["bidEvents"] = await self._delete_rows(
             BID_EVENTS_TABLE, tenant_id, _bid_filter(person)
         )
-        # 3. the management database
+        # 4. the management database
         async with self._db.engine.connect() as conn:
             segment_ids = list(
                 await conn.scalars(
@@ -390,19 +398,20 @@ class DataSubjects:
         summary["profiles"] = len(person.profile_ids)
         summary["identities"] = sum(len(v) for v in person.identities.values())
         summary["segmentMemberships"] = len(segment_ids)
-        # 4. the hot store
+        # 5. the hot store
         bid_ids = person.values("user_id", "anonymous_id", "ifa")
         if self._forget_bid_profile is not None:
             for value in bid_ids:
                 await self._forget_bid_profile(tenant_id, value)
         summary["bidProfiles"] = len(bid_ids)
-        # 5. the audit log
+        # 6. the audit log
         if self._audit is not None:
             needles = [*person.profile_ids, *person.values(*person.identities)]
             summary["auditRecordsRedacted"] = await self._audit.redact(tenant_id, needles, ERASED)
-        # 6. other domains
+        # 7. other domains
         for name, hook in self.hooks.hooks.items():
-            summary[name] = await hook.erase(person)
+            if not getattr(hook, "outside", False):
+                summary[name] = await hook.erase(person)
         return summary
 
     async def _rows(self, table: str, tenant_id: str, where: str) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ applied whole or, on a conflict with a concurrent writer, retried whole."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,8 @@ class IngestResult:
 
 
 US_PER_DAY = 86_400_000_000
+#: A tenant's extra counter keys per call (None: none).
+CounterKeys = Callable[[str], Awaitable[Callable[[TrackedCall], list[str]] | None]]
 
 #: Traits the bid-time view carries (services.audience.bidview).
 BID_TRAITS = ("loyalty_tier",)
@@ -194,6 +196,9 @@ class Profiles:
         self._db = db
         self._clock = clock
         self._pages = page_tokens or PageTokens("audience-profiles")
+        # What else a tenant's calls are counted under, besides their event
+        # name (the segments' filtered event conditions: Segments.counter_keys).
+        self.counter_keys: CounterKeys | None = None
 
     @property
     def db(self) -> Database:
@@ -347,6 +352,7 @@ class Profiles:
 
     async def ingest(self, tenant_id: str, calls: Sequence[TrackedCall]) -> IngestResult:
         """Apply the calls in order, each once; one transaction."""
+        also = await self.counter_keys(tenant_id) if self.counter_keys is not None else None
         for attempt in range(CONFLICT_RETRIES):
             try:
                 async with self._db.engine.begin() as conn:
@@ -356,7 +362,7 @@ class Profiles:
                         # write that changes nothing takes the database's
                         # write lock first, so no other batch interleaves.
                         await conn.execute(sa.text("DELETE FROM audience_messages WHERE 0 = 1"))
-                    return await self._ingest(conn, tenant_id, calls)
+                    return await self._ingest(conn, tenant_id, calls, also)
             except sa.exc.DBAPIError as exc:
                 if not _conflict(exc) or attempt == CONFLICT_RETRIES - 1:
                     raise
@@ -390,9 +396,13 @@ class Profiles:
     # -- applying calls ----------------------------------------------------
 
     async def _ingest(
-        self, conn: AsyncConnection, tenant_id: str, calls: Sequence[TrackedCall]
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        calls: Sequence[TrackedCall],
+        also: Callable[[TrackedCall], list[str]] | None,
     ) -> IngestResult:
-        batch = _Batch(conn, tenant_id, self._clock(), self._db.is_sqlite)
+        batch = _Batch(conn, tenant_id, self._clock(), self._db.is_sqlite, also)
         await batch.prefetch(calls)
         applied = duplicates = 0
         touched: list[str] = []
@@ -646,9 +656,17 @@ class _Batch:
     the database in bulk up front (`prefetch`); what a batch touches beyond
     them is read one at a time."""
 
-    def __init__(self, conn: AsyncConnection, tenant_id: str, now: int, sqlite: bool) -> None:
+    def __init__(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        now: int,
+        sqlite: bool,
+        also: Callable[[TrackedCall], list[str]] | None = None,
+    ) -> None:
         self.conn = conn
         self._sqlite = sqlite
+        self._also = also
         self._counts: dict[tuple[str, str, int], int] = {}  # (profile, event, day) -> calls
         self.tenant_id = tenant_id
         self.now = now
@@ -760,8 +778,9 @@ class _Batch:
         if call.type in _COUNTED:
             state.event_count += 1
             named = call.event or call.name
-            if named:
-                key = (profile_id, named, call.timestamp_us // US_PER_DAY)
+            day = call.timestamp_us // US_PER_DAY
+            for counted in ([named] if named else []) + (self._also(call) if self._also else []):
+                key = (profile_id, counted, day)
                 self._counts[key] = self._counts.get(key, 0) + 1
         state.first_seen = min(state.first_seen, call.timestamp_us)
         state.last_seen = max(state.last_seen, call.timestamp_us)

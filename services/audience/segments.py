@@ -12,9 +12,14 @@ management database and current as events arrive.
   every profile is evaluated again every `refresh_seconds` (default 300;
   `evaluate_all`), and at once for a new segment (its backfill publishes no
   "entered": those people did not just enter).
-- Event conditions count the profile's calls per name and UTC day
-  (audience_event_counts, kept by the applier in the same transaction as the
-  profile): exact to the day.
+- Event conditions count the profile's calls per UTC day: in real time from
+  the counters the applier keeps in the same transaction as the profile
+  (audience_event_counts: per event name, and per condition with property
+  filters under its own key, backfilled from the events table when it is
+  created); in a full evaluation with ClickHouse SQL over the events table
+  (services.audience.windows), except for profiles seen in the last
+  RECENT_SECONDS, whose calls may not have reached the analytics store yet:
+  their counters decide.
 
 A segment also gets a bid index (0-63, the lowest free one of its tenant):
 its bit in the bid-time profile, so campaigns target it as segment "N"."""
@@ -26,27 +31,31 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from inference.features import TIERS, BidContext, Loyalty
 from inference.features import Profile as FeatureProfile
-from services.audience import conditions
+from services.audience import conditions, windows
 from services.audience.conditions import Condition, Facts
 from services.audience.profiles import IngestResult, chunks
 from services.audience.tables import (
     audience_event_counts,
+    audience_identities,
     audience_profiles,
     audience_segment_members,
     audience_segments,
 )
 from services.audience.tracking import TrackedCall
 from services.backends.bus import BestEffortPublisher
+from services.backends.interfaces import AnalyticsStore
 from services.common import names
 from services.common.call import Principal
 from services.common.clock import now_us
@@ -68,6 +77,10 @@ MAX_PAGE_SIZE = 1_000
 PASS_PAGE = 1_000
 #: How long a process trusts its list of a tenant's segments.
 CACHE_SECONDS = 5.0
+#: A full evaluation counts the calls of profiles seen this recently from
+#: their counters, not the analytics store (which the journal feeds within
+#: seconds).
+RECENT_SECONDS = 60
 
 MembersChanged = Callable[[str, list[str]], Awaitable[None]]
 ComputedValues = Callable[[str, Sequence[str]], Awaitable[dict[str, dict[str, Any]]]]
@@ -132,8 +145,10 @@ class Segments:
         page_tokens: PageTokens | None = None,
         publisher: BestEffortPublisher | None = None,
         refresh_seconds: float = 300.0,
+        analytics: AnalyticsStore | None = None,
     ) -> None:
         self._db = db
+        self._analytics = analytics
         self._clock = clock
         self._pages = page_tokens or PageTokens("audience-segments")
         self._publisher = publisher
@@ -215,6 +230,7 @@ class Segments:
                 )
             )
         self._cache.pop(tenant_id, None)
+        await self._backfill_counters(tenant_id, read)
         await self.evaluate_all(tenant_id, only=[segment.id], publish=False)
         return await self._get(tenant_id, segment.id)
 
@@ -264,6 +280,7 @@ class Segments:
             )
         self._cache.pop(tenant_id, None)
         if "condition" in fields:
+            await self._backfill_counters(tenant_id, read)
             await self.evaluate_all(tenant_id, only=[current.id], publish=True)
         return await self._get(tenant_id, current.id)
 
@@ -350,9 +367,14 @@ class Segments:
         if not condition:
             raise InvalidArgument.field("condition", "required")
         read = conditions.read_condition(condition, "condition")
+        await self._check_seeds(tenant_id, read, "condition")
         now = self._clock()
         size = evaluated = 0
-        async for page in self._pages_of_facts(tenant_id, conditions.longest_window(read)):
+        draft = Segment("", tenant_id, "", "", read, conditions.kind_of(read), -1, 0, now, now, 0)
+        counted = await self._count_windows(tenant_id, [draft], now)
+        async for page in self._pages_of_facts(
+            tenant_id, conditions.longest_window(read), [draft], counted
+        ):
             evaluated += len(page)
             size += sum(1 for facts in page.values() if conditions.matches(read, facts, now))
         return size, evaluated
@@ -381,6 +403,41 @@ class Segments:
         if len(rows) > size:
             token = self._pages.encode(request, {"p": rows[size - 1].profile_id})
         return [(r.profile_id, r.enter_time) for r in rows[:size]], token
+
+    async def member_pages(
+        self, caller: Principal, name: str, page_size: int = MAX_PAGE_SIZE
+    ) -> AsyncIterator[tuple[str, list[tuple[str, int, dict[str, list[str]]]]]]:
+        """Every member of a segment, a page at a time, in profile order:
+        (tenant id, [(profile id, enter time, identities by kind)]). Checks
+        the caller and the segment before the first page."""
+        tenant_id, segment_id = _segment(caller, name, "parent")
+        await self._get(tenant_id, segment_id)
+        m, i = audience_segment_members.c, audience_identities.c
+        after = ""
+        while True:
+            async with self._db.engine.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        sa.select(m.profile_id, m.enter_time)
+                        .where(m.segment_id == segment_id, m.profile_id > after)
+                        .order_by(m.profile_id)
+                        .limit(page_size)
+                    )
+                ).all()
+                owned: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+                for chunk in chunks([r.profile_id for r in rows]):
+                    for profile_id, kind, value in await conn.execute(
+                        sa.select(i.profile_id, i.kind, i.value)
+                        .where(i.profile_id.in_(chunk))
+                        .order_by(i.profile_id, i.kind, i.create_time, i.value)
+                    ):
+                        owned[profile_id][kind].append(value)
+            if not rows:
+                return
+            yield tenant_id, [(r.profile_id, r.enter_time, owned[r.profile_id]) for r in rows]
+            if len(rows) < page_size:
+                return
+            after = rows[-1].profile_id
 
     async def evaluate_profile(self, tenant_id: str, profile_id: str) -> tuple[list[Segment], int]:
         """The segments one profile meets now (FR-SEG-004), and how many were
@@ -464,7 +521,8 @@ class Segments:
             for seed in conditions.needs(segment.condition)[1]:
                 self._centres.pop(seed, None)
         similarity: dict[str, list[float]] = defaultdict(list)
-        async for page in self._pages_of_facts(tenant_id, _window(segments), segments):
+        counted = await self._count_windows(tenant_id, segments, now)
+        async for page in self._pages_of_facts(tenant_id, _window(segments), segments, counted):
             for segment in segments:
                 if isinstance(segment.condition, conditions.Lookalike):
                     key = f"lookalike:{segment.condition.seed}"
@@ -516,6 +574,99 @@ class Segments:
                     .values(similarity=sum(values) / len(values) if values else 0.0)
                 )
         await self._after(tenant_id, segments, (entered, exited), publish=publish)
+
+    async def _count_windows(
+        self, tenant_id: str, segments: Sequence[Segment], now: int
+    ) -> windows.WindowCounts | None:
+        """The event conditions' counts from the analytics store (None: read
+        the counters, as when it fails)."""
+        leaves = _event_leaves(segments)
+        if not leaves or self._analytics is None:
+            return None
+        try:
+            return await windows.count_windows(self._analytics, tenant_id, leaves, now)
+        except Exception:
+            log.warning("segments: counting events in the analytics store failed", exc_info=True)
+            return None
+
+    async def counter_keys(self, tenant_id: str) -> Callable[[TrackedCall], list[str]] | None:
+        """What the applier also counts a call of this tenant under: the keys
+        of the event conditions with property filters it passes."""
+        filtered = {
+            leaf.key: leaf
+            for leaf in _event_leaves(await self.of_tenant(tenant_id))
+            if leaf.filters
+        }
+        if not filtered:
+            return None
+        leaves = list(filtered.values())
+
+        def keys(call: TrackedCall) -> list[str]:
+            named = call.event or call.name
+            return [
+                leaf.key for leaf in leaves if leaf.event == named and leaf.takes(call.properties)
+            ]
+
+        return keys
+
+    async def _backfill_counters(self, tenant_id: str, condition: Condition) -> None:
+        """Per-day counters for the condition's event conditions with
+        property filters, from the events table: a day's count becomes the
+        larger of what is counted and what the store holds (the applier
+        counts from when its segment list shows the condition, within
+        CACHE_SECONDS, and the store may lag the applier)."""
+        if self._analytics is None:
+            return
+        now = self._clock()
+        for leaf in conditions.leaves(condition):
+            if not isinstance(leaf, conditions.Event) or not leaf.filters:
+                continue
+            try:
+                rows = await windows.daily_counts(
+                    self._analytics, tenant_id, leaf, windows.since_day(leaf, now)
+                )
+            except Exception:
+                log.warning("segments: backfilling %s failed", leaf.event, exc_info=True)
+                continue
+            await self._write_backfill(tenant_id, leaf.key, rows)
+
+    async def _write_backfill(
+        self, tenant_id: str, key: str, rows: list[tuple[windows.Identity, int, int]]
+    ) -> None:
+        i, c = audience_identities.c, audience_event_counts.c
+        by_kind: dict[str, set[str]] = defaultdict(set)
+        for (kind, value), _, _ in rows:
+            by_kind[kind].add(value)
+        owner: dict[windows.Identity, str] = {}
+        async with self._db.engine.connect() as conn:
+            for kind, values in by_kind.items():
+                for chunk in chunks(sorted(values)):
+                    for value, profile_id in await conn.execute(
+                        sa.select(i.value, i.profile_id).where(
+                            i.tenant_id == tenant_id, i.kind == kind, i.value.in_(chunk)
+                        )
+                    ):
+                        owner[(kind, value)] = profile_id
+        totals: dict[tuple[str, int], int] = defaultdict(int)
+        for identity, day, n in rows:
+            profile_id = owner.get(identity)
+            if profile_id is not None:
+                totals[(profile_id, day)] += n
+        if not totals:
+            return
+        records = [
+            {"profile_id": pid, "event": key, "day": day, "tenant_id": tenant_id, "count": n}
+            for (pid, day), n in totals.items()
+        ]
+        insert = (sqlite_insert if self._db.is_sqlite else postgresql_insert)(audience_event_counts)
+        larger = sa.func.max if self._db.is_sqlite else sa.func.greatest
+        statement = insert.on_conflict_do_update(
+            index_elements=[c.profile_id, c.event, c.day],
+            set_={"count": larger(c.count, insert.excluded.count)},
+        )
+        async with self._db.engine.begin() as conn:
+            for first in range(0, len(records), 500):
+                await conn.execute(statement, records[first : first + 500])
 
     async def of_tenant(self, tenant_id: str) -> list[Segment]:
         cached = self._cache.get(tenant_id)
@@ -622,7 +773,10 @@ class Segments:
         lookalike seed's similarity and membership."""
         if not facts:
             return facts
-        values = await self.computed(tenant_id, list(facts)) if self.computed else {}
+        wants_traits = _reads_traits(segments)
+        values = (
+            await self.computed(tenant_id, list(facts)) if self.computed and wants_traits else {}
+        )
         wants_ctr, seeds = False, set[str]()
         for segment in segments:
             ctr, found = conditions.needs(segment.condition)
@@ -720,10 +874,16 @@ class Segments:
         return _from_row(row)
 
     async def _pages_of_facts(
-        self, tenant_id: str, window_days: int, segments: Sequence[Segment] = ()
+        self,
+        tenant_id: str,
+        window_days: int,
+        segments: Sequence[Segment] = (),
+        counted: windows.WindowCounts | None = None,
     ) -> Any:
         """The facts of every live profile of the tenant, a page at a time,
-        with what `segments` read worked out."""
+        with what `segments` read worked out (event conditions from
+        `counted` where given)."""
+        vector_days = conditions.LOOKALIKE_DAYS if _vectors(segments) else 0
         p = audience_profiles.c
         after = ""
         while True:
@@ -738,7 +898,16 @@ class Segments:
                 )
                 if not ids:
                     return
-                page = await _facts(conn, tenant_id, ids, window_days, self._clock())
+                page = await _facts(
+                    conn,
+                    tenant_id,
+                    ids,
+                    window_days,
+                    self._clock(),
+                    counted,
+                    vector_days,
+                    traits=not segments or _reads_traits(segments),
+                )
             yield await self._enrich(tenant_id, page, segments)
             after = ids[-1]
 
@@ -749,44 +918,91 @@ async def _facts(
     profile_ids: Sequence[str],
     window_days: int,
     now: int,
+    counted: windows.WindowCounts | None = None,
+    vector_days: int = 0,
+    *,
+    traits: bool = True,
 ) -> dict[str, Facts]:
-    """Facts of the live (not merged) profiles among these ids."""
-    p, c = audience_profiles.c, audience_event_counts.c
+    """Facts of the live (not merged) profiles among these ids. Event
+    conditions read the profiles' counters over `window_days`; with
+    `counted` (a full evaluation's counts from the analytics store) they read
+    those instead, but for profiles seen in the last RECENT_SECONDS, and
+    counters are read only for those and for lookalike vectors
+    (`vector_days`). Without `traits`, the facts have none (conditions on
+    events and lifecycle only: no JSON to decode)."""
+    p, c, i = audience_profiles.c, audience_event_counts.c, audience_identities.c
+    traits_column = p.traits if traits else sa.literal(None).label("traits")
     rows: list[Any] = []
     counts: dict[str, dict[str, list[tuple[int, int]]]] = defaultdict(lambda: defaultdict(list))
+    owned: dict[str, list[windows.Identity]] = defaultdict(list)
+    recent_since = now - RECENT_SECONDS * 1_000_000
     for chunk in chunks(list(dict.fromkeys(profile_ids))):
-        rows += (
+        found = (
             await conn.execute(
-                sa.select(p.id, p.traits, p.first_seen_time, p.last_seen_time).where(
+                sa.select(p.id, traits_column, p.first_seen_time, p.last_seen_time).where(
                     p.tenant_id == tenant_id, p.id.in_(chunk), p.merged_into.is_(None)
                 )
             )
         ).all()
-        if window_days:
-            since = now // conditions.US_PER_DAY - window_days
+        rows += found
+        wanted: Sequence[str] = chunk
+        if counted is not None:
+            for profile_id, kind, value in await conn.execute(
+                sa.select(i.profile_id, i.kind, i.value).where(
+                    i.profile_id.in_(chunk), i.kind.in_(("user_id", "anonymous_id"))
+                )
+            ):
+                owned[profile_id].append((kind, value))
+            if not vector_days:
+                wanted = [r.id for r in found if r.last_seen_time >= recent_since]
+        days = max(window_days, vector_days)
+        if days and wanted:
+            since = now // conditions.US_PER_DAY - days
             for profile_id, event, day, n in await conn.execute(
                 sa.select(c.profile_id, c.event, c.day, c.count).where(
-                    c.profile_id.in_(chunk), c.day >= since
+                    c.profile_id.in_(wanted), c.day >= since
                 )
             ):
                 counts[profile_id][event].append((day, n))
     return {
         row.id: Facts(
-            dict(row.traits),
+            dict(row.traits or {}),
             row.first_seen_time,
             row.last_seen_time,
-            _counter(counts.get(row.id)),
-            {e: sum(n for _, n in days) for e, days in counts.get(row.id, {}).items()},
+            _counter(
+                counts.get(row.id),
+                counted,
+                owned.get(row.id, []),
+                recent=row.last_seen_time >= recent_since,
+            ),
+            {
+                e: sum(n for _, n in days)
+                for e, days in counts.get(row.id, {}).items()
+                if not e.startswith(conditions.FILTERED_PREFIX)
+            },
         )
         for row in rows
     }
 
 
-def _counter(per_event: dict[str, list[tuple[int, int]]] | None) -> Callable[[str, int], int]:
-    def count(event: str, since_day: int) -> int:
-        if not per_event:
-            return 0
-        return sum(n for day, n in per_event.get(event, ()) if day >= since_day)
+def _counter(
+    per_event: dict[str, list[tuple[int, int]]] | None,
+    counted: windows.WindowCounts | None = None,
+    identities: Sequence[windows.Identity] = (),
+    *,
+    recent: bool = False,
+) -> Callable[[conditions.Event, int], int]:
+    """A profile's count of an event condition's calls: from the analytics
+    store's counts where they cover it; for a recent profile the larger of
+    those and its counters (each may miss calls: the store its latest, the
+    counters of a new filtered condition its history)."""
+
+    def count(leaf: conditions.Event, since_day: int) -> int:
+        stored = counted.of(leaf, identities) if counted and counted.covers(leaf) else None
+        if stored is not None and not recent:
+            return stored
+        kept = sum(n for day, n in (per_event or {}).get(leaf.key, ()) if day >= since_day)
+        return kept if stored is None else max(stored, kept)
 
     return count
 
@@ -829,6 +1045,30 @@ async def _write_members(
 
 def _window(segments: Iterable[Segment]) -> int:
     return max((conditions.longest_window(s.condition) for s in segments), default=0)
+
+
+def _event_leaves(segments: Iterable[Segment]) -> list[conditions.Event]:
+    return [
+        leaf
+        for segment in segments
+        for leaf in conditions.leaves(segment.condition)
+        if isinstance(leaf, conditions.Event)
+    ]
+
+
+def _reads_traits(segments: Iterable[Segment]) -> bool:
+    """Whether these segments read traits (all but event and lifecycle
+    conditions do: predictive scores and lookalike vectors too)."""
+    return any(
+        not isinstance(leaf, conditions.Event | conditions.Lifecycle)
+        for segment in segments
+        for leaf in conditions.leaves(segment.condition)
+    )
+
+
+def _vectors(segments: Iterable[Segment]) -> bool:
+    """Whether these segments read lookalike vectors (event counts by name)."""
+    return any(bool(conditions.needs(s.condition)[1]) for s in segments)
 
 
 def _from_row(row: Any) -> Segment:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from google.api import httpbody_pb2
 from google.protobuf import json_format, struct_pb2
 
 from campaignexpress.audience.v1 import (
@@ -18,7 +19,7 @@ from campaignexpress.audience.v1 import (
     segment_pb2,
     source_pb2,
 )
-from services.audience import conditions
+from services.audience import conditions, export
 from services.audience.computed import ComputedProperty
 from services.audience.connectors import SECRETS as CONNECTOR_SECRETS
 from services.audience.connectors import Connector, SyncRun
@@ -575,6 +576,18 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
             ],
             next_page_token=token,
         )
+
+    async def ExportSegmentMembers(
+        self, request: pb.ExportSegmentMembersRequest, context: Any
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        fmt = pb.ExportFormat.Name(request.format)
+        if fmt == "EXPORT_FORMAT_UNSPECIFIED":
+            fmt = export.CSV
+        chunks = export.export_members(
+            self._audience.segments, current_principal(), request.parent, fmt
+        )
+        async for chunk in chunks:
+            yield httpbody_pb2.HttpBody(content_type=export.CONTENT_TYPES[fmt], data=chunk)
 
     async def EvaluateProfileSegments(
         self, request: pb.EvaluateProfileSegmentsRequest, context: Any

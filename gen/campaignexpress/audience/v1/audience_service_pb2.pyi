@@ -17,6 +17,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
@@ -28,6 +29,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ExportFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPORT_FORMAT_UNSPECIFIED: _ExportFormat.ValueType  # 0
+    """Not set: CSV."""
+    EXPORT_FORMAT_CSV: _ExportFormat.ValueType  # 1
+    """Comma-separated values (RFC 4180) with a header line, text/csv."""
+    EXPORT_FORMAT_NDJSON: _ExportFormat.ValueType  # 2
+    """One JSON object per line, application/x-ndjson."""
+
+class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper):
+    """Formats of an export."""
+
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat.ValueType  # 0
+"""Not set: CSV."""
+EXPORT_FORMAT_CSV: ExportFormat.ValueType  # 1
+"""Comma-separated values (RFC 4180) with a header line, text/csv."""
+EXPORT_FORMAT_NDJSON: ExportFormat.ValueType  # 2
+"""One JSON object per line, application/x-ndjson."""
+Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
 
 @_typing.final
 class IngestEventsRequest(_message.Message):
@@ -947,6 +972,32 @@ class ListSegmentMembersRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSegmentMembersRequest: _TypeAlias = ListSegmentMembersRequest  # noqa: Y015
+
+@_typing.final
+class ExportSegmentMembersRequest(_message.Message):
+    """Request of ExportSegmentMembers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The segment, `tenants/{tenant}/segments/{segment}`."""
+    format: Global___ExportFormat.ValueType
+    """The file's format; unset means CSV."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        format: Global___ExportFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSegmentMembersRequest: _TypeAlias = ExportSegmentMembersRequest  # noqa: Y015
 
 @_typing.final
 class SegmentMember(_message.Message):

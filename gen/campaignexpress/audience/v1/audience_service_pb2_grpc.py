@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from campaignexpress.audience.v1 import audience_service_pb2 as campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 
 GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
@@ -195,6 +196,11 @@ class AudienceServiceStub:
                 '/campaignexpress.audience.v1.AudienceService/ListSegmentMembers',
                 request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentMembersRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentMembersResponse.FromString,
+                _registered_method=True)
+        self.ExportSegmentMembers = channel.unary_stream(
+                '/campaignexpress.audience.v1.AudienceService/ExportSegmentMembers',
+                request_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ExportSegmentMembersRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.EvaluateProfileSegments = channel.unary_unary(
                 '/campaignexpress.audience.v1.AudienceService/EvaluateProfileSegments',
@@ -466,6 +472,18 @@ class AudienceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportSegmentMembers(self, request, context):
+        """Streams every member of a segment, as CSV (with a header line) or
+        NDJSON: one line per member with its profile, user id, anonymous id and
+        enter time, in profile order, for exports of any size. Over REST the
+        response body is the file itself.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EvaluateProfileSegments(self, request, context):
         """Evaluates one profile against every segment of its tenant, now.
         """
@@ -671,6 +689,11 @@ def add_AudienceServiceServicer_to_server(servicer, server):
                     servicer.ListSegmentMembers,
                     request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentMembersRequest.FromString,
                     response_serializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentMembersResponse.SerializeToString,
+            ),
+            'ExportSegmentMembers': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSegmentMembers,
+                    request_deserializer=campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ExportSegmentMembersRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'EvaluateProfileSegments': grpc.unary_unary_rpc_method_handler(
                     servicer.EvaluateProfileSegments,
@@ -1569,6 +1592,33 @@ class AudienceService:
             '/campaignexpress.audience.v1.AudienceService/ListSegmentMembers',
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentMembersRequest.SerializeToString,
             campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ListSegmentMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSegmentMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/campaignexpress.audience.v1.AudienceService/ExportSegmentMembers',
+            campaignexpress_dot_audience_dot_v1_dot_audience__service__pb2.ExportSegmentMembersRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from campaignexpress.audience.v1 import audience_service_pb2 as _audience_service_pb2
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -113,6 +114,14 @@ class AudienceServiceStub:
     """How many profiles a condition would take in, before saving it."""
     ListSegmentMembers: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListSegmentMembersRequest, _audience_service_pb2.ListSegmentMembersResponse]
     """The members of a segment, a page at a time."""
+    ExportSegmentMembers: _grpc.UnaryStreamMultiCallable[_audience_service_pb2.ExportSegmentMembersRequest, _httpbody_pb2.HttpBody]
+    """Streams every member of a segment, as CSV (with a header line) or
+    NDJSON: one line per member with its profile, user id, anonymous id and
+    enter time, in profile order, for exports of any size. Over REST the
+    response body is the file itself.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_UNIQUE
+    """
     EvaluateProfileSegments: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.EvaluateProfileSegmentsRequest, _audience_service_pb2.EvaluateProfileSegmentsResponse]
     """Evaluates one profile against every segment of its tenant, now."""
     CreateDataSubjectRequest: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.CreateDataSubjectRequestRequest, _audience_service_pb2.CreateDataSubjectRequestResponse]
@@ -213,6 +222,14 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     """How many profiles a condition would take in, before saving it."""
     ListSegmentMembers: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListSegmentMembersRequest, _audience_service_pb2.ListSegmentMembersResponse]  # type: ignore[assignment]
     """The members of a segment, a page at a time."""
+    ExportSegmentMembers: _aio.UnaryStreamMultiCallable[_audience_service_pb2.ExportSegmentMembersRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Streams every member of a segment, as CSV (with a header line) or
+    NDJSON: one line per member with its profile, user id, anonymous id and
+    enter time, in profile order, for exports of any size. Over REST the
+    response body is the file itself.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_UNIQUE
+    """
     EvaluateProfileSegments: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.EvaluateProfileSegmentsRequest, _audience_service_pb2.EvaluateProfileSegmentsResponse]  # type: ignore[assignment]
     """Evaluates one profile against every segment of its tenant, now."""
     CreateDataSubjectRequest: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.CreateDataSubjectRequestRequest, _audience_service_pb2.CreateDataSubjectRequestResponse]  # type: ignore[assignment]
@@ -502,6 +519,20 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audience_service_pb2.ListSegmentMembersResponse, _abc.Awaitable[_audience_service_pb2.ListSegmentMembersResponse]]:
         """The members of a segment, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def ExportSegmentMembers(
+        self,
+        request: _audience_service_pb2.ExportSegmentMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_httpbody_pb2.HttpBody], _abc.AsyncIterator[_httpbody_pb2.HttpBody]]:
+        """Streams every member of a segment, as CSV (with a header line) or
+        NDJSON: one line per member with its profile, user id, anonymous id and
+        enter time, in profile order, for exports of any size. Over REST the
+        response body is the file itself.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_UNIQUE
+        """
 
     @_abc_1.abstractmethod
     def EvaluateProfileSegments(

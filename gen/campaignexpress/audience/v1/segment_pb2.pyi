@@ -412,7 +412,8 @@ Global___TraitCondition: _TypeAlias = TraitCondition  # noqa: Y015
 @_typing.final
 class EventCondition(_message.Message):
     """A track event (or a page or screen by name) performed at least
-    `min_count` times within the last `within_days` days.
+    `min_count` times within the last `within_days` days (UTC days, today
+    included), counting only the calls whose properties pass every filter.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -420,26 +421,68 @@ class EventCondition(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     MIN_COUNT_FIELD_NUMBER: _builtins.int
     WITHIN_DAYS_FIELD_NUMBER: _builtins.int
+    FILTERS_FIELD_NUMBER: _builtins.int
     event: _builtins.str
     """The event's name (a track event's, a page's or a screen's)."""
     min_count: _builtins.int
     """At least this many times, 1-1,000,000; 0 means 1."""
     within_days: _builtins.int
     """Within the last so many days, 1-365; 0 means 30."""
+    @_builtins.property
+    def filters(self) -> _containers.RepeatedCompositeFieldContainer[Global___PropertyCondition]:
+        """Only calls whose properties pass every filter (up to 10) count:
+        "ordered at least twice with a total over 100".
+        """
+
     def __init__(
         self,
         *,
         event: _builtins.str = ...,
         min_count: _builtins.int = ...,
         within_days: _builtins.int = ...,
+        filters: _abc.Iterable[Global___PropertyCondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "min_count", b"min_count", "within_days", b"within_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "filters", b"filters", "min_count", b"min_count", "within_days", b"within_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EventCondition: _TypeAlias = EventCondition  # noqa: Y015
+
+@_typing.final
+class PropertyCondition(_message.Message):
+    """A call's property compared with a value (the shape of a computed
+    property's PropertyFilter; property filters compare as trait conditions do).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPERTY_FIELD_NUMBER: _builtins.int
+    COMPARISON_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    property: _builtins.str
+    """The property's name."""
+    comparison: Global___Comparison.ValueType
+    """How."""
+    @_builtins.property
+    def value(self) -> _struct_pb2.Value:
+        """With what (a list for COMPARISON_IN)."""
+
+    def __init__(
+        self,
+        *,
+        property: _builtins.str = ...,
+        comparison: Global___Comparison.ValueType = ...,
+        value: _struct_pb2.Value | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison", b"comparison", "property", b"property", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PropertyCondition: _TypeAlias = PropertyCondition  # noqa: Y015
 
 @_typing.final
 class LifecycleCondition(_message.Message):
