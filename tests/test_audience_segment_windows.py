@@ -6,6 +6,7 @@ from history."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
@@ -13,11 +14,24 @@ import random
 from typing import Any
 
 import orjson
+import pytest
 import sqlalchemy as sa
 
 from campaignexpress.audience.v1 import audience_service_pb2 as pb
 from campaignexpress.audience.v1 import audience_service_pb2_grpc as agrpc
-from services.audience.conditions import US_PER_DAY, Event, Trait
+from services.audience import windows
+from services.audience.conditions import (
+    US_PER_DAY,
+    All,
+    AnyOf,
+    Condition,
+    Event,
+    Facts,
+    Not,
+    Trait,
+    matches,
+    to_json,
+)
 from services.audience.tables import audience_event_counts
 from services.common.clock import now_us
 from tests.conftest import Env
@@ -91,13 +105,18 @@ async def test_property_filters_count_only_the_calls_that_pass(env: Env) -> None
     assert status == 200 and body["size"] == "1", body
 
 
-async def test_a_full_evaluation_from_the_events_table_matches_the_rules(env: Env) -> None:
+@pytest.mark.parametrize("distinct_values", [windows.DISTINCT_VALUES, 1])
+async def test_a_full_evaluation_from_the_events_table_matches_the_rules(
+    env: Env, distinct_values: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Random calls over 40 days (retries, filters, page and screen names)
     against conditions of several windows: the members are exactly those the
-    documented rules give, computed here from the calls themselves."""
+    documented rules give, computed here from the calls themselves. Filtered
+    properties are filtered before counting (few distinct values) or after
+    (more than `DISTINCT_VALUES`)."""
+    monkeypatch.setattr(windows, "DISTINCT_VALUES", distinct_values)
     rng = random.Random(15)
     now = now_us()
-    today = now // US_PER_DAY
     calls: list[dict[str, Any]] = []
     truth: list[tuple[str, str, int, dict[str, Any]]] = []  # user, event, day, properties
     for n in range(600):
@@ -123,11 +142,12 @@ async def test_a_full_evaluation_from_the_events_table_matches_the_rules(env: En
     await flush(env)
     await forget_counters(env)
 
-    conditions = [
+    big = Event("Order Completed", 1, 30, (Trait("total", "COMPARISON_GREATER_OR_EQUAL", 150),))
+    leaves = [
         Event("Order Completed", 2, 30),
         Event("Product Viewed", 3, 7),
         Event("Pricing", 1, 14),
-        Event("Order Completed", 1, 30, (Trait("total", "COMPARISON_GREATER_OR_EQUAL", 150),)),
+        big,
         Event(
             "Order Completed",
             2,
@@ -135,33 +155,30 @@ async def test_a_full_evaluation_from_the_events_table_matches_the_rules(env: En
             (Trait("total", "COMPARISON_IN", [150, 400]), Trait("tier", "COMPARISON_EQUALS", "a")),
         ),
     ]
+    combined: list[Condition] = [
+        All((leaves[0], Not(leaves[2]))),
+        AnyOf((leaves[1], big)),
+        Not(All((leaves[0], leaves[3]))),
+    ]
     users = sorted({user for user, _, _, _ in truth})
     profiles = {user: await profile_of(env, user) for user in users}
-    for i, leaf in enumerate(conditions):
-        since = today - leaf.within_days + 1
-        expected = {
-            profiles[user]
-            for user in users
-            if sum(
+
+    def facts(user: str) -> Facts:
+        def count(leaf: Event, since: int) -> int:
+            return sum(
                 1
                 for who, name, day, props in truth
                 if who == user and name == leaf.event and day >= since and leaf.takes(props)
             )
-            >= leaf.min_count
-        }
-        body: dict[str, Any] = {
-            "event": leaf.event,
-            "minCount": leaf.min_count,
-            "withinDays": leaf.within_days,
-        }
-        if leaf.filters:
-            body["filters"] = [
-                {"property": f.trait, "comparison": f.comparison, "value": f.value}
-                for f in leaf.filters
-            ]
-        segment = await create(env, {"event": body}, f"condition {i}")
-        assert await members(env, segment) == expected, leaf
-        assert expected  # the world gives each condition members
+
+        return Facts({}, 0, 0, count)
+
+    for i, condition in enumerate([*leaves, *combined]):
+        expected = {profiles[u] for u in users if matches(condition, facts(u), now)}
+        segment = await create(env, to_json(condition), f"condition {i}")
+        assert segment["kind"] == "SEGMENT_KIND_BEHAVIOURAL"
+        assert await members(env, segment) == expected, condition
+        assert 0 < len(expected) < len(users), condition  # the world tells members apart
 
 
 async def test_bad_property_filters_are_named(env: Env) -> None:
@@ -278,3 +295,21 @@ async def test_members_export_as_streamed_csv_and_ndjson(env: Env) -> None:
     assert status == 400 and "format" in str(orjson.loads(body)), body
     status, _, _ = await download(env, f"{segment['name']}/members:export", tenant="globex")
     assert status == 403
+
+
+async def test_segments_created_at_once_get_distinct_bid_indexes(env: Env) -> None:
+    await ingest(env, {"type": "identify", "userId": "hal", "traits": {"plan": "pro"}})
+
+    async def make(n: int) -> tuple[int, Any]:
+        return await call(
+            env,
+            "POST",
+            "tenants/acme/segments",
+            {"displayName": f"s{n}", "condition": {"trait": {"trait": "n", "comparison":
+                                                             "COMPARISON_EXISTS"}}},
+        )  # fmt: skip
+
+    made = await asyncio.gather(*(make(n) for n in range(8)))
+    assert all(status == 200 for status, _ in made), made
+    indexes = [body["segment"].get("bidIndex", 0) for _, body in made]
+    assert sorted(indexes) == list(range(8))

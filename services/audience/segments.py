@@ -70,11 +70,17 @@ log = logging.getLogger(__name__)
 SUBJECT_PREFIX = "campaign-express.segments"
 BID_INDEXES = 64
 MAX_SEGMENTS = 500  # per tenant
+#: Tries for a free bid index when segments are created at once.
+BID_INDEX_RETRIES = 8
 DEFAULT_PAGE_SIZE = 50
 DEFAULT_MEMBERS_PAGE = 100
 MAX_PAGE_SIZE = 1_000
 #: Profiles read per step of a full evaluation.
 PASS_PAGE = 1_000
+#: Rows written per statement.
+WRITE_STEP = 5_000
+#: Above this many ids, a backfill reads all the tenant's ids at once.
+OWNERS_BY_SCAN = 20_000
 #: How long a process trusts its list of a tenant's segments.
 CACHE_SECONDS = 5.0
 #: A full evaluation counts the calls of profiles seen this recently from
@@ -187,7 +193,27 @@ class Segments:
         read = conditions.read_condition(condition, "segment.condition")
         await self._check_seeds(tenant_id, read, "segment.condition")
         now = self._clock()
+        for attempt in range(BID_INDEX_RETRIES):
+            try:
+                segment = await self._insert(tenant_id, display_name, description, read, now)
+                break
+            except sa.exc.IntegrityError:
+                # another segment took that bid index meanwhile: the next free one
+                if attempt == BID_INDEX_RETRIES - 1:
+                    raise
+        self._cache.pop(tenant_id, None)
+        await self._backfill_counters(tenant_id, read)
+        await self.evaluate_all(tenant_id, only=[segment.id], publish=False)
+        return await self._get(tenant_id, segment.id)
+
+    async def _insert(
+        self, tenant_id: str, display_name: str, description: str, read: Condition, now: int
+    ) -> Segment:
+        """A new segment with the lowest free bid index (unique per tenant:
+        a concurrent insert of the same index fails with IntegrityError)."""
         async with self._db.engine.begin() as conn:
+            if self._db.is_sqlite:  # the write lock before the read (see Profiles.ingest)
+                await conn.execute(sa.text("DELETE FROM audience_segments WHERE 0 = 1"))
             rows = (
                 await conn.execute(
                     sa.select(audience_segments.c.bid_index).where(
@@ -229,10 +255,7 @@ class Segments:
                     evaluate_time=0,
                 )
             )
-        self._cache.pop(tenant_id, None)
-        await self._backfill_counters(tenant_id, read)
-        await self.evaluate_all(tenant_id, only=[segment.id], publish=False)
-        return await self._get(tenant_id, segment.id)
+        return segment
 
     async def update(
         self,
@@ -514,6 +537,140 @@ class Segments:
         if not segments:
             return
         now = self._clock()
+        counted = await self._count_windows(tenant_id, segments, now)
+        by_sets = [s for s in segments if counted is not None and _events_only(s.condition)]
+        by_pages = [s for s in segments if s not in by_sets]
+        entered: set[tuple[str, str]] = set()
+        exited: set[tuple[str, str]] = set()
+        if by_sets and counted is not None:
+            entered, exited = await self._evaluate_by_sets(tenant_id, by_sets, counted, now)
+        if by_pages:
+            e, x = await self._evaluate_by_pages(tenant_id, by_pages, counted, now)
+            entered, exited = entered | e, exited | x
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                audience_segments.update()
+                .where(audience_segments.c.id.in_([s.id for s in segments]))
+                .values(evaluate_time=now)
+            )
+        await self._after(tenant_id, segments, (entered, exited), publish=publish)
+
+    async def _evaluate_by_sets(
+        self,
+        tenant_id: str,
+        segments: Sequence[Segment],
+        counted: windows.WindowCounts,
+        now: int,
+    ) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """Segments of event conditions only (and all/any/not of them): their
+        members by set algebra over the analytics store's counts, attributed
+        to profiles by one read of the tenant's identities, with no profile
+        read one by one (Dittofeed's approach). Profiles seen in the last
+        RECENT_SECONDS are evaluated from their facts, as in real time."""
+        owner = await self._identity_owners(tenant_id)
+        totals: dict[windows.WindowKey, dict[str, int]] = {}
+        for key, by_identity in counted.counts.items():
+            found: dict[str, int] = defaultdict(int)
+            for identity, n in by_identity.items():
+                profile_id = owner.get(identity)
+                if profile_id is not None:
+                    found[profile_id] += n
+            totals[key] = found
+        del owner
+        p = audience_profiles.c
+        live = sa.and_(p.tenant_id == tenant_id, p.merged_into.is_(None))
+        async with self._db.engine.connect() as conn:
+            recent = list(
+                await conn.scalars(
+                    sa.select(p.id).where(
+                        live, p.last_seen_time >= now - RECENT_SECONDS * 1_000_000
+                    )
+                )
+            )
+            facts = await _facts(
+                conn, tenant_id, recent, _window(segments), now, counted, traits=False
+            )
+            everyone: set[str] = set()
+            if any(_negates(s.condition) for s in segments):
+                everyone = set(await conn.scalars(sa.select(p.id).where(live)))
+
+        def members(condition: Condition) -> set[str]:
+            match condition:
+                case conditions.Event():
+                    found = totals.get(windows.window_key(condition), {})
+                    return {pid for pid, n in found.items() if n >= condition.min_count}
+                case conditions.All(parts):
+                    return set.intersection(*(members(part) for part in parts))
+                case conditions.AnyOf(parts):
+                    return set.union(*(members(part) for part in parts))
+                case conditions.Not(part):
+                    return everyone - members(part)
+            raise TypeError(f"not a condition of events: {condition!r}")
+
+        entered: set[tuple[str, str]] = set()
+        exited: set[tuple[str, str]] = set()
+        m = audience_segment_members.c
+        for segment in segments:
+            wanted = members(segment.condition).difference(recent)
+            wanted |= {
+                pid for pid, f in facts.items() if conditions.matches(segment.condition, f, now)
+            }
+            async with self._db.engine.begin() as conn:
+                current = set(
+                    await conn.scalars(sa.select(m.profile_id).where(m.segment_id == segment.id))
+                )
+                joined, left = sorted(wanted - current), sorted(current - wanted)
+                for first in range(0, len(joined), WRITE_STEP):
+                    await conn.execute(
+                        audience_segment_members.insert(),
+                        [
+                            {
+                                "segment_id": segment.id,
+                                "profile_id": pid,
+                                "tenant_id": tenant_id,
+                                "enter_time": now,
+                            }
+                            for pid in joined[first : first + WRITE_STEP]
+                        ],  # fmt: skip
+                    )
+                for chunk in chunks(left):
+                    await conn.execute(
+                        audience_segment_members.delete().where(
+                            m.segment_id == segment.id, m.profile_id.in_(chunk)
+                        )
+                    )
+            entered |= {(segment.id, pid) for pid in joined}
+            exited |= {(segment.id, pid) for pid in left}
+        return entered, exited
+
+    async def _identity_owners(self, tenant_id: str) -> dict[windows.Identity, str]:
+        """Every user and anonymous id of the tenant's live profiles -> its
+        profile (one read; a full evaluation's attribution of calls)."""
+        i, p = audience_identities.c, audience_profiles.c
+        owner: dict[windows.Identity, str] = {}
+        async with self._db.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(i.kind, i.value, i.profile_id)
+                .join(audience_profiles, p.id == i.profile_id)
+                .where(
+                    i.tenant_id == tenant_id,
+                    i.kind.in_(("user_id", "anonymous_id")),
+                    p.merged_into.is_(None),
+                )
+            )
+            for kind, value, profile_id in rows:
+                owner[(kind, value)] = profile_id
+        return owner
+
+    async def _evaluate_by_pages(
+        self,
+        tenant_id: str,
+        segments: Sequence[Segment],
+        counted: windows.WindowCounts | None,
+        now: int,
+    ) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """Every live profile's facts, a page at a time, against these
+        segments; members whose profile is gone leave."""
         entered: set[tuple[str, str]] = set()
         exited: set[tuple[str, str]] = set()
         seen: set[str] = set()
@@ -521,7 +678,6 @@ class Segments:
             for seed in conditions.needs(segment.condition)[1]:
                 self._centres.pop(seed, None)
         similarity: dict[str, list[float]] = defaultdict(list)
-        counted = await self._count_windows(tenant_id, segments, now)
         async for page in self._pages_of_facts(tenant_id, _window(segments), segments, counted):
             for segment in segments:
                 if isinstance(segment.condition, conditions.Lookalike):
@@ -562,18 +718,13 @@ class Segments:
                         )
                     )
                 exited |= {(segment.id, pid) for pid in stale}
-            await conn.execute(
-                audience_segments.update()
-                .where(audience_segments.c.id.in_([s.id for s in segments]))
-                .values(evaluate_time=now)
-            )
             for segment_id, values in similarity.items():
                 await conn.execute(
                     audience_segments.update()
                     .where(audience_segments.c.id == segment_id)
                     .values(similarity=sum(values) / len(values) if values else 0.0)
                 )
-        await self._after(tenant_id, segments, (entered, exited), publish=publish)
+        return entered, exited
 
     async def _count_windows(
         self, tenant_id: str, segments: Sequence[Segment], now: int
@@ -638,15 +789,18 @@ class Segments:
         for (kind, value), _, _ in rows:
             by_kind[kind].add(value)
         owner: dict[windows.Identity, str] = {}
-        async with self._db.engine.connect() as conn:
-            for kind, values in by_kind.items():
-                for chunk in chunks(sorted(values)):
-                    for value, profile_id in await conn.execute(
-                        sa.select(i.value, i.profile_id).where(
-                            i.tenant_id == tenant_id, i.kind == kind, i.value.in_(chunk)
-                        )
-                    ):
-                        owner[(kind, value)] = profile_id
+        if sum(len(values) for values in by_kind.values()) > OWNERS_BY_SCAN:
+            owner = await self._identity_owners(tenant_id)  # one read beats many
+        else:
+            async with self._db.engine.connect() as conn:
+                for kind, values in by_kind.items():
+                    for chunk in chunks(sorted(values)):
+                        for value, profile_id in await conn.execute(
+                            sa.select(i.value, i.profile_id).where(
+                                i.tenant_id == tenant_id, i.kind == kind, i.value.in_(chunk)
+                            )
+                        ):
+                            owner[(kind, value)] = profile_id
         totals: dict[tuple[str, int], int] = defaultdict(int)
         for identity, day, n in rows:
             profile_id = owner.get(identity)
@@ -665,8 +819,8 @@ class Segments:
             set_={"count": larger(c.count, insert.excluded.count)},
         )
         async with self._db.engine.begin() as conn:
-            for first in range(0, len(records), 500):
-                await conn.execute(statement, records[first : first + 500])
+            for first in range(0, len(records), WRITE_STEP):
+                await conn.execute(statement, records[first : first + WRITE_STEP])
 
     async def of_tenant(self, tenant_id: str) -> list[Segment]:
         cached = self._cache.get(tenant_id)
@@ -1064,6 +1218,20 @@ def _reads_traits(segments: Iterable[Segment]) -> bool:
         for segment in segments
         for leaf in conditions.leaves(segment.condition)
     )
+
+
+def _events_only(condition: Condition) -> bool:
+    """Whether a condition is event conditions alone (and all/any/not)."""
+    return all(isinstance(leaf, conditions.Event) for leaf in conditions.leaves(condition))
+
+
+def _negates(condition: Condition) -> bool:
+    match condition:
+        case conditions.Not():
+            return True
+        case conditions.All(parts) | conditions.AnyOf(parts):
+            return any(_negates(part) for part in parts)
+    return False
 
 
 def _vectors(segments: Iterable[Segment]) -> bool:

@@ -83,6 +83,15 @@ audience_segments = sa.Table(
     # Lookalikes: the members' mean similarity to the seed (last full evaluation).
     sa.Column("similarity", sa.Float, nullable=False, server_default=sa.text("0")),
     sa.Index("ix_audience_segments_tenant_created", "tenant_id", "create_time", "id"),
+    # Two segments created at once never share a bid index.
+    sa.Index(
+        "ux_audience_segments_bid_index",
+        "tenant_id",
+        "bid_index",
+        unique=True,
+        postgresql_where=sa.text("bid_index >= 0"),
+        sqlite_where=sa.text("bid_index >= 0"),
+    ),
 )
 
 audience_segment_members = sa.Table(

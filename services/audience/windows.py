@@ -40,6 +40,9 @@ Identity = tuple[str, str]
 WindowKey = tuple[str, int]
 
 _COUNTED_TYPES = "('track', 'page', 'screen')"
+#: Up to this many distinct values of a condition's filtered properties are
+#: filtered before counting, in ClickHouse; more are filtered after.
+DISTINCT_VALUES = 10_000
 
 
 def window_key(leaf: Event) -> WindowKey:
@@ -143,31 +146,61 @@ async def _filtered_rows(
     store: AnalyticsStore, tenant_id: str, leaf: Event, first_day: int, *, by_day: bool = False
 ) -> list[tuple[Identity, int, int]]:
     """(identity, day or 0, calls) of the calls the leaf takes from
-    `first_day` on: ClickHouse groups them by the filtered properties' raw
-    JSON values, Python applies the filters to each distinct set."""
+    `first_day` on. The filtered properties' distinct raw JSON values are read
+    first and filtered in Python; when they are few (DISTINCT_VALUES), the
+    calls with the accepted values are counted in ClickHouse; otherwise the
+    counts come back grouped by values and are filtered here."""
     names = list(dict.fromkeys(f.trait for f in leaf.filters))
-    values = ", ".join(
-        f"JSONExtractRaw(properties, {quote_literal(name)}) AS v{i}" for i, name in enumerate(names)
+    columns = [f"JSONExtractRaw(properties, {quote_literal(name)})" for name in names]
+    values = ", ".join(f"{column} AS v{i}" for i, column in enumerate(columns))
+    grouped = ", ".join(f"v{i}" for i in range(len(names)))
+    where = (
+        f"{_from(tenant_id)} AND event = {quote_literal(leaf.event)} "
+        f"AND event_time >= {_since_sql(first_day)}"
     )
     day = "intDiv(toUnixTimestamp64Micro(event_time), 86400000000)" if by_day else "0"
-    rows = await store.query(
-        f"SELECT user_id, if(user_id = '', anonymous_id, '') AS anon, {day} AS day, "
-        f"{values}, uniqExact(event_id) {_from(tenant_id)} "
-        f"AND event = {quote_literal(leaf.event)} AND event_time >= {_since_sql(first_day)} "
-        f"GROUP BY user_id, anon, day, {', '.join(f'v{i}' for i in range(len(names)))}"
+    identity = "user_id, if(user_id = '', anonymous_id, '') AS anon"
+    distinct = await store.query(
+        f"SELECT {values} {where} GROUP BY {grouped} LIMIT {DISTINCT_VALUES + 1}"
     )
+    if len(distinct) <= DISTINCT_VALUES:
+        accepted = [row for row in distinct if leaf.takes(_properties(names, row))]
+        if not accepted:
+            return []
+        tuples = ", ".join(
+            "(" + ", ".join(quote_literal(str(v)) for v in row) + ")" for row in accepted
+        )
+        rows = await store.query(
+            f"SELECT {identity}, {day} AS day, uniqExact(event_id) {where} "
+            f"AND ({', '.join(columns)}) IN ({tuples}) GROUP BY user_id, anon, day"
+        )
+        return [(_identity(r[0], r[1]), int(r[2]), int(r[3])) for r in rows]
+    rows = await store.query(
+        f"SELECT {identity}, {day} AS day, {values}, uniqExact(event_id) {where} "
+        f"GROUP BY user_id, anon, day, {grouped}"
+    )
+    decided: dict[tuple[Any, ...], bool] = {}
     taken: dict[tuple[Identity, int], int] = defaultdict(int)
     for row in rows:
-        properties: dict[str, Any] = {}
-        for name, raw in zip(names, row[3:-1], strict=True):
-            if raw:
-                try:
-                    properties[name] = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    continue
-        if leaf.takes(properties):
+        raw = tuple(row[3:-1])
+        takes = decided.get(raw)
+        if takes is None:
+            takes = decided[raw] = leaf.takes(_properties(names, raw))
+        if takes:
             taken[(_identity(row[0], row[1]), int(row[2]))] += int(row[-1])
-    return [(identity, d, n) for (identity, d), n in taken.items()]
+    return [(identity_, d, n) for (identity_, d), n in taken.items()]
+
+
+def _properties(names: list[str], raw: Sequence[Any]) -> dict[str, Any]:
+    """The properties of these names from their raw JSON text ("": absent)."""
+    properties: dict[str, Any] = {}
+    for name, text in zip(names, raw, strict=True):
+        if text:
+            try:
+                properties[name] = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                continue
+    return properties
 
 
 async def daily_counts(
