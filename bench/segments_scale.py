@@ -199,13 +199,18 @@ async def measure(profiles: int, progress: bool) -> list[str]:
             print(lines[-1], flush=True)
         lines += [
             "",
-            "A full evaluation runs when a segment is created or changed, and every 5 minutes "
-            "for conditions that change as time passes. It reads every profile in pages of "
-            "1,000 and evaluates the condition in Python; event conditions take their counts "
+            "A full evaluation runs when a segment is created or changed, and every 5 minutes"
+            " for conditions that change as time passes. Event conditions take their counts "
             "from one ClickHouse query over the events table (one more per condition with "
-            "property filters, whose values are filtered in Python), attributed to profiles "
-            "through their user and anonymous ids. A condition with property filters also "
-            "backfills its per-day counters, included in its time. The real-time path "
+            "property filters: the filtered properties' distinct values are filtered in "
+            "Python first, then the calls with the accepted values counted in ClickHouse), "
+            "attributed to profiles through one read of their user and anonymous ids. A "
+            "segment of event conditions only is then evaluated by set algebra over those "
+            "counts, with no profile read one by one; any other reads every profile in pages "
+            "of 1,000 and evaluates its condition in Python. A condition with property "
+            "filters also backfills its per-day counters (what the real-time path reads), "
+            "included in its time. The last line is the same segment evaluated from the per-"
+            "day counters alone, as every full evaluation ran before. The real-time path "
             "evaluates only the profiles a batch changed (docs/audience.md).",
         ]
     finally:

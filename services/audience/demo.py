@@ -9,13 +9,18 @@ import datetime as dt
 import random
 from typing import Any
 
+from services.analytics.events import store_row
+from services.audience.events import COLUMNS, call_row, ensure_events_table
+from services.audience.events import TABLE as EVENTS_TABLE
 from services.audience.profiles import Profiles
 from services.audience.segments import Segments
 from services.audience.tracking import read_batch
+from services.backends.interfaces import AnalyticsStore
 from services.common.call import Principal
 from services.common.rbac import ALL_PERMISSIONS
 
 DEMO_PEOPLE = 200
+TIME_INDEX = COLUMNS.index("event_time")
 _CITIES = ("Lisbon", "Austin", "Osaka", "Lagos", "Oslo", "Lima", "Pune", "Perth")
 _PLANS = ("free", "plus", "pro")
 _EVENTS = ("Product Viewed", "Product Added", "Checkout Started", "Order Completed")
@@ -60,14 +65,27 @@ def demo_calls(now_us: int, people: int = DEMO_PEOPLE) -> list[dict[str, Any]]:
     return calls
 
 
-async def seed_demo_profiles(profiles: Profiles, tenant_id: str, now_us: int) -> int:
-    """Ingest the demo calls (those applied before are skipped); how many
-    were applied now."""
+async def seed_demo_profiles(
+    profiles: Profiles, tenant_id: str, now_us: int, events: AnalyticsStore | None = None
+) -> int:
+    """Apply the demo calls (those applied before are skipped), and store
+    them in the `events` table of `events` (what full segment evaluations
+    count); how many were applied now."""
     calls = demo_calls(now_us)
     applied = 0
+    if events is not None:
+        await ensure_events_table(events)
     for start in range(0, len(calls), 500):
         batch = read_batch({"batch": calls[start : start + 500]}, now_us)
-        applied += (await profiles.ingest(tenant_id, batch)).applied
+        result = await profiles.ingest(tenant_id, batch)
+        applied += result.applied
+        rows = [
+            store_row(list(call_row(tenant_id, "demo", call)), TIME_INDEX)
+            for call, profile_id in zip(batch, result.profile_ids, strict=True)
+            if profile_id
+        ]
+        if events is not None and rows:
+            await events.insert(EVENTS_TABLE, COLUMNS, rows)
     return applied
 
 

@@ -1,5 +1,5 @@
 """The audience domain: tracking calls in, canonical profiles out
-(AudienceService). In progress: see docs/audience.md."""
+(AudienceService). See docs/audience.md."""
 
 from __future__ import annotations
 
@@ -153,7 +153,9 @@ async def _build(kernel: Kernel) -> Built:
 
     async def seed(seed: TenantSeed) -> None:
         if seed.demo:
-            await seed_demo_profiles(profiles, seed.tenant_id, kernel.clock())
+            await seed_demo_profiles(
+                profiles, seed.tenant_id, kernel.clock(), kernel.backends.analytics
+            )
             seed.segments.update(await seed_demo_segments(segments, seed.tenant_id))
             if view is not None:  # the demo people bid with their profiles too
                 ids = [
