@@ -14,6 +14,7 @@ from services.audience.computed import ComputedProperties
 from services.audience.connectors import ConnectedPlatforms
 from services.audience.demo import demo_user_ids, seed_demo_profiles, seed_demo_segments
 from services.audience.devices import Devices
+from services.audience.directory import Directory
 from services.audience.domain import Audience, record_merges
 from services.audience.events import EVENTS
 from services.audience.housekeeping import Housekeeping
@@ -180,5 +181,11 @@ MODULE = DomainModule(
     migrations=pathlib.Path(__file__).parent / "migrations",
     # Other domains register what they hold about a person (data-subject
     # export and erasure: services/audience/privacy.py).
-    interfaces={"data_subject_hooks": lambda kernel: DataSubjectHooks()},
+    interfaces={
+        "data_subject_hooks": lambda kernel: DataSubjectHooks(),
+        # Who a message goes to (the messaging domain's sender).
+        "audience_directory": lambda kernel: Directory(
+            Profiles(kernel.backends.db, clock=kernel.clock)
+        ),
+    },
 )

@@ -18,11 +18,12 @@ RESOURCES = (
     "USER",
     "TENANT",
     "EVENTS",  # tracking events (audience): what a source's write key sends
+    "MESSAGES",  # messages, suppressions and channel providers (messaging)
 )
 
 ALL_PERMISSIONS = frozenset(f"{r}_{a}" for r in RESOURCES for a in ("READ", "WRITE"))
 
-_MARKETING = ("CAMPAIGN", "CREATIVE", "JOURNEY", "EXPERIMENT", "DCO", "CDP", "EVENTS")
+_MARKETING = ("CAMPAIGN", "CREATIVE", "JOURNEY", "EXPERIMENT", "DCO", "CDP", "EVENTS", "MESSAGES")
 
 
 def _grant(read: tuple[str, ...], write: tuple[str, ...] = ()) -> frozenset[str]:

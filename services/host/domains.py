@@ -14,6 +14,7 @@ DOMAINS: tuple[str, ...] = (
     "auth",
     "audit",
     "audience",
+    "messaging",
     "campaigns",
     "inference",
     "bidding",

@@ -71,6 +71,10 @@ class _PermissionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Permission
     """Read the tracking events received (the events table)."""
     PERMISSION_EVENTS_WRITE: _Permission.ValueType  # 22
     """Send tracking events: all a source's write key may do."""
+    PERMISSION_MESSAGES_READ: _Permission.ValueType  # 23
+    """Read messages, their templates' renderings and suppressions."""
+    PERMISSION_MESSAGES_WRITE: _Permission.ValueType  # 24
+    """Send messages, manage templates' suppressions and channel providers."""
 
 class Permission(_Permission, metaclass=_PermissionEnumTypeWrapper):
     """Permission is one of the granular permissions of FR-PLT-003 (its 20, and
@@ -124,6 +128,10 @@ PERMISSION_EVENTS_READ: Permission.ValueType  # 21
 """Read the tracking events received (the events table)."""
 PERMISSION_EVENTS_WRITE: Permission.ValueType  # 22
 """Send tracking events: all a source's write key may do."""
+PERMISSION_MESSAGES_READ: Permission.ValueType  # 23
+"""Read messages, their templates' renderings and suppressions."""
+PERMISSION_MESSAGES_WRITE: Permission.ValueType  # 24
+"""Send messages, manage templates' suppressions and channel providers."""
 Global___Permission: _TypeAlias = Permission  # noqa: Y015
 
 class _Role:

@@ -1,0 +1,2 @@
+"""The messaging domain: templates, channel providers, messages and their
+delivery rules (docs/messaging.md)."""

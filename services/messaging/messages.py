@@ -1,0 +1,311 @@
+"""Messages: each one a row of the outbox from the moment it is accepted
+(`send` answers once the row is committed), with the template version it
+will be rendered from pinned then. Senders (services/messaging/sender.py)
+take due rows, and record what became of each. A caller's idempotency key
+makes a retried send return the first message."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from services.common import names
+from services.common.call import Principal
+from services.common.clock import now_us
+from services.common.errors import FieldViolation, InvalidArgument, NotFound, collect
+from services.common.ids import random_hex_id
+from services.common.pagination import PageTokens, scope
+from services.db import Database
+from services.messaging.suppressions import E164, normalized
+from services.messaging.tables import messaging_messages
+from services.messaging.templates import Templates
+
+STATES = ("queued", "sending", "sent", "aborted", "failed", "unknown")
+MAX_DATA_BYTES = 64 * 1024
+MAX_KEY = 200
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str
+    tenant_id: str
+    template_id: str
+    template_version: int
+    channel: str
+    recipient: dict[str, str]
+    data: dict[str, Any]
+    transactional: bool
+    idempotency_key: str
+    campaign_id: str
+    profile_id: str
+    state: str
+    abort_reason: str = ""
+    error: str = ""
+    provider_id: str = ""
+    provider_message_id: str = ""
+    address: str = ""
+    locale: str = ""
+    attempts: int = 0
+    create_time: int = 0
+    send_time: int = 0
+    update_time: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"tenants/{self.tenant_id}/messages/{self.id}"
+
+
+def read_recipient(recipient: Mapping[str, str], tenant_id: str) -> dict[str, str]:
+    at = "message.recipient"
+    bad: list[FieldViolation] = []
+    out = {
+        k: str(recipient.get(k, "") or "").strip() for k in ("profile", "user_id", "email", "phone")
+    }
+    if not any(out.values()):
+        bad.append(FieldViolation(at, "required: a profile, a user id, an email or a phone"))
+    if out["profile"]:
+        parts = out["profile"].split("/")
+        if len(parts) != 4 or parts[0] != "tenants" or parts[2] != "profiles" or not parts[3]:
+            bad.append(FieldViolation(f"{at}.profile", "must be tenants/{t}/profiles/{p}"))
+        elif parts[1] != tenant_id:
+            bad.append(FieldViolation(f"{at}.profile", "belongs to another tenant"))
+    if len(out["user_id"]) > 1024:
+        bad.append(FieldViolation(f"{at}.user_id", "at most 1024 characters"))
+    if out["email"] and "@" not in out["email"] or out["email"] and not normalized(out["email"]):
+        bad.append(FieldViolation(f"{at}.email", "not an email address"))
+    if out["phone"] and not E164.match(out["phone"]):
+        bad.append(FieldViolation(f"{at}.phone", "must be E.164: + and 7-15 digits"))
+    collect(bad)
+    return out
+
+
+class Messages:
+    def __init__(
+        self,
+        db: Database,
+        templates: Templates,
+        *,
+        clock: Callable[[], int] = now_us,
+        page_tokens: PageTokens | None = None,
+        on_queued: Callable[[list[Message]], None] | None = None,
+    ) -> None:
+        self._db = db
+        self._templates = templates
+        self._clock = clock
+        self._pages = page_tokens or PageTokens("messaging-messages")
+        # Told of every message stored (the tracking event; waking a sender).
+        self.on_queued = on_queued
+
+    async def send(
+        self,
+        caller: Principal,
+        parent: str,
+        *,
+        template: str,
+        recipient: Mapping[str, str],
+        data: Mapping[str, Any],
+        transactional: bool,
+        idempotency_key: str,
+        campaign: str = "",
+    ) -> tuple[Message, bool]:
+        """Store a message to send; (the message, whether this call stored
+        it: False when its key was used before)."""
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
+        bad: list[FieldViolation] = []
+        if not template:
+            bad.append(FieldViolation("message.template", "required"))
+        if len(idempotency_key) > MAX_KEY:
+            bad.append(FieldViolation("message.idempotency_key", f"at most {MAX_KEY} characters"))
+        if len(orjson.dumps(dict(data))) > MAX_DATA_BYTES:
+            bad.append(FieldViolation("message.data", f"at most {MAX_DATA_BYTES // 1024} KiB"))
+        campaign_id = ""
+        if campaign:
+            parts = campaign.split("/")
+            if len(parts) != 4 or parts[:1] != ["tenants"] or parts[2] != "campaigns":
+                bad.append(FieldViolation("message.campaign", "must be tenants/{t}/campaigns/{c}"))
+            elif parts[1] != tenant_id:
+                bad.append(FieldViolation("message.campaign", "belongs to another tenant"))
+            else:
+                campaign_id = parts[3]
+        collect(bad)
+        read = read_recipient(recipient, tenant_id)
+        if idempotency_key:
+            existing = await self._by_key(tenant_id, idempotency_key)
+            if existing is not None:
+                return existing, False
+        template_tenant, template_id = names.parse_name(
+            template, "message.template", "tenants", "templates"
+        )
+        if template_tenant != tenant_id:
+            raise InvalidArgument.field("message.template", "belongs to another tenant")
+        try:
+            found = await self._templates.find(tenant_id, template_id)
+        except NotFound:
+            raise InvalidArgument.field("message.template", f"{template} does not exist") from None
+        now = self._clock()
+        message = Message(
+            random_hex_id(),
+            tenant_id,
+            template_id,
+            found.version,
+            found.channel,
+            read,
+            dict(data),
+            transactional,
+            idempotency_key,
+            campaign_id,
+            read["profile"].split("/")[-1] if read["profile"] else "",
+            "queued",
+            create_time=now,
+            update_time=now,
+        )
+        try:
+            async with self._db.engine.begin() as conn:
+                await conn.execute(messaging_messages.insert().values(**_values(message)))
+        except sa.exc.IntegrityError:
+            existing = await self._by_key(tenant_id, idempotency_key) if idempotency_key else None
+            if existing is None:
+                raise
+            return existing, False  # a concurrent send with the same key won
+        if self.on_queued is not None:
+            self.on_queued([message])
+        return message, True
+
+    async def _by_key(self, tenant_id: str, key: str) -> Message | None:
+        m = messaging_messages.c
+        async with self._db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(messaging_messages).where(
+                        m.tenant_id == tenant_id, m.idempotency_key == key
+                    )
+                )
+            ).first()
+        return None if row is None else from_row(row)
+
+    async def get(self, caller: Principal, name: str) -> Message:
+        tenant_id, message_id = names.parse_name(name, "name", "tenants", "messages")
+        names.require_same_tenant(name, "name", caller.tenant_id)
+        m = messaging_messages.c
+        async with self._db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(messaging_messages).where(
+                        m.tenant_id == tenant_id, m.id == message_id
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"{name} not found", metadata={"resource": name})
+        return from_row(row)
+
+    async def list_messages(
+        self,
+        caller: Principal,
+        parent: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        state: str = "",
+        profile: str = "",
+    ) -> tuple[list[Message], str]:
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
+        if not 0 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument.field("page_size", f"must be 0-{MAX_PAGE_SIZE}")
+        if state and state not in STATES:
+            raise InvalidArgument.field("state", "not a message state")
+        profile_id = ""
+        if profile:
+            _, profile_id = names.parse_name(profile, "profile", "tenants", "profiles")
+            names.require_same_tenant(profile, "profile", caller.tenant_id)
+        size = page_size or DEFAULT_PAGE_SIZE
+        request = scope("messaging.ListMessages", tenant_id, state, profile_id)
+        cursor = self._pages.decode(request, page_token, "t", "id")
+        m = messaging_messages.c
+        query = (
+            sa.select(messaging_messages)
+            .where(m.tenant_id == tenant_id)
+            .order_by(m.create_time.desc(), m.id.desc())
+            .limit(size + 1)
+        )
+        if state:
+            query = query.where(m.state == state)
+        if profile_id:
+            query = query.where(m.profile_id == profile_id)
+        if cursor is not None:
+            query = query.where(
+                sa.or_(
+                    m.create_time < cursor["t"],
+                    sa.and_(m.create_time == cursor["t"], m.id < cursor["id"]),
+                )
+            )
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        found = [from_row(r) for r in rows[:size]]
+        token = ""
+        if len(rows) > size:
+            token = self._pages.encode(request, {"t": found[-1].create_time, "id": found[-1].id})
+        return found, token
+
+
+def _values(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "tenant_id": message.tenant_id,
+        "idempotency_key": message.idempotency_key or None,
+        "template_id": message.template_id,
+        "template_version": message.template_version,
+        "channel": message.channel,
+        "recipient": message.recipient,
+        "data": message.data,
+        "transactional": message.transactional,
+        "campaign_id": message.campaign_id,
+        "profile_id": message.profile_id,
+        "state": message.state,
+        "abort_reason": "",
+        "error": "",
+        "provider_id": "",
+        "provider_message_id": "",
+        "address": "",
+        "locale": "",
+        "attempts": 0,
+        "next_attempt_time": message.create_time,
+        "lease_until": 0,
+        "create_time": message.create_time,
+        "send_time": 0,
+        "update_time": message.update_time,
+    }
+
+
+def from_row(row: Any) -> Message:
+    return Message(
+        row.id,
+        row.tenant_id,
+        row.template_id,
+        row.template_version,
+        row.channel,
+        dict(row.recipient),
+        dict(row.data),
+        bool(row.transactional),
+        row.idempotency_key or "",
+        row.campaign_id,
+        row.profile_id,
+        row.state,
+        row.abort_reason,
+        row.error,
+        row.provider_id,
+        row.provider_message_id,
+        row.address,
+        row.locale,
+        row.attempts,
+        row.create_time,
+        row.send_time,
+        row.update_time,
+    )

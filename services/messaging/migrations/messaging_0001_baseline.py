@@ -1,0 +1,121 @@
+"""Messaging baseline: templates and their versions, channel providers,
+messages (the outbox) and suppressions.
+
+Revision ID: messaging_0001
+Revises:
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "messaging_0001"
+down_revision = None
+branch_labels = ("messaging",)
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "messaging_templates",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("tenant_id", sa.String(40), nullable=False),
+        sa.Column("display_name", sa.String(200), nullable=False),
+        sa.Column("channel", sa.String(20), nullable=False),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("create_time", sa.BigInteger, nullable=False),
+        sa.Column("update_time", sa.BigInteger, nullable=False),
+    )
+    op.create_index(
+        "ix_messaging_templates_tenant", "messaging_templates", ["tenant_id", "create_time", "id"]
+    )
+    op.create_table(
+        "messaging_template_versions",
+        sa.Column("template_id", sa.String(64), primary_key=True),
+        sa.Column("version", sa.Integer, primary_key=True),
+        sa.Column("tenant_id", sa.String(40), nullable=False),
+        sa.Column("contents", sa.JSON, nullable=False),
+        sa.Column("default_locale", sa.String(35), nullable=False),
+        sa.Column("strict", sa.Boolean, nullable=False),
+        sa.Column("create_time", sa.BigInteger, nullable=False),
+    )
+    op.create_table(
+        "messaging_providers",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("tenant_id", sa.String(40), nullable=False),
+        sa.Column("display_name", sa.String(200), nullable=False),
+        sa.Column("channel", sa.String(20), nullable=False),
+        sa.Column("kind", sa.String(20), nullable=False),
+        sa.Column("priority", sa.Integer, nullable=False),
+        sa.Column("config", sa.JSON, nullable=False),
+        sa.Column("create_time", sa.BigInteger, nullable=False),
+    )
+    op.create_index(
+        "ix_messaging_providers_tenant", "messaging_providers", ["tenant_id", "channel", "priority"]
+    )
+    op.create_table(
+        "messaging_messages",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("tenant_id", sa.String(40), nullable=False),
+        sa.Column("idempotency_key", sa.String(200), nullable=True),
+        sa.Column("template_id", sa.String(64), nullable=False),
+        sa.Column("template_version", sa.Integer, nullable=False),
+        sa.Column("channel", sa.String(20), nullable=False),
+        sa.Column("recipient", sa.JSON, nullable=False),
+        sa.Column("data", sa.JSON, nullable=False),
+        sa.Column("transactional", sa.Boolean, nullable=False),
+        sa.Column("campaign_id", sa.String(64), nullable=False),
+        sa.Column("profile_id", sa.String(64), nullable=False),
+        sa.Column("state", sa.String(10), nullable=False),
+        sa.Column("abort_reason", sa.String(40), nullable=False),
+        sa.Column("error", sa.String(2000), nullable=False),
+        sa.Column("provider_id", sa.String(64), nullable=False),
+        sa.Column("provider_message_id", sa.String(300), nullable=False),
+        sa.Column("address", sa.String(320), nullable=False),
+        sa.Column("locale", sa.String(35), nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("next_attempt_time", sa.BigInteger, nullable=False),
+        sa.Column("lease_until", sa.BigInteger, nullable=False),
+        sa.Column("create_time", sa.BigInteger, nullable=False),
+        sa.Column("send_time", sa.BigInteger, nullable=False),
+        sa.Column("update_time", sa.BigInteger, nullable=False),
+    )
+    op.create_index(
+        "ux_messaging_messages_key",
+        "messaging_messages",
+        ["tenant_id", "idempotency_key"],
+        unique=True,
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+        sqlite_where=sa.text("idempotency_key IS NOT NULL"),
+    )
+    op.create_index(
+        "ix_messaging_messages_due", "messaging_messages", ["state", "next_attempt_time"]
+    )
+    op.create_index(
+        "ix_messaging_messages_tenant", "messaging_messages", ["tenant_id", "create_time", "id"]
+    )
+    op.create_table(
+        "messaging_suppressions",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("tenant_id", sa.String(40), nullable=False),
+        sa.Column("channel", sa.String(20), nullable=False),
+        sa.Column("address", sa.String(320), nullable=False),
+        sa.Column("reason", sa.String(20), nullable=False),
+        sa.Column("expire_time", sa.BigInteger, nullable=False),
+        sa.Column("note", sa.String(500), nullable=False),
+        sa.Column("create_time", sa.BigInteger, nullable=False),
+        sa.UniqueConstraint("tenant_id", "channel", "address", name="uq_messaging_suppressions"),
+    )
+    op.create_index(
+        "ix_messaging_suppressions_address", "messaging_suppressions", ["tenant_id", "address"]
+    )
+
+
+def downgrade() -> None:
+    for table in (
+        "messaging_suppressions",
+        "messaging_messages",
+        "messaging_providers",
+        "messaging_template_versions",
+        "messaging_templates",
+    ):
+        op.drop_table(table)

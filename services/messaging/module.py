@@ -1,0 +1,87 @@
+"""The messaging domain (MessagingService): templates, channel providers,
+messages sent under delivery rules, suppressions. See docs/messaging.md."""
+
+from __future__ import annotations
+
+import pathlib
+
+from campaignexpress.messaging.v1 import messaging_service_pb2, messaging_service_pb2_grpc
+from services.analytics.pipeline import AnalyticsPipeline
+from services.kernel import Built, DomainModule, Kernel, Service
+from services.messaging.domain import Messaging
+from services.messaging.events import MESSAGE_EVENTS, event_row
+from services.messaging.links import Links
+from services.messaging.messages import Message, Messages
+from services.messaging.providers import Providers
+from services.messaging.sender import Sender
+from services.messaging.servicer import MessagingServicer
+from services.messaging.suppressions import Suppressions
+from services.messaging.templates import Templates
+
+
+async def _build(kernel: Kernel) -> Built:
+    db = kernel.backends.db
+    templates = Templates(db, clock=kernel.clock, page_tokens=kernel.page_tokens)
+    providers = Providers(db, clock=kernel.clock)
+    suppressions = Suppressions(db, clock=kernel.clock, page_tokens=kernel.page_tokens)
+    # Lifecycle events, journal first (one journal per process).
+    events = AnalyticsPipeline(
+        kernel.backends.analytics,
+        kernel.settings.data_dir / "message-events-journal" / f"worker-{kernel.worker}",
+        schema=MESSAGE_EVENTS,
+        flush_interval=1.0,
+    )
+    kernel.lifecycle(events.start, events.stop)
+    links = Links(kernel.secret, kernel.settings.public_url)
+    directory = kernel.interface("audience_directory")
+    sender = Sender(
+        db,
+        templates,
+        providers,
+        suppressions,
+        directory,
+        events.emit,
+        clock=kernel.clock,
+        unsubscribe_url=links.unsubscribe_url,
+    )
+
+    def queued(messages: list[Message]) -> None:
+        for message in messages:
+            events.emit(
+                event_row(
+                    message.create_time,
+                    message.tenant_id,
+                    message.id,
+                    "queued",
+                    channel=message.channel,
+                    template_id=message.template_id,
+                    template_version=message.template_version,
+                    campaign_id=message.campaign_id,
+                    profile_id=message.profile_id,
+                    transactional=message.transactional,
+                )
+            )
+        sender.wake()
+
+    messages = Messages(
+        db, templates, clock=kernel.clock, page_tokens=kernel.page_tokens, on_queued=queued
+    )
+    # Every serving process sends: they claim disjoint batches.
+    kernel.when_serving(sender.start, sender.stop)
+    messaging = Messaging(
+        templates, providers, suppressions, messages, sender, links, directory, events
+    )
+    return Built([MessagingServicer(messaging)], api=messaging)
+
+
+MODULE = DomainModule(
+    name="messaging",
+    services=(
+        Service(
+            messaging_service_pb2.DESCRIPTOR.services_by_name["MessagingService"],
+            messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server,
+        ),
+    ),
+    build=_build,
+    migrations=pathlib.Path(__file__).parent / "migrations",
+)

@@ -1,0 +1,488 @@
+"""The sender: takes due messages from the outbox, a batch at a time, and
+for each one decides, renders and dispatches:
+
+1. who: the recipient's profile (through the audience domain's directory)
+   and address (the recipient's own, else the profile's `email` / `phone`
+   trait); none -> aborted `no_address`;
+2. may we: a suppression in force for the address on the channel (or every
+   channel) -> aborted `suppressed` (an opt-out stops marketing only:
+   transactional messages still go, as they do without marketing consent);
+   a marketing message to a person who refused marketing on that channel ->
+   aborted `no_consent`;
+3. what: the pinned template version rendered in the person's locale; an
+   error -> aborted `template_error` (with the line and column);
+4. through whom: the tenant's providers for the channel in priority order,
+   failing over to the next on an error that another provider might not
+   have; a permanent refusal -> failed (a bounced address is suppressed);
+   every provider out -> queued again with exponential backoff, failed
+   after MAX_ATTEMPTS.
+
+Once (kill -9 included): a message is claimed with a lease (state
+`sending`) before it goes to a provider and recorded after. A sender that
+dies between the provider's acceptance and the record leaves messages in
+`sending`; when their lease runs out they become `unknown` and are never
+sent again: at most once, the uncertain few reported rather than
+duplicated (docs/messaging.md).
+
+Every outcome is a lifecycle event in the `message_events` table."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+import sqlalchemy as sa
+
+from services.analytics.events import EventRow
+from services.common.clock import now_us
+from services.common.errors import NotFound
+from services.db import Database
+from services.messaging import rendering
+from services.messaging.channels.base import Outgoing, ProviderError
+from services.messaging.events import event_row
+from services.messaging.messages import Message, from_row
+from services.messaging.providers import KINDS, Provider, Providers
+from services.messaging.suppressions import Suppressions, normalized
+from services.messaging.tables import messaging_messages
+from services.messaging.templates import Templates
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+CONCURRENCY = 64
+LEASE_US = 60 * 1_000_000
+MAX_ATTEMPTS = 5
+RETRY_BASE_US = 30 * 1_000_000  # then x4 each time: 30 s, 2 min, 8 min, 32 min
+POLL_SECONDS = 0.5
+ADDRESS_TRAIT = {"email": "email", "sms": "phone", "whatsapp": "phone"}
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """What the sender needs of a recipient's profile."""
+
+    id: str
+    traits: Mapping[str, Any]
+    # Per channel: True (granted), False (refused), None (never asked).
+    marketing: Mapping[str, bool | None] = field(default_factory=dict)
+
+
+class Directory(Protocol):
+    """The audience domain's profiles, as the sender reads them."""
+
+    async def person(self, tenant_id: str, profile_id: str, user_id: str) -> Person | None: ...
+
+
+Emit = Callable[[EventRow], object]
+
+
+@dataclass(slots=True)
+class Outcome:
+    state: str  # sent, aborted, failed, queued (retry)
+    abort_reason: str = ""
+    error: str = ""
+    provider_id: str = ""
+    provider_message_id: str = ""
+    address: str = ""
+    locale: str = ""
+    profile_id: str = ""
+    next_attempt_time: int = 0
+    send_time: int = 0
+
+
+class Sender:
+    def __init__(
+        self,
+        db: Database,
+        templates: Templates,
+        providers: Providers,
+        suppressions: Suppressions,
+        directory: Directory,
+        emit: Emit,
+        *,
+        clock: Callable[[], int] = now_us,
+        unsubscribe_url: Callable[[str, str, str], str] | None = None,
+    ) -> None:
+        self._db = db
+        self._templates = templates
+        self._providers = providers
+        self._suppressions = suppressions
+        self._directory = directory
+        self._emit = emit
+        self._clock = clock
+        self._unsubscribe_url = unsubscribe_url
+        self._adapters: dict[tuple[str, str], Any] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._gate = asyncio.Semaphore(CONCURRENCY)
+
+    # -- running ----------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        await self.recover()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="message-sender")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for adapter in self._adapters.values():
+            with contextlib.suppress(Exception):
+                await adapter.close()
+        self._adapters.clear()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                done = await self.run_once()
+                if done:
+                    continue
+                await self.recover()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("messaging: a send round failed; trying again", exc_info=True)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self._wake.wait()
+
+    async def run_once(self, limit: int = BATCH) -> int:
+        """Claim and send one batch of due messages; how many were taken."""
+        claimed = await self._claim(limit)
+        if not claimed:
+            return 0
+        outcomes = await self._send_all(claimed)
+        await self._record(claimed, outcomes)
+        return len(claimed)
+
+    async def recover(self) -> int:
+        """Messages left `sending` past their lease (their sender died)
+        become `unknown`: they may have gone out, so they are not sent again."""
+        now = self._clock()
+        m = messaging_messages.c
+        async with self._db.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(messaging_messages)
+                    .where(m.state == "sending", m.lease_until < now)
+                    .limit(1000)
+                )
+            ).all()
+            if not rows:
+                return 0
+            await conn.execute(
+                messaging_messages.update()
+                .where(m.id.in_([r.id for r in rows]), m.state == "sending")
+                .values(
+                    state="unknown",
+                    update_time=now,
+                    error="the sender stopped after handing it to the provider",
+                )
+            )
+        for row in rows:
+            message = from_row(row)
+            self._event(message, "unknown", now, reason="sender stopped mid-send")
+        log.warning("messaging: %d messages left mid-send are now UNKNOWN", len(rows))
+        return len(rows)
+
+    # -- claiming and recording -------------------------------------------------------
+
+    async def _claim(self, limit: int) -> list[Message]:
+        now = self._clock()
+        m = messaging_messages.c
+        async with self._db.engine.begin() as conn:
+            if self._db.is_sqlite:  # the write lock first (see audience Profiles.ingest)
+                await conn.execute(sa.text("DELETE FROM messaging_messages WHERE 0 = 1"))
+            query = (
+                sa.select(messaging_messages)
+                .where(m.state == "queued", m.next_attempt_time <= now)
+                .order_by(m.next_attempt_time)
+                .limit(limit)
+            )
+            if not self._db.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            rows = (await conn.execute(query)).all()
+            if not rows:
+                return []
+            await conn.execute(
+                messaging_messages.update()
+                .where(m.id.in_([r.id for r in rows]))
+                .values(
+                    state="sending",
+                    lease_until=now + LEASE_US,
+                    attempts=m.attempts + 1,
+                    update_time=now,
+                )
+            )
+        return [from_row(r) for r in rows]
+
+    async def _record(self, messages: Sequence[Message], outcomes: Sequence[Outcome]) -> None:
+        now = self._clock()
+        m = messaging_messages.c
+        values = [
+            {
+                "b_id": message.id,
+                "state": o.state,
+                "abort_reason": o.abort_reason,
+                "error": o.error[:2000],
+                "provider_id": o.provider_id,
+                "provider_message_id": o.provider_message_id[:300],
+                "address": o.address[:320],
+                "locale": o.locale,
+                "profile_id": o.profile_id or message.profile_id,
+                "next_attempt_time": o.next_attempt_time or message.create_time,
+                "send_time": o.send_time,
+                "update_time": now,
+            }
+            for message, o in zip(messages, outcomes, strict=True)
+        ]
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                messaging_messages.update().where(
+                    m.id == sa.bindparam("b_id"), m.state == "sending"
+                ),
+                values,
+            )
+        for message, o in zip(messages, outcomes, strict=True):
+            if o.state == "queued":
+                continue  # tried again later: its outcome comes then
+            self._event(
+                message,
+                o.state,
+                now,
+                profile_id=o.profile_id,
+                provider_id=o.provider_id,
+                reason=o.abort_reason or o.error,
+            )
+
+    def _event(
+        self,
+        message: Message,
+        kind: str,
+        at: int,
+        *,
+        profile_id: str = "",
+        provider_id: str = "",
+        reason: str = "",
+    ) -> None:
+        self._emit(
+            event_row(
+                at,
+                message.tenant_id,
+                message.id,
+                kind,
+                channel=message.channel,
+                template_id=message.template_id,
+                template_version=message.template_version,
+                campaign_id=message.campaign_id,
+                profile_id=profile_id or message.profile_id,
+                provider_id=provider_id,
+                reason=reason,
+                transactional=message.transactional,
+            )
+        )
+
+    # -- deciding and sending ---------------------------------------------------------
+
+    async def _send_all(self, messages: Sequence[Message]) -> list[Outcome]:
+        people = await asyncio.gather(*(self._person(m) for m in messages))
+        addresses = [self._address(m, p) for m, p in zip(messages, people, strict=True)]
+        blocked: dict[tuple[str, str], dict[str, Any]] = {}
+        wanted: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for message, address in zip(messages, addresses, strict=True):
+            if address:
+                wanted[(message.tenant_id, message.channel)].append(address)
+        for (tenant_id, channel), found in wanted.items():
+            blocked[(tenant_id, channel)] = await self._suppressions.blocking(
+                tenant_id, channel, found
+            )
+
+        async def one(message: Message, person: Person | None, address: str) -> Outcome:
+            async with self._gate:
+                suppressed = blocked.get((message.tenant_id, message.channel), {}).get(address)
+                return await self._send(message, person, address, suppressed)
+
+        return list(
+            await asyncio.gather(
+                *(one(m, p, a) for m, p, a in zip(messages, people, addresses, strict=True))
+            )
+        )
+
+    async def _person(self, message: Message) -> Person | None:
+        r = message.recipient
+        if not (message.profile_id or r.get("user_id")):
+            return None
+        try:
+            return await self._directory.person(
+                message.tenant_id, message.profile_id, r.get("user_id", "")
+            )
+        except NotFound:
+            return None
+
+    @staticmethod
+    def _address(message: Message, person: Person | None) -> str:
+        own = {"email": "email", "sms": "phone", "whatsapp": "phone"}.get(message.channel, "")
+        if not own:
+            return ""
+        address = message.recipient.get(own, "")
+        if not address and person is not None:
+            value = person.traits.get(ADDRESS_TRAIT[message.channel])
+            address = value if isinstance(value, str) else ""
+        return normalized(address)
+
+    async def _send(
+        self, message: Message, person: Person | None, address: str, suppressed: Any
+    ) -> Outcome:
+        profile_id = person.id if person is not None else message.profile_id
+        now = self._clock()
+        if not address:
+            why = "the recipient has no address for this channel"
+            if (message.profile_id or message.recipient.get("user_id")) and person is None:
+                why = "no such profile"
+            return Outcome("aborted", "no_address", why, profile_id=profile_id)
+        if suppressed is not None and not (
+            message.transactional and suppressed.reason == "user_opt_out"
+        ):  # an opt-out stops marketing; receipts and resets still go
+            return Outcome(
+                "aborted", "suppressed", suppressed.reason, address=address, profile_id=profile_id
+            )
+        if not message.transactional and person is not None:
+            if person.marketing.get(message.channel) is False:
+                return Outcome(
+                    "aborted",
+                    "no_consent",
+                    "the person refused marketing on this channel",
+                    address=address,
+                    profile_id=profile_id,
+                )
+        try:
+            template = await self._templates.find(
+                message.tenant_id, message.template_id, message.template_version
+            )
+        except NotFound:
+            return Outcome(
+                "aborted",
+                "template_error",
+                "the template was deleted",
+                address=address,
+                profile_id=profile_id,
+            )
+        traits = dict(person.traits) if person is not None else {}
+        locale = rendering.pick_locale(
+            template.contents, str(traits.get("locale", "") or ""), template.default_locale
+        )
+        variables = {
+            "profile": {**traits, "id": profile_id},
+            "data": message.data,
+            "message": {"id": message.id},
+            "tenant": {"id": message.tenant_id},
+        }
+        try:
+            rendered = rendering.render(
+                template.contents[locale], variables, strict=template.strict
+            )
+        except rendering.TemplateError as error:
+            return Outcome(
+                "aborted",
+                "template_error",
+                str(error),
+                address=address,
+                locale=locale,
+                profile_id=profile_id,
+            )
+        providers = await self._providers.for_channel(message.tenant_id, message.channel)
+        if not providers:
+            return Outcome(
+                "aborted",
+                "no_provider",
+                f"the tenant has no {message.channel} provider",
+                address=address,
+                locale=locale,
+                profile_id=profile_id,
+            )
+        unsubscribe = ""
+        if message.channel == "email" and not message.transactional and self._unsubscribe_url:
+            unsubscribe = self._unsubscribe_url(message.tenant_id, message.channel, address)
+        outgoing = Outgoing(
+            message.id,
+            message.tenant_id,
+            address,
+            rendered["subject"],
+            rendered["html"],
+            rendered["text"],
+            unsubscribe_url=unsubscribe,
+        )
+        errors: list[str] = []
+        for provider in providers:
+            try:
+                provider_message_id = await self._adapter(provider).send(outgoing)
+            except ProviderError as error:
+                errors.append(f"{provider.display_name}: {error}")
+                if error.permanent:
+                    if error.bounced:
+                        await self._suppressions.add(
+                            message.tenant_id,
+                            address,
+                            message.channel,
+                            "bounced",
+                            note=f"bounced at {provider.display_name}",
+                        )
+                    return Outcome(
+                        "failed",
+                        error="; ".join(errors),
+                        provider_id=provider.id,
+                        address=address,
+                        locale=locale,
+                        profile_id=profile_id,
+                    )
+                continue
+            return Outcome(
+                "sent",
+                provider_id=provider.id,
+                provider_message_id=provider_message_id,
+                address=address,
+                locale=locale,
+                profile_id=profile_id,
+                send_time=self._clock(),
+            )
+        # every provider out: later, or never
+        if message.attempts + 1 >= MAX_ATTEMPTS:
+            return Outcome(
+                "failed",
+                error="; ".join(errors),
+                address=address,
+                locale=locale,
+                profile_id=profile_id,
+            )
+        delay = RETRY_BASE_US * 4**message.attempts
+        delay = int(delay * random.uniform(0.8, 1.2))
+        return Outcome(
+            "queued",
+            error="; ".join(errors),
+            address=address,
+            locale=locale,
+            profile_id=profile_id,
+            next_attempt_time=now + delay,
+        )
+
+    def _adapter(self, provider: Provider) -> Any:
+        fingerprint = hashlib.sha256(orjson.dumps(provider.config, option=orjson.OPT_SORT_KEYS))
+        key = (provider.id, fingerprint.hexdigest())
+        adapter = self._adapters.get(key)
+        if adapter is None:
+            adapter = self._adapters[key] = KINDS[provider.kind][1].new_sender(provider.config)
+        return adapter

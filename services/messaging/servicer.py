@@ -1,0 +1,308 @@
+"""MessagingService: requests in, the domain's answers out (no logic here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from campaignexpress.messaging.v1 import (
+    message_pb2,
+    messaging_service_pb2,
+    messaging_service_pb2_grpc,
+    template_pb2,
+)
+from services.common.call import current_principal
+from services.common.protoconv import micros, timestamp
+from services.messaging.domain import Messaging
+from services.messaging.messages import Message
+from services.messaging.providers import Provider
+from services.messaging.suppressions import Suppression
+from services.messaging.templates import Template
+
+pb = messaging_service_pb2
+
+
+def _channel(value: int) -> str:
+    name = template_pb2.MessageChannel.Name(value)  # type: ignore[arg-type]
+    return "" if value == 0 else name.removeprefix("MESSAGE_CHANNEL_").lower()
+
+
+def _channel_enum(channel: str) -> int:
+    if not channel:
+        return 0
+    return int(template_pb2.MessageChannel.Value(f"MESSAGE_CHANNEL_{channel.upper()}"))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _dict(message: struct_pb2.Struct) -> dict[str, Any]:
+    plain: dict[str, Any] = _plain(json_format.MessageToDict(message))
+    return plain
+
+
+def template_proto(template: Template) -> template_pb2.Template:
+    return template_pb2.Template(
+        name=template.name,
+        display_name=template.display_name,
+        channel=_channel_enum(template.channel),  # type: ignore[arg-type]
+        contents={
+            locale: template_pb2.TemplateContent(**parts)
+            for locale, parts in template.contents.items()
+        },
+        default_locale=template.default_locale,
+        strict=template.strict,
+        version=template.version,
+        create_time=timestamp(template.create_time),
+        update_time=timestamp(template.update_time),
+    )
+
+
+def _contents(template: template_pb2.Template) -> dict[str, dict[str, str]]:
+    return {
+        locale: {"subject": c.subject, "html": c.html, "text": c.text}
+        for locale, c in template.contents.items()
+    }
+
+
+_STATES = {
+    "queued": message_pb2.MESSAGE_STATE_QUEUED,
+    "sending": message_pb2.MESSAGE_STATE_SENDING,
+    "sent": message_pb2.MESSAGE_STATE_SENT,
+    "aborted": message_pb2.MESSAGE_STATE_ABORTED,
+    "failed": message_pb2.MESSAGE_STATE_FAILED,
+    "unknown": message_pb2.MESSAGE_STATE_UNKNOWN,
+}
+_STATE_NAMES = {v: k for k, v in _STATES.items()}
+
+
+def message_proto(message: Message) -> message_pb2.Message:
+    data = struct_pb2.Struct()
+    data.update(message.data)
+    r = message.recipient
+    tenant = f"tenants/{message.tenant_id}"
+    return message_pb2.Message(
+        name=message.name,
+        template=f"{tenant}/templates/{message.template_id}",
+        template_version=message.template_version,
+        recipient=message_pb2.Recipient(
+            profile=r.get("profile", "")
+            or (f"{tenant}/profiles/{message.profile_id}" if message.profile_id else ""),
+            user_id=r.get("user_id", ""),
+            email=r.get("email", ""),
+            phone=r.get("phone", ""),
+        ),
+        data=data,
+        transactional=message.transactional,
+        idempotency_key=message.idempotency_key,
+        channel=_channel_enum(message.channel),  # type: ignore[arg-type]
+        state=_STATES.get(message.state, message_pb2.MESSAGE_STATE_UNSPECIFIED),
+        abort_reason=message.abort_reason,
+        error=message.error,
+        provider=f"{tenant}/channelProviders/{message.provider_id}" if message.provider_id else "",
+        provider_message_id=message.provider_message_id,
+        address=message.address,
+        locale=message.locale,
+        attempts=message.attempts,
+        create_time=timestamp(message.create_time),
+        send_time=timestamp(message.send_time or None),
+        update_time=timestamp(message.update_time),
+        campaign=f"{tenant}/campaigns/{message.campaign_id}" if message.campaign_id else "",
+    )
+
+
+_KINDS = {message_pb2.PROVIDER_KIND_SMTP: "smtp"}
+_KIND_ENUMS = {v: k for k, v in _KINDS.items()}
+
+
+def provider_proto(provider: Provider) -> message_pb2.ChannelProvider:
+    return message_pb2.ChannelProvider(
+        name=provider.name,
+        display_name=provider.display_name,
+        channel=_channel_enum(provider.channel),  # type: ignore[arg-type]
+        kind=_KIND_ENUMS.get(provider.kind, message_pb2.PROVIDER_KIND_UNSPECIFIED),
+        priority=provider.priority,
+        config=provider.shown(),
+        create_time=timestamp(provider.create_time),
+    )
+
+
+_REASONS = {
+    message_pb2.SUPPRESSION_REASON_USER_OPT_OUT: "user_opt_out",
+    message_pb2.SUPPRESSION_REASON_BOUNCED: "bounced",
+    message_pb2.SUPPRESSION_REASON_COMPLAINED: "complained",
+    message_pb2.SUPPRESSION_REASON_REGULATORY: "regulatory",
+    message_pb2.SUPPRESSION_REASON_ADMIN_ACTION: "admin_action",
+    message_pb2.SUPPRESSION_REASON_BLOCKLISTED: "blocklisted",
+}
+_REASON_ENUMS = {v: k for k, v in _REASONS.items()}
+
+
+def suppression_proto(entry: Suppression) -> message_pb2.Suppression:
+    return message_pb2.Suppression(
+        name=entry.name,
+        address=entry.address,
+        channel=_channel_enum(entry.channel),  # type: ignore[arg-type]
+        reason=_REASON_ENUMS.get(entry.reason, message_pb2.SUPPRESSION_REASON_UNSPECIFIED),
+        expire_time=timestamp(entry.expire_time or None),
+        note=entry.note,
+        create_time=timestamp(entry.create_time),
+    )
+
+
+class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
+    def __init__(self, messaging: Messaging) -> None:
+        self._m = messaging
+
+    async def CreateTemplate(self, request: pb.CreateTemplateRequest, context: Any) -> Any:
+        t = request.template
+        created = await self._m.templates.create(
+            current_principal(),
+            request.parent,
+            display_name=t.display_name,
+            channel=_channel(t.channel),
+            contents=_contents(t),
+            default_locale=t.default_locale,
+            strict=t.strict,
+        )
+        return pb.CreateTemplateResponse(template=template_proto(created))
+
+    async def GetTemplate(self, request: pb.GetTemplateRequest, context: Any) -> Any:
+        found = await self._m.templates.get(current_principal(), request.name, request.version)
+        return pb.GetTemplateResponse(template=template_proto(found))
+
+    async def ListTemplates(self, request: pb.ListTemplatesRequest, context: Any) -> Any:
+        found, token = await self._m.templates.list_templates(
+            current_principal(), request.parent, request.page_size, request.page_token
+        )
+        return pb.ListTemplatesResponse(
+            templates=[template_proto(t) for t in found], next_page_token=token
+        )
+
+    async def UpdateTemplate(self, request: pb.UpdateTemplateRequest, context: Any) -> Any:
+        t = request.template
+        updated = await self._m.templates.update(
+            current_principal(),
+            t.name,
+            list(request.update_mask.paths),
+            display_name=t.display_name,
+            contents=_contents(t),
+            default_locale=t.default_locale,
+            strict=t.strict,
+        )
+        return pb.UpdateTemplateResponse(template=template_proto(updated))
+
+    async def DeleteTemplate(self, request: pb.DeleteTemplateRequest, context: Any) -> Any:
+        await self._m.templates.delete(current_principal(), request.name)
+        return pb.DeleteTemplateResponse()
+
+    async def RenderTemplate(self, request: pb.RenderTemplateRequest, context: Any) -> Any:
+        locale, parts = await self._m.render(
+            current_principal(),
+            request.name,
+            version=request.version,
+            locale=request.locale,
+            profile=request.profile,
+            data=_dict(request.data),
+        )
+        return pb.RenderTemplateResponse(
+            rendered=template_pb2.RenderedContent(locale=locale, **parts)
+        )
+
+    async def CreateChannelProvider(
+        self, request: pb.CreateChannelProviderRequest, context: Any
+    ) -> Any:
+        p = request.channel_provider
+        created = await self._m.providers.create(
+            current_principal(),
+            request.parent,
+            display_name=p.display_name,
+            channel=_channel(p.channel),
+            kind=_KINDS.get(p.kind, ""),
+            priority=p.priority,
+            config=dict(p.config),
+        )
+        return pb.CreateChannelProviderResponse(channel_provider=provider_proto(created))
+
+    async def ListChannelProviders(
+        self, request: pb.ListChannelProvidersRequest, context: Any
+    ) -> Any:
+        found = await self._m.providers.list_providers(current_principal(), request.parent)
+        return pb.ListChannelProvidersResponse(channel_providers=[provider_proto(p) for p in found])
+
+    async def DeleteChannelProvider(
+        self, request: pb.DeleteChannelProviderRequest, context: Any
+    ) -> Any:
+        await self._m.providers.delete(current_principal(), request.name)
+        return pb.DeleteChannelProviderResponse()
+
+    async def SendMessage(self, request: pb.SendMessageRequest, context: Any) -> Any:
+        m = request.message
+        r = m.recipient
+        message, created = await self._m.messages.send(
+            current_principal(),
+            request.parent,
+            template=m.template,
+            recipient={"profile": r.profile, "user_id": r.user_id, "email": r.email,
+                       "phone": r.phone},
+            data=_dict(m.data),
+            transactional=m.transactional,
+            idempotency_key=m.idempotency_key,
+            campaign=m.campaign,
+        )  # fmt: skip
+        return pb.SendMessageResponse(message=message_proto(message), created=created)
+
+    async def GetMessage(self, request: pb.GetMessageRequest, context: Any) -> Any:
+        found = await self._m.messages.get(current_principal(), request.name)
+        return pb.GetMessageResponse(message=message_proto(found))
+
+    async def ListMessages(self, request: pb.ListMessagesRequest, context: Any) -> Any:
+        found, token = await self._m.messages.list_messages(
+            current_principal(),
+            request.parent,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            state=_STATE_NAMES.get(request.state, ""),
+            profile=request.profile,
+        )
+        return pb.ListMessagesResponse(
+            messages=[message_proto(m) for m in found], next_page_token=token
+        )
+
+    async def CreateSuppression(self, request: pb.CreateSuppressionRequest, context: Any) -> Any:
+        s = request.suppression
+        created = await self._m.suppressions.create(
+            current_principal(),
+            request.parent,
+            address=s.address,
+            channel=_channel(s.channel),
+            reason=_REASONS.get(s.reason, ""),
+            expire_time=micros(s.expire_time, s.HasField("expire_time"),
+                               "suppression.expire_time") or 0,
+            note=s.note,
+        )  # fmt: skip
+        return pb.CreateSuppressionResponse(suppression=suppression_proto(created))
+
+    async def ListSuppressions(self, request: pb.ListSuppressionsRequest, context: Any) -> Any:
+        found, token = await self._m.suppressions.list_suppressions(
+            current_principal(), request.parent, request.page_size, request.page_token
+        )
+        return pb.ListSuppressionsResponse(
+            suppressions=[suppression_proto(s) for s in found], next_page_token=token
+        )
+
+    async def DeleteSuppression(self, request: pb.DeleteSuppressionRequest, context: Any) -> Any:
+        await self._m.suppressions.delete(current_principal(), request.name)
+        return pb.DeleteSuppressionResponse()
+
+    async def Unsubscribe(self, request: pb.UnsubscribeRequest, context: Any) -> Any:
+        channel = await self._m.unsubscribe(request.token)
+        return pb.UnsubscribeResponse(channel=_channel_enum(channel))  # type: ignore[arg-type]

@@ -1,0 +1,367 @@
+"""Messaging end to end over REST, against a real SMTP server the test
+starts: templates (Liquid, locales, versions, syntax errors with line and
+column), a message to a profile rendered in their locale and delivered as
+MIME multipart with one-click unsubscribe, idempotent sends, failover
+between providers, hard bounces suppressed, suppressions and consent
+honoured, lifecycle events in the analytics store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.conftest import Env
+from tests.smtp_server import SmtpServer, free_port, serve_smtp
+from tests.test_audience_segments import ingest, profile_of
+from tests.test_audience_service import call
+
+WELCOME = {
+    "displayName": "Welcome",
+    "channel": "MESSAGE_CHANNEL_EMAIL",
+    "defaultLocale": "en",
+    "strict": True,
+    "contents": {
+        "en": {
+            "subject": "Welcome, {{ profile.first_name | default: 'friend' }}",
+            "html": "<p>Hi {{ profile.first_name | default: 'friend' }}, your total is "
+            "{{ data.total | money: 'EUR', 'en_IE' }}.</p>"
+            "{% for item in data.items %}<li>{{ item }}</li>{% endfor %}",
+            "text": "Hi {{ profile.first_name | default: 'friend' }}, total {{ data.total }}",
+        },
+        "pt": {
+            "subject": "Bem-vindo, {{ profile.first_name }}",
+            "text": "Olá {{ profile.first_name }}",
+        },
+    },
+}
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    yield from serve_smtp()
+
+
+async def provider(env: Env, port: int, name: str = "local", priority: int = 0) -> dict[str, Any]:
+    status, body = await call(
+        env,
+        "POST",
+        "tenants/acme/channelProviders",
+        {
+            "displayName": name,
+            "kind": "PROVIDER_KIND_SMTP",
+            "priority": priority,
+            "config": {"host": "127.0.0.1", "port": str(port), "security": "none",
+                       "from": "news@acme.example", "from_name": "Acme",
+                       "password": "s3cret"},
+        },
+    )  # fmt: skip
+    assert status == 200, body
+    made: dict[str, Any] = body["channelProvider"]
+    return made
+
+
+async def template(env: Env, body: dict[str, Any] = WELCOME) -> dict[str, Any]:
+    status, answer = await call(env, "POST", "tenants/acme/templates", body)
+    assert status == 200, answer
+    made: dict[str, Any] = answer["template"]
+    return made
+
+
+async def send(env: Env, body: dict[str, Any]) -> dict[str, Any]:
+    status, answer = await call(env, "POST", "tenants/acme/messages:send", body)
+    assert status == 200, answer
+    return answer
+
+
+async def settled(env: Env, name: str, within: float = 5.0) -> dict[str, Any]:
+    """The message once a sender has decided its fate."""
+    deadline = time.monotonic() + within
+    while True:
+        status, body = await call(env, "GET", name)
+        assert status == 200, body
+        message: dict[str, Any] = body["message"]
+        if message["state"] not in ("MESSAGE_STATE_QUEUED", "MESSAGE_STATE_SENDING"):
+            return message
+        assert time.monotonic() < deadline, message
+        await asyncio.sleep(0.02)
+
+
+async def test_a_message_to_a_profile_goes_out_rendered_and_once(
+    env: Env, smtp: SmtpServer
+) -> None:
+    await provider(env, smtp.port)
+    welcome = await template(env)
+    assert welcome["version"] == 1 and welcome["name"].startswith("tenants/acme/templates/")
+    await ingest(
+        env,
+        {"type": "identify", "userId": "ana", "traits": {"email": "Ana@Example.com",
+                                                         "first_name": "Ana", "locale": "pt-BR"}},
+        {"type": "identify", "userId": "bo", "traits": {"email": "bo@example.com",
+                                                        "first_name": "Bo"}},
+    )  # fmt: skip
+    ana, bo = await profile_of(env, "ana"), await profile_of(env, "bo")
+
+    first = await send(
+        env,
+        {"template": welcome["name"], "recipient": {"profile": bo},
+         "data": {"total": 12.5, "items": ["boots", "hat"]}, "idempotencyKey": "welcome-bo"},
+    )  # fmt: skip
+    assert first["created"] and first["message"]["state"] == "MESSAGE_STATE_QUEUED"
+    sent = await settled(env, first["message"]["name"])
+    assert sent["state"] == "MESSAGE_STATE_SENT", sent
+    assert sent["address"] == "bo@example.com" and sent["locale"] == "en"
+    got = smtp.to("bo@example.com")
+    assert len(got) == 1
+    mail = got[0]
+    assert mail["Subject"] == "Welcome, Bo"
+    assert mail["From"] == "Acme <news@acme.example>"
+    assert mail.get_content_type() == "multipart/alternative"
+    html = mail.get_body(("html",))
+    text = mail.get_body(("plain",))
+    assert html is not None and text is not None
+    assert "€12.50" in html.get_content() and "<li>hat</li>" in html.get_content()
+    assert text.get_content().strip() == "Hi Bo, total 12.5"
+    message_id = sent["name"].rsplit("/", 1)[1]
+    assert mail["Message-ID"] == f"<{message_id}@acme.example>" == sent["providerMessageId"]
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert mail["List-Unsubscribe"].startswith("<") and "/v1/unsubscribe?token=" in str(
+        mail["List-Unsubscribe"]
+    )
+
+    # the same key again: the same message, nothing sent again
+    again = await send(
+        env, {"template": welcome["name"], "recipient": {"profile": bo}, "data": {"total": 1},
+              "idempotencyKey": "welcome-bo"},
+    )  # fmt: skip
+    assert not again.get("created") and again["message"]["name"] == first["message"]["name"]
+    await asyncio.sleep(0.3)
+    assert len(smtp.to("bo@example.com")) == 1
+
+    # Ana reads Portuguese; her address compares without case
+    to_ana = await send(
+        env, {"template": welcome["name"], "recipient": {"userId": "ana"}, "data": {"items": []}}
+    )
+    done = await settled(env, to_ana["message"]["name"])
+    assert done["state"] == "MESSAGE_STATE_SENT" and done["locale"] == "pt", done
+    assert done["recipient"]["profile"] == ana
+    (mail,) = smtp.to("ana@example.com")
+    assert mail["Subject"] == "Bem-vindo, Ana" and mail.get_content_type() == "text/plain"
+
+    # a transactional message has no unsubscribe link
+    receipt = await send(
+        env, {"template": welcome["name"], "recipient": {"email": "carl@example.com"},
+              "transactional": True, "data": {"total": 3, "items": []}},
+    )  # fmt: skip
+    assert (await settled(env, receipt["message"]["name"]))["state"] == "MESSAGE_STATE_SENT"
+    (mail,) = smtp.to("carl@example.com")
+    assert mail["List-Unsubscribe"] is None
+
+    # the lifecycle reaches the analytics store
+    await env.running.platform.api("messaging").events.flush()
+    rows = await env.running.platform.kernel.backends.analytics.query(
+        "SELECT event_type, profile_id FROM message_events FINAL "
+        f"WHERE message_id = '{message_id}' ORDER BY event_time"
+    )
+    assert [r[0] for r in rows] == ["queued", "sent"]
+    assert rows[1][1] == bo.rsplit("/", 1)[1]
+
+
+async def test_unsubscribe_suppressions_consent_and_bounces(env: Env, smtp: SmtpServer) -> None:
+    await provider(env, smtp.port)
+    welcome = await template(env)
+    await ingest(
+        env,
+        {"type": "identify", "userId": "dee", "traits": {"email": "dee@example.com",
+                                                         "first_name": "Dee"}},
+        {"type": "identify", "userId": "eli", "traits": {"email": "eli@example.com",
+                                                         "first_name": "Eli"},
+         "context": {"consent": {"categoryPreferences": {"marketing:email": False}}}},
+    )  # fmt: skip
+
+    async def outcome(recipient: dict[str, str], **more: Any) -> dict[str, Any]:
+        body = {"template": welcome["name"], "recipient": recipient,
+                "data": {"total": 1, "items": []}, **more}  # fmt: skip
+        sent = await send(env, body)
+        return await settled(env, sent["message"]["name"])
+
+    first = await outcome({"userId": "dee"})
+    assert first["state"] == "MESSAGE_STATE_SENT"
+    (mail,) = smtp.to("dee@example.com")
+    link = urlsplit(str(mail["List-Unsubscribe"]).strip("<>"))
+    token = parse_qs(link.query)["token"][0]
+    # a link scanner's GET changes nothing; the mail client's POST unsubscribes
+    async with env.http.get(f"{env.base_url}/v1/unsubscribe?token={token}") as reply:
+        assert reply.status in (404, 405)
+    async with env.http.post(
+        f"{env.base_url}/v1/unsubscribe?token={token}",
+        data="List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ) as reply:
+        assert reply.status == 200, await reply.text()
+    async with env.http.post(f"{env.base_url}/v1/unsubscribe?token={token}x") as reply:
+        assert reply.status == 400  # altered: refused
+    after = await outcome({"userId": "dee"})
+    assert (after["state"], after["abortReason"]) == ("MESSAGE_STATE_ABORTED", "suppressed")
+    receipt = await outcome({"userId": "dee"}, transactional=True)
+    assert receipt["state"] == "MESSAGE_STATE_SENT"  # an opt-out stops marketing only
+    status, listed = await call(env, "GET", "tenants/acme/suppressions")
+    assert [(s["address"], s["reason"]) for s in listed["suppressions"]] == [
+        ("dee@example.com", "SUPPRESSION_REASON_USER_OPT_OUT")
+    ]
+
+    # Eli refused marketing email
+    refused = await outcome({"userId": "eli"})
+    assert (refused["state"], refused["abortReason"]) == ("MESSAGE_STATE_ABORTED", "no_consent")
+
+    # an admin suppression on every channel stops even transactional mail
+    status, made = await call(
+        env, "POST", "tenants/acme/suppressions",
+        {"address": "Fay@Example.com", "reason": "SUPPRESSION_REASON_ADMIN_ACTION",
+         "note": "asked by phone"},
+    )  # fmt: skip
+    assert status == 200 and made["suppression"]["address"] == "fay@example.com"
+    blocked = await outcome({"email": "fay@example.com"}, transactional=True)
+    assert blocked["abortReason"] == "suppressed"
+    status, _ = await call(env, "DELETE", made["suppression"]["name"])
+    assert status == 200
+    assert (await outcome({"email": "fay@example.com"}))["state"] == "MESSAGE_STATE_SENT"
+
+    # a hard bounce fails the message and suppresses the address
+    smtp.refuse.add("gone@example.com")
+    bounced = await outcome({"email": "gone@example.com"})
+    assert bounced["state"] == "MESSAGE_STATE_FAILED" and "550" in bounced["error"]
+    status, listed = await call(env, "GET", "tenants/acme/suppressions")
+    assert ("gone@example.com", "SUPPRESSION_REASON_BOUNCED") in [
+        (s["address"], s["reason"]) for s in listed["suppressions"]
+    ]
+    # a profile with no address, a profile that does not exist
+    await ingest(env, {"type": "identify", "userId": "noaddr", "traits": {"first_name": "N"}})
+    assert (await outcome({"userId": "noaddr"}))["abortReason"] == "no_address"
+    assert (await outcome({"profile": "tenants/acme/profiles/nobody"}))["abortReason"] == (
+        "no_address"
+    )
+
+
+async def test_failover_retries_and_template_errors(env: Env, smtp: SmtpServer) -> None:
+    closed = free_port()  # nothing listens there
+    await provider(env, closed, "down", priority=0)
+    await provider(env, smtp.port, "up", priority=1)
+    welcome = await template(env)
+    data = {"total": 1, "items": []}
+    sent = await send(
+        env, {"template": welcome["name"], "recipient": {"email": "h@example.com"}, "data": data}
+    )
+    done = await settled(env, sent["message"]["name"])
+    assert done["state"] == "MESSAGE_STATE_SENT", done
+    status, providers = await call(env, "GET", "tenants/acme/channelProviders")
+    up = [p for p in providers["channelProviders"] if p["displayName"] == "up"][0]
+    assert done["provider"] == up["name"]
+    assert all(p["config"]["password"] == "***" for p in providers["channelProviders"])
+
+    # a strict template with an unknown variable: aborted, with where and what
+    strict = await template(
+        env,
+        {"displayName": "strict", "channel": "MESSAGE_CHANNEL_EMAIL", "strict": True,
+         "contents": {"en": {"subject": "x", "text": "Hello\n{{ data.missing }}"}}},
+    )  # fmt: skip
+    bad = await send(env, {"template": strict["name"], "recipient": {"email": "i@example.com"}})
+    done = await settled(env, bad["message"]["name"])
+    assert (done["state"], done["abortReason"]) == ("MESSAGE_STATE_ABORTED", "template_error")
+    assert "line 2" in done["error"] and "missing" in done["error"]
+
+    # every provider down: queued again for later, with the error
+    smtp.fail_next = 1
+    later = await send(
+        env, {"template": welcome["name"], "recipient": {"email": "j@example.com"}, "data": data}
+    )
+    deadline = time.monotonic() + 5
+    while True:
+        status, body = await call(env, "GET", later["message"]["name"])
+        message = body["message"]
+        if message.get("attempts") == 1 and message["state"] == "MESSAGE_STATE_QUEUED":
+            break
+        assert time.monotonic() < deadline, message
+        await asyncio.sleep(0.02)
+    assert "451" in message["error"]
+
+
+async def test_templates_are_versioned_previewed_and_checked(env: Env) -> None:
+    welcome = await template(env)
+    status, body = await call(
+        env, "PATCH", f"{welcome['name']}?updateMask=contents",
+        {"contents": {"en": {"subject": "Hello {{ profile.first_name }}", "text": "v2"}}},
+    )  # fmt: skip
+    assert status == 200 and body["template"]["version"] == 2, body
+    status, old = await call(env, "GET", f"{welcome['name']}?version=1")
+    assert old["template"]["contents"]["en"]["subject"].startswith("Welcome")
+    await ingest(env, {"type": "identify", "userId": "kim", "traits": {"first_name": "Kim"}})
+    kim = await profile_of(env, "kim")
+    status, preview = await call(
+        env, "POST", f"{welcome['name']}:render", {"profile": kim, "data": {"total": 1}}
+    )
+    assert status == 200 and preview["rendered"] == {
+        "locale": "en", "subject": "Hello Kim", "text": "v2"
+    }, preview  # fmt: skip
+    status, preview = await call(
+        env, "POST", f"{welcome['name']}:render", {"version": 1, "locale": "pt-PT", "profile": kim}
+    )
+    assert status == 200 and preview["rendered"]["subject"] == "Bem-vindo, Kim", preview
+    # strict: a preview without the profile it needs says where
+    status, preview = await call(
+        env, "POST", f"{welcome['name']}:render", {"version": 1, "locale": "pt-PT"}
+    )
+    assert status == 400
+    (violation,) = preview["error"]["fieldViolations"]
+    assert violation["field"] == "template.contents[pt].subject"
+    assert violation["description"].startswith("line 1, column 15: profile.first_name")
+
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"contents": {"en": {"subject": "Hi {{ name ", "text": "x"}}},
+         "template.contents[en].subject", "line 1, column 4"),
+        ({"contents": {"en": {"text": "ok\n{% if x %}unclosed"}}},
+         "template.contents[en].text", "line 2"),
+        ({"contents": {"english!": {"text": "x"}}}, "template.contents[english!]", "locale"),
+        ({"contents": {"en": {"text": "x"}}, "defaultLocale": "fr"},
+         "template.default_locale", "no content"),
+        ({"contents": {"en": {"subject": "only a subject"}}},
+         "template.contents[en]", "html or text"),
+        ({"channel": "MESSAGE_CHANNEL_UNSPECIFIED"}, "template.channel", "required"),
+    ]  # fmt: skip
+    for change, field, words in cases:
+        body = {**WELCOME, **change}
+        status, answer = await call(env, "POST", "tenants/acme/templates", body)
+        assert status == 400, (change, answer)
+        violations = {v["field"]: v["description"] for v in answer["error"]["fieldViolations"]}
+        assert field in violations and words in violations[field], (change, violations)
+
+    for message, field in (
+        ({"template": welcome["name"], "recipient": {}}, "message.recipient"),
+        ({"template": welcome["name"], "recipient": {"phone": "12345"}},
+         "message.recipient.phone"),
+        ({"template": welcome["name"], "recipient": {"email": "not-an-email"}},
+         "message.recipient.email"),
+        ({"template": "tenants/acme/templates/nope", "recipient": {"email": "a@b.co"}},
+         "message.template"),
+        ({"template": welcome["name"], "recipient": {"email": "a@b.co"},
+          "idempotencyKey": "k" * 201}, "message.idempotency_key"),
+    ):  # fmt: skip
+        status, answer = await call(env, "POST", "tenants/acme/messages:send", message)
+        assert status == 400, (message, answer)
+        assert field in [v["field"] for v in answer["error"]["fieldViolations"]], answer
+    status, answer = await call(
+        env, "POST", "tenants/acme/channelProviders",
+        {"displayName": "x", "kind": "PROVIDER_KIND_SMTP", "config": {"port": "99999"}},
+    )  # fmt: skip
+    fields = [v["field"] for v in answer["error"]["fieldViolations"]]
+    assert status == 400 and {"channel_provider.config.host", "channel_provider.config.port",
+                              "channel_provider.config.from"} <= set(fields), answer  # fmt: skip
+    # tenants and roles
+    status, _ = await call(env, "GET", welcome["name"], tenant="globex")
+    assert status == 403
+    status, _ = await call(env, "POST", "tenants/acme/messages:send", {}, role="VIEWER")
+    assert status == 403
