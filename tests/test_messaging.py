@@ -365,3 +365,86 @@ async def test_templates_are_versioned_previewed_and_checked(env: Env) -> None:
     assert status == 403
     status, _ = await call(env, "POST", "tenants/acme/messages:send", {}, role="VIEWER")
     assert status == 403
+
+
+async def test_a_live_email_campaign_sends_to_its_audience_once(env: Env, smtp: SmtpServer) -> None:
+    """Through REST: a segment, a template, a provider, an email campaign
+    targeting the segment taken live: each member gets the message once,
+    a member who joins later gets it too, nobody else does, and after the
+    campaign is paused nothing more goes."""
+    from tests.test_audience_segments import create as create_segment
+    from tests.test_campaign_rest import call as call_ok
+    from tests.test_campaign_rest import local_in, usd
+
+    await provider(env, smtp.port)
+    news = await template(
+        env,
+        {"displayName": "Pro news", "channel": "MESSAGE_CHANNEL_EMAIL",
+         "contents": {"en": {"subject": "News for {{ profile.first_name }}",
+                             "text": "Hello {{ profile.first_name }}"}}},
+    )  # fmt: skip
+    await ingest(
+        env,
+        *(
+            {"type": "identify", "userId": f"p{n}", "traits": {
+                "email": f"p{n}@example.com", "first_name": f"P{n}",
+                "plan": "pro" if n < 3 else "free"}}
+            for n in range(5)
+        ),
+    )  # fmt: skip
+    pro = await create_segment(
+        env, {"trait": {"trait": "plan", "comparison": "COMPARISON_EQUALS", "value": "pro"}}
+    )
+    admin = env.headers()
+    created = await call_ok(
+        env, "POST", "tenants/acme/campaigns", admin,
+        {"displayName": "Pro newsletter", "objective": "OBJECTIVE_RETENTION",
+         "channels": ["CHANNEL_EMAIL"],
+         "schedule": {"startDateTime": local_in(1), "endDateTime": local_in(86400),
+                      "timeZone": "UTC"},
+         "budget": {"total": usd(5000), "daily": usd(100)},
+         "messaging": {"template": news["name"], "audience": pro["name"]}},
+    )  # fmt: skip
+    name = created["campaign"]["name"]
+    assert created["campaign"]["messaging"] == {"template": news["name"], "audience": pro["name"]}
+    await call_ok(env, "POST", f"{name}:submit", admin, {"comment": "ready"})
+    for n in range(2):  # email is a regulated channel: two compliance officers
+        officer = await call_ok(
+            env, "POST", "tenants/acme/apiKeys", admin,
+            {"displayName": f"officer {n}", "roles": ["ROLE_MANAGER"],
+             "approvalRoles": ["compliance"]},
+        )  # fmt: skip
+        await call_ok(
+            env, "POST", f"{name}:approve", {"Authorization": f"Bearer {officer['secret']}"},
+            {"comment": "ok", "legalReviewed": True},
+        )  # fmt: skip
+    await asyncio.sleep(1.2)  # its start time
+    await call_ok(env, "POST", f"{name}:launch", admin, {})
+
+    async def mailed(want: set[str], within: float = 10.0) -> None:
+        deadline = time.monotonic() + within
+        while True:
+            got = {r.rcpt_tos[0] for r in smtp.received}
+            if got == want:
+                return
+            assert time.monotonic() < deadline, (got, want)
+            await asyncio.sleep(0.05)
+
+    await mailed({"p0@example.com", "p1@example.com", "p2@example.com"})
+    (mail,) = smtp.to("p1@example.com")
+    assert mail["Subject"] == "News for P1"
+    # a member who joins later gets it too; nobody gets it twice
+    await ingest(env, {"type": "identify", "userId": "p4", "traits": {"plan": "pro"}})
+    await mailed({"p0@example.com", "p1@example.com", "p2@example.com", "p4@example.com"})
+    await env.running.platform.api("messaging").campaign_sends.run_once()
+    await asyncio.sleep(0.3)
+    assert len(smtp.received) == 4
+    status, listed = await call(env, "GET", "tenants/acme/messages?pageSize=100")
+    assert {m["campaign"] for m in listed["messages"]} == {name}
+    # paused: a new member gets nothing
+    await call_ok(env, "POST", f"{name}:pause", admin, {"comment": "stop"})
+    await asyncio.sleep(0.5)
+    await ingest(env, {"type": "identify", "userId": "p3", "traits": {"plan": "pro"}})
+    await env.running.platform.api("messaging").campaign_sends.run_once()
+    await asyncio.sleep(0.5)
+    assert "p3@example.com" not in {r.rcpt_tos[0] for r in smtp.received}

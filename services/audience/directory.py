@@ -1,6 +1,7 @@
 """Profiles as other domains read them to reach people: a recipient's
-traits and their marketing consent per channel (the messaging domain's
-sender, through the `audience_directory` interface)."""
+traits and their marketing consent per channel, and a segment's members
+(the messaging domain's sender and campaign sends, through the
+`audience_directory` interface)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
+
 from services.audience.profiles import Profiles, granted
+from services.audience.tables import audience_segment_members, audience_segments
 from services.common.errors import NotFound
 
 #: The channels consent is asked for (messaging's).
@@ -45,3 +49,24 @@ class Directory:
             dict(profile.traits),
             {channel: granted(profile.consent, "marketing", channel) for channel in CHANNELS},
         )
+
+    async def member_ids(
+        self, tenant_id: str, segment_id: str, after: str = "", limit: int = 1_000
+    ) -> list[str] | None:
+        """A page of a segment's members in profile order, after `after`;
+        None when the tenant has no such segment."""
+        m, s = audience_segment_members.c, audience_segments.c
+        async with self._profiles.db.engine.connect() as conn:
+            found = await conn.scalar(
+                sa.select(s.id).where(s.tenant_id == tenant_id, s.id == segment_id)
+            )
+            if found is None:
+                return None
+            return list(
+                await conn.scalars(
+                    sa.select(m.profile_id)
+                    .where(m.segment_id == segment_id, m.profile_id > after)
+                    .order_by(m.profile_id)
+                    .limit(limit)
+                )
+            )

@@ -95,6 +95,7 @@ def spec_in(c: pb.Campaign) -> model.CampaignSpec:
         cap_failure_mode=_name(
             pb.CapFailureMode, c.cap_failure_mode, "CAP_FAILURE_MODE_", "CLOSED"
         ),
+        messaging=model.Messaging(template=c.messaging.template, audience=c.messaging.audience),
     )
 
 
@@ -157,6 +158,10 @@ def spec_out(spec: model.CampaignSpec, target: pb.Campaign) -> None:
     target.labels.update(spec.labels)
     target.allow_repeat_offers = spec.allow_repeat_offers
     target.cap_failure_mode = _value(pb.CapFailureMode, spec.cap_failure_mode, "CAP_FAILURE_MODE_")  # type: ignore[assignment]
+    if spec.messaging.template or spec.messaging.audience:
+        target.messaging.CopyFrom(
+            pb.CampaignMessaging(template=spec.messaging.template, audience=spec.messaging.audience)
+        )
 
 
 def campaign_out(c: model.Campaign) -> pb.Campaign:

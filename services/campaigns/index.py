@@ -186,6 +186,10 @@ class LiveCampaignIndex:
 
     # -- reading -------------------------------------------------------------
 
+    def tenants(self) -> list[str]:
+        """The tenants with live campaigns."""
+        return sorted(t for t, found in self._by_tenant.items() if found)
+
     def campaigns(self, tenant_id: str) -> list[LiveCampaign]:
         """The tenant's live campaigns, by id."""
         found = self._by_tenant.get(tenant_id, {})

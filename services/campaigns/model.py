@@ -77,6 +77,15 @@ class LoyaltyTierRule:
 
 
 @dataclass(frozen=True, slots=True)
+class Messaging:
+    """What an email, SMS or push campaign sends, and to whom (resource
+    names of the messaging and audience domains)."""
+
+    template: str = ""
+    audience: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CampaignSpec:
     """Everything a marketer defines; revisions snapshot exactly this."""
 
@@ -94,6 +103,7 @@ class CampaignSpec:
     allow_repeat_offers: bool = False
     # CLOSED: sit out bids whose cap counts cannot be read in time; OPEN: bid on.
     cap_failure_mode: str = "CLOSED"
+    messaging: Messaging = field(default_factory=Messaging)
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,6 +147,7 @@ class CampaignServicer(campaign_service_pb2_grpc.CampaignServiceServicer):
                 "labels",
                 "allow_repeat_offers",
                 "cap_failure_mode",
+                "messaging",
             ):
                 snapshot.ClearField(field)
             convert.spec_out(r.spec, snapshot)

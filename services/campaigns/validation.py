@@ -60,6 +60,26 @@ def _list(v: list[FieldViolation], path: str, values: list[str]) -> None:
         v.append(FieldViolation(path, "entries must not be empty"))
 
 
+_MESSAGE_CHANNELS = {"EMAIL", "SMS", "PUSH"}
+
+
+def _messaging(v: list[FieldViolation], p: str, spec: CampaignSpec) -> None:
+    """Both or neither of template and audience, well formed; only for a
+    campaign with a message channel."""
+    m = spec.messaging
+    if not (m.template or m.audience):
+        return
+    for field, value, kind in (("template", m.template, "templates"),
+                               ("audience", m.audience, "segments")):  # fmt: skip
+        parts = value.split("/")
+        if len(parts) != 4 or parts[0] != "tenants" or parts[2] != kind or not all(parts):
+            v.append(
+                FieldViolation(f"{p}.messaging.{field}", f"must be tenants/{{t}}/{kind}/{{id}}")
+            )
+    if not _MESSAGE_CHANNELS & set(spec.channels):
+        v.append(FieldViolation(f"{p}.messaging", "needs an EMAIL, SMS or PUSH channel to send on"))
+
+
 def validate_campaign(spec: CampaignSpec, prefix: str = "campaign") -> list[FieldViolation]:
     v: list[FieldViolation] = []
     p = prefix
@@ -72,6 +92,7 @@ def validate_campaign(spec: CampaignSpec, prefix: str = "campaign") -> list[Fiel
     _enum(v, f"{p}.pacing_mode", spec.pacing_mode, PACING_MODES)
     _enum(v, f"{p}.cap_failure_mode", spec.cap_failure_mode, CAP_FAILURE_MODES)
     check_labels(v, f"{p}.labels", spec.labels)
+    _messaging(v, p, spec)
 
     # Schedule: a known zone, parseable local times, end after start.
     s = spec.schedule
@@ -118,7 +139,10 @@ def validate_campaign(spec: CampaignSpec, prefix: str = "campaign") -> list[Fiel
 
     bs = spec.bid_strategy
     _enum(v, f"{p}.bid_strategy.type", bs.type, BID_STRATEGIES)
-    if bs.type == "MAX_CPM":
+    bids = not set(spec.channels) <= _MESSAGE_CHANNELS | {"IN_APP"}  # only messages: no bids
+    if not bids:
+        pass
+    elif bs.type == "MAX_CPM":
         _money(v, f"{p}.bid_strategy.max_cpm", bs.max_cpm, required=True, upper=MAX_CPM_MICROS)
     elif bs.type == "TARGET_CPA":
         _money(

@@ -39,6 +39,8 @@ class Messaging:
         self._directory = directory
         #: The lifecycle events' pipeline (flush it to read them back).
         self.events = events
+        #: Live messaging campaigns turned into messages (worker 0).
+        self.campaign_sends: Any = None
 
     async def render(
         self,

@@ -6,12 +6,14 @@ makes a retried send return the first message."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from services.common import names
 from services.common.call import Principal
@@ -22,7 +24,7 @@ from services.common.pagination import PageTokens, scope
 from services.db import Database
 from services.messaging.suppressions import E164, normalized
 from services.messaging.tables import messaging_messages
-from services.messaging.templates import Templates
+from services.messaging.templates import Template, Templates
 
 STATES = ("queued", "sending", "sent", "aborted", "failed", "unknown")
 MAX_DATA_BYTES = 64 * 1024
@@ -55,7 +57,6 @@ class Message:
     create_time: int = 0
     send_time: int = 0
     update_time: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -177,6 +178,55 @@ class Messages:
         if self.on_queued is not None:
             self.on_queued([message])
         return message, True
+
+    async def enqueue_many(
+        self,
+        tenant_id: str,
+        template: Template,
+        campaign_id: str,
+        profile_ids: Sequence[str],
+        key_prefix: str,
+    ) -> list[Message]:
+        """Messages of a template to these profiles, each keyed
+        `{key_prefix}{profile id}`: a profile that has one already is
+        skipped. Returns the messages stored now."""
+        if not profile_ids:
+            return []
+        now = self._clock()
+        drafts = {
+            f"{key_prefix}{pid}": Message(
+                random_hex_id(),
+                tenant_id,
+                template.id,
+                template.version,
+                template.channel,
+                {"profile": f"tenants/{tenant_id}/profiles/{pid}"},
+                {},
+                False,
+                f"{key_prefix}{pid}",
+                campaign_id,
+                pid,
+                "queued",
+                create_time=now,
+                update_time=now,
+            )
+            for pid in profile_ids
+        }
+        insert = (sqlite_insert if self._db.is_sqlite else postgresql_insert)(messaging_messages)
+        m = messaging_messages.c
+        statement = (
+            insert.values([_values(d) for d in drafts.values()])
+            .on_conflict_do_nothing(
+                index_elements=[m.tenant_id, m.idempotency_key],
+                index_where=m.idempotency_key.is_not(None),
+            )
+            .returning(m.idempotency_key)
+        )
+        async with self._db.engine.begin() as conn:
+            stored = [drafts[key] for key in await conn.scalars(statement)]
+        if stored and self.on_queued is not None:
+            self.on_queued(stored)
+        return stored
 
     async def _by_key(self, tenant_id: str, key: str) -> Message | None:
         m = messaging_messages.c

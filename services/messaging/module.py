@@ -8,6 +8,7 @@ import pathlib
 from campaignexpress.messaging.v1 import messaging_service_pb2, messaging_service_pb2_grpc
 from services.analytics.pipeline import AnalyticsPipeline
 from services.kernel import Built, DomainModule, Kernel, Service
+from services.messaging.campaign_sends import CampaignSends
 from services.messaging.domain import Messaging
 from services.messaging.events import MESSAGE_EVENTS, event_row
 from services.messaging.links import Links
@@ -68,9 +69,19 @@ async def _build(kernel: Kernel) -> Built:
     )
     # Every serving process sends: they claim disjoint batches.
     kernel.when_serving(sender.start, sender.stop)
+    campaign_sends = CampaignSends(
+        messages,
+        templates,
+        kernel.interface("live_campaign_index"),
+        directory,
+        kernel.backends.bus,
+    )
+    if kernel.worker == "0":  # one process turns live campaigns into messages
+        kernel.when_serving(campaign_sends.start, campaign_sends.stop)
     messaging = Messaging(
         templates, providers, suppressions, messages, sender, links, directory, events
     )
+    messaging.campaign_sends = campaign_sends
     return Built([MessagingServicer(messaging)], api=messaging)
 
 

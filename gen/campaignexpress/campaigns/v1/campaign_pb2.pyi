@@ -707,6 +707,7 @@ class Campaign(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     CAP_FAILURE_MODE_FIELD_NUMBER: _builtins.int
+    MESSAGING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `tenants/{tenant}/campaigns/{campaign}`."""
     display_name: _builtins.str
@@ -771,6 +772,12 @@ class Campaign(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only: last change."""
 
+    @_builtins.property
+    def messaging(self) -> Global___CampaignMessaging:
+        """What an email, SMS or push campaign sends, and to whom: while it is
+        LIVE, each member of the audience gets the message once.
+        """
+
     def __init__(
         self,
         *,
@@ -794,14 +801,43 @@ class Campaign(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         cap_failure_mode: Global___CapFailureMode.ValueType = ...,
+        messaging: Global___CampaignMessaging | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bid_strategy", b"bid_strategy", "budget", b"budget", "create_time", b"create_time", "schedule", b"schedule", "targeting", b"targeting", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bid_strategy", b"bid_strategy", "budget", b"budget", "create_time", b"create_time", "messaging", b"messaging", "schedule", b"schedule", "targeting", b"targeting", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_repeat_offers", b"allow_repeat_offers", "approval_rule", b"approval_rule", "bid_strategy", b"bid_strategy", "budget", b"budget", "cap_failure_mode", b"cap_failure_mode", "channels", b"channels", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "frequency_caps", b"frequency_caps", "labels", b"labels", "loyalty_rules", b"loyalty_rules", "name", b"name", "objective", b"objective", "pacing_mode", b"pacing_mode", "revision", b"revision", "schedule", b"schedule", "stage", b"stage", "targeting", b"targeting", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_repeat_offers", b"allow_repeat_offers", "approval_rule", b"approval_rule", "bid_strategy", b"bid_strategy", "budget", b"budget", "cap_failure_mode", b"cap_failure_mode", "channels", b"channels", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "frequency_caps", b"frequency_caps", "labels", b"labels", "loyalty_rules", b"loyalty_rules", "messaging", b"messaging", "name", b"name", "objective", b"objective", "pacing_mode", b"pacing_mode", "revision", b"revision", "schedule", b"schedule", "stage", b"stage", "targeting", b"targeting", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Campaign: _TypeAlias = Campaign  # noqa: Y015
+
+@_typing.final
+class CampaignMessaging(_message.Message):
+    """The message of a messaging campaign and its audience."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    template: _builtins.str
+    """The template, `tenants/{tenant}/templates/{template}` (messaging)."""
+    audience: _builtins.str
+    """The segment whose members it goes to,
+    `tenants/{tenant}/segments/{segment}` (audience).
+    """
+    def __init__(
+        self,
+        *,
+        template: _builtins.str = ...,
+        audience: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignMessaging: _TypeAlias = CampaignMessaging  # noqa: Y015
 
 @_typing.final
 class Size(_message.Message):
