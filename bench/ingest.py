@@ -61,6 +61,7 @@ class Server:
     metrics_port: int = field(default_factory=_free_port)
     process: subprocess.Popen[bytes] | None = None
     profile: str = ""  # run the server under cProfile, its stats written here at exit
+    env: dict[str, str] = field(default_factory=dict)  # more of its environment
 
     @property
     def base_url(self) -> str:
@@ -77,6 +78,7 @@ class Server:
             CAMPAIGN_EXPRESS_DEMO_API_KEY=BENCH_KEY,
             CAMPAIGN_EXPRESS_RATE_LIMIT_PER_SECOND="0",
             CAMPAIGN_EXPRESS_LOG_LEVEL="WARNING",
+            **self.env,
         )
         for name in ("DATABASE_URL", "REDIS_URL", "NATS_URL", "CLICKHOUSE_URL"):
             env.pop(name, None)  # embedded defaults in the data dir

@@ -4,6 +4,7 @@ it records every message it accepts, refuses the recipients it is told to
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import socket
@@ -29,6 +30,7 @@ class SmtpServer:
     received: list[Received] = field(default_factory=list)
     refuse: set[str] = field(default_factory=set)  # recipients answered 550
     fail_next: int = 0  # deliveries answered 451
+    delay: float = 0.0  # seconds each delivery takes
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def to(self, address: str) -> list[EmailMessage]:
@@ -49,6 +51,8 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self._server.delay:
+            await asyncio.sleep(self._server.delay)
         with self._server.lock:
             if self._server.fail_next > 0:
                 self._server.fail_next -= 1

@@ -34,6 +34,9 @@ _HELP = {
     "auth_outage_grace_seconds": (
         "how long keys and tokens verified before a database outage stay accepted during it"
     ),
+    "message_lease_seconds": (
+        "how long a message being sent is held before a dead sender's is UNKNOWN"
+    ),
     "rate_limit_per_second": "calls per second per API key or user (0 = off)",
     "rate_limit_burst": "burst size of the rate limit",
     "max_request_bytes": "largest request body accepted",

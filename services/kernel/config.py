@@ -64,6 +64,11 @@ class Settings:
     auth_outage_grace_seconds: float = field(
         default=300.0, metadata={"env": "CAMPAIGN_EXPRESS_AUTH_OUTAGE_GRACE_SECONDS"}
     )
+    # How long a sender holds a message it is sending before another may
+    # declare it UNKNOWN (longer than any provider call).
+    message_lease_seconds: float = field(
+        default=60.0, metadata={"env": "CAMPAIGN_EXPRESS_MESSAGE_LEASE_SECONDS"}
+    )
     rate_limit_per_second: float = field(
         default=100.0, metadata={"env": "CAMPAIGN_EXPRESS_RATE_LIMIT_PER_SECOND"}
     )
@@ -212,6 +217,8 @@ def validate(s: Settings, known_services: Sequence[str]) -> None:
         fail("access_token_seconds", "must be at least 30")
     if s.refresh_token_seconds < s.access_token_seconds:
         fail("refresh_token_seconds", "must not be shorter than access tokens")
+    if not 1 <= s.message_lease_seconds <= 3600:
+        fail("message_lease_seconds", "must be between 1 and 3600")
     if not 0 <= s.auth_outage_grace_seconds <= 86400:
         fail("auth_outage_grace_seconds", "must be between 0 and 86400 (0: refuse all)")
     if s.rate_limit_per_second < 0:

@@ -328,6 +328,7 @@ def _values(message: Message) -> dict[str, Any]:
         "attempts": 0,
         "next_attempt_time": message.create_time,
         "lease_until": 0,
+        "sender": "",
         "create_time": message.create_time,
         "send_time": 0,
         "update_time": message.update_time,

@@ -4,6 +4,7 @@ messages sent under delivery rules, suppressions. See docs/messaging.md."""
 from __future__ import annotations
 
 import pathlib
+import socket
 
 from campaignexpress.messaging.v1 import messaging_service_pb2, messaging_service_pb2_grpc
 from services.analytics.pipeline import AnalyticsPipeline
@@ -44,6 +45,11 @@ async def _build(kernel: Kernel) -> Built:
         events.emit,
         clock=kernel.clock,
         unsubscribe_url=links.unsubscribe_url,
+        lease_seconds=kernel.settings.message_lease_seconds,
+        # One name and attempt journal per host and worker: a sender that
+        # starts again settles what it left (services/messaging/sender.py).
+        journal=kernel.settings.data_dir / "messaging" / f"attempts-{kernel.worker}.log",
+        name=f"{socket.gethostname()}:{kernel.worker}",
     )
 
     def queued(messages: list[Message]) -> None:

@@ -32,7 +32,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import pathlib
 import random
+import socket
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,11 +60,17 @@ from services.messaging.templates import Templates
 log = logging.getLogger(__name__)
 
 BATCH = 200
+RECORD_STEP = 32  # messages sent, then recorded, together
 CONCURRENCY = 64
 LEASE_US = 60 * 1_000_000
 MAX_ATTEMPTS = 5
 RETRY_BASE_US = 30 * 1_000_000  # then x4 each time: 30 s, 2 min, 8 min, 32 min
 POLL_SECONDS = 0.5
+#: A claim whose lease ran out this many times over belongs to a sender
+#: that did not come back: its messages become UNKNOWN.
+ORPHAN_LEASES = 10
+#: The attempt journal is emptied when it grows past this, between batches.
+JOURNAL_MAX_BYTES = 4 * 1024 * 1024
 ADDRESS_TRAIT = {"email": "email", "sms": "phone", "whatsapp": "phone"}
 
 
@@ -110,6 +119,9 @@ class Sender:
         *,
         clock: Callable[[], int] = now_us,
         unsubscribe_url: Callable[[str, str, str], str] | None = None,
+        lease_seconds: float = LEASE_US / 1e6,
+        journal: pathlib.Path | None = None,
+        name: str = "",
     ) -> None:
         self._db = db
         self._templates = templates
@@ -119,6 +131,12 @@ class Sender:
         self._emit = emit
         self._clock = clock
         self._unsubscribe_url = unsubscribe_url
+        self._lease_us = int(lease_seconds * 1e6)
+        # This sender's name on its claims, and the journal of its attempts
+        # (None: no journal, every claim left behind becomes UNKNOWN).
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self._journal_path = journal
+        self._journal_fd = -1
         self._adapters: dict[tuple[str, str], Any] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -130,6 +148,7 @@ class Sender:
         self._wake.set()
 
     async def start(self) -> None:
+        await self.settle_own()
         await self.recover()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="message-sender")
 
@@ -143,6 +162,9 @@ class Sender:
             with contextlib.suppress(Exception):
                 await adapter.close()
         self._adapters.clear()
+        if self._journal_fd >= 0:
+            os.close(self._journal_fd)
+            self._journal_fd = -1
 
     async def _loop(self) -> None:
         while True:
@@ -165,28 +187,65 @@ class Sender:
         claimed = await self._claim(limit)
         if not claimed:
             return 0
-        outcomes = await self._send_all(claimed)
-        await self._record(claimed, outcomes)
+        # Recorded a step at a time: what a kill leaves uncertain is at most
+        # one step (those handed over, not yet recorded).
+        for first in range(0, len(claimed), RECORD_STEP):
+            step = claimed[first : first + RECORD_STEP]
+            await self._record(step, await self._send_all(step))
+        self._trim_journal()
         return len(claimed)
 
-    async def recover(self) -> int:
-        """Messages left `sending` past their lease (their sender died)
-        become `unknown`: they may have gone out, so they are not sent again."""
+    async def settle_own(self) -> tuple[int, int]:
+        """What this sender (its host and worker) left `sending` when it
+        last stopped: messages in its attempt journal become `unknown`, the
+        others go back to the queue. (requeued, unknown)."""
+        attempted: set[str] = set()
+        if self._journal_path is not None and self._journal_path.exists():
+            text = self._journal_path.read_text(errors="replace")
+            attempted = {line for line in text.splitlines() if line}
         now = self._clock()
         m = messaging_messages.c
         async with self._db.engine.begin() as conn:
             rows = (
                 await conn.execute(
-                    sa.select(messaging_messages)
-                    .where(m.state == "sending", m.lease_until < now)
-                    .limit(1000)
+                    sa.select(messaging_messages).where(m.state == "sending", m.sender == self.name)
                 )
             ).all()
-            if not rows:
-                return 0
+            back = [r.id for r in rows if r.id not in attempted]
+            unknown = [r for r in rows if r.id in attempted]
+            for first in range(0, len(back), 500):
+                await conn.execute(
+                    messaging_messages.update()
+                    .where(m.id.in_(back[first : first + 500]), m.state == "sending")
+                    .values(
+                        state="queued",
+                        next_attempt_time=now,
+                        update_time=now,
+                        attempts=m.attempts - 1,
+                        sender="",
+                    )
+                )
+            await self._mark_unknown(conn, unknown, now)
+        if self._journal_path is not None:
+            self._journal_path.parent.mkdir(parents=True, exist_ok=True)
+            self._journal_path.write_text("")
+        if rows:
+            log.warning(
+                "messaging: settled what this sender left mid-send: %d queued again, %d UNKNOWN",
+                len(back),
+                len(unknown),
+            )
+        return len(back), len(unknown)
+
+    async def _mark_unknown(self, conn: Any, rows: Sequence[Any], now: int) -> None:
+        if not rows:
+            return
+        m = messaging_messages.c
+        ids = [r.id for r in rows]
+        for first in range(0, len(ids), 500):
             await conn.execute(
                 messaging_messages.update()
-                .where(m.id.in_([r.id for r in rows]), m.state == "sending")
+                .where(m.id.in_(ids[first : first + 500]), m.state == "sending")
                 .values(
                     state="unknown",
                     update_time=now,
@@ -194,9 +253,30 @@ class Sender:
                 )
             )
         for row in rows:
-            message = from_row(row)
-            self._event(message, "unknown", now, reason="sender stopped mid-send")
-        log.warning("messaging: %d messages left mid-send are now UNKNOWN", len(rows))
+            self._event(from_row(row), "unknown", now, reason="sender stopped mid-send")
+
+    async def recover(self) -> int:
+        """Messages of senders that did not come back (`sending`, their
+        lease ORPHAN_LEASES times over) become `unknown`: they may have gone
+        out, so they are not sent again."""
+        now = self._clock()
+        m = messaging_messages.c
+        async with self._db.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(messaging_messages)
+                    .where(
+                        m.state == "sending",
+                        m.lease_until < now - (ORPHAN_LEASES - 1) * self._lease_us,
+                        m.sender != self.name,
+                    )
+                    .limit(1000)
+                )
+            ).all()
+            if not rows:
+                return 0
+            await self._mark_unknown(conn, rows, now)
+        log.warning("messaging: %d messages of a sender gone are now UNKNOWN", len(rows))
         return len(rows)
 
     # -- claiming and recording -------------------------------------------------------
@@ -223,9 +303,10 @@ class Sender:
                 .where(m.id.in_([r.id for r in rows]))
                 .values(
                     state="sending",
-                    lease_until=now + LEASE_US,
+                    lease_until=now + self._lease_us,
                     attempts=m.attempts + 1,
                     update_time=now,
+                    sender=self.name,
                 )
             )
         return [from_row(r) for r in rows]
@@ -427,9 +508,17 @@ class Sender:
             unsubscribe_url=unsubscribe,
         )
         errors: list[str] = []
+        journaled = False
+
+        def handing_over() -> None:  # journaled once, before the first provider sees it
+            nonlocal journaled
+            if not journaled:
+                self._attempting(message.id)
+                journaled = True
+
         for provider in providers:
             try:
-                provider_message_id = await self._adapter(provider).send(outgoing)
+                provider_message_id = await self._adapter(provider).send(outgoing, handing_over)
             except ProviderError as error:
                 errors.append(f"{provider.display_name}: {error}")
                 if error.permanent:
@@ -478,6 +567,22 @@ class Sender:
             profile_id=profile_id,
             next_attempt_time=now + delay,
         )
+
+    def _attempting(self, message_id: str) -> None:
+        """Journal that this message is about to reach a provider."""
+        if self._journal_path is None:
+            return
+        if self._journal_fd < 0:
+            self._journal_path.parent.mkdir(parents=True, exist_ok=True)
+            self._journal_fd = os.open(
+                self._journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
+            )
+        os.write(self._journal_fd, f"{message_id}\n".encode())
+
+    def _trim_journal(self) -> None:
+        """Between batches nothing is in flight: a long journal is emptied."""
+        if self._journal_fd >= 0 and os.fstat(self._journal_fd).st_size > JOURNAL_MAX_BYTES:
+            os.ftruncate(self._journal_fd, 0)
 
     def _adapter(self, provider: Provider) -> Any:
         fingerprint = hashlib.sha256(orjson.dumps(provider.config, option=orjson.OPT_SORT_KEYS))

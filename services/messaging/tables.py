@@ -77,6 +77,7 @@ messaging_messages = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("next_attempt_time", sa.BigInteger, nullable=False),
     sa.Column("lease_until", sa.BigInteger, nullable=False),
+    sa.Column("sender", sa.String(200), nullable=False),  # host:worker that holds it
     sa.Column("create_time", sa.BigInteger, nullable=False),
     sa.Column("send_time", sa.BigInteger, nullable=False),
     sa.Column("update_time", sa.BigInteger, nullable=False),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from email.message import EmailMessage
 from typing import Any
 
@@ -104,11 +104,13 @@ class SmtpSender:
                 raise
             self._idle.append(client)
 
-    async def send(self, outgoing: Outgoing) -> str:
-        """Hand the message to the server; its Message-ID."""
+    async def send(self, outgoing: Outgoing, handing_over: Callable[[], None]) -> str:
+        """Hand the message to the server (calling `handing_over` just
+        before: from then on it may arrive); its Message-ID."""
         message = build(outgoing, self._config)
         try:
             async with self._connection() as client:
+                handing_over()
                 await client.send_message(message)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]

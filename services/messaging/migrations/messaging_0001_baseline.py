@@ -75,6 +75,7 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("next_attempt_time", sa.BigInteger, nullable=False),
         sa.Column("lease_until", sa.BigInteger, nullable=False),
+        sa.Column("sender", sa.String(200), nullable=False),
         sa.Column("create_time", sa.BigInteger, nullable=False),
         sa.Column("send_time", sa.BigInteger, nullable=False),
         sa.Column("update_time", sa.BigInteger, nullable=False),
