@@ -41,6 +41,8 @@ class Messaging:
         self.events = events
         #: Live messaging campaigns turned into messages (worker 0).
         self.campaign_sends: Any = None
+        #: Frequency caps and quiet hours (services/messaging/rules.py).
+        self.rules: Any = None
 
     async def render(
         self,

@@ -15,6 +15,7 @@ from services.messaging.events import MESSAGE_EVENTS, event_row
 from services.messaging.links import Links
 from services.messaging.messages import Message, Messages
 from services.messaging.providers import Providers
+from services.messaging.rules import Caps, DeliveryRules
 from services.messaging.sender import Sender
 from services.messaging.servicer import MessagingServicer
 from services.messaging.suppressions import Suppressions
@@ -35,6 +36,7 @@ async def _build(kernel: Kernel) -> Built:
     )
     kernel.lifecycle(events.start, events.stop)
     links = Links(kernel.secret, kernel.settings.public_url)
+    rules = DeliveryRules(db, clock=kernel.clock)
     directory = kernel.interface("audience_directory")
     sender = Sender(
         db,
@@ -45,6 +47,8 @@ async def _build(kernel: Kernel) -> Built:
         events.emit,
         clock=kernel.clock,
         unsubscribe_url=links.unsubscribe_url,
+        rules=rules,
+        caps=Caps(kernel.backends.hot_store),
         lease_seconds=kernel.settings.message_lease_seconds,
         # One name and attempt journal per host and worker: a sender that
         # starts again settles what it left (services/messaging/sender.py).
@@ -87,6 +91,7 @@ async def _build(kernel: Kernel) -> Built:
     messaging = Messaging(
         templates, providers, suppressions, messages, sender, links, directory, events
     )
+    messaging.rules = rules
     messaging.campaign_sends = campaign_sends
     return Built([MessagingServicer(messaging)], api=messaging)
 

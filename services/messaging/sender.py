@@ -11,6 +11,9 @@ for each one decides, renders and dispatches:
    aborted `no_consent`;
 3. what: the pinned template version rendered in the person's locale; an
    error -> aborted `template_error` (with the line and column);
+3b. delivery rules (services/messaging/rules.py): quiet hours hold (or
+   drop) a marketing message; a frequency cap it would exceed -> aborted
+   `frequency_capped`;
 4. through whom: the tenant's providers for the channel in priority order,
    failing over to the next on an error that another provider might not
    have; a permanent refusal -> failed (a bounced address is suppressed);
@@ -45,6 +48,7 @@ import orjson
 import sqlalchemy as sa
 
 from services.analytics.events import EventRow
+from services.backends.kv import MemoryKeyValueStore
 from services.common.clock import now_us
 from services.common.errors import NotFound
 from services.db import Database
@@ -53,6 +57,7 @@ from services.messaging.channels.base import Outgoing, ProviderError
 from services.messaging.events import event_row
 from services.messaging.messages import Message, from_row
 from services.messaging.providers import KINDS, Provider, Providers
+from services.messaging.rules import Caps, DeliveryRules, person_key, quiet_until, zone_of
 from services.messaging.suppressions import Suppressions, normalized
 from services.messaging.tables import messaging_messages
 from services.messaging.templates import Templates
@@ -105,6 +110,7 @@ class Outcome:
     profile_id: str = ""
     next_attempt_time: int = 0
     send_time: int = 0
+    held: bool = False  # queued again by quiet hours: not a try
 
 
 class Sender:
@@ -119,6 +125,8 @@ class Sender:
         *,
         clock: Callable[[], int] = now_us,
         unsubscribe_url: Callable[[str, str, str], str] | None = None,
+        rules: DeliveryRules | None = None,
+        caps: Caps | None = None,
         lease_seconds: float = LEASE_US / 1e6,
         journal: pathlib.Path | None = None,
         name: str = "",
@@ -132,6 +140,8 @@ class Sender:
         self._clock = clock
         self._unsubscribe_url = unsubscribe_url
         self._lease_us = int(lease_seconds * 1e6)
+        self._rules = rules or DeliveryRules(db, clock=clock)
+        self._caps = caps or Caps(MemoryKeyValueStore())
         # This sender's name on its claims, and the journal of its attempts
         # (None: no journal, every claim left behind becomes UNKNOWN).
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -326,6 +336,7 @@ class Sender:
                 "locale": o.locale,
                 "profile_id": o.profile_id or message.profile_id,
                 "next_attempt_time": o.next_attempt_time or message.create_time,
+                "attempts": message.attempts if o.held else message.attempts + 1,
                 "send_time": o.send_time,
                 "update_time": now,
             }
@@ -450,6 +461,55 @@ class Sender:
                     address=address,
                     profile_id=profile_id,
                 )
+        traits = dict(person.traits) if person is not None else {}
+        rules = await self._rules.of_tenant(message.tenant_id)
+        zone = zone_of(traits, rules)
+        if not message.transactional:
+            until = quiet_until(rules.quiet, zone, now)
+            if until is not None and rules.quiet.action == "drop":
+                return Outcome(
+                    "aborted",
+                    "quiet_hours",
+                    f"quiet hours {rules.quiet.start}-{rules.quiet.end}",
+                    address=address,
+                    profile_id=profile_id,
+                )
+            if until is not None:  # held: it goes when they end, not counted as a try
+                return Outcome(
+                    "queued",
+                    error="held for quiet hours",
+                    address=address,
+                    profile_id=profile_id,
+                    next_attempt_time=until,
+                    held=True,
+                )
+        violated, taken = await self._caps.reserve(
+            rules,
+            person=person_key(profile_id, address),
+            channel=message.channel,
+            campaign_id=message.campaign_id,
+            transactional=message.transactional,
+            zone=zone,
+            now=now,
+        )
+        if violated is not None:
+            return Outcome(
+                "aborted",
+                "frequency_capped",
+                violated.describe(),
+                address=address,
+                profile_id=profile_id,
+            )
+        outcome = await self._deliver(message, traits, address, profile_id)
+        if outcome.state != "sent":
+            await self._caps.release(taken)  # not sent: its places go back
+        return outcome
+
+    async def _deliver(
+        self, message: Message, traits: dict[str, Any], address: str, profile_id: str
+    ) -> Outcome:
+        """Render and hand to the providers."""
+        now = self._clock()
         try:
             template = await self._templates.find(
                 message.tenant_id, message.template_id, message.template_version
@@ -462,7 +522,6 @@ class Sender:
                 address=address,
                 profile_id=profile_id,
             )
-        traits = dict(person.traits) if person is not None else {}
         locale = rendering.pick_locale(
             template.contents, str(traits.get("locale", "") or ""), template.default_locale
         )

@@ -17,6 +17,7 @@ from services.common.protoconv import micros, timestamp
 from services.messaging.domain import Messaging
 from services.messaging.messages import Message
 from services.messaging.providers import Provider
+from services.messaging.rules import Rules
 from services.messaging.suppressions import Suppression
 from services.messaging.templates import Template
 
@@ -155,6 +156,42 @@ def suppression_proto(entry: Suppression) -> message_pb2.Suppression:
         expire_time=timestamp(entry.expire_time or None),
         note=entry.note,
         create_time=timestamp(entry.create_time),
+    )
+
+
+_PERIODS = {
+    message_pb2.CAP_PERIOD_HOUR: "hour",
+    message_pb2.CAP_PERIOD_DAY: "day",
+    message_pb2.CAP_PERIOD_WEEK: "week",
+    message_pb2.CAP_PERIOD_MONTH: "month",
+    message_pb2.CAP_PERIOD_CAMPAIGN: "campaign",
+}
+_PERIOD_ENUMS = {v: k for k, v in _PERIODS.items()}
+
+
+def rules_proto(rules: Rules) -> message_pb2.DeliveryRules:
+    q = rules.quiet
+    return message_pb2.DeliveryRules(
+        name=rules.name,
+        frequency_caps=[
+            message_pb2.FrequencyCapRule(
+                channel=_channel_enum(c.channel),  # type: ignore[arg-type]
+                period=_PERIOD_ENUMS.get(c.period, message_pb2.CAP_PERIOD_UNSPECIFIED),
+                max_messages=c.max_messages,
+                include_transactional=c.include_transactional,
+            )
+            for c in rules.caps
+        ],
+        quiet_hours=message_pb2.QuietHours(
+            enabled=q.enabled,
+            start=q.start,
+            end=q.end,
+            time_zone=q.time_zone,
+            action=message_pb2.QUIET_HOURS_ACTION_DROP
+            if q.action == "drop"
+            else message_pb2.QUIET_HOURS_ACTION_HOLD,
+        ),
+        update_time=timestamp(rules.update_time or None),
     )
 
 
@@ -302,6 +339,38 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
     async def DeleteSuppression(self, request: pb.DeleteSuppressionRequest, context: Any) -> Any:
         await self._m.suppressions.delete(current_principal(), request.name)
         return pb.DeleteSuppressionResponse()
+
+    async def GetDeliveryRules(self, request: pb.GetDeliveryRulesRequest, context: Any) -> Any:
+        rules = await self._m.rules.get(current_principal(), request.name)
+        return pb.GetDeliveryRulesResponse(delivery_rules=rules_proto(rules))
+
+    async def UpdateDeliveryRules(
+        self, request: pb.UpdateDeliveryRulesRequest, context: Any
+    ) -> Any:
+        r = request.delivery_rules
+        caps = [
+            {
+                "channel": _channel(c.channel),
+                "period": _PERIODS.get(c.period, ""),
+                "max_messages": c.max_messages,
+                "include_transactional": c.include_transactional,
+            }
+            for c in r.frequency_caps
+        ]
+        quiet = None
+        if r.HasField("quiet_hours"):
+            q = r.quiet_hours
+            quiet = {
+                "enabled": q.enabled,
+                "start": q.start,
+                "end": q.end,
+                "time_zone": q.time_zone,
+                "action": "drop" if q.action == message_pb2.QUIET_HOURS_ACTION_DROP else "hold",
+            }
+        rules = await self._m.rules.update(
+            current_principal(), r.name, list(request.update_mask.paths), caps, quiet
+        )
+        return pb.UpdateDeliveryRulesResponse(delivery_rules=rules_proto(rules))
 
     async def Unsubscribe(self, request: pb.UnsubscribeRequest, context: Any) -> Any:
         channel = await self._m.unsubscribe(request.token)

@@ -107,3 +107,12 @@ messaging_suppressions = sa.Table(
     sa.UniqueConstraint("tenant_id", "channel", "address", name="uq_messaging_suppressions"),
     sa.Index("ix_messaging_suppressions_address", "tenant_id", "address"),
 )
+
+# Each tenant's delivery rules (services/messaging/rules.py), one row.
+messaging_rules = sa.Table(
+    "messaging_rules",
+    metadata,
+    sa.Column("tenant_id", sa.String(40), primary_key=True),
+    sa.Column("rules", sa.JSON, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
+)

@@ -1,5 +1,5 @@
 """Messaging baseline: templates and their versions, channel providers,
-messages (the outbox) and suppressions.
+messages (the outbox), suppressions and delivery rules.
 
 Revision ID: messaging_0001
 Revises:
@@ -109,10 +109,17 @@ def upgrade() -> None:
     op.create_index(
         "ix_messaging_suppressions_address", "messaging_suppressions", ["tenant_id", "address"]
     )
+    op.create_table(
+        "messaging_rules",
+        sa.Column("tenant_id", sa.String(40), primary_key=True),
+        sa.Column("rules", sa.JSON, nullable=False),
+        sa.Column("update_time", sa.BigInteger, nullable=False),
+    )
 
 
 def downgrade() -> None:
     for table in (
+        "messaging_rules",
         "messaging_suppressions",
         "messaging_messages",
         "messaging_providers",

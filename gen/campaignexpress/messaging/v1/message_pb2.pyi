@@ -126,6 +126,66 @@ SUPPRESSION_REASON_BLOCKLISTED: SuppressionReason.ValueType  # 6
 """A blocklist (known bad or role addresses)."""
 Global___SuppressionReason: _TypeAlias = SuppressionReason  # noqa: Y015
 
+class _CapPeriod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CapPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CapPeriod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CAP_PERIOD_UNSPECIFIED: _CapPeriod.ValueType  # 0
+    """Not set: refused."""
+    CAP_PERIOD_HOUR: _CapPeriod.ValueType  # 1
+    """A clock hour."""
+    CAP_PERIOD_DAY: _CapPeriod.ValueType  # 2
+    """A calendar day."""
+    CAP_PERIOD_WEEK: _CapPeriod.ValueType  # 3
+    """An ISO week (Monday to Sunday)."""
+    CAP_PERIOD_MONTH: _CapPeriod.ValueType  # 4
+    """A calendar month."""
+    CAP_PERIOD_CAMPAIGN: _CapPeriod.ValueType  # 5
+    """The whole of a campaign (messages of no campaign are not counted)."""
+
+class CapPeriod(_CapPeriod, metaclass=_CapPeriodEnumTypeWrapper):
+    """Periods of a frequency cap."""
+
+CAP_PERIOD_UNSPECIFIED: CapPeriod.ValueType  # 0
+"""Not set: refused."""
+CAP_PERIOD_HOUR: CapPeriod.ValueType  # 1
+"""A clock hour."""
+CAP_PERIOD_DAY: CapPeriod.ValueType  # 2
+"""A calendar day."""
+CAP_PERIOD_WEEK: CapPeriod.ValueType  # 3
+"""An ISO week (Monday to Sunday)."""
+CAP_PERIOD_MONTH: CapPeriod.ValueType  # 4
+"""A calendar month."""
+CAP_PERIOD_CAMPAIGN: CapPeriod.ValueType  # 5
+"""The whole of a campaign (messages of no campaign are not counted)."""
+Global___CapPeriod: _TypeAlias = CapPeriod  # noqa: Y015
+
+class _QuietHoursAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QuietHoursActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QuietHoursAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUIET_HOURS_ACTION_UNSPECIFIED: _QuietHoursAction.ValueType  # 0
+    """Not set: HOLD."""
+    QUIET_HOURS_ACTION_HOLD: _QuietHoursAction.ValueType  # 1
+    """Keep it and send it when they end."""
+    QUIET_HOURS_ACTION_DROP: _QuietHoursAction.ValueType  # 2
+    """Do not send it (aborted `quiet_hours`)."""
+
+class QuietHoursAction(_QuietHoursAction, metaclass=_QuietHoursActionEnumTypeWrapper):
+    """What quiet hours do to a message."""
+
+QUIET_HOURS_ACTION_UNSPECIFIED: QuietHoursAction.ValueType  # 0
+"""Not set: HOLD."""
+QUIET_HOURS_ACTION_HOLD: QuietHoursAction.ValueType  # 1
+"""Keep it and send it when they end."""
+QUIET_HOURS_ACTION_DROP: QuietHoursAction.ValueType  # 2
+"""Do not send it (aborted `quiet_hours`)."""
+Global___QuietHoursAction: _TypeAlias = QuietHoursAction  # noqa: Y015
+
 @_typing.final
 class Recipient(_message.Message):
     """Who a message is for: a profile (by name or user id), whose address comes
@@ -402,3 +462,126 @@ class Suppression(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Suppression: _TypeAlias = Suppression  # noqa: Y015
+
+@_typing.final
+class DeliveryRules(_message.Message):
+    """A tenant's delivery rules (FR-DEL-001..005): frequency caps in priority
+    order and quiet hours, applied to every message that is not
+    transactional (unless a cap says otherwise).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FREQUENCY_CAPS_FIELD_NUMBER: _builtins.int
+    QUIET_HOURS_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/deliveryRules`."""
+    @_builtins.property
+    def frequency_caps(self) -> _containers.RepeatedCompositeFieldContainer[Global___FrequencyCapRule]:
+        """Caps, in priority order: the first one a message would exceed stops
+        it (aborted `frequency_capped`); up to 20.
+        """
+
+    @_builtins.property
+    def quiet_hours(self) -> Global___QuietHours:
+        """Quiet hours, in the recipient's time zone."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only: the last change."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        frequency_caps: _abc.Iterable[Global___FrequencyCapRule] | None = ...,
+        quiet_hours: Global___QuietHours | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quiet_hours", b"quiet_hours", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frequency_caps", b"frequency_caps", "name", b"name", "quiet_hours", b"quiet_hours", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryRules: _TypeAlias = DeliveryRules  # noqa: Y015
+
+@_typing.final
+class FrequencyCapRule(_message.Message):
+    """At most `max_messages` messages per person on a channel (or all) in a
+    period, counted in the person's time zone.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGES_FIELD_NUMBER: _builtins.int
+    INCLUDE_TRANSACTIONAL_FIELD_NUMBER: _builtins.int
+    channel: _template_pb2.MessageChannel.ValueType
+    """The channel; unset means every channel together ("All")."""
+    period: Global___CapPeriod.ValueType
+    """The period."""
+    max_messages: _builtins.int
+    """Messages allowed in the period, 1-10,000."""
+    include_transactional: _builtins.bool
+    """Count (and stop) transactional messages too; by default they pass."""
+    def __init__(
+        self,
+        *,
+        channel: _template_pb2.MessageChannel.ValueType = ...,
+        period: Global___CapPeriod.ValueType = ...,
+        max_messages: _builtins.int = ...,
+        include_transactional: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "include_transactional", b"include_transactional", "max_messages", b"max_messages", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FrequencyCapRule: _TypeAlias = FrequencyCapRule  # noqa: Y015
+
+@_typing.final
+class QuietHours(_message.Message):
+    """Hours in which no marketing message goes out (FR-DEL-004/005)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    """Whether they apply."""
+    start: _builtins.str
+    """Start, `HH:MM` local time (e.g. `22:00`)."""
+    end: _builtins.str
+    """End, `HH:MM` local time (e.g. `07:00`; before the start: it wraps
+    past midnight).
+    """
+    time_zone: _builtins.str
+    """The time zone of people without a `timezone` trait (IANA); UTC when
+    unset.
+    """
+    action: Global___QuietHoursAction.ValueType
+    """What happens to a message in quiet hours."""
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        start: _builtins.str = ...,
+        end: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
+        action: Global___QuietHoursAction.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "enabled", b"enabled", "end", b"end", "start", b"start", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuietHours: _TypeAlias = QuietHours  # noqa: Y015

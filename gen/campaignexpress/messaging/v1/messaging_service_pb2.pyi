@@ -803,6 +803,106 @@ class UnsubscribeResponse(_message.Message):
 Global___UnsubscribeResponse: _TypeAlias = UnsubscribeResponse  # noqa: Y015
 
 @_typing.final
+class GetDeliveryRulesRequest(_message.Message):
+    """Request of GetDeliveryRules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/deliveryRules`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeliveryRulesRequest: _TypeAlias = GetDeliveryRulesRequest  # noqa: Y015
+
+@_typing.final
+class GetDeliveryRulesResponse(_message.Message):
+    """Response of GetDeliveryRules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_RULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def delivery_rules(self) -> _message_pb2.DeliveryRules:
+        """The rules (none set: no caps, no quiet hours)."""
+
+    def __init__(
+        self,
+        *,
+        delivery_rules: _message_pb2.DeliveryRules | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery_rules", b"delivery_rules"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_rules", b"delivery_rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeliveryRulesResponse: _TypeAlias = GetDeliveryRulesResponse  # noqa: Y015
+
+@_typing.final
+class UpdateDeliveryRulesRequest(_message.Message):
+    """Request of UpdateDeliveryRules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_RULES_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def delivery_rules(self) -> _message_pb2.DeliveryRules:
+        """The rules, with their `name`."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """frequency_caps, quiet_hours; empty means both."""
+
+    def __init__(
+        self,
+        *,
+        delivery_rules: _message_pb2.DeliveryRules | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery_rules", b"delivery_rules", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_rules", b"delivery_rules", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateDeliveryRulesRequest: _TypeAlias = UpdateDeliveryRulesRequest  # noqa: Y015
+
+@_typing.final
+class UpdateDeliveryRulesResponse(_message.Message):
+    """Response of UpdateDeliveryRules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_RULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def delivery_rules(self) -> _message_pb2.DeliveryRules:
+        """The rules now."""
+
+    def __init__(
+        self,
+        *,
+        delivery_rules: _message_pb2.DeliveryRules | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery_rules", b"delivery_rules"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_rules", b"delivery_rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateDeliveryRulesResponse: _TypeAlias = UpdateDeliveryRulesResponse  # noqa: Y015
+
+@_typing.final
 class DeleteSuppressionRequest(_message.Message):
     """Request of DeleteSuppression."""
 

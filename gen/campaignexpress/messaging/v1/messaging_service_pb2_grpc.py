@@ -112,6 +112,16 @@ class MessagingServiceStub:
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UnsubscribeRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UnsubscribeResponse.FromString,
                 _registered_method=True)
+        self.GetDeliveryRules = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/GetDeliveryRules',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetDeliveryRulesRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetDeliveryRulesResponse.FromString,
+                _registered_method=True)
+        self.UpdateDeliveryRules = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/UpdateDeliveryRules',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdateDeliveryRulesRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdateDeliveryRulesResponse.FromString,
+                _registered_method=True)
         self.DeleteSuppression = channel.unary_unary(
                 '/campaignexpress.messaging.v1.MessagingService/DeleteSuppression',
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteSuppressionRequest.SerializeToString,
@@ -239,6 +249,21 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDeliveryRules(self, request, context):
+        """Gets the tenant's delivery rules.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateDeliveryRules(self, request, context):
+        """Changes the tenant's delivery rules (the fields in `update_mask`:
+        frequency_caps, quiet_hours; empty means both).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteSuppression(self, request, context):
         """Lifts a suppression.
         """
@@ -323,6 +348,16 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.Unsubscribe,
                     request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UnsubscribeRequest.FromString,
                     response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UnsubscribeResponse.SerializeToString,
+            ),
+            'GetDeliveryRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeliveryRules,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetDeliveryRulesRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetDeliveryRulesResponse.SerializeToString,
+            ),
+            'UpdateDeliveryRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDeliveryRules,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdateDeliveryRulesRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdateDeliveryRulesResponse.SerializeToString,
             ),
             'DeleteSuppression': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteSuppression,
@@ -738,6 +773,60 @@ class MessagingService:
             '/campaignexpress.messaging.v1.MessagingService/Unsubscribe',
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UnsubscribeRequest.SerializeToString,
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UnsubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeliveryRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/GetDeliveryRules',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetDeliveryRulesRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetDeliveryRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDeliveryRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/UpdateDeliveryRules',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdateDeliveryRulesRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdateDeliveryRulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,6 +80,12 @@ class MessagingServiceStub:
     credentials: the token is the proof. A GET (a link scanner) changes
     nothing.
     """
+    GetDeliveryRules: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.GetDeliveryRulesRequest, _messaging_service_pb2.GetDeliveryRulesResponse]
+    """Gets the tenant's delivery rules."""
+    UpdateDeliveryRules: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.UpdateDeliveryRulesRequest, _messaging_service_pb2.UpdateDeliveryRulesResponse]
+    """Changes the tenant's delivery rules (the fields in `update_mask`:
+    frequency_caps, quiet_hours; empty means both).
+    """
     DeleteSuppression: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.DeleteSuppressionRequest, _messaging_service_pb2.DeleteSuppressionResponse]
     """Lifts a suppression."""
 
@@ -134,6 +140,12 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     is suppressed on that channel (reason USER_OPT_OUT) at once. Needs no
     credentials: the token is the proof. A GET (a link scanner) changes
     nothing.
+    """
+    GetDeliveryRules: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.GetDeliveryRulesRequest, _messaging_service_pb2.GetDeliveryRulesResponse]  # type: ignore[assignment]
+    """Gets the tenant's delivery rules."""
+    UpdateDeliveryRules: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.UpdateDeliveryRulesRequest, _messaging_service_pb2.UpdateDeliveryRulesResponse]  # type: ignore[assignment]
+    """Changes the tenant's delivery rules (the fields in `update_mask`:
+    frequency_caps, quiet_hours; empty means both).
     """
     DeleteSuppression: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.DeleteSuppressionRequest, _messaging_service_pb2.DeleteSuppressionResponse]  # type: ignore[assignment]
     """Lifts a suppression."""
@@ -276,6 +288,24 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         is suppressed on that channel (reason USER_OPT_OUT) at once. Needs no
         credentials: the token is the proof. A GET (a link scanner) changes
         nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDeliveryRules(
+        self,
+        request: _messaging_service_pb2.GetDeliveryRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.GetDeliveryRulesResponse, _abc.Awaitable[_messaging_service_pb2.GetDeliveryRulesResponse]]:
+        """Gets the tenant's delivery rules."""
+
+    @_abc_1.abstractmethod
+    def UpdateDeliveryRules(
+        self,
+        request: _messaging_service_pb2.UpdateDeliveryRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.UpdateDeliveryRulesResponse, _abc.Awaitable[_messaging_service_pb2.UpdateDeliveryRulesResponse]]:
+        """Changes the tenant's delivery rules (the fields in `update_mask`:
+        frequency_caps, quiet_hours; empty means both).
         """
 
     @_abc_1.abstractmethod
