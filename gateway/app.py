@@ -9,6 +9,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 import grpc
 import orjson
@@ -35,6 +36,9 @@ Readiness = Callable[[], Awaitable[Mapping[str, str]]]
 
 FORWARDED_HEADERS = ("authorization", "x-tenant-id", "traceparent", "tracestate")
 CALL_TIMEOUT_SECONDS = 30.0
+#: Providers post receipts as forms (Twilio's status callbacks).
+RECEIPT_METHOD = "/campaignexpress.messaging.v1.MessagingService/ReceiveProviderReceipt"
+FORM = "application/x-www-form-urlencoded"
 #: A streamed file (an export) may take this long in all.
 STREAM_TIMEOUT_SECONDS = 1800.0
 BIDDING_SERVICE = "campaignexpress.bidding.v1.BiddingService"
@@ -145,7 +149,13 @@ class Gateway:
         route, path_values = matched
         try:
             payload: Any = None
-            if route.body:
+            if route.grpc_method == RECEIPT_METHOD and request.content_type == FORM:
+                # a provider's status callback: form fields and its signature header
+                raw = await self._read_body(request)
+                fields = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+                signature = request.headers.get("X-Twilio-Signature", "")
+                payload = {"fields": fields, "signature": signature}
+            elif route.body:
                 raw = await self._read_body(request)
                 if raw.strip():
                     try:

@@ -8,14 +8,24 @@ from typing import Any
 
 from services.common import names
 from services.common.call import Principal
-from services.common.errors import InvalidArgument
+from services.common.clock import now_us
+from services.common.errors import InvalidArgument, NotFound, Unauthenticated
 from services.messaging import rendering
+from services.messaging.channels import twilio_sms
+from services.messaging.events import event_row
 from services.messaging.links import Links
 from services.messaging.messages import Messages
 from services.messaging.providers import Providers
 from services.messaging.sender import Directory, Sender
 from services.messaging.suppressions import Suppressions
 from services.messaging.templates import Templates
+
+#: Provider statuses that are news, and the lifecycle event of each.
+RECEIPT_EVENTS = {
+    "delivered": "delivered",
+    "undelivered": "delivery_failed",
+    "failed": "delivery_failed",
+}
 
 
 class Messaging:
@@ -83,6 +93,56 @@ class Messaging:
                 f"template.contents[{chosen}].{error.part}", str(error.problem)
             ) from None
         return chosen, parts
+
+    async def receipt(self, provider_name: str, fields: Mapping[str, str], signature: str) -> None:
+        """A provider's status callback, checked against its signature: the
+        message notes it, a lifecycle event records it, and a number that
+        cannot take messages is suppressed."""
+        tenant_id, provider_id = names.parse_name(
+            provider_name, "provider", "tenants", "channelProviders"
+        )
+        found = [p for p in await self.providers.of_tenant(tenant_id, fresh=True)
+                 if p.id == provider_id]  # fmt: skip
+        if not found or found[0].kind != "twilio":
+            raise NotFound(f"{provider_name} takes no receipts")
+        provider = found[0]
+        url = self.links.receipt_url(provider_name)
+        if not twilio_sms.signature_ok(provider.config, url, fields, signature):
+            raise Unauthenticated("the receipt's signature does not match", reason="BAD_SIGNATURE")
+        sid = fields.get("MessageSid") or fields.get("SmsSid") or ""
+        status = fields.get("MessageStatus") or fields.get("SmsStatus") or ""
+        if not sid or not status:
+            raise InvalidArgument.field("fields", "MessageSid and MessageStatus are required")
+        if status not in RECEIPT_EVENTS:
+            return  # queued, sending, sent: nothing new
+        code = fields.get("ErrorCode", "")
+        receipt = f"{status}:{code}" if code else status
+        now = now_us()
+        message = await self.messages.record_receipt(tenant_id, provider_id, sid, receipt, now)
+        if message is None:
+            return  # not one of ours (or erased): acknowledged, ignored
+        if self.events is not None:
+            self.events.emit(
+                event_row(
+                    now,
+                    tenant_id,
+                    message.id,
+                    RECEIPT_EVENTS[status],
+                    channel=message.channel,
+                    template_id=message.template_id,
+                    template_version=message.template_version,
+                    campaign_id=message.campaign_id,
+                    profile_id=message.profile_id,
+                    provider_id=provider_id,
+                    reason=receipt,
+                    transactional=message.transactional,
+                    event_id=f"{message.id}:{RECEIPT_EVENTS[status]}",
+                )
+            )
+        if code.isdigit() and int(code) in twilio_sms.HARD_BOUNCES and message.address:
+            await self.suppressions.add(
+                tenant_id, message.address, message.channel, "bounced", note=f"Twilio {code}"
+            )
 
     async def unsubscribe(self, token: str) -> str:
         """Suppress the address of a one-click unsubscribe link; its channel."""

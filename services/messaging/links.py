@@ -1,4 +1,5 @@
-"""Signed links in messages: one-click unsubscribe (RFC 8058) today. A token
+"""Links in messages and for providers: one-click unsubscribe (RFC 8058),
+and the receipt URL a provider posts its status callbacks to. A token
 carries the tenant, channel and address, base64url JSON with an HMAC-SHA256
 tag made with a key derived from the platform secret, so a link works in
 any process and cannot be forged or altered."""
@@ -38,6 +39,10 @@ class Links:
     def unsubscribe_url(self, tenant_id: str, channel: str, address: str) -> str:
         token = self.unsubscribe_token(tenant_id, channel, address)
         return f"{self._base}/v1/unsubscribe?token={quote(token)}"
+
+    def receipt_url(self, provider_name: str) -> str:
+        """Where a provider posts its receipts (the URL it signs)."""
+        return f"{self._base}/v1/{provider_name}:receipt"
 
     def read_unsubscribe(self, token: str) -> tuple[str, str, str]:
         """(tenant id, channel, address) of a token; InvalidArgument if it

@@ -57,6 +57,10 @@ class Message:
     create_time: int = 0
     send_time: int = 0
     update_time: int = 0
+    segments: int = 0
+    encoding: str = ""
+    receipt: str = ""
+    receipt_time: int = 0
 
     @property
     def name(self) -> str:
@@ -228,6 +232,28 @@ class Messages:
             self.on_queued(stored)
         return stored
 
+    async def record_receipt(
+        self, tenant_id: str, provider_id: str, provider_message_id: str, receipt: str, at: int
+    ) -> Message | None:
+        """Note a provider's receipt on the message it names (None: no such
+        message of that provider)."""
+        m = messaging_messages.c
+        where = sa.and_(
+            m.tenant_id == tenant_id,
+            m.provider_message_id == provider_message_id,
+            m.provider_id == provider_id,
+        )
+        async with self._db.engine.begin() as conn:
+            row = (await conn.execute(sa.select(messaging_messages).where(where))).first()
+            if row is None:
+                return None
+            await conn.execute(
+                messaging_messages.update()
+                .where(m.id == row.id)
+                .values(receipt=receipt[:60], receipt_time=at, update_time=at)
+            )
+        return from_row(row)
+
     async def _by_key(self, tenant_id: str, key: str) -> Message | None:
         m = messaging_messages.c
         async with self._db.engine.connect() as conn:
@@ -329,6 +355,10 @@ def _values(message: Message) -> dict[str, Any]:
         "next_attempt_time": message.create_time,
         "lease_until": 0,
         "sender": "",
+        "segments": 0,
+        "encoding": "",
+        "receipt": "",
+        "receipt_time": 0,
         "create_time": message.create_time,
         "send_time": 0,
         "update_time": message.update_time,
@@ -359,4 +389,8 @@ def from_row(row: Any) -> Message:
         row.create_time,
         row.send_time,
         row.update_time,
+        row.segments,
+        row.encoding,
+        row.receipt,
+        row.receipt_time,
     )

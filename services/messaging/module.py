@@ -47,6 +47,7 @@ async def _build(kernel: Kernel) -> Built:
         events.emit,
         clock=kernel.clock,
         unsubscribe_url=links.unsubscribe_url,
+        receipt_url=links.receipt_url,
         rules=rules,
         caps=Caps(kernel.backends.hot_store),
         lease_seconds=kernel.settings.message_lease_seconds,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -54,6 +55,7 @@ from services.common.errors import NotFound
 from services.db import Database
 from services.messaging import rendering
 from services.messaging.channels.base import Outgoing, ProviderError
+from services.messaging.channels.sms_text import measure
 from services.messaging.events import event_row
 from services.messaging.messages import Message, from_row
 from services.messaging.providers import KINDS, Provider, Providers
@@ -76,6 +78,8 @@ POLL_SECONDS = 0.5
 ORPHAN_LEASES = 10
 #: The attempt journal is emptied when it grows past this, between batches.
 JOURNAL_MAX_BYTES = 4 * 1024 * 1024
+#: Provider kinds that post receipts to us (their status callback URL).
+RECEIPTS = frozenset({"twilio"})
 ADDRESS_TRAIT = {"email": "email", "sms": "phone", "whatsapp": "phone"}
 
 
@@ -111,6 +115,8 @@ class Outcome:
     next_attempt_time: int = 0
     send_time: int = 0
     held: bool = False  # queued again by quiet hours: not a try
+    segments: int = 0  # an SMS's
+    encoding: str = ""
 
 
 class Sender:
@@ -125,6 +131,7 @@ class Sender:
         *,
         clock: Callable[[], int] = now_us,
         unsubscribe_url: Callable[[str, str, str], str] | None = None,
+        receipt_url: Callable[[str], str] | None = None,
         rules: DeliveryRules | None = None,
         caps: Caps | None = None,
         lease_seconds: float = LEASE_US / 1e6,
@@ -139,6 +146,7 @@ class Sender:
         self._emit = emit
         self._clock = clock
         self._unsubscribe_url = unsubscribe_url
+        self._receipt_url = receipt_url
         self._lease_us = int(lease_seconds * 1e6)
         self._rules = rules or DeliveryRules(db, clock=clock)
         self._caps = caps or Caps(MemoryKeyValueStore())
@@ -147,6 +155,7 @@ class Sender:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self._journal_path = journal
         self._journal_fd = -1
+        self._handed: set[str] = set()  # this round's messages handed to a provider
         self._adapters: dict[tuple[str, str], Any] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -202,6 +211,7 @@ class Sender:
         for first in range(0, len(claimed), RECORD_STEP):
             step = claimed[first : first + RECORD_STEP]
             await self._record(step, await self._send_all(step))
+        self._handed.clear()
         self._trim_journal()
         return len(claimed)
 
@@ -337,6 +347,8 @@ class Sender:
                 "profile_id": o.profile_id or message.profile_id,
                 "next_attempt_time": o.next_attempt_time or message.create_time,
                 "attempts": message.attempts if o.held else message.attempts + 1,
+                "segments": o.segments,
+                "encoding": o.encoding,
                 "send_time": o.send_time,
                 "update_time": now,
             }
@@ -406,7 +418,16 @@ class Sender:
         async def one(message: Message, person: Person | None, address: str) -> Outcome:
             async with self._gate:
                 suppressed = blocked.get((message.tenant_id, message.channel), {}).get(address)
-                return await self._send(message, person, address, suppressed)
+                try:
+                    return await self._send(message, person, address, suppressed)
+                except Exception as error:  # a bug must not hold the batch
+                    log.exception("messaging: sending %s failed unexpectedly", message.id)
+                    if message.id in self._handed:  # it may have gone out
+                        return Outcome("unknown", error=f"unexpected: {error!r}"[:500],
+                                       address=address)  # fmt: skip
+                    return Outcome("queued", error=f"unexpected: {error!r}"[:500],
+                                   address=address, next_attempt_time=self._clock()
+                                   + RETRY_BASE_US)  # fmt: skip
 
         return list(
             await asyncio.gather(
@@ -566,6 +587,10 @@ class Sender:
             rendered["text"],
             unsubscribe_url=unsubscribe,
         )
+        sms = measure(rendered["text"]) if message.channel == "sms" else None
+        if sms is not None and not sms.segments:
+            return Outcome("aborted", "template_error", "the SMS body is empty",
+                           address=address, locale=locale, profile_id=profile_id)  # fmt: skip
         errors: list[str] = []
         journaled = False
 
@@ -576,6 +601,10 @@ class Sender:
                 journaled = True
 
         for provider in providers:
+            if self._receipt_url is not None and provider.kind in RECEIPTS:
+                outgoing = dataclasses.replace(
+                    outgoing, receipt_url=self._receipt_url(provider.name)
+                )
             try:
                 provider_message_id = await self._adapter(provider).send(outgoing, handing_over)
             except ProviderError as error:
@@ -606,6 +635,8 @@ class Sender:
                 locale=locale,
                 profile_id=profile_id,
                 send_time=self._clock(),
+                segments=sms.segments if sms else 0,
+                encoding=sms.encoding if sms else "",
             )
         # every provider out: later, or never
         if message.attempts + 1 >= MAX_ATTEMPTS:
@@ -629,6 +660,7 @@ class Sender:
 
     def _attempting(self, message_id: str) -> None:
         """Journal that this message is about to reach a provider."""
+        self._handed.add(message_id)
         if self._journal_path is None:
             return
         if self._journal_fd < 0:

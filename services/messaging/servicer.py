@@ -117,10 +117,14 @@ def message_proto(message: Message) -> message_pb2.Message:
         send_time=timestamp(message.send_time or None),
         update_time=timestamp(message.update_time),
         campaign=f"{tenant}/campaigns/{message.campaign_id}" if message.campaign_id else "",
+        sms_segments=message.segments,
+        sms_encoding=message.encoding,
+        receipt=message.receipt,
+        receipt_time=timestamp(message.receipt_time or None),
     )
 
 
-_KINDS = {message_pb2.PROVIDER_KIND_SMTP: "smtp"}
+_KINDS = {message_pb2.PROVIDER_KIND_SMTP: "smtp", message_pb2.PROVIDER_KIND_TWILIO: "twilio"}
 _KIND_ENUMS = {v: k for k, v in _KINDS.items()}
 
 
@@ -371,6 +375,12 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
             current_principal(), r.name, list(request.update_mask.paths), caps, quiet
         )
         return pb.UpdateDeliveryRulesResponse(delivery_rules=rules_proto(rules))
+
+    async def ReceiveProviderReceipt(
+        self, request: pb.ReceiveProviderReceiptRequest, context: Any
+    ) -> Any:
+        await self._m.receipt(request.provider, dict(request.fields), request.signature)
+        return pb.ReceiveProviderReceiptResponse()
 
     async def Unsubscribe(self, request: pb.UnsubscribeRequest, context: Any) -> Any:
         channel = await self._m.unsubscribe(request.token)

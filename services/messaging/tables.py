@@ -78,6 +78,10 @@ messaging_messages = sa.Table(
     sa.Column("next_attempt_time", sa.BigInteger, nullable=False),
     sa.Column("lease_until", sa.BigInteger, nullable=False),
     sa.Column("sender", sa.String(200), nullable=False),  # host:worker that holds it
+    sa.Column("segments", sa.Integer, nullable=False),  # an SMS's parts
+    sa.Column("encoding", sa.String(10), nullable=False),  # GSM-7 or UCS-2
+    sa.Column("receipt", sa.String(60), nullable=False),  # the provider's last receipt
+    sa.Column("receipt_time", sa.BigInteger, nullable=False),
     sa.Column("create_time", sa.BigInteger, nullable=False),
     sa.Column("send_time", sa.BigInteger, nullable=False),
     sa.Column("update_time", sa.BigInteger, nullable=False),
@@ -91,6 +95,7 @@ messaging_messages = sa.Table(
     ),
     sa.Index("ix_messaging_messages_due", "state", "next_attempt_time"),
     sa.Index("ix_messaging_messages_tenant", "tenant_id", "create_time", "id"),
+    sa.Index("ix_messaging_messages_provider_id", "tenant_id", "provider_message_id"),
 )
 
 messaging_suppressions = sa.Table(

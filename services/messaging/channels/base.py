@@ -17,6 +17,8 @@ class Outgoing:
     text: str
     # One-click unsubscribe (RFC 8058) for marketing email: the signed URL.
     unsubscribe_url: str = ""
+    # Where the provider posts its receipts (delivered, failed...).
+    receipt_url: str = ""
     headers: dict[str, str] = field(default_factory=dict)
 
 

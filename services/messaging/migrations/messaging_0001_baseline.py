@@ -76,6 +76,10 @@ def upgrade() -> None:
         sa.Column("next_attempt_time", sa.BigInteger, nullable=False),
         sa.Column("lease_until", sa.BigInteger, nullable=False),
         sa.Column("sender", sa.String(200), nullable=False),
+        sa.Column("segments", sa.Integer, nullable=False),
+        sa.Column("encoding", sa.String(10), nullable=False),
+        sa.Column("receipt", sa.String(60), nullable=False),
+        sa.Column("receipt_time", sa.BigInteger, nullable=False),
         sa.Column("create_time", sa.BigInteger, nullable=False),
         sa.Column("send_time", sa.BigInteger, nullable=False),
         sa.Column("update_time", sa.BigInteger, nullable=False),
@@ -93,6 +97,11 @@ def upgrade() -> None:
     )
     op.create_index(
         "ix_messaging_messages_tenant", "messaging_messages", ["tenant_id", "create_time", "id"]
+    )
+    op.create_index(
+        "ix_messaging_messages_provider_id",
+        "messaging_messages",
+        ["tenant_id", "provider_message_id"],
     )
     op.create_table(
         "messaging_suppressions",

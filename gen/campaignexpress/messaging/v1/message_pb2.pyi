@@ -76,6 +76,8 @@ class _ProviderKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Provider
     """Not set: refused."""
     PROVIDER_KIND_SMTP: _ProviderKind.ValueType  # 1
     """Any SMTP server (email)."""
+    PROVIDER_KIND_TWILIO: _ProviderKind.ValueType  # 2
+    """Twilio's Messages API (SMS)."""
 
 class ProviderKind(_ProviderKind, metaclass=_ProviderKindEnumTypeWrapper):
     """Kinds of providers."""
@@ -84,6 +86,8 @@ PROVIDER_KIND_UNSPECIFIED: ProviderKind.ValueType  # 0
 """Not set: refused."""
 PROVIDER_KIND_SMTP: ProviderKind.ValueType  # 1
 """Any SMTP server (email)."""
+PROVIDER_KIND_TWILIO: ProviderKind.ValueType  # 2
+"""Twilio's Messages API (SMS)."""
 Global___ProviderKind: _TypeAlias = ProviderKind  # noqa: Y015
 
 class _SuppressionReason:
@@ -248,6 +252,10 @@ class Message(_message.Message):
     SEND_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     CAMPAIGN_FIELD_NUMBER: _builtins.int
+    SMS_SEGMENTS_FIELD_NUMBER: _builtins.int
+    SMS_ENCODING_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    RECEIPT_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`tenants/{tenant}/messages/{message}`."""
     template: _builtins.str
@@ -287,6 +295,16 @@ class Message(_message.Message):
     """Output only: sends tried."""
     campaign: _builtins.str
     """The campaign it belongs to, if any (`tenants/{tenant}/campaigns/{c}`)."""
+    sms_segments: _builtins.int
+    """Output only: for an SMS, the segments it takes (each billed) and its
+    encoding, `GSM-7` or `UCS-2`.
+    """
+    sms_encoding: _builtins.str
+    """Output only: the SMS encoding."""
+    receipt: _builtins.str
+    """Output only: the provider's last receipt (`delivered`, `undelivered`,
+    `failed`), with its error code after a colon when it has one.
+    """
     @_builtins.property
     def recipient(self) -> Global___Recipient:
         """Who it is for."""
@@ -306,6 +324,10 @@ class Message(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only: its last change."""
+
+    @_builtins.property
+    def receipt_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only: when that receipt came."""
 
     def __init__(
         self,
@@ -330,10 +352,14 @@ class Message(_message.Message):
         send_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         campaign: _builtins.str = ...,
+        sms_segments: _builtins.int = ...,
+        sms_encoding: _builtins.str = ...,
+        receipt: _builtins.str = ...,
+        receipt_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "data", b"data", "recipient", b"recipient", "send_time", b"send_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "data", b"data", "receipt_time", b"receipt_time", "recipient", b"recipient", "send_time", b"send_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "address", b"address", "attempts", b"attempts", "campaign", b"campaign", "channel", b"channel", "create_time", b"create_time", "data", b"data", "error", b"error", "idempotency_key", b"idempotency_key", "locale", b"locale", "name", b"name", "provider", b"provider", "provider_message_id", b"provider_message_id", "recipient", b"recipient", "send_time", b"send_time", "state", b"state", "template", b"template", "template_version", b"template_version", "transactional", b"transactional", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "address", b"address", "attempts", b"attempts", "campaign", b"campaign", "channel", b"channel", "create_time", b"create_time", "data", b"data", "error", b"error", "idempotency_key", b"idempotency_key", "locale", b"locale", "name", b"name", "provider", b"provider", "provider_message_id", b"provider_message_id", "receipt", b"receipt", "receipt_time", b"receipt_time", "recipient", b"recipient", "send_time", b"send_time", "sms_encoding", b"sms_encoding", "sms_segments", b"sms_segments", "state", b"state", "template", b"template", "template_version", b"template_version", "transactional", b"transactional", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

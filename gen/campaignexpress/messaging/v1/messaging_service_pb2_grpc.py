@@ -112,6 +112,11 @@ class MessagingServiceStub:
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UnsubscribeRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UnsubscribeResponse.FromString,
                 _registered_method=True)
+        self.ReceiveProviderReceipt = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/ReceiveProviderReceipt',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveProviderReceiptRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveProviderReceiptResponse.FromString,
+                _registered_method=True)
         self.GetDeliveryRules = channel.unary_unary(
                 '/campaignexpress.messaging.v1.MessagingService/GetDeliveryRules',
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetDeliveryRulesRequest.SerializeToString,
@@ -249,6 +254,15 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReceiveProviderReceipt(self, request, context):
+        """A provider's receipt for a message it took: Twilio's status callback
+        (its form fields, signed in X-Twilio-Signature with the account's auth
+        token over this URL). Needs no credentials: the signature is the proof.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetDeliveryRules(self, request, context):
         """Gets the tenant's delivery rules.
         """
@@ -348,6 +362,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.Unsubscribe,
                     request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UnsubscribeRequest.FromString,
                     response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UnsubscribeResponse.SerializeToString,
+            ),
+            'ReceiveProviderReceipt': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReceiveProviderReceipt,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveProviderReceiptRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveProviderReceiptResponse.SerializeToString,
             ),
             'GetDeliveryRules': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDeliveryRules,
@@ -773,6 +792,33 @@ class MessagingService:
             '/campaignexpress.messaging.v1.MessagingService/Unsubscribe',
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UnsubscribeRequest.SerializeToString,
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UnsubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveProviderReceipt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/ReceiveProviderReceipt',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveProviderReceiptRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveProviderReceiptResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,6 +80,11 @@ class MessagingServiceStub:
     credentials: the token is the proof. A GET (a link scanner) changes
     nothing.
     """
+    ReceiveProviderReceipt: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ReceiveProviderReceiptRequest, _messaging_service_pb2.ReceiveProviderReceiptResponse]
+    """A provider's receipt for a message it took: Twilio's status callback
+    (its form fields, signed in X-Twilio-Signature with the account's auth
+    token over this URL). Needs no credentials: the signature is the proof.
+    """
     GetDeliveryRules: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.GetDeliveryRulesRequest, _messaging_service_pb2.GetDeliveryRulesResponse]
     """Gets the tenant's delivery rules."""
     UpdateDeliveryRules: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.UpdateDeliveryRulesRequest, _messaging_service_pb2.UpdateDeliveryRulesResponse]
@@ -140,6 +145,11 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     is suppressed on that channel (reason USER_OPT_OUT) at once. Needs no
     credentials: the token is the proof. A GET (a link scanner) changes
     nothing.
+    """
+    ReceiveProviderReceipt: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ReceiveProviderReceiptRequest, _messaging_service_pb2.ReceiveProviderReceiptResponse]  # type: ignore[assignment]
+    """A provider's receipt for a message it took: Twilio's status callback
+    (its form fields, signed in X-Twilio-Signature with the account's auth
+    token over this URL). Needs no credentials: the signature is the proof.
     """
     GetDeliveryRules: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.GetDeliveryRulesRequest, _messaging_service_pb2.GetDeliveryRulesResponse]  # type: ignore[assignment]
     """Gets the tenant's delivery rules."""
@@ -288,6 +298,17 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         is suppressed on that channel (reason USER_OPT_OUT) at once. Needs no
         credentials: the token is the proof. A GET (a link scanner) changes
         nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ReceiveProviderReceipt(
+        self,
+        request: _messaging_service_pb2.ReceiveProviderReceiptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.ReceiveProviderReceiptResponse, _abc.Awaitable[_messaging_service_pb2.ReceiveProviderReceiptResponse]]:
+        """A provider's receipt for a message it took: Twilio's status callback
+        (its form fields, signed in X-Twilio-Signature with the account's auth
+        token over this URL). Needs no credentials: the signature is the proof.
         """
 
     @_abc_1.abstractmethod
