@@ -69,6 +69,11 @@ class Settings:
     message_lease_seconds: float = field(
         default=60.0, metadata={"env": "CAMPAIGN_EXPRESS_MESSAGE_LEASE_SECONDS"}
     )
+    # A message every provider refused for now is tried again after this,
+    # then 4x longer each time (5 tries in all, then FAILED).
+    message_retry_seconds: float = field(
+        default=30.0, metadata={"env": "CAMPAIGN_EXPRESS_MESSAGE_RETRY_SECONDS"}
+    )
     rate_limit_per_second: float = field(
         default=100.0, metadata={"env": "CAMPAIGN_EXPRESS_RATE_LIMIT_PER_SECOND"}
     )
@@ -217,6 +222,8 @@ def validate(s: Settings, known_services: Sequence[str]) -> None:
         fail("access_token_seconds", "must be at least 30")
     if s.refresh_token_seconds < s.access_token_seconds:
         fail("refresh_token_seconds", "must not be shorter than access tokens")
+    if not 0.01 <= s.message_retry_seconds <= 3600:
+        fail("message_retry_seconds", "must be between 0.01 and 3600")
     if not 1 <= s.message_lease_seconds <= 3600:
         fail("message_lease_seconds", "must be between 1 and 3600")
     if not 0 <= s.auth_outage_grace_seconds <= 86400:

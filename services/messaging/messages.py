@@ -18,7 +18,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from services.common import names
 from services.common.call import Principal
 from services.common.clock import now_us
-from services.common.errors import FieldViolation, InvalidArgument, NotFound, collect
+from services.common.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    collect,
+)
 from services.common.ids import random_hex_id
 from services.common.pagination import PageTokens, scope
 from services.db import Database
@@ -231,6 +237,36 @@ class Messages:
         if stored and self.on_queued is not None:
             self.on_queued(stored)
         return stored
+
+    async def replay(self, caller: Principal, name: str) -> Message:
+        """Queue a message again: a FAILED or UNKNOWN one, or a delivered
+        webhook (receivers drop repeats by its id); FailedPrecondition
+        otherwise."""
+        found = await self.get(caller, name)
+        if not (
+            found.state in ("failed", "unknown")
+            or (found.state == "sent" and found.channel == "webhook")
+        ):
+            raise FailedPrecondition(
+                f"{name} is {found.state.upper()}: only FAILED or UNKNOWN messages (or a sent "
+                "webhook) are replayed",
+                reason="NOT_REPLAYABLE",
+            )
+        now = self._clock()
+        m = messaging_messages.c
+        async with self._db.engine.begin() as conn:
+            done = await conn.execute(
+                messaging_messages.update()
+                .where(m.id == found.id, m.state == found.state)
+                .values(state="queued", attempts=0, next_attempt_time=now, error="",
+                        abort_reason="", sender="", update_time=now)
+            )  # fmt: skip
+        if not done.rowcount:
+            raise FailedPrecondition(f"{name} changed meanwhile; try again")
+        replayed = await self.get(caller, name)
+        if self.on_queued is not None:
+            self.on_queued([replayed])
+        return replayed
 
     async def record_receipt(
         self, tenant_id: str, provider_id: str, provider_message_id: str, receipt: str, at: int

@@ -51,6 +51,7 @@ async def _build(kernel: Kernel) -> Built:
         rules=rules,
         caps=Caps(kernel.backends.hot_store),
         lease_seconds=kernel.settings.message_lease_seconds,
+        retry_seconds=kernel.settings.message_retry_seconds,
         # One name and attempt journal per host and worker: a sender that
         # starts again settles what it left (services/messaging/sender.py).
         journal=kernel.settings.data_dir / "messaging" / f"attempts-{kernel.worker}.log",

@@ -18,12 +18,16 @@ from services.common.errors import FieldViolation, InvalidArgument, NotFound, co
 from services.common.ids import random_hex_id
 from services.common.validation import check_text
 from services.db import Database
-from services.messaging.channels import smtp, twilio_sms
+from services.messaging.channels import smtp, twilio_sms, webhook
 from services.messaging.tables import messaging_providers
 from services.messaging.templates import CHANNELS
 
 #: Kinds of providers, the channel each carries, and their adapter module.
-KINDS: dict[str, tuple[str, Any]] = {"smtp": ("email", smtp), "twilio": ("sms", twilio_sms)}
+KINDS: dict[str, tuple[str, Any]] = {
+    "smtp": ("email", smtp),
+    "twilio": ("sms", twilio_sms),
+    "webhook": ("webhook", webhook),
+}
 MAX_PROVIDERS = 20  # per tenant
 MASK = "***"
 #: How long a process trusts its list of a tenant's providers.

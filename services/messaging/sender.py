@@ -78,6 +78,8 @@ POLL_SECONDS = 0.5
 ORPHAN_LEASES = 10
 #: The attempt journal is emptied when it grows past this, between batches.
 JOURNAL_MAX_BYTES = 4 * 1024 * 1024
+#: What a webhook message records as its address (it goes to the endpoint).
+WEBHOOK_ADDRESS = "webhook"
 #: Provider kinds that post receipts to us (their status callback URL).
 RECEIPTS = frozenset({"twilio"})
 ADDRESS_TRAIT = {"email": "email", "sms": "phone", "whatsapp": "phone"}
@@ -135,6 +137,7 @@ class Sender:
         rules: DeliveryRules | None = None,
         caps: Caps | None = None,
         lease_seconds: float = LEASE_US / 1e6,
+        retry_seconds: float = RETRY_BASE_US / 1e6,
         journal: pathlib.Path | None = None,
         name: str = "",
     ) -> None:
@@ -148,6 +151,7 @@ class Sender:
         self._unsubscribe_url = unsubscribe_url
         self._receipt_url = receipt_url
         self._lease_us = int(lease_seconds * 1e6)
+        self._retry_us = int(retry_seconds * 1e6)
         self._rules = rules or DeliveryRules(db, clock=clock)
         self._caps = caps or Caps(MemoryKeyValueStore())
         # This sender's name on its claims, and the journal of its attempts
@@ -427,7 +431,7 @@ class Sender:
                                        address=address)  # fmt: skip
                     return Outcome("queued", error=f"unexpected: {error!r}"[:500],
                                    address=address, next_attempt_time=self._clock()
-                                   + RETRY_BASE_US)  # fmt: skip
+                                   + self._retry_us)  # fmt: skip
 
         return list(
             await asyncio.gather(
@@ -448,6 +452,8 @@ class Sender:
 
     @staticmethod
     def _address(message: Message, person: Person | None) -> str:
+        if message.channel == "webhook":
+            return WEBHOOK_ADDRESS  # the provider's endpoint: nobody's address
         own = {"email": "email", "sms": "phone", "whatsapp": "phone"}.get(message.channel, "")
         if not own:
             return ""
@@ -647,7 +653,7 @@ class Sender:
                 locale=locale,
                 profile_id=profile_id,
             )
-        delay = RETRY_BASE_US * 4**message.attempts
+        delay = self._retry_us * 4**message.attempts
         delay = int(delay * random.uniform(0.8, 1.2))
         return Outcome(
             "queued",

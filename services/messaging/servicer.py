@@ -124,7 +124,11 @@ def message_proto(message: Message) -> message_pb2.Message:
     )
 
 
-_KINDS = {message_pb2.PROVIDER_KIND_SMTP: "smtp", message_pb2.PROVIDER_KIND_TWILIO: "twilio"}
+_KINDS = {
+    message_pb2.PROVIDER_KIND_SMTP: "smtp",
+    message_pb2.PROVIDER_KIND_TWILIO: "twilio",
+    message_pb2.PROVIDER_KIND_WEBHOOK: "webhook",
+}
 _KIND_ENUMS = {v: k for k, v in _KINDS.items()}
 
 
@@ -304,6 +308,10 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
     async def GetMessage(self, request: pb.GetMessageRequest, context: Any) -> Any:
         found = await self._m.messages.get(current_principal(), request.name)
         return pb.GetMessageResponse(message=message_proto(found))
+
+    async def ReplayMessage(self, request: pb.ReplayMessageRequest, context: Any) -> Any:
+        replayed = await self._m.messages.replay(current_principal(), request.name)
+        return pb.ReplayMessageResponse(message=message_proto(replayed))
 
     async def ListMessages(self, request: pb.ListMessagesRequest, context: Any) -> Any:
         found, token = await self._m.messages.list_messages(

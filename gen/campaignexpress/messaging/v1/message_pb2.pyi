@@ -78,6 +78,8 @@ class _ProviderKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Provider
     """Any SMTP server (email)."""
     PROVIDER_KIND_TWILIO: _ProviderKind.ValueType  # 2
     """Twilio's Messages API (SMS)."""
+    PROVIDER_KIND_WEBHOOK: _ProviderKind.ValueType  # 3
+    """A signed HTTP POST to the tenant's endpoint (Standard Webhooks)."""
 
 class ProviderKind(_ProviderKind, metaclass=_ProviderKindEnumTypeWrapper):
     """Kinds of providers."""
@@ -88,6 +90,8 @@ PROVIDER_KIND_SMTP: ProviderKind.ValueType  # 1
 """Any SMTP server (email)."""
 PROVIDER_KIND_TWILIO: ProviderKind.ValueType  # 2
 """Twilio's Messages API (SMS)."""
+PROVIDER_KIND_WEBHOOK: ProviderKind.ValueType  # 3
+"""A signed HTTP POST to the tenant's endpoint (Standard Webhooks)."""
 Global___ProviderKind: _TypeAlias = ProviderKind  # noqa: Y015
 
 class _SuppressionReason:

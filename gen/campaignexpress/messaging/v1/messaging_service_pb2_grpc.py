@@ -92,6 +92,11 @@ class MessagingServiceStub:
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetMessageRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetMessageResponse.FromString,
                 _registered_method=True)
+        self.ReplayMessage = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/ReplayMessage',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReplayMessageRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReplayMessageResponse.FromString,
+                _registered_method=True)
         self.ListMessages = channel.unary_unary(
                 '/campaignexpress.messaging.v1.MessagingService/ListMessages',
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListMessagesRequest.SerializeToString,
@@ -221,6 +226,15 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplayMessage(self, request, context):
+        """Sends a message again: a FAILED one (a dead letter) or an UNKNOWN one,
+        or a webhook that was delivered (its receiver drops repeats by
+        `webhook-id`). It goes back to the queue with its tries counted anew.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListMessages(self, request, context):
         """Lists a tenant's messages, newest first.
         """
@@ -342,6 +356,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.GetMessage,
                     request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetMessageRequest.FromString,
                     response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetMessageResponse.SerializeToString,
+            ),
+            'ReplayMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayMessage,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReplayMessageRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReplayMessageResponse.SerializeToString,
             ),
             'ListMessages': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMessages,
@@ -684,6 +703,33 @@ class MessagingService:
             '/campaignexpress.messaging.v1.MessagingService/GetMessage',
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetMessageRequest.SerializeToString,
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/ReplayMessage',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReplayMessageRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReplayMessageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,11 @@ class MessagingServiceStub:
     """
     GetMessage: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.GetMessageRequest, _messaging_service_pb2.GetMessageResponse]
     """Gets a message."""
+    ReplayMessage: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ReplayMessageRequest, _messaging_service_pb2.ReplayMessageResponse]
+    """Sends a message again: a FAILED one (a dead letter) or an UNKNOWN one,
+    or a webhook that was delivered (its receiver drops repeats by
+    `webhook-id`). It goes back to the queue with its tries counted anew.
+    """
     ListMessages: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ListMessagesRequest, _messaging_service_pb2.ListMessagesResponse]
     """Lists a tenant's messages, newest first."""
     CreateSuppression: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.CreateSuppressionRequest, _messaging_service_pb2.CreateSuppressionResponse]
@@ -131,6 +136,11 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     """
     GetMessage: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.GetMessageRequest, _messaging_service_pb2.GetMessageResponse]  # type: ignore[assignment]
     """Gets a message."""
+    ReplayMessage: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ReplayMessageRequest, _messaging_service_pb2.ReplayMessageResponse]  # type: ignore[assignment]
+    """Sends a message again: a FAILED one (a dead letter) or an UNKNOWN one,
+    or a webhook that was delivered (its receiver drops repeats by
+    `webhook-id`). It goes back to the queue with its tries counted anew.
+    """
     ListMessages: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ListMessagesRequest, _messaging_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """Lists a tenant's messages, newest first."""
     CreateSuppression: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.CreateSuppressionRequest, _messaging_service_pb2.CreateSuppressionResponse]  # type: ignore[assignment]
@@ -260,6 +270,17 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_service_pb2.GetMessageResponse, _abc.Awaitable[_messaging_service_pb2.GetMessageResponse]]:
         """Gets a message."""
+
+    @_abc_1.abstractmethod
+    def ReplayMessage(
+        self,
+        request: _messaging_service_pb2.ReplayMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.ReplayMessageResponse, _abc.Awaitable[_messaging_service_pb2.ReplayMessageResponse]]:
+        """Sends a message again: a FAILED one (a dead letter) or an UNKNOWN one,
+        or a webhook that was delivered (its receiver drops repeats by
+        `webhook-id`). It goes back to the queue with its tries counted anew.
+        """
 
     @_abc_1.abstractmethod
     def ListMessages(
