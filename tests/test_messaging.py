@@ -448,3 +448,52 @@ async def test_a_live_email_campaign_sends_to_its_audience_once(env: Env, smtp: 
     await env.running.platform.api("messaging").campaign_sends.run_once()
     await asyncio.sleep(0.5)
     assert "p3@example.com" not in {r.rcpt_tos[0] for r in smtp.received}
+
+
+async def test_a_persons_messages_are_exported_and_erased(env: Env, smtp: SmtpServer) -> None:
+    await provider(env, smtp.port)
+    note = await template(
+        env, {"displayName": "n", "channel": "MESSAGE_CHANNEL_EMAIL",
+              "contents": {"en": {"subject": "s", "text": "Hi"}}},
+    )  # fmt: skip
+    await ingest(
+        env,
+        {"type": "identify", "userId": "zoe", "traits": {"email": "zoe@example.com"}},
+        {"type": "identify", "userId": "yan", "traits": {"email": "yan@example.com"}},
+    )
+    to_zoe = await send(env, {"template": note["name"], "recipient": {"userId": "zoe"}})
+    bare = await send(env, {"template": note["name"], "recipient": {"email": "zoe@example.com"}})
+    to_yan = await send(env, {"template": note["name"], "recipient": {"userId": "yan"}})
+    for sent in (to_zoe, bare, to_yan):
+        assert (await settled(env, sent["message"]["name"]))["state"] == "MESSAGE_STATE_SENT"
+
+    async def request(kind: str) -> dict[str, Any]:
+        status, body = await call(
+            env, "POST", "tenants/acme/dataSubjectRequests",
+            {"kind": kind, "subject": {"kind": "user_id", "value": "zoe"}},
+        )  # fmt: skip
+        assert status == 200, body
+        record: dict[str, Any] = body["dataSubjectRequest"]
+        assert record["state"] == "DATA_SUBJECT_REQUEST_STATE_SUCCEEDED", record
+        return record
+
+    exported = await request("DATA_SUBJECT_REQUEST_KIND_EXPORT")
+    listed = exported["archive"]["domains"]["messaging"]
+    assert {m["message"] for m in listed} == {to_zoe["message"]["name"], bare["message"]["name"]}
+    erased = await request("DATA_SUBJECT_REQUEST_KIND_ERASE")
+    assert erased["summary"]["messaging"] == 2
+    for gone in (to_zoe, bare):
+        status, _ = await call(env, "GET", gone["message"]["name"])
+        assert status == 404
+    status, _ = await call(env, "GET", to_yan["message"]["name"])
+    assert status == 200  # someone else's stays
+    gone_ids = [m["message"]["name"].rsplit("/", 1)[1] for m in (to_zoe, bare)]
+    rows = await env.running.platform.kernel.backends.analytics.query(
+        f"SELECT count() FROM message_events WHERE message_id IN ('{gone_ids[0]}', '{gone_ids[1]}')"
+    )
+    assert rows[0][0] == 0  # the lifecycle events went too
+    rows = await env.running.platform.kernel.backends.analytics.query(
+        "SELECT count() FROM message_events WHERE message_id = "
+        f"'{to_yan['message']['name'].rsplit('/', 1)[1]}'"
+    )
+    assert rows[0][0] == 2  # queued, sent

@@ -14,6 +14,7 @@ from services.messaging.domain import Messaging
 from services.messaging.events import MESSAGE_EVENTS, event_row
 from services.messaging.links import Links
 from services.messaging.messages import Message, Messages
+from services.messaging.privacy import MessagesOfPeople
 from services.messaging.providers import Providers
 from services.messaging.rules import Caps, DeliveryRules
 from services.messaging.sender import Sender
@@ -94,6 +95,10 @@ async def _build(kernel: Kernel) -> Built:
         templates, providers, suppressions, messages, sender, links, directory, events
     )
     messaging.rules = rules
+    if kernel.has_interface("data_subject_hooks"):  # what it holds about a person
+        kernel.interface("data_subject_hooks").register(
+            "messaging", MessagesOfPeople(db, events, kernel.backends.analytics)
+        )
     messaging.campaign_sends = campaign_sends
     return Built([MessagingServicer(messaging)], api=messaging)
 
