@@ -19,6 +19,7 @@ from grpc import aio
 
 from campaignexpress.audience.v1 import audience_service_pb2
 from campaignexpress.bidding.v1 import bidding_service_pb2
+from campaignexpress.messaging.v1 import messaging_service_pb2
 from gateway.bodies import body_too_large, content_encoding, decompress
 from gateway.errors import error_body
 from gateway.openapi import build_openapi
@@ -39,6 +40,11 @@ CALL_TIMEOUT_SECONDS = 30.0
 #: Providers post receipts as forms (Twilio's status callbacks).
 RECEIPT_METHOD = "/campaignexpress.messaging.v1.MessagingService/ReceiveProviderReceipt"
 FORM = "application/x-www-form-urlencoded"
+MESSAGING_SERVICE = "campaignexpress.messaging.v1.MessagingService"
+#: A transparent 1x1 GIF (the open pixel's answer).
+PIXEL = bytes.fromhex(
+    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
+)
 #: A streamed file (an export) may take this long in all.
 STREAM_TIMEOUT_SECONDS = 1800.0
 BIDDING_SERVICE = "campaignexpress.bidding.v1.BiddingService"
@@ -110,6 +116,7 @@ class Gateway:
         self._openapi: bytes | None = None
         self._process_bid: Any = None
         self._ingest: Any = None
+        self._track_engagement: Any = None
         self._max_request_bytes = 4 * 1024 * 1024
 
     def _callable(self, route: Route) -> Any:
@@ -299,6 +306,34 @@ class Gateway:
             headers=headers,
         )
 
+    async def engagement(self, request: web.Request) -> web.Response:
+        """An email's open pixel (`.../{token}.gif`: a 1x1 GIF, whatever
+        happens, so no mail client shows a broken image) or tracked link (a
+        redirect to it), recorded by MessagingService.TrackEngagement."""
+        token = request.match_info["token"]
+        is_pixel = token.endswith(".gif")
+        if self._track_engagement is None:
+            self._track_engagement = self._channel_for(MESSAGING_SERVICE).unary_unary(
+                f"/{MESSAGING_SERVICE}/TrackEngagement",
+                request_serializer=messaging_service_pb2.TrackEngagementRequest.SerializeToString,
+                response_deserializer=messaging_service_pb2.TrackEngagementResponse.FromString,
+            )
+        no_store = {"Cache-Control": "no-store, private"}
+        try:
+            reply = await self._track_engagement(
+                messaging_service_pb2.TrackEngagementRequest(token=token),
+                metadata=[("x-request-id", _request_id(request))],
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
+        except aio.AioRpcError as exc:
+            if is_pixel:
+                return web.Response(body=PIXEL, content_type="image/gif", headers=no_store)
+            status, payload, _ = error_body(exc.code(), exc.details() or "", (), "")
+            return _json(payload, status)
+        if reply.kind == "click":
+            raise web.HTTPFound(reply.url, headers=no_store)
+        return web.Response(body=PIXEL, content_type="image/gif", headers=no_store)
+
     async def track(self, request: web.Request) -> web.Response:
         """Segment's HTTP Tracking API (gateway/tracking.py), dispatched to
         AudienceService.IngestEvents; `{"success": true}` when taken."""
@@ -397,6 +432,8 @@ class Gateway:
         app.router.add_get("/openapi.json", self.openapi)
         if BIDDING_SERVICE in self._services:
             app.router.add_post("/v1/bid", self.bid)
+        if MESSAGING_SERVICE in self._services:
+            app.router.add_get("/v1/t/{token}", self.engagement)
         if AUDIENCE_SERVICE in self._services:
             for path in TRACKING_PATHS:
                 app.router.add_post(path, self.track)

@@ -497,3 +497,48 @@ async def test_a_persons_messages_are_exported_and_erased(env: Env, smtp: SmtpSe
         f"'{to_yan['message']['name'].rsplit('/', 1)[1]}'"
     )
     assert rows[0][0] == 2  # queued, sent
+
+
+async def test_opens_and_clicks_are_tracked(env: Env, smtp: SmtpServer) -> None:
+    await provider(env, smtp.port)
+    promo = await template(
+        env,
+        {"displayName": "promo", "channel": "MESSAGE_CHANNEL_EMAIL",
+         "contents": {"en": {"subject": "Sale", "text": "Sale at https://shop.example/sale",
+                             "html": "<html><body><p>Sale!</p>"
+                                     "<a href=\"https://shop.example/sale?a=1&amp;b=2\">Shop</a>"
+                                     "<a href='mailto:help@shop.example'>Help</a>"
+                                     "</body></html>"}}},
+    )  # fmt: skip
+    sent = await send(env, {"template": promo["name"], "recipient": {"email": "o@example.com"}})
+    done = await settled(env, sent["message"]["name"])
+    assert done["state"] == "MESSAGE_STATE_SENT"
+    (mail,) = smtp.to("o@example.com")
+    html = mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "https://shop.example/sale" not in html and "mailto:help@shop.example" in html
+    links = [part.split('"')[0] for part in html.split('href="')[1:]]
+    pixel = html.split('<img src="')[1].split('"')[0]
+    assert len(links) == 1 and pixel.endswith(".gif")
+    path = "/v1/t/"
+
+    async with env.http.get(env.base_url + path + pixel.split(path)[1]) as reply:
+        assert reply.status == 200 and reply.content_type == "image/gif"
+        assert (await reply.read()).startswith(b"GIF89a")
+    async with env.http.get(
+        env.base_url + path + links[0].split(path)[1], allow_redirects=False
+    ) as reply:
+        assert reply.status == 302
+        assert reply.headers["Location"] == "https://shop.example/sale?a=1&b=2"
+    # tampered: the pixel still answers a GIF, the link is refused
+    async with env.http.get(env.base_url + path + "forged.gif") as reply:
+        assert reply.status == 200 and reply.content_type == "image/gif"
+    async with env.http.get(env.base_url + path + "eyJ0Ijoi.forged", allow_redirects=False) as r:
+        assert r.status == 400
+    await env.running.platform.api("messaging").events.flush()
+    message_id = done["name"].rsplit("/", 1)[1]
+    rows = await env.running.platform.kernel.backends.analytics.query(
+        "SELECT event_type, reason FROM message_events FINAL "
+        f"WHERE message_id = '{message_id}' ORDER BY event_time"
+    )
+    assert [r[0] for r in rows] == ["queued", "sent", "opened", "clicked"]
+    assert rows[3][1] == "https://shop.example/sale?a=1&b=2"

@@ -3,6 +3,7 @@ what spans them (a preview for a profile, an unsubscribe)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -143,6 +144,37 @@ class Messaging:
             await self.suppressions.add(
                 tenant_id, message.address, message.channel, "bounced", note=f"Twilio {code}"
             )
+
+    async def engagement(self, token: str) -> tuple[str, str]:
+        """An open or a click of a tracked email: recorded as a lifecycle
+        event (`opened` once per message; `clicked` once per link); (kind,
+        the link for a click)."""
+        tenant_id, message_id, kind, url = self.links.read_tracking(token)
+        if kind not in ("open", "click") or (kind == "click" and not url):
+            raise InvalidArgument.field("token", "not a valid tracking link")
+        message = await self.messages.find(tenant_id, message_id)
+        if message is not None and self.events is not None:
+            event = "opened" if kind == "open" else "clicked"
+            unique = f"{message_id}:{event}"
+            if kind == "click":
+                unique += ":" + hashlib.sha256(url.encode()).hexdigest()[:16]
+            self.events.emit(
+                event_row(
+                    now_us(),
+                    tenant_id,
+                    message_id,
+                    event,
+                    channel=message.channel,
+                    template_id=message.template_id,
+                    template_version=message.template_version,
+                    campaign_id=message.campaign_id,
+                    profile_id=message.profile_id,
+                    reason=url[:500],
+                    transactional=message.transactional,
+                    event_id=unique,
+                )
+            )
+        return kind, url
 
     async def unsubscribe(self, token: str) -> str:
         """Suppress the address of a one-click unsubscribe link; its channel."""

@@ -302,6 +302,18 @@ class Messages:
             ).first()
         return None if row is None else from_row(row)
 
+    async def find(self, tenant_id: str, message_id: str) -> Message | None:
+        m = messaging_messages.c
+        async with self._db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(messaging_messages).where(
+                        m.tenant_id == tenant_id, m.id == message_id
+                    )
+                )
+            ).first()
+        return None if row is None else from_row(row)
+
     async def get(self, caller: Principal, name: str) -> Message:
         tenant_id, message_id = names.parse_name(name, "name", "tenants", "messages")
         names.require_same_tenant(name, "name", caller.tenant_id)

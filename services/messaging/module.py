@@ -49,6 +49,7 @@ async def _build(kernel: Kernel) -> Built:
         clock=kernel.clock,
         unsubscribe_url=links.unsubscribe_url,
         receipt_url=links.receipt_url,
+        track_html=links.track_html,
         rules=rules,
         caps=Caps(kernel.backends.hot_store),
         lease_seconds=kernel.settings.message_lease_seconds,

@@ -134,6 +134,7 @@ class Sender:
         clock: Callable[[], int] = now_us,
         unsubscribe_url: Callable[[str, str, str], str] | None = None,
         receipt_url: Callable[[str], str] | None = None,
+        track_html: Callable[[str, str, str, str], str] | None = None,
         rules: DeliveryRules | None = None,
         caps: Caps | None = None,
         lease_seconds: float = LEASE_US / 1e6,
@@ -150,6 +151,7 @@ class Sender:
         self._clock = clock
         self._unsubscribe_url = unsubscribe_url
         self._receipt_url = receipt_url
+        self._track_html = track_html
         self._lease_us = int(lease_seconds * 1e6)
         self._retry_us = int(retry_seconds * 1e6)
         self._rules = rules or DeliveryRules(db, clock=clock)
@@ -584,12 +586,15 @@ class Sender:
         unsubscribe = ""
         if message.channel == "email" and not message.transactional and self._unsubscribe_url:
             unsubscribe = self._unsubscribe_url(message.tenant_id, message.channel, address)
+        html = rendered["html"]
+        if html and message.channel == "email" and self._track_html is not None:
+            html = self._track_html(message.tenant_id, message.id, html, unsubscribe)
         outgoing = Outgoing(
             message.id,
             message.tenant_id,
             address,
             rendered["subject"],
-            rendered["html"],
+            html,
             rendered["text"],
             unsubscribe_url=unsubscribe,
         )

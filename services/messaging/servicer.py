@@ -390,6 +390,10 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
         await self._m.receipt(request.provider, dict(request.fields), request.signature)
         return pb.ReceiveProviderReceiptResponse()
 
+    async def TrackEngagement(self, request: pb.TrackEngagementRequest, context: Any) -> Any:
+        kind, url = await self._m.engagement(request.token)
+        return pb.TrackEngagementResponse(kind=kind, url=url)
+
     async def Unsubscribe(self, request: pb.UnsubscribeRequest, context: Any) -> Any:
         channel = await self._m.unsubscribe(request.token)
         return pb.UnsubscribeResponse(channel=_channel_enum(channel))  # type: ignore[arg-type]

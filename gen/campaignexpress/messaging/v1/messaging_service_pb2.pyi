@@ -918,6 +918,54 @@ class ReceiveProviderReceiptResponse(_message.Message):
 Global___ReceiveProviderReceiptResponse: _TypeAlias = ReceiveProviderReceiptResponse  # noqa: Y015
 
 @_typing.final
+class TrackEngagementRequest(_message.Message):
+    """Request of TrackEngagement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The token of the pixel or link."""
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackEngagementRequest: _TypeAlias = TrackEngagementRequest  # noqa: Y015
+
+@_typing.final
+class TrackEngagementResponse(_message.Message):
+    """Response of TrackEngagement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """`open` or `click`."""
+    url: _builtins.str
+    """For a click: where the link goes."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackEngagementResponse: _TypeAlias = TrackEngagementResponse  # noqa: Y015
+
+@_typing.final
 class GetDeliveryRulesRequest(_message.Message):
     """Request of GetDeliveryRules."""
 

@@ -122,6 +122,11 @@ class MessagingServiceStub:
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveProviderReceiptRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveProviderReceiptResponse.FromString,
                 _registered_method=True)
+        self.TrackEngagement = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/TrackEngagement',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TrackEngagementRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TrackEngagementResponse.FromString,
+                _registered_method=True)
         self.GetDeliveryRules = channel.unary_unary(
                 '/campaignexpress.messaging.v1.MessagingService/GetDeliveryRules',
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetDeliveryRulesRequest.SerializeToString,
@@ -277,6 +282,15 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrackEngagement(self, request, context):
+        """An open or a click of a tracked email: the signed token of its pixel
+        or link. Served by the gateway as `GET /v1/t/{token}` (a 1x1 GIF, or a
+        redirect to the link); needs no credentials: the token is the proof.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetDeliveryRules(self, request, context):
         """Gets the tenant's delivery rules.
         """
@@ -386,6 +400,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.ReceiveProviderReceipt,
                     request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveProviderReceiptRequest.FromString,
                     response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveProviderReceiptResponse.SerializeToString,
+            ),
+            'TrackEngagement': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrackEngagement,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TrackEngagementRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TrackEngagementResponse.SerializeToString,
             ),
             'GetDeliveryRules': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDeliveryRules,
@@ -865,6 +884,33 @@ class MessagingService:
             '/campaignexpress.messaging.v1.MessagingService/ReceiveProviderReceipt',
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveProviderReceiptRequest.SerializeToString,
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveProviderReceiptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrackEngagement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/TrackEngagement',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TrackEngagementRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TrackEngagementResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,6 +90,11 @@ class MessagingServiceStub:
     (its form fields, signed in X-Twilio-Signature with the account's auth
     token over this URL). Needs no credentials: the signature is the proof.
     """
+    TrackEngagement: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.TrackEngagementRequest, _messaging_service_pb2.TrackEngagementResponse]
+    """An open or a click of a tracked email: the signed token of its pixel
+    or link. Served by the gateway as `GET /v1/t/{token}` (a 1x1 GIF, or a
+    redirect to the link); needs no credentials: the token is the proof.
+    """
     GetDeliveryRules: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.GetDeliveryRulesRequest, _messaging_service_pb2.GetDeliveryRulesResponse]
     """Gets the tenant's delivery rules."""
     UpdateDeliveryRules: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.UpdateDeliveryRulesRequest, _messaging_service_pb2.UpdateDeliveryRulesResponse]
@@ -160,6 +165,11 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     """A provider's receipt for a message it took: Twilio's status callback
     (its form fields, signed in X-Twilio-Signature with the account's auth
     token over this URL). Needs no credentials: the signature is the proof.
+    """
+    TrackEngagement: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.TrackEngagementRequest, _messaging_service_pb2.TrackEngagementResponse]  # type: ignore[assignment]
+    """An open or a click of a tracked email: the signed token of its pixel
+    or link. Served by the gateway as `GET /v1/t/{token}` (a 1x1 GIF, or a
+    redirect to the link); needs no credentials: the token is the proof.
     """
     GetDeliveryRules: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.GetDeliveryRulesRequest, _messaging_service_pb2.GetDeliveryRulesResponse]  # type: ignore[assignment]
     """Gets the tenant's delivery rules."""
@@ -330,6 +340,17 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         """A provider's receipt for a message it took: Twilio's status callback
         (its form fields, signed in X-Twilio-Signature with the account's auth
         token over this URL). Needs no credentials: the signature is the proof.
+        """
+
+    @_abc_1.abstractmethod
+    def TrackEngagement(
+        self,
+        request: _messaging_service_pb2.TrackEngagementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.TrackEngagementResponse, _abc.Awaitable[_messaging_service_pb2.TrackEngagementResponse]]:
+        """An open or a click of a tracked email: the signed token of its pixel
+        or link. Served by the gateway as `GET /v1/t/{token}` (a 1x1 GIF, or a
+        redirect to the link); needs no credentials: the token is the proof.
         """
 
     @_abc_1.abstractmethod
