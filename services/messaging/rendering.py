@@ -13,13 +13,14 @@ message's data), `message.id`, `tenant.id`. Filters beyond Liquid's own:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from babel.numbers import format_currency
-from liquid import Environment, StrictDefaultUndefined, Undefined
+from liquid import BoundTemplate, Environment, StrictDefaultUndefined, Undefined
 from liquid.exceptions import LiquidError
 
 PARTS = ("subject", "html", "text")
@@ -118,11 +119,16 @@ def check(source: str) -> Problem | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _compiled(source: str, strict: bool) -> BoundTemplate:
+    """A part parsed once (a template version's text never changes)."""
+    return (_STRICT if strict else _LAX).from_string(source)
+
+
 def render(
     content: Mapping[str, str], variables: Mapping[str, Any], *, strict: bool
 ) -> dict[str, str]:
     """Each part of a content rendered; TemplateError on the first failing."""
-    env = _STRICT if strict else _LAX
     out: dict[str, str] = {}
     for part in PARTS:
         source = content.get(part, "")
@@ -130,7 +136,7 @@ def render(
             out[part] = ""
             continue
         try:
-            out[part] = env.from_string(source).render(**variables)
+            out[part] = _compiled(source, strict).render(**variables)
         except LiquidError as error:
             raise TemplateError(part, _problem(error, source)) from None
     return out
