@@ -41,6 +41,24 @@ CALL_TIMEOUT_SECONDS = 30.0
 RECEIPT_METHOD = "/campaignexpress.messaging.v1.MessagingService/ReceiveProviderReceipt"
 FORM = "application/x-www-form-urlencoded"
 MESSAGING_SERVICE = "campaignexpress.messaging.v1.MessagingService"
+SENDGRID_SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
+SENDGRID_TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
+
+
+def receipt_payload(request: web.Request, raw: bytes) -> dict[str, Any]:
+    """A provider's receipt as ReceiveProviderReceipt takes it: Twilio's form
+    fields and X-Twilio-Signature, or SendGrid's event batch (the body as
+    signed) with its signature and timestamp headers."""
+    text = raw.decode("utf-8", "replace")
+    if request.content_type == FORM:
+        fields = dict(parse_qsl(text, keep_blank_values=True))
+        return {"fields": fields, "signature": request.headers.get("X-Twilio-Signature", "")}
+    return {
+        "fields": {"body": text, "timestamp": request.headers.get(SENDGRID_TIMESTAMP, "")},
+        "signature": request.headers.get(SENDGRID_SIGNATURE, ""),
+    }
+
+
 #: A transparent 1x1 GIF (the open pixel's answer).
 PIXEL = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
@@ -156,12 +174,10 @@ class Gateway:
         route, path_values = matched
         try:
             payload: Any = None
-            if route.grpc_method == RECEIPT_METHOD and request.content_type == FORM:
-                # a provider's status callback: form fields and its signature header
-                raw = await self._read_body(request)
-                fields = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
-                signature = request.headers.get("X-Twilio-Signature", "")
-                payload = {"fields": fields, "signature": signature}
+            if route.grpc_method == RECEIPT_METHOD and (
+                request.content_type == FORM or request.headers.get(SENDGRID_SIGNATURE)
+            ):
+                payload = receipt_payload(request, await self._read_body(request))
             elif route.body:
                 raw = await self._read_body(request)
                 if raw.strip():

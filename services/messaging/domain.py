@@ -7,20 +7,34 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from services.common import names
 from services.common.call import Principal
 from services.common.clock import now_us
 from services.common.errors import InvalidArgument, NotFound, Unauthenticated
 from services.messaging import rendering
-from services.messaging.channels import twilio_sms
+from services.messaging.channels import sendgrid_email, twilio_sms
 from services.messaging.events import event_row
 from services.messaging.links import Links
 from services.messaging.messages import Messages
-from services.messaging.providers import Providers
+from services.messaging.providers import Provider, Providers
 from services.messaging.sender import Directory, Sender
 from services.messaging.suppressions import Suppressions
 from services.messaging.templates import Templates
 
+#: SendGrid's Event Webhook events that are news: (the lifecycle event, the
+#: suppression it adds).
+SENDGRID_EVENTS = {
+    "delivered": ("delivered", ""),
+    "bounce": ("bounced", "bounced"),
+    "dropped": ("delivery_failed", ""),
+    "spamreport": ("complained", "complained"),
+    "unsubscribe": ("unsubscribed", "user_opt_out"),
+    "group_unsubscribe": ("unsubscribed", "user_opt_out"),
+    "open": ("opened", ""),
+    "click": ("clicked", ""),
+}
 #: Provider statuses that are news, and the lifecycle event of each.
 RECEIPT_EVENTS = {
     "delivered": "delivered",
@@ -97,16 +111,19 @@ class Messaging:
 
     async def receipt(self, provider_name: str, fields: Mapping[str, str], signature: str) -> None:
         """A provider's status callback, checked against its signature: the
-        message notes it, a lifecycle event records it, and a number that
-        cannot take messages is suppressed."""
+        message notes it, a lifecycle event records it, and an address that
+        cannot (or must not) take messages any more is suppressed."""
         tenant_id, provider_id = names.parse_name(
             provider_name, "provider", "tenants", "channelProviders"
         )
         found = [p for p in await self.providers.of_tenant(tenant_id, fresh=True)
                  if p.id == provider_id]  # fmt: skip
-        if not found or found[0].kind != "twilio":
+        if not found or found[0].kind not in ("twilio", "sendgrid"):
             raise NotFound(f"{provider_name} takes no receipts")
         provider = found[0]
+        if provider.kind == "sendgrid":
+            await self._sendgrid_events(provider, fields, signature)
+            return
         url = self.links.receipt_url(provider_name)
         if not twilio_sms.signature_ok(provider.config, url, fields, signature):
             raise Unauthenticated("the receipt's signature does not match", reason="BAD_SIGNATURE")
@@ -122,28 +139,76 @@ class Messaging:
         message = await self.messages.record_receipt(tenant_id, provider_id, sid, receipt, now)
         if message is None:
             return  # not one of ours (or erased): acknowledged, ignored
-        if self.events is not None:
-            self.events.emit(
-                event_row(
-                    now,
-                    tenant_id,
-                    message.id,
-                    RECEIPT_EVENTS[status],
-                    channel=message.channel,
-                    template_id=message.template_id,
-                    template_version=message.template_version,
-                    campaign_id=message.campaign_id,
-                    profile_id=message.profile_id,
-                    provider_id=provider_id,
-                    reason=receipt,
-                    transactional=message.transactional,
-                    event_id=f"{message.id}:{RECEIPT_EVENTS[status]}",
-                )
-            )
+        self._receipt_event(message, RECEIPT_EVENTS[status], provider_id, receipt, now)
         if code.isdigit() and int(code) in twilio_sms.HARD_BOUNCES and message.address:
             await self.suppressions.add(
                 tenant_id, message.address, message.channel, "bounced", note=f"Twilio {code}"
             )
+
+    async def _sendgrid_events(
+        self, provider: Provider, fields: Mapping[str, str], signature: str
+    ) -> None:
+        body, timestamp = fields.get("body", ""), fields.get("timestamp", "")
+        if not sendgrid_email.signature_ok(provider.config, body, signature, timestamp):
+            raise Unauthenticated("the events' signature does not match", reason="BAD_SIGNATURE")
+        try:
+            events = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise InvalidArgument.field("fields.body", "not a JSON array of events") from None
+        if not isinstance(events, list):
+            raise InvalidArgument.field("fields.body", "not a JSON array of events")
+        for event in events:
+            if not isinstance(event, dict):
+                continue
+            kind = str(event.get("event", ""))
+            mapped = SENDGRID_EVENTS.get(kind)
+            message_id = str(event.get(sendgrid_email.MESSAGE_ARG, ""))
+            if mapped is None or not message_id:
+                continue  # processed, deferred...: nothing new; or not ours
+            if kind == "bounce" and event.get("type") == "blocked":
+                mapped = ("delivery_failed", "")  # refused for now, not a bad address
+            message = await self.messages.find(provider.tenant_id, message_id)
+            if message is None or message.provider_id != provider.id:
+                continue
+            at = int(event.get("timestamp", 0) or 0) * 1_000_000 or now_us()
+            receipt = kind + (f":{event['reason']}"[:40] if event.get("reason") else "")
+            if kind not in ("open", "click"):
+                await self.messages.record_receipt(
+                    provider.tenant_id, provider.id, message.provider_message_id, receipt, at
+                )
+            lifecycle, suppress = mapped
+            unique = lifecycle
+            if kind == "click":
+                unique += ":" + hashlib.sha256(str(event.get("url", "")).encode()).hexdigest()[:16]
+            self._receipt_event(message, lifecycle, provider.id, receipt, at, unique)
+            if suppress and message.address:
+                await self.suppressions.add(
+                    provider.tenant_id, message.address, message.channel, suppress,
+                    note=f"SendGrid {kind}",
+                )  # fmt: skip
+
+    def _receipt_event(
+        self, message: Any, kind: str, provider_id: str, reason: str, at: int, unique: str = ""
+    ) -> None:
+        if self.events is None:
+            return
+        self.events.emit(
+            event_row(
+                at,
+                message.tenant_id,
+                message.id,
+                kind,
+                channel=message.channel,
+                template_id=message.template_id,
+                template_version=message.template_version,
+                campaign_id=message.campaign_id,
+                profile_id=message.profile_id,
+                provider_id=provider_id,
+                reason=reason,
+                transactional=message.transactional,
+                event_id=f"{message.id}:{unique or kind}",
+            )
+        )
 
     async def engagement(self, token: str) -> tuple[str, str]:
         """An open or a click of a tracked email: recorded as a lifecycle

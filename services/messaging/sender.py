@@ -81,7 +81,7 @@ JOURNAL_MAX_BYTES = 4 * 1024 * 1024
 #: What a webhook message records as its address (it goes to the endpoint).
 WEBHOOK_ADDRESS = "webhook"
 #: Provider kinds that post receipts to us (their status callback URL).
-RECEIPTS = frozenset({"twilio"})
+RECEIPTS = frozenset({"twilio"})  # SendGrid's Event Webhook is set in its console
 ADDRESS_TRAIT = {"email": "email", "sms": "phone", "whatsapp": "phone"}
 
 

@@ -128,6 +128,7 @@ _KINDS = {
     message_pb2.PROVIDER_KIND_SMTP: "smtp",
     message_pb2.PROVIDER_KIND_TWILIO: "twilio",
     message_pb2.PROVIDER_KIND_WEBHOOK: "webhook",
+    message_pb2.PROVIDER_KIND_SENDGRID: "sendgrid",
 }
 _KIND_ENUMS = {v: k for k, v in _KINDS.items()}
 

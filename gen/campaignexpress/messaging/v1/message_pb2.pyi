@@ -80,6 +80,8 @@ class _ProviderKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Provider
     """Twilio's Messages API (SMS)."""
     PROVIDER_KIND_WEBHOOK: _ProviderKind.ValueType  # 3
     """A signed HTTP POST to the tenant's endpoint (Standard Webhooks)."""
+    PROVIDER_KIND_SENDGRID: _ProviderKind.ValueType  # 4
+    """SendGrid's v3 Mail Send API (email)."""
 
 class ProviderKind(_ProviderKind, metaclass=_ProviderKindEnumTypeWrapper):
     """Kinds of providers."""
@@ -92,6 +94,8 @@ PROVIDER_KIND_TWILIO: ProviderKind.ValueType  # 2
 """Twilio's Messages API (SMS)."""
 PROVIDER_KIND_WEBHOOK: ProviderKind.ValueType  # 3
 """A signed HTTP POST to the tenant's endpoint (Standard Webhooks)."""
+PROVIDER_KIND_SENDGRID: ProviderKind.ValueType  # 4
+"""SendGrid's v3 Mail Send API (email)."""
 Global___ProviderKind: _TypeAlias = ProviderKind  # noqa: Y015
 
 class _SuppressionReason:
