@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from services.audience.devices import Devices
 from services.audience.profiles import Profiles, granted
 from services.audience.tables import audience_segment_members, audience_segments
 from services.common.errors import NotFound
@@ -27,9 +28,35 @@ class Recipient:
     marketing: Mapping[str, bool | None] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class PushTarget:
+    """A device a push can go to."""
+
+    platform: str  # ios, android, web
+    token: str  # a push token; for web push, the subscription's endpoint
+    web_push_keys: Mapping[str, str] | None = None  # p256dh, auth
+    app_id: str = ""
+
+
 class Directory:
-    def __init__(self, profiles: Profiles) -> None:
+    def __init__(self, profiles: Profiles, devices: Devices | None = None) -> None:
         self._profiles = profiles
+        self._devices = devices
+
+    async def push_targets(self, tenant_id: str, profile_id: str) -> list[PushTarget]:
+        """The profile's active devices."""
+        if self._devices is None:
+            return []
+        return [
+            PushTarget(d.platform, d.token, d.web_push_keys, d.app_id)
+            for d in await self._devices.active_devices(tenant_id, profile_id)
+        ]
+
+    async def token_gone(self, tenant_id: str, platform: str, token: str, reason: str) -> bool:
+        """A push service said this token no longer works: its device is invalid."""
+        if self._devices is None:
+            return False
+        return await self._devices.invalidate_token(tenant_id, platform, token, reason)
 
     async def person(self, tenant_id: str, profile_id: str, user_id: str) -> Recipient | None:
         """The profile by id (or the one it was merged into), else by user

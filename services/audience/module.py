@@ -169,6 +169,11 @@ async def _build(kernel: Kernel) -> Built:
     return Built([AudienceServicer(audience)], api=audience, seed=seed)
 
 
+def _directory(kernel: Kernel) -> Directory:
+    profiles = Profiles(kernel.backends.db, clock=kernel.clock)
+    return Directory(profiles, Devices(kernel.backends.db, profiles, clock=kernel.clock))
+
+
 MODULE = DomainModule(
     name="audience",
     services=(
@@ -184,8 +189,6 @@ MODULE = DomainModule(
     interfaces={
         "data_subject_hooks": lambda kernel: DataSubjectHooks(),
         # Who a message goes to (the messaging domain's sender).
-        "audience_directory": lambda kernel: Directory(
-            Profiles(kernel.backends.db, clock=kernel.clock)
-        ),
+        "audience_directory": _directory,
     },
 )

@@ -18,7 +18,7 @@ from services.common.errors import FieldViolation, InvalidArgument, NotFound, co
 from services.common.ids import random_hex_id
 from services.common.validation import check_text
 from services.db import Database
-from services.messaging.channels import sendgrid_email, smtp, twilio_sms, webhook
+from services.messaging.channels import sendgrid_email, smtp, twilio_sms, web_push, webhook
 from services.messaging.tables import messaging_providers
 from services.messaging.templates import CHANNELS
 
@@ -28,6 +28,7 @@ KINDS: dict[str, tuple[str, Any]] = {
     "twilio": ("sms", twilio_sms),
     "webhook": ("webhook", webhook),
     "sendgrid": ("email", sendgrid_email),
+    "web_push": ("web_push", web_push),
 }
 MAX_PROVIDERS = 20  # per tenant
 MASK = "***"

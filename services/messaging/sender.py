@@ -78,6 +78,8 @@ POLL_SECONDS = 0.5
 ORPHAN_LEASES = 10
 #: The attempt journal is emptied when it grows past this, between batches.
 JOURNAL_MAX_BYTES = 4 * 1024 * 1024
+#: Push channels and the device platforms they reach.
+PUSH_CHANNELS = {"web_push": ("web",), "push": ("ios", "android")}
 #: What a webhook message records as its address (it goes to the endpoint).
 WEBHOOK_ADDRESS = "webhook"
 #: Provider kinds that post receipts to us (their status callback URL).
@@ -99,6 +101,10 @@ class Directory(Protocol):
     """The audience domain's profiles, as the sender reads them."""
 
     async def person(self, tenant_id: str, profile_id: str, user_id: str) -> Person | None: ...
+
+    async def push_targets(self, tenant_id: str, profile_id: str) -> list[Any]: ...
+
+    async def token_gone(self, tenant_id: str, platform: str, token: str, reason: str) -> bool: ...
 
 
 Emit = Callable[[EventRow], object]
@@ -410,7 +416,17 @@ class Sender:
 
     async def _send_all(self, messages: Sequence[Message]) -> list[Outcome]:
         people = await asyncio.gather(*(self._person(m) for m in messages))
-        addresses = [self._address(m, p) for m, p in zip(messages, people, strict=True)]
+        targets: dict[str, list[Any]] = {}
+        for message, person in zip(messages, people, strict=True):
+            if message.channel in PUSH_CHANNELS and person is not None:
+                found = await self._directory.push_targets(message.tenant_id, person.id)
+                targets[message.id] = [
+                    t for t in found if t.platform in PUSH_CHANNELS[message.channel]
+                ]
+        addresses = [
+            self._address(m, p, targets.get(m.id, []))
+            for m, p in zip(messages, people, strict=True)
+        ]
         blocked: dict[tuple[str, str], dict[str, Any]] = {}
         wanted: dict[tuple[str, str], list[str]] = defaultdict(list)
         for message, address in zip(messages, addresses, strict=True):
@@ -425,7 +441,9 @@ class Sender:
             async with self._gate:
                 suppressed = blocked.get((message.tenant_id, message.channel), {}).get(address)
                 try:
-                    return await self._send(message, person, address, suppressed)
+                    return await self._send(
+                        message, person, address, suppressed, targets.get(message.id, [])
+                    )
                 except Exception as error:  # a bug must not hold the batch
                     log.exception("messaging: sending %s failed unexpectedly", message.id)
                     if message.id in self._handed:  # it may have gone out
@@ -453,7 +471,9 @@ class Sender:
             return None
 
     @staticmethod
-    def _address(message: Message, person: Person | None) -> str:
+    def _address(message: Message, person: Person | None, targets: Sequence[Any] = ()) -> str:
+        if message.channel in PUSH_CHANNELS:
+            return f"{len(targets)} device(s)" if targets else ""
         if message.channel == "webhook":
             return WEBHOOK_ADDRESS  # the provider's endpoint: nobody's address
         own = {"email": "email", "sms": "phone", "whatsapp": "phone"}.get(message.channel, "")
@@ -466,7 +486,12 @@ class Sender:
         return normalized(address)
 
     async def _send(
-        self, message: Message, person: Person | None, address: str, suppressed: Any
+        self,
+        message: Message,
+        person: Person | None,
+        address: str,
+        suppressed: Any,
+        targets: Sequence[Any] = (),
     ) -> Outcome:
         profile_id = person.id if person is not None else message.profile_id
         now = self._clock()
@@ -529,13 +554,18 @@ class Sender:
                 address=address,
                 profile_id=profile_id,
             )
-        outcome = await self._deliver(message, traits, address, profile_id)
+        outcome = await self._deliver(message, traits, address, profile_id, targets)
         if outcome.state != "sent":
             await self._caps.release(taken)  # not sent: its places go back
         return outcome
 
     async def _deliver(
-        self, message: Message, traits: dict[str, Any], address: str, profile_id: str
+        self,
+        message: Message,
+        traits: dict[str, Any],
+        address: str,
+        profile_id: str,
+        targets: Sequence[Any] = (),
     ) -> Outcome:
         """Render and hand to the providers."""
         now = self._clock()
@@ -597,6 +627,7 @@ class Sender:
             html,
             rendered["text"],
             unsubscribe_url=unsubscribe,
+            devices=tuple(targets),
         )
         sms = measure(rendered["text"]) if message.channel == "sms" else None
         if sms is not None and not sms.segments:
@@ -611,63 +642,70 @@ class Sender:
                 self._attempting(message.id)
                 journaled = True
 
-        for provider in providers:
-            if self._receipt_url is not None and provider.kind in RECEIPTS:
-                outgoing = dataclasses.replace(
-                    outgoing, receipt_url=self._receipt_url(provider.name)
-                )
-            try:
-                provider_message_id = await self._adapter(provider).send(outgoing, handing_over)
-            except ProviderError as error:
-                errors.append(f"{provider.display_name}: {error}")
-                if error.permanent:
-                    if error.bounced:
-                        await self._suppressions.add(
-                            message.tenant_id,
-                            address,
-                            message.channel,
-                            "bounced",
-                            note=f"bounced at {provider.display_name}",
-                        )
-                    return Outcome(
-                        "failed",
-                        error="; ".join(errors),
-                        provider_id=provider.id,
-                        address=address,
-                        locale=locale,
-                        profile_id=profile_id,
+        try:
+            for provider in providers:
+                if self._receipt_url is not None and provider.kind in RECEIPTS:
+                    outgoing = dataclasses.replace(
+                        outgoing, receipt_url=self._receipt_url(provider.name)
                     )
-                continue
+                try:
+                    provider_message_id = await self._adapter(provider).send(outgoing, handing_over)
+                except ProviderError as error:
+                    errors.append(f"{provider.display_name}: {error}")
+                    if error.permanent:
+                        if error.bounced:
+                            await self._suppressions.add(
+                                message.tenant_id,
+                                address,
+                                message.channel,
+                                "bounced",
+                                note=f"bounced at {provider.display_name}",
+                            )
+                        return Outcome(
+                            "failed",
+                            error="; ".join(errors),
+                            provider_id=provider.id,
+                            address=address,
+                            locale=locale,
+                            profile_id=profile_id,
+                        )
+                    continue
+                return Outcome(
+                    "sent",
+                    provider_id=provider.id,
+                    provider_message_id=provider_message_id,
+                    address=address,
+                    locale=locale,
+                    profile_id=profile_id,
+                    send_time=self._clock(),
+                    segments=sms.segments if sms else 0,
+                    encoding=sms.encoding if sms else "",
+                )
+            # every provider out: later, or never
+            if message.attempts + 1 >= MAX_ATTEMPTS:
+                return Outcome(
+                    "failed",
+                    error="; ".join(errors),
+                    address=address,
+                    locale=locale,
+                    profile_id=profile_id,
+                )
+            delay = self._retry_us * 4**message.attempts
+            delay = int(delay * random.uniform(0.8, 1.2))
             return Outcome(
-                "sent",
-                provider_id=provider.id,
-                provider_message_id=provider_message_id,
-                address=address,
-                locale=locale,
-                profile_id=profile_id,
-                send_time=self._clock(),
-                segments=sms.segments if sms else 0,
-                encoding=sms.encoding if sms else "",
-            )
-        # every provider out: later, or never
-        if message.attempts + 1 >= MAX_ATTEMPTS:
-            return Outcome(
-                "failed",
+                "queued",
                 error="; ".join(errors),
                 address=address,
                 locale=locale,
                 profile_id=profile_id,
+                next_attempt_time=now + delay,
             )
-        delay = self._retry_us * 4**message.attempts
-        delay = int(delay * random.uniform(0.8, 1.2))
-        return Outcome(
-            "queued",
-            error="; ".join(errors),
-            address=address,
-            locale=locale,
-            profile_id=profile_id,
-            next_attempt_time=now + delay,
-        )
+        finally:  # subscriptions the push service said are gone
+            for token in outgoing.gone:
+                platform = PUSH_CHANNELS.get(message.channel, ("web",))[0]
+                await self._directory.token_gone(
+                    message.tenant_id, platform, token, "the push service says it is gone"
+                )
 
     def _attempting(self, message_id: str) -> None:
         """Journal that this message is about to reach a provider."""

@@ -129,6 +129,7 @@ _KINDS = {
     message_pb2.PROVIDER_KIND_TWILIO: "twilio",
     message_pb2.PROVIDER_KIND_WEBHOOK: "webhook",
     message_pb2.PROVIDER_KIND_SENDGRID: "sendgrid",
+    message_pb2.PROVIDER_KIND_WEB_PUSH: "web_push",
 }
 _KIND_ENUMS = {v: k for k, v in _KINDS.items()}
 

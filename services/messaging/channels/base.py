@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,10 @@ class Outgoing:
     # Where the provider posts its receipts (delivered, failed...).
     receipt_url: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    # Push: the person's devices (the audience domain's push targets).
+    devices: tuple[Any, ...] = ()
+    # Push: tokens the push service said are gone (filled by the adapter).
+    gone: list[str] = field(default_factory=list)
 
 
 class ProviderError(Exception):

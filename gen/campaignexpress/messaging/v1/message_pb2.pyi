@@ -82,6 +82,8 @@ class _ProviderKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Provider
     """A signed HTTP POST to the tenant's endpoint (Standard Webhooks)."""
     PROVIDER_KIND_SENDGRID: _ProviderKind.ValueType  # 4
     """SendGrid's v3 Mail Send API (email)."""
+    PROVIDER_KIND_WEB_PUSH: _ProviderKind.ValueType  # 5
+    """Web push (RFC 8030) with VAPID to the person's browser subscriptions."""
 
 class ProviderKind(_ProviderKind, metaclass=_ProviderKindEnumTypeWrapper):
     """Kinds of providers."""
@@ -96,6 +98,8 @@ PROVIDER_KIND_WEBHOOK: ProviderKind.ValueType  # 3
 """A signed HTTP POST to the tenant's endpoint (Standard Webhooks)."""
 PROVIDER_KIND_SENDGRID: ProviderKind.ValueType  # 4
 """SendGrid's v3 Mail Send API (email)."""
+PROVIDER_KIND_WEB_PUSH: ProviderKind.ValueType  # 5
+"""Web push (RFC 8030) with VAPID to the person's browser subscriptions."""
 Global___ProviderKind: _TypeAlias = ProviderKind  # noqa: Y015
 
 class _SuppressionReason:
