@@ -18,7 +18,15 @@ from services.common.errors import FieldViolation, InvalidArgument, NotFound, co
 from services.common.ids import random_hex_id
 from services.common.validation import check_text
 from services.db import Database
-from services.messaging.channels import sendgrid_email, smtp, twilio_sms, web_push, webhook
+from services.messaging.channels import (
+    apns,
+    fcm,
+    sendgrid_email,
+    smtp,
+    twilio_sms,
+    web_push,
+    webhook,
+)
 from services.messaging.tables import messaging_providers
 from services.messaging.templates import CHANNELS
 
@@ -29,6 +37,8 @@ KINDS: dict[str, tuple[str, Any]] = {
     "webhook": ("webhook", webhook),
     "sendgrid": ("email", sendgrid_email),
     "web_push": ("web_push", web_push),
+    "fcm": ("push", fcm),
+    "apns": ("push", apns),
 }
 MAX_PROVIDERS = 20  # per tenant
 MASK = "***"

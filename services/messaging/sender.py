@@ -80,6 +80,8 @@ ORPHAN_LEASES = 10
 JOURNAL_MAX_BYTES = 4 * 1024 * 1024
 #: Push channels and the device platforms they reach.
 PUSH_CHANNELS = {"web_push": ("web",), "push": ("ios", "android")}
+#: Mobile push providers and the device platforms each serves.
+PUSH_PLATFORMS = {"fcm": ("android",), "apns": ("ios",)}
 #: What a webhook message records as its address (it goes to the endpoint).
 WEBHOOK_ADDRESS = "webhook"
 #: Provider kinds that post receipts to us (their status callback URL).
@@ -633,7 +635,6 @@ class Sender:
         if sms is not None and not sms.segments:
             return Outcome("aborted", "template_error", "the SMS body is empty",
                            address=address, locale=locale, profile_id=profile_id)  # fmt: skip
-        errors: list[str] = []
         journaled = False
 
         def handing_over() -> None:  # journaled once, before the first provider sees it
@@ -642,7 +643,8 @@ class Sender:
                 self._attempting(message.id)
                 journaled = True
 
-        try:
+        async def dispatch(outgoing: Outgoing, providers: Sequence[Provider]) -> Outcome:
+            errors: list[str] = []
             for provider in providers:
                 if self._receipt_url is not None and provider.kind in RECEIPTS:
                     outgoing = dataclasses.replace(
@@ -700,11 +702,37 @@ class Sender:
                 profile_id=profile_id,
                 next_attempt_time=now + delay,
             )
-        finally:  # subscriptions the push service said are gone
+
+        try:
+            if message.channel != "push":
+                return await dispatch(outgoing, providers)
+            # mobile push: each platform's devices through the providers that serve it
+            outcomes = []
+            for platform in ("android", "ios"):
+                group = tuple(t for t in outgoing.devices if t.platform == platform)
+                serving = [p for p in providers if platform in PUSH_PLATFORMS.get(p.kind, ())]
+                if group and serving:
+                    outcomes.append(
+                        await dispatch(dataclasses.replace(outgoing, devices=group), serving)
+                    )
+            if not outcomes:
+                return Outcome("aborted", "no_provider", "no push provider for these devices",
+                               address=address, locale=locale, profile_id=profile_id)  # fmt: skip
+            sent = [o for o in outcomes if o.state == "sent"]
+            if sent:
+                first = sent[0]
+                first.provider_message_id = "; ".join(o.provider_message_id for o in sent)
+                return first
+            queued = [o for o in outcomes if o.state == "queued"]
+            return queued[0] if queued else outcomes[0]
+        finally:  # tokens the push service said are gone
+            platforms = {t.token: t.platform for t in outgoing.devices}
             for token in outgoing.gone:
-                platform = PUSH_CHANNELS.get(message.channel, ("web",))[0]
                 await self._directory.token_gone(
-                    message.tenant_id, platform, token, "the push service says it is gone"
+                    message.tenant_id,
+                    platforms.get(token, "web"),
+                    token,
+                    "the push service says it is gone",
                 )
 
     def _attempting(self, message_id: str) -> None:

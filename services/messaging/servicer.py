@@ -130,6 +130,8 @@ _KINDS = {
     message_pb2.PROVIDER_KIND_WEBHOOK: "webhook",
     message_pb2.PROVIDER_KIND_SENDGRID: "sendgrid",
     message_pb2.PROVIDER_KIND_WEB_PUSH: "web_push",
+    message_pb2.PROVIDER_KIND_FCM: "fcm",
+    message_pb2.PROVIDER_KIND_APNS: "apns",
 }
 _KIND_ENUMS = {v: k for k, v in _KINDS.items()}
 

@@ -84,6 +84,10 @@ class _ProviderKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Provider
     """SendGrid's v3 Mail Send API (email)."""
     PROVIDER_KIND_WEB_PUSH: _ProviderKind.ValueType  # 5
     """Web push (RFC 8030) with VAPID to the person's browser subscriptions."""
+    PROVIDER_KIND_FCM: _ProviderKind.ValueType  # 6
+    """Firebase Cloud Messaging, HTTP v1 (Android devices)."""
+    PROVIDER_KIND_APNS: _ProviderKind.ValueType  # 7
+    """Apple Push Notification service, HTTP/2 with token auth (iOS devices)."""
 
 class ProviderKind(_ProviderKind, metaclass=_ProviderKindEnumTypeWrapper):
     """Kinds of providers."""
@@ -100,6 +104,10 @@ PROVIDER_KIND_SENDGRID: ProviderKind.ValueType  # 4
 """SendGrid's v3 Mail Send API (email)."""
 PROVIDER_KIND_WEB_PUSH: ProviderKind.ValueType  # 5
 """Web push (RFC 8030) with VAPID to the person's browser subscriptions."""
+PROVIDER_KIND_FCM: ProviderKind.ValueType  # 6
+"""Firebase Cloud Messaging, HTTP v1 (Android devices)."""
+PROVIDER_KIND_APNS: ProviderKind.ValueType  # 7
+"""Apple Push Notification service, HTTP/2 with token auth (iOS devices)."""
 Global___ProviderKind: _TypeAlias = ProviderKind  # noqa: Y015
 
 class _SuppressionReason:
