@@ -26,6 +26,7 @@ from services.messaging.channels import (
     twilio_sms,
     web_push,
     webhook,
+    whatsapp,
 )
 from services.messaging.tables import messaging_providers
 from services.messaging.templates import CHANNELS
@@ -39,6 +40,7 @@ KINDS: dict[str, tuple[str, Any]] = {
     "web_push": ("web_push", web_push),
     "fcm": ("push", fcm),
     "apns": ("push", apns),
+    "whatsapp": ("whatsapp", whatsapp),
 }
 MAX_PROVIDERS = 20  # per tenant
 MASK = "***"

@@ -629,6 +629,7 @@ class Sender:
             html,
             rendered["text"],
             unsubscribe_url=unsubscribe,
+            locale=locale,
             devices=tuple(targets),
         )
         sms = measure(rendered["text"]) if message.channel == "sms" else None

@@ -132,6 +132,7 @@ _KINDS = {
     message_pb2.PROVIDER_KIND_WEB_PUSH: "web_push",
     message_pb2.PROVIDER_KIND_FCM: "fcm",
     message_pb2.PROVIDER_KIND_APNS: "apns",
+    message_pb2.PROVIDER_KIND_WHATSAPP: "whatsapp",
 }
 _KIND_ENUMS = {v: k for k, v in _KINDS.items()}
 

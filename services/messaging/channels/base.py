@@ -21,6 +21,8 @@ class Outgoing:
     # Where the provider posts its receipts (delivered, failed...).
     receipt_url: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    # The locale it was rendered in (WhatsApp's template language).
+    locale: str = ""
     # Push: the person's devices (the audience domain's push targets).
     devices: tuple[Any, ...] = ()
     # Push: tokens the push service said are gone (filled by the adapter).

@@ -88,6 +88,8 @@ class _ProviderKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Provider
     """Firebase Cloud Messaging, HTTP v1 (Android devices)."""
     PROVIDER_KIND_APNS: _ProviderKind.ValueType  # 7
     """Apple Push Notification service, HTTP/2 with token auth (iOS devices)."""
+    PROVIDER_KIND_WHATSAPP: _ProviderKind.ValueType  # 8
+    """Meta's WhatsApp Cloud API (approved template messages)."""
 
 class ProviderKind(_ProviderKind, metaclass=_ProviderKindEnumTypeWrapper):
     """Kinds of providers."""
@@ -108,6 +110,8 @@ PROVIDER_KIND_FCM: ProviderKind.ValueType  # 6
 """Firebase Cloud Messaging, HTTP v1 (Android devices)."""
 PROVIDER_KIND_APNS: ProviderKind.ValueType  # 7
 """Apple Push Notification service, HTTP/2 with token auth (iOS devices)."""
+PROVIDER_KIND_WHATSAPP: ProviderKind.ValueType  # 8
+"""Meta's WhatsApp Cloud API (approved template messages)."""
 Global___ProviderKind: _TypeAlias = ProviderKind  # noqa: Y015
 
 class _SuppressionReason:
