@@ -20,6 +20,7 @@ def test_defaults_are_the_documented_ports_and_embedded_backends() -> None:
         "auth",
         "audit",
         "audience",
+        "messaging",
         "campaigns",
         "inference",
         "bidding",

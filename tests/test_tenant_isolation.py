@@ -13,6 +13,7 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor, message, message_factory
 from grpc import aio
 
+from campaignexpress.type.v1 import access_pb2
 from services.host.platform import load_modules
 from tests.conftest import Env, error_details
 
@@ -21,10 +22,15 @@ SERVICES = [service for module in load_modules().values() for service in module.
 
 def _scoped_methods() -> list[tuple[str, descriptor.MethodDescriptor, str, str]]:
     """(service, method, field path, template) of every RPC whose HTTP rule
-    binds a `tenants/...` resource name."""
+    binds a `tenants/...` resource name. RPCs that take no credentials are
+    left out: they carry their own proof for the resource they name (a
+    provider's receipt is signed with that provider's secret; tested with
+    their domain), so a caller's tenant means nothing to them."""
     found = []
     for spec in SERVICES:
         for method in spec.descriptor.methods:
+            if method.GetOptions().Extensions[access_pb2.access].unauthenticated:
+                continue
             rule = method.GetOptions().Extensions[annotations_pb2.http]
             template = getattr(rule, rule.WhichOneof("pattern") or "get", "")
             match = re.search(r"\{([a-z_.]+)=(tenants/[^}]*)\}", template)
