@@ -68,6 +68,8 @@ class Messaging:
         self.campaign_sends: Any = None
         #: Frequency caps and quiet hours (services/messaging/rules.py).
         self.rules: Any = None
+        #: In-app messages and content cards (services/messaging/feed.py).
+        self.feed: Any = None
 
     async def render(
         self,
@@ -240,6 +242,18 @@ class Messaging:
                 )
             )
         return kind, url
+
+    async def feed_interaction(self, caller: Any, name: str, interaction: str) -> Any:
+        """Record what a person did with a feed item; a lifecycle event
+        (`impression` and `clicked` once per item, `dismissed`)."""
+        item = await self.feed.interact(caller, name, interaction)
+        message = await self.messages.find(item.tenant_id, item.id)
+        if message is not None:
+            kind = {"impression": "impression", "click": "clicked", "dismiss": "dismissed"}[
+                interaction
+            ]
+            self._receipt_event(message, kind, "", kind, now_us())
+        return item
 
     async def unsubscribe(self, token: str) -> str:
         """Suppress the address of a one-click unsubscribe link; its channel."""

@@ -12,6 +12,7 @@ from services.kernel import Built, DomainModule, Kernel, Service
 from services.messaging.campaign_sends import CampaignSends
 from services.messaging.domain import Messaging
 from services.messaging.events import MESSAGE_EVENTS, event_row
+from services.messaging.feed import Feed
 from services.messaging.links import Links
 from services.messaging.messages import Message, Messages
 from services.messaging.privacy import MessagesOfPeople
@@ -38,6 +39,7 @@ async def _build(kernel: Kernel) -> Built:
     kernel.lifecycle(events.start, events.stop)
     links = Links(kernel.secret, kernel.settings.public_url)
     rules = DeliveryRules(db, clock=kernel.clock)
+    feed = Feed(db, kernel.backends.bus, clock=kernel.clock)
     directory = kernel.interface("audience_directory")
     sender = Sender(
         db,
@@ -51,6 +53,7 @@ async def _build(kernel: Kernel) -> Built:
         receipt_url=links.receipt_url,
         track_html=links.track_html,
         rules=rules,
+        feed=feed,
         caps=Caps(kernel.backends.hot_store),
         lease_seconds=kernel.settings.message_lease_seconds,
         retry_seconds=kernel.settings.message_retry_seconds,
@@ -96,6 +99,7 @@ async def _build(kernel: Kernel) -> Built:
         templates, providers, suppressions, messages, sender, links, directory, events
     )
     messaging.rules = rules
+    messaging.feed = feed
     if kernel.has_interface("data_subject_hooks"):  # what it holds about a person
         kernel.interface("data_subject_hooks").register(
             "messaging", MessagesOfPeople(db, events, kernel.backends.analytics)

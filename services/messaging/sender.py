@@ -57,6 +57,7 @@ from services.messaging import rendering
 from services.messaging.channels.base import Outgoing, ProviderError
 from services.messaging.channels.sms_text import measure
 from services.messaging.events import event_row
+from services.messaging.feed import FEED_CHANNELS, Feed
 from services.messaging.messages import Message, from_row
 from services.messaging.providers import KINDS, Provider, Providers
 from services.messaging.rules import Caps, DeliveryRules, person_key, quiet_until, zone_of
@@ -82,6 +83,8 @@ JOURNAL_MAX_BYTES = 4 * 1024 * 1024
 PUSH_CHANNELS = {"web_push": ("web",), "push": ("ios", "android")}
 #: Mobile push providers and the device platforms each serves.
 PUSH_PLATFORMS = {"fcm": ("android",), "apns": ("ios",)}
+#: What an in-app message or content card records as its address.
+FEED_ADDRESS = "feed"
 #: What a webhook message records as its address (it goes to the endpoint).
 WEBHOOK_ADDRESS = "webhook"
 #: Provider kinds that post receipts to us (their status callback URL).
@@ -144,6 +147,7 @@ class Sender:
         receipt_url: Callable[[str], str] | None = None,
         track_html: Callable[[str, str, str, str], str] | None = None,
         rules: DeliveryRules | None = None,
+        feed: Feed | None = None,
         caps: Caps | None = None,
         lease_seconds: float = LEASE_US / 1e6,
         retry_seconds: float = RETRY_BASE_US / 1e6,
@@ -163,6 +167,7 @@ class Sender:
         self._lease_us = int(lease_seconds * 1e6)
         self._retry_us = int(retry_seconds * 1e6)
         self._rules = rules or DeliveryRules(db, clock=clock)
+        self._feed = feed
         self._caps = caps or Caps(MemoryKeyValueStore())
         # This sender's name on its claims, and the journal of its attempts
         # (None: no journal, every claim left behind becomes UNKNOWN).
@@ -474,6 +479,8 @@ class Sender:
 
     @staticmethod
     def _address(message: Message, person: Person | None, targets: Sequence[Any] = ()) -> str:
+        if message.channel in FEED_CHANNELS:
+            return FEED_ADDRESS if person is not None else ""
         if message.channel in PUSH_CHANNELS:
             return f"{len(targets)} device(s)" if targets else ""
         if message.channel == "webhook":
@@ -520,7 +527,7 @@ class Sender:
         traits = dict(person.traits) if person is not None else {}
         rules = await self._rules.of_tenant(message.tenant_id)
         zone = zone_of(traits, rules)
-        if not message.transactional:
+        if not message.transactional and message.channel not in FEED_CHANNELS:
             until = quiet_until(rules.quiet, zone, now)
             if until is not None and rules.quiet.action == "drop":
                 return Outcome(
@@ -604,6 +611,25 @@ class Sender:
                 address=address,
                 locale=locale,
                 profile_id=profile_id,
+            )
+        if message.channel in FEED_CHANNELS and self._feed is not None:
+            item = await self._feed.deliver(
+                message_id=message.id,
+                tenant_id=message.tenant_id,
+                profile_id=profile_id,
+                channel=message.channel,
+                title=rendered["subject"],
+                body=rendered["text"],
+                html=rendered["html"],
+                data=message.data,
+            )
+            return Outcome(
+                "sent",
+                provider_message_id=item.name,
+                address=address,
+                locale=locale,
+                profile_id=profile_id,
+                send_time=self._clock(),
             )
         providers = await self._providers.for_channel(message.tenant_id, message.channel)
         if not providers:

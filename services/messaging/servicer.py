@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -15,6 +16,7 @@ from campaignexpress.messaging.v1 import (
 from services.common.call import current_principal
 from services.common.protoconv import micros, timestamp
 from services.messaging.domain import Messaging
+from services.messaging.feed import FeedItem
 from services.messaging.messages import Message
 from services.messaging.providers import Provider
 from services.messaging.rules import Rules
@@ -208,6 +210,33 @@ def rules_proto(rules: Rules) -> message_pb2.DeliveryRules:
     )
 
 
+_INTERACTIONS = {
+    pb.FEED_INTERACTION_IMPRESSION: "impression",
+    pb.FEED_INTERACTION_CLICK: "click",
+    pb.FEED_INTERACTION_DISMISS: "dismiss",
+}
+
+
+def feed_proto(item: FeedItem) -> message_pb2.FeedItem:
+    data = struct_pb2.Struct()
+    data.update(item.data)
+    return message_pb2.FeedItem(
+        name=item.name,
+        profile=f"tenants/{item.tenant_id}/profiles/{item.profile_id}",
+        channel=_channel_enum(item.channel),  # type: ignore[arg-type]
+        title=item.title,
+        body=item.body,
+        html=item.html,
+        data=data,
+        trigger=item.trigger,
+        create_time=timestamp(item.create_time),
+        expire_time=timestamp(item.expire_time),
+        impressions=item.impressions,
+        clicks=item.clicks,
+        dismiss_time=timestamp(item.dismiss_time or None),
+    )
+
+
 class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
     def __init__(self, messaging: Messaging) -> None:
         self._m = messaging
@@ -398,6 +427,25 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
     async def TrackEngagement(self, request: pb.TrackEngagementRequest, context: Any) -> Any:
         kind, url = await self._m.engagement(request.token)
         return pb.TrackEngagementResponse(kind=kind, url=url)
+
+    async def ListFeedItems(self, request: pb.ListFeedItemsRequest, context: Any) -> Any:
+        found = await self._m.feed.items(
+            current_principal(), request.parent, _channel(request.channel)
+        )
+        return pb.ListFeedItemsResponse(feed_items=[feed_proto(i) for i in found])
+
+    async def StreamFeedItems(
+        self, request: pb.StreamFeedItemsRequest, context: Any
+    ) -> AsyncIterator[message_pb2.FeedItem]:
+        async for item in self._m.feed.follow(current_principal(), request.parent):
+            yield feed_proto(item)
+
+    async def RecordFeedInteraction(
+        self, request: pb.RecordFeedInteractionRequest, context: Any
+    ) -> Any:
+        interaction = _INTERACTIONS.get(request.interaction, "")
+        item = await self._m.feed_interaction(current_principal(), request.name, interaction)
+        return pb.RecordFeedInteractionResponse(feed_item=feed_proto(item))
 
     async def Unsubscribe(self, request: pb.UnsubscribeRequest, context: Any) -> Any:
         channel = await self._m.unsubscribe(request.token)

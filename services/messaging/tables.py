@@ -121,3 +121,24 @@ messaging_rules = sa.Table(
     sa.Column("rules", sa.JSON, nullable=False),
     sa.Column("update_time", sa.BigInteger, nullable=False),
 )
+
+# In-app messages and content cards delivered to a person's feed.
+messaging_feed = sa.Table(
+    "messaging_feed",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # the message's id
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("profile_id", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(20), nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("html", sa.Text, nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("trigger", sa.String(200), nullable=False),
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+    sa.Column("expire_time", sa.BigInteger, nullable=False),
+    sa.Column("impressions", sa.Integer, nullable=False),
+    sa.Column("clicks", sa.Integer, nullable=False),
+    sa.Column("dismiss_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_messaging_feed_profile", "tenant_id", "profile_id", "create_time"),
+)

@@ -1,5 +1,5 @@
 """Messaging baseline: templates and their versions, channel providers,
-messages (the outbox), suppressions and delivery rules.
+messages (the outbox), suppressions, delivery rules and the in-app feed.
 
 Revision ID: messaging_0001
 Revises:
@@ -119,6 +119,26 @@ def upgrade() -> None:
         "ix_messaging_suppressions_address", "messaging_suppressions", ["tenant_id", "address"]
     )
     op.create_table(
+        "messaging_feed",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("tenant_id", sa.String(40), nullable=False),
+        sa.Column("profile_id", sa.String(64), nullable=False),
+        sa.Column("channel", sa.String(20), nullable=False),
+        sa.Column("title", sa.Text, nullable=False),
+        sa.Column("body", sa.Text, nullable=False),
+        sa.Column("html", sa.Text, nullable=False),
+        sa.Column("data", sa.JSON, nullable=False),
+        sa.Column("trigger", sa.String(200), nullable=False),
+        sa.Column("create_time", sa.BigInteger, nullable=False),
+        sa.Column("expire_time", sa.BigInteger, nullable=False),
+        sa.Column("impressions", sa.Integer, nullable=False),
+        sa.Column("clicks", sa.Integer, nullable=False),
+        sa.Column("dismiss_time", sa.BigInteger, nullable=False),
+    )
+    op.create_index(
+        "ix_messaging_feed_profile", "messaging_feed", ["tenant_id", "profile_id", "create_time"]
+    )
+    op.create_table(
         "messaging_rules",
         sa.Column("tenant_id", sa.String(40), primary_key=True),
         sa.Column("rules", sa.JSON, nullable=False),
@@ -128,6 +148,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table in (
+        "messaging_feed",
         "messaging_rules",
         "messaging_suppressions",
         "messaging_messages",

@@ -635,3 +635,85 @@ class QuietHours(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QuietHours: _TypeAlias = QuietHours  # noqa: Y015
+
+@_typing.final
+class FeedItem(_message.Message):
+    """An in-app message or a content card in a person's feed (FR-CHN-004/005):
+    what the SDK shows, and what the person did with it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    HTML_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    IMPRESSIONS_FIELD_NUMBER: _builtins.int
+    CLICKS_FIELD_NUMBER: _builtins.int
+    DISMISS_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/feedItems/{item}` (the message's id)."""
+    profile: _builtins.str
+    """The person, `tenants/{tenant}/profiles/{profile}`."""
+    channel: _template_pb2.MessageChannel.ValueType
+    """MESSAGE_CHANNEL_IN_APP or MESSAGE_CHANNEL_CONTENT_CARD."""
+    title: _builtins.str
+    """Its title (the template's subject)."""
+    body: _builtins.str
+    """Its body (the template's text)."""
+    html: _builtins.str
+    """Rich content (the template's HTML)."""
+    trigger: _builtins.str
+    """In-app: show when the app sees this event (`data.trigger`); empty: at
+    the next session start.
+    """
+    impressions: _builtins.int
+    """Times it was shown."""
+    clicks: _builtins.int
+    """Times it was clicked."""
+    @_builtins.property
+    def data(self) -> _struct_pb2.Struct:
+        """The message's data (links, images, buttons, as the app reads them)."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it arrived."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When it leaves the feed (`data.expire_days`, default 30 days)."""
+
+    @_builtins.property
+    def dismiss_time(self) -> _timestamp_pb2.Timestamp:
+        """When the person dismissed it (unset: not dismissed)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        profile: _builtins.str = ...,
+        channel: _template_pb2.MessageChannel.ValueType = ...,
+        title: _builtins.str = ...,
+        body: _builtins.str = ...,
+        html: _builtins.str = ...,
+        data: _struct_pb2.Struct | None = ...,
+        trigger: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        impressions: _builtins.int = ...,
+        clicks: _builtins.int = ...,
+        dismiss_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "data", b"data", "dismiss_time", b"dismiss_time", "expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel", b"channel", "clicks", b"clicks", "create_time", b"create_time", "data", b"data", "dismiss_time", b"dismiss_time", "expire_time", b"expire_time", "html", b"html", "impressions", b"impressions", "name", b"name", "profile", b"profile", "title", b"title", "trigger", b"trigger"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedItem: _TypeAlias = FeedItem  # noqa: Y015

@@ -11,6 +11,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -21,6 +22,34 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _FeedInteraction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeedInteractionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeedInteraction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEED_INTERACTION_UNSPECIFIED: _FeedInteraction.ValueType  # 0
+    """Not set: refused."""
+    FEED_INTERACTION_IMPRESSION: _FeedInteraction.ValueType  # 1
+    """It was shown."""
+    FEED_INTERACTION_CLICK: _FeedInteraction.ValueType  # 2
+    """It was clicked."""
+    FEED_INTERACTION_DISMISS: _FeedInteraction.ValueType  # 3
+    """It was dismissed: it leaves the feed."""
+
+class FeedInteraction(_FeedInteraction, metaclass=_FeedInteractionEnumTypeWrapper):
+    """What a person did with a feed item."""
+
+FEED_INTERACTION_UNSPECIFIED: FeedInteraction.ValueType  # 0
+"""Not set: refused."""
+FEED_INTERACTION_IMPRESSION: FeedInteraction.ValueType  # 1
+"""It was shown."""
+FEED_INTERACTION_CLICK: FeedInteraction.ValueType  # 2
+"""It was clicked."""
+FEED_INTERACTION_DISMISS: FeedInteraction.ValueType  # 3
+"""It was dismissed: it leaves the feed."""
+Global___FeedInteraction: _TypeAlias = FeedInteraction  # noqa: Y015
 
 @_typing.final
 class CreateTemplateRequest(_message.Message):
@@ -964,6 +993,128 @@ class TrackEngagementResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrackEngagementResponse: _TypeAlias = TrackEngagementResponse  # noqa: Y015
+
+@_typing.final
+class ListFeedItemsRequest(_message.Message):
+    """Request of ListFeedItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The person, `tenants/{tenant}/profiles/{profile}`."""
+    channel: _template_pb2.MessageChannel.ValueType
+    """Only this channel (unset: both)."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        channel: _template_pb2.MessageChannel.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeedItemsRequest: _TypeAlias = ListFeedItemsRequest  # noqa: Y015
+
+@_typing.final
+class ListFeedItemsResponse(_message.Message):
+    """Response of ListFeedItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEED_ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def feed_items(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.FeedItem]:
+        """The items, newest first (at most 100)."""
+
+    def __init__(
+        self,
+        *,
+        feed_items: _abc.Iterable[_message_pb2.FeedItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feed_items", b"feed_items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeedItemsResponse: _TypeAlias = ListFeedItemsResponse  # noqa: Y015
+
+@_typing.final
+class StreamFeedItemsRequest(_message.Message):
+    """Request of StreamFeedItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The person, `tenants/{tenant}/profiles/{profile}`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamFeedItemsRequest: _TypeAlias = StreamFeedItemsRequest  # noqa: Y015
+
+@_typing.final
+class RecordFeedInteractionRequest(_message.Message):
+    """Request of RecordFeedInteraction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    INTERACTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/feedItems/{item}`."""
+    interaction: Global___FeedInteraction.ValueType
+    """What happened."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        interaction: Global___FeedInteraction.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interaction", b"interaction", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordFeedInteractionRequest: _TypeAlias = RecordFeedInteractionRequest  # noqa: Y015
+
+@_typing.final
+class RecordFeedInteractionResponse(_message.Message):
+    """Response of RecordFeedInteraction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEED_ITEM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def feed_item(self) -> _message_pb2.FeedItem:
+        """The item now."""
+
+    def __init__(
+        self,
+        *,
+        feed_item: _message_pb2.FeedItem | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["feed_item", b"feed_item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feed_item", b"feed_item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordFeedInteractionResponse: _TypeAlias = RecordFeedInteractionResponse  # noqa: Y015
 
 @_typing.final
 class GetDeliveryRulesRequest(_message.Message):

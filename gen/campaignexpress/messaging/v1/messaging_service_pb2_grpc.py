@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from campaignexpress.messaging.v1 import message_pb2 as campaignexpress_dot_messaging_dot_v1_dot_message__pb2
 from campaignexpress.messaging.v1 import messaging_service_pb2 as campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.4'
@@ -126,6 +127,21 @@ class MessagingServiceStub:
                 '/campaignexpress.messaging.v1.MessagingService/TrackEngagement',
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TrackEngagementRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TrackEngagementResponse.FromString,
+                _registered_method=True)
+        self.ListFeedItems = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/ListFeedItems',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListFeedItemsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListFeedItemsResponse.FromString,
+                _registered_method=True)
+        self.StreamFeedItems = channel.unary_stream(
+                '/campaignexpress.messaging.v1.MessagingService/StreamFeedItems',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.StreamFeedItemsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_message__pb2.FeedItem.FromString,
+                _registered_method=True)
+        self.RecordFeedInteraction = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/RecordFeedInteraction',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RecordFeedInteractionRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RecordFeedInteractionResponse.FromString,
                 _registered_method=True)
         self.GetDeliveryRules = channel.unary_unary(
                 '/campaignexpress.messaging.v1.MessagingService/GetDeliveryRules',
@@ -291,6 +307,29 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFeedItems(self, request, context):
+        """A person's feed for an app: their in-app messages and content cards
+        not dismissed nor expired, newest first. SDKs call it with the
+        source's write key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamFeedItems(self, request, context):
+        """The person's feed now, then each new item as it arrives (gRPC only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordFeedInteraction(self, request, context):
+        """What the person did with a feed item: saw it, clicked it, dismissed it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetDeliveryRules(self, request, context):
         """Gets the tenant's delivery rules.
         """
@@ -405,6 +444,21 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.TrackEngagement,
                     request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TrackEngagementRequest.FromString,
                     response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TrackEngagementResponse.SerializeToString,
+            ),
+            'ListFeedItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFeedItems,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListFeedItemsRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListFeedItemsResponse.SerializeToString,
+            ),
+            'StreamFeedItems': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamFeedItems,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.StreamFeedItemsRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_message__pb2.FeedItem.SerializeToString,
+            ),
+            'RecordFeedInteraction': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFeedInteraction,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RecordFeedInteractionRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RecordFeedInteractionResponse.SerializeToString,
             ),
             'GetDeliveryRules': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDeliveryRules,
@@ -911,6 +965,87 @@ class MessagingService:
             '/campaignexpress.messaging.v1.MessagingService/TrackEngagement',
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TrackEngagementRequest.SerializeToString,
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TrackEngagementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFeedItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/ListFeedItems',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListFeedItemsRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListFeedItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamFeedItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/StreamFeedItems',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.StreamFeedItemsRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_message__pb2.FeedItem.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFeedInteraction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/RecordFeedInteraction',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RecordFeedInteractionRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RecordFeedInteractionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from campaignexpress.messaging.v1 import message_pb2 as _message_pb2
 from campaignexpress.messaging.v1 import messaging_service_pb2 as _messaging_service_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
@@ -95,6 +96,15 @@ class MessagingServiceStub:
     or link. Served by the gateway as `GET /v1/t/{token}` (a 1x1 GIF, or a
     redirect to the link); needs no credentials: the token is the proof.
     """
+    ListFeedItems: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ListFeedItemsRequest, _messaging_service_pb2.ListFeedItemsResponse]
+    """A person's feed for an app: their in-app messages and content cards
+    not dismissed nor expired, newest first. SDKs call it with the
+    source's write key.
+    """
+    StreamFeedItems: _grpc.UnaryStreamMultiCallable[_messaging_service_pb2.StreamFeedItemsRequest, _message_pb2.FeedItem]
+    """The person's feed now, then each new item as it arrives (gRPC only)."""
+    RecordFeedInteraction: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.RecordFeedInteractionRequest, _messaging_service_pb2.RecordFeedInteractionResponse]
+    """What the person did with a feed item: saw it, clicked it, dismissed it."""
     GetDeliveryRules: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.GetDeliveryRulesRequest, _messaging_service_pb2.GetDeliveryRulesResponse]
     """Gets the tenant's delivery rules."""
     UpdateDeliveryRules: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.UpdateDeliveryRulesRequest, _messaging_service_pb2.UpdateDeliveryRulesResponse]
@@ -171,6 +181,15 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     or link. Served by the gateway as `GET /v1/t/{token}` (a 1x1 GIF, or a
     redirect to the link); needs no credentials: the token is the proof.
     """
+    ListFeedItems: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ListFeedItemsRequest, _messaging_service_pb2.ListFeedItemsResponse]  # type: ignore[assignment]
+    """A person's feed for an app: their in-app messages and content cards
+    not dismissed nor expired, newest first. SDKs call it with the
+    source's write key.
+    """
+    StreamFeedItems: _aio.UnaryStreamMultiCallable[_messaging_service_pb2.StreamFeedItemsRequest, _message_pb2.FeedItem]  # type: ignore[assignment]
+    """The person's feed now, then each new item as it arrives (gRPC only)."""
+    RecordFeedInteraction: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.RecordFeedInteractionRequest, _messaging_service_pb2.RecordFeedInteractionResponse]  # type: ignore[assignment]
+    """What the person did with a feed item: saw it, clicked it, dismissed it."""
     GetDeliveryRules: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.GetDeliveryRulesRequest, _messaging_service_pb2.GetDeliveryRulesResponse]  # type: ignore[assignment]
     """Gets the tenant's delivery rules."""
     UpdateDeliveryRules: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.UpdateDeliveryRulesRequest, _messaging_service_pb2.UpdateDeliveryRulesResponse]  # type: ignore[assignment]
@@ -352,6 +371,33 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         or link. Served by the gateway as `GET /v1/t/{token}` (a 1x1 GIF, or a
         redirect to the link); needs no credentials: the token is the proof.
         """
+
+    @_abc_1.abstractmethod
+    def ListFeedItems(
+        self,
+        request: _messaging_service_pb2.ListFeedItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.ListFeedItemsResponse, _abc.Awaitable[_messaging_service_pb2.ListFeedItemsResponse]]:
+        """A person's feed for an app: their in-app messages and content cards
+        not dismissed nor expired, newest first. SDKs call it with the
+        source's write key.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamFeedItems(
+        self,
+        request: _messaging_service_pb2.StreamFeedItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_message_pb2.FeedItem], _abc.AsyncIterator[_message_pb2.FeedItem]]:
+        """The person's feed now, then each new item as it arrives (gRPC only)."""
+
+    @_abc_1.abstractmethod
+    def RecordFeedInteraction(
+        self,
+        request: _messaging_service_pb2.RecordFeedInteractionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.RecordFeedInteractionResponse, _abc.Awaitable[_messaging_service_pb2.RecordFeedInteractionResponse]]:
+        """What the person did with a feed item: saw it, clicked it, dismissed it."""
 
     @_abc_1.abstractmethod
     def GetDeliveryRules(
