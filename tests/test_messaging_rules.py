@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import zoneinfo
 from collections.abc import Iterator
 from typing import Any
@@ -183,3 +184,41 @@ async def test_bad_rules_are_named(env: Env) -> None:
     assert status == 403
     status, _ = await rules(env, {"frequencyCaps": []}, "nope")
     assert status == 400
+
+
+async def test_a_providers_send_rate_is_honoured(env: Env, smtp: SmtpServer) -> None:
+    """120 messages a minute (2 a second, bursts of 2): six messages go out
+    over about two seconds, none lost, the held ones not counted as tries."""
+    status, body = await call(
+        env, "POST", "tenants/acme/channelProviders",
+        {"displayName": "slow relay", "kind": "PROVIDER_KIND_SMTP",
+         "config": {"host": "127.0.0.1", "port": str(smtp.port), "security": "none",
+                    "from": "news@acme.example", "rate_per_minute": "120"}},
+    )  # fmt: skip
+    assert status == 200, body
+    note = await template(env, TEXT)
+    started = time.monotonic()
+    sent = [
+        await send(
+            env,
+            {
+                "template": note["name"],
+                "recipient": {"email": f"t{n}@example.com"},
+                "data": {"n": n},
+                "transactional": True,
+            },
+        )  # fmt: skip
+        for n in range(6)
+    ]
+    done = [await settled(env, s["message"]["name"], within=10) for s in sent]
+    took = time.monotonic() - started
+    assert all(d["state"] == "MESSAGE_STATE_SENT" for d in done), done
+    assert all(d["attempts"] == 1 for d in done)
+    assert len(smtp.received) == 6
+    assert took >= 1.4, took  # (6 - 2 in the burst) / 2 per second, less a little
+    status, answer = await call(
+        env, "POST", "tenants/acme/channelProviders",
+        {"displayName": "x", "kind": "PROVIDER_KIND_SMTP",
+         "config": {"host": "h", "from": "a@b.co", "rate_per_minute": "0"}},
+    )  # fmt: skip
+    assert status == 400 and "channel_provider.config.rate_per_minute" in str(answer)

@@ -95,7 +95,11 @@ def spec_in(c: pb.Campaign) -> model.CampaignSpec:
         cap_failure_mode=_name(
             pb.CapFailureMode, c.cap_failure_mode, "CAP_FAILURE_MODE_", "CLOSED"
         ),
-        messaging=model.Messaging(template=c.messaging.template, audience=c.messaging.audience),
+        messaging=model.Messaging(
+            template=c.messaging.template,
+            audience=c.messaging.audience,
+            messages_per_minute=c.messaging.messages_per_minute,
+        ),
     )
 
 

@@ -83,6 +83,7 @@ class Messaging:
 
     template: str = ""
     audience: str = ""
+    messages_per_minute: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,8 @@ def _messaging(v: list[FieldViolation], p: str, spec: CampaignSpec) -> None:
     """Both or neither of template and audience, well formed; only for a
     campaign with a message channel."""
     m = spec.messaging
+    if not 0 <= m.messages_per_minute <= 1_000_000:
+        v.append(FieldViolation(f"{p}.messaging.messages_per_minute", "must be 0-1,000,000"))
     if not (m.template or m.audience):
         return
     for field, value, kind in (("template", m.template, "templates"),

@@ -40,6 +40,12 @@ async def _build(kernel: Kernel) -> Built:
     links = Links(kernel.secret, kernel.settings.public_url)
     rules = DeliveryRules(db, clock=kernel.clock)
     feed = Feed(db, kernel.backends.bus, clock=kernel.clock)
+    live = kernel.interface("live_campaign_index")
+
+    def campaign_rate(tenant_id: str, campaign_id: str) -> int:
+        found = live.get(f"tenants/{tenant_id}/campaigns/{campaign_id}")
+        return int(found.campaign.spec.messaging.messages_per_minute) if found else 0
+
     directory = kernel.interface("audience_directory")
     sender = Sender(
         db,
@@ -54,6 +60,7 @@ async def _build(kernel: Kernel) -> Built:
         track_html=links.track_html,
         rules=rules,
         feed=feed,
+        campaign_rate=campaign_rate,
         caps=Caps(kernel.backends.hot_store),
         lease_seconds=kernel.settings.message_lease_seconds,
         retry_seconds=kernel.settings.message_retry_seconds,
@@ -89,7 +96,7 @@ async def _build(kernel: Kernel) -> Built:
     campaign_sends = CampaignSends(
         messages,
         templates,
-        kernel.interface("live_campaign_index"),
+        live,
         directory,
         kernel.backends.bus,
     )

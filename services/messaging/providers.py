@@ -100,6 +100,9 @@ class Providers:
             bad.append(FieldViolation(f"{at}.priority", "must be 0-1000"))
         if kind in KINDS:
             bad += KINDS[kind][1].check_config(config, f"{at}.config")
+        rate = config.get("rate_per_minute", "")
+        if rate and (not rate.isdigit() or not 1 <= int(rate) <= 1_000_000):
+            bad.append(FieldViolation(f"{at}.config.rate_per_minute", "must be 1-1,000,000"))
         collect(bad)
         existing = await self.of_tenant(tenant_id, fresh=True)
         if len(existing) >= MAX_PROVIDERS:

@@ -132,6 +132,11 @@ class Caps:
     def __init__(self, store: KeyValueStore) -> None:
         self._store = store
 
+    @property
+    def store(self) -> KeyValueStore:
+        """The hot store (send-rate buckets live there too)."""
+        return self._store
+
     async def reserve(
         self,
         rules: Rules,

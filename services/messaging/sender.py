@@ -148,6 +148,7 @@ class Sender:
         track_html: Callable[[str, str, str, str], str] | None = None,
         rules: DeliveryRules | None = None,
         feed: Feed | None = None,
+        campaign_rate: Callable[[str, str], int] | None = None,
         caps: Caps | None = None,
         lease_seconds: float = LEASE_US / 1e6,
         retry_seconds: float = RETRY_BASE_US / 1e6,
@@ -168,7 +169,9 @@ class Sender:
         self._retry_us = int(retry_seconds * 1e6)
         self._rules = rules or DeliveryRules(db, clock=clock)
         self._feed = feed
+        self._campaign_rate = campaign_rate
         self._caps = caps or Caps(MemoryKeyValueStore())
+        self._caps_store = self._caps.store
         # This sender's name on its claims, and the journal of its attempts
         # (None: no journal, every claim left behind becomes UNKNOWN).
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -631,6 +634,13 @@ class Sender:
                 profile_id=profile_id,
                 send_time=self._clock(),
             )
+        if message.campaign_id and self._campaign_rate is not None:
+            rate = self._campaign_rate(message.tenant_id, message.campaign_id)
+            wait = await self._throttled(f"c:{message.tenant_id}:{message.campaign_id}", rate)
+            if wait:
+                return Outcome("queued", error=f"throttled: the campaign's {rate}/min",
+                               address=address, locale=locale, profile_id=profile_id,
+                               next_attempt_time=now + int(wait * 1e6), held=True)  # fmt: skip
         providers = await self._providers.for_channel(message.tenant_id, message.channel)
         if not providers:
             return Outcome(
@@ -672,7 +682,13 @@ class Sender:
 
         async def dispatch(outgoing: Outgoing, providers: Sequence[Provider]) -> Outcome:
             errors: list[str] = []
+            waits: list[float] = []  # providers busy (their send rate): seconds to wait
             for provider in providers:
+                wait = await self._throttled(f"p:{provider.id}", provider.config.get(
+                    "rate_per_minute", ""))  # fmt: skip
+                if wait:
+                    waits.append(wait)
+                    continue
                 if self._receipt_url is not None and provider.kind in RECEIPTS:
                     outgoing = dataclasses.replace(
                         outgoing, receipt_url=self._receipt_url(provider.name)
@@ -709,6 +725,16 @@ class Sender:
                     send_time=self._clock(),
                     segments=sms.segments if sms else 0,
                     encoding=sms.encoding if sms else "",
+                )
+            if waits and len(waits) == len(providers):  # all busy: when one has room
+                return Outcome(
+                    "queued",
+                    error="throttled: the providers' send rate",
+                    address=address,
+                    locale=locale,
+                    profile_id=profile_id,
+                    next_attempt_time=now + int(min(waits) * 1e6),
+                    held=True,
                 )
             # every provider out: later, or never
             if message.attempts + 1 >= MAX_ATTEMPTS:
@@ -761,6 +787,20 @@ class Sender:
                     token,
                     "the push service says it is gone",
                 )
+
+    async def _throttled(self, key: str, per_minute: Any) -> float:
+        """Take a send from this bucket (hot store: across processes); the
+        seconds to wait when it is empty, 0 when sending may go on."""
+        try:
+            rate = int(per_minute or 0)
+        except (TypeError, ValueError):
+            return 0.0
+        if rate <= 0:
+            return 0.0
+        taken = await self._caps_store.take_token(
+            f"mthrottle:{key}", rate / 60.0, max(1, rate // 60)
+        )
+        return 0.0 if taken.allowed else max(0.01, taken.retry_after)
 
     def _attempting(self, message_id: str) -> None:
         """Journal that this message is about to reach a provider."""

@@ -819,21 +819,27 @@ class CampaignMessaging(_message.Message):
 
     TEMPLATE_FIELD_NUMBER: _builtins.int
     AUDIENCE_FIELD_NUMBER: _builtins.int
+    MESSAGES_PER_MINUTE_FIELD_NUMBER: _builtins.int
     template: _builtins.str
     """The template, `tenants/{tenant}/templates/{template}` (messaging)."""
     audience: _builtins.str
     """The segment whose members it goes to,
     `tenants/{tenant}/segments/{segment}` (audience).
     """
+    messages_per_minute: _builtins.int
+    """At most this many of its messages a minute, across processes
+    (FR-DEL-011); 0 means no limit.
+    """
     def __init__(
         self,
         *,
         template: _builtins.str = ...,
         audience: _builtins.str = ...,
+        messages_per_minute: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "messages_per_minute", b"messages_per_minute", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
