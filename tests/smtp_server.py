@@ -22,6 +22,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     message: EmailMessage
+    raw: bytes = b""
 
 
 @dataclass
@@ -60,7 +61,7 @@ class _Handler:
             parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
             assert isinstance(parsed, EmailMessage)
             self._server.received.append(
-                Received(envelope.mail_from, list(envelope.rcpt_tos), parsed)
+                Received(envelope.mail_from, list(envelope.rcpt_tos), parsed, envelope.content)
             )
         return "250 2.0.0 OK"
 

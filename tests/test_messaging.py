@@ -542,3 +542,50 @@ async def test_opens_and_clicks_are_tracked(env: Env, smtp: SmtpServer) -> None:
     )
     assert [r[0] for r in rows] == ["queued", "sent", "opened", "clicked"]
     assert rows[3][1] == "https://shop.example/sale?a=1&b=2"
+
+
+async def test_mail_is_signed_with_dkim(env: Env, smtp: SmtpServer) -> None:
+    import base64
+
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()  # fmt: skip
+    public = base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    status, body = await call(
+        env, "POST", "tenants/acme/channelProviders",
+        {"displayName": "signed", "kind": "PROVIDER_KIND_SMTP",
+         "config": {"host": "127.0.0.1", "port": str(smtp.port), "security": "none",
+                    "from": "news@acme.example", "dkim_selector": "cx2026",
+                    "dkim_private_key": pem}},
+    )  # fmt: skip
+    assert status == 200, body
+    assert body["channelProvider"]["config"]["dkim_private_key"] == "***"
+    contents = {"en": {"subject": "Signed", "text": "Hi"}}
+    note = await template(
+        env, {"displayName": "n", "channel": "MESSAGE_CHANNEL_EMAIL", "contents": contents}
+    )
+    sent = await send(env, {"template": note["name"], "recipient": {"email": "v@example.com"}})
+    assert (await settled(env, sent["message"]["name"]))["state"] == "MESSAGE_STATE_SENT"
+    (received,) = smtp.received
+    assert received.message["DKIM-Signature"] is not None
+    assert "d=acme.example" in str(received.message["DKIM-Signature"])
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"cx2026._domainkey.acme.example."
+        return b"v=DKIM1; k=rsa; p=" + public
+
+    assert dkim.verify(received.raw, dnsfunc=dns)
+    assert not dkim.verify(received.raw.replace(b"Subject: Signed", b"Subject: Forged"),
+                           dnsfunc=dns)  # fmt: skip
+    status, answer = await call(
+        env, "POST", "tenants/acme/channelProviders",
+        {"displayName": "x", "kind": "PROVIDER_KIND_SMTP",
+         "config": {"host": "h", "from": "a@b.co", "dkim_selector": "s",
+                    "dkim_private_key": "not a key"}},
+    )  # fmt: skip
+    assert status == 400 and "channel_provider.config.dkim_private_key" in str(answer)
