@@ -222,3 +222,33 @@ async def test_a_providers_send_rate_is_honoured(env: Env, smtp: SmtpServer) -> 
          "config": {"host": "h", "from": "a@b.co", "rate_per_minute": "0"}},
     )  # fmt: skip
     assert status == 400 and "channel_provider.config.rate_per_minute" in str(answer)
+
+
+async def test_suppressions_are_imported_and_lifted_in_bulk(env: Env) -> None:
+    lines = ["address,channel,reason"]
+    lines += [f"bulk{n}@example.com" for n in range(2_000)]
+    lines += ["+14155550100,sms,regulatory", "not-an-address", "x@example.com,fax", ""]
+    status, body = await call(env, "POST", "tenants/acme/suppressions:import",
+                              {"csv": "\n".join(lines)})  # fmt: skip
+    assert status == 200, body
+    assert (body["applied"], body["refused"]) == (2_001, 2)
+    assert [p["line"] for p in body["problems"]] == [2_003, 2_004]
+    status, page = await call(env, "GET", "tenants/acme/suppressions?pageSize=1000")
+    found = {s["address"]: (s.get("channel", ""), s["reason"]) for s in page["suppressions"]}
+    assert found["+14155550100"] == ("MESSAGE_CHANNEL_SMS", "SUPPRESSION_REASON_REGULATORY")
+    assert found["bulk0@example.com"] == ("", "SUPPRESSION_REASON_ADMIN_ACTION")
+    status, body = await call(
+        env, "POST", "tenants/acme/suppressions:import",
+        {"csv": "\n".join(f"bulk{n}@example.com" for n in range(1_000)), "remove": True},
+    )  # fmt: skip
+    assert status == 200 and body["applied"] == 1_000
+    total, token = 0, ""
+    while True:
+        status, page = await call(
+            env, "GET", f"tenants/acme/suppressions?pageSize=1000&pageToken={token}"
+        )
+        total += len(page.get("suppressions", []))
+        token = page.get("nextPageToken", "")
+        if not token:
+            break
+    assert total == 1_001

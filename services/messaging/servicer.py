@@ -374,6 +374,20 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
         )  # fmt: skip
         return pb.CreateSuppressionResponse(suppression=suppression_proto(created))
 
+    async def ImportSuppressions(self, request: pb.ImportSuppressionsRequest, context: Any) -> Any:
+        applied, refused, problems = await self._m.suppressions.import_csv(
+            current_principal(),
+            request.parent,
+            request.csv,
+            remove=request.remove,
+            default_reason=_REASONS.get(request.default_reason, ""),
+        )
+        return pb.ImportSuppressionsResponse(
+            applied=applied,
+            refused=refused,
+            problems=[pb.ImportProblem(line=n, problem=why) for n, why in problems],
+        )
+
     async def ListSuppressions(self, request: pb.ListSuppressionsRequest, context: Any) -> Any:
         found, token = await self._m.suppressions.list_suppressions(
             current_principal(), request.parent, request.page_size, request.page_token

@@ -5,6 +5,8 @@ one-click unsubscribe add entries by themselves."""
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,6 +150,72 @@ class Suppressions:
                 )
             ).one()
         return _from_row(row)
+
+    async def import_csv(
+        self, caller: Principal, parent: str, text: str, *, remove: bool, default_reason: str
+    ) -> tuple[int, int, list[tuple[int, str]]]:
+        """(applied, refused, the first 100 problems as (line, why))."""
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
+        reason_default = default_reason or "admin_action"
+        wanted: dict[tuple[str, str], str] = {}  # (channel, address) -> reason
+        problems: list[tuple[int, str]] = []
+        refused = 0
+        for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            cells = [c.strip() for c in row] + ["", ""]
+            address, channel, reason = cells[0], cells[1].lower(), cells[2].lower()
+            if number == 1 and address.lower() in ("address", "email", "phone"):
+                continue  # a header
+            why = ""
+            if not normalized(address):
+                why = f"{address[:60]!r} is neither an email nor an E.164 phone"
+            elif channel and channel not in CHANNELS:
+                why = f"unknown channel {channel!r}"
+            elif reason and reason not in REASONS:
+                why = f"unknown reason {reason!r}"
+            if why:
+                refused += 1
+                if len(problems) < 100:
+                    problems.append((number, why))
+                continue
+            wanted[(channel, normalized(address))] = reason or reason_default
+        s = messaging_suppressions.c
+        keys = list(wanted)
+        if remove:
+            by_channel: dict[str, list[str]] = {}
+            for channel, address in keys:
+                by_channel.setdefault(channel, []).append(address)
+            async with self._db.engine.begin() as conn:
+                for channel, addresses in by_channel.items():
+                    for first in range(0, len(addresses), 500):
+                        await conn.execute(
+                            messaging_suppressions.delete().where(
+                                s.tenant_id == tenant_id,
+                                s.channel == channel,
+                                s.address.in_(addresses[first : first + 500]),
+                            )
+                        )
+            return len(keys), refused, problems
+        now = self._clock()
+        insert = (sqlite_insert if self._db.is_sqlite else postgresql_insert)(
+            messaging_suppressions
+        )
+        statement = insert.on_conflict_do_update(
+            index_elements=[s.tenant_id, s.channel, s.address],
+            set_={"reason": insert.excluded.reason, "expire_time": 0,
+                  "create_time": insert.excluded.create_time},
+        )  # fmt: skip
+        rows = [
+            {"id": random_hex_id(), "tenant_id": tenant_id, "channel": channel,
+             "address": address, "reason": reason, "expire_time": 0, "note": "imported",
+             "create_time": now}
+            for (channel, address), reason in wanted.items()
+        ]  # fmt: skip
+        async with self._db.engine.begin() as conn:
+            for first in range(0, len(rows), 1000):
+                await conn.execute(statement, rows[first : first + 1000])
+        return len(rows), refused, problems
 
     async def blocking(
         self, tenant_id: str, channel: str, addresses: list[str]

@@ -776,6 +776,98 @@ class CreateSuppressionResponse(_message.Message):
 Global___CreateSuppressionResponse: _TypeAlias = CreateSuppressionResponse  # noqa: Y015
 
 @_typing.final
+class ImportSuppressionsRequest(_message.Message):
+    """Request of ImportSuppressions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    CSV_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    DEFAULT_REASON_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, `tenants/{tenant}`."""
+    csv: _builtins.str
+    """The CSV text (at most the request size limit: ~100,000 lines)."""
+    remove: _builtins.bool
+    """Lift the listed suppressions instead of adding them."""
+    default_reason: _message_pb2.SuppressionReason.ValueType
+    """The reason of lines that give none; ADMIN_ACTION when unset."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        csv: _builtins.str = ...,
+        remove: _builtins.bool = ...,
+        default_reason: _message_pb2.SuppressionReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csv", b"csv", "default_reason", b"default_reason", "parent", b"parent", "remove", b"remove"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportSuppressionsRequest: _TypeAlias = ImportSuppressionsRequest  # noqa: Y015
+
+@_typing.final
+class ImportProblem(_message.Message):
+    """One refused line of an import."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    line: _builtins.int
+    """The line, from 1."""
+    problem: _builtins.str
+    """Why."""
+    def __init__(
+        self,
+        *,
+        line: _builtins.int = ...,
+        problem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["line", b"line", "problem", b"problem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportProblem: _TypeAlias = ImportProblem  # noqa: Y015
+
+@_typing.final
+class ImportSuppressionsResponse(_message.Message):
+    """Response of ImportSuppressions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    applied: _builtins.int
+    """Lines applied."""
+    refused: _builtins.int
+    """Lines refused (the first 100 are in `problems`)."""
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportProblem]:
+        """What was wrong with them."""
+
+    def __init__(
+        self,
+        *,
+        applied: _builtins.int = ...,
+        refused: _builtins.int = ...,
+        problems: _abc.Iterable[Global___ImportProblem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "problems", b"problems", "refused", b"refused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportSuppressionsResponse: _TypeAlias = ImportSuppressionsResponse  # noqa: Y015
+
+@_typing.final
 class ListSuppressionsRequest(_message.Message):
     """Request of ListSuppressions."""
 

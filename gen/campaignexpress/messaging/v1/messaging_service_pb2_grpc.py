@@ -108,6 +108,11 @@ class MessagingServiceStub:
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateSuppressionRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateSuppressionResponse.FromString,
                 _registered_method=True)
+        self.ImportSuppressions = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/ImportSuppressions',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ImportSuppressionsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ImportSuppressionsResponse.FromString,
+                _registered_method=True)
         self.ListSuppressions = channel.unary_unary(
                 '/campaignexpress.messaging.v1.MessagingService/ListSuppressions',
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSuppressionsRequest.SerializeToString,
@@ -271,6 +276,16 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportSuppressions(self, request, context):
+        """Adds or lifts many suppressions at once from CSV (FR-DEL-010): one
+        address per line, optionally followed by a channel and a reason
+        (`address,channel,reason`; a header line is skipped). Bad lines are
+        reported, the others applied.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListSuppressions(self, request, context):
         """Lists a tenant's suppressions in force.
         """
@@ -424,6 +439,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.CreateSuppression,
                     request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateSuppressionRequest.FromString,
                     response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateSuppressionResponse.SerializeToString,
+            ),
+            'ImportSuppressions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportSuppressions,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ImportSuppressionsRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ImportSuppressionsResponse.SerializeToString,
             ),
             'ListSuppressions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSuppressions,
@@ -857,6 +877,33 @@ class MessagingService:
             '/campaignexpress.messaging.v1.MessagingService/CreateSuppression',
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateSuppressionRequest.SerializeToString,
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateSuppressionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSuppressions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/ImportSuppressions',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ImportSuppressionsRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ImportSuppressionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,12 @@ class MessagingServiceStub:
     """Suppresses an address (on one channel or all); adding it again
     replaces the entry.
     """
+    ImportSuppressions: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ImportSuppressionsRequest, _messaging_service_pb2.ImportSuppressionsResponse]
+    """Adds or lifts many suppressions at once from CSV (FR-DEL-010): one
+    address per line, optionally followed by a channel and a reason
+    (`address,channel,reason`; a header line is skipped). Bad lines are
+    reported, the others applied.
+    """
     ListSuppressions: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ListSuppressionsRequest, _messaging_service_pb2.ListSuppressionsResponse]
     """Lists a tenant's suppressions in force."""
     Unsubscribe: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.UnsubscribeRequest, _messaging_service_pb2.UnsubscribeResponse]
@@ -161,6 +167,12 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     CreateSuppression: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.CreateSuppressionRequest, _messaging_service_pb2.CreateSuppressionResponse]  # type: ignore[assignment]
     """Suppresses an address (on one channel or all); adding it again
     replaces the entry.
+    """
+    ImportSuppressions: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ImportSuppressionsRequest, _messaging_service_pb2.ImportSuppressionsResponse]  # type: ignore[assignment]
+    """Adds or lifts many suppressions at once from CSV (FR-DEL-010): one
+    address per line, optionally followed by a channel and a reason
+    (`address,channel,reason`; a header line is skipped). Bad lines are
+    reported, the others applied.
     """
     ListSuppressions: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ListSuppressionsRequest, _messaging_service_pb2.ListSuppressionsResponse]  # type: ignore[assignment]
     """Lists a tenant's suppressions in force."""
@@ -327,6 +339,18 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_messaging_service_pb2.CreateSuppressionResponse, _abc.Awaitable[_messaging_service_pb2.CreateSuppressionResponse]]:
         """Suppresses an address (on one channel or all); adding it again
         replaces the entry.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportSuppressions(
+        self,
+        request: _messaging_service_pb2.ImportSuppressionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.ImportSuppressionsResponse, _abc.Awaitable[_messaging_service_pb2.ImportSuppressionsResponse]]:
+        """Adds or lifts many suppressions at once from CSV (FR-DEL-010): one
+        address per line, optionally followed by a channel and a reason
+        (`address,channel,reason`; a header line is skipped). Bad lines are
+        reported, the others applied.
         """
 
     @_abc_1.abstractmethod
