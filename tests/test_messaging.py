@@ -589,3 +589,54 @@ async def test_mail_is_signed_with_dkim(env: Env, smtp: SmtpServer) -> None:
                     "dkim_private_key": "not a key"}},
     )  # fmt: skip
     assert status == 400 and "channel_provider.config.dkim_private_key" in str(answer)
+
+
+async def test_catalog_items_are_looked_up_in_templates(env: Env, smtp: SmtpServer) -> None:
+    status, made = await call(
+        env, "POST", "tenants/acme/catalogs?catalogId=products", {"displayName": "Products"}
+    )
+    assert status == 200 and made["catalog"]["name"] == "tenants/acme/catalogs/products", made
+    status, again = await call(env, "POST", "tenants/acme/catalogs?catalogId=products", {})
+    assert status == 409
+    status, bad = await call(env, "POST", "tenants/acme/catalogs?catalogId=no-dash", {})
+    assert status == 400 and bad["error"]["fieldViolations"][0]["field"] == "catalog_id"
+    items = [{"id": f"sku-{n}", "attributes": {"name": f"Boot {n}", "price": 50 + n}}
+             for n in range(3)]  # fmt: skip
+    status, body = await call(env, "POST", "tenants/acme/catalogs/products/items:upsert",
+                              {"items": items})  # fmt: skip
+    assert status == 200 and body["written"] == 3
+    status, listed = await call(env, "GET", "tenants/acme/catalogs/products/items?pageSize=2")
+    assert [i["id"] for i in listed["items"]] == ["sku-0", "sku-1"] and listed["nextPageToken"]
+    status, catalogs = await call(env, "GET", "tenants/acme/catalogs")
+    assert catalogs["catalogs"][0]["itemCount"] == "3"
+
+    await provider(env, smtp.port)
+    picks = await template(
+        env,
+        {"displayName": "picks", "channel": "MESSAGE_CHANNEL_EMAIL",
+         "contents": {"en": {"subject": "{{ catalogs.products[data.top].name }} is back",
+                             "text": "{% for sku in data.skus %}{{ catalogs.products[sku].name }}"
+                                     " {{ catalogs.products[sku].price | money: 'EUR', 'en_IE' }};"
+                                     "{% endfor %}"}}},
+    )  # fmt: skip
+    data = {"top": "sku-2", "skus": ["sku-0", "sku-1"]}
+    status, preview = await call(env, "POST", f"{picks['name']}:render", {"data": data})
+    assert status == 200, preview
+    assert preview["rendered"]["subject"] == "Boot 2 is back"
+    assert preview["rendered"]["text"] == "Boot 0 €50.00;Boot 1 €51.00;"
+    sent = await send(env, {"template": picks["name"], "recipient": {"email": "k@example.com"},
+                            "data": data})  # fmt: skip
+    assert (await settled(env, sent["message"]["name"]))["state"] == "MESSAGE_STATE_SENT"
+    (mail,) = smtp.to("k@example.com")
+    assert mail["Subject"] == "Boot 2 is back"
+    # an item changed: the next render sees it (the cache is dropped on writes here)
+    changed = {"items": [{"id": "sku-2", "attributes": {"name": "Boot II"}}]}
+    status, _ = await call(env, "POST", "tenants/acme/catalogs/products/items:upsert", changed)
+    status, preview = await call(env, "POST", f"{picks['name']}:render", {"data": data})
+    assert preview["rendered"]["subject"] == "Boot II is back"
+    status, _ = await call(env, "DELETE", "tenants/acme/catalogs/products/items/sku-2")
+    assert status == 200
+    status, _ = await call(env, "DELETE", "tenants/acme/catalogs/products")
+    assert status == 200
+    status, _ = await call(env, "GET", "tenants/acme/catalogs/products/items")
+    assert status == 404

@@ -70,6 +70,8 @@ class Messaging:
         self.rules: Any = None
         #: In-app messages and content cards (services/messaging/feed.py).
         self.feed: Any = None
+        #: Product catalogs (services/messaging/catalogs.py).
+        self.catalogs: Any = None
 
     async def render(
         self,
@@ -103,6 +105,10 @@ class Messaging:
             "message": {"id": "preview"},
             "tenant": {"id": template.tenant_id},
         }
+        if self.catalogs is not None:
+            variables["catalogs"] = await self.catalogs.for_render(
+                template.tenant_id, list(template.contents[chosen].values())
+            )
         try:
             parts = rendering.render(template.contents[chosen], variables, strict=template.strict)
         except rendering.TemplateError as error:

@@ -10,6 +10,7 @@ from campaignexpress.messaging.v1 import messaging_service_pb2, messaging_servic
 from services.analytics.pipeline import AnalyticsPipeline
 from services.kernel import Built, DomainModule, Kernel, Service
 from services.messaging.campaign_sends import CampaignSends
+from services.messaging.catalogs import Catalogs
 from services.messaging.domain import Messaging
 from services.messaging.events import MESSAGE_EVENTS, event_row
 from services.messaging.feed import Feed
@@ -40,6 +41,7 @@ async def _build(kernel: Kernel) -> Built:
     links = Links(kernel.secret, kernel.settings.public_url)
     rules = DeliveryRules(db, clock=kernel.clock)
     feed = Feed(db, kernel.backends.bus, clock=kernel.clock)
+    catalogs = Catalogs(db, clock=kernel.clock, page_tokens=kernel.page_tokens)
     live = kernel.interface("live_campaign_index")
 
     def campaign_rate(tenant_id: str, campaign_id: str) -> int:
@@ -61,6 +63,7 @@ async def _build(kernel: Kernel) -> Built:
         rules=rules,
         feed=feed,
         campaign_rate=campaign_rate,
+        catalogs=catalogs,
         caps=Caps(kernel.backends.hot_store),
         lease_seconds=kernel.settings.message_lease_seconds,
         retry_seconds=kernel.settings.message_retry_seconds,
@@ -107,6 +110,7 @@ async def _build(kernel: Kernel) -> Built:
     )
     messaging.rules = rules
     messaging.feed = feed
+    messaging.catalogs = catalogs
     if kernel.has_interface("data_subject_hooks"):  # what it holds about a person
         kernel.interface("data_subject_hooks").register(
             "messaging", MessagesOfPeople(db, events, kernel.backends.analytics)

@@ -54,6 +54,7 @@ from services.common.clock import now_us
 from services.common.errors import NotFound
 from services.db import Database
 from services.messaging import rendering
+from services.messaging.catalogs import Catalogs
 from services.messaging.channels.base import Outgoing, ProviderError
 from services.messaging.channels.sms_text import measure
 from services.messaging.events import event_row
@@ -149,6 +150,7 @@ class Sender:
         rules: DeliveryRules | None = None,
         feed: Feed | None = None,
         campaign_rate: Callable[[str, str], int] | None = None,
+        catalogs: Catalogs | None = None,
         caps: Caps | None = None,
         lease_seconds: float = LEASE_US / 1e6,
         retry_seconds: float = RETRY_BASE_US / 1e6,
@@ -170,6 +172,7 @@ class Sender:
         self._rules = rules or DeliveryRules(db, clock=clock)
         self._feed = feed
         self._campaign_rate = campaign_rate
+        self._catalogs = catalogs
         self._caps = caps or Caps(MemoryKeyValueStore())
         self._caps_store = self._caps.store
         # This sender's name on its claims, and the journal of its attempts
@@ -602,6 +605,10 @@ class Sender:
             "message": {"id": message.id},
             "tenant": {"id": message.tenant_id},
         }
+        if self._catalogs is not None:
+            variables["catalogs"] = await self._catalogs.for_render(
+                message.tenant_id, list(template.contents[locale].values())
+            )
         try:
             rendered = rendering.render(
                 template.contents[locale], variables, strict=template.strict

@@ -15,6 +15,7 @@ from campaignexpress.messaging.v1 import (
 )
 from services.common.call import current_principal
 from services.common.protoconv import micros, timestamp
+from services.messaging.catalogs import Catalog
 from services.messaging.domain import Messaging
 from services.messaging.feed import FeedItem
 from services.messaging.messages import Message
@@ -234,6 +235,15 @@ def feed_proto(item: FeedItem) -> message_pb2.FeedItem:
         impressions=item.impressions,
         clicks=item.clicks,
         dismiss_time=timestamp(item.dismiss_time or None),
+    )
+
+
+def catalog_proto(catalog: Catalog) -> message_pb2.Catalog:
+    return message_pb2.Catalog(
+        name=catalog.name,
+        display_name=catalog.display_name,
+        item_count=catalog.item_count,
+        create_time=timestamp(catalog.create_time),
     )
 
 
@@ -460,6 +470,50 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
         interaction = _INTERACTIONS.get(request.interaction, "")
         item = await self._m.feed_interaction(current_principal(), request.name, interaction)
         return pb.RecordFeedInteractionResponse(feed_item=feed_proto(item))
+
+    async def CreateCatalog(self, request: pb.CreateCatalogRequest, context: Any) -> Any:
+        made = await self._m.catalogs.create(
+            current_principal(), request.parent, request.catalog_id, request.catalog.display_name
+        )
+        return pb.CreateCatalogResponse(catalog=catalog_proto(made))
+
+    async def ListCatalogs(self, request: pb.ListCatalogsRequest, context: Any) -> Any:
+        found = await self._m.catalogs.list_catalogs(current_principal(), request.parent)
+        return pb.ListCatalogsResponse(catalogs=[catalog_proto(c) for c in found])
+
+    async def DeleteCatalog(self, request: pb.DeleteCatalogRequest, context: Any) -> Any:
+        await self._m.catalogs.delete(current_principal(), request.name)
+        return pb.DeleteCatalogResponse()
+
+    async def UpsertCatalogItems(self, request: pb.UpsertCatalogItemsRequest, context: Any) -> Any:
+        written = await self._m.catalogs.upsert(
+            current_principal(),
+            request.parent,
+            [(item.id, _dict(item.attributes)) for item in request.items],
+        )
+        return pb.UpsertCatalogItemsResponse(written=written)
+
+    async def ListCatalogItems(self, request: pb.ListCatalogItemsRequest, context: Any) -> Any:
+        found, token = await self._m.catalogs.list_items(
+            current_principal(), request.parent, request.page_size, request.page_token
+        )
+        items = []
+        for item_id, attributes, updated in found:
+            values = struct_pb2.Struct()
+            values.update(attributes)
+            items.append(
+                message_pb2.CatalogItem(
+                    name=f"{request.parent}/items/{item_id}",
+                    id=item_id,
+                    attributes=values,
+                    update_time=timestamp(updated),
+                )
+            )
+        return pb.ListCatalogItemsResponse(items=items, next_page_token=token)
+
+    async def DeleteCatalogItem(self, request: pb.DeleteCatalogItemRequest, context: Any) -> Any:
+        await self._m.catalogs.delete_item(current_principal(), request.name)
+        return pb.DeleteCatalogItemResponse()
 
     async def Unsubscribe(self, request: pb.UnsubscribeRequest, context: Any) -> Any:
         channel = await self._m.unsubscribe(request.token)

@@ -142,3 +142,23 @@ messaging_feed = sa.Table(
     sa.Column("dismiss_time", sa.BigInteger, nullable=False),
     sa.Index("ix_messaging_feed_profile", "tenant_id", "profile_id", "create_time"),
 )
+
+# Product catalogs (FR-PER-004) and their items.
+messaging_catalogs = sa.Table(
+    "messaging_catalogs",
+    metadata,
+    sa.Column("tenant_id", sa.String(40), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+)
+
+messaging_catalog_items = sa.Table(
+    "messaging_catalog_items",
+    metadata,
+    sa.Column("tenant_id", sa.String(40), primary_key=True),
+    sa.Column("catalog_id", sa.String(64), primary_key=True),
+    sa.Column("item_id", sa.String(200), primary_key=True),
+    sa.Column("attributes", sa.JSON, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
+)

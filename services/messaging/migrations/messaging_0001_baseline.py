@@ -1,5 +1,6 @@
 """Messaging baseline: templates and their versions, channel providers,
-messages (the outbox), suppressions, delivery rules and the in-app feed.
+messages (the outbox), suppressions, delivery rules, the in-app feed
+and product catalogs.
 
 Revision ID: messaging_0001
 Revises:
@@ -139,6 +140,21 @@ def upgrade() -> None:
         "ix_messaging_feed_profile", "messaging_feed", ["tenant_id", "profile_id", "create_time"]
     )
     op.create_table(
+        "messaging_catalogs",
+        sa.Column("tenant_id", sa.String(40), primary_key=True),
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("display_name", sa.String(200), nullable=False),
+        sa.Column("create_time", sa.BigInteger, nullable=False),
+    )
+    op.create_table(
+        "messaging_catalog_items",
+        sa.Column("tenant_id", sa.String(40), primary_key=True),
+        sa.Column("catalog_id", sa.String(64), primary_key=True),
+        sa.Column("item_id", sa.String(200), primary_key=True),
+        sa.Column("attributes", sa.JSON, nullable=False),
+        sa.Column("update_time", sa.BigInteger, nullable=False),
+    )
+    op.create_table(
         "messaging_rules",
         sa.Column("tenant_id", sa.String(40), primary_key=True),
         sa.Column("rules", sa.JSON, nullable=False),
@@ -148,6 +164,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table in (
+        "messaging_catalog_items",
+        "messaging_catalogs",
         "messaging_feed",
         "messaging_rules",
         "messaging_suppressions",

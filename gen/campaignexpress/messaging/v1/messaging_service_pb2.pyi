@@ -1209,6 +1209,294 @@ class RecordFeedInteractionResponse(_message.Message):
 Global___RecordFeedInteractionResponse: _TypeAlias = RecordFeedInteractionResponse  # noqa: Y015
 
 @_typing.final
+class CreateCatalogRequest(_message.Message):
+    """Request of CreateCatalog."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    CATALOG_ID_FIELD_NUMBER: _builtins.int
+    CATALOG_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, `tenants/{tenant}`."""
+    catalog_id: _builtins.str
+    """The catalog's id (letters, digits, `_`; 1-64), as templates name it."""
+    @_builtins.property
+    def catalog(self) -> _message_pb2.Catalog:
+        """The catalog: its display name."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        catalog_id: _builtins.str = ...,
+        catalog: _message_pb2.Catalog | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog", "catalog_id", b"catalog_id", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCatalogRequest: _TypeAlias = CreateCatalogRequest  # noqa: Y015
+
+@_typing.final
+class CreateCatalogResponse(_message.Message):
+    """Response of CreateCatalog."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATALOG_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def catalog(self) -> _message_pb2.Catalog:
+        """The catalog."""
+
+    def __init__(
+        self,
+        *,
+        catalog: _message_pb2.Catalog | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCatalogResponse: _TypeAlias = CreateCatalogResponse  # noqa: Y015
+
+@_typing.final
+class ListCatalogsRequest(_message.Message):
+    """Request of ListCatalogs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, `tenants/{tenant}`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCatalogsRequest: _TypeAlias = ListCatalogsRequest  # noqa: Y015
+
+@_typing.final
+class ListCatalogsResponse(_message.Message):
+    """Response of ListCatalogs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATALOGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def catalogs(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Catalog]:
+        """The catalogs."""
+
+    def __init__(
+        self,
+        *,
+        catalogs: _abc.Iterable[_message_pb2.Catalog] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalogs", b"catalogs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCatalogsResponse: _TypeAlias = ListCatalogsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteCatalogRequest(_message.Message):
+    """Request of DeleteCatalog."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/catalogs/{catalog}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCatalogRequest: _TypeAlias = DeleteCatalogRequest  # noqa: Y015
+
+@_typing.final
+class DeleteCatalogResponse(_message.Message):
+    """Response of DeleteCatalog."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCatalogResponse: _TypeAlias = DeleteCatalogResponse  # noqa: Y015
+
+@_typing.final
+class UpsertCatalogItemsRequest(_message.Message):
+    """Request of UpsertCatalogItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The catalog, `tenants/{tenant}/catalogs/{catalog}`."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.CatalogItem]:
+        """The items: `id` and `attributes` each."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        items: _abc.Iterable[_message_pb2.CatalogItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertCatalogItemsRequest: _TypeAlias = UpsertCatalogItemsRequest  # noqa: Y015
+
+@_typing.final
+class UpsertCatalogItemsResponse(_message.Message):
+    """Response of UpsertCatalogItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITTEN_FIELD_NUMBER: _builtins.int
+    written: _builtins.int
+    """Items written."""
+    def __init__(
+        self,
+        *,
+        written: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["written", b"written"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertCatalogItemsResponse: _TypeAlias = UpsertCatalogItemsResponse  # noqa: Y015
+
+@_typing.final
+class ListCatalogItemsRequest(_message.Message):
+    """Request of ListCatalogItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The catalog, `tenants/{tenant}/catalogs/{catalog}`."""
+    page_size: _builtins.int
+    """At most this many, 1-1000; 0 means 50."""
+    page_token: _builtins.str
+    """From a previous answer's `next_page_token`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCatalogItemsRequest: _TypeAlias = ListCatalogItemsRequest  # noqa: Y015
+
+@_typing.final
+class ListCatalogItemsResponse(_message.Message):
+    """Response of ListCatalogItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page's token; empty on the last page."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.CatalogItem]:
+        """The items, by id."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[_message_pb2.CatalogItem] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCatalogItemsResponse: _TypeAlias = ListCatalogItemsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteCatalogItemRequest(_message.Message):
+    """Request of DeleteCatalogItem."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/catalogs/{catalog}/items/{item}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCatalogItemRequest: _TypeAlias = DeleteCatalogItemRequest  # noqa: Y015
+
+@_typing.final
+class DeleteCatalogItemResponse(_message.Message):
+    """Response of DeleteCatalogItem."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCatalogItemResponse: _TypeAlias = DeleteCatalogItemResponse  # noqa: Y015
+
+@_typing.final
 class GetDeliveryRulesRequest(_message.Message):
     """Request of GetDeliveryRules."""
 

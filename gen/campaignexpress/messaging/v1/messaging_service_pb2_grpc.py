@@ -148,6 +148,36 @@ class MessagingServiceStub:
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RecordFeedInteractionRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RecordFeedInteractionResponse.FromString,
                 _registered_method=True)
+        self.CreateCatalog = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/CreateCatalog',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateCatalogRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateCatalogResponse.FromString,
+                _registered_method=True)
+        self.ListCatalogs = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/ListCatalogs',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListCatalogsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListCatalogsResponse.FromString,
+                _registered_method=True)
+        self.DeleteCatalog = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/DeleteCatalog',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogResponse.FromString,
+                _registered_method=True)
+        self.UpsertCatalogItems = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/UpsertCatalogItems',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpsertCatalogItemsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpsertCatalogItemsResponse.FromString,
+                _registered_method=True)
+        self.ListCatalogItems = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/ListCatalogItems',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListCatalogItemsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListCatalogItemsResponse.FromString,
+                _registered_method=True)
+        self.DeleteCatalogItem = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/DeleteCatalogItem',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogItemRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogItemResponse.FromString,
+                _registered_method=True)
         self.GetDeliveryRules = channel.unary_unary(
                 '/campaignexpress.messaging.v1.MessagingService/GetDeliveryRules',
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetDeliveryRulesRequest.SerializeToString,
@@ -345,6 +375,48 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCatalog(self, request, context):
+        """Creates a catalog.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCatalogs(self, request, context):
+        """Lists a tenant's catalogs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCatalog(self, request, context):
+        """Deletes a catalog and its items.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertCatalogItems(self, request, context):
+        """Adds or replaces items in bulk (up to 10,000 a call).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCatalogItems(self, request, context):
+        """Lists a catalog's items by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCatalogItem(self, request, context):
+        """Deletes an item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetDeliveryRules(self, request, context):
         """Gets the tenant's delivery rules.
         """
@@ -479,6 +551,36 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.RecordFeedInteraction,
                     request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RecordFeedInteractionRequest.FromString,
                     response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RecordFeedInteractionResponse.SerializeToString,
+            ),
+            'CreateCatalog': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCatalog,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateCatalogRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateCatalogResponse.SerializeToString,
+            ),
+            'ListCatalogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCatalogs,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListCatalogsRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListCatalogsResponse.SerializeToString,
+            ),
+            'DeleteCatalog': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCatalog,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogResponse.SerializeToString,
+            ),
+            'UpsertCatalogItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertCatalogItems,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpsertCatalogItemsRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpsertCatalogItemsResponse.SerializeToString,
+            ),
+            'ListCatalogItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCatalogItems,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListCatalogItemsRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListCatalogItemsResponse.SerializeToString,
+            ),
+            'DeleteCatalogItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCatalogItem,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogItemRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogItemResponse.SerializeToString,
             ),
             'GetDeliveryRules': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDeliveryRules,
@@ -1093,6 +1195,168 @@ class MessagingService:
             '/campaignexpress.messaging.v1.MessagingService/RecordFeedInteraction',
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RecordFeedInteractionRequest.SerializeToString,
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RecordFeedInteractionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCatalog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/CreateCatalog',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateCatalogRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateCatalogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCatalogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/ListCatalogs',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListCatalogsRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListCatalogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCatalog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/DeleteCatalog',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertCatalogItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/UpsertCatalogItems',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpsertCatalogItemsRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpsertCatalogItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCatalogItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/ListCatalogItems',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListCatalogItemsRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListCatalogItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCatalogItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/DeleteCatalogItem',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogItemRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogItemResponse.FromString,
             options,
             channel_credentials,
             insecure,

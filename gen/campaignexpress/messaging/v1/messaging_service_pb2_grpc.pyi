@@ -111,6 +111,18 @@ class MessagingServiceStub:
     """The person's feed now, then each new item as it arrives (gRPC only)."""
     RecordFeedInteraction: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.RecordFeedInteractionRequest, _messaging_service_pb2.RecordFeedInteractionResponse]
     """What the person did with a feed item: saw it, clicked it, dismissed it."""
+    CreateCatalog: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.CreateCatalogRequest, _messaging_service_pb2.CreateCatalogResponse]
+    """Creates a catalog."""
+    ListCatalogs: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ListCatalogsRequest, _messaging_service_pb2.ListCatalogsResponse]
+    """Lists a tenant's catalogs."""
+    DeleteCatalog: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.DeleteCatalogRequest, _messaging_service_pb2.DeleteCatalogResponse]
+    """Deletes a catalog and its items."""
+    UpsertCatalogItems: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.UpsertCatalogItemsRequest, _messaging_service_pb2.UpsertCatalogItemsResponse]
+    """Adds or replaces items in bulk (up to 10,000 a call)."""
+    ListCatalogItems: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ListCatalogItemsRequest, _messaging_service_pb2.ListCatalogItemsResponse]
+    """Lists a catalog's items by id."""
+    DeleteCatalogItem: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.DeleteCatalogItemRequest, _messaging_service_pb2.DeleteCatalogItemResponse]
+    """Deletes an item."""
     GetDeliveryRules: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.GetDeliveryRulesRequest, _messaging_service_pb2.GetDeliveryRulesResponse]
     """Gets the tenant's delivery rules."""
     UpdateDeliveryRules: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.UpdateDeliveryRulesRequest, _messaging_service_pb2.UpdateDeliveryRulesResponse]
@@ -202,6 +214,18 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     """The person's feed now, then each new item as it arrives (gRPC only)."""
     RecordFeedInteraction: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.RecordFeedInteractionRequest, _messaging_service_pb2.RecordFeedInteractionResponse]  # type: ignore[assignment]
     """What the person did with a feed item: saw it, clicked it, dismissed it."""
+    CreateCatalog: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.CreateCatalogRequest, _messaging_service_pb2.CreateCatalogResponse]  # type: ignore[assignment]
+    """Creates a catalog."""
+    ListCatalogs: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ListCatalogsRequest, _messaging_service_pb2.ListCatalogsResponse]  # type: ignore[assignment]
+    """Lists a tenant's catalogs."""
+    DeleteCatalog: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.DeleteCatalogRequest, _messaging_service_pb2.DeleteCatalogResponse]  # type: ignore[assignment]
+    """Deletes a catalog and its items."""
+    UpsertCatalogItems: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.UpsertCatalogItemsRequest, _messaging_service_pb2.UpsertCatalogItemsResponse]  # type: ignore[assignment]
+    """Adds or replaces items in bulk (up to 10,000 a call)."""
+    ListCatalogItems: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ListCatalogItemsRequest, _messaging_service_pb2.ListCatalogItemsResponse]  # type: ignore[assignment]
+    """Lists a catalog's items by id."""
+    DeleteCatalogItem: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.DeleteCatalogItemRequest, _messaging_service_pb2.DeleteCatalogItemResponse]  # type: ignore[assignment]
+    """Deletes an item."""
     GetDeliveryRules: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.GetDeliveryRulesRequest, _messaging_service_pb2.GetDeliveryRulesResponse]  # type: ignore[assignment]
     """Gets the tenant's delivery rules."""
     UpdateDeliveryRules: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.UpdateDeliveryRulesRequest, _messaging_service_pb2.UpdateDeliveryRulesResponse]  # type: ignore[assignment]
@@ -422,6 +446,54 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_service_pb2.RecordFeedInteractionResponse, _abc.Awaitable[_messaging_service_pb2.RecordFeedInteractionResponse]]:
         """What the person did with a feed item: saw it, clicked it, dismissed it."""
+
+    @_abc_1.abstractmethod
+    def CreateCatalog(
+        self,
+        request: _messaging_service_pb2.CreateCatalogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.CreateCatalogResponse, _abc.Awaitable[_messaging_service_pb2.CreateCatalogResponse]]:
+        """Creates a catalog."""
+
+    @_abc_1.abstractmethod
+    def ListCatalogs(
+        self,
+        request: _messaging_service_pb2.ListCatalogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.ListCatalogsResponse, _abc.Awaitable[_messaging_service_pb2.ListCatalogsResponse]]:
+        """Lists a tenant's catalogs."""
+
+    @_abc_1.abstractmethod
+    def DeleteCatalog(
+        self,
+        request: _messaging_service_pb2.DeleteCatalogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.DeleteCatalogResponse, _abc.Awaitable[_messaging_service_pb2.DeleteCatalogResponse]]:
+        """Deletes a catalog and its items."""
+
+    @_abc_1.abstractmethod
+    def UpsertCatalogItems(
+        self,
+        request: _messaging_service_pb2.UpsertCatalogItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.UpsertCatalogItemsResponse, _abc.Awaitable[_messaging_service_pb2.UpsertCatalogItemsResponse]]:
+        """Adds or replaces items in bulk (up to 10,000 a call)."""
+
+    @_abc_1.abstractmethod
+    def ListCatalogItems(
+        self,
+        request: _messaging_service_pb2.ListCatalogItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.ListCatalogItemsResponse, _abc.Awaitable[_messaging_service_pb2.ListCatalogItemsResponse]]:
+        """Lists a catalog's items by id."""
+
+    @_abc_1.abstractmethod
+    def DeleteCatalogItem(
+        self,
+        request: _messaging_service_pb2.DeleteCatalogItemRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.DeleteCatalogItemResponse, _abc.Awaitable[_messaging_service_pb2.DeleteCatalogItemResponse]]:
+        """Deletes an item."""
 
     @_abc_1.abstractmethod
     def GetDeliveryRules(
