@@ -12,9 +12,15 @@ import orjson
 from services.common import names
 from services.common.call import Principal
 from services.common.clock import now_us
-from services.common.errors import InvalidArgument, NotFound, Unauthenticated
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
 from services.messaging import rendering
 from services.messaging.channels import sendgrid_email, twilio_sms
+from services.messaging.connected import Connected, ConnectedError
 from services.messaging.events import event_row
 from services.messaging.links import Links
 from services.messaging.messages import Messages
@@ -62,6 +68,7 @@ class Messaging:
         self.sender = sender
         self.links = links
         self._directory = directory
+        self._connected = Connected()
         #: The lifecycle events' pipeline (flush it to read them back).
         self.events = events
         #: Live messaging campaigns turned into messages (worker 0).
@@ -109,6 +116,14 @@ class Messaging:
             variables["catalogs"] = await self.catalogs.for_render(
                 template.tenant_id, list(template.contents[chosen].values())
             )
+        if template.connected and self.rules is not None:
+            hosts = (await self.rules.of_tenant(template.tenant_id)).connected_hosts
+            try:
+                variables["connected"] = await self._connected.fetch_all(
+                    template.connected, variables, hosts
+                )
+            except ConnectedError as error:
+                raise FailedPrecondition(f"connected content: {error}") from None
         try:
             parts = rendering.render(template.contents[chosen], variables, strict=template.strict)
         except rendering.TemplateError as error:

@@ -42,6 +42,7 @@ PERIODS = ("hour", "day", "week", "month", "campaign")
 MAX_CAPS = 20
 MAX_PER_CAP = 10_000
 CACHE_SECONDS = 5.0
+_HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,62}\.)*[a-z0-9-]{1,63}$")
 _CLOCK = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 _TTL = {"hour": 2 * 3600, "day": 2 * 86400, "week": 8 * 86400, "month": 32 * 86400,
         "campaign": 400 * 86400}  # fmt: skip
@@ -73,6 +74,7 @@ class Rules:
     caps: tuple[CapRule, ...] = ()
     quiet: QuietHours = field(default_factory=QuietHours)
     update_time: int = 0
+    connected_hosts: tuple[str, ...] = ()  # connected content may fetch from these
 
     @property
     def name(self) -> str:
@@ -257,6 +259,7 @@ class DeliveryRules:
                 tuple(CapRule(**c) for c in data.get("caps", [])),
                 QuietHours(**data.get("quiet", {})),
                 row.update_time,
+                tuple(data.get("connected_hosts", [])),
             )
         self._cache[tenant_id] = (time.monotonic() + CACHE_SECONDS, rules)
         return rules
@@ -271,12 +274,21 @@ class DeliveryRules:
         paths: Sequence[str],
         caps: Sequence[Mapping[str, Any]],
         quiet: Mapping[str, Any] | None,
+        hosts: Sequence[str] = (),
     ) -> Rules:
         tenant_id = _tenant(caller, name)
-        fields = set(paths) or {"frequency_caps", "quiet_hours"}
-        if unknown := fields - {"frequency_caps", "quiet_hours"}:
+        every = {"frequency_caps", "quiet_hours", "connected_content_hosts"}
+        fields = set(paths) or every
+        if unknown := fields - every:
             raise InvalidArgument.field("update_mask", f"{sorted(unknown)[0]!r}: not changeable")
         read_caps, read_quiet = read_rules(tenant_id, caps, quiet)
+        read_hosts = tuple(dict.fromkeys(h.strip().lower() for h in hosts if h.strip()))
+        bad = [
+            FieldViolation(f"delivery_rules.connected_content_hosts[{i}]", "a host name")
+            for i, h in enumerate(read_hosts)
+            if not _HOST.match(h)
+        ]
+        collect(bad)
         current = await self.of_tenant(tenant_id, fresh=True)
         now = self._clock()
         rules = Rules(
@@ -284,10 +296,12 @@ class DeliveryRules:
             read_caps if "frequency_caps" in fields else current.caps,
             read_quiet if "quiet_hours" in fields else current.quiet,
             now,
+            read_hosts if "connected_content_hosts" in fields else current.connected_hosts,
         )
         data = {
             "caps": [dataclasses.asdict(c) for c in rules.caps],
             "quiet": dataclasses.asdict(rules.quiet),
+            "connected_hosts": list(rules.connected_hosts),
         }
         insert = (sqlite_insert if self._db.is_sqlite else postgresql_insert)(messaging_rules)
         statement = insert.values(tenant_id=tenant_id, rules=data, update_time=now)

@@ -57,6 +57,7 @@ from services.messaging import rendering
 from services.messaging.catalogs import Catalogs
 from services.messaging.channels.base import Outgoing, ProviderError
 from services.messaging.channels.sms_text import measure
+from services.messaging.connected import Connected, ConnectedError
 from services.messaging.events import event_row
 from services.messaging.feed import FEED_CHANNELS, Feed
 from services.messaging.messages import Message, from_row
@@ -173,6 +174,7 @@ class Sender:
         self._feed = feed
         self._campaign_rate = campaign_rate
         self._catalogs = catalogs
+        self._connected = Connected()
         self._caps = caps or Caps(MemoryKeyValueStore())
         self._caps_store = self._caps.store
         # This sender's name on its claims, and the journal of its attempts
@@ -206,6 +208,7 @@ class Sender:
             with contextlib.suppress(Exception):
                 await adapter.close()
         self._adapters.clear()
+        await self._connected.close()
         if self._journal_fd >= 0:
             os.close(self._journal_fd)
             self._journal_fd = -1
@@ -609,6 +612,15 @@ class Sender:
             variables["catalogs"] = await self._catalogs.for_render(
                 message.tenant_id, list(template.contents[locale].values())
             )
+        if template.connected:
+            rules = await self._rules.of_tenant(message.tenant_id)
+            try:
+                variables["connected"] = await self._connected.fetch_all(
+                    template.connected, variables, rules.connected_hosts
+                )
+            except ConnectedError as error:
+                return Outcome("aborted", "connected_content", str(error), address=address,
+                               locale=locale, profile_id=profile_id)  # fmt: skip
         try:
             rendered = rendering.render(
                 template.contents[locale], variables, strict=template.strict

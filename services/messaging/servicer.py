@@ -67,7 +67,20 @@ def template_proto(template: Template) -> template_pb2.Template:
         version=template.version,
         create_time=timestamp(template.create_time),
         update_time=timestamp(template.update_time),
+        connected_content=[
+            template_pb2.ConnectedContent(
+                name=c.name, url=c.url, cache_seconds=c.cache_seconds, required=c.required
+            )
+            for c in template.connected
+        ],
     )
+
+
+def _connected(template: template_pb2.Template) -> list[dict[str, Any]]:
+    return [
+        {"name": c.name, "url": c.url, "cache_seconds": c.cache_seconds, "required": c.required}
+        for c in template.connected_content
+    ]
 
 
 def _contents(template: template_pb2.Template) -> dict[str, dict[str, str]]:
@@ -208,6 +221,7 @@ def rules_proto(rules: Rules) -> message_pb2.DeliveryRules:
             else message_pb2.QUIET_HOURS_ACTION_HOLD,
         ),
         update_time=timestamp(rules.update_time or None),
+        connected_content_hosts=list(rules.connected_hosts),
     )
 
 
@@ -261,6 +275,7 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
             contents=_contents(t),
             default_locale=t.default_locale,
             strict=t.strict,
+            connected=_connected(t),
         )
         return pb.CreateTemplateResponse(template=template_proto(created))
 
@@ -286,6 +301,7 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
             contents=_contents(t),
             default_locale=t.default_locale,
             strict=t.strict,
+            connected=_connected(t),
         )
         return pb.UpdateTemplateResponse(template=template_proto(updated))
 
@@ -438,7 +454,12 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
                 "action": "drop" if q.action == message_pb2.QUIET_HOURS_ACTION_DROP else "hold",
             }
         rules = await self._m.rules.update(
-            current_principal(), r.name, list(request.update_mask.paths), caps, quiet
+            current_principal(),
+            r.name,
+            list(request.update_mask.paths),
+            caps,
+            quiet,
+            list(r.connected_content_hosts),
         )
         return pb.UpdateDeliveryRulesResponse(delivery_rules=rules_proto(rules))
 

@@ -34,6 +34,7 @@ messaging_template_versions = sa.Table(
     sa.Column("contents", sa.JSON, nullable=False),  # locale -> {subject, html, text}
     sa.Column("default_locale", sa.String(35), nullable=False),
     sa.Column("strict", sa.Boolean, nullable=False),
+    sa.Column("connected", sa.JSON, nullable=False, server_default=sa.text("'[]'")),
     sa.Column("create_time", sa.BigInteger, nullable=False),
 )
 

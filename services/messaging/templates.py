@@ -5,6 +5,7 @@ the first error (`template.contents[en].html: line 3, column 7: ...`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from services.common.pagination import PageTokens, scope
 from services.common.validation import check_text
 from services.db import Database
 from services.messaging import rendering
+from services.messaging.connected import Source, read_sources
 from services.messaging.tables import messaging_template_versions, messaging_templates
 
 CHANNELS = ("email", "sms", "push", "web_push", "whatsapp", "webhook", "in_app", "content_card")
@@ -42,6 +44,7 @@ class Template:
     strict: bool
     create_time: int
     update_time: int
+    connected: tuple[Source, ...] = ()
 
     @property
     def name(self) -> str:
@@ -117,18 +120,30 @@ class Templates:
         contents: Any,
         default_locale: str,
         strict: bool,
+        connected: Sequence[Mapping[str, Any]] = (),
     ) -> Template:
         tenant_id = names.own_tenant(parent, caller.tenant_id)
         bad: list[FieldViolation] = []
         check_text(bad, "template.display_name", display_name, required=True, max_len=200)
         if channel not in CHANNELS:
             bad.append(FieldViolation("template.channel", "required: a message channel"))
-        collect(bad)
+        sources, wrong = read_sources(connected)
+        collect(bad + wrong)
         locale = default_locale or "en"
         read = read_contents(contents, locale, channel)
         now = self._clock()
         template = Template(
-            random_hex_id(), tenant_id, display_name, channel, 1, read, locale, strict, now, now
+            random_hex_id(),
+            tenant_id,
+            display_name,
+            channel,
+            1,
+            read,
+            locale,
+            strict,
+            now,
+            now,
+            sources,
         )
         async with self._db.engine.begin() as conn:
             await conn.execute(
@@ -155,10 +170,11 @@ class Templates:
         contents: Any,
         default_locale: str,
         strict: bool,
+        connected: Sequence[Mapping[str, Any]] = (),
     ) -> Template:
         """A new version with the fields in `paths` changed (empty: all)."""
         tenant_id, template_id = _template(caller, name, "template.name")
-        allowed = {"display_name", "contents", "default_locale", "strict"}
+        allowed = {"display_name", "contents", "default_locale", "strict", "connected_content"}
         fields = set(paths) or allowed
         if unknown := fields - allowed:
             raise InvalidArgument.field("update_mask", f"{sorted(unknown)[0]!r}: not changeable")
@@ -167,7 +183,8 @@ class Templates:
             new_name = display_name if "display_name" in fields else current.display_name
             bad: list[FieldViolation] = []
             check_text(bad, "template.display_name", new_name, required=True, max_len=200)
-            collect(bad)
+            sources, wrong = read_sources(connected)
+            collect(bad + (wrong if "connected_content" in fields else []))
             locale = (
                 (default_locale or "en") if "default_locale" in fields else current.default_locale
             )
@@ -188,6 +205,7 @@ class Templates:
                 strict if "strict" in fields else current.strict,
                 current.create_time,
                 now,
+                sources if "connected_content" in fields else current.connected,
             )
             await conn.execute(
                 messaging_templates.update()
@@ -206,6 +224,7 @@ class Templates:
                 contents=template.contents,
                 default_locale=template.default_locale,
                 strict=template.strict,
+                connected=[dataclasses.asdict(c) for c in template.connected],
                 create_time=template.update_time,
             )
         )
@@ -258,6 +277,7 @@ class Templates:
             bool(row.strict),
             head.create_time,
             row.create_time,
+            tuple(Source(**c) for c in (row.connected or [])),
         )
 
     async def list_templates(

@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("contents", sa.JSON, nullable=False),
         sa.Column("default_locale", sa.String(35), nullable=False),
         sa.Column("strict", sa.Boolean, nullable=False),
+        sa.Column("connected", sa.JSON, nullable=False, server_default=sa.text("'[]'")),
         sa.Column("create_time", sa.BigInteger, nullable=False),
     )
     op.create_table(

@@ -526,6 +526,7 @@ class DeliveryRules(_message.Message):
     FREQUENCY_CAPS_FIELD_NUMBER: _builtins.int
     QUIET_HOURS_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CONNECTED_CONTENT_HOSTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`tenants/{tenant}/deliveryRules`."""
     @_builtins.property
@@ -542,6 +543,12 @@ class DeliveryRules(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only: the last change."""
 
+    @_builtins.property
+    def connected_content_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Hosts connected content may be fetched from (FR-PER-003): exact names,
+        or `*.example.com` for its subdomains; none: connected content is off.
+        """
+
     def __init__(
         self,
         *,
@@ -549,10 +556,11 @@ class DeliveryRules(_message.Message):
         frequency_caps: _abc.Iterable[Global___FrequencyCapRule] | None = ...,
         quiet_hours: Global___QuietHours | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        connected_content_hosts: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quiet_hours", b"quiet_hours", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["frequency_caps", b"frequency_caps", "name", b"name", "quiet_hours", b"quiet_hours", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected_content_hosts", b"connected_content_hosts", "frequency_caps", b"frequency_caps", "name", b"name", "quiet_hours", b"quiet_hours", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -106,6 +106,7 @@ class Template(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CONNECTED_CONTENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`tenants/{tenant}/templates/{template}`."""
     display_name: _builtins.str
@@ -134,6 +135,12 @@ class Template(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only: when its current version was made."""
 
+    @_builtins.property
+    def connected_content(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConnectedContent]:
+        """JSON fetched at render time and usable as `connected.<name>.*`
+        (FR-PER-003); up to 5.
+        """
+
     def __init__(
         self,
         *,
@@ -146,14 +153,54 @@ class Template(_message.Message):
         version: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        connected_content: _abc.Iterable[Global___ConnectedContent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "contents", b"contents", "create_time", b"create_time", "default_locale", b"default_locale", "display_name", b"display_name", "name", b"name", "strict", b"strict", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "connected_content", b"connected_content", "contents", b"contents", "create_time", b"create_time", "default_locale", b"default_locale", "display_name", b"display_name", "name", b"name", "strict", b"strict", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Template: _TypeAlias = Template  # noqa: Y015
+
+@_typing.final
+class ConnectedContent(_message.Message):
+    """Connected content: a URL (Liquid: it may use the recipient's variables)
+    whose JSON answer a template uses. Only hosts on the tenant's allow-list
+    (delivery rules) are fetched, within 2 seconds and 256 KiB.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    CACHE_SECONDS_FIELD_NUMBER: _builtins.int
+    REQUIRED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The variable: `connected.<name>` (letters, digits, _)."""
+    url: _builtins.str
+    """The URL, http(s)."""
+    cache_seconds: _builtins.int
+    """Answers are kept this long per URL (0-86,400 seconds; 0: not kept)."""
+    required: _builtins.bool
+    """When it cannot be fetched, the message is aborted (`connected_content`);
+    otherwise `connected.<name>` is empty and the template's defaults apply.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        url: _builtins.str = ...,
+        cache_seconds: _builtins.int = ...,
+        required: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_seconds", b"cache_seconds", "name", b"name", "required", b"required", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConnectedContent: _TypeAlias = ConnectedContent  # noqa: Y015
 
 @_typing.final
 class TemplateContent(_message.Message):
