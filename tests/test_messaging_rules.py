@@ -252,3 +252,57 @@ async def test_suppressions_are_imported_and_lifted_in_bulk(env: Env) -> None:
         if not token:
             break
     assert total == 1_001
+
+
+async def test_subscription_groups_and_the_preference_center(env: Env, smtp: SmtpServer) -> None:
+    await provider(env, smtp.port)
+    status, made = await call(env, "POST", "tenants/acme/subscriptionGroups",
+                              {"displayName": "Weekly news", "description": "Fridays",
+                               "subscribedByDefault": True})  # fmt: skip
+    assert status == 200, made
+    news = made["subscriptionGroup"]["name"]
+    status, made = await call(env, "POST", "tenants/acme/subscriptionGroups",
+                              {"displayName": "Product tips"})  # fmt: skip
+    tips = made["subscriptionGroup"]["name"]  # opt-in
+    weekly = await template(env, {**TEXT, "subscriptionGroup": news, "contents": {"en": {
+        "subject": "News", "text": "Manage: {{ message.preferences_url }}"}}})  # fmt: skip
+    tip = await template(env, {**TEXT, "subscriptionGroup": tips})
+    await ingest(env, {"type": "identify", "userId": "pat", "traits": {"email": "pat@example.com"}})
+
+    async def outcome(body: dict[str, Any]) -> dict[str, Any]:
+        sent = await send(env, {"recipient": {"userId": "pat"}, "data": {"n": 1}, **body})
+        return await settled(env, sent["message"]["name"])
+
+    assert (await outcome({"template": weekly["name"]}))["state"] == "MESSAGE_STATE_SENT"
+    assert (await outcome({"template": tip["name"]}))["abortReason"] == "unsubscribed"
+    (mail,) = smtp.to("pat@example.com")
+    link = mail.get_content().split("Manage: ")[1].strip()
+    token = link.rsplit("/v1/preferences/", 1)[1]
+
+    # the preference center, with no login: what they get, and a change
+    async with env.http.get(f"{env.base_url}/v1/preferences/{token}") as reply:
+        assert reply.status == 200
+        choices = {c["displayName"]: c.get("subscribed", False)
+                   for c in (await reply.json())["choices"]}  # fmt: skip
+    assert choices == {"Weekly news": True, "Product tips": False}
+    async with env.http.post(
+        f"{env.base_url}/v1/preferences/{token}",
+        json={"choices": [{"group": news, "subscribed": False},
+                          {"group": tips, "subscribed": True}]},
+    ) as reply:  # fmt: skip
+        assert reply.status == 200, await reply.text()
+    # in force for the very next send
+    assert (await outcome({"template": weekly["name"]}))["abortReason"] == "unsubscribed"
+    assert (await outcome({"template": tip["name"]}))["state"] == "MESSAGE_STATE_SENT"
+    # a receipt in the group still goes; a forged link is refused
+    receipt = await outcome({"template": weekly["name"], "transactional": True})
+    assert receipt["state"] == "MESSAGE_STATE_SENT"
+    async with env.http.get(f"{env.base_url}/v1/preferences/{token}x") as reply:
+        assert reply.status == 400
+    async with env.http.post(f"{env.base_url}/v1/preferences/{token}",
+                             json={"choices": [{"group": "tenants/acme/subscriptionGroups/x",
+                                                "subscribed": True}]}) as reply:  # fmt: skip
+        assert reply.status == 400
+    nope = {**TEXT, "subscriptionGroup": "tenants/acme/subscriptionGroups/nope"}
+    status, answer = await call(env, "POST", "tenants/acme/templates", nope)
+    assert status == 400 and "template.subscription_group" in str(answer)

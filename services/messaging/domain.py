@@ -79,6 +79,8 @@ class Messaging:
         self.feed: Any = None
         #: Product catalogs (services/messaging/catalogs.py).
         self.catalogs: Any = None
+        #: Subscription groups (services/messaging/preferences.py).
+        self.groups: Any = None
 
     async def render(
         self,
@@ -109,7 +111,7 @@ class Messaging:
         variables = {
             "profile": {**traits, "id": profile_id},
             "data": dict(data),
-            "message": {"id": "preview"},
+            "message": {"id": "preview", "preferences_url": "#preferences"},
             "tenant": {"id": template.tenant_id},
         }
         if self.catalogs is not None:
@@ -275,6 +277,14 @@ class Messaging:
             ]
             self._receipt_event(message, kind, "", kind, now_us())
         return item
+
+    async def preferences(self, token: str) -> list[Any]:
+        tenant_id, profile_id = self.links.read_preferences(token)
+        return list(await self.groups.choices(tenant_id, profile_id))
+
+    async def set_preferences(self, token: str, wanted: list[tuple[str, bool]]) -> list[Any]:
+        tenant_id, profile_id = self.links.read_preferences(token)
+        return list(await self.groups.choose(tenant_id, profile_id, wanted))
 
     async def unsubscribe(self, token: str) -> str:
         """Suppress the address of a one-click unsubscribe link; its channel."""

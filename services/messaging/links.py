@@ -85,6 +85,26 @@ class Links:
         at = tracked.lower().rfind("</body>")
         return tracked[:at] + pixel + tracked[at:] if at >= 0 else tracked + pixel
 
+    def preferences_token(self, tenant_id: str, profile_id: str) -> str:
+        body = _b64(orjson.dumps({"t": tenant_id, "p": profile_id, "k": "prefs"}))
+        return f"{body}.{self._tag(body)}"
+
+    def preferences_url(self, tenant_id: str, profile_id: str) -> str:
+        return f"{self._base}/v1/preferences/{self.preferences_token(tenant_id, profile_id)}"
+
+    def read_preferences(self, token: str) -> tuple[str, str]:
+        """(tenant, profile id) of a preference-center token."""
+        body, _, tag = token.partition(".")
+        if not body or not tag or not hmac.compare_digest(self._tag(body), tag):
+            raise InvalidArgument.field("token", "not a valid preferences link")
+        try:
+            data = orjson.loads(_unb64(body))
+            if data.get("k") != "prefs":
+                raise ValueError
+            return str(data["t"]), str(data["p"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise InvalidArgument.field("token", "not a valid preferences link") from None
+
     def receipt_url(self, provider_name: str) -> str:
         """Where a provider posts its receipts (the URL it signs)."""
         return f"{self._base}/v1/{provider_name}:receipt"

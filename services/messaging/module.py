@@ -16,6 +16,7 @@ from services.messaging.events import MESSAGE_EVENTS, event_row
 from services.messaging.feed import Feed
 from services.messaging.links import Links
 from services.messaging.messages import Message, Messages
+from services.messaging.preferences import Groups
 from services.messaging.privacy import MessagesOfPeople
 from services.messaging.providers import Providers
 from services.messaging.rules import Caps, DeliveryRules
@@ -42,6 +43,8 @@ async def _build(kernel: Kernel) -> Built:
     rules = DeliveryRules(db, clock=kernel.clock)
     feed = Feed(db, kernel.backends.bus, clock=kernel.clock)
     catalogs = Catalogs(db, clock=kernel.clock, page_tokens=kernel.page_tokens)
+    groups = Groups(db, clock=kernel.clock)
+    templates.group_exists = groups.exists
     live = kernel.interface("live_campaign_index")
 
     def campaign_rate(tenant_id: str, campaign_id: str) -> int:
@@ -64,6 +67,8 @@ async def _build(kernel: Kernel) -> Built:
         feed=feed,
         campaign_rate=campaign_rate,
         catalogs=catalogs,
+        groups=groups,
+        preferences_url=links.preferences_url,
         caps=Caps(kernel.backends.hot_store),
         lease_seconds=kernel.settings.message_lease_seconds,
         retry_seconds=kernel.settings.message_retry_seconds,
@@ -111,6 +116,7 @@ async def _build(kernel: Kernel) -> Built:
     messaging.rules = rules
     messaging.feed = feed
     messaging.catalogs = catalogs
+    messaging.groups = groups
     if kernel.has_interface("data_subject_hooks"):  # what it holds about a person
         kernel.interface("data_subject_hooks").register(
             "messaging", MessagesOfPeople(db, events, kernel.backends.analytics)

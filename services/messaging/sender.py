@@ -61,6 +61,7 @@ from services.messaging.connected import Connected, ConnectedError
 from services.messaging.events import event_row
 from services.messaging.feed import FEED_CHANNELS, Feed
 from services.messaging.messages import Message, from_row
+from services.messaging.preferences import Groups
 from services.messaging.providers import KINDS, Provider, Providers
 from services.messaging.rules import Caps, DeliveryRules, person_key, quiet_until, zone_of
 from services.messaging.suppressions import Suppressions, normalized
@@ -152,6 +153,8 @@ class Sender:
         feed: Feed | None = None,
         campaign_rate: Callable[[str, str], int] | None = None,
         catalogs: Catalogs | None = None,
+        groups: Groups | None = None,
+        preferences_url: Callable[[str, str], str] | None = None,
         caps: Caps | None = None,
         lease_seconds: float = LEASE_US / 1e6,
         retry_seconds: float = RETRY_BASE_US / 1e6,
@@ -174,6 +177,8 @@ class Sender:
         self._feed = feed
         self._campaign_rate = campaign_rate
         self._catalogs = catalogs
+        self._groups = groups
+        self._preferences_url = preferences_url
         self._connected = Connected()
         self._caps = caps or Caps(MemoryKeyValueStore())
         self._caps_store = self._caps.store
@@ -602,10 +607,17 @@ class Sender:
         locale = rendering.pick_locale(
             template.contents, str(traits.get("locale", "") or ""), template.default_locale
         )
+        if template.group_id and not message.transactional and self._groups is not None:
+            if not await self._groups.subscribed(message.tenant_id, template.group_id, profile_id):
+                return Outcome("aborted", "unsubscribed", "not subscribed to its group",
+                               address=address, profile_id=profile_id)  # fmt: skip
+        about: dict[str, Any] = {"id": message.id}
+        if profile_id and self._preferences_url is not None:
+            about["preferences_url"] = self._preferences_url(message.tenant_id, profile_id)
         variables = {
             "profile": {**traits, "id": profile_id},
             "data": message.data,
-            "message": {"id": message.id},
+            "message": about,
             "tenant": {"id": message.tenant_id},
         }
         if self._catalogs is not None:

@@ -19,6 +19,7 @@ from services.messaging.catalogs import Catalog
 from services.messaging.domain import Messaging
 from services.messaging.feed import FeedItem
 from services.messaging.messages import Message
+from services.messaging.preferences import Choice, Group
 from services.messaging.providers import Provider
 from services.messaging.rules import Rules
 from services.messaging.suppressions import Suppression
@@ -73,6 +74,11 @@ def template_proto(template: Template) -> template_pb2.Template:
             )
             for c in template.connected
         ],
+        subscription_group=(
+            f"tenants/{template.tenant_id}/subscriptionGroups/{template.group_id}"
+            if template.group_id
+            else ""
+        ),
     )
 
 
@@ -261,6 +267,25 @@ def catalog_proto(catalog: Catalog) -> message_pb2.Catalog:
     )
 
 
+def group_proto(group: Group) -> message_pb2.SubscriptionGroup:
+    return message_pb2.SubscriptionGroup(
+        name=group.name,
+        display_name=group.display_name,
+        description=group.description,
+        subscribed_by_default=group.subscribed_by_default,
+        create_time=timestamp(group.create_time),
+    )
+
+
+def choice_proto(choice: Choice) -> message_pb2.GroupChoice:
+    return message_pb2.GroupChoice(
+        group=choice.group.name,
+        display_name=choice.group.display_name,
+        description=choice.group.description,
+        subscribed=choice.subscribed,
+    )
+
+
 class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
     def __init__(self, messaging: Messaging) -> None:
         self._m = messaging
@@ -276,6 +301,7 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
             default_locale=t.default_locale,
             strict=t.strict,
             connected=_connected(t),
+            subscription_group=t.subscription_group,
         )
         return pb.CreateTemplateResponse(template=template_proto(created))
 
@@ -302,6 +328,7 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
             default_locale=t.default_locale,
             strict=t.strict,
             connected=_connected(t),
+            subscription_group=t.subscription_group,
         )
         return pb.UpdateTemplateResponse(template=template_proto(updated))
 
@@ -535,6 +562,36 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
     async def DeleteCatalogItem(self, request: pb.DeleteCatalogItemRequest, context: Any) -> Any:
         await self._m.catalogs.delete_item(current_principal(), request.name)
         return pb.DeleteCatalogItemResponse()
+
+    async def CreateSubscriptionGroup(
+        self, request: pb.CreateSubscriptionGroupRequest, context: Any
+    ) -> Any:
+        g = request.subscription_group
+        made = await self._m.groups.create(
+            current_principal(),
+            request.parent,
+            display_name=g.display_name,
+            description=g.description,
+            subscribed_by_default=g.subscribed_by_default,
+        )
+        return pb.CreateSubscriptionGroupResponse(subscription_group=group_proto(made))
+
+    async def ListSubscriptionGroups(
+        self, request: pb.ListSubscriptionGroupsRequest, context: Any
+    ) -> Any:
+        found = await self._m.groups.list_groups(current_principal(), request.parent)
+        return pb.ListSubscriptionGroupsResponse(
+            subscription_groups=[group_proto(g) for g in found]
+        )
+
+    async def GetPreferences(self, request: pb.GetPreferencesRequest, context: Any) -> Any:
+        choices = await self._m.preferences(request.token)
+        return pb.GetPreferencesResponse(choices=[choice_proto(c) for c in choices])
+
+    async def UpdatePreferences(self, request: pb.UpdatePreferencesRequest, context: Any) -> Any:
+        wanted = [(c.group, c.subscribed) for c in request.choices]
+        choices = await self._m.set_preferences(request.token, wanted)
+        return pb.UpdatePreferencesResponse(choices=[choice_proto(c) for c in choices])
 
     async def Unsubscribe(self, request: pb.UnsubscribeRequest, context: Any) -> Any:
         channel = await self._m.unsubscribe(request.token)

@@ -35,6 +35,7 @@ messaging_template_versions = sa.Table(
     sa.Column("default_locale", sa.String(35), nullable=False),
     sa.Column("strict", sa.Boolean, nullable=False),
     sa.Column("connected", sa.JSON, nullable=False, server_default=sa.text("'[]'")),
+    sa.Column("subscription_group", sa.String(64), nullable=False, server_default=""),
     sa.Column("create_time", sa.BigInteger, nullable=False),
 )
 
@@ -161,5 +162,28 @@ messaging_catalog_items = sa.Table(
     sa.Column("catalog_id", sa.String(64), primary_key=True),
     sa.Column("item_id", sa.String(200), primary_key=True),
     sa.Column("attributes", sa.JSON, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
+)
+
+# Subscription groups and people's choices (the preference center).
+messaging_groups = sa.Table(
+    "messaging_groups",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("description", sa.String(1000), nullable=False),
+    sa.Column("subscribed_by_default", sa.Boolean, nullable=False),
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_messaging_groups_tenant", "tenant_id"),
+)
+
+messaging_group_choices = sa.Table(
+    "messaging_group_choices",
+    metadata,
+    sa.Column("group_id", sa.String(64), primary_key=True),
+    sa.Column("profile_id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("subscribed", sa.Boolean, nullable=False),
     sa.Column("update_time", sa.BigInteger, nullable=False),
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,7 @@ class Template:
     create_time: int
     update_time: int
     connected: tuple[Source, ...] = ()
+    group_id: str = ""  # its subscription group ("" none)
 
     @property
     def name(self) -> str:
@@ -109,6 +110,8 @@ class Templates:
         self._clock = clock
         self._pages = page_tokens or PageTokens("messaging-templates")
         self._versions: dict[tuple[str, int], Template] = {}  # immutable: cached
+        # Whether a subscription group exists (the preference center's).
+        self.group_exists: Callable[[str, str], Awaitable[bool]] | None = None
 
     async def create(
         self,
@@ -121,6 +124,7 @@ class Templates:
         default_locale: str,
         strict: bool,
         connected: Sequence[Mapping[str, Any]] = (),
+        subscription_group: str = "",
     ) -> Template:
         tenant_id = names.own_tenant(parent, caller.tenant_id)
         bad: list[FieldViolation] = []
@@ -129,6 +133,7 @@ class Templates:
             bad.append(FieldViolation("template.channel", "required: a message channel"))
         sources, wrong = read_sources(connected)
         collect(bad + wrong)
+        group_id = await self._group(tenant_id, subscription_group)
         locale = default_locale or "en"
         read = read_contents(contents, locale, channel)
         now = self._clock()
@@ -144,6 +149,7 @@ class Templates:
             now,
             now,
             sources,
+            group_id,
         )
         async with self._db.engine.begin() as conn:
             await conn.execute(
@@ -171,10 +177,18 @@ class Templates:
         default_locale: str,
         strict: bool,
         connected: Sequence[Mapping[str, Any]] = (),
+        subscription_group: str = "",
     ) -> Template:
         """A new version with the fields in `paths` changed (empty: all)."""
         tenant_id, template_id = _template(caller, name, "template.name")
-        allowed = {"display_name", "contents", "default_locale", "strict", "connected_content"}
+        allowed = {
+            "display_name",
+            "contents",
+            "default_locale",
+            "strict",
+            "connected_content",
+            "subscription_group",
+        }
         fields = set(paths) or allowed
         if unknown := fields - allowed:
             raise InvalidArgument.field("update_mask", f"{sorted(unknown)[0]!r}: not changeable")
@@ -206,6 +220,9 @@ class Templates:
                 current.create_time,
                 now,
                 sources if "connected_content" in fields else current.connected,
+                await self._group(tenant_id, subscription_group)
+                if "subscription_group" in fields
+                else current.group_id,
             )
             await conn.execute(
                 messaging_templates.update()
@@ -225,9 +242,24 @@ class Templates:
                 default_locale=template.default_locale,
                 strict=template.strict,
                 connected=[dataclasses.asdict(c) for c in template.connected],
+                subscription_group=template.group_id,
                 create_time=template.update_time,
             )
         )
+
+    async def _group(self, tenant_id: str, name: str) -> str:
+        """A subscription group's id from its name ("" for none)."""
+        if not name:
+            return ""
+        parts = name.split("/")
+        field = "template.subscription_group"
+        if len(parts) != 4 or parts[0] != "tenants" or parts[2] != "subscriptionGroups":
+            raise InvalidArgument.field(field, "must be tenants/{t}/subscriptionGroups/{g}")
+        if parts[1] != tenant_id or (
+            self.group_exists is not None and not await self.group_exists(tenant_id, parts[3])
+        ):
+            raise InvalidArgument.field(field, f"{name} is not one of this tenant's groups")
+        return parts[3]
 
     async def get(self, caller: Principal, name: str, version: int = 0) -> Template:
         tenant_id, template_id = _template(caller, name, "name")
@@ -278,6 +310,7 @@ class Templates:
             head.create_time,
             row.create_time,
             tuple(Source(**c) for c in (row.connected or [])),
+            row.subscription_group or "",
         )
 
     async def list_templates(

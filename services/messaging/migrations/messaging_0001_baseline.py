@@ -1,6 +1,6 @@
 """Messaging baseline: templates and their versions, channel providers,
-messages (the outbox), suppressions, delivery rules, the in-app feed
-and product catalogs.
+messages (the outbox), suppressions, delivery rules, the in-app feed,
+product catalogs and subscription groups.
 
 Revision ID: messaging_0001
 Revises:
@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("default_locale", sa.String(35), nullable=False),
         sa.Column("strict", sa.Boolean, nullable=False),
         sa.Column("connected", sa.JSON, nullable=False, server_default=sa.text("'[]'")),
+        sa.Column("subscription_group", sa.String(64), nullable=False, server_default=""),
         sa.Column("create_time", sa.BigInteger, nullable=False),
     )
     op.create_table(
@@ -156,6 +157,24 @@ def upgrade() -> None:
         sa.Column("update_time", sa.BigInteger, nullable=False),
     )
     op.create_table(
+        "messaging_groups",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("tenant_id", sa.String(40), nullable=False),
+        sa.Column("display_name", sa.String(200), nullable=False),
+        sa.Column("description", sa.String(1000), nullable=False),
+        sa.Column("subscribed_by_default", sa.Boolean, nullable=False),
+        sa.Column("create_time", sa.BigInteger, nullable=False),
+    )
+    op.create_index("ix_messaging_groups_tenant", "messaging_groups", ["tenant_id"])
+    op.create_table(
+        "messaging_group_choices",
+        sa.Column("group_id", sa.String(64), primary_key=True),
+        sa.Column("profile_id", sa.String(64), primary_key=True),
+        sa.Column("tenant_id", sa.String(40), nullable=False),
+        sa.Column("subscribed", sa.Boolean, nullable=False),
+        sa.Column("update_time", sa.BigInteger, nullable=False),
+    )
+    op.create_table(
         "messaging_rules",
         sa.Column("tenant_id", sa.String(40), primary_key=True),
         sa.Column("rules", sa.JSON, nullable=False),
@@ -165,6 +184,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table in (
+        "messaging_group_choices",
+        "messaging_groups",
         "messaging_catalog_items",
         "messaging_catalogs",
         "messaging_feed",

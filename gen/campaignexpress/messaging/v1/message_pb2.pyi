@@ -803,3 +803,82 @@ class CatalogItem(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CatalogItem: _TypeAlias = CatalogItem  # noqa: Y015
+
+@_typing.final
+class SubscriptionGroup(_message.Message):
+    """A subscription group (a newsletter, product news): people subscribe to it
+    or not, in the preference center; marketing messages of a template in
+    a group go only to its subscribers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SUBSCRIBED_BY_DEFAULT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/subscriptionGroups/{group}`."""
+    display_name: _builtins.str
+    """A name for people (shown in the preference center)."""
+    description: _builtins.str
+    """What it sends, for people."""
+    subscribed_by_default: _builtins.bool
+    """Whether a person who never chose is subscribed (opt-out groups) or
+    not (opt-in groups).
+    """
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only: when it was created."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        subscribed_by_default: _builtins.bool = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "display_name", b"display_name", "name", b"name", "subscribed_by_default", b"subscribed_by_default"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscriptionGroup: _TypeAlias = SubscriptionGroup  # noqa: Y015
+
+@_typing.final
+class GroupChoice(_message.Message):
+    """A person's choice for one group."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SUBSCRIBED_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """The group, `tenants/{tenant}/subscriptionGroups/{group}`."""
+    display_name: _builtins.str
+    """Its display name."""
+    description: _builtins.str
+    """Its description."""
+    subscribed: _builtins.bool
+    """Whether they are subscribed now."""
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        subscribed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "display_name", b"display_name", "group", b"group", "subscribed", b"subscribed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupChoice: _TypeAlias = GroupChoice  # noqa: Y015

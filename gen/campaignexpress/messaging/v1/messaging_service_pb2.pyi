@@ -1497,6 +1497,202 @@ class DeleteCatalogItemResponse(_message.Message):
 Global___DeleteCatalogItemResponse: _TypeAlias = DeleteCatalogItemResponse  # noqa: Y015
 
 @_typing.final
+class CreateSubscriptionGroupRequest(_message.Message):
+    """Request of CreateSubscriptionGroup."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_GROUP_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, `tenants/{tenant}`."""
+    @_builtins.property
+    def subscription_group(self) -> _message_pb2.SubscriptionGroup:
+        """The group."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        subscription_group: _message_pb2.SubscriptionGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription_group", b"subscription_group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "subscription_group", b"subscription_group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSubscriptionGroupRequest: _TypeAlias = CreateSubscriptionGroupRequest  # noqa: Y015
+
+@_typing.final
+class CreateSubscriptionGroupResponse(_message.Message):
+    """Response of CreateSubscriptionGroup."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_GROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription_group(self) -> _message_pb2.SubscriptionGroup:
+        """The group."""
+
+    def __init__(
+        self,
+        *,
+        subscription_group: _message_pb2.SubscriptionGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription_group", b"subscription_group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription_group", b"subscription_group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSubscriptionGroupResponse: _TypeAlias = CreateSubscriptionGroupResponse  # noqa: Y015
+
+@_typing.final
+class ListSubscriptionGroupsRequest(_message.Message):
+    """Request of ListSubscriptionGroups."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, `tenants/{tenant}`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubscriptionGroupsRequest: _TypeAlias = ListSubscriptionGroupsRequest  # noqa: Y015
+
+@_typing.final
+class ListSubscriptionGroupsResponse(_message.Message):
+    """Response of ListSubscriptionGroups."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_GROUPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription_groups(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.SubscriptionGroup]:
+        """The groups."""
+
+    def __init__(
+        self,
+        *,
+        subscription_groups: _abc.Iterable[_message_pb2.SubscriptionGroup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription_groups", b"subscription_groups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubscriptionGroupsResponse: _TypeAlias = ListSubscriptionGroupsResponse  # noqa: Y015
+
+@_typing.final
+class GetPreferencesRequest(_message.Message):
+    """Request of GetPreferences."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The signed token of the person's link."""
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPreferencesRequest: _TypeAlias = GetPreferencesRequest  # noqa: Y015
+
+@_typing.final
+class GetPreferencesResponse(_message.Message):
+    """Response of GetPreferences."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHOICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def choices(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.GroupChoice]:
+        """Each group of the tenant and whether the person is subscribed."""
+
+    def __init__(
+        self,
+        *,
+        choices: _abc.Iterable[_message_pb2.GroupChoice] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPreferencesResponse: _TypeAlias = GetPreferencesResponse  # noqa: Y015
+
+@_typing.final
+class UpdatePreferencesRequest(_message.Message):
+    """Request of UpdatePreferences."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    CHOICES_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The signed token of the person's link."""
+    @_builtins.property
+    def choices(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.GroupChoice]:
+        """The choices to make: `group` and `subscribed` each."""
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        choices: _abc.Iterable[_message_pb2.GroupChoice] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePreferencesRequest: _TypeAlias = UpdatePreferencesRequest  # noqa: Y015
+
+@_typing.final
+class UpdatePreferencesResponse(_message.Message):
+    """Response of UpdatePreferences."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHOICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def choices(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.GroupChoice]:
+        """Every group and the person's choice now."""
+
+    def __init__(
+        self,
+        *,
+        choices: _abc.Iterable[_message_pb2.GroupChoice] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePreferencesResponse: _TypeAlias = UpdatePreferencesResponse  # noqa: Y015
+
+@_typing.final
 class GetDeliveryRulesRequest(_message.Message):
     """Request of GetDeliveryRules."""
 

@@ -178,6 +178,26 @@ class MessagingServiceStub:
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogItemRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogItemResponse.FromString,
                 _registered_method=True)
+        self.CreateSubscriptionGroup = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/CreateSubscriptionGroup',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateSubscriptionGroupRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateSubscriptionGroupResponse.FromString,
+                _registered_method=True)
+        self.ListSubscriptionGroups = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/ListSubscriptionGroups',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSubscriptionGroupsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSubscriptionGroupsResponse.FromString,
+                _registered_method=True)
+        self.GetPreferences = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/GetPreferences',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetPreferencesRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetPreferencesResponse.FromString,
+                _registered_method=True)
+        self.UpdatePreferences = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/UpdatePreferences',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdatePreferencesRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdatePreferencesResponse.FromString,
+                _registered_method=True)
         self.GetDeliveryRules = channel.unary_unary(
                 '/campaignexpress.messaging.v1.MessagingService/GetDeliveryRules',
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetDeliveryRulesRequest.SerializeToString,
@@ -417,6 +437,36 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSubscriptionGroup(self, request, context):
+        """Creates a subscription group.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSubscriptionGroups(self, request, context):
+        """Lists a tenant's subscription groups.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPreferences(self, request, context):
+        """A person's preference center, reached by the signed link in their
+        messages (`message.preferences_url`); needs no credentials.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePreferences(self, request, context):
+        """Changes a person's subscriptions from their preference center; in force
+        before the next send. Needs no credentials: the token is the proof.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetDeliveryRules(self, request, context):
         """Gets the tenant's delivery rules.
         """
@@ -581,6 +631,26 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.DeleteCatalogItem,
                     request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogItemRequest.FromString,
                     response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogItemResponse.SerializeToString,
+            ),
+            'CreateSubscriptionGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSubscriptionGroup,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateSubscriptionGroupRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateSubscriptionGroupResponse.SerializeToString,
+            ),
+            'ListSubscriptionGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubscriptionGroups,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSubscriptionGroupsRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSubscriptionGroupsResponse.SerializeToString,
+            ),
+            'GetPreferences': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPreferences,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetPreferencesRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetPreferencesResponse.SerializeToString,
+            ),
+            'UpdatePreferences': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePreferences,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdatePreferencesRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdatePreferencesResponse.SerializeToString,
             ),
             'GetDeliveryRules': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDeliveryRules,
@@ -1357,6 +1427,114 @@ class MessagingService:
             '/campaignexpress.messaging.v1.MessagingService/DeleteCatalogItem',
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogItemRequest.SerializeToString,
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.DeleteCatalogItemResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSubscriptionGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/CreateSubscriptionGroup',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateSubscriptionGroupRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateSubscriptionGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubscriptionGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/ListSubscriptionGroups',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSubscriptionGroupsRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSubscriptionGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPreferences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/GetPreferences',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetPreferencesRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetPreferencesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePreferences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/UpdatePreferences',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdatePreferencesRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdatePreferencesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -123,6 +123,18 @@ class MessagingServiceStub:
     """Lists a catalog's items by id."""
     DeleteCatalogItem: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.DeleteCatalogItemRequest, _messaging_service_pb2.DeleteCatalogItemResponse]
     """Deletes an item."""
+    CreateSubscriptionGroup: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.CreateSubscriptionGroupRequest, _messaging_service_pb2.CreateSubscriptionGroupResponse]
+    """Creates a subscription group."""
+    ListSubscriptionGroups: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ListSubscriptionGroupsRequest, _messaging_service_pb2.ListSubscriptionGroupsResponse]
+    """Lists a tenant's subscription groups."""
+    GetPreferences: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.GetPreferencesRequest, _messaging_service_pb2.GetPreferencesResponse]
+    """A person's preference center, reached by the signed link in their
+    messages (`message.preferences_url`); needs no credentials.
+    """
+    UpdatePreferences: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.UpdatePreferencesRequest, _messaging_service_pb2.UpdatePreferencesResponse]
+    """Changes a person's subscriptions from their preference center; in force
+    before the next send. Needs no credentials: the token is the proof.
+    """
     GetDeliveryRules: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.GetDeliveryRulesRequest, _messaging_service_pb2.GetDeliveryRulesResponse]
     """Gets the tenant's delivery rules."""
     UpdateDeliveryRules: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.UpdateDeliveryRulesRequest, _messaging_service_pb2.UpdateDeliveryRulesResponse]
@@ -226,6 +238,18 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     """Lists a catalog's items by id."""
     DeleteCatalogItem: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.DeleteCatalogItemRequest, _messaging_service_pb2.DeleteCatalogItemResponse]  # type: ignore[assignment]
     """Deletes an item."""
+    CreateSubscriptionGroup: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.CreateSubscriptionGroupRequest, _messaging_service_pb2.CreateSubscriptionGroupResponse]  # type: ignore[assignment]
+    """Creates a subscription group."""
+    ListSubscriptionGroups: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ListSubscriptionGroupsRequest, _messaging_service_pb2.ListSubscriptionGroupsResponse]  # type: ignore[assignment]
+    """Lists a tenant's subscription groups."""
+    GetPreferences: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.GetPreferencesRequest, _messaging_service_pb2.GetPreferencesResponse]  # type: ignore[assignment]
+    """A person's preference center, reached by the signed link in their
+    messages (`message.preferences_url`); needs no credentials.
+    """
+    UpdatePreferences: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.UpdatePreferencesRequest, _messaging_service_pb2.UpdatePreferencesResponse]  # type: ignore[assignment]
+    """Changes a person's subscriptions from their preference center; in force
+    before the next send. Needs no credentials: the token is the proof.
+    """
     GetDeliveryRules: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.GetDeliveryRulesRequest, _messaging_service_pb2.GetDeliveryRulesResponse]  # type: ignore[assignment]
     """Gets the tenant's delivery rules."""
     UpdateDeliveryRules: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.UpdateDeliveryRulesRequest, _messaging_service_pb2.UpdateDeliveryRulesResponse]  # type: ignore[assignment]
@@ -494,6 +518,42 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_service_pb2.DeleteCatalogItemResponse, _abc.Awaitable[_messaging_service_pb2.DeleteCatalogItemResponse]]:
         """Deletes an item."""
+
+    @_abc_1.abstractmethod
+    def CreateSubscriptionGroup(
+        self,
+        request: _messaging_service_pb2.CreateSubscriptionGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.CreateSubscriptionGroupResponse, _abc.Awaitable[_messaging_service_pb2.CreateSubscriptionGroupResponse]]:
+        """Creates a subscription group."""
+
+    @_abc_1.abstractmethod
+    def ListSubscriptionGroups(
+        self,
+        request: _messaging_service_pb2.ListSubscriptionGroupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.ListSubscriptionGroupsResponse, _abc.Awaitable[_messaging_service_pb2.ListSubscriptionGroupsResponse]]:
+        """Lists a tenant's subscription groups."""
+
+    @_abc_1.abstractmethod
+    def GetPreferences(
+        self,
+        request: _messaging_service_pb2.GetPreferencesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.GetPreferencesResponse, _abc.Awaitable[_messaging_service_pb2.GetPreferencesResponse]]:
+        """A person's preference center, reached by the signed link in their
+        messages (`message.preferences_url`); needs no credentials.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdatePreferences(
+        self,
+        request: _messaging_service_pb2.UpdatePreferencesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.UpdatePreferencesResponse, _abc.Awaitable[_messaging_service_pb2.UpdatePreferencesResponse]]:
+        """Changes a person's subscriptions from their preference center; in force
+        before the next send. Needs no credentials: the token is the proof.
+        """
 
     @_abc_1.abstractmethod
     def GetDeliveryRules(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+campaignexpress/messaging/v1/template.proto\x12\x1c\x63\x61mpaignexpress.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x03\n\x08Template\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12=\n\x07\x63hannel\x18\x03 \x01(\x0e\x32,.campaignexpress.messaging.v1.MessageChannel\x12\x46\n\x08\x63ontents\x18\x04 \x03(\x0b\x32\x34.campaignexpress.messaging.v1.Template.ContentsEntry\x12\x16\n\x0e\x64\x65\x66\x61ult_locale\x18\x05 \x01(\t\x12\x0e\n\x06strict\x18\x06 \x01(\x08\x12\x0f\n\x07version\x18\x07 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12I\n\x11\x63onnected_content\x18\n \x03(\x0b\x32..campaignexpress.messaging.v1.ConnectedContent\x1a^\n\rContentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12<\n\x05value\x18\x02 \x01(\x0b\x32-.campaignexpress.messaging.v1.TemplateContent:\x02\x38\x01\"V\n\x10\x43onnectedContent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x15\n\rcache_seconds\x18\x03 \x01(\x05\x12\x10\n\x08required\x18\x04 \x01(\x08\">\n\x0fTemplateContent\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04html\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"N\n\x0fRenderedContent\x12\x0e\n\x06locale\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04html\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t*\x96\x02\n\x0eMessageChannel\x12\x1f\n\x1bMESSAGE_CHANNEL_UNSPECIFIED\x10\x00\x12\x19\n\x15MESSAGE_CHANNEL_EMAIL\x10\x01\x12\x17\n\x13MESSAGE_CHANNEL_SMS\x10\x02\x12\x18\n\x14MESSAGE_CHANNEL_PUSH\x10\x03\x12\x1c\n\x18MESSAGE_CHANNEL_WEB_PUSH\x10\x04\x12\x1c\n\x18MESSAGE_CHANNEL_WHATSAPP\x10\x05\x12\x1b\n\x17MESSAGE_CHANNEL_WEBHOOK\x10\x06\x12\x1a\n\x16MESSAGE_CHANNEL_IN_APP\x10\x07\x12 \n\x1cMESSAGE_CHANNEL_CONTENT_CARD\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+campaignexpress/messaging/v1/template.proto\x12\x1c\x63\x61mpaignexpress.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x04\n\x08Template\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12=\n\x07\x63hannel\x18\x03 \x01(\x0e\x32,.campaignexpress.messaging.v1.MessageChannel\x12\x46\n\x08\x63ontents\x18\x04 \x03(\x0b\x32\x34.campaignexpress.messaging.v1.Template.ContentsEntry\x12\x16\n\x0e\x64\x65\x66\x61ult_locale\x18\x05 \x01(\t\x12\x0e\n\x06strict\x18\x06 \x01(\x08\x12\x0f\n\x07version\x18\x07 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12I\n\x11\x63onnected_content\x18\n \x03(\x0b\x32..campaignexpress.messaging.v1.ConnectedContent\x12\x1a\n\x12subscription_group\x18\x0b \x01(\t\x1a^\n\rContentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12<\n\x05value\x18\x02 \x01(\x0b\x32-.campaignexpress.messaging.v1.TemplateContent:\x02\x38\x01\"V\n\x10\x43onnectedContent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x15\n\rcache_seconds\x18\x03 \x01(\x05\x12\x10\n\x08required\x18\x04 \x01(\x08\">\n\x0fTemplateContent\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04html\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"N\n\x0fRenderedContent\x12\x0e\n\x06locale\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04html\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t*\x96\x02\n\x0eMessageChannel\x12\x1f\n\x1bMESSAGE_CHANNEL_UNSPECIFIED\x10\x00\x12\x19\n\x15MESSAGE_CHANNEL_EMAIL\x10\x01\x12\x17\n\x13MESSAGE_CHANNEL_SMS\x10\x02\x12\x18\n\x14MESSAGE_CHANNEL_PUSH\x10\x03\x12\x1c\n\x18MESSAGE_CHANNEL_WEB_PUSH\x10\x04\x12\x1c\n\x18MESSAGE_CHANNEL_WHATSAPP\x10\x05\x12\x1b\n\x17MESSAGE_CHANNEL_WEBHOOK\x10\x06\x12\x1a\n\x16MESSAGE_CHANNEL_IN_APP\x10\x07\x12 \n\x1cMESSAGE_CHANNEL_CONTENT_CARD\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +34,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TEMPLATE_CONTENTSENTRY']._loaded_options = None
   _globals['_TEMPLATE_CONTENTSENTRY']._serialized_options = b'8\001'
-  _globals['_MESSAGECHANNEL']._serialized_start=853
-  _globals['_MESSAGECHANNEL']._serialized_end=1131
+  _globals['_MESSAGECHANNEL']._serialized_start=881
+  _globals['_MESSAGECHANNEL']._serialized_end=1159
   _globals['_TEMPLATE']._serialized_start=111
-  _globals['_TEMPLATE']._serialized_end=618
-  _globals['_TEMPLATE_CONTENTSENTRY']._serialized_start=524
-  _globals['_TEMPLATE_CONTENTSENTRY']._serialized_end=618
-  _globals['_CONNECTEDCONTENT']._serialized_start=620
-  _globals['_CONNECTEDCONTENT']._serialized_end=706
-  _globals['_TEMPLATECONTENT']._serialized_start=708
-  _globals['_TEMPLATECONTENT']._serialized_end=770
-  _globals['_RENDEREDCONTENT']._serialized_start=772
-  _globals['_RENDEREDCONTENT']._serialized_end=850
+  _globals['_TEMPLATE']._serialized_end=646
+  _globals['_TEMPLATE_CONTENTSENTRY']._serialized_start=552
+  _globals['_TEMPLATE_CONTENTSENTRY']._serialized_end=646
+  _globals['_CONNECTEDCONTENT']._serialized_start=648
+  _globals['_CONNECTEDCONTENT']._serialized_end=734
+  _globals['_TEMPLATECONTENT']._serialized_start=736
+  _globals['_TEMPLATECONTENT']._serialized_end=798
+  _globals['_RENDEREDCONTENT']._serialized_start=800
+  _globals['_RENDEREDCONTENT']._serialized_end=878
 # @@protoc_insertion_point(module_scope)

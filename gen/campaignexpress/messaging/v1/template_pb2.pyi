@@ -107,6 +107,7 @@ class Template(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     CONNECTED_CONTENT_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_GROUP_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`tenants/{tenant}/templates/{template}`."""
     display_name: _builtins.str
@@ -123,6 +124,11 @@ class Template(_message.Message):
     """
     version: _builtins.int
     """Output only: the current version, from 1."""
+    subscription_group: _builtins.str
+    """The subscription group its marketing messages belong to
+    (`tenants/{tenant}/subscriptionGroups/{group}`): they go only to the
+    group's subscribers. Empty: no group.
+    """
     @_builtins.property
     def contents(self) -> _containers.MessageMap[_builtins.str, Global___TemplateContent]:
         """Its contents by locale (`en`, `pt-BR`, ...); at least the default one."""
@@ -154,10 +160,11 @@ class Template(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         connected_content: _abc.Iterable[Global___ConnectedContent] | None = ...,
+        subscription_group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "connected_content", b"connected_content", "contents", b"contents", "create_time", b"create_time", "default_locale", b"default_locale", "display_name", b"display_name", "name", b"name", "strict", b"strict", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "connected_content", b"connected_content", "contents", b"contents", "create_time", b"create_time", "default_locale", b"default_locale", "display_name", b"display_name", "name", b"name", "strict", b"strict", "subscription_group", b"subscription_group", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
