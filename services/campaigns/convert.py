@@ -99,6 +99,7 @@ def spec_in(c: pb.Campaign) -> model.CampaignSpec:
             template=c.messaging.template,
             audience=c.messaging.audience,
             messages_per_minute=c.messaging.messages_per_minute,
+            send_at_optimal_time=c.messaging.send_at_optimal_time,
         ),
     )
 

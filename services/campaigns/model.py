@@ -84,6 +84,7 @@ class Messaging:
     template: str = ""
     audience: str = ""
     messages_per_minute: int = 0
+    send_at_optimal_time: bool = False
 
 
 @dataclass(frozen=True, slots=True)

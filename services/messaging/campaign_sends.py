@@ -133,7 +133,12 @@ class CampaignSends:
             if not page:
                 return stored
             made = await self._messages.enqueue_many(
-                tenant_id, template, campaign.id, page, key_prefix
+                tenant_id,
+                template,
+                campaign.id,
+                page,
+                key_prefix,
+                optimal=bool(getattr(spec.messaging, "send_at_optimal_time", False)),
             )
             stored += len(made)
             after = page[-1]

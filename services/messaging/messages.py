@@ -67,6 +67,9 @@ class Message:
     encoding: str = ""
     receipt: str = ""
     receipt_time: int = 0
+    optimal: bool = False  # send at the person's best hour (send_time.py)
+    send_time_method: str = ""
+    send_time_confidence: float = 0.0
 
     @property
     def name(self) -> str:
@@ -125,6 +128,7 @@ class Messages:
         transactional: bool,
         idempotency_key: str,
         campaign: str = "",
+        optimal: bool = False,
     ) -> tuple[Message, bool]:
         """Store a message to send; (the message, whether this call stored
         it: False when its key was used before)."""
@@ -176,6 +180,7 @@ class Messages:
             "queued",
             create_time=now,
             update_time=now,
+            optimal=optimal,
         )
         try:
             async with self._db.engine.begin() as conn:
@@ -196,6 +201,7 @@ class Messages:
         campaign_id: str,
         profile_ids: Sequence[str],
         key_prefix: str,
+        optimal: bool = False,
     ) -> list[Message]:
         """Messages of a template to these profiles, each keyed
         `{key_prefix}{profile id}`: a profile that has one already is
@@ -219,6 +225,7 @@ class Messages:
                 "queued",
                 create_time=now,
                 update_time=now,
+                optimal=optimal,
             )
             for pid in profile_ids
         }
@@ -407,6 +414,9 @@ def _values(message: Message) -> dict[str, Any]:
         "encoding": "",
         "receipt": "",
         "receipt_time": 0,
+        "optimal": message.optimal,
+        "send_time_method": "",
+        "send_time_confidence": 0.0,
         "create_time": message.create_time,
         "send_time": 0,
         "update_time": message.update_time,
@@ -441,4 +451,7 @@ def from_row(row: Any) -> Message:
         row.encoding,
         row.receipt,
         row.receipt_time,
+        bool(row.optimal),
+        row.send_time_method,
+        float(row.send_time_confidence),
     )

@@ -68,6 +68,7 @@ async def _build(kernel: Kernel) -> Built:
         campaign_rate=campaign_rate,
         catalogs=catalogs,
         groups=groups,
+        analytics=kernel.backends.analytics,
         preferences_url=links.preferences_url,
         caps=Caps(kernel.backends.hot_store),
         lease_seconds=kernel.settings.message_lease_seconds,

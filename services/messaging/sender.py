@@ -49,6 +49,7 @@ import orjson
 import sqlalchemy as sa
 
 from services.analytics.events import EventRow
+from services.backends.interfaces import AnalyticsStore
 from services.backends.kv import MemoryKeyValueStore
 from services.common.clock import now_us
 from services.common.errors import NotFound
@@ -64,6 +65,7 @@ from services.messaging.messages import Message, from_row
 from services.messaging.preferences import Groups
 from services.messaging.providers import KINDS, Provider, Providers
 from services.messaging.rules import Caps, DeliveryRules, person_key, quiet_until, zone_of
+from services.messaging.send_time import best_time
 from services.messaging.suppressions import Suppressions, normalized
 from services.messaging.tables import messaging_messages
 from services.messaging.templates import Templates
@@ -133,6 +135,8 @@ class Outcome:
     held: bool = False  # queued again by quiet hours: not a try
     segments: int = 0  # an SMS's
     encoding: str = ""
+    send_time_method: str = ""  # chosen now (send-time optimisation)
+    send_time_confidence: float = 0.0
 
 
 class Sender:
@@ -154,6 +158,7 @@ class Sender:
         campaign_rate: Callable[[str, str], int] | None = None,
         catalogs: Catalogs | None = None,
         groups: Groups | None = None,
+        analytics: AnalyticsStore | None = None,
         preferences_url: Callable[[str, str], str] | None = None,
         caps: Caps | None = None,
         lease_seconds: float = LEASE_US / 1e6,
@@ -178,6 +183,7 @@ class Sender:
         self._campaign_rate = campaign_rate
         self._catalogs = catalogs
         self._groups = groups
+        self._analytics = analytics
         self._preferences_url = preferences_url
         self._connected = Connected()
         self._caps = caps or Caps(MemoryKeyValueStore())
@@ -382,6 +388,8 @@ class Sender:
                 "attempts": message.attempts if o.held else message.attempts + 1,
                 "segments": o.segments,
                 "encoding": o.encoding,
+                "send_time_method": o.send_time_method or message.send_time_method,
+                "send_time_confidence": o.send_time_confidence or message.send_time_confidence,
                 "send_time": o.send_time,
                 "update_time": now,
             }
@@ -518,6 +526,15 @@ class Sender:
     ) -> Outcome:
         profile_id = person.id if person is not None else message.profile_id
         now = self._clock()
+        if message.optimal and not message.send_time_method and self._analytics is not None:
+            best = await best_time(
+                self._analytics, message.tenant_id, profile_id, message.template_id, now
+            )
+            if best.at_us > now:  # wait for it (not a try)
+                return Outcome("queued", address=address, profile_id=profile_id,
+                               next_attempt_time=best.at_us, held=True,
+                               send_time_method=best.method,
+                               send_time_confidence=best.confidence)  # fmt: skip
         if not address:
             why = "the recipient has no address for this channel"
             if (message.profile_id or message.recipient.get("user_id")) and person is None:

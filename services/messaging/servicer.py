@@ -143,6 +143,9 @@ def message_proto(message: Message) -> message_pb2.Message:
         sms_encoding=message.encoding,
         receipt=message.receipt,
         receipt_time=timestamp(message.receipt_time or None),
+        send_at_optimal_time=message.optimal,
+        send_time_method=message.send_time_method,
+        send_time_confidence=message.send_time_confidence,
     )
 
 
@@ -389,6 +392,7 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
             transactional=m.transactional,
             idempotency_key=m.idempotency_key,
             campaign=m.campaign,
+            optimal=m.send_at_optimal_time,
         )  # fmt: skip
         return pb.SendMessageResponse(message=message_proto(message), created=created)
 

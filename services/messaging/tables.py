@@ -84,6 +84,9 @@ messaging_messages = sa.Table(
     sa.Column("encoding", sa.String(10), nullable=False),  # GSM-7 or UCS-2
     sa.Column("receipt", sa.String(60), nullable=False),  # the provider's last receipt
     sa.Column("receipt_time", sa.BigInteger, nullable=False),
+    sa.Column("optimal", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("send_time_method", sa.String(10), nullable=False, server_default=""),
+    sa.Column("send_time_confidence", sa.Float, nullable=False, server_default="0"),
     sa.Column("create_time", sa.BigInteger, nullable=False),
     sa.Column("send_time", sa.BigInteger, nullable=False),
     sa.Column("update_time", sa.BigInteger, nullable=False),

@@ -820,6 +820,7 @@ class CampaignMessaging(_message.Message):
     TEMPLATE_FIELD_NUMBER: _builtins.int
     AUDIENCE_FIELD_NUMBER: _builtins.int
     MESSAGES_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    SEND_AT_OPTIMAL_TIME_FIELD_NUMBER: _builtins.int
     template: _builtins.str
     """The template, `tenants/{tenant}/templates/{template}` (messaging)."""
     audience: _builtins.str
@@ -830,16 +831,21 @@ class CampaignMessaging(_message.Message):
     """At most this many of its messages a minute, across processes
     (FR-DEL-011); 0 means no limit.
     """
+    send_at_optimal_time: _builtins.bool
+    """Each message at its recipient's best hour within 24 hours
+    (send-time optimisation) instead of at once.
+    """
     def __init__(
         self,
         *,
         template: _builtins.str = ...,
         audience: _builtins.str = ...,
         messages_per_minute: _builtins.int = ...,
+        send_at_optimal_time: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "messages_per_minute", b"messages_per_minute", "template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "messages_per_minute", b"messages_per_minute", "send_at_optimal_time", b"send_at_optimal_time", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -280,6 +280,9 @@ class Message(_message.Message):
     SMS_ENCODING_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
     RECEIPT_TIME_FIELD_NUMBER: _builtins.int
+    SEND_AT_OPTIMAL_TIME_FIELD_NUMBER: _builtins.int
+    SEND_TIME_METHOD_FIELD_NUMBER: _builtins.int
+    SEND_TIME_CONFIDENCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`tenants/{tenant}/messages/{message}`."""
     template: _builtins.str
@@ -329,6 +332,17 @@ class Message(_message.Message):
     """Output only: the provider's last receipt (`delivered`, `undelivered`,
     `failed`), with its error code after a colon when it has one.
     """
+    send_at_optimal_time: _builtins.bool
+    """Send it at the person's best hour within the next 24 hours
+    (send-time optimisation, FR-DEL-006) instead of at once.
+    """
+    send_time_method: _builtins.str
+    """Output only: how that hour was chosen: `personal` (their own opens and
+    clicks, 50 messages or more), `cohort` (people of their time zone),
+    `global` (the tenant's), `fallback` (09:00 UTC).
+    """
+    send_time_confidence: _builtins.float
+    """Output only: the confidence of that choice (0.85, 0.70, 0.60, 0)."""
     @_builtins.property
     def recipient(self) -> Global___Recipient:
         """Who it is for."""
@@ -380,10 +394,13 @@ class Message(_message.Message):
         sms_encoding: _builtins.str = ...,
         receipt: _builtins.str = ...,
         receipt_time: _timestamp_pb2.Timestamp | None = ...,
+        send_at_optimal_time: _builtins.bool = ...,
+        send_time_method: _builtins.str = ...,
+        send_time_confidence: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "data", b"data", "receipt_time", b"receipt_time", "recipient", b"recipient", "send_time", b"send_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "address", b"address", "attempts", b"attempts", "campaign", b"campaign", "channel", b"channel", "create_time", b"create_time", "data", b"data", "error", b"error", "idempotency_key", b"idempotency_key", "locale", b"locale", "name", b"name", "provider", b"provider", "provider_message_id", b"provider_message_id", "receipt", b"receipt", "receipt_time", b"receipt_time", "recipient", b"recipient", "send_time", b"send_time", "sms_encoding", b"sms_encoding", "sms_segments", b"sms_segments", "state", b"state", "template", b"template", "template_version", b"template_version", "transactional", b"transactional", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "address", b"address", "attempts", b"attempts", "campaign", b"campaign", "channel", b"channel", "create_time", b"create_time", "data", b"data", "error", b"error", "idempotency_key", b"idempotency_key", "locale", b"locale", "name", b"name", "provider", b"provider", "provider_message_id", b"provider_message_id", "receipt", b"receipt", "receipt_time", b"receipt_time", "recipient", b"recipient", "send_at_optimal_time", b"send_at_optimal_time", "send_time", b"send_time", "send_time_confidence", b"send_time_confidence", "send_time_method", b"send_time_method", "sms_encoding", b"sms_encoding", "sms_segments", b"sms_segments", "state", b"state", "template", b"template", "template_version", b"template_version", "transactional", b"transactional", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
