@@ -445,6 +445,22 @@ async def test_demo_prints_a_working_key_and_is_idempotent(tmp_path: pathlib.Pat
         sizes = {s["displayName"]: int(s.get("size", 0)) for s in body["segments"]}
         assert 0 < sizes["Pro plan"] < 200 and 0 < sizes["Active"] < 200, sizes
         assert sizes["Repeat buyers"] > 0, sizes
+        # Demo messaging: templates, and a content card in the first people's feeds.
+        status, body = await http_json("GET", f"{base}/v1/tenants/demo/templates", key=key)
+        assert {"Welcome email", "Winter boots card"} <= {
+            t["displayName"] for t in body["templates"]
+        }, body
+        status, found = await http_json(
+            "GET", f"{base}/v1/tenants/demo/profiles:resolve?kind=user_id&value=demo-user-0000",
+            key=key,
+        )  # fmt: skip
+        profile = found["profile"]["name"]
+        for _ in range(100):  # the sender delivers it within moments
+            status, feed = await http_json("GET", f"{base}/v1/{profile}/feedItems", key=key)
+            if feed.get("feedItems"):
+                break
+            await asyncio.sleep(0.05)
+        assert [i["title"] for i in feed["feedItems"]] == ["Winter boots, 30% off"], feed
         assert await proc.terminate() == 0, proc.output()
 
     # A fixed secret from the environment is used verbatim.

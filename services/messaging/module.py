@@ -8,9 +8,10 @@ import socket
 
 from campaignexpress.messaging.v1 import messaging_service_pb2, messaging_service_pb2_grpc
 from services.analytics.pipeline import AnalyticsPipeline
-from services.kernel import Built, DomainModule, Kernel, Service
+from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 from services.messaging.campaign_sends import CampaignSends
 from services.messaging.catalogs import Catalogs
+from services.messaging.demo import seed_demo_messaging
 from services.messaging.domain import Messaging
 from services.messaging.events import MESSAGE_EVENTS, event_row
 from services.messaging.feed import Feed
@@ -123,7 +124,12 @@ async def _build(kernel: Kernel) -> Built:
             "messaging", MessagesOfPeople(db, events, kernel.backends.analytics)
         )
     messaging.campaign_sends = campaign_sends
-    return Built([MessagingServicer(messaging)], api=messaging)
+
+    async def seed(seed: TenantSeed) -> None:
+        if seed.demo:
+            await seed_demo_messaging(messaging, seed.tenant_id)
+
+    return Built([MessagingServicer(messaging)], api=messaging, seed=seed)
 
 
 MODULE = DomainModule(
