@@ -640,3 +640,34 @@ async def test_catalog_items_are_looked_up_in_templates(env: Env, smtp: SmtpServ
     assert status == 200
     status, _ = await call(env, "GET", "tenants/acme/catalogs/products/items")
     assert status == 404
+
+
+async def test_messages_are_sent_in_batches(env: Env, smtp: SmtpServer) -> None:
+    await provider(env, smtp.port)
+    contents = {"en": {"subject": "{{ data.n }}", "text": "t"}}
+    note = await template(
+        env, {"displayName": "n", "channel": "MESSAGE_CHANNEL_EMAIL", "contents": contents}
+    )
+    batch = [
+        {"template": note["name"], "recipient": {"email": f"batch{n}@example.com"},
+         "data": {"n": n}, "idempotencyKey": f"b-{n % 8}"}
+        for n in range(10)
+    ]  # fmt: skip
+    status, body = await call(env, "POST", "tenants/acme/messages:batchSend", {"messages": batch})
+    assert status == 200 and body["created"] == 8, body  # keys 8 and 9 repeat 0 and 1
+    names = [m["name"] for m in body["messages"]]
+    assert names[8] == names[0] and names[9] == names[1] and len(set(names)) == 8
+    for name in set(names):
+        assert (await settled(env, name))["state"] == "MESSAGE_STATE_SENT"
+    assert len(smtp.received) == 8
+    status, again = await call(env, "POST", "tenants/acme/messages:batchSend",
+                               {"messages": batch[:2]})  # fmt: skip
+    assert again.get("created", 0) == 0 and [m["name"] for m in again["messages"]] == names[:2]
+    bad = [*batch[:2], {"template": note["name"], "recipient": {"email": "nope"}}]
+    status, answer = await call(env, "POST", "tenants/acme/messages:batchSend", {"messages": bad})
+    assert status == 400
+    assert [v["field"] for v in answer["error"]["fieldViolations"]] == [
+        "messages[2].recipient.email"
+    ]
+    status, answer = await call(env, "POST", "tenants/acme/messages:batchSend", {"messages": []})
+    assert status == 400

@@ -35,6 +35,7 @@ from services.messaging.templates import Template, Templates
 STATES = ("queued", "sending", "sent", "aborted", "failed", "unknown")
 MAX_DATA_BYTES = 64 * 1024
 MAX_KEY = 200
+MAX_BATCH = 1_000
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1_000
 
@@ -184,7 +185,7 @@ class Messages:
         )
         try:
             async with self._db.engine.begin() as conn:
-                await conn.execute(messaging_messages.insert().values(**_values(message)))
+                await conn.execute(messaging_messages.insert(), [_values(message)])
         except sa.exc.IntegrityError:
             existing = await self._by_key(tenant_id, idempotency_key) if idempotency_key else None
             if existing is None:
@@ -193,6 +194,110 @@ class Messages:
         if self.on_queued is not None:
             self.on_queued([message])
         return message, True
+
+    async def send_many(
+        self, caller: Principal, parent: str, items: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[Message], int]:
+        """Store up to MAX_BATCH messages in one transaction; (the messages in
+        order, how many were stored now). Each item as `send` takes it."""
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
+        if not 1 <= len(items) <= MAX_BATCH:
+            raise InvalidArgument.field("messages", f"1-{MAX_BATCH:,} messages a call")
+        now = self._clock()
+        templates: dict[str, Template] = {}
+        drafts: list[Message] = []
+        bad: list[FieldViolation] = []
+        for n, item in enumerate(items):
+            at = f"messages[{n}]"
+            try:
+                drafts.append(await self._draft(tenant_id, item, now, templates))
+            except InvalidArgument as error:
+                bad += [
+                    FieldViolation(v.field.replace("message.", f"{at}.", 1), v.description)
+                    for v in error.field_violations
+                ] or [FieldViolation(at, str(error))]
+        collect(bad)
+        keys = [d.idempotency_key for d in drafts if d.idempotency_key]
+        existing: dict[str, Message] = {}
+        m = messaging_messages.c
+        async with self._db.engine.connect() as conn:
+            for first in range(0, len(keys), 500):
+                for row in await conn.execute(
+                    sa.select(messaging_messages).where(
+                        m.tenant_id == tenant_id,
+                        m.idempotency_key.in_(keys[first : first + 500]),
+                    )
+                ):
+                    existing[row.idempotency_key] = from_row(row)
+        fresh: list[Message] = []
+        seen: set[str] = set()
+        out: list[Message] = []
+        for draft in drafts:
+            key = draft.idempotency_key
+            if key and (key in existing or key in seen):
+                out.append(existing.get(key) or next(f for f in fresh if f.idempotency_key == key))
+                continue
+            if key:
+                seen.add(key)
+            fresh.append(draft)
+            out.append(draft)
+        if fresh:
+            async with self._db.engine.begin() as conn:
+                await conn.execute(messaging_messages.insert(), [_values(f) for f in fresh])
+            if self.on_queued is not None:
+                self.on_queued(fresh)
+        return out, len(fresh)
+
+    async def _draft(
+        self,
+        tenant_id: str,
+        item: Mapping[str, Any],
+        now: int,
+        templates: dict[str, Template],
+    ) -> Message:
+        """A message checked as `send` checks it (not stored)."""
+        bad: list[FieldViolation] = []
+        template = str(item.get("template", ""))
+        key = str(item.get("idempotency_key", ""))
+        data = dict(item.get("data") or {})
+        if not template:
+            bad.append(FieldViolation("message.template", "required"))
+        if len(key) > MAX_KEY:
+            bad.append(FieldViolation("message.idempotency_key", f"at most {MAX_KEY} characters"))
+        if len(orjson.dumps(data)) > MAX_DATA_BYTES:
+            bad.append(FieldViolation("message.data", f"at most {MAX_DATA_BYTES // 1024} KiB"))
+        collect(bad)
+        read = read_recipient(item.get("recipient") or {}, tenant_id)
+        found = templates.get(template)
+        if found is None:
+            template_tenant, template_id = names.parse_name(
+                template, "message.template", "tenants", "templates"
+            )
+            if template_tenant != tenant_id:
+                raise InvalidArgument.field("message.template", "belongs to another tenant")
+            try:
+                found = templates[template] = await self._templates.find(tenant_id, template_id)
+            except NotFound:
+                raise InvalidArgument.field(
+                    "message.template", f"{template} does not exist"
+                ) from None
+        return Message(
+            random_hex_id(),
+            tenant_id,
+            found.id,
+            found.version,
+            found.channel,
+            read,
+            data,
+            bool(item.get("transactional")),
+            key,
+            "",
+            read["profile"].split("/")[-1] if read["profile"] else "",
+            "queued",
+            create_time=now,
+            update_time=now,
+            optimal=bool(item.get("optimal")),
+        )
 
     async def enqueue_many(
         self,

@@ -396,6 +396,26 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
         )  # fmt: skip
         return pb.SendMessageResponse(message=message_proto(message), created=created)
 
+    async def BatchSendMessages(self, request: pb.BatchSendMessagesRequest, context: Any) -> Any:
+        items = [
+            {
+                "template": m.template,
+                "recipient": {"profile": m.recipient.profile, "user_id": m.recipient.user_id,
+                              "email": m.recipient.email, "phone": m.recipient.phone},
+                "data": _dict(m.data),
+                "transactional": m.transactional,
+                "idempotency_key": m.idempotency_key,
+                "optimal": m.send_at_optimal_time,
+            }
+            for m in request.messages
+        ]  # fmt: skip
+        stored, created = await self._m.messages.send_many(
+            current_principal(), request.parent, items
+        )
+        return pb.BatchSendMessagesResponse(
+            messages=[message_proto(m) for m in stored], created=created
+        )
+
     async def GetMessage(self, request: pb.GetMessageRequest, context: Any) -> Any:
         found = await self._m.messages.get(current_principal(), request.name)
         return pb.GetMessageResponse(message=message_proto(found))

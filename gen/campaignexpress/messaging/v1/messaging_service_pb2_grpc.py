@@ -88,6 +88,11 @@ class MessagingServiceStub:
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.SendMessageRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.SendMessageResponse.FromString,
                 _registered_method=True)
+        self.BatchSendMessages = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/BatchSendMessages',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.BatchSendMessagesRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.BatchSendMessagesResponse.FromString,
+                _registered_method=True)
         self.GetMessage = channel.unary_unary(
                 '/campaignexpress.messaging.v1.MessagingService/GetMessage',
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.GetMessageRequest.SerializeToString,
@@ -290,6 +295,15 @@ class MessagingServiceServicer:
         """Sends one message (a transactional send): answered once it is stored,
         QUEUED; a sender takes it within moments. The same idempotency key
         answers with the first message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchSendMessages(self, request, context):
+        """Sends up to 1,000 messages in one call (one transaction): each is
+        checked and stored as SendMessage would; a bad one refuses the call,
+        naming it (`messages[3].recipient.email`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -541,6 +555,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.SendMessage,
                     request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.SendMessageRequest.FromString,
                     response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.SendMessageResponse.SerializeToString,
+            ),
+            'BatchSendMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchSendMessages,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.BatchSendMessagesRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.BatchSendMessagesResponse.SerializeToString,
             ),
             'GetMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMessage,
@@ -941,6 +960,33 @@ class MessagingService:
             '/campaignexpress.messaging.v1.MessagingService/SendMessage',
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.SendMessageRequest.SerializeToString,
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.SendMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchSendMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/BatchSendMessages',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.BatchSendMessagesRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.BatchSendMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,11 @@ class MessagingServiceStub:
     QUEUED; a sender takes it within moments. The same idempotency key
     answers with the first message.
     """
+    BatchSendMessages: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.BatchSendMessagesRequest, _messaging_service_pb2.BatchSendMessagesResponse]
+    """Sends up to 1,000 messages in one call (one transaction): each is
+    checked and stored as SendMessage would; a bad one refuses the call,
+    naming it (`messages[3].recipient.email`).
+    """
     GetMessage: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.GetMessageRequest, _messaging_service_pb2.GetMessageResponse]
     """Gets a message."""
     ReplayMessage: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ReplayMessageRequest, _messaging_service_pb2.ReplayMessageResponse]
@@ -178,6 +183,11 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     """Sends one message (a transactional send): answered once it is stored,
     QUEUED; a sender takes it within moments. The same idempotency key
     answers with the first message.
+    """
+    BatchSendMessages: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.BatchSendMessagesRequest, _messaging_service_pb2.BatchSendMessagesResponse]  # type: ignore[assignment]
+    """Sends up to 1,000 messages in one call (one transaction): each is
+    checked and stored as SendMessage would; a bad one refuses the call,
+    naming it (`messages[3].recipient.email`).
     """
     GetMessage: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.GetMessageRequest, _messaging_service_pb2.GetMessageResponse]  # type: ignore[assignment]
     """Gets a message."""
@@ -350,6 +360,17 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         """Sends one message (a transactional send): answered once it is stored,
         QUEUED; a sender takes it within moments. The same idempotency key
         answers with the first message.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchSendMessages(
+        self,
+        request: _messaging_service_pb2.BatchSendMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.BatchSendMessagesResponse, _abc.Awaitable[_messaging_service_pb2.BatchSendMessagesResponse]]:
+        """Sends up to 1,000 messages in one call (one transaction): each is
+        checked and stored as SendMessage would; a bad one refuses the call,
+        naming it (`messages[3].recipient.email`).
         """
 
     @_abc_1.abstractmethod
