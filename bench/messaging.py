@@ -122,6 +122,31 @@ async def _ready(http: aiohttp.ClientSession, api: str) -> None:
     raise RuntimeError("the demo tenant never came up")
 
 
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each of a process's threads, by thread name."""
+    seconds: dict[str, float] = {}
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            used = int((task / "schedstat").read_text().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            continue
+        name = "main" if task.name == str(pid) else name.rstrip("0123456789_-") or name
+        seconds[name] = seconds.get(name, 0.0) + used
+    return seconds
+
+
+async def _quiet(server: Server, limit: float = 180) -> None:
+    """Until the server has finished its start-up work (the demo's seeding):
+    under 10% of a core over a second."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = _cpu_seconds(server.pid)
+        await asyncio.sleep(1)
+        if _cpu_seconds(server.pid) - before < 0.1:
+            return
+
+
 async def _one_rate(
     http: aiohttp.ClientSession,
     api: str,
@@ -147,6 +172,7 @@ async def _one_rate(
             scheduled[message["name"].rsplit("/", 1)[1]] = start
 
     receiver.arrived.clear()
+    threads_before = _thread_cpu(server.pid)
     cpu_before, wall_before = _cpu_seconds(server.pid), time.perf_counter()
     result = await run_open_loop(one, rate / BATCH, seconds, max_in_flight=200)
     deadline = time.perf_counter() + 30
@@ -156,6 +182,9 @@ async def _one_rate(
         await asyncio.sleep(0.05)
     wall = time.perf_counter() - wall_before
     cpu = (_cpu_seconds(server.pid) - cpu_before) / wall
+    threads = _thread_cpu(server.pid)
+    shares = sorted(((threads[n] - threads_before.get(n, 0.0)) / wall, n) for n in threads)
+    print("  server threads:", ", ".join(f"{n} {s:.0%}" for s, n in reversed(shares[-6:])))
     arrived = [i for i in scheduled if i in receiver.arrived]
     latencies = sorted((receiver.arrived[i] - scheduled[i]) * 1000 for i in arrived)
     first = min(scheduled.values(), default=0.0)
@@ -173,18 +202,19 @@ async def _one_rate(
     return line, len(arrived) >= 0.99 * max(1, len(scheduled)) and not result.errors
 
 
-async def measure(rates: list[float], seconds: float, pin: bool) -> list[str]:
+async def measure(rates: list[float], seconds: float, pin: bool, profile: str = "") -> list[str]:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="cx-bench-messaging-"))
     receiver = Receiver()
     await receiver.start()
-    server = Server(workdir / "data", pin=pin)
+    server = Server(workdir / "data", pin=pin, profile=profile)
     p50, p99 = render_times()
     lines = [
         "# Messaging",
         "",
         f"Machine: {_cpu_model()}, {os.cpu_count()} CPUs; the server pinned to one core "
         f"({'taskset -c 0' if pin else 'not pinned'}), embedded SQLite, chDB and hot store; "
-        "the client and the webhook receiver in the benchmark's process. "
+        "the client and the webhook receiver in the benchmark's process"
+        f"{' on the other cores' if pin else ''}. "
         "`python -m bench.messaging`.",
         "",
         f"Render of a typical email (20 variables, a loop over 5 lines, money filters; "
@@ -198,6 +228,7 @@ async def measure(rates: list[float], seconds: float, pin: bool) -> list[str]:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=500)) as http:
             api = f"{server.base_url}/v1/tenants/demo"
             await _ready(http, api)
+            await _quiet(server)
             await _post(http, f"{api}/channelProviders", {
                 "displayName": "bench hook", "kind": "PROVIDER_KIND_WEBHOOK",
                 "config": {"url": receiver.url, "secret": SECRET}})  # fmt: skip
@@ -237,9 +268,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--cprofile", default="", help="run the server under cProfile into FILE")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
-    lines = asyncio.run(measure(rates, args.seconds, pin=not args.no_pin))
+    if not args.no_pin and (os.cpu_count() or 1) > 1:  # the load off the server's core
+        os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
+    lines = asyncio.run(measure(rates, args.seconds, pin=not args.no_pin, profile=args.cprofile))
     print("\n".join(lines))
     if not args.no_report:
         REPORT.write_text("\n".join(lines).rstrip() + "\n")

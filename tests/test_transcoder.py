@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from google.protobuf import json_format
 
 from campaignexpress.auth.v1 import auth_service_pb2
+from campaignexpress.messaging.v1 import messaging_service_pb2
 from campaignexpress.tenancy.v1 import tenancy_service_pb2
 from gateway.transcoder import Router, build_request, compile_template, routes_for
 from services.common.errors import InvalidArgument
 
 TENANCY = tenancy_service_pb2.DESCRIPTOR.services_by_name["TenancyService"]
 AUTH = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"]
+MESSAGING = messaging_service_pb2.DESCRIPTOR.services_by_name["MessagingService"]
 
 
 @pytest.mark.parametrize(
@@ -82,3 +85,43 @@ def test_build_request_reports_each_bad_query_parameter() -> None:
     assert {v.field for v in caught.value.field_violations} == {"pageSize", "bogus"}
     with pytest.raises(InvalidArgument):  # the path-bound field cannot be overridden
         build_request(route, values, None, [("parent", "tenants/b")])
+
+
+def test_struct_fields_are_built_as_protobuf_builds_them() -> None:
+    """Structs are set apart from the rest of the body (faster), with the
+    same result as protobuf's JSON parser, at any depth and in lists."""
+    router = Router(routes_for(MESSAGING))
+    route, values = router.match("POST", "/v1/tenants/a/messages:batchSend")  # type: ignore[misc]
+    data = {"n": 1, "x": [1.5, "two", None, True, {"deep": {"er": [[]]}}], "empty": {}}
+    body = {
+        "messages": [
+            {"template": "t", "data": data, "recipient": {"email": "a@example.com"}},
+            {"template": "u"},
+            {"template": "v", "data": {}},
+        ]
+    }
+    request = build_request(route, values, body, [])
+    expected = json_format.ParseDict(
+        {**body, "parent": "tenants/a"}, messaging_service_pb2.BatchSendMessagesRequest()
+    )
+    assert request == expected
+    assert body["messages"][0]["data"] is data  # the caller's body is left as it was
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"messages": [{"data": 5}]}, "data"),  # a Struct that is not an object
+        ({"messages": [{"data": {}, "template": 7}]}, "template"),
+        ({"messages": "no"}, "messages"),
+    ],
+)
+def test_struct_fields_keep_the_parsers_errors(body: dict[str, object], field: str) -> None:
+    router = Router(routes_for(MESSAGING))
+    route, values = router.match("POST", "/v1/tenants/a/messages:batchSend")  # type: ignore[misc]
+    with pytest.raises(InvalidArgument) as caught:
+        build_request(route, values, body, [])
+    assert (
+        field
+        in caught.value.field_violations[0].field + caught.value.field_violations[0].description
+    )

@@ -31,7 +31,7 @@ from services.audience.segments import Segment
 from services.audience.sources import Source
 from services.common.call import current_principal
 from services.common.errors import DomainError
-from services.common.protoconv import micros, timestamp
+from services.common.protoconv import micros, struct_dict, timestamp
 from services.common.status import status_of
 
 pb = audience_service_pb2
@@ -47,11 +47,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
-
-
-def _dict(message: struct_pb2.Struct) -> dict[str, Any]:
-    plain: dict[str, Any] = _plain(json_format.MessageToDict(message))
-    return plain
 
 
 def profile_proto(profile: Profile, computed: dict[str, Any] | None = None) -> profile_pb2.Profile:
@@ -367,9 +362,9 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
         result = await self._audience.ingest(
             current_principal(),
             request.parent,
-            [_dict(call) for call in request.batch],
-            context=_dict(request.context),
-            integrations=_dict(request.integrations),
+            [struct_dict(call) for call in request.batch],
+            context=struct_dict(request.context),
+            integrations=struct_dict(request.integrations),
             sent_at=request.sent_at,
             wait_for_profiles=request.wait_for_profiles,
         )
@@ -392,8 +387,8 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
                 result = await self._audience.ingest(
                     caller,
                     request.parent,
-                    [_dict(call) for call in request.batch],
-                    context=_dict(request.context),
+                    [struct_dict(call) for call in request.batch],
+                    context=struct_dict(request.context),
                     sent_at=request.sent_at,
                 )
                 yield pb.StreamEventsResponse(sequence=request.sequence, accepted=result.accepted)
@@ -475,7 +470,7 @@ class AudienceServicer(audience_service_pb2_grpc.AudienceServiceServicer):
         found = await self._audience.update_traits(
             current_principal(),
             request.name,
-            _dict(request.set_traits),
+            struct_dict(request.set_traits),
             list(request.unset_traits),
         )
         return pb.UpdateProfileTraitsResponse(profile=await self._proto(found))

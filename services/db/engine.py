@@ -8,6 +8,7 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -55,6 +56,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _json_text(value: Any) -> str:
+    """JSON columns written with orjson (a tenth of the standard library's
+    time: the message outbox writes and reads a message's data twice)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 class Database:
     """The management database: an async engine plus its migrations."""
 
@@ -76,7 +83,9 @@ class Database:
                     "command_timeout": POSTGRES_COMMAND_TIMEOUT_SECONDS,
                 },
             )
-        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        self.engine: AsyncEngine = create_async_engine(
+            self.url, json_serializer=_json_text, json_deserializer=orjson.loads, **kwargs
+        )
         if self.is_sqlite:
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
 

@@ -72,7 +72,7 @@ from services.messaging.templates import Templates
 
 log = logging.getLogger(__name__)
 
-BATCH = 200
+BATCH = 64
 RECORD_STEP = 32  # messages sent, then recorded, together
 CONCURRENCY = 64
 LEASE_US = 60 * 1_000_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from campaignexpress.messaging.v1 import (
     message_pb2,
@@ -14,7 +14,7 @@ from campaignexpress.messaging.v1 import (
     template_pb2,
 )
 from services.common.call import current_principal
-from services.common.protoconv import micros, timestamp
+from services.common.protoconv import micros, struct_dict, timestamp
 from services.messaging.catalogs import Catalog
 from services.messaging.domain import Messaging
 from services.messaging.feed import FeedItem
@@ -37,21 +37,6 @@ def _channel_enum(channel: str) -> int:
     if not channel:
         return 0
     return int(template_pb2.MessageChannel.Value(f"MESSAGE_CHANNEL_{channel.upper()}"))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _dict(message: struct_pb2.Struct) -> dict[str, Any]:
-    plain: dict[str, Any] = _plain(json_format.MessageToDict(message))
-    return plain
 
 
 def template_proto(template: Template) -> template_pb2.Template:
@@ -107,9 +92,12 @@ _STATES = {
 _STATE_NAMES = {v: k for k, v in _STATES.items()}
 
 
-def message_proto(message: Message) -> message_pb2.Message:
+def message_proto(message: Message, *, with_data: bool = True) -> message_pb2.Message:
+    """A message; `with_data=False` leaves its data out (a batch's answer:
+    the caller has it, and echoing it would cost as much as taking it)."""
     data = struct_pb2.Struct()
-    data.update(message.data)
+    if with_data:
+        data.update(message.data)
     r = message.recipient
     tenant = f"tenants/{message.tenant_id}"
     return message_pb2.Message(
@@ -346,7 +334,7 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
             version=request.version,
             locale=request.locale,
             profile=request.profile,
-            data=_dict(request.data),
+            data=struct_dict(request.data),
         )
         return pb.RenderTemplateResponse(
             rendered=template_pb2.RenderedContent(locale=locale, **parts)
@@ -388,7 +376,7 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
             template=m.template,
             recipient={"profile": r.profile, "user_id": r.user_id, "email": r.email,
                        "phone": r.phone},
-            data=_dict(m.data),
+            data=struct_dict(m.data),
             transactional=m.transactional,
             idempotency_key=m.idempotency_key,
             campaign=m.campaign,
@@ -402,7 +390,7 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
                 "template": m.template,
                 "recipient": {"profile": m.recipient.profile, "user_id": m.recipient.user_id,
                               "email": m.recipient.email, "phone": m.recipient.phone},
-                "data": _dict(m.data),
+                "data": struct_dict(m.data),
                 "transactional": m.transactional,
                 "idempotency_key": m.idempotency_key,
                 "optimal": m.send_at_optimal_time,
@@ -413,7 +401,7 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
             current_principal(), request.parent, items
         )
         return pb.BatchSendMessagesResponse(
-            messages=[message_proto(m) for m in stored], created=created
+            messages=[message_proto(m, with_data=False) for m in stored], created=created
         )
 
     async def GetMessage(self, request: pb.GetMessageRequest, context: Any) -> Any:
@@ -561,7 +549,7 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
         written = await self._m.catalogs.upsert(
             current_principal(),
             request.parent,
-            [(item.id, _dict(item.attributes)) for item in request.items],
+            [(item.id, struct_dict(item.attributes)) for item in request.items],
         )
         return pb.UpsertCatalogItemsResponse(written=written)
 

@@ -605,7 +605,9 @@ class BatchSendMessagesResponse(_message.Message):
     """How many this call stored."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
-        """The messages, in request order (a key used before: the first message)."""
+        """The messages, in request order (a key used before: the first message),
+        without their `data` (the caller sent it; GetMessage returns it).
+        """
 
     def __init__(
         self,
