@@ -43,19 +43,23 @@ FORM = "application/x-www-form-urlencoded"
 MESSAGING_SERVICE = "campaignexpress.messaging.v1.MessagingService"
 SENDGRID_SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
 SENDGRID_TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
+#: Meta's signature of a WhatsApp webhook ("sha256=<hex HMAC of the body>").
+META_SIGNATURE = "X-Hub-Signature-256"
 
 
 def receipt_payload(request: web.Request, raw: bytes) -> dict[str, Any]:
     """A provider's receipt as ReceiveProviderReceipt takes it: Twilio's form
     fields and X-Twilio-Signature, or SendGrid's event batch (the body as
-    signed) with its signature and timestamp headers."""
+    signed) with its signature and timestamp headers, or WhatsApp's
+    webhook (the body as signed) with its signature header."""
     text = raw.decode("utf-8", "replace")
     if request.content_type == FORM:
         fields = dict(parse_qsl(text, keep_blank_values=True))
         return {"fields": fields, "signature": request.headers.get("X-Twilio-Signature", "")}
+    signature = request.headers.get(SENDGRID_SIGNATURE) or request.headers.get(META_SIGNATURE, "")
     return {
         "fields": {"body": text, "timestamp": request.headers.get(SENDGRID_TIMESTAMP, "")},
-        "signature": request.headers.get(SENDGRID_SIGNATURE, ""),
+        "signature": signature,
     }
 
 
@@ -174,8 +178,11 @@ class Gateway:
         route, path_values = matched
         try:
             payload: Any = None
+            verifying = route.grpc_method == RECEIPT_METHOD and request.method == "GET"
             if route.grpc_method == RECEIPT_METHOD and (
-                request.content_type == FORM or request.headers.get(SENDGRID_SIGNATURE)
+                request.content_type == FORM
+                or request.headers.get(SENDGRID_SIGNATURE)
+                or request.headers.get(META_SIGNATURE)
             ):
                 payload = receipt_payload(request, await self._read_body(request))
             elif route.body:
@@ -185,7 +192,11 @@ class Gateway:
                         payload = orjson.loads(raw)
                     except orjson.JSONDecodeError as exc:
                         return self._bad_body(f"body is not valid JSON: {exc}", request_id)
-            message = build_request(route, path_values, payload, request.query.items())
+            if verifying:  # a webhook's verification: its query is the provider's
+                message = build_request(route, path_values, None, ())
+                message.fields.update(dict(request.query))  # type: ignore[attr-defined]
+            else:
+                message = build_request(route, path_values, payload, request.query.items())
         except DomainError as exc:
             return self._domain_error(exc, request_id)
         if route.streaming:
@@ -200,6 +211,8 @@ class Gateway:
             )
             headers.update(extra)
             return _json(body, status, headers)
+        if verifying:
+            return web.Response(text=reply.challenge, headers=headers)
         return _json(render(reply), 200, headers)
 
     async def _stream(

@@ -7,6 +7,9 @@ number that is not on WhatsApp fails the message and is suppressed."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -118,3 +121,95 @@ async def test_whatsapp_template_messages(env: Env, meta: Meta) -> None:
     assert [(s["address"], s["channel"]) for s in listed["suppressions"]] == [
         ("+14155550123", "MESSAGE_CHANNEL_WHATSAPP")
     ]
+
+
+APP_SECRET, VERIFY_TOKEN = "app-secret-for-tests", "our-verify-token"
+
+
+def status_payload(*statuses: dict[str, Any]) -> bytes:
+    """A status webhook as Meta posts it (entry -> changes -> value)."""
+    return json.dumps({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": NUMBER_ID},
+            "statuses": list(statuses)}}]}],
+    }).encode()  # fmt: skip
+
+
+async def test_whatsapp_status_webhooks(env: Env, meta: Meta) -> None:
+    status, body = await call(
+        env, "POST", "tenants/acme/channelProviders",
+        {"displayName": "WhatsApp", "kind": "PROVIDER_KIND_WHATSAPP",
+         "config": {"access_token": TOKEN, "phone_number_id": NUMBER_ID,
+                    "base_url": meta.base_url, "app_secret": APP_SECRET,
+                    "webhook_verify_token": VERIFY_TOKEN}},
+    )  # fmt: skip
+    assert status == 200, body
+    assert body["channelProvider"]["config"]["app_secret"] == "***"  # write-only
+    url = f"{env.base_url}/v1/{body['channelProvider']['name']}:receipt"
+    # the dashboard verifies the URL: the challenge back as it came, as text
+    verify = {
+        "hub.mode": "subscribe",
+        "hub.verify_token": VERIFY_TOKEN,
+        "hub.challenge": "1158201444",
+    }
+    async with env.http.get(url, params=verify) as reply:
+        assert reply.status == 200 and await reply.text() == "1158201444"
+    async with env.http.get(url, params={**verify, "hub.verify_token": "guess"}) as reply:
+        assert reply.status == 403
+
+    shipped = await template(
+        env, {"displayName": "shipped", "channel": "MESSAGE_CHANNEL_WHATSAPP",
+              "contents": {"en": {"subject": "order_shipped", "text": "{{ data.order }}"}}},
+    )  # fmt: skip
+    sent = []
+    for phone in ("+351912345678", "+351912345679"):
+        made = await send(env, {"template": shipped["name"], "recipient": {"phone": phone},
+                                "data": {"order": "A"}, "transactional": True})  # fmt: skip
+        sent.append(await settled(env, made["message"]["name"]))
+    first, second = sent
+    assert first["state"] == second["state"] == "MESSAGE_STATE_SENT"
+
+    async def post(payload: bytes, secret: str = APP_SECRET) -> int:
+        signature = "sha256=" + hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
+        async with env.http.post(
+            url,
+            data=payload,
+            headers={"Content-Type": "application/json", "X-Hub-Signature-256": signature},
+        ) as reply:
+            return reply.status  # fmt: skip
+
+    def status_of(message: dict[str, Any], kind: str, **more: Any) -> dict[str, Any]:
+        return {"id": message["providerMessageId"], "status": kind, "timestamp": "1765000000",
+                "recipient_id": message["address"].lstrip("+"), **more}  # fmt: skip
+
+    undeliverable = {"code": 131026, "title": "Message undeliverable"}
+    assert await post(status_payload(
+        status_of(first, "sent"), status_of(first, "delivered"), status_of(first, "read"),
+        status_of(second, "failed", errors=[undeliverable]),
+        {"id": "wamid.NOT-OURS", "status": "delivered", "timestamp": "1765000000"},
+    )) == 200  # fmt: skip
+    status, got = await call(env, "GET", first["name"])
+    assert got["message"]["receipt"] == "read"
+    status, got = await call(env, "GET", second["name"])
+    assert got["message"]["receipt"] == "failed:131026"
+    status, listed = await call(env, "GET", "tenants/acme/suppressions")
+    assert [(s["address"], s["reason"]) for s in listed["suppressions"]] == [
+        ("+351912345679", "SUPPRESSION_REASON_BOUNCED")
+    ]
+    await env.running.platform.api("messaging").events.flush()
+    message_id = first["name"].rsplit("/", 1)[1]
+    rows = await env.running.platform.kernel.backends.analytics.query(
+        f"SELECT event_type FROM message_events FINAL WHERE message_id = '{message_id}' "
+        "ORDER BY event_type"
+    )
+    assert [r[0] for r in rows] == ["delivered", "opened", "queued", "sent"]
+    # forged, unsigned, or not JSON: refused, nothing recorded
+    forged = status_payload(status_of(first, "failed", errors=[undeliverable]))
+    assert await post(forged, secret="not-the-secret") == 401
+    async with env.http.post(url, data=forged, headers={"Content-Type": "application/json"}) as r:
+        assert r.status in (400, 401)
+    assert await post(b"not json") == 400
+    status, got = await call(env, "GET", first["name"])
+    assert got["message"]["receipt"] == "read"

@@ -16,10 +16,11 @@ from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Unauthenticated,
 )
 from services.messaging import rendering
-from services.messaging.channels import sendgrid_email, twilio_sms
+from services.messaging.channels import sendgrid_email, twilio_sms, whatsapp
 from services.messaging.connected import Connected, ConnectedError
 from services.messaging.events import event_row
 from services.messaging.links import Links
@@ -41,6 +42,8 @@ SENDGRID_EVENTS = {
     "open": ("opened", ""),
     "click": ("clicked", ""),
 }
+#: WhatsApp statuses that are news, and the lifecycle event of each.
+WHATSAPP_EVENTS = {"delivered": "delivered", "read": "opened", "failed": "delivery_failed"}
 #: Provider statuses that are news, and the lifecycle event of each.
 RECEIPT_EVENTS = {
     "delivered": "delivered",
@@ -134,21 +137,24 @@ class Messaging:
             ) from None
         return chosen, parts
 
-    async def receipt(self, provider_name: str, fields: Mapping[str, str], signature: str) -> None:
+    async def receipt(self, provider_name: str, fields: Mapping[str, str], signature: str) -> str:
         """A provider's status callback, checked against its signature: the
         message notes it, a lifecycle event records it, and an address that
-        cannot (or must not) take messages any more is suppressed."""
+        cannot (or must not) take messages any more is suppressed. The
+        answer to a webhook verification (WhatsApp's challenge), else ""."""
         tenant_id, provider_id = names.parse_name(
             provider_name, "provider", "tenants", "channelProviders"
         )
         found = [p for p in await self.providers.of_tenant(tenant_id, fresh=True)
                  if p.id == provider_id]  # fmt: skip
-        if not found or found[0].kind not in ("twilio", "sendgrid"):
+        if not found or found[0].kind not in ("twilio", "sendgrid", "whatsapp"):
             raise NotFound(f"{provider_name} takes no receipts")
         provider = found[0]
         if provider.kind == "sendgrid":
             await self._sendgrid_events(provider, fields, signature)
-            return
+            return ""
+        if provider.kind == "whatsapp":
+            return await self._whatsapp_statuses(provider, fields, signature)
         url = self.links.receipt_url(provider_name)
         if not twilio_sms.signature_ok(provider.config, url, fields, signature):
             raise Unauthenticated("the receipt's signature does not match", reason="BAD_SIGNATURE")
@@ -157,18 +163,58 @@ class Messaging:
         if not sid or not status:
             raise InvalidArgument.field("fields", "MessageSid and MessageStatus are required")
         if status not in RECEIPT_EVENTS:
-            return  # queued, sending, sent: nothing new
+            return ""  # queued, sending, sent: nothing new
         code = fields.get("ErrorCode", "")
         receipt = f"{status}:{code}" if code else status
         now = now_us()
         message = await self.messages.record_receipt(tenant_id, provider_id, sid, receipt, now)
         if message is None:
-            return  # not one of ours (or erased): acknowledged, ignored
+            return ""  # not one of ours (or erased): acknowledged, ignored
         self._receipt_event(message, RECEIPT_EVENTS[status], provider_id, receipt, now)
         if code.isdigit() and int(code) in twilio_sms.HARD_BOUNCES and message.address:
             await self.suppressions.add(
                 tenant_id, message.address, message.channel, "bounced", note=f"Twilio {code}"
             )
+        return ""
+
+    async def _whatsapp_statuses(
+        self, provider: Provider, fields: Mapping[str, str], signature: str
+    ) -> str:
+        if "hub.mode" in fields:  # the dashboard verifying our URL
+            answer = whatsapp.challenge(provider.config, fields)
+            if answer is None:
+                raise PermissionDenied("the verify token does not match", reason="BAD_TOKEN")
+            return answer
+        body = fields.get("body", "")
+        if not whatsapp.signature_ok(provider.config, body, signature):
+            raise Unauthenticated("the webhook's signature does not match", reason="BAD_SIGNATURE")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise InvalidArgument.field("fields.body", "not a JSON webhook payload") from None
+        for status in whatsapp.statuses(payload):
+            kind = str(status["status"])
+            if kind not in WHATSAPP_EVENTS:
+                continue  # sent: nothing new
+            errors = status.get("errors") if isinstance(status.get("errors"), list) else []
+            code = str(errors[0].get("code", "")) if errors and isinstance(errors[0], dict) else ""
+            receipt = f"{kind}:{code}" if code else kind
+            try:
+                at = int(status.get("timestamp", 0)) * 1_000_000 or now_us()
+            except (TypeError, ValueError):
+                at = now_us()
+            message = await self.messages.record_receipt(
+                provider.tenant_id, provider.id, str(status["id"]), receipt, at
+            )
+            if message is None:
+                continue  # not one of ours (or erased)
+            self._receipt_event(message, WHATSAPP_EVENTS[kind], provider.id, receipt, at)
+            if code.isdigit() and int(code) in whatsapp.UNREACHABLE and message.address:
+                await self.suppressions.add(
+                    provider.tenant_id, message.address, message.channel, "bounced",
+                    note=f"WhatsApp {code}",
+                )  # fmt: skip
+        return ""
 
     async def _sendgrid_events(
         self, provider: Provider, fields: Mapping[str, str], signature: str

@@ -505,8 +505,8 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
     async def ReceiveProviderReceipt(
         self, request: pb.ReceiveProviderReceiptRequest, context: Any
     ) -> Any:
-        await self._m.receipt(request.provider, dict(request.fields), request.signature)
-        return pb.ReceiveProviderReceiptResponse()
+        answer = await self._m.receipt(request.provider, dict(request.fields), request.signature)
+        return pb.ReceiveProviderReceiptResponse(challenge=answer)
 
     async def TrackEngagement(self, request: pb.TrackEngagementRequest, context: Any) -> Any:
         kind, url = await self._m.engagement(request.token)

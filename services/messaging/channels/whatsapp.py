@@ -8,11 +8,22 @@ its rendered `subject` is the approved template's name and its rendered
 language is the rendered locale (`pt-BR` -> `pt_BR`). The answer's
 `messages[0].id` (a wamid) is the provider's id.
 
+Status webhooks (Meta's "messages" field, set in the app's dashboard to our
+receipt URL): its verification is a GET with `hub.mode=subscribe`,
+`hub.verify_token` (ours, `webhook_verify_token`) and `hub.challenge`,
+answered with the challenge; each POST is signed in `X-Hub-Signature-256`
+(`sha256=` and the hex HMAC-SHA256 of the raw body keyed with the app
+secret) and carries `entry[].changes[].value.statuses[]`: `{id (the wamid),
+status (sent, delivered, read, failed), timestamp, errors[]}`.
+
 Config: `access_token` (write-only), `phone_number_id`, `api_version`
-(v21.0), `base_url` (https://graph.facebook.com)."""
+(v21.0), `base_url` (https://graph.facebook.com), `app_secret` and
+`webhook_verify_token` (write-only, for status webhooks)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,7 +33,7 @@ import httpx
 from services.common.errors import FieldViolation
 from services.messaging.channels.base import Outgoing, ProviderError
 
-SECRETS = frozenset({"access_token"})
+SECRETS = frozenset({"access_token", "app_secret", "webhook_verify_token"})
 TIMEOUT = 10.0
 #: Cloud API error codes worth another try (throttling, temporary errors).
 RETRIED = frozenset({1, 2, 4, 80007, 130429, 131000, 131016, 131048, 131056})
@@ -42,6 +53,40 @@ def check_config(config: Mapping[str, str], at: str) -> list[FieldViolation]:
     if base and not base.startswith(("https://", "http://")):
         bad.append(FieldViolation(f"{at}.base_url", "must be an http(s) URL"))
     return bad
+
+
+def signature_ok(config: Mapping[str, str], body: str, signature: str) -> bool:
+    secret = config.get("app_secret", "")
+    if not secret or not signature.startswith("sha256="):
+        return False
+    expected = hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature.removeprefix("sha256=").lower())
+
+
+def challenge(config: Mapping[str, str], fields: Mapping[str, str]) -> str | None:
+    """The answer to a webhook verification (None: the token is not ours)."""
+    token = config.get("webhook_verify_token", "")
+    if fields.get("hub.mode") != "subscribe" or not token:
+        return None
+    if not hmac.compare_digest(token.encode(), fields.get("hub.verify_token", "").encode()):
+        return None
+    return fields.get("hub.challenge", "")
+
+
+def statuses(payload: Any) -> list[dict[str, Any]]:
+    """The message statuses of a webhook's payload (anything else skipped)."""
+    found: list[dict[str, Any]] = []
+    if not isinstance(payload, dict) or not isinstance(payload.get("entry"), list):
+        return found
+    for entry in payload["entry"]:
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        for change in changes if isinstance(changes, list) else []:
+            value = change.get("value") if isinstance(change, dict) else None
+            listed = value.get("statuses") if isinstance(value, dict) else None
+            for status in listed if isinstance(listed, list) else []:
+                if isinstance(status, dict) and status.get("id") and status.get("status"):
+                    found.append(status)
+    return found
 
 
 def template_message(outgoing: Outgoing, locale: str) -> dict[str, Any]:

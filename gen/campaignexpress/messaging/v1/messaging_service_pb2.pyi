@@ -1085,12 +1085,19 @@ class ReceiveProviderReceiptResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    CHALLENGE_FIELD_NUMBER: _builtins.int
+    challenge: _builtins.str
+    """A webhook verification's challenge, to be answered as it came
+    (WhatsApp's `hub.challenge`); empty otherwise.
+    """
     def __init__(
         self,
+        *,
+        challenge: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge", b"challenge"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

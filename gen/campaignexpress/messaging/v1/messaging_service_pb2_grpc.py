@@ -371,7 +371,10 @@ class MessagingServiceServicer:
     def ReceiveProviderReceipt(self, request, context):
         """A provider's receipt for a message it took: Twilio's status callback
         (its form fields, signed in X-Twilio-Signature with the account's auth
-        token over this URL). Needs no credentials: the signature is the proof.
+        token over this URL), SendGrid's Event Webhook, WhatsApp's status
+        webhook (signed in X-Hub-Signature-256 with the app secret; its GET
+        verification answers `hub.challenge`). Needs no credentials: the
+        signature is the proof.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

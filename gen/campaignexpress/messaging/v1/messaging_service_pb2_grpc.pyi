@@ -100,7 +100,10 @@ class MessagingServiceStub:
     ReceiveProviderReceipt: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ReceiveProviderReceiptRequest, _messaging_service_pb2.ReceiveProviderReceiptResponse]
     """A provider's receipt for a message it took: Twilio's status callback
     (its form fields, signed in X-Twilio-Signature with the account's auth
-    token over this URL). Needs no credentials: the signature is the proof.
+    token over this URL), SendGrid's Event Webhook, WhatsApp's status
+    webhook (signed in X-Hub-Signature-256 with the app secret; its GET
+    verification answers `hub.challenge`). Needs no credentials: the
+    signature is the proof.
     """
     TrackEngagement: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.TrackEngagementRequest, _messaging_service_pb2.TrackEngagementResponse]
     """An open or a click of a tracked email: the signed token of its pixel
@@ -220,7 +223,10 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     ReceiveProviderReceipt: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ReceiveProviderReceiptRequest, _messaging_service_pb2.ReceiveProviderReceiptResponse]  # type: ignore[assignment]
     """A provider's receipt for a message it took: Twilio's status callback
     (its form fields, signed in X-Twilio-Signature with the account's auth
-    token over this URL). Needs no credentials: the signature is the proof.
+    token over this URL), SendGrid's Event Webhook, WhatsApp's status
+    webhook (signed in X-Hub-Signature-256 with the app secret; its GET
+    verification answers `hub.challenge`). Needs no credentials: the
+    signature is the proof.
     """
     TrackEngagement: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.TrackEngagementRequest, _messaging_service_pb2.TrackEngagementResponse]  # type: ignore[assignment]
     """An open or a click of a tracked email: the signed token of its pixel
@@ -451,7 +457,10 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_messaging_service_pb2.ReceiveProviderReceiptResponse, _abc.Awaitable[_messaging_service_pb2.ReceiveProviderReceiptResponse]]:
         """A provider's receipt for a message it took: Twilio's status callback
         (its form fields, signed in X-Twilio-Signature with the account's auth
-        token over this URL). Needs no credentials: the signature is the proof.
+        token over this URL), SendGrid's Event Webhook, WhatsApp's status
+        webhook (signed in X-Hub-Signature-256 with the app secret; its GET
+        verification answers `hub.challenge`). Needs no credentials: the
+        signature is the proof.
         """
 
     @_abc_1.abstractmethod
