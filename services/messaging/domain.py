@@ -19,7 +19,7 @@ from services.common.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from services.messaging import rendering
+from services.messaging import mail_reports, rendering
 from services.messaging.channels import sendgrid_email, twilio_sms, whatsapp
 from services.messaging.connected import Connected, ConnectedError
 from services.messaging.events import event_row
@@ -41,6 +41,13 @@ SENDGRID_EVENTS = {
     "group_unsubscribe": ("unsubscribed", "user_opt_out"),
     "open": ("opened", ""),
     "click": ("clicked", ""),
+}
+#: What mail servers' reports become (services/messaging/mail_reports.py).
+MAIL_REPORT_EVENTS = {
+    "bounce": "bounced",
+    "soft_bounce": "delivery_failed",
+    "delivered": "delivered",
+    "complaint": "complained",
 }
 #: WhatsApp statuses that are news, and the lifecycle event of each.
 WHATSAPP_EVENTS = {"delivered": "delivered", "read": "opened", "failed": "delivery_failed"}
@@ -176,6 +183,60 @@ class Messaging:
                 tenant_id, message.address, message.channel, "bounced", note=f"Twilio {code}"
             )
         return ""
+
+    async def mail_report(
+        self, caller: Principal, parent: str, raw: str
+    ) -> tuple[str, str, list[str], list[str]]:
+        """A mail server's bounce or complaint about an email we sent:
+        (outcome, our message's name or "", the addresses, the addresses
+        suppressed). Permanent bounces suppress (`bounced`), complaints too
+        (`complained`); the message, when the report names one of ours,
+        notes it and records its lifecycle event."""
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
+        try:
+            report = mail_reports.parse(raw)
+        except mail_reports.NotAReport as error:
+            raise InvalidArgument.field(
+                "raw", f"not a bounce (RFC 3464) or a feedback report (RFC 5965): {error}"
+            ) from None
+        outcome = report.outcome
+        message = None
+        if report.message_id:
+            message = await self.messages.find(tenant_id, report.message_id)
+            if message is not None and message.channel != "email":
+                message = None
+        if report.kind == "feedback-report":
+            addresses = [report.complainant or (message.address if message else "")]
+            first = ""
+        else:
+            addresses = [r.address for r in report.recipients]
+            failed = [r for r in report.recipients if r.action == "failed"]
+            first = (failed or list(report.recipients))[0].status
+        addresses = [a for a in addresses if a]
+        to_suppress: list[str] = []
+        if outcome == "complaint":
+            to_suppress = addresses
+        elif outcome == "bounce":
+            to_suppress = [r.address for r in report.recipients
+                           if r.action == "failed" and r.status.startswith("5")]  # fmt: skip
+        for address in to_suppress:
+            await self.suppressions.add(
+                tenant_id, address, "email", "complained" if outcome == "complaint" else "bounced",
+                note=f"mail report: {report.feedback_type or first}",
+            )  # fmt: skip
+        if message is not None and outcome:
+            detail = report.feedback_type if outcome == "complaint" else first
+            receipt = f"{outcome}:{detail}" if detail else outcome
+            at = now_us()
+            if message.provider_message_id:
+                await self.messages.record_receipt(
+                    tenant_id, message.provider_id, message.provider_message_id, receipt, at
+                )
+            lifecycle = MAIL_REPORT_EVENTS.get(outcome)
+            if lifecycle:
+                self._receipt_event(message, lifecycle, message.provider_id, receipt, at)
+        name = f"tenants/{tenant_id}/messages/{message.id}" if message is not None else ""
+        return outcome, name, addresses, to_suppress
 
     async def _whatsapp_statuses(
         self, provider: Provider, fields: Mapping[str, str], signature: str

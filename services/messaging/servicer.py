@@ -408,6 +408,14 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
         found = await self._m.messages.get(current_principal(), request.name)
         return pb.GetMessageResponse(message=message_proto(found))
 
+    async def ReceiveMailReport(self, request: pb.ReceiveMailReportRequest, context: Any) -> Any:
+        kind, message, addresses, suppressed = await self._m.mail_report(
+            current_principal(), request.parent, request.raw
+        )
+        return pb.ReceiveMailReportResponse(
+            kind=kind, message=message, addresses=addresses, suppressed=suppressed
+        )
+
     async def ReplayMessage(self, request: pb.ReplayMessageRequest, context: Any) -> Any:
         replayed = await self._m.messages.replay(current_principal(), request.name)
         return pb.ReplayMessageResponse(message=message_proto(replayed))

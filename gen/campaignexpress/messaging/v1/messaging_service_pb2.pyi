@@ -716,6 +716,72 @@ class ReplayMessageResponse(_message.Message):
 Global___ReplayMessageResponse: _TypeAlias = ReplayMessageResponse  # noqa: Y015
 
 @_typing.final
+class ReceiveMailReportRequest(_message.Message):
+    """Request of ReceiveMailReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, `tenants/{tenant}`."""
+    raw: _builtins.str
+    """The report, the whole RFC 5322 message (headers and body) as received."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        raw: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "raw", b"raw"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiveMailReportRequest: _TypeAlias = ReceiveMailReportRequest  # noqa: Y015
+
+@_typing.final
+class ReceiveMailReportResponse(_message.Message):
+    """Response of ReceiveMailReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    ADDRESSES_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """`bounce` (permanent), `soft_bounce`, `delayed`, `delivered` or
+    `complaint`.
+    """
+    message: _builtins.str
+    """Our message it reports on, when it names one of ours."""
+    @_builtins.property
+    def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The addresses it reports on."""
+
+    @_builtins.property
+    def suppressed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The addresses suppressed because of it."""
+
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        message: _builtins.str = ...,
+        addresses: _abc.Iterable[_builtins.str] | None = ...,
+        suppressed: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "kind", b"kind", "message", b"message", "suppressed", b"suppressed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiveMailReportResponse: _TypeAlias = ReceiveMailReportResponse  # noqa: Y015
+
+@_typing.final
 class ListMessagesRequest(_message.Message):
     """Request of ListMessages."""
 

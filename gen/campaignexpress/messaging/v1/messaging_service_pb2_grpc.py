@@ -103,6 +103,11 @@ class MessagingServiceStub:
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReplayMessageRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReplayMessageResponse.FromString,
                 _registered_method=True)
+        self.ReceiveMailReport = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/ReceiveMailReport',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveMailReportRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveMailReportResponse.FromString,
+                _registered_method=True)
         self.ListMessages = channel.unary_unary(
                 '/campaignexpress.messaging.v1.MessagingService/ListMessages',
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListMessagesRequest.SerializeToString,
@@ -320,6 +325,16 @@ class MessagingServiceServicer:
         """Sends a message again: a FAILED one (a dead letter) or an UNKNOWN one,
         or a webhook that was delivered (its receiver drops repeats by
         `webhook-id`). It goes back to the queue with its tries counted anew.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReceiveMailReport(self, request, context):
+        """Takes a mail server's report on an email we sent: a bounce (a delivery
+        status notification, RFC 3464) or a complaint (an ARF feedback report,
+        RFC 5965), as the mailbox that receives them got it. Hard bounces and
+        complaints suppress the address; the message notes the report.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -573,6 +588,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.ReplayMessage,
                     request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReplayMessageRequest.FromString,
                     response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReplayMessageResponse.SerializeToString,
+            ),
+            'ReceiveMailReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReceiveMailReport,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveMailReportRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveMailReportResponse.SerializeToString,
             ),
             'ListMessages': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMessages,
@@ -1044,6 +1064,33 @@ class MessagingService:
             '/campaignexpress.messaging.v1.MessagingService/ReplayMessage',
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReplayMessageRequest.SerializeToString,
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReplayMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveMailReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/ReceiveMailReport',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveMailReportRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveMailReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,12 @@ class MessagingServiceStub:
     or a webhook that was delivered (its receiver drops repeats by
     `webhook-id`). It goes back to the queue with its tries counted anew.
     """
+    ReceiveMailReport: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ReceiveMailReportRequest, _messaging_service_pb2.ReceiveMailReportResponse]
+    """Takes a mail server's report on an email we sent: a bounce (a delivery
+    status notification, RFC 3464) or a complaint (an ARF feedback report,
+    RFC 5965), as the mailbox that receives them got it. Hard bounces and
+    complaints suppress the address; the message notes the report.
+    """
     ListMessages: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ListMessagesRequest, _messaging_service_pb2.ListMessagesResponse]
     """Lists a tenant's messages, newest first."""
     CreateSuppression: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.CreateSuppressionRequest, _messaging_service_pb2.CreateSuppressionResponse]
@@ -198,6 +204,12 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     """Sends a message again: a FAILED one (a dead letter) or an UNKNOWN one,
     or a webhook that was delivered (its receiver drops repeats by
     `webhook-id`). It goes back to the queue with its tries counted anew.
+    """
+    ReceiveMailReport: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ReceiveMailReportRequest, _messaging_service_pb2.ReceiveMailReportResponse]  # type: ignore[assignment]
+    """Takes a mail server's report on an email we sent: a bounce (a delivery
+    status notification, RFC 3464) or a complaint (an ARF feedback report,
+    RFC 5965), as the mailbox that receives them got it. Hard bounces and
+    complaints suppress the address; the message notes the report.
     """
     ListMessages: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ListMessagesRequest, _messaging_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """Lists a tenant's messages, newest first."""
@@ -396,6 +408,18 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         """Sends a message again: a FAILED one (a dead letter) or an UNKNOWN one,
         or a webhook that was delivered (its receiver drops repeats by
         `webhook-id`). It goes back to the queue with its tries counted anew.
+        """
+
+    @_abc_1.abstractmethod
+    def ReceiveMailReport(
+        self,
+        request: _messaging_service_pb2.ReceiveMailReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.ReceiveMailReportResponse, _abc.Awaitable[_messaging_service_pb2.ReceiveMailReportResponse]]:
+        """Takes a mail server's report on an email we sent: a bounce (a delivery
+        status notification, RFC 3464) or a complaint (an ARF feedback report,
+        RFC 5965), as the mailbox that receives them got it. Hard bounces and
+        complaints suppress the address; the message notes the report.
         """
 
     @_abc_1.abstractmethod
