@@ -8,7 +8,9 @@ honoured, lifecycle events in the analytics store."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
+import zoneinfo
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -367,6 +369,39 @@ async def test_templates_are_versioned_previewed_and_checked(env: Env) -> None:
     assert status == 403
 
 
+async def launch_email_campaign(env: Env, messaging: dict[str, Any]) -> dict[str, Any]:
+    """An email campaign with this messaging, through approval to LIVE."""
+    from tests.test_campaign_rest import call as call_ok
+    from tests.test_campaign_rest import local_in, usd
+
+    admin = env.headers()
+    created = await call_ok(
+        env, "POST", "tenants/acme/campaigns", admin,
+        {"displayName": "Pro newsletter", "objective": "OBJECTIVE_RETENTION",
+         "channels": ["CHANNEL_EMAIL"],
+         "schedule": {"startDateTime": local_in(1), "endDateTime": local_in(86400),
+                      "timeZone": "UTC"},
+         "budget": {"total": usd(5000), "daily": usd(100)},
+         "messaging": messaging},
+    )  # fmt: skip
+    name = created["campaign"]["name"]
+    await call_ok(env, "POST", f"{name}:submit", admin, {"comment": "ready"})
+    for n in range(2):  # email is a regulated channel: two compliance officers
+        officer = await call_ok(
+            env, "POST", "tenants/acme/apiKeys", admin,
+            {"displayName": f"officer {n}", "roles": ["ROLE_MANAGER"],
+             "approvalRoles": ["compliance"]},
+        )  # fmt: skip
+        await call_ok(
+            env, "POST", f"{name}:approve", {"Authorization": f"Bearer {officer['secret']}"},
+            {"comment": "ok", "legalReviewed": True},
+        )  # fmt: skip
+    await asyncio.sleep(1.2)  # its start time
+    await call_ok(env, "POST", f"{name}:launch", admin, {})
+    campaign: dict[str, Any] = created["campaign"]
+    return campaign
+
+
 async def test_a_live_email_campaign_sends_to_its_audience_once(env: Env, smtp: SmtpServer) -> None:
     """Through REST: a segment, a template, a provider, an email campaign
     targeting the segment taken live: each member gets the message once,
@@ -374,7 +409,6 @@ async def test_a_live_email_campaign_sends_to_its_audience_once(env: Env, smtp: 
     campaign is paused nothing more goes."""
     from tests.test_audience_segments import create as create_segment
     from tests.test_campaign_rest import call as call_ok
-    from tests.test_campaign_rest import local_in, usd
 
     await provider(env, smtp.port)
     news = await template(
@@ -395,31 +429,9 @@ async def test_a_live_email_campaign_sends_to_its_audience_once(env: Env, smtp: 
     pro = await create_segment(
         env, {"trait": {"trait": "plan", "comparison": "COMPARISON_EQUALS", "value": "pro"}}
     )
-    admin = env.headers()
-    created = await call_ok(
-        env, "POST", "tenants/acme/campaigns", admin,
-        {"displayName": "Pro newsletter", "objective": "OBJECTIVE_RETENTION",
-         "channels": ["CHANNEL_EMAIL"],
-         "schedule": {"startDateTime": local_in(1), "endDateTime": local_in(86400),
-                      "timeZone": "UTC"},
-         "budget": {"total": usd(5000), "daily": usd(100)},
-         "messaging": {"template": news["name"], "audience": pro["name"]}},
-    )  # fmt: skip
-    name = created["campaign"]["name"]
-    assert created["campaign"]["messaging"] == {"template": news["name"], "audience": pro["name"]}
-    await call_ok(env, "POST", f"{name}:submit", admin, {"comment": "ready"})
-    for n in range(2):  # email is a regulated channel: two compliance officers
-        officer = await call_ok(
-            env, "POST", "tenants/acme/apiKeys", admin,
-            {"displayName": f"officer {n}", "roles": ["ROLE_MANAGER"],
-             "approvalRoles": ["compliance"]},
-        )  # fmt: skip
-        await call_ok(
-            env, "POST", f"{name}:approve", {"Authorization": f"Bearer {officer['secret']}"},
-            {"comment": "ok", "legalReviewed": True},
-        )  # fmt: skip
-    await asyncio.sleep(1.2)  # its start time
-    await call_ok(env, "POST", f"{name}:launch", admin, {})
+    created = await launch_email_campaign(env, {"template": news["name"], "audience": pro["name"]})
+    name = created["name"]
+    assert created["messaging"] == {"template": news["name"], "audience": pro["name"]}
 
     async def mailed(want: set[str], within: float = 10.0) -> None:
         deadline = time.monotonic() + within
@@ -442,12 +454,64 @@ async def test_a_live_email_campaign_sends_to_its_audience_once(env: Env, smtp: 
     status, listed = await call(env, "GET", "tenants/acme/messages?pageSize=100")
     assert {m["campaign"] for m in listed["messages"]} == {name}
     # paused: a new member gets nothing
-    await call_ok(env, "POST", f"{name}:pause", admin, {"comment": "stop"})
+    await call_ok(env, "POST", f"{name}:pause", env.headers(), {"comment": "stop"})
     await asyncio.sleep(0.5)
     await ingest(env, {"type": "identify", "userId": "p3", "traits": {"plan": "pro"}})
     await env.running.platform.api("messaging").campaign_sends.run_once()
     await asyncio.sleep(0.5)
     assert "p3@example.com" not in {r.rcpt_tos[0] for r in smtp.received}
+
+
+async def test_a_campaign_keeps_its_own_quiet_hours(env: Env, smtp: SmtpServer) -> None:
+    """Quiet hours of the campaign, in place of the tenant's (which have
+    none): now in Tokyo is inside them, so Tokyo's members are held (or,
+    with DROP, not sent), Kiritimati's get it at once."""
+    from tests.test_audience_segments import create as create_segment
+
+    await provider(env, smtp.port)
+    news = await template(
+        env, {"displayName": "Sale", "channel": "MESSAGE_CHANNEL_EMAIL",
+              "contents": {"en": {"subject": "Sale", "text": "Sale"}}},
+    )  # fmt: skip
+    await ingest(
+        env,
+        {"type": "identify", "userId": "owl", "traits": {
+            "email": "owl@example.com", "timezone": "Asia/Tokyo", "plan": "pro"}},
+        {"type": "identify", "userId": "lark", "traits": {
+            "email": "lark@example.com", "timezone": "Pacific/Kiritimati", "plan": "pro"}},
+    )  # fmt: skip
+    pro = await create_segment(
+        env, {"trait": {"trait": "plan", "comparison": "COMPARISON_EQUALS", "value": "pro"}}
+    )
+    local = dt.datetime.now(zoneinfo.ZoneInfo("Asia/Tokyo"))
+    quiet = {"enabled": True, "start": (local - dt.timedelta(hours=1)).strftime("%H:%M"),
+             "end": (local + dt.timedelta(hours=1)).strftime("%H:%M"),
+             "action": "QUIET_HOURS_ACTION_DROP"}  # fmt: skip
+    messaging = {"template": news["name"], "audience": pro["name"], "messagesPerMinute": 600,
+                 "quietHours": quiet}  # fmt: skip
+    status, answer = await call(env, "POST", "tenants/acme/campaigns", {
+        "displayName": "x", "channels": ["CHANNEL_EMAIL"],
+        "messaging": {**messaging, "quietHours": {**quiet, "start": "25:00",
+                                                  "timeZone": "Mars/Olympus"}}})  # fmt: skip
+    assert status == 400
+    fields = {v["field"] for v in answer["error"]["fieldViolations"]}
+    assert {"campaign.messaging.quiet_hours.start",
+            "campaign.messaging.quiet_hours.time_zone"} <= fields, fields  # fmt: skip
+    campaign = await launch_email_campaign(env, messaging)
+    assert campaign["messaging"]["quietHours"]["action"] == "QUIET_HOURS_ACTION_DROP"
+    assert campaign["messaging"]["messagesPerMinute"] == 600
+    deadline = time.monotonic() + 10
+    states: dict[str, tuple[str, str]] = {}
+    while time.monotonic() < deadline:
+        _, listed = await call(env, "GET", "tenants/acme/messages?pageSize=10")
+        states = {m["address"]: (m["state"], m.get("abortReason", ""))
+                  for m in listed.get("messages", []) if m.get("address")}  # fmt: skip
+        if len(states) == 2 and all(s != "MESSAGE_STATE_QUEUED" for s, _ in states.values()):
+            break
+        await asyncio.sleep(0.1)
+    assert states == {"owl@example.com": ("MESSAGE_STATE_ABORTED", "quiet_hours"),
+                      "lark@example.com": ("MESSAGE_STATE_SENT", "")}, states  # fmt: skip
+    assert [r.rcpt_tos for r in smtp.received] == [["lark@example.com"]]
 
 
 async def test_a_persons_messages_are_exported_and_erased(env: Env, smtp: SmtpServer) -> None:

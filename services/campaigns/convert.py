@@ -6,6 +6,7 @@ from typing import Any
 
 from campaignexpress.campaigns.v1 import budget_pb2
 from campaignexpress.campaigns.v1 import campaign_pb2 as pb
+from campaignexpress.messaging.v1 import message_pb2
 from campaignexpress.type.v1 import money_pb2
 from services.campaigns import model
 from services.campaigns.model import TransitionRecord
@@ -100,6 +101,15 @@ def spec_in(c: pb.Campaign) -> model.CampaignSpec:
             audience=c.messaging.audience,
             messages_per_minute=c.messaging.messages_per_minute,
             send_at_optimal_time=c.messaging.send_at_optimal_time,
+            quiet_hours=model.QuietHours(
+                enabled=c.messaging.quiet_hours.enabled,
+                start=c.messaging.quiet_hours.start,
+                end=c.messaging.quiet_hours.end,
+                time_zone=c.messaging.quiet_hours.time_zone,
+                action="DROP"
+                if c.messaging.quiet_hours.action == message_pb2.QUIET_HOURS_ACTION_DROP
+                else "HOLD",
+            ),
         ),
     )
 
@@ -163,9 +173,27 @@ def spec_out(spec: model.CampaignSpec, target: pb.Campaign) -> None:
     target.labels.update(spec.labels)
     target.allow_repeat_offers = spec.allow_repeat_offers
     target.cap_failure_mode = _value(pb.CapFailureMode, spec.cap_failure_mode, "CAP_FAILURE_MODE_")  # type: ignore[assignment]
-    if spec.messaging.template or spec.messaging.audience:
+    m = spec.messaging
+    if m.template or m.audience or m.messages_per_minute or m.quiet_hours.enabled:
+        q = m.quiet_hours
         target.messaging.CopyFrom(
-            pb.CampaignMessaging(template=spec.messaging.template, audience=spec.messaging.audience)
+            pb.CampaignMessaging(
+                template=m.template,
+                audience=m.audience,
+                messages_per_minute=m.messages_per_minute,
+                send_at_optimal_time=m.send_at_optimal_time,
+                quiet_hours=message_pb2.QuietHours(
+                    enabled=q.enabled,
+                    start=q.start,
+                    end=q.end,
+                    time_zone=q.time_zone,
+                    action=message_pb2.QUIET_HOURS_ACTION_DROP
+                    if q.action == "DROP"
+                    else message_pb2.QUIET_HOURS_ACTION_HOLD,
+                )
+                if q != model.QuietHours()
+                else None,
+            )
         )
 
 

@@ -77,6 +77,17 @@ class LoyaltyTierRule:
 
 
 @dataclass(frozen=True, slots=True)
+class QuietHours:
+    """A campaign's own quiet hours (HH:MM local; they may wrap midnight)."""
+
+    enabled: bool = False
+    start: str = ""
+    end: str = ""
+    time_zone: str = ""  # of people without a `timezone` trait
+    action: str = "HOLD"  # or DROP
+
+
+@dataclass(frozen=True, slots=True)
 class Messaging:
     """What an email, SMS or push campaign sends, and to whom (resource
     names of the messaging and audience domains)."""
@@ -85,6 +96,7 @@ class Messaging:
     audience: str = ""
     messages_per_minute: int = 0
     send_at_optimal_time: bool = False
+    quiet_hours: QuietHours = field(default_factory=QuietHours)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,10 +5,11 @@ mistake in one round."""
 from __future__ import annotations
 
 import re
+import zoneinfo
 from urllib.parse import urlsplit
 
 from services.campaigns import schedule as sched
-from services.campaigns.model import CampaignSpec, Money, OfferSpec
+from services.campaigns.model import CampaignSpec, Money, OfferSpec, QuietHours
 from services.common.errors import FieldViolation
 from services.common.validation import check_labels, check_text
 
@@ -63,12 +64,31 @@ def _list(v: list[FieldViolation], path: str, values: list[str]) -> None:
 _MESSAGE_CHANNELS = {"EMAIL", "SMS", "PUSH"}
 
 
+_CLOCK = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+def _quiet_hours(v: list[FieldViolation], p: str, q: QuietHours) -> None:
+    if not q.enabled:
+        return
+    for key, value in (("start", q.start), ("end", q.end)):
+        if not _CLOCK.match(value):
+            v.append(FieldViolation(f"{p}.{key}", "must be HH:MM (00:00-23:59)"))
+    if q.start == q.end and _CLOCK.match(q.start):
+        v.append(FieldViolation(f"{p}.end", "must differ from the start"))
+    if q.time_zone:
+        try:
+            zoneinfo.ZoneInfo(q.time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            v.append(FieldViolation(f"{p}.time_zone", "not an IANA time zone"))
+
+
 def _messaging(v: list[FieldViolation], p: str, spec: CampaignSpec) -> None:
     """Both or neither of template and audience, well formed; only for a
     campaign with a message channel."""
     m = spec.messaging
     if not 0 <= m.messages_per_minute <= 1_000_000:
         v.append(FieldViolation(f"{p}.messaging.messages_per_minute", "must be 0-1,000,000"))
+    _quiet_hours(v, f"{p}.messaging.quiet_hours", m.quiet_hours)
     if not (m.template or m.audience):
         return
     for field, value, kind in (("template", m.template, "templates"),

@@ -20,7 +20,7 @@ from services.messaging.messages import Message, Messages
 from services.messaging.preferences import Groups
 from services.messaging.privacy import MessagesOfPeople
 from services.messaging.providers import Providers
-from services.messaging.rules import Caps, DeliveryRules
+from services.messaging.rules import Caps, DeliveryRules, QuietHours
 from services.messaging.sender import Sender
 from services.messaging.servicer import MessagingServicer
 from services.messaging.suppressions import Suppressions
@@ -52,6 +52,13 @@ async def _build(kernel: Kernel) -> Built:
         found = live.get(f"tenants/{tenant_id}/campaigns/{campaign_id}")
         return int(found.campaign.spec.messaging.messages_per_minute) if found else 0
 
+    def campaign_quiet(tenant_id: str, campaign_id: str) -> QuietHours | None:
+        found = live.get(f"tenants/{tenant_id}/campaigns/{campaign_id}")
+        own = found.campaign.spec.messaging.quiet_hours if found else None
+        if own is None or not own.enabled:
+            return None
+        return QuietHours(True, own.start, own.end, own.time_zone, own.action.lower())
+
     directory = kernel.interface("audience_directory")
     sender = Sender(
         db,
@@ -67,6 +74,7 @@ async def _build(kernel: Kernel) -> Built:
         rules=rules,
         feed=feed,
         campaign_rate=campaign_rate,
+        campaign_quiet=campaign_quiet,
         catalogs=catalogs,
         groups=groups,
         analytics=kernel.backends.analytics,

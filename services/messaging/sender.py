@@ -64,7 +64,14 @@ from services.messaging.feed import FEED_CHANNELS, Feed
 from services.messaging.messages import Message, from_row
 from services.messaging.preferences import Groups
 from services.messaging.providers import KINDS, Provider, Providers
-from services.messaging.rules import Caps, DeliveryRules, person_key, quiet_until, zone_of
+from services.messaging.rules import (
+    Caps,
+    DeliveryRules,
+    QuietHours,
+    person_key,
+    quiet_until,
+    zone_of,
+)
 from services.messaging.send_time import best_time
 from services.messaging.suppressions import Suppressions, normalized
 from services.messaging.tables import messaging_messages
@@ -156,6 +163,7 @@ class Sender:
         rules: DeliveryRules | None = None,
         feed: Feed | None = None,
         campaign_rate: Callable[[str, str], int] | None = None,
+        campaign_quiet: Callable[[str, str], QuietHours | None] | None = None,
         catalogs: Catalogs | None = None,
         groups: Groups | None = None,
         analytics: AnalyticsStore | None = None,
@@ -181,6 +189,7 @@ class Sender:
         self._rules = rules or DeliveryRules(db, clock=clock)
         self._feed = feed
         self._campaign_rate = campaign_rate
+        self._campaign_quiet = campaign_quiet
         self._catalogs = catalogs
         self._groups = groups
         self._analytics = analytics
@@ -559,12 +568,21 @@ class Sender:
         rules = await self._rules.of_tenant(message.tenant_id)
         zone = zone_of(traits, rules)
         if not message.transactional and message.channel not in FEED_CHANNELS:
-            until = quiet_until(rules.quiet, zone, now)
-            if until is not None and rules.quiet.action == "drop":
+            quiet, quiet_zone = rules.quiet, zone
+            own = (
+                self._campaign_quiet
+                and message.campaign_id
+                and self._campaign_quiet(message.tenant_id, message.campaign_id)
+            )  # a campaign's own quiet hours, in place of the tenant's
+            if own:
+                quiet = own
+                quiet_zone = zone_of(traits, dataclasses.replace(rules, quiet=own))
+            until = quiet_until(quiet, quiet_zone, now)
+            if until is not None and quiet.action == "drop":
                 return Outcome(
                     "aborted",
                     "quiet_hours",
-                    f"quiet hours {rules.quiet.start}-{rules.quiet.end}",
+                    f"quiet hours {quiet.start}-{quiet.end}",
                     address=address,
                     profile_id=profile_id,
                 )

@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from campaignexpress.messaging.v1 import message_pb2 as campaignexpress_dot_messaging_dot_v1_dot_message__pb2
 from campaignexpress.type.v1 import money_pb2 as campaignexpress_dot_type_dot_v1_dot_money__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+campaignexpress/campaigns/v1/campaign.proto\x12\x1c\x63\x61mpaignexpress.campaigns.v1\x1a#campaignexpress/type/v1/money.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\x08Schedule\x12\x17\n\x0fstart_date_time\x18\x01 \x01(\t\x12\x15\n\rend_date_time\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\x12\x37\n\x08\x64\x61yparts\x18\x04 \x03(\x0b\x32%.campaignexpress.campaigns.v1.Daypart\"d\n\x07\x44\x61ypart\x12\x33\n\x04\x64\x61ys\x18\x01 \x03(\x0e\x32%.campaignexpress.campaigns.v1.Weekday\x12\x12\n\nstart_hour\x18\x02 \x01(\x05\x12\x10\n\x08\x65nd_hour\x18\x03 \x01(\x05\"f\n\x06\x42udget\x12-\n\x05total\x18\x01 \x01(\x0b\x32\x1e.campaignexpress.type.v1.Money\x12-\n\x05\x64\x61ily\x18\x02 \x01(\x0b\x32\x1e.campaignexpress.type.v1.Money\"\xaf\x01\n\x0b\x42idStrategy\x12;\n\x04type\x18\x01 \x01(\x0e\x32-.campaignexpress.campaigns.v1.BidStrategyType\x12/\n\x07max_cpm\x18\x02 \x01(\x0b\x32\x1e.campaignexpress.type.v1.Money\x12\x32\n\ntarget_cpa\x18\x03 \x01(\x0b\x32\x1e.campaignexpress.type.v1.Money\"\xe3\x01\n\tTargeting\x12\x10\n\x08segments\x18\x01 \x03(\t\x12\x11\n\tcountries\x18\x02 \x03(\t\x12>\n\x0c\x64\x65vice_types\x18\x03 \x03(\x0e\x32(.campaignexpress.campaigns.v1.DeviceType\x12\x12\n\nsite_allow\x18\x04 \x03(\t\x12\x11\n\tsite_deny\x18\x05 \x03(\t\x12\x11\n\tapp_allow\x18\x06 \x03(\t\x12\x10\n\x08\x61pp_deny\x18\x07 \x03(\t\x12\x16\n\x0eiab_categories\x18\x08 \x03(\t\x12\r\n\x05\x64\x65\x61ls\x18\t \x03(\t\"`\n\x0c\x46requencyCap\x12\x17\n\x0fmax_impressions\x18\x01 \x01(\x05\x12\x37\n\x06window\x18\x02 \x01(\x0e\x32\'.campaignexpress.campaigns.v1.CapWindow\"H\n\x0fLoyaltyTierRule\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x16\n\x0e\x62id_multiplier\x18\x02 \x01(\x01\x12\x0f\n\x07\x65xclude\x18\x03 \x01(\x08\"\xc2\x08\n\x08\x43\x61mpaign\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12:\n\tobjective\x18\x03 \x01(\x0e\x32\'.campaignexpress.campaigns.v1.Objective\x12\x37\n\x08\x63hannels\x18\x04 \x03(\x0e\x32%.campaignexpress.campaigns.v1.Channel\x12\x38\n\x08schedule\x18\x05 \x01(\x0b\x32&.campaignexpress.campaigns.v1.Schedule\x12\x34\n\x06\x62udget\x18\x06 \x01(\x0b\x32$.campaignexpress.campaigns.v1.Budget\x12=\n\x0bpacing_mode\x18\x07 \x01(\x0e\x32(.campaignexpress.campaigns.v1.PacingMode\x12?\n\x0c\x62id_strategy\x18\x08 \x01(\x0b\x32).campaignexpress.campaigns.v1.BidStrategy\x12:\n\ttargeting\x18\t \x01(\x0b\x32\'.campaignexpress.campaigns.v1.Targeting\x12\x42\n\x0e\x66requency_caps\x18\n \x03(\x0b\x32*.campaignexpress.campaigns.v1.FrequencyCap\x12\x44\n\rloyalty_rules\x18\x0b \x03(\x0b\x32-.campaignexpress.campaigns.v1.LoyaltyTierRule\x12\x42\n\x06labels\x18\x0c \x03(\x0b\x32\x32.campaignexpress.campaigns.v1.Campaign.LabelsEntry\x12\x1b\n\x13\x61llow_repeat_offers\x18\r \x01(\x08\x12\x32\n\x05stage\x18\x0e \x01(\x0e\x32#.campaignexpress.campaigns.v1.Stage\x12\x10\n\x08revision\x18\x0f \x01(\x03\x12\x15\n\rapproval_rule\x18\x10 \x01(\t\x12\x0c\n\x04\x65tag\x18\x11 \x01(\t\x12/\n\x0b\x63reate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x46\n\x10\x63\x61p_failure_mode\x18\x14 \x01(\x0e\x32,.campaignexpress.campaigns.v1.CapFailureMode\x12\x42\n\tmessaging\x18\x15 \x01(\x0b\x32/.campaignexpress.campaigns.v1.CampaignMessaging\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"r\n\x11\x43\x61mpaignMessaging\x12\x10\n\x08template\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\x12\x1b\n\x13messages_per_minute\x18\x03 \x01(\x05\x12\x1c\n\x14send_at_optimal_time\x18\x04 \x01(\x08\"%\n\x04Size\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\"\xfc\x03\n\x05Offer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x39\n\x06\x66ormat\x18\x03 \x01(\x0e\x32).campaignexpress.campaigns.v1.OfferFormat\x12\x31\n\x05sizes\x18\x04 \x03(\x0b\x32\".campaignexpress.campaigns.v1.Size\x12\x17\n\x0fmarkup_template\x18\x05 \x01(\t\x12\x11\n\tclick_url\x18\x06 \x01(\t\x12\x1a\n\x12\x61\x64vertiser_domains\x18\x07 \x03(\t\x12\x16\n\x0eiab_categories\x18\x08 \x03(\t\x12\x12\n\nattributes\x18\t \x03(\x05\x12\x11\n\tembedding\x18\n \x03(\x02\x12\x39\n\x06status\x18\x0b \x01(\x0e\x32).campaignexpress.campaigns.v1.OfferStatus\x12/\n\x07\x62id_cpm\x18\x0c \x01(\x0b\x32\x1e.campaignexpress.type.v1.Money\x12\x0c\n\x04\x65tag\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xae\x01\n\x10\x43\x61mpaignRevision\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x38\n\x08\x63\x61mpaign\x18\x02 \x01(\x0b\x32&.campaignexpress.campaigns.v1.Campaign\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x63hange\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe4\x01\n\nTransition\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x37\n\nfrom_stage\x18\x02 \x01(\x0e\x32#.campaignexpress.campaigns.v1.Stage\x12\x35\n\x08to_stage\x18\x03 \x01(\x0e\x32#.campaignexpress.campaigns.v1.Stage\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe9\x02\n\x0c\x41pprovalRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x15\n\rrequired_role\x18\x03 \x01(\t\x12\x15\n\rmin_approvals\x18\x04 \x01(\x05\x12\x41\n\x19\x61uto_approve_below_budget\x18\x05 \x01(\x0b\x32\x1e.campaignexpress.type.v1.Money\x12\x38\n\x10min_total_budget\x18\x06 \x01(\x0b\x32\x1e.campaignexpress.type.v1.Money\x12\x37\n\x08\x63hannels\x18\x07 \x03(\x0e\x32%.campaignexpress.campaigns.v1.Channel\x12\x17\n\x0f\x63reative_review\x18\x08 \x01(\x08\x12\x14\n\x0clegal_review\x18\t \x01(\x08\x12\x10\n\x08priority\x18\n \x01(\x05\x12\x10\n\x08\x64isabled\x18\x0b \x01(\x08\"\xdc\x01\n\x0fPendingApproval\x12\x38\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32&.campaignexpress.campaigns.v1.Campaign\x12\x38\n\x04rule\x18\x02 \x01(\x0b\x32*.campaignexpress.campaigns.v1.ApprovalRule\x12\x11\n\tapprovals\x18\x03 \x01(\x05\x12\x11\n\tapprovers\x18\x04 \x03(\t\x12/\n\x0bsubmit_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdc\x01\n\rCalendarEntry\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x32\n\x05stage\x18\x03 \x01(\x0e\x32#.campaignexpress.campaigns.v1.Stage\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttime_zone\x18\x06 \x01(\t*\xcc\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTAGE_DRAFT\x10\x01\x12\x13\n\x0fSTAGE_IN_REVIEW\x10\x02\x12\x12\n\x0eSTAGE_APPROVED\x10\x03\x12\x12\n\x0eSTAGE_REJECTED\x10\x04\x12\x13\n\x0fSTAGE_SCHEDULED\x10\x05\x12\x0e\n\nSTAGE_LIVE\x10\x06\x12\x10\n\x0cSTAGE_PAUSED\x10\x07\x12\x13\n\x0fSTAGE_COMPLETED\x10\x08\x12\x12\n\x0eSTAGE_ARCHIVED\x10\t*\xa4\x01\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\x17\n\x13OBJECTIVE_AWARENESS\x10\x01\x12\x15\n\x11OBJECTIVE_TRAFFIC\x10\x02\x12\x19\n\x15OBJECTIVE_CONVERSIONS\x10\x03\x12\x17\n\x13OBJECTIVE_RETENTION\x10\x04\x12\x18\n\x14OBJECTIVE_ENGAGEMENT\x10\x05*\xcd\x01\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43HANNEL_DISPLAY\x10\x01\x12\x11\n\rCHANNEL_VIDEO\x10\x02\x12\x12\n\x0e\x43HANNEL_NATIVE\x10\x03\x12\x11\n\rCHANNEL_AUDIO\x10\x04\x12\x10\n\x0c\x43HANNEL_DOOH\x10\x05\x12\x11\n\rCHANNEL_EMAIL\x10\x06\x12\x0f\n\x0b\x43HANNEL_SMS\x10\x07\x12\x10\n\x0c\x43HANNEL_PUSH\x10\x08\x12\x12\n\x0e\x43HANNEL_IN_APP\x10\t*U\n\nPacingMode\x12\x1b\n\x17PACING_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10PACING_MODE_EVEN\x10\x01\x12\x14\n\x10PACING_MODE_ASAP\x10\x02*u\n\x0f\x42idStrategyType\x12!\n\x1d\x42ID_STRATEGY_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x42ID_STRATEGY_TYPE_MAX_CPM\x10\x01\x12 \n\x1c\x42ID_STRATEGY_TYPE_TARGET_CPA\x10\x02*\xb2\x01\n\nDeviceType\x12\x1b\n\x17\x44\x45VICE_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x45VICE_TYPE_MOBILE\x10\x01\x12\x16\n\x12\x44\x45VICE_TYPE_TABLET\x10\x02\x12\x17\n\x13\x44\x45VICE_TYPE_DESKTOP\x10\x03\x12\x1c\n\x18\x44\x45VICE_TYPE_CONNECTED_TV\x10\x04\x12 \n\x1c\x44\x45VICE_TYPE_CONNECTED_DEVICE\x10\x05*P\n\tCapWindow\x12\x1a\n\x16\x43\x41P_WINDOW_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41P_WINDOW_HOUR\x10\x01\x12\x12\n\x0e\x43\x41P_WINDOW_DAY\x10\x02*j\n\x0e\x43\x61pFailureMode\x12 \n\x1c\x43\x41P_FAILURE_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41P_FAILURE_MODE_CLOSED\x10\x01\x12\x19\n\x15\x43\x41P_FAILURE_MODE_OPEN\x10\x02*\xb6\x01\n\x07Weekday\x12\x17\n\x13WEEKDAY_UNSPECIFIED\x10\x00\x12\x12\n\x0eWEEKDAY_MONDAY\x10\x01\x12\x13\n\x0fWEEKDAY_TUESDAY\x10\x02\x12\x15\n\x11WEEKDAY_WEDNESDAY\x10\x03\x12\x14\n\x10WEEKDAY_THURSDAY\x10\x04\x12\x12\n\x0eWEEKDAY_FRIDAY\x10\x05\x12\x14\n\x10WEEKDAY_SATURDAY\x10\x06\x12\x12\n\x0eWEEKDAY_SUNDAY\x10\x07*\x8d\x01\n\x0bOfferFormat\x12\x1c\n\x18OFFER_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13OFFER_FORMAT_BANNER\x10\x01\x12\x16\n\x12OFFER_FORMAT_VIDEO\x10\x02\x12\x17\n\x13OFFER_FORMAT_NATIVE\x10\x03\x12\x16\n\x12OFFER_FORMAT_AUDIO\x10\x04*]\n\x0bOfferStatus\x12\x1c\n\x18OFFER_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13OFFER_STATUS_ACTIVE\x10\x01\x12\x17\n\x13OFFER_STATUS_PAUSED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+campaignexpress/campaigns/v1/campaign.proto\x12\x1c\x63\x61mpaignexpress.campaigns.v1\x1a*campaignexpress/messaging/v1/message.proto\x1a#campaignexpress/type/v1/money.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\x08Schedule\x12\x17\n\x0fstart_date_time\x18\x01 \x01(\t\x12\x15\n\rend_date_time\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\x12\x37\n\x08\x64\x61yparts\x18\x04 \x03(\x0b\x32%.campaignexpress.campaigns.v1.Daypart\"d\n\x07\x44\x61ypart\x12\x33\n\x04\x64\x61ys\x18\x01 \x03(\x0e\x32%.campaignexpress.campaigns.v1.Weekday\x12\x12\n\nstart_hour\x18\x02 \x01(\x05\x12\x10\n\x08\x65nd_hour\x18\x03 \x01(\x05\"f\n\x06\x42udget\x12-\n\x05total\x18\x01 \x01(\x0b\x32\x1e.campaignexpress.type.v1.Money\x12-\n\x05\x64\x61ily\x18\x02 \x01(\x0b\x32\x1e.campaignexpress.type.v1.Money\"\xaf\x01\n\x0b\x42idStrategy\x12;\n\x04type\x18\x01 \x01(\x0e\x32-.campaignexpress.campaigns.v1.BidStrategyType\x12/\n\x07max_cpm\x18\x02 \x01(\x0b\x32\x1e.campaignexpress.type.v1.Money\x12\x32\n\ntarget_cpa\x18\x03 \x01(\x0b\x32\x1e.campaignexpress.type.v1.Money\"\xe3\x01\n\tTargeting\x12\x10\n\x08segments\x18\x01 \x03(\t\x12\x11\n\tcountries\x18\x02 \x03(\t\x12>\n\x0c\x64\x65vice_types\x18\x03 \x03(\x0e\x32(.campaignexpress.campaigns.v1.DeviceType\x12\x12\n\nsite_allow\x18\x04 \x03(\t\x12\x11\n\tsite_deny\x18\x05 \x03(\t\x12\x11\n\tapp_allow\x18\x06 \x03(\t\x12\x10\n\x08\x61pp_deny\x18\x07 \x03(\t\x12\x16\n\x0eiab_categories\x18\x08 \x03(\t\x12\r\n\x05\x64\x65\x61ls\x18\t \x03(\t\"`\n\x0c\x46requencyCap\x12\x17\n\x0fmax_impressions\x18\x01 \x01(\x05\x12\x37\n\x06window\x18\x02 \x01(\x0e\x32\'.campaignexpress.campaigns.v1.CapWindow\"H\n\x0fLoyaltyTierRule\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x16\n\x0e\x62id_multiplier\x18\x02 \x01(\x01\x12\x0f\n\x07\x65xclude\x18\x03 \x01(\x08\"\xc2\x08\n\x08\x43\x61mpaign\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12:\n\tobjective\x18\x03 \x01(\x0e\x32\'.campaignexpress.campaigns.v1.Objective\x12\x37\n\x08\x63hannels\x18\x04 \x03(\x0e\x32%.campaignexpress.campaigns.v1.Channel\x12\x38\n\x08schedule\x18\x05 \x01(\x0b\x32&.campaignexpress.campaigns.v1.Schedule\x12\x34\n\x06\x62udget\x18\x06 \x01(\x0b\x32$.campaignexpress.campaigns.v1.Budget\x12=\n\x0bpacing_mode\x18\x07 \x01(\x0e\x32(.campaignexpress.campaigns.v1.PacingMode\x12?\n\x0c\x62id_strategy\x18\x08 \x01(\x0b\x32).campaignexpress.campaigns.v1.BidStrategy\x12:\n\ttargeting\x18\t \x01(\x0b\x32\'.campaignexpress.campaigns.v1.Targeting\x12\x42\n\x0e\x66requency_caps\x18\n \x03(\x0b\x32*.campaignexpress.campaigns.v1.FrequencyCap\x12\x44\n\rloyalty_rules\x18\x0b \x03(\x0b\x32-.campaignexpress.campaigns.v1.LoyaltyTierRule\x12\x42\n\x06labels\x18\x0c \x03(\x0b\x32\x32.campaignexpress.campaigns.v1.Campaign.LabelsEntry\x12\x1b\n\x13\x61llow_repeat_offers\x18\r \x01(\x08\x12\x32\n\x05stage\x18\x0e \x01(\x0e\x32#.campaignexpress.campaigns.v1.Stage\x12\x10\n\x08revision\x18\x0f \x01(\x03\x12\x15\n\rapproval_rule\x18\x10 \x01(\t\x12\x0c\n\x04\x65tag\x18\x11 \x01(\t\x12/\n\x0b\x63reate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x46\n\x10\x63\x61p_failure_mode\x18\x14 \x01(\x0e\x32,.campaignexpress.campaigns.v1.CapFailureMode\x12\x42\n\tmessaging\x18\x15 \x01(\x0b\x32/.campaignexpress.campaigns.v1.CampaignMessaging\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb1\x01\n\x11\x43\x61mpaignMessaging\x12\x10\n\x08template\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\x12\x1b\n\x13messages_per_minute\x18\x03 \x01(\x05\x12\x1c\n\x14send_at_optimal_time\x18\x04 \x01(\x08\x12=\n\x0bquiet_hours\x18\x05 \x01(\x0b\x32(.campaignexpress.messaging.v1.QuietHours\"%\n\x04Size\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\"\xfc\x03\n\x05Offer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x39\n\x06\x66ormat\x18\x03 \x01(\x0e\x32).campaignexpress.campaigns.v1.OfferFormat\x12\x31\n\x05sizes\x18\x04 \x03(\x0b\x32\".campaignexpress.campaigns.v1.Size\x12\x17\n\x0fmarkup_template\x18\x05 \x01(\t\x12\x11\n\tclick_url\x18\x06 \x01(\t\x12\x1a\n\x12\x61\x64vertiser_domains\x18\x07 \x03(\t\x12\x16\n\x0eiab_categories\x18\x08 \x03(\t\x12\x12\n\nattributes\x18\t \x03(\x05\x12\x11\n\tembedding\x18\n \x03(\x02\x12\x39\n\x06status\x18\x0b \x01(\x0e\x32).campaignexpress.campaigns.v1.OfferStatus\x12/\n\x07\x62id_cpm\x18\x0c \x01(\x0b\x32\x1e.campaignexpress.type.v1.Money\x12\x0c\n\x04\x65tag\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xae\x01\n\x10\x43\x61mpaignRevision\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x38\n\x08\x63\x61mpaign\x18\x02 \x01(\x0b\x32&.campaignexpress.campaigns.v1.Campaign\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x63hange\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe4\x01\n\nTransition\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x37\n\nfrom_stage\x18\x02 \x01(\x0e\x32#.campaignexpress.campaigns.v1.Stage\x12\x35\n\x08to_stage\x18\x03 \x01(\x0e\x32#.campaignexpress.campaigns.v1.Stage\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe9\x02\n\x0c\x41pprovalRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x15\n\rrequired_role\x18\x03 \x01(\t\x12\x15\n\rmin_approvals\x18\x04 \x01(\x05\x12\x41\n\x19\x61uto_approve_below_budget\x18\x05 \x01(\x0b\x32\x1e.campaignexpress.type.v1.Money\x12\x38\n\x10min_total_budget\x18\x06 \x01(\x0b\x32\x1e.campaignexpress.type.v1.Money\x12\x37\n\x08\x63hannels\x18\x07 \x03(\x0e\x32%.campaignexpress.campaigns.v1.Channel\x12\x17\n\x0f\x63reative_review\x18\x08 \x01(\x08\x12\x14\n\x0clegal_review\x18\t \x01(\x08\x12\x10\n\x08priority\x18\n \x01(\x05\x12\x10\n\x08\x64isabled\x18\x0b \x01(\x08\"\xdc\x01\n\x0fPendingApproval\x12\x38\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32&.campaignexpress.campaigns.v1.Campaign\x12\x38\n\x04rule\x18\x02 \x01(\x0b\x32*.campaignexpress.campaigns.v1.ApprovalRule\x12\x11\n\tapprovals\x18\x03 \x01(\x05\x12\x11\n\tapprovers\x18\x04 \x03(\t\x12/\n\x0bsubmit_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdc\x01\n\rCalendarEntry\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x32\n\x05stage\x18\x03 \x01(\x0e\x32#.campaignexpress.campaigns.v1.Stage\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttime_zone\x18\x06 \x01(\t*\xcc\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTAGE_DRAFT\x10\x01\x12\x13\n\x0fSTAGE_IN_REVIEW\x10\x02\x12\x12\n\x0eSTAGE_APPROVED\x10\x03\x12\x12\n\x0eSTAGE_REJECTED\x10\x04\x12\x13\n\x0fSTAGE_SCHEDULED\x10\x05\x12\x0e\n\nSTAGE_LIVE\x10\x06\x12\x10\n\x0cSTAGE_PAUSED\x10\x07\x12\x13\n\x0fSTAGE_COMPLETED\x10\x08\x12\x12\n\x0eSTAGE_ARCHIVED\x10\t*\xa4\x01\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\x17\n\x13OBJECTIVE_AWARENESS\x10\x01\x12\x15\n\x11OBJECTIVE_TRAFFIC\x10\x02\x12\x19\n\x15OBJECTIVE_CONVERSIONS\x10\x03\x12\x17\n\x13OBJECTIVE_RETENTION\x10\x04\x12\x18\n\x14OBJECTIVE_ENGAGEMENT\x10\x05*\xcd\x01\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43HANNEL_DISPLAY\x10\x01\x12\x11\n\rCHANNEL_VIDEO\x10\x02\x12\x12\n\x0e\x43HANNEL_NATIVE\x10\x03\x12\x11\n\rCHANNEL_AUDIO\x10\x04\x12\x10\n\x0c\x43HANNEL_DOOH\x10\x05\x12\x11\n\rCHANNEL_EMAIL\x10\x06\x12\x0f\n\x0b\x43HANNEL_SMS\x10\x07\x12\x10\n\x0c\x43HANNEL_PUSH\x10\x08\x12\x12\n\x0e\x43HANNEL_IN_APP\x10\t*U\n\nPacingMode\x12\x1b\n\x17PACING_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10PACING_MODE_EVEN\x10\x01\x12\x14\n\x10PACING_MODE_ASAP\x10\x02*u\n\x0f\x42idStrategyType\x12!\n\x1d\x42ID_STRATEGY_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x42ID_STRATEGY_TYPE_MAX_CPM\x10\x01\x12 \n\x1c\x42ID_STRATEGY_TYPE_TARGET_CPA\x10\x02*\xb2\x01\n\nDeviceType\x12\x1b\n\x17\x44\x45VICE_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x45VICE_TYPE_MOBILE\x10\x01\x12\x16\n\x12\x44\x45VICE_TYPE_TABLET\x10\x02\x12\x17\n\x13\x44\x45VICE_TYPE_DESKTOP\x10\x03\x12\x1c\n\x18\x44\x45VICE_TYPE_CONNECTED_TV\x10\x04\x12 \n\x1c\x44\x45VICE_TYPE_CONNECTED_DEVICE\x10\x05*P\n\tCapWindow\x12\x1a\n\x16\x43\x41P_WINDOW_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41P_WINDOW_HOUR\x10\x01\x12\x12\n\x0e\x43\x41P_WINDOW_DAY\x10\x02*j\n\x0e\x43\x61pFailureMode\x12 \n\x1c\x43\x41P_FAILURE_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41P_FAILURE_MODE_CLOSED\x10\x01\x12\x19\n\x15\x43\x41P_FAILURE_MODE_OPEN\x10\x02*\xb6\x01\n\x07Weekday\x12\x17\n\x13WEEKDAY_UNSPECIFIED\x10\x00\x12\x12\n\x0eWEEKDAY_MONDAY\x10\x01\x12\x13\n\x0fWEEKDAY_TUESDAY\x10\x02\x12\x15\n\x11WEEKDAY_WEDNESDAY\x10\x03\x12\x14\n\x10WEEKDAY_THURSDAY\x10\x04\x12\x12\n\x0eWEEKDAY_FRIDAY\x10\x05\x12\x14\n\x10WEEKDAY_SATURDAY\x10\x06\x12\x12\n\x0eWEEKDAY_SUNDAY\x10\x07*\x8d\x01\n\x0bOfferFormat\x12\x1c\n\x18OFFER_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13OFFER_FORMAT_BANNER\x10\x01\x12\x16\n\x12OFFER_FORMAT_VIDEO\x10\x02\x12\x17\n\x13OFFER_FORMAT_NATIVE\x10\x03\x12\x16\n\x12OFFER_FORMAT_AUDIO\x10\x04*]\n\x0bOfferStatus\x12\x1c\n\x18OFFER_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13OFFER_STATUS_ACTIVE\x10\x01\x12\x17\n\x13OFFER_STATUS_PAUSED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,60 +36,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CAMPAIGN_LABELSENTRY']._loaded_options = None
   _globals['_CAMPAIGN_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_STAGE']._serialized_start=4048
-  _globals['_STAGE']._serialized_end=4252
-  _globals['_OBJECTIVE']._serialized_start=4255
-  _globals['_OBJECTIVE']._serialized_end=4419
-  _globals['_CHANNEL']._serialized_start=4422
-  _globals['_CHANNEL']._serialized_end=4627
-  _globals['_PACINGMODE']._serialized_start=4629
-  _globals['_PACINGMODE']._serialized_end=4714
-  _globals['_BIDSTRATEGYTYPE']._serialized_start=4716
-  _globals['_BIDSTRATEGYTYPE']._serialized_end=4833
-  _globals['_DEVICETYPE']._serialized_start=4836
-  _globals['_DEVICETYPE']._serialized_end=5014
-  _globals['_CAPWINDOW']._serialized_start=5016
-  _globals['_CAPWINDOW']._serialized_end=5096
-  _globals['_CAPFAILUREMODE']._serialized_start=5098
-  _globals['_CAPFAILUREMODE']._serialized_end=5204
-  _globals['_WEEKDAY']._serialized_start=5207
-  _globals['_WEEKDAY']._serialized_end=5389
-  _globals['_OFFERFORMAT']._serialized_start=5392
-  _globals['_OFFERFORMAT']._serialized_end=5533
-  _globals['_OFFERSTATUS']._serialized_start=5535
-  _globals['_OFFERSTATUS']._serialized_end=5628
-  _globals['_SCHEDULE']._serialized_start=148
-  _globals['_SCHEDULE']._serialized_end=282
-  _globals['_DAYPART']._serialized_start=284
-  _globals['_DAYPART']._serialized_end=384
-  _globals['_BUDGET']._serialized_start=386
-  _globals['_BUDGET']._serialized_end=488
-  _globals['_BIDSTRATEGY']._serialized_start=491
-  _globals['_BIDSTRATEGY']._serialized_end=666
-  _globals['_TARGETING']._serialized_start=669
-  _globals['_TARGETING']._serialized_end=896
-  _globals['_FREQUENCYCAP']._serialized_start=898
-  _globals['_FREQUENCYCAP']._serialized_end=994
-  _globals['_LOYALTYTIERRULE']._serialized_start=996
-  _globals['_LOYALTYTIERRULE']._serialized_end=1068
-  _globals['_CAMPAIGN']._serialized_start=1071
-  _globals['_CAMPAIGN']._serialized_end=2161
-  _globals['_CAMPAIGN_LABELSENTRY']._serialized_start=2116
-  _globals['_CAMPAIGN_LABELSENTRY']._serialized_end=2161
-  _globals['_CAMPAIGNMESSAGING']._serialized_start=2163
-  _globals['_CAMPAIGNMESSAGING']._serialized_end=2277
-  _globals['_SIZE']._serialized_start=2279
-  _globals['_SIZE']._serialized_end=2316
-  _globals['_OFFER']._serialized_start=2319
-  _globals['_OFFER']._serialized_end=2827
-  _globals['_CAMPAIGNREVISION']._serialized_start=2830
-  _globals['_CAMPAIGNREVISION']._serialized_end=3004
-  _globals['_TRANSITION']._serialized_start=3007
-  _globals['_TRANSITION']._serialized_end=3235
-  _globals['_APPROVALRULE']._serialized_start=3238
-  _globals['_APPROVALRULE']._serialized_end=3599
-  _globals['_PENDINGAPPROVAL']._serialized_start=3602
-  _globals['_PENDINGAPPROVAL']._serialized_end=3822
-  _globals['_CALENDARENTRY']._serialized_start=3825
-  _globals['_CALENDARENTRY']._serialized_end=4045
+  _globals['_STAGE']._serialized_start=4156
+  _globals['_STAGE']._serialized_end=4360
+  _globals['_OBJECTIVE']._serialized_start=4363
+  _globals['_OBJECTIVE']._serialized_end=4527
+  _globals['_CHANNEL']._serialized_start=4530
+  _globals['_CHANNEL']._serialized_end=4735
+  _globals['_PACINGMODE']._serialized_start=4737
+  _globals['_PACINGMODE']._serialized_end=4822
+  _globals['_BIDSTRATEGYTYPE']._serialized_start=4824
+  _globals['_BIDSTRATEGYTYPE']._serialized_end=4941
+  _globals['_DEVICETYPE']._serialized_start=4944
+  _globals['_DEVICETYPE']._serialized_end=5122
+  _globals['_CAPWINDOW']._serialized_start=5124
+  _globals['_CAPWINDOW']._serialized_end=5204
+  _globals['_CAPFAILUREMODE']._serialized_start=5206
+  _globals['_CAPFAILUREMODE']._serialized_end=5312
+  _globals['_WEEKDAY']._serialized_start=5315
+  _globals['_WEEKDAY']._serialized_end=5497
+  _globals['_OFFERFORMAT']._serialized_start=5500
+  _globals['_OFFERFORMAT']._serialized_end=5641
+  _globals['_OFFERSTATUS']._serialized_start=5643
+  _globals['_OFFERSTATUS']._serialized_end=5736
+  _globals['_SCHEDULE']._serialized_start=192
+  _globals['_SCHEDULE']._serialized_end=326
+  _globals['_DAYPART']._serialized_start=328
+  _globals['_DAYPART']._serialized_end=428
+  _globals['_BUDGET']._serialized_start=430
+  _globals['_BUDGET']._serialized_end=532
+  _globals['_BIDSTRATEGY']._serialized_start=535
+  _globals['_BIDSTRATEGY']._serialized_end=710
+  _globals['_TARGETING']._serialized_start=713
+  _globals['_TARGETING']._serialized_end=940
+  _globals['_FREQUENCYCAP']._serialized_start=942
+  _globals['_FREQUENCYCAP']._serialized_end=1038
+  _globals['_LOYALTYTIERRULE']._serialized_start=1040
+  _globals['_LOYALTYTIERRULE']._serialized_end=1112
+  _globals['_CAMPAIGN']._serialized_start=1115
+  _globals['_CAMPAIGN']._serialized_end=2205
+  _globals['_CAMPAIGN_LABELSENTRY']._serialized_start=2160
+  _globals['_CAMPAIGN_LABELSENTRY']._serialized_end=2205
+  _globals['_CAMPAIGNMESSAGING']._serialized_start=2208
+  _globals['_CAMPAIGNMESSAGING']._serialized_end=2385
+  _globals['_SIZE']._serialized_start=2387
+  _globals['_SIZE']._serialized_end=2424
+  _globals['_OFFER']._serialized_start=2427
+  _globals['_OFFER']._serialized_end=2935
+  _globals['_CAMPAIGNREVISION']._serialized_start=2938
+  _globals['_CAMPAIGNREVISION']._serialized_end=3112
+  _globals['_TRANSITION']._serialized_start=3115
+  _globals['_TRANSITION']._serialized_end=3343
+  _globals['_APPROVALRULE']._serialized_start=3346
+  _globals['_APPROVALRULE']._serialized_end=3707
+  _globals['_PENDINGAPPROVAL']._serialized_start=3710
+  _globals['_PENDINGAPPROVAL']._serialized_end=3930
+  _globals['_CALENDARENTRY']._serialized_start=3933
+  _globals['_CALENDARENTRY']._serialized_end=4153
 # @@protoc_insertion_point(module_scope)

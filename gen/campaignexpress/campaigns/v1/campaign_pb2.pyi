@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from campaignexpress.messaging.v1 import message_pb2 as _message_pb2
 from campaignexpress.type.v1 import money_pb2 as _money_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -821,6 +822,7 @@ class CampaignMessaging(_message.Message):
     AUDIENCE_FIELD_NUMBER: _builtins.int
     MESSAGES_PER_MINUTE_FIELD_NUMBER: _builtins.int
     SEND_AT_OPTIMAL_TIME_FIELD_NUMBER: _builtins.int
+    QUIET_HOURS_FIELD_NUMBER: _builtins.int
     template: _builtins.str
     """The template, `tenants/{tenant}/templates/{template}` (messaging)."""
     audience: _builtins.str
@@ -835,6 +837,12 @@ class CampaignMessaging(_message.Message):
     """Each message at its recipient's best hour within 24 hours
     (send-time optimisation) instead of at once.
     """
+    @_builtins.property
+    def quiet_hours(self) -> _message_pb2.QuietHours:
+        """Its own quiet hours, in place of the tenant's delivery rules' when
+        enabled (a promotion that must not wake anyone earlier than usual).
+        """
+
     def __init__(
         self,
         *,
@@ -842,10 +850,11 @@ class CampaignMessaging(_message.Message):
         audience: _builtins.str = ...,
         messages_per_minute: _builtins.int = ...,
         send_at_optimal_time: _builtins.bool = ...,
+        quiet_hours: _message_pb2.QuietHours | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quiet_hours", b"quiet_hours"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "messages_per_minute", b"messages_per_minute", "send_at_optimal_time", b"send_at_optimal_time", "template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "messages_per_minute", b"messages_per_minute", "quiet_hours", b"quiet_hours", "send_at_optimal_time", b"send_at_optimal_time", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
