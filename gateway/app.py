@@ -19,7 +19,8 @@ from grpc import aio
 
 from campaignexpress.audience.v1 import audience_service_pb2
 from campaignexpress.bidding.v1 import bidding_service_pb2
-from campaignexpress.messaging.v1 import messaging_service_pb2
+from campaignexpress.messaging.v1 import message_pb2, messaging_service_pb2
+from gateway import preference_page
 from gateway.bodies import body_too_large, content_encoding, decompress
 from gateway.errors import error_body
 from gateway.openapi import build_openapi
@@ -363,6 +364,59 @@ class Gateway:
             raise web.HTTPFound(reply.url, headers=no_store)
         return web.Response(body=PIXEL, content_type="image/gif", headers=no_store)
 
+    async def preferences(self, request: web.Request) -> web.Response:
+        """The preference center's page (gateway/preference_page.py): GET
+        shows the person's groups, a posted form changes them."""
+        token = request.match_info["token"]
+        pb = messaging_service_pb2
+        metadata = [("x-request-id", _request_id(request))]
+        note = ""
+        try:
+            if request.method == "POST":
+                form = await request.post()
+                fields = {key: [str(v) for v in form.getall(key)] for key in set(form.keys())}
+                call = self._channel_for(MESSAGING_SERVICE).unary_unary(
+                    f"/{MESSAGING_SERVICE}/UpdatePreferences",
+                    request_serializer=pb.UpdatePreferencesRequest.SerializeToString,
+                    response_deserializer=pb.UpdatePreferencesResponse.FromString,
+                )
+                wanted = [
+                    message_pb2.GroupChoice(group=c["group"], subscribed=c["subscribed"])
+                    for c in preference_page.choices_from_form(fields)
+                ]
+                reply: Any = await call(
+                    pb.UpdatePreferencesRequest(token=token, choices=wanted),
+                    metadata=metadata,
+                    timeout=CALL_TIMEOUT_SECONDS,
+                )
+                note = "Saved. Your choices apply from the next message."
+            else:
+                call = self._channel_for(MESSAGING_SERVICE).unary_unary(
+                    f"/{MESSAGING_SERVICE}/GetPreferences",
+                    request_serializer=pb.GetPreferencesRequest.SerializeToString,
+                    response_deserializer=pb.GetPreferencesResponse.FromString,
+                )
+                reply = await call(
+                    pb.GetPreferencesRequest(token=token),
+                    metadata=metadata,
+                    timeout=CALL_TIMEOUT_SECONDS,
+                )
+        except aio.AioRpcError as exc:
+            status, _, _ = error_body(exc.code(), exc.details() or "", (), "")
+            text = (
+                "This link is not valid. Use the one in your latest message."
+                if status == 400
+                else "Your preferences cannot be shown just now. Please try again later."
+            )
+            body = preference_page.page((), note=text, error=True)
+            return web.Response(
+                text=body, status=status, content_type="text/html",
+                headers=preference_page.HEADERS,
+            )  # fmt: skip
+        choices = render(reply).get("choices", [])
+        body = preference_page.page(choices, note=note)
+        return web.Response(text=body, content_type="text/html", headers=preference_page.HEADERS)
+
     async def track(self, request: web.Request) -> web.Response:
         """Segment's HTTP Tracking API (gateway/tracking.py), dispatched to
         AudienceService.IngestEvents; `{"success": true}` when taken."""
@@ -463,6 +517,8 @@ class Gateway:
             app.router.add_post("/v1/bid", self.bid)
         if MESSAGING_SERVICE in self._services:
             app.router.add_get("/v1/t/{token}", self.engagement)
+            app.router.add_get("/preferences/{token}", self.preferences)
+            app.router.add_post("/preferences/{token}", self.preferences)
         if AUDIENCE_SERVICE in self._services:
             for path in TRACKING_PATHS:
                 app.router.add_post(path, self.track)

@@ -277,7 +277,9 @@ async def test_subscription_groups_and_the_preference_center(env: Env, smtp: Smt
     assert (await outcome({"template": tip["name"]}))["abortReason"] == "unsubscribed"
     (mail,) = smtp.to("pat@example.com")
     link = mail.get_content().split("Manage: ")[1].strip()
-    token = link.rsplit("/v1/preferences/", 1)[1]
+    assert "/preferences/" in link and "/v1/" not in link  # the page, for people
+    token = link.rsplit("/preferences/", 1)[1]
+    link = f"{env.base_url}/preferences/{token}"  # (the public URL is another host)
 
     # the preference center, with no login: what they get, and a change
     async with env.http.get(f"{env.base_url}/v1/preferences/{token}") as reply:
@@ -303,6 +305,33 @@ async def test_subscription_groups_and_the_preference_center(env: Env, smtp: Smt
                              json={"choices": [{"group": "tenants/acme/subscriptionGroups/x",
                                                 "subscribed": True}]}) as reply:  # fmt: skip
         assert reply.status == 400
+    # the page: a form of checkboxes, posted back to itself
+    async with env.http.get(link) as reply:
+        assert reply.status == 200 and reply.content_type == "text/html"
+        assert reply.headers["Cache-Control"] == "no-store, private"
+        assert reply.headers["Referrer-Policy"] == "no-referrer"
+        page = await reply.text()
+    assert f'name="group" value="{tips}" checked>' in page
+    assert f'name="group" value="{news}">' in page  # unchecked: unsubscribed above
+    assert "Weekly news" in page and "Fridays" in page
+    form = [("shown", news), ("shown", tips), ("group", news)]  # news on, tips off
+    async with env.http.post(link, data=form) as reply:
+        assert reply.status == 200
+        page = await reply.text()
+    assert "Saved." in page and f'name="group" value="{news}" checked>' in page
+    assert f'name="group" value="{tips}">' in page
+    assert (await outcome({"template": weekly["name"]}))["state"] == "MESSAGE_STATE_SENT"
+    assert (await outcome({"template": tip["name"]}))["abortReason"] == "unsubscribed"
+    async with env.http.get(link + "x") as reply:  # forged: a page that says so
+        assert reply.status == 400 and "not valid" in await reply.text()
+    async with env.http.post(
+        link,
+        data=[
+            ("shown", "tenants/acme/subscriptionGroups/x"),
+            ("group", "tenants/acme/subscriptionGroups/x"),
+        ],
+    ) as reply:
+        assert reply.status == 400  # fmt: skip
     nope = {**TEXT, "subscriptionGroup": "tenants/acme/subscriptionGroups/nope"}
     status, answer = await call(env, "POST", "tenants/acme/templates", nope)
     assert status == 400 and "template.subscription_group" in str(answer)

@@ -90,7 +90,8 @@ class Links:
         return f"{body}.{self._tag(body)}"
 
     def preferences_url(self, tenant_id: str, profile_id: str) -> str:
-        return f"{self._base}/v1/preferences/{self.preferences_token(tenant_id, profile_id)}"
+        """The preference center's page (the JSON calls are under /v1)."""
+        return f"{self._base}/preferences/{self.preferences_token(tenant_id, profile_id)}"
 
     def read_preferences(self, token: str) -> tuple[str, str]:
         """(tenant, profile id) of a preference-center token."""
