@@ -369,6 +369,46 @@ async def test_templates_are_versioned_previewed_and_checked(env: Env) -> None:
     assert status == 403
 
 
+async def test_a_failing_provider_is_skipped_for_a_while(env: Env, smtp: SmtpServer) -> None:
+    """Circuit breaker: after five messages in a row fail at the first
+    provider (an SMTP server answering 421), the next ones go straight to
+    the second; half a minute later the first is tried again."""
+    from services.messaging import sender as sender_module
+
+    tries = 0
+
+    async def busy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal tries
+        tries += 1
+        writer.write(b"421 mx.example.net Service not available, closing channel\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(busy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await provider(env, port, "busy", priority=0)
+        await provider(env, smtp.port, "up", priority=1)
+        note = await template(env, {"displayName": "n", "channel": "MESSAGE_CHANNEL_EMAIL",
+                                    "contents": {"en": {"subject": "s", "text": "t"}}})  # fmt: skip
+        for n in range(8):
+            sent = await send(env, {"template": note["name"], "transactional": True,
+                                    "recipient": {"email": f"c{n}@example.com"}})  # fmt: skip
+            assert (await settled(env, sent["message"]["name"]))["state"] == "MESSAGE_STATE_SENT"
+        assert tries == sender_module.BREAKER_FAILURES  # then no more
+        breakers = env.running.platform.api("messaging").sender.breakers
+        for key in breakers._open_until:  # as if its half minute were over
+            breakers._open_until[key] = 0.0
+        sent = await send(env, {"template": note["name"], "transactional": True,
+                                "recipient": {"email": "again@example.com"}})  # fmt: skip
+        assert (await settled(env, sent["message"]["name"]))["state"] == "MESSAGE_STATE_SENT"
+        assert tries == sender_module.BREAKER_FAILURES + 1
+        assert len(smtp.received) == 9
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def launch_email_campaign(env: Env, messaging: dict[str, Any]) -> dict[str, Any]:
     """An email campaign with this messaging, through approval to LIVE."""
     from tests.test_campaign_rest import call as call_ok

@@ -40,6 +40,7 @@ import os
 import pathlib
 import random
 import socket
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,42 @@ WEBHOOK_ADDRESS = "webhook"
 #: Provider kinds that post receipts to us (their status callback URL).
 RECEIPTS = frozenset({"twilio"})  # SendGrid's Event Webhook is set in its console
 ADDRESS_TRAIT = {"email": "email", "sms": "phone", "whatsapp": "phone"}
+
+
+#: A provider that failed this many messages in a row (with errors another
+#: provider might not have) is skipped for BREAKER_SECONDS while a provider
+#: after it is not (a lone provider is always tried: its messages' retries
+#: are the backoff); then the next message tries it again.
+BREAKER_FAILURES = 5
+BREAKER_SECONDS = 30.0
+
+
+class Breakers:
+    """A circuit breaker per provider, in this process: while a provider is
+    failing, messages go straight to the next one instead of each waiting
+    for its errors."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._failures: dict[str, int] = {}
+        self._open_until: dict[str, float] = {}
+
+    def is_open(self, provider_id: str) -> bool:
+        return self._open_until.get(provider_id, 0.0) > self._clock()
+
+    def failed(self, provider_id: str, name: str) -> None:
+        failures = self._failures.get(provider_id, 0) + 1
+        self._failures[provider_id] = failures
+        if failures >= BREAKER_FAILURES and not self.is_open(provider_id):
+            self._open_until[provider_id] = self._clock() + BREAKER_SECONDS
+            log.warning(
+                "messaging: provider %s failed %d messages in a row; skipped for %.0f s",
+                name, failures, BREAKER_SECONDS,
+            )  # fmt: skip
+
+    def succeeded(self, provider_id: str) -> None:
+        self._failures.pop(provider_id, None)
+        self._open_until.pop(provider_id, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +244,7 @@ class Sender:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._gate = asyncio.Semaphore(CONCURRENCY)
+        self.breakers = Breakers()
 
     # -- running ----------------------------------------------------------------
 
@@ -749,7 +787,12 @@ class Sender:
         async def dispatch(outgoing: Outgoing, providers: Sequence[Provider]) -> Outcome:
             errors: list[str] = []
             waits: list[float] = []  # providers busy (their send rate): seconds to wait
-            for provider in providers:
+            for n, provider in enumerate(providers):
+                if self.breakers.is_open(provider.id) and any(
+                    not self.breakers.is_open(p.id) for p in providers[n + 1 :]
+                ):  # failing lately, and another may take it: straight to that one
+                    errors.append(f"{provider.display_name}: skipped, failing lately")
+                    continue
                 wait = await self._throttled(f"p:{provider.id}", provider.config.get(
                     "rate_per_minute", ""))  # fmt: skip
                 if wait:
@@ -763,6 +806,8 @@ class Sender:
                     provider_message_id = await self._adapter(provider).send(outgoing, handing_over)
                 except ProviderError as error:
                     errors.append(f"{provider.display_name}: {error}")
+                    if not error.permanent:
+                        self.breakers.failed(provider.id, provider.display_name)
                     if error.permanent:
                         if error.bounced:
                             await self._suppressions.add(
@@ -781,6 +826,7 @@ class Sender:
                             profile_id=profile_id,
                         )
                     continue
+                self.breakers.succeeded(provider.id)
                 return Outcome(
                     "sent",
                     provider_id=provider.id,
