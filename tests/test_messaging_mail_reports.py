@@ -158,6 +158,16 @@ async def test_a_hard_bounce_suppresses_and_is_noted(env: Env, smtp: SmtpServer)
         "ORDER BY event_type"
     )
     assert [r[0] for r in rows] == ["bounced", "queued", "sent"]
+    status, listed = await call(env, "GET", f"{done['name']}/events")
+    assert status == 200, listed
+    events = listed["events"]
+    assert [e["kind"] for e in events] == ["queued", "sent", "bounced"]  # oldest first
+    assert events[2]["reason"] == "bounce:5.1.1" and events[1]["provider"] == done["provider"]
+    assert events[0]["eventTime"] <= events[1]["eventTime"] <= events[2]["eventTime"]
+    status, _ = await call(env, "GET", "tenants/acme/messages/nope/events")
+    assert status == 404
+    status, _ = await call(env, "GET", f"{done['name']}/events", tenant="globex")
+    assert status == 403
 
 
 async def test_soft_bounces_and_delays_do_not_suppress(env: Env, smtp: SmtpServer) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from services.backends.analytics import quote_identifier, quote_literal
 from services.common import names
 from services.common.call import Principal
 from services.common.clock import now_us
@@ -22,6 +23,7 @@ from services.common.errors import (
 from services.messaging import mail_reports, rendering
 from services.messaging.channels import sendgrid_email, twilio_sms, whatsapp
 from services.messaging.connected import Connected, ConnectedError
+from services.messaging.events import TABLE as events_table
 from services.messaging.events import event_row
 from services.messaging.links import Links
 from services.messaging.messages import Messages
@@ -91,6 +93,8 @@ class Messaging:
         self.catalogs: Any = None
         #: Subscription groups (services/messaging/preferences.py).
         self.groups: Any = None
+        #: The analytics store (lifecycle events read back).
+        self.analytics: Any = None
 
     async def render(
         self,
@@ -183,6 +187,21 @@ class Messaging:
                 tenant_id, message.address, message.channel, "bounced", note=f"Twilio {code}"
             )
         return ""
+
+    async def message_events(self, caller: Principal, parent: str) -> list[tuple[Any, ...]]:
+        """A message's lifecycle events, oldest first: (kind, time in
+        microseconds, reason, provider id) each."""
+        message = await self.messages.get(caller, parent)
+        if self.analytics is None:
+            return []
+        rows = await self.analytics.query(
+            "SELECT event_type, toUnixTimestamp64Micro(event_time), reason, provider_id "
+            f"FROM {quote_identifier(events_table)} FINAL "
+            f"WHERE tenant_id = {quote_literal(message.tenant_id)} "
+            f"AND message_id = {quote_literal(message.id)} "
+            "ORDER BY event_time, event_type LIMIT 1000"
+        )
+        return [(str(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows]
 
     async def mail_report(
         self, caller: Principal, parent: str, raw: str

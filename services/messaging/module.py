@@ -127,6 +127,7 @@ async def _build(kernel: Kernel) -> Built:
     messaging.feed = feed
     messaging.catalogs = catalogs
     messaging.groups = groups
+    messaging.analytics = kernel.backends.analytics
     if kernel.has_interface("data_subject_hooks"):  # what it holds about a person
         kernel.interface("data_subject_hooks").register(
             "messaging", MessagesOfPeople(db, events, kernel.backends.analytics)

@@ -416,6 +416,21 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
             kind=kind, message=message, addresses=addresses, suppressed=suppressed
         )
 
+    async def ListMessageEvents(self, request: pb.ListMessageEventsRequest, context: Any) -> Any:
+        found = await self._m.message_events(current_principal(), request.parent)
+        tenant = request.parent.split("/messages/")[0]
+        return pb.ListMessageEventsResponse(
+            events=[
+                pb.MessageEvent(
+                    kind=kind,
+                    event_time=timestamp(at),
+                    reason=reason,
+                    provider=f"{tenant}/channelProviders/{provider}" if provider else "",
+                )
+                for kind, at, reason, provider in found
+            ]
+        )
+
     async def ReplayMessage(self, request: pb.ReplayMessageRequest, context: Any) -> Any:
         replayed = await self._m.messages.replay(current_principal(), request.name)
         return pb.ReplayMessageResponse(message=message_proto(replayed))

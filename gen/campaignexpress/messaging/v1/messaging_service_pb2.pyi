@@ -10,6 +10,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -780,6 +781,91 @@ class ReceiveMailReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReceiveMailReportResponse: _TypeAlias = ReceiveMailReportResponse  # noqa: Y015
+
+@_typing.final
+class ListMessageEventsRequest(_message.Message):
+    """Request of ListMessageEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The message, `tenants/{tenant}/messages/{message}`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMessageEventsRequest: _TypeAlias = ListMessageEventsRequest  # noqa: Y015
+
+@_typing.final
+class MessageEvent(_message.Message):
+    """One step of a message's life."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """queued, sent, aborted, failed, unknown, delivered, delivery_failed,
+    bounced, complained, unsubscribed, opened, clicked, impression,
+    dismissed.
+    """
+    reason: _builtins.str
+    """An abort's reason, a failure's error, a receipt, a clicked link."""
+    provider: _builtins.str
+    """The provider, `tenants/{tenant}/channelProviders/{provider}`, if any."""
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        provider: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "kind", b"kind", "provider", b"provider", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageEvent: _TypeAlias = MessageEvent  # noqa: Y015
+
+@_typing.final
+class ListMessageEventsResponse(_message.Message):
+    """Response of ListMessageEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageEvent]:
+        """Its events, oldest first (at most 1,000)."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___MessageEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMessageEventsResponse: _TypeAlias = ListMessageEventsResponse  # noqa: Y015
 
 @_typing.final
 class ListMessagesRequest(_message.Message):

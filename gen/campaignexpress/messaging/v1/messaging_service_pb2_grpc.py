@@ -108,6 +108,11 @@ class MessagingServiceStub:
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveMailReportRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveMailReportResponse.FromString,
                 _registered_method=True)
+        self.ListMessageEvents = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/ListMessageEvents',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListMessageEventsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListMessageEventsResponse.FromString,
+                _registered_method=True)
         self.ListMessages = channel.unary_unary(
                 '/campaignexpress.messaging.v1.MessagingService/ListMessages',
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListMessagesRequest.SerializeToString,
@@ -335,6 +340,15 @@ class MessagingServiceServicer:
         status notification, RFC 3464) or a complaint (an ARF feedback report,
         RFC 5965), as the mailbox that receives them got it. Hard bounces and
         complaints suppress the address; the message notes the report.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMessageEvents(self, request, context):
+        """Lists a message's lifecycle events (queued, sent, delivered, opened,
+        clicked, bounced...), oldest first, as the analytics store has them
+        (within about a second of each).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -593,6 +607,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.ReceiveMailReport,
                     request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveMailReportRequest.FromString,
                     response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveMailReportResponse.SerializeToString,
+            ),
+            'ListMessageEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMessageEvents,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListMessageEventsRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListMessageEventsResponse.SerializeToString,
             ),
             'ListMessages': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMessages,
@@ -1091,6 +1110,33 @@ class MessagingService:
             '/campaignexpress.messaging.v1.MessagingService/ReceiveMailReport',
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveMailReportRequest.SerializeToString,
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ReceiveMailReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMessageEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/ListMessageEvents',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListMessageEventsRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.ListMessageEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

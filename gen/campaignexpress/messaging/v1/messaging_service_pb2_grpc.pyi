@@ -82,6 +82,11 @@ class MessagingServiceStub:
     RFC 5965), as the mailbox that receives them got it. Hard bounces and
     complaints suppress the address; the message notes the report.
     """
+    ListMessageEvents: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ListMessageEventsRequest, _messaging_service_pb2.ListMessageEventsResponse]
+    """Lists a message's lifecycle events (queued, sent, delivered, opened,
+    clicked, bounced...), oldest first, as the analytics store has them
+    (within about a second of each).
+    """
     ListMessages: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ListMessagesRequest, _messaging_service_pb2.ListMessagesResponse]
     """Lists a tenant's messages, newest first."""
     CreateSuppression: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.CreateSuppressionRequest, _messaging_service_pb2.CreateSuppressionResponse]
@@ -210,6 +215,11 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     status notification, RFC 3464) or a complaint (an ARF feedback report,
     RFC 5965), as the mailbox that receives them got it. Hard bounces and
     complaints suppress the address; the message notes the report.
+    """
+    ListMessageEvents: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ListMessageEventsRequest, _messaging_service_pb2.ListMessageEventsResponse]  # type: ignore[assignment]
+    """Lists a message's lifecycle events (queued, sent, delivered, opened,
+    clicked, bounced...), oldest first, as the analytics store has them
+    (within about a second of each).
     """
     ListMessages: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ListMessagesRequest, _messaging_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """Lists a tenant's messages, newest first."""
@@ -420,6 +430,17 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         status notification, RFC 3464) or a complaint (an ARF feedback report,
         RFC 5965), as the mailbox that receives them got it. Hard bounces and
         complaints suppress the address; the message notes the report.
+        """
+
+    @_abc_1.abstractmethod
+    def ListMessageEvents(
+        self,
+        request: _messaging_service_pb2.ListMessageEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.ListMessageEventsResponse, _abc.Awaitable[_messaging_service_pb2.ListMessageEventsResponse]]:
+        """Lists a message's lifecycle events (queued, sent, delivered, opened,
+        clicked, bounced...), oldest first, as the analytics store has them
+        (within about a second of each).
         """
 
     @_abc_1.abstractmethod
