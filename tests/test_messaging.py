@@ -409,6 +409,35 @@ async def test_a_failing_provider_is_skipped_for_a_while(env: Env, smtp: SmtpSer
         await server.wait_closed()
 
 
+async def test_a_test_send_renders_for_a_profile_and_goes_to_the_test_address(
+    env: Env, smtp: SmtpServer
+) -> None:
+    await provider(env, smtp.port)
+    welcome = await template(env)
+    await ingest(env, {"type": "identify", "userId": "ana", "traits": {
+        "email": "ana@example.com", "first_name": "Ana"}})  # fmt: skip
+    ana = await profile_of(env, "ana")
+    status, body = await call(env, "POST", f"{welcome['name']}:testSend", {
+        "recipient": {"profile": ana, "email": "marketer@acme.example"},
+        "data": {"total": 12.5, "items": ["a"]}})  # fmt: skip
+    assert status == 200, body
+    done = await settled(env, body["message"]["name"])
+    assert done["state"] == "MESSAGE_STATE_SENT" and done["transactional"] is True
+    (mail,) = smtp.to("marketer@acme.example")
+    assert mail["Subject"] == "Welcome, Ana"  # Ana's traits, the marketer's inbox
+    assert smtp.to("ana@example.com") == []
+    for bad, field in (({"recipient": {"email": "nope"}}, "recipient.email"),
+                       ({"recipient": {}}, "recipient")):  # fmt: skip
+        status, answer = await call(env, "POST", f"{welcome['name']}:testSend", bad)
+        assert status == 400 and field in [v["field"] for v in answer["error"]["fieldViolations"]]
+    status, _ = await call(env, "POST", "tenants/acme/templates/nope:testSend",
+                           {"recipient": {"email": "m@acme.example"}})  # fmt: skip
+    assert status in (400, 404)
+    status, _ = await call(env, "POST", f"{welcome['name']}:testSend",
+                           {"recipient": {"email": "m@acme.example"}}, tenant="globex")  # fmt: skip
+    assert status == 403
+
+
 async def launch_email_campaign(env: Env, messaging: dict[str, Any]) -> dict[str, Any]:
     """An email campaign with this messaging, through approval to LIVE."""
     from tests.test_campaign_rest import call as call_ok

@@ -15,6 +15,7 @@ from services.common.call import Principal
 from services.common.clock import now_us
 from services.common.errors import (
     FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -187,6 +188,35 @@ class Messaging:
                 tenant_id, message.address, message.channel, "bounced", note=f"Twilio {code}"
             )
         return ""
+
+    async def test_send(
+        self, caller: Principal, name: str, *, recipient: Mapping[str, str], data: Any
+    ) -> Any:
+        """A template's current version to a test address, now: a
+        transactional message (services/messaging/messages.py validates it)."""
+        tenant_id, _ = names.parse_name(name, "name", "tenants", "templates")
+        names.require_same_tenant(name, "name", caller.tenant_id)
+        try:
+            message, _ = await self.messages.send(
+                caller,
+                f"tenants/{tenant_id}",
+                template=name,
+                recipient=dict(recipient),
+                data=data,
+                transactional=True,
+                idempotency_key="",
+                campaign="",
+                optimal=False,
+            )
+        except InvalidArgument as error:  # named as this request names them
+            raise InvalidArgument(
+                str(error),
+                field_violations=[
+                    FieldViolation(v.field.removeprefix("message."), v.description)
+                    for v in error.field_violations
+                ],
+            ) from None
+        return message
 
     async def message_events(self, caller: Principal, parent: str) -> list[tuple[Any, ...]]:
         """A message's lifecycle events, oldest first: (kind, time in

@@ -340,6 +340,17 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
             rendered=template_pb2.RenderedContent(locale=locale, **parts)
         )
 
+    async def TestSendTemplate(self, request: pb.TestSendTemplateRequest, context: Any) -> Any:
+        r = request.recipient
+        message = await self._m.test_send(
+            current_principal(),
+            request.name,
+            recipient={"profile": r.profile, "user_id": r.user_id, "email": r.email,
+                       "phone": r.phone},
+            data=struct_dict(request.data),
+        )  # fmt: skip
+        return pb.TestSendTemplateResponse(message=message_proto(message))
+
     async def CreateChannelProvider(
         self, request: pb.CreateChannelProviderRequest, context: Any
     ) -> Any:

@@ -374,6 +374,66 @@ class RenderTemplateResponse(_message.Message):
 Global___RenderTemplateResponse: _TypeAlias = RenderTemplateResponse  # noqa: Y015
 
 @_typing.final
+class TestSendTemplateRequest(_message.Message):
+    """Request of TestSendTemplate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/templates/{template}`."""
+    @_builtins.property
+    def recipient(self) -> _message_pb2.Recipient:
+        """Where it goes: `email` or `phone` (for a push or feed template, the
+        profile's devices or feed).
+        """
+
+    @_builtins.property
+    def data(self) -> _struct_pb2.Struct:
+        """Variables as `data.*`."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        recipient: _message_pb2.Recipient | None = ...,
+        data: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "recipient", b"recipient"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "name", b"name", "recipient", b"recipient"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestSendTemplateRequest: _TypeAlias = TestSendTemplateRequest  # noqa: Y015
+
+@_typing.final
+class TestSendTemplateResponse(_message.Message):
+    """Response of TestSendTemplate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def message(self) -> _message_pb2.Message:
+        """The message, QUEUED (follow it with GetMessage)."""
+
+    def __init__(
+        self,
+        *,
+        message: _message_pb2.Message | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestSendTemplateResponse: _TypeAlias = TestSendTemplateResponse  # noqa: Y015
+
+@_typing.final
 class CreateChannelProviderRequest(_message.Message):
     """Request of CreateChannelProvider."""
 

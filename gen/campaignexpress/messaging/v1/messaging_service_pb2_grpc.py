@@ -68,6 +68,11 @@ class MessagingServiceStub:
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RenderTemplateRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RenderTemplateResponse.FromString,
                 _registered_method=True)
+        self.TestSendTemplate = channel.unary_unary(
+                '/campaignexpress.messaging.v1.MessagingService/TestSendTemplate',
+                request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TestSendTemplateRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TestSendTemplateResponse.FromString,
+                _registered_method=True)
         self.CreateChannelProvider = channel.unary_unary(
                 '/campaignexpress.messaging.v1.MessagingService/CreateChannelProvider',
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateChannelProviderRequest.SerializeToString,
@@ -275,6 +280,16 @@ class MessagingServiceServicer:
     def RenderTemplate(self, request, context):
         """Renders a template for a profile or for given data, without sending:
         the preview.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TestSendTemplate(self, request, context):
+        """Sends a template's current version to a test address now: rendered
+        with a chosen profile's traits (else none) and `data`, to the email or
+        phone given (not the profile's), as a transactional message (no caps,
+        quiet hours or opt-outs in the way; suppressions still apply).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -567,6 +582,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.RenderTemplate,
                     request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RenderTemplateRequest.FromString,
                     response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RenderTemplateResponse.SerializeToString,
+            ),
+            'TestSendTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestSendTemplate,
+                    request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TestSendTemplateRequest.FromString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TestSendTemplateResponse.SerializeToString,
             ),
             'CreateChannelProvider': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateChannelProvider,
@@ -894,6 +914,33 @@ class MessagingService:
             '/campaignexpress.messaging.v1.MessagingService/RenderTemplate',
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RenderTemplateRequest.SerializeToString,
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.RenderTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestSendTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.messaging.v1.MessagingService/TestSendTemplate',
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TestSendTemplateRequest.SerializeToString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.TestSendTemplateResponse.FromString,
             options,
             channel_credentials,
             insecure,

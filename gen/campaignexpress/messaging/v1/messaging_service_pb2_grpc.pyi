@@ -53,6 +53,12 @@ class MessagingServiceStub:
     """Renders a template for a profile or for given data, without sending:
     the preview.
     """
+    TestSendTemplate: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.TestSendTemplateRequest, _messaging_service_pb2.TestSendTemplateResponse]
+    """Sends a template's current version to a test address now: rendered
+    with a chosen profile's traits (else none) and `data`, to the email or
+    phone given (not the profile's), as a transactional message (no caps,
+    quiet hours or opt-outs in the way; suppressions still apply).
+    """
     CreateChannelProvider: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.CreateChannelProviderRequest, _messaging_service_pb2.CreateChannelProviderResponse]
     """Adds a channel provider."""
     ListChannelProviders: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ListChannelProvidersRequest, _messaging_service_pb2.ListChannelProvidersResponse]
@@ -186,6 +192,12 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     RenderTemplate: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.RenderTemplateRequest, _messaging_service_pb2.RenderTemplateResponse]  # type: ignore[assignment]
     """Renders a template for a profile or for given data, without sending:
     the preview.
+    """
+    TestSendTemplate: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.TestSendTemplateRequest, _messaging_service_pb2.TestSendTemplateResponse]  # type: ignore[assignment]
+    """Sends a template's current version to a test address now: rendered
+    with a chosen profile's traits (else none) and `data`, to the email or
+    phone given (not the profile's), as a transactional message (no caps,
+    quiet hours or opt-outs in the way; suppressions still apply).
     """
     CreateChannelProvider: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.CreateChannelProviderRequest, _messaging_service_pb2.CreateChannelProviderResponse]  # type: ignore[assignment]
     """Adds a channel provider."""
@@ -353,6 +365,18 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_messaging_service_pb2.RenderTemplateResponse, _abc.Awaitable[_messaging_service_pb2.RenderTemplateResponse]]:
         """Renders a template for a profile or for given data, without sending:
         the preview.
+        """
+
+    @_abc_1.abstractmethod
+    def TestSendTemplate(
+        self,
+        request: _messaging_service_pb2.TestSendTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.TestSendTemplateResponse, _abc.Awaitable[_messaging_service_pb2.TestSendTemplateResponse]]:
+        """Sends a template's current version to a test address now: rendered
+        with a chosen profile's traits (else none) and `data`, to the email or
+        phone given (not the profile's), as a transactional message (no caps,
+        quiet hours or opt-outs in the way; suppressions still apply).
         """
 
     @_abc_1.abstractmethod
