@@ -71,7 +71,10 @@ async def test_the_feed_is_delivered_read_followed_and_reported(env: Env) -> Non
     stub = mgrpc.MessagingServiceStub(env.channel)
     stream = stub.StreamFeedItems(pb.StreamFeedItemsRequest(parent=ivy),
                                   metadata=[("authorization", f"Bearer {key}")])  # fmt: skip
-    got: list[message_pb2.FeedItem] = [await stream.read(), await stream.read()]
+    got: list[message_pb2.FeedItem] = [
+        (await stream.read()).feed_item,
+        (await stream.read()).feed_item,
+    ]
     assert {g.channel for g in got} == {
         template_pb2.MESSAGE_CHANNEL_IN_APP,
         template_pb2.MESSAGE_CHANNEL_CONTENT_CARD,
@@ -80,7 +83,7 @@ async def test_the_feed_is_delivered_read_followed_and_reported(env: Env) -> Non
     later = await send(
         env, {"template": card["name"], "recipient": {"userId": "ivy"}, "data": data}
     )
-    arrived = await asyncio.wait_for(stream.read(), timeout=5)
+    arrived = (await asyncio.wait_for(stream.read(), timeout=5)).feed_item
     assert arrived.title == "New arrivals"
     assert arrived.name.endswith(later["message"]["name"].rsplit("/", 1)[1])
     stream.cancel()

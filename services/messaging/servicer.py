@@ -554,9 +554,9 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
 
     async def StreamFeedItems(
         self, request: pb.StreamFeedItemsRequest, context: Any
-    ) -> AsyncIterator[message_pb2.FeedItem]:
+    ) -> AsyncIterator[pb.StreamFeedItemsResponse]:
         async for item in self._m.feed.follow(current_principal(), request.parent):
-            yield feed_proto(item)
+            yield pb.StreamFeedItemsResponse(feed_item=feed_proto(item))
 
     async def RecordFeedInteraction(
         self, request: pb.RecordFeedInteractionRequest, context: Any

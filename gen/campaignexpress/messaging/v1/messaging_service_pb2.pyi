@@ -1436,6 +1436,30 @@ class StreamFeedItemsRequest(_message.Message):
 Global___StreamFeedItemsRequest: _TypeAlias = StreamFeedItemsRequest  # noqa: Y015
 
 @_typing.final
+class StreamFeedItemsResponse(_message.Message):
+    """One message of StreamFeedItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEED_ITEM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def feed_item(self) -> _message_pb2.FeedItem:
+        """An item of the feed: one there now, or one that just arrived."""
+
+    def __init__(
+        self,
+        *,
+        feed_item: _message_pb2.FeedItem | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["feed_item", b"feed_item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feed_item", b"feed_item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamFeedItemsResponse: _TypeAlias = StreamFeedItemsResponse  # noqa: Y015
+
+@_typing.final
 class RecordFeedInteractionRequest(_message.Message):
     """Request of RecordFeedInteraction."""
 

@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from campaignexpress.messaging.v1 import message_pb2 as campaignexpress_dot_messaging_dot_v1_dot_message__pb2
 from campaignexpress.messaging.v1 import messaging_service_pb2 as campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.4'
@@ -161,7 +160,7 @@ class MessagingServiceStub:
         self.StreamFeedItems = channel.unary_stream(
                 '/campaignexpress.messaging.v1.MessagingService/StreamFeedItems',
                 request_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.StreamFeedItemsRequest.SerializeToString,
-                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_message__pb2.FeedItem.FromString,
+                response_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.StreamFeedItemsResponse.FromString,
                 _registered_method=True)
         self.RecordFeedInteraction = channel.unary_unary(
                 '/campaignexpress.messaging.v1.MessagingService/RecordFeedInteraction',
@@ -676,7 +675,7 @@ def add_MessagingServiceServicer_to_server(servicer, server):
             'StreamFeedItems': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamFeedItems,
                     request_deserializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.StreamFeedItemsRequest.FromString,
-                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_message__pb2.FeedItem.SerializeToString,
+                    response_serializer=campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.StreamFeedItemsResponse.SerializeToString,
             ),
             'RecordFeedInteraction': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordFeedInteraction,
@@ -1426,7 +1425,7 @@ class MessagingService:
             target,
             '/campaignexpress.messaging.v1.MessagingService/StreamFeedItems',
             campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.StreamFeedItemsRequest.SerializeToString,
-            campaignexpress_dot_messaging_dot_v1_dot_message__pb2.FeedItem.FromString,
+            campaignexpress_dot_messaging_dot_v1_dot_messaging__service__pb2.StreamFeedItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,6 @@
 isort:skip_file
 """
 
-from campaignexpress.messaging.v1 import message_pb2 as _message_pb2
 from campaignexpress.messaging.v1 import messaging_service_pb2 as _messaging_service_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
@@ -132,7 +131,7 @@ class MessagingServiceStub:
     not dismissed nor expired, newest first. SDKs call it with the
     source's write key.
     """
-    StreamFeedItems: _grpc.UnaryStreamMultiCallable[_messaging_service_pb2.StreamFeedItemsRequest, _message_pb2.FeedItem]
+    StreamFeedItems: _grpc.UnaryStreamMultiCallable[_messaging_service_pb2.StreamFeedItemsRequest, _messaging_service_pb2.StreamFeedItemsResponse]
     """The person's feed now, then each new item as it arrives (gRPC only)."""
     RecordFeedInteraction: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.RecordFeedInteractionRequest, _messaging_service_pb2.RecordFeedInteractionResponse]
     """What the person did with a feed item: saw it, clicked it, dismissed it."""
@@ -272,7 +271,7 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     not dismissed nor expired, newest first. SDKs call it with the
     source's write key.
     """
-    StreamFeedItems: _aio.UnaryStreamMultiCallable[_messaging_service_pb2.StreamFeedItemsRequest, _message_pb2.FeedItem]  # type: ignore[assignment]
+    StreamFeedItems: _aio.UnaryStreamMultiCallable[_messaging_service_pb2.StreamFeedItemsRequest, _messaging_service_pb2.StreamFeedItemsResponse]  # type: ignore[assignment]
     """The person's feed now, then each new item as it arrives (gRPC only)."""
     RecordFeedInteraction: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.RecordFeedInteractionRequest, _messaging_service_pb2.RecordFeedInteractionResponse]  # type: ignore[assignment]
     """What the person did with a feed item: saw it, clicked it, dismissed it."""
@@ -559,7 +558,7 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _messaging_service_pb2.StreamFeedItemsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_message_pb2.FeedItem], _abc.AsyncIterator[_message_pb2.FeedItem]]:
+    ) -> _typing.Union[_abc.Iterator[_messaging_service_pb2.StreamFeedItemsResponse], _abc.AsyncIterator[_messaging_service_pb2.StreamFeedItemsResponse]]:
         """The person's feed now, then each new item as it arrives (gRPC only)."""
 
     @_abc_1.abstractmethod
