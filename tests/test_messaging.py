@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import sqlalchemy as sa
 
 from tests.conftest import Env
 from tests.smtp_server import SmtpServer, free_port, serve_smtp
@@ -581,6 +582,84 @@ async def test_a_campaign_keeps_its_own_quiet_hours(env: Env, smtp: SmtpServer) 
     assert states == {"owl@example.com": ("MESSAGE_STATE_ABORTED", "quiet_hours"),
                       "lark@example.com": ("MESSAGE_STATE_SENT", "")}, states  # fmt: skip
     assert [r.rcpt_tos for r in smtp.received] == [["lark@example.com"]]
+
+
+async def test_campaign_messages_cost_their_budget_and_stop_with_it(
+    env: Env, smtp: SmtpServer
+) -> None:
+    """A provider's cost per message lands on the campaign's budget once per
+    message; a message of a campaign that is no longer live (here: held by
+    quiet hours, then the campaign paused) is not sent."""
+    from tests.test_audience_segments import create as create_segment
+    from tests.test_campaign_rest import call as call_ok
+
+    status, made = await call(env, "POST", "tenants/acme/channelProviders", {
+        "displayName": "paid", "kind": "PROVIDER_KIND_SMTP",
+        "config": {"host": "127.0.0.1", "port": str(smtp.port), "security": "none",
+                   "from": "news@acme.example", "cost_per_message": "0.0125",
+                   "cost_currency": "USD"}})  # fmt: skip
+    assert status == 200, made
+    for bad, field in ((("0.01", ""), "cost_currency"), (("lots", "USD"), "cost_per_message"),
+                       (("0.01", "usd"), "cost_currency")):  # fmt: skip
+        status, answer = await call(env, "POST", "tenants/acme/channelProviders", {
+            "displayName": "x", "kind": "PROVIDER_KIND_SMTP",
+            "config": {"host": "h", "from": "a@b.co", "cost_per_message": bad[0],
+                       "cost_currency": bad[1]}})  # fmt: skip
+        assert status == 400
+        assert f"channel_provider.config.{field}" in [
+            v["field"] for v in answer["error"]["fieldViolations"]
+        ]
+    sale = {"en": {"subject": "Sale", "text": "Sale"}}
+    news = await template(
+        env, {"displayName": "Sale", "channel": "MESSAGE_CHANNEL_EMAIL", "contents": sale}
+    )
+    await ingest(env, *(
+        {"type": "identify", "userId": f"b{n}", "traits": {
+            "email": f"b{n}@example.com", "plan": "pro",
+            "timezone": "Asia/Tokyo" if n == 3 else "Pacific/Kiritimati"}}
+        for n in range(4)))  # fmt: skip
+    pro = await create_segment(
+        env, {"trait": {"trait": "plan", "comparison": "COMPARISON_EQUALS", "value": "pro"}}
+    )
+    local = dt.datetime.now(zoneinfo.ZoneInfo("Asia/Tokyo"))
+    quiet = {"enabled": True, "start": (local - dt.timedelta(hours=1)).strftime("%H:%M"),
+             "end": (local + dt.timedelta(hours=1)).strftime("%H:%M")}  # fmt: skip
+    campaign = await launch_email_campaign(
+        env, {"template": news["name"], "audience": pro["name"], "quietHours": quiet}
+    )
+    name = campaign["name"]
+    deadline = time.monotonic() + 10
+    while len(smtp.received) < 3:
+        assert time.monotonic() < deadline, smtp.received
+        await asyncio.sleep(0.05)
+    deadline = time.monotonic() + 5
+    while True:
+        status, budget = await call(env, "GET", f"{name}/budgetStatus")
+        spent = int(budget["budgetStatus"].get("totalSpend", {}).get("amountMicros", 0))
+        if spent == 3 * 12_500 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert spent == 3 * 12_500, budget  # three sent, $0.0125 each; the held one not yet
+    # paused while b3's message waits for Tokyo's quiet hours to end
+    await call_ok(env, "POST", f"{name}:pause", env.headers(), {"comment": "stop"})
+    live = env.running.platform.kernel.interface("live_campaign_index")
+    deadline = time.monotonic() + 5
+    while live.get(name) is not None:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    db = env.running.platform.kernel.backends.db
+    async with db.engine.begin() as conn:  # as if the quiet hours were over
+        await conn.execute(
+            sa.text("UPDATE messaging_messages SET next_attempt_time = 0 WHERE state = 'queued'")
+        )
+    env.running.platform.api("messaging").sender.wake()
+    _, listed = await call(env, "GET", "tenants/acme/messages?pageSize=10")
+    held = [m for m in listed["messages"] if m.get("address") == "b3@example.com"]
+    done = await settled(env, held[0]["name"])
+    assert (done["state"], done["abortReason"]) == ("MESSAGE_STATE_ABORTED", "campaign_inactive")
+    assert len(smtp.received) == 3
+    status, budget = await call(env, "GET", f"{name}/budgetStatus")
+    assert int(budget["budgetStatus"]["totalSpend"]["amountMicros"]) == 3 * 12_500
 
 
 async def test_a_persons_messages_are_exported_and_erased(env: Env, smtp: SmtpServer) -> None:

@@ -3,11 +3,14 @@ messages sent under delivery rules, suppressions. See docs/messaging.md."""
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import socket
 
 from campaignexpress.messaging.v1 import messaging_service_pb2, messaging_service_pb2_grpc
 from services.analytics.pipeline import AnalyticsPipeline
+from services.campaigns.budget import DeliveryEventIn
+from services.campaigns.model import Money
 from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 from services.messaging.campaign_sends import CampaignSends
 from services.messaging.catalogs import Catalogs
@@ -21,10 +24,12 @@ from services.messaging.preferences import Groups
 from services.messaging.privacy import MessagesOfPeople
 from services.messaging.providers import Providers
 from services.messaging.rules import Caps, DeliveryRules, QuietHours
-from services.messaging.sender import Sender
+from services.messaging.sender import Sender, Spend
 from services.messaging.servicer import MessagingServicer
 from services.messaging.suppressions import Suppressions
 from services.messaging.templates import Templates
+
+log = logging.getLogger(__name__)
 
 
 async def _build(kernel: Kernel) -> Built:
@@ -59,6 +64,34 @@ async def _build(kernel: Kernel) -> Built:
             return None
         return QuietHours(True, own.start, own.end, own.time_zone, own.action.lower())
 
+    def campaign_currency(tenant_id: str, campaign_id: str) -> str | None:
+        """The budget currency of a live campaign; None when it is not live."""
+        found = live.get(f"tenants/{tenant_id}/campaigns/{campaign_id}")
+        if found is None:
+            return None
+        budget = found.campaign.spec.budget
+        return budget.total.currency_code or budget.daily.currency_code or ""
+
+    ledger = kernel.interface("spend_ledger")
+
+    async def spend(tenant_id: str, spent: list[Spend]) -> None:
+        """Messages' costs on their campaigns' budgets (BILLING entries keyed
+        by the message: each once). A cost in another currency than the
+        budget's is left out, with a warning."""
+        entries = []
+        for s in spent:
+            currency = campaign_currency(tenant_id, s.campaign_id)
+            if currency is not None and currency != s.currency:
+                log.warning("messaging: a %s cost on a %s budget (campaign %s) is not recorded",
+                            s.currency, currency, s.campaign_id)  # fmt: skip
+                continue
+            entries.append(DeliveryEventIn(
+                campaign=f"tenants/{tenant_id}/campaigns/{s.campaign_id}",
+                bid_id=f"message:{s.message_id}", type="BILLING",
+                amount=Money(s.currency, s.micros)))  # fmt: skip
+        if entries:
+            await ledger.record_events(None, f"tenants/{tenant_id}", entries)
+
     directory = kernel.interface("audience_directory")
     sender = Sender(
         db,
@@ -75,6 +108,8 @@ async def _build(kernel: Kernel) -> Built:
         feed=feed,
         campaign_rate=campaign_rate,
         campaign_quiet=campaign_quiet,
+        campaign_currency=campaign_currency,
+        spend=spend,
         catalogs=catalogs,
         groups=groups,
         analytics=kernel.backends.analytics,

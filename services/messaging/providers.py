@@ -4,6 +4,7 @@ in the config are write-only (read back as `***`)."""
 
 from __future__ import annotations
 
+import decimal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -69,6 +70,33 @@ class Provider:
         return {k: (MASK if k in secrets and v else v) for k, v in self.config.items()}
 
 
+def _check_cost(config: Mapping[str, str], at: str) -> list[FieldViolation]:
+    """`cost_per_message` (a decimal amount, per SMS segment for SMS) and
+    its `cost_currency` (ISO 4217), both or neither."""
+    cost, currency = config.get("cost_per_message", ""), config.get("cost_currency", "")
+    bad: list[FieldViolation] = []
+    if cost and cost_micros(cost) is None:
+        bad.append(FieldViolation(f"{at}.cost_per_message", "a decimal amount, 0-100"))
+    if bool(cost) != bool(currency):
+        bad.append(
+            FieldViolation(f"{at}.cost_currency", "both cost_per_message and it, or neither")
+        )
+    elif currency and not (len(currency) == 3 and currency.isalpha() and currency.isupper()):
+        bad.append(FieldViolation(f"{at}.cost_currency", "an ISO 4217 code such as USD"))
+    return bad
+
+
+def cost_micros(text: str) -> int | None:
+    """A decimal amount in micros (None: not an amount of 0-100)."""
+    try:
+        amount = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        return None
+    if not amount.is_finite() or not 0 <= amount <= 100:
+        return None
+    return int(amount * 1_000_000)
+
+
 class Providers:
     def __init__(self, db: Database, *, clock: Callable[[], int] = now_us) -> None:
         self._db = db
@@ -103,6 +131,7 @@ class Providers:
         rate = config.get("rate_per_minute", "")
         if rate and (not rate.isdigit() or not 1 <= int(rate) <= 1_000_000):
             bad.append(FieldViolation(f"{at}.config.rate_per_minute", "must be 1-1,000,000"))
+        bad += _check_cost(config, f"{at}.config")
         collect(bad)
         existing = await self.of_tenant(tenant_id, fresh=True)
         if len(existing) >= MAX_PROVIDERS:

@@ -42,7 +42,7 @@ import random
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,7 +64,7 @@ from services.messaging.events import event_row
 from services.messaging.feed import FEED_CHANNELS, Feed
 from services.messaging.messages import Message, from_row
 from services.messaging.preferences import Groups
-from services.messaging.providers import KINDS, Provider, Providers
+from services.messaging.providers import KINDS, Provider, Providers, cost_micros
 from services.messaging.rules import (
     Caps,
     DeliveryRules,
@@ -164,6 +164,24 @@ class Directory(Protocol):
 Emit = Callable[[EventRow], object]
 
 
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """What a campaign's sent message cost (for the campaign's budget)."""
+
+    campaign_id: str
+    message_id: str
+    currency: str
+    micros: int
+
+
+def campaign_send(message: Message) -> bool:
+    """Whether a live campaign's reconciliation made it (services/messaging/
+    campaign_sends.py keys them `campaign:<campaign>:<profile>`)."""
+    return bool(message.campaign_id) and message.idempotency_key.startswith(
+        f"campaign:{message.campaign_id}:"
+    )
+
+
 @dataclass(slots=True)
 class Outcome:
     state: str  # sent, aborted, failed, queued (retry)
@@ -181,6 +199,8 @@ class Outcome:
     encoding: str = ""
     send_time_method: str = ""  # chosen now (send-time optimisation)
     send_time_confidence: float = 0.0
+    cost_micros: int = 0  # what the provider charges for it (its config)
+    cost_currency: str = ""
 
 
 class Sender:
@@ -201,6 +221,8 @@ class Sender:
         feed: Feed | None = None,
         campaign_rate: Callable[[str, str], int] | None = None,
         campaign_quiet: Callable[[str, str], QuietHours | None] | None = None,
+        campaign_currency: Callable[[str, str], str | None] | None = None,
+        spend: Callable[[str, list[Spend]], Awaitable[None]] | None = None,
         catalogs: Catalogs | None = None,
         groups: Groups | None = None,
         analytics: AnalyticsStore | None = None,
@@ -227,6 +249,8 @@ class Sender:
         self._feed = feed
         self._campaign_rate = campaign_rate
         self._campaign_quiet = campaign_quiet
+        self._campaign_currency = campaign_currency
+        self._spend = spend
         self._catalogs = catalogs
         self._groups = groups
         self._analytics = analytics
@@ -296,7 +320,9 @@ class Sender:
         # one step (those handed over, not yet recorded).
         for first in range(0, len(claimed), RECORD_STEP):
             step = claimed[first : first + RECORD_STEP]
-            await self._record(step, await self._send_all(step))
+            outcomes = await self._send_all(step)
+            await self._record(step, outcomes)
+            await self._record_spend(step, outcomes)
         self._handed.clear()
         self._trim_journal()
         return len(claimed)
@@ -460,6 +486,28 @@ class Sender:
                 provider_id=o.provider_id,
                 reason=o.abort_reason or o.error,
             )
+
+    async def _record_spend(self, messages: Sequence[Message], outcomes: Sequence[Outcome]) -> None:
+        """Campaign messages that cost something, on their campaigns' budgets
+        (the ledger takes each message once: its id is the entry's key)."""
+        if self._spend is None:
+            return
+        by_tenant: dict[str, list[Spend]] = defaultdict(list)
+        for message, o in zip(messages, outcomes, strict=True):
+            if o.state == "sent" and o.cost_micros and campaign_send(message):
+                by_tenant[message.tenant_id].append(
+                    Spend(message.campaign_id, message.id, o.cost_currency, o.cost_micros)
+                )
+        for tenant_id, spent in by_tenant.items():
+            try:
+                await self._spend(tenant_id, spent)
+            except Exception:  # the messages went: their cost is noted in the log
+                log.warning(
+                    "messaging: %d messages' cost not recorded on their campaigns (%s)",
+                    len(spent),
+                    ", ".join(f"{s.message_id}={s.micros}" for s in spent[:10]),
+                    exc_info=True,
+                )
 
     def _event(
         self,
@@ -633,6 +681,11 @@ class Sender:
                     next_attempt_time=until,
                     held=True,
                 )
+        if campaign_send(message) and self._campaign_currency is not None:
+            if self._campaign_currency(message.tenant_id, message.campaign_id) is None:
+                return Outcome("aborted", "campaign_inactive",
+                               "the campaign is not live (paused, ended or out of budget)",
+                               address=address, profile_id=profile_id)  # fmt: skip
         violated, taken = await self._caps.reserve(
             rules,
             person=person_key(profile_id, address),
@@ -827,8 +880,11 @@ class Sender:
                         )
                     continue
                 self.breakers.succeeded(provider.id)
+                cost = cost_micros(provider.config.get("cost_per_message", "")) or 0
                 return Outcome(
                     "sent",
+                    cost_micros=cost * max(1, sms.segments if sms else 1),
+                    cost_currency=provider.config.get("cost_currency", ""),
                     provider_id=provider.id,
                     provider_message_id=provider_message_id,
                     address=address,
