@@ -39,6 +39,11 @@ def struct_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     return {key: _plain(value) for key, value in struct.fields.items()}
 
 
+def value_python(value: struct_pb2.Value) -> Any:
+    """A Value as the JSON it came from (None when unset)."""
+    return _plain(value)
+
+
 def _plain(value: struct_pb2.Value) -> Any:
     kind = value.WhichOneof("kind")
     if kind == "string_value":

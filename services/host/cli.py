@@ -38,6 +38,7 @@ _HELP = {
         "how long a message being sent is held before a dead sender's is UNKNOWN"
     ),
     "message_retry_seconds": "first wait before a message is tried again (then x4 each time)",
+    "temporal_address": "journeys' Temporal frontend, host:port (empty: an embedded dev server)",
     "rate_limit_per_second": "calls per second per API key or user (0 = off)",
     "rate_limit_burst": "burst size of the rate limit",
     "max_request_bytes": "largest request body accepted",

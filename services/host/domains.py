@@ -16,6 +16,7 @@ DOMAINS: tuple[str, ...] = (
     "audience",
     "messaging",
     "campaigns",
+    "journeys",
     "inference",
     "bidding",
 )

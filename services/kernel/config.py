@@ -74,6 +74,8 @@ class Settings:
     message_retry_seconds: float = field(
         default=30.0, metadata={"env": "CAMPAIGN_EXPRESS_MESSAGE_RETRY_SECONDS"}
     )
+    # Journeys' Temporal frontend (host:port); empty: the embedded dev server.
+    temporal_address: str = field(default="", metadata={"env": "TEMPORAL_ADDRESS"})
     rate_limit_per_second: float = field(
         default=100.0, metadata={"env": "CAMPAIGN_EXPRESS_RATE_LIMIT_PER_SECOND"}
     )

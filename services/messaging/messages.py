@@ -307,6 +307,7 @@ class Messages:
         profile_ids: Sequence[str],
         key_prefix: str,
         optimal: bool = False,
+        data: Mapping[str, Any] | None = None,
     ) -> list[Message]:
         """Messages of a template to these profiles, each keyed
         `{key_prefix}{profile id}`: a profile that has one already is
@@ -322,7 +323,7 @@ class Messages:
                 template.version,
                 template.channel,
                 {"profile": f"tenants/{tenant_id}/profiles/{pid}"},
-                {},
+                dict(data or {}),
                 False,
                 f"{key_prefix}{pid}",
                 campaign_id,
@@ -401,6 +402,10 @@ class Messages:
                 .values(receipt=receipt[:60], receipt_time=at, update_time=at)
             )
         return from_row(row)
+
+    async def by_key(self, tenant_id: str, key: str) -> Message | None:
+        """The message of an idempotency key, if any."""
+        return await self._by_key(tenant_id, key)
 
     async def _by_key(self, tenant_id: str, key: str) -> Message | None:
         m = messaging_messages.c

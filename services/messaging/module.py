@@ -6,11 +6,14 @@ from __future__ import annotations
 import logging
 import pathlib
 import socket
+from collections.abc import Mapping
+from typing import Any
 
 from campaignexpress.messaging.v1 import messaging_service_pb2, messaging_service_pb2_grpc
 from services.analytics.pipeline import AnalyticsPipeline
 from services.campaigns.budget import DeliveryEventIn
 from services.campaigns.model import Money
+from services.common.errors import NotFound
 from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 from services.messaging.campaign_sends import CampaignSends
 from services.messaging.catalogs import Catalogs
@@ -168,12 +171,55 @@ async def _build(kernel: Kernel) -> Built:
             "messaging", MessagesOfPeople(db, events, kernel.backends.analytics)
         )
     messaging.campaign_sends = campaign_sends
+    kernel.interface("message_outbox").bind(messages, templates)
 
     async def seed(seed: TenantSeed) -> None:
         if seed.demo:
             await seed_demo_messaging(messaging, seed.tenant_id)
 
     return Built([MessagingServicer(messaging)], api=messaging, seed=seed)
+
+
+class Outbox:
+    """Messages sent as steps of other domains' flows (a journey's send
+    step): one per key, however often the step is tried. Bound to this
+    process's messaging when it is built."""
+
+    def __init__(self) -> None:
+        self._messages: Messages | None = None
+        self._templates: Templates | None = None
+
+    def bind(self, messages: Messages, templates: Templates) -> None:
+        self._messages, self._templates = messages, templates
+
+    async def template_exists(self, tenant_id: str, template_id: str) -> bool:
+        if self._templates is None:
+            return False
+        try:
+            await self._templates.find(tenant_id, template_id)
+        except NotFound:
+            return False
+        return True
+
+    async def send_step(
+        self, tenant_id: str, template: str, profile_id: str, key: str, data: Mapping[str, Any]
+    ) -> str:
+        """The step's message (its name): stored now, or the one of its key.
+        LookupError when the template is gone."""
+        if self._messages is None or self._templates is None:
+            raise RuntimeError("messaging is not built in this process")
+        template_id = template.rsplit("/", 1)[-1]
+        try:
+            found = await self._templates.find(tenant_id, template_id)
+        except NotFound:
+            raise LookupError(f"{template} is gone") from None
+        stored = await self._messages.enqueue_many(
+            tenant_id, found, "", [profile_id], f"{key}:", data=data
+        )
+        if stored:
+            return stored[0].name
+        existing = await self._messages.by_key(tenant_id, f"{key}:{profile_id}")
+        return existing.name if existing is not None else ""
 
 
 MODULE = DomainModule(
@@ -186,4 +232,8 @@ MODULE = DomainModule(
     ),
     build=_build,
     migrations=pathlib.Path(__file__).parent / "migrations",
+    interfaces={
+        # Messages as steps of other domains' flows (journeys).
+        "message_outbox": lambda kernel: Outbox(),
+    },
 )

@@ -1,0 +1,1 @@
+"""Journeys: graphs of steps people walk through, durably, on Temporal."""

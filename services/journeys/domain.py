@@ -1,0 +1,258 @@
+"""The journeys domain's core, without gRPC: journeys (define, check,
+publish, pause, resume) and people's ways through them (enter, look up),
+each way a Temporal workflow (services/journeys/workflow.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from services.common import names
+from services.common.call import Principal
+from services.common.clock import now_us
+from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, collect
+from services.common.ids import random_hex_id
+from services.common.validation import check_text
+from services.journeys.engine import Engine
+from services.journeys.model import Definition, Instance, Journey, TemplateExists, check
+from services.journeys.store import FINAL, Store
+from services.journeys.workflow import TASK_QUEUE, JourneyWorkflow, Run
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("display_name", "trigger", "nodes", "reentry", "reentry_cooldown")
+#: Journey states and the ones each action may start from.
+PAUSABLE, RESUMABLE, PUBLISHABLE = ("active",), ("paused",), ("draft", "active", "paused")
+MAX_KEY = 200
+
+
+class Journeys:
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        template_exists: TemplateExists,
+        directory: Any,
+        *,
+        clock: Callable[[], int] = now_us,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self._template_exists = template_exists
+        self._directory = directory
+        self._clock = clock
+
+    # -- journeys -------------------------------------------------------------
+
+    async def _checked(self, tenant_id: str, display_name: str, definition: Definition) -> None:
+        bad: list[FieldViolation] = []
+        check_text(bad, "journey.display_name", display_name, required=True, max_len=200)
+        bad += await check(definition, tenant_id, self._template_exists)
+        collect(bad)
+
+    async def create(
+        self, caller: Principal, parent: str, display_name: str, definition: Definition
+    ) -> Journey:
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
+        await self._checked(tenant_id, display_name, definition)
+        now = self._clock()
+        journey = Journey(random_hex_id(), tenant_id, display_name, "draft", 0, definition,
+                          now, now)  # fmt: skip
+        await self.store.create(journey)
+        return journey
+
+    async def _own(self, caller: Principal, name: str, field: str = "name") -> Journey:
+        tenant_id, journey_id = names.parse_name(name, field, "tenants", "journeys")
+        names.require_same_tenant(name, field, caller.tenant_id)
+        return await self.store.get(tenant_id, journey_id)
+
+    async def get(self, caller: Principal, name: str) -> Journey:
+        return await self._own(caller, name)
+
+    async def list_journeys(
+        self, caller: Principal, parent: str, page_size: int, page_token: str
+    ) -> tuple[list[Journey], str]:
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
+        return await self.store.list_journeys(tenant_id, page_size, page_token)
+
+    async def update(
+        self,
+        caller: Principal,
+        name: str,
+        paths: Sequence[str],
+        display_name: str,
+        definition: Definition,
+    ) -> Journey:
+        journey = await self._own(caller, name, "journey.name")
+        if journey.state == "archived":
+            raise FailedPrecondition(f"{name} is archived")
+        wanted = set(paths) or set(FIELDS)
+        unknown = wanted - set(FIELDS)
+        if unknown:
+            raise InvalidArgument.field(
+                "update_mask", f"unknown fields {sorted(unknown)}; one of {FIELDS}"
+            )
+        current = journey.definition
+        merged = Definition(
+            trigger=definition.trigger if "trigger" in wanted else current.trigger,
+            event=definition.event if "trigger" in wanted else current.event,
+            nodes=definition.nodes if "nodes" in wanted else current.nodes,
+            reentry=definition.reentry if "reentry" in wanted else current.reentry,
+            cooldown_seconds=definition.cooldown_seconds
+            if "reentry_cooldown" in wanted
+            else current.cooldown_seconds,
+        )
+        new_name = display_name if "display_name" in wanted else journey.display_name
+        await self._checked(journey.tenant_id, new_name, merged)
+        return await self.store.update(journey, display_name=new_name, definition=merged)
+
+    async def publish(self, caller: Principal, name: str) -> Journey:
+        """The definition as its next version (checked again: a template may
+        have gone since), ACTIVE; the engine started if it was not."""
+        journey = await self._own(caller, name)
+        if journey.state not in PUBLISHABLE:
+            raise FailedPrecondition(f"{name} is {journey.state.upper()}: it cannot be published")
+        await self._checked(journey.tenant_id, journey.display_name, journey.definition)
+        await self.engine.client()
+        return await self.store.publish(journey)
+
+    async def pause(self, caller: Principal, name: str) -> Journey:
+        return await self._move(caller, name, "paused", PAUSABLE)
+
+    async def resume(self, caller: Principal, name: str) -> Journey:
+        return await self._move(caller, name, "active", RESUMABLE)
+
+    async def _move(
+        self, caller: Principal, name: str, state: str, only_from: tuple[str, ...]
+    ) -> Journey:
+        journey = await self._own(caller, name)
+        if journey.state == state:
+            return journey  # already there: a retried call
+        if not await self.store.set_state(journey, state, only_from=only_from):
+            raise FailedPrecondition(
+                f"{name} is {journey.state.upper()}; only "
+                f"{' or '.join(s.upper() for s in only_from)} may become {state.upper()}"
+            )
+        return await self.store.get(journey.tenant_id, journey.id)
+
+    # -- people ---------------------------------------------------------------
+
+    async def enter(
+        self,
+        caller: Principal,
+        name: str,
+        *,
+        profile: str,
+        user_id: str,
+        data: Mapping[str, Any],
+        idempotency_key: str,
+    ) -> tuple[Instance, bool]:
+        """A person into an ACTIVE journey: a new instance and its workflow,
+        unless the entry was made before (the same key; once per person when
+        re-entry is NEVER), or the person's cooldown has not passed."""
+        journey = await self._own(caller, name)
+        if len(idempotency_key) > MAX_KEY:
+            raise InvalidArgument.field("idempotency_key", f"at most {MAX_KEY} characters")
+        profile_id = await self._person(journey.tenant_id, profile, user_id)
+        if journey.state != "active":
+            raise FailedPrecondition(f"{name} is {journey.state.upper()}: nobody enters it")
+        definition = journey.definition
+        now = self._clock()
+        if definition.reentry == "never":
+            key = f"profile:{profile_id}"
+        elif idempotency_key:
+            key = f"key:{idempotency_key}"
+        else:
+            key = f"entry:{random_hex_id()}"
+        if definition.reentry == "after_cooldown" and not idempotency_key:
+            last = await self.store.last_entry(journey.id, profile_id)
+            if last is not None and now - last < definition.cooldown_seconds * 1e6:
+                wait = int(definition.cooldown_seconds - (now - last) / 1e6) + 1
+                raise FailedPrecondition(f"the person entered {name} lately: again in {wait}s")
+        version = await self.store.version(journey.id, journey.version)
+        fresh = Instance(random_hex_id(), journey.tenant_id, journey.id, journey.version,
+                         profile_id, "active", version.nodes[0].id, (), "", now, now)  # fmt: skip
+        instance, created = await self.store.enter(fresh, key)
+        if instance.state not in FINAL:  # (again after a crash between the two)
+            await self._start(instance, version, data)
+        return instance, created
+
+    async def _person(self, tenant_id: str, profile: str, user_id: str) -> str:
+        if profile:
+            found_tenant, profile_id = names.parse_name(profile, "profile", "tenants", "profiles")
+            if found_tenant != tenant_id:
+                raise InvalidArgument.field("profile", "belongs to another tenant")
+            person = await self._directory.person(tenant_id, profile_id, "")
+            if person is None:
+                raise InvalidArgument.field("profile", "no such profile")
+            return str(person.id)
+        if not user_id:
+            raise InvalidArgument.field("profile", "a profile or a user_id is required")
+        person = await self._directory.person(tenant_id, "", user_id)
+        if person is None:
+            raise InvalidArgument.field("user_id", "no profile has this user id")
+        return str(person.id)
+
+    async def _start(
+        self, instance: Instance, version: Definition, data: Mapping[str, Any]
+    ) -> None:
+        client = await self.engine.client()
+        run = Run(instance.tenant_id, instance.journey_id, instance.id, instance.version,
+                  instance.profile_id, version.to_json(), dict(data))  # fmt: skip
+        try:
+            await client.start_workflow(
+                JourneyWorkflow.run,
+                run,
+                id=instance.id,
+                task_queue=TASK_QUEUE,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # a repeated entry: it runs already
+
+    async def instance(self, caller: Principal, name: str) -> Instance:
+        parts = name.split("/")
+        if (
+            len(parts) != 6
+            or parts[0] != "tenants"
+            or parts[2] != "journeys"
+            or parts[4] != ("instances")
+            or not all(parts)
+        ):
+            raise InvalidArgument.field(
+                "name", "must be tenants/{t}/journeys/{j}/instances/{i}"
+            )  # fmt: skip
+        names.require_same_tenant(name, "name", caller.tenant_id)
+        return await self.store.instance(parts[1], parts[3], parts[5])
+
+    async def instances(
+        self,
+        caller: Principal,
+        parent: str,
+        page_size: int,
+        page_token: str,
+        *,
+        state: str = "",
+        profile: str = "",
+    ) -> tuple[list[Instance], str]:
+        journey = await self._own(caller, parent, "parent")
+        profile_id = ""
+        if profile:
+            found_tenant, profile_id = names.parse_name(profile, "profile", "tenants", "profiles")
+            if found_tenant != journey.tenant_id:
+                raise InvalidArgument.field("profile", "belongs to another tenant")
+        return await self.store.instances(
+            journey.tenant_id, journey.id, page_size, page_token, state=state, profile_id=profile_id
+        )
+
+    async def resume_ways(self) -> None:
+        """At start-up: ways still under way need the engine's workers."""
+        try:
+            if await self.store.unfinished():
+                await self.engine.client()
+        except Exception:
+            log.warning("journeys: could not start the engine for ways under way", exc_info=True)

@@ -1,0 +1,48 @@
+"""The journeys domain: JourneyService, its tables, and this process's part
+of the engine (services/journeys/engine.py), started on first need."""
+
+from __future__ import annotations
+
+import pathlib
+
+from campaignexpress.journeys.v1 import journey_service_pb2, journey_service_pb2_grpc
+from services.journeys.activities import JourneyActivities
+from services.journeys.domain import Journeys
+from services.journeys.engine import Engine
+from services.journeys.servicer import JourneyServicer
+from services.journeys.store import Store
+from services.kernel import Built, DomainModule, Kernel, Service
+
+
+async def _build(kernel: Kernel) -> Built:
+    db = kernel.backends.db
+    store = Store(db, kernel.page_tokens, clock=kernel.clock)
+    outbox = kernel.interface("message_outbox")
+    directory = kernel.interface("audience_directory")
+    activities = JourneyActivities(store, outbox, directory)
+    engine = Engine(
+        kernel.settings.data_dir,
+        kernel.settings.temporal_address,
+        activities.all(),
+        worker_name=kernel.worker,
+    )
+    journeys = Journeys(store, engine, outbox.template_exists, directory, clock=kernel.clock)
+
+    async def serving() -> None:  # ways still under way need this process's worker
+        await journeys.resume_ways()
+
+    kernel.when_serving(serving, engine.stop)
+    return Built([JourneyServicer(journeys)], api=journeys)
+
+
+MODULE = DomainModule(
+    name="journeys",
+    services=(
+        Service(
+            journey_service_pb2.DESCRIPTOR.services_by_name["JourneyService"],
+            journey_service_pb2_grpc.add_JourneyServiceServicer_to_server,
+        ),
+    ),
+    build=_build,
+    migrations=pathlib.Path(__file__).parent / "migrations",
+)

@@ -1,0 +1,231 @@
+"""JourneyService over gRPC: protos in, domain values out (and back)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import duration_pb2, struct_pb2
+
+from campaignexpress.journeys.v1 import journey_pb2
+from campaignexpress.journeys.v1 import journey_service_pb2 as pb
+from campaignexpress.journeys.v1 import journey_service_pb2_grpc as pb_grpc
+from services.common.call import current_principal
+from services.common.protoconv import struct_dict, timestamp, value_python
+from services.journeys.domain import Journeys
+from services.journeys.model import Branch, Definition, Instance, Journey, Node
+
+_COMPARISONS = {
+    journey_pb2.TRAIT_COMPARISON_EQUALS: "equals",
+    journey_pb2.TRAIT_COMPARISON_NOT_EQUALS: "not_equals",
+    journey_pb2.TRAIT_COMPARISON_EXISTS: "exists",
+    journey_pb2.TRAIT_COMPARISON_GREATER_THAN: "greater_than",
+    journey_pb2.TRAIT_COMPARISON_LESS_THAN: "less_than",
+    journey_pb2.TRAIT_COMPARISON_CONTAINS: "contains",
+}
+_REENTRY = {
+    journey_pb2.REENTRY_POLICY_UNSPECIFIED: "never",
+    journey_pb2.REENTRY_POLICY_NEVER: "never",
+    journey_pb2.REENTRY_POLICY_AFTER_COOLDOWN: "after_cooldown",
+    journey_pb2.REENTRY_POLICY_ALWAYS: "always",
+}
+_STATES = {
+    "draft": journey_pb2.JOURNEY_STATE_DRAFT,
+    "active": journey_pb2.JOURNEY_STATE_ACTIVE,
+    "paused": journey_pb2.JOURNEY_STATE_PAUSED,
+    "completed": journey_pb2.JOURNEY_STATE_COMPLETED,
+    "archived": journey_pb2.JOURNEY_STATE_ARCHIVED,
+}
+_INSTANCE_STATES = {
+    "active": journey_pb2.INSTANCE_STATE_ACTIVE,
+    "waiting": journey_pb2.INSTANCE_STATE_WAITING,
+    "completed": journey_pb2.INSTANCE_STATE_COMPLETED,
+    "exited": journey_pb2.INSTANCE_STATE_EXITED,
+    "failed": journey_pb2.INSTANCE_STATE_FAILED,
+}
+
+
+def _seconds(d: duration_pb2.Duration) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    out = duration_pb2.Duration()
+    out.FromNanoseconds(int(seconds * 1e9))
+    return out
+
+
+def definition_in(j: journey_pb2.Journey) -> Definition:
+    kind = j.trigger.WhichOneof("kind") or ""
+    nodes = []
+    for n in j.nodes:
+        step = n.WhichOneof("step") or ""
+        node = Node(id=n.id, kind=step, next=n.next)
+        if step == "send":
+            node = Node(n.id, step, n.next, template=n.send.template, data=struct_dict(n.send.data))
+        elif step == "wait":
+            node = Node(n.id, step, n.next, seconds=_seconds(n.wait.duration))
+        elif step == "decision":
+            node = Node(
+                n.id, step, n.next,
+                branches=tuple(
+                    Branch(b.trait, _COMPARISONS.get(b.comparison, ""),
+                           value_python(b.value) if b.HasField("value") else None, b.next)
+                    for b in n.decision.branches
+                ),
+                otherwise=n.decision.otherwise,
+            )  # fmt: skip
+        nodes.append(node)
+    return Definition(
+        trigger=kind,
+        event=j.trigger.event.event if kind == "event" else "",
+        nodes=tuple(nodes),
+        reentry=_REENTRY.get(j.reentry, ""),
+        cooldown_seconds=_seconds(j.reentry_cooldown),
+    )
+
+
+def _value(value: Any) -> struct_pb2.Value:
+    holder = struct_pb2.Struct()
+    holder.update({"v": value})
+    return holder.fields["v"]
+
+
+def journey_proto(journey: Journey) -> journey_pb2.Journey:
+    d = journey.definition
+    out = journey_pb2.Journey(
+        name=journey.name,
+        display_name=journey.display_name,
+        state=_STATES.get(journey.state, journey_pb2.JOURNEY_STATE_UNSPECIFIED),
+        version=journey.version,
+        reentry={v: k for k, v in _REENTRY.items() if k}.get(d.reentry, 0),  # type: ignore[arg-type]
+        create_time=timestamp(journey.create_time),
+        update_time=timestamp(journey.update_time),
+    )
+    if d.reentry == "after_cooldown":
+        out.reentry_cooldown.CopyFrom(_duration(d.cooldown_seconds))
+    if d.trigger == "event":
+        out.trigger.event.event = d.event
+    else:
+        out.trigger.api.SetInParent()
+    names = {v: k for k, v in _COMPARISONS.items()}
+    for node in d.nodes:
+        n = out.nodes.add(id=node.id, next=node.next)
+        if node.kind == "send":
+            n.send.template = node.template
+            if node.data:
+                n.send.data.update(dict(node.data))
+        elif node.kind == "wait":
+            n.wait.duration.CopyFrom(_duration(node.seconds))
+        elif node.kind == "decision":
+            n.decision.otherwise = node.otherwise
+            for b in node.branches:
+                branch = n.decision.branches.add(
+                    trait=b.trait,
+                    comparison=names.get(b.comparison, 0),
+                    next=b.next,
+                )
+                if b.value is not None:
+                    branch.value.CopyFrom(_value(b.value))
+        else:
+            n.exit.SetInParent()
+    return out
+
+
+def instance_proto(instance: Instance) -> journey_pb2.JourneyInstance:
+    return journey_pb2.JourneyInstance(
+        name=instance.name,
+        profile=f"tenants/{instance.tenant_id}/profiles/{instance.profile_id}",
+        version=instance.version,
+        state=_INSTANCE_STATES.get(instance.state, journey_pb2.INSTANCE_STATE_UNSPECIFIED),
+        current_node=instance.current_node,
+        history=[
+            journey_pb2.InstanceStep(
+                node=str(h.get("node", "")),
+                time=timestamp(int(h.get("time", 0))),
+                outcome=str(h.get("outcome", "")),
+            )
+            for h in instance.history
+        ],
+        exit_reason=instance.exit_reason,
+        start_time=timestamp(instance.start_time),
+        update_time=timestamp(instance.update_time),
+    )
+
+
+class JourneyServicer(pb_grpc.JourneyServiceServicer):
+    def __init__(self, journeys: Journeys) -> None:
+        self._j = journeys
+
+    async def CreateJourney(self, request: pb.CreateJourneyRequest, context: Any) -> Any:
+        made = await self._j.create(
+            current_principal(),
+            request.parent,
+            request.journey.display_name,
+            definition_in(request.journey),
+        )
+        return pb.CreateJourneyResponse(journey=journey_proto(made))
+
+    async def GetJourney(self, request: pb.GetJourneyRequest, context: Any) -> Any:
+        found = await self._j.get(current_principal(), request.name)
+        return pb.GetJourneyResponse(journey=journey_proto(found))
+
+    async def ListJourneys(self, request: pb.ListJourneysRequest, context: Any) -> Any:
+        found, token = await self._j.list_journeys(
+            current_principal(), request.parent, request.page_size, request.page_token
+        )
+        return pb.ListJourneysResponse(
+            journeys=[journey_proto(j) for j in found], next_page_token=token
+        )
+
+    async def UpdateJourney(self, request: pb.UpdateJourneyRequest, context: Any) -> Any:
+        changed = await self._j.update(
+            current_principal(),
+            request.journey.name,
+            list(request.update_mask.paths),
+            request.journey.display_name,
+            definition_in(request.journey),
+        )
+        return pb.UpdateJourneyResponse(journey=journey_proto(changed))
+
+    async def PublishJourney(self, request: pb.PublishJourneyRequest, context: Any) -> Any:
+        done = await self._j.publish(current_principal(), request.name)
+        return pb.PublishJourneyResponse(journey=journey_proto(done))
+
+    async def PauseJourney(self, request: pb.PauseJourneyRequest, context: Any) -> Any:
+        done = await self._j.pause(current_principal(), request.name)
+        return pb.PauseJourneyResponse(journey=journey_proto(done))
+
+    async def ResumeJourney(self, request: pb.ResumeJourneyRequest, context: Any) -> Any:
+        done = await self._j.resume(current_principal(), request.name)
+        return pb.ResumeJourneyResponse(journey=journey_proto(done))
+
+    async def EnterJourney(self, request: pb.EnterJourneyRequest, context: Any) -> Any:
+        instance, created = await self._j.enter(
+            current_principal(),
+            request.name,
+            profile=request.profile,
+            user_id=request.user_id,
+            data=struct_dict(request.data),
+            idempotency_key=request.idempotency_key,
+        )
+        return pb.EnterJourneyResponse(instance=instance_proto(instance), created=created)
+
+    async def GetJourneyInstance(self, request: pb.GetJourneyInstanceRequest, context: Any) -> Any:
+        found = await self._j.instance(current_principal(), request.name)
+        return pb.GetJourneyInstanceResponse(instance=instance_proto(found))
+
+    async def ListJourneyInstances(
+        self, request: pb.ListJourneyInstancesRequest, context: Any
+    ) -> Any:
+        state = {v: k for k, v in _INSTANCE_STATES.items()}.get(request.state, "")
+        found, token = await self._j.instances(
+            current_principal(),
+            request.parent,
+            request.page_size,
+            request.page_token,
+            state=state,
+            profile=request.profile,
+        )
+        return pb.ListJourneyInstancesResponse(
+            instances=[instance_proto(i) for i in found], next_page_token=token
+        )

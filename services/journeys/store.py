@@ -1,0 +1,339 @@
+"""Journeys, their versions and instances in the management database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from services.common.clock import now_us
+from services.common.errors import InvalidArgument, NotFound
+from services.common.pagination import PageTokens, scope
+from services.db import Database
+from services.journeys.model import Definition, Instance, Journey
+from services.journeys.tables import journey_instances, journey_versions, journeys
+from services.journeys.workflow import Record
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1_000
+#: A way's history keeps its last this many steps.
+MAX_HISTORY = 200
+FINAL = ("completed", "exited", "failed")
+
+
+def _journey(row: Any) -> Journey:
+    return Journey(
+        row.id,
+        row.tenant_id,
+        row.display_name,
+        row.state,
+        row.version,
+        Definition.from_json(row.definition),
+        row.create_time,
+        row.update_time,
+    )
+
+
+def _instance(row: Any) -> Instance:
+    return Instance(
+        row.id,
+        row.tenant_id,
+        row.journey_id,
+        row.version,
+        row.profile_id,
+        row.state,
+        row.current_node,
+        tuple(row.history or ()),
+        row.exit_reason,
+        row.start_time,
+        row.update_time,
+    )
+
+
+def _page_size(page_size: int) -> int:
+    if not 0 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidArgument.field("page_size", f"must be 0-{MAX_PAGE_SIZE}")
+    return page_size or DEFAULT_PAGE_SIZE
+
+
+class Store:
+    def __init__(
+        self, db: Database, page_tokens: PageTokens, clock: Callable[[], int] = now_us
+    ) -> None:
+        self._db = db
+        self._pages = page_tokens
+        self._clock = clock
+
+    # -- journeys -------------------------------------------------------------
+
+    async def create(self, journey: Journey) -> None:
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                journeys.insert().values(
+                    id=journey.id,
+                    tenant_id=journey.tenant_id,
+                    display_name=journey.display_name,
+                    state=journey.state,
+                    version=journey.version,
+                    definition=journey.definition.to_json(),
+                    create_time=journey.create_time,
+                    update_time=journey.update_time,
+                )
+            )
+
+    async def get(self, tenant_id: str, journey_id: str) -> Journey:
+        j = journeys.c
+        async with self._db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(journeys).where(j.tenant_id == tenant_id, j.id == journey_id)
+                )
+            ).first()
+        if row is None:
+            name = f"tenants/{tenant_id}/journeys/{journey_id}"
+            raise NotFound(f"{name} not found", metadata={"resource": name})
+        return _journey(row)
+
+    async def journey_state(self, tenant_id: str, journey_id: str) -> str:
+        try:
+            return (await self.get(tenant_id, journey_id)).state
+        except NotFound:
+            return "archived"
+
+    async def list_journeys(
+        self, tenant_id: str, page_size: int, page_token: str
+    ) -> tuple[list[Journey], str]:
+        size = _page_size(page_size)
+        request = scope("journeys.ListJourneys", tenant_id)
+        cursor = self._pages.decode(request, page_token, "t", "id")
+        j = journeys.c
+        query = (
+            sa.select(journeys)
+            .where(j.tenant_id == tenant_id)
+            .order_by(j.create_time.desc(), j.id.desc())
+            .limit(size + 1)
+        )
+        if cursor is not None:
+            query = query.where(
+                sa.or_(
+                    j.create_time < cursor["t"],
+                    sa.and_(j.create_time == cursor["t"], j.id < cursor["id"]),
+                )
+            )
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        found = [_journey(r) for r in rows[:size]]
+        token = ""
+        if len(rows) > size:
+            token = self._pages.encode(request, {"t": found[-1].create_time, "id": found[-1].id})
+        return found, token
+
+    async def update(
+        self, journey: Journey, *, display_name: str, definition: Definition
+    ) -> Journey:
+        now = self._clock()
+        j = journeys.c
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                journeys.update()
+                .where(j.id == journey.id)
+                .values(display_name=display_name, definition=definition.to_json(), update_time=now)
+            )
+        return await self.get(journey.tenant_id, journey.id)
+
+    async def set_state(self, journey: Journey, state: str, *, only_from: tuple[str, ...]) -> bool:
+        """Move a journey to `state` if it is in one of `only_from`."""
+        j = journeys.c
+        async with self._db.engine.begin() as conn:
+            moved = await conn.execute(
+                journeys.update()
+                .where(j.id == journey.id, j.state.in_(only_from))
+                .values(state=state, update_time=self._clock())
+            )
+        return bool(moved.rowcount)
+
+    async def publish(self, journey: Journey) -> Journey:
+        """The definition as the next version; the journey ACTIVE."""
+        now = self._clock()
+        j = journeys.c
+        async with self._db.engine.begin() as conn:
+            row = (
+                await conn.execute(sa.select(journeys.c.version).where(j.id == journey.id))
+            ).first()
+            version = (row.version if row is not None else 0) + 1
+            await conn.execute(
+                journey_versions.insert().values(
+                    journey_id=journey.id,
+                    version=version,
+                    tenant_id=journey.tenant_id,
+                    definition=journey.definition.to_json(),
+                    publish_time=now,
+                )
+            )
+            await conn.execute(
+                journeys.update()
+                .where(j.id == journey.id)
+                .values(state="active", version=version, update_time=now)
+            )
+        return await self.get(journey.tenant_id, journey.id)
+
+    async def version(self, journey_id: str, version: int) -> Definition:
+        v = journey_versions.c
+        async with self._db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(v.definition).where(v.journey_id == journey_id, v.version == version)
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"journey {journey_id} has no version {version}")
+        return Definition.from_json(row.definition)
+
+    # -- instances ------------------------------------------------------------
+
+    async def enter(self, instance: Instance, entry_key: str) -> tuple[Instance, bool]:
+        """Store a new instance unless its entry key was used; (the instance
+        of the key, whether it is new)."""
+        i = journey_instances.c
+        try:
+            async with self._db.engine.begin() as conn:
+                await conn.execute(
+                    journey_instances.insert().values(
+                        id=instance.id,
+                        tenant_id=instance.tenant_id,
+                        journey_id=instance.journey_id,
+                        version=instance.version,
+                        profile_id=instance.profile_id,
+                        entry_key=entry_key,
+                        state=instance.state,
+                        current_node=instance.current_node,
+                        history=[],
+                        exit_reason="",
+                        start_time=instance.start_time,
+                        update_time=instance.update_time,
+                    )
+                )
+            return instance, True
+        except IntegrityError:
+            async with self._db.engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        sa.select(journey_instances).where(
+                            i.journey_id == instance.journey_id, i.entry_key == entry_key
+                        )
+                    )
+                ).first()
+            if row is None:
+                raise
+            return _instance(row), False
+
+    async def last_entry(self, journey_id: str, profile_id: str) -> int | None:
+        """When the person last entered the journey (None: never)."""
+        i = journey_instances.c
+        async with self._db.engine.connect() as conn:
+            found = await conn.scalar(
+                sa.select(sa.func.max(i.start_time)).where(
+                    i.journey_id == journey_id, i.profile_id == profile_id
+                )
+            )
+        return int(found) if found is not None else None
+
+    async def instance(self, tenant_id: str, journey_id: str, instance_id: str) -> Instance:
+        i = journey_instances.c
+        async with self._db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(journey_instances).where(
+                        i.tenant_id == tenant_id, i.journey_id == journey_id, i.id == instance_id
+                    )
+                )
+            ).first()
+        if row is None:
+            name = f"tenants/{tenant_id}/journeys/{journey_id}/instances/{instance_id}"
+            raise NotFound(f"{name} not found", metadata={"resource": name})
+        return _instance(row)
+
+    async def instances(
+        self,
+        tenant_id: str,
+        journey_id: str,
+        page_size: int,
+        page_token: str,
+        *,
+        state: str = "",
+        profile_id: str = "",
+    ) -> tuple[list[Instance], str]:
+        size = _page_size(page_size)
+        request = scope("journeys.ListJourneyInstances", tenant_id, journey_id, state, profile_id)
+        cursor = self._pages.decode(request, page_token, "t", "id")
+        i = journey_instances.c
+        query = (
+            sa.select(journey_instances)
+            .where(i.tenant_id == tenant_id, i.journey_id == journey_id)
+            .order_by(i.start_time.desc(), i.id.desc())
+            .limit(size + 1)
+        )
+        if state:
+            query = query.where(i.state == state)
+        if profile_id:
+            query = query.where(i.profile_id == profile_id)
+        if cursor is not None:
+            query = query.where(
+                sa.or_(
+                    i.start_time < cursor["t"],
+                    sa.and_(i.start_time == cursor["t"], i.id < cursor["id"]),
+                )
+            )
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        found = [_instance(r) for r in rows[:size]]
+        token = ""
+        if len(rows) > size:
+            token = self._pages.encode(request, {"t": found[-1].start_time, "id": found[-1].id})
+        return found, token
+
+    async def unfinished(self) -> bool:
+        """Whether any instance is still under way (its workflow needs workers)."""
+        i = journey_instances.c
+        async with self._db.engine.connect() as conn:
+            found = await conn.scalar(sa.select(i.id).where(i.state.not_in(FINAL)).limit(1))
+        return found is not None
+
+    async def record(self, step: Record) -> None:
+        """A step taken (the workflow's journey_record activity): the
+        instance's state and node, and the step at the end of its history.
+        The same step recorded twice (a retried activity) is kept once."""
+        i = journey_instances.c
+        entry: Mapping[str, Any] = {"node": step.node_id, "time": step.at_us,
+                                    "outcome": step.outcome}  # fmt: skip
+        async with self._db.engine.begin() as conn:
+            row = (
+                await conn.execute(sa.select(i.history, i.state).where(i.id == step.instance_id))
+            ).first()
+            if row is None:
+                return  # erased meanwhile
+            history = list(row.history or [])
+            if history and history[-1] == entry:
+                return
+            history = [*history, entry][-MAX_HISTORY:]
+            await conn.execute(
+                journey_instances.update()
+                .where(i.id == step.instance_id)
+                .values(
+                    state=step.state,
+                    current_node=step.node_id or row_node(history),
+                    history=history,
+                    exit_reason=step.exit_reason[:500],
+                    update_time=step.at_us,
+                )
+            )
+
+
+def row_node(history: list[Any]) -> str:
+    """The last node named in a history (the end of the way has none)."""
+    for entry in reversed(history):
+        if entry.get("node"):
+            return str(entry["node"])
+    return ""

@@ -1,0 +1,58 @@
+"""Tables of the journeys domain: journeys (the definition being edited),
+their published versions, and the instances (a person's way through one;
+Temporal runs it, these rows say where it is for listing and lookups).
+Migrations: services/journeys/migrations/.
+
+Times are integer microseconds since the epoch (UTC), as elsewhere."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from services.db import metadata
+
+journeys = sa.Table(
+    "journeys",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),  # draft, active, paused, ...
+    sa.Column("version", sa.Integer, nullable=False),  # the last published (0: none)
+    sa.Column("definition", sa.JSON, nullable=False),  # being edited
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_journeys_tenant", "tenant_id", "create_time", "id"),
+)
+
+# Each published version, as people who entered it walk it.
+journey_versions = sa.Table(
+    "journey_versions",
+    metadata,
+    sa.Column("journey_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("definition", sa.JSON, nullable=False),
+    sa.Column("publish_time", sa.BigInteger, nullable=False),
+)
+
+journey_instances = sa.Table(
+    "journey_instances",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # also its workflow's id
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("journey_id", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("profile_id", sa.String(64), nullable=False),
+    # One entry per key: the person (re-entry never), or the caller's key.
+    sa.Column("entry_key", sa.String(260), nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),  # active, waiting, completed, ...
+    sa.Column("current_node", sa.String(64), nullable=False),
+    sa.Column("history", sa.JSON, nullable=False),
+    sa.Column("exit_reason", sa.String(500), nullable=False),
+    sa.Column("start_time", sa.BigInteger, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("journey_id", "entry_key", name="uq_journey_instances_entry"),
+    sa.Index("ix_journey_instances_journey", "journey_id", "start_time", "id"),
+    sa.Index("ix_journey_instances_profile", "tenant_id", "profile_id", "journey_id"),
+)

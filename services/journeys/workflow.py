@@ -1,0 +1,160 @@
+"""A person's way through a journey, as a Temporal workflow: one workflow
+per instance (its id is the instance's), walking the version's graph. Waits
+are Temporal timers (they survive restarts and deploys); every step that
+touches the world is an activity (services/journeys/activities.py) whose
+result Temporal records, so a replay after a crash never repeats a send:
+the message itself is keyed by the instance, node and visit
+(messaging's idempotency key), so even a retried activity sends once.
+
+This module runs in Temporal's workflow sandbox: deterministic code only
+(time from `workflow.now()`, sleeps through `workflow.sleep`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from services.journeys.model import Definition, first_next
+
+TASK_QUEUE = "campaign-express-journeys"
+WORKFLOW = "Journey"
+#: A way longer than this many steps is a runaway loop: the instance fails.
+MAX_STEPS = 1_000
+#: While the journey is paused, its people look again this often.
+PAUSE_POLL = timedelta(seconds=2)
+ACTIVITY_TIMEOUT = timedelta(seconds=30)
+#: A step's activity is tried this often (backoff 1 s, x2, at most 1 min)
+#: before the person's way fails with its error.
+RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=8,
+)
+
+
+@dataclass
+class Run:
+    """What a workflow walks: its instance and the version's definition."""
+
+    tenant_id: str
+    journey_id: str
+    instance_id: str
+    version: int
+    profile_id: str
+    definition: dict[str, Any]
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Send:
+    tenant_id: str
+    journey_id: str
+    instance_id: str
+    profile_id: str
+    node_id: str
+    template: str
+    data: dict[str, Any]
+    key: str  # the message's idempotency key: once per instance, node and visit
+
+
+@dataclass
+class Record:
+    """A step taken: where the instance is now, and what came of it."""
+
+    tenant_id: str
+    instance_id: str
+    node_id: str
+    state: str  # active, waiting, completed, exited, failed
+    outcome: str
+    at_us: int
+    exit_reason: str = ""
+
+
+def _options() -> dict[str, Any]:
+    return {"start_to_close_timeout": ACTIVITY_TIMEOUT, "retry_policy": RETRY}
+
+
+@workflow.defn(name=WORKFLOW)
+class JourneyWorkflow:
+    @workflow.run
+    async def run(self, run: Run) -> str:
+        definition = Definition.from_json(run.definition)
+        nodes = {node.id: node for node in definition.nodes}
+        current = definition.nodes[0].id if definition.nodes else ""
+        visits: dict[str, int] = {}
+        try:
+            for _ in range(MAX_STEPS):
+                if not current:
+                    await self._record(run, "", "completed", "reached the end")
+                    return "completed"
+                await self._while_paused(run, current)
+                node = nodes[current]
+                visits[current] = visits.get(current, 0) + 1
+                if node.kind == "send":
+                    data = {**run.data, **dict(node.data)}
+                    key = f"journey:{run.instance_id}:{node.id}:{visits[current]}"
+                    sent = await workflow.execute_activity(
+                        "journey_send",
+                        Send(run.tenant_id, run.journey_id, run.instance_id, run.profile_id,
+                             node.id, node.template, data, key),
+                        result_type=str,
+                        **_options(),
+                    )  # fmt: skip
+                    await self._record(run, node.id, "active", f"message {sent}")
+                    current = node.next
+                elif node.kind == "wait":
+                    await self._record(run, node.id, "waiting", f"waiting {node.seconds:g}s")
+                    await workflow.sleep(timedelta(seconds=node.seconds))
+                    current = node.next
+                elif node.kind == "decision":
+                    traits = await workflow.execute_activity(
+                        "journey_traits",
+                        args=[run.tenant_id, run.profile_id],
+                        result_type=dict,
+                        **_options(),
+                    )
+                    current, why = first_next(node, traits)
+                    await self._record(run, node.id, "active", why)
+                else:  # exit
+                    await self._record(run, node.id, "exited", "exit step", "exit step")
+                    return "exited"
+            await self._record(run, current, "failed", "too many steps",
+                               f"more than {MAX_STEPS} steps")  # fmt: skip
+            return "failed"
+        except ActivityError as error:
+            cause = error.cause or error
+            await self._record(run, current, "failed", "a step kept failing", str(cause)[:400])
+            return "failed"
+
+    async def _while_paused(self, run: Run, node_id: str) -> None:
+        noted = False
+        while True:
+            state = await workflow.execute_activity(
+                "journey_state",
+                args=[run.tenant_id, run.journey_id],
+                result_type=str,
+                **_options(),
+            )
+            if state != "paused":
+                return
+            if not noted:
+                await self._record(run, node_id, "waiting", "the journey is paused")
+                noted = True
+            await workflow.sleep(PAUSE_POLL)
+
+    async def _record(
+        self, run: Run, node_id: str, state: str, outcome: str, exit_reason: str = ""
+    ) -> None:
+        at_us = int(workflow.now().timestamp() * 1_000_000)
+        await workflow.execute_activity(
+            "journey_record",
+            Record(run.tenant_id, run.instance_id, node_id, state, outcome, at_us, exit_reason),
+            **_options(),
+        )
