@@ -208,3 +208,53 @@ async def test_bad_journeys_are_named(env: Env) -> None:
     token = listed["nextPageToken"]
     status, listed = await call(env, "GET", f"tenants/acme/journeys?pageSize=1&pageToken={token}")
     assert [j["displayName"] for j in listed["journeys"]] == ["drip"]
+
+
+async def test_events_make_people_enter(env: Env, smtp: SmtpServer) -> None:
+    """An event-triggered journey (re-entry ALWAYS): each `cart_abandoned`
+    event enters once (the same messageId again does not), its properties
+    are the messages' data; a cooldown journey refuses an early return."""
+    await provider(env, smtp.port)
+    nudge = await template(env, {"displayName": "nudge", "channel": "MESSAGE_CHANNEL_EMAIL",
+                                 "contents": {"en": {"subject": "Still want the {{ data.item }}?",
+                                                     "text": "t"}}})  # fmt: skip
+    status, body = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "Cart", "trigger": {"event": {"event": "cart_abandoned"}},
+        "reentry": "REENTRY_POLICY_ALWAYS",
+        "nodes": [{"id": "nudge", "send": {"template": nudge["name"]}}]})  # fmt: skip
+    assert status == 200, body
+    name = body["journey"]["name"]
+    await call(env, "POST", f"{name}:publish", {})
+    await ingest(env, {"type": "identify", "userId": "dee", "traits": {"email": "dee@example.com"}})
+    event = {"type": "track", "userId": "dee", "event": "cart_abandoned",
+             "properties": {"item": "red shoes"}, "messageId": "evt-1"}  # fmt: skip
+    await ingest(env, event)
+    await ingest(env, event)  # the same event again: applied once, entered once
+    await ingest(env, {**event, "messageId": "evt-2", "properties": {"item": "blue hat"}})
+    await ingest(env, {**event, "event": "page_viewed", "messageId": "evt-3"})  # not a trigger
+    deadline = time.monotonic() + 20
+    subjects: list[str] = []
+    while time.monotonic() < deadline:
+        subjects = sorted(m["Subject"] for m in smtp.to("dee@example.com"))
+        if len(subjects) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    assert subjects == ["Still want the blue hat?", "Still want the red shoes?"]
+    status, listed = await call(env, "GET", f"{name}/instances")
+    assert len(listed["instances"]) == 2
+
+    # AFTER_COOLDOWN: not again within the hour
+    status, body = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "Hourly", "trigger": {"api": {}},
+        "reentry": "REENTRY_POLICY_AFTER_COOLDOWN", "reentryCooldown": "3600s",
+        "nodes": [{"id": "x", "exit": {}}]})  # fmt: skip
+    assert status == 200, body
+    hourly = body["journey"]["name"]
+    assert body["journey"]["reentryCooldown"] == "3600s"
+    await call(env, "POST", f"{hourly}:publish", {})
+    status, first = await call(env, "POST", f"{hourly}:enter", {"userId": "dee"})
+    assert status == 200 and first["created"] is True
+    status, again = await call(env, "POST", f"{hourly}:enter", {"userId": "dee"})
+    assert status == 400 and "again in" in again["error"]["message"]
+    status, missing = await call(env, "POST", f"{hourly}:enter", {"userId": "nobody"})
+    assert status == 400 and missing["error"]["fieldViolations"][0]["field"] == "user_id"

@@ -71,6 +71,26 @@ def chain(*hooks: AppliedHook | None) -> AppliedHook | None:
     return each
 
 
+class Listeners:
+    """Other domains' hooks on applied calls (a journey's event trigger):
+    each gets every applied batch, after the audience's own hooks."""
+
+    def __init__(self) -> None:
+        self._hooks: list[AppliedHook] = []
+
+    def register(self, hook: AppliedHook) -> None:
+        self._hooks.append(hook)
+
+    async def on_applied(
+        self, tenant_id: str, source: str, calls: Sequence[TrackedCall], result: IngestResult
+    ) -> None:
+        for hook in self._hooks:
+            try:
+                await hook(tenant_id, source, calls, result)
+            except Exception:
+                log.exception("audience: a listener of tenant %s's calls failed", tenant_id)
+
+
 @dataclass(slots=True)
 class _Watch:
     first: int

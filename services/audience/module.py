@@ -7,7 +7,7 @@ import pathlib
 
 from campaignexpress.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
 from services.analytics.pipeline import AnalyticsPipeline
-from services.audience.applier import ProfileApplier, chain
+from services.audience.applier import Listeners, ProfileApplier, chain
 from services.audience.bidview import BidView
 from services.audience.bus_ingest import BusIngest
 from services.audience.computed import ComputedProperties
@@ -64,6 +64,7 @@ async def _build(kernel: Kernel) -> Built:
             computed.on_applied,  # before segments: they read the values
             segments.on_applied,
             view.on_applied if view else None,
+            kernel.interface("applied_calls").on_applied,  # other domains' (journeys)
         ),
         metrics_registry=kernel.metrics_registry,
     )
@@ -190,5 +191,7 @@ MODULE = DomainModule(
         "data_subject_hooks": lambda kernel: DataSubjectHooks(),
         # Who a message goes to (the messaging domain's sender).
         "audience_directory": _directory,
+        # Tracking calls once applied, for other domains (journeys' triggers).
+        "applied_calls": lambda kernel: Listeners(),
     },
 )

@@ -5,6 +5,7 @@ each way a Temporal workflow (services/journeys/workflow.py)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,9 @@ FIELDS = ("display_name", "trigger", "nodes", "reentry", "reentry_cooldown")
 #: Journey states and the ones each action may start from.
 PAUSABLE, RESUMABLE, PUBLISHABLE = ("active",), ("paused",), ("draft", "active", "paused")
 MAX_KEY = 200
+#: How long a process keeps a tenant's event triggers (a journey published or
+#: paused here is seen at once; elsewhere within this).
+TRIGGER_CACHE_SECONDS = 2.0
 
 
 class Journeys:
@@ -45,6 +49,7 @@ class Journeys:
         self._template_exists = template_exists
         self._directory = directory
         self._clock = clock
+        self._trigger_cache: dict[str, tuple[float, dict[str, list[Journey]]]] = {}
 
     # -- journeys -------------------------------------------------------------
 
@@ -118,7 +123,9 @@ class Journeys:
             raise FailedPrecondition(f"{name} is {journey.state.upper()}: it cannot be published")
         await self._checked(journey.tenant_id, journey.display_name, journey.definition)
         await self.engine.client()
-        return await self.store.publish(journey)
+        published = await self.store.publish(journey)
+        self.forget_triggers(journey.tenant_id)
+        return published
 
     async def pause(self, caller: Principal, name: str) -> Journey:
         return await self._move(caller, name, "paused", PAUSABLE)
@@ -137,6 +144,7 @@ class Journeys:
                 f"{name} is {journey.state.upper()}; only "
                 f"{' or '.join(s.upper() for s in only_from)} may become {state.upper()}"
             )
+        self.forget_triggers(journey.tenant_id)
         return await self.store.get(journey.tenant_id, journey.id)
 
     # -- people ---------------------------------------------------------------
@@ -158,26 +166,36 @@ class Journeys:
         if len(idempotency_key) > MAX_KEY:
             raise InvalidArgument.field("idempotency_key", f"at most {MAX_KEY} characters")
         profile_id = await self._person(journey.tenant_id, profile, user_id)
+        return await self._enter(journey, profile_id, data, idempotency_key)
+
+    async def _enter(
+        self, journey: Journey, profile_id: str, data: Mapping[str, Any], idempotency_key: str
+    ) -> tuple[Instance, bool]:
+        name = journey.name
         if journey.state != "active":
             raise FailedPrecondition(f"{name} is {journey.state.upper()}: nobody enters it")
-        definition = journey.definition
+        version = await self.store.version(journey.id, journey.version)
         now = self._clock()
-        if definition.reentry == "never":
+        if version.reentry == "never":
             key = f"profile:{profile_id}"
         elif idempotency_key:
             key = f"key:{idempotency_key}"
         else:
             key = f"entry:{random_hex_id()}"
-        if definition.reentry == "after_cooldown" and not idempotency_key:
+        made = await self.store.by_entry_key(journey.id, key)
+        if made is not None:  # entered before: that instance (started, after a crash)
+            if made.state not in FINAL:
+                await self._start(made, await self.store.version(journey.id, made.version), data)
+            return made, False
+        if version.reentry == "after_cooldown":
             last = await self.store.last_entry(journey.id, profile_id)
-            if last is not None and now - last < definition.cooldown_seconds * 1e6:
-                wait = int(definition.cooldown_seconds - (now - last) / 1e6) + 1
+            if last is not None and now - last < version.cooldown_seconds * 1e6:
+                wait = int(version.cooldown_seconds - (now - last) / 1e6) + 1
                 raise FailedPrecondition(f"the person entered {name} lately: again in {wait}s")
-        version = await self.store.version(journey.id, journey.version)
         fresh = Instance(random_hex_id(), journey.tenant_id, journey.id, journey.version,
                          profile_id, "active", version.nodes[0].id, (), "", now, now)  # fmt: skip
         instance, created = await self.store.enter(fresh, key)
-        if instance.state not in FINAL:  # (again after a crash between the two)
+        if instance.state not in FINAL:
             await self._start(instance, version, data)
         return instance, created
 
@@ -213,6 +231,45 @@ class Journeys:
             )
         except WorkflowAlreadyStartedError:
             pass  # a repeated entry: it runs already
+
+    async def on_calls(
+        self, tenant_id: str, source: str, calls: Sequence[Any], result: Any
+    ) -> None:
+        """Tracked events just applied to profiles (audience's listeners):
+        each enters the ACTIVE journeys its event triggers, keyed by the
+        event's messageId (an event applied again enters once)."""
+        tracked = [(call, profile_id) for call, profile_id in zip(calls, result.profile_ids,
+                   strict=True) if call.type == "track" and profile_id]  # fmt: skip
+        if not tracked:
+            return
+        triggers = await self._triggers(tenant_id)
+        for call, profile_id in tracked:
+            for journey in triggers.get(call.event, ()):
+                try:
+                    await self._enter(journey, profile_id, call.properties,
+                                      f"event:{call.message_id}")  # fmt: skip
+                except FailedPrecondition:
+                    continue  # a cooldown, or paused since: not entered
+                except Exception:
+                    log.warning("journeys: %s did not enter %s", profile_id, journey.name,
+                                exc_info=True)  # fmt: skip
+
+    async def _triggers(self, tenant_id: str) -> dict[str, list[Journey]]:
+        """The tenant's ACTIVE event-triggered journeys by event, cached
+        TRIGGER_CACHE_SECONDS."""
+        now = time.monotonic()
+        cached = self._trigger_cache.get(tenant_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        found: dict[str, list[Journey]] = {}
+        for journey in await self.store.active(tenant_id):
+            if journey.definition.trigger == "event":
+                found.setdefault(journey.definition.event, []).append(journey)
+        self._trigger_cache[tenant_id] = (now + TRIGGER_CACHE_SECONDS, found)
+        return found
+
+    def forget_triggers(self, tenant_id: str) -> None:
+        self._trigger_cache.pop(tenant_id, None)
 
     async def instance(self, caller: Principal, name: str) -> Instance:
         parts = name.split("/")

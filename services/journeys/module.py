@@ -28,6 +28,8 @@ async def _build(kernel: Kernel) -> Built:
     )
     journeys = Journeys(store, engine, outbox.template_exists, directory, clock=kernel.clock)
 
+    kernel.interface("applied_calls").register(journeys.on_calls)  # event triggers
+
     async def serving() -> None:  # ways still under way need this process's worker
         await journeys.resume_ways()
 

@@ -102,6 +102,17 @@ class Store:
         except NotFound:
             return "archived"
 
+    async def active(self, tenant_id: str) -> list[Journey]:
+        """The tenant's ACTIVE journeys."""
+        j = journeys.c
+        async with self._db.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(journeys).where(j.tenant_id == tenant_id, j.state == "active")
+                )
+            ).all()
+        return [_journey(r) for r in rows]
+
     async def list_journeys(
         self, tenant_id: str, page_size: int, page_token: str
     ) -> tuple[list[Journey], str]:
@@ -228,6 +239,18 @@ class Store:
             if row is None:
                 raise
             return _instance(row), False
+
+    async def by_entry_key(self, journey_id: str, entry_key: str) -> Instance | None:
+        i = journey_instances.c
+        async with self._db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(journey_instances).where(
+                        i.journey_id == journey_id, i.entry_key == entry_key
+                    )
+                )
+            ).first()
+        return _instance(row) if row is not None else None
 
     async def last_entry(self, journey_id: str, profile_id: str) -> int | None:
         """When the person last entered the journey (None: never)."""
