@@ -388,6 +388,8 @@ async def test_forged_stale_or_foreign_page_tokens_are_invalid_argument_on_every
     campaign = await _a_campaign(env)
     RESOURCES["campaigns"] = campaign
     RESOURCES["segments"] = await _a_segment(env)
+    RESOURCES["catalogs"] = await _a_catalog(env)
+    RESOURCES["journeys"] = await _a_journey(env)
     keys = message_factory.GetMessageClass(
         next(m for _, m, _ in LISTS if m.name == "ListApiKeys").input_type
     )
@@ -431,6 +433,28 @@ async def _a_segment(env: Env) -> str:
         {"lifecycle": {"stage": "LIFECYCLE_STAGE_NEW"}},
     )
     name: str = segment.name
+    return name
+
+
+def _admin() -> Principal:
+    return Principal("tenants/acme/apiKeys/t", "acme", frozenset({"ADMIN"}), ALL_PERMISSIONS)
+
+
+async def _a_catalog(env: Env) -> str:
+    catalog = await env.running.platform.api("messaging").catalogs.create(
+        _admin(), "tenants/acme", "products", "Products"
+    )
+    name: str = catalog.name
+    return name
+
+
+async def _a_journey(env: Env) -> str:
+    from services.journeys.model import Definition, Node
+
+    journey = await env.running.platform.api("journeys").create(
+        _admin(), "tenants/acme", "any", Definition(nodes=(Node("a", "exit"),))
+    )
+    name: str = journey.name
     return name
 
 

@@ -461,6 +461,23 @@ async def test_demo_prints_a_working_key_and_is_idempotent(tmp_path: pathlib.Pat
                 break
             await asyncio.sleep(0.05)
         assert [i["title"] for i in feed["feedItems"]] == ["Winter boots, 30% off"], feed
+        # Demo journey: ACTIVE; a signed_up event enters the person (on the
+        # embedded Temporal server, started by that first entry).
+        status, body = await http_json("GET", f"{base}/v1/tenants/demo/journeys", key=key)
+        (journey,) = [j for j in body["journeys"] if j["displayName"] == "Welcome series"]
+        assert journey["state"] == "JOURNEY_STATE_ACTIVE", journey
+        status, body = await http_json("POST", f"{base}/v1/tenants/demo/events:ingest", key=key,
+                                       body={"batch": [{
+            "type": "track", "userId": "demo-user-0000", "event": "signed_up",
+            "messageId": "demo-signup-0"}], "waitForProfiles": True})  # fmt: skip
+        assert status == 200, body
+        for _ in range(300):
+            status, body = await http_json("GET", f"{base}/v1/{journey['name']}/instances", key=key)
+            steps = [h["node"] for i in body.get("instances", []) for h in i.get("history", [])]
+            if steps[:2] == ["welcome", "three_days"]:
+                break
+            await asyncio.sleep(0.1)
+        assert steps[:2] == ["welcome", "three_days"], body
         assert await proc.terminate() == 0, proc.output()
 
     # A fixed secret from the environment is used verbatim.

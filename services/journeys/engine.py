@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pathlib
 import shutil
 import socket
@@ -51,6 +52,22 @@ def temporal_binary() -> str:
     return found
 
 
+#: Run before the dev server (it then replaces this Python by exec): asks
+#: Linux for SIGTERM when the serving process dies, even by kill -9
+#: (PR_SET_PDEATHSIG survives exec), so no dev server is left holding its
+#: database after a crash. Elsewhere it just execs.
+_TRAMPOLINE = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"
+    "    if os.getppid() != int(sys.argv[1]):\n"
+    "        sys.exit(0)\n"  # the parent died before prctl
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,7 +96,8 @@ class EmbeddedServer:
     def _spawn(self, port: int) -> None:
         with open(self._directory / "temporal.log", "ab") as out:
             self._process = subprocess.Popen(
-                [temporal_binary(), "server", "start-dev", "--headless",
+                [sys.executable, "-c", _TRAMPOLINE, str(os.getpid()),
+                 temporal_binary(), "server", "start-dev", "--headless",
                  "--ip", "127.0.0.1", "--port", str(port), "--namespace", NAMESPACE,
                  "--db-filename", str(self._directory / "temporal.db"),
                  "--log-level", "warn"],

@@ -7,11 +7,12 @@ import pathlib
 
 from campaignexpress.journeys.v1 import journey_service_pb2, journey_service_pb2_grpc
 from services.journeys.activities import JourneyActivities
+from services.journeys.demo import seed_demo_journeys
 from services.journeys.domain import Journeys
 from services.journeys.engine import Engine
 from services.journeys.servicer import JourneyServicer
 from services.journeys.store import Store
-from services.kernel import Built, DomainModule, Kernel, Service
+from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 
 
 async def _build(kernel: Kernel) -> Built:
@@ -34,7 +35,13 @@ async def _build(kernel: Kernel) -> Built:
         await journeys.resume_ways()
 
     kernel.when_serving(serving, engine.stop)
-    return Built([JourneyServicer(journeys)], api=journeys)
+
+    async def seed(seed: TenantSeed) -> None:
+        if seed.demo:
+            welcome = await outbox.template_named(seed.tenant_id, "Welcome email")
+            await seed_demo_journeys(journeys, seed.tenant_id, welcome)
+
+    return Built([JourneyServicer(journeys)], api=journeys, seed=seed)
 
 
 MODULE = DomainModule(

@@ -28,7 +28,9 @@ WORKFLOW = "Journey"
 MAX_STEPS = 1_000
 #: While the journey is paused, its people look again this often.
 PAUSE_POLL = timedelta(seconds=2)
-ACTIVITY_TIMEOUT = timedelta(seconds=30)
+#: A step's activity is a few database calls; one taken by a worker that
+#: died (kill -9) is tried again elsewhere after this.
+ACTIVITY_TIMEOUT = timedelta(seconds=10)
 #: A step's activity is tried this often (backoff 1 s, x2, at most 1 min)
 #: before the person's way fails with its error.
 RETRY = RetryPolicy(

@@ -13,7 +13,9 @@ from campaignexpress.messaging.v1 import messaging_service_pb2, messaging_servic
 from services.analytics.pipeline import AnalyticsPipeline
 from services.campaigns.budget import DeliveryEventIn
 from services.campaigns.model import Money
+from services.common.call import Principal
 from services.common.errors import NotFound
+from services.common.rbac import ALL_PERMISSIONS
 from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 from services.messaging.campaign_sends import CampaignSends
 from services.messaging.catalogs import Catalogs
@@ -180,6 +182,10 @@ async def _build(kernel: Kernel) -> Built:
     return Built([MessagingServicer(messaging)], api=messaging, seed=seed)
 
 
+def _system(tenant_id: str) -> Principal:
+    return Principal("system/outbox", tenant_id, frozenset({"ADMIN"}), ALL_PERMISSIONS)
+
+
 class Outbox:
     """Messages sent as steps of other domains' flows (a journey's send
     step): one per key, however often the step is tried. Bound to this
@@ -200,6 +206,14 @@ class Outbox:
         except NotFound:
             return False
         return True
+
+    async def template_named(self, tenant_id: str, display_name: str) -> str:
+        """The name of the tenant's newest template so called ("" if none)."""
+        if self._templates is None:
+            return ""
+        found, _ = await self._templates.list_templates(_system(tenant_id), f"tenants/{tenant_id}",
+                                                        1000)  # fmt: skip
+        return next((t.name for t in found if t.display_name == display_name), "")
 
     async def send_step(
         self, tenant_id: str, template: str, profile_id: str, key: str, data: Mapping[str, Any]
