@@ -22,6 +22,7 @@ def test_defaults_are_the_documented_ports_and_embedded_backends() -> None:
         "audience",
         "messaging",
         "campaigns",
+        "journeys",
         "inference",
         "bidding",
     )

@@ -150,6 +150,17 @@ async def test_pausing_holds_people_at_their_next_step(env: Env, smtp: SmtpServe
     await instance_when(env, entered["instance"]["name"],
                         lambda i: i["state"] == "INSTANCE_STATE_COMPLETED")  # fmt: skip
     assert [m["Subject"] for m in smtp.to("cy@example.com")] == ["Welcome Cy", "Pro tips Cy"]
+    # the rest of the lifecycle: COMPLETED (nobody enters), then ARCHIVED
+    status, answer = await call(env, "POST", f"{name}:archive", {})
+    assert status == 400  # ACTIVE: complete it first
+    status, done = await call(env, "POST", f"{name}:complete", {})
+    assert status == 200 and done["journey"]["state"] == "JOURNEY_STATE_COMPLETED"
+    status, answer = await call(env, "POST", f"{name}:enter", {"userId": "cy"})
+    assert status == 400
+    status, archived = await call(env, "POST", f"{name}:archive", {})
+    assert status == 200 and archived["journey"]["state"] == "JOURNEY_STATE_ARCHIVED"
+    status, answer = await call(env, "PATCH", name, {"displayName": "again"})
+    assert status == 400 and "archived" in answer["error"]["message"]
 
 
 async def test_bad_journeys_are_named(env: Env) -> None:

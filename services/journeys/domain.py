@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 FIELDS = ("display_name", "trigger", "nodes", "reentry", "reentry_cooldown")
 #: Journey states and the ones each action may start from.
 PAUSABLE, RESUMABLE, PUBLISHABLE = ("active",), ("paused",), ("draft", "active", "paused")
+COMPLETABLE, ARCHIVABLE = ("active", "paused"), ("draft", "completed")
 MAX_KEY = 200
 #: How long a process keeps a tenant's event triggers (a journey published or
 #: paused here is seen at once; elsewhere within this).
@@ -132,6 +133,15 @@ class Journeys:
 
     async def resume(self, caller: Principal, name: str) -> Journey:
         return await self._move(caller, name, "active", RESUMABLE)
+
+    async def complete(self, caller: Principal, name: str) -> Journey:
+        return await self._move(caller, name, "completed", COMPLETABLE)
+
+    async def archive(self, caller: Principal, name: str) -> Journey:
+        journey = await self._own(caller, name)
+        if journey.state in ARCHIVABLE and await self.store.unfinished(journey.id):
+            raise FailedPrecondition(f"{name} still has people on their way through it")
+        return await self._move(caller, name, "archived", ARCHIVABLE)
 
     async def _move(
         self, caller: Principal, name: str, state: str, only_from: tuple[str, ...]

@@ -199,6 +199,14 @@ class JourneyServicer(pb_grpc.JourneyServiceServicer):
         done = await self._j.resume(current_principal(), request.name)
         return pb.ResumeJourneyResponse(journey=journey_proto(done))
 
+    async def CompleteJourney(self, request: pb.CompleteJourneyRequest, context: Any) -> Any:
+        done = await self._j.complete(current_principal(), request.name)
+        return pb.CompleteJourneyResponse(journey=journey_proto(done))
+
+    async def ArchiveJourney(self, request: pb.ArchiveJourneyRequest, context: Any) -> Any:
+        done = await self._j.archive(current_principal(), request.name)
+        return pb.ArchiveJourneyResponse(journey=journey_proto(done))
+
     async def EnterJourney(self, request: pb.EnterJourneyRequest, context: Any) -> Any:
         instance, created = await self._j.enter(
             current_principal(),

@@ -317,11 +317,14 @@ class Store:
             token = self._pages.encode(request, {"t": found[-1].start_time, "id": found[-1].id})
         return found, token
 
-    async def unfinished(self) -> bool:
-        """Whether any instance is still under way (its workflow needs workers)."""
+    async def unfinished(self, journey_id: str = "") -> bool:
+        """Whether any instance (of a journey, or of all) is still under way."""
         i = journey_instances.c
+        query = sa.select(i.id).where(i.state.not_in(FINAL)).limit(1)
+        if journey_id:
+            query = query.where(i.journey_id == journey_id)
         async with self._db.engine.connect() as conn:
-            found = await conn.scalar(sa.select(i.id).where(i.state.not_in(FINAL)).limit(1))
+            found = await conn.scalar(query)
         return found is not None
 
     async def record(self, step: Record) -> None:

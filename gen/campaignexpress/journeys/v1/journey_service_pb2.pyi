@@ -372,6 +372,98 @@ class ResumeJourneyResponse(_message.Message):
 Global___ResumeJourneyResponse: _TypeAlias = ResumeJourneyResponse  # noqa: Y015
 
 @_typing.final
+class CompleteJourneyRequest(_message.Message):
+    """Request of CompleteJourney."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/journeys/{journey}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteJourneyRequest: _TypeAlias = CompleteJourneyRequest  # noqa: Y015
+
+@_typing.final
+class CompleteJourneyResponse(_message.Message):
+    """Response of CompleteJourney."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOURNEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def journey(self) -> _journey_pb2.Journey:
+        """The journey, COMPLETED."""
+
+    def __init__(
+        self,
+        *,
+        journey: _journey_pb2.Journey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteJourneyResponse: _TypeAlias = CompleteJourneyResponse  # noqa: Y015
+
+@_typing.final
+class ArchiveJourneyRequest(_message.Message):
+    """Request of ArchiveJourney."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/journeys/{journey}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchiveJourneyRequest: _TypeAlias = ArchiveJourneyRequest  # noqa: Y015
+
+@_typing.final
+class ArchiveJourneyResponse(_message.Message):
+    """Response of ArchiveJourney."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOURNEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def journey(self) -> _journey_pb2.Journey:
+        """The journey, ARCHIVED."""
+
+    def __init__(
+        self,
+        *,
+        journey: _journey_pb2.Journey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchiveJourneyResponse: _TypeAlias = ArchiveJourneyResponse  # noqa: Y015
+
+@_typing.final
 class EnterJourneyRequest(_message.Message):
     """Request of EnterJourney."""
 

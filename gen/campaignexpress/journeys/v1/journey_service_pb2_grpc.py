@@ -72,6 +72,16 @@ class JourneyServiceStub:
                 request_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ResumeJourneyRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ResumeJourneyResponse.FromString,
                 _registered_method=True)
+        self.CompleteJourney = channel.unary_unary(
+                '/campaignexpress.journeys.v1.JourneyService/CompleteJourney',
+                request_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.CompleteJourneyRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.CompleteJourneyResponse.FromString,
+                _registered_method=True)
+        self.ArchiveJourney = channel.unary_unary(
+                '/campaignexpress.journeys.v1.JourneyService/ArchiveJourney',
+                request_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ArchiveJourneyRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ArchiveJourneyResponse.FromString,
+                _registered_method=True)
         self.EnterJourney = channel.unary_unary(
                 '/campaignexpress.journeys.v1.JourneyService/EnterJourney',
                 request_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.EnterJourneyRequest.SerializeToString,
@@ -147,6 +157,22 @@ class JourneyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompleteJourney(self, request, context):
+        """Completes an ACTIVE or PAUSED journey: nobody enters any more; people
+        in it finish their ways.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ArchiveJourney(self, request, context):
+        """Archives a DRAFT or COMPLETED journey nobody is still walking: kept
+        for its history, no longer changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EnterJourney(self, request, context):
         """Makes a person enter an ACTIVE journey (its re-entry policy applies;
         the same idempotency key enters once).
@@ -206,6 +232,16 @@ def add_JourneyServiceServicer_to_server(servicer, server):
                     servicer.ResumeJourney,
                     request_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ResumeJourneyRequest.FromString,
                     response_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ResumeJourneyResponse.SerializeToString,
+            ),
+            'CompleteJourney': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteJourney,
+                    request_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.CompleteJourneyRequest.FromString,
+                    response_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.CompleteJourneyResponse.SerializeToString,
+            ),
+            'ArchiveJourney': grpc.unary_unary_rpc_method_handler(
+                    servicer.ArchiveJourney,
+                    request_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ArchiveJourneyRequest.FromString,
+                    response_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ArchiveJourneyResponse.SerializeToString,
             ),
             'EnterJourney': grpc.unary_unary_rpc_method_handler(
                     servicer.EnterJourney,
@@ -415,6 +451,60 @@ class JourneyService:
             '/campaignexpress.journeys.v1.JourneyService/ResumeJourney',
             campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ResumeJourneyRequest.SerializeToString,
             campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ResumeJourneyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteJourney(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.journeys.v1.JourneyService/CompleteJourney',
+            campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.CompleteJourneyRequest.SerializeToString,
+            campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.CompleteJourneyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ArchiveJourney(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.journeys.v1.JourneyService/ArchiveJourney',
+            campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ArchiveJourneyRequest.SerializeToString,
+            campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ArchiveJourneyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,14 @@ class JourneyServiceStub:
     """
     ResumeJourney: _grpc.UnaryUnaryMultiCallable[_journey_service_pb2.ResumeJourneyRequest, _journey_service_pb2.ResumeJourneyResponse]
     """Resumes a PAUSED journey: people in it go on."""
+    CompleteJourney: _grpc.UnaryUnaryMultiCallable[_journey_service_pb2.CompleteJourneyRequest, _journey_service_pb2.CompleteJourneyResponse]
+    """Completes an ACTIVE or PAUSED journey: nobody enters any more; people
+    in it finish their ways.
+    """
+    ArchiveJourney: _grpc.UnaryUnaryMultiCallable[_journey_service_pb2.ArchiveJourneyRequest, _journey_service_pb2.ArchiveJourneyResponse]
+    """Archives a DRAFT or COMPLETED journey nobody is still walking: kept
+    for its history, no longer changed.
+    """
     EnterJourney: _grpc.UnaryUnaryMultiCallable[_journey_service_pb2.EnterJourneyRequest, _journey_service_pb2.EnterJourneyResponse]
     """Makes a person enter an ACTIVE journey (its re-entry policy applies;
     the same idempotency key enters once).
@@ -93,6 +101,14 @@ class JourneyServiceAsyncStub(JourneyServiceStub):
     """
     ResumeJourney: _aio.UnaryUnaryMultiCallable[_journey_service_pb2.ResumeJourneyRequest, _journey_service_pb2.ResumeJourneyResponse]  # type: ignore[assignment]
     """Resumes a PAUSED journey: people in it go on."""
+    CompleteJourney: _aio.UnaryUnaryMultiCallable[_journey_service_pb2.CompleteJourneyRequest, _journey_service_pb2.CompleteJourneyResponse]  # type: ignore[assignment]
+    """Completes an ACTIVE or PAUSED journey: nobody enters any more; people
+    in it finish their ways.
+    """
+    ArchiveJourney: _aio.UnaryUnaryMultiCallable[_journey_service_pb2.ArchiveJourneyRequest, _journey_service_pb2.ArchiveJourneyResponse]  # type: ignore[assignment]
+    """Archives a DRAFT or COMPLETED journey nobody is still walking: kept
+    for its history, no longer changed.
+    """
     EnterJourney: _aio.UnaryUnaryMultiCallable[_journey_service_pb2.EnterJourneyRequest, _journey_service_pb2.EnterJourneyResponse]  # type: ignore[assignment]
     """Makes a person enter an ACTIVE journey (its re-entry policy applies;
     the same idempotency key enters once).
@@ -169,6 +185,26 @@ class JourneyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_journey_service_pb2.ResumeJourneyResponse, _abc.Awaitable[_journey_service_pb2.ResumeJourneyResponse]]:
         """Resumes a PAUSED journey: people in it go on."""
+
+    @_abc_1.abstractmethod
+    def CompleteJourney(
+        self,
+        request: _journey_service_pb2.CompleteJourneyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journey_service_pb2.CompleteJourneyResponse, _abc.Awaitable[_journey_service_pb2.CompleteJourneyResponse]]:
+        """Completes an ACTIVE or PAUSED journey: nobody enters any more; people
+        in it finish their ways.
+        """
+
+    @_abc_1.abstractmethod
+    def ArchiveJourney(
+        self,
+        request: _journey_service_pb2.ArchiveJourneyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journey_service_pb2.ArchiveJourneyResponse, _abc.Awaitable[_journey_service_pb2.ArchiveJourneyResponse]]:
+        """Archives a DRAFT or COMPLETED journey nobody is still walking: kept
+        for its history, no longer changed.
+        """
 
     @_abc_1.abstractmethod
     def EnterJourney(
