@@ -390,6 +390,7 @@ async def test_forged_stale_or_foreign_page_tokens_are_invalid_argument_on_every
     RESOURCES["segments"] = await _a_segment(env)
     RESOURCES["catalogs"] = await _a_catalog(env)
     RESOURCES["journeys"] = await _a_journey(env)
+    RESOURCES["profiles"] = "tenants/acme/profiles/anyone"  # (lists need no such profile)
     keys = message_factory.GetMessageClass(
         next(m for _, m, _ in LISTS if m.name == "ListApiKeys").input_type
     )

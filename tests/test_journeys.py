@@ -122,6 +122,14 @@ async def test_a_person_walks_a_journey(env: Env, smtp: SmtpServer) -> None:
     ]  # fmt: skip
     status, listed = await call(env, "GET", f"{name}/instances?state=INSTANCE_STATE_EXITED")
     assert [i["name"] for i in listed["instances"]] == [left["name"]]
+    # a person's ways through every journey
+    ana = await profile_of(env, "ana")
+    status, listed = await call(env, "GET", f"{ana}/journeyInstances")
+    assert [i["name"] for i in listed["instances"]] == [done["name"]]
+    status, listed = await call(env, "GET", f"{ana}/journeyInstances?state=INSTANCE_STATE_EXITED")
+    assert listed.get("instances", []) == []
+    status, _ = await call(env, "GET", f"{ana}/journeyInstances", tenant="globex")
+    assert status == 403
 
 
 async def test_pausing_holds_people_at_their_next_step(env: Env, smtp: SmtpServer) -> None:
@@ -269,3 +277,50 @@ async def test_events_make_people_enter(env: Env, smtp: SmtpServer) -> None:
     assert status == 400 and "again in" in again["error"]["message"]
     status, missing = await call(env, "POST", f"{hourly}:enter", {"userId": "nobody"})
     assert status == 400 and missing["error"]["fieldViolations"][0]["field"] == "user_id"
+
+
+async def test_waiting_until_an_event_or_a_timeout(env: Env, smtp: SmtpServer) -> None:
+    """Abandoned cart: after the nudge, wait up to 2 s for `order_completed`;
+    who orders gets the thanks, who does not gets the reminder."""
+    await provider(env, smtp.port)
+    nudge, thanks, reminder = [await template(env, email(s)) for s in ("Nudge", "Thanks",
+                                                                       "Reminder")]  # fmt: skip
+    status, body = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "Cart", "trigger": {"api": {}},
+        "nodes": [
+            {"id": "nudge", "send": {"template": nudge["name"]}, "next": "wait"},
+            {"id": "wait", "wait": {"duration": "2s", "untilEvent": "order_completed",
+                                    "timeoutNext": "reminder"}, "next": "thanks"},
+            {"id": "thanks", "send": {"template": thanks["name"]}},
+            {"id": "reminder", "send": {"template": reminder["name"]}}]})  # fmt: skip
+    assert status == 200, body
+    name = body["journey"]["name"]
+    wait = body["journey"]["nodes"][1]["wait"]
+    assert (wait["untilEvent"], wait["timeoutNext"]) == ("order_completed", "reminder")
+    await call(env, "POST", f"{name}:publish", {})
+    for user in ("eve", "fay"):
+        await ingest(env, {"type": "identify", "userId": user, "traits": {
+            "email": f"{user}@example.com", "first_name": user.title()}})  # fmt: skip
+    ways = {}
+    for user in ("eve", "fay"):
+        status, entered = await call(env, "POST", f"{name}:enter", {"userId": user})
+        ways[user] = entered["instance"]["name"]
+    await instance_when(env, ways["eve"], lambda i: i.get("currentNode") == "wait"
+                        and i["state"] == "INSTANCE_STATE_WAITING")  # fmt: skip
+    await ingest(env, {"type": "track", "userId": "eve", "event": "page_viewed"},
+                 {"type": "track", "userId": "eve", "event": "order_completed"})  # fmt: skip
+    eve = await instance_when(env, ways["eve"], lambda i: i["state"] == "INSTANCE_STATE_COMPLETED")
+    fay = await instance_when(env, ways["fay"], lambda i: i["state"] == "INSTANCE_STATE_COMPLETED")
+    assert [h["outcome"] for h in eve["history"]][2] == "event order_completed"
+    assert [h["outcome"] for h in fay["history"]][2] == "timed out"
+    deadline = time.monotonic() + 5
+    while len(smtp.received) < 4:
+        assert time.monotonic() < deadline, smtp.received
+        await asyncio.sleep(0.05)
+    assert [m["Subject"] for m in smtp.to("eve@example.com")] == ["Nudge Eve", "Thanks Eve"]
+    assert [m["Subject"] for m in smtp.to("fay@example.com")] == ["Nudge Fay", "Reminder Fay"]
+    # timeout_next only with until_event; and it must be a node
+    status, answer = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "x", "trigger": {"api": {}},
+        "nodes": [{"id": "w", "wait": {"duration": "2s", "timeoutNext": "w"}}]})  # fmt: skip
+    assert status == 400 and "journey.nodes[0].wait.timeout_next" in str(answer)

@@ -21,7 +21,7 @@ from services.common.validation import check_text
 from services.journeys.engine import Engine
 from services.journeys.model import Definition, Instance, Journey, TemplateExists, check
 from services.journeys.store import FINAL, Store
-from services.journeys.workflow import TASK_QUEUE, JourneyWorkflow, Run
+from services.journeys.workflow import EVENT_SIGNAL, TASK_QUEUE, JourneyWorkflow, Run
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,7 @@ class Journeys:
                    strict=True) if call.type == "track" and profile_id]  # fmt: skip
         if not tracked:
             return
+        await self._signal_waiting(tenant_id, tracked)
         triggers = await self._triggers(tenant_id)
         for call, profile_id in tracked:
             for journey in triggers.get(call.event, ()):
@@ -263,6 +264,20 @@ class Journeys:
                 except Exception:
                     log.warning("journeys: %s did not enter %s", profile_id, journey.name,
                                 exc_info=True)  # fmt: skip
+
+    async def _signal_waiting(self, tenant_id: str, tracked: Sequence[tuple[Any, str]]) -> None:
+        """Tell the ways of these people that wait (any of them may wait for
+        one of these events) what they sent; each way keeps what it waits for."""
+        waiting = await self.store.waiting(tenant_id, sorted({p for _, p in tracked}))
+        if not waiting:
+            return
+        client = await self.engine.client()
+        for call, profile_id in tracked:
+            for instance_id in waiting.get(profile_id, ()):
+                try:
+                    await client.get_workflow_handle(instance_id).signal(EVENT_SIGNAL, call.event)
+                except Exception:  # it ended meanwhile
+                    log.debug("journeys: way %s took no event", instance_id, exc_info=True)
 
     async def _triggers(self, tenant_id: str) -> dict[str, list[Journey]]:
         """The tenant's ACTIVE event-triggered journeys by event, cached
@@ -314,6 +329,16 @@ class Journeys:
                 raise InvalidArgument.field("profile", "belongs to another tenant")
         return await self.store.instances(
             journey.tenant_id, journey.id, page_size, page_token, state=state, profile_id=profile_id
+        )
+
+    async def instances_of(
+        self, caller: Principal, parent: str, page_size: int, page_token: str, *, state: str = ""
+    ) -> tuple[list[Instance], str]:
+        """A person's ways through every journey."""
+        tenant_id, profile_id = names.parse_name(parent, "parent", "tenants", "profiles")
+        names.require_same_tenant(parent, "parent", caller.tenant_id)
+        return await self.store.instances(
+            tenant_id, "", page_size, page_token, state=state, profile_id=profile_id
         )
 
     async def resume_ways(self) -> None:

@@ -41,6 +41,8 @@ class Node:
     template: str = ""  # send
     data: Mapping[str, Any] = field(default_factory=dict)  # send
     seconds: float = 0.0  # wait
+    until_event: str = ""  # wait: go on at this event of the person
+    timeout_next: str = ""  # wait until an event: where to go when it does not come
     branches: tuple[Branch, ...] = ()  # decision
     otherwise: str = ""  # decision
 
@@ -48,6 +50,8 @@ class Node:
         """The nodes this one may lead to."""
         if self.kind == "decision":
             return [b.next for b in self.branches] + [self.otherwise]
+        if self.kind == "wait" and self.until_event:
+            return [t for t in (self.next, self.timeout_next) if t]
         return [self.next] if self.next else []
 
 
@@ -73,6 +77,8 @@ class Definition:
                     "template": n.template,
                     "data": dict(n.data),
                     "seconds": n.seconds,
+                    "until_event": n.until_event,
+                    "timeout_next": n.timeout_next,
                     "branches": [
                         {"trait": b.trait, "comparison": b.comparison, "value": b.value,
                          "next": b.next}
@@ -99,6 +105,8 @@ class Definition:
                     template=n.get("template", ""),
                     data=dict(n.get("data") or {}),
                     seconds=float(n.get("seconds", 0.0)),
+                    until_event=n.get("until_event", ""),
+                    timeout_next=n.get("timeout_next", ""),
                     branches=tuple(Branch(**b) for b in n.get("branches", [])),
                     otherwise=n.get("otherwise", ""),
                 )
@@ -213,6 +221,14 @@ async def _check_node(
         elif not await template_exists(tenant_id, found.group(2)):
             bad.append(FieldViolation(f"{where}.send.template", f"{label}: no such template"))
     elif node.kind == "wait":
+        if node.timeout_next and not node.until_event:
+            bad.append(FieldViolation(f"{where}.wait.timeout_next",
+                                      f"{label}: only with until_event"))  # fmt: skip
+        elif node.timeout_next and node.timeout_next not in ids:
+            bad.append(FieldViolation(f"{where}.wait.timeout_next",
+                                      f"{label}: no node {node.timeout_next!r}"))  # fmt: skip
+        if len(node.until_event) > 200:
+            bad.append(FieldViolation(f"{where}.wait.until_event", f"{label}: 1-200 characters"))
         if not 1 <= node.seconds <= MAX_WAIT_SECONDS:
             bad.append(FieldViolation(f"{where}.wait.duration",
                                       f"{label}: 1 second to 365 days"))  # fmt: skip

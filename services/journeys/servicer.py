@@ -63,7 +63,9 @@ def definition_in(j: journey_pb2.Journey) -> Definition:
         if step == "send":
             node = Node(n.id, step, n.next, template=n.send.template, data=struct_dict(n.send.data))
         elif step == "wait":
-            node = Node(n.id, step, n.next, seconds=_seconds(n.wait.duration))
+            w = n.wait
+            node = Node(n.id, step, n.next, seconds=_seconds(w.duration),
+                        until_event=w.until_event, timeout_next=w.timeout_next)  # fmt: skip
         elif step == "decision":
             node = Node(
                 n.id, step, n.next,
@@ -116,6 +118,8 @@ def journey_proto(journey: Journey) -> journey_pb2.Journey:
                 n.send.data.update(dict(node.data))
         elif node.kind == "wait":
             n.wait.duration.CopyFrom(_duration(node.seconds))
+            n.wait.until_event = node.until_event
+            n.wait.timeout_next = node.timeout_next
         elif node.kind == "decision":
             n.decision.otherwise = node.otherwise
             for b in node.branches:
@@ -235,5 +239,16 @@ class JourneyServicer(pb_grpc.JourneyServiceServicer):
             profile=request.profile,
         )
         return pb.ListJourneyInstancesResponse(
+            instances=[instance_proto(i) for i in found], next_page_token=token
+        )
+
+    async def ListProfileJourneyInstances(
+        self, request: pb.ListProfileJourneyInstancesRequest, context: Any
+    ) -> Any:
+        state = {v: k for k, v in _INSTANCE_STATES.items()}.get(request.state, "")
+        found, token = await self._j.instances_of(
+            current_principal(), request.parent, request.page_size, request.page_token, state=state
+        )
+        return pb.ListProfileJourneyInstancesResponse(
             instances=[instance_proto(i) for i in found], next_page_token=token
         )

@@ -290,14 +290,18 @@ class Store:
     ) -> tuple[list[Instance], str]:
         size = _page_size(page_size)
         request = scope("journeys.ListJourneyInstances", tenant_id, journey_id, state, profile_id)
+        if not journey_id and not profile_id:
+            raise ValueError("a journey or a person")
         cursor = self._pages.decode(request, page_token, "t", "id")
         i = journey_instances.c
         query = (
             sa.select(journey_instances)
-            .where(i.tenant_id == tenant_id, i.journey_id == journey_id)
+            .where(i.tenant_id == tenant_id)
             .order_by(i.start_time.desc(), i.id.desc())
             .limit(size + 1)
         )
+        if journey_id:
+            query = query.where(i.journey_id == journey_id)
         if state:
             query = query.where(i.state == state)
         if profile_id:
@@ -316,6 +320,23 @@ class Store:
         if len(rows) > size:
             token = self._pages.encode(request, {"t": found[-1].start_time, "id": found[-1].id})
         return found, token
+
+    async def waiting(self, tenant_id: str, profile_ids: list[str]) -> dict[str, list[str]]:
+        """The WAITING instances of these people, by person."""
+        i = journey_instances.c
+        found: dict[str, list[str]] = {}
+        async with self._db.engine.connect() as conn:
+            for first in range(0, len(profile_ids), 500):
+                rows = await conn.execute(
+                    sa.select(i.id, i.profile_id).where(
+                        i.tenant_id == tenant_id,
+                        i.profile_id.in_(profile_ids[first : first + 500]),
+                        i.state == "waiting",
+                    )
+                )
+                for row in rows:
+                    found.setdefault(row.profile_id, []).append(row.id)
+        return found
 
     async def unfinished(self, journey_id: str = "") -> bool:
         """Whether any instance (of a journey, or of all) is still under way."""

@@ -24,6 +24,8 @@ with workflow.unsafe.imports_passed_through():
 
 TASK_QUEUE = "campaign-express-journeys"
 WORKFLOW = "Journey"
+#: The signal that tells a way the person sent a tracked event (its name).
+EVENT_SIGNAL = "event"
 #: A way longer than this many steps is a runaway loop: the instance fails.
 MAX_STEPS = 1_000
 #: While the journey is paused, its people look again this often.
@@ -85,6 +87,14 @@ def _options() -> dict[str, Any]:
 
 @workflow.defn(name=WORKFLOW)
 class JourneyWorkflow:
+    def __init__(self) -> None:
+        #: The person's tracked events, as signalled (services/journeys/domain.py).
+        self._events: list[str] = []
+
+    @workflow.signal(name=EVENT_SIGNAL)
+    def event(self, name: str) -> None:
+        self._events.append(name)
+
     @workflow.run
     async def run(self, run: Run) -> str:
         definition = Definition.from_json(run.definition)
@@ -111,6 +121,8 @@ class JourneyWorkflow:
                     )  # fmt: skip
                     await self._record(run, node.id, "active", f"message {sent}")
                     current = node.next
+                elif node.kind == "wait" and node.until_event:
+                    current = await self._wait_for_event(run, node)
                 elif node.kind == "wait":
                     await self._record(run, node.id, "waiting", f"waiting {node.seconds:g}s")
                     await workflow.sleep(timedelta(seconds=node.seconds))
@@ -134,6 +146,23 @@ class JourneyWorkflow:
             cause = error.cause or error
             await self._record(run, current, "failed", "a step kept failing", str(cause)[:400])
             return "failed"
+
+    async def _wait_for_event(self, run: Run, node: Any) -> str:
+        """Until the person sends the event (counted from now), at most the
+        step's duration: `next` when it came, `timeout_next` when not."""
+        seen = len(self._events)  # (before the record: a signal may come with its result)
+        waiting = f"waiting for {node.until_event}, {node.seconds:g}s at most"
+        await self._record(run, node.id, "waiting", waiting)
+        try:
+            await workflow.wait_condition(
+                lambda: node.until_event in self._events[seen:],
+                timeout=timedelta(seconds=node.seconds),
+            )
+        except TimeoutError:
+            await self._record(run, node.id, "active", "timed out")
+            return str(node.timeout_next)
+        await self._record(run, node.id, "active", f"event {node.until_event}")
+        return str(node.next)
 
     async def _while_paused(self, run: Run, node_id: str) -> None:
         noted = False

@@ -387,23 +387,37 @@ Global___SendStep: _TypeAlias = SendStep  # noqa: Y015
 
 @_typing.final
 class WaitStep(_message.Message):
-    """Wait before the next step."""
+    """Wait before the next step: for a time, or until the person sends an
+    event (at most that long).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DURATION_FIELD_NUMBER: _builtins.int
+    UNTIL_EVENT_FIELD_NUMBER: _builtins.int
+    TIMEOUT_NEXT_FIELD_NUMBER: _builtins.int
+    until_event: _builtins.str
+    """Go on as soon as the person sends this tracked event (to `next`); when
+    `duration` passes first, go to `timeout_next` instead.
+    """
+    timeout_next: _builtins.str
+    """With `until_event`: where to go when it did not come in time (a node
+    id; empty: the journey ends).
+    """
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
-        """How long (1 second to 365 days)."""
+        """How long (1 second to 365 days); with `until_event`, the longest wait."""
 
     def __init__(
         self,
         *,
         duration: _duration_pb2.Duration | None = ...,
+        until_event: _builtins.str = ...,
+        timeout_next: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "timeout_next", b"timeout_next", "until_event", b"until_event"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -642,3 +642,65 @@ class ListJourneyInstancesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListJourneyInstancesResponse: _TypeAlias = ListJourneyInstancesResponse  # noqa: Y015
+
+@_typing.final
+class ListProfileJourneyInstancesRequest(_message.Message):
+    """Request of ListProfileJourneyInstances."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The person, `tenants/{tenant}/profiles/{profile}`."""
+    page_size: _builtins.int
+    """At most this many (1-1,000; 100 when unset)."""
+    page_token: _builtins.str
+    """From a previous answer's `next_page_token`."""
+    state: _journey_pb2.InstanceState.ValueType
+    """Only instances in this state; unset: all."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        state: _journey_pb2.InstanceState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProfileJourneyInstancesRequest: _TypeAlias = ListProfileJourneyInstancesRequest  # noqa: Y015
+
+@_typing.final
+class ListProfileJourneyInstancesResponse(_message.Message):
+    """Response of ListProfileJourneyInstances."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """For the next page; empty on the last."""
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[_journey_pb2.JourneyInstance]:
+        """The instances."""
+
+    def __init__(
+        self,
+        *,
+        instances: _abc.Iterable[_journey_pb2.JourneyInstance] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProfileJourneyInstancesResponse: _TypeAlias = ListProfileJourneyInstancesResponse  # noqa: Y015

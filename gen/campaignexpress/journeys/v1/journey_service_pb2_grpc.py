@@ -97,6 +97,11 @@ class JourneyServiceStub:
                 request_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListJourneyInstancesRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListJourneyInstancesResponse.FromString,
                 _registered_method=True)
+        self.ListProfileJourneyInstances = channel.unary_unary(
+                '/campaignexpress.journeys.v1.JourneyService/ListProfileJourneyInstances',
+                request_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListProfileJourneyInstancesRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListProfileJourneyInstancesResponse.FromString,
+                _registered_method=True)
 
 
 class JourneyServiceServicer:
@@ -195,6 +200,13 @@ class JourneyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListProfileJourneyInstances(self, request, context):
+        """Lists a person's ways through every journey, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JourneyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -257,6 +269,11 @@ def add_JourneyServiceServicer_to_server(servicer, server):
                     servicer.ListJourneyInstances,
                     request_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListJourneyInstancesRequest.FromString,
                     response_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListJourneyInstancesResponse.SerializeToString,
+            ),
+            'ListProfileJourneyInstances': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProfileJourneyInstances,
+                    request_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListProfileJourneyInstancesRequest.FromString,
+                    response_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListProfileJourneyInstancesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -586,6 +603,33 @@ class JourneyService:
             '/campaignexpress.journeys.v1.JourneyService/ListJourneyInstances',
             campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListJourneyInstancesRequest.SerializeToString,
             campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListJourneyInstancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProfileJourneyInstances(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.journeys.v1.JourneyService/ListProfileJourneyInstances',
+            campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListProfileJourneyInstancesRequest.SerializeToString,
+            campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListProfileJourneyInstancesResponse.FromString,
             options,
             channel_credentials,
             insecure,

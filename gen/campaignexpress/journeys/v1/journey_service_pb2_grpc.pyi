@@ -72,6 +72,8 @@ class JourneyServiceStub:
     """Gets a person's way through a journey."""
     ListJourneyInstances: _grpc.UnaryUnaryMultiCallable[_journey_service_pb2.ListJourneyInstancesRequest, _journey_service_pb2.ListJourneyInstancesResponse]
     """Lists the people in a journey, newest first."""
+    ListProfileJourneyInstances: _grpc.UnaryUnaryMultiCallable[_journey_service_pb2.ListProfileJourneyInstancesRequest, _journey_service_pb2.ListProfileJourneyInstancesResponse]
+    """Lists a person's ways through every journey, newest first."""
 
 @_typing.type_check_only
 class JourneyServiceAsyncStub(JourneyServiceStub):
@@ -117,6 +119,8 @@ class JourneyServiceAsyncStub(JourneyServiceStub):
     """Gets a person's way through a journey."""
     ListJourneyInstances: _aio.UnaryUnaryMultiCallable[_journey_service_pb2.ListJourneyInstancesRequest, _journey_service_pb2.ListJourneyInstancesResponse]  # type: ignore[assignment]
     """Lists the people in a journey, newest first."""
+    ListProfileJourneyInstances: _aio.UnaryUnaryMultiCallable[_journey_service_pb2.ListProfileJourneyInstancesRequest, _journey_service_pb2.ListProfileJourneyInstancesResponse]  # type: ignore[assignment]
+    """Lists a person's ways through every journey, newest first."""
 
 class JourneyServiceServicer(metaclass=_abc_1.ABCMeta):
     """JourneyService defines journeys, publishes them, and takes people through
@@ -231,5 +235,13 @@ class JourneyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_journey_service_pb2.ListJourneyInstancesResponse, _abc.Awaitable[_journey_service_pb2.ListJourneyInstancesResponse]]:
         """Lists the people in a journey, newest first."""
+
+    @_abc_1.abstractmethod
+    def ListProfileJourneyInstances(
+        self,
+        request: _journey_service_pb2.ListProfileJourneyInstancesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journey_service_pb2.ListProfileJourneyInstancesResponse, _abc.Awaitable[_journey_service_pb2.ListProfileJourneyInstancesResponse]]:
+        """Lists a person's ways through every journey, newest first."""
 
 def add_JourneyServiceServicer_to_server(servicer: JourneyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
