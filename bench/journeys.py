@@ -1,6 +1,7 @@
-"""Journeys on the embedded engine: a `serve --demo` process (pinned to one
-core; its Temporal dev server, a child process, on the same core) and, in
-this process on the other cores, the load and a webhook receiver.
+"""Journeys on the embedded engine, on a 2-core machine laid out as one
+would run it: a `serve --demo` process pinned to core 0, its Temporal dev
+server (a child process) moved to core 1, and, in this process on core 1
+too, the load and a webhook receiver.
 
 - Trigger -> first action: people enter a journey whose first step sends a
   webhook (EnterJourney over REST at a fixed rate, open loop); each entry's
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import pathlib
 import shutil
@@ -83,6 +85,13 @@ def _temporal_pid(server_pid: int) -> int | None:
     return None
 
 
+def _pin(pid: int, core: int) -> None:
+    """Every thread of a process (Go runs several) onto one core."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task), {core})
+
+
 def _p(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -97,6 +106,7 @@ async def _phase(
     rate: float,
     seconds: float,
     wait: float,
+    pin_temporal: bool,
 ) -> tuple[str, bool]:
     started: dict[str, float] = {}
     answered: dict[str, float] = {}
@@ -113,6 +123,8 @@ async def _phase(
 
     receiver.arrived.clear()
     temporal = _temporal_pid(server.pid)
+    if temporal and pin_temporal:
+        _pin(temporal, 1)
     cpu = _cpu_seconds(server.pid)
     temporal_cpu = _cpu_seconds(temporal) if temporal else 0.0
     wall = time.perf_counter()
@@ -135,6 +147,9 @@ async def _phase(
     last = max((receiver.arrived[k] for k in arrived), default=first)
     rate_out = len(arrived) / (last - first - wait) if last - first > wait else 0.0
     refused = f" ({result.errors} refused)" if result.errors else ""
+    if os.environ.get("BENCH_DEBUG"):
+        answers = [(answered[k] - started[k]) * 1000 for k in answered]
+        print(f"answer p50 {_p(answers, 0.5):.0f} ms p99 {_p(answers, 0.99):.0f} ms")
     line = (
         f"| {rate:,.0f} | {rate_out:,.1f} | {len(arrived):,}/{len(started):,}{refused} | "
         f"{_p(values, 0.5):.0f} ms | {_p(values, 0.99):.0f} ms | {cpu:.0%} | {temporal_cpu:.0%} |"
@@ -143,7 +158,7 @@ async def _phase(
     return line, complete
 
 
-async def measure(rates: list[float], seconds: float, pin: bool) -> list[str]:
+async def measure(rates: list[float], seconds: float, pin: bool, timer_rate: float) -> list[str]:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="cx-bench-journeys-"))
     receiver = Receiver()
     await receiver.start()
@@ -152,10 +167,14 @@ async def measure(rates: list[float], seconds: float, pin: bool) -> list[str]:
     lines = [
         "# Journeys",
         "",
-        f"Machine: {_cpu_model()}, {os.cpu_count()} CPUs; `serve --demo` pinned to one core "
-        f"({'taskset -c 0' if pin else 'not pinned'}) with its embedded SQLite, chDB and "
-        "Temporal dev server (SQLite file) on that core; the load and the webhook receiver "
-        "in the benchmark's process on the other. `python -m bench.journeys`.",
+        f"Machine: {_cpu_model()}, {os.cpu_count()} CPUs; "
+        + (
+            "`serve --demo` (embedded SQLite and chDB) pinned to core 0, its Temporal dev "
+            "server (SQLite file) on core 1 with the load and the webhook receiver"
+            if pin
+            else "nothing pinned"
+        )
+        + ". `python -m bench.journeys`.",
         "",
         "Trigger -> first action (EnterJourney over REST -> the journey's first step, a "
         "webhook message, arrives):",
@@ -190,7 +209,7 @@ async def measure(rates: list[float], seconds: float, pin: bool) -> list[str]:
                 await _post(http, f"{server.base_url}/v1/{journeys[label]}:publish", {})
             for rate in rates:
                 line, complete = await _phase(
-                    http, api, journeys["now"], receiver, server, rate, seconds, 0.0
+                    http, api, journeys["now"], receiver, server, rate, seconds, 0.0, pin
                 )
                 lines.append(line)
                 print(line, flush=True)
@@ -205,7 +224,15 @@ async def measure(rates: list[float], seconds: float, pin: bool) -> list[str]:
                 "|---|---|---|---|---|---|---|",
             ]
             line, _ = await _phase(
-                http, api, journeys["later"], receiver, server, rates[0], seconds, WAIT_SECONDS
+                http,
+                api,
+                journeys["later"],
+                receiver,
+                server,
+                timer_rate,
+                seconds,
+                WAIT_SECONDS,
+                pin,
             )
             lines.append(line)
             print(line, flush=True)
@@ -224,15 +251,16 @@ async def measure(rates: list[float], seconds: float, pin: bool) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", default="10,25,50,100")
+    parser.add_argument("--rates", default="2,5,10,20,40")
+    parser.add_argument("--timer-rate", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--no-report", action="store_true")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     if not args.no_pin and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
-    lines = asyncio.run(measure(rates, args.seconds, pin=not args.no_pin))
+        os.sched_setaffinity(0, {1})
+    lines = asyncio.run(measure(rates, args.seconds, not args.no_pin, args.timer_rate))
     print("\n".join(lines))
     if not args.no_report:
         REPORT.write_text("\n".join(lines).rstrip() + "\n")

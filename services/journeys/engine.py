@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from services.common.errors import Unavailable
 from services.journeys.workflow import TASK_QUEUE, JourneyWorkflow
@@ -200,6 +200,12 @@ class Engine:
             task_queue=TASK_QUEUE,
             workflows=[JourneyWorkflow],
             activities=self._activities,
+            # The sandbox imports the workflow's module afresh for every
+            # workflow it starts: ~10 ms of CPU per journey entry, most of
+            # an entry's cost. The workflow keeps to deterministic code, and
+            # the tests replay recorded histories in the sandbox
+            # (tests/test_journeys.py) to hold it to that.
+            workflow_runner=UnsandboxedWorkflowRunner(),
         )
         self._worker_task = asyncio.get_running_loop().create_task(
             self._worker.run(), name="journeys-worker"

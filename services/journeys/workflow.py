@@ -30,8 +30,11 @@ EVENT_SIGNAL = "event"
 MAX_STEPS = 1_000
 #: While the journey is paused, its people look again this often.
 PAUSE_POLL = timedelta(seconds=2)
-#: A step's activity is a few database calls; one taken by a worker that
-#: died (kill -9) is tried again elsewhere after this.
+#: A step's activity is a few database calls in the worker's own process (a
+#: local activity: no round trip through the Temporal server, its result
+#: recorded with the workflow task). One cut off by a worker that died
+#: (kill -9) runs again when the workflow task is retried elsewhere; every
+#: activity is idempotent (a send is keyed, a record kept once).
 ACTIVITY_TIMEOUT = timedelta(seconds=10)
 #: A step's activity is tried this often (backoff 1 s, x2, at most 1 min)
 #: before the person's way fails with its error.
@@ -112,7 +115,7 @@ class JourneyWorkflow:
                 if node.kind == "send":
                     data = {**run.data, **dict(node.data)}
                     key = f"journey:{run.instance_id}:{node.id}:{visits[current]}"
-                    sent = await workflow.execute_activity(
+                    sent = await workflow.execute_local_activity(
                         "journey_send",
                         Send(run.tenant_id, run.journey_id, run.instance_id, run.profile_id,
                              node.id, node.template, data, key),
@@ -128,7 +131,7 @@ class JourneyWorkflow:
                     await workflow.sleep(timedelta(seconds=node.seconds))
                     current = node.next
                 elif node.kind == "decision":
-                    traits = await workflow.execute_activity(
+                    traits = await workflow.execute_local_activity(
                         "journey_traits",
                         args=[run.tenant_id, run.profile_id],
                         result_type=dict,
@@ -167,7 +170,7 @@ class JourneyWorkflow:
     async def _while_paused(self, run: Run, node_id: str) -> None:
         noted = False
         while True:
-            state = await workflow.execute_activity(
+            state = await workflow.execute_local_activity(
                 "journey_state",
                 args=[run.tenant_id, run.journey_id],
                 result_type=str,
@@ -184,7 +187,7 @@ class JourneyWorkflow:
         self, run: Run, node_id: str, state: str, outcome: str, exit_reason: str = ""
     ) -> None:
         at_us = int(workflow.now().timestamp() * 1_000_000)
-        await workflow.execute_activity(
+        await workflow.execute_local_activity(
             "journey_record",
             Record(run.tenant_id, run.instance_id, node_id, state, outcome, at_us, exit_reason),
             **_options(),
