@@ -56,8 +56,8 @@ class JourneyActivities:
         return dict(person.traits) if person is not None else {}
 
     @activity.defn(name="journey_record")
-    async def record(self, step: Record) -> None:
-        await self._store.record(step)
+    async def record(self, steps: list[Record]) -> None:
+        await self._store.record(steps)
 
     @activity.defn(name="journey_state")
     async def state(self, tenant_id: str, journey_id: str) -> str:

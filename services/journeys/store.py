@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,6 +20,8 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1_000
 #: A way's history keeps its last this many steps.
 MAX_HISTORY = 200
+#: Published versions kept in memory (they never change).
+MAX_CACHED_VERSIONS = 1_024
 FINAL = ("completed", "exited", "failed")
 
 
@@ -65,6 +67,7 @@ class Store:
         self._db = db
         self._pages = page_tokens
         self._clock = clock
+        self._versions: dict[tuple[str, int], Definition] = {}
 
     # -- journeys -------------------------------------------------------------
 
@@ -97,10 +100,15 @@ class Store:
         return _journey(row)
 
     async def journey_state(self, tenant_id: str, journey_id: str) -> str:
-        try:
-            return (await self.get(tenant_id, journey_id)).state
-        except NotFound:
-            return "archived"
+        """Its state ("archived" once gone): every step of every way asks."""
+        j = journeys.c
+        async with self._db.engine.connect() as conn:
+            state = (
+                await conn.execute(
+                    sa.select(j.state).where(j.id == journey_id, j.tenant_id == tenant_id)
+                )
+            ).scalar()
+        return str(state) if state is not None else "archived"
 
     async def active(self, tenant_id: str) -> list[Journey]:
         """The tenant's ACTIVE journeys."""
@@ -191,6 +199,10 @@ class Store:
         return await self.get(journey.tenant_id, journey.id)
 
     async def version(self, journey_id: str, version: int) -> Definition:
+        """A published version (never changed after: kept in memory)."""
+        cached = self._versions.get((journey_id, version))
+        if cached is not None:
+            return cached
         v = journey_versions.c
         async with self._db.engine.connect() as conn:
             row = (
@@ -200,7 +212,11 @@ class Store:
             ).first()
         if row is None:
             raise NotFound(f"journey {journey_id} has no version {version}")
-        return Definition.from_json(row.definition)
+        found = Definition.from_json(row.definition)
+        if len(self._versions) >= MAX_CACHED_VERSIONS:
+            self._versions.pop(next(iter(self._versions)))
+        self._versions[(journey_id, version)] = found
+        return found
 
     # -- instances ------------------------------------------------------------
 
@@ -348,32 +364,35 @@ class Store:
             found = await conn.scalar(query)
         return found is not None
 
-    async def record(self, step: Record) -> None:
-        """A step taken (the workflow's journey_record activity): the
-        instance's state and node, and the step at the end of its history.
-        The same step recorded twice (a retried activity) is kept once."""
+    async def record(self, steps: Sequence[Record]) -> None:
+        """Steps taken (the workflow's journey_record activity), oldest
+        first, all of one instance: its state and node are the last one's,
+        the steps go at the end of its history. Steps recorded before (a
+        retried activity) are kept once."""
+        if not steps:
+            return
         i = journey_instances.c
-        entry: Mapping[str, Any] = {"node": step.node_id, "time": step.at_us,
-                                    "outcome": step.outcome}  # fmt: skip
+        last = steps[-1]
+        entries = [{"node": s.node_id, "time": s.at_us, "outcome": s.outcome} for s in steps]
         async with self._db.engine.begin() as conn:
             row = (
-                await conn.execute(sa.select(i.history, i.state).where(i.id == step.instance_id))
+                await conn.execute(sa.select(i.history).where(i.id == last.instance_id))
             ).first()
             if row is None:
                 return  # erased meanwhile
             history = list(row.history or [])
-            if history and history[-1] == entry:
+            if history[-len(entries) :] == entries:
                 return
-            history = [*history, entry][-MAX_HISTORY:]
+            history = [*history, *entries][-MAX_HISTORY:]
             await conn.execute(
                 journey_instances.update()
-                .where(i.id == step.instance_id)
+                .where(i.id == last.instance_id)
                 .values(
-                    state=step.state,
-                    current_node=step.node_id or row_node(history),
+                    state=last.state,
+                    current_node=last.node_id or row_node(history),
                     history=history,
-                    exit_reason=step.exit_reason[:500],
-                    update_time=step.at_us,
+                    exit_reason=last.exit_reason[:500],
+                    update_time=last.at_us,
                 )
             )
 

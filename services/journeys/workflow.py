@@ -93,6 +93,8 @@ class JourneyWorkflow:
     def __init__(self) -> None:
         #: The person's tracked events, as signalled (services/journeys/domain.py).
         self._events: list[str] = []
+        #: Steps taken, not yet written (see _record).
+        self._pending: list[Record] = []
 
     @workflow.signal(name=EVENT_SIGNAL)
     def event(self, name: str) -> None:
@@ -186,9 +188,14 @@ class JourneyWorkflow:
     async def _record(
         self, run: Run, node_id: str, state: str, outcome: str, exit_reason: str = ""
     ) -> None:
+        """A step taken. Steps that go straight on (ACTIVE) are kept here and
+        written with the next one that stops: a wait, a pause, the end (one
+        database write where a journey's quick steps would take several)."""
         at_us = int(workflow.now().timestamp() * 1_000_000)
-        await workflow.execute_local_activity(
-            "journey_record",
-            Record(run.tenant_id, run.instance_id, node_id, state, outcome, at_us, exit_reason),
-            **_options(),
+        self._pending.append(
+            Record(run.tenant_id, run.instance_id, node_id, state, outcome, at_us, exit_reason)
         )
+        if state == "active":
+            return
+        steps, self._pending = self._pending, []
+        await workflow.execute_local_activity("journey_record", steps, **_options())
