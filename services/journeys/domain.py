@@ -4,9 +4,11 @@ each way a Temporal workflow (services/journeys/workflow.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from temporalio.common import WorkflowIDReusePolicy
@@ -19,9 +21,26 @@ from services.common.errors import FailedPrecondition, FieldViolation, InvalidAr
 from services.common.ids import random_hex_id
 from services.common.validation import check_text
 from services.journeys.engine import Engine
-from services.journeys.model import Definition, Instance, Journey, TemplateExists, check
+from services.journeys.model import (
+    Definition,
+    Instance,
+    Journey,
+    TemplateExists,
+    check,
+    first_next,
+    matches,
+    seconds_until,
+    split_path,
+    time_zone,
+)
 from services.journeys.store import FINAL, Store
-from services.journeys.workflow import EVENT_SIGNAL, TASK_QUEUE, JourneyWorkflow, Run
+from services.journeys.workflow import (
+    EVENT_SIGNAL,
+    MAX_STEPS,
+    TASK_QUEUE,
+    JourneyWorkflow,
+    Run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +276,9 @@ class Journeys:
         for call, profile_id in tracked:
             for journey in triggers.get(call.event, ()):
                 try:
+                    published = await self.store.version(journey.id, journey.version)
+                    if not matches(published.filters, call.properties or {}):
+                        continue
                     await self._enter(journey, profile_id, call.properties,
                                       f"event:{call.message_id}")  # fmt: skip
                 except FailedPrecondition:
@@ -341,6 +363,48 @@ class Journeys:
             tenant_id, "", page_size, page_token, state=state, profile_id=profile_id
         )
 
+    async def simulate(
+        self,
+        caller: Principal,
+        name: str,
+        *,
+        profile: str,
+        user_id: str,
+        version: int,
+        events: Sequence[str],
+    ) -> Simulation:
+        """The way a person would take through a journey now: nothing sent,
+        no wait waited, decisions on their traits as they are."""
+        journey = await self._own(caller, name)
+        if version < 0 or version > journey.version:
+            raise InvalidArgument.field(
+                "version", f"0 (the definition being edited) to {journey.version}"
+            )
+        definition = (
+            await self.store.version(journey.id, version) if version else journey.definition
+        )
+        profile_id = await self._person(journey.tenant_id, profile, user_id)
+        person = await self._directory.person(journey.tenant_id, profile_id, "")
+        traits: Mapping[str, Any] = dict(person.traits) if person is not None else {}
+        return simulate(definition, profile_id, traits, set(events), self._clock())
+
+    async def analytics(
+        self, caller: Principal, name: str, version: int
+    ) -> list[tuple[str, dict[str, int]]]:
+        """Per node (the definition's order, then other versions' nodes):
+        entered, converted, exited, errors."""
+        journey = await self._own(caller, name)
+        if version < 0 or version > journey.version:
+            raise InvalidArgument.field("version", f"0 (all) to {journey.version}")
+        counted = await self.store.node_stats(journey.id, version)
+        definition = (
+            await self.store.version(journey.id, version) if version else journey.definition
+        )
+        order = [n.id for n in definition.nodes]
+        order += sorted(set(counted) - set(order))
+        empty = dict.fromkeys(("entered", "converted", "exited", "errors"), 0)
+        return [(node, counted.get(node, empty)) for node in order]
+
     async def resume_ways(self) -> None:
         """At start-up: ways still under way need the engine's workers."""
         try:
@@ -348,3 +412,66 @@ class Journeys:
                 await self.engine.client()
         except Exception:
             log.warning("journeys: could not start the engine for ways under way", exc_info=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Simulation:
+    steps: list[tuple[str, str, float]]  # node, outcome, seconds from the entry
+    end_state: str  # completed, exited, failed
+    waited: float
+
+
+def simulate(
+    definition: Definition,
+    profile_id: str,
+    traits: Mapping[str, Any],
+    events: set[str],
+    now_us: int,
+) -> Simulation:
+    """Walk a definition as the workflow would, without its side effects:
+    sends are noted, waits add their time, a wait for an event goes on when
+    the event is among `events` and times out when not."""
+    nodes = {node.id: node for node in definition.nodes}
+    current = definition.nodes[0].id if definition.nodes else ""
+    steps: list[tuple[str, str, float]] = []
+    at = 0.0
+    visits: dict[str, int] = {}
+    for _ in range(MAX_STEPS):
+        if not current:
+            steps.append(("", "reached the end", at))
+            return Simulation(steps, "completed", at)
+        node = nodes[current]
+        visits[current] = visits.get(current, 0) + 1
+        if node.kind == "send":
+            steps.append((node.id, f"would send {node.template}", at))
+            current = node.next
+        elif node.kind == "wait" and node.until_event:
+            if node.until_event in events:
+                steps.append((node.id, f"event {node.until_event}", at))
+                current = node.next
+            else:
+                at += node.seconds
+                steps.append((node.id, f"timed out after {node.seconds:g}s", at))
+                current = node.timeout_next
+        elif node.kind == "wait" and node.time_of_day:
+            zone = node.time_zone or str(traits.get("timezone") or "")
+            moment = dt.datetime.fromtimestamp(now_us / 1e6 + at, dt.UTC)
+            waited = seconds_until(moment, node.time_of_day, zone)
+            at += waited
+            where = zone if time_zone(zone) is not None else "UTC"
+            steps.append((node.id, f"would wait until {node.time_of_day} {where}", at))
+            current = node.next
+        elif node.kind == "wait":
+            at += node.seconds
+            steps.append((node.id, f"would wait {node.seconds:g}s", at))
+            current = node.next
+        elif node.kind == "decision":
+            current, why = first_next(node, traits)
+            steps.append((node.id, why, at))
+        elif node.kind == "split":
+            current, why = split_path(node, f"{profile_id}:{visits[node.id]}")
+            steps.append((node.id, why, at))
+        else:
+            steps.append((node.id, "exit step", at))
+            return Simulation(steps, "exited", at)
+    return Simulation(steps, "failed", at)

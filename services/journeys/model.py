@@ -1,20 +1,25 @@
 """A journey's definition and its check.
 
 A definition is a graph of nodes, the first where people start: `send` (a
-message template), `wait` (a duration), `decision` (the first branch whose
-trait condition holds, else `otherwise`) and `exit`. It is stored, and
-handed to the workflow that walks it, as plain JSON (`to_json`)."""
+message template), `wait` (a duration, until a time of day, or until an
+event), `decision` (the first branch whose trait condition holds, else
+`otherwise`), `split` (a path at random by weight) and `exit`. It is
+stored, and handed to the workflow that walks it, as plain JSON
+(`to_json`). The helpers here are deterministic (the workflow calls them)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import re
+import zoneinfo
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.errors import FieldViolation
 
-KINDS = ("send", "wait", "decision", "exit")
+KINDS = ("send", "wait", "decision", "split", "exit")
 TRIGGERS = ("api", "event")
 REENTRY = ("never", "after_cooldown", "always")
 COMPARISONS = ("equals", "not_equals", "exists", "greater_than", "less_than", "contains")
@@ -23,6 +28,10 @@ MAX_NODES = 200
 MAX_WAIT_SECONDS = 365 * 86400
 _NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TEMPLATE = re.compile(r"^tenants/([^/]+)/templates/([^/]+)$")
+_TIME_OF_DAY = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
+MAX_PATHS = 10
+MAX_WEIGHT = 10_000
+MAX_FILTERS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +54,21 @@ class Node:
     timeout_next: str = ""  # wait until an event: where to go when it does not come
     branches: tuple[Branch, ...] = ()  # decision
     otherwise: str = ""  # decision
+    on_error: str = ""  # send: where to go when it cannot be sent
+    time_of_day: str = ""  # wait: until this HH:MM comes next
+    time_zone: str = ""  # wait until a time of day: where ("": the person's)
+    paths: tuple[tuple[int, str], ...] = ()  # split: (weight, next)
 
     def targets(self) -> list[str]:
         """The nodes this one may lead to."""
         if self.kind == "decision":
             return [b.next for b in self.branches] + [self.otherwise]
+        if self.kind == "split":
+            return [target for _, target in self.paths]
         if self.kind == "wait" and self.until_event:
             return [t for t in (self.next, self.timeout_next) if t]
+        if self.kind == "send" and self.on_error:
+            return [t for t in (self.next, self.on_error) if t]
         return [self.next] if self.next else []
 
 
@@ -62,11 +79,17 @@ class Definition:
     nodes: tuple[Node, ...] = ()
     reentry: str = "never"
     cooldown_seconds: float = 0.0
+    #: An event trigger's conditions on the event's properties (all hold).
+    filters: tuple[Branch, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "trigger": self.trigger,
             "event": self.event,
+            "filters": [
+                {"trait": f.trait, "comparison": f.comparison, "value": f.value}
+                for f in self.filters
+            ],
             "reentry": self.reentry,
             "cooldown_seconds": self.cooldown_seconds,
             "nodes": [
@@ -85,6 +108,10 @@ class Definition:
                         for b in n.branches
                     ],
                     "otherwise": n.otherwise,
+                    "on_error": n.on_error,
+                    "time_of_day": n.time_of_day,
+                    "time_zone": n.time_zone,
+                    "paths": [[w, t] for w, t in n.paths],
                 }
                 for n in self.nodes
             ],
@@ -97,6 +124,7 @@ class Definition:
             event=str(data.get("event", "")),
             reentry=str(data.get("reentry", "never")),
             cooldown_seconds=float(data.get("cooldown_seconds", 0.0)),
+            filters=tuple(Branch(**f) for f in data.get("filters", [])),
             nodes=tuple(
                 Node(
                     id=n["id"],
@@ -109,6 +137,10 @@ class Definition:
                     timeout_next=n.get("timeout_next", ""),
                     branches=tuple(Branch(**b) for b in n.get("branches", [])),
                     otherwise=n.get("otherwise", ""),
+                    on_error=n.get("on_error", ""),
+                    time_of_day=n.get("time_of_day", ""),
+                    time_zone=n.get("time_zone", ""),
+                    paths=tuple((int(w), str(t)) for w, t in n.get("paths", [])),
                 )
                 for n in data.get("nodes", [])
             ),
@@ -164,6 +196,18 @@ async def check(
         bad.append(FieldViolation(f"{at}.trigger", "an event or api trigger is required"))
     elif definition.trigger == "event" and not definition.event.strip():
         bad.append(FieldViolation(f"{at}.trigger.event.event", "the event's name is required"))
+    if definition.filters and definition.trigger != "event":
+        bad.append(FieldViolation(f"{at}.trigger.event.filters", "only with an event trigger"))
+    if len(definition.filters) > MAX_FILTERS:
+        bad.append(FieldViolation(f"{at}.trigger.event.filters", f"at most {MAX_FILTERS}"))
+    for f, condition in enumerate(definition.filters):
+        where = f"{at}.trigger.event.filters[{f}]"
+        if not condition.trait.strip():
+            bad.append(FieldViolation(f"{where}.property", "required"))
+        if condition.comparison not in COMPARISONS:
+            bad.append(FieldViolation(f"{where}.comparison", "required"))
+        elif condition.comparison != "exists" and condition.value is None:
+            bad.append(FieldViolation(f"{where}.value", "required"))
     if definition.reentry not in REENTRY:
         bad.append(FieldViolation(f"{at}.reentry", "NEVER, AFTER_COOLDOWN or ALWAYS"))
     if definition.reentry == "after_cooldown" and not 1 <= definition.cooldown_seconds:
@@ -207,10 +251,22 @@ async def _check_node(
 ) -> list[FieldViolation]:
     bad: list[FieldViolation] = []
     if node.kind not in KINDS:
-        return [FieldViolation(where, "one step is required: send, wait, decision or exit")]
+        return [FieldViolation(where, "one step is required: send, wait, decision, split or exit")]
     label = f"node {node.id!r}"
     if node.kind in ("send", "wait") and node.next and node.next not in ids:
         bad.append(FieldViolation(f"{where}.next", f"{label}: no node {node.next!r}"))
+    if node.kind == "send" and node.on_error and node.on_error not in ids:
+        bad.append(FieldViolation(f"{where}.send.on_error", f"{label}: no node {node.on_error!r}"))
+    if node.kind == "split":
+        if not 2 <= len(node.paths) <= MAX_PATHS:
+            bad.append(FieldViolation(f"{where}.split.paths", f"{label}: 2-{MAX_PATHS} paths"))
+        for p, (weight, target) in enumerate(node.paths):
+            if not 1 <= weight <= MAX_WEIGHT:
+                bad.append(FieldViolation(f"{where}.split.paths[{p}].weight",
+                                          f"{label}: 1-{MAX_WEIGHT:,}"))  # fmt: skip
+            if target not in ids:
+                bad.append(FieldViolation(f"{where}.split.paths[{p}].next",
+                                          f"{label}: no node {target!r}"))  # fmt: skip
     if node.kind == "send":
         found = _TEMPLATE.match(node.template)
         if found is None:
@@ -229,7 +285,9 @@ async def _check_node(
                                       f"{label}: no node {node.timeout_next!r}"))  # fmt: skip
         if len(node.until_event) > 200:
             bad.append(FieldViolation(f"{where}.wait.until_event", f"{label}: 1-200 characters"))
-        if not 1 <= node.seconds <= MAX_WAIT_SECONDS:
+        if node.time_of_day or node.time_zone:
+            bad += _check_time_of_day(node, where, label)
+        elif not 1 <= node.seconds <= MAX_WAIT_SECONDS:
             bad.append(FieldViolation(f"{where}.wait.duration",
                                       f"{label}: 1 second to 365 days"))  # fmt: skip
     elif node.kind == "decision":
@@ -250,6 +308,64 @@ async def _check_node(
             why = f"{label}: a node is required (the branch when none holds)"
             bad.append(FieldViolation(f"{where}.decision.otherwise", why))
     return bad
+
+
+def _check_time_of_day(node: Node, where: str, label: str) -> list[FieldViolation]:
+    bad: list[FieldViolation] = []
+    if not _TIME_OF_DAY.match(node.time_of_day):
+        bad.append(FieldViolation(f"{where}.wait.time_of_day", f"{label}: HH:MM, 00:00 to 23:59"))
+    if node.time_zone and time_zone(node.time_zone) is None:
+        bad.append(FieldViolation(f"{where}.wait.time_zone",
+                                  f"{label}: no time zone {node.time_zone!r}"))  # fmt: skip
+    if node.seconds:
+        bad.append(FieldViolation(f"{where}.wait.duration", f"{label}: not with time_of_day"))
+    if node.until_event:
+        bad.append(FieldViolation(f"{where}.wait.until_event",
+                                  f"{label}: not with time_of_day"))  # fmt: skip
+    return bad
+
+
+def time_zone(name: str) -> zoneinfo.ZoneInfo | None:
+    """An IANA time zone, or None when there is no such zone."""
+    if not name or len(name) > 64 or name.startswith(("/", ".")) or ".." in name:
+        return None
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
+def seconds_until(now: dt.datetime, time_of_day: str, zone: str) -> float:
+    """From `now` (aware) until `time_of_day` (HH:MM) comes next in `zone`
+    (UTC when empty or unknown); a day when it is that minute already."""
+    where = time_zone(zone) or dt.UTC
+    local = now.astimezone(where)
+    hours, minutes = (int(part) for part in time_of_day.split(":"))
+    day = local.date()
+    for ahead in range(3):  # today, tomorrow, (a skipped hour) the day after
+        wall = dt.datetime.combine(day + dt.timedelta(days=ahead), dt.time(hours, minutes))
+        moment = wall.replace(tzinfo=where)
+        if moment.astimezone(dt.UTC) > now:
+            return (moment.astimezone(dt.UTC) - now).total_seconds()
+    return 86400.0
+
+
+def split_path(node: Node, key: str) -> tuple[str, str]:
+    """A split's path (`key`: the person and their visit of the step), at
+    random by weight and the same every time for the same key: a person who
+    enters again takes the same path, and a simulation shows the real one."""
+    digest = hashlib.sha256(f"{key}:{node.id}".encode()).digest()
+    point = int.from_bytes(digest[:8], "big") / 2**64 * sum(w for w, _ in node.paths)
+    for n, (weight, target) in enumerate(node.paths):
+        if point < weight:
+            return target, f"path {n}"
+        point -= weight
+    return node.paths[-1][1], f"path {len(node.paths) - 1}"
+
+
+def matches(filters: Sequence[Branch], properties: Mapping[str, Any]) -> bool:
+    """Whether an event's properties meet every filter of its trigger."""
+    return all(holds(condition, properties) for condition in filters)
 
 
 def _reachable(start: str, by_id: Mapping[str, Node]) -> set[str]:

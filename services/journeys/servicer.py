@@ -61,11 +61,16 @@ def definition_in(j: journey_pb2.Journey) -> Definition:
         step = n.WhichOneof("step") or ""
         node = Node(id=n.id, kind=step, next=n.next)
         if step == "send":
-            node = Node(n.id, step, n.next, template=n.send.template, data=struct_dict(n.send.data))
+            node = Node(n.id, step, n.next, template=n.send.template,
+                        data=struct_dict(n.send.data), on_error=n.send.on_error)  # fmt: skip
         elif step == "wait":
             w = n.wait
             node = Node(n.id, step, n.next, seconds=_seconds(w.duration),
-                        until_event=w.until_event, timeout_next=w.timeout_next)  # fmt: skip
+                        until_event=w.until_event, timeout_next=w.timeout_next,
+                        time_of_day=w.time_of_day, time_zone=w.time_zone)  # fmt: skip
+        elif step == "split":
+            node = Node(n.id, step, n.next,
+                        paths=tuple((p.weight, p.next) for p in n.split.paths))  # fmt: skip
         elif step == "decision":
             node = Node(
                 n.id, step, n.next,
@@ -80,6 +85,14 @@ def definition_in(j: journey_pb2.Journey) -> Definition:
     return Definition(
         trigger=kind,
         event=j.trigger.event.event if kind == "event" else "",
+        filters=tuple(
+            Branch(
+                f.property,
+                _COMPARISONS.get(f.comparison, ""),
+                value_python(f.value) if f.HasField("value") else None,
+            )
+            for f in j.trigger.event.filters
+        ),  # fmt: skip
         nodes=tuple(nodes),
         reentry=_REENTRY.get(j.reentry, ""),
         cooldown_seconds=_seconds(j.reentry_cooldown),
@@ -105,21 +118,35 @@ def journey_proto(journey: Journey) -> journey_pb2.Journey:
     )
     if d.reentry == "after_cooldown":
         out.reentry_cooldown.CopyFrom(_duration(d.cooldown_seconds))
+    names = {v: k for k, v in _COMPARISONS.items()}
     if d.trigger == "event":
         out.trigger.event.event = d.event
+        for f in d.filters:
+            condition = out.trigger.event.filters.add(
+                property=f.trait,
+                comparison=names.get(f.comparison, 0),
+            )
+            if f.value is not None:
+                condition.value.CopyFrom(_value(f.value))
     else:
         out.trigger.api.SetInParent()
-    names = {v: k for k, v in _COMPARISONS.items()}
     for node in d.nodes:
         n = out.nodes.add(id=node.id, next=node.next)
         if node.kind == "send":
             n.send.template = node.template
             if node.data:
                 n.send.data.update(dict(node.data))
+            n.send.on_error = node.on_error
         elif node.kind == "wait":
-            n.wait.duration.CopyFrom(_duration(node.seconds))
+            if not node.time_of_day:
+                n.wait.duration.CopyFrom(_duration(node.seconds))
             n.wait.until_event = node.until_event
             n.wait.timeout_next = node.timeout_next
+            n.wait.time_of_day = node.time_of_day
+            n.wait.time_zone = node.time_zone
+        elif node.kind == "split":
+            for weight, target in node.paths:
+                n.split.paths.add(weight=weight, next=target)
         elif node.kind == "decision":
             n.decision.otherwise = node.otherwise
             for b in node.branches:
@@ -251,4 +278,32 @@ class JourneyServicer(pb_grpc.JourneyServiceServicer):
         )
         return pb.ListProfileJourneyInstancesResponse(
             instances=[instance_proto(i) for i in found], next_page_token=token
+        )
+
+    async def SimulateJourney(self, request: pb.SimulateJourneyRequest, context: Any) -> Any:
+        walked = await self._j.simulate(
+            current_principal(),
+            request.name,
+            profile=request.profile,
+            user_id=request.user_id,
+            version=request.version,
+            events=list(request.events),
+        )
+        return pb.SimulateJourneyResponse(
+            steps=[
+                pb.SimulatedStep(node=node, outcome=outcome, at=_duration(at))
+                for node, outcome, at in walked.steps
+            ],
+            end_state=_INSTANCE_STATES.get(
+                walked.end_state, journey_pb2.INSTANCE_STATE_UNSPECIFIED
+            ),
+            total_wait=_duration(walked.waited),
+        )
+
+    async def GetJourneyAnalytics(
+        self, request: pb.GetJourneyAnalyticsRequest, context: Any
+    ) -> Any:
+        counted = await self._j.analytics(current_principal(), request.name, request.version)
+        return pb.GetJourneyAnalyticsResponse(
+            nodes=[pb.NodeAnalytics(node=node, **counts) for node, counts in counted]
         )

@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from services.common.clock import now_us
@@ -13,7 +15,12 @@ from services.common.errors import InvalidArgument, NotFound
 from services.common.pagination import PageTokens, scope
 from services.db import Database
 from services.journeys.model import Definition, Instance, Journey
-from services.journeys.tables import journey_instances, journey_versions, journeys
+from services.journeys.tables import (
+    journey_instances,
+    journey_node_stats,
+    journey_versions,
+    journeys,
+)
 from services.journeys.workflow import Record
 
 DEFAULT_PAGE_SIZE = 100
@@ -22,6 +29,8 @@ MAX_PAGE_SIZE = 1_000
 MAX_HISTORY = 200
 #: Published versions kept in memory (they never change).
 MAX_CACHED_VERSIONS = 1_024
+#: A node's analytics counters (journey_node_stats).
+COUNTERS = ("entered", "converted", "exited", "errors")
 FINAL = ("completed", "exited", "failed")
 
 
@@ -375,9 +384,7 @@ class Store:
         last = steps[-1]
         entries = [{"node": s.node_id, "time": s.at_us, "outcome": s.outcome} for s in steps]
         async with self._db.engine.begin() as conn:
-            row = (
-                await conn.execute(sa.select(i.history).where(i.id == last.instance_id))
-            ).first()
+            row = (await conn.execute(sa.select(i.history).where(i.id == last.instance_id))).first()
             if row is None:
                 return  # erased meanwhile
             history = list(row.history or [])
@@ -395,6 +402,44 @@ class Store:
                     update_time=last.at_us,
                 )
             )
+            await self._count(conn, steps)
+
+    async def _count(self, conn: Any, steps: Sequence[Record]) -> None:
+        """The steps' node counters, in the transaction that records them."""
+        added: dict[tuple[str, int, str], dict[str, int]] = {}
+        for step in steps:
+            if not step.counts or not step.counted or not step.journey_id:
+                continue
+            row = added.setdefault(
+                (step.journey_id, step.version, step.counted), dict.fromkeys(COUNTERS, 0)
+            )
+            for counter in step.counts:
+                if counter in row:
+                    row[counter] += 1
+        if not added:
+            return
+        insert = (sqlite_insert if self._db.is_sqlite else postgresql_insert)(journey_node_stats)
+        c = journey_node_stats.c
+        for (journey_id, version, node_id), row in sorted(added.items()):
+            statement = insert.values(
+                journey_id=journey_id, version=version, node_id=node_id, **row
+            ).on_conflict_do_update(
+                index_elements=[c.journey_id, c.version, c.node_id],
+                set_={name: getattr(c, name) + insert.excluded[name] for name in COUNTERS},
+            )
+            await conn.execute(statement)
+
+    async def node_stats(self, journey_id: str, version: int) -> dict[str, dict[str, int]]:
+        """Per node: its counters, of one version (0: all added up)."""
+        c = journey_node_stats.c
+        query = sa.select(
+            c.node_id, *(sa.func.sum(getattr(c, name)).label(name) for name in COUNTERS)
+        ).where(c.journey_id == journey_id)
+        if version:
+            query = query.where(c.version == version)
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(query.group_by(c.node_id))).all()
+        return {r.node_id: {name: int(getattr(r, name) or 0) for name in COUNTERS} for r in rows}
 
 
 def row_node(history: list[Any]) -> str:

@@ -56,3 +56,17 @@ journey_instances = sa.Table(
     sa.Index("ix_journey_instances_journey", "journey_id", "start_time", "id"),
     sa.Index("ix_journey_instances_profile", "tenant_id", "profile_id", "journey_id"),
 )
+
+# Per node and version: what happened there (GetJourneyAnalytics), counted
+# as the workflow records each step (once per step, however often retried).
+journey_node_stats = sa.Table(
+    "journey_node_stats",
+    metadata,
+    sa.Column("journey_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("node_id", sa.String(64), primary_key=True),
+    sa.Column("entered", sa.BigInteger, nullable=False),
+    sa.Column("converted", sa.BigInteger, nullable=False),
+    sa.Column("exited", sa.BigInteger, nullable=False),
+    sa.Column("errors", sa.BigInteger, nullable=False),
+)

@@ -17,10 +17,17 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as StepTimeout
 
 with workflow.unsafe.imports_passed_through():
-    from services.journeys.model import Definition, first_next
+    from services.journeys.model import (
+        Definition,
+        first_next,
+        seconds_until,
+        split_path,
+        time_zone,
+    )
 
 TASK_QUEUE = "campaign-express-journeys"
 WORKFLOW = "Journey"
@@ -36,6 +43,10 @@ PAUSE_POLL = timedelta(seconds=2)
 #: (kill -9) runs again when the workflow task is retried elsewhere; every
 #: activity is idempotent (a send is keyed, a record kept once).
 ACTIVITY_TIMEOUT = timedelta(seconds=10)
+#: What a step's activity that failed for good raises in the workflow: a
+#: local activity's own error (ApplicationError), its timeout, or (as a
+#: regular activity's) ActivityError around it.
+STEP_FAILED = (ActivityError, ApplicationError, StepTimeout)
 #: A step's activity is tried this often (backoff 1 s, x2, at most 1 min)
 #: before the person's way fails with its error.
 RETRY = RetryPolicy(
@@ -82,6 +93,12 @@ class Record:
     outcome: str
     at_us: int
     exit_reason: str = ""
+    journey_id: str = ""
+    version: int = 0
+    #: Counters of the node's analytics this step adds one to (entered,
+    #: converted, exited, errors), and the node they are of.
+    counts: list[str] = field(default_factory=list)
+    counted: str = ""
 
 
 def _options() -> dict[str, Any]:
@@ -105,59 +122,94 @@ class JourneyWorkflow:
         definition = Definition.from_json(run.definition)
         nodes = {node.id: node for node in definition.nodes}
         current = definition.nodes[0].id if definition.nodes else ""
+        last = current  # the last node reached (where a way that ends, ended)
         visits: dict[str, int] = {}
         try:
             for _ in range(MAX_STEPS):
                 if not current:
-                    await self._record(run, "", "completed", "reached the end")
+                    await self._record(run, "", "completed", "reached the end",
+                                       counts=["exited"], counted=last)  # fmt: skip
                     return "completed"
                 await self._while_paused(run, current)
                 node = nodes[current]
+                last = current
                 visits[current] = visits.get(current, 0) + 1
                 if node.kind == "send":
-                    data = {**run.data, **dict(node.data)}
-                    key = f"journey:{run.instance_id}:{node.id}:{visits[current]}"
-                    sent = await workflow.execute_local_activity(
-                        "journey_send",
-                        Send(run.tenant_id, run.journey_id, run.instance_id, run.profile_id,
-                             node.id, node.template, data, key),
-                        result_type=str,
-                        **_options(),
-                    )  # fmt: skip
-                    await self._record(run, node.id, "active", f"message {sent}")
-                    current = node.next
+                    current = await self._send(run, node, visits[current])
                 elif node.kind == "wait" and node.until_event:
                     current = await self._wait_for_event(run, node)
+                elif node.kind == "wait" and node.time_of_day:
+                    zone = node.time_zone or str((await self._traits(run)).get("timezone") or "")
+                    seconds = seconds_until(workflow.now(), node.time_of_day, zone)
+                    where = zone if time_zone(zone) is not None else "UTC"
+                    await self._record(run, node.id, "waiting",
+                                       f"waiting until {node.time_of_day} {where}",
+                                       counts=["entered"])  # fmt: skip
+                    await workflow.sleep(timedelta(seconds=seconds))
+                    current = node.next
                 elif node.kind == "wait":
-                    await self._record(run, node.id, "waiting", f"waiting {node.seconds:g}s")
+                    await self._record(run, node.id, "waiting", f"waiting {node.seconds:g}s",
+                                       counts=["entered"])  # fmt: skip
                     await workflow.sleep(timedelta(seconds=node.seconds))
                     current = node.next
                 elif node.kind == "decision":
-                    traits = await workflow.execute_local_activity(
-                        "journey_traits",
-                        args=[run.tenant_id, run.profile_id],
-                        result_type=dict,
-                        **_options(),
-                    )
-                    current, why = first_next(node, traits)
-                    await self._record(run, node.id, "active", why)
+                    current, why = first_next(node, await self._traits(run))
+                    await self._record(run, node.id, "active", why, counts=["entered"])
+                elif node.kind == "split":
+                    current, why = split_path(node, f"{run.profile_id}:{visits[node.id]}")
+                    await self._record(run, node.id, "active", why, counts=["entered"])
                 else:  # exit
-                    await self._record(run, node.id, "exited", "exit step", "exit step")
+                    await self._record(run, node.id, "exited", "exit step", "exit step",
+                                       counts=["entered", "exited"])  # fmt: skip
                     return "exited"
             await self._record(run, current, "failed", "too many steps",
-                               f"more than {MAX_STEPS} steps")  # fmt: skip
+                               f"more than {MAX_STEPS} steps", counts=["exited"])  # fmt: skip
             return "failed"
-        except ActivityError as error:
-            cause = error.cause or error
-            await self._record(run, current, "failed", "a step kept failing", str(cause)[:400])
+        except STEP_FAILED as error:
+            cause = getattr(error, "cause", None) or error
+            await self._record(run, current, "failed", "a step kept failing", str(cause)[:400],
+                               counts=["exited", "errors"])  # fmt: skip
             return "failed"
+
+    async def _send(self, run: Run, node: Any, visit: int) -> str:
+        """The step's message; its `next`, or `on_error` when it cannot be
+        sent (without one, the error fails the way)."""
+        data = {**run.data, **dict(node.data)}
+        key = f"journey:{run.instance_id}:{node.id}:{visit}"
+        try:
+            sent = await workflow.execute_local_activity(
+                "journey_send",
+                Send(run.tenant_id, run.journey_id, run.instance_id, run.profile_id,
+                     node.id, node.template, data, key),
+                result_type=str,
+                **_options(),
+            )  # fmt: skip
+        except STEP_FAILED as error:
+            if not node.on_error:
+                await self._record(run, node.id, "active", "sending", counts=["entered"])
+                raise
+            cause = str(getattr(error, "cause", None) or error)[:200]
+            await self._record(run, node.id, "active", f"error: {cause}",
+                               counts=["entered", "errors"])  # fmt: skip
+            return str(node.on_error)
+        await self._record(run, node.id, "active", f"message {sent}", counts=["entered"])
+        return str(node.next)
+
+    async def _traits(self, run: Run) -> dict[str, Any]:
+        traits: dict[str, Any] = await workflow.execute_local_activity(
+            "journey_traits",
+            args=[run.tenant_id, run.profile_id],
+            result_type=dict,
+            **_options(),
+        )
+        return traits
 
     async def _wait_for_event(self, run: Run, node: Any) -> str:
         """Until the person sends the event (counted from now), at most the
         step's duration: `next` when it came, `timeout_next` when not."""
         seen = len(self._events)  # (before the record: a signal may come with its result)
         waiting = f"waiting for {node.until_event}, {node.seconds:g}s at most"
-        await self._record(run, node.id, "waiting", waiting)
+        await self._record(run, node.id, "waiting", waiting, counts=["entered"])
         try:
             await workflow.wait_condition(
                 lambda: node.until_event in self._events[seen:],
@@ -166,7 +218,8 @@ class JourneyWorkflow:
         except TimeoutError:
             await self._record(run, node.id, "active", "timed out")
             return str(node.timeout_next)
-        await self._record(run, node.id, "active", f"event {node.until_event}")
+        await self._record(run, node.id, "active", f"event {node.until_event}",
+                           counts=["converted"])  # fmt: skip
         return str(node.next)
 
     async def _while_paused(self, run: Run, node_id: str) -> None:
@@ -186,15 +239,24 @@ class JourneyWorkflow:
             await workflow.sleep(PAUSE_POLL)
 
     async def _record(
-        self, run: Run, node_id: str, state: str, outcome: str, exit_reason: str = ""
+        self,
+        run: Run,
+        node_id: str,
+        state: str,
+        outcome: str,
+        exit_reason: str = "",
+        *,
+        counts: list[str] | None = None,
+        counted: str = "",
     ) -> None:
         """A step taken. Steps that go straight on (ACTIVE) are kept here and
         written with the next one that stops: a wait, a pause, the end (one
         database write where a journey's quick steps would take several)."""
         at_us = int(workflow.now().timestamp() * 1_000_000)
         self._pending.append(
-            Record(run.tenant_id, run.instance_id, node_id, state, outcome, at_us, exit_reason)
-        )
+            Record(run.tenant_id, run.instance_id, node_id, state, outcome, at_us, exit_reason,
+                   run.journey_id, run.version, counts or [], counted or node_id)
+        )  # fmt: skip
         if state == "active":
             return
         steps, self._pending = self._pending, []

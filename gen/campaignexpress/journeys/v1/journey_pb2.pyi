@@ -273,20 +273,60 @@ class EventTrigger(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    FILTERS_FIELD_NUMBER: _builtins.int
     event: _builtins.str
     """The event's name (`track` events' `event`)."""
+    @_builtins.property
+    def filters(self) -> _containers.RepeatedCompositeFieldContainer[Global___PropertyCondition]:
+        """Conditions on the event's properties, all of which must hold (`a.b`
+        looks into nested properties); none: every such event.
+        """
+
     def __init__(
         self,
         *,
         event: _builtins.str = ...,
+        filters: _abc.Iterable[Global___PropertyCondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "filters", b"filters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EventTrigger: _TypeAlias = EventTrigger  # noqa: Y015
+
+@_typing.final
+class PropertyCondition(_message.Message):
+    """A condition on an event's property."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPERTY_FIELD_NUMBER: _builtins.int
+    COMPARISON_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    property: _builtins.str
+    """The property (`total`, `item.sku`)."""
+    comparison: Global___TraitComparison.ValueType
+    """How the property is compared with `value`."""
+    @_builtins.property
+    def value(self) -> _struct_pb2.Value:
+        """The value (not needed for EXISTS)."""
+
+    def __init__(
+        self,
+        *,
+        property: _builtins.str = ...,
+        comparison: Global___TraitComparison.ValueType = ...,
+        value: _struct_pb2.Value | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison", b"comparison", "property", b"property", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PropertyCondition: _TypeAlias = PropertyCondition  # noqa: Y015
 
 @_typing.final
 class ApiTrigger(_message.Message):
@@ -316,6 +356,7 @@ class JourneyNode(_message.Message):
     WAIT_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
     EXIT_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
     NEXT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique in the journey: letters, digits, `_` and `-`, 1-64."""
@@ -337,6 +378,12 @@ class JourneyNode(_message.Message):
     def exit(self) -> Global___ExitStep:
         """Leave the journey."""
 
+    @_builtins.property
+    def split(self) -> Global___SplitStep:
+        """Send each person down one of several paths, at random by weight
+        (the same person at the same step always takes the same path).
+        """
+
     def __init__(
         self,
         *,
@@ -345,13 +392,14 @@ class JourneyNode(_message.Message):
         wait: Global___WaitStep | None = ...,
         decision: Global___DecisionStep | None = ...,
         exit: Global___ExitStep | None = ...,
+        split: Global___SplitStep | None = ...,
         next: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "exit", b"exit", "send", b"send", "step", b"step", "wait", b"wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "exit", b"exit", "send", b"send", "split", b"split", "step", b"step", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "exit", b"exit", "id", b"id", "next", b"next", "send", b"send", "step", b"step", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "exit", b"exit", "id", b"id", "next", b"next", "send", b"send", "split", b"split", "step", b"step", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_step: _TypeAlias = _typing.Literal["send", "wait", "decision", "exit"]  # noqa: Y015
+    _WhichOneofReturnType_step: _TypeAlias = _typing.Literal["send", "wait", "decision", "exit", "split"]  # noqa: Y015
     _WhichOneofArgType_step: _TypeAlias = _typing.Literal["step", b"step"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_step) -> _WhichOneofReturnType_step | None: ...
 
@@ -365,8 +413,14 @@ class SendStep(_message.Message):
 
     TEMPLATE_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    ON_ERROR_FIELD_NUMBER: _builtins.int
     template: _builtins.str
     """`tenants/{tenant}/templates/{template}`."""
+    on_error: _builtins.str
+    """Where to go when the message cannot be sent (its template was deleted,
+    or the step kept failing after its retries); empty: the person's way
+    FAILS with the error.
+    """
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
         """Variables as `data.*` (the entry's data comes first, these win)."""
@@ -376,10 +430,11 @@ class SendStep(_message.Message):
         *,
         template: _builtins.str = ...,
         data: _struct_pb2.Struct | None = ...,
+        on_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "on_error", b"on_error", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -387,8 +442,8 @@ Global___SendStep: _TypeAlias = SendStep  # noqa: Y015
 
 @_typing.final
 class WaitStep(_message.Message):
-    """Wait before the next step: for a time, or until the person sends an
-    event (at most that long).
+    """Wait before the next step: for a time, until a time of day where the
+    person lives, or until the person sends an event (at most that long).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -396,6 +451,8 @@ class WaitStep(_message.Message):
     DURATION_FIELD_NUMBER: _builtins.int
     UNTIL_EVENT_FIELD_NUMBER: _builtins.int
     TIMEOUT_NEXT_FIELD_NUMBER: _builtins.int
+    TIME_OF_DAY_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     until_event: _builtins.str
     """Go on as soon as the person sends this tracked event (to `next`); when
     `duration` passes first, go to `timeout_next` instead.
@@ -404,9 +461,19 @@ class WaitStep(_message.Message):
     """With `until_event`: where to go when it did not come in time (a node
     id; empty: the journey ends).
     """
+    time_of_day: _builtins.str
+    """Wait until this time of day comes next (`HH:MM`, 24-hour), in
+    `time_zone`: "09:00" sends tomorrow's morning email at nine.
+    """
+    time_zone: _builtins.str
+    """With `time_of_day`: an IANA time zone (`Europe/Paris`); empty: the
+    person's `timezone` trait, else UTC.
+    """
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
-        """How long (1 second to 365 days); with `until_event`, the longest wait."""
+        """How long (1 second to 365 days); with `until_event`, the longest wait.
+        Not with `time_of_day`.
+        """
 
     def __init__(
         self,
@@ -414,14 +481,68 @@ class WaitStep(_message.Message):
         duration: _duration_pb2.Duration | None = ...,
         until_event: _builtins.str = ...,
         timeout_next: _builtins.str = ...,
+        time_of_day: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "timeout_next", b"timeout_next", "until_event", b"until_event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "time_of_day", b"time_of_day", "time_zone", b"time_zone", "timeout_next", b"timeout_next", "until_event", b"until_event"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WaitStep: _TypeAlias = WaitStep  # noqa: Y015
+
+@_typing.final
+class SplitStep(_message.Message):
+    """Send each person down one path, at random by weight."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATHS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedCompositeFieldContainer[Global___SplitPath]:
+        """2-10 paths."""
+
+    def __init__(
+        self,
+        *,
+        paths: _abc.Iterable[Global___SplitPath] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["paths", b"paths"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SplitStep: _TypeAlias = SplitStep  # noqa: Y015
+
+@_typing.final
+class SplitPath(_message.Message):
+    """A path of a split."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    NEXT_FIELD_NUMBER: _builtins.int
+    weight: _builtins.int
+    """Its share against the others' (1-10,000): weights 1 and 3 send a
+    quarter of the people down the first path.
+    """
+    next: _builtins.str
+    """A node id."""
+    def __init__(
+        self,
+        *,
+        weight: _builtins.int = ...,
+        next: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next", b"next", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SplitPath: _TypeAlias = SplitPath  # noqa: Y015
 
 @_typing.final
 class DecisionStep(_message.Message):

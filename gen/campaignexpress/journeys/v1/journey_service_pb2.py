@@ -25,11 +25,12 @@ _sym_db = _symbol_database.Default()
 from campaignexpress.journeys.v1 import journey_pb2 as campaignexpress_dot_journeys_dot_v1_dot_journey__pb2
 from campaignexpress.type.v1 import access_pb2 as campaignexpress_dot_type_dot_v1_dot_access__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1campaignexpress/journeys/v1/journey_service.proto\x12\x1b\x63\x61mpaignexpress.journeys.v1\x1a)campaignexpress/journeys/v1/journey.proto\x1a$campaignexpress/type/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\"]\n\x14\x43reateJourneyRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x35\n\x07journey\x18\x02 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"N\n\x15\x43reateJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"!\n\x11GetJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"K\n\x12GetJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"L\n\x13ListJourneysRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"g\n\x14ListJourneysResponse\x12\x36\n\x08journeys\x18\x01 \x03(\x0b\x32$.campaignexpress.journeys.v1.Journey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"~\n\x14UpdateJourneyRequest\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"N\n\x15UpdateJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"%\n\x15PublishJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"O\n\x16PublishJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"#\n\x13PauseJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x14PauseJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"$\n\x14ResumeJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"N\n\x15ResumeJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"&\n\x16\x43ompleteJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x17\x43ompleteJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"%\n\x15\x41rchiveJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"O\n\x16\x41rchiveJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"\x85\x01\n\x13\x45nterJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"g\n\x14\x45nterJourneyResponse\x12>\n\x08instance\x18\x01 \x01(\x0b\x32,.campaignexpress.journeys.v1.JourneyInstance\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\")\n\x19GetJourneyInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\\\n\x1aGetJourneyInstanceResponse\x12>\n\x08instance\x18\x01 \x01(\x0b\x32,.campaignexpress.journeys.v1.JourneyInstance\"\xa0\x01\n\x1bListJourneyInstancesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x39\n\x05state\x18\x04 \x01(\x0e\x32*.campaignexpress.journeys.v1.InstanceState\x12\x0f\n\x07profile\x18\x05 \x01(\t\"x\n\x1cListJourneyInstancesResponse\x12?\n\tinstances\x18\x01 \x03(\x0b\x32,.campaignexpress.journeys.v1.JourneyInstance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x96\x01\n\"ListProfileJourneyInstancesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x39\n\x05state\x18\x04 \x01(\x0e\x32*.campaignexpress.journeys.v1.InstanceState\"\x7f\n#ListProfileJourneyInstancesResponse\x12?\n\tinstances\x18\x01 \x03(\x0b\x32,.campaignexpress.journeys.v1.JourneyInstance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xf3\x12\n\x0eJourneyService\x12\xb0\x01\n\rCreateJourney\x12\x31.campaignexpress.journeys.v1.CreateJourneyRequest\x1a\x32.campaignexpress.journeys.v1.CreateJourneyResponse\"8\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02*\"\x1f/v1/{parent=tenants/*}/journeys:\x07journey\x12\x9c\x01\n\nGetJourney\x12..campaignexpress.journeys.v1.GetJourneyRequest\x1a/.campaignexpress.journeys.v1.GetJourneyResponse\"-\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=tenants/*/journeys/*}\x12\xa2\x01\n\x0cListJourneys\x12\x30.campaignexpress.journeys.v1.ListJourneysRequest\x1a\x31.campaignexpress.journeys.v1.ListJourneysResponse\"-\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=tenants/*}/journeys\x12\xb8\x01\n\rUpdateJourney\x12\x31.campaignexpress.journeys.v1.UpdateJourneyRequest\x1a\x32.campaignexpress.journeys.v1.UpdateJourneyResponse\"@\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02\x32\x32\'/v1/{journey.name=tenants/*/journeys/*}:\x07journey\x12\xb5\x01\n\x0ePublishJourney\x12\x32.campaignexpress.journeys.v1.PublishJourneyRequest\x1a\x33.campaignexpress.journeys.v1.PublishJourneyResponse\":\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02,\"\'/v1/{name=tenants/*/journeys/*}:publish:\x01*\x12\xad\x01\n\x0cPauseJourney\x12\x30.campaignexpress.journeys.v1.PauseJourneyRequest\x1a\x31.campaignexpress.journeys.v1.PauseJourneyResponse\"8\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02*\"%/v1/{name=tenants/*/journeys/*}:pause:\x01*\x12\xb1\x01\n\rResumeJourney\x12\x31.campaignexpress.journeys.v1.ResumeJourneyRequest\x1a\x32.campaignexpress.journeys.v1.ResumeJourneyResponse\"9\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02+\"&/v1/{name=tenants/*/journeys/*}:resume:\x01*\x12\xb9\x01\n\x0f\x43ompleteJourney\x12\x33.campaignexpress.journeys.v1.CompleteJourneyRequest\x1a\x34.campaignexpress.journeys.v1.CompleteJourneyResponse\";\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02-\"(/v1/{name=tenants/*/journeys/*}:complete:\x01*\x12\xb5\x01\n\x0e\x41rchiveJourney\x12\x32.campaignexpress.journeys.v1.ArchiveJourneyRequest\x1a\x33.campaignexpress.journeys.v1.ArchiveJourneyResponse\":\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02,\"\'/v1/{name=tenants/*/journeys/*}:archive:\x01*\x12\xad\x01\n\x0c\x45nterJourney\x12\x30.campaignexpress.journeys.v1.EnterJourneyRequest\x1a\x31.campaignexpress.journeys.v1.EnterJourneyResponse\"8\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02*\"%/v1/{name=tenants/*/journeys/*}:enter:\x01*\x12\xc0\x01\n\x12GetJourneyInstance\x12\x36.campaignexpress.journeys.v1.GetJourneyInstanceRequest\x1a\x37.campaignexpress.journeys.v1.GetJourneyInstanceResponse\"9\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02-\x12+/v1/{name=tenants/*/journeys/*/instances/*}\x12\xc6\x01\n\x14ListJourneyInstances\x12\x38.campaignexpress.journeys.v1.ListJourneyInstancesRequest\x1a\x39.campaignexpress.journeys.v1.ListJourneyInstancesResponse\"9\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02-\x12+/v1/{parent=tenants/*/journeys/*}/instances\x12\xe2\x01\n\x1bListProfileJourneyInstances\x12?.campaignexpress.journeys.v1.ListProfileJourneyInstancesRequest\x1a@.campaignexpress.journeys.v1.ListProfileJourneyInstancesResponse\"@\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02\x34\x12\x32/v1/{parent=tenants/*/profiles/*}/journeyInstancesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1campaignexpress/journeys/v1/journey_service.proto\x12\x1b\x63\x61mpaignexpress.journeys.v1\x1a)campaignexpress/journeys/v1/journey.proto\x1a$campaignexpress/type/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\"]\n\x14\x43reateJourneyRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x35\n\x07journey\x18\x02 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"N\n\x15\x43reateJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"!\n\x11GetJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"K\n\x12GetJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"L\n\x13ListJourneysRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"g\n\x14ListJourneysResponse\x12\x36\n\x08journeys\x18\x01 \x03(\x0b\x32$.campaignexpress.journeys.v1.Journey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"~\n\x14UpdateJourneyRequest\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"N\n\x15UpdateJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"%\n\x15PublishJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"O\n\x16PublishJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"#\n\x13PauseJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x14PauseJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"$\n\x14ResumeJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"N\n\x15ResumeJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"&\n\x16\x43ompleteJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x17\x43ompleteJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"%\n\x15\x41rchiveJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"O\n\x16\x41rchiveJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"\x85\x01\n\x13\x45nterJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"g\n\x14\x45nterJourneyResponse\x12>\n\x08instance\x18\x01 \x01(\x0b\x32,.campaignexpress.journeys.v1.JourneyInstance\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\")\n\x19GetJourneyInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\\\n\x1aGetJourneyInstanceResponse\x12>\n\x08instance\x18\x01 \x01(\x0b\x32,.campaignexpress.journeys.v1.JourneyInstance\"\xa0\x01\n\x1bListJourneyInstancesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x39\n\x05state\x18\x04 \x01(\x0e\x32*.campaignexpress.journeys.v1.InstanceState\x12\x0f\n\x07profile\x18\x05 \x01(\t\"x\n\x1cListJourneyInstancesResponse\x12?\n\tinstances\x18\x01 \x03(\x0b\x32,.campaignexpress.journeys.v1.JourneyInstance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x96\x01\n\"ListProfileJourneyInstancesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x39\n\x05state\x18\x04 \x01(\x0e\x32*.campaignexpress.journeys.v1.InstanceState\"\x7f\n#ListProfileJourneyInstancesResponse\x12?\n\tinstances\x18\x01 \x03(\x0b\x32,.campaignexpress.journeys.v1.JourneyInstance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"i\n\x16SimulateJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x05\x12\x0e\n\x06\x65vents\x18\x05 \x03(\t\"\xc2\x01\n\x17SimulateJourneyResponse\x12\x39\n\x05steps\x18\x01 \x03(\x0b\x32*.campaignexpress.journeys.v1.SimulatedStep\x12=\n\tend_state\x18\x02 \x01(\x0e\x32*.campaignexpress.journeys.v1.InstanceState\x12-\n\ntotal_wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"U\n\rSimulatedStep\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12%\n\x02\x61t\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\";\n\x1aGetJourneyAnalyticsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"X\n\x1bGetJourneyAnalyticsResponse\x12\x39\n\x05nodes\x18\x01 \x03(\x0b\x32*.campaignexpress.journeys.v1.NodeAnalytics\"a\n\rNodeAnalytics\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x65ntered\x18\x02 \x01(\x03\x12\x11\n\tconverted\x18\x03 \x01(\x03\x12\x0e\n\x06\x65xited\x18\x04 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x03\x32\xf1\x15\n\x0eJourneyService\x12\xb0\x01\n\rCreateJourney\x12\x31.campaignexpress.journeys.v1.CreateJourneyRequest\x1a\x32.campaignexpress.journeys.v1.CreateJourneyResponse\"8\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02*\"\x1f/v1/{parent=tenants/*}/journeys:\x07journey\x12\x9c\x01\n\nGetJourney\x12..campaignexpress.journeys.v1.GetJourneyRequest\x1a/.campaignexpress.journeys.v1.GetJourneyResponse\"-\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=tenants/*/journeys/*}\x12\xa2\x01\n\x0cListJourneys\x12\x30.campaignexpress.journeys.v1.ListJourneysRequest\x1a\x31.campaignexpress.journeys.v1.ListJourneysResponse\"-\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=tenants/*}/journeys\x12\xb8\x01\n\rUpdateJourney\x12\x31.campaignexpress.journeys.v1.UpdateJourneyRequest\x1a\x32.campaignexpress.journeys.v1.UpdateJourneyResponse\"@\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02\x32\x32\'/v1/{journey.name=tenants/*/journeys/*}:\x07journey\x12\xb5\x01\n\x0ePublishJourney\x12\x32.campaignexpress.journeys.v1.PublishJourneyRequest\x1a\x33.campaignexpress.journeys.v1.PublishJourneyResponse\":\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02,\"\'/v1/{name=tenants/*/journeys/*}:publish:\x01*\x12\xad\x01\n\x0cPauseJourney\x12\x30.campaignexpress.journeys.v1.PauseJourneyRequest\x1a\x31.campaignexpress.journeys.v1.PauseJourneyResponse\"8\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02*\"%/v1/{name=tenants/*/journeys/*}:pause:\x01*\x12\xb1\x01\n\rResumeJourney\x12\x31.campaignexpress.journeys.v1.ResumeJourneyRequest\x1a\x32.campaignexpress.journeys.v1.ResumeJourneyResponse\"9\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02+\"&/v1/{name=tenants/*/journeys/*}:resume:\x01*\x12\xb9\x01\n\x0f\x43ompleteJourney\x12\x33.campaignexpress.journeys.v1.CompleteJourneyRequest\x1a\x34.campaignexpress.journeys.v1.CompleteJourneyResponse\";\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02-\"(/v1/{name=tenants/*/journeys/*}:complete:\x01*\x12\xb5\x01\n\x0e\x41rchiveJourney\x12\x32.campaignexpress.journeys.v1.ArchiveJourneyRequest\x1a\x33.campaignexpress.journeys.v1.ArchiveJourneyResponse\":\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02,\"\'/v1/{name=tenants/*/journeys/*}:archive:\x01*\x12\xad\x01\n\x0c\x45nterJourney\x12\x30.campaignexpress.journeys.v1.EnterJourneyRequest\x1a\x31.campaignexpress.journeys.v1.EnterJourneyResponse\"8\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02*\"%/v1/{name=tenants/*/journeys/*}:enter:\x01*\x12\xc0\x01\n\x12GetJourneyInstance\x12\x36.campaignexpress.journeys.v1.GetJourneyInstanceRequest\x1a\x37.campaignexpress.journeys.v1.GetJourneyInstanceResponse\"9\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02-\x12+/v1/{name=tenants/*/journeys/*/instances/*}\x12\xc6\x01\n\x14ListJourneyInstances\x12\x38.campaignexpress.journeys.v1.ListJourneyInstancesRequest\x1a\x39.campaignexpress.journeys.v1.ListJourneyInstancesResponse\"9\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02-\x12+/v1/{parent=tenants/*/journeys/*}/instances\x12\xb7\x01\n\x0fSimulateJourney\x12\x33.campaignexpress.journeys.v1.SimulateJourneyRequest\x1a\x34.campaignexpress.journeys.v1.SimulateJourneyResponse\"9\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02-\"(/v1/{name=tenants/*/journeys/*}:simulate:\x01*\x12\xc1\x01\n\x13GetJourneyAnalytics\x12\x37.campaignexpress.journeys.v1.GetJourneyAnalyticsRequest\x1a\x38.campaignexpress.journeys.v1.GetJourneyAnalyticsResponse\"7\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02+\x12)/v1/{name=tenants/*/journeys/*}/analytics\x12\xe2\x01\n\x1bListProfileJourneyInstances\x12?.campaignexpress.journeys.v1.ListProfileJourneyInstancesRequest\x1a@.campaignexpress.journeys.v1.ListProfileJourneyInstancesResponse\"@\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02\x34\x12\x32/v1/{parent=tenants/*/profiles/*}/journeyInstancesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -60,60 +61,76 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOURNEYSERVICE'].methods_by_name['GetJourneyInstance']._serialized_options = b'\212\265\030\002\010\005\202\323\344\223\002-\022+/v1/{name=tenants/*/journeys/*/instances/*}'
   _globals['_JOURNEYSERVICE'].methods_by_name['ListJourneyInstances']._loaded_options = None
   _globals['_JOURNEYSERVICE'].methods_by_name['ListJourneyInstances']._serialized_options = b'\212\265\030\002\010\005\202\323\344\223\002-\022+/v1/{parent=tenants/*/journeys/*}/instances'
+  _globals['_JOURNEYSERVICE'].methods_by_name['SimulateJourney']._loaded_options = None
+  _globals['_JOURNEYSERVICE'].methods_by_name['SimulateJourney']._serialized_options = b'\212\265\030\002\010\005\202\323\344\223\002-\"(/v1/{name=tenants/*/journeys/*}:simulate:\001*'
+  _globals['_JOURNEYSERVICE'].methods_by_name['GetJourneyAnalytics']._loaded_options = None
+  _globals['_JOURNEYSERVICE'].methods_by_name['GetJourneyAnalytics']._serialized_options = b'\212\265\030\002\010\005\202\323\344\223\002+\022)/v1/{name=tenants/*/journeys/*}/analytics'
   _globals['_JOURNEYSERVICE'].methods_by_name['ListProfileJourneyInstances']._loaded_options = None
   _globals['_JOURNEYSERVICE'].methods_by_name['ListProfileJourneyInstances']._serialized_options = b'\212\265\030\002\010\005\202\323\344\223\0024\0222/v1/{parent=tenants/*/profiles/*}/journeyInstances'
-  _globals['_CREATEJOURNEYREQUEST']._serialized_start=257
-  _globals['_CREATEJOURNEYREQUEST']._serialized_end=350
-  _globals['_CREATEJOURNEYRESPONSE']._serialized_start=352
-  _globals['_CREATEJOURNEYRESPONSE']._serialized_end=430
-  _globals['_GETJOURNEYREQUEST']._serialized_start=432
-  _globals['_GETJOURNEYREQUEST']._serialized_end=465
-  _globals['_GETJOURNEYRESPONSE']._serialized_start=467
-  _globals['_GETJOURNEYRESPONSE']._serialized_end=542
-  _globals['_LISTJOURNEYSREQUEST']._serialized_start=544
-  _globals['_LISTJOURNEYSREQUEST']._serialized_end=620
-  _globals['_LISTJOURNEYSRESPONSE']._serialized_start=622
-  _globals['_LISTJOURNEYSRESPONSE']._serialized_end=725
-  _globals['_UPDATEJOURNEYREQUEST']._serialized_start=727
-  _globals['_UPDATEJOURNEYREQUEST']._serialized_end=853
-  _globals['_UPDATEJOURNEYRESPONSE']._serialized_start=855
-  _globals['_UPDATEJOURNEYRESPONSE']._serialized_end=933
-  _globals['_PUBLISHJOURNEYREQUEST']._serialized_start=935
-  _globals['_PUBLISHJOURNEYREQUEST']._serialized_end=972
-  _globals['_PUBLISHJOURNEYRESPONSE']._serialized_start=974
-  _globals['_PUBLISHJOURNEYRESPONSE']._serialized_end=1053
-  _globals['_PAUSEJOURNEYREQUEST']._serialized_start=1055
-  _globals['_PAUSEJOURNEYREQUEST']._serialized_end=1090
-  _globals['_PAUSEJOURNEYRESPONSE']._serialized_start=1092
-  _globals['_PAUSEJOURNEYRESPONSE']._serialized_end=1169
-  _globals['_RESUMEJOURNEYREQUEST']._serialized_start=1171
-  _globals['_RESUMEJOURNEYREQUEST']._serialized_end=1207
-  _globals['_RESUMEJOURNEYRESPONSE']._serialized_start=1209
-  _globals['_RESUMEJOURNEYRESPONSE']._serialized_end=1287
-  _globals['_COMPLETEJOURNEYREQUEST']._serialized_start=1289
-  _globals['_COMPLETEJOURNEYREQUEST']._serialized_end=1327
-  _globals['_COMPLETEJOURNEYRESPONSE']._serialized_start=1329
-  _globals['_COMPLETEJOURNEYRESPONSE']._serialized_end=1409
-  _globals['_ARCHIVEJOURNEYREQUEST']._serialized_start=1411
-  _globals['_ARCHIVEJOURNEYREQUEST']._serialized_end=1448
-  _globals['_ARCHIVEJOURNEYRESPONSE']._serialized_start=1450
-  _globals['_ARCHIVEJOURNEYRESPONSE']._serialized_end=1529
-  _globals['_ENTERJOURNEYREQUEST']._serialized_start=1532
-  _globals['_ENTERJOURNEYREQUEST']._serialized_end=1665
-  _globals['_ENTERJOURNEYRESPONSE']._serialized_start=1667
-  _globals['_ENTERJOURNEYRESPONSE']._serialized_end=1770
-  _globals['_GETJOURNEYINSTANCEREQUEST']._serialized_start=1772
-  _globals['_GETJOURNEYINSTANCEREQUEST']._serialized_end=1813
-  _globals['_GETJOURNEYINSTANCERESPONSE']._serialized_start=1815
-  _globals['_GETJOURNEYINSTANCERESPONSE']._serialized_end=1907
-  _globals['_LISTJOURNEYINSTANCESREQUEST']._serialized_start=1910
-  _globals['_LISTJOURNEYINSTANCESREQUEST']._serialized_end=2070
-  _globals['_LISTJOURNEYINSTANCESRESPONSE']._serialized_start=2072
-  _globals['_LISTJOURNEYINSTANCESRESPONSE']._serialized_end=2192
-  _globals['_LISTPROFILEJOURNEYINSTANCESREQUEST']._serialized_start=2195
-  _globals['_LISTPROFILEJOURNEYINSTANCESREQUEST']._serialized_end=2345
-  _globals['_LISTPROFILEJOURNEYINSTANCESRESPONSE']._serialized_start=2347
-  _globals['_LISTPROFILEJOURNEYINSTANCESRESPONSE']._serialized_end=2474
-  _globals['_JOURNEYSERVICE']._serialized_start=2477
-  _globals['_JOURNEYSERVICE']._serialized_end=4896
+  _globals['_CREATEJOURNEYREQUEST']._serialized_start=289
+  _globals['_CREATEJOURNEYREQUEST']._serialized_end=382
+  _globals['_CREATEJOURNEYRESPONSE']._serialized_start=384
+  _globals['_CREATEJOURNEYRESPONSE']._serialized_end=462
+  _globals['_GETJOURNEYREQUEST']._serialized_start=464
+  _globals['_GETJOURNEYREQUEST']._serialized_end=497
+  _globals['_GETJOURNEYRESPONSE']._serialized_start=499
+  _globals['_GETJOURNEYRESPONSE']._serialized_end=574
+  _globals['_LISTJOURNEYSREQUEST']._serialized_start=576
+  _globals['_LISTJOURNEYSREQUEST']._serialized_end=652
+  _globals['_LISTJOURNEYSRESPONSE']._serialized_start=654
+  _globals['_LISTJOURNEYSRESPONSE']._serialized_end=757
+  _globals['_UPDATEJOURNEYREQUEST']._serialized_start=759
+  _globals['_UPDATEJOURNEYREQUEST']._serialized_end=885
+  _globals['_UPDATEJOURNEYRESPONSE']._serialized_start=887
+  _globals['_UPDATEJOURNEYRESPONSE']._serialized_end=965
+  _globals['_PUBLISHJOURNEYREQUEST']._serialized_start=967
+  _globals['_PUBLISHJOURNEYREQUEST']._serialized_end=1004
+  _globals['_PUBLISHJOURNEYRESPONSE']._serialized_start=1006
+  _globals['_PUBLISHJOURNEYRESPONSE']._serialized_end=1085
+  _globals['_PAUSEJOURNEYREQUEST']._serialized_start=1087
+  _globals['_PAUSEJOURNEYREQUEST']._serialized_end=1122
+  _globals['_PAUSEJOURNEYRESPONSE']._serialized_start=1124
+  _globals['_PAUSEJOURNEYRESPONSE']._serialized_end=1201
+  _globals['_RESUMEJOURNEYREQUEST']._serialized_start=1203
+  _globals['_RESUMEJOURNEYREQUEST']._serialized_end=1239
+  _globals['_RESUMEJOURNEYRESPONSE']._serialized_start=1241
+  _globals['_RESUMEJOURNEYRESPONSE']._serialized_end=1319
+  _globals['_COMPLETEJOURNEYREQUEST']._serialized_start=1321
+  _globals['_COMPLETEJOURNEYREQUEST']._serialized_end=1359
+  _globals['_COMPLETEJOURNEYRESPONSE']._serialized_start=1361
+  _globals['_COMPLETEJOURNEYRESPONSE']._serialized_end=1441
+  _globals['_ARCHIVEJOURNEYREQUEST']._serialized_start=1443
+  _globals['_ARCHIVEJOURNEYREQUEST']._serialized_end=1480
+  _globals['_ARCHIVEJOURNEYRESPONSE']._serialized_start=1482
+  _globals['_ARCHIVEJOURNEYRESPONSE']._serialized_end=1561
+  _globals['_ENTERJOURNEYREQUEST']._serialized_start=1564
+  _globals['_ENTERJOURNEYREQUEST']._serialized_end=1697
+  _globals['_ENTERJOURNEYRESPONSE']._serialized_start=1699
+  _globals['_ENTERJOURNEYRESPONSE']._serialized_end=1802
+  _globals['_GETJOURNEYINSTANCEREQUEST']._serialized_start=1804
+  _globals['_GETJOURNEYINSTANCEREQUEST']._serialized_end=1845
+  _globals['_GETJOURNEYINSTANCERESPONSE']._serialized_start=1847
+  _globals['_GETJOURNEYINSTANCERESPONSE']._serialized_end=1939
+  _globals['_LISTJOURNEYINSTANCESREQUEST']._serialized_start=1942
+  _globals['_LISTJOURNEYINSTANCESREQUEST']._serialized_end=2102
+  _globals['_LISTJOURNEYINSTANCESRESPONSE']._serialized_start=2104
+  _globals['_LISTJOURNEYINSTANCESRESPONSE']._serialized_end=2224
+  _globals['_LISTPROFILEJOURNEYINSTANCESREQUEST']._serialized_start=2227
+  _globals['_LISTPROFILEJOURNEYINSTANCESREQUEST']._serialized_end=2377
+  _globals['_LISTPROFILEJOURNEYINSTANCESRESPONSE']._serialized_start=2379
+  _globals['_LISTPROFILEJOURNEYINSTANCESRESPONSE']._serialized_end=2506
+  _globals['_SIMULATEJOURNEYREQUEST']._serialized_start=2508
+  _globals['_SIMULATEJOURNEYREQUEST']._serialized_end=2613
+  _globals['_SIMULATEJOURNEYRESPONSE']._serialized_start=2616
+  _globals['_SIMULATEJOURNEYRESPONSE']._serialized_end=2810
+  _globals['_SIMULATEDSTEP']._serialized_start=2812
+  _globals['_SIMULATEDSTEP']._serialized_end=2897
+  _globals['_GETJOURNEYANALYTICSREQUEST']._serialized_start=2899
+  _globals['_GETJOURNEYANALYTICSREQUEST']._serialized_end=2958
+  _globals['_GETJOURNEYANALYTICSRESPONSE']._serialized_start=2960
+  _globals['_GETJOURNEYANALYTICSRESPONSE']._serialized_end=3048
+  _globals['_NODEANALYTICS']._serialized_start=3050
+  _globals['_NODEANALYTICS']._serialized_end=3147
+  _globals['_JOURNEYSERVICE']._serialized_start=3150
+  _globals['_JOURNEYSERVICE']._serialized_end=5951
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from campaignexpress.journeys.v1 import journey_pb2 as _journey_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -704,3 +705,205 @@ class ListProfileJourneyInstancesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListProfileJourneyInstancesResponse: _TypeAlias = ListProfileJourneyInstancesResponse  # noqa: Y015
+
+@_typing.final
+class SimulateJourneyRequest(_message.Message):
+    """Request of SimulateJourney."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/journeys/{journey}`."""
+    profile: _builtins.str
+    """The person, `tenants/{tenant}/profiles/{profile}`; or `user_id`."""
+    user_id: _builtins.str
+    """The person's user id (when `profile` is empty)."""
+    version: _builtins.int
+    """The published version to walk; 0: the definition being edited."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tracked events the person would send: a wait for one of them goes on
+        as if it came; a wait for another times out.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        profile: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        events: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "name", b"name", "profile", b"profile", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SimulateJourneyRequest: _TypeAlias = SimulateJourneyRequest  # noqa: Y015
+
+@_typing.final
+class SimulateJourneyResponse(_message.Message):
+    """Response of SimulateJourney."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEPS_FIELD_NUMBER: _builtins.int
+    END_STATE_FIELD_NUMBER: _builtins.int
+    TOTAL_WAIT_FIELD_NUMBER: _builtins.int
+    end_state: _journey_pb2.InstanceState.ValueType
+    """How the way would end: COMPLETED, EXITED, or FAILED (a loop past
+    1,000 steps).
+    """
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___SimulatedStep]:
+        """The steps, in order (at most 1,000)."""
+
+    @_builtins.property
+    def total_wait(self) -> _duration_pb2.Duration:
+        """The waits on the way, added up."""
+
+    def __init__(
+        self,
+        *,
+        steps: _abc.Iterable[Global___SimulatedStep] | None = ...,
+        end_state: _journey_pb2.InstanceState.ValueType = ...,
+        total_wait: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total_wait", b"total_wait"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_state", b"end_state", "steps", b"steps", "total_wait", b"total_wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SimulateJourneyResponse: _TypeAlias = SimulateJourneyResponse  # noqa: Y015
+
+@_typing.final
+class SimulatedStep(_message.Message):
+    """A step of a simulated way."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """The node."""
+    outcome: _builtins.str
+    """What would come of it (`would send tenants/t/templates/x`,
+    `would wait 86400s`, `branch 0`, `path 1`).
+    """
+    @_builtins.property
+    def at(self) -> _duration_pb2.Duration:
+        """When, counted from the entry."""
+
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        at: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "node", b"node", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SimulatedStep: _TypeAlias = SimulatedStep  # noqa: Y015
+
+@_typing.final
+class GetJourneyAnalyticsRequest(_message.Message):
+    """Request of GetJourneyAnalytics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/journeys/{journey}`."""
+    version: _builtins.int
+    """One published version; 0: all of them together."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJourneyAnalyticsRequest: _TypeAlias = GetJourneyAnalyticsRequest  # noqa: Y015
+
+@_typing.final
+class GetJourneyAnalyticsResponse(_message.Message):
+    """Response of GetJourneyAnalytics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeAnalytics]:
+        """Per node, in the order of the journey's definition (nodes of other
+        versions after).
+        """
+
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[Global___NodeAnalytics] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJourneyAnalyticsResponse: _TypeAlias = GetJourneyAnalyticsResponse  # noqa: Y015
+
+@_typing.final
+class NodeAnalytics(_message.Message):
+    """What happened at one node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    ENTERED_FIELD_NUMBER: _builtins.int
+    CONVERTED_FIELD_NUMBER: _builtins.int
+    EXITED_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """The node's id."""
+    entered: _builtins.int
+    """Visits: each time a person reached it."""
+    converted: _builtins.int
+    """At a wait for an event: the event came in time."""
+    exited: _builtins.int
+    """Ways that ended here (reached the end, an exit step, or failed)."""
+    errors: _builtins.int
+    """Sends that failed here (the error branch taken, or the way failed)."""
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        entered: _builtins.int = ...,
+        converted: _builtins.int = ...,
+        exited: _builtins.int = ...,
+        errors: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["converted", b"converted", "entered", b"entered", "errors", b"errors", "exited", b"exited", "node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeAnalytics: _TypeAlias = NodeAnalytics  # noqa: Y015

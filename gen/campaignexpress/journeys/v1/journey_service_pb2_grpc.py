@@ -97,6 +97,16 @@ class JourneyServiceStub:
                 request_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListJourneyInstancesRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListJourneyInstancesResponse.FromString,
                 _registered_method=True)
+        self.SimulateJourney = channel.unary_unary(
+                '/campaignexpress.journeys.v1.JourneyService/SimulateJourney',
+                request_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.SimulateJourneyRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.SimulateJourneyResponse.FromString,
+                _registered_method=True)
+        self.GetJourneyAnalytics = channel.unary_unary(
+                '/campaignexpress.journeys.v1.JourneyService/GetJourneyAnalytics',
+                request_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.GetJourneyAnalyticsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.GetJourneyAnalyticsResponse.FromString,
+                _registered_method=True)
         self.ListProfileJourneyInstances = channel.unary_unary(
                 '/campaignexpress.journeys.v1.JourneyService/ListProfileJourneyInstances',
                 request_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListProfileJourneyInstancesRequest.SerializeToString,
@@ -200,6 +210,24 @@ class JourneyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SimulateJourney(self, request, context):
+        """Walks a person through a journey without sending or waiting: the steps
+        they would take (decisions on their traits now, waits as their
+        lengths, the events they would send as given). For the builder, on the
+        definition being edited or a published version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJourneyAnalytics(self, request, context):
+        """Per node of a journey: how many people reached it, converted there,
+        ended there, and met an error there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListProfileJourneyInstances(self, request, context):
         """Lists a person's ways through every journey, newest first.
         """
@@ -269,6 +297,16 @@ def add_JourneyServiceServicer_to_server(servicer, server):
                     servicer.ListJourneyInstances,
                     request_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListJourneyInstancesRequest.FromString,
                     response_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListJourneyInstancesResponse.SerializeToString,
+            ),
+            'SimulateJourney': grpc.unary_unary_rpc_method_handler(
+                    servicer.SimulateJourney,
+                    request_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.SimulateJourneyRequest.FromString,
+                    response_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.SimulateJourneyResponse.SerializeToString,
+            ),
+            'GetJourneyAnalytics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJourneyAnalytics,
+                    request_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.GetJourneyAnalyticsRequest.FromString,
+                    response_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.GetJourneyAnalyticsResponse.SerializeToString,
             ),
             'ListProfileJourneyInstances': grpc.unary_unary_rpc_method_handler(
                     servicer.ListProfileJourneyInstances,
@@ -603,6 +641,60 @@ class JourneyService:
             '/campaignexpress.journeys.v1.JourneyService/ListJourneyInstances',
             campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListJourneyInstancesRequest.SerializeToString,
             campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ListJourneyInstancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SimulateJourney(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.journeys.v1.JourneyService/SimulateJourney',
+            campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.SimulateJourneyRequest.SerializeToString,
+            campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.SimulateJourneyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJourneyAnalytics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.journeys.v1.JourneyService/GetJourneyAnalytics',
+            campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.GetJourneyAnalyticsRequest.SerializeToString,
+            campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.GetJourneyAnalyticsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,6 +72,16 @@ class JourneyServiceStub:
     """Gets a person's way through a journey."""
     ListJourneyInstances: _grpc.UnaryUnaryMultiCallable[_journey_service_pb2.ListJourneyInstancesRequest, _journey_service_pb2.ListJourneyInstancesResponse]
     """Lists the people in a journey, newest first."""
+    SimulateJourney: _grpc.UnaryUnaryMultiCallable[_journey_service_pb2.SimulateJourneyRequest, _journey_service_pb2.SimulateJourneyResponse]
+    """Walks a person through a journey without sending or waiting: the steps
+    they would take (decisions on their traits now, waits as their
+    lengths, the events they would send as given). For the builder, on the
+    definition being edited or a published version.
+    """
+    GetJourneyAnalytics: _grpc.UnaryUnaryMultiCallable[_journey_service_pb2.GetJourneyAnalyticsRequest, _journey_service_pb2.GetJourneyAnalyticsResponse]
+    """Per node of a journey: how many people reached it, converted there,
+    ended there, and met an error there.
+    """
     ListProfileJourneyInstances: _grpc.UnaryUnaryMultiCallable[_journey_service_pb2.ListProfileJourneyInstancesRequest, _journey_service_pb2.ListProfileJourneyInstancesResponse]
     """Lists a person's ways through every journey, newest first."""
 
@@ -119,6 +129,16 @@ class JourneyServiceAsyncStub(JourneyServiceStub):
     """Gets a person's way through a journey."""
     ListJourneyInstances: _aio.UnaryUnaryMultiCallable[_journey_service_pb2.ListJourneyInstancesRequest, _journey_service_pb2.ListJourneyInstancesResponse]  # type: ignore[assignment]
     """Lists the people in a journey, newest first."""
+    SimulateJourney: _aio.UnaryUnaryMultiCallable[_journey_service_pb2.SimulateJourneyRequest, _journey_service_pb2.SimulateJourneyResponse]  # type: ignore[assignment]
+    """Walks a person through a journey without sending or waiting: the steps
+    they would take (decisions on their traits now, waits as their
+    lengths, the events they would send as given). For the builder, on the
+    definition being edited or a published version.
+    """
+    GetJourneyAnalytics: _aio.UnaryUnaryMultiCallable[_journey_service_pb2.GetJourneyAnalyticsRequest, _journey_service_pb2.GetJourneyAnalyticsResponse]  # type: ignore[assignment]
+    """Per node of a journey: how many people reached it, converted there,
+    ended there, and met an error there.
+    """
     ListProfileJourneyInstances: _aio.UnaryUnaryMultiCallable[_journey_service_pb2.ListProfileJourneyInstancesRequest, _journey_service_pb2.ListProfileJourneyInstancesResponse]  # type: ignore[assignment]
     """Lists a person's ways through every journey, newest first."""
 
@@ -235,6 +255,28 @@ class JourneyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_journey_service_pb2.ListJourneyInstancesResponse, _abc.Awaitable[_journey_service_pb2.ListJourneyInstancesResponse]]:
         """Lists the people in a journey, newest first."""
+
+    @_abc_1.abstractmethod
+    def SimulateJourney(
+        self,
+        request: _journey_service_pb2.SimulateJourneyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journey_service_pb2.SimulateJourneyResponse, _abc.Awaitable[_journey_service_pb2.SimulateJourneyResponse]]:
+        """Walks a person through a journey without sending or waiting: the steps
+        they would take (decisions on their traits now, waits as their
+        lengths, the events they would send as given). For the builder, on the
+        definition being edited or a published version.
+        """
+
+    @_abc_1.abstractmethod
+    def GetJourneyAnalytics(
+        self,
+        request: _journey_service_pb2.GetJourneyAnalyticsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journey_service_pb2.GetJourneyAnalyticsResponse, _abc.Awaitable[_journey_service_pb2.GetJourneyAnalyticsResponse]]:
+        """Per node of a journey: how many people reached it, converted there,
+        ended there, and met an error there.
+        """
 
     @_abc_1.abstractmethod
     def ListProfileJourneyInstances(

@@ -1,0 +1,251 @@
+"""Journey steps beyond send, wait and decide, over REST on the embedded
+Temporal dev server with a real SMTP server: a weighted split (the same
+path for the same person, the one a simulation shows), a send whose
+template is gone taking its error branch, a wait until a time of day in
+the person's time zone, event triggers with property filters, per-node
+analytics counted once per step, and what saving refuses (naming the
+field)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from services.journeys.model import Node, seconds_until, split_path
+from tests.conftest import Env
+from tests.smtp_server import SmtpServer, serve_smtp
+from tests.test_audience_segments import ingest
+from tests.test_audience_service import call
+from tests.test_journeys import email, instance_when, subjects_when
+from tests.test_messaging import provider, template
+
+PEOPLE = ("pia", "quin", "rae", "sol", "tam", "uma")
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    yield from serve_smtp()
+
+
+def test_a_split_draws_by_weight_and_the_same_for_the_same_person() -> None:
+    node = Node("ab", "split", paths=((1, "a"), (3, "b")))
+    drawn = [split_path(node, f"person-{n}:1")[0] for n in range(4000)]
+    assert 0.22 < drawn.count("a") / len(drawn) < 0.28  # a quarter, give or take
+    assert [split_path(node, f"person-{n}:1")[0] for n in range(4000)] == drawn
+    assert split_path(node, "person-1:1")[1] in ("path 0", "path 1")
+
+
+def test_a_time_of_day_comes_next_in_the_zone() -> None:
+    utc = dt.UTC
+    # 07:30 UTC is 08:30 in Paris (winter): 09:00 there is half an hour away
+    now = dt.datetime(2026, 1, 15, 7, 30, tzinfo=utc)
+    assert seconds_until(now, "09:00", "Europe/Paris") == 1800
+    # past it already today: tomorrow
+    assert seconds_until(now, "08:00", "Europe/Paris") == 23.5 * 3600
+    # the exact minute: a day later, not now
+    assert seconds_until(dt.datetime(2026, 1, 15, 9, 0, tzinfo=utc), "09:00", "") == 86400
+    # across the spring change in New York (8 March 2026, 02:00 -> 03:00):
+    # 09:00 on the 8th is 13:00 UTC, 23 hours after 09:00 on the 7th (14:00 UTC)
+    before = dt.datetime(2026, 3, 7, 14, 0, 30, tzinfo=utc)
+    assert seconds_until(before, "09:00", "America/New_York") == 23 * 3600 - 30
+    # an unknown zone (from a person's trait): UTC
+    assert seconds_until(now, "08:00", "Mars/Olympus") == 1800
+
+
+async def test_splits_error_branches_and_node_analytics(env: Env, smtp: SmtpServer) -> None:
+    await provider(env, smtp.port)
+    left = await template(env, email("Left"))
+    right = await template(env, email("Right"))
+    status, body = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "A/B", "trigger": {"api": {}}, "reentry": "REENTRY_POLICY_ALWAYS",
+        "nodes": [
+            {"id": "ab", "split": {"paths": [{"weight": 1, "next": "a"},
+                                             {"weight": 1, "next": "b"}]}},
+            {"id": "a", "send": {"template": left["name"]}},
+            {"id": "b", "send": {"template": right["name"], "onError": "oops"}},
+            {"id": "oops", "exit": {}},
+        ]})  # fmt: skip
+    assert status == 200, body
+    journey = body["journey"]
+    name = journey["name"]
+    assert journey["nodes"][0]["split"]["paths"][1] == {"weight": 1, "next": "b"}
+    assert journey["nodes"][2]["send"]["onError"] == "oops"
+    status, _ = await call(env, "POST", f"{name}:publish", {})
+    for person in PEOPLE:
+        traits = {"email": f"{person}@example.com", "first_name": person}
+        await ingest(env, {"type": "identify", "userId": person, "traits": traits})
+
+    # the simulation shows each person's path before anyone enters
+    expected: dict[str, str] = {}
+    for person in PEOPLE:
+        status, walked = await call(env, "POST", f"{name}:simulate", {"userId": person})
+        assert status == 200, walked
+        steps = walked["steps"]
+        assert steps[0]["node"] == "ab" and steps[0]["outcome"] in ("path 0", "path 1")
+        expected[person] = steps[1]["node"]
+        assert (
+            steps[1]["outcome"]
+            == f"would send {left['name'] if steps[1]['node'] == 'a' else right['name']}"
+        )
+        assert walked["endState"] == "INSTANCE_STATE_COMPLETED"
+    assert set(expected.values()) == {"a", "b"}, expected  # six people: both paths taken
+
+    # without an error branch, a send that cannot be sent fails the way
+    status, body = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "No fallback", "trigger": {"api": {}},
+        "nodes": [{"id": "only", "send": {"template": right["name"]}}]})  # fmt: skip
+    fragile = body["journey"]["name"]
+    await call(env, "POST", f"{fragile}:publish", {})
+
+    # the right template is deleted: its people take the error branch
+    status, _ = await call(env, "DELETE", right["name"])
+    assert status == 200
+    status, entered = await call(env, "POST", f"{fragile}:enter", {"userId": PEOPLE[0]})
+    failed = await instance_when(env, entered["instance"]["name"],
+                                 lambda i: i["state"] == "INSTANCE_STATE_FAILED")  # fmt: skip
+    assert failed["currentNode"] == "only" and "is gone" in failed["exitReason"], failed
+    ways = {}
+    for person in PEOPLE:
+        status, entered = await call(env, "POST", f"{name}:enter", {"userId": person})
+        assert status == 200, entered
+        ways[person] = entered["instance"]["name"]
+    for person, way in ways.items():
+        done = await instance_when(env, way, lambda i: i["state"] != "INSTANCE_STATE_ACTIVE")
+        outcomes = [(h.get("node", ""), h["outcome"].split(" ")[0]) for h in done["history"]]
+        if expected[person] == "a":
+            assert done["state"] == "INSTANCE_STATE_COMPLETED", done
+            assert outcomes == [("ab", "path"), ("a", "message"), ("", "reached")]
+        else:
+            assert done["state"] == "INSTANCE_STATE_EXITED", done
+            assert outcomes == [("ab", "path"), ("b", "error:"), ("oops", "exit")]
+            assert "gone" in done["history"][1]["outcome"]
+    on_left = sorted(p for p, path in expected.items() if path == "a")
+    got = await subjects_when(smtp, f"{on_left[-1]}@example.com", 1)
+    assert got == [f"Left {on_left[-1]}"]
+    # each entry the same path as before (re-entry ALWAYS): counted per visit
+    for person in PEOPLE[:2]:
+        status, again = await call(env, "POST", f"{name}:enter", {"userId": person})
+        await instance_when(env, again["instance"]["name"],
+                            lambda i: i["state"] != "INSTANCE_STATE_ACTIVE")  # fmt: skip
+        status, way = await call(env, "GET", again["instance"]["name"])
+        assert way["instance"]["history"][1]["node"] == expected[person]
+
+    status, stats = await call(env, "GET", f"{name}/analytics")
+    assert status == 200, stats
+    by_node = {n["node"]: n for n in stats["nodes"]}
+    assert [n["node"] for n in stats["nodes"]] == ["ab", "a", "b", "oops"]
+    on = {path: [p for p in PEOPLE for _ in range(2 if p in PEOPLE[:2] else 1)
+                 if expected[p] == path] for path in ("a", "b")}  # fmt: skip
+    assert int(by_node["ab"]["entered"]) == len(PEOPLE) + 2
+    assert int(by_node["a"].get("entered", 0)) == len(on["a"])
+    assert int(by_node["a"].get("exited", 0)) == len(on["a"])  # reached the end there
+    assert int(by_node["b"].get("entered", 0)) == len(on["b"])
+    assert int(by_node["b"].get("errors", 0)) == len(on["b"])
+    assert int(by_node["oops"].get("exited", 0)) == len(on["b"])
+    status, v1 = await call(env, "GET", f"{name}/analytics?version=1")
+    assert v1 == stats
+    status, bad = await call(env, "GET", f"{name}/analytics?version=7")
+    assert status == 400 and bad["error"]["fieldViolations"][0]["field"] == "version"
+
+
+async def test_time_of_day_waits_event_filters_and_simulated_waits(
+    env: Env, smtp: SmtpServer
+) -> None:
+    await provider(env, smtp.port)
+    thanks = await template(env, email("Big spender"))
+    await ingest(env, {"type": "identify", "userId": "vic", "traits": {
+        "email": "vic@example.com", "first_name": "Vic", "timezone": "Asia/Tokyo"}})  # fmt: skip
+    status, body = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "Big orders", "reentry": "REENTRY_POLICY_ALWAYS",
+        "trigger": {"event": {"event": "order_completed", "filters": [
+            {"property": "total", "comparison": "TRAIT_COMPARISON_GREATER_THAN", "value": 100}]}},
+        "nodes": [
+            {"id": "thanks", "send": {"template": thanks["name"]}, "next": "morning"},
+            {"id": "morning", "wait": {"timeOfDay": "09:00"}, "next": "review"},
+            {"id": "review", "wait": {"untilEvent": "review_written", "duration": "86400s",
+                                      "timeoutNext": "bye"}},
+            {"id": "bye", "exit": {}},
+        ]})  # fmt: skip
+    assert status == 200, body
+    name = body["journey"]["name"]
+    trigger = body["journey"]["trigger"]["event"]
+    assert trigger["filters"][0]["property"] == "total" and trigger["filters"][0]["value"] == 100
+    assert body["journey"]["nodes"][1]["wait"] == {"timeOfDay": "09:00"}
+    await call(env, "POST", f"{name}:publish", {})
+
+    # a simulation: the morning wait ends at nine in Tokyo; with the review
+    # written the way completes, without it times out a day later and exits
+    for events, end in ((["review_written"], "COMPLETED"), ([], "EXITED")):
+        status, walked = await call(env, "POST", f"{name}:simulate",
+                                    {"userId": "vic", "events": events})  # fmt: skip
+        assert status == 200, walked
+        assert walked["endState"] == f"INSTANCE_STATE_{end}"
+        morning = walked["steps"][1]
+        assert morning["outcome"] == "would wait until 09:00 Asia/Tokyo"
+        tokyo = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=float(morning["at"][:-1]))
+        at = tokyo.astimezone(dt.timezone(dt.timedelta(hours=9)))
+        assert (at.hour, at.minute) == (9, 0) or (at.hour, at.minute, at.second) == (8, 59, 59)
+    assert walked["steps"][2]["outcome"] == "timed out after 86400s"
+
+    # only orders over 100 make people enter
+    await ingest(env, {"type": "track", "userId": "vic", "event": "order_completed",
+                       "messageId": "o-1", "properties": {"total": 40}},
+                 {"type": "track", "userId": "vic", "event": "order_completed",
+                  "messageId": "o-2", "properties": {"total": 400}})  # fmt: skip
+    assert await subjects_when(smtp, "vic@example.com", 1) == ["Big spender Vic"]
+    status, listed = await call(env, "GET", f"{name}/instances")
+    (way,) = listed["instances"]
+    waiting = await instance_when(env, way["name"], lambda i: i.get("currentNode") == "morning")
+    assert waiting["state"] == "INSTANCE_STATE_WAITING"
+    assert waiting["history"][-1]["outcome"] == "waiting until 09:00 Asia/Tokyo"
+
+
+async def test_saving_refuses_bad_steps_naming_the_field(env: Env) -> None:
+    welcome = await template(env, email("Hello"))
+    send = {"id": "s", "send": {"template": welcome["name"]}}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"trigger": {"api": {}}, "nodes": [{"id": "w", "wait": {"timeOfDay": "25:00"}}]},
+         "journey.nodes[0].wait.time_of_day"),
+        ({"trigger": {"api": {}}, "nodes": [
+            {"id": "w", "wait": {"timeOfDay": "09:00", "timeZone": "Nowhere/City"}}]},
+         "journey.nodes[0].wait.time_zone"),
+        ({"trigger": {"api": {}}, "nodes": [
+            {"id": "w", "wait": {"timeOfDay": "09:00", "duration": "60s"}}]},
+         "journey.nodes[0].wait.duration"),
+        ({"trigger": {"api": {}}, "nodes": [
+            {"id": "ab", "split": {"paths": [{"weight": 1, "next": "s"}]}}, send]},
+         "journey.nodes[0].split.paths"),
+        ({"trigger": {"api": {}}, "nodes": [
+            {"id": "ab", "split": {"paths": [{"weight": 0, "next": "s"},
+                                             {"weight": 1, "next": "s"}]}}, send]},
+         "journey.nodes[0].split.paths[0].weight"),
+        ({"trigger": {"api": {}}, "nodes": [
+            {"id": "ab", "split": {"paths": [{"weight": 1, "next": "s"},
+                                             {"weight": 1, "next": "t"}]}}, send]},
+         "journey.nodes[0].split.paths[1].next"),
+        ({"trigger": {"api": {}}, "nodes": [{**send, "send": {**send["send"],
+                                                                "onError": "nope"}}]},
+         "journey.nodes[0].send.on_error"),
+        ({"trigger": {"event": {"event": "x", "filters": [{"property": "total"}]}},
+          "nodes": [send]}, "journey.trigger.event.filters[0].comparison"),
+        ({"trigger": {"event": {"event": "x", "filters": [
+            {"property": "total", "comparison": "TRAIT_COMPARISON_LESS_THAN"}]}},
+          "nodes": [send]}, "journey.trigger.event.filters[0].value"),
+    ]  # fmt: skip
+    for journey, field in cases:
+        status, answer = await call(env, "POST", "tenants/acme/journeys",
+                                    {"displayName": "bad", **journey})  # fmt: skip
+        assert status == 400, (field, answer)
+        fields = [v["field"] for v in answer["error"]["fieldViolations"]]
+        assert field in fields, (field, fields)
+    # simulate: an unknown version, or a person who is not there
+    ok = {"displayName": "ok", "trigger": {"api": {}}, "nodes": [send]}
+    status, body = await call(env, "POST", "tenants/acme/journeys", ok)
+    name = body["journey"]["name"]
+    status, answer = await call(env, "POST", f"{name}:simulate", {"userId": "x", "version": 3})
+    assert status == 400 and answer["error"]["fieldViolations"][0]["field"] == "version"
+    status, answer = await call(env, "POST", f"{name}:simulate", {"userId": "nobody-here"})
+    assert status == 400 and answer["error"]["fieldViolations"][0]["field"] == "user_id"
