@@ -12,6 +12,7 @@ import pathlib
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -98,3 +99,63 @@ async def test_ways_survive_kill_9(tmp_path: pathlib.Path, smtp: SmtpServer) -> 
         assert [m["Subject"] for m in smtp.to("kim@example.com")] == ["First", "Second"]
         assert await proc.terminate() == 0, proc.output()
     assert not dev_servers(data)  # stopped with a clean shutdown too
+
+
+async def test_a_broadcast_survives_kill_9(tmp_path: pathlib.Path, smtp: SmtpServer) -> None:
+    """200 demo people, 100 a second: killed after the first pages went out,
+    started again on the same data dir, the broadcast goes on from where it
+    was; every person gets the email exactly once."""
+    data = tmp_path / "data"
+    env = base_env(CAMPAIGN_EXPRESS_DEMO_API_KEY=KEY)
+
+    async def post(base: str, path: str, body: Any) -> Any:
+        status, answer = await http_json("POST", f"{base}/v1/{path}", key=KEY, body=body)
+        assert status == 200, answer
+        return answer
+
+    async with started(tmp_path, "first", data_dir=data, demo=True, env=env) as (proc, ports):
+        base = f"http://127.0.0.1:{ports['http']}"
+        await post(base, "tenants/demo/channelProviders", {
+            "displayName": "local", "kind": "PROVIDER_KIND_SMTP",
+            "config": {"host": "127.0.0.1", "port": str(smtp.port), "security": "none",
+                       "from": "news@demo.example"}})  # fmt: skip
+        made = await post(base, "tenants/demo/templates", {
+            "displayName": "Sale", "channel": "MESSAGE_CHANNEL_EMAIL",
+            "contents": {"en": {"subject": "Sale", "text": "t"}}})  # fmt: skip
+        has_email = {"trait": {"trait": "email", "comparison": "COMPARISON_EXISTS"}}
+        segment = await post(base, "tenants/demo/segments", {
+            "displayName": "Everyone with an email", "description": "",
+            "condition": has_email})  # fmt: skip
+        members = int(segment["segment"]["size"])
+        assert members == 200
+        made = await post(base, "tenants/demo/broadcasts", {
+            "displayName": "Sale", "segment": segment["segment"]["name"],
+            "template": made["template"]["name"], "perMinute": 6000})  # fmt: skip
+        name = made["broadcast"]["name"]
+        deadline = time.monotonic() + 20
+        while len(smtp.received) < 30:
+            assert time.monotonic() < deadline, proc.output()
+            await asyncio.sleep(0.02)
+        proc.signal(signal.SIGKILL)  # pages handed out, messages queued, some sent
+        await proc.wait_exit(10)
+    first = len(smtp.received)
+    assert first < members, "killed before the end"
+
+    async with started(tmp_path, "again", data_dir=data, demo=True, env=env) as (proc, ports):
+        base = f"http://127.0.0.1:{ports['http']}"
+        deadline = time.monotonic() + 60
+        while True:
+            status, body = await http_json("GET", f"{base}/v1/{name}", key=KEY)
+            assert status == 200, body
+            if body["broadcast"]["state"] == "BROADCAST_STATE_COMPLETED":
+                break
+            assert time.monotonic() < deadline, (body, proc.output())
+            await asyncio.sleep(0.2)
+        assert body["broadcast"]["progress"]["done"] == str(members)
+        while len(smtp.received) < members:
+            assert time.monotonic() < deadline, (len(smtp.received), proc.output())
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # nothing more comes
+        to = Counter(rcpt for r in smtp.received for rcpt in r.rcpt_tos)
+        assert to == Counter({f"person{n}@example.com": 1 for n in range(members)})
+        assert await proc.terminate() == 0, proc.output()

@@ -77,6 +77,16 @@ class Directory:
             {channel: granted(profile.consent, "marketing", channel) for channel in CHANNELS},
         )
 
+    async def segment_size(self, tenant_id: str, segment_id: str) -> int | None:
+        """A segment's member count (as last counted); None when the tenant
+        has no such segment."""
+        s = audience_segments.c
+        async with self._profiles.db.engine.connect() as conn:
+            size = await conn.scalar(
+                sa.select(s.size).where(s.tenant_id == tenant_id, s.id == segment_id)
+            )
+        return None if size is None else int(size)
+
     async def member_ids(
         self, tenant_id: str, segment_id: str, after: str = "", limit: int = 1_000
     ) -> list[str] | None:

@@ -70,6 +70,8 @@ class Journeys:
         self._directory = directory
         self._clock = clock
         self._trigger_cache: dict[str, tuple[float, dict[str, list[Journey]]]] = {}
+        #: Broadcasts (services/journeys/broadcasts.py), for the tests and tools.
+        self.broadcasts: Any = None
 
     # -- journeys -------------------------------------------------------------
 
@@ -196,6 +198,25 @@ class Journeys:
             raise InvalidArgument.field("idempotency_key", f"at most {MAX_KEY} characters")
         profile_id = await self._person(journey.tenant_id, profile, user_id)
         return await self._enter(journey, profile_id, data, idempotency_key)
+
+    async def journey_state(self, tenant_id: str, journey_id: str) -> str:
+        """A journey's state ("archived" when there is none)."""
+        return await self.store.journey_state(tenant_id, journey_id)
+
+    async def enter_member(
+        self,
+        tenant_id: str,
+        journey_id: str,
+        profile_id: str,
+        data: Mapping[str, Any],
+        key: str,
+    ) -> bool:
+        """A broadcast's member into a journey (the key enters once); whether
+        they entered now. FailedPrecondition when the journey's rules keep
+        them out."""
+        journey = await self.store.get(tenant_id, journey_id)
+        _, created = await self._enter(journey, profile_id, data, key)
+        return created
 
     async def _enter(
         self, journey: Journey, profile_id: str, data: Mapping[str, Any], idempotency_key: str

@@ -1,16 +1,24 @@
-"""The journeys domain: JourneyService, its tables, and this process's part
-of the engine (services/journeys/engine.py), started on first need."""
+"""The journeys domain: JourneyService and BroadcastService, their tables,
+this process's part of the engine (services/journeys/engine.py, started
+on first need) and of broadcasts (services/journeys/broadcasts.py)."""
 
 from __future__ import annotations
 
 import pathlib
+import socket
 
-from campaignexpress.journeys.v1 import journey_service_pb2, journey_service_pb2_grpc
+from campaignexpress.journeys.v1 import (
+    broadcast_service_pb2,
+    broadcast_service_pb2_grpc,
+    journey_service_pb2,
+    journey_service_pb2_grpc,
+)
 from services.journeys.activities import JourneyActivities
+from services.journeys.broadcasts import Broadcasts
 from services.journeys.demo import seed_demo_journeys
 from services.journeys.domain import Journeys
 from services.journeys.engine import Engine
-from services.journeys.servicer import JourneyServicer
+from services.journeys.servicer import BroadcastServicer, JourneyServicer
 from services.journeys.store import Store
 from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 
@@ -35,13 +43,28 @@ async def _build(kernel: Kernel) -> Built:
         await journeys.resume_ways()
 
     kernel.when_serving(serving, engine.stop)
+    broadcasts = Broadcasts(
+        db,
+        kernel.page_tokens,
+        directory,
+        outbox,
+        journeys,
+        kernel.backends.bus,
+        owner=f"{socket.gethostname()}:{kernel.worker}",
+        clock=kernel.clock,
+    )
+    # Every serving process plans broadcasts nobody plans and handles pages.
+    kernel.when_serving(broadcasts.start, broadcasts.stop)
+    journeys.broadcasts = broadcasts
 
     async def seed(seed: TenantSeed) -> None:
         if seed.demo:
             welcome = await outbox.template_named(seed.tenant_id, "Welcome email")
             await seed_demo_journeys(journeys, seed.tenant_id, welcome)
 
-    return Built([JourneyServicer(journeys)], api=journeys, seed=seed)
+    return Built(
+        [JourneyServicer(journeys), BroadcastServicer(broadcasts)], api=journeys, seed=seed
+    )
 
 
 MODULE = DomainModule(
@@ -50,6 +73,10 @@ MODULE = DomainModule(
         Service(
             journey_service_pb2.DESCRIPTOR.services_by_name["JourneyService"],
             journey_service_pb2_grpc.add_JourneyServiceServicer_to_server,
+        ),
+        Service(
+            broadcast_service_pb2.DESCRIPTOR.services_by_name["BroadcastService"],
+            broadcast_service_pb2_grpc.add_BroadcastServiceServicer_to_server,
         ),
     ),
     build=_build,

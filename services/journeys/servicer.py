@@ -6,11 +6,14 @@ from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2
 
-from campaignexpress.journeys.v1 import journey_pb2
+from campaignexpress.journeys.v1 import broadcast_pb2, journey_pb2
+from campaignexpress.journeys.v1 import broadcast_service_pb2 as bpb
+from campaignexpress.journeys.v1 import broadcast_service_pb2_grpc as broadcast_grpc
 from campaignexpress.journeys.v1 import journey_service_pb2 as pb
 from campaignexpress.journeys.v1 import journey_service_pb2_grpc as pb_grpc
 from services.common.call import current_principal
 from services.common.protoconv import struct_dict, timestamp, value_python
+from services.journeys.broadcasts import Broadcast, Broadcasts
 from services.journeys.domain import Journeys
 from services.journeys.model import Branch, Definition, Instance, Journey, Node
 
@@ -307,3 +310,80 @@ class JourneyServicer(pb_grpc.JourneyServiceServicer):
         return pb.GetJourneyAnalyticsResponse(
             nodes=[pb.NodeAnalytics(node=node, **counts) for node, counts in counted]
         )
+
+
+_BROADCAST_STATES = {
+    "running": broadcast_pb2.BROADCAST_STATE_RUNNING,
+    "paused": broadcast_pb2.BROADCAST_STATE_PAUSED,
+    "completed": broadcast_pb2.BROADCAST_STATE_COMPLETED,
+    "cancelled": broadcast_pb2.BROADCAST_STATE_CANCELLED,
+}
+
+
+def broadcast_proto(b: Broadcast) -> broadcast_pb2.Broadcast:
+    out = broadcast_pb2.Broadcast(
+        name=b.name,
+        display_name=b.display_name,
+        segment=b.segment,
+        per_minute=b.per_minute,
+        state=_BROADCAST_STATES.get(b.state, broadcast_pb2.BROADCAST_STATE_UNSPECIFIED),
+        progress=broadcast_pb2.BroadcastProgress(
+            members=b.members, planned=b.planned, done=b.done, skipped=b.skipped
+        ),
+        create_time=timestamp(b.create_time),
+        update_time=timestamp(b.update_time),
+    )
+    if b.kind == "message":
+        out.template = b.target
+    else:
+        out.journey = b.target
+    if b.data:
+        out.data.update(dict(b.data))
+    ended = timestamp(b.end_time) if b.end_time else None
+    if ended is not None:
+        out.end_time.CopyFrom(ended)
+    return out
+
+
+class BroadcastServicer(broadcast_grpc.BroadcastServiceServicer):
+    def __init__(self, broadcasts: Broadcasts) -> None:
+        self._b = broadcasts
+
+    async def CreateBroadcast(self, request: bpb.CreateBroadcastRequest, context: Any) -> Any:
+        b = request.broadcast
+        made = await self._b.create(
+            current_principal(),
+            request.parent,
+            display_name=b.display_name,
+            segment=b.segment,
+            template=b.template,
+            journey=b.journey,
+            data=struct_dict(b.data),
+            per_minute=b.per_minute,
+            request_id=request.request_id,
+        )
+        return bpb.CreateBroadcastResponse(broadcast=broadcast_proto(made))
+
+    async def GetBroadcast(self, request: bpb.GetBroadcastRequest, context: Any) -> Any:
+        found = await self._b.get(current_principal(), request.name)
+        return bpb.GetBroadcastResponse(broadcast=broadcast_proto(found))
+
+    async def ListBroadcasts(self, request: bpb.ListBroadcastsRequest, context: Any) -> Any:
+        found, token = await self._b.list_broadcasts(
+            current_principal(), request.parent, request.page_size, request.page_token
+        )
+        return bpb.ListBroadcastsResponse(
+            broadcasts=[broadcast_proto(b) for b in found], next_page_token=token
+        )
+
+    async def PauseBroadcast(self, request: bpb.PauseBroadcastRequest, context: Any) -> Any:
+        done = await self._b.pause(current_principal(), request.name)
+        return bpb.PauseBroadcastResponse(broadcast=broadcast_proto(done))
+
+    async def ResumeBroadcast(self, request: bpb.ResumeBroadcastRequest, context: Any) -> Any:
+        done = await self._b.resume(current_principal(), request.name)
+        return bpb.ResumeBroadcastResponse(broadcast=broadcast_proto(done))
+
+    async def CancelBroadcast(self, request: bpb.CancelBroadcastRequest, context: Any) -> Any:
+        done = await self._b.cancel(current_principal(), request.name)
+        return bpb.CancelBroadcastResponse(broadcast=broadcast_proto(done))

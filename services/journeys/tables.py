@@ -70,3 +70,44 @@ journey_node_stats = sa.Table(
     sa.Column("exited", sa.BigInteger, nullable=False),
     sa.Column("errors", sa.BigInteger, nullable=False),
 )
+
+# Broadcasts: a message or a journey entry for every member of a segment
+# (services/journeys/broadcasts.py). `cursor` is the last member planned
+# (members go in profile order); `owner` holds the planning lease.
+journey_broadcasts = sa.Table(
+    "journey_broadcasts",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("segment_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),  # message, journey
+    sa.Column("target_id", sa.String(64), nullable=False),  # the template or journey
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("per_minute", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),  # running, paused, completed, ...
+    sa.Column("request_id", sa.String(200), nullable=False),  # "" or the creator's
+    sa.Column("members", sa.BigInteger, nullable=False),
+    sa.Column("planned", sa.BigInteger, nullable=False),
+    sa.Column("pages", sa.Integer, nullable=False),  # pages handed out
+    sa.Column("cursor", sa.String(64), nullable=False),
+    sa.Column("planned_all", sa.Boolean, nullable=False),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("lease_until", sa.BigInteger, nullable=False),
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
+    sa.Column("end_time", sa.BigInteger, nullable=False),  # 0: not ended
+    sa.Index("ix_journey_broadcasts_tenant", "tenant_id", "create_time", "id"),
+    sa.Index("ix_journey_broadcasts_request", "tenant_id", "request_id"),
+    sa.Index("ix_journey_broadcasts_state", "state"),
+)
+
+# Each page a worker handled: counted once, however often it was delivered.
+journey_broadcast_pages = sa.Table(
+    "journey_broadcast_pages",
+    metadata,
+    sa.Column("broadcast_id", sa.String(64), primary_key=True),
+    sa.Column("page", sa.Integer, primary_key=True),
+    sa.Column("members", sa.Integer, nullable=False),
+    sa.Column("skipped", sa.Integer, nullable=False),
+)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import pathlib
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from campaignexpress.messaging.v1 import messaging_service_pb2, messaging_service_pb2_grpc
@@ -234,6 +234,28 @@ class Outbox:
             return stored[0].name
         existing = await self._messages.by_key(tenant_id, f"{key}:{profile_id}")
         return existing.name if existing is not None else ""
+
+    async def send_many(
+        self,
+        tenant_id: str,
+        template: str,
+        profile_ids: Sequence[str],
+        key: str,
+        data: Mapping[str, Any],
+    ) -> int:
+        """A template's message to each of these people, keyed `{key}:{profile
+        id}` (one who has it already is skipped); how many were stored now.
+        LookupError when the template is gone."""
+        if self._messages is None or self._templates is None:
+            raise RuntimeError("messaging is not built in this process")
+        try:
+            found = await self._templates.find(tenant_id, template.rsplit("/", 1)[-1])
+        except NotFound:
+            raise LookupError(f"{template} is gone") from None
+        stored = await self._messages.enqueue_many(
+            tenant_id, found, "", list(profile_ids), f"{key}:", data=data
+        )
+        return len(stored)
 
 
 MODULE = DomainModule(
