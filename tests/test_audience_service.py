@@ -305,6 +305,13 @@ async def test_merges_are_in_the_audit_log(env: Env) -> None:
     assert event["resource"] == survivor
     assert first["profiles"][0].rsplit("/", 1)[1] in event["detail"]
     assert "visitor-9 signed in as user_id member-9" in event["detail"]
+    # a sender's batch lookup finds the merged-away profile's survivor
+    directory = env.running.platform.kernel.interface("audience_directory")
+    merged_away, kept = (p.rsplit("/", 1)[1] for p in first["profiles"])
+    people = await directory.people("acme", [merged_away, kept, "no-such-profile"])
+    assert set(people) == {merged_away, kept}
+    assert people[merged_away].id == people[kept].id == kept
+    assert await directory.people("globex", [kept]) == {}  # another tenant's: not there
 
 
 async def test_a_sources_write_key_sends_events_and_nothing_else(env: Env) -> None:

@@ -156,6 +156,8 @@ class Directory(Protocol):
 
     async def person(self, tenant_id: str, profile_id: str, user_id: str) -> Person | None: ...
 
+    async def people(self, tenant_id: str, profile_ids: Sequence[str]) -> Mapping[str, Person]: ...
+
     async def push_targets(self, tenant_id: str, profile_id: str) -> list[Any]: ...
 
     async def token_gone(self, tenant_id: str, platform: str, token: str, reason: str) -> bool: ...
@@ -538,8 +540,32 @@ class Sender:
 
     # -- deciding and sending ---------------------------------------------------------
 
+    async def _people(self, messages: Sequence[Message]) -> list[Person | None]:
+        """Each message's person: those named by profile id looked up together
+        (per tenant), the rest one by one."""
+        by_tenant: dict[str, list[str]] = defaultdict(list)
+        for message in messages:
+            if message.profile_id:
+                by_tenant[message.tenant_id].append(message.profile_id)
+        known: dict[tuple[str, str], Person] = {}
+        for tenant_id, profile_ids in by_tenant.items():
+            found = await self._directory.people(tenant_id, profile_ids)
+            known.update(((tenant_id, pid), person) for pid, person in found.items())
+        by_user = [m for m in messages if not m.profile_id]
+        found_by_user = dict(
+            zip(
+                (m.id for m in by_user),
+                await asyncio.gather(*(self._person(m) for m in by_user)),
+                strict=True,
+            )
+        )
+        return [
+            known.get((m.tenant_id, m.profile_id)) if m.profile_id else found_by_user[m.id]
+            for m in messages
+        ]
+
     async def _send_all(self, messages: Sequence[Message]) -> list[Outcome]:
-        people = await asyncio.gather(*(self._person(m) for m in messages))
+        people = await self._people(messages)
         targets: dict[str, list[Any]] = {}
         for message, person in zip(messages, people, strict=True):
             if message.channel in PUSH_CHANNELS and person is not None:
@@ -584,6 +610,7 @@ class Sender:
         )
 
     async def _person(self, message: Message) -> Person | None:
+        """One message's person (by profile id, else by user id)."""
         r = message.recipient
         if not (message.profile_id or r.get("user_id")):
             return None
