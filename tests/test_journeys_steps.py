@@ -17,7 +17,7 @@ import pytest
 from services.journeys.model import Node, seconds_until, split_path
 from tests.conftest import Env
 from tests.smtp_server import SmtpServer, serve_smtp
-from tests.test_audience_segments import ingest
+from tests.test_audience_segments import PRO, create, ingest
 from tests.test_audience_service import call
 from tests.test_journeys import email, instance_when, subjects_when
 from tests.test_messaging import provider, template
@@ -249,3 +249,33 @@ async def test_saving_refuses_bad_steps_naming_the_field(env: Env) -> None:
     assert status == 400 and answer["error"]["fieldViolations"][0]["field"] == "version"
     status, answer = await call(env, "POST", f"{name}:simulate", {"userId": "nobody-here"})
     assert status == 400 and answer["error"]["fieldViolations"][0]["field"] == "user_id"
+
+
+async def test_segment_triggers_enter_people_who_join_or_leave(env: Env, smtp: SmtpServer) -> None:
+    await provider(env, smtp.port)
+    hello, bye = await template(env, email("Hello pro")), await template(env, email("Miss you"))
+    segment = await create(env, PRO, "Pro plan")
+    for change, message in (("SEGMENT_CHANGE_ENTERED", hello), ("SEGMENT_CHANGE_EXITED", bye)):
+        status, body = await call(env, "POST", "tenants/acme/journeys", {
+            "displayName": change, "reentry": "REENTRY_POLICY_ALWAYS",
+            "trigger": {"segment": {"segment": segment["name"], "change": change}},
+            "nodes": [{"id": "s", "send": {"template": message["name"]}}]})  # fmt: skip
+        assert status == 200, body
+        assert body["journey"]["trigger"]["segment"]["change"] == change
+        await call(env, "POST", f"{body['journey']['name']}:publish", {})
+    wes = {"email": "wes@example.com", "first_name": "Wes", "plan": "pro"}
+    await ingest(env, {"type": "identify", "userId": "wes", "traits": wes})
+    assert await subjects_when(smtp, "wes@example.com", 1) == ["Hello pro Wes"]
+    await ingest(env, {"type": "identify", "userId": "wes", "traits": {"plan": "free"}})
+    assert await subjects_when(smtp, "wes@example.com", 2) == ["Hello pro Wes", "Miss you Wes"]
+    # a segment of another tenant, or none
+    for name, why in ((segment["name"].replace("acme", "globex"), "another tenant's"),
+                      ("tenants/acme/segments/nope", "no such segment"),
+                      ("segments/nope", "must be")):  # fmt: skip
+        status, answer = await call(env, "POST", "tenants/acme/journeys", {
+            "displayName": "bad", "trigger": {"segment": {"segment": name}},
+            "nodes": [{"id": "s", "send": {"template": hello["name"]}}]})  # fmt: skip
+        assert status == 400, answer
+        (violation,) = answer["error"]["fieldViolations"]
+        assert violation["field"] == "journey.trigger.segment.segment"
+        assert why in violation["description"], violation

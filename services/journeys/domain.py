@@ -11,9 +11,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from services.backends.interfaces import BusMessage
 from services.common import names
 from services.common.call import Principal
 from services.common.clock import now_us
@@ -78,8 +80,13 @@ class Journeys:
     async def _checked(self, tenant_id: str, display_name: str, definition: Definition) -> None:
         bad: list[FieldViolation] = []
         check_text(bad, "journey.display_name", display_name, required=True, max_len=200)
-        bad += await check(definition, tenant_id, self._template_exists)
+        bad += await check(
+            definition, tenant_id, self._template_exists, segment_exists=self._segment_exists
+        )
         collect(bad)
+
+    async def _segment_exists(self, tenant_id: str, segment_id: str) -> bool:
+        return await self._directory.segment_size(tenant_id, segment_id) is not None
 
     async def create(
         self, caller: Principal, parent: str, display_name: str, definition: Definition
@@ -331,10 +338,34 @@ class Journeys:
             return cached[1]
         found: dict[str, list[Journey]] = {}
         for journey in await self.store.active(tenant_id):
-            if journey.definition.trigger == "event":
-                found.setdefault(journey.definition.event, []).append(journey)
+            d = journey.definition
+            if d.trigger == "event":
+                found.setdefault(d.event, []).append(journey)
+            elif d.trigger == "segment":
+                found.setdefault(_segment_key(d.segment, d.segment_change), []).append(journey)
         self._trigger_cache[tenant_id] = (now + TRIGGER_CACHE_SECONDS, found)
         return found
+
+    async def on_segment_change(self, message: BusMessage) -> None:
+        """Audience's segment news (`campaign-express.segments.<tenant>`):
+        each person who entered or left enters the ACTIVE journeys that
+        change triggers, keyed by the change (news heard again enters once)."""
+        news = orjson.loads(message.data)
+        segment = str(news.get("segment", ""))
+        tenant_id = segment.split("/")[1] if segment.startswith("tenants/") else ""
+        if not tenant_id:
+            return
+        triggers = await self._triggers(tenant_id)
+        for change in ("entered", "exited"):
+            journeys = triggers.get(_segment_key(segment, change), ())
+            for profile in news.get(change, ()) if journeys else ():
+                profile_id = str(profile).rsplit("/", 1)[-1]
+                key = f"segment:{segment}:{change}:{news.get('time', 0)}:{profile_id}"
+                for journey in journeys:
+                    try:
+                        await self._enter(journey, profile_id, {"segment": segment}, key)
+                    except FailedPrecondition:
+                        continue  # a cooldown, or paused since: not entered
 
     def forget_triggers(self, tenant_id: str) -> None:
         self._trigger_cache.pop(tenant_id, None)
@@ -496,3 +527,9 @@ def simulate(
             steps.append((node.id, "exit step", at))
             return Simulation(steps, "exited", at)
     return Simulation(steps, "failed", at)
+
+
+def _segment_key(segment: str, change: str) -> str:
+    """A segment trigger's key among a tenant's triggers (never an event's
+    name: those have no unit separator)."""
+    return f"\x1fsegment\x1f{segment}\x1f{change}"

@@ -20,7 +20,8 @@ from typing import Any
 from services.common.errors import FieldViolation
 
 KINDS = ("send", "wait", "decision", "split", "exit")
-TRIGGERS = ("api", "event")
+TRIGGERS = ("api", "event", "segment")
+SEGMENT_CHANGES = ("entered", "exited")
 REENTRY = ("never", "after_cooldown", "always")
 COMPARISONS = ("equals", "not_equals", "exists", "greater_than", "less_than", "contains")
 STATES = ("draft", "active", "paused", "completed", "archived")
@@ -28,6 +29,7 @@ MAX_NODES = 200
 MAX_WAIT_SECONDS = 365 * 86400
 _NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TEMPLATE = re.compile(r"^tenants/([^/]+)/templates/([^/]+)$")
+_SEGMENT = re.compile(r"^tenants/([^/]+)/segments/([^/]+)$")
 _TIME_OF_DAY = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 MAX_PATHS = 10
 MAX_WEIGHT = 10_000
@@ -81,6 +83,10 @@ class Definition:
     cooldown_seconds: float = 0.0
     #: An event trigger's conditions on the event's properties (all hold).
     filters: tuple[Branch, ...] = ()
+    #: A segment trigger's segment (`tenants/t/segments/s`) and change
+    #: (entered, exited).
+    segment: str = ""
+    segment_change: str = "entered"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +96,8 @@ class Definition:
                 {"trait": f.trait, "comparison": f.comparison, "value": f.value}
                 for f in self.filters
             ],
+            "segment": self.segment,
+            "segment_change": self.segment_change,
             "reentry": self.reentry,
             "cooldown_seconds": self.cooldown_seconds,
             "nodes": [
@@ -125,6 +133,8 @@ class Definition:
             reentry=str(data.get("reentry", "never")),
             cooldown_seconds=float(data.get("cooldown_seconds", 0.0)),
             filters=tuple(Branch(**f) for f in data.get("filters", [])),
+            segment=str(data.get("segment", "")),
+            segment_change=str(data.get("segment_change", "entered")),
             nodes=tuple(
                 Node(
                     id=n["id"],
@@ -183,19 +193,36 @@ class Instance:
 
 
 TemplateExists = Callable[[str, str], Awaitable[bool]]
+#: Whether a tenant has a segment (tenant id, segment id).
+SegmentExists = Callable[[str, str], Awaitable[bool]]
 
 
 async def check(
-    definition: Definition, tenant_id: str, template_exists: TemplateExists, at: str = "journey"
+    definition: Definition,
+    tenant_id: str,
+    template_exists: TemplateExists,
+    at: str = "journey",
+    segment_exists: SegmentExists | None = None,
 ) -> list[FieldViolation]:
     """Every problem of a definition, each naming its field and node: ids
     unique, references to nodes that exist, every node reachable from the
     first, no loop without a wait, templates of this tenant that exist."""
     bad: list[FieldViolation] = []
     if definition.trigger not in TRIGGERS:
-        bad.append(FieldViolation(f"{at}.trigger", "an event or api trigger is required"))
+        bad.append(FieldViolation(f"{at}.trigger", "an event, segment or api trigger is required"))
     elif definition.trigger == "event" and not definition.event.strip():
         bad.append(FieldViolation(f"{at}.trigger.event.event", "the event's name is required"))
+    elif definition.trigger == "segment":
+        where = f"{at}.trigger.segment.segment"
+        found = _SEGMENT.match(definition.segment)
+        if found is None:
+            bad.append(FieldViolation(where, "must be tenants/{t}/segments/{id}"))
+        elif found.group(1) != tenant_id:
+            bad.append(FieldViolation(where, "another tenant's"))
+        elif segment_exists is not None and not await segment_exists(tenant_id, found.group(2)):
+            bad.append(FieldViolation(where, "no such segment"))
+        if definition.segment_change not in SEGMENT_CHANGES:
+            bad.append(FieldViolation(f"{at}.trigger.segment.change", "ENTERED or EXITED"))
     if definition.filters and definition.trigger != "event":
         bad.append(FieldViolation(f"{at}.trigger.event.filters", "only with an event trigger"))
     if len(definition.filters) > MAX_FILTERS:

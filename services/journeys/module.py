@@ -4,8 +4,10 @@ on first need) and of broadcasts (services/journeys/broadcasts.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import socket
+from typing import Any
 
 from campaignexpress.journeys.v1 import (
     broadcast_service_pb2,
@@ -39,10 +41,25 @@ async def _build(kernel: Kernel) -> Built:
 
     kernel.interface("applied_calls").register(journeys.on_calls)  # event triggers
 
-    async def serving() -> None:  # ways still under way need this process's worker
-        await journeys.resume_ways()
+    segment_news: list[Any] = []
 
-    kernel.when_serving(serving, engine.stop)
+    async def serving() -> None:
+        await journeys.resume_ways()  # ways still under way need this process's worker
+        # Segment triggers: each piece of segment news to one process.
+        segment_news.append(
+            await kernel.backends.bus.subscribe(
+                "campaign-express.segments.*", journeys.on_segment_change, "journey-triggers"
+            )
+        )
+
+    async def stopping() -> None:
+        for subscription in segment_news:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        segment_news.clear()
+        await engine.stop()
+
+    kernel.when_serving(serving, stopping)
     broadcasts = Broadcasts(
         db,
         kernel.page_tokens,

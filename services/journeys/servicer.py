@@ -31,6 +31,11 @@ _REENTRY = {
     journey_pb2.REENTRY_POLICY_AFTER_COOLDOWN: "after_cooldown",
     journey_pb2.REENTRY_POLICY_ALWAYS: "always",
 }
+_CHANGES = {
+    journey_pb2.SEGMENT_CHANGE_UNSPECIFIED: "entered",
+    journey_pb2.SEGMENT_CHANGE_ENTERED: "entered",
+    journey_pb2.SEGMENT_CHANGE_EXITED: "exited",
+}
 _STATES = {
     "draft": journey_pb2.JOURNEY_STATE_DRAFT,
     "active": journey_pb2.JOURNEY_STATE_ACTIVE,
@@ -88,6 +93,8 @@ def definition_in(j: journey_pb2.Journey) -> Definition:
     return Definition(
         trigger=kind,
         event=j.trigger.event.event if kind == "event" else "",
+        segment=j.trigger.segment.segment if kind == "segment" else "",
+        segment_change=_CHANGES.get(j.trigger.segment.change, ""),
         filters=tuple(
             Branch(
                 f.property,
@@ -131,6 +138,13 @@ def journey_proto(journey: Journey) -> journey_pb2.Journey:
             )
             if f.value is not None:
                 condition.value.CopyFrom(_value(f.value))
+    elif d.trigger == "segment":
+        out.trigger.segment.segment = d.segment
+        out.trigger.segment.change = (
+            journey_pb2.SEGMENT_CHANGE_EXITED
+            if d.segment_change == "exited"
+            else journey_pb2.SEGMENT_CHANGE_ENTERED
+        )
     else:
         out.trigger.api.SetInParent()
     for node in d.nodes:

@@ -58,6 +58,30 @@ JOURNEY_STATE_ARCHIVED: JourneyState.ValueType  # 5
 """Kept for its history only."""
 Global___JourneyState: _TypeAlias = JourneyState  # noqa: Y015
 
+class _SegmentChange:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SegmentChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SegmentChange.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SEGMENT_CHANGE_UNSPECIFIED: _SegmentChange.ValueType  # 0
+    """Not set: ENTERED."""
+    SEGMENT_CHANGE_ENTERED: _SegmentChange.ValueType  # 1
+    """They became a member."""
+    SEGMENT_CHANGE_EXITED: _SegmentChange.ValueType  # 2
+    """They stopped being one."""
+
+class SegmentChange(_SegmentChange, metaclass=_SegmentChangeEnumTypeWrapper):
+    """A change of a person's membership of a segment."""
+
+SEGMENT_CHANGE_UNSPECIFIED: SegmentChange.ValueType  # 0
+"""Not set: ENTERED."""
+SEGMENT_CHANGE_ENTERED: SegmentChange.ValueType  # 1
+"""They became a member."""
+SEGMENT_CHANGE_EXITED: SegmentChange.ValueType  # 2
+"""They stopped being one."""
+Global___SegmentChange: _TypeAlias = SegmentChange  # noqa: Y015
+
 class _ReentryPolicy:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -242,6 +266,7 @@ class JourneyTrigger(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     API_FIELD_NUMBER: _builtins.int
+    SEGMENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___EventTrigger:
         """A tracked event (audience): each time a person sends it."""
@@ -250,21 +275,52 @@ class JourneyTrigger(_message.Message):
     def api(self) -> Global___ApiTrigger:
         """EnterJourney calls only."""
 
+    @_builtins.property
+    def segment(self) -> Global___SegmentTrigger:
+        """A person entering or leaving a segment (audience), as it happens."""
+
     def __init__(
         self,
         *,
         event: Global___EventTrigger | None = ...,
         api: Global___ApiTrigger | None = ...,
+        segment: Global___SegmentTrigger | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "event", b"event", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "event", b"event", "kind", b"kind", "segment", b"segment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "event", b"event", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "event", b"event", "kind", b"kind", "segment", b"segment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "api"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "api", "segment"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___JourneyTrigger: _TypeAlias = JourneyTrigger  # noqa: Y015
+
+@_typing.final
+class SegmentTrigger(_message.Message):
+    """A person entering (or leaving) a segment makes them enter."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    segment: _builtins.str
+    """`tenants/{tenant}/segments/{segment}`."""
+    change: Global___SegmentChange.ValueType
+    """Entering (the default) or leaving it."""
+    def __init__(
+        self,
+        *,
+        segment: _builtins.str = ...,
+        change: Global___SegmentChange.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "segment", b"segment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentTrigger: _TypeAlias = SegmentTrigger  # noqa: Y015
 
 @_typing.final
 class EventTrigger(_message.Message):
