@@ -279,3 +279,62 @@ async def test_segment_triggers_enter_people_who_join_or_leave(env: Env, smtp: S
         (violation,) = answer["error"]["fieldViolations"]
         assert violation["field"] == "journey.trigger.segment.segment"
         assert why in violation["description"], violation
+
+
+async def test_update_and_start_journey_steps(env: Env, smtp: SmtpServer) -> None:
+    await provider(env, smtp.port)
+    tips = await template(env, email("Tips"))
+    status, body = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "Tips", "trigger": {"api": {}},
+        "nodes": [{"id": "t", "send": {"template": tips["name"]}}]})  # fmt: skip
+    follow_up = body["journey"]["name"]
+    await call(env, "POST", f"{follow_up}:publish", {})
+    status, body = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "Onboard", "trigger": {"api": {}},
+        "nodes": [
+            {"id": "mark", "update": {"traits": {"onboarded": True, "stage": "tips"}},
+             "next": "check"},
+            {"id": "check", "decision": {"branches": [
+                {"trait": "onboarded", "comparison": "TRAIT_COMPARISON_EQUALS", "value": True,
+                 "next": "more"}], "otherwise": "out"}},
+            {"id": "more", "startJourney": {"journey": follow_up}},
+            {"id": "out", "exit": {}},
+        ]})  # fmt: skip
+    assert status == 200, body
+    name = body["journey"]["name"]
+    assert body["journey"]["nodes"][0]["update"]["traits"] == {"onboarded": True, "stage": "tips"}
+    await call(env, "POST", f"{name}:publish", {})
+    await ingest(env, {"type": "identify", "userId": "xia",
+                       "traits": {"email": "xia@example.com", "first_name": "Xia"}})  # fmt: skip
+    # the simulation sees the traits the update step would set
+    status, walked = await call(env, "POST", f"{name}:simulate", {"userId": "xia"})
+    assert [s["outcome"] for s in walked["steps"]] == [
+        "would set onboarded, stage",
+        "branch 0",
+        f"would enter {follow_up}",
+        "reached the end",
+    ]
+    status, entered = await call(env, "POST", f"{name}:enter", {"userId": "xia"})
+    done = await instance_when(env, entered["instance"]["name"],
+                               lambda i: i["state"] == "INSTANCE_STATE_COMPLETED")  # fmt: skip
+    assert [h["outcome"] for h in done["history"]][:3] == [
+        "set onboarded, stage",
+        "branch 0",
+        f"entered {follow_up}",
+    ]
+    status, profile = await call(env, "GET", done["profile"])
+    assert profile["profile"]["traits"]["stage"] == "tips"
+    assert await subjects_when(smtp, "xia@example.com", 1) == ["Tips Xia"]
+    # a journey that starts itself, or one that is not there: refused
+    for target, why in ((name, "not this journey"),
+                        ("tenants/acme/journeys/nope", "no such journey")):  # fmt: skip
+        status, answer = await call(env, "PATCH", f"{name}?updateMask=nodes", {
+            "nodes": [{"id": "go", "startJourney": {"journey": target}}]})  # fmt: skip
+        assert status == 400, answer
+        (violation,) = answer["error"]["fieldViolations"]
+        assert violation["field"] == "journey.nodes[0].start_journey.journey"
+        assert why in violation["description"]
+    status, answer = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "bad", "trigger": {"api": {}},
+        "nodes": [{"id": "u", "update": {"traits": {}}}]})  # fmt: skip
+    assert answer["error"]["fieldViolations"][0]["field"] == "journey.nodes[0].update.traits"

@@ -5,7 +5,7 @@ traits and their marketing consent per channel, and a segment's members
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,19 @@ class Directory:
     def __init__(self, profiles: Profiles, devices: Devices | None = None) -> None:
         self._profiles = profiles
         self._devices = devices
+        #: Told of profiles whose traits changed here (the audience domain
+        #: binds it: segments and the bid view follow).
+        self.changed: Callable[[str, list[str]], Awaitable[None]] | None = None
+
+    async def update_traits(
+        self, tenant_id: str, profile_id: str, set_traits: Mapping[str, Any]
+    ) -> str:
+        """Set traits on a profile (or the one it was merged into): its id.
+        NotFound when there is none; InvalidArgument for bad trait names."""
+        updated = await self._profiles.update_traits(tenant_id, profile_id, dict(set_traits))
+        if self.changed is not None:
+            await self.changed(tenant_id, [updated.id])
+        return str(updated.id)
 
     async def push_targets(self, tenant_id: str, profile_id: str) -> list[PushTarget]:
         """The profile's active devices."""

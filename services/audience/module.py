@@ -132,6 +132,9 @@ async def _build(kernel: Kernel) -> Built:
     audience.on_changed.append(refresh_segments)
     if view is not None:
         audience.on_changed.append(view.write)
+    # Traits other domains set (a journey's update step) change segments and
+    # the bid view as an operator's edit does.
+    kernel.interface("audience_directory").changed = audience.changed
 
     async def forget_bid_profiles(tenant_id: str, identities: dict[str, list[str]]) -> None:
         for kind in ("user_id", "anonymous_id", "ifa"):

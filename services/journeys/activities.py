@@ -7,14 +7,15 @@ decisions), and the instances' table (where each person is)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.journeys.store import Store
-from services.journeys.workflow import Record, Send
+from services.journeys.workflow import Record, Send, Start
 
 
 class Outbox(Protocol):
@@ -30,15 +31,26 @@ class Traits(Protocol):
 
     async def person(self, tenant_id: str, profile_id: str, user_id: str) -> Any: ...
 
+    async def update_traits(
+        self, tenant_id: str, profile_id: str, set_traits: Mapping[str, Any]
+    ) -> str: ...
+
+
+#: A person into a journey (tenant, journey id, profile, data, key): whether
+#: they entered now (services/journeys/domain.py's enter_member).
+EnterMember = Callable[[str, str, str, Mapping[str, Any], str], Awaitable[bool]]
+
 
 class JourneyActivities:
     def __init__(self, store: Store, outbox: Outbox, directory: Traits) -> None:
         self._store = store
         self._outbox = outbox
         self._directory = directory
+        #: Bound once the journeys domain is built (it needs these first).
+        self.enter_member: EnterMember | None = None
 
     def all(self) -> list[Any]:
-        return [self.send, self.traits, self.record, self.state]
+        return [self.send, self.traits, self.record, self.state, self.update, self.start]
 
     @activity.defn(name="journey_send")
     async def send(self, step: Send) -> str:
@@ -62,3 +74,24 @@ class JourneyActivities:
     @activity.defn(name="journey_state")
     async def state(self, tenant_id: str, journey_id: str) -> str:
         return await self._store.journey_state(tenant_id, journey_id)
+
+    @activity.defn(name="journey_update")
+    async def update(self, tenant_id: str, profile_id: str, traits: dict[str, Any]) -> None:
+        try:
+            await self._directory.update_traits(tenant_id, profile_id, traits)
+        except (NotFound, InvalidArgument) as error:  # gone, or a bad trait: no use trying again
+            raise ApplicationError(str(error), non_retryable=True) from None
+
+    @activity.defn(name="journey_start")
+    async def start(self, step: Start) -> str:
+        """The person into another journey: what came of it."""
+        if self.enter_member is None:
+            raise RuntimeError("journeys are not built in this process")
+        journey_id = step.journey.rsplit("/", 1)[-1]
+        try:
+            entered = await self.enter_member(
+                step.tenant_id, journey_id, step.profile_id, step.data, step.key
+            )
+        except (FailedPrecondition, NotFound) as error:
+            return f"not entered {step.journey}: {error}"[:200]
+        return f"entered {step.journey}" if entered else f"in {step.journey} already"

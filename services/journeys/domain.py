@@ -4,6 +4,7 @@ each way a Temporal workflow (services/journeys/workflow.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -77,12 +78,26 @@ class Journeys:
 
     # -- journeys -------------------------------------------------------------
 
-    async def _checked(self, tenant_id: str, display_name: str, definition: Definition) -> None:
+    async def _checked(
+        self, tenant_id: str, display_name: str, definition: Definition, own_name: str = ""
+    ) -> None:
         bad: list[FieldViolation] = []
         check_text(bad, "journey.display_name", display_name, required=True, max_len=200)
         bad += await check(
             definition, tenant_id, self._template_exists, segment_exists=self._segment_exists
         )
+        for n, node in enumerate(definition.nodes):  # another journey of the tenant
+            if node.kind != "start_journey" or bad:
+                continue
+            where = f"journey.nodes[{n}].start_journey.journey"
+            if node.journey == own_name:
+                bad.append(FieldViolation(where, f"node {node.id!r}: not this journey"))
+            elif (
+                await self.store.journey_state(tenant_id, node.journey.rsplit("/", 1)[1])
+                == "archived"
+            ):
+                why = f"node {node.id!r}: no such journey (or it is archived)"
+                bad.append(FieldViolation(where, why))
         collect(bad)
 
     async def _segment_exists(self, tenant_id: str, segment_id: str) -> bool:
@@ -131,9 +146,14 @@ class Journeys:
                 "update_mask", f"unknown fields {sorted(unknown)}; one of {FIELDS}"
             )
         current = journey.definition
-        merged = Definition(
-            trigger=definition.trigger if "trigger" in wanted else current.trigger,
-            event=definition.event if "trigger" in wanted else current.event,
+        trigger = definition if "trigger" in wanted else current
+        merged = dataclasses.replace(
+            current,
+            trigger=trigger.trigger,
+            event=trigger.event,
+            filters=trigger.filters,
+            segment=trigger.segment,
+            segment_change=trigger.segment_change,
             nodes=definition.nodes if "nodes" in wanted else current.nodes,
             reentry=definition.reentry if "reentry" in wanted else current.reentry,
             cooldown_seconds=definition.cooldown_seconds
@@ -141,7 +161,7 @@ class Journeys:
             else current.cooldown_seconds,
         )
         new_name = display_name if "display_name" in wanted else journey.display_name
-        await self._checked(journey.tenant_id, new_name, merged)
+        await self._checked(journey.tenant_id, new_name, merged, journey.name)
         return await self.store.update(journey, display_name=new_name, definition=merged)
 
     async def publish(self, caller: Principal, name: str) -> Journey:
@@ -150,7 +170,9 @@ class Journeys:
         journey = await self._own(caller, name)
         if journey.state not in PUBLISHABLE:
             raise FailedPrecondition(f"{name} is {journey.state.upper()}: it cannot be published")
-        await self._checked(journey.tenant_id, journey.display_name, journey.definition)
+        await self._checked(
+            journey.tenant_id, journey.display_name, journey.definition, journey.name
+        )
         await self.engine.client()
         published = await self.store.publish(journey)
         self.forget_triggers(journey.tenant_id)
@@ -523,6 +545,13 @@ def simulate(
         elif node.kind == "split":
             current, why = split_path(node, f"{profile_id}:{visits[node.id]}")
             steps.append((node.id, why, at))
+        elif node.kind == "update":  # later decisions see the traits set
+            traits = {**traits, **node.traits}
+            steps.append((node.id, f"would set {', '.join(sorted(node.traits))}", at))
+            current = node.next
+        elif node.kind == "start_journey":
+            steps.append((node.id, f"would enter {node.journey}", at))
+            current = node.next
         else:
             steps.append((node.id, "exit step", at))
             return Simulation(steps, "exited", at)

@@ -19,7 +19,10 @@ from typing import Any
 
 from services.common.errors import FieldViolation
 
-KINDS = ("send", "wait", "decision", "split", "exit")
+KINDS = ("send", "wait", "decision", "split", "update", "start_journey", "exit")
+#: Steps that go on to `next`.
+LINEAR = ("send", "wait", "update", "start_journey")
+MAX_TRAITS = 50
 TRIGGERS = ("api", "event", "segment")
 SEGMENT_CHANGES = ("entered", "exited")
 REENTRY = ("never", "after_cooldown", "always")
@@ -29,6 +32,7 @@ MAX_NODES = 200
 MAX_WAIT_SECONDS = 365 * 86400
 _NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TEMPLATE = re.compile(r"^tenants/([^/]+)/templates/([^/]+)$")
+_JOURNEY = re.compile(r"^tenants/([^/]+)/journeys/([^/]+)$")
 _SEGMENT = re.compile(r"^tenants/([^/]+)/segments/([^/]+)$")
 _TIME_OF_DAY = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 MAX_PATHS = 10
@@ -60,6 +64,8 @@ class Node:
     time_of_day: str = ""  # wait: until this HH:MM comes next
     time_zone: str = ""  # wait until a time of day: where ("": the person's)
     paths: tuple[tuple[int, str], ...] = ()  # split: (weight, next)
+    traits: Mapping[str, Any] = field(default_factory=dict)  # update
+    journey: str = ""  # start_journey: tenants/t/journeys/j
 
     def targets(self) -> list[str]:
         """The nodes this one may lead to."""
@@ -120,6 +126,8 @@ class Definition:
                     "time_of_day": n.time_of_day,
                     "time_zone": n.time_zone,
                     "paths": [[w, t] for w, t in n.paths],
+                    "traits": dict(n.traits),
+                    "journey": n.journey,
                 }
                 for n in self.nodes
             ],
@@ -151,6 +159,8 @@ class Definition:
                     time_of_day=n.get("time_of_day", ""),
                     time_zone=n.get("time_zone", ""),
                     paths=tuple((int(w), str(t)) for w, t in n.get("paths", [])),
+                    traits=dict(n.get("traits") or {}),
+                    journey=n.get("journey", ""),
                 )
                 for n in data.get("nodes", [])
             ),
@@ -278,12 +288,27 @@ async def _check_node(
 ) -> list[FieldViolation]:
     bad: list[FieldViolation] = []
     if node.kind not in KINDS:
-        return [FieldViolation(where, "one step is required: send, wait, decision, split or exit")]
+        return [FieldViolation(where, f"one step is required: {', '.join(KINDS)}")]
     label = f"node {node.id!r}"
-    if node.kind in ("send", "wait") and node.next and node.next not in ids:
+    if node.kind in LINEAR and node.next and node.next not in ids:
         bad.append(FieldViolation(f"{where}.next", f"{label}: no node {node.next!r}"))
     if node.kind == "send" and node.on_error and node.on_error not in ids:
         bad.append(FieldViolation(f"{where}.send.on_error", f"{label}: no node {node.on_error!r}"))
+    if node.kind == "update":
+        if not 1 <= len(node.traits) <= MAX_TRAITS:
+            bad.append(FieldViolation(f"{where}.update.traits", f"{label}: 1-{MAX_TRAITS} traits"))
+        for key in node.traits:
+            if not key or len(key) > 256:
+                bad.append(FieldViolation(f"{where}.update.traits",
+                                          f"{label}: {key!r}: 1-256 characters"))  # fmt: skip
+    if node.kind == "start_journey":
+        found = _JOURNEY.match(node.journey)
+        if found is None:
+            why = f"{label}: must be tenants/{{t}}/journeys/{{id}}"
+            bad.append(FieldViolation(f"{where}.start_journey.journey", why))
+        elif found.group(1) != tenant_id:
+            bad.append(FieldViolation(f"{where}.start_journey.journey",
+                                      f"{label}: another tenant's"))  # fmt: skip
     if node.kind == "split":
         if not 2 <= len(node.paths) <= MAX_PATHS:
             bad.append(FieldViolation(f"{where}.split.paths", f"{label}: 2-{MAX_PATHS} paths"))

@@ -38,6 +38,7 @@ async def _build(kernel: Kernel) -> Built:
         worker_name=kernel.worker,
     )
     journeys = Journeys(store, engine, outbox.template_exists, directory, clock=kernel.clock)
+    activities.enter_member = journeys.enter_member
 
     kernel.interface("applied_calls").register(journeys.on_calls)  # event triggers
 

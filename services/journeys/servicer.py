@@ -79,6 +79,10 @@ def definition_in(j: journey_pb2.Journey) -> Definition:
         elif step == "split":
             node = Node(n.id, step, n.next,
                         paths=tuple((p.weight, p.next) for p in n.split.paths))  # fmt: skip
+        elif step == "update":
+            node = Node(n.id, step, n.next, traits=struct_dict(n.update.traits))
+        elif step == "start_journey":
+            node = Node(n.id, step, n.next, journey=n.start_journey.journey)
         elif step == "decision":
             node = Node(
                 n.id, step, n.next,
@@ -164,6 +168,10 @@ def journey_proto(journey: Journey) -> journey_pb2.Journey:
         elif node.kind == "split":
             for weight, target in node.paths:
                 n.split.paths.add(weight=weight, next=target)
+        elif node.kind == "update":
+            n.update.traits.update(dict(node.traits))
+        elif node.kind == "start_journey":
+            n.start_journey.journey = node.journey
         elif node.kind == "decision":
             n.decision.otherwise = node.otherwise
             for b in node.branches:

@@ -83,6 +83,17 @@ class Send:
 
 
 @dataclass
+class Start:
+    """A start_journey step: the person into another journey."""
+
+    tenant_id: str
+    journey: str  # tenants/t/journeys/j
+    profile_id: str
+    data: dict[str, Any]
+    key: str  # the entry's key: once per instance, node and visit
+
+
+@dataclass
 class Record:
     """A step taken: where the instance is now, and what came of it."""
 
@@ -155,6 +166,25 @@ class JourneyWorkflow:
                 elif node.kind == "decision":
                     current, why = first_next(node, await self._traits(run))
                     await self._record(run, node.id, "active", why, counts=["entered"])
+                elif node.kind == "update":
+                    await workflow.execute_local_activity(
+                        "journey_update",
+                        args=[run.tenant_id, run.profile_id, dict(node.traits)],
+                        **_options(),
+                    )
+                    what = f"set {', '.join(sorted(node.traits))}"[:200]
+                    await self._record(run, node.id, "active", what, counts=["entered"])
+                    current = node.next
+                elif node.kind == "start_journey":
+                    started = await workflow.execute_local_activity(
+                        "journey_start",
+                        Start(run.tenant_id, node.journey, run.profile_id, dict(run.data),
+                              f"journey:{run.instance_id}:{node.id}:{visits[node.id]}"),
+                        result_type=str,
+                        **_options(),
+                    )  # fmt: skip
+                    await self._record(run, node.id, "active", started, counts=["entered"])
+                    current = node.next
                 elif node.kind == "split":
                     current, why = split_path(node, f"{run.profile_id}:{visits[node.id]}")
                     await self._record(run, node.id, "active", why, counts=["entered"])

@@ -413,6 +413,8 @@ class JourneyNode(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     EXIT_FIELD_NUMBER: _builtins.int
     SPLIT_FIELD_NUMBER: _builtins.int
+    UPDATE_FIELD_NUMBER: _builtins.int
+    START_JOURNEY_FIELD_NUMBER: _builtins.int
     NEXT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique in the journey: letters, digits, `_` and `-`, 1-64."""
@@ -440,6 +442,14 @@ class JourneyNode(_message.Message):
         (the same person at the same step always takes the same path).
         """
 
+    @_builtins.property
+    def update(self) -> Global___UpdateStep:
+        """Set traits on the person's profile (segments and bids follow)."""
+
+    @_builtins.property
+    def start_journey(self) -> Global___StartJourneyStep:
+        """Make the person enter another journey (its rules apply)."""
+
     def __init__(
         self,
         *,
@@ -449,13 +459,15 @@ class JourneyNode(_message.Message):
         decision: Global___DecisionStep | None = ...,
         exit: Global___ExitStep | None = ...,
         split: Global___SplitStep | None = ...,
+        update: Global___UpdateStep | None = ...,
+        start_journey: Global___StartJourneyStep | None = ...,
         next: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "exit", b"exit", "send", b"send", "split", b"split", "step", b"step", "wait", b"wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "exit", b"exit", "send", b"send", "split", b"split", "start_journey", b"start_journey", "step", b"step", "update", b"update", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "exit", b"exit", "id", b"id", "next", b"next", "send", b"send", "split", b"split", "step", b"step", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "exit", b"exit", "id", b"id", "next", b"next", "send", b"send", "split", b"split", "start_journey", b"start_journey", "step", b"step", "update", b"update", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_step: _TypeAlias = _typing.Literal["send", "wait", "decision", "exit", "split"]  # noqa: Y015
+    _WhichOneofReturnType_step: _TypeAlias = _typing.Literal["send", "wait", "decision", "exit", "split", "update", "start_journey"]  # noqa: Y015
     _WhichOneofArgType_step: _TypeAlias = _typing.Literal["step", b"step"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_step) -> _WhichOneofReturnType_step | None: ...
 
@@ -547,6 +559,55 @@ class WaitStep(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WaitStep: _TypeAlias = WaitStep  # noqa: Y015
+
+@_typing.final
+class UpdateStep(_message.Message):
+    """Set traits on the person's profile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRAITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def traits(self) -> _struct_pb2.Struct:
+        """The traits and their values (1-50)."""
+
+    def __init__(
+        self,
+        *,
+        traits: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["traits", b"traits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["traits", b"traits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateStep: _TypeAlias = UpdateStep  # noqa: Y015
+
+@_typing.final
+class StartJourneyStep(_message.Message):
+    """Make the person enter another journey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOURNEY_FIELD_NUMBER: _builtins.int
+    journey: _builtins.str
+    """An ACTIVE journey of the tenant, `tenants/{tenant}/journeys/{journey}`,
+    not this one. The person enters once per visit of the step (its
+    re-entry rule may keep them out: the way goes on).
+    """
+    def __init__(
+        self,
+        *,
+        journey: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartJourneyStep: _TypeAlias = StartJourneyStep  # noqa: Y015
 
 @_typing.final
 class SplitStep(_message.Message):
