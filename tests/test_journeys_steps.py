@@ -338,3 +338,30 @@ async def test_update_and_start_journey_steps(env: Env, smtp: SmtpServer) -> Non
         "displayName": "bad", "trigger": {"api": {}},
         "nodes": [{"id": "u", "update": {"traits": {}}}]})  # fmt: skip
     assert answer["error"]["fieldViolations"][0]["field"] == "journey.nodes[0].update.traits"
+
+
+async def test_rollback_publishes_an_earlier_version_again(env: Env, smtp: SmtpServer) -> None:
+    await provider(env, smtp.port)
+    first, second = await template(env, email("First")), await template(env, email("Second"))
+    status, body = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "Versions", "trigger": {"api": {}}, "reentry": "REENTRY_POLICY_ALWAYS",
+        "nodes": [{"id": "s", "send": {"template": first["name"]}}]})  # fmt: skip
+    name = body["journey"]["name"]
+    await call(env, "POST", f"{name}:publish", {})
+    status, _ = await call(env, "PATCH", f"{name}?updateMask=nodes", {
+        "nodes": [{"id": "s2", "send": {"template": second["name"]}}]})  # fmt: skip
+    status, v2 = await call(env, "POST", f"{name}:publish", {})
+    assert v2["journey"]["version"] == 2
+    status, back = await call(env, "POST", f"{name}:rollback", {"version": 1})
+    assert status == 200, back
+    assert back["journey"]["version"] == 3 and back["journey"]["nodes"][0]["id"] == "s"
+    await ingest(env, {"type": "identify", "userId": "yan",
+                       "traits": {"email": "yan@example.com", "first_name": "Yan"}})  # fmt: skip
+    status, entered = await call(env, "POST", f"{name}:enter", {"userId": "yan"})
+    assert entered["instance"]["version"] == 3
+    assert await subjects_when(smtp, "yan@example.com", 1) == ["First Yan"]
+    # each version walks its own definition
+    status, walked = await call(env, "POST", f"{name}:simulate", {"userId": "yan", "version": 2})
+    assert walked["steps"][0]["node"] == "s2"
+    status, answer = await call(env, "POST", f"{name}:rollback", {"version": 9})
+    assert status == 400 and answer["error"]["fieldViolations"][0]["field"] == "version"

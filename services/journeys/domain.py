@@ -178,6 +178,18 @@ class Journeys:
         self.forget_triggers(journey.tenant_id)
         return published
 
+    async def rollback(self, caller: Principal, name: str, version: int) -> Journey:
+        """An earlier version's definition, published again as the next."""
+        journey = await self._own(caller, name)
+        if journey.state not in PUBLISHABLE:
+            raise FailedPrecondition(f"{name} is {journey.state.upper()}: it cannot be published")
+        if not 1 <= version <= journey.version:
+            raise InvalidArgument.field("version", f"a published version, 1 to {journey.version}")
+        earlier = await self.store.version(journey.id, version)
+        await self._checked(journey.tenant_id, journey.display_name, earlier, journey.name)
+        await self.store.update(journey, display_name=journey.display_name, definition=earlier)
+        return await self.publish(caller, name)
+
     async def pause(self, caller: Principal, name: str) -> Journey:
         return await self._move(caller, name, "paused", PAUSABLE)
 

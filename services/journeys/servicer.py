@@ -247,6 +247,10 @@ class JourneyServicer(pb_grpc.JourneyServiceServicer):
         done = await self._j.publish(current_principal(), request.name)
         return pb.PublishJourneyResponse(journey=journey_proto(done))
 
+    async def RollbackJourney(self, request: pb.RollbackJourneyRequest, context: Any) -> Any:
+        done = await self._j.rollback(current_principal(), request.name, request.version)
+        return pb.RollbackJourneyResponse(journey=journey_proto(done))
+
     async def PauseJourney(self, request: pb.PauseJourneyRequest, context: Any) -> Any:
         done = await self._j.pause(current_principal(), request.name)
         return pb.PauseJourneyResponse(journey=journey_proto(done))

@@ -907,3 +907,53 @@ class NodeAnalytics(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeAnalytics: _TypeAlias = NodeAnalytics  # noqa: Y015
+
+@_typing.final
+class RollbackJourneyRequest(_message.Message):
+    """Request of RollbackJourney."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/journeys/{journey}`."""
+    version: _builtins.int
+    """The published version to go back to (1 to the journey's version)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackJourneyRequest: _TypeAlias = RollbackJourneyRequest  # noqa: Y015
+
+@_typing.final
+class RollbackJourneyResponse(_message.Message):
+    """Response of RollbackJourney."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOURNEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def journey(self) -> _journey_pb2.Journey:
+        """The journey, ACTIVE at its new version (a copy of `version`)."""
+
+    def __init__(
+        self,
+        *,
+        journey: _journey_pb2.Journey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackJourneyResponse: _TypeAlias = RollbackJourneyResponse  # noqa: Y015

@@ -62,6 +62,11 @@ class JourneyServiceStub:
                 request_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.PublishJourneyRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.PublishJourneyResponse.FromString,
                 _registered_method=True)
+        self.RollbackJourney = channel.unary_unary(
+                '/campaignexpress.journeys.v1.JourneyService/RollbackJourney',
+                request_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.RollbackJourneyRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.RollbackJourneyResponse.FromString,
+                _registered_method=True)
         self.PauseJourney = channel.unary_unary(
                 '/campaignexpress.journeys.v1.JourneyService/PauseJourney',
                 request_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.PauseJourneyRequest.SerializeToString,
@@ -152,6 +157,15 @@ class JourneyServiceServicer:
 
     def PublishJourney(self, request, context):
         """Publishes the definition as the next version: ACTIVE, people enter it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackJourney(self, request, context):
+        """Rolls back to an earlier version: its definition becomes the one being
+        edited and is published as the next version (people on their way keep
+        theirs).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -262,6 +276,11 @@ def add_JourneyServiceServicer_to_server(servicer, server):
                     servicer.PublishJourney,
                     request_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.PublishJourneyRequest.FromString,
                     response_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.PublishJourneyResponse.SerializeToString,
+            ),
+            'RollbackJourney': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackJourney,
+                    request_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.RollbackJourneyRequest.FromString,
+                    response_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.RollbackJourneyResponse.SerializeToString,
             ),
             'PauseJourney': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseJourney,
@@ -452,6 +471,33 @@ class JourneyService:
             '/campaignexpress.journeys.v1.JourneyService/PublishJourney',
             campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.PublishJourneyRequest.SerializeToString,
             campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.PublishJourneyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackJourney(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.journeys.v1.JourneyService/RollbackJourney',
+            campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.RollbackJourneyRequest.SerializeToString,
+            campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.RollbackJourneyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,11 @@ class JourneyServiceStub:
     """
     PublishJourney: _grpc.UnaryUnaryMultiCallable[_journey_service_pb2.PublishJourneyRequest, _journey_service_pb2.PublishJourneyResponse]
     """Publishes the definition as the next version: ACTIVE, people enter it."""
+    RollbackJourney: _grpc.UnaryUnaryMultiCallable[_journey_service_pb2.RollbackJourneyRequest, _journey_service_pb2.RollbackJourneyResponse]
+    """Rolls back to an earlier version: its definition becomes the one being
+    edited and is published as the next version (people on their way keep
+    theirs).
+    """
     PauseJourney: _grpc.UnaryUnaryMultiCallable[_journey_service_pb2.PauseJourneyRequest, _journey_service_pb2.PauseJourneyResponse]
     """Pauses an ACTIVE journey: nobody enters, people in it wait at their
     next step.
@@ -107,6 +112,11 @@ class JourneyServiceAsyncStub(JourneyServiceStub):
     """
     PublishJourney: _aio.UnaryUnaryMultiCallable[_journey_service_pb2.PublishJourneyRequest, _journey_service_pb2.PublishJourneyResponse]  # type: ignore[assignment]
     """Publishes the definition as the next version: ACTIVE, people enter it."""
+    RollbackJourney: _aio.UnaryUnaryMultiCallable[_journey_service_pb2.RollbackJourneyRequest, _journey_service_pb2.RollbackJourneyResponse]  # type: ignore[assignment]
+    """Rolls back to an earlier version: its definition becomes the one being
+    edited and is published as the next version (people on their way keep
+    theirs).
+    """
     PauseJourney: _aio.UnaryUnaryMultiCallable[_journey_service_pb2.PauseJourneyRequest, _journey_service_pb2.PauseJourneyResponse]  # type: ignore[assignment]
     """Pauses an ACTIVE journey: nobody enters, people in it wait at their
     next step.
@@ -191,6 +201,17 @@ class JourneyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_journey_service_pb2.PublishJourneyResponse, _abc.Awaitable[_journey_service_pb2.PublishJourneyResponse]]:
         """Publishes the definition as the next version: ACTIVE, people enter it."""
+
+    @_abc_1.abstractmethod
+    def RollbackJourney(
+        self,
+        request: _journey_service_pb2.RollbackJourneyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journey_service_pb2.RollbackJourneyResponse, _abc.Awaitable[_journey_service_pb2.RollbackJourneyResponse]]:
+        """Rolls back to an earlier version: its definition becomes the one being
+        edited and is published as the next version (people on their way keep
+        theirs).
+        """
 
     @_abc_1.abstractmethod
     def PauseJourney(
