@@ -365,3 +365,42 @@ async def test_rollback_publishes_an_earlier_version_again(env: Env, smtp: SmtpS
     assert walked["steps"][0]["node"] == "s2"
     status, answer = await call(env, "POST", f"{name}:rollback", {"version": 9})
     assert status == 400 and answer["error"]["fieldViolations"][0]["field"] == "version"
+
+
+async def test_a_digest_gathers_a_burst_of_events_into_one_message(
+    env: Env, smtp: SmtpServer
+) -> None:
+    await provider(env, smtp.port)
+    each = "{% for e in data.digest.events %}{{ e.by }} {% endfor %}"
+    status, made = await call(env, "POST", "tenants/acme/templates", {
+        "displayName": "Comments", "channel": "MESSAGE_CHANNEL_EMAIL",
+        "contents": {"en": {"subject": "{{ data.digest.count }} new comments",
+                            "text": each}}})  # fmt: skip
+    assert status == 200, made
+    status, body = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "Comment digest", "reentry": "REENTRY_POLICY_ALWAYS",
+        "trigger": {"event": {"event": "comment_added"}},
+        "nodes": [{"id": "gather", "digest": {"event": "comment_added", "window": "2s"},
+                   "next": "tell"},
+                  {"id": "tell", "send": {"template": made["template"]["name"]}}]})  # fmt: skip
+    assert status == 200, body
+    name = body["journey"]["name"]
+    assert body["journey"]["nodes"][0]["digest"] == {"event": "comment_added", "window": "2s"}
+    await call(env, "POST", f"{name}:publish", {})
+    await ingest(env, {"type": "identify", "userId": "zed",
+                       "traits": {"email": "zed@example.com"}})  # fmt: skip
+    for n, who in enumerate(("ann", "bo", "cy")):
+        await ingest(env, {"type": "track", "userId": "zed", "event": "comment_added",
+                           "messageId": f"c-{n}", "properties": {"by": who}})  # fmt: skip
+    assert await subjects_when(smtp, "zed@example.com", 1, within=10) == ["3 new comments"]
+    (mail,) = smtp.to("zed@example.com")
+    assert mail.get_content().split() == ["ann", "bo", "cy"]
+    status, listed = await call(env, "GET", f"{name}/instances")
+    (way,) = listed["instances"]  # one way for the burst
+    outcomes = [h["outcome"] for h in way["history"]]
+    assert outcomes[:2] == ["collecting comment_added for 2s", "digested 3 comment_added"]
+    status, answer = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "bad", "trigger": {"api": {}},
+        "nodes": [{"id": "d", "digest": {"event": "", "window": "0s"}}]})  # fmt: skip
+    fields = {v["field"] for v in answer["error"]["fieldViolations"]}
+    assert fields == {"journey.nodes[0].digest.event", "journey.nodes[0].digest.window"}

@@ -283,8 +283,11 @@ class Journeys:
             if last is not None and now - last < version.cooldown_seconds * 1e6:
                 wait = int(version.cooldown_seconds - (now - last) / 1e6) + 1
                 raise FailedPrecondition(f"the person entered {name} lately: again in {wait}s")
+        # A way that opens with a digest waits from the start: the person's
+        # events are signalled to it (and go into the digest) at once.
+        state = "waiting" if version.nodes[0].kind == "digest" else "active"
         fresh = Instance(random_hex_id(), journey.tenant_id, journey.id, journey.version,
-                         profile_id, "active", version.nodes[0].id, (), "", now, now)  # fmt: skip
+                         profile_id, state, version.nodes[0].id, (), "", now, now)  # fmt: skip
         instance, created = await self.store.enter(fresh, key)
         if instance.state not in FINAL:
             await self._start(instance, version, data)
@@ -333,10 +336,12 @@ class Journeys:
                    strict=True) if call.type == "track" and profile_id]  # fmt: skip
         if not tracked:
             return
-        await self._signal_waiting(tenant_id, tracked)
+        digested = await self._signal_waiting(tenant_id, tracked)
         triggers = await self._triggers(tenant_id)
         for call, profile_id in tracked:
             for journey in triggers.get(call.event, ()):
+                if (journey.id, profile_id, call.event) in digested:
+                    continue  # it went into a way's digest instead
                 try:
                     published = await self.store.version(journey.id, journey.version)
                     if not matches(published.filters, call.properties or {}):
@@ -349,19 +354,31 @@ class Journeys:
                     log.warning("journeys: %s did not enter %s", profile_id, journey.name,
                                 exc_info=True)  # fmt: skip
 
-    async def _signal_waiting(self, tenant_id: str, tracked: Sequence[tuple[Any, str]]) -> None:
+    async def _signal_waiting(
+        self, tenant_id: str, tracked: Sequence[tuple[Any, str]]
+    ) -> set[tuple[str, str, str]]:
         """Tell the ways of these people that wait (any of them may wait for
-        one of these events) what they sent; each way keeps what it waits for."""
+        one of these events) what they sent; each way keeps what it waits
+        for. Returns (journey, person, event) of the events a way at a
+        digest step collects (they make no new way of that journey)."""
         waiting = await self.store.waiting(tenant_id, sorted({p for _, p in tracked}))
+        digested: set[tuple[str, str, str]] = set()
         if not waiting:
-            return
+            return digested
         client = await self.engine.client()
         for call, profile_id in tracked:
-            for instance_id in waiting.get(profile_id, ()):
+            sent = {"event": call.event, "properties": dict(call.properties or {})}
+            for way in waiting.get(profile_id, ()):
                 try:
-                    await client.get_workflow_handle(instance_id).signal(EVENT_SIGNAL, call.event)
+                    await client.get_workflow_handle(way.id).signal(EVENT_SIGNAL, sent)
                 except Exception:  # it ended meanwhile
-                    log.debug("journeys: way %s took no event", instance_id, exc_info=True)
+                    log.debug("journeys: way %s took no event", way.id, exc_info=True)
+                    continue
+                version = await self.store.version(way.journey_id, way.version)
+                node = next((n for n in version.nodes if n.id == way.current_node), None)
+                if node is not None and node.kind == "digest" and node.digest_event == call.event:
+                    digested.add((way.journey_id, profile_id, call.event))
+        return digested
 
     async def _triggers(self, tenant_id: str) -> dict[str, list[Journey]]:
         """The tenant's ACTIVE event-triggered journeys by event, cached
@@ -557,6 +574,10 @@ def simulate(
         elif node.kind == "split":
             current, why = split_path(node, f"{profile_id}:{visits[node.id]}")
             steps.append((node.id, why, at))
+        elif node.kind == "digest":
+            at += node.seconds
+            steps.append((node.id, f"would collect {node.digest_event} for {node.seconds:g}s", at))
+            current = node.next
         elif node.kind == "update":  # later decisions see the traits set
             traits = {**traits, **node.traits}
             steps.append((node.id, f"would set {', '.join(sorted(node.traits))}", at))

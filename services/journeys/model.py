@@ -19,9 +19,14 @@ from typing import Any
 
 from services.common.errors import FieldViolation
 
-KINDS = ("send", "wait", "decision", "split", "update", "start_journey", "exit")
+KINDS = ("send", "wait", "decision", "split", "update", "start_journey", "digest", "exit")
 #: Steps that go on to `next`.
-LINEAR = ("send", "wait", "update", "start_journey")
+LINEAR = ("send", "wait", "update", "start_journey", "digest")
+MAX_DIGEST_SECONDS = 30 * 86400
+#: Steps that take time (a loop needs one).
+WAITS = ("wait", "digest")
+#: A digest keeps the properties of this many events (the last).
+MAX_DIGESTED = 100
 MAX_TRAITS = 50
 TRIGGERS = ("api", "event", "segment")
 SEGMENT_CHANGES = ("entered", "exited")
@@ -66,6 +71,7 @@ class Node:
     paths: tuple[tuple[int, str], ...] = ()  # split: (weight, next)
     traits: Mapping[str, Any] = field(default_factory=dict)  # update
     journey: str = ""  # start_journey: tenants/t/journeys/j
+    digest_event: str = ""  # digest: the event collected (for `seconds`)
 
     def targets(self) -> list[str]:
         """The nodes this one may lead to."""
@@ -128,6 +134,7 @@ class Definition:
                     "paths": [[w, t] for w, t in n.paths],
                     "traits": dict(n.traits),
                     "journey": n.journey,
+                    "digest_event": n.digest_event,
                 }
                 for n in self.nodes
             ],
@@ -161,6 +168,7 @@ class Definition:
                     paths=tuple((int(w), str(t)) for w, t in n.get("paths", [])),
                     traits=dict(n.get("traits") or {}),
                     journey=n.get("journey", ""),
+                    digest_event=n.get("digest_event", ""),
                 )
                 for n in data.get("nodes", [])
             ),
@@ -294,6 +302,11 @@ async def _check_node(
         bad.append(FieldViolation(f"{where}.next", f"{label}: no node {node.next!r}"))
     if node.kind == "send" and node.on_error and node.on_error not in ids:
         bad.append(FieldViolation(f"{where}.send.on_error", f"{label}: no node {node.on_error!r}"))
+    if node.kind == "digest":
+        if not 1 <= len(node.digest_event.strip()) <= 200:
+            bad.append(FieldViolation(f"{where}.digest.event", f"{label}: 1-200 characters"))
+        if not 1 <= node.seconds <= MAX_DIGEST_SECONDS:
+            bad.append(FieldViolation(f"{where}.digest.window", f"{label}: 1 second to 30 days"))
     if node.kind == "update":
         if not 1 <= len(node.traits) <= MAX_TRAITS:
             bad.append(FieldViolation(f"{where}.update.traits", f"{label}: 1-{MAX_TRAITS} traits"))
@@ -435,9 +448,9 @@ def _loops_without_wait(by_id: Mapping[str, Node]) -> list[str]:
     """A node of each loop that has no wait step (ordered as found)."""
     # Without the waits, any cycle left is a loop with no wait.
     edges = {
-        node_id: [t for t in node.targets() if t and by_id[t].kind != "wait"]
+        node_id: [t for t in node.targets() if t and by_id[t].kind not in WAITS]
         for node_id, node in by_id.items()
-        if node.kind != "wait"
+        if node.kind not in WAITS
     }
     found: list[str] = []
     state: dict[str, int] = {}  # 1: on the path, 2: done

@@ -79,6 +79,9 @@ def definition_in(j: journey_pb2.Journey) -> Definition:
         elif step == "split":
             node = Node(n.id, step, n.next,
                         paths=tuple((p.weight, p.next) for p in n.split.paths))  # fmt: skip
+        elif step == "digest":
+            node = Node(n.id, step, n.next, digest_event=n.digest.event,
+                        seconds=_seconds(n.digest.window))  # fmt: skip
         elif step == "update":
             node = Node(n.id, step, n.next, traits=struct_dict(n.update.traits))
         elif step == "start_journey":
@@ -168,6 +171,9 @@ def journey_proto(journey: Journey) -> journey_pb2.Journey:
         elif node.kind == "split":
             for weight, target in node.paths:
                 n.split.paths.add(weight=weight, next=target)
+        elif node.kind == "digest":
+            n.digest.event = node.digest_event
+            n.digest.window.CopyFrom(_duration(node.seconds))
         elif node.kind == "update":
             n.update.traits.update(dict(node.traits))
         elif node.kind == "start_journey":

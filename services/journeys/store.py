@@ -346,21 +346,22 @@ class Store:
             token = self._pages.encode(request, {"t": found[-1].start_time, "id": found[-1].id})
         return found, token
 
-    async def waiting(self, tenant_id: str, profile_ids: list[str]) -> dict[str, list[str]]:
-        """The WAITING instances of these people, by person."""
+    async def waiting(self, tenant_id: str, profile_ids: list[str]) -> dict[str, list[Any]]:
+        """The WAITING instances of these people, by person: rows of id,
+        journey_id, version and current_node."""
         i = journey_instances.c
-        found: dict[str, list[str]] = {}
+        found: dict[str, list[Any]] = {}
         async with self._db.engine.connect() as conn:
             for first in range(0, len(profile_ids), 500):
                 rows = await conn.execute(
-                    sa.select(i.id, i.profile_id).where(
+                    sa.select(i.id, i.profile_id, i.journey_id, i.version, i.current_node).where(
                         i.tenant_id == tenant_id,
                         i.profile_id.in_(profile_ids[first : first + 500]),
                         i.state == "waiting",
                     )
                 )
                 for row in rows:
-                    found.setdefault(row.profile_id, []).append(row.id)
+                    found.setdefault(row.profile_id, []).append(row)
         return found
 
     async def unfinished(self, journey_id: str = "") -> bool:

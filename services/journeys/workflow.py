@@ -22,6 +22,7 @@ from temporalio.exceptions import TimeoutError as StepTimeout
 
 with workflow.unsafe.imports_passed_through():
     from services.journeys.model import (
+        MAX_DIGESTED,
         Definition,
         first_next,
         seconds_until,
@@ -120,13 +121,21 @@ def _options() -> dict[str, Any]:
 class JourneyWorkflow:
     def __init__(self) -> None:
         #: The person's tracked events, as signalled (services/journeys/domain.py).
-        self._events: list[str] = []
+        self._events: list[tuple[str, dict[str, Any]]] = []
         #: Steps taken, not yet written (see _record).
         self._pending: list[Record] = []
 
     @workflow.signal(name=EVENT_SIGNAL)
-    def event(self, name: str) -> None:
-        self._events.append(name)
+    def event(self, sent: Any) -> None:
+        """A tracked event of the person: {"event", "properties"} (or its
+        name alone)."""
+        if isinstance(sent, dict):
+            props = sent.get("properties")
+            self._events.append(
+                (str(sent.get("event", "")), props if isinstance(props, dict) else {})
+            )
+        else:
+            self._events.append((str(sent), {}))
 
     @workflow.run
     async def run(self, run: Run) -> str:
@@ -166,6 +175,26 @@ class JourneyWorkflow:
                 elif node.kind == "decision":
                     current, why = first_next(node, await self._traits(run))
                     await self._record(run, node.id, "active", why, counts=["entered"])
+                elif node.kind == "digest":
+                    # A way that starts at its digest collects from its entry
+                    # (the instance is WAITING from the start: events that
+                    # come at once are signalled), the entering event first.
+                    opening = node.id == definition.nodes[0].id and visits[node.id] == 1
+                    seen = 0 if opening else len(self._events)
+                    got = (
+                        [dict(run.data)]
+                        if opening and definition.event == node.digest_event
+                        else []
+                    )
+                    collecting = f"collecting {node.digest_event} for {node.seconds:g}s"
+                    await self._record(run, node.id, "waiting", collecting, counts=["entered"])
+                    await workflow.sleep(timedelta(seconds=node.seconds))
+                    got += [p for name, p in self._events[seen:] if name == node.digest_event]
+                    run.data = {**run.data, "digest": {"count": len(got),
+                                                       "events": got[-MAX_DIGESTED:]}}  # fmt: skip
+                    await self._record(run, node.id, "active",
+                                       f"digested {len(got)} {node.digest_event}")  # fmt: skip
+                    current = node.next
                 elif node.kind == "update":
                     await workflow.execute_local_activity(
                         "journey_update",
@@ -242,7 +271,7 @@ class JourneyWorkflow:
         await self._record(run, node.id, "waiting", waiting, counts=["entered"])
         try:
             await workflow.wait_condition(
-                lambda: node.until_event in self._events[seen:],
+                lambda: any(name == node.until_event for name, _ in self._events[seen:]),
                 timeout=timedelta(seconds=node.seconds),
             )
         except TimeoutError:

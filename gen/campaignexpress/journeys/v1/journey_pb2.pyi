@@ -415,6 +415,7 @@ class JourneyNode(_message.Message):
     SPLIT_FIELD_NUMBER: _builtins.int
     UPDATE_FIELD_NUMBER: _builtins.int
     START_JOURNEY_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     NEXT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique in the journey: letters, digits, `_` and `-`, 1-64."""
@@ -450,6 +451,12 @@ class JourneyNode(_message.Message):
     def start_journey(self) -> Global___StartJourneyStep:
         """Make the person enter another journey (its rules apply)."""
 
+    @_builtins.property
+    def digest(self) -> Global___DigestStep:
+        """Collect the person's events of a name for a while, then go on with
+        them as `data.digest` (one message for many events).
+        """
+
     def __init__(
         self,
         *,
@@ -461,13 +468,14 @@ class JourneyNode(_message.Message):
         split: Global___SplitStep | None = ...,
         update: Global___UpdateStep | None = ...,
         start_journey: Global___StartJourneyStep | None = ...,
+        digest: Global___DigestStep | None = ...,
         next: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "exit", b"exit", "send", b"send", "split", b"split", "start_journey", b"start_journey", "step", b"step", "update", b"update", "wait", b"wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "digest", b"digest", "exit", b"exit", "send", b"send", "split", b"split", "start_journey", b"start_journey", "step", b"step", "update", b"update", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "exit", b"exit", "id", b"id", "next", b"next", "send", b"send", "split", b"split", "start_journey", b"start_journey", "step", b"step", "update", b"update", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "digest", b"digest", "exit", b"exit", "id", b"id", "next", b"next", "send", b"send", "split", b"split", "start_journey", b"start_journey", "step", b"step", "update", b"update", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_step: _TypeAlias = _typing.Literal["send", "wait", "decision", "exit", "split", "update", "start_journey"]  # noqa: Y015
+    _WhichOneofReturnType_step: _TypeAlias = _typing.Literal["send", "wait", "decision", "exit", "split", "update", "start_journey", "digest"]  # noqa: Y015
     _WhichOneofArgType_step: _TypeAlias = _typing.Literal["step", b"step"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_step) -> _WhichOneofReturnType_step | None: ...
 
@@ -559,6 +567,40 @@ class WaitStep(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WaitStep: _TypeAlias = WaitStep  # noqa: Y015
+
+@_typing.final
+class DigestStep(_message.Message):
+    """Collect a person's events for a while (as Novu's digest does): the way
+    waits `window`, gathering each tracked event named `event` the person
+    sends meanwhile, then goes to `next` with `data.digest.count` and
+    `data.digest.events` (their properties, the last 100). While a way of a
+    journey collects its own trigger event, that event makes no new way of
+    the journey: it goes into the digest.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    event: _builtins.str
+    """The tracked event's name (1-200 characters)."""
+    @_builtins.property
+    def window(self) -> _duration_pb2.Duration:
+        """How long to collect (1 second to 30 days)."""
+
+    def __init__(
+        self,
+        *,
+        event: _builtins.str = ...,
+        window: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DigestStep: _TypeAlias = DigestStep  # noqa: Y015
 
 @_typing.final
 class UpdateStep(_message.Message):
