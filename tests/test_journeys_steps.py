@@ -8,13 +8,21 @@ field)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from services.journeys.model import Node, seconds_until, split_path
+from services.journeys.model import (
+    Definition,
+    Node,
+    last_fire,
+    next_fire,
+    seconds_until,
+    split_path,
+)
 from tests.conftest import Env
 from tests.smtp_server import SmtpServer, serve_smtp
 from tests.test_audience_segments import PRO, create, ingest
@@ -404,3 +412,65 @@ async def test_a_digest_gathers_a_burst_of_events_into_one_message(
         "nodes": [{"id": "d", "digest": {"event": "", "window": "0s"}}]})  # fmt: skip
     fields = {v["field"] for v in answer["error"]["fieldViolations"]}
     assert fields == {"journey.nodes[0].digest.event", "journey.nodes[0].digest.window"}
+
+
+def test_cron_schedules_fire_in_their_zone() -> None:
+    weekly = Definition(trigger="schedule", cron="0 9 * * MON", cron_zone="America/New_York")
+    # Saturday 7 March 2026, noon in New York: next Monday 09:00 EDT (13:00 UTC)
+    saturday = int(dt.datetime(2026, 3, 7, 17, 0, tzinfo=dt.UTC).timestamp() * 1e6)
+    monday = int(dt.datetime(2026, 3, 9, 13, 0, tzinfo=dt.UTC).timestamp() * 1e6)
+    assert next_fire(weekly, saturday) == monday
+    # the Monday before, 09:00 EST (14:00 UTC)
+    before = int(dt.datetime(2026, 3, 2, 14, 0, tzinfo=dt.UTC).timestamp() * 1e6)
+    assert last_fire(weekly, saturday) == before
+    assert last_fire(weekly, monday) == monday  # its own time counts
+    once = Definition(trigger="schedule", at_us=monday)
+    assert next_fire(once, saturday) == monday and next_fire(once, monday) is None
+    assert last_fire(once, saturday) is None and last_fire(once, monday + 1) == monday
+
+
+async def test_a_scheduled_journey_enters_its_segment_at_its_time(
+    env: Env, smtp: SmtpServer
+) -> None:
+    await provider(env, smtp.port)
+    hello = await template(env, email("Scheduled"))
+    segment = await create(env, PRO, "Pro plan")
+    for who in ("amy", "bea"):
+        traits = {"email": f"{who}@example.com", "first_name": who, "plan": "pro"}
+        await ingest(env, {"type": "identify", "userId": who, "traits": traits})
+    at = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)).isoformat().replace("+00:00", "Z")
+    status, body = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "Once", "trigger": {"schedule": {"segment": segment["name"], "at": at}},
+        "nodes": [{"id": "s", "send": {"template": hello["name"]}}]})  # fmt: skip
+    assert status == 200, body
+    name = body["journey"]["name"]
+    assert body["journey"]["trigger"]["schedule"]["segment"] == segment["name"]
+    await call(env, "POST", f"{name}:publish", {})
+    assert await subjects_when(smtp, "amy@example.com", 1, within=20) == ["Scheduled amy"]
+    assert await subjects_when(smtp, "bea@example.com", 1) == ["Scheduled bea"]
+    status, listed = await call(env, "GET", "tenants/acme/broadcasts")
+    (broadcast,) = listed["broadcasts"]  # one, however many processes looked
+    assert broadcast["journey"] == name and broadcast["displayName"].startswith("Once at ")
+    # it does not come again
+    await asyncio.sleep(6)
+    assert len(smtp.received) == 2
+
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+    send = [{"id": "s", "send": {"template": hello["name"]}}]
+    cases = [
+        ({"segment": segment["name"], "cron": "61 * * * *"}, "cron", "not a cron expression"),
+        ({"segment": segment["name"], "cron": "0 0 30 2 *"}, "cron", "not a cron expression"),
+        ({"segment": segment["name"]}, "cron", "one of cron"),
+        ({"segment": segment["name"], "cron": "0 9 * * *", "at": at}, "cron", "one of cron"),
+        ({"segment": segment["name"], "at": past}, "at", "in the future"),
+        ({"segment": segment["name"], "cron": "0 9 * * *", "timeZone": "Moon/Base"},
+         "time_zone", "no time zone"),
+        ({"segment": "tenants/acme/segments/nope", "cron": "0 9 * * *"}, "segment",
+         "no such segment"),
+    ]  # fmt: skip
+    for schedule, field, why in cases:
+        status, answer = await call(env, "POST", "tenants/acme/journeys", {
+            "displayName": "bad", "trigger": {"schedule": schedule}, "nodes": send})  # fmt: skip
+        assert status == 400, (schedule, answer)
+        found = {v["field"]: v["description"] for v in answer["error"]["fieldViolations"]}
+        assert why in found.get(f"journey.trigger.schedule.{field}", ""), (schedule, found)

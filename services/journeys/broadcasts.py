@@ -38,6 +38,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 
 from services.backends.interfaces import BusMessage, MessageBus, Subscription
 from services.common import names
@@ -227,24 +228,50 @@ class Broadcasts:
                     why = f"the journey is {state.upper()}, not ACTIVE"
                     bad.append(FieldViolation("broadcast.journey", why))
         collect(bad)
+        return await self.start_broadcast(
+            tenant_id, display_name, segment_id, kind, target_id, data, per_minute, request_id,
+            members or 0,
+        )  # fmt: skip
+
+    async def start_broadcast(
+        self,
+        tenant_id: str,
+        display_name: str,
+        segment_id: str,
+        kind: str,
+        target_id: str,
+        data: Mapping[str, Any],
+        per_minute: int,
+        request_id: str,
+        members: int,
+    ) -> Broadcast:
+        """A broadcast, RUNNING (checked by the caller); the one of the
+        request id when there is one."""
         if request_id:
             found = await self._by_request(tenant_id, request_id)
             if found is not None:
                 return found
         now = self._clock()
         made = Broadcast(random_hex_id(), tenant_id, display_name, segment_id, kind, target_id,
-                         dict(data), per_minute or DEFAULT_PER_MINUTE, "running", members or 0,
+                         dict(data), per_minute or DEFAULT_PER_MINUTE, "running", members,
                          0, 0, 0, now, now, 0)  # fmt: skip
-        async with self._db.engine.begin() as conn:
-            await conn.execute(
-                journey_broadcasts.insert().values(
-                    id=made.id, tenant_id=tenant_id, display_name=display_name,
-                    segment_id=segment_id, kind=kind, target_id=target_id, data=dict(data),
-                    per_minute=made.per_minute, state="running", request_id=request_id,
-                    members=made.members, planned=0, pages=0, cursor="", planned_all=False,
-                    owner="", lease_until=0, create_time=now, update_time=now, end_time=0,
-                )
-            )  # fmt: skip
+        try:
+            async with self._db.engine.begin() as conn:
+                await conn.execute(
+                    journey_broadcasts.insert().values(
+                        id=made.id, tenant_id=tenant_id, display_name=display_name,
+                        segment_id=segment_id, kind=kind, target_id=target_id, data=dict(data),
+                        per_minute=made.per_minute, state="running", request_id=request_id,
+                        members=made.members, planned=0, pages=0, cursor="",
+                        planned_all=False, owner="", lease_until=0, create_time=now,
+                        update_time=now, end_time=0,
+                    )
+                )  # fmt: skip
+        except IntegrityError:  # the same request id, at the same moment elsewhere
+            found = await self._by_request(tenant_id, request_id)
+            if found is None:
+                raise
+            return found
         self._wake.set()
         return made
 

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cronsim import CronSim, CronSimError
+
 from services.common.errors import FieldViolation
 
 KINDS = ("send", "wait", "decision", "split", "update", "start_journey", "digest", "exit")
@@ -28,7 +30,9 @@ WAITS = ("wait", "digest")
 #: A digest keeps the properties of this many events (the last).
 MAX_DIGESTED = 100
 MAX_TRAITS = 50
-TRIGGERS = ("api", "event", "segment")
+TRIGGERS = ("api", "event", "segment", "schedule")
+#: A cron schedule that does not fire within this many years never does.
+CRON_HORIZON_YEARS = 5
 SEGMENT_CHANGES = ("entered", "exited")
 REENTRY = ("never", "after_cooldown", "always")
 COMPARISONS = ("equals", "not_equals", "exists", "greater_than", "less_than", "contains")
@@ -99,6 +103,11 @@ class Definition:
     #: (entered, exited).
     segment: str = ""
     segment_change: str = "entered"
+    #: A schedule trigger's times (the segment above says who): a cron
+    #: expression in a zone, or once at a time (microseconds since the epoch).
+    cron: str = ""
+    cron_zone: str = ""
+    at_us: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +119,9 @@ class Definition:
             ],
             "segment": self.segment,
             "segment_change": self.segment_change,
+            "cron": self.cron,
+            "cron_zone": self.cron_zone,
+            "at_us": self.at_us,
             "reentry": self.reentry,
             "cooldown_seconds": self.cooldown_seconds,
             "nodes": [
@@ -150,6 +162,9 @@ class Definition:
             filters=tuple(Branch(**f) for f in data.get("filters", [])),
             segment=str(data.get("segment", "")),
             segment_change=str(data.get("segment_change", "entered")),
+            cron=str(data.get("cron", "")),
+            cron_zone=str(data.get("cron_zone", "")),
+            at_us=int(data.get("at_us", 0)),
             nodes=tuple(
                 Node(
                     id=n["id"],
@@ -221,6 +236,7 @@ async def check(
     template_exists: TemplateExists,
     at: str = "journey",
     segment_exists: SegmentExists | None = None,
+    now_us: int = 0,
 ) -> list[FieldViolation]:
     """Every problem of a definition, each naming its field and node: ids
     unique, references to nodes that exist, every node reachable from the
@@ -230,8 +246,8 @@ async def check(
         bad.append(FieldViolation(f"{at}.trigger", "an event, segment or api trigger is required"))
     elif definition.trigger == "event" and not definition.event.strip():
         bad.append(FieldViolation(f"{at}.trigger.event.event", "the event's name is required"))
-    elif definition.trigger == "segment":
-        where = f"{at}.trigger.segment.segment"
+    elif definition.trigger in ("segment", "schedule"):
+        where = f"{at}.trigger.{definition.trigger}.segment"
         found = _SEGMENT.match(definition.segment)
         if found is None:
             bad.append(FieldViolation(where, "must be tenants/{t}/segments/{id}"))
@@ -239,8 +255,10 @@ async def check(
             bad.append(FieldViolation(where, "another tenant's"))
         elif segment_exists is not None and not await segment_exists(tenant_id, found.group(2)):
             bad.append(FieldViolation(where, "no such segment"))
-        if definition.segment_change not in SEGMENT_CHANGES:
+        if definition.trigger == "segment" and definition.segment_change not in SEGMENT_CHANGES:
             bad.append(FieldViolation(f"{at}.trigger.segment.change", "ENTERED or EXITED"))
+        if definition.trigger == "schedule":
+            bad += _check_schedule(definition, f"{at}.trigger.schedule", now_us)
     if definition.filters and definition.trigger != "event":
         bad.append(FieldViolation(f"{at}.trigger.event.filters", "only with an event trigger"))
     if len(definition.filters) > MAX_FILTERS:
@@ -373,6 +391,65 @@ async def _check_node(
             why = f"{label}: a node is required (the branch when none holds)"
             bad.append(FieldViolation(f"{where}.decision.otherwise", why))
     return bad
+
+
+def _check_schedule(definition: Definition, where: str, now_us: int) -> list[FieldViolation]:
+    if bool(definition.cron) == bool(definition.at_us):
+        return [FieldViolation(f"{where}.cron", "one of cron (recurring) or at (once)")]
+    if definition.at_us:
+        if now_us and definition.at_us <= now_us:
+            return [FieldViolation(f"{where}.at", "must be in the future")]
+        return []
+    bad: list[FieldViolation] = []
+    if definition.cron_zone and time_zone(definition.cron_zone) is None:
+        bad.append(FieldViolation(f"{where}.time_zone", f"no time zone {definition.cron_zone!r}"))
+        return bad
+    try:
+        first = next_fire(definition, now_us or 0)
+    except ValueError as error:
+        return [FieldViolation(f"{where}.cron", f"not a cron expression: {error}")]
+    if first is None:
+        bad.append(FieldViolation(f"{where}.cron", "never fires"))
+    return bad
+
+
+def _cron_start(definition: Definition, at_us: int) -> dt.datetime:
+    zone = time_zone(definition.cron_zone) or dt.UTC
+    return dt.datetime.fromtimestamp(at_us / 1e6, dt.UTC).astimezone(zone)
+
+
+def next_fire(definition: Definition, after_us: int) -> int | None:
+    """A schedule's first time after `after_us` (None: none within
+    CRON_HORIZON_YEARS). ValueError for a bad expression."""
+    if definition.at_us:
+        return definition.at_us if definition.at_us > after_us else None
+    start = _cron_start(definition, after_us)
+    try:
+        found = next(iter(CronSim(definition.cron, start)))
+    except CronSimError as error:
+        raise ValueError(str(error)) from None
+    except StopIteration:
+        return None
+    if found.year - start.year > CRON_HORIZON_YEARS:
+        return None
+    return int(found.timestamp() * 1_000_000)
+
+
+def last_fire(definition: Definition, until_us: int) -> int | None:
+    """A schedule's latest time at or before `until_us` (None: none)."""
+    if definition.at_us:
+        return definition.at_us if definition.at_us <= until_us else None
+    # (reversed, CronSim starts before its start: a second later, the time
+    # itself counts; schedules fire on whole minutes)
+    start = _cron_start(definition, until_us + 1_000_000)
+    try:
+        for found in CronSim(definition.cron, start, reverse=True):
+            fire = int(found.timestamp() * 1_000_000)
+            if fire <= until_us:
+                return fire
+    except CronSimError:
+        return None
+    return None
 
 
 def _check_time_of_day(node: Node, where: str, label: str) -> list[FieldViolation]:

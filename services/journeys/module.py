@@ -4,6 +4,7 @@ on first need) and of broadcasts (services/journeys/broadcasts.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import pathlib
 import socket
@@ -43,6 +44,7 @@ async def _build(kernel: Kernel) -> Built:
     kernel.interface("applied_calls").register(journeys.on_calls)  # event triggers
 
     segment_news: list[Any] = []
+    schedules: list[asyncio.Task[None]] = []
 
     async def serving() -> None:
         await journeys.resume_ways()  # ways still under way need this process's worker
@@ -52,12 +54,18 @@ async def _build(kernel: Kernel) -> Built:
                 "campaign-express.segments.*", journeys.on_segment_change, "journey-triggers"
             )
         )
+        schedules.append(asyncio.get_running_loop().create_task(journeys.run_schedules()))
 
     async def stopping() -> None:
         for subscription in segment_news:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
         segment_news.clear()
+        for task in schedules:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        schedules.clear()
         await engine.stop()
 
     kernel.when_serving(serving, stopping)

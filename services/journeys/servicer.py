@@ -100,7 +100,20 @@ def definition_in(j: journey_pb2.Journey) -> Definition:
     return Definition(
         trigger=kind,
         event=j.trigger.event.event if kind == "event" else "",
-        segment=j.trigger.segment.segment if kind == "segment" else "",
+        segment=(
+            j.trigger.segment.segment
+            if kind == "segment"
+            else j.trigger.schedule.segment
+            if kind == "schedule"
+            else ""
+        ),
+        cron=j.trigger.schedule.cron if kind == "schedule" else "",
+        cron_zone=j.trigger.schedule.time_zone if kind == "schedule" else "",
+        at_us=(
+            j.trigger.schedule.at.seconds * 1_000_000 + j.trigger.schedule.at.nanos // 1000
+            if kind == "schedule" and j.trigger.schedule.HasField("at")
+            else 0
+        ),
         segment_change=_CHANGES.get(j.trigger.segment.change, ""),
         filters=tuple(
             Branch(
@@ -145,6 +158,13 @@ def journey_proto(journey: Journey) -> journey_pb2.Journey:
             )
             if f.value is not None:
                 condition.value.CopyFrom(_value(f.value))
+    elif d.trigger == "schedule":
+        out.trigger.schedule.segment = d.segment
+        out.trigger.schedule.cron = d.cron
+        out.trigger.schedule.time_zone = d.cron_zone
+        at = timestamp(d.at_us) if d.at_us else None
+        if at is not None:
+            out.trigger.schedule.at.CopyFrom(at)
     elif d.trigger == "segment":
         out.trigger.segment.segment = d.segment
         out.trigger.segment.change = (

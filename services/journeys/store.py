@@ -130,6 +130,29 @@ class Store:
             ).all()
         return [_journey(r) for r in rows]
 
+    async def active_versions(self) -> list[tuple[Journey, Definition, int]]:
+        """Every ACTIVE journey (all tenants) with its published version and
+        when that was published (the schedules' round)."""
+        j, v = journeys.c, journey_versions.c
+        async with self._db.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(journeys, v.publish_time)
+                    .join(
+                        journey_versions,
+                        sa.and_(v.journey_id == j.id, v.version == j.version),
+                    )
+                    .where(j.state == "active")
+                )
+            ).all()
+        found = []
+        for row in rows:
+            journey = _journey(row)
+            found.append(
+                (journey, await self.version(journey.id, journey.version), int(row.publish_time))
+            )
+        return found
+
     async def list_journeys(
         self, tenant_id: str, page_size: int, page_token: str
     ) -> tuple[list[Journey], str]:

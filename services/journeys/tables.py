@@ -98,7 +98,15 @@ journey_broadcasts = sa.Table(
     sa.Column("update_time", sa.BigInteger, nullable=False),
     sa.Column("end_time", sa.BigInteger, nullable=False),  # 0: not ended
     sa.Index("ix_journey_broadcasts_tenant", "tenant_id", "create_time", "id"),
-    sa.Index("ix_journey_broadcasts_request", "tenant_id", "request_id"),
+    # A creator's request id makes one broadcast (a scheduled journey's times too).
+    sa.Index(
+        "ux_journey_broadcasts_request",
+        "tenant_id",
+        "request_id",
+        unique=True,
+        postgresql_where=sa.text("request_id <> ''"),
+        sqlite_where=sa.text("request_id <> ''"),
+    ),
     sa.Index("ix_journey_broadcasts_state", "state"),
 )
 

@@ -41,7 +41,12 @@ def upgrade() -> None:
         "ix_journey_broadcasts_tenant", "journey_broadcasts", ["tenant_id", "create_time", "id"]
     )
     op.create_index(
-        "ix_journey_broadcasts_request", "journey_broadcasts", ["tenant_id", "request_id"]
+        "ux_journey_broadcasts_request",
+        "journey_broadcasts",
+        ["tenant_id", "request_id"],
+        unique=True,
+        postgresql_where=sa.text("request_id <> ''"),
+        sqlite_where=sa.text("request_id <> ''"),
     )
     op.create_index("ix_journey_broadcasts_state", "journey_broadcasts", ["state"])
     op.create_table(

@@ -267,6 +267,7 @@ class JourneyTrigger(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     API_FIELD_NUMBER: _builtins.int
     SEGMENT_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___EventTrigger:
         """A tracked event (audience): each time a person sends it."""
@@ -279,22 +280,70 @@ class JourneyTrigger(_message.Message):
     def segment(self) -> Global___SegmentTrigger:
         """A person entering or leaving a segment (audience), as it happens."""
 
+    @_builtins.property
+    def schedule(self) -> Global___ScheduleTrigger:
+        """At set times (a cron schedule in a time zone, or once), every member
+        of a segment.
+        """
+
     def __init__(
         self,
         *,
         event: Global___EventTrigger | None = ...,
         api: Global___ApiTrigger | None = ...,
         segment: Global___SegmentTrigger | None = ...,
+        schedule: Global___ScheduleTrigger | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "event", b"event", "kind", b"kind", "segment", b"segment"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "event", b"event", "kind", b"kind", "schedule", b"schedule", "segment", b"segment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "event", b"event", "kind", b"kind", "segment", b"segment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "event", b"event", "kind", b"kind", "schedule", b"schedule", "segment", b"segment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "api", "segment"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "api", "segment", "schedule"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___JourneyTrigger: _TypeAlias = JourneyTrigger  # noqa: Y015
+
+@_typing.final
+class ScheduleTrigger(_message.Message):
+    """At set times, every member of a segment enters (a broadcast of entries:
+    paced, once per member and time; the journey's re-entry rule applies).
+    A time passed while nothing ran (a restart) is made up within a day.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    segment: _builtins.str
+    """Who: `tenants/{tenant}/segments/{segment}`."""
+    cron: _builtins.str
+    """Recurring: a cron expression (minute hour day-of-month month
+    day-of-week, e.g. `0 9 * * MON`) in `time_zone`. Not with `at`.
+    """
+    time_zone: _builtins.str
+    """With `cron`: an IANA time zone (`Europe/Paris`); empty: UTC."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """Once: at this time (in the future when saved). Not with `cron`."""
+
+    def __init__(
+        self,
+        *,
+        segment: _builtins.str = ...,
+        cron: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        time_zone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "cron", b"cron", "segment", b"segment", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleTrigger: _TypeAlias = ScheduleTrigger  # noqa: Y015
 
 @_typing.final
 class SegmentTrigger(_message.Message):
