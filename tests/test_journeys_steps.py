@@ -30,7 +30,9 @@ from tests.test_audience_service import call
 from tests.test_journeys import email, instance_when, subjects_when
 from tests.test_messaging import provider, template
 
-PEOPLE = ("pia", "quin", "rae", "sol", "tam", "uma")
+#: Enough people that both paths of an even split are taken (all on one
+#: path: a chance of 2 in 65,536; profile ids, which the draw hashes, are random).
+PEOPLE = tuple(f"p{n:02d}" for n in range(16))
 
 
 @pytest.fixture
@@ -99,7 +101,7 @@ async def test_splits_error_branches_and_node_analytics(env: Env, smtp: SmtpServ
             == f"would send {left['name'] if steps[1]['node'] == 'a' else right['name']}"
         )
         assert walked["endState"] == "INSTANCE_STATE_COMPLETED"
-    assert set(expected.values()) == {"a", "b"}, expected  # six people: both paths taken
+    assert set(expected.values()) == {"a", "b"}, expected  # both paths taken
 
     # without an error branch, a send that cannot be sent fails the way
     status, body = await call(env, "POST", "tenants/acme/journeys", {
@@ -474,3 +476,99 @@ async def test_a_scheduled_journey_enters_its_segment_at_its_time(
         assert status == 400, (schedule, answer)
         found = {v["field"]: v["description"] for v in answer["error"]["fieldViolations"]}
         assert why in found.get(f"journey.trigger.schedule.{field}", ""), (schedule, found)
+
+
+async def test_a_throttle_lets_so_many_through_a_window(env: Env, smtp: SmtpServer) -> None:
+    await provider(env, smtp.port)
+    note = await template(env, email("Reminder"))
+    status, body = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "One reminder a day", "trigger": {"api": {}},
+        "reentry": "REENTRY_POLICY_ALWAYS",
+        "nodes": [
+            {"id": "daily", "throttle": {"limit": 1, "window": "86400s", "overNext": "skip"},
+             "next": "send"},
+            {"id": "send", "send": {"template": note["name"]}},
+            {"id": "skip", "exit": {}}]})  # fmt: skip
+    assert status == 200, body
+    daily = body["journey"]["name"]
+    assert body["journey"]["nodes"][0]["throttle"] == {
+        "limit": 1,
+        "window": "86400s",
+        "scope": "THROTTLE_SCOPE_PERSON",
+        "overNext": "skip",
+    }
+    await call(env, "POST", f"{daily}:publish", {})
+    for who in ("ida", "jon"):
+        traits = {"email": f"{who}@example.com", "first_name": who}
+        await ingest(env, {"type": "identify", "userId": who, "traits": traits})
+    outcomes = []
+    for who in ("ida", "ida", "jon"):  # per person: ida's second way is over the limit
+        status, entered = await call(env, "POST", f"{daily}:enter", {"userId": who})
+        done = await instance_when(env, entered["instance"]["name"],
+                                   lambda i: i["state"] != "INSTANCE_STATE_ACTIVE")  # fmt: skip
+        outcomes.append((done["state"], done["history"][0]["outcome"]))
+    assert outcomes == [("INSTANCE_STATE_COMPLETED", "through"),
+                        ("INSTANCE_STATE_EXITED", "over the limit"),
+                        ("INSTANCE_STATE_COMPLETED", "through")]  # fmt: skip
+    assert await subjects_when(smtp, "ida@example.com", 1) == ["Reminder ida"]
+
+    # everybody's ways together, without an over branch: the second waits
+    # for the next window, then goes through
+    status, body = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "Trickle", "trigger": {"api": {}},
+        "nodes": [
+            {"id": "slow", "throttle": {"limit": 1, "window": "2s",
+                                        "scope": "THROTTLE_SCOPE_JOURNEY"}, "next": "send"},
+            {"id": "send", "send": {"template": note["name"]}}]})  # fmt: skip
+    trickle = body["journey"]["name"]
+    await call(env, "POST", f"{trickle}:publish", {})
+    ways = []
+    for who in ("ida", "jon"):
+        status, entered = await call(env, "POST", f"{trickle}:enter", {"userId": who})
+        ways.append(entered["instance"]["name"])
+    ended = [await instance_when(env, w, lambda i: i["state"] == "INSTANCE_STATE_COMPLETED")
+             for w in ways]  # fmt: skip
+    throttled = [e for e in ended if e["history"][0]["outcome"].startswith("throttled")]
+    assert len(throttled) == 1, [e["history"] for e in ended]
+    assert throttled[0]["history"][1]["outcome"] == "through"
+    status, stats = await call(env, "GET", f"{trickle}/analytics")
+    slow = next(n for n in stats["nodes"] if n["node"] == "slow")
+    assert slow["entered"] == "2"  # a way that waited is counted once
+    bad = {"limit": 0, "window": "0s", "overNext": "x"}
+    status, answer = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "bad", "trigger": {"api": {}},
+        "nodes": [{"id": "t", "throttle": bad}]})  # fmt: skip
+    fields = {v["field"] for v in answer["error"]["fieldViolations"]}
+    assert fields == {"journey.nodes[0].throttle.limit", "journey.nodes[0].throttle.window",
+                      "journey.nodes[0].throttle.over_next"}  # fmt: skip
+
+
+async def test_journeys_of_an_exclusive_group_compete_for_a_trigger(
+    env: Env, smtp: SmtpServer
+) -> None:
+    await provider(env, smtp.port)
+    names = {}
+    for label, group, priority in (("High", "promo", 10), ("Low", "promo", 5), ("Own", "", 0)):
+        made = await template(env, email(label))
+        status, body = await call(env, "POST", "tenants/acme/journeys", {
+            "displayName": label, "exclusiveGroup": group, "priority": priority,
+            "trigger": {"event": {"event": "cart_abandoned"}},
+            "nodes": [{"id": "s", "send": {"template": made["name"]}}]})  # fmt: skip
+        assert status == 200, body
+        names[label] = body["journey"]["name"]
+        await call(env, "POST", f"{names[label]}:publish", {})
+    assert body["journey"].get("exclusiveGroup", "") == ""
+    await ingest(env, {"type": "identify", "userId": "kai",
+                       "traits": {"email": "kai@example.com", "first_name": "kai"}},
+                 {"type": "track", "userId": "kai", "event": "cart_abandoned"})  # fmt: skip
+    got = sorted(await subjects_when(smtp, "kai@example.com", 2))
+    await asyncio.sleep(1.0)  # the low-priority one never comes
+    assert (
+        sorted(m["Subject"] for m in smtp.to("kai@example.com")) == got == ["High kai", "Own kai"]
+    )
+    status, listed = await call(env, "GET", f"{names['Low']}/instances")
+    assert listed.get("instances", []) == []
+    status, answer = await call(env, "PATCH", f"{names['Low']}?updateMask=priority,exclusiveGroup",
+                                {"priority": 5000, "exclusiveGroup": "no spaces"})  # fmt: skip
+    fields = {v["field"] for v in answer["error"]["fieldViolations"]}
+    assert fields == {"journey.priority", "journey.exclusive_group"}

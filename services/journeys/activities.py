@@ -7,15 +7,17 @@ decisions), and the instances' table (where each person is)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from services.backends.interfaces import KeyValueStore
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.journeys.store import Store
-from services.journeys.workflow import Record, Send, Start
+from services.journeys.workflow import Record, Send, Start, Throttle
 
 
 class Outbox(Protocol):
@@ -42,15 +44,21 @@ EnterMember = Callable[[str, str, str, Mapping[str, Any], str], Awaitable[bool]]
 
 
 class JourneyActivities:
-    def __init__(self, store: Store, outbox: Outbox, directory: Traits) -> None:
+    def __init__(
+        self, store: Store, outbox: Outbox, directory: Traits, counters: KeyValueStore
+    ) -> None:
         self._store = store
         self._outbox = outbox
         self._directory = directory
+        self._counters = counters
         #: Bound once the journeys domain is built (it needs these first).
         self.enter_member: EnterMember | None = None
 
     def all(self) -> list[Any]:
-        return [self.send, self.traits, self.record, self.state, self.update, self.start]
+        return [
+            self.send, self.traits, self.record, self.state, self.update, self.start,
+            self.throttle,
+        ]  # fmt: skip
 
     @activity.defn(name="journey_send")
     async def send(self, step: Send) -> str:
@@ -95,3 +103,20 @@ class JourneyActivities:
         except (FailedPrecondition, NotFound) as error:
             return f"not entered {step.journey}: {error}"[:200]
         return f"entered {step.journey}" if entered else f"in {step.journey} already"
+
+    @activity.defn(name="journey_throttle")
+    async def throttle(self, step: Throttle) -> float:
+        """0 when the way may go through (the window has room, counted in
+        the hot store); else the seconds until the next window. A try
+        counted before (the activity run again after a crash) goes through."""
+        now = time.time()
+        window = step.window_seconds
+        bucket = int(now // window)
+        key = (f"journey-throttle:{step.tenant_id}:{step.journey_id}:{step.node_id}:"
+               f"{step.scope_key}:{bucket}")  # fmt: skip
+        counted = await self._counters.incr_many_once(
+            f"journey-throttled:{step.marker}", 2 * window + 60, [(key, 1, 2 * window + 60)]
+        )
+        if counted is None or counted[0] <= step.limit:
+            return 0.0
+        return max(0.001, (bucket + 1) * window - now)

@@ -49,7 +49,10 @@ from services.journeys.workflow import (
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("display_name", "trigger", "nodes", "reentry", "reentry_cooldown")
+FIELDS = (
+    "display_name", "trigger", "nodes", "reentry", "reentry_cooldown", "exclusive_group",
+    "priority",
+)  # fmt: skip
 #: Journey states and the ones each action may start from.
 PAUSABLE, RESUMABLE, PUBLISHABLE = ("active",), ("paused",), ("draft", "active", "paused")
 COMPLETABLE, ARCHIVABLE = ("active", "paused"), ("draft", "completed")
@@ -172,6 +175,8 @@ class Journeys:
             cooldown_seconds=definition.cooldown_seconds
             if "reentry_cooldown" in wanted
             else current.cooldown_seconds,
+            group=definition.group if "exclusive_group" in wanted else current.group,
+            priority=definition.priority if "priority" in wanted else current.priority,
         )
         new_name = display_name if "display_name" in wanted else journey.display_name
         await self._checked(journey.tenant_id, new_name, merged, journey.name)
@@ -352,13 +357,15 @@ class Journeys:
         digested = await self._signal_waiting(tenant_id, tracked)
         triggers = await self._triggers(tenant_id)
         for call, profile_id in tracked:
+            candidates = []
             for journey in triggers.get(call.event, ()):
                 if (journey.id, profile_id, call.event) in digested:
                     continue  # it went into a way's digest instead
+                published = await self.store.version(journey.id, journey.version)
+                if matches(published.filters, call.properties or {}):
+                    candidates.append((journey, published))
+            for journey in winners(candidates):
                 try:
-                    published = await self.store.version(journey.id, journey.version)
-                    if not matches(published.filters, call.properties or {}):
-                        continue
                     await self._enter(journey, profile_id, call.properties,
                                       f"event:{call.message_id}")  # fmt: skip
                 except FailedPrecondition:
@@ -421,7 +428,12 @@ class Journeys:
             return
         triggers = await self._triggers(tenant_id)
         for change in ("entered", "exited"):
-            journeys = triggers.get(_segment_key(segment, change), ())
+            journeys = winners(
+                [
+                    (j, await self.store.version(j.id, j.version))
+                    for j in triggers.get(_segment_key(segment, change), ())
+                ]
+            )
             for profile in news.get(change, ()) if journeys else ():
                 profile_id = str(profile).rsplit("/", 1)[-1]
                 key = f"segment:{segment}:{change}:{news.get('time', 0)}:{profile_id}"
@@ -629,6 +641,9 @@ def simulate(
             at += node.seconds
             steps.append((node.id, f"would collect {node.digest_event} for {node.seconds:g}s", at))
             current = node.next
+        elif node.kind == "throttle":
+            steps.append((node.id, f"through (at most {node.limit} a {node.seconds:g}s)", at))
+            current = node.next
         elif node.kind == "update":  # later decisions see the traits set
             traits = {**traits, **node.traits}
             steps.append((node.id, f"would set {', '.join(sorted(node.traits))}", at))
@@ -646,3 +661,19 @@ def _segment_key(segment: str, change: str) -> str:
     """A segment trigger's key among a tenant's triggers (never an event's
     name: those have no unit separator)."""
     return f"\x1fsegment\x1f{segment}\x1f{change}"
+
+
+def winners(candidates: Sequence[tuple[Journey, Definition]]) -> list[Journey]:
+    """Of the journeys one trigger would make a person enter: every one on
+    its own, and of each exclusive group the one of the highest priority
+    (the oldest among equals)."""
+    chosen: list[Journey] = []
+    best: dict[str, tuple[int, int, str, Journey]] = {}
+    for journey, published in candidates:
+        if not published.group:
+            chosen.append(journey)
+            continue
+        rank = (-published.priority, journey.create_time, journey.id, journey)
+        if published.group not in best or rank[:3] < best[published.group][:3]:
+            best[published.group] = rank
+    return chosen + [rank[3] for rank in best.values()]

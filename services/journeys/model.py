@@ -21,9 +21,13 @@ from cronsim import CronSim, CronSimError
 
 from services.common.errors import FieldViolation
 
-KINDS = ("send", "wait", "decision", "split", "update", "start_journey", "digest", "exit")
+KINDS = (
+    "send", "wait", "decision", "split", "update", "start_journey", "digest", "throttle", "exit",
+)  # fmt: skip
 #: Steps that go on to `next`.
-LINEAR = ("send", "wait", "update", "start_journey", "digest")
+LINEAR = ("send", "wait", "update", "start_journey", "digest", "throttle")
+MAX_THROTTLE = 1_000_000
+THROTTLE_SCOPES = ("person", "journey")
 MAX_DIGEST_SECONDS = 30 * 86400
 #: Steps that take time (a loop needs one).
 WAITS = ("wait", "digest")
@@ -38,6 +42,7 @@ REENTRY = ("never", "after_cooldown", "always")
 COMPARISONS = ("equals", "not_equals", "exists", "greater_than", "less_than", "contains")
 STATES = ("draft", "active", "paused", "completed", "archived")
 MAX_NODES = 200
+MAX_PRIORITY = 1_000
 MAX_WAIT_SECONDS = 365 * 86400
 _NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TEMPLATE = re.compile(r"^tenants/([^/]+)/templates/([^/]+)$")
@@ -76,6 +81,9 @@ class Node:
     traits: Mapping[str, Any] = field(default_factory=dict)  # update
     journey: str = ""  # start_journey: tenants/t/journeys/j
     digest_event: str = ""  # digest: the event collected (for `seconds`)
+    limit: int = 0  # throttle: ways per window (`seconds`)
+    scope: str = "person"  # throttle: person, journey
+    over_next: str = ""  # throttle: where a way over the limit goes ("": it waits)
 
     def targets(self) -> list[str]:
         """The nodes this one may lead to."""
@@ -87,6 +95,8 @@ class Node:
             return [t for t in (self.next, self.timeout_next) if t]
         if self.kind == "send" and self.on_error:
             return [t for t in (self.next, self.on_error) if t]
+        if self.kind == "throttle" and self.over_next:
+            return [t for t in (self.next, self.over_next) if t]
         return [self.next] if self.next else []
 
 
@@ -108,6 +118,10 @@ class Definition:
     cron: str = ""
     cron_zone: str = ""
     at_us: int = 0
+    #: Journeys of one exclusive group compete for a trigger: the highest
+    #: priority takes the person.
+    group: str = ""
+    priority: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -122,6 +136,8 @@ class Definition:
             "cron": self.cron,
             "cron_zone": self.cron_zone,
             "at_us": self.at_us,
+            "group": self.group,
+            "priority": self.priority,
             "reentry": self.reentry,
             "cooldown_seconds": self.cooldown_seconds,
             "nodes": [
@@ -147,6 +163,9 @@ class Definition:
                     "traits": dict(n.traits),
                     "journey": n.journey,
                     "digest_event": n.digest_event,
+                    "limit": n.limit,
+                    "scope": n.scope,
+                    "over_next": n.over_next,
                 }
                 for n in self.nodes
             ],
@@ -165,6 +184,8 @@ class Definition:
             cron=str(data.get("cron", "")),
             cron_zone=str(data.get("cron_zone", "")),
             at_us=int(data.get("at_us", 0)),
+            group=str(data.get("group", "")),
+            priority=int(data.get("priority", 0)),
             nodes=tuple(
                 Node(
                     id=n["id"],
@@ -184,6 +205,9 @@ class Definition:
                     traits=dict(n.get("traits") or {}),
                     journey=n.get("journey", ""),
                     digest_event=n.get("digest_event", ""),
+                    limit=int(n.get("limit", 0)),
+                    scope=n.get("scope", "person"),
+                    over_next=n.get("over_next", ""),
                 )
                 for n in data.get("nodes", [])
             ),
@@ -271,6 +295,10 @@ async def check(
             bad.append(FieldViolation(f"{where}.comparison", "required"))
         elif condition.comparison != "exists" and condition.value is None:
             bad.append(FieldViolation(f"{where}.value", "required"))
+    if definition.group and not _NODE_ID.match(definition.group):
+        bad.append(FieldViolation(f"{at}.exclusive_group", "letters, digits, _ and -, 1-64"))
+    if not 0 <= definition.priority <= MAX_PRIORITY:
+        bad.append(FieldViolation(f"{at}.priority", f"0 to {MAX_PRIORITY:,}"))
     if definition.reentry not in REENTRY:
         bad.append(FieldViolation(f"{at}.reentry", "NEVER, AFTER_COOLDOWN or ALWAYS"))
     if definition.reentry == "after_cooldown" and not 1 <= definition.cooldown_seconds:
@@ -320,6 +348,17 @@ async def _check_node(
         bad.append(FieldViolation(f"{where}.next", f"{label}: no node {node.next!r}"))
     if node.kind == "send" and node.on_error and node.on_error not in ids:
         bad.append(FieldViolation(f"{where}.send.on_error", f"{label}: no node {node.on_error!r}"))
+    if node.kind == "throttle":
+        if not 1 <= node.limit <= MAX_THROTTLE:
+            bad.append(FieldViolation(f"{where}.throttle.limit", f"{label}: 1 to {MAX_THROTTLE:,}"))
+        if not 1 <= node.seconds <= MAX_DIGEST_SECONDS:
+            bad.append(FieldViolation(f"{where}.throttle.window",
+                                      f"{label}: 1 second to 30 days"))  # fmt: skip
+        if node.scope not in THROTTLE_SCOPES:
+            bad.append(FieldViolation(f"{where}.throttle.scope", f"{label}: PERSON or JOURNEY"))
+        if node.over_next and node.over_next not in ids:
+            bad.append(FieldViolation(f"{where}.throttle.over_next",
+                                      f"{label}: no node {node.over_next!r}"))  # fmt: skip
     if node.kind == "digest":
         if not 1 <= len(node.digest_event.strip()) <= 200:
             bad.append(FieldViolation(f"{where}.digest.event", f"{label}: 1-200 characters"))

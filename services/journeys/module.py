@@ -31,7 +31,7 @@ async def _build(kernel: Kernel) -> Built:
     store = Store(db, kernel.page_tokens, clock=kernel.clock)
     outbox = kernel.interface("message_outbox")
     directory = kernel.interface("audience_directory")
-    activities = JourneyActivities(store, outbox, directory)
+    activities = JourneyActivities(store, outbox, directory, kernel.backends.hot_store)
     engine = Engine(
         kernel.settings.data_dir,
         kernel.settings.temporal_address,

@@ -36,6 +36,11 @@ _CHANGES = {
     journey_pb2.SEGMENT_CHANGE_ENTERED: "entered",
     journey_pb2.SEGMENT_CHANGE_EXITED: "exited",
 }
+_SCOPES = {
+    journey_pb2.THROTTLE_SCOPE_UNSPECIFIED: "person",
+    journey_pb2.THROTTLE_SCOPE_PERSON: "person",
+    journey_pb2.THROTTLE_SCOPE_JOURNEY: "journey",
+}
 _STATES = {
     "draft": journey_pb2.JOURNEY_STATE_DRAFT,
     "active": journey_pb2.JOURNEY_STATE_ACTIVE,
@@ -84,6 +89,10 @@ def definition_in(j: journey_pb2.Journey) -> Definition:
                         seconds=_seconds(n.digest.window))  # fmt: skip
         elif step == "update":
             node = Node(n.id, step, n.next, traits=struct_dict(n.update.traits))
+        elif step == "throttle":
+            t = n.throttle
+            node = Node(n.id, step, n.next, limit=t.limit, seconds=_seconds(t.window),
+                        scope=_SCOPES.get(t.scope, ""), over_next=t.over_next)  # fmt: skip
         elif step == "start_journey":
             node = Node(n.id, step, n.next, journey=n.start_journey.journey)
         elif step == "decision":
@@ -126,6 +135,8 @@ def definition_in(j: journey_pb2.Journey) -> Definition:
         nodes=tuple(nodes),
         reentry=_REENTRY.get(j.reentry, ""),
         cooldown_seconds=_seconds(j.reentry_cooldown),
+        group=j.exclusive_group,
+        priority=j.priority,
     )
 
 
@@ -145,6 +156,8 @@ def journey_proto(journey: Journey) -> journey_pb2.Journey:
         reentry={v: k for k, v in _REENTRY.items() if k}.get(d.reentry, 0),  # type: ignore[arg-type]
         create_time=timestamp(journey.create_time),
         update_time=timestamp(journey.update_time),
+        exclusive_group=d.group,
+        priority=d.priority,
     )
     if d.reentry == "after_cooldown":
         out.reentry_cooldown.CopyFrom(_duration(d.cooldown_seconds))
@@ -196,6 +209,15 @@ def journey_proto(journey: Journey) -> journey_pb2.Journey:
             n.digest.window.CopyFrom(_duration(node.seconds))
         elif node.kind == "update":
             n.update.traits.update(dict(node.traits))
+        elif node.kind == "throttle":
+            n.throttle.limit = node.limit
+            n.throttle.window.CopyFrom(_duration(node.seconds))
+            n.throttle.scope = (
+                journey_pb2.THROTTLE_SCOPE_JOURNEY
+                if node.scope == "journey"
+                else journey_pb2.THROTTLE_SCOPE_PERSON
+            )
+            n.throttle.over_next = node.over_next
         elif node.kind == "start_journey":
             n.start_journey.journey = node.journey
         elif node.kind == "decision":

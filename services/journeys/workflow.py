@@ -95,6 +95,19 @@ class Start:
 
 
 @dataclass
+class Throttle:
+    """A throttle step's count: this way, in the current window."""
+
+    tenant_id: str
+    journey_id: str
+    node_id: str
+    scope_key: str  # the person, or "*" (everybody)
+    limit: int
+    window_seconds: float
+    marker: str  # the way, node, visit and try: counted once
+
+
+@dataclass
 class Record:
     """A step taken: where the instance is now, and what came of it."""
 
@@ -195,6 +208,8 @@ class JourneyWorkflow:
                     await self._record(run, node.id, "active",
                                        f"digested {len(got)} {node.digest_event}")  # fmt: skip
                     current = node.next
+                elif node.kind == "throttle":
+                    current = await self._throttle(run, node, visits[node.id])
                 elif node.kind == "update":
                     await workflow.execute_local_activity(
                         "journey_update",
@@ -252,6 +267,30 @@ class JourneyWorkflow:
                                counts=["entered", "errors"])  # fmt: skip
             return str(node.on_error)
         await self._record(run, node.id, "active", f"message {sent}", counts=["entered"])
+        return str(node.next)
+
+    async def _throttle(self, run: Run, node: Any, visit: int) -> str:
+        """Through when the window has room (`next`); over the limit, to
+        `over_next`, or (without one) wait for the next window and try again."""
+        scope_key = run.profile_id if node.scope == "person" else "*"
+        for attempt in range(1, MAX_STEPS):
+            wait = await workflow.execute_local_activity(
+                "journey_throttle",
+                Throttle(run.tenant_id, run.journey_id, node.id, scope_key, node.limit,
+                         node.seconds, f"{run.instance_id}:{node.id}:{visit}:{attempt}"),
+                result_type=float,
+                **_options(),
+            )  # fmt: skip
+            counts = ["entered"] if attempt == 1 else []
+            if wait <= 0:
+                await self._record(run, node.id, "active", "through", counts=counts)
+                return str(node.next)
+            if node.over_next:
+                await self._record(run, node.id, "active", "over the limit", counts=counts)
+                return str(node.over_next)
+            await self._record(run, node.id, "waiting", f"throttled: again in {wait:.0f}s",
+                               counts=counts)  # fmt: skip
+            await workflow.sleep(timedelta(seconds=wait))
         return str(node.next)
 
     async def _traits(self, run: Run) -> dict[str, Any]:

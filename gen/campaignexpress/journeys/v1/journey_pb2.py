@@ -27,61 +27,65 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)campaignexpress/journeys/v1/journey.proto\x12\x1b\x63\x61mpaignexpress.journeys.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x03\n\x07Journey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x38\n\x05state\x18\x03 \x01(\x0e\x32).campaignexpress.journeys.v1.JourneyState\x12\x0f\n\x07version\x18\x04 \x01(\x05\x12<\n\x07trigger\x18\x05 \x01(\x0b\x32+.campaignexpress.journeys.v1.JourneyTrigger\x12\x37\n\x05nodes\x18\x06 \x03(\x0b\x32(.campaignexpress.journeys.v1.JourneyNode\x12;\n\x07reentry\x18\x07 \x01(\x0e\x32*.campaignexpress.journeys.v1.ReentryPolicy\x12\x33\n\x10reentry_cooldown\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8e\x02\n\x0eJourneyTrigger\x12:\n\x05\x65vent\x18\x01 \x01(\x0b\x32).campaignexpress.journeys.v1.EventTriggerH\x00\x12\x36\n\x03\x61pi\x18\x02 \x01(\x0b\x32\'.campaignexpress.journeys.v1.ApiTriggerH\x00\x12>\n\x07segment\x18\x03 \x01(\x0b\x32+.campaignexpress.journeys.v1.SegmentTriggerH\x00\x12@\n\x08schedule\x18\x04 \x01(\x0b\x32,.campaignexpress.journeys.v1.ScheduleTriggerH\x00\x42\x06\n\x04kind\"k\n\x0fScheduleTrigger\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12\x0c\n\x04\x63ron\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttime_zone\x18\x04 \x01(\t\"]\n\x0eSegmentTrigger\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12:\n\x06\x63hange\x18\x02 \x01(\x0e\x32*.campaignexpress.journeys.v1.SegmentChange\"^\n\x0c\x45ventTrigger\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12?\n\x07\x66ilters\x18\x02 \x03(\x0b\x32..campaignexpress.journeys.v1.PropertyCondition\"\x8e\x01\n\x11PropertyCondition\x12\x10\n\x08property\x18\x01 \x01(\t\x12@\n\ncomparison\x18\x02 \x01(\x0e\x32,.campaignexpress.journeys.v1.TraitComparison\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"\x0c\n\nApiTrigger\"\x8a\x04\n\x0bJourneyNode\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\x04send\x18\x02 \x01(\x0b\x32%.campaignexpress.journeys.v1.SendStepH\x00\x12\x35\n\x04wait\x18\x03 \x01(\x0b\x32%.campaignexpress.journeys.v1.WaitStepH\x00\x12=\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0b\x32).campaignexpress.journeys.v1.DecisionStepH\x00\x12\x35\n\x04\x65xit\x18\x05 \x01(\x0b\x32%.campaignexpress.journeys.v1.ExitStepH\x00\x12\x37\n\x05split\x18\x07 \x01(\x0b\x32&.campaignexpress.journeys.v1.SplitStepH\x00\x12\x39\n\x06update\x18\x08 \x01(\x0b\x32\'.campaignexpress.journeys.v1.UpdateStepH\x00\x12\x46\n\rstart_journey\x18\t \x01(\x0b\x32-.campaignexpress.journeys.v1.StartJourneyStepH\x00\x12\x39\n\x06\x64igest\x18\n \x01(\x0b\x32\'.campaignexpress.journeys.v1.DigestStepH\x00\x12\x0c\n\x04next\x18\x06 \x01(\tB\x06\n\x04step\"U\n\x08SendStep\x12\x10\n\x08template\x18\x01 \x01(\t\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08on_error\x18\x03 \x01(\t\"\x8a\x01\n\x08WaitStep\x12+\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0buntil_event\x18\x02 \x01(\t\x12\x14\n\x0ctimeout_next\x18\x03 \x01(\t\x12\x13\n\x0btime_of_day\x18\x04 \x01(\t\x12\x11\n\ttime_zone\x18\x05 \x01(\t\"F\n\nDigestStep\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"5\n\nUpdateStep\x12\'\n\x06traits\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"#\n\x10StartJourneyStep\x12\x0f\n\x07journey\x18\x01 \x01(\t\"B\n\tSplitStep\x12\x35\n\x05paths\x18\x01 \x03(\x0b\x32&.campaignexpress.journeys.v1.SplitPath\")\n\tSplitPath\x12\x0e\n\x06weight\x18\x01 \x01(\x05\x12\x0c\n\x04next\x18\x02 \x01(\t\"`\n\x0c\x44\x65\x63isionStep\x12=\n\x08\x62ranches\x18\x01 \x03(\x0b\x32+.campaignexpress.journeys.v1.DecisionBranch\x12\x11\n\totherwise\x18\x02 \x01(\t\"\x96\x01\n\x0e\x44\x65\x63isionBranch\x12\r\n\x05trait\x18\x01 \x01(\t\x12@\n\ncomparison\x18\x02 \x01(\x0e\x32,.campaignexpress.journeys.v1.TraitComparison\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0c\n\x04next\x18\x04 \x01(\t\"\n\n\x08\x45xitStep\"\xc4\x02\n\x0fJourneyInstance\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x39\n\x05state\x18\x04 \x01(\x0e\x32*.campaignexpress.journeys.v1.InstanceState\x12\x14\n\x0c\x63urrent_node\x18\x05 \x01(\t\x12:\n\x07history\x18\x06 \x03(\x0b\x32).campaignexpress.journeys.v1.InstanceStep\x12\x13\n\x0b\x65xit_reason\x18\x07 \x01(\t\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"W\n\x0cInstanceStep\x12\x0c\n\x04node\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07outcome\x18\x03 \x01(\t*\xb3\x01\n\x0cJourneyState\x12\x1d\n\x19JOURNEY_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13JOURNEY_STATE_DRAFT\x10\x01\x12\x18\n\x14JOURNEY_STATE_ACTIVE\x10\x02\x12\x18\n\x14JOURNEY_STATE_PAUSED\x10\x03\x12\x1b\n\x17JOURNEY_STATE_COMPLETED\x10\x04\x12\x1a\n\x16JOURNEY_STATE_ARCHIVED\x10\x05*f\n\rSegmentChange\x12\x1e\n\x1aSEGMENT_CHANGE_UNSPECIFIED\x10\x00\x12\x1a\n\x16SEGMENT_CHANGE_ENTERED\x10\x01\x12\x19\n\x15SEGMENT_CHANGE_EXITED\x10\x02*\x87\x01\n\rReentryPolicy\x12\x1e\n\x1aREENTRY_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14REENTRY_POLICY_NEVER\x10\x01\x12!\n\x1dREENTRY_POLICY_AFTER_COOLDOWN\x10\x02\x12\x19\n\x15REENTRY_POLICY_ALWAYS\x10\x03*\xf0\x01\n\x0fTraitComparison\x12 \n\x1cTRAIT_COMPARISON_UNSPECIFIED\x10\x00\x12\x1b\n\x17TRAIT_COMPARISON_EQUALS\x10\x01\x12\x1f\n\x1bTRAIT_COMPARISON_NOT_EQUALS\x10\x02\x12\x1b\n\x17TRAIT_COMPARISON_EXISTS\x10\x03\x12!\n\x1dTRAIT_COMPARISON_GREATER_THAN\x10\x04\x12\x1e\n\x1aTRAIT_COMPARISON_LESS_THAN\x10\x05\x12\x1d\n\x19TRAIT_COMPARISON_CONTAINS\x10\x06*\xba\x01\n\rInstanceState\x12\x1e\n\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15INSTANCE_STATE_ACTIVE\x10\x01\x12\x1a\n\x16INSTANCE_STATE_WAITING\x10\x02\x12\x1c\n\x18INSTANCE_STATE_COMPLETED\x10\x03\x12\x19\n\x15INSTANCE_STATE_EXITED\x10\x04\x12\x19\n\x15INSTANCE_STATE_FAILED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)campaignexpress/journeys/v1/journey.proto\x12\x1b\x63\x61mpaignexpress.journeys.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x03\n\x07Journey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x38\n\x05state\x18\x03 \x01(\x0e\x32).campaignexpress.journeys.v1.JourneyState\x12\x0f\n\x07version\x18\x04 \x01(\x05\x12<\n\x07trigger\x18\x05 \x01(\x0b\x32+.campaignexpress.journeys.v1.JourneyTrigger\x12\x37\n\x05nodes\x18\x06 \x03(\x0b\x32(.campaignexpress.journeys.v1.JourneyNode\x12;\n\x07reentry\x18\x07 \x01(\x0e\x32*.campaignexpress.journeys.v1.ReentryPolicy\x12\x33\n\x10reentry_cooldown\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x65xclusive_group\x18\x0b \x01(\t\x12\x10\n\x08priority\x18\x0c \x01(\x05\"\x8e\x02\n\x0eJourneyTrigger\x12:\n\x05\x65vent\x18\x01 \x01(\x0b\x32).campaignexpress.journeys.v1.EventTriggerH\x00\x12\x36\n\x03\x61pi\x18\x02 \x01(\x0b\x32\'.campaignexpress.journeys.v1.ApiTriggerH\x00\x12>\n\x07segment\x18\x03 \x01(\x0b\x32+.campaignexpress.journeys.v1.SegmentTriggerH\x00\x12@\n\x08schedule\x18\x04 \x01(\x0b\x32,.campaignexpress.journeys.v1.ScheduleTriggerH\x00\x42\x06\n\x04kind\"k\n\x0fScheduleTrigger\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12\x0c\n\x04\x63ron\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttime_zone\x18\x04 \x01(\t\"]\n\x0eSegmentTrigger\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12:\n\x06\x63hange\x18\x02 \x01(\x0e\x32*.campaignexpress.journeys.v1.SegmentChange\"^\n\x0c\x45ventTrigger\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12?\n\x07\x66ilters\x18\x02 \x03(\x0b\x32..campaignexpress.journeys.v1.PropertyCondition\"\x8e\x01\n\x11PropertyCondition\x12\x10\n\x08property\x18\x01 \x01(\t\x12@\n\ncomparison\x18\x02 \x01(\x0e\x32,.campaignexpress.journeys.v1.TraitComparison\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"\x0c\n\nApiTrigger\"\xc9\x04\n\x0bJourneyNode\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\x04send\x18\x02 \x01(\x0b\x32%.campaignexpress.journeys.v1.SendStepH\x00\x12\x35\n\x04wait\x18\x03 \x01(\x0b\x32%.campaignexpress.journeys.v1.WaitStepH\x00\x12=\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0b\x32).campaignexpress.journeys.v1.DecisionStepH\x00\x12\x35\n\x04\x65xit\x18\x05 \x01(\x0b\x32%.campaignexpress.journeys.v1.ExitStepH\x00\x12\x37\n\x05split\x18\x07 \x01(\x0b\x32&.campaignexpress.journeys.v1.SplitStepH\x00\x12\x39\n\x06update\x18\x08 \x01(\x0b\x32\'.campaignexpress.journeys.v1.UpdateStepH\x00\x12\x46\n\rstart_journey\x18\t \x01(\x0b\x32-.campaignexpress.journeys.v1.StartJourneyStepH\x00\x12\x39\n\x06\x64igest\x18\n \x01(\x0b\x32\'.campaignexpress.journeys.v1.DigestStepH\x00\x12=\n\x08throttle\x18\x0b \x01(\x0b\x32).campaignexpress.journeys.v1.ThrottleStepH\x00\x12\x0c\n\x04next\x18\x06 \x01(\tB\x06\n\x04step\"U\n\x08SendStep\x12\x10\n\x08template\x18\x01 \x01(\t\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08on_error\x18\x03 \x01(\t\"\x8a\x01\n\x08WaitStep\x12+\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0buntil_event\x18\x02 \x01(\t\x12\x14\n\x0ctimeout_next\x18\x03 \x01(\t\x12\x13\n\x0btime_of_day\x18\x04 \x01(\t\x12\x11\n\ttime_zone\x18\x05 \x01(\t\"F\n\nDigestStep\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x96\x01\n\x0cThrottleStep\x12\r\n\x05limit\x18\x01 \x01(\x05\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x39\n\x05scope\x18\x03 \x01(\x0e\x32*.campaignexpress.journeys.v1.ThrottleScope\x12\x11\n\tover_next\x18\x04 \x01(\t\"5\n\nUpdateStep\x12\'\n\x06traits\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"#\n\x10StartJourneyStep\x12\x0f\n\x07journey\x18\x01 \x01(\t\"B\n\tSplitStep\x12\x35\n\x05paths\x18\x01 \x03(\x0b\x32&.campaignexpress.journeys.v1.SplitPath\")\n\tSplitPath\x12\x0e\n\x06weight\x18\x01 \x01(\x05\x12\x0c\n\x04next\x18\x02 \x01(\t\"`\n\x0c\x44\x65\x63isionStep\x12=\n\x08\x62ranches\x18\x01 \x03(\x0b\x32+.campaignexpress.journeys.v1.DecisionBranch\x12\x11\n\totherwise\x18\x02 \x01(\t\"\x96\x01\n\x0e\x44\x65\x63isionBranch\x12\r\n\x05trait\x18\x01 \x01(\t\x12@\n\ncomparison\x18\x02 \x01(\x0e\x32,.campaignexpress.journeys.v1.TraitComparison\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0c\n\x04next\x18\x04 \x01(\t\"\n\n\x08\x45xitStep\"\xc4\x02\n\x0fJourneyInstance\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x39\n\x05state\x18\x04 \x01(\x0e\x32*.campaignexpress.journeys.v1.InstanceState\x12\x14\n\x0c\x63urrent_node\x18\x05 \x01(\t\x12:\n\x07history\x18\x06 \x03(\x0b\x32).campaignexpress.journeys.v1.InstanceStep\x12\x13\n\x0b\x65xit_reason\x18\x07 \x01(\t\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"W\n\x0cInstanceStep\x12\x0c\n\x04node\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07outcome\x18\x03 \x01(\t*\xb3\x01\n\x0cJourneyState\x12\x1d\n\x19JOURNEY_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13JOURNEY_STATE_DRAFT\x10\x01\x12\x18\n\x14JOURNEY_STATE_ACTIVE\x10\x02\x12\x18\n\x14JOURNEY_STATE_PAUSED\x10\x03\x12\x1b\n\x17JOURNEY_STATE_COMPLETED\x10\x04\x12\x1a\n\x16JOURNEY_STATE_ARCHIVED\x10\x05*f\n\rSegmentChange\x12\x1e\n\x1aSEGMENT_CHANGE_UNSPECIFIED\x10\x00\x12\x1a\n\x16SEGMENT_CHANGE_ENTERED\x10\x01\x12\x19\n\x15SEGMENT_CHANGE_EXITED\x10\x02*\x87\x01\n\rReentryPolicy\x12\x1e\n\x1aREENTRY_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14REENTRY_POLICY_NEVER\x10\x01\x12!\n\x1dREENTRY_POLICY_AFTER_COOLDOWN\x10\x02\x12\x19\n\x15REENTRY_POLICY_ALWAYS\x10\x03*f\n\rThrottleScope\x12\x1e\n\x1aTHROTTLE_SCOPE_UNSPECIFIED\x10\x00\x12\x19\n\x15THROTTLE_SCOPE_PERSON\x10\x01\x12\x1a\n\x16THROTTLE_SCOPE_JOURNEY\x10\x02*\xf0\x01\n\x0fTraitComparison\x12 \n\x1cTRAIT_COMPARISON_UNSPECIFIED\x10\x00\x12\x1b\n\x17TRAIT_COMPARISON_EQUALS\x10\x01\x12\x1f\n\x1bTRAIT_COMPARISON_NOT_EQUALS\x10\x02\x12\x1b\n\x17TRAIT_COMPARISON_EXISTS\x10\x03\x12!\n\x1dTRAIT_COMPARISON_GREATER_THAN\x10\x04\x12\x1e\n\x1aTRAIT_COMPARISON_LESS_THAN\x10\x05\x12\x1d\n\x19TRAIT_COMPARISON_CONTAINS\x10\x06*\xba\x01\n\rInstanceState\x12\x1e\n\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15INSTANCE_STATE_ACTIVE\x10\x01\x12\x1a\n\x16INSTANCE_STATE_WAITING\x10\x02\x12\x1c\n\x18INSTANCE_STATE_COMPLETED\x10\x03\x12\x19\n\x15INSTANCE_STATE_EXITED\x10\x04\x12\x19\n\x15INSTANCE_STATE_FAILED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'campaignexpress.journeys.v1.journey_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOURNEYSTATE']._serialized_start=3063
-  _globals['_JOURNEYSTATE']._serialized_end=3242
-  _globals['_SEGMENTCHANGE']._serialized_start=3244
-  _globals['_SEGMENTCHANGE']._serialized_end=3346
-  _globals['_REENTRYPOLICY']._serialized_start=3349
-  _globals['_REENTRYPOLICY']._serialized_end=3484
-  _globals['_TRAITCOMPARISON']._serialized_start=3487
-  _globals['_TRAITCOMPARISON']._serialized_end=3727
-  _globals['_INSTANCESTATE']._serialized_start=3730
-  _globals['_INSTANCESTATE']._serialized_end=3916
+  _globals['_JOURNEYSTATE']._serialized_start=3322
+  _globals['_JOURNEYSTATE']._serialized_end=3501
+  _globals['_SEGMENTCHANGE']._serialized_start=3503
+  _globals['_SEGMENTCHANGE']._serialized_end=3605
+  _globals['_REENTRYPOLICY']._serialized_start=3608
+  _globals['_REENTRYPOLICY']._serialized_end=3743
+  _globals['_THROTTLESCOPE']._serialized_start=3745
+  _globals['_THROTTLESCOPE']._serialized_end=3847
+  _globals['_TRAITCOMPARISON']._serialized_start=3850
+  _globals['_TRAITCOMPARISON']._serialized_end=4090
+  _globals['_INSTANCESTATE']._serialized_start=4093
+  _globals['_INSTANCESTATE']._serialized_end=4279
   _globals['_JOURNEY']._serialized_start=170
-  _globals['_JOURNEY']._serialized_end=621
-  _globals['_JOURNEYTRIGGER']._serialized_start=624
-  _globals['_JOURNEYTRIGGER']._serialized_end=894
-  _globals['_SCHEDULETRIGGER']._serialized_start=896
-  _globals['_SCHEDULETRIGGER']._serialized_end=1003
-  _globals['_SEGMENTTRIGGER']._serialized_start=1005
-  _globals['_SEGMENTTRIGGER']._serialized_end=1098
-  _globals['_EVENTTRIGGER']._serialized_start=1100
-  _globals['_EVENTTRIGGER']._serialized_end=1194
-  _globals['_PROPERTYCONDITION']._serialized_start=1197
-  _globals['_PROPERTYCONDITION']._serialized_end=1339
-  _globals['_APITRIGGER']._serialized_start=1341
-  _globals['_APITRIGGER']._serialized_end=1353
-  _globals['_JOURNEYNODE']._serialized_start=1356
-  _globals['_JOURNEYNODE']._serialized_end=1878
-  _globals['_SENDSTEP']._serialized_start=1880
-  _globals['_SENDSTEP']._serialized_end=1965
-  _globals['_WAITSTEP']._serialized_start=1968
-  _globals['_WAITSTEP']._serialized_end=2106
-  _globals['_DIGESTSTEP']._serialized_start=2108
-  _globals['_DIGESTSTEP']._serialized_end=2178
-  _globals['_UPDATESTEP']._serialized_start=2180
-  _globals['_UPDATESTEP']._serialized_end=2233
-  _globals['_STARTJOURNEYSTEP']._serialized_start=2235
-  _globals['_STARTJOURNEYSTEP']._serialized_end=2270
-  _globals['_SPLITSTEP']._serialized_start=2272
-  _globals['_SPLITSTEP']._serialized_end=2338
-  _globals['_SPLITPATH']._serialized_start=2340
-  _globals['_SPLITPATH']._serialized_end=2381
-  _globals['_DECISIONSTEP']._serialized_start=2383
-  _globals['_DECISIONSTEP']._serialized_end=2479
-  _globals['_DECISIONBRANCH']._serialized_start=2482
-  _globals['_DECISIONBRANCH']._serialized_end=2632
-  _globals['_EXITSTEP']._serialized_start=2634
-  _globals['_EXITSTEP']._serialized_end=2644
-  _globals['_JOURNEYINSTANCE']._serialized_start=2647
-  _globals['_JOURNEYINSTANCE']._serialized_end=2971
-  _globals['_INSTANCESTEP']._serialized_start=2973
-  _globals['_INSTANCESTEP']._serialized_end=3060
+  _globals['_JOURNEY']._serialized_end=664
+  _globals['_JOURNEYTRIGGER']._serialized_start=667
+  _globals['_JOURNEYTRIGGER']._serialized_end=937
+  _globals['_SCHEDULETRIGGER']._serialized_start=939
+  _globals['_SCHEDULETRIGGER']._serialized_end=1046
+  _globals['_SEGMENTTRIGGER']._serialized_start=1048
+  _globals['_SEGMENTTRIGGER']._serialized_end=1141
+  _globals['_EVENTTRIGGER']._serialized_start=1143
+  _globals['_EVENTTRIGGER']._serialized_end=1237
+  _globals['_PROPERTYCONDITION']._serialized_start=1240
+  _globals['_PROPERTYCONDITION']._serialized_end=1382
+  _globals['_APITRIGGER']._serialized_start=1384
+  _globals['_APITRIGGER']._serialized_end=1396
+  _globals['_JOURNEYNODE']._serialized_start=1399
+  _globals['_JOURNEYNODE']._serialized_end=1984
+  _globals['_SENDSTEP']._serialized_start=1986
+  _globals['_SENDSTEP']._serialized_end=2071
+  _globals['_WAITSTEP']._serialized_start=2074
+  _globals['_WAITSTEP']._serialized_end=2212
+  _globals['_DIGESTSTEP']._serialized_start=2214
+  _globals['_DIGESTSTEP']._serialized_end=2284
+  _globals['_THROTTLESTEP']._serialized_start=2287
+  _globals['_THROTTLESTEP']._serialized_end=2437
+  _globals['_UPDATESTEP']._serialized_start=2439
+  _globals['_UPDATESTEP']._serialized_end=2492
+  _globals['_STARTJOURNEYSTEP']._serialized_start=2494
+  _globals['_STARTJOURNEYSTEP']._serialized_end=2529
+  _globals['_SPLITSTEP']._serialized_start=2531
+  _globals['_SPLITSTEP']._serialized_end=2597
+  _globals['_SPLITPATH']._serialized_start=2599
+  _globals['_SPLITPATH']._serialized_end=2640
+  _globals['_DECISIONSTEP']._serialized_start=2642
+  _globals['_DECISIONSTEP']._serialized_end=2738
+  _globals['_DECISIONBRANCH']._serialized_start=2741
+  _globals['_DECISIONBRANCH']._serialized_end=2891
+  _globals['_EXITSTEP']._serialized_start=2893
+  _globals['_EXITSTEP']._serialized_end=2903
+  _globals['_JOURNEYINSTANCE']._serialized_start=2906
+  _globals['_JOURNEYINSTANCE']._serialized_end=3230
+  _globals['_INSTANCESTEP']._serialized_start=3232
+  _globals['_INSTANCESTEP']._serialized_end=3319
 # @@protoc_insertion_point(module_scope)

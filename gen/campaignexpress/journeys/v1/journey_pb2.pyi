@@ -110,6 +110,30 @@ REENTRY_POLICY_ALWAYS: ReentryPolicy.ValueType  # 3
 """Every time (an entry's idempotency key still enters once)."""
 Global___ReentryPolicy: _TypeAlias = ReentryPolicy  # noqa: Y015
 
+class _ThrottleScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ThrottleScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ThrottleScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    THROTTLE_SCOPE_UNSPECIFIED: _ThrottleScope.ValueType  # 0
+    """Not set: PERSON."""
+    THROTTLE_SCOPE_PERSON: _ThrottleScope.ValueType  # 1
+    """Each person's own ways of the journey (at most one reminder a day)."""
+    THROTTLE_SCOPE_JOURNEY: _ThrottleScope.ValueType  # 2
+    """Everybody's (at most 1,000 a minute past this step)."""
+
+class ThrottleScope(_ThrottleScope, metaclass=_ThrottleScopeEnumTypeWrapper):
+    """Whose ways a throttle counts together."""
+
+THROTTLE_SCOPE_UNSPECIFIED: ThrottleScope.ValueType  # 0
+"""Not set: PERSON."""
+THROTTLE_SCOPE_PERSON: ThrottleScope.ValueType  # 1
+"""Each person's own ways of the journey (at most one reminder a day)."""
+THROTTLE_SCOPE_JOURNEY: ThrottleScope.ValueType  # 2
+"""Everybody's (at most 1,000 a minute past this step)."""
+Global___ThrottleScope: _TypeAlias = ThrottleScope  # noqa: Y015
+
 class _TraitComparison:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -204,6 +228,8 @@ class Journey(_message.Message):
     REENTRY_COOLDOWN_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    EXCLUSIVE_GROUP_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`tenants/{tenant}/journeys/{journey}`. Output only."""
     display_name: _builtins.str
@@ -216,6 +242,14 @@ class Journey(_message.Message):
     """
     reentry: Global___ReentryPolicy.ValueType
     """Whether a person may enter again."""
+    exclusive_group: _builtins.str
+    """Journeys that share a group compete: when one event (or segment
+    change) would make a person enter several of them, only the one of the
+    highest `priority` takes them (the oldest among equals). Empty: on its
+    own. Letters, digits, `_` and `-`, at most 64.
+    """
+    priority: _builtins.int
+    """Within its exclusive group: 0-1,000, higher first."""
     @_builtins.property
     def trigger(self) -> Global___JourneyTrigger:
         """What makes a person enter."""
@@ -249,10 +283,12 @@ class Journey(_message.Message):
         reentry_cooldown: _duration_pb2.Duration | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        exclusive_group: _builtins.str = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "reentry_cooldown", b"reentry_cooldown", "trigger", b"trigger", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "name", b"name", "nodes", b"nodes", "reentry", b"reentry", "reentry_cooldown", b"reentry_cooldown", "state", b"state", "trigger", b"trigger", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "exclusive_group", b"exclusive_group", "name", b"name", "nodes", b"nodes", "priority", b"priority", "reentry", b"reentry", "reentry_cooldown", b"reentry_cooldown", "state", b"state", "trigger", b"trigger", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -465,6 +501,7 @@ class JourneyNode(_message.Message):
     UPDATE_FIELD_NUMBER: _builtins.int
     START_JOURNEY_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
+    THROTTLE_FIELD_NUMBER: _builtins.int
     NEXT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique in the journey: letters, digits, `_` and `-`, 1-64."""
@@ -506,6 +543,12 @@ class JourneyNode(_message.Message):
         them as `data.digest` (one message for many events).
         """
 
+    @_builtins.property
+    def throttle(self) -> Global___ThrottleStep:
+        """Let at most so many ways through in a window; the rest wait for the
+        next window, or go elsewhere.
+        """
+
     def __init__(
         self,
         *,
@@ -518,13 +561,14 @@ class JourneyNode(_message.Message):
         update: Global___UpdateStep | None = ...,
         start_journey: Global___StartJourneyStep | None = ...,
         digest: Global___DigestStep | None = ...,
+        throttle: Global___ThrottleStep | None = ...,
         next: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "digest", b"digest", "exit", b"exit", "send", b"send", "split", b"split", "start_journey", b"start_journey", "step", b"step", "update", b"update", "wait", b"wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "digest", b"digest", "exit", b"exit", "send", b"send", "split", b"split", "start_journey", b"start_journey", "step", b"step", "throttle", b"throttle", "update", b"update", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "digest", b"digest", "exit", b"exit", "id", b"id", "next", b"next", "send", b"send", "split", b"split", "start_journey", b"start_journey", "step", b"step", "update", b"update", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "digest", b"digest", "exit", b"exit", "id", b"id", "next", b"next", "send", b"send", "split", b"split", "start_journey", b"start_journey", "step", b"step", "throttle", b"throttle", "update", b"update", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_step: _TypeAlias = _typing.Literal["send", "wait", "decision", "exit", "split", "update", "start_journey", "digest"]  # noqa: Y015
+    _WhichOneofReturnType_step: _TypeAlias = _typing.Literal["send", "wait", "decision", "exit", "split", "update", "start_journey", "digest", "throttle"]  # noqa: Y015
     _WhichOneofArgType_step: _TypeAlias = _typing.Literal["step", b"step"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_step) -> _WhichOneofReturnType_step | None: ...
 
@@ -650,6 +694,46 @@ class DigestStep(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DigestStep: _TypeAlias = DigestStep  # noqa: Y015
+
+@_typing.final
+class ThrottleStep(_message.Message):
+    """At most `limit` ways through the step in each `window` (fixed windows,
+    counted across processes in the hot store; a retried step counts once).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    OVER_NEXT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """1-1,000,000."""
+    scope: Global___ThrottleScope.ValueType
+    """Whose ways count together."""
+    over_next: _builtins.str
+    """Where a way over the limit goes (a node id); empty: it waits for the
+    next window with room, then goes to `next`.
+    """
+    @_builtins.property
+    def window(self) -> _duration_pb2.Duration:
+        """1 second to 30 days."""
+
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+        window: _duration_pb2.Duration | None = ...,
+        scope: Global___ThrottleScope.ValueType = ...,
+        over_next: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "over_next", b"over_next", "scope", b"scope", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ThrottleStep: _TypeAlias = ThrottleStep  # noqa: Y015
 
 @_typing.final
 class UpdateStep(_message.Message):
