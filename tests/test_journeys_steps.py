@@ -572,3 +572,39 @@ async def test_journeys_of_an_exclusive_group_compete_for_a_trigger(
                                 {"priority": 5000, "exclusiveGroup": "no spaces"})  # fmt: skip
     fields = {v["field"] for v in answer["error"]["fieldViolations"]}
     assert fields == {"journey.priority", "journey.exclusive_group"}
+
+
+async def test_a_drip_goes_on_when_its_email_is_clicked(env: Env, smtp: SmtpServer) -> None:
+    await provider(env, smtp.port)
+    promo = await template(env, {
+        "displayName": "promo", "channel": "MESSAGE_CHANNEL_EMAIL",
+        "contents": {"en": {"subject": "Sale", "text": "Sale",
+                            "html": '<html><body><a href="https://shop.example/sale">Shop</a>'
+                                    "</body></html>"}}})  # fmt: skip
+    thanks = await template(env, email("Thanks"))
+    status, body = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "Drip", "trigger": {"api": {}},
+        "nodes": [
+            {"id": "promo", "send": {"template": promo["name"]}, "next": "clicked"},
+            {"id": "clicked", "wait": {"untilEvent": "message_clicked", "duration": "60s"},
+             "next": "thanks"},
+            {"id": "thanks", "send": {"template": thanks["name"]}}]})  # fmt: skip
+    name = body["journey"]["name"]
+    await call(env, "POST", f"{name}:publish", {})
+    await ingest(env, {"type": "identify", "userId": "lia",
+                       "traits": {"email": "lia@example.com", "first_name": "lia"}})  # fmt: skip
+    status, entered = await call(env, "POST", f"{name}:enter", {"userId": "lia"})
+    await instance_when(env, entered["instance"]["name"],
+                        lambda i: i.get("currentNode") == "clicked")  # fmt: skip
+    assert await subjects_when(smtp, "lia@example.com", 1) == ["Sale"]
+    (mail,) = smtp.to("lia@example.com")
+    html = mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    link = html.split('href="')[1].split('"')[0]
+    path = "/v1/t/"
+    async with env.http.get(env.base_url + path + link.split(path)[1],
+                            allow_redirects=False) as reply:  # fmt: skip
+        assert reply.status == 302
+    done = await instance_when(env, entered["instance"]["name"],
+                               lambda i: i["state"] == "INSTANCE_STATE_COMPLETED")  # fmt: skip
+    assert [h["outcome"] for h in done["history"]][2] == "event message_clicked"
+    assert await subjects_when(smtp, "lia@example.com", 2) == ["Sale", "Thanks lia"]

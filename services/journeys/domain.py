@@ -417,6 +417,14 @@ class Journeys:
         self._trigger_cache[tenant_id] = (now + TRIGGER_CACHE_SECONDS, found)
         return found
 
+    async def on_engagement(
+        self, tenant_id: str, profile_id: str, event: str, properties: dict[str, Any]
+    ) -> None:
+        """A person opened or clicked a message (messaging): their waiting
+        ways hear it as an event (`message_opened`, `message_clicked`), so a
+        drip goes on when its email is opened."""
+        await self._signal_waiting(tenant_id, [(_Engagement(event, properties), profile_id)])
+
     async def on_segment_change(self, message: BusMessage) -> None:
         """Audience's segment news (`campaign-express.segments.<tenant>`):
         each person who entered or left enters the ACTIVE journeys that
@@ -677,3 +685,11 @@ def winners(candidates: Sequence[tuple[Journey, Definition]]) -> list[Journey]:
         if published.group not in best or rank[:3] < best[published.group][:3]:
             best[published.group] = rank
     return chosen + [rank[3] for rank in best.values()]
+
+
+@dataclass(frozen=True, slots=True)
+class _Engagement:
+    """An open or a click, as the waiting ways hear events."""
+
+    event: str
+    properties: dict[str, Any]

@@ -42,6 +42,7 @@ async def _build(kernel: Kernel) -> Built:
     activities.enter_member = journeys.enter_member
 
     kernel.interface("applied_calls").register(journeys.on_calls)  # event triggers
+    outbox.on_engagement(journeys.on_engagement)  # opens and clicks to waiting ways
 
     segment_news: list[Any] = []
     schedules: list[asyncio.Task[None]] = []

@@ -4,7 +4,8 @@ what spans them (a preview for a profile, an unsubscribe)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -32,6 +33,8 @@ from services.messaging.providers import Provider, Providers
 from services.messaging.sender import Directory, Sender
 from services.messaging.suppressions import Suppressions
 from services.messaging.templates import Templates
+
+log = logging.getLogger(__name__)
 
 #: SendGrid's Event Webhook events that are news: (the lifecycle event, the
 #: suppression it adds).
@@ -96,6 +99,9 @@ class Messaging:
         self.groups: Any = None
         #: The analytics store (lifecycle events read back).
         self.analytics: Any = None
+        #: Told when a person opens or clicks a message (tenant, profile,
+        #: event name, properties): journeys' waits for engagement.
+        self.engaged: Callable[[str, str, str, dict[str, Any]], Awaitable[None]] | None = None
 
     async def render(
         self,
@@ -420,6 +426,18 @@ class Messaging:
                     event_id=unique,
                 )
             )
+            if self.engaged is not None and message.profile_id:
+                template_name = f"tenants/{tenant_id}/templates/{message.template_id}"
+                props = {"message": message.name, "channel": message.channel,
+                         "template": template_name}  # fmt: skip
+                if message.campaign_id:
+                    props["campaign"] = f"tenants/{tenant_id}/campaigns/{message.campaign_id}"
+                if url:
+                    props["url"] = url
+                try:
+                    await self.engaged(tenant_id, message.profile_id, f"message_{event}", props)
+                except Exception:  # a listener's trouble is not the person's
+                    log.warning("messaging: an engagement listener failed", exc_info=True)
         return kind, url
 
     async def feed_interaction(self, caller: Any, name: str, interaction: str) -> Any:

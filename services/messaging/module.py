@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import pathlib
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from campaignexpress.messaging.v1 import messaging_service_pb2, messaging_service_pb2_grpc
@@ -174,6 +174,7 @@ async def _build(kernel: Kernel) -> Built:
         )
     messaging.campaign_sends = campaign_sends
     kernel.interface("message_outbox").bind(messages, templates)
+    messaging.engaged = kernel.interface("message_outbox").engaged
 
     async def seed(seed: TenantSeed) -> None:
         if seed.demo:
@@ -194,6 +195,20 @@ class Outbox:
     def __init__(self) -> None:
         self._messages: Messages | None = None
         self._templates: Templates | None = None
+        self._engagement: list[Callable[[str, str, str, dict[str, Any]], Awaitable[None]]] = []
+
+    def on_engagement(
+        self, hook: Callable[[str, str, str, dict[str, Any]], Awaitable[None]]
+    ) -> None:
+        """Call `hook(tenant, profile, event, properties)` when a person opens
+        (`message_opened`) or clicks (`message_clicked`) a message."""
+        self._engagement.append(hook)
+
+    async def engaged(
+        self, tenant_id: str, profile_id: str, event: str, properties: dict[str, Any]
+    ) -> None:
+        for hook in self._engagement:
+            await hook(tenant_id, profile_id, event, properties)
 
     def bind(self, messages: Messages, templates: Templates) -> None:
         self._messages, self._templates = messages, templates
