@@ -170,7 +170,7 @@ class Broadcasts:
         clock: Callable[[], int] = now_us,
     ) -> None:
         self._db = db
-        self._pages = page_tokens
+        self._page_tokens = page_tokens
         self._members = members
         self._outbox = outbox
         self._entries = entries
@@ -296,7 +296,7 @@ class Broadcasts:
             raise InvalidArgument.field("page_size", f"must be 0-{MAX_PAGE_SIZE}")
         size = page_size or DEFAULT_PAGE_SIZE
         request = scope("journeys.ListBroadcasts", tenant_id)
-        cursor = self._pages.decode(request, page_token, "t", "id")
+        cursor = self._page_tokens.decode(request, page_token, "t", "id")
         b = journey_broadcasts.c
         query = (
             sa.select(b.id)
@@ -316,7 +316,8 @@ class Broadcasts:
         found = [await self._load(tenant_id, str(i)) for i in ids[:size]]
         token = ""
         if len(ids) > size:
-            token = self._pages.encode(request, {"t": found[-1].create_time, "id": found[-1].id})
+            last = found[-1]
+            token = self._page_tokens.encode(request, {"t": last.create_time, "id": last.id})
         return found, token
 
     async def pause(self, caller: Principal, name: str) -> Broadcast:

@@ -82,7 +82,7 @@ class Journeys:
         self._directory = directory
         self._clock = clock
         self._trigger_cache: dict[str, tuple[float, dict[str, list[Journey]]]] = {}
-        #: Broadcasts (services/journeys/broadcasts.py), for the tests and tools.
+        #: Broadcasts (services/journeys/broadcasts.py): scheduled journeys start them.
         self.broadcasts: Any = None
 
     # -- journeys -------------------------------------------------------------
