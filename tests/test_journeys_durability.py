@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from services.messaging.sender import RECORD_STEP
 from tests.smtp_server import SmtpServer, serve_smtp
 from tests.test_process import base_env, http_json, started
 
@@ -104,7 +105,8 @@ async def test_ways_survive_kill_9(tmp_path: pathlib.Path, smtp: SmtpServer) -> 
 async def test_a_broadcast_survives_kill_9(tmp_path: pathlib.Path, smtp: SmtpServer) -> None:
     """200 demo people, 100 a second: killed after the first pages went out,
     started again on the same data dir, the broadcast goes on from where it
-    was; every person gets the email exactly once."""
+    was; nobody gets the email twice, and everybody gets it but those whose
+    message the kill left UNKNOWN."""
     data = tmp_path / "data"
     env = base_env(CAMPAIGN_EXPRESS_DEMO_API_KEY=KEY)
 
@@ -152,10 +154,22 @@ async def test_a_broadcast_survives_kill_9(tmp_path: pathlib.Path, smtp: SmtpSer
             assert time.monotonic() < deadline, (body, proc.output())
             await asyncio.sleep(0.2)
         assert body["broadcast"]["progress"]["done"] == str(members)
-        while len(smtp.received) < members:
+        # What the kill caught between handing a message to the SMTP server
+        # and recording it is UNKNOWN (it may or may not have gone out) and
+        # is never sent again: at most RECORD_STEP of them.
+        status, body = await http_json(
+            "GET", f"{base}/v1/tenants/demo/messages?state=MESSAGE_STATE_UNKNOWN&pageSize=1000",
+            key=KEY)  # fmt: skip
+        assert status == 200, body
+        unknown = {m["address"] for m in body.get("messages", [])}
+        assert len(unknown) <= RECORD_STEP
+        everyone = {f"person{n}@example.com" for n in range(members)}
+        assert unknown <= everyone
+        while len(smtp.received) < members - len(unknown):
             assert time.monotonic() < deadline, (len(smtp.received), proc.output())
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)  # nothing more comes
         to = Counter(rcpt for r in smtp.received for rcpt in r.rcpt_tos)
-        assert to == Counter({f"person{n}@example.com": 1 for n in range(members)})
+        assert max(to.values()) == 1, "nobody gets it twice"
+        assert everyone - unknown <= set(to) <= everyone, "everyone else gets it once"
         assert await proc.terminate() == 0, proc.output()
