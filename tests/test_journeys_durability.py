@@ -161,7 +161,12 @@ async def test_a_broadcast_survives_kill_9(tmp_path: pathlib.Path, smtp: SmtpSer
             "GET", f"{base}/v1/tenants/demo/messages?state=MESSAGE_STATE_UNKNOWN&pageSize=1000",
             key=KEY)  # fmt: skip
         assert status == 200, body
-        unknown = {m["address"] for m in body.get("messages", [])}
+        unknown = set()
+        for message in body.get("messages", []):  # (addressed when sent: the person's email)
+            status, person = await http_json(
+                "GET", f"{base}/v1/{message['recipient']['profile']}", key=KEY)  # fmt: skip
+            assert status == 200, person
+            unknown.add(person["profile"]["traits"]["email"])
         assert len(unknown) <= RECORD_STEP
         everyone = {f"person{n}@example.com" for n in range(members)}
         assert unknown <= everyone

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from inference.features import TIERS
 from services.audience.profiles import (
@@ -37,16 +38,27 @@ from services.audience.profiles import (
 )
 from services.audience.tracking import TrackedCall
 from services.bidding.profile_changes import ProfileChanges
-from services.bidding.profiles import LoyaltyState, ProfileStore, UserProfile, tenant_user
+from services.bidding.profiles import (
+    MAX_SUPPRESSIONS,
+    LoyaltyState,
+    ProfileStore,
+    UserProfile,
+    tenant_user,
+)
 
 log = logging.getLogger(__name__)
 
 LOYALTY_TIER_TRAIT = "loyalty_tier"
+#: Campaigns not to bid for the person on, and until when: {campaign id, or
+#: "*" for all: microseconds since the epoch} (a journey's suppressBidding
+#: step writes it).
+BID_SUPPRESSION_TRAIT = "bid_suppression"
 #: How long a written view lives in the hot store: rewritten at each change,
 #: so a person keeps their view while active within this time (at scale the
 #: hot store also evicts under memory pressure: docs/audience.md).
 VIEW_TTL_SECONDS = 30 * 86_400
 assert LOYALTY_TIER_TRAIT in BID_TRAITS  # what Profiles watches for changes
+assert BID_SUPPRESSION_TRAIT in BID_TRAITS
 #: The identities a bid request can carry (user.id / buyeruid, device.ifa).
 _KINDS = ("user_id", "anonymous_id", "ifa")
 
@@ -63,7 +75,24 @@ def bid_profile(profile: Profile, user_id: str, segments: Sequence[int] = ()) ->
         last_seen_us=profile.last_seen_us,
         version=profile.version,
         ads_opt_out=granted(profile.consent, ADVERTISING) is False,
+        suppressed=suppressions(profile.traits.get(BID_SUPPRESSION_TRAIT)),
     )
+
+
+def suppressions(value: Any) -> tuple[tuple[str, int], ...]:
+    """The bid suppressions of a `bid_suppression` trait: its well-formed
+    entries, the latest-ending MAX_SUPPRESSIONS."""
+    if not isinstance(value, dict):
+        return ()
+    found = [
+        (str(campaign), int(until))
+        for campaign, until in value.items()
+        if isinstance(until, int | float)
+        and not isinstance(until, bool)
+        and 1 <= len(str(campaign).encode()) <= 255
+    ]
+    found.sort(key=lambda entry: (-entry[1], entry[0]))
+    return tuple(found[:MAX_SUPPRESSIONS])
 
 
 #: The bid indexes of the segments each of a tenant's profiles is in.

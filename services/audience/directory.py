@@ -5,12 +5,14 @@ traits and their marketing consent per channel, and a segment's members
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
+from services.audience.bidview import BID_SUPPRESSION_TRAIT, suppressions
 from services.audience.devices import Devices
 from services.audience.profiles import Profiles, granted
 from services.audience.tables import (
@@ -20,6 +22,8 @@ from services.audience.tables import (
 )
 from services.common.errors import NotFound
 
+#: The trait of a person's tags (a list of strings).
+TAGS_TRAIT = "tags"
 #: The channels consent is asked for (messaging's).
 CHANNELS = ("email", "sms", "push", "web_push", "whatsapp", "webhook", "in_app", "content_card")
 
@@ -59,6 +63,35 @@ class Directory:
         if self.changed is not None:
             await self.changed(tenant_id, [updated.id])
         return str(updated.id)
+
+    async def suppress_bidding(
+        self, tenant_id: str, profile_id: str, campaign_id: str, until_us: int
+    ) -> None:
+        """No bids for the person for a campaign (or "*": every campaign)
+        until then (microseconds since the epoch): their `bid_suppression`
+        trait, which the bid-time view carries. A later end extends one in
+        force; an earlier one never shortens it; ended ones are dropped."""
+        profile = await self._profiles.get(tenant_id, profile_id)
+        current = profile.traits.get(BID_SUPPRESSION_TRAIT)
+        now = time.time_ns() // 1000
+        kept = {campaign: until for campaign, until in suppressions(current) if until > now}
+        kept[campaign_id] = max(kept.get(campaign_id, 0), until_us)
+        await self.update_traits(tenant_id, profile.id, {BID_SUPPRESSION_TRAIT: kept})
+
+    async def tag(
+        self, tenant_id: str, profile_id: str, add: Sequence[str], remove: Sequence[str]
+    ) -> list[str]:
+        """Tags added to and removed from the person's `tags` trait (a list;
+        anything else counts as none), each once, in order: the tags now.
+        Segments with a condition on `tags` follow."""
+        profile = await self._profiles.get(tenant_id, profile_id)
+        current = profile.traits.get(TAGS_TRAIT)
+        tags = [str(t) for t in current] if isinstance(current, list) else []
+        gone = set(remove)
+        kept = [t for t in tags if t not in gone]
+        kept += [t for t in dict.fromkeys(add) if t not in kept and t not in gone]
+        await self.update_traits(tenant_id, profile.id, {TAGS_TRAIT: kept})
+        return kept
 
     async def push_targets(self, tenant_id: str, profile_id: str) -> list[PushTarget]:
         """The profile's active devices."""

@@ -32,7 +32,7 @@ from services.bidding.currency import Rates
 from services.bidding.identity import resolve_user_id
 from services.bidding.matching import DEVICE_GROUPS, Candidate, CandidateIndex, Context, Slot
 from services.bidding.notices import NoticeSigner, NoticeToken
-from services.bidding.profiles import ProfileStore, default_profile, tenant_user
+from services.bidding.profiles import ProfileStore, UserProfile, default_profile, tenant_user
 from services.bidding.upstream import BidEvents, LiveCampaigns
 from services.campaigns.index import OfferFacts
 from services.common.clock import now_us
@@ -65,6 +65,7 @@ NBR_CAPPED = 501
 NBR_BELOW_FLOOR = 502
 NBR_UNKNOWN_CURRENCY = 503
 NBR_TIMEOUT = 504
+NBR_SUPPRESSED = 505  # a journey suppressed bidding for the person
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +230,7 @@ class BidProcessor:
             self._vendor_id,
         )
         known_user = bool(user_id) and decision.personalize
+        suppressing: UserProfile | None = None  # a profile with suppressions
         if known_user:
             budget = self._hot_store_budget(deadline)
             profile = await self._profiles.get(
@@ -237,6 +239,8 @@ class BidProcessor:
                 # a budget cut short by this bid's own deadline says nothing of Redis
                 report_timeout=budget >= HOT_STORE_BUDGET_US,
             )
+            if profile.suppressed:
+                suppressing = profile
             if profile.ads_opt_out:
                 # They said no to personalised ads (audience consent): as a
                 # request without consent, whatever the request's signals.
@@ -271,6 +275,11 @@ class BidProcessor:
             candidates = [c for c in candidates if c.campaign.id in taking]
         if not candidates:
             return BidOutcome(None, NBR_NO_CANDIDATE, "NO_CANDIDATES")
+        if suppressing is not None:
+            # A journey took the person out of bidding, for some campaigns or all.
+            candidates = [c for c in candidates if not suppressing.suppresses(c.campaign.id, now)]
+            if not candidates:
+                return BidOutcome(None, NBR_SUPPRESSED, "SUPPRESSED")
         utilization = 0.0
         if matcher.capped:
             candidates, utilization = await self._apply_caps(

@@ -25,7 +25,9 @@ writes raise.
 The stored value is a compact binary record (`UserProfile.to_bytes`):
 a 69-byte header plus 4 bytes per interest value (float32, the precision the
 model uses), segments as one 64-bit mask. The user id is the key, not part of
-the value.
+the value. A profile suppressed from bidding (a journey's step: for all
+campaigns or some, until a time) is format 2: the same, then the count of
+suppressions and each one's end time and campaign id (length-prefixed).
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ _TIER_NAMES = tuple(TIERS)
 _CHANNEL_CODES = {name: i for i, name in enumerate(CHANNELS)}
 
 _FORMAT = 1
+_FORMAT_SUPPRESSED = 2  # then: count, and per suppression its end and campaign
+_SUPPRESSION = struct.Struct("<qB")  # until (microseconds), campaign id length
+MAX_SUPPRESSIONS = 32
+#: A suppression's campaign that means every campaign.
+ALL_CAMPAIGNS = "*"
 # format, tier, channel, flags, last_seen_us, last_redeem_us, version,
 # stars_balance, tier_progress, earn_rate, lifetime_stars, segment mask, n interests
 _HEADER = struct.Struct("<BBBBqqqddddQB")
@@ -105,6 +112,23 @@ class LoyaltyState:
 _GREEN = LoyaltyState()
 
 
+def _suppressions(data: bytes, at: int) -> tuple[tuple[str, int], ...]:
+    """A format-2 record's suppressions, from its count at `at` to its end."""
+    count = data[at]
+    at += 1
+    found = []
+    for _ in range(count):
+        until, size = _SUPPRESSION.unpack_from(data, at)
+        at += _SUPPRESSION.size
+        if at + size > len(data):
+            raise ValueError("not a stored profile: a suppression cut short")
+        found.append((data[at : at + size].decode(), until))
+        at += size
+    if at != len(data) or count > MAX_SUPPRESSIONS:
+        raise ValueError("not a stored profile")
+    return tuple(found)
+
+
 @dataclass(frozen=True, slots=True)
 class UserProfile:
     """What we know about a user. Immutable: instances are shared by the L1
@@ -119,6 +143,16 @@ class UserProfile:
     # The person refused personalised advertising (their consent in the
     # audience domain): bids treat them as the request's own consent denial.
     ads_opt_out: bool = False
+    # Not to be bid on: (campaign id, or ALL_CAMPAIGNS; until, microseconds
+    # since the epoch), as a journey's suppress-bidding step set it.
+    suppressed: tuple[tuple[str, int], ...] = ()
+
+    def suppresses(self, campaign_id: str, now_us: int) -> bool:
+        """Whether bids for this campaign skip the person now."""
+        return any(
+            until > now_us and (campaign in (ALL_CAMPAIGNS, campaign_id))
+            for campaign, until in self.suppressed
+        )
 
     def __post_init__(self) -> None:
         if type(self.interests) is not tuple:
@@ -136,6 +170,11 @@ class UserProfile:
         for i, segment in enumerate(self.segments):
             if not 0 <= segment <= MAX_SEGMENT:
                 raise ValueError(f"segments[{i}]: must be 0..{MAX_SEGMENT}")
+        if len(self.suppressed) > MAX_SUPPRESSIONS:
+            raise ValueError(f"suppressed: at most {MAX_SUPPRESSIONS}")
+        for i, (campaign, _) in enumerate(self.suppressed):
+            if not 1 <= len(campaign.encode()) <= 255:
+                raise ValueError(f"suppressed[{i}]: a campaign id of 1-255 bytes")
         loyalty = self.loyalty
         if loyalty.tier not in _TIER_CODES:
             raise ValueError(f"loyalty.tier: must be one of {', '.join(TIERS)}")
@@ -159,7 +198,7 @@ class UserProfile:
         )
         n = len(self.interests)
         head = _HEADER.pack(
-            _FORMAT,
+            _FORMAT_SUPPRESSED if self.suppressed else _FORMAT,
             _TIER_CODES[loyalty.tier],
             _CHANNEL_CODES[loyalty.preferred_channel],
             flags,
@@ -173,7 +212,14 @@ class UserProfile:
             mask,
             n,
         )
-        return head + struct.pack(f"<{n}f", *self.interests) if n else head
+        body = head + struct.pack(f"<{n}f", *self.interests) if n else head
+        if not self.suppressed:
+            return body
+        parts = [body, bytes([len(self.suppressed)])]
+        for campaign, until in self.suppressed:
+            encoded = campaign.encode()
+            parts += [_SUPPRESSION.pack(until, len(encoded)), encoded]
+        return b"".join(parts)
 
     @classmethod
     def from_bytes(cls, user_id: str, data: bytes) -> UserProfile:
@@ -194,9 +240,14 @@ class UserProfile:
                 mask,
                 n,
             ) = _HEADER.unpack_from(data)
-            if fmt != _FORMAT or len(data) != _HEADER.size + 4 * n or n > MAX_INTERESTS:
+            end = _HEADER.size + 4 * n
+            if n > MAX_INTERESTS or fmt not in (_FORMAT, _FORMAT_SUPPRESSED):
+                raise ValueError("not a stored profile")
+            fits = len(data) == end if fmt == _FORMAT else len(data) > end
+            if not fits:
                 raise ValueError("not a stored profile")
             interests = struct.unpack_from(f"<{n}f", data, _HEADER.size) if n else ()
+            suppressed = _suppressions(data, end) if fmt == _FORMAT_SUPPRESSED else ()
             segments = []
             while mask:
                 low = mask & -mask
@@ -222,6 +273,7 @@ class UserProfile:
             last_seen_us,
             version,
             ads_opt_out=bool(flags & _FLAG_NO_ADS),
+            suppressed=suppressed,
         )
 
     # -- scoring

@@ -8,7 +8,7 @@ decisions), and the instances' table (where each person is)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from temporalio import activity
@@ -27,6 +27,10 @@ class Outbox(Protocol):
         self, tenant_id: str, template: str, profile_id: str, key: str, data: Mapping[str, Any]
     ) -> str: ...
 
+    async def send_campaign(
+        self, tenant_id: str, campaign: str, profile_id: str, data: Mapping[str, Any]
+    ) -> str: ...
+
 
 class Traits(Protocol):
     """The audience directory, as journeys use it."""
@@ -36,6 +40,14 @@ class Traits(Protocol):
     async def update_traits(
         self, tenant_id: str, profile_id: str, set_traits: Mapping[str, Any]
     ) -> str: ...
+
+    async def suppress_bidding(
+        self, tenant_id: str, profile_id: str, campaign_id: str, until_us: int
+    ) -> None: ...
+
+    async def tag(
+        self, tenant_id: str, profile_id: str, add: Sequence[str], remove: Sequence[str]
+    ) -> list[str]: ...
 
 
 #: A person into a journey (tenant, journey id, profile, data, key): whether
@@ -57,7 +69,7 @@ class JourneyActivities:
     def all(self) -> list[Any]:
         return [
             self.send, self.traits, self.record, self.state, self.update, self.start,
-            self.throttle,
+            self.throttle, self.suppress, self.campaign, self.tag,
         ]  # fmt: skip
 
     @activity.defn(name="journey_send")
@@ -88,6 +100,28 @@ class JourneyActivities:
         try:
             await self._directory.update_traits(tenant_id, profile_id, traits)
         except (NotFound, InvalidArgument) as error:  # gone, or a bad trait: no use trying again
+            raise ApplicationError(str(error), non_retryable=True) from None
+
+    @activity.defn(name="journey_suppress")
+    async def suppress(self, tenant_id: str, profile_id: str, campaign: str, until_us: int) -> None:
+        """No bids for the person (for a campaign, or "*" all) until then."""
+        try:
+            await self._directory.suppress_bidding(tenant_id, profile_id, campaign, until_us)
+        except (NotFound, InvalidArgument) as error:  # gone: no use trying again
+            raise ApplicationError(str(error), non_retryable=True) from None
+
+    @activity.defn(name="journey_campaign")
+    async def campaign(
+        self, tenant_id: str, campaign: str, profile_id: str, data: dict[str, Any]
+    ) -> str:
+        """A LIVE campaign's message to the person: what came of it."""
+        return (await self._outbox.send_campaign(tenant_id, campaign, profile_id, data))[:200]
+
+    @activity.defn(name="journey_tag")
+    async def tag(self, tenant_id: str, profile_id: str, add: list[str], remove: list[str]) -> None:
+        try:
+            await self._directory.tag(tenant_id, profile_id, add, remove)
+        except (NotFound, InvalidArgument) as error:
             raise ApplicationError(str(error), non_retryable=True) from None
 
     @activity.defn(name="journey_start")

@@ -21,27 +21,37 @@ from services.backends.interfaces import BusMessage
 from services.common import names
 from services.common.call import Principal
 from services.common.clock import now_us
-from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, collect
+from services.common.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    collect,
+)
 from services.common.ids import random_hex_id
 from services.common.validation import check_text
 from services.journeys.engine import Engine
 from services.journeys.model import (
+    MAX_NODES,
     Definition,
     Instance,
     Journey,
+    Node,
     TemplateExists,
     check,
     first_next,
+    first_send_seconds,
     last_fire,
     matches,
     seconds_until,
     split_path,
     time_zone,
 )
-from services.journeys.store import FINAL, Store
+from services.journeys.store import FINAL, AtCap, Store
 from services.journeys.workflow import (
     EVENT_SIGNAL,
     MAX_STEPS,
+    MIGRATE_SIGNAL,
     TASK_QUEUE,
     JourneyWorkflow,
     Run,
@@ -51,8 +61,16 @@ log = logging.getLogger(__name__)
 
 FIELDS = (
     "display_name", "trigger", "nodes", "reentry", "reentry_cooldown", "exclusive_group",
-    "priority",
+    "priority", "max_concurrent_ways", "prerequisites", "start_after",
 )  # fmt: skip
+#: Ways told to move to a new version, this many at a time.
+MIGRATE_PAGE = 200
+#: Two ACTIVE journeys that one trigger starts for a person conflict when
+#: their first messages after it may come closer together than this.
+CONFLICT_WINDOW_SECONDS = 86400.0
+#: A journey's dependencies (prerequisites, start_after) are followed this
+#: deep when looking for a cycle.
+MAX_DEPENDENCY_DEPTH = 50
 #: Journey states and the ones each action may start from.
 PAUSABLE, RESUMABLE, PUBLISHABLE = ("active",), ("paused",), ("draft", "active", "paused")
 COMPLETABLE, ARCHIVABLE = ("active", "paused"), ("draft", "completed")
@@ -90,6 +108,11 @@ class Journeys:
     async def _checked(
         self, tenant_id: str, display_name: str, definition: Definition, own_name: str = ""
     ) -> None:
+        collect(await self._problems(tenant_id, display_name, definition, own_name))
+
+    async def _problems(
+        self, tenant_id: str, display_name: str, definition: Definition, own_name: str = ""
+    ) -> list[FieldViolation]:
         bad: list[FieldViolation] = []
         check_text(bad, "journey.display_name", display_name, required=True, max_len=200)
         bad += await check(
@@ -111,7 +134,95 @@ class Journeys:
             ):
                 why = f"node {node.id!r}: no such journey (or it is archived)"
                 bad.append(FieldViolation(where, why))
-        collect(bad)
+        if not bad:
+            bad += await self._dependency_problems(tenant_id, definition, own_name)
+        return bad
+
+    async def _dependency_problems(
+        self, tenant_id: str, definition: Definition, own_name: str
+    ) -> list[FieldViolation]:
+        """Prerequisites and start_after: journeys of the tenant that exist,
+        not this one, on no chain that leads back to it."""
+        bad: list[FieldViolation] = []
+        named = [(f"journey.prerequisites[{n}]", p) for n, p in enumerate(definition.prerequisites)]
+        if definition.start_after:
+            named.append(("journey.start_after", definition.start_after))
+        for where, other in named:
+            if other == own_name:
+                bad.append(FieldViolation(where, "not this journey"))
+                continue
+            try:
+                await self.store.get(tenant_id, other.rsplit("/", 1)[1])
+            except NotFound:
+                bad.append(FieldViolation(where, "no such journey"))
+                continue
+            chain = await self._leads_back(tenant_id, other, own_name) if own_name else None
+            if chain:
+                path = " -> ".join([own_name, *chain])
+                bad.append(FieldViolation(where, f"a cycle of dependencies: {path}"))
+        return bad
+
+    async def _leads_back(self, tenant_id: str, start: str, own_name: str) -> list[str] | None:
+        """The chain of dependencies from `start` back to `own_name`, if any."""
+        todo: list[list[str]] = [[start]]
+        seen = {start}
+        while todo:
+            chain = todo.pop()
+            if len(chain) > MAX_DEPENDENCY_DEPTH:
+                continue
+            try:
+                journey = await self.store.get(tenant_id, chain[-1].rsplit("/", 1)[1])
+            except NotFound:
+                continue
+            d = journey.definition
+            for other in (*d.prerequisites, *([d.start_after] if d.start_after else [])):
+                if other == own_name:
+                    return [*chain, own_name]
+                if other not in seen:
+                    seen.add(other)
+                    todo.append([*chain, other])
+        return None
+
+    async def conflicts(self, journey: Journey, definition: Definition) -> list[Conflict]:
+        """The tenant's other ACTIVE journeys that the same trigger starts
+        for a person (same event, same segment change, same scheduled
+        segment) and whose first message may come within
+        CONFLICT_WINDOW_SECONDS of this one's: not those of its exclusive
+        group (one of them takes the person) nor those it depends on or
+        that depend on it (they run one after the other)."""
+        mine = first_send_seconds(definition)
+        shared = _shared_trigger(definition)
+        if mine is None or not shared:
+            return []
+        found: list[Conflict] = []
+        for other in await self.store.active(journey.tenant_id):
+            if other.id == journey.id:
+                continue
+            theirs = await self.store.version(other.id, other.version)
+            if _shared_trigger(theirs) != shared:
+                continue
+            if definition.group and definition.group == theirs.group:
+                continue
+            if other.name in (*definition.prerequisites, definition.start_after) or (
+                journey.name in (*theirs.prerequisites, theirs.start_after)
+            ):
+                continue
+            first = first_send_seconds(theirs)
+            if first is None or abs(first - mine) >= CONFLICT_WINDOW_SECONDS:
+                continue
+            found.append(Conflict(other.name, shared, abs(first - mine)))
+        return sorted(found, key=lambda c: (c.gap_seconds, c.journey))
+
+    async def validate(
+        self, caller: Principal, name: str
+    ) -> tuple[list[FieldViolation], list[Conflict]]:
+        """What publishing the definition being edited would refuse, and
+        its conflicts with the tenant's ACTIVE journeys; nothing changes."""
+        journey = await self._own(caller, name)
+        problems = await self._problems(
+            journey.tenant_id, journey.display_name, journey.definition, journey.name
+        )
+        return problems, await self.conflicts(journey, journey.definition)
 
     async def _segment_exists(self, tenant_id: str, segment_id: str) -> bool:
         return await self._directory.segment_size(tenant_id, segment_id) is not None
@@ -177,24 +288,68 @@ class Journeys:
             else current.cooldown_seconds,
             group=definition.group if "exclusive_group" in wanted else current.group,
             priority=definition.priority if "priority" in wanted else current.priority,
+            max_ways=definition.max_ways if "max_concurrent_ways" in wanted else current.max_ways,
+            prerequisites=definition.prerequisites
+            if "prerequisites" in wanted
+            else current.prerequisites,
+            start_after=definition.start_after if "start_after" in wanted else current.start_after,
         )
         new_name = display_name if "display_name" in wanted else journey.display_name
         await self._checked(journey.tenant_id, new_name, merged, journey.name)
         return await self.store.update(journey, display_name=new_name, definition=merged)
 
-    async def publish(self, caller: Principal, name: str) -> Journey:
+    async def publish(
+        self, caller: Principal, name: str, *, node_mapping: Mapping[str, str] | None = None
+    ) -> Published:
         """The definition as its next version (checked again: a template may
-        have gone since), ACTIVE; the engine started if it was not."""
+        have gone since), ACTIVE; the engine started if it was not. With a
+        node mapping, ways of earlier versions at a mapped node are told to
+        move to the new version's node."""
         journey = await self._own(caller, name)
         if journey.state not in PUBLISHABLE:
             raise FailedPrecondition(f"{name} is {journey.state.upper()}: it cannot be published")
-        await self._checked(
+        mapping = dict(node_mapping or {})
+        bad = await self._problems(
             journey.tenant_id, journey.display_name, journey.definition, journey.name
         )
+        new_nodes = {node.id for node in journey.definition.nodes}
+        if len(mapping) > MAX_NODES:
+            bad.append(FieldViolation("node_mapping", f"at most {MAX_NODES} nodes"))
+        for old, new in sorted(mapping.items()):
+            if not old or len(old) > 64:
+                bad.append(FieldViolation(f"node_mapping[{old}]", "a node id, 1-64 characters"))
+            elif new not in new_nodes:
+                bad.append(FieldViolation(f"node_mapping[{old}]",
+                                          f"no node {new!r} in the new version"))  # fmt: skip
+        collect(bad)
         await self.engine.client()
         published = await self.store.publish(journey)
         self.forget_triggers(journey.tenant_id)
-        return published
+        definition = journey.definition
+        migrating = await self._migrate(published, mapping) if mapping else 0
+        return Published(published, await self.conflicts(published, definition), migrating)
+
+    async def _migrate(self, journey: Journey, mapping: Mapping[str, str]) -> int:
+        """Tell the ways of earlier versions at a mapped node to move to this
+        version (each moves when it gets the signal, or at its next step);
+        how many were told."""
+        client = await self.engine.client()
+        definition = await self.store.version(journey.id, journey.version)
+        move = {"version": journey.version, "definition": definition.to_json(),
+                "mapping": dict(mapping)}  # fmt: skip
+        told = 0
+        after = ""
+        while True:
+            ways = await self.store.ways_at(journey.id, journey.version, sorted(mapping), after,
+                                            MIGRATE_PAGE)  # fmt: skip
+            if not ways:
+                return told
+            outcomes = await asyncio.gather(
+                *(client.get_workflow_handle(way).signal(MIGRATE_SIGNAL, move) for way in ways),
+                return_exceptions=True,
+            )
+            told += sum(1 for outcome in outcomes if not isinstance(outcome, BaseException))
+            after = ways[-1]
 
     async def rollback(self, caller: Principal, name: str, version: int) -> Journey:
         """An earlier version's definition, published again as the next."""
@@ -206,7 +361,7 @@ class Journeys:
         earlier = await self.store.version(journey.id, version)
         await self._checked(journey.tenant_id, journey.display_name, earlier, journey.name)
         await self.store.update(journey, display_name=journey.display_name, definition=earlier)
-        return await self.publish(caller, name)
+        return (await self.publish(caller, name)).journey
 
     async def pause(self, caller: Principal, name: str) -> Journey:
         return await self._move(caller, name, "paused", PAUSABLE)
@@ -301,15 +456,42 @@ class Journeys:
             if last is not None and now - last < version.cooldown_seconds * 1e6:
                 wait = int(version.cooldown_seconds - (now - last) / 1e6) + 1
                 raise FailedPrecondition(f"the person entered {name} lately: again in {wait}s")
+        await self._dependencies_met(journey, version, profile_id)
         # A way that opens with a digest waits from the start: the person's
         # events are signalled to it (and go into the digest) at once.
         state = "waiting" if version.nodes[0].kind == "digest" else "active"
         fresh = Instance(random_hex_id(), journey.tenant_id, journey.id, journey.version,
                          profile_id, state, version.nodes[0].id, (), "", now, now)  # fmt: skip
-        instance, created = await self.store.enter(fresh, key)
+        try:
+            instance, created = await self.store.enter(fresh, key, version.max_ways)
+        except AtCap:
+            raise FailedPrecondition(
+                f"{name} has {version.max_ways:,} ways under way, its cap: nobody enters now"
+            ) from None
         if instance.state not in FINAL:
             await self._start(instance, version, data)
         return instance, created
+
+    async def _dependencies_met(
+        self, journey: Journey, version: Definition, profile_id: str
+    ) -> None:
+        """FailedPrecondition unless the journey it starts after has ended
+        and the person completed its prerequisites."""
+        if version.start_after:
+            after = version.start_after
+            state = await self.store.journey_state(journey.tenant_id, after.rsplit("/", 1)[1])
+            if state not in ("completed", "archived"):
+                raise FailedPrecondition(
+                    f"{journey.name} starts after {after} has ended; it is {state.upper()}"
+                )
+        if version.prerequisites:
+            ids = [p.rsplit("/", 1)[1] for p in version.prerequisites]
+            done = await self.store.completed(journey.tenant_id, profile_id, ids)
+            missing = [p for p, i in zip(version.prerequisites, ids, strict=True) if i not in done]
+            if missing:
+                raise FailedPrecondition(
+                    f"the person has not completed {missing[0]}, a prerequisite of {journey.name}"
+                )
 
     async def _person(self, tenant_id: str, profile: str, user_id: str) -> str:
         if profile:
@@ -604,65 +786,126 @@ def simulate(
 ) -> Simulation:
     """Walk a definition as the workflow would, without its side effects:
     sends are noted, waits add their time, a wait for an event goes on when
-    the event is among `events` and times out when not."""
-    nodes = {node.id: node for node in definition.nodes}
-    current = definition.nodes[0].id if definition.nodes else ""
-    steps: list[tuple[str, str, float]] = []
-    at = 0.0
-    visits: dict[str, int] = {}
-    for _ in range(MAX_STEPS):
-        if not current:
-            steps.append(("", "reached the end", at))
-            return Simulation(steps, "completed", at)
-        node = nodes[current]
-        visits[current] = visits.get(current, 0) + 1
-        if node.kind == "send":
-            steps.append((node.id, f"would send {node.template}", at))
-            current = node.next
-        elif node.kind == "wait" and node.until_event:
-            if node.until_event in events:
-                steps.append((node.id, f"event {node.until_event}", at))
-                current = node.next
-            else:
+    the event is among `events` and times out when not. A parallel step's
+    branches are walked one after the other, each from the step's time; the
+    join comes when the last (mode ANY: the first) arrives."""
+    walk = _Simulated(definition, profile_id, traits, events, now_us)
+    first = definition.nodes[0].id if definition.nodes else ""
+    end, _, at = walk.walk(first, "", 0.0)
+    if end == "completed":
+        walk.steps.append(("", "reached the end", at))
+    return Simulation(walk.steps, end, at)
+
+
+class _Simulated:
+    def __init__(
+        self,
+        definition: Definition,
+        profile_id: str,
+        traits: Mapping[str, Any],
+        events: set[str],
+        now_us: int,
+    ) -> None:
+        self.nodes = {node.id: node for node in definition.nodes}
+        self.profile_id = profile_id
+        self.traits = traits
+        self.events = events
+        self.now_us = now_us
+        self.steps: list[tuple[str, str, float]] = []
+        self.visits: dict[str, int] = {}
+        self.taken = 0
+
+    def walk(self, current: str, join: str, at: float) -> tuple[str, str, float]:
+        """(how it ended: completed, joined, exited, failed; the last node; the time)."""
+        last = current
+        while True:
+            if not current:
+                return "completed", last, at
+            if current == join:
+                return "joined", last, at
+            self.taken += 1
+            if self.taken > MAX_STEPS:
+                return "failed", current, at
+            node = self.nodes[current]
+            last = current
+            visit = self.visits[current] = self.visits.get(current, 0) + 1
+            note: str
+            if node.kind == "send":
+                note, current = f"would send {node.template}", node.next
+            elif node.kind == "wait" and node.until_event:
+                if node.until_event in self.events:
+                    note, current = f"event {node.until_event}", node.next
+                else:
+                    at += node.seconds
+                    note, current = f"timed out after {node.seconds:g}s", node.timeout_next
+            elif node.kind == "wait" and node.time_of_day:
+                zone = node.time_zone or str(self.traits.get("timezone") or "")
+                moment = dt.datetime.fromtimestamp(self.now_us / 1e6 + at, dt.UTC)
+                at += seconds_until(moment, node.time_of_day, zone)
+                where = zone if time_zone(zone) is not None else "UTC"
+                note, current = f"would wait until {node.time_of_day} {where}", node.next
+            elif node.kind == "wait":
                 at += node.seconds
-                steps.append((node.id, f"timed out after {node.seconds:g}s", at))
-                current = node.timeout_next
-        elif node.kind == "wait" and node.time_of_day:
-            zone = node.time_zone or str(traits.get("timezone") or "")
-            moment = dt.datetime.fromtimestamp(now_us / 1e6 + at, dt.UTC)
-            waited = seconds_until(moment, node.time_of_day, zone)
-            at += waited
-            where = zone if time_zone(zone) is not None else "UTC"
-            steps.append((node.id, f"would wait until {node.time_of_day} {where}", at))
-            current = node.next
-        elif node.kind == "wait":
-            at += node.seconds
-            steps.append((node.id, f"would wait {node.seconds:g}s", at))
-            current = node.next
-        elif node.kind == "decision":
-            current, why = first_next(node, traits)
-            steps.append((node.id, why, at))
-        elif node.kind == "split":
-            current, why = split_path(node, f"{profile_id}:{visits[node.id]}")
-            steps.append((node.id, why, at))
-        elif node.kind == "digest":
-            at += node.seconds
-            steps.append((node.id, f"would collect {node.digest_event} for {node.seconds:g}s", at))
-            current = node.next
-        elif node.kind == "throttle":
-            steps.append((node.id, f"through (at most {node.limit} a {node.seconds:g}s)", at))
-            current = node.next
-        elif node.kind == "update":  # later decisions see the traits set
-            traits = {**traits, **node.traits}
-            steps.append((node.id, f"would set {', '.join(sorted(node.traits))}", at))
-            current = node.next
-        elif node.kind == "start_journey":
-            steps.append((node.id, f"would enter {node.journey}", at))
-            current = node.next
-        else:
-            steps.append((node.id, "exit step", at))
-            return Simulation(steps, "exited", at)
-    return Simulation(steps, "failed", at)
+                note, current = f"would wait {node.seconds:g}s", node.next
+            elif node.kind == "decision":
+                current, note = first_next(node, self.traits)
+            elif node.kind == "split":
+                current, note = split_path(node, f"{self.profile_id}:{visit}")
+            elif node.kind == "digest":
+                at += node.seconds
+                note = f"would collect {node.digest_event} for {node.seconds:g}s"
+                current = node.next
+            elif node.kind == "throttle":
+                note = f"through (at most {node.limit} a {node.seconds:g}s)"
+                current = node.next
+            elif node.kind == "update":  # later decisions see the traits set
+                self.traits = {**self.traits, **node.traits}
+                note, current = f"would set {', '.join(sorted(node.traits))}", node.next
+            elif node.kind == "start_journey":
+                note, current = f"would enter {node.journey}", node.next
+            elif node.kind == "suppress_bidding":
+                what = f"for {node.campaign}" if node.campaign else "at all"
+                note, current = f"would stop bids {what} for {node.seconds:g}s", node.next
+            elif node.kind == "trigger_campaign":
+                note, current = f"would send {node.campaign}'s message", node.next
+            elif node.kind == "tag":
+                changes = [*(f"+{t}" for t in node.tags_add), *(f"-{t}" for t in node.tags_remove)]
+                note, current = f"would tag {' '.join(changes)}", node.next
+            elif node.kind == "parallel":
+                self.steps.append((node.id, f"{len(node.forks)} branches", at))
+                end, last, at = self._parallel(node, at)
+                if end != "joined":
+                    return end, last, at
+                current = self.nodes[node.join].next
+                continue
+            elif node.kind == "join":
+                note, current = "joined", node.next
+            else:
+                self.steps.append((node.id, "exit step", at))
+                return "exited", current, at
+            self.steps.append((node.id, note, at))
+
+    def _parallel(self, node: Node, at: float) -> tuple[str, str, float]:
+        join = self.nodes[node.join]
+        arrivals: list[float] = []
+        ended: tuple[str, str, float] = ("completed", node.id, at)
+        for fork in node.forks:
+            end, last, when = self.walk(fork, join.id, at)
+            if end in ("exited", "failed"):
+                return end, last, when
+            if end == "joined":
+                arrivals.append(when)
+            elif when >= ended[2]:
+                ended = (end, last, when)
+        if not arrivals:
+            return ended
+        # ALL waits for every branch to arrive or end; ANY for the first arrival.
+        went_on = min(arrivals) if join.mode == "any" else max(*arrivals, ended[2])
+        why = f"{len(arrivals)} of {len(node.forks)} branches arrived"
+        if join.mode == "any":
+            why = "the first branch arrived"
+        self.steps.append((join.id, why, went_on))
+        return "joined", join.id, went_on
 
 
 def _segment_key(segment: str, change: str) -> str:
@@ -693,3 +936,29 @@ class _Engagement:
 
     event: str
     properties: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    journey: Journey
+    conflicts: list[Conflict]
+    migrating: int  # ways told to move to the new version
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    journey: str  # the other journey's name
+    reason: str  # the trigger they share
+    gap_seconds: float  # their first messages at least this far apart
+
+
+def _shared_trigger(definition: Definition) -> str:
+    """What starts a journey for a person, as two journeys can share it
+    ("": nothing two journeys share knowingly: an API entry)."""
+    if definition.trigger == "event":
+        return f"both start at the event {definition.event!r}"
+    if definition.trigger == "segment":
+        return f"both start when a person {definition.segment_change} {definition.segment}"
+    if definition.trigger == "schedule":
+        return f"both enter {definition.segment} on a schedule"
+    return ""

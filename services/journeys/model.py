@@ -22,10 +22,16 @@ from cronsim import CronSim, CronSimError
 from services.common.errors import FieldViolation
 
 KINDS = (
-    "send", "wait", "decision", "split", "update", "start_journey", "digest", "throttle", "exit",
+    "send", "wait", "decision", "split", "update", "start_journey", "digest", "throttle",
+    "parallel", "join", "suppress_bidding", "trigger_campaign", "tag", "exit",
 )  # fmt: skip
 #: Steps that go on to `next`.
-LINEAR = ("send", "wait", "update", "start_journey", "digest", "throttle")
+LINEAR = (
+    "send", "wait", "update", "start_journey", "digest", "throttle", "join", "suppress_bidding",
+    "trigger_campaign", "tag",
+)  # fmt: skip
+MAX_TAGS = 20
+JOIN_MODES = ("all", "any")
 MAX_THROTTLE = 1_000_000
 THROTTLE_SCOPES = ("person", "journey")
 MAX_DIGEST_SECONDS = 30 * 86400
@@ -43,11 +49,14 @@ COMPARISONS = ("equals", "not_equals", "exists", "greater_than", "less_than", "c
 STATES = ("draft", "active", "paused", "completed", "archived")
 MAX_NODES = 200
 MAX_PRIORITY = 1_000
+MAX_WAYS = 10_000_000
+MAX_PREREQUISITES = 10
 MAX_WAIT_SECONDS = 365 * 86400
 _NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TEMPLATE = re.compile(r"^tenants/([^/]+)/templates/([^/]+)$")
 _JOURNEY = re.compile(r"^tenants/([^/]+)/journeys/([^/]+)$")
 _SEGMENT = re.compile(r"^tenants/([^/]+)/segments/([^/]+)$")
+_CAMPAIGN = re.compile(r"^tenants/([^/]+)/campaigns/([^/]+)$")
 _TIME_OF_DAY = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 MAX_PATHS = 10
 MAX_WEIGHT = 10_000
@@ -84,6 +93,12 @@ class Node:
     limit: int = 0  # throttle: ways per window (`seconds`)
     scope: str = "person"  # throttle: person, journey
     over_next: str = ""  # throttle: where a way over the limit goes ("": it waits)
+    forks: tuple[str, ...] = ()  # parallel: where each branch starts
+    join: str = ""  # parallel: the join node where the branches meet
+    mode: str = "all"  # join: all, any
+    campaign: str = ""  # suppress_bidding ("": all), trigger_campaign
+    tags_add: tuple[str, ...] = ()  # tag
+    tags_remove: tuple[str, ...] = ()  # tag
 
     def targets(self) -> list[str]:
         """The nodes this one may lead to."""
@@ -97,6 +112,8 @@ class Node:
             return [t for t in (self.next, self.on_error) if t]
         if self.kind == "throttle" and self.over_next:
             return [t for t in (self.next, self.over_next) if t]
+        if self.kind == "parallel":
+            return list(self.forks)
         return [self.next] if self.next else []
 
 
@@ -122,6 +139,12 @@ class Definition:
     #: priority takes the person.
     group: str = ""
     priority: int = 0
+    #: At most this many ways under way at once (0: no cap).
+    max_ways: int = 0
+    #: Journeys (`tenants/t/journeys/j`) a person must have completed to enter.
+    prerequisites: tuple[str, ...] = ()
+    #: A journey that must have ended before anybody enters this one.
+    start_after: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -138,6 +161,9 @@ class Definition:
             "at_us": self.at_us,
             "group": self.group,
             "priority": self.priority,
+            "max_ways": self.max_ways,
+            "prerequisites": list(self.prerequisites),
+            "start_after": self.start_after,
             "reentry": self.reentry,
             "cooldown_seconds": self.cooldown_seconds,
             "nodes": [
@@ -166,6 +192,12 @@ class Definition:
                     "limit": n.limit,
                     "scope": n.scope,
                     "over_next": n.over_next,
+                    "forks": list(n.forks),
+                    "join": n.join,
+                    "mode": n.mode,
+                    "campaign": n.campaign,
+                    "tags_add": list(n.tags_add),
+                    "tags_remove": list(n.tags_remove),
                 }
                 for n in self.nodes
             ],
@@ -186,6 +218,9 @@ class Definition:
             at_us=int(data.get("at_us", 0)),
             group=str(data.get("group", "")),
             priority=int(data.get("priority", 0)),
+            max_ways=int(data.get("max_ways", 0)),
+            prerequisites=tuple(str(p) for p in data.get("prerequisites", [])),
+            start_after=str(data.get("start_after", "")),
             nodes=tuple(
                 Node(
                     id=n["id"],
@@ -208,6 +243,12 @@ class Definition:
                     limit=int(n.get("limit", 0)),
                     scope=n.get("scope", "person"),
                     over_next=n.get("over_next", ""),
+                    forks=tuple(str(f) for f in n.get("forks", [])),
+                    join=n.get("join", ""),
+                    mode=n.get("mode", "all"),
+                    campaign=n.get("campaign", ""),
+                    tags_add=tuple(str(t) for t in n.get("tags_add", [])),
+                    tags_remove=tuple(str(t) for t in n.get("tags_remove", [])),
                 )
                 for n in data.get("nodes", [])
             ),
@@ -224,6 +265,7 @@ class Journey:
     definition: Definition
     create_time: int
     update_time: int
+    running: int = 0  # ways under way
 
     @property
     def name(self) -> str:
@@ -299,6 +341,21 @@ async def check(
         bad.append(FieldViolation(f"{at}.exclusive_group", "letters, digits, _ and -, 1-64"))
     if not 0 <= definition.priority <= MAX_PRIORITY:
         bad.append(FieldViolation(f"{at}.priority", f"0 to {MAX_PRIORITY:,}"))
+    if not 0 <= definition.max_ways <= MAX_WAYS:
+        bad.append(FieldViolation(f"{at}.max_concurrent_ways", f"0 (no cap) to {MAX_WAYS:,}"))
+    if len(definition.prerequisites) > MAX_PREREQUISITES:
+        bad.append(FieldViolation(f"{at}.prerequisites", f"at most {MAX_PREREQUISITES}"))
+    depends = [(f"{at}.prerequisites[{n}]", p) for n, p in enumerate(definition.prerequisites)]
+    if definition.start_after:
+        depends.append((f"{at}.start_after", definition.start_after))
+    for where, other in depends:
+        found = _JOURNEY.match(other)
+        if found is None:
+            bad.append(FieldViolation(where, "must be tenants/{t}/journeys/{id}"))
+        elif found.group(1) != tenant_id:
+            bad.append(FieldViolation(where, "another tenant's"))
+    if len(set(definition.prerequisites)) < len(definition.prerequisites):
+        bad.append(FieldViolation(f"{at}.prerequisites", "a journey named twice"))
     if definition.reentry not in REENTRY:
         bad.append(FieldViolation(f"{at}.reentry", "NEVER, AFTER_COOLDOWN or ALWAYS"))
     if definition.reentry == "after_cooldown" and not 1 <= definition.cooldown_seconds:
@@ -326,6 +383,12 @@ async def check(
     if bad:
         return bad
     by_id = {node.id: node for node in nodes}
+    bad += [
+        FieldViolation(f"{at}.nodes[{ids[node_id]}]{field}", why)
+        for node_id, field, why in _check_parallels(by_id)
+    ]
+    if bad:
+        return bad
     reached = _reachable(nodes[0].id, by_id)
     for n, node in enumerate(nodes):
         if node.id not in reached:
@@ -379,6 +442,44 @@ async def _check_node(
         elif found.group(1) != tenant_id:
             bad.append(FieldViolation(f"{where}.start_journey.journey",
                                       f"{label}: another tenant's"))  # fmt: skip
+    if node.kind == "parallel":
+        if not 2 <= len(node.forks) <= MAX_PATHS:
+            bad.append(FieldViolation(f"{where}.parallel.branches",
+                                      f"{label}: 2-{MAX_PATHS} branches"))  # fmt: skip
+        for f, target in enumerate(node.forks):
+            if target not in ids:
+                bad.append(FieldViolation(f"{where}.parallel.branches[{f}]",
+                                          f"{label}: no node {target!r}"))  # fmt: skip
+            elif target in node.forks[:f]:
+                bad.append(FieldViolation(f"{where}.parallel.branches[{f}]",
+                                          f"{label}: {target!r} twice"))  # fmt: skip
+        if node.join not in ids:
+            bad.append(FieldViolation(f"{where}.parallel.join",
+                                      f"{label}: a join node is required"))  # fmt: skip
+    if node.kind in ("suppress_bidding", "trigger_campaign"):
+        at = f"{where}.{node.kind}.campaign"
+        found = _CAMPAIGN.match(node.campaign)
+        if node.campaign and found is None:
+            bad.append(FieldViolation(at, f"{label}: must be tenants/{{t}}/campaigns/{{id}}"))
+        elif found is not None and found.group(1) != tenant_id:
+            bad.append(FieldViolation(at, f"{label}: another tenant's"))
+        elif node.kind == "trigger_campaign" and not node.campaign:
+            bad.append(FieldViolation(at, f"{label}: required"))
+    if node.kind == "suppress_bidding" and not 1 <= node.seconds <= MAX_WAIT_SECONDS:
+        bad.append(FieldViolation(f"{where}.suppress_bidding.duration",
+                                  f"{label}: 1 second to 365 days"))  # fmt: skip
+    if node.kind == "tag":
+        if not 1 <= len(node.tags_add) + len(node.tags_remove) <= MAX_TAGS:
+            bad.append(
+                FieldViolation(f"{where}.tag", f"{label}: 1-{MAX_TAGS} tags to add or remove")
+            )
+        for field_name, tags in (("add", node.tags_add), ("remove", node.tags_remove)):
+            for t, tag in enumerate(tags):
+                if not 1 <= len(tag) <= 100 or tag != tag.strip():
+                    why = f"{label}: 1-100 characters, no spaces around"
+                    bad.append(FieldViolation(f"{where}.tag.{field_name}[{t}]", why))
+    if node.kind == "join" and node.mode not in JOIN_MODES:
+        bad.append(FieldViolation(f"{where}.join.mode", f"{label}: ALL or ANY"))
     if node.kind == "split":
         if not 2 <= len(node.paths) <= MAX_PATHS:
             bad.append(FieldViolation(f"{where}.split.paths", f"{label}: 2-{MAX_PATHS} paths"))
@@ -549,12 +650,72 @@ def matches(filters: Sequence[Branch], properties: Mapping[str, Any]) -> bool:
     return all(holds(condition, properties) for condition in filters)
 
 
-def _reachable(start: str, by_id: Mapping[str, Node]) -> set[str]:
+def branches_of(parallel: Node, by_id: Mapping[str, Node]) -> set[str]:
+    """The nodes a parallel step's branches may run: reachable from its
+    forks without passing its join."""
+    inside: set[str] = set()
+    for fork in parallel.forks:
+        inside |= _reachable(fork, by_id, stop=parallel.join)
+    inside.discard(parallel.join)
+    return inside
+
+
+def _check_parallels(by_id: Mapping[str, Node]) -> list[tuple[str, str, str]]:
+    """Parallel steps and their joins, as (node, field, why): each join of
+    one parallel step; its branches lead back neither to it nor out of it
+    (except to its join, an exit or the end); nothing outside them leads in."""
+    bad: list[tuple[str, str, str]] = []
+    owner: dict[str, str] = {}
+    for node in by_id.values():
+        if node.kind != "parallel":
+            continue
+        label = f"node {node.id!r}"
+        if by_id[node.join].kind != "join":
+            bad.append((node.id, ".parallel.join", f"{label}: {node.join!r} is not a join step"))
+        elif node.join in owner:
+            why = f"{label}: {node.join!r} is the join of {owner[node.join]!r} already"
+            bad.append((node.id, ".parallel.join", why))
+        else:
+            owner[node.join] = node.id
+    for node in by_id.values():
+        if node.kind == "join" and node.id not in owner:
+            bad.append((node.id, "", f"node {node.id!r}: a join of no parallel step"))
+    if bad:
+        return bad
+    for join, parallel_id in owner.items():
+        parallel = by_id[parallel_id]
+        inside = branches_of(parallel, by_id)
+        label = f"node {parallel_id!r}"
+        if parallel_id in inside:
+            bad.append((parallel_id, ".parallel.branches", f"{label}: a branch leads back to it"))
+        for node_id in sorted(inside):
+            node = by_id[node_id]
+            if node.kind == "join" and owner[node_id] not in inside:
+                why = f"{label}: a branch leads out through {node_id!r}, the join of another step"
+                bad.append((parallel_id, ".parallel.branches", why))
+        for node in by_id.values():
+            if node.id in inside or node.id == parallel_id:
+                continue
+            into = [t for t in node.targets() if t in inside or t == join]
+            if into:
+                why = (
+                    f"node {node.id!r} leads to {into[0]!r}, inside the branches of "
+                    f"{parallel_id!r}, from outside them"
+                )
+                bad.append((node.id, "", why))
+    return bad
+
+
+def _reachable(start: str, by_id: Mapping[str, Node], stop: str = "") -> set[str]:
+    """The nodes reachable from `start` (itself included), not going on
+    past `stop` (which is included when reached)."""
     seen = {start}
-    todo = [start]
+    todo = [start] if start != stop else []
     while todo:
         for target in by_id[todo.pop()].targets():
-            if target and target not in seen:
+            if target == stop:
+                seen.add(target)
+            elif target and target not in seen:
                 seen.add(target)
                 todo.append(target)
     return seen
@@ -628,3 +789,40 @@ def first_next(node: Node, traits: Mapping[str, Any]) -> tuple[str, str]:
 
 def sequence(nodes: Sequence[Node]) -> dict[str, Node]:
     return {node.id: node for node in nodes}
+
+
+def first_send_seconds(definition: Definition) -> float | None:
+    """The least time from a person's entry to their first message (the
+    shortest path to a send step, counting each wait at its least: a wait
+    for an event may end at once, a time of day may be now); None when the
+    journey sends nothing."""
+    by_id = {node.id: node for node in definition.nodes}
+    if not definition.nodes:
+        return None
+    best = {definition.nodes[0].id: 0.0}
+    todo = [(0.0, definition.nodes[0].id)]
+    while todo:
+        todo.sort(reverse=True)
+        at, node_id = todo.pop()
+        if at > best.get(node_id, float("inf")):
+            continue
+        node = by_id[node_id]
+        if node.kind == "send":
+            return at
+        for target in node.targets():
+            took = _least_seconds(node, target)
+            if target in by_id and at + took < best.get(target, float("inf")):
+                best[target] = at + took
+                todo.append((at + took, target))
+    return None
+
+
+def _least_seconds(node: Node, target: str) -> float:
+    """The least time a step takes on its way to `target`."""
+    if node.kind == "wait" and node.until_event:
+        return node.seconds if target == node.timeout_next and target != node.next else 0.0
+    if node.kind == "wait" and not node.time_of_day:
+        return node.seconds
+    if node.kind == "digest":
+        return node.seconds
+    return 0.0

@@ -14,7 +14,7 @@ from campaignexpress.journeys.v1 import journey_service_pb2_grpc as pb_grpc
 from services.common.call import current_principal
 from services.common.protoconv import struct_dict, timestamp, value_python
 from services.journeys.broadcasts import Broadcast, Broadcasts
-from services.journeys.domain import Journeys
+from services.journeys.domain import Conflict, Journeys
 from services.journeys.model import Branch, Definition, Instance, Journey, Node
 
 _COMPARISONS = {
@@ -40,6 +40,11 @@ _SCOPES = {
     journey_pb2.THROTTLE_SCOPE_UNSPECIFIED: "person",
     journey_pb2.THROTTLE_SCOPE_PERSON: "person",
     journey_pb2.THROTTLE_SCOPE_JOURNEY: "journey",
+}
+_JOIN_MODES = {
+    journey_pb2.JOIN_MODE_UNSPECIFIED: "all",
+    journey_pb2.JOIN_MODE_ALL: "all",
+    journey_pb2.JOIN_MODE_ANY: "any",
 }
 _STATES = {
     "draft": journey_pb2.JOURNEY_STATE_DRAFT,
@@ -95,6 +100,19 @@ def definition_in(j: journey_pb2.Journey) -> Definition:
                         scope=_SCOPES.get(t.scope, ""), over_next=t.over_next)  # fmt: skip
         elif step == "start_journey":
             node = Node(n.id, step, n.next, journey=n.start_journey.journey)
+        elif step == "parallel":
+            node = Node(n.id, step, n.next, forks=tuple(n.parallel.branches),
+                        join=n.parallel.join)  # fmt: skip
+        elif step == "join":
+            node = Node(n.id, step, n.next, mode=_JOIN_MODES.get(n.join.mode, ""))
+        elif step == "suppress_bidding":
+            node = Node(n.id, step, n.next, campaign=n.suppress_bidding.campaign,
+                        seconds=_seconds(n.suppress_bidding.duration))  # fmt: skip
+        elif step == "trigger_campaign":
+            node = Node(n.id, step, n.next, campaign=n.trigger_campaign.campaign)
+        elif step == "tag":
+            node = Node(n.id, step, n.next, tags_add=tuple(n.tag.add),
+                        tags_remove=tuple(n.tag.remove))  # fmt: skip
         elif step == "decision":
             node = Node(
                 n.id, step, n.next,
@@ -137,6 +155,9 @@ def definition_in(j: journey_pb2.Journey) -> Definition:
         cooldown_seconds=_seconds(j.reentry_cooldown),
         group=j.exclusive_group,
         priority=j.priority,
+        max_ways=j.max_concurrent_ways,
+        prerequisites=tuple(j.prerequisites),
+        start_after=j.start_after,
     )
 
 
@@ -144,6 +165,12 @@ def _value(value: Any) -> struct_pb2.Value:
     holder = struct_pb2.Struct()
     holder.update({"v": value})
     return holder.fields["v"]
+
+
+def _conflict(conflict: Conflict) -> journey_pb2.JourneyConflict:
+    return journey_pb2.JourneyConflict(
+        journey=conflict.journey, reason=conflict.reason, gap=_duration(conflict.gap_seconds)
+    )
 
 
 def journey_proto(journey: Journey) -> journey_pb2.Journey:
@@ -158,6 +185,10 @@ def journey_proto(journey: Journey) -> journey_pb2.Journey:
         update_time=timestamp(journey.update_time),
         exclusive_group=d.group,
         priority=d.priority,
+        max_concurrent_ways=d.max_ways,
+        running_ways=journey.running,
+        prerequisites=list(d.prerequisites),
+        start_after=d.start_after,
     )
     if d.reentry == "after_cooldown":
         out.reentry_cooldown.CopyFrom(_duration(d.cooldown_seconds))
@@ -220,6 +251,21 @@ def journey_proto(journey: Journey) -> journey_pb2.Journey:
             n.throttle.over_next = node.over_next
         elif node.kind == "start_journey":
             n.start_journey.journey = node.journey
+        elif node.kind == "parallel":
+            n.parallel.branches.extend(node.forks)
+            n.parallel.join = node.join
+        elif node.kind == "join":
+            n.join.mode = (
+                journey_pb2.JOIN_MODE_ANY if node.mode == "any" else journey_pb2.JOIN_MODE_ALL
+            )
+        elif node.kind == "suppress_bidding":
+            n.suppress_bidding.campaign = node.campaign
+            n.suppress_bidding.duration.CopyFrom(_duration(node.seconds))
+        elif node.kind == "trigger_campaign":
+            n.trigger_campaign.campaign = node.campaign
+        elif node.kind == "tag":
+            n.tag.add.extend(node.tags_add)
+            n.tag.remove.extend(node.tags_remove)
         elif node.kind == "decision":
             n.decision.otherwise = node.otherwise
             for b in node.branches:
@@ -291,9 +337,23 @@ class JourneyServicer(pb_grpc.JourneyServiceServicer):
         )
         return pb.UpdateJourneyResponse(journey=journey_proto(changed))
 
+    async def ValidateJourney(self, request: pb.ValidateJourneyRequest, context: Any) -> Any:
+        problems, conflicts = await self._j.validate(current_principal(), request.name)
+        return pb.ValidateJourneyResponse(
+            problems=[journey_pb2.JourneyProblem(field=p.field, description=p.description)
+                      for p in problems],
+            conflicts=[_conflict(c) for c in conflicts],
+        )  # fmt: skip
+
     async def PublishJourney(self, request: pb.PublishJourneyRequest, context: Any) -> Any:
-        done = await self._j.publish(current_principal(), request.name)
-        return pb.PublishJourneyResponse(journey=journey_proto(done))
+        done = await self._j.publish(
+            current_principal(), request.name, node_mapping=dict(request.node_mapping)
+        )
+        return pb.PublishJourneyResponse(
+            journey=journey_proto(done.journey),
+            conflicts=[_conflict(c) for c in done.conflicts],
+            migrating_ways=done.migrating,
+        )
 
     async def RollbackJourney(self, request: pb.RollbackJourneyRequest, context: Any) -> Any:
         done = await self._j.rollback(current_principal(), request.name, request.version)

@@ -44,7 +44,12 @@ def _journey(row: Any) -> Journey:
         Definition.from_json(row.definition),
         row.create_time,
         row.update_time,
+        row.running,
     )
+
+
+class AtCap(Exception):
+    """A journey has as many ways under way as its cap allows."""
 
 
 def _instance(row: Any) -> Instance:
@@ -252,12 +257,23 @@ class Store:
 
     # -- instances ------------------------------------------------------------
 
-    async def enter(self, instance: Instance, entry_key: str) -> tuple[Instance, bool]:
+    async def enter(
+        self, instance: Instance, entry_key: str, cap: int = 0
+    ) -> tuple[Instance, bool]:
         """Store a new instance unless its entry key was used; (the instance
-        of the key, whether it is new)."""
+        of the key, whether it is new). Counted among the journey's ways
+        under way, in the same transaction; AtCap when `cap` (0: none) of
+        them are."""
         i = journey_instances.c
+        j = journeys.c
         try:
             async with self._db.engine.begin() as conn:
+                count = journeys.update().where(j.id == instance.journey_id)
+                if cap:
+                    count = count.where(j.running < cap)
+                counted = await conn.execute(count.values(running=j.running + 1))
+                if not counted.rowcount:
+                    raise AtCap(instance.journey_id)
                 await conn.execute(
                     journey_instances.insert().values(
                         id=instance.id,
@@ -287,6 +303,26 @@ class Store:
             if row is None:
                 raise
             return _instance(row), False
+
+    async def completed(
+        self, tenant_id: str, profile_id: str, journey_ids: Sequence[str]
+    ) -> set[str]:
+        """Of these journeys, those the person has COMPLETED a way through."""
+        if not journey_ids:
+            return set()
+        i = journey_instances.c
+        async with self._db.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(i.journey_id)
+                .where(
+                    i.tenant_id == tenant_id,
+                    i.profile_id == profile_id,
+                    i.journey_id.in_(list(journey_ids)),
+                    i.state == "completed",
+                )
+                .distinct()
+            )
+            return {row.journey_id for row in rows}
 
     async def by_entry_key(self, journey_id: str, entry_key: str) -> Instance | None:
         i = journey_instances.c
@@ -369,6 +405,27 @@ class Store:
             token = self._pages.encode(request, {"t": found[-1].start_time, "id": found[-1].id})
         return found, token
 
+    async def ways_at(
+        self, journey_id: str, below_version: int, nodes: Sequence[str], after_id: str, limit: int
+    ) -> list[str]:
+        """Ids of the journey's ways under way on a version below this one,
+        at one of these nodes, in id order after `after_id` (a page)."""
+        i = journey_instances.c
+        query = (
+            sa.select(i.id)
+            .where(
+                i.journey_id == journey_id,
+                i.version < below_version,
+                i.state.not_in(FINAL),
+                i.current_node.in_(list(nodes)),
+                i.id > after_id,
+            )
+            .order_by(i.id)
+            .limit(limit)
+        )
+        async with self._db.engine.connect() as conn:
+            return [row.id for row in await conn.execute(query)]
+
     async def waiting(self, tenant_id: str, profile_ids: list[str]) -> dict[str, list[Any]]:
         """The WAITING instances of these people, by person: rows of id,
         journey_id, version and current_node."""
@@ -408,18 +465,29 @@ class Store:
         last = steps[-1]
         entries = [{"node": s.node_id, "time": s.at_us, "outcome": s.outcome} for s in steps]
         async with self._db.engine.begin() as conn:
-            row = (await conn.execute(sa.select(i.history).where(i.id == last.instance_id))).first()
+            row = (
+                await conn.execute(
+                    sa.select(i.history, i.state, i.journey_id).where(i.id == last.instance_id)
+                )
+            ).first()
             if row is None:
                 return  # erased meanwhile
             history = list(row.history or [])
             if history[-len(entries) :] == entries:
                 return
+            if last.state in FINAL and row.state not in FINAL:  # no longer under way
+                await conn.execute(
+                    journeys.update()
+                    .where(journeys.c.id == row.journey_id)
+                    .values(running=journeys.c.running - 1)
+                )
             history = [*history, *entries][-MAX_HISTORY:]
             await conn.execute(
                 journey_instances.update()
                 .where(i.id == last.instance_id)
                 .values(
                     state=last.state,
+                    version=last.version or i.version,
                     current_node=last.node_id or row_node(history),
                     history=history,
                     exit_reason=last.exit_reason[:500],

@@ -20,6 +20,9 @@ journeys = sa.Table(
     sa.Column("state", sa.String(20), nullable=False),  # draft, active, paused, ...
     sa.Column("version", sa.Integer, nullable=False),  # the last published (0: none)
     sa.Column("definition", sa.JSON, nullable=False),  # being edited
+    # Its ways under way (entered, not yet completed, exited or failed):
+    # counted at entry and at a way's end, in their transactions.
+    sa.Column("running", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("create_time", sa.BigInteger, nullable=False),
     sa.Column("update_time", sa.BigInteger, nullable=False),
     sa.Index("ix_journeys_tenant", "tenant_id", "create_time", "id"),

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 RECONCILE_SECONDS = 5.0
 PAGE = 1_000
+#: A campaign's messages are keyed `campaign:{campaign id}:{profile id}`:
+#: one per person, whether its audience or a journey's step sent it.
+CAMPAIGN_KEY = "campaign:"
 _WATCHED = ("campaign-express.campaigns.>", "campaign-express.segments.>")
 
 
@@ -127,7 +130,7 @@ class CampaignSends:
             log.warning("messaging: %s names a missing template", campaign.name)
             return 0
         stored, after = 0, ""
-        key_prefix = f"campaign:{campaign.id}:"
+        key_prefix = f"{CAMPAIGN_KEY}{campaign.id}:"
         while True:
             page = await self._audiences.member_ids(tenant_id, a_parts[3], after, PAGE)
             if not page:

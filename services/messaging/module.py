@@ -17,7 +17,7 @@ from services.common.call import Principal
 from services.common.errors import NotFound
 from services.common.rbac import ALL_PERMISSIONS
 from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
-from services.messaging.campaign_sends import CampaignSends
+from services.messaging.campaign_sends import CAMPAIGN_KEY, CampaignSends
 from services.messaging.catalogs import Catalogs
 from services.messaging.demo import seed_demo_messaging
 from services.messaging.domain import Messaging
@@ -173,7 +173,7 @@ async def _build(kernel: Kernel) -> Built:
             "messaging", MessagesOfPeople(db, events, kernel.backends.analytics)
         )
     messaging.campaign_sends = campaign_sends
-    kernel.interface("message_outbox").bind(messages, templates)
+    kernel.interface("message_outbox").bind(messages, templates, live)
     messaging.engaged = kernel.interface("message_outbox").engaged
 
     async def seed(seed: TenantSeed) -> None:
@@ -195,6 +195,7 @@ class Outbox:
     def __init__(self) -> None:
         self._messages: Messages | None = None
         self._templates: Templates | None = None
+        self._live: Any = None  # the campaigns domain's live index
         self._engagement: list[Callable[[str, str, str, dict[str, Any]], Awaitable[None]]] = []
 
     def on_engagement(
@@ -210,8 +211,8 @@ class Outbox:
         for hook in self._engagement:
             await hook(tenant_id, profile_id, event, properties)
 
-    def bind(self, messages: Messages, templates: Templates) -> None:
-        self._messages, self._templates = messages, templates
+    def bind(self, messages: Messages, templates: Templates, live: Any = None) -> None:
+        self._messages, self._templates, self._live = messages, templates, live
 
     async def template_exists(self, tenant_id: str, template_id: str) -> bool:
         if self._templates is None:
@@ -249,6 +250,36 @@ class Outbox:
             return stored[0].name
         existing = await self._messages.by_key(tenant_id, f"{key}:{profile_id}")
         return existing.name if existing is not None else ""
+
+    async def send_campaign(
+        self, tenant_id: str, campaign: str, profile_id: str, data: Mapping[str, Any]
+    ) -> str:
+        """A LIVE campaign's message (its template, billed to it, with its
+        delivery rules) to one person, keyed as the campaign's own sends
+        (campaign_sends.py): once per person, whichever way it comes. What
+        came of it, in words; nothing is sent when the campaign is not LIVE
+        or has no message (or its template is gone)."""
+        if self._messages is None or self._templates is None:
+            raise RuntimeError("messaging is not built in this process")
+        found = self._live.get(campaign) if self._live is not None else None
+        if found is None:
+            return f"not sent: {campaign} is not LIVE"
+        spec = found.campaign.spec.messaging
+        if not spec.template:
+            return f"not sent: {campaign} has no message"
+        try:
+            template = await self._templates.find(tenant_id, spec.template.rsplit("/", 1)[-1])
+        except NotFound:
+            return f"not sent: {spec.template} is gone"
+        prefix = f"{CAMPAIGN_KEY}{found.campaign.id}:"
+        stored = await self._messages.enqueue_many(
+            tenant_id, template, found.campaign.id, [profile_id], prefix,
+            optimal=bool(spec.send_at_optimal_time), data=data,
+        )  # fmt: skip
+        if stored:
+            return f"message {stored[0].name}"
+        existing = await self._messages.by_key(tenant_id, f"{prefix}{profile_id}")
+        return f"had it already: {existing.name if existing is not None else campaign}"
 
     async def send_many(
         self,

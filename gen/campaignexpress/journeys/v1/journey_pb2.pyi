@@ -134,6 +134,30 @@ THROTTLE_SCOPE_JOURNEY: ThrottleScope.ValueType  # 2
 """Everybody's (at most 1,000 a minute past this step)."""
 Global___ThrottleScope: _TypeAlias = ThrottleScope  # noqa: Y015
 
+class _JoinMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JoinModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JoinMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOIN_MODE_UNSPECIFIED: _JoinMode.ValueType  # 0
+    """Not set: ALL."""
+    JOIN_MODE_ALL: _JoinMode.ValueType  # 1
+    """When every branch arrived or ended (none arrived: the way completes)."""
+    JOIN_MODE_ANY: _JoinMode.ValueType  # 2
+    """When the first branch arrives; the others stop where they are."""
+
+class JoinMode(_JoinMode, metaclass=_JoinModeEnumTypeWrapper):
+    """When a join lets the way go on."""
+
+JOIN_MODE_UNSPECIFIED: JoinMode.ValueType  # 0
+"""Not set: ALL."""
+JOIN_MODE_ALL: JoinMode.ValueType  # 1
+"""When every branch arrived or ended (none arrived: the way completes)."""
+JOIN_MODE_ANY: JoinMode.ValueType  # 2
+"""When the first branch arrives; the others stop where they are."""
+Global___JoinMode: _TypeAlias = JoinMode  # noqa: Y015
+
 class _TraitComparison:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -230,6 +254,10 @@ class Journey(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     EXCLUSIVE_GROUP_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_WAYS_FIELD_NUMBER: _builtins.int
+    RUNNING_WAYS_FIELD_NUMBER: _builtins.int
+    PREREQUISITES_FIELD_NUMBER: _builtins.int
+    START_AFTER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`tenants/{tenant}/journeys/{journey}`. Output only."""
     display_name: _builtins.str
@@ -250,6 +278,20 @@ class Journey(_message.Message):
     """
     priority: _builtins.int
     """Within its exclusive group: 0-1,000, higher first."""
+    max_concurrent_ways: _builtins.int
+    """At most this many ways under way at once (1-10,000,000); an entry over
+    it is refused (FAILED_PRECONDITION; a trigger's entry is skipped).
+    0: no cap.
+    """
+    running_ways: _builtins.int
+    """Output only: ways under way now (entered, not yet completed, exited or
+    failed).
+    """
+    start_after: _builtins.str
+    """Nobody enters this journey before that one (`tenants/{tenant}/
+    journeys/{journey}`) has ended: COMPLETED or ARCHIVED. A sequence of
+    campaigns: the summer series starts when the spring one is over.
+    """
     @_builtins.property
     def trigger(self) -> Global___JourneyTrigger:
         """What makes a person enter."""
@@ -270,6 +312,14 @@ class Journey(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only."""
 
+    @_builtins.property
+    def prerequisites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only people who COMPLETED each of these journeys of the tenant enter
+        this one (`tenants/{tenant}/journeys/{journey}`, at most 10; any of
+        their versions). A prerequisite on a chain that leads back to this
+        journey is refused when publishing.
+        """
+
     def __init__(
         self,
         *,
@@ -285,14 +335,82 @@ class Journey(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         exclusive_group: _builtins.str = ...,
         priority: _builtins.int = ...,
+        max_concurrent_ways: _builtins.int = ...,
+        running_ways: _builtins.int = ...,
+        prerequisites: _abc.Iterable[_builtins.str] | None = ...,
+        start_after: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "reentry_cooldown", b"reentry_cooldown", "trigger", b"trigger", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "exclusive_group", b"exclusive_group", "name", b"name", "nodes", b"nodes", "priority", b"priority", "reentry", b"reentry", "reentry_cooldown", b"reentry_cooldown", "state", b"state", "trigger", b"trigger", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "exclusive_group", b"exclusive_group", "max_concurrent_ways", b"max_concurrent_ways", "name", b"name", "nodes", b"nodes", "prerequisites", b"prerequisites", "priority", b"priority", "reentry", b"reentry", "reentry_cooldown", b"reentry_cooldown", "running_ways", b"running_ways", "start_after", b"start_after", "state", b"state", "trigger", b"trigger", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Journey: _TypeAlias = Journey  # noqa: Y015
+
+@_typing.final
+class JourneyProblem(_message.Message):
+    """What publishing a journey would refuse."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """The field, as a 400 answer names it (`journey.nodes[2].send.template`)."""
+    description: _builtins.str
+    """What is wrong."""
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JourneyProblem: _TypeAlias = JourneyProblem  # noqa: Y015
+
+@_typing.final
+class JourneyConflict(_message.Message):
+    """A journey that may reach the same people as another, with messages close
+    together: reported by ValidateJourney and PublishJourney (they do not
+    stop publishing; an exclusive group, a prerequisite or spacing resolves
+    them).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOURNEY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
+    journey: _builtins.str
+    """The other journey, ACTIVE, `tenants/{tenant}/journeys/{journey}`."""
+    reason: _builtins.str
+    """What makes them meet: the trigger they share."""
+    @_builtins.property
+    def gap(self) -> _duration_pb2.Duration:
+        """How far apart their first messages after the shared trigger are at
+        the least (each journey's shortest path to a send).
+        """
+
+    def __init__(
+        self,
+        *,
+        journey: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        gap: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap", "journey", b"journey", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JourneyConflict: _TypeAlias = JourneyConflict  # noqa: Y015
 
 @_typing.final
 class JourneyTrigger(_message.Message):
@@ -502,6 +620,11 @@ class JourneyNode(_message.Message):
     START_JOURNEY_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
     THROTTLE_FIELD_NUMBER: _builtins.int
+    PARALLEL_FIELD_NUMBER: _builtins.int
+    JOIN_FIELD_NUMBER: _builtins.int
+    SUPPRESS_BIDDING_FIELD_NUMBER: _builtins.int
+    TRIGGER_CAMPAIGN_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
     NEXT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique in the journey: letters, digits, `_` and `-`, 1-64."""
@@ -549,6 +672,30 @@ class JourneyNode(_message.Message):
         next window, or go elsewhere.
         """
 
+    @_builtins.property
+    def parallel(self) -> Global___ParallelStep:
+        """Run several branches at once (an email path and an SMS path, each
+        with its own waits); they meet again at a join step.
+        """
+
+    @_builtins.property
+    def join(self) -> Global___JoinStep:
+        """Where a parallel step's branches meet; the way goes on to `next`
+        when all of them (or the first) arrived.
+        """
+
+    @_builtins.property
+    def suppress_bidding(self) -> Global___SuppressBiddingStep:
+        """Take the person out of bidding (one campaign, or all) for a while."""
+
+    @_builtins.property
+    def trigger_campaign(self) -> Global___TriggerCampaignStep:
+        """Send a LIVE messaging campaign's message to the person."""
+
+    @_builtins.property
+    def tag(self) -> Global___TagStep:
+        """Add tags to the person or remove them: segments on tags follow."""
+
     def __init__(
         self,
         *,
@@ -562,13 +709,18 @@ class JourneyNode(_message.Message):
         start_journey: Global___StartJourneyStep | None = ...,
         digest: Global___DigestStep | None = ...,
         throttle: Global___ThrottleStep | None = ...,
+        parallel: Global___ParallelStep | None = ...,
+        join: Global___JoinStep | None = ...,
+        suppress_bidding: Global___SuppressBiddingStep | None = ...,
+        trigger_campaign: Global___TriggerCampaignStep | None = ...,
+        tag: Global___TagStep | None = ...,
         next: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "digest", b"digest", "exit", b"exit", "send", b"send", "split", b"split", "start_journey", b"start_journey", "step", b"step", "throttle", b"throttle", "update", b"update", "wait", b"wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "digest", b"digest", "exit", b"exit", "join", b"join", "parallel", b"parallel", "send", b"send", "split", b"split", "start_journey", b"start_journey", "step", b"step", "suppress_bidding", b"suppress_bidding", "tag", b"tag", "throttle", b"throttle", "trigger_campaign", b"trigger_campaign", "update", b"update", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "digest", b"digest", "exit", b"exit", "id", b"id", "next", b"next", "send", b"send", "split", b"split", "start_journey", b"start_journey", "step", b"step", "throttle", b"throttle", "update", b"update", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "digest", b"digest", "exit", b"exit", "id", b"id", "join", b"join", "next", b"next", "parallel", b"parallel", "send", b"send", "split", b"split", "start_journey", b"start_journey", "step", b"step", "suppress_bidding", b"suppress_bidding", "tag", b"tag", "throttle", b"throttle", "trigger_campaign", b"trigger_campaign", "update", b"update", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_step: _TypeAlias = _typing.Literal["send", "wait", "decision", "exit", "split", "update", "start_journey", "digest", "throttle"]  # noqa: Y015
+    _WhichOneofReturnType_step: _TypeAlias = _typing.Literal["send", "wait", "decision", "exit", "split", "update", "start_journey", "digest", "throttle", "parallel", "join", "suppress_bidding", "trigger_campaign", "tag"]  # noqa: Y015
     _WhichOneofArgType_step: _TypeAlias = _typing.Literal["step", b"step"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_step) -> _WhichOneofReturnType_step | None: ...
 
@@ -734,6 +886,157 @@ class ThrottleStep(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ThrottleStep: _TypeAlias = ThrottleStep  # noqa: Y015
+
+@_typing.final
+class ParallelStep(_message.Message):
+    """Run branches at the same time. Each branch starts at a node and runs as
+    its own path (sends, waits, decisions...) until it reaches `join`; a
+    branch that reaches an exit step takes the person out of the journey (the
+    other branches stop), one that reaches the end (an empty `next`) just
+    ends. Saving checks that every branch stays inside: it may not lead back
+    to this step, nor past the join.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BRANCHES_FIELD_NUMBER: _builtins.int
+    JOIN_FIELD_NUMBER: _builtins.int
+    join: _builtins.str
+    """The join step where the branches meet (a node id of a `join` step that
+    belongs to this parallel step alone).
+    """
+    @_builtins.property
+    def branches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where each branch starts: 2-10 distinct node ids."""
+
+    def __init__(
+        self,
+        *,
+        branches: _abc.Iterable[_builtins.str] | None = ...,
+        join: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branches", b"branches", "join", b"join"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParallelStep: _TypeAlias = ParallelStep  # noqa: Y015
+
+@_typing.final
+class JoinStep(_message.Message):
+    """Where the branches of a parallel step meet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    mode: Global___JoinMode.ValueType
+    """When the way goes on."""
+    def __init__(
+        self,
+        *,
+        mode: Global___JoinMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinStep: _TypeAlias = JoinStep  # noqa: Y015
+
+@_typing.final
+class SuppressBiddingStep(_message.Message):
+    """Bids skip the person for a while: for one campaign, or every campaign
+    (the bid-time profile carries it to every serving process; a bid
+    request with nothing else to offer them is answered no-bid, reason
+    SUPPRESSED). A later step for the same campaign with a later end extends
+    it; an earlier end never shortens it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    campaign: _builtins.str
+    """`tenants/{tenant}/campaigns/{campaign}`; empty: every campaign."""
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """How long (1 second to 365 days) from the step."""
+
+    def __init__(
+        self,
+        *,
+        campaign: _builtins.str = ...,
+        duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "duration", b"duration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuppressBiddingStep: _TypeAlias = SuppressBiddingStep  # noqa: Y015
+
+@_typing.final
+class TriggerCampaignStep(_message.Message):
+    """Send a LIVE messaging campaign's message (its template, billed to it,
+    with its delivery rules) to the person: keyed as the campaign's own
+    sends, so a person gets it once whether through its audience or
+    through journeys. A campaign that is not LIVE (or has no message) sends
+    nothing and the way goes on; its history says so.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    campaign: _builtins.str
+    """`tenants/{tenant}/campaigns/{campaign}`."""
+    def __init__(
+        self,
+        *,
+        campaign: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerCampaignStep: _TypeAlias = TriggerCampaignStep  # noqa: Y015
+
+@_typing.final
+class TagStep(_message.Message):
+    """Add or remove tags in the person's `tags` trait (a list): segments with
+    a condition on it (`tags` CONTAINS "vip") gain or lose them, with their
+    entered / exited news.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADD_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags to add (1-100 characters each; at most 20 in all with `remove`)."""
+
+    @_builtins.property
+    def remove(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags to remove."""
+
+    def __init__(
+        self,
+        *,
+        add: _abc.Iterable[_builtins.str] | None = ...,
+        remove: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "remove", b"remove"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TagStep: _TypeAlias = TagStep  # noqa: Y015
 
 @_typing.final
 class UpdateStep(_message.Message):

@@ -30,13 +30,15 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1campaignexpress/journeys/v1/journey_service.proto\x12\x1b\x63\x61mpaignexpress.journeys.v1\x1a)campaignexpress/journeys/v1/journey.proto\x1a$campaignexpress/type/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\"]\n\x14\x43reateJourneyRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x35\n\x07journey\x18\x02 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"N\n\x15\x43reateJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"!\n\x11GetJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"K\n\x12GetJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"L\n\x13ListJourneysRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"g\n\x14ListJourneysResponse\x12\x36\n\x08journeys\x18\x01 \x03(\x0b\x32$.campaignexpress.journeys.v1.Journey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"~\n\x14UpdateJourneyRequest\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"N\n\x15UpdateJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"%\n\x15PublishJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"O\n\x16PublishJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"#\n\x13PauseJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x14PauseJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"$\n\x14ResumeJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"N\n\x15ResumeJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"&\n\x16\x43ompleteJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x17\x43ompleteJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"%\n\x15\x41rchiveJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"O\n\x16\x41rchiveJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"\x85\x01\n\x13\x45nterJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"g\n\x14\x45nterJourneyResponse\x12>\n\x08instance\x18\x01 \x01(\x0b\x32,.campaignexpress.journeys.v1.JourneyInstance\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\")\n\x19GetJourneyInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\\\n\x1aGetJourneyInstanceResponse\x12>\n\x08instance\x18\x01 \x01(\x0b\x32,.campaignexpress.journeys.v1.JourneyInstance\"\xa0\x01\n\x1bListJourneyInstancesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x39\n\x05state\x18\x04 \x01(\x0e\x32*.campaignexpress.journeys.v1.InstanceState\x12\x0f\n\x07profile\x18\x05 \x01(\t\"x\n\x1cListJourneyInstancesResponse\x12?\n\tinstances\x18\x01 \x03(\x0b\x32,.campaignexpress.journeys.v1.JourneyInstance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x96\x01\n\"ListProfileJourneyInstancesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x39\n\x05state\x18\x04 \x01(\x0e\x32*.campaignexpress.journeys.v1.InstanceState\"\x7f\n#ListProfileJourneyInstancesResponse\x12?\n\tinstances\x18\x01 \x03(\x0b\x32,.campaignexpress.journeys.v1.JourneyInstance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"i\n\x16SimulateJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x05\x12\x0e\n\x06\x65vents\x18\x05 \x03(\t\"\xc2\x01\n\x17SimulateJourneyResponse\x12\x39\n\x05steps\x18\x01 \x03(\x0b\x32*.campaignexpress.journeys.v1.SimulatedStep\x12=\n\tend_state\x18\x02 \x01(\x0e\x32*.campaignexpress.journeys.v1.InstanceState\x12-\n\ntotal_wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"U\n\rSimulatedStep\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12%\n\x02\x61t\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\";\n\x1aGetJourneyAnalyticsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"X\n\x1bGetJourneyAnalyticsResponse\x12\x39\n\x05nodes\x18\x01 \x03(\x0b\x32*.campaignexpress.journeys.v1.NodeAnalytics\"a\n\rNodeAnalytics\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x65ntered\x18\x02 \x01(\x03\x12\x11\n\tconverted\x18\x03 \x01(\x03\x12\x0e\n\x06\x65xited\x18\x04 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x03\"7\n\x16RollbackJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"P\n\x17RollbackJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey2\xad\x17\n\x0eJourneyService\x12\xb0\x01\n\rCreateJourney\x12\x31.campaignexpress.journeys.v1.CreateJourneyRequest\x1a\x32.campaignexpress.journeys.v1.CreateJourneyResponse\"8\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02*\"\x1f/v1/{parent=tenants/*}/journeys:\x07journey\x12\x9c\x01\n\nGetJourney\x12..campaignexpress.journeys.v1.GetJourneyRequest\x1a/.campaignexpress.journeys.v1.GetJourneyResponse\"-\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=tenants/*/journeys/*}\x12\xa2\x01\n\x0cListJourneys\x12\x30.campaignexpress.journeys.v1.ListJourneysRequest\x1a\x31.campaignexpress.journeys.v1.ListJourneysResponse\"-\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=tenants/*}/journeys\x12\xb8\x01\n\rUpdateJourney\x12\x31.campaignexpress.journeys.v1.UpdateJourneyRequest\x1a\x32.campaignexpress.journeys.v1.UpdateJourneyResponse\"@\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02\x32\x32\'/v1/{journey.name=tenants/*/journeys/*}:\x07journey\x12\xb5\x01\n\x0ePublishJourney\x12\x32.campaignexpress.journeys.v1.PublishJourneyRequest\x1a\x33.campaignexpress.journeys.v1.PublishJourneyResponse\":\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02,\"\'/v1/{name=tenants/*/journeys/*}:publish:\x01*\x12\xb9\x01\n\x0fRollbackJourney\x12\x33.campaignexpress.journeys.v1.RollbackJourneyRequest\x1a\x34.campaignexpress.journeys.v1.RollbackJourneyResponse\";\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02-\"(/v1/{name=tenants/*/journeys/*}:rollback:\x01*\x12\xad\x01\n\x0cPauseJourney\x12\x30.campaignexpress.journeys.v1.PauseJourneyRequest\x1a\x31.campaignexpress.journeys.v1.PauseJourneyResponse\"8\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02*\"%/v1/{name=tenants/*/journeys/*}:pause:\x01*\x12\xb1\x01\n\rResumeJourney\x12\x31.campaignexpress.journeys.v1.ResumeJourneyRequest\x1a\x32.campaignexpress.journeys.v1.ResumeJourneyResponse\"9\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02+\"&/v1/{name=tenants/*/journeys/*}:resume:\x01*\x12\xb9\x01\n\x0f\x43ompleteJourney\x12\x33.campaignexpress.journeys.v1.CompleteJourneyRequest\x1a\x34.campaignexpress.journeys.v1.CompleteJourneyResponse\";\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02-\"(/v1/{name=tenants/*/journeys/*}:complete:\x01*\x12\xb5\x01\n\x0e\x41rchiveJourney\x12\x32.campaignexpress.journeys.v1.ArchiveJourneyRequest\x1a\x33.campaignexpress.journeys.v1.ArchiveJourneyResponse\":\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02,\"\'/v1/{name=tenants/*/journeys/*}:archive:\x01*\x12\xad\x01\n\x0c\x45nterJourney\x12\x30.campaignexpress.journeys.v1.EnterJourneyRequest\x1a\x31.campaignexpress.journeys.v1.EnterJourneyResponse\"8\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02*\"%/v1/{name=tenants/*/journeys/*}:enter:\x01*\x12\xc0\x01\n\x12GetJourneyInstance\x12\x36.campaignexpress.journeys.v1.GetJourneyInstanceRequest\x1a\x37.campaignexpress.journeys.v1.GetJourneyInstanceResponse\"9\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02-\x12+/v1/{name=tenants/*/journeys/*/instances/*}\x12\xc6\x01\n\x14ListJourneyInstances\x12\x38.campaignexpress.journeys.v1.ListJourneyInstancesRequest\x1a\x39.campaignexpress.journeys.v1.ListJourneyInstancesResponse\"9\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02-\x12+/v1/{parent=tenants/*/journeys/*}/instances\x12\xb7\x01\n\x0fSimulateJourney\x12\x33.campaignexpress.journeys.v1.SimulateJourneyRequest\x1a\x34.campaignexpress.journeys.v1.SimulateJourneyResponse\"9\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02-\"(/v1/{name=tenants/*/journeys/*}:simulate:\x01*\x12\xc1\x01\n\x13GetJourneyAnalytics\x12\x37.campaignexpress.journeys.v1.GetJourneyAnalyticsRequest\x1a\x38.campaignexpress.journeys.v1.GetJourneyAnalyticsResponse\"7\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02+\x12)/v1/{name=tenants/*/journeys/*}/analytics\x12\xe2\x01\n\x1bListProfileJourneyInstances\x12?.campaignexpress.journeys.v1.ListProfileJourneyInstancesRequest\x1a@.campaignexpress.journeys.v1.ListProfileJourneyInstancesResponse\"@\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02\x34\x12\x32/v1/{parent=tenants/*/profiles/*}/journeyInstancesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1campaignexpress/journeys/v1/journey_service.proto\x12\x1b\x63\x61mpaignexpress.journeys.v1\x1a)campaignexpress/journeys/v1/journey.proto\x1a$campaignexpress/type/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\"]\n\x14\x43reateJourneyRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x35\n\x07journey\x18\x02 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"N\n\x15\x43reateJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"!\n\x11GetJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"K\n\x12GetJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"L\n\x13ListJourneysRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"g\n\x14ListJourneysResponse\x12\x36\n\x08journeys\x18\x01 \x03(\x0b\x32$.campaignexpress.journeys.v1.Journey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"~\n\x14UpdateJourneyRequest\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"N\n\x15UpdateJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"\xb4\x01\n\x15PublishJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12Y\n\x0cnode_mapping\x18\x02 \x03(\x0b\x32\x43.campaignexpress.journeys.v1.PublishJourneyRequest.NodeMappingEntry\x1a\x32\n\x10NodeMappingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x01\n\x16PublishJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\x12?\n\tconflicts\x18\x02 \x03(\x0b\x32,.campaignexpress.journeys.v1.JourneyConflict\x12\x16\n\x0emigrating_ways\x18\x03 \x01(\x03\"&\n\x16ValidateJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x99\x01\n\x17ValidateJourneyResponse\x12=\n\x08problems\x18\x01 \x03(\x0b\x32+.campaignexpress.journeys.v1.JourneyProblem\x12?\n\tconflicts\x18\x02 \x03(\x0b\x32,.campaignexpress.journeys.v1.JourneyConflict\"#\n\x13PauseJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x14PauseJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"$\n\x14ResumeJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"N\n\x15ResumeJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"&\n\x16\x43ompleteJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x17\x43ompleteJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"%\n\x15\x41rchiveJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"O\n\x16\x41rchiveJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey\"\x85\x01\n\x13\x45nterJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"g\n\x14\x45nterJourneyResponse\x12>\n\x08instance\x18\x01 \x01(\x0b\x32,.campaignexpress.journeys.v1.JourneyInstance\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\")\n\x19GetJourneyInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\\\n\x1aGetJourneyInstanceResponse\x12>\n\x08instance\x18\x01 \x01(\x0b\x32,.campaignexpress.journeys.v1.JourneyInstance\"\xa0\x01\n\x1bListJourneyInstancesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x39\n\x05state\x18\x04 \x01(\x0e\x32*.campaignexpress.journeys.v1.InstanceState\x12\x0f\n\x07profile\x18\x05 \x01(\t\"x\n\x1cListJourneyInstancesResponse\x12?\n\tinstances\x18\x01 \x03(\x0b\x32,.campaignexpress.journeys.v1.JourneyInstance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x96\x01\n\"ListProfileJourneyInstancesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x39\n\x05state\x18\x04 \x01(\x0e\x32*.campaignexpress.journeys.v1.InstanceState\"\x7f\n#ListProfileJourneyInstancesResponse\x12?\n\tinstances\x18\x01 \x03(\x0b\x32,.campaignexpress.journeys.v1.JourneyInstance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"i\n\x16SimulateJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x05\x12\x0e\n\x06\x65vents\x18\x05 \x03(\t\"\xc2\x01\n\x17SimulateJourneyResponse\x12\x39\n\x05steps\x18\x01 \x03(\x0b\x32*.campaignexpress.journeys.v1.SimulatedStep\x12=\n\tend_state\x18\x02 \x01(\x0e\x32*.campaignexpress.journeys.v1.InstanceState\x12-\n\ntotal_wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"U\n\rSimulatedStep\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12%\n\x02\x61t\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\";\n\x1aGetJourneyAnalyticsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"X\n\x1bGetJourneyAnalyticsResponse\x12\x39\n\x05nodes\x18\x01 \x03(\x0b\x32*.campaignexpress.journeys.v1.NodeAnalytics\"a\n\rNodeAnalytics\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x65ntered\x18\x02 \x01(\x03\x12\x11\n\tconverted\x18\x03 \x01(\x03\x12\x0e\n\x06\x65xited\x18\x04 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x03\"7\n\x16RollbackJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"P\n\x17RollbackJourneyResponse\x12\x35\n\x07journey\x18\x01 \x01(\x0b\x32$.campaignexpress.journeys.v1.Journey2\xe7\x18\n\x0eJourneyService\x12\xb0\x01\n\rCreateJourney\x12\x31.campaignexpress.journeys.v1.CreateJourneyRequest\x1a\x32.campaignexpress.journeys.v1.CreateJourneyResponse\"8\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02*\"\x1f/v1/{parent=tenants/*}/journeys:\x07journey\x12\x9c\x01\n\nGetJourney\x12..campaignexpress.journeys.v1.GetJourneyRequest\x1a/.campaignexpress.journeys.v1.GetJourneyResponse\"-\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=tenants/*/journeys/*}\x12\xa2\x01\n\x0cListJourneys\x12\x30.campaignexpress.journeys.v1.ListJourneysRequest\x1a\x31.campaignexpress.journeys.v1.ListJourneysResponse\"-\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=tenants/*}/journeys\x12\xb8\x01\n\rUpdateJourney\x12\x31.campaignexpress.journeys.v1.UpdateJourneyRequest\x1a\x32.campaignexpress.journeys.v1.UpdateJourneyResponse\"@\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02\x32\x32\'/v1/{journey.name=tenants/*/journeys/*}:\x07journey\x12\xb7\x01\n\x0fValidateJourney\x12\x33.campaignexpress.journeys.v1.ValidateJourneyRequest\x1a\x34.campaignexpress.journeys.v1.ValidateJourneyResponse\"9\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02-\"(/v1/{name=tenants/*/journeys/*}:validate:\x01*\x12\xb5\x01\n\x0ePublishJourney\x12\x32.campaignexpress.journeys.v1.PublishJourneyRequest\x1a\x33.campaignexpress.journeys.v1.PublishJourneyResponse\":\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02,\"\'/v1/{name=tenants/*/journeys/*}:publish:\x01*\x12\xb9\x01\n\x0fRollbackJourney\x12\x33.campaignexpress.journeys.v1.RollbackJourneyRequest\x1a\x34.campaignexpress.journeys.v1.RollbackJourneyResponse\";\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02-\"(/v1/{name=tenants/*/journeys/*}:rollback:\x01*\x12\xad\x01\n\x0cPauseJourney\x12\x30.campaignexpress.journeys.v1.PauseJourneyRequest\x1a\x31.campaignexpress.journeys.v1.PauseJourneyResponse\"8\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02*\"%/v1/{name=tenants/*/journeys/*}:pause:\x01*\x12\xb1\x01\n\rResumeJourney\x12\x31.campaignexpress.journeys.v1.ResumeJourneyRequest\x1a\x32.campaignexpress.journeys.v1.ResumeJourneyResponse\"9\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02+\"&/v1/{name=tenants/*/journeys/*}:resume:\x01*\x12\xb9\x01\n\x0f\x43ompleteJourney\x12\x33.campaignexpress.journeys.v1.CompleteJourneyRequest\x1a\x34.campaignexpress.journeys.v1.CompleteJourneyResponse\";\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02-\"(/v1/{name=tenants/*/journeys/*}:complete:\x01*\x12\xb5\x01\n\x0e\x41rchiveJourney\x12\x32.campaignexpress.journeys.v1.ArchiveJourneyRequest\x1a\x33.campaignexpress.journeys.v1.ArchiveJourneyResponse\":\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02,\"\'/v1/{name=tenants/*/journeys/*}:archive:\x01*\x12\xad\x01\n\x0c\x45nterJourney\x12\x30.campaignexpress.journeys.v1.EnterJourneyRequest\x1a\x31.campaignexpress.journeys.v1.EnterJourneyResponse\"8\x8a\xb5\x18\x04\x08\x06\x18\x01\x82\xd3\xe4\x93\x02*\"%/v1/{name=tenants/*/journeys/*}:enter:\x01*\x12\xc0\x01\n\x12GetJourneyInstance\x12\x36.campaignexpress.journeys.v1.GetJourneyInstanceRequest\x1a\x37.campaignexpress.journeys.v1.GetJourneyInstanceResponse\"9\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02-\x12+/v1/{name=tenants/*/journeys/*/instances/*}\x12\xc6\x01\n\x14ListJourneyInstances\x12\x38.campaignexpress.journeys.v1.ListJourneyInstancesRequest\x1a\x39.campaignexpress.journeys.v1.ListJourneyInstancesResponse\"9\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02-\x12+/v1/{parent=tenants/*/journeys/*}/instances\x12\xb7\x01\n\x0fSimulateJourney\x12\x33.campaignexpress.journeys.v1.SimulateJourneyRequest\x1a\x34.campaignexpress.journeys.v1.SimulateJourneyResponse\"9\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02-\"(/v1/{name=tenants/*/journeys/*}:simulate:\x01*\x12\xc1\x01\n\x13GetJourneyAnalytics\x12\x37.campaignexpress.journeys.v1.GetJourneyAnalyticsRequest\x1a\x38.campaignexpress.journeys.v1.GetJourneyAnalyticsResponse\"7\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02+\x12)/v1/{name=tenants/*/journeys/*}/analytics\x12\xe2\x01\n\x1bListProfileJourneyInstances\x12?.campaignexpress.journeys.v1.ListProfileJourneyInstancesRequest\x1a@.campaignexpress.journeys.v1.ListProfileJourneyInstancesResponse\"@\x8a\xb5\x18\x02\x08\x05\x82\xd3\xe4\x93\x02\x34\x12\x32/v1/{parent=tenants/*/profiles/*}/journeyInstancesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'campaignexpress.journeys.v1.journey_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PUBLISHJOURNEYREQUEST_NODEMAPPINGENTRY']._loaded_options = None
+  _globals['_PUBLISHJOURNEYREQUEST_NODEMAPPINGENTRY']._serialized_options = b'8\001'
   _globals['_JOURNEYSERVICE'].methods_by_name['CreateJourney']._loaded_options = None
   _globals['_JOURNEYSERVICE'].methods_by_name['CreateJourney']._serialized_options = b'\212\265\030\004\010\006\030\001\202\323\344\223\002*\"\037/v1/{parent=tenants/*}/journeys:\007journey'
   _globals['_JOURNEYSERVICE'].methods_by_name['GetJourney']._loaded_options = None
@@ -45,6 +47,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOURNEYSERVICE'].methods_by_name['ListJourneys']._serialized_options = b'\212\265\030\002\010\005\202\323\344\223\002!\022\037/v1/{parent=tenants/*}/journeys'
   _globals['_JOURNEYSERVICE'].methods_by_name['UpdateJourney']._loaded_options = None
   _globals['_JOURNEYSERVICE'].methods_by_name['UpdateJourney']._serialized_options = b'\212\265\030\004\010\006\030\001\202\323\344\223\00222\'/v1/{journey.name=tenants/*/journeys/*}:\007journey'
+  _globals['_JOURNEYSERVICE'].methods_by_name['ValidateJourney']._loaded_options = None
+  _globals['_JOURNEYSERVICE'].methods_by_name['ValidateJourney']._serialized_options = b'\212\265\030\002\010\005\202\323\344\223\002-\"(/v1/{name=tenants/*/journeys/*}:validate:\001*'
   _globals['_JOURNEYSERVICE'].methods_by_name['PublishJourney']._loaded_options = None
   _globals['_JOURNEYSERVICE'].methods_by_name['PublishJourney']._serialized_options = b'\212\265\030\004\010\006\030\001\202\323\344\223\002,\"\'/v1/{name=tenants/*/journeys/*}:publish:\001*'
   _globals['_JOURNEYSERVICE'].methods_by_name['RollbackJourney']._loaded_options = None
@@ -85,58 +89,64 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEJOURNEYREQUEST']._serialized_end=885
   _globals['_UPDATEJOURNEYRESPONSE']._serialized_start=887
   _globals['_UPDATEJOURNEYRESPONSE']._serialized_end=965
-  _globals['_PUBLISHJOURNEYREQUEST']._serialized_start=967
-  _globals['_PUBLISHJOURNEYREQUEST']._serialized_end=1004
-  _globals['_PUBLISHJOURNEYRESPONSE']._serialized_start=1006
-  _globals['_PUBLISHJOURNEYRESPONSE']._serialized_end=1085
-  _globals['_PAUSEJOURNEYREQUEST']._serialized_start=1087
-  _globals['_PAUSEJOURNEYREQUEST']._serialized_end=1122
-  _globals['_PAUSEJOURNEYRESPONSE']._serialized_start=1124
-  _globals['_PAUSEJOURNEYRESPONSE']._serialized_end=1201
-  _globals['_RESUMEJOURNEYREQUEST']._serialized_start=1203
-  _globals['_RESUMEJOURNEYREQUEST']._serialized_end=1239
-  _globals['_RESUMEJOURNEYRESPONSE']._serialized_start=1241
-  _globals['_RESUMEJOURNEYRESPONSE']._serialized_end=1319
-  _globals['_COMPLETEJOURNEYREQUEST']._serialized_start=1321
-  _globals['_COMPLETEJOURNEYREQUEST']._serialized_end=1359
-  _globals['_COMPLETEJOURNEYRESPONSE']._serialized_start=1361
-  _globals['_COMPLETEJOURNEYRESPONSE']._serialized_end=1441
-  _globals['_ARCHIVEJOURNEYREQUEST']._serialized_start=1443
-  _globals['_ARCHIVEJOURNEYREQUEST']._serialized_end=1480
-  _globals['_ARCHIVEJOURNEYRESPONSE']._serialized_start=1482
-  _globals['_ARCHIVEJOURNEYRESPONSE']._serialized_end=1561
-  _globals['_ENTERJOURNEYREQUEST']._serialized_start=1564
-  _globals['_ENTERJOURNEYREQUEST']._serialized_end=1697
-  _globals['_ENTERJOURNEYRESPONSE']._serialized_start=1699
-  _globals['_ENTERJOURNEYRESPONSE']._serialized_end=1802
-  _globals['_GETJOURNEYINSTANCEREQUEST']._serialized_start=1804
-  _globals['_GETJOURNEYINSTANCEREQUEST']._serialized_end=1845
-  _globals['_GETJOURNEYINSTANCERESPONSE']._serialized_start=1847
-  _globals['_GETJOURNEYINSTANCERESPONSE']._serialized_end=1939
-  _globals['_LISTJOURNEYINSTANCESREQUEST']._serialized_start=1942
-  _globals['_LISTJOURNEYINSTANCESREQUEST']._serialized_end=2102
-  _globals['_LISTJOURNEYINSTANCESRESPONSE']._serialized_start=2104
-  _globals['_LISTJOURNEYINSTANCESRESPONSE']._serialized_end=2224
-  _globals['_LISTPROFILEJOURNEYINSTANCESREQUEST']._serialized_start=2227
-  _globals['_LISTPROFILEJOURNEYINSTANCESREQUEST']._serialized_end=2377
-  _globals['_LISTPROFILEJOURNEYINSTANCESRESPONSE']._serialized_start=2379
-  _globals['_LISTPROFILEJOURNEYINSTANCESRESPONSE']._serialized_end=2506
-  _globals['_SIMULATEJOURNEYREQUEST']._serialized_start=2508
-  _globals['_SIMULATEJOURNEYREQUEST']._serialized_end=2613
-  _globals['_SIMULATEJOURNEYRESPONSE']._serialized_start=2616
-  _globals['_SIMULATEJOURNEYRESPONSE']._serialized_end=2810
-  _globals['_SIMULATEDSTEP']._serialized_start=2812
-  _globals['_SIMULATEDSTEP']._serialized_end=2897
-  _globals['_GETJOURNEYANALYTICSREQUEST']._serialized_start=2899
-  _globals['_GETJOURNEYANALYTICSREQUEST']._serialized_end=2958
-  _globals['_GETJOURNEYANALYTICSRESPONSE']._serialized_start=2960
-  _globals['_GETJOURNEYANALYTICSRESPONSE']._serialized_end=3048
-  _globals['_NODEANALYTICS']._serialized_start=3050
-  _globals['_NODEANALYTICS']._serialized_end=3147
-  _globals['_ROLLBACKJOURNEYREQUEST']._serialized_start=3149
-  _globals['_ROLLBACKJOURNEYREQUEST']._serialized_end=3204
-  _globals['_ROLLBACKJOURNEYRESPONSE']._serialized_start=3206
-  _globals['_ROLLBACKJOURNEYRESPONSE']._serialized_end=3286
-  _globals['_JOURNEYSERVICE']._serialized_start=3289
-  _globals['_JOURNEYSERVICE']._serialized_end=6278
+  _globals['_PUBLISHJOURNEYREQUEST']._serialized_start=968
+  _globals['_PUBLISHJOURNEYREQUEST']._serialized_end=1148
+  _globals['_PUBLISHJOURNEYREQUEST_NODEMAPPINGENTRY']._serialized_start=1098
+  _globals['_PUBLISHJOURNEYREQUEST_NODEMAPPINGENTRY']._serialized_end=1148
+  _globals['_PUBLISHJOURNEYRESPONSE']._serialized_start=1151
+  _globals['_PUBLISHJOURNEYRESPONSE']._serialized_end=1319
+  _globals['_VALIDATEJOURNEYREQUEST']._serialized_start=1321
+  _globals['_VALIDATEJOURNEYREQUEST']._serialized_end=1359
+  _globals['_VALIDATEJOURNEYRESPONSE']._serialized_start=1362
+  _globals['_VALIDATEJOURNEYRESPONSE']._serialized_end=1515
+  _globals['_PAUSEJOURNEYREQUEST']._serialized_start=1517
+  _globals['_PAUSEJOURNEYREQUEST']._serialized_end=1552
+  _globals['_PAUSEJOURNEYRESPONSE']._serialized_start=1554
+  _globals['_PAUSEJOURNEYRESPONSE']._serialized_end=1631
+  _globals['_RESUMEJOURNEYREQUEST']._serialized_start=1633
+  _globals['_RESUMEJOURNEYREQUEST']._serialized_end=1669
+  _globals['_RESUMEJOURNEYRESPONSE']._serialized_start=1671
+  _globals['_RESUMEJOURNEYRESPONSE']._serialized_end=1749
+  _globals['_COMPLETEJOURNEYREQUEST']._serialized_start=1751
+  _globals['_COMPLETEJOURNEYREQUEST']._serialized_end=1789
+  _globals['_COMPLETEJOURNEYRESPONSE']._serialized_start=1791
+  _globals['_COMPLETEJOURNEYRESPONSE']._serialized_end=1871
+  _globals['_ARCHIVEJOURNEYREQUEST']._serialized_start=1873
+  _globals['_ARCHIVEJOURNEYREQUEST']._serialized_end=1910
+  _globals['_ARCHIVEJOURNEYRESPONSE']._serialized_start=1912
+  _globals['_ARCHIVEJOURNEYRESPONSE']._serialized_end=1991
+  _globals['_ENTERJOURNEYREQUEST']._serialized_start=1994
+  _globals['_ENTERJOURNEYREQUEST']._serialized_end=2127
+  _globals['_ENTERJOURNEYRESPONSE']._serialized_start=2129
+  _globals['_ENTERJOURNEYRESPONSE']._serialized_end=2232
+  _globals['_GETJOURNEYINSTANCEREQUEST']._serialized_start=2234
+  _globals['_GETJOURNEYINSTANCEREQUEST']._serialized_end=2275
+  _globals['_GETJOURNEYINSTANCERESPONSE']._serialized_start=2277
+  _globals['_GETJOURNEYINSTANCERESPONSE']._serialized_end=2369
+  _globals['_LISTJOURNEYINSTANCESREQUEST']._serialized_start=2372
+  _globals['_LISTJOURNEYINSTANCESREQUEST']._serialized_end=2532
+  _globals['_LISTJOURNEYINSTANCESRESPONSE']._serialized_start=2534
+  _globals['_LISTJOURNEYINSTANCESRESPONSE']._serialized_end=2654
+  _globals['_LISTPROFILEJOURNEYINSTANCESREQUEST']._serialized_start=2657
+  _globals['_LISTPROFILEJOURNEYINSTANCESREQUEST']._serialized_end=2807
+  _globals['_LISTPROFILEJOURNEYINSTANCESRESPONSE']._serialized_start=2809
+  _globals['_LISTPROFILEJOURNEYINSTANCESRESPONSE']._serialized_end=2936
+  _globals['_SIMULATEJOURNEYREQUEST']._serialized_start=2938
+  _globals['_SIMULATEJOURNEYREQUEST']._serialized_end=3043
+  _globals['_SIMULATEJOURNEYRESPONSE']._serialized_start=3046
+  _globals['_SIMULATEJOURNEYRESPONSE']._serialized_end=3240
+  _globals['_SIMULATEDSTEP']._serialized_start=3242
+  _globals['_SIMULATEDSTEP']._serialized_end=3327
+  _globals['_GETJOURNEYANALYTICSREQUEST']._serialized_start=3329
+  _globals['_GETJOURNEYANALYTICSREQUEST']._serialized_end=3388
+  _globals['_GETJOURNEYANALYTICSRESPONSE']._serialized_start=3390
+  _globals['_GETJOURNEYANALYTICSRESPONSE']._serialized_end=3478
+  _globals['_NODEANALYTICS']._serialized_start=3480
+  _globals['_NODEANALYTICS']._serialized_end=3577
+  _globals['_ROLLBACKJOURNEYREQUEST']._serialized_start=3579
+  _globals['_ROLLBACKJOURNEYREQUEST']._serialized_end=3634
+  _globals['_ROLLBACKJOURNEYRESPONSE']._serialized_start=3636
+  _globals['_ROLLBACKJOURNEYRESPONSE']._serialized_end=3716
+  _globals['_JOURNEYSERVICE']._serialized_start=3719
+  _globals['_JOURNEYSERVICE']._serialized_end=6894
 # @@protoc_insertion_point(module_scope)

@@ -240,6 +240,96 @@ class PublishJourneyRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class NodeMappingEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    NODE_MAPPING_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/journeys/{journey}`."""
+    @_builtins.property
+    def node_mapping(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Moves ways of earlier versions onto the new one: a way waiting at (or
+        next stepping from) a node named here goes on at the mapped node of
+        the new version (a wait there starts afresh). Ways elsewhere, and
+        every way without a mapping, stay on their version. At most 200.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        node_mapping: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "node_mapping", b"node_mapping"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishJourneyRequest: _TypeAlias = PublishJourneyRequest  # noqa: Y015
+
+@_typing.final
+class PublishJourneyResponse(_message.Message):
+    """Response of PublishJourney."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOURNEY_FIELD_NUMBER: _builtins.int
+    CONFLICTS_FIELD_NUMBER: _builtins.int
+    MIGRATING_WAYS_FIELD_NUMBER: _builtins.int
+    migrating_ways: _builtins.int
+    """Ways told to move to the new version (by `node_mapping`); each moves
+    at once, or at its next step when inside a parallel step's branches.
+    """
+    @_builtins.property
+    def journey(self) -> _journey_pb2.Journey:
+        """The journey, ACTIVE at its new version."""
+
+    @_builtins.property
+    def conflicts(self) -> _containers.RepeatedCompositeFieldContainer[_journey_pb2.JourneyConflict]:
+        """Its conflicts with the tenant's other ACTIVE journeys (as
+        ValidateJourney reports them).
+        """
+
+    def __init__(
+        self,
+        *,
+        journey: _journey_pb2.Journey | None = ...,
+        conflicts: _abc.Iterable[_journey_pb2.JourneyConflict] | None = ...,
+        migrating_ways: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflicts", b"conflicts", "journey", b"journey", "migrating_ways", b"migrating_ways"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishJourneyResponse: _TypeAlias = PublishJourneyResponse  # noqa: Y015
+
+@_typing.final
+class ValidateJourneyRequest(_message.Message):
+    """Request of ValidateJourney."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`tenants/{tenant}/journeys/{journey}`."""
@@ -254,31 +344,37 @@ class PublishJourneyRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PublishJourneyRequest: _TypeAlias = PublishJourneyRequest  # noqa: Y015
+Global___ValidateJourneyRequest: _TypeAlias = ValidateJourneyRequest  # noqa: Y015
 
 @_typing.final
-class PublishJourneyResponse(_message.Message):
-    """Response of PublishJourney."""
+class ValidateJourneyResponse(_message.Message):
+    """Response of ValidateJourney."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    JOURNEY_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    CONFLICTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def journey(self) -> _journey_pb2.Journey:
-        """The journey, ACTIVE at its new version."""
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[_journey_pb2.JourneyProblem]:
+        """What publishing would refuse, each naming its field (empty: none)."""
+
+    @_builtins.property
+    def conflicts(self) -> _containers.RepeatedCompositeFieldContainer[_journey_pb2.JourneyConflict]:
+        """Conflicts with the tenant's ACTIVE journeys."""
 
     def __init__(
         self,
         *,
-        journey: _journey_pb2.Journey | None = ...,
+        problems: _abc.Iterable[_journey_pb2.JourneyProblem] | None = ...,
+        conflicts: _abc.Iterable[_journey_pb2.JourneyConflict] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["journey", b"journey"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflicts", b"conflicts", "problems", b"problems"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PublishJourneyResponse: _TypeAlias = PublishJourneyResponse  # noqa: Y015
+Global___ValidateJourneyResponse: _TypeAlias = ValidateJourneyResponse  # noqa: Y015
 
 @_typing.final
 class PauseJourneyRequest(_message.Message):

@@ -57,6 +57,11 @@ class JourneyServiceStub:
                 request_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.UpdateJourneyRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.UpdateJourneyResponse.FromString,
                 _registered_method=True)
+        self.ValidateJourney = channel.unary_unary(
+                '/campaignexpress.journeys.v1.JourneyService/ValidateJourney',
+                request_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ValidateJourneyRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ValidateJourneyResponse.FromString,
+                _registered_method=True)
         self.PublishJourney = channel.unary_unary(
                 '/campaignexpress.journeys.v1.JourneyService/PublishJourney',
                 request_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.PublishJourneyRequest.SerializeToString,
@@ -150,6 +155,15 @@ class JourneyServiceServicer:
     def UpdateJourney(self, request, context):
         """Changes a journey's definition (checked as on create); people already
         in it keep the version they entered until the next publish.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ValidateJourney(self, request, context):
+        """Checks the definition being edited as publishing would: its problems
+        (each naming its field and node) and its conflicts with the tenant's
+        ACTIVE journeys. Nothing changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -271,6 +285,11 @@ def add_JourneyServiceServicer_to_server(servicer, server):
                     servicer.UpdateJourney,
                     request_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.UpdateJourneyRequest.FromString,
                     response_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.UpdateJourneyResponse.SerializeToString,
+            ),
+            'ValidateJourney': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateJourney,
+                    request_deserializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ValidateJourneyRequest.FromString,
+                    response_serializer=campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ValidateJourneyResponse.SerializeToString,
             ),
             'PublishJourney': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishJourney,
@@ -444,6 +463,33 @@ class JourneyService:
             '/campaignexpress.journeys.v1.JourneyService/UpdateJourney',
             campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.UpdateJourneyRequest.SerializeToString,
             campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.UpdateJourneyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateJourney(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.journeys.v1.JourneyService/ValidateJourney',
+            campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ValidateJourneyRequest.SerializeToString,
+            campaignexpress_dot_journeys_dot_v1_dot_journey__service__pb2.ValidateJourneyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,11 @@ class JourneyServiceStub:
     """Changes a journey's definition (checked as on create); people already
     in it keep the version they entered until the next publish.
     """
+    ValidateJourney: _grpc.UnaryUnaryMultiCallable[_journey_service_pb2.ValidateJourneyRequest, _journey_service_pb2.ValidateJourneyResponse]
+    """Checks the definition being edited as publishing would: its problems
+    (each naming its field and node) and its conflicts with the tenant's
+    ACTIVE journeys. Nothing changes.
+    """
     PublishJourney: _grpc.UnaryUnaryMultiCallable[_journey_service_pb2.PublishJourneyRequest, _journey_service_pb2.PublishJourneyResponse]
     """Publishes the definition as the next version: ACTIVE, people enter it."""
     RollbackJourney: _grpc.UnaryUnaryMultiCallable[_journey_service_pb2.RollbackJourneyRequest, _journey_service_pb2.RollbackJourneyResponse]
@@ -109,6 +114,11 @@ class JourneyServiceAsyncStub(JourneyServiceStub):
     UpdateJourney: _aio.UnaryUnaryMultiCallable[_journey_service_pb2.UpdateJourneyRequest, _journey_service_pb2.UpdateJourneyResponse]  # type: ignore[assignment]
     """Changes a journey's definition (checked as on create); people already
     in it keep the version they entered until the next publish.
+    """
+    ValidateJourney: _aio.UnaryUnaryMultiCallable[_journey_service_pb2.ValidateJourneyRequest, _journey_service_pb2.ValidateJourneyResponse]  # type: ignore[assignment]
+    """Checks the definition being edited as publishing would: its problems
+    (each naming its field and node) and its conflicts with the tenant's
+    ACTIVE journeys. Nothing changes.
     """
     PublishJourney: _aio.UnaryUnaryMultiCallable[_journey_service_pb2.PublishJourneyRequest, _journey_service_pb2.PublishJourneyResponse]  # type: ignore[assignment]
     """Publishes the definition as the next version: ACTIVE, people enter it."""
@@ -192,6 +202,17 @@ class JourneyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_journey_service_pb2.UpdateJourneyResponse, _abc.Awaitable[_journey_service_pb2.UpdateJourneyResponse]]:
         """Changes a journey's definition (checked as on create); people already
         in it keep the version they entered until the next publish.
+        """
+
+    @_abc_1.abstractmethod
+    def ValidateJourney(
+        self,
+        request: _journey_service_pb2.ValidateJourneyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journey_service_pb2.ValidateJourneyResponse, _abc.Awaitable[_journey_service_pb2.ValidateJourneyResponse]]:
+        """Checks the definition being edited as publishing would: its problems
+        (each naming its field and node) and its conflicts with the tenant's
+        ACTIVE journeys. Nothing changes.
         """
 
     @_abc_1.abstractmethod
