@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import orjson
 import pytest
 
 from services.audience.bidview import suppressions
@@ -152,3 +154,63 @@ async def test_a_journey_triggers_a_live_campaign_once(env: Env, smtp: SmtpServe
     assert [m["Subject"] for m in smtp.to("cam@example.com")] == ["News Cam"]
     status, listed = await call(env, "GET", "tenants/acme/messages?pageSize=10")
     assert [m["campaign"] for m in listed["messages"]] == [campaign["name"]]  # billed to it
+
+
+async def test_bids_and_wins_start_journeys(env: Env) -> None:
+    """A bid for a known person enters them into a journey with a bid
+    trigger (its campaign's, or any); the win notice of that bid into one
+    with a win trigger, once however often the exchange retries it."""
+    campaign = await live_campaign(env)
+    await _person(env, "buyer")
+    buyer = await profile_of(env, "buyer")
+    on_bid = await _journey(env, {
+        "displayName": "Seen an ad", "trigger": {"bid": {"event": "BID_EVENT_BID",
+                                                         "campaign": campaign}},
+        "reentry": "REENTRY_POLICY_ALWAYS",
+        "nodes": [{"id": "t", "tag": {"add": ["saw_ad"]}}]})  # fmt: skip
+    on_win = await _journey(env, {
+        "displayName": "Won", "trigger": {"bid": {"event": "BID_EVENT_WIN"}},
+        "reentry": "REENTRY_POLICY_ALWAYS",
+        "nodes": [{"id": "t", "tag": {"add": ["shown_ad"]}}]})  # fmt: skip
+    other = await _journey(env, {
+        "displayName": "Other campaign", "trigger": {"bid": {
+            "event": "BID_EVENT_BID", "campaign": "tenants/acme/campaigns/another"}},
+        "nodes": [{"id": "t", "tag": {"add": ["never"]}}]})  # fmt: skip
+    status, body = await call(env, "GET", on_bid)
+    assert body["journey"]["trigger"]["bid"] == {"event": "BID_EVENT_BID", "campaign": campaign}
+
+    async def ways(name: str, count: int) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + 10
+        while True:
+            status, listed = await call(env, "GET", f"{name}/instances")
+            found = listed.get("instances", [])
+            if len(found) >= count or time.monotonic() > deadline:
+                return list(found)
+            await asyncio.sleep(0.05)
+
+    # the bid path hears of the journeys soon after they are published
+    await asyncio.sleep(1.0)
+    status, _, raw = await post_bid(env, bid_request("seen-1", user="buyer"))
+    assert status == 200, raw
+    (way,) = await ways(on_bid, 1)
+    assert way["profile"] == buyer
+    status, _, _ = await post_bid(env, bid_request("nobody", user="stranger"))
+    assert status == 200  # no profile: nobody enters
+    bid = orjson.loads(raw)["seatbid"][0]["bid"][0]
+    win = bid["nurl"].replace("http://localhost:8080", env.base_url)
+    for _ in range(2):  # a retried notice enters once
+        async with env.http.get(win.replace("${AUCTION_PRICE}", "1.50")) as r:
+            assert r.status == 200
+    (won,) = await ways(on_win, 1)
+    done = await instance_when(env, won["name"], lambda i: i["state"] == "INSTANCE_STATE_COMPLETED")
+    assert done["profile"] == buyer
+    await asyncio.sleep(0.5)
+    assert len(await ways(on_win, 2)) == 1 and len(await ways(on_bid, 2)) == 1
+    assert await ways(other, 1) == []
+    status, person = await call(env, "GET", buyer)
+    assert sorted(person["profile"]["traits"]["tags"]) == ["saw_ad", "shown_ad"]
+    status, bad = await call(env, "POST", "tenants/acme/journeys", {
+        "displayName": "x", "trigger": {"bid": {"campaign": "tenants/globex/campaigns/c"}},
+        "nodes": [{"id": "t", "tag": {"add": ["x"]}}]})  # fmt: skip
+    fields = [v["field"] for v in bad["error"]["fieldViolations"]]
+    assert fields == ["journey.trigger.bid.event", "journey.trigger.bid.campaign"], bad

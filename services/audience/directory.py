@@ -64,6 +64,16 @@ class Directory:
             await self.changed(tenant_id, [updated.id])
         return str(updated.id)
 
+    async def bid_person(self, tenant_id: str, bid_user_id: str) -> str | None:
+        """The profile (id) a bid request's user id names: one of its user
+        ids, anonymous ids or device advertising ids (as the bid-time view
+        is written under them); None when none has it."""
+        for kind in ("user_id", "anonymous_id", "ifa"):
+            found = await self._profiles.resolve(tenant_id, kind, bid_user_id)
+            if found is not None:
+                return str(found.id)
+        return None
+
     async def suppress_bidding(
         self, tenant_id: str, profile_id: str, campaign_id: str, until_us: int
     ) -> None:

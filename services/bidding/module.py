@@ -13,6 +13,7 @@ from campaignexpress.bidding.v1 import bidding_service_pb2, bidding_service_pb2_
 from services.analytics.pipeline import AnalyticsPipeline
 from services.bidding.caps import FrequencyCaps
 from services.bidding.currency import Rates
+from services.bidding.news import BidNews
 from services.bidding.notices import NoticeSigner
 from services.bidding.processor import BidProcessor
 from services.bidding.profile_changes import ProfileChanges
@@ -50,6 +51,8 @@ async def _build(kernel: Kernel) -> Built:
         commit_interval=BID_EVENTS_COMMIT_SECONDS,
     )
     hot_store_failed, hot_store_down = _hot_store_watch(kernel)
+    news: BidNews = kernel.interface("bid_news")
+    kernel.lifecycle(news.start, news.stop)
     signer = NoticeSigner(kernel.secret, settings.public_url)
     rates = Rates()
     caps = FrequencyCaps(backends.hot_store)
@@ -64,9 +67,12 @@ async def _build(kernel: Kernel) -> Built:
         metrics_registry=kernel.metrics_registry,
         report_outage=hot_store_failed,
         hot_store_down=hot_store_down,
+        news=news,
     )
     kernel.interface("profile_changes")  # this process hears of other writers' changes
-    settlement = Settlement(kernel.interface("spend_ledger"), caps, signer, rates, events=pipeline)
+    settlement = Settlement(
+        kernel.interface("spend_ledger"), caps, signer, rates, events=pipeline, news=news
+    )
     kernel.lifecycle(pipeline.start, pipeline.stop)
     if kernel.has_interface("data_subject_hooks"):
         kernel.interface("data_subject_hooks").register("bidding", _BidEventsInFlight(pipeline))
@@ -115,6 +121,8 @@ def _profile_store(kernel: Kernel) -> ProfileStore:
     audience domain writes them (so this process's cache sees a change at
     once)."""
     hot_store_failed, hot_store_down = _hot_store_watch(kernel)
+    news: BidNews = kernel.interface("bid_news")
+    kernel.lifecycle(news.start, news.stop)
     return ProfileStore(
         kernel.backends.hot_store,
         metrics_registry=kernel.metrics_registry,
@@ -141,5 +149,10 @@ MODULE = DomainModule(
         ),
     ),
     build=_build,
-    interfaces={"profile_store": _profile_store, "profile_changes": _profile_changes},
+    interfaces={
+        "profile_store": _profile_store,
+        "profile_changes": _profile_changes,
+        # Bids and wins as they happen, for other domains (journeys' triggers).
+        "bid_news": lambda kernel: BidNews(),
+    },
 )

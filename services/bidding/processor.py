@@ -31,6 +31,7 @@ from services.bidding.caps import FrequencyCaps
 from services.bidding.currency import Rates
 from services.bidding.identity import resolve_user_id
 from services.bidding.matching import DEVICE_GROUPS, Candidate, CandidateIndex, Context, Slot
+from services.bidding.news import BID, BidNews, BidNewsItem
 from services.bidding.notices import NoticeSigner, NoticeToken
 from services.bidding.profiles import ProfileStore, UserProfile, default_profile, tenant_user
 from services.bidding.upstream import BidEvents, LiveCampaigns
@@ -166,8 +167,10 @@ class BidProcessor:
         report_outage: Callable[[BaseException], None] | None = None,
         hot_store_down: Callable[[], bool] | None = None,
         rng: Callable[[], float] = random.random,
+        news: BidNews | None = None,
     ) -> None:
         self._index = index
+        self._news = news
         self._engine = engine
         self._profiles = profiles
         self._caps = caps
@@ -447,6 +450,10 @@ class BidProcessor:
             journaled &= self._record_bid(
                 tenant_id, request, winner, bid_id, user_id, currency, now
             )
+            news = self._news
+            if news is not None and user_id and news.wants(tenant_id, BID):
+                news.tell(BidNewsItem(BID, tenant_id, user_id, campaign.id, request.id, bid_id,
+                                      winner.price_cpm))  # fmt: skip
         return response if journaled else None
 
     def _bid_template(self, facts: OfferFacts) -> rtb.Bid:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from services.analytics.events import AnalyticsEvent, EventType
 from services.bidding.caps import FrequencyCaps
 from services.bidding.currency import Rates, UnknownCurrency
+from services.bidding.news import WIN, BidNews, BidNewsItem
 from services.bidding.notices import NoticeSigner, NoticeToken, parse_price
 from services.bidding.upstream import BidEvents, SpendLedger
 from services.campaigns.budget import DeliveryEventIn
@@ -38,8 +39,11 @@ class Settlement:
         rates: Rates,
         events: BidEvents | None = None,
         clock: Callable[[], int] = now_us,
+        news: BidNews | None = None,
     ) -> None:
         self._budgets = budgets
+        #: Told of each win settled for the first time (journeys' triggers).
+        self.news = news
         self._caps = caps
         self._signer = signer
         self._rates = rates
@@ -88,6 +92,10 @@ class Settlement:
                 token.bid_id, token.user_id, token.campaign_id, self._clock(), token.time_zone
             )
             await self._event(EventType.WIN, token, cpm)
+        news = self.news
+        if recorded and news is not None and token.user_id and news.wants(token.tenant_id, WIN):
+            news.tell(BidNewsItem(WIN, token.tenant_id, token.user_id, token.campaign_id,
+                                  token.request_id, token.bid_id, cpm))  # fmt: skip
         return recorded
 
     async def billing(self, t: str, price: str) -> bool:

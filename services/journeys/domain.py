@@ -80,6 +80,8 @@ MAX_KEY = 200
 TRIGGER_CACHE_SECONDS = 2.0
 #: How often each process looks for scheduled journeys whose time has come.
 SCHEDULE_SECONDS = 5.0
+#: How soon a journey with a bid trigger published here is heard by the bid path.
+BID_WANTS_SECONDS = 0.5
 #: A scheduled time missed while nothing ran is made up within this.
 CATCH_UP_SECONDS = 86400.0
 
@@ -102,6 +104,9 @@ class Journeys:
         self._trigger_cache: dict[str, tuple[float, dict[str, list[Journey]]]] = {}
         #: Broadcasts (services/journeys/broadcasts.py): scheduled journeys start them.
         self.broadcasts: Any = None
+        #: The bid path's news (services/bidding/news.py), when it is here.
+        self.bid_news: Any = None
+        self._bid_wants_stale = True
 
     # -- journeys -------------------------------------------------------------
 
@@ -591,11 +596,13 @@ class Journeys:
             return cached[1]
         found: dict[str, list[Journey]] = {}
         for journey in await self.store.active(tenant_id):
-            d = journey.definition
+            d = await self.store.version(journey.id, journey.version)  # as published
             if d.trigger == "event":
                 found.setdefault(d.event, []).append(journey)
             elif d.trigger == "segment":
                 found.setdefault(_segment_key(d.segment, d.segment_change), []).append(journey)
+            elif d.trigger == "bid":
+                found.setdefault(_bid_key(d.bid_event), []).append(journey)
         self._trigger_cache[tenant_id] = (now + TRIGGER_CACHE_SECONDS, found)
         return found
 
@@ -661,18 +668,69 @@ class Journeys:
         return started
 
     async def run_schedules(self) -> None:
-        """fire_schedules every SCHEDULE_SECONDS, until cancelled."""
+        """fire_schedules (and refresh_bid_wants) every SCHEDULE_SECONDS, or
+        sooner for bid wants after a change here, until cancelled."""
+        last = 0.0
         while True:
             try:
-                await self.fire_schedules()
+                if self._bid_wants_stale or time.monotonic() - last >= SCHEDULE_SECONDS:
+                    await self.refresh_bid_wants()
+                if time.monotonic() - last >= SCHEDULE_SECONDS:
+                    last = time.monotonic()
+                    await self.fire_schedules()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.warning("journeys: scheduled entries failed; trying again", exc_info=True)
-            await asyncio.sleep(SCHEDULE_SECONDS)
+            await asyncio.sleep(BID_WANTS_SECONDS)
 
     def forget_triggers(self, tenant_id: str) -> None:
         self._trigger_cache.pop(tenant_id, None)
+        if self.bid_news is not None:
+            # (bid triggers: the bid path hears of a change at once here)
+            self._bid_wants_stale = True
+
+    async def refresh_bid_wants(self) -> None:
+        """Tell the bid path which tenants' bids and wins journeys want
+        (ACTIVE journeys with a bid trigger, as published)."""
+        if self.bid_news is None:
+            return
+        self._bid_wants_stale = False
+        wanted: dict[str, set[str]] = {}
+        for journey, published, _ in await self.store.active_versions():
+            if published.trigger == "bid":
+                wanted.setdefault(journey.tenant_id, set()).add(published.bid_event)
+        self.bid_news.want({tenant: frozenset(kinds) for tenant, kinds in wanted.items()})
+
+    async def on_bid_news(self, items: Sequence[Any]) -> None:
+        """Bids and wins from the bid path (services/bidding/news.py): each
+        enters its person (found by the bid's user id among their
+        identities) into the ACTIVE journeys its event and campaign trigger,
+        keyed by the bid and event (heard again, entered once)."""
+        for item in items:
+            triggers = await self._triggers(item.tenant_id)
+            campaign = f"tenants/{item.tenant_id}/campaigns/{item.campaign_id}"
+            candidates = [
+                (journey, published)
+                for journey in triggers.get(_bid_key(item.kind), ())
+                for published in [await self.store.version(journey.id, journey.version)]
+                if published.bid_campaign in ("", campaign)
+            ]
+            if not candidates:
+                continue
+            profile_id = await self._directory.bid_person(item.tenant_id, item.user_id)
+            if profile_id is None:
+                continue
+            data = {"campaign": campaign, "request": item.request_id, "bid": item.bid_id,
+                    "price": item.price_cpm}  # fmt: skip
+            for journey in winners(candidates):
+                try:
+                    await self._enter(journey, profile_id, data, f"{item.kind}:{item.bid_id}")
+                except FailedPrecondition:
+                    continue
+                except Exception:
+                    log.warning("journeys: %s did not enter %s", profile_id, journey.name,
+                                exc_info=True)  # fmt: skip
 
     async def instance(self, caller: Principal, name: str) -> Instance:
         parts = name.split("/")
@@ -906,6 +964,11 @@ class _Simulated:
             why = "the first branch arrived"
         self.steps.append((join.id, why, went_on))
         return "joined", join.id, went_on
+
+
+def _bid_key(kind: str) -> str:
+    """A bid trigger's key among a tenant's triggers."""
+    return f"\x1fbid\x1f{kind}"
 
 
 def _segment_key(segment: str, change: str) -> str:

@@ -40,7 +40,8 @@ WAITS = ("wait", "digest")
 #: A digest keeps the properties of this many events (the last).
 MAX_DIGESTED = 100
 MAX_TRAITS = 50
-TRIGGERS = ("api", "event", "segment", "schedule")
+TRIGGERS = ("api", "event", "segment", "schedule", "bid")
+BID_EVENTS = ("bid", "win")
 #: A cron schedule that does not fire within this many years never does.
 CRON_HORIZON_YEARS = 5
 SEGMENT_CHANGES = ("entered", "exited")
@@ -145,6 +146,9 @@ class Definition:
     prerequisites: tuple[str, ...] = ()
     #: A journey that must have ended before anybody enters this one.
     start_after: str = ""
+    #: A bid trigger's event (bid, win) and campaign ("": any).
+    bid_event: str = ""
+    bid_campaign: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -164,6 +168,8 @@ class Definition:
             "max_ways": self.max_ways,
             "prerequisites": list(self.prerequisites),
             "start_after": self.start_after,
+            "bid_event": self.bid_event,
+            "bid_campaign": self.bid_campaign,
             "reentry": self.reentry,
             "cooldown_seconds": self.cooldown_seconds,
             "nodes": [
@@ -221,6 +227,8 @@ class Definition:
             max_ways=int(data.get("max_ways", 0)),
             prerequisites=tuple(str(p) for p in data.get("prerequisites", [])),
             start_after=str(data.get("start_after", "")),
+            bid_event=str(data.get("bid_event", "")),
+            bid_campaign=str(data.get("bid_campaign", "")),
             nodes=tuple(
                 Node(
                     id=n["id"],
@@ -309,7 +317,8 @@ async def check(
     first, no loop without a wait, templates of this tenant that exist."""
     bad: list[FieldViolation] = []
     if definition.trigger not in TRIGGERS:
-        bad.append(FieldViolation(f"{at}.trigger", "an event, segment or api trigger is required"))
+        why = "an event, segment, schedule, bid or api trigger is required"
+        bad.append(FieldViolation(f"{at}.trigger", why))
     elif definition.trigger == "event" and not definition.event.strip():
         bad.append(FieldViolation(f"{at}.trigger.event.event", "the event's name is required"))
     elif definition.trigger in ("segment", "schedule"):
@@ -325,6 +334,15 @@ async def check(
             bad.append(FieldViolation(f"{at}.trigger.segment.change", "ENTERED or EXITED"))
         if definition.trigger == "schedule":
             bad += _check_schedule(definition, f"{at}.trigger.schedule", now_us)
+    if definition.trigger == "bid":
+        if definition.bid_event not in BID_EVENTS:
+            bad.append(FieldViolation(f"{at}.trigger.bid.event", "BID_EVENT_BID or BID_EVENT_WIN"))
+        found = _CAMPAIGN.match(definition.bid_campaign)
+        if definition.bid_campaign and found is None:
+            why = "must be tenants/{t}/campaigns/{id}"
+            bad.append(FieldViolation(f"{at}.trigger.bid.campaign", why))
+        elif found is not None and found.group(1) != tenant_id:
+            bad.append(FieldViolation(f"{at}.trigger.bid.campaign", "another tenant's"))
     if definition.filters and definition.trigger != "event":
         bad.append(FieldViolation(f"{at}.trigger.event.filters", "only with an event trigger"))
     if len(definition.filters) > MAX_FILTERS:

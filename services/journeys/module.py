@@ -43,6 +43,9 @@ async def _build(kernel: Kernel) -> Built:
 
     kernel.interface("applied_calls").register(journeys.on_calls)  # event triggers
     outbox.on_engagement(journeys.on_engagement)  # opens and clicks to waiting ways
+    if kernel.has_interface("bid_news"):  # bid triggers: bids and wins of this process
+        journeys.bid_news = kernel.interface("bid_news")
+        journeys.bid_news.listen(journeys.on_bid_news)
 
     segment_news: list[Any] = []
     schedules: list[asyncio.Task[None]] = []

@@ -41,6 +41,10 @@ _SCOPES = {
     journey_pb2.THROTTLE_SCOPE_PERSON: "person",
     journey_pb2.THROTTLE_SCOPE_JOURNEY: "journey",
 }
+_BID_EVENTS = {
+    journey_pb2.BID_EVENT_BID: "bid",
+    journey_pb2.BID_EVENT_WIN: "win",
+}
 _JOIN_MODES = {
     journey_pb2.JOIN_MODE_UNSPECIFIED: "all",
     journey_pb2.JOIN_MODE_ALL: "all",
@@ -156,6 +160,8 @@ def definition_in(j: journey_pb2.Journey) -> Definition:
         group=j.exclusive_group,
         priority=j.priority,
         max_ways=j.max_concurrent_ways,
+        bid_event=_BID_EVENTS.get(j.trigger.bid.event, "") if kind == "bid" else "",
+        bid_campaign=j.trigger.bid.campaign if kind == "bid" else "",
         prerequisites=tuple(j.prerequisites),
         start_after=j.start_after,
     )
@@ -209,6 +215,11 @@ def journey_proto(journey: Journey) -> journey_pb2.Journey:
         at = timestamp(d.at_us) if d.at_us else None
         if at is not None:
             out.trigger.schedule.at.CopyFrom(at)
+    elif d.trigger == "bid":
+        out.trigger.bid.event = (
+            journey_pb2.BID_EVENT_WIN if d.bid_event == "win" else journey_pb2.BID_EVENT_BID
+        )
+        out.trigger.bid.campaign = d.bid_campaign
     elif d.trigger == "segment":
         out.trigger.segment.segment = d.segment
         out.trigger.segment.change = (

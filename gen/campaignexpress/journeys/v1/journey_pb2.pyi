@@ -58,6 +58,30 @@ JOURNEY_STATE_ARCHIVED: JourneyState.ValueType  # 5
 """Kept for its history only."""
 Global___JourneyState: _TypeAlias = JourneyState  # noqa: Y015
 
+class _BidEvent:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BidEventEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BidEvent.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BID_EVENT_UNSPECIFIED: _BidEvent.ValueType  # 0
+    """Not set: invalid."""
+    BID_EVENT_BID: _BidEvent.ValueType  # 1
+    """A bid answered for the person."""
+    BID_EVENT_WIN: _BidEvent.ValueType  # 2
+    """A win notice settled (the first time) for a bid for the person."""
+
+class BidEvent(_BidEvent, metaclass=_BidEventEnumTypeWrapper):
+    """What of the bid path starts a journey."""
+
+BID_EVENT_UNSPECIFIED: BidEvent.ValueType  # 0
+"""Not set: invalid."""
+BID_EVENT_BID: BidEvent.ValueType  # 1
+"""A bid answered for the person."""
+BID_EVENT_WIN: BidEvent.ValueType  # 2
+"""A win notice settled (the first time) for a bid for the person."""
+Global___BidEvent: _TypeAlias = BidEvent  # noqa: Y015
+
 class _SegmentChange:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -422,6 +446,7 @@ class JourneyTrigger(_message.Message):
     API_FIELD_NUMBER: _builtins.int
     SEGMENT_FIELD_NUMBER: _builtins.int
     SCHEDULE_FIELD_NUMBER: _builtins.int
+    BID_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___EventTrigger:
         """A tracked event (audience): each time a person sends it."""
@@ -440,6 +465,10 @@ class JourneyTrigger(_message.Message):
         of a segment.
         """
 
+    @_builtins.property
+    def bid(self) -> Global___BidTrigger:
+        """A bid made for a known person, or a win notice for one."""
+
     def __init__(
         self,
         *,
@@ -447,16 +476,51 @@ class JourneyTrigger(_message.Message):
         api: Global___ApiTrigger | None = ...,
         segment: Global___SegmentTrigger | None = ...,
         schedule: Global___ScheduleTrigger | None = ...,
+        bid: Global___BidTrigger | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "event", b"event", "kind", b"kind", "schedule", b"schedule", "segment", b"segment"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "bid", b"bid", "event", b"event", "kind", b"kind", "schedule", b"schedule", "segment", b"segment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "event", b"event", "kind", b"kind", "schedule", b"schedule", "segment", b"segment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "bid", b"bid", "event", b"event", "kind", b"kind", "schedule", b"schedule", "segment", b"segment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "api", "segment", "schedule"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "api", "segment", "schedule", "bid"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___JourneyTrigger: _TypeAlias = JourneyTrigger  # noqa: Y015
+
+@_typing.final
+class BidTrigger(_message.Message):
+    """Enters the person a bid was made for (the bid request's user.id, else
+    buyeruid, else device.ifa, as a profile identity: a person without a
+    profile enters nothing), once per bid and event; the entry's data has
+    `campaign`, `request`, `bid` and `price` (CPM). Bids are heard in the
+    process that made them, as they happen: a process killed in between may
+    miss some (they are never entered twice).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    event: Global___BidEvent.ValueType
+    """Which event."""
+    campaign: _builtins.str
+    """Only this campaign's (`tenants/{tenant}/campaigns/{campaign}`); empty:
+    every campaign's.
+    """
+    def __init__(
+        self,
+        *,
+        event: Global___BidEvent.ValueType = ...,
+        campaign: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BidTrigger: _TypeAlias = BidTrigger  # noqa: Y015
 
 @_typing.final
 class ScheduleTrigger(_message.Message):
