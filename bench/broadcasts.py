@@ -13,6 +13,8 @@ server half-way and a restart on the same data dir, that every member
 got exactly one message.
 
     python -m bench.broadcasts                       # bench/reports/broadcasts.md
+    python -m bench.broadcasts --members 1000000 --kill-members 0 \
+        --report bench/reports/broadcasts-1m.md
     python -m bench.broadcasts --members 20000 --kill-members 5000 --no-report
 """
 
@@ -142,8 +144,13 @@ async def run_broadcast(
     killed = False
     restart_seconds = 0.0
     deadline = start + 3600
+    shown = start
     while receiver.arrived < members and time.perf_counter() < deadline:
         await asyncio.sleep(0.2)
+        if time.perf_counter() - shown >= 60:
+            shown = time.perf_counter()
+            print(f"  {shown - start:.0f} s: {receiver.arrived:,} of {members:,} arrived",
+                  flush=True)  # fmt: skip
         if kill_at and not killed and receiver.arrived >= kill_at:
             server.kill()
             killed = True
@@ -254,6 +261,7 @@ def main() -> int:
     parser.add_argument("--kill-members", type=int, default=20_000)
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--report", type=pathlib.Path, default=REPORT)
     args = parser.parse_args()
     pin = not args.no_pin and (os.cpu_count() or 1) > 1
     if pin:
@@ -261,8 +269,8 @@ def main() -> int:
     lines = asyncio.run(measure(args.members, args.kill_members, pin))
     print("\n".join(lines))
     if not args.no_report:
-        REPORT.write_text("\n".join(lines).rstrip() + "\n")
-        print(f"wrote {REPORT}")
+        args.report.write_text("\n".join(lines).rstrip() + "\n")
+        print(f"wrote {args.report}")
     return 0
 
 
