@@ -214,7 +214,7 @@ class Gateway:
             return _json(body, status, headers)
         if verifying:
             return web.Response(text=reply.challenge, headers=headers)
-        return _json(render(reply), 200, headers)
+        return _json(render(reply, route.response_body), 200, headers)
 
     async def _stream(
         self,

@@ -39,6 +39,9 @@ class Route:
     # A server stream of google.api.HttpBody: the response is a file, sent
     # chunk by chunk as the stream yields them.
     streaming: bool = False
+    # The response field answered as the body ("": the whole response), as
+    # google.api.http's `response_body`.
+    response_body: str = ""
 
     @property
     def bound_fields(self) -> set[str]:
@@ -121,6 +124,7 @@ def routes_for(service: descriptor.ServiceDescriptor) -> list[Route]:
                     request_class=message_factory.GetMessageClass(method.input_type),
                     response_class=message_factory.GetMessageClass(method.output_type),
                     streaming=method.server_streaming,
+                    response_body=rule.response_body,
                 )
             )
     return routes
@@ -393,5 +397,8 @@ def _field_of(error: str) -> str:
     return (found.group(1) or found.group(2) or "").rstrip(".").split(".", 1)[-1]
 
 
-def render(response: message.Message) -> dict[str, Any]:
+def render(response: message.Message, response_body: str = "") -> dict[str, Any]:
+    """A response as JSON: the whole message, or its `response_body` field."""
+    if response_body:
+        return json_format.MessageToDict(getattr(response, response_body))
     return json_format.MessageToDict(response)

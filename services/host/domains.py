@@ -17,6 +17,7 @@ DOMAINS: tuple[str, ...] = (
     "messaging",
     "campaigns",
     "journeys",
+    "decisioning",
     "inference",
     "bidding",
 )

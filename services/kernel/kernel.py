@@ -5,6 +5,7 @@ or, where a hot path cannot afford a call, a named in-process interface."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -22,6 +23,8 @@ from services.kernel.config import WORKER_ENV, Settings
 Hook = Callable[[], Awaitable[None]]
 #: Builds an in-process interface a domain offers, once per process.
 InterfaceFactory = Callable[["Kernel"], Any]
+
+log = logging.getLogger(__name__)
 
 
 class Kernel:
@@ -126,6 +129,9 @@ class Kernel:
     async def stop(self) -> None:
         stoppers, self._stoppers = self._stoppers, []
         for stop in reversed(stoppers):
-            await stop()
+            try:
+                await stop()
+            except Exception:  # the others still stop
+                log.warning("a part failed to stop: %r", stop, exc_info=True)
         await self.best_effort.close()
         await self.backend_watch.close()

@@ -1,0 +1,646 @@
+"""Decision policies: defined and moved through their lifecycle here,
+deciding from a per-process copy of their arms' statistics (reloaded when
+older than REFRESH_SECONDS, so every process learns a reward within a
+second), learning in the transaction that records each reward once.
+
+A decision writes nothing: its id carries what its reward needs (signed,
+services/decisioning/tokens.py), and the decisions made are counted in
+memory and added to the arms' rows every FLUSH_SECONDS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from services.common import names
+from services.common.call import Principal
+from services.common.clock import now_us
+from services.common.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    collect,
+)
+from services.common.ids import random_hex_id
+from services.common.validation import check_text
+from services.decisioning.bandits import (
+    ALGORITHMS,
+    CONTEXTUAL,
+    ArmState,
+    choose,
+    interval,
+    welch,
+)
+from services.decisioning.store import HOLDOUT, PolicyRow, Store
+from services.decisioning.tokens import Decision, DecisionTokens, features_of
+
+log = logging.getLogger(__name__)
+
+STATES = ("draft", "active", "paused", "completed")
+MAX_ARMS = 100
+MAX_DIMENSION = 256
+MAX_HOLDOUT = 0.5
+DEFAULT_MIN_SHARE = 0.01
+MAX_GUARDRAILS = 10
+DEFAULT_ALPHA = 0.01
+DEFAULT_MIN_SAMPLES = 100
+MAX_CONTEXT_KEYS = 50
+MAX_USER_ID = 256
+#: A process's copy of a policy is reloaded when older than this.
+REFRESH_SECONDS = 0.5
+#: Decisions made here are added to the arms' rows this often.
+FLUSH_SECONDS = 1.0
+FIELDS = ("display_name", "guardrails", "holdout_share", "control_arm", "exploration", "arms")
+_ARM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_METRIC = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_NAMES = {
+    "thompson_sampling": "Thompson sampling",
+    "ucb1": "UCB1",
+    "epsilon_greedy": "epsilon-greedy",
+    "lin_ts": "linear Thompson sampling",
+    "lin_ucb": "LinUCB",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Guardrail:
+    metric: str
+    higher_is_worse: bool = True
+    alpha: float = DEFAULT_ALPHA
+    min_samples: int = DEFAULT_MIN_SAMPLES
+
+
+@dataclass(frozen=True, slots=True)
+class ArmSpec:
+    id: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    stopped: bool = False
+    stop_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """What a policy is, as stored in its row's `spec`."""
+
+    algorithm: str = "thompson_sampling"
+    arms: tuple[ArmSpec, ...] = ()
+    dimension: int = 0
+    holdout_share: float = 0.0
+    control_arm: str = ""
+    exploration: float = 0.0  # 0: the algorithm's default
+    min_share: float = DEFAULT_MIN_SHARE
+    guardrails: tuple[Guardrail, ...] = ()
+
+    @property
+    def control(self) -> str:
+        return self.control_arm or (self.arms[0].id if self.arms else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "algorithm": self.algorithm,
+            "arms": [{"id": a.id, "attributes": dict(a.attributes), "stopped": a.stopped,
+                      "stop_reason": a.stop_reason} for a in self.arms],
+            "dimension": self.dimension,
+            "holdout_share": self.holdout_share,
+            "control_arm": self.control_arm,
+            "exploration": self.exploration,
+            "min_share": self.min_share,
+            "guardrails": [{"metric": g.metric, "higher_is_worse": g.higher_is_worse,
+                            "alpha": g.alpha, "min_samples": g.min_samples}
+                           for g in self.guardrails],
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Spec:
+        return cls(
+            algorithm=str(data.get("algorithm", "thompson_sampling")),
+            arms=tuple(
+                ArmSpec(
+                    str(a["id"]),
+                    dict(a.get("attributes") or {}),
+                    bool(a.get("stopped", False)),
+                    str(a.get("stop_reason", "")),
+                )
+                for a in data.get("arms", [])
+            ),  # fmt: skip
+            dimension=int(data.get("dimension", 0)),
+            holdout_share=float(data.get("holdout_share", 0.0)),
+            control_arm=str(data.get("control_arm", "")),
+            exploration=float(data.get("exploration", 0.0)),
+            min_share=float(data.get("min_share", DEFAULT_MIN_SHARE)),
+            guardrails=tuple(Guardrail(**g) for g in data.get("guardrails", [])),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    id: str
+    tenant_id: str
+    display_name: str
+    state: str
+    spec: Spec
+    create_time: int
+    update_time: int
+
+    @property
+    def name(self) -> str:
+        return f"tenants/{self.tenant_id}/policies/{self.id}"
+
+
+def _from_row(row: PolicyRow) -> Policy:
+    return Policy(row.id, row.tenant_id, row.display_name, row.state, Spec.from_json(row.spec),
+                  row.create_time, row.update_time)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Explained:
+    summary: str
+    scores: list[tuple[str, float, int, float]]  # arm, score, impressions, mean
+    features: list[tuple[int, float, float]]  # index (-1 intercept), weight, contribution
+    explored: bool
+    holdout: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    decision_id: str
+    arm_id: str
+    propensity: float
+    explanation: Explained
+
+
+@dataclass(frozen=True, slots=True)
+class ArmSummary:
+    arm: str
+    impressions: int
+    reward_sum: float
+    mean: float
+    ci: tuple[float, float]
+    traffic_share: float
+    decisions: int
+    stopped: bool
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class LiftSummary:
+    holdout_n: int
+    holdout_mean: float
+    policy_n: int
+    policy_mean: float
+    lift: float
+    ci: tuple[float, float]
+
+
+@dataclass
+class _Loaded:
+    """A process's copy of a policy and its arms' statistics."""
+
+    policy: Policy
+    arms: list[ArmState]  # in the policy's order
+    holdout: ArmState
+    loaded: float  # time.monotonic()
+    refreshing: bool = False
+
+
+class Decisions:
+    def __init__(
+        self,
+        store: Store,
+        tokens: DecisionTokens,
+        *,
+        clock: Callable[[], int] = now_us,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.store = store
+        self._tokens = tokens
+        self._clock = clock
+        self._rng = rng or np.random.default_rng(int.from_bytes(os.urandom(8), "big"))
+        self._loaded: dict[str, _Loaded] = {}
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._flusher: asyncio.Task[None] | None = None
+
+    # -- running ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        try:
+            await self.flush()
+        except Exception:
+            log.warning("decisioning: the last decision counts were not written", exc_info=True)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            try:
+                await self.flush()
+            except Exception:
+                log.warning("decisioning: decision counts not written; again soon", exc_info=True)
+
+    async def flush(self) -> None:
+        counts, self._counts = self._counts, Counter()
+        try:
+            await self.store.add_decisions(counts)
+        except Exception:
+            self._counts.update(counts)  # kept for the next time
+            raise
+
+    # -- policies ---------------------------------------------------------------
+
+    async def create(
+        self, caller: Principal, parent: str, display_name: str, spec: Spec, state: str
+    ) -> Policy:
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
+        if state not in ("", "draft", "active"):
+            raise InvalidArgument.field("policy.state", "DRAFT or ACTIVE (the default)")
+        bad: list[FieldViolation] = []
+        check_text(bad, "policy.display_name", display_name, required=True, max_len=200)
+        bad += check_spec(spec)
+        collect(bad)
+        now = self._clock()
+        policy = Policy(random_hex_id(), tenant_id, display_name, state or "active", spec, now,
+                        now)  # fmt: skip
+        await self.store.create(_row(policy), [a.id for a in spec.arms])
+        return policy
+
+    async def get(self, caller: Principal, name: str, field_name: str = "name") -> Policy:
+        tenant_id, policy_id = names.parse_name(name, field_name, "tenants", "policies")
+        names.require_same_tenant(name, field_name, caller.tenant_id)
+        return _from_row(await self.store.get(tenant_id, policy_id))
+
+    async def list_policies(
+        self, caller: Principal, parent: str, page_size: int, page_token: str
+    ) -> tuple[list[Policy], str]:
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
+        rows, token = await self.store.list_policies(tenant_id, page_size, page_token)
+        return [_from_row(r) for r in rows], token
+
+    async def update(
+        self, caller: Principal, name: str, paths: Sequence[str], display_name: str, spec: Spec
+    ) -> Policy:
+        policy = await self.get(caller, name, "policy.name")
+        wanted = set(paths) or set(FIELDS)
+        unknown = wanted - set(FIELDS)
+        if unknown:
+            raise InvalidArgument.field(
+                "update_mask", f"unknown fields {sorted(unknown)}; one of {FIELDS}"
+            )
+        current = policy.spec
+        arms = current.arms
+        new_arms: list[str] = []
+        if "arms" in wanted:
+            known = {a.id for a in current.arms}
+            new_arms = [a.id for a in spec.arms if a.id not in known]
+            arms = current.arms + tuple(a for a in spec.arms if a.id not in known)
+        merged = Spec(
+            algorithm=current.algorithm,
+            arms=arms,
+            dimension=current.dimension,
+            holdout_share=spec.holdout_share
+            if "holdout_share" in wanted
+            else current.holdout_share,
+            control_arm=spec.control_arm if "control_arm" in wanted else current.control_arm,
+            exploration=spec.exploration if "exploration" in wanted else current.exploration,
+            min_share=spec.min_share if "guardrails" in wanted else current.min_share,
+            guardrails=spec.guardrails if "guardrails" in wanted else current.guardrails,
+        )
+        new_name = display_name if "display_name" in wanted else policy.display_name
+        bad: list[FieldViolation] = []
+        check_text(bad, "policy.display_name", new_name, required=True, max_len=200)
+        bad += check_spec(merged)
+        collect(bad)
+        await self.store.update(_row(policy), display_name=new_name, spec=merged.to_json(),
+                                new_arms=new_arms)  # fmt: skip
+        self._loaded.pop(policy.id, None)
+        return await self.get(caller, name, "policy.name")
+
+    async def move(self, caller: Principal, name: str, state: str) -> Policy:
+        """activate (from DRAFT or PAUSED), pause (from ACTIVE), complete
+        (from ACTIVE or PAUSED); already there: as it is."""
+        allowed = {"active": ("draft", "paused"), "paused": ("active",),
+                   "completed": ("active", "paused")}[state]  # fmt: skip
+        policy = await self.get(caller, name)
+        if policy.state == state:
+            return policy
+        if not await self.store.update(_row(policy), state=state, only_from=allowed):
+            raise FailedPrecondition(
+                f"{name} is {policy.state.upper()}; only "
+                f"{' or '.join(s.upper() for s in allowed)} may become {state.upper()}"
+            )
+        self._loaded.pop(policy.id, None)
+        return await self.get(caller, name)
+
+    # -- deciding ---------------------------------------------------------------
+
+    async def _copy(self, tenant_id: str, policy_id: str) -> _Loaded:
+        """This process's copy of the policy: loaded on first use, reloaded
+        (in the background) once older than REFRESH_SECONDS."""
+        loaded = self._loaded.get(policy_id)
+        if loaded is None or loaded.policy.tenant_id != tenant_id:
+            loaded = await self._load(tenant_id, policy_id)
+        elif time.monotonic() - loaded.loaded > REFRESH_SECONDS and not loaded.refreshing:
+            loaded.refreshing = True
+            asyncio.get_running_loop().create_task(self._reload(tenant_id, policy_id))
+        return loaded
+
+    async def _reload(self, tenant_id: str, policy_id: str) -> None:
+        try:
+            await self._load(tenant_id, policy_id)
+        except Exception:
+            log.warning("decisioning: %s not reloaded", policy_id, exc_info=True)
+            found = self._loaded.get(policy_id)
+            if found is not None:
+                found.refreshing = False
+
+    async def _load(self, tenant_id: str, policy_id: str) -> _Loaded:
+        policy = _from_row(await self.store.get(tenant_id, policy_id))
+        stats = await self.store.arms(policy_id, policy.spec.dimension)
+        arms = []
+        for spec in policy.spec.arms:
+            arm = stats.get(spec.id) or ArmState(spec.id)
+            if policy.spec.dimension and arm.a_inv is None:
+                arm.prepare(policy.spec.dimension)
+            arm.stopped = spec.stopped
+            arms.append(arm)
+        holdout = stats.get(HOLDOUT) or ArmState(HOLDOUT)
+        loaded = _Loaded(policy, arms, holdout, time.monotonic())
+        self._loaded[policy_id] = loaded
+        return loaded
+
+    async def decide(
+        self,
+        caller: Principal,
+        name: str,
+        features: Sequence[float],
+        context: Mapping[str, Any],
+        user_id: str,
+    ) -> Decided:
+        tenant_id, policy_id = names.parse_name(name, "name", "tenants", "policies")
+        names.require_same_tenant(name, "name", caller.tenant_id)
+        loaded = await self._copy(tenant_id, policy_id)
+        policy, spec = loaded.policy, loaded.policy.spec
+        if policy.state != "active":
+            raise FailedPrecondition(f"{name} is {policy.state.upper()}: it does not decide")
+        bad: list[FieldViolation] = []
+        if len(features) != spec.dimension:
+            bad.append(FieldViolation("features", f"exactly {spec.dimension} numbers"))
+        elif not all(math.isfinite(f) for f in features):
+            bad.append(FieldViolation("features", "finite numbers only (no NaN or infinity)"))
+        if len(context) > MAX_CONTEXT_KEYS:
+            bad.append(FieldViolation("context", f"at most {MAX_CONTEXT_KEYS} keys"))
+        if len(user_id) > MAX_USER_ID:
+            bad.append(FieldViolation("user_id", f"at most {MAX_USER_ID} characters"))
+        collect(bad)
+        kept = features_of(features)
+        held = self._held_out(policy, user_id)
+        if held:
+            control = next(i for i, a in enumerate(spec.arms) if a.id == spec.control)
+            arm, propensity = control, 1.0
+            explained = Explained(
+                f"held out ({spec.holdout_share:.0%} of people): the control arm "
+                f"{spec.control!r}", [], [], False, True)  # fmt: skip
+        else:
+            choice = choose(spec.algorithm, loaded.arms, kept, self._rng,
+                            exploration=spec.exploration, min_share=spec.min_share)  # fmt: skip
+            arm, propensity = choice.arm, choice.propensity
+            explained = _explain(spec, loaded.arms, choice.arm, choice.scores, choice.explored,
+                                 kept)  # fmt: skip
+        decision = Decision(tenant_id, policy_id, arm, propensity, self._clock(), held, kept,
+                            os.urandom(8))  # fmt: skip
+        arm_id = spec.arms[arm].id
+        self._counts[(policy_id, HOLDOUT if held else arm_id)] += 1
+        return Decided(self._tokens.encode(decision), arm_id, propensity, explained)
+
+    def _held_out(self, policy: Policy, user_id: str) -> bool:
+        share = policy.spec.holdout_share
+        if share <= 0:
+            return False
+        if not user_id:
+            return bool(self._rng.random() < share)
+        digest = hashlib.sha256(f"{policy.id}\x1f{user_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+    # -- learning ---------------------------------------------------------------
+
+    async def reward(
+        self,
+        caller: Principal,
+        name: str,
+        decision_id: str,
+        reward: float,
+        metrics: Mapping[str, float],
+    ) -> tuple[str, bool]:
+        """(the decision's arm, whether it had been rewarded before)."""
+        policy = await self.get(caller, name)
+        bad: list[FieldViolation] = []
+        if not decision_id:
+            bad.append(FieldViolation("decision_id", "required"))
+        if not math.isfinite(reward):
+            bad.append(FieldViolation("reward", "a finite number"))
+        known = {g.metric for g in policy.spec.guardrails}
+        for metric, value in sorted(metrics.items()):
+            if metric not in known:
+                bad.append(FieldViolation(f"metrics[{metric}]",
+                                          "not a guardrail metric of this policy"))  # fmt: skip
+            elif not math.isfinite(value):
+                bad.append(FieldViolation(f"metrics[{metric}]", "a finite number"))
+        collect(bad)
+        decision = self._tokens.decode(decision_id)
+        if decision is None:
+            raise NotFound("no such decision", metadata={"resource": "decision_id"})
+        if (decision.tenant_id, decision.policy_id) != (policy.tenant_id, policy.id):
+            raise InvalidArgument.field("decision_id", "a decision of another policy")
+        if decision.arm >= len(policy.spec.arms):
+            raise InvalidArgument.field("decision_id", "its arm is not the policy's")
+        arm_id = policy.spec.arms[decision.arm].id
+        features = decision.features if policy.spec.dimension and not decision.holdout else None
+        learnt = await self.store.reward(
+            decision.key,
+            policy.id,
+            HOLDOUT if decision.holdout else arm_id,
+            reward,
+            features,
+            policy.spec.dimension,
+            metrics,
+        )
+        if learnt is None:
+            return arm_id, True
+        await self._load(policy.tenant_id, policy.id)  # this process learns at once
+        if metrics and not decision.holdout:
+            await self._guard(policy, arm_id)
+        return arm_id, False
+
+    async def _guard(self, policy: Policy, arm_id: str) -> None:
+        """Stop the arm when a guardrail metric of it is significantly worse
+        than the control arm's (never the control arm, nor the last arm)."""
+        spec = policy.spec
+        if arm_id == spec.control:
+            return
+        stats = await self.store.arms(policy.id, 0)
+        mine, control = stats.get(arm_id), stats.get(spec.control)
+        if mine is None or control is None:
+            return
+        for guard in spec.guardrails:
+            a, c = mine.metrics.get(guard.metric), control.metrics.get(guard.metric)
+            if a is None or c is None or min(a[0], c[0]) < guard.min_samples:
+                continue
+            diff, _, p = welch(a[0], a[1], a[2], c[0], c[1], c[2])
+            worse = diff > 0 if guard.higher_is_worse else diff < 0
+            live = [x for x in spec.arms if not x.stopped]
+            if worse and p < guard.alpha and len(live) > 1:
+                direction = "higher" if guard.higher_is_worse else "lower"
+                reason = (
+                    f"{guard.metric} {direction} than {spec.control!r}'s by {abs(diff):.4g} "
+                    f"(p = {p:.2g} < {guard.alpha:g})"
+                )
+                arms = tuple(
+                    ArmSpec(x.id, x.attributes, True, reason) if x.id == arm_id else x
+                    for x in spec.arms
+                )
+                changed = Spec(**{**_fields(spec), "arms": arms})
+                await self.store.update(_row(policy), spec=changed.to_json())
+                self._loaded.pop(policy.id, None)
+                log.warning("decisioning: %s stopped arm %s: %s", policy.name, arm_id, reason)
+                return
+
+    # -- stats ------------------------------------------------------------------
+
+    async def stats(
+        self, caller: Principal, name: str
+    ) -> tuple[list[ArmSummary], LiftSummary, int]:
+        policy = await self.get(caller, name)
+        await self.flush()  # this process's decisions so far
+        stats = await self.store.arms(policy.id, 0)
+        holdout = stats.get(HOLDOUT) or ArmState(HOLDOUT)
+        arms = [stats.get(a.id) or ArmState(a.id) for a in policy.spec.arms]
+        decisions = sum(a.decisions for a in arms) + holdout.decisions
+        summaries = [
+            ArmSummary(
+                spec.id, arm.n, arm.reward_sum, arm.mean,
+                interval(arm.n, arm.reward_sum, arm.reward_sq, arm.unit),
+                arm.decisions / decisions if decisions else 0.0, arm.decisions, spec.stopped,
+                {k: v[1] / v[0] for k, v in sorted(arm.metrics.items()) if v[0]},
+            )
+            for spec, arm in zip(policy.spec.arms, arms, strict=True)
+        ]  # fmt: skip
+        n = sum(a.n for a in arms)
+        total = sum(a.reward_sum for a in arms)
+        squares = sum(a.reward_sq for a in arms)
+        diff, se, _ = welch(n, total, squares, holdout.n, holdout.reward_sum, holdout.reward_sq)
+        half = 1.959963984540054 * se if math.isfinite(se) else 0.0
+        lift = LiftSummary(
+            holdout.n, holdout.mean, n, total / n if n else 0.0, diff,
+            (diff - half, diff + half) if math.isfinite(se) else (0.0, 0.0),
+        )  # fmt: skip
+        return summaries, lift, decisions
+
+
+def _fields(spec: Spec) -> dict[str, Any]:
+    return {name: getattr(spec, name) for name in Spec.__dataclass_fields__}
+
+
+def _row(policy: Policy) -> PolicyRow:
+    return PolicyRow(policy.id, policy.tenant_id, policy.display_name, policy.state,
+                     policy.spec.to_json(), policy.create_time, policy.update_time)  # fmt: skip
+
+
+def check_spec(spec: Spec) -> list[FieldViolation]:
+    """Every problem of a policy's definition, each naming its field."""
+    bad: list[FieldViolation] = []
+    if spec.algorithm not in ALGORITHMS:
+        bad.append(FieldViolation("policy.algorithm", "not an algorithm"))
+    if not 2 <= len(spec.arms) <= MAX_ARMS:
+        bad.append(FieldViolation("policy.arms", f"2-{MAX_ARMS} arms"))
+    seen: set[str] = set()
+    for n, arm in enumerate(spec.arms):
+        if not _ARM_ID.match(arm.id):
+            bad.append(FieldViolation(f"policy.arms[{n}].id",
+                                      "letters, digits, _, - and ., 1-64"))  # fmt: skip
+        elif arm.id in seen:
+            bad.append(FieldViolation(f"policy.arms[{n}].id", f"{arm.id!r} twice"))
+        seen.add(arm.id)
+    if spec.algorithm in CONTEXTUAL and not 1 <= spec.dimension <= MAX_DIMENSION:
+        bad.append(FieldViolation("policy.context_dimension",
+                                  f"1-{MAX_DIMENSION} for a contextual algorithm"))  # fmt: skip
+    elif spec.algorithm not in CONTEXTUAL and spec.dimension:
+        bad.append(FieldViolation("policy.context_dimension",
+                                  "0: this algorithm takes no features"))  # fmt: skip
+    if not (math.isfinite(spec.holdout_share) and 0 <= spec.holdout_share <= MAX_HOLDOUT):
+        bad.append(FieldViolation("policy.holdout_share", f"0 to {MAX_HOLDOUT}"))
+    if spec.control_arm and spec.control_arm not in seen:
+        bad.append(FieldViolation("policy.control_arm", "not one of the arms"))
+    if not (math.isfinite(spec.exploration) and spec.exploration >= 0):
+        bad.append(FieldViolation("policy.exploration", "0 or more"))
+    elif spec.algorithm == "epsilon_greedy" and spec.exploration > 1:
+        bad.append(FieldViolation("policy.exploration", "epsilon-greedy's share: 0 to 1"))
+    if spec.arms and not (
+        math.isfinite(spec.min_share) and 0 <= spec.min_share <= 1 / len(spec.arms)
+    ):
+        bad.append(FieldViolation("policy.guardrails.min_arm_share",
+                                  f"0 to 1/{len(spec.arms)} (one over the arms)"))  # fmt: skip
+    if len(spec.guardrails) > MAX_GUARDRAILS:
+        bad.append(FieldViolation("policy.guardrails.metrics", f"at most {MAX_GUARDRAILS}"))
+    metrics: set[str] = set()
+    for n, guard in enumerate(spec.guardrails):
+        where = f"policy.guardrails.metrics[{n}]"
+        if not _METRIC.match(guard.metric):
+            bad.append(FieldViolation(f"{where}.metric", "letters, digits, _ . : -, 1-64"))
+        elif guard.metric in metrics:
+            bad.append(FieldViolation(f"{where}.metric", f"{guard.metric!r} twice"))
+        metrics.add(guard.metric)
+        if not (math.isfinite(guard.alpha) and 0.0001 <= guard.alpha <= 0.2):
+            bad.append(FieldViolation(f"{where}.alpha", "0.0001 to 0.2"))
+        if not 2 <= guard.min_samples <= 10_000_000:
+            bad.append(FieldViolation(f"{where}.min_samples", "2 to 10,000,000"))
+    return bad
+
+
+def _explain(
+    spec: Spec,
+    arms: Sequence[ArmState],
+    chosen: int,
+    scores: Sequence[float],
+    explored: bool,
+    features: Sequence[float],
+) -> Explained:
+    algorithm = _NAMES.get(spec.algorithm, spec.algorithm)
+    arm = arms[chosen]
+    table = [
+        (spec.arms[i].id, scores[i], a.n, a.mean)
+        for i, a in enumerate(arms)
+        if not math.isnan(scores[i])
+    ]
+    if explored:
+        summary = (f"{spec.arms[chosen].id!r} drawn at random (exploration: every arm gets "
+                   f"its share); {arm.n} rewards so far, mean {arm.mean:.4g}")  # fmt: skip
+    else:
+        summary = (
+            f"{algorithm} scored {spec.arms[chosen].id!r} highest ({scores[chosen]:.4g}; "
+            f"{arm.n} rewards so far, mean {arm.mean:.4g})"
+        )
+    weights: list[tuple[int, float, float]] = []
+    if spec.dimension and arm.theta is not None:
+        x = features
+        weighed = [(i, float(arm.theta[i]), float(arm.theta[i] * x[i])) for i in range(len(x))]
+        weights = sorted(weighed, key=lambda w: -abs(w[2]))[:5]
+    return Explained(summary, table, weights, explored, False)

@@ -1,0 +1,56 @@
+"""Tables of the decisioning domain: policies (their definition and state),
+what each arm has earned (its sufficient statistics: counts and sums, and
+for contextual policies the ridge matrices), and the rewarded decisions
+(each counted once). Migrations: services/decisioning/migrations/.
+
+Times are integer microseconds since the epoch (UTC), as elsewhere."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from services.db import metadata
+
+decision_policies = sa.Table(
+    "decision_policies",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),  # draft, active, paused, completed
+    sa.Column("spec", sa.JSON, nullable=False),  # algorithm, arms, guardrails, ...
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_decision_policies_tenant", "tenant_id", "create_time", "id"),
+)
+
+# Per policy and arm ("" is the policy's holdout): rewarded decisions and
+# their sums; decisions made (counted per process, added every second).
+decision_arms = sa.Table(
+    "decision_arms",
+    metadata,
+    sa.Column("policy_id", sa.String(64), primary_key=True),
+    sa.Column("arm_id", sa.String(64), primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+    sa.Column("reward_sum", sa.Float, nullable=False),
+    sa.Column("reward_sq", sa.Float, nullable=False),
+    sa.Column("unit", sa.Boolean, nullable=False),  # every reward in [0, 1]
+    sa.Column("decisions", sa.BigInteger, nullable=False),
+    # Contextual policies: A and b of the arm's ridge regression (JSON lists).
+    sa.Column("model", sa.JSON, nullable=True),
+    # Guardrail metrics: name -> [count, sum, sum of squares].
+    sa.Column("metrics", sa.JSON, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
+)
+
+# Rewarded decisions, by their key: a reward is counted once.
+decision_rewards = sa.Table(
+    "decision_rewards",
+    metadata,
+    sa.Column("decision_key", sa.String(64), primary_key=True),
+    sa.Column("policy_id", sa.String(64), nullable=False),
+    sa.Column("arm_id", sa.String(64), nullable=False),
+    sa.Column("reward", sa.Float, nullable=False),
+    sa.Column("reward_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_decision_rewards_policy", "policy_id", "reward_time"),
+)
