@@ -52,7 +52,7 @@ async def _build(kernel: Kernel) -> Built:
     )
     hot_store_failed, hot_store_down = _hot_store_watch(kernel)
     news: BidNews = kernel.interface("bid_news")
-    kernel.lifecycle(news.start, news.stop)
+    kernel.when_serving(news.start, news.stop)  # (one-off commands tell nobody)
     signer = NoticeSigner(kernel.secret, settings.public_url)
     rates = Rates()
     caps = FrequencyCaps(backends.hot_store)
@@ -121,8 +121,6 @@ def _profile_store(kernel: Kernel) -> ProfileStore:
     audience domain writes them (so this process's cache sees a change at
     once)."""
     hot_store_failed, hot_store_down = _hot_store_watch(kernel)
-    news: BidNews = kernel.interface("bid_news")
-    kernel.lifecycle(news.start, news.stop)
     return ProfileStore(
         kernel.backends.hot_store,
         metrics_registry=kernel.metrics_registry,
