@@ -23,6 +23,7 @@ def test_defaults_are_the_documented_ports_and_embedded_backends() -> None:
         "messaging",
         "campaigns",
         "journeys",
+        "decisioning",
         "inference",
         "bidding",
     )

@@ -251,8 +251,10 @@ async def test_holdouts_measure_lift_and_guardrails_stop_an_arm(env: Env) -> Non
         env,
         holdoutShare=0.3,
         controlArm="a",
-        guardrails={"metrics": [{"metric": "unsubscribed", "higherIsWorse": True,
-                                 "alpha": 0.01, "minSamples": 30}]},
+        # (a large minimum share: every arm gets about a third of the policy's
+        # decisions, so each has its 30 samples well within the test)
+        guardrails={"minArmShare": 0.3, "metrics": [{
+            "metric": "unsubscribed", "higherIsWorse": True, "alpha": 0.01, "minSamples": 30}]},
     )  # fmt: skip
     name = made["name"]
     rng = np.random.default_rng(2)

@@ -670,13 +670,15 @@ class Journeys:
     async def run_schedules(self) -> None:
         """fire_schedules (and refresh_bid_wants) every SCHEDULE_SECONDS, or
         sooner for bid wants after a change here, until cancelled."""
-        last = 0.0
+        last = -SCHEDULE_SECONDS
         while True:
+            due = time.monotonic() - last >= SCHEDULE_SECONDS
+            if due:
+                last = time.monotonic()  # (a failed round is tried again when due, not sooner)
             try:
-                if self._bid_wants_stale or time.monotonic() - last >= SCHEDULE_SECONDS:
+                if self._bid_wants_stale or due:
                     await self.refresh_bid_wants()
-                if time.monotonic() - last >= SCHEDULE_SECONDS:
-                    last = time.monotonic()
+                if due:
                     await self.fire_schedules()
             except asyncio.CancelledError:
                 raise
