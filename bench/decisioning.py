@@ -28,6 +28,7 @@ import numpy as np
 from grpc import aio
 
 from bench.ingest import Server
+from bench.messaging import _quiet
 from bench.openloop import run_open_loop
 from bench.platform_calls import BENCH_KEY, _cpu_model, _cpu_seconds
 from campaignexpress.decisioning.v1 import decision_service_pb2 as pb
@@ -105,6 +106,7 @@ async def through_grpc(rates: list[int], seconds: float, pin: bool) -> list[str]
     ]
     try:
         await server.start()
+        await _quiet(server)  # the demo tenant and its key are seeded
         metadata = (("authorization", f"Bearer {BENCH_KEY}"),)
         async with aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             stub = pb_grpc.DecisionServiceStub(channel)
