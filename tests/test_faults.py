@@ -58,9 +58,13 @@ async def test_bids_notices_and_events_live_through_every_backend_fault(
             fault = by_fault[f"{backend} {how}"]
             assert fault.requests >= RATE * HOLD_SECONDS * 0.8, log
             # answered on time despite the fault (a noisy 2-core machine may
-            # push a few bids past tmax: 97%, not 100%)
+            # push a few bids past tmax: 97%, not 100%), and the few late
+            # ones only just late: a bid waiting on the failed backend would
+            # take its timeout (seconds). (The bound was p99 < tmax, which
+            # says under 1% late against the 3% allowed above: with ~170
+            # bids a phase, two bids 6 and 11 ms late failed a CI run.)
             assert fault.on_time >= 0.97, (fault, log)
-            assert fault.p99_ms < TMAX_MS, (fault, log)
+            assert fault.p99_ms < 1.5 * TMAX_MS, (fault, log)
             assert fault.errors == 0, (fault, log)
             assert fault.recovery_s is not None, (fault, log)
             # bidding goes on: Redis takes the capped fail-closed campaigns
