@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -56,6 +57,88 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+class DatabaseUnreachable(ConnectionRefusedError):
+    """Raised instead of a connection attempt while the connect breaker is
+    open: an OSError, so callers see a backend outage (UNAVAILABLE)."""
+
+
+class ConnectBreaker:
+    """Spaces out connection attempts to a database that refuses them.
+
+    Every attempt to a dead PostgreSQL costs the event loop a few
+    milliseconds of CPU (asyncpg builds an SSL context for sslmode=prefer,
+    SQLAlchemy builds and unwinds its wrappers), and while it is down every
+    request that needs it tries again: at a few hundred requests a second
+    that is a stall of everything else the process serves, bids included,
+    which never touch the database. After a failed attempt the next one is
+    allowed only after a pause (50 ms, doubling to 0.5 s); until then, and
+    while that one attempt is in flight, callers fail at once. The first
+    success closes it."""
+
+    FIRST_PAUSE_SECONDS = 0.05
+    MAX_PAUSE_SECONDS = 0.5
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._failures = 0
+        self._retry_at = 0.0
+        self._probing = False
+        self.last_error = ""
+
+    @property
+    def open(self) -> bool:
+        return self._failures > 0
+
+    def before(self) -> None:
+        """Raise DatabaseUnreachable unless an attempt may go now."""
+        if not self._failures:
+            return
+        now = self._clock()
+        if self._probing or now < self._retry_at:
+            wait = max(0.0, self._retry_at - now)
+            raise DatabaseUnreachable(
+                f"database unreachable ({self._failures} failed connection attempts, "
+                f"last: {self.last_error}); next attempt in {wait * 1e3:.0f} ms"
+            )
+        self._probing = True
+
+    def failed(self, error: BaseException) -> None:
+        self._probing = False
+        self._failures += 1
+        self.last_error = f"{type(error).__name__}: {error}"[:200]
+        pause = min(self.FIRST_PAUSE_SECONDS * 2 ** (self._failures - 1), self.MAX_PAUSE_SECONDS)
+        self._retry_at = self._clock() + pause
+        if self._failures == 1:
+            log.warning(
+                "database unreachable (%s): connection attempts spaced out up to %g s "
+                "until one succeeds",
+                self.last_error,
+                self.MAX_PAUSE_SECONDS,
+            )
+
+    def succeeded(self) -> None:
+        if self._failures:
+            log.warning(
+                "database reachable again after %d failed connection attempts", self._failures
+            )
+        self._probing = False
+        self._failures = 0
+
+    def connect(self, dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+        """A `do_connect` hook: the dialect's own connect, through the breaker."""
+        self.before()
+        try:
+            connection = dialect.connect(*cargs, **cparams)
+        except Exception as error:
+            self.failed(error)
+            raise
+        except BaseException:  # cancelled: says nothing about the database
+            self._probing = False
+            raise
+        self.succeeded()
+        return connection
+
+
 def _json_text(value: Any) -> str:
     """JSON columns written with orjson (a tenth of the standard library's
     time: the message outbox writes and reads a message's data twice)."""
@@ -86,8 +169,11 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(
             self.url, json_serializer=_json_text, json_deserializer=orjson.loads, **kwargs
         )
+        self.breaker = ConnectBreaker()
         if self.is_sqlite:
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            sa.event.listen(self.engine.sync_engine, "do_connect", self.breaker.connect)
 
     async def migrate(self, version_locations: Sequence[pathlib.Path]) -> None:
         """Apply every migration not yet applied of every domain's history
