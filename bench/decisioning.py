@@ -59,7 +59,7 @@ async def in_process(decisions: int) -> list[str]:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="cx-bench-decisions-"))
     running = await start(make_settings(workdir))
     try:
-        domain = running.platform.api("decisioning")
+        domain = running.platform.api("decisioning").policies
         caller = Principal("bench", "demo", frozenset({"ADMIN"}), ALL_PERMISSIONS)
         lines = ["| policy | decisions | p50 | p99 | p99.9 |", "|---|---|---|---|---|"]
         rng = np.random.default_rng(1)

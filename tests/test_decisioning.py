@@ -224,7 +224,7 @@ async def test_a_draft_decides_nothing_and_bad_input_is_named(env: Env) -> None:
 async def test_every_process_learns_within_a_second_and_state_survives(env: Env) -> None:
     made = await _policy(env, algorithm="ALGORITHM_UCB1")
     name = made["name"]
-    here: Decisions = env.running.platform.api("decisioning")
+    here: Decisions = env.running.platform.api("decisioning").policies
     there = Decisions(here.store, here._tokens)  # another process's copy, the same database
     policy_id = name.rsplit("/", 1)[1]
     await there._copy("acme", policy_id)  # it has read the policy before the rewards

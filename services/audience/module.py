@@ -20,6 +20,7 @@ from services.audience.events import EVENTS
 from services.audience.housekeeping import Housekeeping
 from services.audience.privacy import DataSubjectHooks, DataSubjects
 from services.audience.profiles import Profiles
+from services.audience.recorder import EventRecorder
 from services.audience.segments import Segments, predict_ctr
 from services.audience.servicer import AudienceServicer
 from services.audience.sources import Sources
@@ -135,6 +136,7 @@ async def _build(kernel: Kernel) -> Built:
     # Traits other domains set (a journey's update step) change segments and
     # the bid view as an operator's edit does.
     kernel.interface("audience_directory").changed = audience.changed
+    kernel.interface("event_recorder").accept = audience.accept
 
     async def forget_bid_profiles(tenant_id: str, identities: dict[str, list[str]]) -> None:
         for kind in ("user_id", "anonymous_id", "ifa"):
@@ -196,5 +198,7 @@ MODULE = DomainModule(
         "audience_directory": _directory,
         # Tracking calls once applied, for other domains (journeys' triggers).
         "applied_calls": lambda kernel: Listeners(),
+        # Track calls other domains record (an experiment's exposures).
+        "event_recorder": lambda kernel: EventRecorder(kernel.clock),
     },
 )

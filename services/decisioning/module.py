@@ -1,13 +1,25 @@
 """The decisioning domain: DecisionService (bandit and contextual policies
-that learn from rewards) and its tables; each serving process decides from
-its own copy of a policy's statistics (services/decisioning/domain.py)."""
+that learn from rewards) and ExperimentService (A/B/n experiments with
+deterministic assignment and results from events), and their tables; each
+serving process decides from its own copy of a policy's statistics
+(services/decisioning/domain.py)."""
 
 from __future__ import annotations
 
 import pathlib
+from dataclasses import dataclass
+from typing import Any
 
-from campaignexpress.decisioning.v1 import decision_service_pb2, decision_service_pb2_grpc
+from campaignexpress.decisioning.v1 import (
+    decision_service_pb2,
+    decision_service_pb2_grpc,
+    experiment_service_pb2,
+    experiment_service_pb2_grpc,
+)
+from services.decisioning import results
 from services.decisioning.domain import Decisions
+from services.decisioning.experiment_servicer import ExperimentServicer
+from services.decisioning.experiments import Experiment, Experiments, ExperimentStore
 from services.decisioning.servicer import DecisionServicer
 from services.decisioning.store import Store
 from services.decisioning.tokens import DecisionTokens
@@ -18,7 +30,31 @@ async def _build(kernel: Kernel) -> Built:
     store = Store(kernel.backends.db, kernel.page_tokens, clock=kernel.clock)
     decisions = Decisions(store, DecisionTokens(kernel.secret), clock=kernel.clock)
     kernel.when_serving(decisions.start, decisions.stop)  # decision counts, every second
-    return Built([DecisionServicer(decisions)], api=decisions)
+    analytics = kernel.backends.analytics
+
+    async def compute(experiment: Experiment, now: int) -> Any:
+        return await results.compute(analytics, experiment, now)
+
+    experiments = Experiments(
+        ExperimentStore(kernel.backends.db, kernel.page_tokens),
+        kernel.interface("event_recorder"),
+        compute,
+        clock=kernel.clock,
+    )
+    if kernel.worker == "0":  # one process stops experiments by their criteria
+        kernel.when_serving(experiments.start_auto_stop, experiments.stop_auto_stop)
+    return Built(
+        [DecisionServicer(decisions), ExperimentServicer(experiments)],
+        api=Decisioning(decisions, experiments),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Decisioning:
+    """The domain's in-process API (`platform.api("decisioning")`)."""
+
+    policies: Decisions
+    experiments: Experiments
 
 
 MODULE = DomainModule(
@@ -27,6 +63,10 @@ MODULE = DomainModule(
         Service(
             decision_service_pb2.DESCRIPTOR.services_by_name["DecisionService"],
             decision_service_pb2_grpc.add_DecisionServiceServicer_to_server,
+        ),
+        Service(
+            experiment_service_pb2.DESCRIPTOR.services_by_name["ExperimentService"],
+            experiment_service_pb2_grpc.add_ExperimentServiceServicer_to_server,
         ),
     ),
     build=_build,

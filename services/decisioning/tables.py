@@ -54,3 +54,23 @@ decision_rewards = sa.Table(
     sa.Column("reward_time", sa.BigInteger, nullable=False),
     sa.Index("ix_decision_rewards_policy", "policy_id", "reward_time"),
 )
+
+# A/B/n experiments: their definition (variants, coverage, salt, metrics,
+# criteria: `spec`) and lifecycle; results are computed from events.
+experiments = sa.Table(
+    "experiments",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), nullable=False),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),  # draft, running, stopped
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("start_time", sa.BigInteger, nullable=True),
+    sa.Column("end_time", sa.BigInteger, nullable=True),
+    sa.Column("winner", sa.String(64), nullable=False),
+    sa.Column("stop_reason", sa.String(500), nullable=False),
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
+    sa.Index("ix_experiments_tenant", "tenant_id", "create_time", "id"),
+    sa.Index("ix_experiments_state", "state"),
+)
