@@ -34,6 +34,9 @@ class Recipient:
     traits: Mapping[str, Any]
     # channel -> True (granted), False (refused), None (never asked)
     marketing: Mapping[str, bool | None] = field(default_factory=dict)
+    #: The id their events carry: their first user id, else their first
+    #: anonymous id, else the profile's id (an experiment's unit).
+    unit: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +134,12 @@ class Directory:
             if found is None:
                 return None
             profile = found
+        ids = profile.identities
         return Recipient(
             profile.id,
             dict(profile.traits),
             {channel: granted(profile.consent, "marketing", channel) for channel in CHANNELS},
+            unit=next(iter(ids.get("user_id") or ids.get("anonymous_id") or []), profile.id),
         )
 
     async def people(self, tenant_id: str, profile_ids: Sequence[str]) -> dict[str, Recipient]:

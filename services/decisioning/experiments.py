@@ -384,14 +384,15 @@ class Experiments:
         self,
         store: ExperimentStore,
         recorder: Any,
-        compute_results: Callable[[Experiment, int], Any],
+        compute_results: Callable[[Experiment, int], Any] | None = None,
         *,
         clock: Callable[[], int] = now_us,
         auto_stop_seconds: float = AUTO_STOP_SECONDS,
     ) -> None:
         self.store = store
         self._recorder = recorder  # services.audience.recorder.EventRecorder
-        self._compute = compute_results  # (experiment, now) -> awaitable Results
+        #: (experiment, now) -> awaitable Results; set where results are served
+        self.compute_results = compute_results
         self._clock = clock
         self._auto_stop_seconds = auto_stop_seconds
         self._copies: dict[str, tuple[float, Experiment]] = {}
@@ -515,6 +516,14 @@ class Experiments:
         names.require_same_tenant(name, "name", caller.tenant_id)
         if not user_id.strip() or len(user_id) > MAX_USER_ID:
             raise InvalidArgument.field("user_id", f"the person's id, 1-{MAX_USER_ID} characters")
+        return await self.variant_for(tenant_id, experiment_id, user_id, log=not skip_exposure)
+
+    async def variant_for(
+        self, tenant_id: str, experiment_id: str, user_id: str, *, log: bool = True
+    ) -> Assigned:
+        """`assign` for other domains (a journey's experiment split): the
+        person's variant, its exposure logged unless `log` is false."""
+        skip_exposure = not log
         e = await self._copy(tenant_id, experiment_id)
         if e.state == "stopped":
             return Assigned(e.winner or e.design.control, False, False)
@@ -532,11 +541,16 @@ class Experiments:
 
     # -- results ----------------------------------------------------------------
 
+    async def _results_of(self, e: Experiment) -> Any:
+        if self.compute_results is None:
+            raise RuntimeError("experiment results are not served in this process")
+        return await self.compute_results(e, self._clock())
+
     async def results(self, caller: Principal, name: str) -> Any:
         e = await self.get(caller, name)
         if e.start_time is None:
             raise FailedPrecondition(f"{name} has not started: it has no results yet")
-        return await self._compute(e, self._clock())
+        return await self._results_of(e)
 
     # -- stopping by the criteria -----------------------------------------------
 
@@ -565,7 +579,7 @@ class Experiments:
         for e in await self.store.running():
             if not e.design.criteria.auto_stop:
                 continue
-            found = await self._compute(e, self._clock())
+            found = await self._results_of(e)
             if not found.winner:
                 continue
             with contextlib.suppress(FailedPrecondition):  # stopped meanwhile

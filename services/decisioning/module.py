@@ -35,12 +35,10 @@ async def _build(kernel: Kernel) -> Built:
     async def compute(experiment: Experiment, now: int) -> Any:
         return await results.compute(analytics, experiment, now)
 
-    experiments = Experiments(
-        ExperimentStore(kernel.backends.db, kernel.page_tokens),
-        kernel.interface("event_recorder"),
-        compute,
-        clock=kernel.clock,
-    )
+    # one instance per process: the interface other domains use (journeys'
+    # experiment splits) sees a start or stop made here at once
+    experiments: Experiments = kernel.interface("experiments")
+    experiments.compute_results = compute
     if kernel.worker == "0":  # one process stops experiments by their criteria
         kernel.when_serving(experiments.start_auto_stop, experiments.stop_auto_stop)
     return Built(
@@ -71,4 +69,13 @@ MODULE = DomainModule(
     ),
     build=_build,
     migrations=pathlib.Path(__file__).parent / "migrations",
+    interfaces={
+        # Experiments for other domains (journeys' experiment splits):
+        # definitions and assignment, no results.
+        "experiments": lambda kernel: Experiments(
+            ExperimentStore(kernel.backends.db, kernel.page_tokens),
+            kernel.interface("event_recorder"),
+            clock=kernel.clock,
+        ),
+    },
 )

@@ -65,11 +65,13 @@ class JourneyActivities:
         self._counters = counters
         #: Bound once the journeys domain is built (it needs these first).
         self.enter_member: EnterMember | None = None
+        #: The decisioning domain's experiments (experiment splits), when registered.
+        self.experiments: Any = None
 
     def all(self) -> list[Any]:
         return [
             self.send, self.traits, self.record, self.state, self.update, self.start,
-            self.throttle, self.suppress, self.campaign, self.tag,
+            self.throttle, self.suppress, self.campaign, self.tag, self.variant,
         ]  # fmt: skip
 
     @activity.defn(name="journey_send")
@@ -123,6 +125,20 @@ class JourneyActivities:
             await self._directory.tag(tenant_id, profile_id, add, remove)
         except (NotFound, InvalidArgument) as error:
             raise ApplicationError(str(error), non_retryable=True) from None
+
+    @activity.defn(name="journey_variant")
+    async def variant(self, tenant_id: str, profile_id: str, experiment: str) -> list[Any]:
+        """[variant id, in the experiment]: the person's variant (by the id
+        their events carry), the exposure logged."""
+        if self.experiments is None:
+            raise ApplicationError("experiments are not available", non_retryable=True)
+        person = await self._directory.person(tenant_id, profile_id, "")
+        unit = person.unit if person is not None and person.unit else profile_id
+        try:
+            got = await self.experiments.variant_for(tenant_id, experiment.rsplit("/", 1)[-1], unit)
+        except NotFound as error:  # deleted meanwhile: the first path
+            return ["", False, str(error)[:200]]
+        return [got.variant_id, got.in_experiment]
 
     @activity.defn(name="journey_start")
     async def start(self, step: Start) -> str:

@@ -5,6 +5,7 @@ each way a Temporal workflow (services/journeys/workflow.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -39,6 +40,7 @@ from services.journeys.model import (
     Node,
     TemplateExists,
     check,
+    experiment_path,
     first_next,
     first_send_seconds,
     last_fire,
@@ -106,6 +108,8 @@ class Journeys:
         self.broadcasts: Any = None
         #: The bid path's news (services/bidding/news.py), when it is here.
         self.bid_news: Any = None
+        #: The decisioning domain's experiments (experiment splits), when registered.
+        self.experiments: Any = None
         self._bid_wants_stale = True
 
     # -- journeys -------------------------------------------------------------
@@ -141,6 +145,42 @@ class Journeys:
                 bad.append(FieldViolation(where, why))
         if not bad:
             bad += await self._dependency_problems(tenant_id, definition, own_name)
+        if not bad:
+            bad += await self._experiment_problems(tenant_id, definition)
+        return bad
+
+    async def _experiment_problems(
+        self, tenant_id: str, definition: Definition
+    ) -> list[FieldViolation]:
+        """Experiment splits: an experiment of the tenant, one path per variant."""
+        bad: list[FieldViolation] = []
+        for n, node in enumerate(definition.nodes):
+            if node.kind != "split" or not node.experiment:
+                continue
+            where = f"journey.nodes[{n}].split"
+            parts = node.experiment.split("/")
+            if self.experiments is None:
+                bad.append(FieldViolation(f"{where}.experiment", "experiments are not available"))
+                continue
+            try:
+                if parts[1] != tenant_id:
+                    raise NotFound(node.experiment)
+                experiment = await self.experiments.store.get(tenant_id, parts[3])
+            except NotFound:
+                why = f"node {node.id!r}: no such experiment {node.experiment}"
+                bad.append(FieldViolation(f"{where}.experiment", why))
+                continue
+            known = [v.id for v in experiment.design.variants]
+            for p, variant in enumerate(node.variants):
+                if variant not in known:
+                    why = (
+                        f"node {node.id!r}: {variant!r} is not a variant of it ({', '.join(known)})"
+                    )
+                    bad.append(FieldViolation(f"{where}.paths[{p}].variant", why))
+            missing = [v for v in known if v not in node.variants]
+            if missing:
+                why = f"node {node.id!r}: variants without a path: {', '.join(missing)}"
+                bad.append(FieldViolation(f"{where}.paths", why))
         return bad
 
     async def _dependency_problems(
@@ -802,7 +842,16 @@ class Journeys:
         profile_id = await self._person(journey.tenant_id, profile, user_id)
         person = await self._directory.person(journey.tenant_id, profile_id, "")
         traits: Mapping[str, Any] = dict(person.traits) if person is not None else {}
-        return simulate(definition, profile_id, traits, set(events), self._clock())
+        variants: dict[str, tuple[str, bool]] = {}  # experiment -> the person's, not logged
+        unit = person.unit if person is not None and person.unit else profile_id
+        for node in definition.nodes:
+            if node.kind == "split" and node.experiment and self.experiments is not None:
+                with contextlib.suppress(NotFound):
+                    got = await self.experiments.variant_for(
+                        journey.tenant_id, node.experiment.rsplit("/", 1)[-1], unit, log=False
+                    )
+                    variants[node.experiment] = (got.variant_id, got.in_experiment)
+        return simulate(definition, profile_id, traits, set(events), self._clock(), variants)
 
     async def analytics(
         self, caller: Principal, name: str, version: int
@@ -843,6 +892,7 @@ def simulate(
     traits: Mapping[str, Any],
     events: set[str],
     now_us: int,
+    variants: Mapping[str, tuple[str, bool]] | None = None,
 ) -> Simulation:
     """Walk a definition as the workflow would, without its side effects:
     sends are noted, waits add their time, a wait for an event goes on when
@@ -850,6 +900,7 @@ def simulate(
     branches are walked one after the other, each from the step's time; the
     join comes when the last (mode ANY: the first) arrives."""
     walk = _Simulated(definition, profile_id, traits, events, now_us)
+    walk.variants = dict(variants or {})
     first = definition.nodes[0].id if definition.nodes else ""
     end, _, at = walk.walk(first, "", 0.0)
     if end == "completed":
@@ -874,6 +925,8 @@ class _Simulated:
         self.steps: list[tuple[str, str, float]] = []
         self.visits: dict[str, int] = {}
         self.taken = 0
+        #: experiment -> (the person's variant, in it)
+        self.variants: dict[str, tuple[str, bool]] = {}
 
     def walk(self, current: str, join: str, at: float) -> tuple[str, str, float]:
         """(how it ended: completed, joined, exited, failed; the last node; the time)."""
@@ -909,6 +962,9 @@ class _Simulated:
                 note, current = f"would wait {node.seconds:g}s", node.next
             elif node.kind == "decision":
                 current, note = first_next(node, self.traits)
+            elif node.kind == "split" and node.experiment:
+                variant, inside = self.variants.get(node.experiment, ("", False))
+                current, note = experiment_path(node, variant, inside)
             elif node.kind == "split":
                 current, note = split_path(node, f"{self.profile_id}:{visit}")
             elif node.kind == "digest":

@@ -57,6 +57,7 @@ _NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TEMPLATE = re.compile(r"^tenants/([^/]+)/templates/([^/]+)$")
 _JOURNEY = re.compile(r"^tenants/([^/]+)/journeys/([^/]+)$")
 _SEGMENT = re.compile(r"^tenants/([^/]+)/segments/([^/]+)$")
+_EXPERIMENT = re.compile(r"^tenants/([^/]+)/experiments/([^/]+)$")
 _CAMPAIGN = re.compile(r"^tenants/([^/]+)/campaigns/([^/]+)$")
 _TIME_OF_DAY = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 MAX_PATHS = 10
@@ -88,6 +89,8 @@ class Node:
     time_of_day: str = ""  # wait: until this HH:MM comes next
     time_zone: str = ""  # wait until a time of day: where ("": the person's)
     paths: tuple[tuple[int, str], ...] = ()  # split: (weight, next)
+    experiment: str = ""  # split by an experiment: tenants/t/experiments/e
+    variants: tuple[str, ...] = ()  # experiment split: each path's variant
     traits: Mapping[str, Any] = field(default_factory=dict)  # update
     journey: str = ""  # start_journey: tenants/t/journeys/j
     digest_event: str = ""  # digest: the event collected (for `seconds`)
@@ -192,6 +195,8 @@ class Definition:
                     "time_of_day": n.time_of_day,
                     "time_zone": n.time_zone,
                     "paths": [[w, t] for w, t in n.paths],
+                    "experiment": n.experiment,
+                    "variants": list(n.variants),
                     "traits": dict(n.traits),
                     "journey": n.journey,
                     "digest_event": n.digest_event,
@@ -245,6 +250,8 @@ class Definition:
                     time_of_day=n.get("time_of_day", ""),
                     time_zone=n.get("time_zone", ""),
                     paths=tuple((int(w), str(t)) for w, t in n.get("paths", [])),
+                    experiment=n.get("experiment", ""),
+                    variants=tuple(n.get("variants", ())),
                     traits=dict(n.get("traits") or {}),
                     journey=n.get("journey", ""),
                     digest_event=n.get("digest_event", ""),
@@ -501,8 +508,32 @@ async def _check_node(
     if node.kind == "split":
         if not 2 <= len(node.paths) <= MAX_PATHS:
             bad.append(FieldViolation(f"{where}.split.paths", f"{label}: 2-{MAX_PATHS} paths"))
+        by_experiment = bool(node.experiment)
+        if by_experiment and not _EXPERIMENT.match(node.experiment):
+            why = f"{label}: must be tenants/{{t}}/experiments/{{id}}"
+            bad.append(FieldViolation(f"{where}.split.experiment", why))
+        seen_variants: set[str] = set()
+        for p, variant in enumerate(node.variants):
+            field_name = f"{where}.split.paths[{p}].variant"
+            if not by_experiment and variant:
+                bad.append(
+                    FieldViolation(field_name, f"{label}: only experiment splits name variants")
+                )
+            elif by_experiment and not variant:
+                bad.append(
+                    FieldViolation(
+                        field_name, f"{label}: the experiment's variant this path is for"
+                    )
+                )
+            elif by_experiment and variant in seen_variants:
+                bad.append(
+                    FieldViolation(field_name, f"{label}: variant {variant!r} has two paths")
+                )
+            seen_variants.add(variant)
         for p, (weight, target) in enumerate(node.paths):
-            if not 1 <= weight <= MAX_WEIGHT:
+            if by_experiment and weight == 0:
+                pass  # the experiment's weights decide
+            elif not 1 <= weight <= MAX_WEIGHT:
                 bad.append(FieldViolation(f"{where}.split.paths[{p}].weight",
                                           f"{label}: 1-{MAX_WEIGHT:,}"))  # fmt: skip
             if target not in ids:
@@ -648,6 +679,17 @@ def seconds_until(now: dt.datetime, time_of_day: str, zone: str) -> float:
         if moment.astimezone(dt.UTC) > now:
             return (moment.astimezone(dt.UTC) - now).total_seconds()
     return 86400.0
+
+
+def experiment_path(node: Node, variant: str, in_experiment: bool) -> tuple[str, str]:
+    """An experiment split's path for the person's variant (an unknown one:
+    the first path)."""
+    for (_, target), named in zip(node.paths, node.variants, strict=False):
+        if named == variant:
+            return target, f"variant {variant}" + (
+                "" if in_experiment else " (not in the experiment)"
+            )
+    return node.paths[0][1], f"variant {variant!r} has no path: the first"
 
 
 def split_path(node: Node, key: str) -> tuple[str, str]:

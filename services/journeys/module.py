@@ -40,6 +40,8 @@ async def _build(kernel: Kernel) -> Built:
     )
     journeys = Journeys(store, engine, outbox.template_exists, directory, clock=kernel.clock)
     activities.enter_member = journeys.enter_member
+    if kernel.has_interface("experiments"):  # experiment splits
+        journeys.experiments = activities.experiments = kernel.interface("experiments")
 
     kernel.interface("applied_calls").register(journeys.on_calls)  # event triggers
     outbox.on_engagement(journeys.on_engagement)  # opens and clicks to waiting ways

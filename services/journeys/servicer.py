@@ -92,7 +92,9 @@ def definition_in(j: journey_pb2.Journey) -> Definition:
                         time_of_day=w.time_of_day, time_zone=w.time_zone)  # fmt: skip
         elif step == "split":
             node = Node(n.id, step, n.next,
-                        paths=tuple((p.weight, p.next) for p in n.split.paths))  # fmt: skip
+                        paths=tuple((p.weight, p.next) for p in n.split.paths),
+                        experiment=n.split.experiment,
+                        variants=tuple(p.variant for p in n.split.paths))  # fmt: skip
         elif step == "digest":
             node = Node(n.id, step, n.next, digest_event=n.digest.event,
                         seconds=_seconds(n.digest.window))  # fmt: skip
@@ -244,8 +246,11 @@ def journey_proto(journey: Journey) -> journey_pb2.Journey:
             n.wait.time_of_day = node.time_of_day
             n.wait.time_zone = node.time_zone
         elif node.kind == "split":
-            for weight, target in node.paths:
-                n.split.paths.add(weight=weight, next=target)
+            n.split.experiment = node.experiment
+            for (weight, target), variant in zip(
+                node.paths, node.variants or ("",) * len(node.paths), strict=False
+            ):
+                n.split.paths.add(weight=weight, next=target, variant=variant)
         elif node.kind == "digest":
             n.digest.event = node.digest_event
             n.digest.window.CopyFrom(_duration(node.seconds))

@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         MAX_DIGESTED,
         Definition,
         Node,
+        experiment_path,
         first_next,
         seconds_until,
         split_path,
@@ -301,6 +302,15 @@ class JourneyWorkflow:
                 await self._record(run, node.id, "active", f"tags {what}"[:200],
                                    counts=["entered"])  # fmt: skip
                 current = node.next
+            elif node.kind == "split" and node.experiment:
+                got = await workflow.execute_activity(
+                    "journey_variant",
+                    args=[run.tenant_id, run.profile_id, node.experiment],
+                    result_type=list,
+                    **_options(),
+                )
+                current, why = experiment_path(node, str(got[0]), bool(got[1]))
+                await self._record(run, node.id, "active", why[:200], counts=["entered"])
             elif node.kind == "split":
                 current, why = split_path(node, f"{run.profile_id}:{visit}")
                 await self._record(run, node.id, "active", why, counts=["entered"])

@@ -1153,11 +1153,21 @@ Global___StartJourneyStep: _TypeAlias = StartJourneyStep  # noqa: Y015
 
 @_typing.final
 class SplitStep(_message.Message):
-    """Send each person down one path, at random by weight."""
+    """Send each person down one path: at random by weight, or by their variant
+    in an experiment.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PATHS_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_FIELD_NUMBER: _builtins.int
+    experiment: _builtins.str
+    """An experiment of the tenant, `tenants/{tenant}/experiments/{id}`: each
+    path names a `variant` (every variant one path), and a person takes the
+    path of the variant the experiment assigns them (their exposure logged).
+    Outside its coverage, or while it is a draft, the control's path; once
+    stopped, the winner's.
+    """
     @_builtins.property
     def paths(self) -> _containers.RepeatedCompositeFieldContainer[Global___SplitPath]:
         """2-10 paths."""
@@ -1166,10 +1176,11 @@ class SplitStep(_message.Message):
         self,
         *,
         paths: _abc.Iterable[Global___SplitPath] | None = ...,
+        experiment: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["paths", b"paths"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment", "paths", b"paths"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1183,21 +1194,26 @@ class SplitPath(_message.Message):
 
     WEIGHT_FIELD_NUMBER: _builtins.int
     NEXT_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
     weight: _builtins.int
     """Its share against the others' (1-10,000): weights 1 and 3 send a
-    quarter of the people down the first path.
+    quarter of the people down the first path. Not used (0) by experiment
+    splits: the experiment's weights decide.
     """
     next: _builtins.str
     """A node id."""
+    variant: _builtins.str
+    """Experiment splits: the variant's id."""
     def __init__(
         self,
         *,
         weight: _builtins.int = ...,
         next: _builtins.str = ...,
+        variant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next", b"next", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next", b"next", "variant", b"variant", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
