@@ -15,11 +15,15 @@ from campaignexpress.decisioning.v1 import (
     decision_service_pb2_grpc,
     experiment_service_pb2,
     experiment_service_pb2_grpc,
+    recommendation_service_pb2,
+    recommendation_service_pb2_grpc,
 )
 from services.decisioning import results
 from services.decisioning.domain import Decisions
 from services.decisioning.experiment_servicer import ExperimentServicer
 from services.decisioning.experiments import Experiment, Experiments, ExperimentStore
+from services.decisioning.recommendation_servicer import RecommendationServicer
+from services.decisioning.recommendations import Recommendations
 from services.decisioning.servicer import DecisionServicer
 from services.decisioning.store import Store
 from services.decisioning.tokens import DecisionTokens
@@ -41,10 +45,15 @@ async def _build(kernel: Kernel) -> Built:
     experiments.compute_results = compute
     if kernel.worker == "0":  # one process stops experiments by their criteria
         kernel.when_serving(experiments.start_auto_stop, experiments.stop_auto_stop)
+    recommendations = Recommendations(kernel.interface("catalog_items"), analytics,
+                                      clock=kernel.clock)  # fmt: skip
+    kernel.interface("applied_calls").register(recommendations.on_calls)
+    kernel.lifecycle(None, recommendations.close)
     return Built(
-        [DecisionServicer(decisions), ExperimentServicer(experiments)],
-        api=Decisioning(decisions, experiments),
-    )
+        [DecisionServicer(decisions), ExperimentServicer(experiments),
+         RecommendationServicer(recommendations)],
+        api=Decisioning(decisions, experiments, recommendations),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +62,7 @@ class Decisioning:
 
     policies: Decisions
     experiments: Experiments
+    recommendations: Recommendations
 
 
 MODULE = DomainModule(
@@ -65,6 +75,10 @@ MODULE = DomainModule(
         Service(
             experiment_service_pb2.DESCRIPTOR.services_by_name["ExperimentService"],
             experiment_service_pb2_grpc.add_ExperimentServiceServicer_to_server,
+        ),
+        Service(
+            recommendation_service_pb2.DESCRIPTOR.services_by_name["RecommendationService"],
+            recommendation_service_pb2_grpc.add_RecommendationServiceServicer_to_server,
         ),
     ),
     build=_build,

@@ -239,6 +239,21 @@ class Catalogs:
             found[catalog_id] = cached[1]
         return found
 
+    async def all_items(
+        self, tenant_id: str, catalog_id: str
+    ) -> list[tuple[str, dict[str, Any], int]]:
+        """Every item of a catalog (id, attributes, last change), for other
+        domains (recommendations); NotFound when there is no such catalog."""
+        await self._get(tenant_id, catalog_id)
+        i = messaging_catalog_items.c
+        async with self._db.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(i.item_id, i.attributes, i.update_time)
+                .where(i.tenant_id == tenant_id, i.catalog_id == catalog_id)
+                .order_by(i.item_id)
+            )
+            return [(r.item_id, dict(r.attributes), int(r.update_time)) for r in rows]
+
     async def _get(self, tenant_id: str, catalog_id: str) -> Catalog:
         c = messaging_catalogs.c
         async with self._db.engine.connect() as conn:

@@ -317,5 +317,9 @@ MODULE = DomainModule(
     interfaces={
         # Messages as steps of other domains' flows (journeys).
         "message_outbox": lambda kernel: Outbox(),
+        # Product catalogs' items for other domains (recommendations).
+        "catalog_items": lambda kernel: Catalogs(
+            kernel.backends.db, clock=kernel.clock, page_tokens=kernel.page_tokens
+        ),
     },
 )
