@@ -281,19 +281,20 @@ class Index:
                 skip = excluded | interacted
                 why = "like what they looked at"
             # cosine, ties (items alike) broken towards what people choose
-            scores = self.features @ target + POPULARITY_TIEBREAK * self._log_popularity()
+            scores = np.dot(self.features, target.astype(np.float32, copy=False))
+            scores += self._log_popularity()  # already scaled by POPULARITY_TIEBREAK
             return self._top(scores, limit, skip, why)
         raise ValueError(f"unknown strategy {strategy!r}")
 
     def _log_popularity(self) -> np.ndarray:
-        """log(1 + popularity) scaled to [0, 1] (recomputed at most every
-        PRIOR_SECONDS)."""
+        """POPULARITY_TIEBREAK x log(1 + popularity) scaled to [0, 1]
+        (recomputed at most every PRIOR_SECONDS)."""
         now = time.monotonic()
         if self._prior is not None and now - self._prior[0] < PRIOR_SECONDS:
             return self._prior[1]
         top = float(self.popularity.max()) if len(self.popularity) else 0.0
         prior = (
-            (np.log1p(self.popularity) / math.log1p(top)).astype(np.float32)
+            (np.log1p(self.popularity) * (POPULARITY_TIEBREAK / math.log1p(top))).astype(np.float32)
             if top > 0
             else np.zeros(len(self.popularity), dtype=np.float32)
         )
