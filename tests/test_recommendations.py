@@ -196,3 +196,34 @@ async def test_bad_recommendation_requests_are_refused_naming_the_field(env: Env
     # an empty catalog recommends nothing, without failing
     status, got = await _recommend(env, strategy="STRATEGY_TRENDING")
     assert status == 200 and got.get("items", []) == [], got
+
+
+async def test_the_demo_tenant_recommends_runs_an_experiment_and_a_policy(env: Env) -> None:
+    """`serve --demo`: the demo shop's catalog, the demo people's product
+    events behind its recommendations, the running checkout experiment and
+    the hero banner policy; seeding again adds nothing."""
+    from services.host.demo import seed_demo
+
+    seed = await seed_demo(env.running.platform)
+    await seed_demo(env.running.platform)  # idempotent
+    headers = {"Authorization": f"Bearer {seed.api_key}"}
+
+    async def demo(verb: str, path: str, body: Any = None) -> Any:
+        async with env.http.request(verb, f"{env.base_url}/v1/{path}", json=body,
+                                    headers=headers) as reply:  # fmt: skip
+            assert reply.status == 200, await reply.text()
+            return await reply.json()
+
+    popular = await demo("POST", "tenants/demo/catalogs/shop:recommend",
+                         {"strategy": "STRATEGY_MOST_POPULAR", "limit": 5})  # fmt: skip
+    assert len(popular["items"]) == 5 and popular["catalogItems"] == "12", popular
+    ask = {"strategy": "STRATEGY_PERSONALIZED_CF", "userId": "demo-user-0001"}
+    person = await demo("POST", "tenants/demo/catalogs/shop:recommend", ask)
+    assert person["items"], person
+    experiments = (await demo("GET", "tenants/demo/experiments"))["experiments"]
+    assert [e["displayName"] for e in experiments] == ["Checkout button"]
+    assert experiments[0]["state"] == "EXPERIMENT_STATE_RUNNING"
+    got = await demo("POST", f"{experiments[0]['name']}:assign", {"userId": "demo-user-0001"})
+    assert got["variantId"] in ("control", "green", "big") and got["inExperiment"]
+    policies = (await demo("GET", "tenants/demo/policies"))["policies"]
+    assert [p["displayName"] for p in policies] == ["Hero banner"]

@@ -20,6 +20,13 @@ from services.common.call import Principal
 from services.common.rbac import ALL_PERMISSIONS
 
 DEMO_PEOPLE = 200
+#: The products of the demo shop's catalog (messaging's demo seeds it) that
+#: the demo people's product events name.
+DEMO_PRODUCTS = tuple(
+    [f"boot-{n}" for n in range(1, 7)]
+    + [f"jacket-{n}" for n in range(1, 5)]
+    + [f"hat-{n}" for n in range(1, 3)]
+)
 TIME_INDEX = COLUMNS.index("event_time")
 _CITIES = ("Lisbon", "Austin", "Osaka", "Lagos", "Oslo", "Lima", "Pune", "Perth")
 _PLANS = ("free", "plus", "pro")
@@ -58,9 +65,12 @@ def demo_calls(now_us: int, people: int = DEMO_PEOPLE) -> list[dict[str, Any]]:
                               "timestamp": at(rng.uniform(0, first)),
                               "messageId": f"demo-{n}-{k}"})  # fmt: skip
             else:
-                calls.append({"type": "track", "userId": user, "event": rng.choice(_EVENTS),
-                              "properties": {"value": round(rng.uniform(5, 250), 2)},
-                              "timestamp": at(rng.uniform(0, first)),
+                event = rng.choice(_EVENTS)
+                properties: dict[str, Any] = {"value": round(rng.uniform(5, 250), 2)}
+                if event != "Checkout Started":  # the demo shop's products (no draw of rng)
+                    properties["product_id"] = DEMO_PRODUCTS[(n * 7 + k * 3) % len(DEMO_PRODUCTS)]
+                calls.append({"type": "track", "userId": user, "event": event,
+                              "properties": properties, "timestamp": at(rng.uniform(0, first)),
                               "messageId": f"demo-{n}-{k}"})  # fmt: skip
     return calls
 

@@ -19,6 +19,7 @@ from campaignexpress.decisioning.v1 import (
     recommendation_service_pb2_grpc,
 )
 from services.decisioning import results
+from services.decisioning.demo import seed_demo_decisioning
 from services.decisioning.domain import Decisions
 from services.decisioning.experiment_servicer import ExperimentServicer
 from services.decisioning.experiments import Experiment, Experiments, ExperimentStore
@@ -27,7 +28,7 @@ from services.decisioning.recommendations import Recommendations
 from services.decisioning.servicer import DecisionServicer
 from services.decisioning.store import Store
 from services.decisioning.tokens import DecisionTokens
-from services.kernel import Built, DomainModule, Kernel, Service
+from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 
 
 async def _build(kernel: Kernel) -> Built:
@@ -49,10 +50,16 @@ async def _build(kernel: Kernel) -> Built:
                                       clock=kernel.clock)  # fmt: skip
     kernel.interface("applied_calls").register(recommendations.on_calls)
     kernel.lifecycle(None, recommendations.close)
+
+    async def seed(seed: TenantSeed) -> None:
+        if seed.demo:
+            await seed_demo_decisioning(decisions, experiments, seed.tenant_id)
+
     return Built(
         [DecisionServicer(decisions), ExperimentServicer(experiments),
          RecommendationServicer(recommendations)],
         api=Decisioning(decisions, experiments, recommendations),
+        seed=seed,
     )  # fmt: skip
 
 

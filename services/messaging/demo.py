@@ -5,11 +5,29 @@ newcomer sees templates, a preview and a feed with no provider to set up."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from services.audience.demo import DEMO_PRODUCTS
 from services.common.call import Principal
 from services.common.rbac import ALL_PERMISSIONS
 from services.messaging.domain import Messaging
 
 DEMO_FEED_PEOPLE = 5
+
+
+def demo_products() -> list[tuple[str, dict[str, Any]]]:
+    """The demo shop's items: the products the demo people's events name."""
+    kinds = {"boot": ("boots", 90.0), "jacket": ("jackets", 150.0), "hat": ("hats", 25.0)}
+    items = []
+    for product in DEMO_PRODUCTS:
+        kind, number = product.split("-")
+        category, price = kinds[kind]
+        items.append((product, {
+            "name": f"{category.title()[:-1]} {number}", "category": category,
+            "brand": ("Alp", "Fjel", "Nord")[int(number) % 3], "price": price + 10 * int(number),
+            "createdAt": f"2026-11-{10 + int(number):02d}T00:00:00Z",
+        }))  # fmt: skip
+    return items
 
 
 async def seed_demo_messaging(messaging: Messaging, tenant_id: str) -> None:
@@ -46,6 +64,10 @@ async def seed_demo_messaging(messaging: Messaging, tenant_id: str) -> None:
                              "text": "For {{ profile.city | default: 'you' }}, this week only",
                              "html": "<img src='https://shop.example/boots.png'>"}},
         )  # fmt: skip
+    catalogs = {c.id for c in await messaging.catalogs.list_catalogs(system, parent)}
+    if "shop" not in catalogs:
+        await messaging.catalogs.create(system, parent, "shop", "Demo shop")
+        await messaging.catalogs.upsert(system, f"{parent}/catalogs/shop", demo_products())
     for n in range(DEMO_FEED_PEOPLE):
         await messaging.messages.send(
             system, parent, template=card.name,
