@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -44,6 +45,14 @@ from services.decisioning.bandits import (
     interval,
     welch,
 )
+from services.decisioning.connector import (
+    Connector,
+    External,
+    ExternalUnavailable,
+    catalog_forward,
+    check_connector,
+    reward_forward,
+)
 from services.decisioning.store import HOLDOUT, PolicyRow, Store
 from services.decisioning.tokens import Decision, DecisionTokens, features_of
 
@@ -63,7 +72,10 @@ MAX_USER_ID = 256
 REFRESH_SECONDS = 0.5
 #: Decisions made here are added to the arms' rows this often.
 FLUSH_SECONDS = 1.0
-FIELDS = ("display_name", "guardrails", "holdout_share", "control_arm", "exploration", "arms")
+FIELDS = (
+    "display_name", "guardrails", "holdout_share", "control_arm", "exploration", "arms",
+    "connector",
+)  # fmt: skip
 _ARM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _METRIC = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _NAMES = {
@@ -103,6 +115,7 @@ class Spec:
     exploration: float = 0.0  # 0: the algorithm's default
     min_share: float = DEFAULT_MIN_SHARE
     guardrails: tuple[Guardrail, ...] = ()
+    connector: Connector | None = None
 
     @property
     def control(self) -> str:
@@ -121,6 +134,7 @@ class Spec:
             "guardrails": [{"metric": g.metric, "higher_is_worse": g.higher_is_worse,
                             "alpha": g.alpha, "min_samples": g.min_samples}
                            for g in self.guardrails],
+            "connector": self.connector.to_json() if self.connector else None,
         }  # fmt: skip
 
     @classmethod
@@ -142,6 +156,7 @@ class Spec:
             exploration=float(data.get("exploration", 0.0)),
             min_share=float(data.get("min_share", DEFAULT_MIN_SHARE)),
             guardrails=tuple(Guardrail(**g) for g in data.get("guardrails", [])),
+            connector=Connector.from_json(data.get("connector")),
         )
 
 
@@ -224,8 +239,10 @@ class Decisions:
         *,
         clock: Callable[[], int] = now_us,
         rng: np.random.Generator | None = None,
+        external: External | None = None,
     ) -> None:
         self.store = store
+        self._external = external or External()
         self._tokens = tokens
         self._clock = clock
         self._rng = rng or np.random.default_rng(int.from_bytes(os.urandom(8), "big"))
@@ -248,6 +265,7 @@ class Decisions:
             await self.flush()
         except Exception:
             log.warning("decisioning: the last decision counts were not written", exc_info=True)
+        await self._external.close()
 
     async def _flush_loop(self) -> None:
         while True:
@@ -280,7 +298,7 @@ class Decisions:
         now = self._clock()
         policy = Policy(random_hex_id(), tenant_id, display_name, state or "active", spec, now,
                         now)  # fmt: skip
-        await self.store.create(_row(policy), [a.id for a in spec.arms])
+        await self.store.create(_row(policy), [a.id for a in spec.arms], _catalog(policy, now))
         return policy
 
     async def get(self, caller: Principal, name: str, field_name: str = "name") -> Policy:
@@ -323,14 +341,20 @@ class Decisions:
             exploration=spec.exploration if "exploration" in wanted else current.exploration,
             min_share=spec.min_share if "guardrails" in wanted else current.min_share,
             guardrails=spec.guardrails if "guardrails" in wanted else current.guardrails,
+            connector=_merged_connector(spec.connector, current.connector)
+            if "connector" in wanted
+            else current.connector,
         )
         new_name = display_name if "display_name" in wanted else policy.display_name
         bad: list[FieldViolation] = []
         check_text(bad, "policy.display_name", new_name, required=True, max_len=200)
         bad += check_spec(merged)
         collect(bad)
+        now = self._clock()
+        sync = (new_arms or merged.connector != current.connector) and merged.connector
+        forwards = _catalog(dataclasses.replace(policy, spec=merged), now) if sync else []
         await self.store.update(_row(policy), display_name=new_name, spec=merged.to_json(),
-                                new_arms=new_arms)  # fmt: skip
+                                new_arms=new_arms, forwards=forwards)  # fmt: skip
         self._loaded.pop(policy.id, None)
         return await self.get(caller, name, "policy.name")
 
@@ -419,14 +443,39 @@ class Decisions:
             explained = Explained(
                 f"held out ({spec.holdout_share:.0%} of people): the control arm "
                 f"{spec.control!r}", [], [], False, True)  # fmt: skip
+        time_us, nonce = self._clock(), os.urandom(8)
+        external = None
+        if not held and spec.connector is not None:
+            request_id = Decision(tenant_id, policy_id, 0, 1.0, time_us, False, (), nonce).key
+            live = [a.id for a in spec.arms if not a.stopped]
+            try:
+                external = await self._external.recommend(
+                    spec.connector, request_id, user_id, kept, context, live
+                )
+            except ExternalUnavailable as error:
+                why = f"the external service ({spec.connector.use_case}): {error}"
+        if held:
+            pass
+        elif external is not None:
+            arm = next(i for i, a in enumerate(spec.arms) if a.id == external.arm_id)
+            propensity = external.propensity
+            explained = Explained(
+                f"chosen by the external decisioning service (use case "
+                f"{spec.connector.use_case!r})", [], [], False, False)  # type: ignore[union-attr]  # fmt: skip
         else:
-            choice = choose(spec.algorithm, loaded.arms, kept, self._rng,
+            algorithm = spec.algorithm if spec.connector is None else "thompson_sampling"
+            features = kept if spec.connector is None else []
+            choice = choose(algorithm, loaded.arms, features, self._rng,
                             exploration=spec.exploration, min_share=spec.min_share)  # fmt: skip
             arm, propensity = choice.arm, choice.propensity
             explained = _explain(spec, loaded.arms, choice.arm, choice.scores, choice.explored,
-                                 kept)  # fmt: skip
-        decision = Decision(tenant_id, policy_id, arm, propensity, self._clock(), held, kept,
-                            os.urandom(8))  # fmt: skip
+                                 features)  # fmt: skip
+            if spec.connector is not None:
+                explained = dataclasses.replace(
+                    explained, summary=f"{why}; local Thompson sampling: {explained.summary}"
+                )
+        decision = Decision(tenant_id, policy_id, arm, propensity, time_us, held, kept,
+                            nonce)  # fmt: skip
         arm_id = spec.arms[arm].id
         self._counts[(policy_id, HOLDOUT if held else arm_id)] += 1
         return Decided(self._tokens.encode(decision), arm_id, propensity, explained)
@@ -474,14 +523,21 @@ class Decisions:
             raise InvalidArgument.field("decision_id", "its arm is not the policy's")
         arm_id = policy.spec.arms[decision.arm].id
         features = decision.features if policy.spec.dimension and not decision.holdout else None
+        connector = policy.spec.connector
+        forward = (
+            reward_forward(connector, decision.key, arm_id, reward, self._clock())
+            if connector is not None and not decision.holdout
+            else None
+        )
         learnt = await self.store.reward(
             decision.key,
             policy.id,
             HOLDOUT if decision.holdout else arm_id,
             reward,
-            features,
-            policy.spec.dimension,
+            features if connector is None else None,
+            policy.spec.dimension if connector is None else 0,
             metrics,
+            forward,
         )
         if learnt is None:
             return arm_id, True
@@ -559,6 +615,26 @@ def _fields(spec: Spec) -> dict[str, Any]:
     return {name: getattr(spec, name) for name in Spec.__dataclass_fields__}
 
 
+def _catalog(policy: Policy, version: int) -> list[dict[str, Any]]:
+    """The forward that tells the policy's external service its arms."""
+    connector = policy.spec.connector
+    if connector is None:
+        return []
+    arms = [{"id": a.id, "attributes": dict(a.attributes), "active": not a.stopped}
+            for a in policy.spec.arms]  # fmt: skip
+    return [catalog_forward(connector, policy.id, version, arms)]
+
+
+def _merged_connector(given: Connector | None, current: Connector | None) -> Connector | None:
+    """An update's connector; its API key kept when not given again (answers
+    never show it)."""
+    if given is None:
+        return None
+    if not given.api_key and current is not None:
+        return dataclasses.replace(given, api_key=current.api_key)
+    return given
+
+
 def _row(policy: Policy) -> PolicyRow:
     return PolicyRow(policy.id, policy.tenant_id, policy.display_name, policy.state,
                      policy.spec.to_json(), policy.create_time, policy.update_time)  # fmt: skip
@@ -612,6 +688,9 @@ def check_spec(spec: Spec) -> list[FieldViolation]:
             bad.append(FieldViolation(f"{where}.alpha", "0.0001 to 0.2"))
         if not 2 <= guard.min_samples <= 10_000_000:
             bad.append(FieldViolation(f"{where}.min_samples", "2 to 10,000,000"))
+    if spec.connector is not None:
+        problems = check_connector(spec.connector, "policy.connector")
+        bad += [FieldViolation(f, why) for f, why in problems]
     return bad
 
 

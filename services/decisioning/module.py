@@ -19,6 +19,7 @@ from campaignexpress.decisioning.v1 import (
     recommendation_service_pb2_grpc,
 )
 from services.decisioning import results
+from services.decisioning.connector import Forwarder
 from services.decisioning.demo import seed_demo_decisioning
 from services.decisioning.domain import Decisions
 from services.decisioning.experiment_servicer import ExperimentServicer
@@ -35,6 +36,9 @@ async def _build(kernel: Kernel) -> Built:
     store = Store(kernel.backends.db, kernel.page_tokens, clock=kernel.clock)
     decisions = Decisions(store, DecisionTokens(kernel.secret), clock=kernel.clock)
     kernel.when_serving(decisions.start, decisions.stop)  # decision counts, every second
+    # rewards and catalogs to policies' external services (each row claimed by one process)
+    forwarder = Forwarder(kernel.backends.db, clock=kernel.clock)
+    kernel.when_serving(forwarder.start, forwarder.stop)
     analytics = kernel.backends.analytics
 
     async def compute(experiment: Experiment, now: int) -> Any:
@@ -58,7 +62,7 @@ async def _build(kernel: Kernel) -> Built:
     return Built(
         [DecisionServicer(decisions), ExperimentServicer(experiments),
          RecommendationServicer(recommendations)],
-        api=Decisioning(decisions, experiments, recommendations),
+        api=Decisioning(decisions, experiments, recommendations, forwarder),
         seed=seed,
     )  # fmt: skip
 
@@ -70,6 +74,7 @@ class Decisioning:
     policies: Decisions
     experiments: Experiments
     recommendations: Recommendations
+    forwarder: Forwarder
 
 
 MODULE = DomainModule(

@@ -9,6 +9,7 @@ from campaignexpress.decisioning.v1 import decision_service_pb2_grpc as pb_grpc
 from campaignexpress.decisioning.v1 import policy_pb2
 from services.common.call import current_principal
 from services.common.protoconv import struct_dict, timestamp
+from services.decisioning.connector import DEFAULT_TIMEOUT_SECONDS, Connector
 from services.decisioning.domain import (
     DEFAULT_ALPHA,
     DEFAULT_MIN_SAMPLES,
@@ -57,6 +58,14 @@ def spec_in(p: policy_pb2.Policy) -> Spec:
             )
             for m in g.metrics
         ),  # fmt: skip
+        connector=Connector(
+            p.connector.base_url,
+            p.connector.api_key,
+            p.connector.use_case,
+            p.connector.timeout_seconds or DEFAULT_TIMEOUT_SECONDS,
+        )
+        if p.HasField("connector")
+        else None,  # fmt: skip
     )
 
 
@@ -78,6 +87,12 @@ def policy_proto(policy: Policy) -> policy_pb2.Policy:
         made = out.arms.add(id=arm.id, stopped=arm.stopped, stop_reason=arm.stop_reason)
         if arm.attributes:
             made.attributes.update(dict(arm.attributes))
+    if spec.connector is not None:
+        c = spec.connector
+        out.connector.CopyFrom(
+            policy_pb2.Connector(base_url=c.base_url, api_key_set=bool(c.api_key),
+                                 use_case=c.use_case, timeout_seconds=c.timeout)
+        )  # fmt: skip
     out.guardrails.min_arm_share = spec.min_share
     for g in spec.guardrails:
         out.guardrails.metrics.add(metric=g.metric, higher_is_worse=g.higher_is_worse,

@@ -17,7 +17,12 @@ from services.common.errors import InvalidArgument, NotFound
 from services.common.pagination import PageTokens, scope
 from services.db import Database
 from services.decisioning.bandits import ArmState, learn
-from services.decisioning.tables import decision_arms, decision_policies, decision_rewards
+from services.decisioning.tables import (
+    decision_arms,
+    decision_forwards,
+    decision_policies,
+    decision_rewards,
+)
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1_000
@@ -55,7 +60,9 @@ class Store:
 
     # -- policies ---------------------------------------------------------------
 
-    async def create(self, policy: PolicyRow, arm_ids: Sequence[str]) -> None:
+    async def create(
+        self, policy: PolicyRow, arm_ids: Sequence[str], forwards: Sequence[dict[str, Any]] = ()
+    ) -> None:
         async with self._db.engine.begin() as conn:
             await conn.execute(
                 decision_policies.insert().values(
@@ -69,6 +76,7 @@ class Store:
                 )
             )
             await self._add_arms(conn, policy.id, [HOLDOUT, *arm_ids])
+            await _forward(conn, forwards)
 
     async def _add_arms(self, conn: Any, policy_id: str, arm_ids: Sequence[str]) -> None:
         now = self._clock()
@@ -135,6 +143,7 @@ class Store:
         spec: Mapping[str, Any] | None = None,
         new_arms: Sequence[str] = (),
         only_from: Sequence[str] = (),
+        forwards: Sequence[dict[str, Any]] = (),
     ) -> bool:
         """Change a policy (with `only_from`: only while in one of those
         states); whether it changed."""
@@ -153,6 +162,8 @@ class Store:
             changed = await conn.execute(query.values(**values))
             if changed.rowcount and new_arms:
                 await self._add_arms(conn, policy.id, new_arms)
+            if changed.rowcount:
+                await _forward(conn, forwards)
         return bool(changed.rowcount)
 
     # -- statistics -------------------------------------------------------------
@@ -188,6 +199,7 @@ class Store:
         features: Sequence[float] | None,
         dimension: int,
         metrics: Mapping[str, float],
+        forward: dict[str, Any] | None = None,
     ) -> ArmState | None:
         """Record a decision's reward and teach its arm (or the holdout's
         row), in one transaction; None when it was rewarded before."""
@@ -231,9 +243,16 @@ class Store:
                         update_time=now,
                     )
                 )
+                if forward is not None:  # to the external service, with the reward
+                    await _forward(conn, [forward])
         except IntegrityError:
             return None
         return arm
+
+
+async def _forward(conn: Any, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(decision_forwards.insert(), list(rows))
 
 
 def _arm(row: Any, dimension: int) -> ArmState:

@@ -74,3 +74,21 @@ experiments = sa.Table(
     sa.Index("ix_experiments_tenant", "tenant_id", "create_time", "id"),
     sa.Index("ix_experiments_state", "state"),
 )
+
+# What goes to policies' external decisioning services (rewards, catalog
+# syncs): written in the transaction of what they report, sent until the
+# service answers 2xx (services/decisioning/connector.py).
+decision_forwards = sa.Table(
+    "decision_forwards",
+    metadata,
+    sa.Column("forward_key", sa.String(120), primary_key=True),  # also the Idempotency-Key
+    sa.Column("method", sa.String(8), nullable=False),
+    sa.Column("url", sa.String(1000), nullable=False),
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("api_key", sa.String(2000), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_try", sa.BigInteger, nullable=False),
+    sa.Column("done_time", sa.BigInteger, nullable=True),  # sent (2xx) or refused for good
+    sa.Column("outcome", sa.String(500), nullable=False),
+    sa.Index("ix_decision_forwards_due", "done_time", "next_try"),
+)

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+campaignexpress/decisioning/v1/policy.proto\x12\x1e\x63\x61mpaignexpress.decisioning.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x03\n\x06Policy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x31\n\x04\x61rms\x18\x03 \x03(\x0b\x32#.campaignexpress.decisioning.v1.Arm\x12<\n\talgorithm\x18\x04 \x01(\x0e\x32).campaignexpress.decisioning.v1.Algorithm\x12\x19\n\x11\x63ontext_dimension\x18\x05 \x01(\x05\x12:\n\x05state\x18\x06 \x01(\x0e\x32+.campaignexpress.decisioning.v1.PolicyState\x12>\n\nguardrails\x18\x07 \x01(\x0b\x32*.campaignexpress.decisioning.v1.Guardrails\x12\x15\n\rholdout_share\x18\x08 \x01(\x01\x12\x13\n\x0b\x63ontrol_arm\x18\t \x01(\t\x12\x13\n\x0b\x65xploration\x18\n \x01(\x01\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"d\n\x03\x41rm\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\nattributes\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07stopped\x18\x03 \x01(\x08\x12\x13\n\x0bstop_reason\x18\x04 \x01(\t\"|\n\nGuardrails\x12\x1a\n\rmin_arm_share\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12@\n\x07metrics\x18\x02 \x03(\x0b\x32/.campaignexpress.decisioning.v1.GuardrailMetricB\x10\n\x0e_min_arm_share\"^\n\x0fGuardrailMetric\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x17\n\x0fhigher_is_worse\x18\x02 \x01(\x08\x12\r\n\x05\x61lpha\x18\x03 \x01(\x01\x12\x13\n\x0bmin_samples\x18\x04 \x01(\x05\"\xa2\x02\n\x08\x41rmStats\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\x13\n\x0bimpressions\x18\x02 \x01(\x03\x12\x12\n\nreward_sum\x18\x03 \x01(\x01\x12\x0c\n\x04mean\x18\x04 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x05 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x06 \x01(\x01\x12\x15\n\rtraffic_share\x18\x07 \x01(\x01\x12\x11\n\tdecisions\x18\x08 \x01(\x03\x12\x0f\n\x07stopped\x18\t \x01(\x08\x12\x46\n\x07metrics\x18\n \x03(\x0b\x32\x35.campaignexpress.decisioning.v1.ArmStats.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x99\x01\n\x04Lift\x12\x1b\n\x13holdout_impressions\x18\x01 \x01(\x03\x12\x14\n\x0choldout_mean\x18\x02 \x01(\x01\x12\x1a\n\x12policy_impressions\x18\x03 \x01(\x03\x12\x13\n\x0bpolicy_mean\x18\x04 \x01(\x01\x12\x0c\n\x04lift\x18\x05 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x06 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x07 \x01(\x01\"\xbc\x01\n\x0b\x45xplanation\x12\x0f\n\x07summary\x18\x01 \x01(\t\x12\x38\n\x06scores\x18\x02 \x03(\x0b\x32(.campaignexpress.decisioning.v1.ArmScore\x12?\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32-.campaignexpress.decisioning.v1.FeatureWeight\x12\x10\n\x08\x65xplored\x18\x04 \x01(\x08\x12\x0f\n\x07holdout\x18\x05 \x01(\x08\"I\n\x08\x41rmScore\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x13\n\x0bimpressions\x18\x03 \x01(\x03\x12\x0c\n\x04mean\x18\x04 \x01(\x01\"D\n\rFeatureWeight\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01*\xa6\x01\n\tAlgorithm\x12\x19\n\x15\x41LGORITHM_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x41LGORITHM_THOMPSON_SAMPLING\x10\x01\x12\x12\n\x0e\x41LGORITHM_UCB1\x10\x02\x12\x1c\n\x18\x41LGORITHM_EPSILON_GREEDY\x10\x03\x12\x14\n\x10\x41LGORITHM_LIN_TS\x10\x04\x12\x15\n\x11\x41LGORITHM_LIN_UCB\x10\x05*\x91\x01\n\x0bPolicyState\x12\x1c\n\x18POLICY_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12POLICY_STATE_DRAFT\x10\x01\x12\x17\n\x13POLICY_STATE_ACTIVE\x10\x02\x12\x17\n\x13POLICY_STATE_PAUSED\x10\x03\x12\x1a\n\x16POLICY_STATE_COMPLETED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+campaignexpress/decisioning/v1/policy.proto\x12\x1e\x63\x61mpaignexpress.decisioning.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x04\n\x06Policy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x31\n\x04\x61rms\x18\x03 \x03(\x0b\x32#.campaignexpress.decisioning.v1.Arm\x12<\n\talgorithm\x18\x04 \x01(\x0e\x32).campaignexpress.decisioning.v1.Algorithm\x12\x19\n\x11\x63ontext_dimension\x18\x05 \x01(\x05\x12:\n\x05state\x18\x06 \x01(\x0e\x32+.campaignexpress.decisioning.v1.PolicyState\x12>\n\nguardrails\x18\x07 \x01(\x0b\x32*.campaignexpress.decisioning.v1.Guardrails\x12\x15\n\rholdout_share\x18\x08 \x01(\x01\x12\x13\n\x0b\x63ontrol_arm\x18\t \x01(\t\x12\x13\n\x0b\x65xploration\x18\n \x01(\x01\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\tconnector\x18\r \x01(\x0b\x32).campaignexpress.decisioning.v1.Connector\"n\n\tConnector\x12\x10\n\x08\x62\x61se_url\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x13\n\x0b\x61pi_key_set\x18\x03 \x01(\x08\x12\x10\n\x08use_case\x18\x04 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\"d\n\x03\x41rm\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\nattributes\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07stopped\x18\x03 \x01(\x08\x12\x13\n\x0bstop_reason\x18\x04 \x01(\t\"|\n\nGuardrails\x12\x1a\n\rmin_arm_share\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12@\n\x07metrics\x18\x02 \x03(\x0b\x32/.campaignexpress.decisioning.v1.GuardrailMetricB\x10\n\x0e_min_arm_share\"^\n\x0fGuardrailMetric\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x17\n\x0fhigher_is_worse\x18\x02 \x01(\x08\x12\r\n\x05\x61lpha\x18\x03 \x01(\x01\x12\x13\n\x0bmin_samples\x18\x04 \x01(\x05\"\xa2\x02\n\x08\x41rmStats\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\x13\n\x0bimpressions\x18\x02 \x01(\x03\x12\x12\n\nreward_sum\x18\x03 \x01(\x01\x12\x0c\n\x04mean\x18\x04 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x05 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x06 \x01(\x01\x12\x15\n\rtraffic_share\x18\x07 \x01(\x01\x12\x11\n\tdecisions\x18\x08 \x01(\x03\x12\x0f\n\x07stopped\x18\t \x01(\x08\x12\x46\n\x07metrics\x18\n \x03(\x0b\x32\x35.campaignexpress.decisioning.v1.ArmStats.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x99\x01\n\x04Lift\x12\x1b\n\x13holdout_impressions\x18\x01 \x01(\x03\x12\x14\n\x0choldout_mean\x18\x02 \x01(\x01\x12\x1a\n\x12policy_impressions\x18\x03 \x01(\x03\x12\x13\n\x0bpolicy_mean\x18\x04 \x01(\x01\x12\x0c\n\x04lift\x18\x05 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x06 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x07 \x01(\x01\"\xbc\x01\n\x0b\x45xplanation\x12\x0f\n\x07summary\x18\x01 \x01(\t\x12\x38\n\x06scores\x18\x02 \x03(\x0b\x32(.campaignexpress.decisioning.v1.ArmScore\x12?\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32-.campaignexpress.decisioning.v1.FeatureWeight\x12\x10\n\x08\x65xplored\x18\x04 \x01(\x08\x12\x0f\n\x07holdout\x18\x05 \x01(\x08\"I\n\x08\x41rmScore\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x13\n\x0bimpressions\x18\x03 \x01(\x03\x12\x0c\n\x04mean\x18\x04 \x01(\x01\"D\n\rFeatureWeight\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01*\xa6\x01\n\tAlgorithm\x12\x19\n\x15\x41LGORITHM_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x41LGORITHM_THOMPSON_SAMPLING\x10\x01\x12\x12\n\x0e\x41LGORITHM_UCB1\x10\x02\x12\x1c\n\x18\x41LGORITHM_EPSILON_GREEDY\x10\x03\x12\x14\n\x10\x41LGORITHM_LIN_TS\x10\x04\x12\x15\n\x11\x41LGORITHM_LIN_UCB\x10\x05*\x91\x01\n\x0bPolicyState\x12\x1c\n\x18POLICY_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12POLICY_STATE_DRAFT\x10\x01\x12\x17\n\x13POLICY_STATE_ACTIVE\x10\x02\x12\x17\n\x13POLICY_STATE_PAUSED\x10\x03\x12\x1a\n\x16POLICY_STATE_COMPLETED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,28 +35,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ARMSTATS_METRICSENTRY']._loaded_options = None
   _globals['_ARMSTATS_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_ALGORITHM']._serialized_start=1726
-  _globals['_ALGORITHM']._serialized_end=1892
-  _globals['_POLICYSTATE']._serialized_start=1895
-  _globals['_POLICYSTATE']._serialized_end=2040
+  _globals['_ALGORITHM']._serialized_start=1900
+  _globals['_ALGORITHM']._serialized_end=2066
+  _globals['_POLICYSTATE']._serialized_start=2069
+  _globals['_POLICYSTATE']._serialized_end=2214
   _globals['_POLICY']._serialized_start=143
-  _globals['_POLICY']._serialized_end=614
-  _globals['_ARM']._serialized_start=616
-  _globals['_ARM']._serialized_end=716
-  _globals['_GUARDRAILS']._serialized_start=718
-  _globals['_GUARDRAILS']._serialized_end=842
-  _globals['_GUARDRAILMETRIC']._serialized_start=844
-  _globals['_GUARDRAILMETRIC']._serialized_end=938
-  _globals['_ARMSTATS']._serialized_start=941
-  _globals['_ARMSTATS']._serialized_end=1231
-  _globals['_ARMSTATS_METRICSENTRY']._serialized_start=1185
-  _globals['_ARMSTATS_METRICSENTRY']._serialized_end=1231
-  _globals['_LIFT']._serialized_start=1234
-  _globals['_LIFT']._serialized_end=1387
-  _globals['_EXPLANATION']._serialized_start=1390
-  _globals['_EXPLANATION']._serialized_end=1578
-  _globals['_ARMSCORE']._serialized_start=1580
-  _globals['_ARMSCORE']._serialized_end=1653
-  _globals['_FEATUREWEIGHT']._serialized_start=1655
-  _globals['_FEATUREWEIGHT']._serialized_end=1723
+  _globals['_POLICY']._serialized_end=676
+  _globals['_CONNECTOR']._serialized_start=678
+  _globals['_CONNECTOR']._serialized_end=788
+  _globals['_ARM']._serialized_start=790
+  _globals['_ARM']._serialized_end=890
+  _globals['_GUARDRAILS']._serialized_start=892
+  _globals['_GUARDRAILS']._serialized_end=1016
+  _globals['_GUARDRAILMETRIC']._serialized_start=1018
+  _globals['_GUARDRAILMETRIC']._serialized_end=1112
+  _globals['_ARMSTATS']._serialized_start=1115
+  _globals['_ARMSTATS']._serialized_end=1405
+  _globals['_ARMSTATS_METRICSENTRY']._serialized_start=1359
+  _globals['_ARMSTATS_METRICSENTRY']._serialized_end=1405
+  _globals['_LIFT']._serialized_start=1408
+  _globals['_LIFT']._serialized_end=1561
+  _globals['_EXPLANATION']._serialized_start=1564
+  _globals['_EXPLANATION']._serialized_end=1752
+  _globals['_ARMSCORE']._serialized_start=1754
+  _globals['_ARMSCORE']._serialized_end=1827
+  _globals['_FEATUREWEIGHT']._serialized_start=1829
+  _globals['_FEATUREWEIGHT']._serialized_end=1897
 # @@protoc_insertion_point(module_scope)

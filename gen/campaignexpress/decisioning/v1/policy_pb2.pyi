@@ -127,6 +127,7 @@ class Policy(_message.Message):
     EXPLORATION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CONNECTOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`tenants/{tenant}/policies/{policy}`. Output only."""
     display_name: _builtins.str
@@ -166,6 +167,12 @@ class Policy(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only."""
 
+    @_builtins.property
+    def connector(self) -> Global___Connector:
+        """Decide through an external decisioning service (OfferFit-style); the
+        policy's own Thompson sampling answers when it is slow or down.
+        """
+
     def __init__(
         self,
         *,
@@ -181,14 +188,61 @@ class Policy(_message.Message):
         exploration: _builtins.float = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        connector: Global___Connector | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "guardrails", b"guardrails", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connector", b"connector", "create_time", b"create_time", "guardrails", b"guardrails", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "arms", b"arms", "context_dimension", b"context_dimension", "control_arm", b"control_arm", "create_time", b"create_time", "display_name", b"display_name", "exploration", b"exploration", "guardrails", b"guardrails", "holdout_share", b"holdout_share", "name", b"name", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "arms", b"arms", "connector", b"connector", "context_dimension", b"context_dimension", "control_arm", b"control_arm", "create_time", b"create_time", "display_name", b"display_name", "exploration", b"exploration", "guardrails", b"guardrails", "holdout_share", b"holdout_share", "name", b"name", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Policy: _TypeAlias = Policy  # noqa: Y015
+
+@_typing.final
+class Connector(_message.Message):
+    """An external decisioning service a policy asks first (docs/decisioning.md,
+    "External decisioning"): its recommendations, the policy's rewards
+    forwarded to it (once each, by idempotency key) and its arms synced to
+    it as its catalog.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASE_URL_FIELD_NUMBER: _builtins.int
+    API_KEY_FIELD_NUMBER: _builtins.int
+    API_KEY_SET_FIELD_NUMBER: _builtins.int
+    USE_CASE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    base_url: _builtins.str
+    """The service's base URL (http or https), up to 500 characters."""
+    api_key: _builtins.str
+    """Its API key, sent as a bearer token. Input only: answers leave it
+    empty and say `api_key_set`.
+    """
+    api_key_set: _builtins.bool
+    """Output only: an API key is stored."""
+    use_case: _builtins.str
+    """The use case (the service's name for this decision), 1-200 characters."""
+    timeout_seconds: _builtins.float
+    """How long a recommendation may take before the local policy answers
+    (0.05-30 s; 0 means 5 s).
+    """
+    def __init__(
+        self,
+        *,
+        base_url: _builtins.str = ...,
+        api_key: _builtins.str = ...,
+        api_key_set: _builtins.bool = ...,
+        use_case: _builtins.str = ...,
+        timeout_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "api_key_set", b"api_key_set", "base_url", b"base_url", "timeout_seconds", b"timeout_seconds", "use_case", b"use_case"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Connector: _TypeAlias = Connector  # noqa: Y015
 
 @_typing.final
 class Arm(_message.Message):
