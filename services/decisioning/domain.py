@@ -53,6 +53,18 @@ from services.decisioning.connector import (
     check_connector,
     reward_forward,
 )
+from services.decisioning.log import (
+    FLAG_EXPLORED,
+    FLAG_EXTERNAL,
+    FLAG_HOLDOUT,
+    Estimate,
+    decision_row,
+    estimate,
+    greedy,
+    logged_value,
+    read_logged,
+    reward_row,
+)
 from services.decisioning.store import HOLDOUT, PolicyRow, Store
 from services.decisioning.tokens import Decision, DecisionTokens, features_of
 
@@ -240,9 +252,14 @@ class Decisions:
         clock: Callable[[], int] = now_us,
         rng: np.random.Generator | None = None,
         external: External | None = None,
+        log: Any = None,
+        analytics: Any = None,
     ) -> None:
         self.store = store
         self._external = external or External()
+        #: the decision log's pipeline (emit), and the store it lands in
+        self._log = log
+        self._analytics = analytics
         self._tokens = tokens
         self._clock = clock
         self._rng = rng or np.random.default_rng(int.from_bytes(os.urandom(8), "big"))
@@ -478,6 +495,11 @@ class Decisions:
                             nonce)  # fmt: skip
         arm_id = spec.arms[arm].id
         self._counts[(policy_id, HOLDOUT if held else arm_id)] += 1
+        if self._log is not None:
+            flags = ((FLAG_HOLDOUT if held else 0) | (FLAG_EXTERNAL if external else 0)
+                     | (FLAG_EXPLORED if explained.explored else 0))  # fmt: skip
+            self._log.emit(decision_row(decision.key, time_us, tenant_id, policy_id, arm_id,
+                                        propensity, kept, user_id, flags))  # fmt: skip
         return Decided(self._tokens.encode(decision), arm_id, propensity, explained)
 
     def _held_out(self, policy: Policy, user_id: str) -> bool:
@@ -541,10 +563,47 @@ class Decisions:
         )
         if learnt is None:
             return arm_id, True
+        if self._log is not None:
+            self._log.emit(reward_row(decision.key, self._clock(), policy.tenant_id, policy.id,
+                                      arm_id, reward))  # fmt: skip
         await self._load(policy.tenant_id, policy.id)  # this process learns at once
         if metrics and not decision.holdout:
             await self._guard(policy, arm_id)
         return arm_id, False
+
+    async def evaluate(
+        self, caller: Principal, name: str, candidate: str, days: int
+    ) -> tuple[int, list[Estimate]]:
+        """Off-policy estimates on the policy's logged decisions (log.py)."""
+        policy = await self.get(caller, name)
+        if not 0 <= days <= 90:
+            raise InvalidArgument.field("days", "1-90 (0 means 30)")
+        spec = policy.spec
+        ids = [a.id for a in spec.arms]
+        other = None
+        if candidate:
+            other = await self.get(caller, candidate, "candidate")
+            if [a.id for a in other.spec.arms] != ids or other.spec.dimension != spec.dimension:
+                raise InvalidArgument.field(
+                    "candidate", "a policy with the same arms, in order, and context dimension"
+                )
+        if self._analytics is None:
+            raise FailedPrecondition("the decision log is not kept in this process")
+        if self._log is not None:
+            await self._log.flush()  # this process's decisions, in the store now
+        since = self._clock() - (days or 30) * 86_400_000_000
+        logged = await read_logged(self._analytics, policy.tenant_id, policy.id, since,
+                                   spec.dimension)  # fmt: skip
+        out = [logged_value(logged)]
+        out += [estimate(f"always {arm}", logged, [arm] * len(logged.arms)) for arm in ids]
+        mine = await self._load(policy.tenant_id, policy.id)
+        out.append(estimate("greedy (now)", logged,
+                            greedy(mine.arms, ids, spec.dimension)(logged)))  # fmt: skip
+        if other is not None:
+            theirs = await self._load(other.tenant_id, other.id)
+            out.append(estimate(other.name, logged,
+                                greedy(theirs.arms, ids, spec.dimension)(logged)))  # fmt: skip
+        return len(logged.arms), out
 
     async def _guard(self, policy: Policy, arm_id: str) -> None:
         """Stop the arm when a guardrail metric of it is significantly worse

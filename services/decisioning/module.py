@@ -18,12 +18,14 @@ from campaignexpress.decisioning.v1 import (
     recommendation_service_pb2,
     recommendation_service_pb2_grpc,
 )
+from services.analytics.pipeline import AnalyticsPipeline
 from services.decisioning import results
 from services.decisioning.connector import Forwarder
 from services.decisioning.demo import seed_demo_decisioning
 from services.decisioning.domain import Decisions
 from services.decisioning.experiment_servicer import ExperimentServicer
 from services.decisioning.experiments import Experiment, Experiments, ExperimentStore
+from services.decisioning.log import DECISION_LOG
 from services.decisioning.recommendation_servicer import RecommendationServicer
 from services.decisioning.recommendations import Recommendations
 from services.decisioning.servicer import DecisionServicer
@@ -34,7 +36,16 @@ from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 
 async def _build(kernel: Kernel) -> Built:
     store = Store(kernel.backends.db, kernel.page_tokens, clock=kernel.clock)
-    decisions = Decisions(store, DecisionTokens(kernel.secret), clock=kernel.clock)
+    # the decision log: a journal per process, into the analytics store
+    decision_log = AnalyticsPipeline(
+        kernel.backends.analytics,
+        kernel.settings.data_dir / "decision-journal" / f"worker-{kernel.worker}",
+        schema=DECISION_LOG,
+        flush_interval=0.5,
+    )
+    kernel.lifecycle(decision_log.start, decision_log.stop)
+    decisions = Decisions(store, DecisionTokens(kernel.secret), clock=kernel.clock,
+                          log=decision_log, analytics=kernel.backends.analytics)  # fmt: skip
     kernel.when_serving(decisions.start, decisions.stop)  # decision counts, every second
     # rewards and catalogs to policies' external services (each row claimed by one process)
     forwarder = Forwarder(kernel.backends.db, clock=kernel.clock)

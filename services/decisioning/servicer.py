@@ -171,6 +171,19 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         )  # fmt: skip
         return pb.RewardResponse(arm_id=arm, duplicate=duplicate)
 
+    async def EvaluatePolicy(self, request: pb.EvaluatePolicyRequest, context: Any) -> Any:
+        decisions, estimates = await self._d.evaluate(
+            current_principal(), request.name, request.candidate, request.days
+        )
+        out = pb.EvaluatePolicyResponse(decisions=decisions)
+        for e in estimates:
+            out.estimates.add(
+                target=e.target, ips=e.ips, ips_ci_low=e.ips_ci[0], ips_ci_high=e.ips_ci[1],
+                snips=e.snips, snips_ci_low=e.snips_ci[0], snips_ci_high=e.snips_ci[1],
+                matched=e.matched, effective_sample_size=e.effective_sample_size,
+            )  # fmt: skip
+        return out
+
     async def GetPolicyStats(self, request: pb.GetPolicyStatsRequest, context: Any) -> Any:
         arms, lift, decisions = await self._d.stats(current_principal(), request.name)
         out = pb.GetPolicyStatsResponse(decisions=decisions)

@@ -590,3 +590,122 @@ class GetPolicyStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetPolicyStatsResponse: _TypeAlias = GetPolicyStatsResponse  # noqa: Y015
+
+@_typing.final
+class EvaluatePolicyRequest(_message.Message):
+    """Request of EvaluatePolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/policies/{policy}`: the policy whose log is read."""
+    candidate: _builtins.str
+    """Another policy of the tenant with the same arms (and context
+    dimension) to evaluate on this log: its greedy choice on what it has
+    learnt. Optional.
+    """
+    days: _builtins.int
+    """Days of log read (1-90; 0 means 30)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        candidate: _builtins.str = ...,
+        days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "days", b"days", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluatePolicyRequest: _TypeAlias = EvaluatePolicyRequest  # noqa: Y015
+
+@_typing.final
+class EvaluatePolicyResponse(_message.Message):
+    """Response of EvaluatePolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    ESTIMATES_FIELD_NUMBER: _builtins.int
+    decisions: _builtins.int
+    """Logged decisions read (held-out people's left out)."""
+    @_builtins.property
+    def estimates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyEstimate]:
+        """First "logged" (what the policy earned: the mean reward, a decision
+        without a reward counting 0), then each target.
+        """
+
+    def __init__(
+        self,
+        *,
+        decisions: _builtins.int = ...,
+        estimates: _abc.Iterable[Global___PolicyEstimate] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "estimates", b"estimates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluatePolicyResponse: _TypeAlias = EvaluatePolicyResponse  # noqa: Y015
+
+@_typing.final
+class PolicyEstimate(_message.Message):
+    """A target policy's estimated value per decision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    IPS_FIELD_NUMBER: _builtins.int
+    IPS_CI_LOW_FIELD_NUMBER: _builtins.int
+    IPS_CI_HIGH_FIELD_NUMBER: _builtins.int
+    SNIPS_FIELD_NUMBER: _builtins.int
+    SNIPS_CI_LOW_FIELD_NUMBER: _builtins.int
+    SNIPS_CI_HIGH_FIELD_NUMBER: _builtins.int
+    MATCHED_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    """"logged", "always <arm>", "greedy (now)", or the candidate's name."""
+    ips: _builtins.float
+    """Inverse propensity scoring: mean of w * reward, w = 1[target chose the
+    logged arm] / its propensity.
+    """
+    ips_ci_low: _builtins.float
+    """Its 95% interval."""
+    ips_ci_high: _builtins.float
+    """The interval's upper end."""
+    snips: _builtins.float
+    """Self-normalised IPS: sum(w * reward) / sum(w)."""
+    snips_ci_low: _builtins.float
+    """Its 95% interval (delta method)."""
+    snips_ci_high: _builtins.float
+    """The interval's upper end."""
+    matched: _builtins.int
+    """Logged decisions where the target would have chosen the same arm."""
+    effective_sample_size: _builtins.float
+    """(sum w)^2 / sum w^2: how many decisions the estimate is worth."""
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        ips: _builtins.float = ...,
+        ips_ci_low: _builtins.float = ...,
+        ips_ci_high: _builtins.float = ...,
+        snips: _builtins.float = ...,
+        snips_ci_low: _builtins.float = ...,
+        snips_ci_high: _builtins.float = ...,
+        matched: _builtins.int = ...,
+        effective_sample_size: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_sample_size", b"effective_sample_size", "ips", b"ips", "ips_ci_high", b"ips_ci_high", "ips_ci_low", b"ips_ci_low", "matched", b"matched", "snips", b"snips", "snips_ci_high", b"snips_ci_high", "snips_ci_low", b"snips_ci_low", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyEstimate: _TypeAlias = PolicyEstimate  # noqa: Y015

@@ -83,6 +83,11 @@ class DecisionServiceStub:
                 request_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.RewardRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.RewardResponse.FromString,
                 _registered_method=True)
+        self.EvaluatePolicy = channel.unary_unary(
+                '/campaignexpress.decisioning.v1.DecisionService/EvaluatePolicy',
+                request_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.EvaluatePolicyRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.EvaluatePolicyResponse.FromString,
+                _registered_method=True)
         self.GetPolicyStats = channel.unary_unary(
                 '/campaignexpress.decisioning.v1.DecisionService/GetPolicyStats',
                 request_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetPolicyStatsRequest.SerializeToString,
@@ -163,6 +168,15 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvaluatePolicy(self, request, context):
+        """Off-policy evaluation on the policy's logged decisions: what each arm
+        alone, its greedy choice now, and another policy would have earned
+        (IPS and SNIPS with 95% intervals), against what it earned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetPolicyStats(self, request, context):
         """Per arm: impressions, rewards, mean with its 95% interval, traffic
         share; and the lift over the holdout.
@@ -218,6 +232,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.Reward,
                     request_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.RewardRequest.FromString,
                     response_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.RewardResponse.SerializeToString,
+            ),
+            'EvaluatePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluatePolicy,
+                    request_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.EvaluatePolicyRequest.FromString,
+                    response_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.EvaluatePolicyResponse.SerializeToString,
             ),
             'GetPolicyStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPolicyStats,
@@ -472,6 +491,33 @@ class DecisionService:
             '/campaignexpress.decisioning.v1.DecisionService/Reward',
             campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.RewardRequest.SerializeToString,
             campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.RewardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluatePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.decisioning.v1.DecisionService/EvaluatePolicy',
+            campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.EvaluatePolicyRequest.SerializeToString,
+            campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.EvaluatePolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

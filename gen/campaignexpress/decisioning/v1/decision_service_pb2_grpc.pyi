@@ -60,6 +60,11 @@ class DecisionServiceStub:
     """The reward of a decision, counted once (a repeat answers
     `duplicate: true`); every process's policy learns it within a second.
     """
+    EvaluatePolicy: _grpc.UnaryUnaryMultiCallable[_decision_service_pb2.EvaluatePolicyRequest, _decision_service_pb2.EvaluatePolicyResponse]
+    """Off-policy evaluation on the policy's logged decisions: what each arm
+    alone, its greedy choice now, and another policy would have earned
+    (IPS and SNIPS with 95% intervals), against what it earned.
+    """
     GetPolicyStats: _grpc.UnaryUnaryMultiCallable[_decision_service_pb2.GetPolicyStatsRequest, _decision_service_pb2.GetPolicyStatsResponse]
     """Per arm: impressions, rewards, mean with its 95% interval, traffic
     share; and the lift over the holdout.
@@ -96,6 +101,11 @@ class DecisionServiceAsyncStub(DecisionServiceStub):
     Reward: _aio.UnaryUnaryMultiCallable[_decision_service_pb2.RewardRequest, _decision_service_pb2.RewardResponse]  # type: ignore[assignment]
     """The reward of a decision, counted once (a repeat answers
     `duplicate: true`); every process's policy learns it within a second.
+    """
+    EvaluatePolicy: _aio.UnaryUnaryMultiCallable[_decision_service_pb2.EvaluatePolicyRequest, _decision_service_pb2.EvaluatePolicyResponse]  # type: ignore[assignment]
+    """Off-policy evaluation on the policy's logged decisions: what each arm
+    alone, its greedy choice now, and another policy would have earned
+    (IPS and SNIPS with 95% intervals), against what it earned.
     """
     GetPolicyStats: _aio.UnaryUnaryMultiCallable[_decision_service_pb2.GetPolicyStatsRequest, _decision_service_pb2.GetPolicyStatsResponse]  # type: ignore[assignment]
     """Per arm: impressions, rewards, mean with its 95% interval, traffic
@@ -184,6 +194,17 @@ class DecisionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_decision_service_pb2.RewardResponse, _abc.Awaitable[_decision_service_pb2.RewardResponse]]:
         """The reward of a decision, counted once (a repeat answers
         `duplicate: true`); every process's policy learns it within a second.
+        """
+
+    @_abc_1.abstractmethod
+    def EvaluatePolicy(
+        self,
+        request: _decision_service_pb2.EvaluatePolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_decision_service_pb2.EvaluatePolicyResponse, _abc.Awaitable[_decision_service_pb2.EvaluatePolicyResponse]]:
+        """Off-policy evaluation on the policy's logged decisions: what each arm
+        alone, its greedy choice now, and another policy would have earned
+        (IPS and SNIPS with 95% intervals), against what it earned.
         """
 
     @_abc_1.abstractmethod

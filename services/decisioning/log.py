@@ -1,0 +1,211 @@
+"""The decision log: every decision (its arm, the propensity it was chosen
+with, its features) and every reward counted, in the analytics store's
+`decision_log` table through the same loss-free journal as other events,
+so policies can be compared off-policy before one is promoted.
+
+Off-policy evaluation (`evaluate`): over a policy's logged decisions of the
+last days (held-out people left out; a decision without a reward counts 0,
+as clicks not reported), the value a target policy would have had, by
+inverse propensity scoring: w_i = pi(a_i | x_i) / p_i, IPS = mean(w r) and
+SNIPS = sum(w r) / sum(w), each with a 95% interval (normal approximation;
+the delta method for SNIPS). Targets are deterministic: each arm always,
+this policy's greedy choice on what it has learnt now, and another policy
+of the same arms (its greedy choice)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+import orjson
+
+from services.analytics.events import EventRow, EventSchema
+from services.backends.analytics import quote_identifier, quote_literal
+from services.backends.interfaces import AnalyticsStore
+from services.decisioning.bandits import ArmState
+
+TABLE = "decision_log"
+RETENTION_DAYS = 90
+COLUMNS: tuple[str, ...] = (
+    "event_id",  # decision key + ":d" or ":r"
+    "event_time",
+    "tenant_id",
+    "policy_id",
+    "kind",  # decision, reward
+    "decision_key",
+    "arm_id",
+    "propensity",
+    "reward",
+    "features",  # JSON list
+    "user_id",
+    "flags",
+)
+FLAG_HOLDOUT = 1
+FLAG_EXTERNAL = 2
+FLAG_EXPLORED = 4
+MAX_EVALUATED = 500_000
+_Z = NormalDist().inv_cdf(0.975)
+
+
+def log_ddl(table: str = TABLE) -> str:
+    return f"""CREATE TABLE IF NOT EXISTS {quote_identifier(table)} (
+    event_id String,
+    event_time DateTime64(6, 'UTC'),
+    tenant_id LowCardinality(String),
+    policy_id String,
+    kind LowCardinality(String),
+    decision_key String,
+    arm_id String,
+    propensity Float64,
+    reward Float64,
+    features String,
+    user_id String,
+    flags UInt8
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(event_time)
+ORDER BY (tenant_id, policy_id, kind, event_id)
+TTL toDateTime(event_time) + INTERVAL {RETENTION_DAYS} DAY"""
+
+
+async def ensure_log_table(store: AnalyticsStore, table: str = TABLE) -> None:
+    await store.execute(log_ddl(table))
+
+
+DECISION_LOG = EventSchema(TABLE, COLUMNS, ensure_log_table)
+
+
+def decision_row(
+    key: str, time_us: int, tenant_id: str, policy_id: str, arm_id: str, propensity: float,
+    features: Sequence[float], user_id: str, flags: int,
+) -> EventRow:  # fmt: skip
+    return (f"{key}:d", time_us, tenant_id, policy_id, "decision", key, arm_id, propensity, 0.0,
+            orjson.dumps(list(features)).decode(), user_id, flags)  # fmt: skip
+
+
+def reward_row(
+    key: str, time_us: int, tenant_id: str, policy_id: str, arm_id: str, reward: float
+) -> EventRow:
+    return (f"{key}:r", time_us, tenant_id, policy_id, "reward", key, arm_id, 0.0, reward, "[]",
+            "", 0)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    arms: list[str]
+    propensities: np.ndarray
+    rewards: np.ndarray
+    features: np.ndarray  # (n, dimension)
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    target: str  # "logged", "always <arm>", "greedy (now)", a policy's name
+    ips: float
+    ips_ci: tuple[float, float]
+    snips: float
+    snips_ci: tuple[float, float]
+    matched: int  # logged decisions where the target would have chosen the same arm
+    effective_sample_size: float
+
+
+async def read_logged(
+    store: AnalyticsStore, tenant_id: str, policy_id: str, since_us: int, dimension: int
+) -> Logged:
+    exists = await store.query(
+        "SELECT count() FROM system.tables WHERE database = currentDatabase() "
+        f"AND name = {quote_literal(TABLE)}"
+    )
+    if not exists or not exists[0][0]:
+        return Logged([], np.zeros(0), np.zeros(0), np.zeros((0, dimension)))
+    where = (
+        f"tenant_id = {quote_literal(tenant_id)} AND policy_id = {quote_literal(policy_id)} "
+        f"AND event_time >= fromUnixTimestamp64Micro(toInt64({int(since_us)}), 'UTC')"
+    )
+    rows = await store.query(
+        f"SELECT d.arm_id, d.propensity, d.features, r.reward "
+        f"FROM (SELECT decision_key, arm_id, propensity, features FROM {TABLE} FINAL "
+        f"      WHERE {where} AND kind = 'decision' AND bitAnd(flags, {FLAG_HOLDOUT}) = 0) AS d "
+        f"LEFT JOIN (SELECT decision_key, any(reward) AS reward FROM {TABLE} FINAL "
+        f"      WHERE {where} AND kind = 'reward' GROUP BY decision_key) AS r "
+        f"ON r.decision_key = d.decision_key "
+        f"LIMIT {MAX_EVALUATED}"
+    )
+    features = np.zeros((len(rows), dimension))
+    for i, row in enumerate(rows):
+        if dimension:
+            values = orjson.loads(row[2])
+            if len(values) == dimension:
+                features[i] = values
+    return Logged(
+        [str(r[0]) for r in rows],
+        np.array([float(r[1]) for r in rows]),
+        np.array([float(r[3] or 0.0) for r in rows]),
+        features,
+    )
+
+
+def greedy(
+    arms: Sequence[ArmState], ids: Sequence[str], dimension: int
+) -> Callable[[Logged], list[str]]:
+    """A target that chooses, per logged decision, the arm these statistics
+    rate best (contextual: the highest estimate for its features)."""
+    live = [(arm_id, arm) for arm_id, arm in zip(ids, arms, strict=True) if not arm.stopped]
+
+    def choose(logged: Logged) -> list[str]:
+        if not live:
+            return [""] * len(logged.arms)
+        if dimension:
+            thetas = []
+            for _, arm in live:
+                arm.prepare(dimension)
+                thetas.append(arm.theta)
+            scores = logged.features @ np.array(thetas).T  # (n, arms)
+            return [live[int(k)][0] for k in np.argmax(scores, axis=1)]
+        best = max(live, key=lambda pair: pair[1].mean)[0]
+        return [best] * len(logged.arms)
+
+    return choose
+
+
+def estimate(target: str, logged: Logged, chosen: Sequence[str]) -> Estimate:
+    n = len(logged.arms)
+    if n == 0:
+        return Estimate(target, 0.0, (0.0, 0.0), 0.0, (0.0, 0.0), 0, 0.0)
+    match = np.array([a == c for a, c in zip(logged.arms, chosen, strict=True)], dtype=float)
+    w = match / np.maximum(logged.propensities, 1e-6)
+    wr = w * logged.rewards
+    ips = float(wr.mean())
+    ips_se = float(wr.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    total_w = float(w.sum())
+    if total_w > 0:
+        snips = float(wr.sum() / total_w)
+        influence = w * (logged.rewards - snips) / (total_w / n)
+        snips_se = float(influence.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+        ess = total_w**2 / float((w * w).sum())
+    else:
+        snips, snips_se, ess = 0.0, 0.0, 0.0
+    return Estimate(
+        target,
+        ips,
+        (ips - _Z * ips_se, ips + _Z * ips_se),
+        snips,
+        (snips - _Z * snips_se, snips + _Z * snips_se),
+        int(match.sum()),
+        ess,
+    )
+
+
+def logged_value(logged: Logged) -> Estimate:
+    """What the logging policy earned: the mean reward, on-policy."""
+    n = len(logged.arms)
+    mean = float(logged.rewards.mean()) if n else 0.0
+    se = float(logged.rewards.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    ci = (mean - _Z * se, mean + _Z * se)
+    return Estimate("logged", mean, ci, mean, ci, n, float(n))
