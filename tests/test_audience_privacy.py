@@ -106,6 +106,12 @@ async def test_an_erasure_leaves_nothing_of_the_person_anywhere(env: Env) -> Non
     eve_profile = eve["profile"]["name"].rsplit("/", 1)[1]
     status, audit = await call(env, "GET", "tenants/acme/auditEvents?action=MergeProfiles")
     assert "eve-cookie" in str(audit)  # the merge is in the audit log before
+    # a decision for eve and one for frank: in the decision log, with their user ids
+    two_arms = {"displayName": "p", "arms": [{"id": "a"}, {"id": "b"}]}
+    status, policy = await call(env, "POST", "tenants/acme/policies", two_arms)
+    for user in ("eve", "frank"):
+        status, _ = await call(env, "POST", f"{policy['name']}:decide", {"userId": user})
+        assert status == 200
 
     record = await dsr(env, "DATA_SUBJECT_REQUEST_KIND_ERASE", "email", "EVE@example.com ")
     assert record["state"] == "DATA_SUBJECT_REQUEST_STATE_SUCCEEDED", record
@@ -155,6 +161,10 @@ async def test_an_erasure_leaves_nothing_of_the_person_anywhere(env: Env) -> Non
     for user in ("eve", "eve-cookie", "EVE-IFA-1"):
         assert await analytics_rows(env, user) == 0, user
     assert await analytics_rows(env, "frank") >= 2
+    logged = await platform.kernel.backends.analytics.query(
+        "SELECT user_id, count() FROM decision_log GROUP BY user_id"
+    )
+    assert dict(logged) == {"frank": 1}, logged
     # the journals
     data_dir = pathlib.Path(platform.kernel.settings.data_dir)
     files = await asyncio.to_thread(lambda: list(data_dir.rglob("*.jsonl*")))

@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import orjson
@@ -209,3 +210,53 @@ def logged_value(logged: Logged) -> Estimate:
     se = float(logged.rewards.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
     ci = (mean - _Z * se, mean + _Z * se)
     return Estimate("logged", mean, ci, mean, ci, n, float(n))
+
+
+class DecisionLogSubjects:
+    """The decision log's part in data-subject requests (the audience
+    domain's hooks): decisions logged with a person's user id (or
+    anonymous id) are exported and erased with the rest of them."""
+
+    def __init__(self, pipeline: Any, store: AnalyticsStore) -> None:
+        self._pipeline = pipeline
+        self._store = store
+
+    async def settle(self) -> None:
+        await self._pipeline.flush()
+
+    def _where(self, person: Any) -> str:
+        ids = person.values("user_id", "anonymous_id")
+        if not ids:
+            return ""
+        listed = ", ".join(quote_literal(i) for i in ids)
+        return f"tenant_id = {quote_literal(person.tenant_id)} AND user_id IN ({listed})"
+
+    async def _exists(self) -> bool:
+        found = await self._store.query(
+            "SELECT count() FROM system.tables WHERE database = currentDatabase() "
+            f"AND name = {quote_literal(TABLE)}"
+        )
+        return bool(found and found[0][0])
+
+    async def export(self, person: Any) -> list[dict[str, Any]]:
+        where = self._where(person)
+        if not where or not await self._exists():
+            return []
+        rows = await self._store.query(
+            f"SELECT policy_id, decision_key, arm_id, propensity, toString(event_time) "
+            f"FROM {TABLE} FINAL WHERE {where} AND kind = 'decision' "
+            f"ORDER BY event_time LIMIT 10000"
+        )
+        return [{"policy": str(r[0]), "decision": str(r[1]), "arm": str(r[2]),
+                 "propensity": float(r[3]), "time": str(r[4])} for r in rows]  # fmt: skip
+
+    async def erase(self, person: Any) -> int:
+        where = self._where(person)
+        if not where or not await self._exists():
+            return 0
+        ((count,),) = await self._store.query(f"SELECT count() FROM {TABLE} WHERE {where}")
+        if count:
+            await self._store.execute(
+                f"ALTER TABLE {TABLE} DELETE WHERE {where} SETTINGS mutations_sync = 2"
+            )
+        return int(count)

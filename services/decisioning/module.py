@@ -25,7 +25,7 @@ from services.decisioning.demo import seed_demo_decisioning
 from services.decisioning.domain import Decisions
 from services.decisioning.experiment_servicer import ExperimentServicer
 from services.decisioning.experiments import Experiment, Experiments, ExperimentStore
-from services.decisioning.log import DECISION_LOG
+from services.decisioning.log import DECISION_LOG, DecisionLogSubjects
 from services.decisioning.recommendation_servicer import RecommendationServicer
 from services.decisioning.recommendations import Recommendations
 from services.decisioning.servicer import DecisionServicer
@@ -44,6 +44,10 @@ async def _build(kernel: Kernel) -> Built:
         flush_interval=0.5,
     )
     kernel.lifecycle(decision_log.start, decision_log.stop)
+    if kernel.has_interface("data_subject_hooks"):  # user ids in the log: exported and erased
+        kernel.interface("data_subject_hooks").register(
+            "decisioning", DecisionLogSubjects(decision_log, kernel.backends.analytics)
+        )
     decisions = Decisions(store, DecisionTokens(kernel.secret), clock=kernel.clock,
                           log=decision_log, analytics=kernel.backends.analytics)  # fmt: skip
     kernel.when_serving(decisions.start, decisions.stop)  # decision counts, every second
