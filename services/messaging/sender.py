@@ -657,6 +657,23 @@ class Sender:
                                next_attempt_time=best.at_us, held=True,
                                send_time_method=best.method,
                                send_time_confidence=best.confidence)  # fmt: skip
+            # within the best hour already: it goes now, and says how the time was chosen
+            outcome = await self._send_now(message, person, address, suppressed, targets)
+            outcome.send_time_method = outcome.send_time_method or best.method
+            outcome.send_time_confidence = outcome.send_time_confidence or best.confidence
+            return outcome
+        return await self._send_now(message, person, address, suppressed, targets)
+
+    async def _send_now(
+        self,
+        message: Message,
+        person: Person | None,
+        address: str,
+        suppressed: Any,
+        targets: Sequence[Any] = (),
+    ) -> Outcome:
+        profile_id = person.id if person is not None else message.profile_id
+        now = self._clock()
         if not address:
             why = "the recipient has no address for this channel"
             if (message.profile_id or message.recipient.get("user_id")) and person is None:
