@@ -286,3 +286,37 @@ async def test_holdouts_measure_lift_and_guardrails_stop_an_arm(env: Env) -> Non
     for _ in range(30):
         status, decided = await call(env, "POST", f"{name}:decide", {"userId": "q"})
         assert decided["armId"] != "b"
+
+
+async def test_stream_decide_answers_every_request_once_and_errors_in_place(env: Env) -> None:
+    from campaignexpress.decisioning.v1 import decision_service_pb2 as dpb
+    from campaignexpress.decisioning.v1 import decision_service_pb2_grpc as dgrpc
+
+    made = await _policy(env, algorithm="ALGORITHM_LIN_TS", contextDimension=2)
+    name = made["name"]
+    stub = dgrpc.DecisionServiceStub(env.channel)
+
+    async def asks() -> Any:
+        for n in range(300):
+            yield dpb.StreamDecideRequest(request_id=f"r{n}", request=dpb.DecideRequest(
+                name=name, features=[0.5, float(n % 3)], user_id=f"u{n}"))  # fmt: skip
+        short = dpb.DecideRequest(name=name, features=[1.0])
+        yield dpb.StreamDecideRequest(request_id="bad-features", request=short)
+        yield dpb.StreamDecideRequest(request_id="no-policy", request=dpb.DecideRequest(
+            name="tenants/acme/policies/nope", features=[1.0, 2.0]))  # fmt: skip
+        yield dpb.StreamDecideRequest(request_id="foreign", request=dpb.DecideRequest(
+            name="tenants/globex/policies/x", features=[1.0, 2.0]))  # fmt: skip
+
+    answers = [a async for a in stub.StreamDecide(asks(), metadata=env.auth())]
+    by_id = {a.request_id: a for a in answers}
+    assert len(answers) == len(by_id) == 303  # each once
+    assert by_id["bad-features"].error.code == 3  # INVALID_ARGUMENT
+    assert "features" in by_id["bad-features"].error.message
+    assert by_id["no-policy"].error.code == 5  # NOT_FOUND
+    assert by_id["foreign"].error.code in (5, 7)  # another tenant's: not found or denied
+    good = [by_id[f"r{n}"] for n in range(300)]
+    assert all(not a.HasField("error") and a.response.arm_id in "abc" for a in good)
+    # a streamed decision is rewarded like any other
+    status, got = await call(env, "POST", f"{name}:reward",
+                             {"decisionId": good[0].response.decision_id, "reward": 1})  # fmt: skip
+    assert status == 200 and got["armId"] == good[0].response.arm_id, got

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from services.common.call import current_principal
 from services.common.clock import now_us
 from services.common.eager import Finished, start_eagerly
 from services.common.errors import DomainError
+from services.common.replies import Replies
 from services.common.status import status_of
 
 pb = bidding_service_pb2
@@ -29,43 +29,6 @@ MAX_IN_FLIGHT_PER_STREAM = 256
 
 def _no_bid_response(request: rtb.BidRequest, outcome: BidOutcome) -> rtb.BidResponse:
     return rtb.BidResponse(id=request.id, nbr=outcome.nbr)
-
-
-class _Answers:
-    """A stream's decided replies on their way out: one producer side (bids
-    answered eagerly or by their tasks) and one consumer (the response
-    stream), so a deque and a single waiter do, without asyncio.Queue's
-    bookkeeping per reply. Iterating yields replies in the order they were
-    put until a None; replies that gathered while the consumer was writing
-    go out without another wait."""
-
-    __slots__ = ("_loop", "_replies", "_waiter")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._replies: deque[pb.StreamBidsResponse | None] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put(self, reply: pb.StreamBidsResponse | None) -> None:
-        """Queue a reply (None: the stream is done)."""
-        self._replies.append(reply)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def __aiter__(self) -> AsyncIterator[pb.StreamBidsResponse]:
-        replies = self._replies
-        while True:
-            if not replies:
-                waiter = self._waiter = self._loop.create_future()
-                await waiter
-                continue
-            reply = replies.popleft()
-            if reply is None:
-                return
-            yield reply
 
 
 class BiddingServicer(bidding_service_pb2_grpc.BiddingServiceServicer):
@@ -96,7 +59,7 @@ class BiddingServicer(bidding_service_pb2_grpc.BiddingServiceServicer):
         answered as soon as it is decided, matched by request id."""
         tenant_id = current_principal().tenant_id
         loop = asyncio.get_running_loop()
-        answers = _Answers(loop)
+        answers: Replies[pb.StreamBidsResponse] = Replies(loop)
         slots = asyncio.Semaphore(MAX_IN_FLIGHT_PER_STREAM)
         tasks: set[asyncio.Task[pb.StreamBidsResponse]] = set()
 

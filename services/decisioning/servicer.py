@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from campaignexpress.decisioning.v1 import decision_service_pb2 as pb
 from campaignexpress.decisioning.v1 import decision_service_pb2_grpc as pb_grpc
 from campaignexpress.decisioning.v1 import policy_pb2
 from services.common.call import current_principal
+from services.common.eager import Finished, start_eagerly
+from services.common.errors import DomainError, InvalidArgument
 from services.common.protoconv import struct_dict, timestamp
+from services.common.replies import Replies
+from services.common.status import status_of
 from services.decisioning.connector import DEFAULT_TIMEOUT_SECONDS, Connector
 from services.decisioning.domain import (
     DEFAULT_ALPHA,
     DEFAULT_MIN_SAMPLES,
     DEFAULT_MIN_SHARE,
     ArmSpec,
+    Decided,
     Decisions,
     Guardrail,
     Policy,
     Spec,
 )
+
+log = logging.getLogger(__name__)
+
+#: Requests one stream may have in flight at once; more wait for a slot.
+MAX_IN_FLIGHT_PER_STREAM = 256
+MAX_REQUEST_ID = 100
 
 _ALGORITHMS = {
     policy_pb2.ALGORITHM_UNSPECIFIED: "thompson_sampling",
@@ -100,6 +114,21 @@ def policy_proto(policy: Policy) -> policy_pb2.Policy:
     return out
 
 
+def _decide_response(decided: Decided) -> pb.DecideResponse:
+    e = decided.explanation
+    explanation = policy_pb2.Explanation(summary=e.summary, explored=e.explored, holdout=e.holdout)
+    for arm, score, impressions, mean in e.scores:
+        explanation.scores.add(arm=arm, score=score, impressions=impressions, mean=mean)
+    for index, weight, contribution in e.features:
+        explanation.features.add(index=index, weight=weight, contribution=contribution)
+    return pb.DecideResponse(
+        decision_id=decided.decision_id,
+        arm_id=decided.arm_id,
+        propensity=decided.propensity,
+        explanation=explanation,
+    )
+
+
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
     def __init__(self, decisions: Decisions) -> None:
         self._d = decisions
@@ -149,20 +178,73 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             struct_dict(request.context),
             request.user_id,
         )
-        e = decided.explanation
-        explanation = policy_pb2.Explanation(
-            summary=e.summary, explored=e.explored, holdout=e.holdout
-        )
-        for arm, score, impressions, mean in e.scores:
-            explanation.scores.add(arm=arm, score=score, impressions=impressions, mean=mean)
-        for index, weight, contribution in e.features:
-            explanation.features.add(index=index, weight=weight, contribution=contribution)
-        return pb.DecideResponse(
-            decision_id=decided.decision_id,
-            arm_id=decided.arm_id,
-            propensity=decided.propensity,
-            explanation=explanation,
-        )
+        return _decide_response(decided)
+
+    async def StreamDecide(
+        self, requests: AsyncIterator[pb.StreamDecideRequest], context: Any
+    ) -> AsyncIterator[pb.StreamDecideResponse]:
+        """Each request decided as it arrives (most on the reading turn
+        itself: a policy's copy is in memory) and answered as soon as it is
+        decided, matched by request id; a failed one is answered with its
+        error and the stream goes on."""
+        caller = current_principal()
+        loop = asyncio.get_running_loop()
+        replies: Replies[pb.StreamDecideResponse] = Replies(loop)
+        slots = asyncio.Semaphore(MAX_IN_FLIGHT_PER_STREAM)
+        tasks: set[asyncio.Task[pb.StreamDecideResponse]] = set()
+
+        async def answer(message: pb.StreamDecideRequest) -> pb.StreamDecideResponse:
+            try:
+                if len(message.request_id) > MAX_REQUEST_ID:
+                    raise InvalidArgument.field(
+                        "request_id", f"at most {MAX_REQUEST_ID} characters"
+                    )
+                r = message.request
+                decided = await self._d.decide(caller, r.name, list(r.features),
+                                               struct_dict(r.context), r.user_id)  # fmt: skip
+                return pb.StreamDecideResponse(request_id=message.request_id,
+                                               response=_decide_response(decided))  # fmt: skip
+            except DomainError as error:
+                return pb.StreamDecideResponse(request_id=message.request_id,
+                                               error=status_of(error))  # fmt: skip
+            except Exception:  # answered as an error; the stream goes on
+                log.exception("stream decision %s failed", message.request_id)
+                return pb.StreamDecideResponse(request_id=message.request_id,
+                                               error=status_of(RuntimeError()))  # fmt: skip
+            finally:
+                slots.release()
+
+        def answered(task: asyncio.Task[pb.StreamDecideResponse]) -> None:
+            tasks.discard(task)
+            if not task.cancelled():
+                replies.put(task.result())
+
+        async def read() -> None:
+            try:
+                async for message in requests:
+                    await slots.acquire()
+                    started = start_eagerly(answer(message), loop)
+                    if isinstance(started, Finished):
+                        replies.put(started.result)
+                    else:
+                        tasks.add(started)
+                        started.add_done_callback(answered)
+                if tasks:
+                    await asyncio.wait(tasks)
+            finally:
+                replies.put(None)
+
+        reader = loop.create_task(read())
+        try:
+            async for reply in replies:
+                yield reply
+            error = reader.exception() if reader.done() and not reader.cancelled() else None
+            if error is not None:
+                raise error
+        finally:
+            reader.cancel()
+            for task in tasks:
+                task.cancel()
 
     async def Reward(self, request: pb.RewardRequest, context: Any) -> Any:
         arm, duplicate = await self._d.reward(

@@ -10,6 +10,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -709,3 +710,69 @@ class PolicyEstimate(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PolicyEstimate: _TypeAlias = PolicyEstimate  # noqa: Y015
+
+@_typing.final
+class StreamDecideRequest(_message.Message):
+    """One decision asked on a stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The caller's id of this request (answers carry it back), up to 100
+    characters.
+    """
+    @_builtins.property
+    def request(self) -> Global___DecideRequest:
+        """The decision asked (any policy of the caller's tenant)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        request: Global___DecideRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamDecideRequest: _TypeAlias = StreamDecideRequest  # noqa: Y015
+
+@_typing.final
+class StreamDecideResponse(_message.Message):
+    """One decision answered on a stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request's `request_id`."""
+    @_builtins.property
+    def response(self) -> Global___DecideResponse:
+        """The decision; unset when `error` is set."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Why this request failed (INVALID_ARGUMENT naming the field,
+        FAILED_PRECONDITION, NOT_FOUND...); the stream goes on.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        response: Global___DecideResponse | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "request_id", b"request_id", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamDecideResponse: _TypeAlias = StreamDecideResponse  # noqa: Y015

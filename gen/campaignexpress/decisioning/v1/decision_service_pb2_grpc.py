@@ -78,6 +78,11 @@ class DecisionServiceStub:
                 request_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.DecideRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.DecideResponse.FromString,
                 _registered_method=True)
+        self.StreamDecide = channel.stream_stream(
+                '/campaignexpress.decisioning.v1.DecisionService/StreamDecide',
+                request_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.StreamDecideRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.StreamDecideResponse.FromString,
+                _registered_method=True)
         self.Reward = channel.unary_unary(
                 '/campaignexpress.decisioning.v1.DecisionService/Reward',
                 request_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.RewardRequest.SerializeToString,
@@ -160,6 +165,15 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamDecide(self, request_iterator, context):
+        """Many decisions on one stream, authenticated once: each answered as soon
+        as it is made, matched by `request_id` (for callers that decide at high
+        rates). Not available over REST (streaming).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Reward(self, request, context):
         """The reward of a decision, counted once (a repeat answers
         `duplicate: true`); every process's policy learns it within a second.
@@ -227,6 +241,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.Decide,
                     request_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.DecideRequest.FromString,
                     response_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.DecideResponse.SerializeToString,
+            ),
+            'StreamDecide': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamDecide,
+                    request_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.StreamDecideRequest.FromString,
+                    response_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.StreamDecideResponse.SerializeToString,
             ),
             'Reward': grpc.unary_unary_rpc_method_handler(
                     servicer.Reward,
@@ -464,6 +483,33 @@ class DecisionService:
             '/campaignexpress.decisioning.v1.DecisionService/Decide',
             campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.DecideRequest.SerializeToString,
             campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.DecideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamDecide(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/campaignexpress.decisioning.v1.DecisionService/StreamDecide',
+            campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.StreamDecideRequest.SerializeToString,
+            campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.StreamDecideResponse.FromString,
             options,
             channel_credentials,
             insecure,

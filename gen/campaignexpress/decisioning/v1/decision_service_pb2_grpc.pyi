@@ -56,6 +56,11 @@ class DecisionServiceStub:
     """ACTIVE or PAUSED -> COMPLETED, for good."""
     Decide: _grpc.UnaryUnaryMultiCallable[_decision_service_pb2.DecideRequest, _decision_service_pb2.DecideResponse]
     """Chooses an arm: FAILED_PRECONDITION unless the policy is ACTIVE."""
+    StreamDecide: _grpc.StreamStreamMultiCallable[_decision_service_pb2.StreamDecideRequest, _decision_service_pb2.StreamDecideResponse]
+    """Many decisions on one stream, authenticated once: each answered as soon
+    as it is made, matched by `request_id` (for callers that decide at high
+    rates). Not available over REST (streaming).
+    """
     Reward: _grpc.UnaryUnaryMultiCallable[_decision_service_pb2.RewardRequest, _decision_service_pb2.RewardResponse]
     """The reward of a decision, counted once (a repeat answers
     `duplicate: true`); every process's policy learns it within a second.
@@ -98,6 +103,11 @@ class DecisionServiceAsyncStub(DecisionServiceStub):
     """ACTIVE or PAUSED -> COMPLETED, for good."""
     Decide: _aio.UnaryUnaryMultiCallable[_decision_service_pb2.DecideRequest, _decision_service_pb2.DecideResponse]  # type: ignore[assignment]
     """Chooses an arm: FAILED_PRECONDITION unless the policy is ACTIVE."""
+    StreamDecide: _aio.StreamStreamMultiCallable[_decision_service_pb2.StreamDecideRequest, _decision_service_pb2.StreamDecideResponse]  # type: ignore[assignment]
+    """Many decisions on one stream, authenticated once: each answered as soon
+    as it is made, matched by `request_id` (for callers that decide at high
+    rates). Not available over REST (streaming).
+    """
     Reward: _aio.UnaryUnaryMultiCallable[_decision_service_pb2.RewardRequest, _decision_service_pb2.RewardResponse]  # type: ignore[assignment]
     """The reward of a decision, counted once (a repeat answers
     `duplicate: true`); every process's policy learns it within a second.
@@ -185,6 +195,17 @@ class DecisionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_decision_service_pb2.DecideResponse, _abc.Awaitable[_decision_service_pb2.DecideResponse]]:
         """Chooses an arm: FAILED_PRECONDITION unless the policy is ACTIVE."""
+
+    @_abc_1.abstractmethod
+    def StreamDecide(
+        self,
+        request_iterator: _MaybeAsyncIterator[_decision_service_pb2.StreamDecideRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_decision_service_pb2.StreamDecideResponse], _abc.AsyncIterator[_decision_service_pb2.StreamDecideResponse]]:
+        """Many decisions on one stream, authenticated once: each answered as soon
+        as it is made, matched by `request_id` (for callers that decide at high
+        rates). Not available over REST (streaming).
+        """
 
     @_abc_1.abstractmethod
     def Reward(
