@@ -42,6 +42,9 @@ async def _build(kernel: Kernel) -> Built:
         kernel.settings.data_dir / "decision-journal" / f"worker-{kernel.worker}",
         schema=DECISION_LOG,
         flush_interval=0.5,
+        # group commit every 10 ms, as bid events do: a decision is logged,
+        # not waited on, and 2 ms commits cost ~20% of a stream's decisions
+        commit_interval=0.01,
     )
     kernel.lifecycle(decision_log.start, decision_log.stop)
     if kernel.has_interface("data_subject_hooks"):  # user ids in the log: exported and erased
