@@ -50,7 +50,7 @@ import numpy as np
 import orjson
 from grpc import aio
 
-from bench.openloop import Result, run_open_loop
+from bench.openloop import Result, StreamCaller, run_open_loop
 from bench.openrtb_samples import realistic_request
 from bench.platform_calls import (
     BENCH_KEY,
@@ -359,48 +359,19 @@ class Step:
         return (self.tiers.get("l1", 0) + self.tiers.get("l2", 0)) / total if total else 0.0
 
 
-class StreamClient:
-    """One StreamBids call; requests written in order by one writer task,
-    answers matched to their futures by request id."""
+class StreamClient(StreamCaller):
+    """One StreamBids call (bench.openloop.StreamCaller)."""
 
     def __init__(self, stub: bgrpc.BiddingServiceStub) -> None:
-        self._call = stub.StreamBids(metadata=[("authorization", f"Bearer {KEY}")])
-        self._queue: asyncio.Queue[bpb.StreamBidsRequest] = asyncio.Queue()
-        self._pending: dict[str, asyncio.Future[bpb.StreamBidsResponse]] = {}
-        self._tasks = [asyncio.create_task(self._write()), asyncio.create_task(self._read())]
+        super().__init__(stub.StreamBids(metadata=[("authorization", f"Bearer {KEY}")]))
         self._seq = itertools.count()
-
-    async def _write(self) -> None:
-        while True:
-            await self._call.write(await self._queue.get())
-
-    async def _read(self) -> None:
-        try:
-            async for reply in self._call:
-                future = self._pending.pop(reply.request_id, None)
-                if future is not None and not future.done():
-                    future.set_result(reply)
-        finally:
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(RuntimeError("stream ended"))
 
     async def bid(self, message: rtb.BidRequest) -> bpb.StreamBidsResponse:
         request = bpb.StreamBidsRequest()
         request.request.CopyFrom(message)
         request.request.id = f"{message.id}-{next(self._seq)}"
-        future: asyncio.Future[bpb.StreamBidsResponse] = asyncio.get_running_loop().create_future()
-        self._pending[request.request.id] = future
-        self._queue.put_nowait(request)
-        reply = await future
-        if reply.HasField("error"):
-            raise RuntimeError(reply.error.message)
+        reply: bpb.StreamBidsResponse = await self.ask(request.request.id, request)
         return reply
-
-    async def close(self) -> None:
-        await self._call.done_writing()
-        for task in self._tasks:
-            task.cancel()
 
 
 async def bench(

@@ -31,7 +31,7 @@ from grpc import aio
 
 from bench.ingest import Server
 from bench.messaging import _quiet
-from bench.openloop import run_open_loop
+from bench.openloop import StreamCaller, run_open_loop
 from bench.platform_calls import BENCH_KEY, _cpu_model, _cpu_seconds
 from campaignexpress.decisioning.v1 import decision_service_pb2 as pb
 from campaignexpress.decisioning.v1 import decision_service_pb2_grpc as pb_grpc
@@ -99,40 +99,17 @@ def _ms(ordered: list[float], q: float) -> str:
     return f"{ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000:.2f} ms"
 
 
-class DecideStream:
-    """One StreamDecide call: requests written in order by one writer task,
-    answers matched to their futures by request id."""
+class DecideStream(StreamCaller):
+    """One StreamDecide call (bench.openloop.StreamCaller)."""
 
     def __init__(self, stub: pb_grpc.DecisionServiceStub, metadata: Any) -> None:
-        self._call = stub.StreamDecide(metadata=metadata)
-        self._queue: asyncio.Queue[pb.StreamDecideRequest] = asyncio.Queue()
-        self._pending: dict[str, asyncio.Future[pb.StreamDecideResponse]] = {}
-        self._tasks = [asyncio.create_task(self._write()), asyncio.create_task(self._read())]
+        super().__init__(stub.StreamDecide(metadata=metadata))
         self._seq = itertools.count()
-
-    async def _write(self) -> None:
-        while True:
-            await self._call.write(await self._queue.get())
-
-    async def _read(self) -> None:
-        try:
-            async for reply in self._call:
-                future = self._pending.pop(reply.request_id, None)
-                if future is not None and not future.done():
-                    future.set_result(reply)
-        finally:
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(RuntimeError("stream ended"))
 
     async def decide(self, request: pb.DecideRequest) -> pb.StreamDecideResponse:
         key = str(next(self._seq))
-        future: asyncio.Future[pb.StreamDecideResponse] = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
-        self._queue.put_nowait(pb.StreamDecideRequest(request_id=key, request=request))
-        reply = await future
-        if reply.HasField("error"):
-            raise RuntimeError(reply.error.message)
+        message = pb.StreamDecideRequest(request_id=key, request=request)
+        reply: pb.StreamDecideResponse = await self.ask(key, message)
         return reply
 
 

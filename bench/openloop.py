@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -67,3 +68,45 @@ async def run_open_loop(
     if in_flight:
         await asyncio.wait(in_flight, timeout=30)
     return result
+
+
+class StreamCaller:
+    """One bidirectional gRPC stream driven like unary calls: `ask(key,
+    message)` writes the request (in order, from one writer task) and waits
+    for the reply whose request id is `key`. A reply with `error` set
+    raises."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._tasks = [asyncio.create_task(self._write()), asyncio.create_task(self._read())]
+
+    async def _write(self) -> None:
+        while True:
+            await self._call.write(await self._queue.get())
+
+    async def _read(self) -> None:
+        try:
+            async for reply in self._call:
+                future = self._pending.pop(reply.request_id, None)
+                if future is not None and not future.done():
+                    future.set_result(reply)
+        finally:
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(RuntimeError("stream ended"))
+
+    async def ask(self, key: str, message: Any) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        self._queue.put_nowait(message)
+        reply = await future
+        if reply.HasField("error"):
+            raise RuntimeError(reply.error.message)
+        return reply
+
+    async def close(self) -> None:
+        await self._call.done_writing()
+        for task in self._tasks:
+            task.cancel()

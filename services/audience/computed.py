@@ -36,7 +36,7 @@ from services.audience.tables import (
     audience_identities,
 )
 from services.audience.tracking import TrackedCall
-from services.backends.analytics import quote_identifier, quote_literal
+from services.backends.analytics import quote_identifier, quote_literal, table_exists
 from services.backends.interfaces import AnalyticsStore
 from services.common import names
 from services.common.call import Principal
@@ -319,11 +319,7 @@ class ComputedProperties:
 
     async def _backfill(self, prop: ComputedProperty) -> None:
         """The property's buckets from the events already in the store."""
-        exists = await self._analytics.query(
-            "SELECT count() FROM system.tables WHERE database = currentDatabase() "
-            f"AND name = '{EVENTS_TABLE}'"
-        )
-        if not exists or not exists[0][0]:
+        if not await table_exists(self._analytics, EVENTS_TABLE):
             return
         since = ""
         if prop.within_days:

@@ -55,7 +55,7 @@ from services.audience.tables import (
     audience_segment_members,
     audience_sessions,
 )
-from services.backends.analytics import quote_identifier, quote_literal
+from services.backends.analytics import quote_identifier, quote_literal, table_exists
 from services.backends.interfaces import AnalyticsStore
 from services.common import names
 from services.common.call import Principal
@@ -436,11 +436,7 @@ class DataSubjects:
         if not where:
             return 0
         quoted = quote_identifier(table)
-        exists = await self._analytics.query(
-            "SELECT count() FROM system.tables WHERE database = currentDatabase() "
-            f"AND name = {quote_literal(table)}"
-        )
-        if not exists or not exists[0][0]:
+        if not await table_exists(self._analytics, table):
             return 0
         condition = f"tenant_id = {quote_literal(tenant_id)} AND ({where})"
         ((count,),) = await self._analytics.query(f"SELECT count() FROM {quoted} WHERE {condition}")

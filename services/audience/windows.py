@@ -29,7 +29,7 @@ import orjson
 
 from services.audience.conditions import US_PER_DAY, Event
 from services.audience.events import TABLE as EVENTS_TABLE
-from services.backends.analytics import quote_identifier, quote_literal
+from services.backends.analytics import quote_identifier, quote_literal, table_exists
 from services.backends.interfaces import AnalyticsStore
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,7 @@ class WindowCounts:
 
 
 async def events_table_exists(store: AnalyticsStore) -> bool:
-    rows = await store.query(
-        "SELECT count() FROM system.tables WHERE database = currentDatabase() "
-        f"AND name = {quote_literal(EVENTS_TABLE)}"
-    )
-    return bool(rows and rows[0][0])
+    return await table_exists(store, EVENTS_TABLE)
 
 
 def _from(tenant_id: str) -> str:

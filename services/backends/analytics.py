@@ -35,6 +35,7 @@ __all__ = [
     "parse_clickhouse_url",
     "quote_identifier",
     "quote_literal",
+    "table_exists",
 ]
 
 T = TypeVar("T")
@@ -50,6 +51,16 @@ def quote_identifier(name: str) -> str:
 def quote_literal(value: str) -> str:
     """A ClickHouse string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+async def table_exists(store: AnalyticsStore, table: str) -> bool:
+    """Whether the store's current database has `table` (a table is made by
+    its first insert: readers of one that may not exist yet ask first)."""
+    rows = await store.query(
+        "SELECT count() FROM system.tables WHERE database = currentDatabase() "
+        f"AND name = {quote_literal(table)}"
+    )
+    return bool(rows and rows[0][0])
 
 
 # --------------------------------------------------------------------------- types

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,9 +14,8 @@ from services.bidding.request_rules import validate_bid_request
 from services.bidding.settlement import Settlement
 from services.common.call import current_principal
 from services.common.clock import now_us
-from services.common.eager import Finished, start_eagerly
 from services.common.errors import DomainError
-from services.common.replies import Replies
+from services.common.replies import answer_each
 from services.common.status import status_of
 
 pb = bidding_service_pb2
@@ -58,27 +56,23 @@ class BiddingServicer(bidding_service_pb2_grpc.BiddingServiceServicer):
         """Many requests in flight: each is processed as it arrives and
         answered as soon as it is decided, matched by request id."""
         tenant_id = current_principal().tenant_id
-        loop = asyncio.get_running_loop()
-        answers: Replies[pb.StreamBidsResponse] = Replies(loop)
-        slots = asyncio.Semaphore(MAX_IN_FLIGHT_PER_STREAM)
-        tasks: set[asyncio.Task[pb.StreamBidsResponse]] = set()
 
-        async def answer(request: rtb.BidRequest, received: int) -> pb.StreamBidsResponse:
+        async def answer(message: pb.StreamBidsRequest) -> pb.StreamBidsResponse:
+            request, received = message.request, now_us()
             try:
                 validate_bid_request(request)
                 outcome = await self._processor.process(tenant_id, request, received_us=received)
                 if outcome.response is None:
-                    reply = pb.StreamBidsResponse(
+                    return pb.StreamBidsResponse(
                         request_id=request.id,
                         response=_no_bid_response(request, outcome),
                         no_bid=True,
                         nbr=outcome.nbr,
                         reason=outcome.reason,
                     )
-                else:
-                    reply = pb.StreamBidsResponse(request_id=request.id, response=outcome.response)
+                return pb.StreamBidsResponse(request_id=request.id, response=outcome.response)
             except DomainError as exc:
-                reply = pb.StreamBidsResponse(
+                return pb.StreamBidsResponse(
                     request_id=request.id,
                     no_bid=True,
                     nbr=NBR_INVALID,
@@ -87,52 +81,16 @@ class BiddingServicer(bidding_service_pb2_grpc.BiddingServiceServicer):
                 )
             except Exception:  # answered as an error; the stream goes on
                 log.exception("stream bid %s failed", request.id)
-                reply = pb.StreamBidsResponse(
+                return pb.StreamBidsResponse(
                     request_id=request.id,
                     no_bid=True,
                     nbr=NBR_TECHNICAL,
                     reason="TECHNICAL_ERROR",
                     error=status_of(RuntimeError()),
                 )
-            finally:
-                slots.release()
-            return reply
 
-        def answered(task: asyncio.Task[pb.StreamBidsResponse]) -> None:
-            tasks.discard(task)
-            if not task.cancelled():
-                answers.put(task.result())
-
-        async def read() -> None:
-            try:
-                async for message in requests:
-                    await slots.acquire()
-                    # Most bids never wait (profile in L1, embedded store): they
-                    # are answered on this turn, without a task of their own.
-                    started = start_eagerly(answer(message.request, now_us()), loop)
-                    if isinstance(started, Finished):
-                        answers.put(started.result)
-                    else:
-                        tasks.add(started)
-                        started.add_done_callback(answered)
-                if tasks:
-                    await asyncio.wait(tasks)
-            finally:
-                answers.put(None)
-
-        reader = loop.create_task(read())
-        try:
-            async for reply in answers:
-                yield reply
-            # The request stream failed (a message that does not parse, a
-            # cancelled call): end the call with its error, not OK.
-            error = reader.exception() if reader.done() and not reader.cancelled() else None
-            if error is not None:
-                raise error
-        finally:
-            reader.cancel()
-            for task in tasks:
-                task.cancel()
+        async for reply in answer_each(requests, answer, MAX_IN_FLIGHT_PER_STREAM):
+            yield reply
 
     async def HealthCheck(self, request: pb.HealthCheckRequest, context: Any) -> Any:
         checks = dict(await self._ready())

@@ -471,15 +471,13 @@ class Decisions:
                 )
             except ExternalUnavailable as error:
                 why = f"the external service ({spec.connector.use_case}): {error}"
-        if held:
-            pass
-        elif external is not None:
+        if external is not None:  # (never for held-out people: they get the control)
             arm = next(i for i, a in enumerate(spec.arms) if a.id == external.arm_id)
             propensity = external.propensity
             explained = Explained(
                 f"chosen by the external decisioning service (use case "
                 f"{spec.connector.use_case!r})", [], [], False, False)  # type: ignore[union-attr]  # fmt: skip
-        else:
+        elif not held:
             algorithm = spec.algorithm if spec.connector is None else "thompson_sampling"
             features = kept if spec.connector is None else []
             choice = choose(algorithm, loaded.arms, features, self._rng,

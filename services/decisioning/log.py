@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 
 from services.analytics.events import EventRow, EventSchema
-from services.backends.analytics import quote_identifier, quote_literal
+from services.backends.analytics import quote_identifier, quote_literal, table_exists
 from services.backends.interfaces import AnalyticsStore
 from services.decisioning.bandits import ArmState
 
@@ -119,11 +119,7 @@ class Estimate:
 async def read_logged(
     store: AnalyticsStore, tenant_id: str, policy_id: str, since_us: int, dimension: int
 ) -> Logged:
-    exists = await store.query(
-        "SELECT count() FROM system.tables WHERE database = currentDatabase() "
-        f"AND name = {quote_literal(TABLE)}"
-    )
-    if not exists or not exists[0][0]:
+    if not await table_exists(store, TABLE):
         return Logged([], np.zeros(0), np.zeros(0), np.zeros((0, dimension)))
     where = (
         f"tenant_id = {quote_literal(tenant_id)} AND policy_id = {quote_literal(policy_id)} "
@@ -231,16 +227,9 @@ class DecisionLogSubjects:
         listed = ", ".join(quote_literal(i) for i in ids)
         return f"tenant_id = {quote_literal(person.tenant_id)} AND user_id IN ({listed})"
 
-    async def _exists(self) -> bool:
-        found = await self._store.query(
-            "SELECT count() FROM system.tables WHERE database = currentDatabase() "
-            f"AND name = {quote_literal(TABLE)}"
-        )
-        return bool(found and found[0][0])
-
     async def export(self, person: Any) -> list[dict[str, Any]]:
         where = self._where(person)
-        if not where or not await self._exists():
+        if not where or not await table_exists(self._store, TABLE):
             return []
         rows = await self._store.query(
             f"SELECT policy_id, decision_key, arm_id, propensity, toString(event_time) "
@@ -252,7 +241,7 @@ class DecisionLogSubjects:
 
     async def erase(self, person: Any) -> int:
         where = self._where(person)
-        if not where or not await self._exists():
+        if not where or not await table_exists(self._store, TABLE):
             return 0
         ((count,),) = await self._store.query(f"SELECT count() FROM {TABLE} WHERE {where}")
         if count:

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from services.audience.events import TABLE as EVENTS
-from services.backends.analytics import quote_literal
+from services.backends.analytics import quote_literal, table_exists
 from services.backends.interfaces import AnalyticsStore
 from services.common import names
 from services.common.call import Principal
@@ -165,11 +165,7 @@ class Recommendations:
         """Interactions of the last BACKFILL_DAYS from the events table; the
         ids of the events received from a little before `started_us` (the
         listener may have them too)."""
-        exists = await self._analytics.query(
-            "SELECT count() FROM system.tables WHERE database = currentDatabase() "
-            f"AND name = {quote_literal(EVENTS)}"
-        )
-        if not exists or not exists[0][0]:
+        if not await table_exists(self._analytics, EVENTS):
             return set()
         kinds = ", ".join(quote_literal(e) for e in KIND_OF_EVENT)
         since = started_us - BACKFILL_DAYS * 86_400_000_000

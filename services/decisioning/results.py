@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.audience.events import TABLE as EVENTS
-from services.backends.analytics import quote_literal
+from services.backends.analytics import quote_literal, table_exists
 from services.backends.interfaces import AnalyticsStore
 from services.decisioning.experiments import EXPOSURE_EVENT, Experiment, Metric
 from services.decisioning.statistics import (
@@ -127,14 +127,6 @@ def _metric_sql(e: Experiment, m: Metric, end_us: int) -> str:
         GROUP BY arm"""
 
 
-async def _table_exists(store: AnalyticsStore) -> bool:
-    rows = await store.query(
-        "SELECT count() FROM system.tables WHERE database = currentDatabase() "
-        f"AND name = {quote_literal(EVENTS)}"
-    )
-    return bool(rows and rows[0][0])
-
-
 async def compute(store: AnalyticsStore, e: Experiment, now_us: int) -> Results:
     """`e`'s results up to its end (or now)."""
     end_us = e.end_time or now_us
@@ -143,7 +135,7 @@ async def compute(store: AnalyticsStore, e: Experiment, now_us: int) -> Results:
     users = dict.fromkeys(ids, 0)
     mixed = 0
     sums: dict[str, dict[str, CovariateSums]] = {}
-    if await _table_exists(store):
+    if await table_exists(store, EVENTS):
         rows = await store.query(
             f"SELECT variant, seen > 1 AS mixed, count() FROM ({_exposures(e, end_us)}) "
             "GROUP BY variant, mixed"

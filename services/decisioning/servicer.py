@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,10 +10,9 @@ from campaignexpress.decisioning.v1 import decision_service_pb2 as pb
 from campaignexpress.decisioning.v1 import decision_service_pb2_grpc as pb_grpc
 from campaignexpress.decisioning.v1 import policy_pb2
 from services.common.call import current_principal
-from services.common.eager import Finished, start_eagerly
 from services.common.errors import DomainError, InvalidArgument
 from services.common.protoconv import struct_dict, timestamp
-from services.common.replies import Replies
+from services.common.replies import answer_each
 from services.common.status import status_of
 from services.decisioning.connector import DEFAULT_TIMEOUT_SECONDS, Connector
 from services.decisioning.domain import (
@@ -188,10 +186,6 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         decided, matched by request id; a failed one is answered with its
         error and the stream goes on."""
         caller = current_principal()
-        loop = asyncio.get_running_loop()
-        replies: Replies[pb.StreamDecideResponse] = Replies(loop)
-        slots = asyncio.Semaphore(MAX_IN_FLIGHT_PER_STREAM)
-        tasks: set[asyncio.Task[pb.StreamDecideResponse]] = set()
 
         async def answer(message: pb.StreamDecideRequest) -> pb.StreamDecideResponse:
             try:
@@ -211,40 +205,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 log.exception("stream decision %s failed", message.request_id)
                 return pb.StreamDecideResponse(request_id=message.request_id,
                                                error=status_of(RuntimeError()))  # fmt: skip
-            finally:
-                slots.release()
 
-        def answered(task: asyncio.Task[pb.StreamDecideResponse]) -> None:
-            tasks.discard(task)
-            if not task.cancelled():
-                replies.put(task.result())
-
-        async def read() -> None:
-            try:
-                async for message in requests:
-                    await slots.acquire()
-                    started = start_eagerly(answer(message), loop)
-                    if isinstance(started, Finished):
-                        replies.put(started.result)
-                    else:
-                        tasks.add(started)
-                        started.add_done_callback(answered)
-                if tasks:
-                    await asyncio.wait(tasks)
-            finally:
-                replies.put(None)
-
-        reader = loop.create_task(read())
-        try:
-            async for reply in replies:
-                yield reply
-            error = reader.exception() if reader.done() and not reader.cancelled() else None
-            if error is not None:
-                raise error
-        finally:
-            reader.cancel()
-            for task in tasks:
-                task.cancel()
+        async for reply in answer_each(requests, answer, MAX_IN_FLIGHT_PER_STREAM):
+            yield reply
 
     async def Reward(self, request: pb.RewardRequest, context: Any) -> Any:
         arm, duplicate = await self._d.reward(

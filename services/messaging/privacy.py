@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.analytics.pipeline import AnalyticsPipeline
-from services.backends.analytics import quote_identifier, quote_literal
+from services.backends.analytics import quote_identifier, quote_literal, table_exists
 from services.backends.interfaces import AnalyticsStore
 from services.db import Database
 from services.messaging.events import TABLE as EVENTS_TABLE
@@ -76,11 +76,7 @@ class MessagesOfPeople:
                 await conn.execute(
                     messaging_messages.delete().where(m.id.in_(ids[first : first + 500]))
                 )
-        exists = await self._analytics.query(
-            "SELECT count() FROM system.tables WHERE database = currentDatabase() "
-            f"AND name = {quote_literal(EVENTS_TABLE)}"
-        )
-        if exists and exists[0][0]:
+        if await table_exists(self._analytics, EVENTS_TABLE):
             who = [f"profile_id IN ({_list(person.profile_ids)})"] if person.profile_ids else []
             for first in range(0, len(ids), 1000):
                 who.append(f"message_id IN ({_list(ids[first : first + 1000])})")
