@@ -243,9 +243,10 @@ def test_loyalty_boost_floor_and_one_offer_per_response() -> None:
 def test_notice_tokens_are_signed_and_prices_checked() -> None:
     signer = NoticeSigner("s" * 40, "https://bid.example")
     token = NoticeToken("acme", "c1", "o1", "bid-1", "1", "u1", "USD", "USD", "r1", "UTC", NOW)
-    nurl, burl, lurl = signer.urls(token)
+    nurl, burl, lurl, click = signer.urls(token)
     assert nurl.startswith("https://bid.example/v1/win?t=") and nurl.endswith("${AUCTION_PRICE}")
     assert "${AUCTION_LOSS}" in lurl and "/v1/billing?" in burl
+    assert click == f"https://bid.example/v1/click?t={nurl.split('t=', 1)[1].split('&', 1)[0]}"
     t = nurl.split("t=", 1)[1].split("&", 1)[0]
     assert signer.verify(t) == token
     with pytest.raises(InvalidArgument):

@@ -388,6 +388,56 @@ async def test_bid_no_bid_and_notice_events_reach_the_analytics_store(env: Env) 
     assert by_type["win"][2] == bid["id"] and by_type["win"][5] == 1_005_000
 
 
+async def test_a_click_on_the_ad_counts_once_in_the_ledger_and_the_analytics_store(
+    env: Env,
+) -> None:
+    """An offer whose markup says ${CLICK_URL} gets the bid's signed click
+    tracker there; the click counts once however often it is followed."""
+    platform = env.running.platform
+    campaign = await platform.api("campaigns").campaigns.create(
+        None,
+        "tenants/acme",
+        spec(),
+        offers_to_add=[
+            dataclasses.replace(OFFER, markup_template="<a href='${CLICK_URL}'>boots</a>")
+        ],
+    )
+    await platform.api("campaigns").workflow.act(SYSTEM, campaign.name, "SUBMIT")
+    await platform.api("campaigns").workflow.act(SYSTEM, campaign.name, "GO_LIVE")
+    await platform.api("bidding").index.wait_for(
+        lambda i: i.get(campaign.name) is not None, timeout=2.0
+    )
+    status, _, raw = await post_bid(env, bid_request("clicked", user="u-click"))
+    assert status == 200, raw
+    bid = orjson.loads(raw)["seatbid"][0]["bid"][0]
+    prefix = "<a href='http://localhost:8080/v1/click?t="
+    assert bid["adm"].startswith(prefix) and bid["adm"].endswith("'>boots</a>")
+    click = bid["adm"][len("<a href='") : -len("'>boots</a>")]
+    assert click.split("t=", 1)[1] == bid["nurl"].split("t=", 1)[1].split("&", 1)[0]
+    click = click.replace("http://localhost:8080", env.base_url)
+    answers = []
+    for _ in range(3):  # followed three times: one click
+        async with env.http.get(click) as r:
+            assert r.status == 200
+            answers.append((await r.json()).get("recorded", False))
+    assert answers == [True, False, False]
+    win = bid["nurl"].replace("http://localhost:8080", env.base_url)
+    async with env.http.get(win.replace("${AUCTION_PRICE}", "2")) as r:
+        assert r.status == 200
+    metrics = await platform.api("campaigns").budgets.metrics(None, campaign.name)
+    assert (metrics.impressions, metrics.clicks, metrics.ctr) == (1, 1, 1.0)
+    await platform.api("bidding").pipeline.flush()
+    rows = await platform.backends.analytics.query(
+        "SELECT bid_id, user_id, offer_id FROM bid_events FINAL "
+        "WHERE tenant_id = 'acme' AND event_type = 'click'"
+    )
+    assert rows == [(bid["id"], "u-click", bid["adid"])]
+    async with env.http.get(click.replace("t=", "t=x")) as r:
+        assert r.status == 400  # a forged token counts nothing
+        body = await r.json()
+    assert [v["field"] for v in body["error"]["fieldViolations"]] == ["t"]
+
+
 async def test_an_edited_offer_bids_with_its_new_creative(env: Env) -> None:
     """The offer's part of a bid is built once per version of the offer: an
     edit reaches the next bid."""

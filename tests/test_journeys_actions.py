@@ -156,10 +156,11 @@ async def test_a_journey_triggers_a_live_campaign_once(env: Env, smtp: SmtpServe
     assert [m["campaign"] for m in listed["messages"]] == [campaign["name"]]  # billed to it
 
 
-async def test_bids_and_wins_start_journeys(env: Env) -> None:
+async def test_bids_wins_and_clicks_start_journeys(env: Env) -> None:
     """A bid for a known person enters them into a journey with a bid
     trigger (its campaign's, or any); the win notice of that bid into one
-    with a win trigger, once however often the exchange retries it."""
+    with a win trigger, and the ad's click into one with a click trigger,
+    once however often the notice comes."""
     campaign = await live_campaign(env)
     await _person(env, "buyer")
     buyer = await profile_of(env, "buyer")
@@ -172,6 +173,10 @@ async def test_bids_and_wins_start_journeys(env: Env) -> None:
         "displayName": "Won", "trigger": {"bid": {"event": "BID_EVENT_WIN"}},
         "reentry": "REENTRY_POLICY_ALWAYS",
         "nodes": [{"id": "t", "tag": {"add": ["shown_ad"]}}]})  # fmt: skip
+    on_click = await _journey(env, {
+        "displayName": "Clicked", "trigger": {"bid": {"event": "BID_EVENT_CLICK"}},
+        "reentry": "REENTRY_POLICY_ALWAYS",
+        "nodes": [{"id": "t", "tag": {"add": ["clicked_ad"]}}]})  # fmt: skip
     other = await _journey(env, {
         "displayName": "Other campaign", "trigger": {"bid": {
             "event": "BID_EVENT_BID", "campaign": "tenants/acme/campaigns/another"}},
@@ -206,9 +211,20 @@ async def test_bids_and_wins_start_journeys(env: Env) -> None:
     assert done["profile"] == buyer
     await asyncio.sleep(0.5)
     assert len(await ways(on_win, 2)) == 1 and len(await ways(on_bid, 2)) == 1
+    assert await ways(on_click, 1) == []  # shown, not clicked yet
+    click = win.split("&", 1)[0].replace("/v1/win?", "/v1/click?")
+    for _ in range(2):  # clicked twice: enters once
+        async with env.http.get(click) as r:
+            assert r.status == 200
+    (clicked,) = await ways(on_click, 1)
+    await instance_when(env, clicked["name"], lambda i: i["state"] == "INSTANCE_STATE_COMPLETED")
+    await asyncio.sleep(0.5)
+    assert len(await ways(on_click, 2)) == 1
+    status, body = await call(env, "GET", on_click)
+    assert body["journey"]["trigger"]["bid"] == {"event": "BID_EVENT_CLICK"}
     assert await ways(other, 1) == []
     status, person = await call(env, "GET", buyer)
-    assert sorted(person["profile"]["traits"]["tags"]) == ["saw_ad", "shown_ad"]
+    assert sorted(person["profile"]["traits"]["tags"]) == ["clicked_ad", "saw_ad", "shown_ad"]
     status, bad = await call(env, "POST", "tenants/acme/journeys", {
         "displayName": "x", "trigger": {"bid": {"campaign": "tenants/globex/campaigns/c"}},
         "nodes": [{"id": "t", "tag": {"add": ["x"]}}]})  # fmt: skip

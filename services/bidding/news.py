@@ -1,5 +1,6 @@
 """What the bid path tells other domains as it happens: a bid made for a
-known person, a win notice settled (journeys' bid-context triggers listen).
+known person, a win or click notice settled (journeys' bid-context triggers
+listen).
 
 The bid path cannot wait for anyone: it asks `wants(tenant, kind)` (a dict
 lookup, kept current by the listeners: nothing is told a tenant with no use
@@ -19,21 +20,21 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 #: The kinds of news.
-BID, WIN = "bid", "win"
-KINDS = (BID, WIN)
+BID, WIN, CLICK = "bid", "win", "click"
+KINDS = (BID, WIN, CLICK)
 QUEUE = 10_000
 BATCH = 200
 
 
 @dataclass(frozen=True, slots=True)
 class BidNewsItem:
-    kind: str  # bid, win
+    kind: str  # bid, win, click
     tenant_id: str
     user_id: str  # as the bid request named the person (user.id, buyeruid, ifa)
     campaign_id: str
     request_id: str
     bid_id: str
-    price_cpm: float  # the bid's price, or the win's clearing price
+    price_cpm: float  # the bid's price, the win's clearing price, 0 for a click
 
 
 Listener = Callable[[Sequence[BidNewsItem]], Awaitable[None]]

@@ -22,6 +22,8 @@ from services.common.errors import InvalidArgument
 TOKEN_VERSION = 1
 PRICE_MACRO = "${AUCTION_PRICE}"
 LOSS_MACRO = "${AUCTION_LOSS}"
+#: Where an offer's markup template wants the bid's click tracker.
+CLICK_MACRO = "${CLICK_URL}"
 MAX_PRICE_CPM = 10_000.0
 
 
@@ -69,13 +71,15 @@ class NoticeSigner:
         body = base64.urlsafe_b64encode(orjson.dumps(fields)).decode().rstrip("=")
         return f"{body}.{self._sign(body.encode())}"
 
-    def urls(self, notice: NoticeToken) -> tuple[str, str, str]:
-        """(nurl, burl, lurl) with the OpenRTB price and loss macros."""
+    def urls(self, notice: NoticeToken) -> tuple[str, str, str, str]:
+        """(nurl, burl, lurl, click URL): the first three with the OpenRTB
+        price and loss macros."""
         t = self.token(notice)
         return (
             f"{self._base}/v1/win?t={t}&price={PRICE_MACRO}",
             f"{self._base}/v1/billing?t={t}&price={PRICE_MACRO}",
             f"{self._base}/v1/loss?t={t}&reason={LOSS_MACRO}",
+            f"{self._base}/v1/click?t={t}",
         )
 
     def verify(self, token: str) -> NoticeToken:

@@ -32,7 +32,7 @@ from services.bidding.currency import Rates
 from services.bidding.identity import resolve_user_id
 from services.bidding.matching import DEVICE_GROUPS, Candidate, CandidateIndex, Context, Slot
 from services.bidding.news import BID, BidNews, BidNewsItem
-from services.bidding.notices import NoticeSigner, NoticeToken
+from services.bidding.notices import CLICK_MACRO, NoticeSigner, NoticeToken
 from services.bidding.profiles import ProfileStore, UserProfile, default_profile, tenant_user
 from services.bidding.upstream import BidEvents, LiveCampaigns
 from services.campaigns.index import OfferFacts
@@ -435,11 +435,14 @@ class BidProcessor:
                 time_zone=campaign.spec.schedule.time_zone,
                 issued_us=now,
             )
-            nurl, burl, lurl = self._signer.urls(token)
+            nurl, burl, lurl, click = self._signer.urls(token)
             bid = seat.bid.add()
-            bid.CopyFrom(self._bid_template(candidate.facts))
+            template = self._bid_template(candidate.facts)
+            bid.CopyFrom(template)
             bid.id, bid.impid, bid.price = bid_id, winner.imp_id, winner.price_cpm
             bid.nurl, bid.burl, bid.lurl = nurl, burl, lurl
+            if CLICK_MACRO in template.adm:
+                bid.adm = template.adm.replace(CLICK_MACRO, click)
             deals = candidate.live.deals
             for imp in request.imp if deals else ():
                 if imp.id == winner.imp_id and imp.HasField("pmp"):

@@ -1,5 +1,5 @@
 """BiddingService: the gRPC entry to the bid processor, and the notice RPCs
-(win, billing, loss) that settle bids."""
+(win, billing, click, loss) that settle bids."""
 
 from __future__ import annotations
 
@@ -108,6 +108,9 @@ class BiddingServicer(bidding_service_pb2_grpc.BiddingServiceServicer):
         return pb.RecordBillingResponse(
             recorded=await self._settlement.billing(request.t, request.price)
         )
+
+    async def RecordClick(self, request: pb.RecordClickRequest, context: Any) -> Any:
+        return pb.RecordClickResponse(recorded=await self._settlement.click(request.t))
 
     async def RecordLoss(self, request: pb.RecordLossRequest, context: Any) -> Any:
         await self._settlement.loss(request.t, request.reason)

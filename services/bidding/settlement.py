@@ -1,4 +1,4 @@
-"""Settling bids from win, billing and loss notices: spend into the budget
+"""Settling bids from win, billing, click and loss notices: spend into the budget
 ledger (idempotent per bid id), the impression into the frequency caps (once
 per bid), and an analytics event."""
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from services.analytics.events import AnalyticsEvent, EventType
 from services.bidding.caps import FrequencyCaps
 from services.bidding.currency import Rates, UnknownCurrency
-from services.bidding.news import WIN, BidNews, BidNewsItem
+from services.bidding.news import CLICK, WIN, BidNews, BidNewsItem
 from services.bidding.notices import NoticeSigner, NoticeToken, parse_price
 from services.bidding.upstream import BidEvents, SpendLedger
 from services.campaigns.budget import DeliveryEventIn
@@ -105,6 +105,20 @@ class Settlement:
             await self._event(EventType.BILLING, token, cpm)
         return recorded
 
+    async def click(self, t: str) -> bool:
+        """Count the ad's click once per bid: the campaign's ledger (CLICK),
+        the analytics store's `click` event (which labels the bid for the
+        model's training) and, the first time, journeys' click triggers."""
+        token = self._token(t)
+        with self._admitted():
+            recorded = await self._book(token, "CLICK", None)
+            await self._event(EventType.CLICK, token, 0.0)
+        news = self.news
+        if recorded and news is not None and token.user_id and news.wants(token.tenant_id, CLICK):
+            news.tell(BidNewsItem(CLICK, token.tenant_id, token.user_id, token.campaign_id,
+                                  token.request_id, token.bid_id, 0.0))  # fmt: skip
+        return recorded
+
     async def loss(self, t: str, reason: str) -> None:
         token = self._token(t)
         if len(reason) > 20 or (reason and not reason.replace("${AUCTION_LOSS}", "").isdigit()):
@@ -112,7 +126,7 @@ class Settlement:
                 raise InvalidArgument.field("reason", "must be an OpenRTB loss reason code")
         await self._event(EventType.LOSS, token, 0.0, reason=reason.replace("${AUCTION_LOSS}", ""))
 
-    async def _book(self, token: NoticeToken, kind: str, cpm: float) -> bool:
+    async def _book(self, token: NoticeToken, kind: str, cpm: float | None) -> bool:
         recorded = await self._budgets.record_events(
             None,
             f"tenants/{token.tenant_id}",
@@ -121,7 +135,7 @@ class Settlement:
                     campaign=f"tenants/{token.tenant_id}/campaigns/{token.campaign_id}",
                     bid_id=token.bid_id,
                     type=kind,
-                    amount=self._amount(token, cpm),
+                    amount=Money() if cpm is None else self._amount(token, cpm),
                 )
             ],
         )

@@ -41,7 +41,7 @@ WAITS = ("wait", "digest")
 MAX_DIGESTED = 100
 MAX_TRAITS = 50
 TRIGGERS = ("api", "event", "segment", "schedule", "bid")
-BID_EVENTS = ("bid", "win")
+BID_EVENTS = ("bid", "win", "click")
 #: A cron schedule that does not fire within this many years never does.
 CRON_HORIZON_YEARS = 5
 SEGMENT_CHANGES = ("entered", "exited")
@@ -343,7 +343,11 @@ async def check(
             bad += _check_schedule(definition, f"{at}.trigger.schedule", now_us)
     if definition.trigger == "bid":
         if definition.bid_event not in BID_EVENTS:
-            bad.append(FieldViolation(f"{at}.trigger.bid.event", "BID_EVENT_BID or BID_EVENT_WIN"))
+            bad.append(
+                FieldViolation(
+                    f"{at}.trigger.bid.event", "BID_EVENT_BID, BID_EVENT_WIN or BID_EVENT_CLICK"
+                )
+            )
         found = _CAMPAIGN.match(definition.bid_campaign)
         if definition.bid_campaign and found is None:
             why = "must be tenants/{t}/campaigns/{id}"

@@ -44,7 +44,9 @@ _SCOPES = {
 _BID_EVENTS = {
     journey_pb2.BID_EVENT_BID: "bid",
     journey_pb2.BID_EVENT_WIN: "win",
+    journey_pb2.BID_EVENT_CLICK: "click",
 }
+_BID_EVENT_NUMBERS = {name: number for number, name in _BID_EVENTS.items()}
 _JOIN_MODES = {
     journey_pb2.JOIN_MODE_UNSPECIFIED: "all",
     journey_pb2.JOIN_MODE_ALL: "all",
@@ -218,9 +220,7 @@ def journey_proto(journey: Journey) -> journey_pb2.Journey:
         if at is not None:
             out.trigger.schedule.at.CopyFrom(at)
     elif d.trigger == "bid":
-        out.trigger.bid.event = (
-            journey_pb2.BID_EVENT_WIN if d.bid_event == "win" else journey_pb2.BID_EVENT_BID
-        )
+        out.trigger.bid.event = _BID_EVENT_NUMBERS.get(d.bid_event, journey_pb2.BID_EVENT_BID)
         out.trigger.bid.campaign = d.bid_campaign
     elif d.trigger == "segment":
         out.trigger.segment.segment = d.segment

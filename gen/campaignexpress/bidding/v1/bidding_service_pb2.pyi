@@ -349,6 +349,50 @@ class RecordBillingResponse(_message.Message):
 Global___RecordBillingResponse: _TypeAlias = RecordBillingResponse  # noqa: Y015
 
 @_typing.final
+class RecordClickRequest(_message.Message):
+    """Request of RecordClick."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    T_FIELD_NUMBER: _builtins.int
+    t: _builtins.str
+    """The signed notice token from the bid's click URL."""
+    def __init__(
+        self,
+        *,
+        t: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["t", b"t"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordClickRequest: _TypeAlias = RecordClickRequest  # noqa: Y015
+
+@_typing.final
+class RecordClickResponse(_message.Message):
+    """Response of RecordClick."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_FIELD_NUMBER: _builtins.int
+    recorded: _builtins.bool
+    """False when this bid's click was already recorded (a repeated click)."""
+    def __init__(
+        self,
+        *,
+        recorded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recorded", b"recorded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordClickResponse: _TypeAlias = RecordClickResponse  # noqa: Y015
+
+@_typing.final
 class RecordLossRequest(_message.Message):
     """Request of RecordLoss."""
 

@@ -75,6 +75,11 @@ class BiddingServiceStub:
                 request_serializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordBillingRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordBillingResponse.FromString,
                 _registered_method=True)
+        self.RecordClick = channel.unary_unary(
+                '/campaignexpress.bidding.v1.BiddingService/RecordClick',
+                request_serializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordClickRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordClickResponse.FromString,
+                _registered_method=True)
         self.RecordLoss = channel.unary_unary(
                 '/campaignexpress.bidding.v1.BiddingService/RecordLoss',
                 request_serializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordLossRequest.SerializeToString,
@@ -151,6 +156,16 @@ class BiddingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordClick(self, request, context):
+        """Click notice: the ad's click tracker. A bid's markup carries it where
+        its template says `${CLICK_URL}`. Counts the click once per bid id (the
+        campaign's ledger and the analytics store), tells journeys' click
+        triggers, and labels the bid for the model's training.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RecordLoss(self, request, context):
         """Loss notice (OpenRTB lurl), with the exchange's loss reason code.
         """
@@ -185,6 +200,11 @@ def add_BiddingServiceServicer_to_server(servicer, server):
                     servicer.RecordBilling,
                     request_deserializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordBillingRequest.FromString,
                     response_serializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordBillingResponse.SerializeToString,
+            ),
+            'RecordClick': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordClick,
+                    request_deserializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordClickRequest.FromString,
+                    response_serializer=campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordClickResponse.SerializeToString,
             ),
             'RecordLoss': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordLoss,
@@ -343,6 +363,33 @@ class BiddingService:
             '/campaignexpress.bidding.v1.BiddingService/RecordBilling',
             campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordBillingRequest.SerializeToString,
             campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordBillingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordClick(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.bidding.v1.BiddingService/RecordClick',
+            campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordClickRequest.SerializeToString,
+            campaignexpress_dot_bidding_dot_v1_dot_bidding__service__pb2.RecordClickResponse.FromString,
             options,
             channel_credentials,
             insecure,

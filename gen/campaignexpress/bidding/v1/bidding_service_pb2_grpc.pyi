@@ -79,6 +79,12 @@ class BiddingServiceStub:
     """Billing notice (OpenRTB burl): the impression is billable at `price`.
     Supersedes the win price of the same bid; idempotent per bid id.
     """
+    RecordClick: _grpc.UnaryUnaryMultiCallable[_bidding_service_pb2.RecordClickRequest, _bidding_service_pb2.RecordClickResponse]
+    """Click notice: the ad's click tracker. A bid's markup carries it where
+    its template says `${CLICK_URL}`. Counts the click once per bid id (the
+    campaign's ledger and the analytics store), tells journeys' click
+    triggers, and labels the bid for the model's training.
+    """
     RecordLoss: _grpc.UnaryUnaryMultiCallable[_bidding_service_pb2.RecordLossRequest, _bidding_service_pb2.RecordLossResponse]
     """Loss notice (OpenRTB lurl), with the exchange's loss reason code."""
 
@@ -132,6 +138,12 @@ class BiddingServiceAsyncStub(BiddingServiceStub):
     RecordBilling: _aio.UnaryUnaryMultiCallable[_bidding_service_pb2.RecordBillingRequest, _bidding_service_pb2.RecordBillingResponse]  # type: ignore[assignment]
     """Billing notice (OpenRTB burl): the impression is billable at `price`.
     Supersedes the win price of the same bid; idempotent per bid id.
+    """
+    RecordClick: _aio.UnaryUnaryMultiCallable[_bidding_service_pb2.RecordClickRequest, _bidding_service_pb2.RecordClickResponse]  # type: ignore[assignment]
+    """Click notice: the ad's click tracker. A bid's markup carries it where
+    its template says `${CLICK_URL}`. Counts the click once per bid id (the
+    campaign's ledger and the analytics store), tells journeys' click
+    triggers, and labels the bid for the model's training.
     """
     RecordLoss: _aio.UnaryUnaryMultiCallable[_bidding_service_pb2.RecordLossRequest, _bidding_service_pb2.RecordLossResponse]  # type: ignore[assignment]
     """Loss notice (OpenRTB lurl), with the exchange's loss reason code."""
@@ -213,6 +225,18 @@ class BiddingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_bidding_service_pb2.RecordBillingResponse, _abc.Awaitable[_bidding_service_pb2.RecordBillingResponse]]:
         """Billing notice (OpenRTB burl): the impression is billable at `price`.
         Supersedes the win price of the same bid; idempotent per bid id.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordClick(
+        self,
+        request: _bidding_service_pb2.RecordClickRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bidding_service_pb2.RecordClickResponse, _abc.Awaitable[_bidding_service_pb2.RecordClickResponse]]:
+        """Click notice: the ad's click tracker. A bid's markup carries it where
+        its template says `${CLICK_URL}`. Counts the click once per bid id (the
+        campaign's ledger and the analytics store), tells journeys' click
+        triggers, and labels the bid for the model's training.
         """
 
     @_abc_1.abstractmethod

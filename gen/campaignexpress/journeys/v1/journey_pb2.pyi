@@ -70,6 +70,10 @@ class _BidEventEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BidEvent.Val
     """A bid answered for the person."""
     BID_EVENT_WIN: _BidEvent.ValueType  # 2
     """A win notice settled (the first time) for a bid for the person."""
+    BID_EVENT_CLICK: _BidEvent.ValueType  # 3
+    """A click notice counted (the first time) for a bid for the person: the
+    ad was clicked.
+    """
 
 class BidEvent(_BidEvent, metaclass=_BidEventEnumTypeWrapper):
     """What of the bid path starts a journey."""
@@ -80,6 +84,10 @@ BID_EVENT_BID: BidEvent.ValueType  # 1
 """A bid answered for the person."""
 BID_EVENT_WIN: BidEvent.ValueType  # 2
 """A win notice settled (the first time) for a bid for the person."""
+BID_EVENT_CLICK: BidEvent.ValueType  # 3
+"""A click notice counted (the first time) for a bid for the person: the
+ad was clicked.
+"""
 Global___BidEvent: _TypeAlias = BidEvent  # noqa: Y015
 
 class _SegmentChange:
