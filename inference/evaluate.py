@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from inference.checkpoint import Checkpoint
 from inference.data import DataError, as_list, user_matrix
 from inference.numpy_model import NumpyColaNet
 
@@ -39,6 +40,7 @@ __all__ = [
     "Estimate",
     "OpeReport",
     "evaluate_policy",
+    "off_policy_gate",
 ]
 
 
@@ -236,3 +238,56 @@ def evaluate_policy(
         effective_sample_size=ess,
         match_rate=float(np.mean(weights * log.propensity)),
     )
+
+
+def off_policy_gate(
+    columns: dict[str, list[Any]], fraction: float, new: Checkpoint, current: Checkpoint
+) -> dict[str, Any] | None:
+    """The new and the current model's greedy policies (by score), compared
+    off-policy on the latest `fraction` of a log that explored (some
+    propensity below 1): SNIPS of each and of the difference, paired by
+    decision, with a 95% interval. The new model is `better` unless it is
+    significantly worse (the difference's upper bound below 0): a noisy
+    estimate must not block a model that is as good. None when the log
+    cannot say (it never explored, or too few decisions)."""
+    if "candidates" not in columns or "propensity" not in columns:
+        return None
+    propensity = columns["propensity"]
+    if not propensity or min(float(p) for p in propensity) >= 1.0:
+        return None
+    times = [float(t) if not isinstance(t, str) else 0.0 for t in columns["event_time"]]
+    order = sorted(range(len(times)), key=times.__getitem__)
+    held = order[int(len(order) * (1.0 - fraction)) :]
+    if len(held) < 20:
+        return None
+    part = {name: [values[i] for i in held] for name, values in columns.items()}
+    log = BanditLog.from_columns(part, ColumnMap())
+    n = len(log)
+
+    def snips(checkpoint: Checkpoint) -> tuple[float, Any]:
+        """SNIPS of the greedy policy and its influence per decision."""
+        model = NumpyColaNet(checkpoint.config, checkpoint.params)
+        weights = np.zeros(n)
+        for i, result in enumerate(model.score_many(log.user, log.candidates)):
+            if log.candidates[i][int(np.argmax(result.score))] == log.action[i]:
+                weights[i] = 1.0 / log.propensity[i]
+        total = weights.sum()
+        if total == 0:
+            return 0.0, np.zeros(n)
+        value = float((weights * log.reward).sum() / total)
+        return value, weights * (log.reward - value) / weights.mean()
+
+    new_value, new_phi = snips(new)
+    current_value, current_phi = snips(current)
+    difference = new_value - current_value
+    half = 1.96 * float(np.std(new_phi - current_phi, ddof=1)) / math.sqrt(n)
+    return {
+        "rows": n,
+        "new": new_value,
+        "current": current_value,
+        "logged": float(log.reward.mean()),
+        "difference": difference,
+        "differenceLow": difference - half,
+        "differenceHigh": difference + half,
+        "better": difference + half >= 0.0,
+    }

@@ -24,6 +24,12 @@ class Winner(NamedTuple):
     imp_id: str
     scored: Scored
     price_cpm: float  # in the response currency
+    # The learning loop's record (services/bidding/decisions.py): the chance
+    # this pick had, whether exploration made it, and the candidates (their
+    # positions in the auction's input, best first) it was drawn from.
+    propensity: float = 1.0
+    explored: bool = False
+    drawn_from: tuple[int, ...] = ()
 
 
 def _priced(candidate: Candidate, score: float, ctr: float, loyalty_tier: str) -> Scored:
@@ -85,11 +91,18 @@ def run_auction(
     slots: Sequence[Slot],
     rates: Rates,
     response_currency: str,
+    explore: Callable[[str, int], tuple[int, float, bool]] | None = None,
+    top: int = 1,
 ) -> tuple[list[Winner], str]:
     """choose_winners(price_candidates(...), ...) without pricing every
     candidate: a candidate is priced when the auction first looks at its price
     (most are never looked at: the best-score-first visit stops early, and a
-    candidate that does not fit the slot is passed over unpriced)."""
+    candidate that does not fit the slot is passed over unpriced).
+
+    With `explore` (and `top` > 1), each slot's pick is drawn from its `top`
+    best qualifying candidates: `explore(imp_id, k)` gives the index among
+    the k found (0: the greedy pick), its propensity and whether it
+    explored (services/bidding/decisions.py)."""
     if not len(candidates) == len(scores) == len(ctrs):
         raise ValueError("one score and one ctr per candidate")
     priced: dict[int, Scored] = {}
@@ -100,6 +113,18 @@ def run_auction(
             found = priced[i] = _priced(candidates[i], scores[i], ctrs[i], loyalty_tier)
         return found
 
+    if explore is not None and top > 1:
+        return _choose_exploring(
+            _best_first(scores),
+            scores,
+            candidates,
+            scored_at,
+            slots,
+            rates,
+            response_currency,
+            explore,
+            top,
+        )
     return _choose(
         _best_first(scores), scores, candidates, scored_at, slots, rates, response_currency
     )
@@ -159,6 +184,85 @@ def _choose(
         if best is not None:
             used.add(best[2])
             winners.append(Winner(imp_id, best[3], round(best[1], 6)))
+    if winners:
+        return winners, ""
+    if unknown_currency:
+        return winners, "unknown currency"
+    return winners, "below floor" if below_floor else "no candidate"
+
+
+def _choose_exploring(
+    order: Sequence[int],
+    scores: Sequence[float],
+    candidates: Sequence[Candidate],
+    scored_at: Callable[[int], Scored],
+    slots: Sequence[Slot],
+    rates: Rates,
+    response_currency: str,
+    explore: Callable[[str, int], tuple[int, float, bool]],
+    top: int,
+) -> tuple[list[Winner], str]:
+    """_choose, with each slot's pick drawn from its `top` best qualifying
+    candidates: the greedy pick (as _choose makes it) first, then the next
+    ones best score first. The visit goes on past the greedy pick only
+    until `top` qualify."""
+    winners: list[Winner] = []
+    used: set[str] = set()
+    unknown_currency = below_floor = False
+    for slot in slots:
+        imp_id, floor, floor_currency = slot.imp_id, slot.floor, slot.floor_currency
+        found: list[tuple[float, float, str, int]] = []
+        best_score = -1.0
+        for i in order:
+            score = scores[i]
+            if found and len(found) >= top and score < best_score:
+                break  # the greedy pick and enough others are in
+            candidate = candidates[i]
+            if imp_id not in candidate.slots:
+                continue
+            offer_name = candidate.facts.name
+            if offer_name in used and not candidate.live.campaign.spec.allow_repeat_offers:
+                continue
+            s = scored_at(i)
+            price, currency = s.price_cpm, s.currency
+            try:
+                in_floor = (
+                    price
+                    if currency == floor_currency
+                    else rates.convert(price, currency, floor_currency)
+                )
+                in_response = (
+                    price
+                    if currency == response_currency
+                    else rates.convert(price, currency, response_currency)
+                )
+            except UnknownCurrency:
+                unknown_currency = True
+                continue
+            if in_floor < floor:
+                below_floor = True
+                continue
+            if not found:
+                best_score = score
+            found.append((score, in_response, offer_name, i))
+        if not found:
+            continue
+        # the greedy pick: _choose's (best score, then price, then name)
+        greedy = max((f for f in found if f[0] == best_score), key=lambda f: (f[0], f[1], f[2]))
+        pool = [greedy, *[f for f in found if f is not greedy]][:top]
+        index, propensity, explored = explore(imp_id, len(pool))
+        _, in_response, offer_name, i = pool[index]
+        used.add(offer_name)
+        winners.append(
+            Winner(
+                imp_id,
+                scored_at(i),
+                round(in_response, 6),
+                propensity,
+                explored,
+                tuple(f[3] for f in pool),
+            )
+        )
     if winners:
         return winners, ""
     if unknown_currency:

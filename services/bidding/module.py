@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from campaignexpress.bidding.v1 import bidding_service_pb2, bidding_service_pb2_grpc
 from services.analytics.pipeline import AnalyticsPipeline
+from services.backends.analytics import quote_literal, table_exists
+from services.backends.interfaces import AnalyticsStore
 from services.bidding.caps import FrequencyCaps
 from services.bidding.currency import Rates
+from services.bidding.decisions import BID_DECISIONS, Exploration, subject_filter, subject_rows
+from services.bidding.decisions import TABLE as DECISIONS_TABLE
 from services.bidding.news import BidNews
 from services.bidding.notices import NoticeSigner
 from services.bidding.processor import BidProcessor
@@ -34,6 +39,7 @@ class BiddingApi:
     pipeline: AnalyticsPipeline
     index: LiveCampaignIndex
     settlement: Settlement
+    decisions: AnalyticsPipeline  # bid_decisions: the model's learning data
 
 
 async def _build(kernel: Kernel) -> Built:
@@ -48,6 +54,14 @@ async def _build(kernel: Kernel) -> Built:
         # pipeline's 2 ms: at bid rates a commit carries ~10 events instead of
         # ~3, and the fdatasyncs cost about a fifth (measured ~50-100 us of CPU
         # per bid less). Events are still acknowledged within ~10 ms.
+        commit_interval=BID_EVENTS_COMMIT_SECONDS,
+    )
+    # The learning loop's log (services/bidding/decisions.py), journaled on
+    # its own: a bid waits for its bid event, never for this row.
+    decisions = AnalyticsPipeline(
+        backends.analytics,
+        settings.data_dir / "bid-decisions-journal" / f"worker-{kernel.worker}",
+        schema=BID_DECISIONS,
         commit_interval=BID_EVENTS_COMMIT_SECONDS,
     )
     hot_store_failed, hot_store_down = _hot_store_watch(kernel)
@@ -68,35 +82,64 @@ async def _build(kernel: Kernel) -> Built:
         report_outage=hot_store_failed,
         hot_store_down=hot_store_down,
         news=news,
+        exploration=Exploration(settings.bid_exploration, settings.bid_exploration_top),
+        decisions=decisions,
     )
     kernel.interface("profile_changes")  # this process hears of other writers' changes
     settlement = Settlement(
         kernel.interface("spend_ledger"), caps, signer, rates, events=pipeline, news=news
     )
     kernel.lifecycle(pipeline.start, pipeline.stop)
+    kernel.lifecycle(decisions.start, decisions.stop)
     if kernel.has_interface("data_subject_hooks"):
-        kernel.interface("data_subject_hooks").register("bidding", _BidEventsInFlight(pipeline))
+        kernel.interface("data_subject_hooks").register(
+            "bidding", _BidSubjects(pipeline, decisions, backends.analytics)
+        )
     servicer = BiddingServicer(processor, settlement, backends.readiness)
-    return Built([servicer], api=BiddingApi(processor, pipeline, index, settlement))
+    return Built([servicer], api=BiddingApi(processor, pipeline, index, settlement, decisions))
 
 
-class _BidEventsInFlight:
-    """Bidding's part in data-subject requests: its bid events (user ids
+class _BidSubjects:
+    """Bidding's part in data-subject requests. Its bid events (user ids
     included) are the analytics store's `bid_events`, which the audience
     domain exports and erases; before an erasure they must be there, not in
-    this process's journal."""
+    this process's journal. Its logged decisions (`bid_decisions`: what the
+    model saw of the person) are exported and erased here."""
 
-    def __init__(self, pipeline: AnalyticsPipeline) -> None:
+    def __init__(
+        self, pipeline: AnalyticsPipeline, decisions: AnalyticsPipeline, store: AnalyticsStore
+    ) -> None:
         self._pipeline = pipeline
+        self._decisions = decisions
+        self._store = store
 
     async def settle(self) -> None:
         await self._pipeline.flush()
+        await self._decisions.flush()
 
-    async def export(self, person: object) -> dict[str, str]:
-        return {}
+    @staticmethod
+    def _ids(person: Any) -> list[str]:
+        return list(person.values("user_id", "anonymous_id", "ifa"))
 
-    async def erase(self, person: object) -> int:
-        return 0
+    async def export(self, person: Any) -> dict[str, Any]:
+        return {
+            "bidDecisions": await subject_rows(self._store, person.tenant_id, self._ids(person))
+        }
+
+    async def erase(self, person: Any) -> int:
+        ids = self._ids(person)
+        if not ids or not await table_exists(self._store, DECISIONS_TABLE):
+            return 0
+        condition = f"tenant_id = {quote_literal(person.tenant_id)} AND {subject_filter(ids)}"
+        ((count,),) = await self._store.query(
+            f"SELECT count() FROM {DECISIONS_TABLE} WHERE {condition}"
+        )
+        if count:
+            await self._store.execute(
+                f"ALTER TABLE {DECISIONS_TABLE} DELETE WHERE {condition} "
+                "SETTINGS mutations_sync = 2"
+            )
+        return int(count)
 
 
 def _hot_store_watch(

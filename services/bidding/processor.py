@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -29,6 +30,7 @@ from services.bidding import consent as consent_rules
 from services.bidding.auction import Winner, run_auction
 from services.bidding.caps import FrequencyCaps
 from services.bidding.currency import Rates
+from services.bidding.decisions import Exploration, decision_row
 from services.bidding.identity import resolve_user_id
 from services.bidding.matching import DEVICE_GROUPS, Candidate, CandidateIndex, Context, Slot
 from services.bidding.news import BID, BidNews, BidNewsItem
@@ -168,6 +170,8 @@ class BidProcessor:
         hot_store_down: Callable[[], bool] | None = None,
         rng: Callable[[], float] = random.random,
         news: BidNews | None = None,
+        exploration: Exploration | None = None,
+        decisions: BidEvents | None = None,
     ) -> None:
         self._index = index
         self._news = news
@@ -186,6 +190,10 @@ class BidProcessor:
         self._hot_store_down = hot_store_down or (lambda: False)
         self._rng = rng
         self._templates: dict[int, tuple[OfferFacts, rtb.Bid]] = {}
+        #: The learning loop (services/bidding/decisions.py): how the auction
+        #: explores, and where each bid's decision is logged.
+        self.exploration = exploration or Exploration(rate=0.0)
+        self._decisions = decisions
 
     async def process(
         self, tenant_id: str, request: rtb.BidRequest, *, received_us: int | None = None
@@ -299,21 +307,32 @@ class BidProcessor:
             ),
             now_us=now,
         )
-        prediction = await self._engine.predict(
-            self._engine.request(feature_profile, [c.facts.name for c in candidates])
-        )
+        offer_ids = [c.facts.name for c in candidates]
+        scoring = self._engine.request(feature_profile, offer_ids)
+        prediction = await self._engine.predict(scoring)
         tier = ctx.loyalty_tier
         response_currency = self._response_currency(request)
         if response_currency is None:
             return BidOutcome(None, NBR_UNKNOWN_CURRENCY, "UNKNOWN_CURRENCY")
+        scores = prediction.scores.score.tolist()
+        exploration = self.exploration
+        explore = None
+        if not exploration.off:
+            request_id = request.id
+
+            def explore(imp_id: str, k: int) -> tuple[int, float, bool]:
+                return exploration.pick(exploration.draw(request_id, imp_id), k)
+
         winners, reason = run_auction(
             candidates,
-            prediction.scores.score.tolist(),
+            scores,
             prediction.scores.ctr.tolist(),
             tier,
             slots,
             self._rates,
             response_currency,
+            explore,
+            exploration.top,
         )
         if not winners:
             if reason == "unknown currency":
@@ -322,6 +341,11 @@ class BidProcessor:
         if tier in ("RESERVE", "GOLD"):
             self._metrics.loyalty_boosted.inc(len(winners))
         response = self._response(tenant_id, request, winners, user_id, response_currency, now)
+        if response is not None and self._decisions is not None:
+            self._log_decisions(
+                tenant_id, request, slots, winners, response, user_id, now,
+                (scoring.user, offer_ids, scores, prediction.model_sha256),
+            )  # fmt: skip
         if response is None:
             return BidOutcome(None, NBR_TECHNICAL, "JOURNAL_FULL")
         return BidOutcome(response)
@@ -513,6 +537,49 @@ class BidProcessor:
                 attrs_json({"score": round(w.scored.score, 6)}),
             )
         )
+
+    def _log_decisions(
+        self,
+        tenant_id: str,
+        request: rtb.BidRequest,
+        slots: list[Slot],
+        winners: list[Winner],
+        response: rtb.BidResponse,
+        user_id: str,
+        now: int,
+        seen: tuple[Any, list[str], list[float], str],
+    ) -> None:
+        """One row per bid in `bid_decisions`: what the model saw, what the
+        pick was drawn from, its propensity (the learning loop's data)."""
+        decisions = self._decisions
+        assert decisions is not None
+        user, offer_ids, scores, model = seen
+        features = user.tolist()
+        positions = {slot.imp_id: i for i, slot in enumerate(slots)}
+        for winner, bid in zip(winners, response.seatbid[0].bid, strict=True):
+            drawn = winner.drawn_from
+            if drawn:
+                names, drawn_scores = [offer_ids[i] for i in drawn], [scores[i] for i in drawn]
+            else:  # the greedy pick alone
+                names, drawn_scores = [winner.scored.candidate.facts.name], [winner.scored.score]
+            decisions.emit(
+                decision_row(
+                    now,
+                    tenant_id,
+                    request.id,
+                    winner.imp_id,
+                    bid.id,
+                    user_id,
+                    winner.scored.candidate.facts.name,
+                    positions.get(winner.imp_id, 0),
+                    features,
+                    names,
+                    drawn_scores,
+                    winner.propensity,
+                    winner.explored,
+                    model,
+                )
+            )
 
     def _record_no_bid(
         self, tenant_id: str, request: rtb.BidRequest, outcome: BidOutcome, now: int

@@ -51,6 +51,11 @@ _HELP = {
     "inference_remote_timeout_ms": "remote provider timeout before the local fallback",
     "inference_batch_size": "bids per provider call at most (batcher flush size)",
     "inference_batch_wait_us": "longest a bid waits for a batch while the provider is busy",
+    "inference_reload_seconds": "how often serving looks for a newly published model (0 = never)",
+    "model_retrain_hours": "retrain the model from shown bids every so many hours (0 = never)",
+    "model_retrain_rows": "latest shown bids a scheduled retraining learns from",
+    "bid_exploration": "share of impressions whose offer is drawn from the best few (0 = never)",
+    "bid_exploration_top": "how many of the best qualifying offers exploration draws from",
 }
 
 

@@ -159,6 +159,7 @@ def _simulate(args: argparse.Namespace, settings: Any) -> int:
 
 def _train(args: argparse.Namespace, settings: Any) -> int:
     from inference.data import LoggedEvents
+    from inference.evaluate import off_policy_gate
     from inference.train import TrainConfig, train
 
     output = pathlib.Path(
@@ -169,7 +170,8 @@ def _train(args: argparse.Namespace, settings: Any) -> int:
     current_path = args.current or (str(output) if output.exists() else None)
     current = _checkpoint(current_path)
     _say(f"current model: {current_path or 'built-in default'} ({current.digest[:12]})")
-    events = LoggedEvents.from_columns(asyncio.run(_read(args, settings)))
+    columns = asyncio.run(_read(args, settings))
+    events = LoggedEvents.from_columns(columns)
     result = train(
         events,
         current=current,
@@ -185,10 +187,13 @@ def _train(args: argparse.Namespace, settings: Any) -> int:
         source=args.input or f"analytics:{args.table}",
     )
     new, old = result.validation, result.current
+    ope = off_policy_gate(columns, args.validation_fraction, result.checkpoint, current)
+    publishable = result.publishable and (ope is None or ope["better"])
     report = {
         "validation": new.to_dict(),
         "current": old.to_dict() if old else None,
-        "publishable": result.publishable,
+        "offPolicy": ope,
+        "publishable": publishable,
         "published": False,
         "output": str(output),
         "checkpoint_sha256": result.checkpoint.digest,
@@ -202,17 +207,26 @@ def _train(args: argparse.Namespace, settings: Any) -> int:
     ]
     if old is not None:
         lines.append(f"{'current':10} {old.auc:8.4f} {old.log_loss:10.4f} {old.ece:8.4f}")
-    if result.publishable or args.force:
+    if ope is not None:
+        lines.append(
+            f"off-policy (SNIPS on {ope['rows']} held-out logged decisions, greedy by score): "
+            f"new {ope['new']:.5f}, current {ope['current']:.5f}, logged {ope['logged']:.5f}; "
+            f"difference {ope['difference']:+.5f} "
+            f"[{ope['differenceLow']:+.5f}, {ope['differenceHigh']:+.5f}]"
+        )
+    why = (
+        "worse than the current model on held-out log loss"
+        if not result.publishable
+        else "significantly worse than the current model off-policy (SNIPS)"
+    )
+    if publishable or args.force:
         result.checkpoint.save(output)
         report["published"] = True
         lines.append(f"published {output} ({result.checkpoint.digest[:12]})")
-        if not result.publishable:
-            lines.append("(worse than the current model on held-out log loss; forced)")
+        if not publishable:
+            lines.append(f"({why}; forced)")
     else:
-        lines.append(
-            "NOT published: worse than the current model on held-out log loss "
-            "(use --force to publish anyway)"
-        )
+        lines.append(f"NOT published: {why} (use --force to publish anyway)")
     print(json.dumps(report, indent=2) if args.json else "\n".join(lines))
     return 0 if report["published"] else 1
 

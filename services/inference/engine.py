@@ -5,6 +5,9 @@ nothing of gRPC; `services.inference.servicer` converts protos."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +43,8 @@ __all__ = [
     "ProviderStatus",
 ]
 
+log = logging.getLogger(__name__)
+
 MODEL_NAME = "models/colanet"
 MAX_OFFERS = 1024
 MAX_OFFER_ID = 128
@@ -48,7 +53,12 @@ MAX_OFFER_ID = 128
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     provider: str = "numpy"
-    checkpoint_path: str = ""  # "" = the built-in default checkpoint
+    checkpoint_path: str = ""  # "" = `published_path` if it exists, else the built-in
+    # Where `campaign-express model train` publishes by default (<data
+    # dir>/models/colanet.ckpt): served when no checkpoint is configured.
+    published_path: str = ""
+    # How often the served file is looked at; a new one is loaded (0: never).
+    reload_seconds: float = 0.0
     remote_url: str = ""
     remote_timeout: float = 0.05  # seconds
     batch_size: int = 16
@@ -139,6 +149,18 @@ def _load(path: str) -> Checkpoint:
     return load_checkpoint(path) if path else default_checkpoint()
 
 
+def _file_version(path: str) -> tuple[int, int, int] | None:
+    """What tells a replaced file from the one seen (an atomic rename makes a
+    new inode), or None when there is none."""
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 class InferenceEngine:
     """Scores bids with the current model through the batcher. Construction
     loads the checkpoint and builds and warms up the provider (blocking: it
@@ -154,9 +176,19 @@ class InferenceEngine:
         self._settings = settings
         self._clock = clock
         self._metrics = _Metrics(registry or CollectorRegistry(), self)
-        checkpoint = _load(settings.checkpoint_path)
+        path = self.watched_path
+        if settings.checkpoint_path:
+            checkpoint = _load(path)
+        else:  # a published model if there is a good one, else the built-in
+            try:
+                checkpoint = _load(path if os.path.exists(path) else "")
+            except CheckpointError as exc:
+                log.warning("published model %s not served: %s", path, exc)
+                checkpoint = _load("")
         provider = self._provider(settings.provider, checkpoint)
-        self._loaded = self._load_model(checkpoint, provider, settings.checkpoint_path)
+        self._loaded = self._load_model(checkpoint, provider, path if path else "")
+        self._seen = _file_version(path)
+        self._watch: asyncio.Task[None] | None = None
         self._batcher: InferenceBatcher[ScoringRequest, Prediction] = InferenceBatcher(
             self._run_batch,
             max_items=settings.batch_size,
@@ -274,6 +306,40 @@ class InferenceEngine:
 
     # -- model and providers --------------------------------------------------
 
+    @property
+    def watched_path(self) -> str:
+        """The checkpoint file served: the configured one, else where
+        `model train` publishes ("" when neither is known)."""
+        return self._settings.checkpoint_path or self._settings.published_path
+
+    async def start(self) -> None:
+        """Look for a newly published model every `reload_seconds`."""
+        if self._settings.reload_seconds > 0 and self.watched_path:
+            self._watch = asyncio.create_task(self._watch_file(), name="model-watch")
+
+    async def stop_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+
+    async def _watch_file(self) -> None:
+        path = self.watched_path
+        while True:
+            await asyncio.sleep(self._settings.reload_seconds)
+            version = await asyncio.to_thread(_file_version, path)
+            if version is None or version == self._seen:
+                continue
+            self._seen = version
+            try:
+                info = await self.reload(None, path)
+            except (FailedPrecondition, OSError) as exc:
+                # refused (half-written, another layout...): the old model serves on
+                log.warning("model %s not reloaded: %s", path, exc)
+                continue
+            log.info("model reloaded from %s (%s)", path, info.checkpoint_sha256[:12])
+
     def model(self) -> ModelInfo:
         loaded = self._loaded
         checkpoint = loaded.checkpoint
@@ -344,5 +410,6 @@ class InferenceEngine:
         """Wait for queued bids and release provider resources (connections).
         The engine keeps serving: shutdown runs this before the server's grace
         period, and bids arriving then must still be scored."""
+        await self.stop_watch()
         await self._batcher.drain()
         self._loaded.provider.close()

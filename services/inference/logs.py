@@ -117,9 +117,10 @@ async def _describe(store: AnalyticsStore, source: str) -> list[str]:
 
 
 async def read_columns(
-    source: str, store: AnalyticsStore | None = None, *, limit: int = 0
+    source: str, store: AnalyticsStore | None = None, *, limit: int = 0, latest: int = 0
 ) -> dict[str, list[Any]]:
-    """Columns of a .csv or .parquet file, or of table `source` in `store`."""
+    """Columns of a .csv or .parquet file, or of table `source` in `store`
+    (its first `limit` rows by time, or its `latest` ones; 0: all)."""
     tail = f" LIMIT {int(limit)}" if limit > 0 else ""
     if source.lower().endswith((".csv", ".parquet")):
         path = _existing(source)
@@ -141,7 +142,13 @@ async def read_columns(
         else quote_identifier(n)
         for n in names
     )
-    rows = await store.query(f"SELECT {select} FROM {relation} ORDER BY event_time{tail}")
+    if latest > 0:
+        rows = await store.query(
+            f"SELECT * FROM (SELECT {select} FROM {relation} ORDER BY event_time DESC "
+            f"LIMIT {int(latest)}) ORDER BY event_time"
+        )
+    else:
+        rows = await store.query(f"SELECT {select} FROM {relation} ORDER BY event_time{tail}")
     return _rows_to_columns(names, rows)
 
 

@@ -90,6 +90,9 @@ class Settings:
     )
     tracing: bool = field(default=True, metadata={"env": "CAMPAIGN_EXPRESS_TRACING"})
     log_level: str = field(default="INFO", metadata={"env": "CAMPAIGN_EXPRESS_LOG_LEVEL"})
+    # the bid path's exploration (docs/inference.md, "The learning loop")
+    bid_exploration: float = field(default=0.05, metadata={"env": "BID_EXPLORATION"})
+    bid_exploration_top: int = field(default=3, metadata={"env": "BID_EXPLORATION_TOP"})
     # CoLaNet inference (docs/inference.md)
     inference_provider: str = field(
         default="numpy", metadata={"env": "CAMPAIGN_EXPRESS__NPU__PROVIDER"}
@@ -108,6 +111,15 @@ class Settings:
     )
     inference_batch_wait_us: int = field(
         default=500, metadata={"env": "CAMPAIGN_EXPRESS__NPU__BATCH_WAIT_US"}
+    )
+    inference_reload_seconds: float = field(
+        default=5.0, metadata={"env": "CAMPAIGN_EXPRESS__NPU__RELOAD_SECONDS"}
+    )
+    model_retrain_hours: float = field(
+        default=0.0, metadata={"env": "CAMPAIGN_EXPRESS_MODEL_RETRAIN_HOURS"}
+    )
+    model_retrain_rows: int = field(
+        default=200_000, metadata={"env": "CAMPAIGN_EXPRESS_MODEL_RETRAIN_ROWS"}
     )
 
     @property
@@ -282,6 +294,16 @@ def _validate_inference(s: Settings, fail: Any) -> None:
         fail("inference_batch_size", "must be between 1 and 1024")
     if not 0 <= s.inference_batch_wait_us <= 1_000_000:
         fail("inference_batch_wait_us", "must be between 0 and 1000000")
+    if not 0 <= s.inference_reload_seconds <= 3600:
+        fail("inference_reload_seconds", "must be between 0 and 3600 (0: never look)")
+    if not 0 <= s.model_retrain_hours <= 24 * 365:
+        fail("model_retrain_hours", "must be between 0 and 8760 (0: never)")
+    if not 1_000 <= s.model_retrain_rows <= 50_000_000:
+        fail("model_retrain_rows", "must be between 1000 and 50000000")
+    if not 0 <= s.bid_exploration <= 1:
+        fail("bid_exploration", "must be between 0 and 1 (0: never explore)")
+    if not 1 <= s.bid_exploration_top <= 16:
+        fail("bid_exploration_top", "must be between 1 and 16")
     if "inference" not in s.services:
         return
     if s.inference_provider != "auto":
