@@ -69,7 +69,8 @@ async def analytics_rows(env: Env, user: str) -> int:
         f"SELECT count() FROM events WHERE user_id = '{user}' OR anonymous_id = '{user}'"
     )
     ((bids,),) = await store.query(f"SELECT count() FROM bid_events WHERE user_id = '{user}'")
-    return int(events) + int(bids)
+    ((decided,),) = await store.query(f"SELECT count() FROM bid_decisions WHERE user_id = '{user}'")
+    return int(events) + int(bids) + int(decided)
 
 
 async def test_an_export_holds_what_every_store_has(env: Env) -> None:
@@ -86,6 +87,10 @@ async def test_an_export_holds_what_every_store_has(env: Env) -> None:
         "e3",
     }
     assert len(archive["bidEvents"]) >= 1
+    # what the model saw of them when it bid (the learning loop's log)
+    decisions = archive["domains"]["bidding"]["bidDecisions"]
+    assert decisions and {d["user_id"] for d in decisions} <= {"eve", "eve-cookie", "EVE-IFA-1"}
+    assert all(len(d["features"]) == 140 for d in decisions)
     assert archive["segments"] == [segment["name"]]
     assert archive["eventCounts"]
     assert record["summary"]["events"] == 3
@@ -160,7 +165,7 @@ async def test_an_erasure_leaves_nothing_of_the_person_anywhere(env: Env) -> Non
     # the analytics store
     for user in ("eve", "eve-cookie", "EVE-IFA-1"):
         assert await analytics_rows(env, user) == 0, user
-    assert await analytics_rows(env, "frank") >= 2
+    assert await analytics_rows(env, "frank") >= 3  # an event, a bid and its decision
     logged = await platform.kernel.backends.analytics.query(
         "SELECT user_id, count() FROM decision_log GROUP BY user_id"
     )

@@ -122,6 +122,7 @@ class _BidSubjects:
         return list(person.values("user_id", "anonymous_id", "ifa"))
 
     async def export(self, person: Any) -> dict[str, Any]:
+        await self._decisions.flush()  # what this process logged, in the store first
         return {
             "bidDecisions": await subject_rows(self._store, person.tenant_id, self._ids(person))
         }
