@@ -240,16 +240,29 @@ def evaluate_policy(
     )
 
 
+OFF_POLICY_RULES = ("better", "not-worse", "off")
+
+
 def off_policy_gate(
-    columns: dict[str, list[Any]], fraction: float, new: Checkpoint, current: Checkpoint
+    columns: dict[str, list[Any]],
+    fraction: float,
+    new: Checkpoint,
+    current: Checkpoint,
+    rule: str = "better",
 ) -> dict[str, Any] | None:
     """The new and the current model's greedy policies (by score), compared
     off-policy on the latest `fraction` of a log that explored (some
     propensity below 1): SNIPS of each and of the difference, paired by
-    decision, with a 95% interval. The new model is `better` unless it is
-    significantly worse (the difference's upper bound below 0): a noisy
-    estimate must not block a model that is as good. None when the log
-    cannot say (it never explored, or too few decisions)."""
+    decision, with a 95% interval. By `rule`, the new model passes when its
+    estimate is at least the current one's (`better`), when it is not
+    significantly worse (`not-worse`: the difference's upper bound is not
+    below 0; a small log then cannot block a model that is as good, nor
+    stop one that is worse), or always (`off`). None when the log cannot
+    say (it never explored, or too few decisions) or the rule is off."""
+    if rule not in OFF_POLICY_RULES:
+        raise ValueError(f"rule must be one of {', '.join(OFF_POLICY_RULES)}")
+    if rule == "off":
+        return None
     if "candidates" not in columns or "propensity" not in columns:
         return None
     propensity = columns["propensity"]
@@ -289,5 +302,6 @@ def off_policy_gate(
         "difference": difference,
         "differenceLow": difference - half,
         "differenceHigh": difference + half,
-        "better": difference + half >= 0.0,
+        "rule": rule,
+        "better": difference >= 0.0 if rule == "better" else difference + half >= 0.0,
     }

@@ -125,12 +125,21 @@ def test_generate_train_evaluate_export_serve(
         str(model_path),
         "--epochs",
         "4",
+        # the simulated log explored (its propensities are logged): the
+        # off-policy gate applies; at 1,000 held-out rows its estimate is
+        # noisy, so here it only refuses a model significantly worse
+        "--off-policy-gate",
+        "not-worse",
         "--json",
         *data,
     )
     assert code == 0, err
     report = json.loads(out)
     assert report["published"] and model_path.exists()
+    ope = report["offPolicy"]
+    assert (ope["rows"], ope["rule"], ope["better"]) == (1000, "not-worse", True)
+    assert ope["differenceLow"] <= ope["difference"] <= ope["differenceHigh"]
+    assert ope["differenceHigh"] >= 0
     assert "epoch 4/4" in err and "training on 4000 events" in err
     new, old = report["validation"], report["current"]
     assert new["rows"] == 1000 and new["auc"] > 0.58 and new["log_loss"] < old["log_loss"]

@@ -66,6 +66,14 @@ def add_model_parser(
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--warm-start", action="store_true", help="start from --current's weights")
     train.add_argument("--force", action="store_true", help="publish even if worse than current")
+    train.add_argument(
+        "--off-policy-gate",
+        choices=("better", "not-worse", "off"),
+        default="better",
+        help="on a log that explored: publish only if the new model's greedy policy is "
+        "estimated at least as good as the current one's (better, the default), not "
+        "significantly worse (not-worse), or skip this gate (off)",
+    )
     train.add_argument("--json", action="store_true", help="print the result as JSON")
 
     evaluate = sub.add_parser("evaluate", help="offline policy evaluation (IPS, SNIPS, DR)")
@@ -187,7 +195,9 @@ def _train(args: argparse.Namespace, settings: Any) -> int:
         source=args.input or f"analytics:{args.table}",
     )
     new, old = result.validation, result.current
-    ope = off_policy_gate(columns, args.validation_fraction, result.checkpoint, current)
+    ope = off_policy_gate(
+        columns, args.validation_fraction, result.checkpoint, current, args.off_policy_gate
+    )
     publishable = result.publishable and (ope is None or ope["better"])
     report = {
         "validation": new.to_dict(),
@@ -217,7 +227,7 @@ def _train(args: argparse.Namespace, settings: Any) -> int:
     why = (
         "worse than the current model on held-out log loss"
         if not result.publishable
-        else "significantly worse than the current model off-policy (SNIPS)"
+        else f"worse than the current model off-policy (SNIPS, rule {args.off_policy_gate})"
     )
     if publishable or args.force:
         result.checkpoint.save(output)
