@@ -63,6 +63,7 @@ from services.decisioning.log import (
     greedy,
     logged_value,
     read_logged,
+    reward_model,
     reward_row,
 )
 from services.decisioning.store import HOLDOUT, PolicyRow, Store
@@ -592,15 +593,16 @@ class Decisions:
         since = self._clock() - (days or 30) * 86_400_000_000
         logged = await read_logged(self._analytics, policy.tenant_id, policy.id, since,
                                    spec.dimension)  # fmt: skip
+        q = reward_model(logged, ids)
         out = [logged_value(logged)]
-        out += [estimate(f"always {arm}", logged, [arm] * len(logged.arms)) for arm in ids]
+        out += [estimate(f"always {arm}", logged, [arm] * len(logged.arms), q) for arm in ids]
         mine = await self._load(policy.tenant_id, policy.id)
         out.append(estimate("greedy (now)", logged,
-                            greedy(mine.arms, ids, spec.dimension)(logged)))  # fmt: skip
+                            greedy(mine.arms, ids, spec.dimension)(logged), q))  # fmt: skip
         if other is not None:
             theirs = await self._load(other.tenant_id, other.id)
             out.append(estimate(other.name, logged,
-                                greedy(theirs.arms, ids, spec.dimension)(logged)))  # fmt: skip
+                                greedy(theirs.arms, ids, spec.dimension)(logged), q))  # fmt: skip
         return len(logged.arms), out
 
     async def _guard(self, policy: Policy, arm_id: str) -> None:

@@ -226,6 +226,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 target=e.target, ips=e.ips, ips_ci_low=e.ips_ci[0], ips_ci_high=e.ips_ci[1],
                 snips=e.snips, snips_ci_low=e.snips_ci[0], snips_ci_high=e.snips_ci[1],
                 matched=e.matched, effective_sample_size=e.effective_sample_size,
+                dr=e.dr, dr_ci_low=e.dr_ci[0], dr_ci_high=e.dr_ci[1],
             )  # fmt: skip
         return out
 

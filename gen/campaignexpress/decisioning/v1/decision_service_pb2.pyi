@@ -670,6 +670,9 @@ class PolicyEstimate(_message.Message):
     SNIPS_CI_HIGH_FIELD_NUMBER: _builtins.int
     MATCHED_FIELD_NUMBER: _builtins.int
     EFFECTIVE_SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
+    DR_FIELD_NUMBER: _builtins.int
+    DR_CI_LOW_FIELD_NUMBER: _builtins.int
+    DR_CI_HIGH_FIELD_NUMBER: _builtins.int
     target: _builtins.str
     """"logged", "always <arm>", "greedy (now)", or the candidate's name."""
     ips: _builtins.float
@@ -690,6 +693,15 @@ class PolicyEstimate(_message.Message):
     """Logged decisions where the target would have chosen the same arm."""
     effective_sample_size: _builtins.float
     """(sum w)^2 / sum w^2: how many decisions the estimate is worth."""
+    dr: _builtins.float
+    """Doubly robust: mean of q(x, target's arm) + w * (reward - q(x, logged
+    arm)), q a reward model fit on the log (per arm, ridge regression on
+    the features). Unbiased when either q or the propensities are right.
+    """
+    dr_ci_low: _builtins.float
+    """Its 95% interval."""
+    dr_ci_high: _builtins.float
+    """The interval's upper end."""
     def __init__(
         self,
         *,
@@ -702,10 +714,13 @@ class PolicyEstimate(_message.Message):
         snips_ci_high: _builtins.float = ...,
         matched: _builtins.int = ...,
         effective_sample_size: _builtins.float = ...,
+        dr: _builtins.float = ...,
+        dr_ci_low: _builtins.float = ...,
+        dr_ci_high: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_sample_size", b"effective_sample_size", "ips", b"ips", "ips_ci_high", b"ips_ci_high", "ips_ci_low", b"ips_ci_low", "matched", b"matched", "snips", b"snips", "snips_ci_high", b"snips_ci_high", "snips_ci_low", b"snips_ci_low", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dr", b"dr", "dr_ci_high", b"dr_ci_high", "dr_ci_low", b"dr_ci_low", "effective_sample_size", b"effective_sample_size", "ips", b"ips", "ips_ci_high", b"ips_ci_high", "ips_ci_low", b"ips_ci_low", "matched", b"matched", "snips", b"snips", "snips_ci_high", b"snips_ci_high", "snips_ci_low", b"snips_ci_low", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
