@@ -108,7 +108,7 @@ def decision_row(
     user_id: str,
     offer_id: str,
     position: int,
-    features: list[float],
+    features: Any,  # the user part of the feature vector (a float32 array)
     candidates: Sequence[str],
     scores: Sequence[float],
     propensity: float,

@@ -554,7 +554,7 @@ class BidProcessor:
         decisions = self._decisions
         assert decisions is not None
         user, offer_ids, scores, model = seen
-        features = user.tolist()
+        features = user  # a float32 array: the journal writes it as it is
         positions = {slot.imp_id: i for i, slot in enumerate(slots)}
         for winner, bid in zip(winners, response.seatbid[0].bid, strict=True):
             drawn = winner.drawn_from
