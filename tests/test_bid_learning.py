@@ -232,7 +232,8 @@ async def test_bids_log_their_decisions_clicks_label_them_and_a_retrained_model_
 
     # 2. the log: what the model saw, what the pick was drawn from, and how likely
     rows = await store.query(
-        "SELECT request_id, offer_id, length(features), candidates, scores, propensity, "
+        "SELECT request_id, offer_id, intDiv(length(base64Decode(features)), 4), candidates, "
+        "scores, propensity, "
         "explored, model, user_id FROM bid_decisions FINAL WHERE tenant_id = 'acme' "
         "ORDER BY request_id"
     )
@@ -262,6 +263,11 @@ async def test_bids_log_their_decisions_clicks_label_them_and_a_retrained_model_
         "SELECT offer_id, clicked, propensity FROM bid_impressions WHERE tenant_id = 'acme'"
     )
     assert len(shown) == 160
+    ((dims, zeros),) = await store.query(
+        "SELECT groupUniqArray(length(features)), countIf(arraySum(arrayMap(x -> abs(x), "
+        "features)) = 0) FROM bid_impressions"
+    )
+    assert (dims, zeros) == ([140], 0)  # the vectors decoded from the log
     clicks = Counter(offer for offer, clicked, _ in shown if clicked)
     assert set(clicks) == {model_ids[liked]}
     assert clicks[model_ids[liked]] == sum(1 for b in bids if b["adid"] == liked) > 0

@@ -258,9 +258,7 @@ def encode_events(
     the column of their microsecond event time), and how many could not be
     encoded (mutated into bad types after construction; logged, left out)."""
     dumps = orjson.dumps
-    # NumPy arrays as JSON arrays (float32 in their shortest form): the bid
-    # decision log's feature vectors go in without a tolist() on the bid path
-    option = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
+    option = orjson.OPT_APPEND_NEWLINE
     lines: list[bytes] = []
     rows: list[list[Any]] = []
     bad = 0

@@ -198,7 +198,7 @@ def encode_rows(rows: Sequence[Sequence[Any]]) -> bytes:
     (orjson cannot encode them), so a non-Nullable float column stores 0 then.
     """
     batch = rows if isinstance(rows, list | tuple) else list(rows)
-    return orjson.dumps(batch, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+    return orjson.dumps(batch, default=_json_default)[1:-1]
 
 
 # --------------------------------------------------------------------------- chDB

@@ -24,10 +24,13 @@ learn from and evaluate on real traffic."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from services.analytics.events import TABLE as BID_EVENTS_TABLE
 from services.analytics.events import EventRow, EventSchema, new_event_id
@@ -52,7 +55,7 @@ COLUMNS: tuple[str, ...] = (
     "user_id",
     "offer_id",  # the model's id of the offer (its resource name)
     "position",  # the impression's index in the request
-    "features",  # the user part of the feature vector
+    "features",  # the user part of the feature vector: float32 little-endian, base64
     "candidates",  # what the pick was drawn from, best score first
     "scores",  # their scores
     "propensity",
@@ -99,6 +102,19 @@ class Exploration:
         return 0, 1.0 - rate + rate / k, False
 
 
+def encode_features(user: Any) -> str:
+    """The user part of the feature vector as the log keeps it: its float32
+    bytes (little-endian), base64. ~1 us on the bid path, and a string that
+    costs the journal and the store nothing to parse, where 140 numbers in
+    JSON cost them ~100 us of the bid path's core per bid (measured)."""
+    return base64.b64encode(np.asarray(user, dtype="<f4").tobytes()).decode()
+
+
+def decode_features(text: str) -> list[float]:
+    values: list[float] = np.frombuffer(base64.b64decode(text), dtype="<f4").tolist()
+    return values
+
+
 def decision_row(
     event_time: int,
     tenant_id: str,
@@ -108,7 +124,7 @@ def decision_row(
     user_id: str,
     offer_id: str,
     position: int,
-    features: Any,  # the user part of the feature vector (a float32 array)
+    features: str,  # encode_features(the user part of the feature vector)
     candidates: Sequence[str],
     scores: Sequence[float],
     propensity: float,
@@ -145,7 +161,7 @@ def decisions_ddl(table: str = TABLE) -> str:
     user_id String,
     offer_id String,
     position UInt16,
-    features Array(Float32),
+    features String,
     candidates Array(String),
     scores Array(Float32),
     propensity Float64,
@@ -168,7 +184,8 @@ SELECT
     d.request_id AS request_id,
     d.offer_id AS offer_id,
     d.position AS position,
-    d.features AS features,
+    arrayMap(i -> reinterpretAsFloat32(substring(base64Decode(d.features), i * 4 + 1, 4)),
+             range(intDiv(length(base64Decode(d.features)), 4))) AS features,
     d.candidates AS candidates,
     d.propensity AS propensity,
     toUInt8(o.clicked) AS clicked,
@@ -217,4 +234,9 @@ async def subject_rows(
         f"WHERE tenant_id = {quote_literal(tenant_id)} AND {subject_filter(user_ids)} "
         "ORDER BY event_time"
     )
-    return [{**dict(zip(names, row[:-1], strict=True)), "event_time": row[-1]} for row in rows]
+    out = []
+    for row in rows:
+        record = {**dict(zip(names, row[:-1], strict=True)), "event_time": row[-1]}
+        record["features"] = decode_features(record["features"])
+        out.append(record)
+    return out

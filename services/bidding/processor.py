@@ -30,7 +30,7 @@ from services.bidding import consent as consent_rules
 from services.bidding.auction import Winner, run_auction
 from services.bidding.caps import FrequencyCaps
 from services.bidding.currency import Rates
-from services.bidding.decisions import Exploration, decision_row
+from services.bidding.decisions import Exploration, decision_row, encode_features
 from services.bidding.identity import resolve_user_id
 from services.bidding.matching import DEVICE_GROUPS, Candidate, CandidateIndex, Context, Slot
 from services.bidding.news import BID, BidNews, BidNewsItem
@@ -554,7 +554,7 @@ class BidProcessor:
         decisions = self._decisions
         assert decisions is not None
         user, offer_ids, scores, model = seen
-        features = user  # a float32 array: the journal writes it as it is
+        features = encode_features(user)
         positions = {slot.imp_id: i for i, slot in enumerate(slots)}
         for winner, bid in zip(winners, response.seatbid[0].bid, strict=True):
             drawn = winner.drawn_from
