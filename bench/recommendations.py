@@ -8,14 +8,22 @@
 2. Offline quality on bench/recommendation_world.py's generated world
    (2,000 people, 2,000 items, 20 taste groups): hit rate and NDCG at 10 on
    each person's held-out last interaction, against MostPopular.
+3. Through REST (`--rest`): `serve --demo` in a subprocess (pinned to core 0
+   when there are two), a catalog of 100,000 items written through
+   `items:upsert`, 100,000 interactions of 10,000 people sent through
+   `events:ingest`, then `:recommend` calls open-loop at fixed rates
+   (strategies in turn, each with a person and an item in view), latency
+   from each call's scheduled time.
 
     python -m bench.recommendations            # bench/reports/recommendations.md
     python -m bench.recommendations --no-report
+    python -m bench.recommendations --rest --rates 200,500,1000
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import pathlib
 import platform
@@ -84,11 +92,124 @@ def quality_lines() -> list[str]:
     return lines
 
 
+REST_ITEMS, REST_PEOPLE, REST_INTERACTIONS = 100_000, 10_000, 100_000
+
+
+async def rest_lines(rates: list[int], seconds: float) -> list[str]:
+    import shutil
+    import tempfile
+
+    import aiohttp
+
+    from bench.ingest import Server
+    from bench.messaging import _quiet
+    from bench.openloop import run_open_loop
+    from bench.platform_calls import BENCH_KEY, _cpu_seconds
+
+    pin = (os.cpu_count() or 1) > 1
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="cx-bench-recommend-"))
+    server = Server(workdir / "data", pin=pin)
+    headers = {"Authorization": f"Bearer {BENCH_KEY}", "Content-Type": "application/json"}
+    rng = np.random.default_rng(5)
+    lines = [
+        f"{REST_ITEMS:,} items, {REST_INTERACTIONS:,} interactions of {REST_PEOPLE:,} people; "
+        f"server {'pinned to core 0, the load on core 1' if pin else 'sharing the cores'}.",
+        "",
+        "| offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | serve CPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    try:
+        await server.start()
+        await _quiet(server)
+        api = f"{server.base_url}/v1/tenants/demo"
+        async with aiohttp.ClientSession(headers=headers) as http:
+
+            async def post(path: str, body: object) -> dict[str, object]:
+                async with http.post(f"{api}{path}", json=body) as r:
+                    answer = await r.json()
+                    if r.status != 200:
+                        raise RuntimeError(f"{path}: {r.status} {answer}")
+                    return dict(answer)
+
+            began = time.perf_counter()
+            await post("/catalogs?catalogId=bench", {"displayName": "bench"})
+            for start in range(0, REST_ITEMS, 10_000):
+                items = [
+                    {"id": f"i{i}", "attributes": {
+                        "category": f"c{int(rng.integers(0, 300))}",
+                        "brand": f"b{int(rng.integers(0, 2000))}",
+                        "price": round(float(rng.gamma(2, 20)), 2)}}
+                    for i in range(start, start + 10_000)
+                ]  # fmt: skip
+                await post("/catalogs/bench/items:upsert", {"items": items})
+            chosen = [f"i{i}" for i in rng.zipf(1.3, REST_INTERACTIONS) % REST_ITEMS]
+            for start in range(0, REST_INTERACTIONS, 1_000):
+                batch = [
+                    {"type": "track", "userId": f"u{k % REST_PEOPLE}",
+                     "event": "Product Viewed" if k % 5 else "Order Completed",
+                     "properties": {"product_id": chosen[k]}}
+                    for k in range(start, start + 1_000)
+                ]  # fmt: skip
+                await post("/events:ingest", {"batch": batch})
+            lines.insert(
+                1,
+                f"Written through REST in {time.perf_counter() - began:.0f} s (items and events).",
+            )
+            strategies = [
+                "STRATEGY_MOST_POPULAR", "STRATEGY_RECENTLY_VIEWED",
+                "STRATEGY_FREQUENTLY_BOUGHT_TOGETHER", "STRATEGY_PERSONALIZED_CF",
+                "STRATEGY_CONTENT_BASED", "STRATEGY_TRENDING", "STRATEGY_NEW_ARRIVALS",
+            ]  # fmt: skip
+            asks = [
+                {"strategy": strategies[k % len(strategies)],
+                 "userId": f"u{(k * 7919) % REST_PEOPLE}", "itemId": chosen[k], "limit": 10}
+                for k in range(5_000)
+            ]  # fmt: skip
+            # the first call builds the index from the catalog and the events table
+            await asyncio.sleep(3)
+            first = time.perf_counter()
+            built = await post("/catalogs/bench:recommend", asks[3])
+            lines.insert(
+                2,
+                f"First call (builds the index: items, then 30 days of events): "
+                f"{time.perf_counter() - first:.1f} s; it saw {built.get('catalogItems')} items.",
+            )
+            await _quiet(server, limit=600)  # the events applied to profiles and segments
+            counter = iter(range(10**9))
+
+            async def one() -> None:
+                await post("/catalogs/bench:recommend", asks[next(counter) % len(asks)])
+
+            for rate in rates:
+                cpu = _cpu_seconds(server.pid)
+                result = await run_open_loop(one, rate, seconds)
+                cpu = (_cpu_seconds(server.pid) - cpu) / seconds
+                lines.append(
+                    f"| {rate:,} | {result.achieved:,.0f} | {result.percentile(50) * 1000:.2f} | "
+                    f"{result.percentile(99) * 1000:.2f} | {result.percentile(99.9) * 1000:.2f} | "
+                    f"{result.errors} | {cpu:.0%} |"
+                )
+                print(lines[-1], flush=True)
+                await asyncio.sleep(1.0)
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-report", action="store_true", help="print only")
+    parser.add_argument("--rest", action="store_true", help="measure through REST instead")
+    parser.add_argument("--rates", default="200,500,1000", help="offered rates (with --rest)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per rate (with --rest)")
     args = parser.parse_args()
     machine = f"{_cpu_model()}, {os.cpu_count()} vCPU, Python {platform.python_version()}"
+    if args.rest:
+        rates = [int(r) for r in args.rates.split(",")]
+        rest = asyncio.run(rest_lines(rates, args.seconds))
+        print("\n".join([f"Machine: {machine}.", "", "## Through REST", "", *rest]))
+        return 0
     lines = [f"Machine: {machine}.", "", "## Latency (in process)", "", *latency_lines(), "",
              "## Offline quality (generated world)", "", *quality_lines()]  # fmt: skip
     print("\n".join(lines))
