@@ -31,7 +31,7 @@ from grpc import aio
 
 from bench.ingest import Server
 from bench.messaging import _quiet
-from bench.openloop import StreamCaller, run_open_loop
+from bench.openloop import RATE_HEADER, StreamCaller, rate_rows
 from bench.platform_calls import BENCH_KEY, _cpu_model, _cpu_seconds
 from campaignexpress.decisioning.v1 import decision_service_pb2 as pb
 from campaignexpress.decisioning.v1 import decision_service_pb2_grpc as pb_grpc
@@ -118,10 +118,7 @@ async def through_grpc(
 ) -> list[str]:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="cx-bench-decisions-"))
     server = Server(workdir / "data", pin=pin)
-    lines = [
-        "| offered/s | achieved/s | p50 | p99 | errors | serve CPU |",
-        "|---|---|---|---|---|---|",
-    ]
+    lines = list(RATE_HEADER)
     try:
         await server.start()
         await _quiet(server)  # the demo tenant and its key are seeded
@@ -155,17 +152,7 @@ async def through_grpc(
                 else:
                     await stub.Decide(request, metadata=metadata)
 
-            for rate in rates:
-                cpu = _cpu_seconds(server.pid)
-                result = await run_open_loop(one, rate, seconds)
-                cpu = (_cpu_seconds(server.pid) - cpu) / seconds
-                lines.append(
-                    f"| {rate:,} | {result.achieved:,.0f} | "
-                    f"{result.percentile(50) * 1000:.2f} ms | "
-                    f"{result.percentile(99) * 1000:.2f} ms | {result.errors} | {cpu:.0%} |"
-                )
-                print(lines[-1], flush=True)
-                await asyncio.sleep(1.0)
+            lines += await rate_rows(one, rates, seconds, lambda: _cpu_seconds(server.pid))
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -71,8 +71,9 @@ class Phase:
 async def run(args: argparse.Namespace) -> list[str]:
     from gateway.openrtb import decode_bid_request
     from inference.simulate import make_world
-    from services.analytics.events import AnalyticsEvent, EventType
+    from services.analytics.events import EventType
     from services.bidding.profiles import UserProfile
+    from services.bidding.settlement import notice_event
     from services.host.serve import start
     from services.inference.retrain import Retrainer
     from tests.conftest import make_settings, seed_tenants
@@ -127,21 +128,7 @@ async def run(args: argparse.Namespace) -> list[str]:
             """The analytics event settlement writes for a notice (without
             its spend-ledger transaction: on SQLite that costs ~12 ms of
             this process's CPU a notice, most of the bench's time)."""
-            events.emit(
-                AnalyticsEvent(
-                    event_type=kind,
-                    event_id=f"{token.bid_id}-{kind.value}",
-                    tenant_id=token.tenant_id,
-                    request_id=token.request_id,
-                    imp_id=token.imp_id,
-                    bid_id=token.bid_id,
-                    campaign_id=token.campaign_id,
-                    offer_id=token.offer_id,
-                    user_id=token.user_id,
-                    price_micros=1_000_000 if kind == EventType.WIN else 0,
-                    currency=token.currency,
-                )
-            )
+            events.emit(notice_event(kind, token, 1.0 if kind == EventType.WIN else 0.0))
 
         clicks_rng = np.random.default_rng(args.seed + 2)
         every = list(model_ids.values())

@@ -110,3 +110,33 @@ class StreamCaller:
         await self._call.done_writing()
         for task in self._tasks:
             task.cancel()
+
+
+RATE_HEADER = [
+    "| offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | serve CPU |",
+    "|---|---|---|---|---|---|---|",
+]
+
+
+async def rate_rows(
+    call: Callable[[], Awaitable[object]],
+    rates: list[int],
+    seconds: float,
+    cpu_seconds: Callable[[], float],
+) -> list[str]:
+    """Each rate open-loop for `seconds`, a row of RATE_HEADER each (printed
+    as it comes): achieved rate, p50/p99/p99.9, errors and the server's CPU
+    (`cpu_seconds()`: its CPU time so far)."""
+    rows = []
+    for rate in rates:
+        cpu = cpu_seconds()
+        result = await run_open_loop(call, rate, seconds)
+        busy = (cpu_seconds() - cpu) / seconds
+        rows.append(
+            f"| {rate:,} | {result.achieved:,.0f} | {result.percentile(50) * 1000:.2f} | "
+            f"{result.percentile(99) * 1000:.2f} | {result.percentile(99.9) * 1000:.2f} | "
+            f"{result.errors} | {busy:.0%} |"
+        )
+        print(rows[-1], flush=True)
+        await asyncio.sleep(1.0)
+    return rows

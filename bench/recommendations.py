@@ -103,7 +103,7 @@ async def rest_lines(rates: list[int], seconds: float) -> list[str]:
 
     from bench.ingest import Server
     from bench.messaging import _quiet
-    from bench.openloop import run_open_loop
+    from bench.openloop import RATE_HEADER, rate_rows
     from bench.platform_calls import BENCH_KEY, _cpu_seconds
 
     pin = (os.cpu_count() or 1) > 1
@@ -115,8 +115,7 @@ async def rest_lines(rates: list[int], seconds: float) -> list[str]:
         f"{REST_ITEMS:,} items, {REST_INTERACTIONS:,} interactions of {REST_PEOPLE:,} people; "
         f"server {'pinned to core 0, the load on core 1' if pin else 'sharing the cores'}.",
         "",
-        "| offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | serve CPU |",
-        "|---|---|---|---|---|---|---|",
+        *RATE_HEADER,
     ]
     try:
         await server.start()
@@ -180,17 +179,7 @@ async def rest_lines(rates: list[int], seconds: float) -> list[str]:
             async def one() -> None:
                 await post("/catalogs/bench:recommend", asks[next(counter) % len(asks)])
 
-            for rate in rates:
-                cpu = _cpu_seconds(server.pid)
-                result = await run_open_loop(one, rate, seconds)
-                cpu = (_cpu_seconds(server.pid) - cpu) / seconds
-                lines.append(
-                    f"| {rate:,} | {result.achieved:,.0f} | {result.percentile(50) * 1000:.2f} | "
-                    f"{result.percentile(99) * 1000:.2f} | {result.percentile(99.9) * 1000:.2f} | "
-                    f"{result.errors} | {cpu:.0%} |"
-                )
-                print(lines[-1], flush=True)
-                await asyncio.sleep(1.0)
+            lines += await rate_rows(one, rates, seconds, lambda: _cpu_seconds(server.pid))
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -146,49 +146,68 @@ def _choose(
 ) -> tuple[list[Winner], str]:
     winners: list[Winner] = []
     used: set[str] = set()
-    unknown_currency = below_floor = False
+    failures: set[str] = set()
     for slot in slots:
-        imp_id, floor, floor_currency = slot.imp_id, slot.floor, slot.floor_currency
         best: tuple[float, float, str, Scored] | None = None
         for i in order:
             score = scores[i]
             if best is not None and score < best[0]:
                 break  # the rest score lower: none can win this slot
             candidate = candidates[i]
-            if imp_id not in candidate.slots:
-                continue
-            offer_name = candidate.facts.name
-            if offer_name in used and not candidate.live.campaign.spec.allow_repeat_offers:
+            if not _may_take(candidate, slot.imp_id, used):
                 continue
             s = scored_at(i)
-            price, currency = s.price_cpm, s.currency
-            try:
-                in_floor = (
-                    price
-                    if currency == floor_currency
-                    else rates.convert(price, currency, floor_currency)
-                )
-                in_response = (
-                    price
-                    if currency == response_currency
-                    else rates.convert(price, currency, response_currency)
-                )
-            except UnknownCurrency:
-                unknown_currency = True
+            priced = _price_for(s, slot, rates, response_currency)
+            if type(priced) is str:
+                failures.add(priced)
                 continue
-            if in_floor < floor:
-                below_floor = True
-                continue
-            if best is None or (score, in_response, offer_name) > best[:3]:
-                best = (score, in_response, offer_name, s)
+            offer_name = candidate.facts.name
+            if best is None or (score, priced, offer_name) > best[:3]:
+                best = (score, float(priced), offer_name, s)
         if best is not None:
             used.add(best[2])
-            winners.append(Winner(imp_id, best[3], round(best[1], 6)))
+            winners.append(Winner(slot.imp_id, best[3], round(best[1], 6)))
+    return winners, _no_bid_reason(winners, failures)
+
+
+def _may_take(candidate: Candidate, imp_id: str, used: set[str]) -> bool:
+    """The candidate fits the slot and its offer has not won another one
+    (unless its campaign allows repeats)."""
+    if imp_id not in candidate.slots:
+        return False
+    return candidate.facts.name not in used or candidate.live.campaign.spec.allow_repeat_offers
+
+
+def _price_for(s: Scored, slot: Slot, rates: Rates, response_currency: str) -> float | str:
+    """The candidate's price in the response currency when it clears the
+    slot's floor (in the floor's currency); else why not: "unknown
+    currency" or "below floor"."""
+    price, currency, floor_currency = s.price_cpm, s.currency, slot.floor_currency
+    try:
+        in_floor = (
+            price if currency == floor_currency else rates.convert(price, currency, floor_currency)
+        )
+        in_response = (
+            price
+            if currency == response_currency
+            else rates.convert(price, currency, response_currency)
+        )
+    except UnknownCurrency:
+        return "unknown currency"
+    if in_floor < slot.floor:
+        return "below floor"
+    return in_response
+
+
+def _no_bid_reason(winners: list[Winner], failures: set[str]) -> str:
+    """ "" with winners; else "unknown currency" if a price could not be
+    converted, else "below floor" if one was under its floor."""
     if winners:
-        return winners, ""
-    if unknown_currency:
-        return winners, "unknown currency"
-    return winners, "below floor" if below_floor else "no candidate"
+        return ""
+    for reason in ("unknown currency", "below floor"):
+        if reason in failures:
+            return reason
+    return "no candidate"
 
 
 def _choose_exploring(
@@ -208,9 +227,8 @@ def _choose_exploring(
     until `top` qualify."""
     winners: list[Winner] = []
     used: set[str] = set()
-    unknown_currency = below_floor = False
+    failures: set[str] = set()
     for slot in slots:
-        imp_id, floor, floor_currency = slot.imp_id, slot.floor, slot.floor_currency
         found: list[tuple[float, float, str, int]] = []
         best_score = -1.0
         for i in order:
@@ -218,44 +236,26 @@ def _choose_exploring(
             if found and len(found) >= top and score < best_score:
                 break  # the greedy pick and enough others are in
             candidate = candidates[i]
-            if imp_id not in candidate.slots:
+            if not _may_take(candidate, slot.imp_id, used):
                 continue
-            offer_name = candidate.facts.name
-            if offer_name in used and not candidate.live.campaign.spec.allow_repeat_offers:
-                continue
-            s = scored_at(i)
-            price, currency = s.price_cpm, s.currency
-            try:
-                in_floor = (
-                    price
-                    if currency == floor_currency
-                    else rates.convert(price, currency, floor_currency)
-                )
-                in_response = (
-                    price
-                    if currency == response_currency
-                    else rates.convert(price, currency, response_currency)
-                )
-            except UnknownCurrency:
-                unknown_currency = True
-                continue
-            if in_floor < floor:
-                below_floor = True
+            priced = _price_for(scored_at(i), slot, rates, response_currency)
+            if type(priced) is str:
+                failures.add(priced)
                 continue
             if not found:
                 best_score = score
-            found.append((score, in_response, offer_name, i))
+            found.append((score, float(priced), candidate.facts.name, i))
         if not found:
             continue
         # the greedy pick: _choose's (best score, then price, then name)
         greedy = max((f for f in found if f[0] == best_score), key=lambda f: (f[0], f[1], f[2]))
         pool = [greedy, *[f for f in found if f is not greedy]][:top]
-        index, propensity, explored = explore(imp_id, len(pool))
+        index, propensity, explored = explore(slot.imp_id, len(pool))
         _, in_response, offer_name, i = pool[index]
         used.add(offer_name)
         winners.append(
             Winner(
-                imp_id,
+                slot.imp_id,
                 scored_at(i),
                 round(in_response, 6),
                 propensity,
@@ -263,8 +263,4 @@ def _choose_exploring(
                 tuple(f[3] for f in pool),
             )
         )
-    if winners:
-        return winners, ""
-    if unknown_currency:
-        return winners, "unknown currency"
-    return winners, "below floor" if below_floor else "no candidate"
+    return winners, _no_bid_reason(winners, failures)

@@ -150,23 +150,7 @@ class Settlement:
         events = self._events
         if events is None:
             return
-        accepted = events.emit(
-            AnalyticsEvent(
-                event_type=kind,
-                # One event per bid and kind: a retried notice collapses.
-                event_id=f"{token.bid_id}-{kind.value}",
-                tenant_id=token.tenant_id,
-                request_id=token.request_id,
-                imp_id=token.imp_id,
-                bid_id=token.bid_id,
-                campaign_id=token.campaign_id,
-                offer_id=token.offer_id,
-                user_id=token.user_id,
-                price_micros=round(cpm * 1_000_000),
-                currency=token.currency,
-                reason=reason,
-            )
-        )
+        accepted = events.emit(notice_event(kind, token, cpm, reason))
         if accepted:
             try:
                 async with asyncio.timeout(NOTICE_JOURNAL_TIMEOUT_S):
@@ -175,3 +159,24 @@ class Settlement:
             except TimeoutError:
                 pass
         raise Unavailable("the analytics journal cannot take the notice's event; retry")
+
+
+def notice_event(
+    kind: EventType, token: NoticeToken, cpm: float, reason: str = ""
+) -> AnalyticsEvent:
+    """A notice's analytics event: one per bid and kind (a retried notice
+    collapses on its id), with the clearing price in micros of a CPM."""
+    return AnalyticsEvent(
+        event_type=kind,
+        event_id=f"{token.bid_id}-{kind.value}",
+        tenant_id=token.tenant_id,
+        request_id=token.request_id,
+        imp_id=token.imp_id,
+        bid_id=token.bid_id,
+        campaign_id=token.campaign_id,
+        offer_id=token.offer_id,
+        user_id=token.user_id,
+        price_micros=round(cpm * 1_000_000),
+        currency=token.currency,
+        reason=reason,
+    )
