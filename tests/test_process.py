@@ -1044,3 +1044,33 @@ def test_migrate_is_idempotent(tmp_path: pathlib.Path) -> None:
     names = {v for (v,) in versions}
     assert names and all(v.split("_")[0] in DOMAINS for v in names), names
     assert {"tenants", "api_keys", "audit_events", "campaigns"} < tables
+
+
+async def test_ready_waits_for_the_demo_data(tmp_path: pathlib.Path) -> None:
+    """`serve --demo` answers /ready 503 ("demo data": starting) while it
+    seeds the demo tenant, and the demo API key works as soon as /ready
+    says 200: a script that waits for /ready never gets a 401."""
+    key = "cx_demo_ready_test_key_0123456789"
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    args = serve_args(tmp_path / "data", ports["http"], ports["grpc"], ports["metrics"])
+    args += ["--demo", "--demo-api-key", key]
+    base = f"http://127.0.0.1:{ports['http']}"
+    seen: list[object] = []
+    async with serving(tmp_path, "demo-ready", args) as proc, aiohttp.ClientSession() as http:
+        end = time.monotonic() + START_DEADLINE
+        while True:
+            assert time.monotonic() < end and proc.popen.poll() is None, proc.output()
+            try:
+                async with http.get(f"{base}/ready") as resp:
+                    body = await resp.json()
+                    if resp.status == 200:
+                        break
+                    seen.append(body.get("problems"))
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.01)
+        headers = {"Authorization": f"Bearer {key}"}
+        async with http.get(f"{base}/v1/auth/identity", headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+    # while seeding, that is what /ready said (when a probe came in time)
+    assert all(isinstance(p, dict) and p.get("demo data") == "starting" for p in seen), seen

@@ -14,7 +14,7 @@ import pathlib
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,6 +29,9 @@ from services.kernel import TenantSeed
 
 log = logging.getLogger("campaign_express.host")
 
+#: /ready's name for the demo data while it is being seeded.
+DEMO_STARTUP = "demo data"
+
 
 @dataclass
 class Running:
@@ -39,6 +42,10 @@ class Running:
     metrics_runner: web.AppRunner | None
     http_port: int
     metrics_port: int
+    # Start-up work still to do (e.g. "demo data"): /ready answers 503 with
+    # each as "starting" until it is done, so nobody uses the demo key
+    # before the demo tenant exists.
+    startup: set[str] = field(default_factory=set)
 
     async def stop(self) -> None:
         # Stop taking new HTTP requests first; in-flight ones finish.
@@ -100,6 +107,12 @@ async def start(settings: Settings, *, migrate: bool = True) -> Running:
     platform = await create_platform(settings, backends)
     http_runner = metrics_runner = None
     http_port = metrics_port = 0
+    startup: set[str] = {DEMO_STARTUP} if settings.demo else set()
+
+    async def readiness() -> dict[str, str]:
+        states = await backends.check()
+        return {**states, **{part: "starting" for part in startup}}
+
     if settings.gateway:
         reachable = [*settings.services, *settings.remote_services]
         services = [
@@ -108,7 +121,7 @@ async def start(settings: Settings, *, migrate: bool = True) -> Running:
         gateway = Gateway(
             services,
             lambda full_name: platform.channel_for(platform.domain_of_service(full_name)),
-            backends.check,
+            readiness,
             load_descriptor_set(),
         )
         http_runner = gateway.runner(settings.max_request_bytes, settings.shutdown_grace_seconds)
@@ -132,7 +145,7 @@ async def start(settings: Settings, *, migrate: bool = True) -> Running:
     await metrics_runner.setup()
     await web.TCPSite(metrics_runner, settings.host, settings.metrics_port, reuse_port=True).start()
     metrics_port = _bound_port(metrics_runner)
-    return Running(platform, http_runner, metrics_runner, http_port, metrics_port)
+    return Running(platform, http_runner, metrics_runner, http_port, metrics_port, startup)
 
 
 def _announce(settings: Settings, running: Running, seed: TenantSeed | None) -> None:
@@ -179,6 +192,7 @@ async def serve_forever(settings: Settings, *, migrate: bool = True, seed: bool 
         demo = None
         if settings.demo and seed and not stop.is_set():
             demo = await seed_demo(running.platform, settings.demo_api_key)
+        running.startup.discard(DEMO_STARTUP)  # seeded here, or before the workers forked
         if os.environ.get(WORKER_ENV, "0") == "0":
             _announce(settings, running, demo)
         settle_garbage_collector()
