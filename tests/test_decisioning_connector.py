@@ -142,7 +142,16 @@ async def test_decisions_come_from_the_service_and_rewards_reach_it_once(
         r"[0-9a-f]{40}", asked["requestId"]
     )
 
+    # with nothing to send, the forwarder sleeps (no look every half second)
+    forwarder = env.running.platform.api("decisioning").forwarder
+    await asyncio.sleep(0.6)
+    looks = forwarder.looks
+    await asyncio.sleep(1.5)
+    assert forwarder.looks - looks <= 1, (looks, forwarder.looks)
+
     # the reward is learnt here and forwarded, once, even when sent twice
+    # (and at once: the reward wakes the sleeping forwarder)
+    woken = time.monotonic()
     status, got = await call(env, "POST", f"{name}:reward",
                              {"decisionId": decided["decisionId"], "reward": 1})  # fmt: skip
     assert status == 200 and got == {"armId": "b"}, got
@@ -151,6 +160,7 @@ async def test_decisions_come_from_the_service_and_rewards_reach_it_once(
     assert again.get("duplicate") is True
     key = f"reward:{asked['requestId']}"
     await until(lambda: key in service.rewards)
+    assert time.monotonic() - woken < 1.0
     assert service.rewards[key]["armId"] == "b" and service.rewards[key]["reward"] == 1
     await env.running.platform.api("decisioning").forwarder.run_once()
     assert service.reward_posts[key] == 1

@@ -49,6 +49,11 @@ MIN_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS = 0.05, 30.0
 COOL_OFF_SECONDS = 10.0
 FORWARD_TIMEOUT_SECONDS = 10.0
 FORWARD_POLL_SECONDS = 0.5
+#: With nothing due, the forwarder sleeps until the next row is due (a
+#: retry), at most this long: rows written in this process wake it at once
+#: (`wake`); those of other processes are sent by their own forwarders, and
+#: this bound picks up what a process that died left.
+FORWARD_IDLE_MAX_SECONDS = 30.0
 FORWARD_LEASE_US = 30_000_000
 FORWARD_BATCH = 100
 FIRST_RETRY_US, MAX_RETRY_US = 1_000_000, 300_000_000
@@ -206,6 +211,12 @@ class Forwarder:
         self._clock = clock
         self._poll = poll_seconds
         self._task: asyncio.Task[None] | None = None
+        self._woken = asyncio.Event()
+        self.looks = 0  # how many times it looked for due rows (tests, metrics)
+
+    def wake(self) -> None:
+        """A row to send was written: look now."""
+        self._woken.set()
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -220,13 +231,29 @@ class Forwarder:
 
     async def _loop(self) -> None:
         while True:
+            self._woken.clear()
+            self.looks += 1
             try:
-                sent = await self.run_once()
+                if await self.run_once():
+                    continue
+                wait = await self._until_next_due()
             except Exception:
                 log.warning("decisioning: forwarding failed; again soon", exc_info=True)
-                sent = 0
-            if not sent:
-                await asyncio.sleep(self._poll)
+                wait = self._poll
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), wait)
+
+    async def _until_next_due(self) -> float:
+        """Seconds until the next unsent row is due (at least the poll
+        interval), FORWARD_IDLE_MAX_SECONDS when none is waiting."""
+        f = decision_forwards.c
+        async with self._db.engine.connect() as conn:
+            due = await conn.scalar(sa.select(sa.func.min(f.next_try)).where(f.done_time.is_(None)))
+        if due is None:
+            return FORWARD_IDLE_MAX_SECONDS
+        return float(
+            min(max((int(due) - self._clock()) / 1e6, self._poll), FORWARD_IDLE_MAX_SECONDS)
+        )
 
     async def run_once(self) -> int:
         """Send the rows due now (claimed for FORWARD_LEASE_US); how many."""

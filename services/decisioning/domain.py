@@ -266,6 +266,9 @@ class Decisions:
         self._rng = rng or np.random.default_rng(int.from_bytes(os.urandom(8), "big"))
         self._loaded: dict[str, _Loaded] = {}
         self._counts: Counter[tuple[str, str]] = Counter()
+        #: Called when a row for the external service's forwarder was
+        #: written (the module wires it to Forwarder.wake).
+        self.forwarded: Callable[[], None] = lambda: None
         self._flusher: asyncio.Task[None] | None = None
 
     # -- running ----------------------------------------------------------------
@@ -316,7 +319,10 @@ class Decisions:
         now = self._clock()
         policy = Policy(random_hex_id(), tenant_id, display_name, state or "active", spec, now,
                         now)  # fmt: skip
-        await self.store.create(_row(policy), [a.id for a in spec.arms], _catalog(policy, now))
+        catalog = _catalog(policy, now)
+        await self.store.create(_row(policy), [a.id for a in spec.arms], catalog)
+        if catalog:
+            self.forwarded()
         return policy
 
     async def get(self, caller: Principal, name: str, field_name: str = "name") -> Policy:
@@ -373,6 +379,8 @@ class Decisions:
         forwards = _catalog(dataclasses.replace(policy, spec=merged), now) if sync else []
         await self.store.update(_row(policy), display_name=new_name, spec=merged.to_json(),
                                 new_arms=new_arms, forwards=forwards)  # fmt: skip
+        if forwards:
+            self.forwarded()
         self._loaded.pop(policy.id, None)
         return await self.get(caller, name, "policy.name")
 
@@ -562,6 +570,8 @@ class Decisions:
         )
         if learnt is None:
             return arm_id, True
+        if forward is not None:
+            self.forwarded()
         if self._log is not None:
             self._log.emit(reward_row(decision.key, self._clock(), policy.tenant_id, policy.id,
                                       arm_id, reward))  # fmt: skip

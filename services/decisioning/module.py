@@ -56,6 +56,7 @@ async def _build(kernel: Kernel) -> Built:
     kernel.when_serving(decisions.start, decisions.stop)  # decision counts, every second
     # rewards and catalogs to policies' external services (each row claimed by one process)
     forwarder = Forwarder(kernel.backends.db, clock=kernel.clock)
+    decisions.forwarded = forwarder.wake
     kernel.when_serving(forwarder.start, forwarder.stop)
     analytics = kernel.backends.analytics
 
