@@ -5,6 +5,7 @@ traits and their marketing consent per channel, and a segment's members
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from services.audience.bidview import BID_SUPPRESSION_TRAIT, suppressions
 from services.audience.devices import Devices
 from services.audience.profiles import Profiles, granted
 from services.audience.tables import (
+    audience_identities,
     audience_profiles,
     audience_segment_members,
     audience_segments,
@@ -167,11 +169,40 @@ class Directory:
                         dict(row.traits),
                         {channel: granted(consent, "marketing", channel) for channel in CHANNELS},
                     )
+            units = await self._units(conn, tenant_id, list(found))
+        for profile_id, unit in units.items():
+            found[profile_id] = dataclasses.replace(found[profile_id], unit=unit)
         for profile_id in merged:
             person = await self.person(tenant_id, profile_id, "")
             if person is not None:
                 found[profile_id] = person
         return found
+
+    @staticmethod
+    async def _units(conn: Any, tenant_id: str, profile_ids: list[str]) -> dict[str, str]:
+        """Each profile's unit (Recipient.unit): its first user id, else its
+        first anonymous id, else its own id."""
+        i = audience_identities.c
+        firsts: dict[str, dict[str, tuple[int, str]]] = {}
+        for first in range(0, len(profile_ids), 500):
+            rows = await conn.execute(
+                sa.select(i.profile_id, i.kind, i.value, i.create_time).where(
+                    i.tenant_id == tenant_id,
+                    i.kind.in_(("user_id", "anonymous_id")),
+                    i.profile_id.in_(profile_ids[first : first + 500]),
+                )
+            )
+            for row in rows:
+                kinds = firsts.setdefault(row.profile_id, {})
+                seen = kinds.get(row.kind)
+                if seen is None or (row.create_time, row.value) < seen:
+                    kinds[row.kind] = (row.create_time, row.value)
+        out = {}
+        for profile_id in profile_ids:
+            kinds = firsts.get(profile_id, {})
+            chosen = kinds.get("user_id") or kinds.get("anonymous_id")
+            out[profile_id] = chosen[1] if chosen else profile_id
+        return out
 
     async def segment_size(self, tenant_id: str, segment_id: str) -> int | None:
         """A segment's member count (as last counted); None when the tenant

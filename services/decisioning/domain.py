@@ -269,6 +269,9 @@ class Decisions:
         #: Called when a row for the external service's forwarder was
         #: written (the module wires it to Forwarder.wake).
         self.forwarded: Callable[[], None] = lambda: None
+        #: The tenant's global control group (GlobalControls): its members
+        #: get the control arm, as held-out people do.
+        self.global_control: Any = None
         self._flusher: asyncio.Task[None] | None = None
 
     # -- running ----------------------------------------------------------------
@@ -462,13 +465,21 @@ class Decisions:
             bad.append(FieldViolation("user_id", f"at most {MAX_USER_ID} characters"))
         collect(bad)
         kept = features_of(features)
-        held = self._held_out(policy, user_id)
+        grouped = (
+            bool(user_id)
+            and self.global_control is not None
+            and (await self.global_control.member(tenant_id, user_id))
+        )
+        held = grouped or self._held_out(policy, user_id)
         if held:
             control = next(i for i, a in enumerate(spec.arms) if a.id == spec.control)
             arm, propensity = control, 1.0
-            explained = Explained(
-                f"held out ({spec.holdout_share:.0%} of people): the control arm "
-                f"{spec.control!r}", [], [], False, True)  # fmt: skip
+            why = (
+                "in the tenant's global control group"
+                if grouped
+                else f"held out ({spec.holdout_share:.0%} of people)"
+            )
+            explained = Explained(f"{why}: the control arm {spec.control!r}", [], [], False, True)
         time_us, nonce = self._clock(), os.urandom(8)
         external = None
         if not held and spec.connector is not None:

@@ -388,8 +388,11 @@ class Experiments:
         *,
         clock: Callable[[], int] = now_us,
         auto_stop_seconds: float = AUTO_STOP_SECONDS,
+        global_control: Any = None,
     ) -> None:
         self.store = store
+        #: GlobalControls: its members get the control variant, not enrolled
+        self.global_control = global_control
         self._recorder = recorder  # services.audience.recorder.EventRecorder
         #: (experiment, now) -> awaitable Results; set where results are served
         self.compute_results = compute_results
@@ -529,6 +532,10 @@ class Experiments:
             return Assigned(e.winner or e.design.control, False, False)
         variant = assign(e.design, e.salt, user_id)
         if e.state != "running" or variant is None:
+            return Assigned(e.design.control, False, False)
+        if self.global_control is not None and await self.global_control.member(
+            tenant_id, user_id
+        ):  # no treatment for the tenant's global control group
             return Assigned(e.design.control, False, False)
         if skip_exposure:
             return Assigned(variant, True, False)

@@ -25,6 +25,7 @@ from services.decisioning.demo import seed_demo_decisioning
 from services.decisioning.domain import Decisions
 from services.decisioning.experiment_servicer import ExperimentServicer
 from services.decisioning.experiments import Experiment, Experiments, ExperimentStore
+from services.decisioning.global_control import GlobalControls
 from services.decisioning.log import DECISION_LOG, DecisionLogSubjects
 from services.decisioning.recommendation_servicer import RecommendationServicer
 from services.decisioning.recommendations import Recommendations
@@ -57,6 +58,8 @@ async def _build(kernel: Kernel) -> Built:
     # rewards and catalogs to policies' external services (each row claimed by one process)
     forwarder = Forwarder(kernel.backends.db, clock=kernel.clock)
     decisions.forwarded = forwarder.wake
+    global_control: GlobalControls = kernel.interface("global_control")
+    decisions.global_control = global_control
     kernel.when_serving(forwarder.start, forwarder.stop)
     analytics = kernel.backends.analytics
 
@@ -79,7 +82,7 @@ async def _build(kernel: Kernel) -> Built:
             await seed_demo_decisioning(decisions, experiments, seed.tenant_id)
 
     return Built(
-        [DecisionServicer(decisions), ExperimentServicer(experiments),
+        [DecisionServicer(decisions, global_control), ExperimentServicer(experiments),
          RecommendationServicer(recommendations)],
         api=Decisioning(decisions, experiments, recommendations, forwarder),
         seed=seed,
@@ -121,6 +124,12 @@ MODULE = DomainModule(
             ExperimentStore(kernel.backends.db, kernel.page_tokens),
             kernel.interface("event_recorder"),
             clock=kernel.clock,
+            global_control=kernel.interface("global_control"),
+        ),
+        # The tenant's global control group, for every domain that markets
+        # (messaging leaves its members out).
+        "global_control": lambda kernel: GlobalControls(
+            kernel.backends.db, kernel.backends.analytics, clock=kernel.clock
         ),
     },
 )

@@ -26,6 +26,7 @@ from services.decisioning.domain import (
     Policy,
     Spec,
 )
+from services.decisioning.global_control import GlobalControl, GlobalControls
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,33 @@ def _decide_response(decided: Decided) -> pb.DecideResponse:
 
 
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
-    def __init__(self, decisions: Decisions) -> None:
+    def __init__(self, decisions: Decisions, global_control: GlobalControls) -> None:
         self._d = decisions
+        self._g = global_control
+
+    async def GetGlobalControl(self, request: pb.GetGlobalControlRequest, context: Any) -> Any:
+        found = await self._g.get(current_principal(), request.name)
+        return pb.GetGlobalControlResponse(global_control=_global_control(found))
+
+    async def UpdateGlobalControl(
+        self, request: pb.UpdateGlobalControlRequest, context: Any
+    ) -> Any:
+        g = request.global_control
+        made = await self._g.update(current_principal(), g.name, g.percent)
+        return pb.UpdateGlobalControlResponse(global_control=_global_control(made))
+
+    async def GetGlobalControlLift(
+        self, request: pb.GetGlobalControlLiftRequest, context: Any
+    ) -> Any:
+        lift = await self._g.lift(current_principal(), request.name, request.event, request.days)
+        return pb.GetGlobalControlLiftResponse(
+            event=lift.event, days=lift.days, control_people=lift.control_people,
+            control_converted=lift.control_converted, treated_people=lift.treated_people,
+            treated_converted=lift.treated_converted, difference=lift.difference,
+            difference_low=lift.interval[0], difference_high=lift.interval[1],
+            relative_lift=lift.relative, relative_lift_low=lift.relative_interval[0],
+            relative_lift_high=lift.relative_interval[1], p_value=lift.p_value,
+        )  # fmt: skip
 
     async def CreatePolicy(self, request: pb.CreatePolicyRequest, context: Any) -> Any:
         p = request.policy
@@ -247,3 +273,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             )
         )  # fmt: skip
         return out
+
+
+def _global_control(g: GlobalControl) -> pb.GlobalControl:
+    return pb.GlobalControl(
+        name=g.name, percent=g.percent, update_time=timestamp(g.update_time or None)
+    )

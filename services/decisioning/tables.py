@@ -92,3 +92,14 @@ decision_forwards = sa.Table(
     sa.Column("outcome", sa.String(500), nullable=False),
     sa.Index("ix_decision_forwards_due", "done_time", "next_try"),
 )
+
+# The tenant's global control group (global_control.py): one row per tenant
+# that has set it.
+decisioning_global_controls = sa.Table(
+    "decisioning_global_controls",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("percent", sa.Float, nullable=False),
+    sa.Column("salt", sa.String(32), nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
+)

@@ -127,6 +127,8 @@ async def _build(kernel: Kernel) -> Built:
         journal=kernel.settings.data_dir / "messaging" / f"attempts-{kernel.worker}.log",
         name=f"{socket.gethostname()}:{kernel.worker}",
     )
+    if kernel.has_interface("global_control"):  # decisioning's: marketing skips it
+        sender.global_control = kernel.interface("global_control").member
 
     def queued(messages: list[Message]) -> None:
         for message in messages:

@@ -8,7 +8,8 @@ for each one decides, renders and dispatches:
    channel) -> aborted `suppressed` (an opt-out stops marketing only:
    transactional messages still go, as they do without marketing consent);
    a marketing message to a person who refused marketing on that channel ->
-   aborted `no_consent`;
+   aborted `no_consent`, to one in the tenant's global control group ->
+   aborted `global_control`;
 3. what: the pinned template version rendered in the person's locale; an
    error -> aborted `template_error` (with the line and column);
 3b. delivery rules (services/messaging/rules.py): quiet hours hold (or
@@ -239,6 +240,9 @@ class Sender:
         self._templates = templates
         self._providers = providers
         self._suppressions = suppressions
+        #: (tenant, the person's unit) -> in the tenant's global control
+        #: group (decisioning's interface; None where it does not run)
+        self.global_control: Callable[[str, str], Awaitable[bool]] | None = None
         self._directory = directory
         self._emit = emit
         self._clock = clock
@@ -691,6 +695,16 @@ class Sender:
                     "aborted",
                     "no_consent",
                     "the person refused marketing on this channel",
+                    address=address,
+                    profile_id=profile_id,
+                )
+            held = self.global_control
+            unit = getattr(person, "unit", "") or person.id
+            if held is not None and await held(message.tenant_id, unit):
+                return Outcome(
+                    "aborted",
+                    "global_control",
+                    "the person is in the tenant's global control group: no marketing",
                     address=address,
                     profile_id=profile_id,
                 )

@@ -27,10 +27,11 @@ from campaignexpress.type.v1 import access_pb2 as campaignexpress_dot_type_dot_v
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n5campaignexpress/decisioning/v1/decision_service.proto\x12\x1e\x63\x61mpaignexpress.decisioning.v1\x1a+campaignexpress/decisioning/v1/policy.proto\x1a$campaignexpress/type/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"]\n\x13\x43reatePolicyRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x36\n\x06policy\x18\x02 \x01(\x0b\x32&.campaignexpress.decisioning.v1.Policy\"N\n\x14\x43reatePolicyResponse\x12\x36\n\x06policy\x18\x01 \x01(\x0b\x32&.campaignexpress.decisioning.v1.Policy\" \n\x10GetPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"K\n\x11GetPolicyResponse\x12\x36\n\x06policy\x18\x01 \x01(\x0b\x32&.campaignexpress.decisioning.v1.Policy\"L\n\x13ListPoliciesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"i\n\x14ListPoliciesResponse\x12\x38\n\x08policies\x18\x01 \x03(\x0b\x32&.campaignexpress.decisioning.v1.Policy\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"~\n\x13UpdatePolicyRequest\x12\x36\n\x06policy\x18\x01 \x01(\x0b\x32&.campaignexpress.decisioning.v1.Policy\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"N\n\x14UpdatePolicyResponse\x12\x36\n\x06policy\x18\x01 \x01(\x0b\x32&.campaignexpress.decisioning.v1.Policy\"%\n\x15\x41\x63tivatePolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x16\x41\x63tivatePolicyResponse\x12\x36\n\x06policy\x18\x01 \x01(\x0b\x32&.campaignexpress.decisioning.v1.Policy\"\"\n\x12PausePolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x13PausePolicyResponse\x12\x36\n\x06policy\x18\x01 \x01(\x0b\x32&.campaignexpress.decisioning.v1.Policy\"%\n\x15\x43ompletePolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x16\x43ompletePolicyResponse\x12\x36\n\x06policy\x18\x01 \x01(\x0b\x32&.campaignexpress.decisioning.v1.Policy\"j\n\rDecideRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\x01\x12(\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07user_id\x18\x04 \x01(\t\"\x8b\x01\n\x0e\x44\x65\x63ideResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61rm_id\x18\x02 \x01(\t\x12\x12\n\npropensity\x18\x03 \x01(\x01\x12@\n\x0b\x65xplanation\x18\x04 \x01(\x0b\x32+.campaignexpress.decisioning.v1.Explanation\"\xbf\x01\n\rRewardRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x0e\n\x06reward\x18\x03 \x01(\x01\x12K\n\x07metrics\x18\x04 \x03(\x0b\x32:.campaignexpress.decisioning.v1.RewardRequest.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"3\n\x0eRewardResponse\x12\x0e\n\x06\x61rm_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"%\n\x15GetPolicyStatsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x97\x01\n\x16GetPolicyStatsResponse\x12\x36\n\x04\x61rms\x18\x01 \x03(\x0b\x32(.campaignexpress.decisioning.v1.ArmStats\x12\x32\n\x04lift\x18\x02 \x01(\x0b\x32$.campaignexpress.decisioning.v1.Lift\x12\x11\n\tdecisions\x18\x03 \x01(\x03\"F\n\x15\x45valuatePolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tcandidate\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ys\x18\x03 \x01(\x05\"n\n\x16\x45valuatePolicyResponse\x12\x11\n\tdecisions\x18\x01 \x01(\x03\x12\x41\n\testimates\x18\x02 \x03(\x0b\x32..campaignexpress.decisioning.v1.PolicyEstimate\"\xf5\x01\n\x0ePolicyEstimate\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0b\n\x03ips\x18\x02 \x01(\x01\x12\x12\n\nips_ci_low\x18\x03 \x01(\x01\x12\x13\n\x0bips_ci_high\x18\x04 \x01(\x01\x12\r\n\x05snips\x18\x05 \x01(\x01\x12\x14\n\x0csnips_ci_low\x18\x06 \x01(\x01\x12\x15\n\rsnips_ci_high\x18\x07 \x01(\x01\x12\x0f\n\x07matched\x18\x08 \x01(\x03\x12\x1d\n\x15\x65\x66\x66\x65\x63tive_sample_size\x18\t \x01(\x01\x12\n\n\x02\x64r\x18\n \x01(\x01\x12\x11\n\tdr_ci_low\x18\x0b \x01(\x01\x12\x12\n\ndr_ci_high\x18\x0c \x01(\x01\"i\n\x13StreamDecideRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12>\n\x07request\x18\x02 \x01(\x0b\x32-.campaignexpress.decisioning.v1.DecideRequest\"\x8f\x01\n\x14StreamDecideResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12@\n\x08response\x18\x02 \x01(\x0b\x32..campaignexpress.decisioning.v1.DecideResponse\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status2\x90\x11\n\x0f\x44\x65\x63isionService\x12\xba\x01\n\x0c\x43reatePolicy\x12\x33.campaignexpress.decisioning.v1.CreatePolicyRequest\x1a\x34.campaignexpress.decisioning.v1.CreatePolicyResponse\"?\x8a\xb5\x18\x04\x08\x08\x18\x01\x82\xd3\xe4\x93\x02\x31\"\x1f/v1/{parent=tenants/*}/policies:\x06policyb\x06policy\x12\xa7\x01\n\tGetPolicy\x12\x30.campaignexpress.decisioning.v1.GetPolicyRequest\x1a\x31.campaignexpress.decisioning.v1.GetPolicyResponse\"5\x8a\xb5\x18\x02\x08\x07\x82\xd3\xe4\x93\x02)\x12\x1f/v1/{name=tenants/*/policies/*}b\x06policy\x12\xa8\x01\n\x0cListPolicies\x12\x33.campaignexpress.decisioning.v1.ListPoliciesRequest\x1a\x34.campaignexpress.decisioning.v1.ListPoliciesResponse\"-\x8a\xb5\x18\x02\x08\x07\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=tenants/*}/policies\x12\xc1\x01\n\x0cUpdatePolicy\x12\x33.campaignexpress.decisioning.v1.UpdatePolicyRequest\x1a\x34.campaignexpress.decisioning.v1.UpdatePolicyResponse\"F\x8a\xb5\x18\x04\x08\x08\x18\x01\x82\xd3\xe4\x93\x02\x38\x32&/v1/{policy.name=tenants/*/policies/*}:\x06policyb\x06policy\x12\xc4\x01\n\x0e\x41\x63tivatePolicy\x12\x35.campaignexpress.decisioning.v1.ActivatePolicyRequest\x1a\x36.campaignexpress.decisioning.v1.ActivatePolicyResponse\"C\x8a\xb5\x18\x04\x08\x08\x18\x01\x82\xd3\xe4\x93\x02\x35\"(/v1/{name=tenants/*/policies/*}:activate:\x01*b\x06policy\x12\xb8\x01\n\x0bPausePolicy\x12\x32.campaignexpress.decisioning.v1.PausePolicyRequest\x1a\x33.campaignexpress.decisioning.v1.PausePolicyResponse\"@\x8a\xb5\x18\x04\x08\x08\x18\x01\x82\xd3\xe4\x93\x02\x32\"%/v1/{name=tenants/*/policies/*}:pause:\x01*b\x06policy\x12\xc4\x01\n\x0e\x43ompletePolicy\x12\x35.campaignexpress.decisioning.v1.CompletePolicyRequest\x1a\x36.campaignexpress.decisioning.v1.CompletePolicyResponse\"C\x8a\xb5\x18\x04\x08\x08\x18\x01\x82\xd3\xe4\x93\x02\x35\"(/v1/{name=tenants/*/policies/*}:complete:\x01*b\x06policy\x12\xa0\x01\n\x06\x44\x65\x63ide\x12-.campaignexpress.decisioning.v1.DecideRequest\x1a..campaignexpress.decisioning.v1.DecideResponse\"7\x8a\xb5\x18\x02\x08\x07\x82\xd3\xe4\x93\x02+\"&/v1/{name=tenants/*/policies/*}:decide:\x01*\x12\xa4\x01\n\x0cStreamDecide\x12\x33.campaignexpress.decisioning.v1.StreamDecideRequest\x1a\x34.campaignexpress.decisioning.v1.StreamDecideResponse\"%\x8a\xb5\x18\x02\x08\x07\x82\xd3\xe4\x93\x02\x19\"\x14/v1/decisions:stream:\x01*(\x01\x30\x01\x12\xa2\x01\n\x06Reward\x12-.campaignexpress.decisioning.v1.RewardRequest\x1a..campaignexpress.decisioning.v1.RewardResponse\"9\x8a\xb5\x18\x04\x08\x08\x18\x01\x82\xd3\xe4\x93\x02+\"&/v1/{name=tenants/*/policies/*}:reward:\x01*\x12\xb7\x01\n\x0e\x45valuatePolicy\x12\x35.campaignexpress.decisioning.v1.EvaluatePolicyRequest\x1a\x36.campaignexpress.decisioning.v1.EvaluatePolicyResponse\"6\x8a\xb5\x18\x02\x08\x07\x82\xd3\xe4\x93\x02*\x12(/v1/{name=tenants/*/policies/*}:evaluate\x12\xb4\x01\n\x0eGetPolicyStats\x12\x35.campaignexpress.decisioning.v1.GetPolicyStatsRequest\x1a\x36.campaignexpress.decisioning.v1.GetPolicyStatsResponse\"3\x8a\xb5\x18\x02\x08\x07\x82\xd3\xe4\x93\x02\'\x12%/v1/{name=tenants/*/policies/*}/statsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n5campaignexpress/decisioning/v1/decision_service.proto\x12\x1e\x63\x61mpaignexpress.decisioning.v1\x1a+campaignexpress/decisioning/v1/policy.proto\x1a$campaignexpress/type/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"]\n\x13\x43reatePolicyRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x36\n\x06policy\x18\x02 \x01(\x0b\x32&.campaignexpress.decisioning.v1.Policy\"N\n\x14\x43reatePolicyResponse\x12\x36\n\x06policy\x18\x01 \x01(\x0b\x32&.campaignexpress.decisioning.v1.Policy\" \n\x10GetPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"K\n\x11GetPolicyResponse\x12\x36\n\x06policy\x18\x01 \x01(\x0b\x32&.campaignexpress.decisioning.v1.Policy\"L\n\x13ListPoliciesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"i\n\x14ListPoliciesResponse\x12\x38\n\x08policies\x18\x01 \x03(\x0b\x32&.campaignexpress.decisioning.v1.Policy\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"~\n\x13UpdatePolicyRequest\x12\x36\n\x06policy\x18\x01 \x01(\x0b\x32&.campaignexpress.decisioning.v1.Policy\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"N\n\x14UpdatePolicyResponse\x12\x36\n\x06policy\x18\x01 \x01(\x0b\x32&.campaignexpress.decisioning.v1.Policy\"%\n\x15\x41\x63tivatePolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x16\x41\x63tivatePolicyResponse\x12\x36\n\x06policy\x18\x01 \x01(\x0b\x32&.campaignexpress.decisioning.v1.Policy\"\"\n\x12PausePolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x13PausePolicyResponse\x12\x36\n\x06policy\x18\x01 \x01(\x0b\x32&.campaignexpress.decisioning.v1.Policy\"%\n\x15\x43ompletePolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x16\x43ompletePolicyResponse\x12\x36\n\x06policy\x18\x01 \x01(\x0b\x32&.campaignexpress.decisioning.v1.Policy\"j\n\rDecideRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\x01\x12(\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07user_id\x18\x04 \x01(\t\"\x8b\x01\n\x0e\x44\x65\x63ideResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61rm_id\x18\x02 \x01(\t\x12\x12\n\npropensity\x18\x03 \x01(\x01\x12@\n\x0b\x65xplanation\x18\x04 \x01(\x0b\x32+.campaignexpress.decisioning.v1.Explanation\"\xbf\x01\n\rRewardRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x0e\n\x06reward\x18\x03 \x01(\x01\x12K\n\x07metrics\x18\x04 \x03(\x0b\x32:.campaignexpress.decisioning.v1.RewardRequest.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"3\n\x0eRewardResponse\x12\x0e\n\x06\x61rm_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"%\n\x15GetPolicyStatsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x97\x01\n\x16GetPolicyStatsResponse\x12\x36\n\x04\x61rms\x18\x01 \x03(\x0b\x32(.campaignexpress.decisioning.v1.ArmStats\x12\x32\n\x04lift\x18\x02 \x01(\x0b\x32$.campaignexpress.decisioning.v1.Lift\x12\x11\n\tdecisions\x18\x03 \x01(\x03\"F\n\x15\x45valuatePolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tcandidate\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ys\x18\x03 \x01(\x05\"n\n\x16\x45valuatePolicyResponse\x12\x11\n\tdecisions\x18\x01 \x01(\x03\x12\x41\n\testimates\x18\x02 \x03(\x0b\x32..campaignexpress.decisioning.v1.PolicyEstimate\"\xf5\x01\n\x0ePolicyEstimate\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0b\n\x03ips\x18\x02 \x01(\x01\x12\x12\n\nips_ci_low\x18\x03 \x01(\x01\x12\x13\n\x0bips_ci_high\x18\x04 \x01(\x01\x12\r\n\x05snips\x18\x05 \x01(\x01\x12\x14\n\x0csnips_ci_low\x18\x06 \x01(\x01\x12\x15\n\rsnips_ci_high\x18\x07 \x01(\x01\x12\x0f\n\x07matched\x18\x08 \x01(\x03\x12\x1d\n\x15\x65\x66\x66\x65\x63tive_sample_size\x18\t \x01(\x01\x12\n\n\x02\x64r\x18\n \x01(\x01\x12\x11\n\tdr_ci_low\x18\x0b \x01(\x01\x12\x12\n\ndr_ci_high\x18\x0c \x01(\x01\"i\n\x13StreamDecideRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12>\n\x07request\x18\x02 \x01(\x0b\x32-.campaignexpress.decisioning.v1.DecideRequest\"\x8f\x01\n\x14StreamDecideResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12@\n\x08response\x18\x02 \x01(\x0b\x32..campaignexpress.decisioning.v1.DecideResponse\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\"_\n\rGlobalControl\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07percent\x18\x02 \x01(\x01\x12/\n\x0bupdate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\'\n\x17GetGlobalControlRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"a\n\x18GetGlobalControlResponse\x12\x45\n\x0eglobal_control\x18\x01 \x01(\x0b\x32-.campaignexpress.decisioning.v1.GlobalControl\"c\n\x1aUpdateGlobalControlRequest\x12\x45\n\x0eglobal_control\x18\x01 \x01(\x0b\x32-.campaignexpress.decisioning.v1.GlobalControl\"d\n\x1bUpdateGlobalControlResponse\x12\x45\n\x0eglobal_control\x18\x01 \x01(\x0b\x32-.campaignexpress.decisioning.v1.GlobalControl\"H\n\x1bGetGlobalControlLiftRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ys\x18\x03 \x01(\x05\"\xc5\x02\n\x1cGetGlobalControlLiftResponse\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\x05\x12\x16\n\x0e\x63ontrol_people\x18\x03 \x01(\x03\x12\x19\n\x11\x63ontrol_converted\x18\x04 \x01(\x03\x12\x16\n\x0etreated_people\x18\x05 \x01(\x03\x12\x19\n\x11treated_converted\x18\x06 \x01(\x03\x12\x12\n\ndifference\x18\x07 \x01(\x01\x12\x16\n\x0e\x64ifference_low\x18\x08 \x01(\x01\x12\x17\n\x0f\x64ifference_high\x18\t \x01(\x01\x12\x15\n\rrelative_lift\x18\n \x01(\x01\x12\x19\n\x11relative_lift_low\x18\x0b \x01(\x01\x12\x1a\n\x12relative_lift_high\x18\x0c \x01(\x01\x12\x0f\n\x07p_value\x18\r \x01(\x01\x32\x99\x16\n\x0f\x44\x65\x63isionService\x12\xba\x01\n\x0c\x43reatePolicy\x12\x33.campaignexpress.decisioning.v1.CreatePolicyRequest\x1a\x34.campaignexpress.decisioning.v1.CreatePolicyResponse\"?\x8a\xb5\x18\x04\x08\x08\x18\x01\x82\xd3\xe4\x93\x02\x31\"\x1f/v1/{parent=tenants/*}/policies:\x06policyb\x06policy\x12\xa7\x01\n\tGetPolicy\x12\x30.campaignexpress.decisioning.v1.GetPolicyRequest\x1a\x31.campaignexpress.decisioning.v1.GetPolicyResponse\"5\x8a\xb5\x18\x02\x08\x07\x82\xd3\xe4\x93\x02)\x12\x1f/v1/{name=tenants/*/policies/*}b\x06policy\x12\xa8\x01\n\x0cListPolicies\x12\x33.campaignexpress.decisioning.v1.ListPoliciesRequest\x1a\x34.campaignexpress.decisioning.v1.ListPoliciesResponse\"-\x8a\xb5\x18\x02\x08\x07\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=tenants/*}/policies\x12\xc1\x01\n\x0cUpdatePolicy\x12\x33.campaignexpress.decisioning.v1.UpdatePolicyRequest\x1a\x34.campaignexpress.decisioning.v1.UpdatePolicyResponse\"F\x8a\xb5\x18\x04\x08\x08\x18\x01\x82\xd3\xe4\x93\x02\x38\x32&/v1/{policy.name=tenants/*/policies/*}:\x06policyb\x06policy\x12\xc4\x01\n\x0e\x41\x63tivatePolicy\x12\x35.campaignexpress.decisioning.v1.ActivatePolicyRequest\x1a\x36.campaignexpress.decisioning.v1.ActivatePolicyResponse\"C\x8a\xb5\x18\x04\x08\x08\x18\x01\x82\xd3\xe4\x93\x02\x35\"(/v1/{name=tenants/*/policies/*}:activate:\x01*b\x06policy\x12\xb8\x01\n\x0bPausePolicy\x12\x32.campaignexpress.decisioning.v1.PausePolicyRequest\x1a\x33.campaignexpress.decisioning.v1.PausePolicyResponse\"@\x8a\xb5\x18\x04\x08\x08\x18\x01\x82\xd3\xe4\x93\x02\x32\"%/v1/{name=tenants/*/policies/*}:pause:\x01*b\x06policy\x12\xc4\x01\n\x0e\x43ompletePolicy\x12\x35.campaignexpress.decisioning.v1.CompletePolicyRequest\x1a\x36.campaignexpress.decisioning.v1.CompletePolicyResponse\"C\x8a\xb5\x18\x04\x08\x08\x18\x01\x82\xd3\xe4\x93\x02\x35\"(/v1/{name=tenants/*/policies/*}:complete:\x01*b\x06policy\x12\xa0\x01\n\x06\x44\x65\x63ide\x12-.campaignexpress.decisioning.v1.DecideRequest\x1a..campaignexpress.decisioning.v1.DecideResponse\"7\x8a\xb5\x18\x02\x08\x07\x82\xd3\xe4\x93\x02+\"&/v1/{name=tenants/*/policies/*}:decide:\x01*\x12\xa4\x01\n\x0cStreamDecide\x12\x33.campaignexpress.decisioning.v1.StreamDecideRequest\x1a\x34.campaignexpress.decisioning.v1.StreamDecideResponse\"%\x8a\xb5\x18\x02\x08\x07\x82\xd3\xe4\x93\x02\x19\"\x14/v1/decisions:stream:\x01*(\x01\x30\x01\x12\xa2\x01\n\x06Reward\x12-.campaignexpress.decisioning.v1.RewardRequest\x1a..campaignexpress.decisioning.v1.RewardResponse\"9\x8a\xb5\x18\x04\x08\x08\x18\x01\x82\xd3\xe4\x93\x02+\"&/v1/{name=tenants/*/policies/*}:reward:\x01*\x12\xb7\x01\n\x0e\x45valuatePolicy\x12\x35.campaignexpress.decisioning.v1.EvaluatePolicyRequest\x1a\x36.campaignexpress.decisioning.v1.EvaluatePolicyResponse\"6\x8a\xb5\x18\x02\x08\x07\x82\xd3\xe4\x93\x02*\x12(/v1/{name=tenants/*/policies/*}:evaluate\x12\xb4\x01\n\x0eGetPolicyStats\x12\x35.campaignexpress.decisioning.v1.GetPolicyStatsRequest\x1a\x36.campaignexpress.decisioning.v1.GetPolicyStatsResponse\"3\x8a\xb5\x18\x02\x08\x07\x82\xd3\xe4\x93\x02\'\x12%/v1/{name=tenants/*/policies/*}/stats\x12\xc7\x01\n\x10GetGlobalControl\x12\x37.campaignexpress.decisioning.v1.GetGlobalControlRequest\x1a\x38.campaignexpress.decisioning.v1.GetGlobalControlResponse\"@\x8a\xb5\x18\x02\x08\x07\x82\xd3\xe4\x93\x02\x34\x12\"/v1/{name=tenants/*/globalControl}b\x0eglobal_control\x12\xf1\x01\n\x13UpdateGlobalControl\x12:.campaignexpress.decisioning.v1.UpdateGlobalControlRequest\x1a;.campaignexpress.decisioning.v1.UpdateGlobalControlResponse\"a\x8a\xb5\x18\x04\x08\x08\x18\x01\x82\xd3\xe4\x93\x02S21/v1/{global_control.name=tenants/*/globalControl}:\x0eglobal_controlb\x0eglobal_control\x12\xc8\x01\n\x14GetGlobalControlLift\x12;.campaignexpress.decisioning.v1.GetGlobalControlLiftRequest\x1a<.campaignexpress.decisioning.v1.GetGlobalControlLiftResponse\"5\x8a\xb5\x18\x02\x08\x07\x82\xd3\xe4\x93\x02)\x12\'/v1/{name=tenants/*/globalControl}:liftb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -63,58 +64,78 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECISIONSERVICE'].methods_by_name['EvaluatePolicy']._serialized_options = b'\212\265\030\002\010\007\202\323\344\223\002*\022(/v1/{name=tenants/*/policies/*}:evaluate'
   _globals['_DECISIONSERVICE'].methods_by_name['GetPolicyStats']._loaded_options = None
   _globals['_DECISIONSERVICE'].methods_by_name['GetPolicyStats']._serialized_options = b'\212\265\030\002\010\007\202\323\344\223\002\'\022%/v1/{name=tenants/*/policies/*}/stats'
-  _globals['_CREATEPOLICYREQUEST']._serialized_start=291
-  _globals['_CREATEPOLICYREQUEST']._serialized_end=384
-  _globals['_CREATEPOLICYRESPONSE']._serialized_start=386
-  _globals['_CREATEPOLICYRESPONSE']._serialized_end=464
-  _globals['_GETPOLICYREQUEST']._serialized_start=466
-  _globals['_GETPOLICYREQUEST']._serialized_end=498
-  _globals['_GETPOLICYRESPONSE']._serialized_start=500
-  _globals['_GETPOLICYRESPONSE']._serialized_end=575
-  _globals['_LISTPOLICIESREQUEST']._serialized_start=577
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=653
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=655
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=760
-  _globals['_UPDATEPOLICYREQUEST']._serialized_start=762
-  _globals['_UPDATEPOLICYREQUEST']._serialized_end=888
-  _globals['_UPDATEPOLICYRESPONSE']._serialized_start=890
-  _globals['_UPDATEPOLICYRESPONSE']._serialized_end=968
-  _globals['_ACTIVATEPOLICYREQUEST']._serialized_start=970
-  _globals['_ACTIVATEPOLICYREQUEST']._serialized_end=1007
-  _globals['_ACTIVATEPOLICYRESPONSE']._serialized_start=1009
-  _globals['_ACTIVATEPOLICYRESPONSE']._serialized_end=1089
-  _globals['_PAUSEPOLICYREQUEST']._serialized_start=1091
-  _globals['_PAUSEPOLICYREQUEST']._serialized_end=1125
-  _globals['_PAUSEPOLICYRESPONSE']._serialized_start=1127
-  _globals['_PAUSEPOLICYRESPONSE']._serialized_end=1204
-  _globals['_COMPLETEPOLICYREQUEST']._serialized_start=1206
-  _globals['_COMPLETEPOLICYREQUEST']._serialized_end=1243
-  _globals['_COMPLETEPOLICYRESPONSE']._serialized_start=1245
-  _globals['_COMPLETEPOLICYRESPONSE']._serialized_end=1325
-  _globals['_DECIDEREQUEST']._serialized_start=1327
-  _globals['_DECIDEREQUEST']._serialized_end=1433
-  _globals['_DECIDERESPONSE']._serialized_start=1436
-  _globals['_DECIDERESPONSE']._serialized_end=1575
-  _globals['_REWARDREQUEST']._serialized_start=1578
-  _globals['_REWARDREQUEST']._serialized_end=1769
-  _globals['_REWARDREQUEST_METRICSENTRY']._serialized_start=1723
-  _globals['_REWARDREQUEST_METRICSENTRY']._serialized_end=1769
-  _globals['_REWARDRESPONSE']._serialized_start=1771
-  _globals['_REWARDRESPONSE']._serialized_end=1822
-  _globals['_GETPOLICYSTATSREQUEST']._serialized_start=1824
-  _globals['_GETPOLICYSTATSREQUEST']._serialized_end=1861
-  _globals['_GETPOLICYSTATSRESPONSE']._serialized_start=1864
-  _globals['_GETPOLICYSTATSRESPONSE']._serialized_end=2015
-  _globals['_EVALUATEPOLICYREQUEST']._serialized_start=2017
-  _globals['_EVALUATEPOLICYREQUEST']._serialized_end=2087
-  _globals['_EVALUATEPOLICYRESPONSE']._serialized_start=2089
-  _globals['_EVALUATEPOLICYRESPONSE']._serialized_end=2199
-  _globals['_POLICYESTIMATE']._serialized_start=2202
-  _globals['_POLICYESTIMATE']._serialized_end=2447
-  _globals['_STREAMDECIDEREQUEST']._serialized_start=2449
-  _globals['_STREAMDECIDEREQUEST']._serialized_end=2554
-  _globals['_STREAMDECIDERESPONSE']._serialized_start=2557
-  _globals['_STREAMDECIDERESPONSE']._serialized_end=2700
-  _globals['_DECISIONSERVICE']._serialized_start=2703
-  _globals['_DECISIONSERVICE']._serialized_end=4895
+  _globals['_DECISIONSERVICE'].methods_by_name['GetGlobalControl']._loaded_options = None
+  _globals['_DECISIONSERVICE'].methods_by_name['GetGlobalControl']._serialized_options = b'\212\265\030\002\010\007\202\323\344\223\0024\022\"/v1/{name=tenants/*/globalControl}b\016global_control'
+  _globals['_DECISIONSERVICE'].methods_by_name['UpdateGlobalControl']._loaded_options = None
+  _globals['_DECISIONSERVICE'].methods_by_name['UpdateGlobalControl']._serialized_options = b'\212\265\030\004\010\010\030\001\202\323\344\223\002S21/v1/{global_control.name=tenants/*/globalControl}:\016global_controlb\016global_control'
+  _globals['_DECISIONSERVICE'].methods_by_name['GetGlobalControlLift']._loaded_options = None
+  _globals['_DECISIONSERVICE'].methods_by_name['GetGlobalControlLift']._serialized_options = b'\212\265\030\002\010\007\202\323\344\223\002)\022\'/v1/{name=tenants/*/globalControl}:lift'
+  _globals['_CREATEPOLICYREQUEST']._serialized_start=324
+  _globals['_CREATEPOLICYREQUEST']._serialized_end=417
+  _globals['_CREATEPOLICYRESPONSE']._serialized_start=419
+  _globals['_CREATEPOLICYRESPONSE']._serialized_end=497
+  _globals['_GETPOLICYREQUEST']._serialized_start=499
+  _globals['_GETPOLICYREQUEST']._serialized_end=531
+  _globals['_GETPOLICYRESPONSE']._serialized_start=533
+  _globals['_GETPOLICYRESPONSE']._serialized_end=608
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=610
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=686
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=688
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=793
+  _globals['_UPDATEPOLICYREQUEST']._serialized_start=795
+  _globals['_UPDATEPOLICYREQUEST']._serialized_end=921
+  _globals['_UPDATEPOLICYRESPONSE']._serialized_start=923
+  _globals['_UPDATEPOLICYRESPONSE']._serialized_end=1001
+  _globals['_ACTIVATEPOLICYREQUEST']._serialized_start=1003
+  _globals['_ACTIVATEPOLICYREQUEST']._serialized_end=1040
+  _globals['_ACTIVATEPOLICYRESPONSE']._serialized_start=1042
+  _globals['_ACTIVATEPOLICYRESPONSE']._serialized_end=1122
+  _globals['_PAUSEPOLICYREQUEST']._serialized_start=1124
+  _globals['_PAUSEPOLICYREQUEST']._serialized_end=1158
+  _globals['_PAUSEPOLICYRESPONSE']._serialized_start=1160
+  _globals['_PAUSEPOLICYRESPONSE']._serialized_end=1237
+  _globals['_COMPLETEPOLICYREQUEST']._serialized_start=1239
+  _globals['_COMPLETEPOLICYREQUEST']._serialized_end=1276
+  _globals['_COMPLETEPOLICYRESPONSE']._serialized_start=1278
+  _globals['_COMPLETEPOLICYRESPONSE']._serialized_end=1358
+  _globals['_DECIDEREQUEST']._serialized_start=1360
+  _globals['_DECIDEREQUEST']._serialized_end=1466
+  _globals['_DECIDERESPONSE']._serialized_start=1469
+  _globals['_DECIDERESPONSE']._serialized_end=1608
+  _globals['_REWARDREQUEST']._serialized_start=1611
+  _globals['_REWARDREQUEST']._serialized_end=1802
+  _globals['_REWARDREQUEST_METRICSENTRY']._serialized_start=1756
+  _globals['_REWARDREQUEST_METRICSENTRY']._serialized_end=1802
+  _globals['_REWARDRESPONSE']._serialized_start=1804
+  _globals['_REWARDRESPONSE']._serialized_end=1855
+  _globals['_GETPOLICYSTATSREQUEST']._serialized_start=1857
+  _globals['_GETPOLICYSTATSREQUEST']._serialized_end=1894
+  _globals['_GETPOLICYSTATSRESPONSE']._serialized_start=1897
+  _globals['_GETPOLICYSTATSRESPONSE']._serialized_end=2048
+  _globals['_EVALUATEPOLICYREQUEST']._serialized_start=2050
+  _globals['_EVALUATEPOLICYREQUEST']._serialized_end=2120
+  _globals['_EVALUATEPOLICYRESPONSE']._serialized_start=2122
+  _globals['_EVALUATEPOLICYRESPONSE']._serialized_end=2232
+  _globals['_POLICYESTIMATE']._serialized_start=2235
+  _globals['_POLICYESTIMATE']._serialized_end=2480
+  _globals['_STREAMDECIDEREQUEST']._serialized_start=2482
+  _globals['_STREAMDECIDEREQUEST']._serialized_end=2587
+  _globals['_STREAMDECIDERESPONSE']._serialized_start=2590
+  _globals['_STREAMDECIDERESPONSE']._serialized_end=2733
+  _globals['_GLOBALCONTROL']._serialized_start=2735
+  _globals['_GLOBALCONTROL']._serialized_end=2830
+  _globals['_GETGLOBALCONTROLREQUEST']._serialized_start=2832
+  _globals['_GETGLOBALCONTROLREQUEST']._serialized_end=2871
+  _globals['_GETGLOBALCONTROLRESPONSE']._serialized_start=2873
+  _globals['_GETGLOBALCONTROLRESPONSE']._serialized_end=2970
+  _globals['_UPDATEGLOBALCONTROLREQUEST']._serialized_start=2972
+  _globals['_UPDATEGLOBALCONTROLREQUEST']._serialized_end=3071
+  _globals['_UPDATEGLOBALCONTROLRESPONSE']._serialized_start=3073
+  _globals['_UPDATEGLOBALCONTROLRESPONSE']._serialized_end=3173
+  _globals['_GETGLOBALCONTROLLIFTREQUEST']._serialized_start=3175
+  _globals['_GETGLOBALCONTROLLIFTREQUEST']._serialized_end=3247
+  _globals['_GETGLOBALCONTROLLIFTRESPONSE']._serialized_start=3250
+  _globals['_GETGLOBALCONTROLLIFTRESPONSE']._serialized_end=3575
+  _globals['_DECISIONSERVICE']._serialized_start=3578
+  _globals['_DECISIONSERVICE']._serialized_end=6419
 # @@protoc_insertion_point(module_scope)

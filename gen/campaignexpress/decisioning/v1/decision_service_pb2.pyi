@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
@@ -791,3 +792,231 @@ class StreamDecideResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamDecideResponse: _TypeAlias = StreamDecideResponse  # noqa: Y015
+
+@_typing.final
+class GlobalControl(_message.Message):
+    """The tenant's global control group."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/globalControl`."""
+    percent: _builtins.float
+    """Percent of people in it, 0-50 (0: nobody)."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only: when it was last set (unset: never)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        percent: _builtins.float = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "percent", b"percent", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GlobalControl: _TypeAlias = GlobalControl  # noqa: Y015
+
+@_typing.final
+class GetGlobalControlRequest(_message.Message):
+    """Request of GetGlobalControl."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/globalControl`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGlobalControlRequest: _TypeAlias = GetGlobalControlRequest  # noqa: Y015
+
+@_typing.final
+class GetGlobalControlResponse(_message.Message):
+    """Response of GetGlobalControl."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GLOBAL_CONTROL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def global_control(self) -> Global___GlobalControl:
+        """The group."""
+
+    def __init__(
+        self,
+        *,
+        global_control: Global___GlobalControl | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["global_control", b"global_control"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["global_control", b"global_control"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGlobalControlResponse: _TypeAlias = GetGlobalControlResponse  # noqa: Y015
+
+@_typing.final
+class UpdateGlobalControlRequest(_message.Message):
+    """Request of UpdateGlobalControl."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GLOBAL_CONTROL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def global_control(self) -> Global___GlobalControl:
+        """The group: its `name` and `percent`."""
+
+    def __init__(
+        self,
+        *,
+        global_control: Global___GlobalControl | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["global_control", b"global_control"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["global_control", b"global_control"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateGlobalControlRequest: _TypeAlias = UpdateGlobalControlRequest  # noqa: Y015
+
+@_typing.final
+class UpdateGlobalControlResponse(_message.Message):
+    """Response of UpdateGlobalControl."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GLOBAL_CONTROL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def global_control(self) -> Global___GlobalControl:
+        """The group as set."""
+
+    def __init__(
+        self,
+        *,
+        global_control: Global___GlobalControl | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["global_control", b"global_control"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["global_control", b"global_control"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateGlobalControlResponse: _TypeAlias = UpdateGlobalControlResponse  # noqa: Y015
+
+@_typing.final
+class GetGlobalControlLiftRequest(_message.Message):
+    """Request of GetGlobalControlLift."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/globalControl`."""
+    event: _builtins.str
+    """The conversion: a track event's name (e.g. "Order Completed")."""
+    days: _builtins.int
+    """Look back this many days (1-365; 0: 30)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        event: _builtins.str = ...,
+        days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "event", b"event", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGlobalControlLiftRequest: _TypeAlias = GetGlobalControlLiftRequest  # noqa: Y015
+
+@_typing.final
+class GetGlobalControlLiftResponse(_message.Message):
+    """Response of GetGlobalControlLift: the platform's lift over its global
+    control group.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    CONTROL_PEOPLE_FIELD_NUMBER: _builtins.int
+    CONTROL_CONVERTED_FIELD_NUMBER: _builtins.int
+    TREATED_PEOPLE_FIELD_NUMBER: _builtins.int
+    TREATED_CONVERTED_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_LOW_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_HIGH_FIELD_NUMBER: _builtins.int
+    RELATIVE_LIFT_FIELD_NUMBER: _builtins.int
+    RELATIVE_LIFT_LOW_FIELD_NUMBER: _builtins.int
+    RELATIVE_LIFT_HIGH_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    event: _builtins.str
+    """The event counted."""
+    days: _builtins.int
+    """Days looked back."""
+    control_people: _builtins.int
+    """People in the group with any event in those days."""
+    control_converted: _builtins.int
+    """Of them, those who did `event`."""
+    treated_people: _builtins.int
+    """People outside the group with any event in those days."""
+    treated_converted: _builtins.int
+    """Of them, those who did `event`."""
+    difference: _builtins.float
+    """Conversion rate outside minus inside."""
+    difference_low: _builtins.float
+    """Its 95% interval (Welch)."""
+    difference_high: _builtins.float
+    """The interval's upper end."""
+    relative_lift: _builtins.float
+    """The difference over the group's rate."""
+    relative_lift_low: _builtins.float
+    """Its 95% interval (delta method)."""
+    relative_lift_high: _builtins.float
+    """The interval's upper end."""
+    p_value: _builtins.float
+    """Two-sided p-value of no difference."""
+    def __init__(
+        self,
+        *,
+        event: _builtins.str = ...,
+        days: _builtins.int = ...,
+        control_people: _builtins.int = ...,
+        control_converted: _builtins.int = ...,
+        treated_people: _builtins.int = ...,
+        treated_converted: _builtins.int = ...,
+        difference: _builtins.float = ...,
+        difference_low: _builtins.float = ...,
+        difference_high: _builtins.float = ...,
+        relative_lift: _builtins.float = ...,
+        relative_lift_low: _builtins.float = ...,
+        relative_lift_high: _builtins.float = ...,
+        p_value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_converted", b"control_converted", "control_people", b"control_people", "days", b"days", "difference", b"difference", "difference_high", b"difference_high", "difference_low", b"difference_low", "event", b"event", "p_value", b"p_value", "relative_lift", b"relative_lift", "relative_lift_high", b"relative_lift_high", "relative_lift_low", b"relative_lift_low", "treated_converted", b"treated_converted", "treated_people", b"treated_people"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGlobalControlLiftResponse: _TypeAlias = GetGlobalControlLiftResponse  # noqa: Y015

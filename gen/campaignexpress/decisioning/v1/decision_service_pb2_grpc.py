@@ -98,6 +98,21 @@ class DecisionServiceStub:
                 request_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetPolicyStatsRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetPolicyStatsResponse.FromString,
                 _registered_method=True)
+        self.GetGlobalControl = channel.unary_unary(
+                '/campaignexpress.decisioning.v1.DecisionService/GetGlobalControl',
+                request_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetGlobalControlRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetGlobalControlResponse.FromString,
+                _registered_method=True)
+        self.UpdateGlobalControl = channel.unary_unary(
+                '/campaignexpress.decisioning.v1.DecisionService/UpdateGlobalControl',
+                request_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.UpdateGlobalControlRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.UpdateGlobalControlResponse.FromString,
+                _registered_method=True)
+        self.GetGlobalControlLift = channel.unary_unary(
+                '/campaignexpress.decisioning.v1.DecisionService/GetGlobalControlLift',
+                request_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetGlobalControlLiftRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetGlobalControlLiftResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -199,6 +214,32 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetGlobalControl(self, request, context):
+        """The tenant's global control group: the share of people who get no
+        marketing (policies give them the control arm, experiments the control
+        variant, marketing messages are not sent), to measure the platform's
+        total lift against.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateGlobalControl(self, request, context):
+        """Sets the global control group's share (0-50%). Raising it adds
+        people; nobody moves out while it stays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGlobalControlLift(self, request, context):
+        """The platform's lift: the share of people who did `event` outside the
+        global control group against inside it, with a 95% interval.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -261,6 +302,21 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.GetPolicyStats,
                     request_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetPolicyStatsRequest.FromString,
                     response_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetPolicyStatsResponse.SerializeToString,
+            ),
+            'GetGlobalControl': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGlobalControl,
+                    request_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetGlobalControlRequest.FromString,
+                    response_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetGlobalControlResponse.SerializeToString,
+            ),
+            'UpdateGlobalControl': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateGlobalControl,
+                    request_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.UpdateGlobalControlRequest.FromString,
+                    response_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.UpdateGlobalControlResponse.SerializeToString,
+            ),
+            'GetGlobalControlLift': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGlobalControlLift,
+                    request_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetGlobalControlLiftRequest.FromString,
+                    response_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetGlobalControlLiftResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -591,6 +647,87 @@ class DecisionService:
             '/campaignexpress.decisioning.v1.DecisionService/GetPolicyStats',
             campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetPolicyStatsRequest.SerializeToString,
             campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetPolicyStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGlobalControl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.decisioning.v1.DecisionService/GetGlobalControl',
+            campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetGlobalControlRequest.SerializeToString,
+            campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetGlobalControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateGlobalControl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.decisioning.v1.DecisionService/UpdateGlobalControl',
+            campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.UpdateGlobalControlRequest.SerializeToString,
+            campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.UpdateGlobalControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGlobalControlLift(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.decisioning.v1.DecisionService/GetGlobalControlLift',
+            campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetGlobalControlLiftRequest.SerializeToString,
+            campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.GetGlobalControlLiftResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -74,6 +74,20 @@ class DecisionServiceStub:
     """Per arm: impressions, rewards, mean with its 95% interval, traffic
     share; and the lift over the holdout.
     """
+    GetGlobalControl: _grpc.UnaryUnaryMultiCallable[_decision_service_pb2.GetGlobalControlRequest, _decision_service_pb2.GetGlobalControlResponse]
+    """The tenant's global control group: the share of people who get no
+    marketing (policies give them the control arm, experiments the control
+    variant, marketing messages are not sent), to measure the platform's
+    total lift against.
+    """
+    UpdateGlobalControl: _grpc.UnaryUnaryMultiCallable[_decision_service_pb2.UpdateGlobalControlRequest, _decision_service_pb2.UpdateGlobalControlResponse]
+    """Sets the global control group's share (0-50%). Raising it adds
+    people; nobody moves out while it stays.
+    """
+    GetGlobalControlLift: _grpc.UnaryUnaryMultiCallable[_decision_service_pb2.GetGlobalControlLiftRequest, _decision_service_pb2.GetGlobalControlLiftResponse]
+    """The platform's lift: the share of people who did `event` outside the
+    global control group against inside it, with a 95% interval.
+    """
 
 @_typing.type_check_only
 class DecisionServiceAsyncStub(DecisionServiceStub):
@@ -120,6 +134,20 @@ class DecisionServiceAsyncStub(DecisionServiceStub):
     GetPolicyStats: _aio.UnaryUnaryMultiCallable[_decision_service_pb2.GetPolicyStatsRequest, _decision_service_pb2.GetPolicyStatsResponse]  # type: ignore[assignment]
     """Per arm: impressions, rewards, mean with its 95% interval, traffic
     share; and the lift over the holdout.
+    """
+    GetGlobalControl: _aio.UnaryUnaryMultiCallable[_decision_service_pb2.GetGlobalControlRequest, _decision_service_pb2.GetGlobalControlResponse]  # type: ignore[assignment]
+    """The tenant's global control group: the share of people who get no
+    marketing (policies give them the control arm, experiments the control
+    variant, marketing messages are not sent), to measure the platform's
+    total lift against.
+    """
+    UpdateGlobalControl: _aio.UnaryUnaryMultiCallable[_decision_service_pb2.UpdateGlobalControlRequest, _decision_service_pb2.UpdateGlobalControlResponse]  # type: ignore[assignment]
+    """Sets the global control group's share (0-50%). Raising it adds
+    people; nobody moves out while it stays.
+    """
+    GetGlobalControlLift: _aio.UnaryUnaryMultiCallable[_decision_service_pb2.GetGlobalControlLiftRequest, _decision_service_pb2.GetGlobalControlLiftResponse]  # type: ignore[assignment]
+    """The platform's lift: the share of people who did `event` outside the
+    global control group against inside it, with a 95% interval.
     """
 
 class DecisionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -236,6 +264,38 @@ class DecisionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_decision_service_pb2.GetPolicyStatsResponse, _abc.Awaitable[_decision_service_pb2.GetPolicyStatsResponse]]:
         """Per arm: impressions, rewards, mean with its 95% interval, traffic
         share; and the lift over the holdout.
+        """
+
+    @_abc_1.abstractmethod
+    def GetGlobalControl(
+        self,
+        request: _decision_service_pb2.GetGlobalControlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_decision_service_pb2.GetGlobalControlResponse, _abc.Awaitable[_decision_service_pb2.GetGlobalControlResponse]]:
+        """The tenant's global control group: the share of people who get no
+        marketing (policies give them the control arm, experiments the control
+        variant, marketing messages are not sent), to measure the platform's
+        total lift against.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateGlobalControl(
+        self,
+        request: _decision_service_pb2.UpdateGlobalControlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_decision_service_pb2.UpdateGlobalControlResponse, _abc.Awaitable[_decision_service_pb2.UpdateGlobalControlResponse]]:
+        """Sets the global control group's share (0-50%). Raising it adds
+        people; nobody moves out while it stays.
+        """
+
+    @_abc_1.abstractmethod
+    def GetGlobalControlLift(
+        self,
+        request: _decision_service_pb2.GetGlobalControlLiftRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_decision_service_pb2.GetGlobalControlLiftResponse, _abc.Awaitable[_decision_service_pb2.GetGlobalControlLiftResponse]]:
+        """The platform's lift: the share of people who did `event` outside the
+        global control group against inside it, with a 95% interval.
         """
 
 def add_DecisionServiceServicer_to_server(servicer: DecisionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
