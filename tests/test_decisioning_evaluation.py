@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from services.decisioning.bandits import ArmState
-from services.decisioning.log import Logged, estimate, greedy, logged_value, reward_model
+from services.decisioning.log import (
+    Logged,
+    estimate,
+    estimate_stochastic,
+    greedy,
+    logged_value,
+    reward_model,
+)
 from tests.conftest import Env
 from tests.test_audience_service import call
 from tests.test_decisioning import SERVING_RATES
@@ -83,6 +90,30 @@ def test_doubly_robust_is_unbiased_and_tighter_than_ips() -> None:
     assert logged_value(logged).dr == pytest.approx(rewards.mean())
 
 
+def test_a_stochastic_target_is_weighted_by_its_chances() -> None:
+    """Logged uniformly over three arms, a target that gives a 0.2, b 0.3
+    and c 0.5 is worth 0.2 x 0.1 + 0.3 x 0.2 + 0.5 x 0.5 = 0.33: IPS, SNIPS
+    and DR cover it, and DR of a one-hot target equals the deterministic
+    estimate's."""
+    rng = np.random.default_rng(11)
+    n = 30_000
+    arms = rng.choice(list(CLICK_RATES), n)
+    rewards = np.array([float(rng.random() < CLICK_RATES[a]) for a in arms])
+    logged = Logged(list(arms), np.full(n, 1 / 3), rewards, np.zeros((n, 0)))
+    q = reward_model(logged, ["a", "b", "c"])
+    chances = np.tile([0.2, 0.3, 0.5], (n, 1))
+    e = estimate_stochastic("mix", logged, chances, q)
+    truth = 0.2 * 0.1 + 0.3 * 0.2 + 0.5 * 0.5
+    for low, high in (e.ips_ci, e.snips_ci, e.dr_ci):
+        assert low < truth < high, e
+    assert e.matched == n
+    one_hot = np.tile([0.0, 0.0, 1.0], (n, 1))
+    same = estimate_stochastic("c", logged, one_hot, q)
+    det = estimate("always c", logged, ["c"] * n, q)
+    assert (same.ips, same.snips, same.dr) == pytest.approx((det.ips, det.snips, det.dr))
+    assert same.matched == det.matched
+
+
 @SERVING_RATES
 async def test_evaluate_policy_on_its_log(env: Env) -> None:
     body = {"displayName": "Uniform logger", "arms": [{"id": a} for a in CLICK_RATES],
@@ -123,6 +154,10 @@ async def test_evaluate_policy_on_its_log(env: Env) -> None:
         assert abs(e["dr"] - truth) < 3.5 * dr_se and dr_se <= se * 1.001, e
     assert by_target[other["name"]]["snips"] > 0.35, by_target  # it picks c: ~0.5
     assert by_target[other["name"]]["dr"] > by_target["logged"]["dr"]
+    # as it decides now (epsilon 1: uniform) it is worth what the log earned
+    now = by_target["as it decides (now)"]
+    assert now["snipsCiLow"] < np.mean(earned) < now["snipsCiHigh"], now
+    assert now["snips"] == pytest.approx(np.mean(earned), abs=1e-9)
     assert by_target[other["name"]]["snips"] > by_target["logged"]["snips"]
 
     status, bad = await call(env, "GET", f"{name}:evaluate?days=100")

@@ -84,18 +84,63 @@ def choose(
     """One decision among the arms not stopped (at least one must be)."""
     live = [i for i, arm in enumerate(arms) if not arm.stopped]
     k = len(live)
-    forced = min(1.0, min_share * k)  # each live arm gets >= min_share at random
-    scores = [math.nan] * len(arms)
+    forced = _forced(algorithm, k, exploration, min_share)
+    explored = bool(rng.random() < forced)
+    probabilities, scores, best = _algorithm(algorithm, arms, live, features, rng, exploration)
+    arm = int(live[int(rng.integers(k))]) if explored else best
+    share = forced / k
+    propensity = share + (1 - forced) * float(probabilities[arm])
+    if not explored and propensity <= share:  # (a sampled propensity of 0: one draw in many)
+        propensity = share + (1 - forced) / PROPENSITY_DRAWS
+    return Choice(arm, min(1.0, propensity), scores, explored)
+
+
+def distribution(
+    algorithm: str,
+    arms: Sequence[ArmState],
+    features: Sequence[float],
+    rng: np.random.Generator,
+    *,
+    exploration: float,
+    min_share: float,
+) -> np.ndarray:
+    """The chance of each arm (0 for stopped ones) of being chosen for these
+    features, as `choose` chooses: the forced share at random, the rest by
+    the algorithm (sampled: PROPENSITY_DRAWS posterior draws)."""
+    live = [i for i, arm in enumerate(arms) if not arm.stopped]
+    forced = _forced(algorithm, len(live), exploration, min_share)
+    probabilities, _, _ = _algorithm(algorithm, arms, live, features, rng, exploration)
+    out: np.ndarray = (1 - forced) * probabilities
+    out[live] += forced / len(live)
+    return out
+
+
+def _forced(algorithm: str, live: int, exploration: float, min_share: float) -> float:
+    """The share of decisions drawn at random among the live arms: each
+    gets at least `min_share`, and epsilon-greedy adds its epsilon."""
+    forced = min(1.0, min_share * live)
     if algorithm == "epsilon_greedy":
         epsilon = exploration if exploration > 0 else DEFAULT_EPSILON
         forced = forced + (1 - forced) * epsilon
-    explored = bool(rng.random() < forced)
+    return forced
+
+
+def _algorithm(
+    algorithm: str,
+    arms: Sequence[ArmState],
+    live: list[int],
+    features: Sequence[float],
+    rng: np.random.Generator,
+    exploration: float,
+) -> tuple[np.ndarray, list[float], int]:
+    """(the algorithm's chance of each arm, each arm's score (nan if not
+    live), its pick)."""
+    scores = [math.nan] * len(arms)
     probabilities = np.zeros(len(arms))
     if algorithm in ("thompson_sampling", "lin_ts"):
         draws = _posterior_draws(algorithm, arms, live, features, rng, exploration)
         winners = np.asarray(live)[np.argmax(draws, axis=1)]
-        counts = np.bincount(winners, minlength=len(arms))
-        probabilities = counts / len(winners)
+        probabilities = np.bincount(winners, minlength=len(arms)) / len(winners)
         for j, i in enumerate(live):
             scores[i] = float(draws[0, j])
         best = int(winners[0])
@@ -105,12 +150,7 @@ def choose(
             scores[i] = float(values[j])
         best = live[int(np.argmax(values))]
         probabilities[best] = 1.0
-    arm = int(live[int(rng.integers(k))]) if explored else best
-    share = forced / k
-    propensity = share + (1 - forced) * float(probabilities[arm])
-    if not explored and propensity <= share:  # (a sampled propensity of 0: one draw in many)
-        propensity = share + (1 - forced) / PROPENSITY_DRAWS
-    return Choice(arm, min(1.0, propensity), scores, explored)
+    return probabilities, scores, best
 
 
 def _posterior_draws(

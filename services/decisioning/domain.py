@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -57,9 +58,12 @@ from services.decisioning.log import (
     FLAG_EXPLORED,
     FLAG_EXTERNAL,
     FLAG_HOLDOUT,
+    MAX_STOCHASTIC,
     Estimate,
+    as_it_decides,
     decision_row,
     estimate,
+    estimate_stochastic,
     greedy,
     logged_value,
     read_logged,
@@ -620,6 +624,16 @@ class Decisions:
         mine = await self._load(policy.tenant_id, policy.id)
         out.append(estimate("greedy (now)", logged,
                             greedy(mine.arms, ids, spec.dimension)(logged), q))  # fmt: skip
+        part = logged.head(MAX_STOCHASTIC)
+        algorithm = spec.algorithm if spec.connector is None else "thompson_sampling"
+        # sampled in a thread, on a copy of what it has learnt, with its own generator
+        dimension = spec.dimension if spec.connector is None else 0
+        chances = as_it_decides(algorithm, copy.deepcopy(mine.arms), dimension,
+                                spec.exploration, spec.min_share,
+                                np.random.default_rng())  # fmt: skip
+        out.append(estimate_stochastic("as it decides (now)", part,
+                                       await asyncio.to_thread(chances, part),
+                                       q.head(MAX_STOCHASTIC)))  # fmt: skip
         if other is not None:
             theirs = await self._load(other.tenant_id, other.id)
             out.append(estimate(other.name, logged,

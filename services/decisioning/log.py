@@ -29,7 +29,7 @@ import orjson
 from services.analytics.events import EventRow, EventSchema
 from services.backends.analytics import quote_identifier, quote_literal, table_exists
 from services.backends.interfaces import AnalyticsStore
-from services.decisioning.bandits import ArmState
+from services.decisioning.bandits import ArmState, distribution
 
 TABLE = "decision_log"
 RETENTION_DAYS = 90
@@ -51,6 +51,9 @@ FLAG_HOLDOUT = 1
 FLAG_EXTERNAL = 2
 FLAG_EXPLORED = 4
 MAX_EVALUATED = 500_000
+#: The stochastic target ("as it decides") is evaluated on at most this
+#: many logged decisions: its chances are sampled per decision.
+MAX_STOCHASTIC = 20_000
 _Z = NormalDist().inv_cdf(0.975)
 
 
@@ -106,6 +109,9 @@ class Logged:
     propensities: np.ndarray
     rewards: np.ndarray
     features: np.ndarray  # (n, dimension)
+
+    def head(self, m: int) -> Logged:
+        return Logged(self.arms[:m], self.propensities[:m], self.rewards[:m], self.features[:m])
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +209,9 @@ class RewardModel:
     q: np.ndarray  # (logged decisions, arms)
     column: dict[str, int]  # arm id -> column of q
 
+    def head(self, m: int) -> RewardModel:
+        return RewardModel(self.q[:m], self.column)
+
     def of(self, arms: Sequence[str]) -> np.ndarray:
         """q of each decision's given arm (0 for an arm it does not know)."""
         n = self.q.shape[0]
@@ -218,14 +227,40 @@ def estimate(
 ) -> Estimate:
     """IPS, SNIPS and (with a reward model) doubly robust estimates of a
     deterministic target that chose `chosen[i]` for logged decision i."""
-    n = len(logged.arms)
-    if n == 0:
+    if not logged.arms:
         return Estimate(target, 0.0, (0.0, 0.0), 0.0, (0.0, 0.0), 0, 0.0)
     match = np.array([a == c for a, c in zip(logged.arms, chosen, strict=True)], dtype=float)
-    w = match / np.maximum(logged.propensities, 1e-6)
+    direct = model.of(chosen) if model is not None else None
+    return _estimate(target, logged, match, direct, model)
+
+
+def estimate_stochastic(
+    target: str, logged: Logged, chances: np.ndarray, model: RewardModel
+) -> Estimate:
+    """The same for a stochastic target: `chances[i, j]`, the chance it
+    gives arm j (the reward model's column j) for logged decision i."""
+    if not logged.arms:
+        return Estimate(target, 0.0, (0.0, 0.0), 0.0, (0.0, 0.0), 0, 0.0)
+    columns = np.array([model.column.get(a, -1) for a in logged.arms], dtype=np.int64)
+    rows = np.arange(len(logged.arms))
+    pi = np.where(columns >= 0, chances[rows, np.maximum(columns, 0)], 0.0)
+    return _estimate(target, logged, pi, (chances * model.q).sum(axis=1), model)
+
+
+def _estimate(
+    target: str,
+    logged: Logged,
+    pi: np.ndarray,
+    direct: np.ndarray | None,
+    model: RewardModel | None,
+) -> Estimate:
+    """From pi[i], the target's chance of the logged arm, and `direct[i]`,
+    the reward model's value of the target for decision i."""
+    n = len(logged.arms)
+    w = pi / np.maximum(logged.propensities, 1e-6)
     wr = w * logged.rewards
-    if model is not None:
-        terms = model.of(chosen) + w * (logged.rewards - model.of(logged.arms))
+    if model is not None and direct is not None:
+        terms = direct + w * (logged.rewards - model.of(logged.arms))
         dr = float(terms.mean())
         dr_se = float(terms.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
     else:
@@ -246,11 +281,40 @@ def estimate(
         (ips - _Z * ips_se, ips + _Z * ips_se),
         snips,
         (snips - _Z * snips_se, snips + _Z * snips_se),
-        int(match.sum()),
+        int((pi > 0).sum()),
         ess,
         dr,
         (dr - _Z * dr_se, dr + _Z * dr_se),
     )
+
+
+def as_it_decides(
+    algorithm: str,
+    arms: Sequence[ArmState],
+    dimension: int,
+    exploration: float,
+    min_share: float,
+    rng: np.random.Generator,
+) -> Callable[[Logged], np.ndarray]:
+    """A stochastic target: the chance of each arm the policy would give
+    each logged decision now, as it decides (bandits.distribution). A
+    policy without features gives every decision the same chances."""
+
+    def chances(logged: Logged) -> np.ndarray:
+        n = len(logged.arms)
+        if not dimension:
+            once = distribution(algorithm, arms, [], rng, exploration=exploration,
+                                min_share=min_share)  # fmt: skip
+            return np.tile(once, (n, 1))
+        for arm in arms:
+            arm.prepare(dimension)
+        return np.stack([
+            distribution(algorithm, arms, list(x), rng, exploration=exploration,
+                         min_share=min_share)
+            for x in logged.features
+        ]) if n else np.zeros((0, len(arms)))  # fmt: skip
+
+    return chances
 
 
 def logged_value(logged: Logged) -> Estimate:
