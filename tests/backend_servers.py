@@ -49,11 +49,21 @@ PG_DATABASE = "campaign_express_test"
 # --------------------------------------------------------------------------- helpers
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1 (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A currently free TCP port on 127.0.0.1 (the kernel picks it), never one
+    this test process was given before: the kernel may hand a just-closed port
+    out again, and a server told to listen twice on one port (its listeners use
+    SO_REUSEPORT) would otherwise split connections between two listeners."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:

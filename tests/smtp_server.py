@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +14,8 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+from tests.backend_servers import free_port
 
 
 @dataclass
@@ -64,13 +65,6 @@ class _Handler:
                 Received(envelope.mail_from, list(envelope.rcpt_tos), parsed, envelope.content)
             )
         return "250 2.0.0 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def serve_smtp() -> Iterator[SmtpServer]:

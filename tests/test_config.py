@@ -65,6 +65,8 @@ def test_lists_maps_and_booleans_parse() -> None:
         ({"rate_limit_burst": "0"}, {}, "--rate-limit-burst"),
         ({"demo_api_key": "tiny"}, {}, "CAMPAIGN_EXPRESS_DEMO_API_KEY"),
         ({"log_level": "LOUD"}, {}, "--log-level"),
+        ({"grpc_port": "8080"}, {}, "--grpc-port / GRPC_PORT: 8080 is also --http-port"),
+        ({}, {"METRICS_PORT": "9090"}, "--metrics-port / METRICS_PORT: 9090 is also --grpc-port"),
     ],
 )
 def test_invalid_settings_fail_naming_the_setting(

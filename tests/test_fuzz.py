@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from hypothesis import strategies as st
 
 from gateway.openapi import build_openapi, load_descriptor_set
 from services.host.platform import load_modules
+from tests.backend_servers import free_port
 
 pytestmark = pytest.mark.fuzz
 
@@ -47,15 +47,9 @@ FUZZ_SETTINGS = settings(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Server:
     def __init__(self, tmp: pathlib.Path) -> None:
-        self.http_port, self.grpc_port = _free_port(), _free_port()
+        self.http_port, self.grpc_port = free_port(), free_port()
         self.log = tmp / "serve.log"
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

@@ -35,6 +35,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from campaignexpress.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from services.host.domains import DOMAINS
+from tests.backend_servers import free_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -56,12 +57,6 @@ KEY_RE = re.compile(r"admin API key(?: \(shown once\))?: (\S+)")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def base_env(**extra: str) -> dict[str, str]:

@@ -220,6 +220,16 @@ def validate(s: Settings, known_services: Sequence[str]) -> None:
         port = getattr(s, name)
         if not 0 <= port <= 65535:
             fail(name, f"{port} is not a TCP port (0-65535)")
+    # the listeners share ports between workers (SO_REUSEPORT), so two of them
+    # on one port would both bind and split its connections between them
+    taken: dict[int, str] = {}
+    for name in ("http_port", "grpc_port", "metrics_port"):
+        port = getattr(s, name)
+        if port == 0:
+            continue
+        if port in taken:
+            fail(name, f"{port} is also {_flag(taken[port])}")
+        taken[port] = name
     unknown = [x for x in s.services if x not in known_services]
     if unknown or not s.services:
         fail("services", f"unknown {unknown or 'empty list'}; known: {', '.join(known_services)}")
