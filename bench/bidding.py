@@ -203,16 +203,16 @@ PROFILE_SEED = 5
 PROFILE_BATCH = 10_000
 _INTERESTS = 16
 _US_PER_DAY = 86_400_000_000
-_MEMBER_TIERS = ("GREEN", "GOLD", "RESERVE")
+_MEMBER_TIERS = ("SILVER", "GOLD", "RESERVE")
 
 
 def bench_profile(uid: str, now_us: int, seed: int = PROFILE_SEED) -> UserProfile:
     """The seeded profile of one benchmark user, a function of (`uid`,
     `now_us`, `seed`) only: 16 interest weights in [-2, 2) (exact float32s),
     2-6 of the 64 segments, last seen within 30 days; 40% of users are
-    loyalty members (Green 50%, Gold 35%, Reserve 15%) with stars, tier
+    loyalty members (Silver 50%, Gold 35%, Reserve 15%) with stars, tier
     progress, an earn rate, a preferred channel and, for most, a redemption
-    in the last 180 days. The others keep the default loyalty state (Green,
+    in the last 180 days. The others keep the default loyalty state (Basic,
     nothing earned)."""
     rng = random.Random(f"{seed}:{uid}")
     # The sum of two signed random bytes / 128: triangular over [-2, 2), and
@@ -302,7 +302,7 @@ async def seed_profiles(
                     )
     finally:
         await client.aclose()
-    return {tier: tiers[tier] for tier in _MEMBER_TIERS}
+    return {tier: tiers[tier] for tier in ("BASIC", *_MEMBER_TIERS)}
 
 
 @dataclass

@@ -9,7 +9,8 @@ index          content
 [0, 64)        user interest embedding, clipped to [-4, 4]; fewer than 64
                values are zero-padded
 [64, 128)      segment membership, one-hot (multi-hot) by segment index 0..63
-[128, 136)     loyalty: [128] tier (Green 0.0, Gold 0.5, Reserve 1.0),
+[128, 136)     loyalty: [128] tier (Basic 0.0, Silver 0.25, Gold 0.5,
+               Reserve 1.0),
                [129] stars balance / 5000, [130] tier progress 0..1,
                [131] effective earn rate / 2, [132] redeem recency
                1 / (1 + days since last redemption / 30) (0: never redeemed),
@@ -51,6 +52,7 @@ __all__ = [
     "CHANNELS",
     "DEVICES",
     "FEATURE_DIM",
+    "LEGACY_TIERS",
     "LAYOUT_VERSION",
     "OFFER_DIM",
     "TIERS",
@@ -63,6 +65,7 @@ __all__ = [
     "clipped",
     "offer_embedding",
     "offer_embeddings",
+    "tier_name",
     "user_features",
 ]
 
@@ -77,7 +80,21 @@ LOYALTY = slice(128, 136)
 CONTEXT = slice(136, 140)
 OFFER = slice(140, 256)
 
-TIERS = {"GREEN": 0.0, "GOLD": 0.5, "RESERVE": 1.0}
+# Basic keeps the old entry tier's 0.0 (what every profile without a tier
+# had), so models trained before the four tiers read old records the same.
+TIERS = {"BASIC": 0.0, "SILVER": 0.25, "GOLD": 0.5, "RESERVE": 1.0}
+#: Tier names from before the four-tier programme: Green was the entry tier.
+LEGACY_TIERS = {"GREEN": "SILVER"}
+
+
+def tier_name(value: str) -> str | None:
+    """A tier's name as written anywhere (any case, a legacy name): its
+    name in TIERS, or None when it is not a tier."""
+    name = value.strip().upper()
+    name = LEGACY_TIERS.get(name, name)
+    return name if name in TIERS else None
+
+
 CHANNELS = ("NONE", "EMAIL", "PUSH", "SMS", "IN_APP", "WEB")
 DEVICES = ("UNKNOWN", "DESKTOP", "MOBILE", "TABLET", "CTV")
 
@@ -102,7 +119,7 @@ class FeatureError(ValueError):
 class Loyalty:
     """Loyalty state of the user (request-flow document, loyalty section)."""
 
-    tier: str = "GREEN"  # GREEN, GOLD or RESERVE
+    tier: str = "BASIC"  # BASIC, SILVER, GOLD or RESERVE
     stars_balance: float = 0.0
     tier_progress: float = 0.0  # 0..1 towards the next tier
     earn_rate: float = 0.0  # effective stars per currency unit (0: unknown)

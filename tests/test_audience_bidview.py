@@ -35,7 +35,7 @@ async def test_an_identify_changes_the_next_bids_profile(env: Env) -> None:
     status, _, _ = await post_bid(env, bid_request("r1", user="vip"))
     assert status == 200 and boosted(env) == 0  # default profile: no tier
     before = await processor._profiles.get(tenant_user("acme", "vip"))
-    assert before.loyalty.tier == "GREEN" and before.last_seen_us == 0
+    assert before.loyalty.tier == "BASIC" and before.last_seen_us == 0
 
     await ingest(
         env,
@@ -63,4 +63,4 @@ async def test_an_identify_changes_the_next_bids_profile(env: Env) -> None:
     assert status == 200 and boosted(env) == 3
     # profiles are the tenant's own: globex's "vip" is someone else
     other = await processor._profiles.get(tenant_user("globex", "vip"))
-    assert other.loyalty.tier == "GREEN"
+    assert other.loyalty.tier == "BASIC"

@@ -49,7 +49,7 @@ async def test_seeded_profiles_round_trip_through_the_servers_profile_store(
     # Plausible contents the bidder uses: interests and segments for everyone,
     # a loyalty membership for a share, every tier present.
     assert tiers == dict(collections.Counter(p.loyalty.tier for p in seeded))
-    assert all(tiers[tier] > 0 for tier in ("GREEN", "GOLD", "RESERVE")), tiers
+    assert all(tiers[tier] > 0 for tier in ("SILVER", "GOLD", "RESERVE")), tiers
     assert all(len(p.interests) == 16 and 2 <= len(p.segments) <= 6 for p in seeded)
     members = sum(p.loyalty.lifetime_stars > 0 for p in seeded)
     assert 0.25 * USERS < members < 0.55 * USERS, members

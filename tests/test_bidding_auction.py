@@ -280,7 +280,7 @@ _DEVICES = ["MOBILE", "DESKTOP", "CONNECTED_TV"]
 _DOMAINS = ["news.example", "example", "sport.news.example", "other.org", "org"]
 _APPS = ["com.game", "com.news", "tv.app"]
 _SEGMENTS = ["s1", "s2", "s3"]
-_TIERS = ["", "GREEN", "GOLD", "RESERVE"]
+_TIERS = ["", "BASIC", "SILVER", "GOLD", "RESERVE"]
 _DEALS = ["d1", "d2", "d3"]
 _SIZES = [(300, 250), (728, 90), (640, 480)]
 _CATEGORIES = ["IAB1", "IAB7", "IAB22"]
@@ -425,12 +425,13 @@ def test_candidates_stop_at_the_cap_in_campaign_order() -> None:
 def test_campaign_loyalty_rules_multiply_the_tier_boost() -> None:
     rules = [
         LoyaltyTierRule("gold", bid_multiplier=1.5),
-        LoyaltyTierRule("GREEN", bid_multiplier=0.8),
+        LoyaltyTierRule("green", bid_multiplier=0.8),  # the old entry tier: Silver
     ]
     live = LiveCampaign(campaign(loyalty_rules=rules), (offer("a"),))
     (cand,) = CandidateIndex([live]).select([SLOT], CTX)
     assert recommended_cpm(cand, 0.5, "GOLD")[0] == pytest.approx(2.0 * 1.15 * 1.5)
-    assert recommended_cpm(cand, 0.5, "GREEN")[0] == pytest.approx(2.0 * 0.8)
+    assert recommended_cpm(cand, 0.5, "SILVER")[0] == pytest.approx(2.0 * 0.8)
+    assert recommended_cpm(cand, 0.5, "BASIC")[0] == pytest.approx(2.0)
     assert recommended_cpm(cand, 0.5, "RESERVE")[0] == pytest.approx(2.0 * 1.3)
     # capped at the campaign's max CPM (5.00) before the boost; 1.5x at score 1
     no_bid_cpm = LiveCampaign(campaign(), (offer("b", bid_cpm=Money()),))

@@ -4,6 +4,7 @@ a real Redis server (tests/backend_servers.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -111,6 +112,15 @@ def test_serialisation_round_trip() -> None:
     assert np.array_equal(np.float32(back.interests), np.float32(full.interests))
     assert back.segments == tuple(range(64))
     assert UserProfile.from_bytes("x", default_profile("x").to_bytes()) == default_profile("x")
+    # every tier keeps its name; a record from before the four tiers (its
+    # tier byte 0, then GREEN) reads as BASIC, 1 and 2 as GOLD and RESERVE
+    for tier in ("BASIC", "SILVER", "GOLD", "RESERVE"):
+        kept = dataclasses.replace(profile, loyalty=LoyaltyState(tier=tier))
+        assert UserProfile.from_bytes("u1", kept.to_bytes()).loyalty.tier == tier
+    data = bytearray(dataclasses.replace(profile, loyalty=LoyaltyState(tier="GOLD")).to_bytes())
+    assert data[1] == 1
+    data[1] = 0
+    assert UserProfile.from_bytes("u1", bytes(data)).loyalty.tier == "BASIC"
     never = sample(loyalty=LoyaltyState(last_redeem_us=None))
     assert UserProfile.from_bytes("u1", never.to_bytes()).loyalty.last_redeem_us is None
 
@@ -171,7 +181,7 @@ def test_to_feature_profile_feeds_the_feature_builder() -> None:
     assert explicit.context.hours_since_last_visit == 2.0
     fresh = default_profile("new").to_feature_profile(BidContext(), now_us=now)
     assert fresh.context.hours_since_last_visit is None
-    assert fresh.loyalty.days_since_redeem is None and fresh.loyalty.tier == "GREEN"
+    assert fresh.loyalty.days_since_redeem is None and fresh.loyalty.tier == "BASIC"
     assert build_features(fresh, ["o"]).shape == (1, 256)
 
 
@@ -182,7 +192,7 @@ async def test_unknown_users_get_the_default_profile(kv: KeyValueStore) -> None:
     store = ProfileStore(kv)
     got = await store.get_many(["a", "b"])
     assert got == {"a": default_profile("a"), "b": default_profile("b")}
-    assert got["a"].loyalty.tier == "GREEN" and got["a"].interests == ()
+    assert got["a"].loyalty.tier == "BASIC" and got["a"].interests == ()
     assert store.stats().defaults == 2
 
 

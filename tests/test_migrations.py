@@ -10,10 +10,12 @@ import pathlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 from alembic import command
 
+from services.audience.tables import audience_profiles
 from services.db import Database
 from services.db.engine import LEGACY, _config
 from services.host.domains import DOMAINS
@@ -256,3 +258,45 @@ def test_each_domain_owns_its_tables_and_history() -> None:
         assert f'"{table}"' in revisions
         assert f'branch_labels = ("{name}",)' in revisions
     assert not list(pathlib.Path("services/db/migrations").glob("versions/*.py"))
+
+
+async def test_profiles_green_tier_becomes_silver(database_url: str) -> None:
+    """audience_0011: the old entry tier's name, in any case, is SILVER now;
+    other traits and tiers stay as they were."""
+    db = Database(database_url)
+    try:
+
+        def to_0010(connection: sa.Connection) -> None:
+            config = _config(connection, LOCATIONS)
+            command.upgrade(config, "heads")
+            command.downgrade(config, "audience_0010")
+
+        async with db.engine.begin() as connection:
+            await connection.run_sync(to_0010)
+        tiers = {"p1": "GREEN", "p2": "green", "p3": "GOLD", "p4": None}
+        async with db.engine.begin() as connection:
+            for pid, tier in tiers.items():
+                traits = {"city": "Green Bay"} | ({"loyalty_tier": tier} if tier else {})
+                await connection.execute(
+                    audience_profiles.insert().values(
+                        id=pid, tenant_id="acme", traits=traits, event_count=0,
+                        first_seen_time=0, last_seen_time=0, version=3, create_time=0,
+                        update_time=0, consent={},
+                    )
+                )  # fmt: skip
+        await db.migrate(LOCATIONS)
+        async with db.engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    sa.text("SELECT id, traits, version FROM audience_profiles ORDER BY id")
+                )
+            ).all()
+        got = {
+            r[0]: ((orjson.loads(r[1]) if isinstance(r[1], str) else r[1]), r[2]) for r in rows
+        }
+        assert got["p1"] == ({"city": "Green Bay", "loyalty_tier": "SILVER"}, 4)
+        assert got["p2"] == ({"city": "Green Bay", "loyalty_tier": "SILVER"}, 4)
+        assert got["p3"] == ({"city": "Green Bay", "loyalty_tier": "GOLD"}, 3)
+        assert got["p4"] == ({"city": "Green Bay"}, 3)
+    finally:
+        await db.close()

@@ -8,8 +8,11 @@ advertising ids), as `<tenant>/<id>`: the bid path's user id (user.id, else
 user.buyeruid, else device.ifa) finds the profile when it is one of them.
 
 What a profile gives the bid today: `last_seen_us` (the model's recency
-feature), the loyalty tier from the `loyalty_tier` trait (GREEN, GOLD or
-RESERVE; anything else is the default) and its segments (their bid indexes,
+feature), the loyalty tier from the `loyalty_tier` trait (BASIC, SILVER,
+GOLD or RESERVE, any case; the old GREEN is SILVER; anything else is BASIC)
+and the loyalty state from the `loyalty` trait (stars_balance,
+tier_progress, earn_rate, lifetime_stars: numbers; the loyalty domain
+writes both, services/loyalty/sync.py), and its segments (their bid indexes,
 which campaigns target; rewritten when memberships change). Interests join
 it with decisioning. The process's own ProfileStore
 is written, so its cache holds the new record at once; the ids are then
@@ -24,10 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from inference.features import TIERS
+from inference.features import tier_name
 from services.audience.profiles import (
     ADVERTISING,
     BID_TRAITS,
@@ -49,6 +53,7 @@ from services.bidding.profiles import (
 log = logging.getLogger(__name__)
 
 LOYALTY_TIER_TRAIT = "loyalty_tier"
+LOYALTY_STATE_TRAIT = "loyalty"
 #: Campaigns not to bid for the person on, and until when: {campaign id, or
 #: "*" for all: microseconds since the epoch} (a journey's suppressBidding
 #: step writes it).
@@ -58,6 +63,7 @@ BID_SUPPRESSION_TRAIT = "bid_suppression"
 #: hot store also evicts under memory pressure: docs/audience.md).
 VIEW_TTL_SECONDS = 30 * 86_400
 assert LOYALTY_TIER_TRAIT in BID_TRAITS  # what Profiles watches for changes
+assert LOYALTY_STATE_TRAIT in BID_TRAITS
 assert BID_SUPPRESSION_TRAIT in BID_TRAITS
 #: The identities a bid request can carry (user.id / buyeruid, device.ifa).
 _KINDS = ("user_id", "anonymous_id", "ifa")
@@ -66,8 +72,9 @@ _KINDS = ("user_id", "anonymous_id", "ifa")
 def bid_profile(profile: Profile, user_id: str, segments: Sequence[int] = ()) -> UserProfile:
     """The bid-time record of a profile, for one of its ids; `segments`: the
     bid indexes of its segments."""
-    tier = str(profile.traits.get(LOYALTY_TIER_TRAIT, "")).upper()
-    loyalty = LoyaltyState(tier=tier) if tier in TIERS else LoyaltyState()
+    loyalty = loyalty_state(
+        profile.traits.get(LOYALTY_TIER_TRAIT), profile.traits.get(LOYALTY_STATE_TRAIT)
+    )
     return UserProfile(
         tenant_user(profile.tenant_id, user_id),
         segments=tuple(segments),
@@ -76,6 +83,26 @@ def bid_profile(profile: Profile, user_id: str, segments: Sequence[int] = ()) ->
         version=profile.version,
         ads_opt_out=granted(profile.consent, ADVERTISING) is False,
         suppressed=suppressions(profile.traits.get(BID_SUPPRESSION_TRAIT)),
+    )
+
+
+def loyalty_state(tier: Any, state: Any) -> LoyaltyState:
+    """The bid record's loyalty state from the profile's two traits; values
+    that are not finite numbers (or are negative) are left at 0."""
+    name = tier_name(tier) if isinstance(tier, str) else None
+    numbers: dict[str, float] = {}
+    if isinstance(state, dict):
+        for key in ("stars_balance", "tier_progress", "earn_rate", "lifetime_stars"):
+            value = state.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                if math.isfinite(value) and value >= 0:
+                    numbers[key] = float(value)
+    return LoyaltyState(
+        tier=name or "BASIC",
+        stars_balance=numbers.get("stars_balance", 0.0),
+        tier_progress=min(1.0, numbers.get("tier_progress", 0.0)),
+        earn_rate=numbers.get("earn_rate", 0.0),
+        lifetime_stars=numbers.get("lifetime_stars", 0.0),
     )
 
 

@@ -104,7 +104,7 @@ US_PER_DAY = 86_400_000_000
 CounterKeys = Callable[[str], Awaitable[Callable[[TrackedCall], list[str]] | None]]
 
 #: Traits the bid-time view carries (services.audience.bidview).
-BID_TRAITS = ("loyalty_tier", "bid_suppression")
+BID_TRAITS = ("loyalty_tier", "loyalty", "bid_suppression")
 #: Last seen matters to bidding to this step (the model's recency is in
 #: hours): a visit within a minute of the last one does not rewrite the view.
 RECENCY_STEP_US = 60 * 1_000_000

@@ -51,3 +51,33 @@ class EventRecorder:
             properties=dict(properties),
         )
         await self.accept(tenant_id, source, [call])
+
+    async def identify(
+        self,
+        tenant_id: str,
+        people: Sequence[tuple[str, Mapping[str, Any], str]],
+        *,
+        source: str,
+    ) -> None:
+        """Journal identify calls setting traits, one per (user id, traits,
+        message id: a retry with the same one is kept once); returns once
+        they are durable. A person without a profile gets one."""
+        if self.accept is None:
+            raise Unavailable(
+                "the audience domain does not run in this process: traits cannot be recorded"
+            )
+        now = self._clock()
+        calls = [
+            TrackedCall(
+                type="identify",
+                message_id=message_id or str(uuid.uuid4()),
+                user_id=user_id,
+                anonymous_id="",
+                timestamp_us=now,
+                received_us=now,
+                traits=dict(traits),
+            )
+            for user_id, traits, message_id in people
+        ]
+        if calls:
+            await self.accept(tenant_id, source, calls)

@@ -41,7 +41,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from inference.features import TIERS, BidContext, Loyalty
+from inference.features import BidContext, Loyalty, tier_name
 from inference.features import Profile as FeatureProfile
 from services.audience import conditions, windows
 from services.audience.conditions import Condition, Facts
@@ -1277,10 +1277,10 @@ def predict_ctr(engine: Any) -> Predict:
         now = now_us()
         requests = []
         for f in facts.values():
-            tier = str(f.traits.get("loyalty_tier", "")).upper()
+            tier = tier_name(str(f.traits.get("loyalty_tier", ""))) or "BASIC"
             hours = (now - f.last_seen_us) / 3.6e9 if f.last_seen_us else None
             profile = FeatureProfile(
-                loyalty=Loyalty(tier=tier if tier in TIERS else "GREEN"),
+                loyalty=Loyalty(tier=tier),
                 context=BidContext(hours_since_last_visit=max(0.0, hours) if hours else None),
             )
             requests.append(engine.request(profile, [f"audience:{tenant_id}"]))

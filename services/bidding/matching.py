@@ -16,7 +16,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from services.campaigns.index import LiveCampaign, OfferFacts, PlacementKey, placement_keys
+from services.campaigns.index import (
+    LiveCampaign,
+    OfferFacts,
+    PlacementKey,
+    placement_keys,
+    rule_tier,
+)
 from services.campaigns.model import Campaign, Offer, Schedule
 from services.campaigns.schedule import in_daypart
 
@@ -70,7 +76,7 @@ class Context:
     blocked_categories: frozenset[str] = frozenset()
     blocked_advertisers: frozenset[str] = frozenset()
     blocked_apps: frozenset[str] = frozenset()
-    loyalty_tier: str = ""  # GREEN, GOLD, RESERVE
+    loyalty_tier: str = ""  # BASIC, SILVER, GOLD, RESERVE ("": unknown user)
 
 
 class Candidate(NamedTuple):
@@ -120,7 +126,7 @@ def campaign_matches(campaign: Campaign, ctx: Context) -> str | None:
     if t.segments and ctx.segments.isdisjoint(t.segments):
         return "segments"
     for rule in spec.loyalty_rules:
-        if rule.exclude and rule.tier.upper() == ctx.loyalty_tier:
+        if rule.exclude and rule_tier(rule.tier) == ctx.loyalty_tier:
             return "loyalty tier excluded"
     return None
 
@@ -246,7 +252,7 @@ class CandidateIndex:
         self._site_deny.add(t.site_deny, bits)
         self._app_allow.add(t.app_allow, bits)
         self._app_deny.add(t.app_deny, bits)
-        self._excluded_tiers.add((r.tier.upper() for r in spec.loyalty_rules if r.exclude), bits)
+        self._excluded_tiers.add((rule_tier(r.tier) for r in spec.loyalty_rules if r.exclude), bits)
         self._deals.add(entry.deals, bits)
 
     def _closed_at(self, now_us: int) -> int:

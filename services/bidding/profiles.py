@@ -3,7 +3,7 @@
 L1 is an in-process LRU bounded by entry count, with a TTL of half of L2's;
 L2 is the `KeyValueStore` (Redis when REDIS_URL is set, shared by every
 process) with a TTL of 3600 s; an unknown user gets the default profile
-(Green tier, no history). Reads batch every L1 miss of a call into ONE L2
+(Basic tier: not a loyalty member; no history). Reads batch every L1 miss of a call into ONE L2
 ``get_many``; writes go through L2 then L1.
 
 Negative caching: an L2 miss is remembered in L1 for a short time
@@ -69,8 +69,12 @@ KEY_PREFIX = "profile:"
 MAX_INTERESTS = 64
 MAX_SEGMENT = 63
 
-_TIER_CODES = {name: i for i, name in enumerate(TIERS)}  # GREEN 0, GOLD 1, RESERVE 2
-_TIER_NAMES = tuple(TIERS)
+# The stored tier byte. 0-2 were GREEN, GOLD, RESERVE before the four-tier
+# programme: 0 now reads as BASIC (the old records' 0 was mostly the default
+# of people without a tier, and has the model's same 0.0), Silver is new.
+_TIER_CODES = {"BASIC": 0, "GOLD": 1, "RESERVE": 2, "SILVER": 3}
+_TIER_NAMES = tuple(sorted(_TIER_CODES, key=_TIER_CODES.__getitem__))
+assert set(_TIER_CODES) == set(TIERS)
 _CHANNEL_CODES = {name: i for i, name in enumerate(CHANNELS)}
 
 _FORMAT = 1
@@ -99,7 +103,7 @@ class LoyaltyState:
     since the epoch); `to_feature_profile` turns them into the relative
     values the model sees."""
 
-    tier: str = "GREEN"  # GREEN, GOLD or RESERVE
+    tier: str = "BASIC"  # BASIC, SILVER, GOLD or RESERVE
     stars_balance: float = 0.0
     tier_progress: float = 0.0  # 0..1 towards the next tier
     earn_rate: float = 0.0  # effective stars per currency unit (0: unknown)
@@ -109,7 +113,7 @@ class LoyaltyState:
     lifetime_stars: float = 0.0
 
 
-_GREEN = LoyaltyState()
+_BASIC = LoyaltyState()
 
 
 def _suppressions(data: bytes, at: int) -> tuple[tuple[str, int], ...]:
@@ -137,7 +141,7 @@ class UserProfile:
     user_id: str
     interests: Sequence[float] = ()  # up to 64 values
     segments: Sequence[int] = ()  # segment indexes 0..63
-    loyalty: LoyaltyState = field(default_factory=lambda: _GREEN)
+    loyalty: LoyaltyState = field(default_factory=lambda: _BASIC)
     last_seen_us: int = 0  # 0: never seen
     version: int = 0  # bumped by whoever writes the profile
     # The person refused personalised advertising (their consent in the
@@ -309,7 +313,7 @@ class UserProfile:
 
 
 def default_profile(user_id: str = "") -> UserProfile:
-    """The profile of a user we know nothing about: Green tier, no history."""
+    """The profile of a user we know nothing about: Basic tier, no history."""
     return UserProfile(user_id)
 
 

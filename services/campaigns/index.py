@@ -32,6 +32,7 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from inference.features import tier_name
 from services.backends import BusMessage, MessageBus, Subscription
 from services.campaigns import events as campaign_events
 from services.campaigns import store
@@ -51,8 +52,16 @@ _RETRY_SECONDS = 0.5
 
 SIZED_FORMATS = frozenset(("BANNER", "VIDEO"))
 
+
+def rule_tier(value: str) -> str:
+    """A campaign loyalty rule's tier as bids name it: `gold` is GOLD, the
+    old entry tier `green` is SILVER; a name that is no tier stays as
+    written (upper case), matching nobody."""
+    return tier_name(value) or value.strip().upper()
+
+
 # Higher-tier users have higher lifetime value: bid more for them
-# (request-flow document, step 7).
+# (request-flow document, step 7); Basic and Silver bid at 1.0.
 TIER_BOOST = {"RESERVE": 1.30, "GOLD": 1.15}
 
 PlacementKey = tuple[str] | tuple[str, int, int]
@@ -130,7 +139,7 @@ class LiveCampaign:
         object.__setattr__(self, "max_cpm", max_cpm.amount_micros / 1e6 if max_cpm.is_set else None)
         boosts = dict(TIER_BOOST)
         for rule in spec.loyalty_rules:
-            tier = rule.tier.upper()
+            tier = rule_tier(rule.tier)
             if tier and not rule.exclude:
                 boosts[tier] = boosts.get(tier, 1.0) * rule.bid_multiplier
         object.__setattr__(self, "tier_boost", boosts)

@@ -19,11 +19,13 @@ RESOURCES = (
     "TENANT",
     "EVENTS",  # tracking events (audience): what a source's write key sends
     "MESSAGES",  # messages, suppressions and channel providers (messaging)
+    "LOYALTY",  # loyalty members, their ledgers and the programme (loyalty)
 )
 
 ALL_PERMISSIONS = frozenset(f"{r}_{a}" for r in RESOURCES for a in ("READ", "WRITE"))
 
-_MARKETING = ("CAMPAIGN", "CREATIVE", "JOURNEY", "EXPERIMENT", "DCO", "CDP", "EVENTS", "MESSAGES")
+_MARKETING = ("CAMPAIGN", "CREATIVE", "JOURNEY", "EXPERIMENT", "DCO", "CDP", "EVENTS", "MESSAGES",
+              "LOYALTY")  # fmt: skip
 
 
 def _grant(read: tuple[str, ...], write: tuple[str, ...] = ()) -> frozenset[str]:

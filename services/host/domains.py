@@ -18,6 +18,7 @@ DOMAINS: tuple[str, ...] = (
     "campaigns",
     "journeys",
     "decisioning",
+    "loyalty",
     "inference",
     "bidding",
 )

@@ -31,7 +31,8 @@ from services.inference.engine import (
 pb = inference_service_pb2
 log = logging.getLogger("campaign_express.inference")
 
-_TIERS = {0: "GREEN", 1: "GREEN", 2: "GOLD", 3: "RESERVE"}
+# GREEN (1), the old entry tier, reads as SILVER
+_TIERS = {0: "BASIC", 1: "SILVER", 2: "GOLD", 3: "RESERVE", 4: "BASIC", 5: "SILVER"}
 MAX_BATCH_REQUESTS = 256
 STREAM_WINDOW = 512  # requests of one stream being scored before reading pauses
 

@@ -19,6 +19,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _LoyaltyTier:
@@ -28,25 +33,37 @@ class _LoyaltyTier:
 class _LoyaltyTierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LoyaltyTier.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     LOYALTY_TIER_UNSPECIFIED: _LoyaltyTier.ValueType  # 0
-    """Treated as Green."""
-    LOYALTY_TIER_GREEN: _LoyaltyTier.ValueType  # 1
-    """Entry tier."""
+    """Treated as Basic."""
+    @_builtins.property
+    @_deprecated("""This enum value has been marked as deprecated using proto enum value options.""")
+    def LOYALTY_TIER_GREEN(self) -> _LoyaltyTier.ValueType:   # 1
+        """The entry tier before the four-tier programme: read as Silver."""
     LOYALTY_TIER_GOLD: _LoyaltyTier.ValueType  # 2
-    """Middle tier."""
+    """500 qualifying stars in the member's period."""
     LOYALTY_TIER_RESERVE: _LoyaltyTier.ValueType  # 3
-    """Top tier."""
+    """Top tier: 2,500 qualifying stars."""
+    LOYALTY_TIER_BASIC: _LoyaltyTier.ValueType  # 4
+    """Not a member, or lapsed."""
+    LOYALTY_TIER_SILVER: _LoyaltyTier.ValueType  # 5
+    """The entry tier of members."""
 
 class LoyaltyTier(_LoyaltyTier, metaclass=_LoyaltyTierEnumTypeWrapper):
-    """LoyaltyTier is the loyalty programme tier."""
+    """LoyaltyTier is the loyalty programme tier (Basic -> Silver -> Gold ->
+    Reserve; the loyalty domain's `Tier`).
+    """
 
 LOYALTY_TIER_UNSPECIFIED: LoyaltyTier.ValueType  # 0
-"""Treated as Green."""
+"""Treated as Basic."""
 LOYALTY_TIER_GREEN: LoyaltyTier.ValueType  # 1
-"""Entry tier."""
+"""The entry tier before the four-tier programme: read as Silver."""
 LOYALTY_TIER_GOLD: LoyaltyTier.ValueType  # 2
-"""Middle tier."""
+"""500 qualifying stars in the member's period."""
 LOYALTY_TIER_RESERVE: LoyaltyTier.ValueType  # 3
-"""Top tier."""
+"""Top tier: 2,500 qualifying stars."""
+LOYALTY_TIER_BASIC: LoyaltyTier.ValueType  # 4
+"""Not a member, or lapsed."""
+LOYALTY_TIER_SILVER: LoyaltyTier.ValueType  # 5
+"""The entry tier of members."""
 Global___LoyaltyTier: _TypeAlias = LoyaltyTier  # noqa: Y015
 
 class _Channel:

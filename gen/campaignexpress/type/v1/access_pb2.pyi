@@ -75,6 +75,10 @@ class _PermissionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Permission
     """Read messages, their templates' renderings and suppressions."""
     PERMISSION_MESSAGES_WRITE: _Permission.ValueType  # 24
     """Send messages, manage templates' suppressions and channel providers."""
+    PERMISSION_LOYALTY_READ: _Permission.ValueType  # 25
+    """Read loyalty members, their ledgers and the programme."""
+    PERMISSION_LOYALTY_WRITE: _Permission.ValueType  # 26
+    """Earn, redeem and reverse stars; change the programme."""
 
 class Permission(_Permission, metaclass=_PermissionEnumTypeWrapper):
     """Permission is one of the granular permissions of FR-PLT-003 (its 20, and
@@ -132,6 +136,10 @@ PERMISSION_MESSAGES_READ: Permission.ValueType  # 23
 """Read messages, their templates' renderings and suppressions."""
 PERMISSION_MESSAGES_WRITE: Permission.ValueType  # 24
 """Send messages, manage templates' suppressions and channel providers."""
+PERMISSION_LOYALTY_READ: Permission.ValueType  # 25
+"""Read loyalty members, their ledgers and the programme."""
+PERMISSION_LOYALTY_WRITE: Permission.ValueType  # 26
+"""Earn, redeem and reverse stars; change the programme."""
 Global___Permission: _TypeAlias = Permission  # noqa: Y015
 
 class _Role:

@@ -1,0 +1,96 @@
+"""Members' loyalty state onto their audience profiles, so that bids see
+it (FR-LOY-001: the bid profile's tier comes from the ledger, through the
+profile): traits `loyalty_tier` (BASIC, SILVER, GOLD or RESERVE) and
+`loyalty` (stars balance, qualifying and lifetime stars, progress to the
+next tier, earn rate), as identify calls of the member's user id.
+
+Every change marks the member's row `sync_pending` in its own database
+transaction; this loop sends the pending ones (woken by changes, else every
+`every` seconds) and clears the mark only if the member did not change
+meanwhile. A crash between the two sends them again: the calls' message
+ids (`loyalty:<member>:<version>`) make the audience keep each once. Where
+the audience domain does not run in the process the calls wait, pending."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+import sqlalchemy as sa
+
+from services.audience.bidview import LOYALTY_STATE_TRAIT as STATE_TRAIT
+from services.audience.bidview import LOYALTY_TIER_TRAIT as TIER_TRAIT
+from services.db import Database
+from services.loyalty.ledger import Member, member_of
+from services.loyalty.program import TIER_MULTIPLIERS
+from services.loyalty.tables import loyalty_members
+
+log = logging.getLogger(__name__)
+
+#: Members sent per round.
+BATCH = 500
+
+
+def traits(member: Member) -> dict[str, Any]:
+    share, _ = member.progress()
+    return {
+        TIER_TRAIT: member.tier,
+        STATE_TRAIT: {
+            "tier": member.tier,
+            "stars_balance": member.balance,
+            "qualifying_stars": member.qualifying,
+            "lifetime_stars": member.lifetime,
+            "tier_progress": round(share, 4),
+            "earn_rate": float(TIER_MULTIPLIERS[member.tier]),
+        },
+    }
+
+
+class ProfileSync:
+    def __init__(self, db: Database, recorder: Any) -> None:
+        self._db = db
+        self._recorder = recorder
+        self.sent = 0
+
+    async def round(self) -> int:
+        """Send every pending member, a batch at a time: how many were sent."""
+        total = 0
+        while True:
+            sent = await self._batch()
+            total += sent
+            if sent < BATCH:
+                return total
+
+    async def _batch(self) -> int:
+        m = loyalty_members.c
+        async with self._db.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(loyalty_members).where(m.sync_pending.is_(True)).limit(BATCH)
+                )
+            ).all()
+        by_tenant: dict[str, list[Member]] = defaultdict(list)
+        for row in rows:
+            by_tenant[row.tenant_id].append(member_of(row))
+        sent = 0
+        for tenant_id, members in by_tenant.items():
+            await self._recorder.identify(
+                tenant_id,
+                [(x.member_id, traits(x), f"loyalty:{x.member_id}:{x.version}") for x in members],
+                source="loyalty",
+            )
+            async with self._db.engine.begin() as conn:
+                for x in members:
+                    await conn.execute(
+                        loyalty_members.update()
+                        .where(
+                            m.tenant_id == tenant_id,
+                            m.member_id == x.member_id,
+                            m.version == x.version,
+                        )
+                        .values(sync_pending=False)
+                    )
+            sent += len(members)
+        self.sent += sent
+        return sent
