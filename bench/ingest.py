@@ -62,6 +62,7 @@ class Server:
     process: subprocess.Popen[bytes] | None = None
     profile: str = ""  # run the server under cProfile, its stats written here at exit
     env: dict[str, str] = field(default_factory=dict)  # more of its environment
+    args: tuple[str, ...] = ()  # more flags of `serve` (a --database-url, say)
 
     @property
     def base_url(self) -> str:
@@ -88,7 +89,7 @@ class Server:
             "-m", "services.host.cli", "serve", "--demo",
             "--host", "127.0.0.1", "--data-dir", str(self.data_dir),
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-            "--metrics-port", str(self.metrics_port),
+            "--metrics-port", str(self.metrics_port), *self.args,
         ]  # fmt: skip
         self.process = self._spawn(argv, env)
         await _wait_healthy(f"{self.base_url}/health", time.monotonic() + 90)

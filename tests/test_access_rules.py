@@ -42,7 +42,7 @@ def test_the_permissions_match_the_proto_enum() -> None:
         if name != "PERMISSION_UNSPECIFIED"
     }
     assert proto == ALL_PERMISSIONS
-    assert len(ALL_PERMISSIONS) == 24  # FR-PLT-003's 20, EVENTS_* and MESSAGES_*
+    assert len(ALL_PERMISSIONS) == 26  # FR-PLT-003's 20, EVENTS_*, MESSAGES_* and LOYALTY_*
 
 
 def test_roles_match_the_proto_enum_and_the_matrix() -> None:

@@ -391,6 +391,7 @@ async def test_forged_stale_or_foreign_page_tokens_are_invalid_argument_on_every
     RESOURCES["catalogs"] = await _a_catalog(env)
     RESOURCES["journeys"] = await _a_journey(env)
     RESOURCES["profiles"] = "tenants/acme/profiles/anyone"  # (lists need no such profile)
+    RESOURCES["loyaltyMembers"] = await _a_member(env)
     keys = message_factory.GetMessageClass(
         next(m for _, m, _ in LISTS if m.name == "ListApiKeys").input_type
     )
@@ -446,6 +447,14 @@ async def _a_catalog(env: Env) -> str:
         _admin(), "tenants/acme", "products", "Products"
     )
     name: str = catalog.name
+    return name
+
+
+async def _a_member(env: Env) -> str:
+    ledger = env.running.platform.api("loyalty")
+    name = "tenants/acme/loyaltyMembers/member-1"
+    for n in range(2):
+        await ledger.earn(_admin(), name, 500, "", f"purchase-{n}")
     return name
 
 

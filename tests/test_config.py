@@ -24,6 +24,7 @@ def test_defaults_are_the_documented_ports_and_embedded_backends() -> None:
         "campaigns",
         "journeys",
         "decisioning",
+        "loyalty",
         "inference",
         "bidding",
     )

@@ -407,3 +407,22 @@ async def test_reward_signals_are_events_and_decision_rewards(env: Env) -> None:
     )
     assert [(r[0], r[1]) for r in rows] == [("ana", decided["armId"]), ("ana", "x")], rows
     assert '"reward":2.0' in rows[0][2].replace(" ", "") and '"tier":"GOLD"' in rows[0][2]
+
+
+async def test_a_data_subject_request_exports_and_erases_the_membership(env: Env) -> None:
+    from tests.test_audience_privacy import dsr
+
+    member = "tenants/acme/loyaltyMembers/eve"
+    assert (await earn(env, member, 2_000, "e-1"))[0] == 200
+    assert (await earn(env, member, 3_000, "e-2"))[0] == 200
+    await applied(env, "user_id", "eve", lambda p: "loyalty_tier" in p["traits"], within=15)
+    record = await dsr(env, "DATA_SUBJECT_REQUEST_KIND_EXPORT", "user_id", "eve")
+    assert record["state"] == "DATA_SUBJECT_REQUEST_STATE_SUCCEEDED", record
+    held = record["archive"]["domains"]["loyalty"]
+    assert [m["member"]["balance"] for m in held if "member" in m] == [50], held
+    assert [t["transaction"]["id"] for t in held if "transaction" in t] == ["e-1", "e-2"]
+    record = await dsr(env, "DATA_SUBJECT_REQUEST_KIND_ERASE", "user_id", "eve")
+    assert record["state"] == "DATA_SUBJECT_REQUEST_STATE_SUCCEEDED", record
+    status, _ = await call(env, "GET", member)
+    assert status == 404
+    assert (await call(env, "GET", "tenants/acme/loyaltyMembers/ana"))[0] == 404  # never was
