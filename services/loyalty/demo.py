@@ -29,7 +29,7 @@ async def seed_demo_loyalty(ledger: Ledger, tenant_id: str, now_us: int) -> None
             continue  # not a member: Basic
         member = f"tenants/{tenant_id}/loyaltyMembers/{user}"
         # Reserve every 10th, Gold every 3rd, the rest Silver
-        dollars = 2_600 if n % 10 == 0 else 560 if n % 3 == 0 else 40 + 7 * n
+        dollars = 2_600 if n % 10 == 0 else 560 if n % 3 == 0 else 40 + 7 * (n % 50)
         await ledger.earn(system, member, dollars * 100, "store", f"demo-{n}-purchase")
         await ledger.earn(system, member, 1_250, "app", f"demo-{n}-app-order")
         if n % 4 == 1:
