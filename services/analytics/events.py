@@ -138,14 +138,16 @@ def bid_row(
     price_micros: int,
     currency: str,
     attrs: str,
+    source: str = "",
 ) -> EventRow:
-    """The row of a bid event (a fresh event id)."""
+    """The row of a bid event (a fresh event id); `source`: the exchange
+    seat it answered, if any."""
     return (
         new_event_id(),
         event_time,
         "bid",
         tenant_id,
-        "",
+        source,
         request_id,
         imp_id,
         bid_id,
@@ -159,14 +161,16 @@ def bid_row(
     )
 
 
-def no_bid_row(event_time: int, tenant_id: str, request_id: str, reason: str) -> EventRow:
+def no_bid_row(
+    event_time: int, tenant_id: str, request_id: str, reason: str, source: str = ""
+) -> EventRow:
     """The row of a no-bid event (a fresh event id)."""
     return (
         new_event_id(),
         event_time,
         "no_bid",
         tenant_id,
-        "",
+        source,
         request_id,
         "",
         "",

@@ -32,7 +32,9 @@ class Winner(NamedTuple):
     drawn_from: tuple[int, ...] = ()
 
 
-def _priced(candidate: Candidate, score: float, ctr: float, loyalty_tier: str) -> Scored:
+def _priced(
+    candidate: Candidate, score: float, ctr: float, loyalty_tier: str, factor: float = 1.0
+) -> Scored:
     live, facts, _ = candidate
     clipped = score if 0.0 <= score <= 1.0 else (1.0 if score > 1.0 else 0.0)
     price = facts.base_cpm * (0.5 + clipped)
@@ -40,7 +42,7 @@ def _priced(candidate: Candidate, score: float, ctr: float, loyalty_tier: str) -
     if max_cpm is not None and price > max_cpm:
         price = max_cpm
     boost = live.tier_boost.get(loyalty_tier, 1.0)
-    return Scored(candidate, score, ctr, price * boost, facts.currency)
+    return Scored(candidate, score, ctr, price * boost * factor, facts.currency)
 
 
 def price_candidates(
@@ -93,6 +95,7 @@ def run_auction(
     response_currency: str,
     explore: Callable[[str, int], tuple[int, float, bool]] | None = None,
     top: int = 1,
+    price_factor: float = 1.0,
 ) -> tuple[list[Winner], str]:
     """choose_winners(price_candidates(...), ...) without pricing every
     candidate: a candidate is priced when the auction first looks at its price
@@ -102,7 +105,9 @@ def run_auction(
     With `explore` (and `top` > 1), each slot's pick is drawn from its `top`
     best qualifying candidates: `explore(imp_id, k)` gives the index among
     the k found (0: the greedy pick), its propensity and whether it
-    explored (services/bidding/decisions.py)."""
+    explored (services/bidding/decisions.py). `price_factor` multiplies
+    every price before floors are checked (an exchange seat's bid
+    adjustment)."""
     if not len(candidates) == len(scores) == len(ctrs):
         raise ValueError("one score and one ctr per candidate")
     priced: dict[int, Scored] = {}
@@ -110,7 +115,9 @@ def run_auction(
     def scored_at(i: int) -> Scored:
         found = priced.get(i)
         if found is None:
-            found = priced[i] = _priced(candidates[i], scores[i], ctrs[i], loyalty_tier)
+            found = priced[i] = _priced(
+                candidates[i], scores[i], ctrs[i], loyalty_tier, price_factor
+            )
         return found
 
     if explore is not None and top > 1:

@@ -6,11 +6,17 @@ afford a call for them)."""
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from campaignexpress.bidding.v1 import bidding_service_pb2, bidding_service_pb2_grpc
+from campaignexpress.bidding.v1 import (
+    bidding_service_pb2,
+    bidding_service_pb2_grpc,
+    exchange_seat_service_pb2,
+    exchange_seat_service_pb2_grpc,
+)
 from services.analytics.pipeline import AnalyticsPipeline
 from services.backends.analytics import quote_literal, table_exists
 from services.backends.interfaces import AnalyticsStore
@@ -23,6 +29,8 @@ from services.bidding.notices import NoticeSigner
 from services.bidding.processor import BidProcessor
 from services.bidding.profile_changes import ProfileChanges
 from services.bidding.profiles import ProfileStore
+from services.bidding.seat_servicer import ExchangeSeatServicer
+from services.bidding.seats import Seats
 from services.bidding.servicer import BiddingServicer
 from services.bidding.settlement import Settlement
 from services.campaigns.index import LiveCampaignIndex
@@ -40,6 +48,7 @@ class BiddingApi:
     index: LiveCampaignIndex
     settlement: Settlement
     decisions: AnalyticsPipeline  # bid_decisions: the model's learning data
+    seats: Seats
 
 
 async def _build(kernel: Kernel) -> Built:
@@ -100,8 +109,17 @@ async def _build(kernel: Kernel) -> Built:
         kernel.interface("data_subject_hooks").register(
             "bidding", _BidSubjects(pipeline, decisions, backends.analytics)
         )
-    servicer = BiddingServicer(processor, settlement, backends.readiness)
-    return Built([servicer], api=BiddingApi(processor, pipeline, index, settlement, decisions))
+    seats = Seats(
+        backends.db, kernel.page_tokens, backends.hot_store, rates,
+        analytics=backends.analytics, clock=kernel.clock,
+        metrics_registry=kernel.metrics_registry, report_outage=hot_store_failed,
+    )  # fmt: skip
+    seats.keys = kernel.interface("call_authenticator")
+    servicer = BiddingServicer(processor, settlement, backends.readiness, seats)
+    return Built(
+        [servicer, ExchangeSeatServicer(seats)],
+        api=BiddingApi(processor, pipeline, index, settlement, decisions, seats),
+    )
 
 
 class _BidSubjects:
@@ -194,8 +212,13 @@ MODULE = DomainModule(
             bidding_service_pb2.DESCRIPTOR.services_by_name["BiddingService"],
             bidding_service_pb2_grpc.add_BiddingServiceServicer_to_server,
         ),
+        Service(
+            exchange_seat_service_pb2.DESCRIPTOR.services_by_name["ExchangeSeatService"],
+            exchange_seat_service_pb2_grpc.add_ExchangeSeatServiceServicer_to_server,
+        ),
     ),
     build=_build,
+    migrations=pathlib.Path(__file__).parent / "migrations",
     interfaces={
         "profile_store": _profile_store,
         "profile_changes": _profile_changes,

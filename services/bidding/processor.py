@@ -196,15 +196,24 @@ class BidProcessor:
         self._decisions = decisions
 
     async def process(
-        self, tenant_id: str, request: rtb.BidRequest, *, received_us: int | None = None
+        self,
+        tenant_id: str,
+        request: rtb.BidRequest,
+        *,
+        received_us: int | None = None,
+        source: str = "",
+        price_factor: float = 1.0,
     ) -> BidOutcome:
+        """The bid or no-bid for `request`; `source`: the exchange seat it
+        came from (on its bid events), `price_factor`: the seat's bid
+        adjustment (prices are multiplied before floors are checked)."""
         started = time.perf_counter()
         now = self._clock()
         received = received_us or now
         tmax = request.tmax if request.HasField("tmax") and request.tmax > 0 else DEFAULT_TMAX_MS
         deadline = received + tmax * 1000 - TMAX_MARGIN_US
         try:
-            outcome = await self._decide(tenant_id, request, now, deadline)
+            outcome = await self._decide(tenant_id, request, now, deadline, source, price_factor)
         except Exception:
             log.exception("bid %s failed", request.id)
             outcome = BidOutcome(None, NBR_TECHNICAL, "TECHNICAL_ERROR")
@@ -219,13 +228,30 @@ class BidProcessor:
         if outcome.response is None:
             self._no_bids.inc()
             self._metrics.no_bids.labels(outcome.reason).inc()
-            self._record_no_bid(tenant_id, request, outcome, now)
+            self._record_no_bid(tenant_id, request, outcome, now, source)
         else:
             self._bids.inc()
         return outcome
 
+    def no_bid(
+        self, tenant_id: str, request: rtb.BidRequest, reason: str, source: str = ""
+    ) -> BidOutcome:
+        """A no-bid decided before the processor (an exchange seat's QPS or
+        formats): counted and recorded as every no-bid is."""
+        outcome = BidOutcome(None, NBR_UNKNOWN, reason)
+        self._no_bids.inc()
+        self._metrics.no_bids.labels(reason).inc()
+        self._record_no_bid(tenant_id, request, outcome, self._clock(), source)
+        return outcome
+
     async def _decide(
-        self, tenant_id: str, request: rtb.BidRequest, now: int, deadline: int
+        self,
+        tenant_id: str,
+        request: rtb.BidRequest,
+        now: int,
+        deadline: int,
+        source: str = "",
+        price_factor: float = 1.0,
     ) -> BidOutcome:
         user, device, regs = request.user, request.device, request.regs
         user_id, _ = resolve_user_id(user.id, user.buyeruid, device.ifa)
@@ -333,6 +359,7 @@ class BidProcessor:
             response_currency,
             explore,
             exploration.top,
+            price_factor,
         )
         if not winners:
             if reason == "unknown currency":
@@ -340,7 +367,9 @@ class BidProcessor:
             return BidOutcome(None, NBR_BELOW_FLOOR, "BELOW_FLOOR")
         if tier in ("RESERVE", "GOLD"):
             self._metrics.loyalty_boosted.inc(len(winners))
-        response = self._response(tenant_id, request, winners, user_id, response_currency, now)
+        response = self._response(
+            tenant_id, request, winners, user_id, response_currency, now, source
+        )
         if response is not None and self._decisions is not None:
             self._log_decisions(
                 tenant_id, request, slots, winners, response, user_id, now,
@@ -436,6 +465,7 @@ class BidProcessor:
         user_id: str,
         currency: str,
         now: int,
+        source: str = "",
     ) -> rtb.BidResponse | None:
         """The bid response, or None when the journal refused a bid's event
         (failing and full): a bid that cannot be journaled is not answered."""
@@ -475,7 +505,7 @@ class BidProcessor:
                             bid.dealid = deal.id
                             break
             journaled &= self._record_bid(
-                tenant_id, request, winner, bid_id, user_id, currency, now
+                tenant_id, request, winner, bid_id, user_id, currency, now, source
             )
             news = self._news
             if news is not None and user_id and news.wants(tenant_id, BID):
@@ -518,6 +548,7 @@ class BidProcessor:
         user_id: str,
         currency: str,
         now: int,
+        source: str = "",
     ) -> bool:
         if self._events is None:
             return True
@@ -535,6 +566,7 @@ class BidProcessor:
                 round(w.price_cpm * 1_000_000),
                 currency,
                 attrs_json({"score": round(w.scored.score, 6)}),
+                source,
             )
         )
 
@@ -582,10 +614,15 @@ class BidProcessor:
             )
 
     def _record_no_bid(
-        self, tenant_id: str, request: rtb.BidRequest, outcome: BidOutcome, now: int
+        self,
+        tenant_id: str,
+        request: rtb.BidRequest,
+        outcome: BidOutcome,
+        now: int,
+        source: str = "",
     ) -> None:
         if self._events is not None:
-            self._events.emit(no_bid_row(now, tenant_id, request.id, outcome.reason))
+            self._events.emit(no_bid_row(now, tenant_id, request.id, outcome.reason, source))
 
 
 def _caps_unknown(candidates: list[Candidate], with_caps: Collection[str]) -> list[Candidate]:

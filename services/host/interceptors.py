@@ -190,10 +190,14 @@ RATE_LIMIT_BUDGET_SECONDS = 0.02
 class RateLimitStep:
     """Token bucket per API key (or user), kept in the hot-state store so all
     workers and nodes share it when REDIS_URL is set. Calls one service makes
-    for another carry a signed internal mark and are not charged again."""
+    for another carry a signed internal mark and are not charged again.
+    Serving calls (the access rule's `serving`: bids, decisions,
+    recommendations, loyalty transactions) are not charged: the limit is for
+    management calls; bids have their exchange seat's QPS instead."""
 
     def __init__(
         self,
+        rules: AccessRules,
         store: KeyValueStore,
         forwarder: CallForwarder,
         rate_per_second: float,
@@ -201,6 +205,7 @@ class RateLimitStep:
         report_outage: Callable[[BaseException], None] | None = None,
         store_down: Callable[[], bool] | None = None,
     ) -> None:
+        self._rules = rules
         self._store = store
         self._forwarder = forwarder
         self._rate = rate_per_second
@@ -210,6 +215,9 @@ class RateLimitStep:
 
     async def before(self, call: CallInfo) -> None:
         if call.principal is None or self._rate <= 0:
+            return
+        rule = self._rules.get(call.method)
+        if rule is not None and rule.serving:
             return
         mark = call.metadata.get(INTERNAL_MARK_KEY, "")
         if mark and self._forwarder.is_internal(call.request_id, mark):
@@ -467,6 +475,7 @@ def build_interceptors(
         TenantStep(),
         RbacStep(rules),
         RateLimitStep(
+            rules,
             hot_store,
             forwarder,
             rate_limit_per_second,

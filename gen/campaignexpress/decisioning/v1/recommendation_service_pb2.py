@@ -26,7 +26,7 @@ from campaignexpress.type.v1 import access_pb2 as campaignexpress_dot_type_dot_v
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n;campaignexpress/decisioning/v1/recommendation_service.proto\x12\x1e\x63\x61mpaignexpress.decisioning.v1\x1a$campaignexpress/type/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\"\xa5\x01\n\x10RecommendRequest\x12\x0f\n\x07\x63\x61talog\x18\x01 \x01(\t\x12:\n\x08strategy\x18\x02 \x01(\x0e\x32(.campaignexpress.decisioning.v1.Strategy\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x13\n\x0b\x65xclude_ids\x18\x05 \x03(\t\x12\x0f\n\x07item_id\x18\x06 \x01(\t\"j\n\x11RecommendResponse\x12>\n\x05items\x18\x01 \x03(\x0b\x32/.campaignexpress.decisioning.v1.RecommendedItem\x12\x15\n\rcatalog_items\x18\x02 \x01(\x03\"<\n\x0fRecommendedItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t*\xf2\x01\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x19\n\x15STRATEGY_MOST_POPULAR\x10\x01\x12\x1c\n\x18STRATEGY_RECENTLY_VIEWED\x10\x02\x12\'\n#STRATEGY_FREQUENTLY_BOUGHT_TOGETHER\x10\x03\x12\x1c\n\x18STRATEGY_PERSONALIZED_CF\x10\x04\x12\x1a\n\x16STRATEGY_CONTENT_BASED\x10\x05\x12\x15\n\x11STRATEGY_TRENDING\x10\x06\x12\x19\n\x15STRATEGY_NEW_ARRIVALS\x10\x07\x32\xc9\x01\n\x15RecommendationService\x12\xaf\x01\n\tRecommend\x12\x30.campaignexpress.decisioning.v1.RecommendRequest\x1a\x31.campaignexpress.decisioning.v1.RecommendResponse\"=\x8a\xb5\x18\x02\x08\x07\x82\xd3\xe4\x93\x02\x31\",/v1/{catalog=tenants/*/catalogs/*}:recommend:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n;campaignexpress/decisioning/v1/recommendation_service.proto\x12\x1e\x63\x61mpaignexpress.decisioning.v1\x1a$campaignexpress/type/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\"\xa5\x01\n\x10RecommendRequest\x12\x0f\n\x07\x63\x61talog\x18\x01 \x01(\t\x12:\n\x08strategy\x18\x02 \x01(\x0e\x32(.campaignexpress.decisioning.v1.Strategy\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x13\n\x0b\x65xclude_ids\x18\x05 \x03(\t\x12\x0f\n\x07item_id\x18\x06 \x01(\t\"j\n\x11RecommendResponse\x12>\n\x05items\x18\x01 \x03(\x0b\x32/.campaignexpress.decisioning.v1.RecommendedItem\x12\x15\n\rcatalog_items\x18\x02 \x01(\x03\"<\n\x0fRecommendedItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t*\xf2\x01\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x19\n\x15STRATEGY_MOST_POPULAR\x10\x01\x12\x1c\n\x18STRATEGY_RECENTLY_VIEWED\x10\x02\x12\'\n#STRATEGY_FREQUENTLY_BOUGHT_TOGETHER\x10\x03\x12\x1c\n\x18STRATEGY_PERSONALIZED_CF\x10\x04\x12\x1a\n\x16STRATEGY_CONTENT_BASED\x10\x05\x12\x15\n\x11STRATEGY_TRENDING\x10\x06\x12\x19\n\x15STRATEGY_NEW_ARRIVALS\x10\x07\x32\xcb\x01\n\x15RecommendationService\x12\xb1\x01\n\tRecommend\x12\x30.campaignexpress.decisioning.v1.RecommendRequest\x1a\x31.campaignexpress.decisioning.v1.RecommendResponse\"?\x8a\xb5\x18\x04\x08\x07 \x01\x82\xd3\xe4\x93\x02\x31\",/v1/{catalog=tenants/*/catalogs/*}:recommend:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'campaignexpress.decisioning
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOMMENDATIONSERVICE'].methods_by_name['Recommend']._loaded_options = None
-  _globals['_RECOMMENDATIONSERVICE'].methods_by_name['Recommend']._serialized_options = b'\212\265\030\002\010\007\202\323\344\223\0021\",/v1/{catalog=tenants/*/catalogs/*}:recommend:\001*'
+  _globals['_RECOMMENDATIONSERVICE'].methods_by_name['Recommend']._serialized_options = b'\212\265\030\004\010\007 \001\202\323\344\223\0021\",/v1/{catalog=tenants/*/catalogs/*}:recommend:\001*'
   _globals['_STRATEGY']._serialized_start=502
   _globals['_STRATEGY']._serialized_end=744
   _globals['_RECOMMENDREQUEST']._serialized_start=164
@@ -44,5 +44,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDEDITEM']._serialized_start=439
   _globals['_RECOMMENDEDITEM']._serialized_end=499
   _globals['_RECOMMENDATIONSERVICE']._serialized_start=747
-  _globals['_RECOMMENDATIONSERVICE']._serialized_end=948
+  _globals['_RECOMMENDATIONSERVICE']._serialized_end=950
 # @@protoc_insertion_point(module_scope)

@@ -194,22 +194,29 @@ class AccessRule(_message.Message):
     PERMISSION_FIELD_NUMBER: _builtins.int
     UNAUTHENTICATED_FIELD_NUMBER: _builtins.int
     MUTATING_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
     permission: Global___Permission.ValueType
     """Permission the caller must hold. Ignored when `unauthenticated` is set."""
     unauthenticated: _builtins.bool
     """The RPC takes no credentials (token issuance, login, health)."""
     mutating: _builtins.bool
     """The RPC changes state: every call is written to the audit log."""
+    serving: _builtins.bool
+    """A serving call (bids, decisions, recommendations, loyalty
+    transactions), made at traffic rates: not charged to the per-key
+    management rate limit (bids are governed by their exchange seat's QPS).
+    """
     def __init__(
         self,
         *,
         permission: Global___Permission.ValueType = ...,
         unauthenticated: _builtins.bool = ...,
         mutating: _builtins.bool = ...,
+        serving: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mutating", b"mutating", "permission", b"permission", "unauthenticated", b"unauthenticated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mutating", b"mutating", "permission", b"permission", "serving", b"serving", "unauthenticated", b"unauthenticated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
