@@ -219,7 +219,7 @@ async def test_your_campaign_wins_once_the_demo_campaigns_pause(env: Env) -> Non
     await call(env, "POST", f"{name}:approve", approver, {"comment": "ok"})
     await call(env, "POST", f"{name}:launch", admin, {})
     demo = await call(env, "GET", "tenants/demo/campaigns?filter=labels.env%3Ddemo", admin)
-    assert len(demo["campaigns"]) == 3  # one for the "Pro plan" segment
+    assert len(demo["campaigns"]) == 8  # one for the "Pro plan" segment; every format; a deal
     for other in demo["campaigns"]:
         await call(env, "POST", f"{other['name']}:pause", admin, {"comment": "my test"})
     request = {

@@ -1,9 +1,23 @@
-"""Demo data of the campaigns domain: live display campaigns with offers in
-the demo tenant, made once (`serve --demo`): two for everyone, and one for
-the audience demo's "Pro plan" segment when there is one."""
+"""Demo data of the campaigns domain: live campaigns with offers in the demo
+tenant, each made once (`serve --demo`), so that a varied mix of OpenRTB 2.6
+requests gets bids without setup (FR-RTB-004: each offer carries the markup
+its format's exchanges expect):
+
+- display: two campaigns of banners (300x250, 728x90, 320x50), and one for
+  the audience demo's "Pro plan" segment when there is one;
+- video: a VAST 4.2 inline ad (640x480, 1280x720), its media file, an
+  impression tracker and the click-through;
+- native: an OpenRTB Native 1.2 response (title, image, sponsor, link,
+  an impression event tracker) as the bid's markup;
+- audio: a VAST 4.2 inline audio ad (audio/mpeg, 30 s);
+- DOOH: full-screen banners (1920x1080, 1080x1920) for digital out-of-home
+  screens;
+- a private deal (`demo-deal-1`) at a higher price, for multi-impression
+  requests carrying it."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 
@@ -50,7 +64,7 @@ def _demo_offer(title: str, category: str, width: int, height: int) -> OfferSpec
         format="BANNER",
         sizes=[Size(width, height)],
         markup_template=(
-            f'<a href="https://shop.example/{category}?p=${{AUCTION_PRICE}}">'
+            f'<a href="${{CLICK_URL}}&r=https://shop.example/{category}">'
             f'<img src="https://cdn.shop.example/{category}-{width}x{height}.png"></a>'
         ),
         click_url=f"https://shop.example/{category}",
@@ -58,6 +72,64 @@ def _demo_offer(title: str, category: str, width: int, height: int) -> OfferSpec
         iab_categories=["IAB22"],
         bid_cpm=Money("USD", 2_500_000),
     )
+
+
+def _vast(kind: str, media: str, mime: str, size: str) -> str:
+    """A VAST 4.2 inline ad: its media file, impression tracker and click."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<VAST version="4.2" xmlns="http://www.iab.com/VAST">'
+        f'<Ad id="demo-{kind}"><InLine><AdSystem>Campaign Express</AdSystem>'
+        f"<AdTitle>Demo {kind}</AdTitle>"
+        "<Impression><![CDATA[https://shop.example/px?p=${AUCTION_PRICE}]]></Impression>"
+        "<Creatives><Creative><Linear><Duration>00:00:30</Duration><MediaFiles>"
+        f'<MediaFile delivery="progressive" type="{mime}"{size}>'
+        f"<![CDATA[https://cdn.shop.example/{media}]]></MediaFile></MediaFiles>"
+        "<VideoClicks><ClickThrough><![CDATA[${CLICK_URL}]]></ClickThrough></VideoClicks>"
+        "</Linear></Creative></Creatives></InLine></Ad></VAST>"
+    )
+
+
+#: An OpenRTB Native 1.2 response (the bid's `adm`).
+_NATIVE = (
+    '{"native":{"ver":"1.2","assets":['
+    '{"id":1,"title":{"text":"Boots for every trail"}},'
+    '{"id":2,"img":{"url":"https://cdn.shop.example/boots-1200x627.png","w":1200,"h":627}},'
+    '{"id":3,"data":{"value":"Shop Example"}}],'
+    '"link":{"url":"${CLICK_URL}"},'
+    '"eventtrackers":[{"event":1,"method":1,"url":"https://shop.example/px?p=${AUCTION_PRICE}"}]}}'
+)
+
+
+def _format_offers() -> list[tuple[str, list[str], OfferSpec]]:
+    """(campaign title, channels, offer) of the video, native, audio and
+    DOOH demo campaigns."""
+    base = OfferSpec(advertiser_domains=["shop.example"], iab_categories=["IAB22"],
+                     click_url="https://shop.example/boots")  # fmt: skip
+    return [
+        ("Trail boots trailer", ["VIDEO"], dataclasses.replace(
+            base, display_name="Trailer 30 s", format="VIDEO",
+            sizes=[Size(640, 480), Size(1280, 720)],
+            markup_template=_vast("video", "boots-30s.mp4", "video/mp4",
+                                  ' width="1280" height="720"'),
+            bid_cpm=Money("USD", 3_000_000),
+        )),
+        ("Native stories", ["NATIVE"], dataclasses.replace(
+            base, display_name="Story card", format="NATIVE", markup_template=_NATIVE,
+            bid_cpm=Money("USD", 2_000_000),
+        )),
+        ("Podcast spots", ["AUDIO"], dataclasses.replace(
+            base, display_name="Audio spot 30 s", format="AUDIO",
+            markup_template=_vast("audio", "boots-30s.mp3", "audio/mpeg", ""),
+            bid_cpm=Money("USD", 1_500_000),
+        )),
+        ("Station screens", ["DOOH"], dataclasses.replace(
+            base, display_name="Station screen", format="BANNER",
+            sizes=[Size(1920, 1080), Size(1080, 1920)],
+            markup_template='<img src="https://cdn.shop.example/boots-screen.png">',
+            bid_cpm=Money("USD", 5_000_000),
+        )),
+    ]  # fmt: skip
 
 
 async def seed_demo_campaigns(
@@ -76,9 +148,8 @@ async def seed_demo_campaigns(
         approval_roles=frozenset({"manager"}),
     )
     parent = f"tenants/{tenant_id}"
-    existing, _ = await campaigns.list_campaigns(system, parent, 1, "", "labels.env=demo")
-    if existing:
-        return
+    existing, _ = await campaigns.list_campaigns(system, parent, 100, "", "labels.env=demo")
+    made = {c.spec.display_name for c in existing}
     plans: list[tuple[str, list[tuple[str, str, int, int]], list[str] | None]] = [
         (
             "Winter boots",
@@ -96,13 +167,31 @@ async def seed_demo_campaigns(
         plans.append(
             ("Pro members: free shipping", [("Free shipping", "pro", 300, 250)], [str(pro)])
         )
-    for title, offers, targeted in plans:
+    specs = [
+        (title, _demo_campaign(title, ["DISPLAY"], 90, targeted), [_demo_offer(*o) for o in offers])
+        for title, offers, targeted in plans
+    ]
+    ceiling = BidStrategy(type="MAX_CPM", max_cpm=Money("USD", 8_000_000))
+    specs += [
+        (title, dataclasses.replace(_demo_campaign(title, channels, 90), bid_strategy=ceiling),
+         [offer])
+        for title, channels, offer in _format_offers()
+    ]  # fmt: skip
+    deal = _demo_campaign("Private deal: boots", ["DISPLAY"], 90)
+    deal = dataclasses.replace(
+        deal,
+        targeting=dataclasses.replace(deal.targeting, deals=["demo-deal-1"]),
+        bid_strategy=ceiling,
+    )
+    deal_offer = dataclasses.replace(
+        _demo_offer("Deal banner", "boots", 300, 250), bid_cpm=Money("USD", 6_000_000)
+    )
+    specs.append(("Private deal: boots", deal, [deal_offer]))
+    for title, spec, offers_to_add in specs:
+        if title in made:
+            continue  # the tenant keeps its demo campaigns (edited or not)
         campaign = await campaigns.create(
-            None,
-            parent,
-            _demo_campaign(title, ["DISPLAY"], 90, targeted),
-            request_id=f"demo-{title}",
-            offers_to_add=[_demo_offer(*o) for o in offers],
+            None, parent, spec, request_id=f"demo-{title}", offers_to_add=offers_to_add
         )
         if campaign.stage == "DRAFT":
             # $900 is under the Standard rule's auto-approval: submit approves.
