@@ -411,11 +411,17 @@ async def test_demo_prints_a_working_key_and_is_idempotent(tmp_path: pathlib.Pat
         status, body = await http_json("GET", f"{base}/v1/tenants/demo/apiKeys", key=key)
         assert status == 200, body
         assert len(body["apiKeys"]) == 1, body
-        # Three live demo campaigns with offers, seeded once; one targets the
-        # demo's "Pro plan" segment.
+        # Eight live demo campaigns with offers, seeded once (display, one of
+        # them for the demo's "Pro plan" segment; video, native, audio, DOOH;
+        # a private deal).
         status, body = await http_json("GET", f"{base}/v1/tenants/demo/campaigns", key=key)
         assert status == 200, body
-        assert [c["stage"] for c in body["campaigns"]] == ["STAGE_LIVE"] * 3, body
+        assert [c["stage"] for c in body["campaigns"]] == ["STAGE_LIVE"] * 8, body
+        # Loyalty members across the tiers.
+        status, members = await http_json(
+            "GET", f"{base}/v1/tenants/demo/loyaltyMembers?tier=TIER_RESERVE", key=key
+        )
+        assert status == 200 and len(members["loyaltyMembers"]) == 20, members
         targeted = [c for c in body["campaigns"] if c.get("targeting", {}).get("segments")]
         assert [c["displayName"] for c in targeted] == ["Pro members: free shipping"], body
         [boots] = [c for c in body["campaigns"] if c["displayName"] == "Winter boots"]
