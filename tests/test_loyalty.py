@@ -111,6 +111,7 @@ async def test_earn_redeem_reverse_and_history(env: Env) -> None:
     assert status == 200, body
     assert body["member"]["tier"] == "TIER_SILVER" and body["tierChanged"] is True
     assert body["transaction"]["stars"] == "124"  # ceil(123.45) at 1.0
+    assert body["transaction"]["actor"].startswith("tenants/acme/apiKeys/")  # who made it
     assert body["member"]["starsBalance"] == "124"
     # a retry is applied once
     status, again = await earn(env, MEMBER, 12_345, "order-1", channel="store")

@@ -65,6 +65,10 @@ _CHANNEL = re.compile(r"^[a-z0-9_]{0,32}$")
 PROGRAM_CACHE_SECONDS = 5.0
 #: Members the sweep changes per database transaction.
 SWEEP_BATCH = 200
+#: A member's changes that leave their tier reach their audience profile
+#: within this time (a new tier: at once): one profile update an hour at
+#: most for a member who earns all day (services/loyalty/sync.py).
+SYNC_WITHIN_US = 3_600_000_000
 _NEVER = 2**62
 
 
@@ -120,6 +124,7 @@ class Transaction:
     reward_id: str = ""
     reason: str = ""
     reverses: str = ""
+    actor: str = ""  # the API key or user that made it ("": the ledger itself)
 
     @property
     def name(self) -> str:
@@ -315,7 +320,9 @@ class Ledger:
                 rate=float(rate),
             ), after  # fmt: skip
 
-        return await self._apply(tenant_id, member_id, transaction_id, "earn", change)
+        return await self._apply(
+            tenant_id, member_id, transaction_id, "earn", change, actor=caller.subject
+        )
 
     async def redeem(
         self,
@@ -379,7 +386,9 @@ class Ledger:
                 now, reward_id=reward_id, reason=reason,
             ), after  # fmt: skip
 
-        return await self._apply(tenant_id, member_id, transaction_id, "redeem", change)
+        return await self._apply(
+            tenant_id, member_id, transaction_id, "redeem", change, actor=caller.subject
+        )
 
     async def reverse(
         self, caller: Principal, name: str, transaction_id: str, reason: str
@@ -447,8 +456,9 @@ class Ledger:
             ), after  # fmt: skip
 
         return await self._apply(
-            tenant_id, member_id, reversal_id, "reversal", change, reversal_of=lookup
-        )
+            tenant_id, member_id, reversal_id, "reversal", change, reversal_of=lookup,
+            actor=caller.subject,
+        )  # fmt: skip
 
     async def _apply(
         self,
@@ -459,24 +469,41 @@ class Ledger:
         change: Any,
         *,
         reversal_of: Any = None,
+        actor: str = "",
     ) -> Applied:
         program = await self.program(tenant_id)
         for attempt in range(3):
             try:
                 applied = await self._apply_once(
-                    tenant_id, member_id, transaction_id, kind, change, program, reversal_of
+                    tenant_id, member_id, transaction_id, kind, change, program, reversal_of, actor
                 )
             except IntegrityError:
-                # a concurrent first earn of the member, or the same
-                # transaction id at once: the next try sees what won
+                # the transaction id was taken (a retry, maybe a concurrent
+                # one: answered with what the first made), or a concurrent
+                # first earn enrolled the member (the next try sees it)
+                found = await self._transaction(tenant_id, transaction_id)
+                if found is not None:
+                    return await self._duplicate(found, member_id, kind)
                 if attempt == 2:
                     raise
                 await asyncio.sleep(0.005 * (attempt + 1))
                 continue
-            if not applied.duplicate and self.changed is not None:
-                self.changed()
+            if applied.tier_changed and self.changed is not None:
+                self.changed()  # a new tier reaches the profile at once
             return applied
         raise AssertionError("unreachable")
+
+    async def _transaction(self, tenant_id: str, transaction_id: str) -> Transaction | None:
+        t = loyalty_transactions.c
+        async with self._db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(loyalty_transactions).where(
+                        t.tenant_id == tenant_id, t.id == transaction_id
+                    )
+                )
+            ).first()
+        return transaction_of(row) if row is not None else None
 
     async def _apply_once(
         self,
@@ -487,28 +514,24 @@ class Ledger:
         change: Any,
         program: Program,
         reversal_of: Any,
+        actor: str,
     ) -> Applied:
         m = loyalty_members.c
-        t = loyalty_transactions.c
         of_member = sa.and_(m.tenant_id == tenant_id, m.member_id == member_id)
         async with self._db.engine.begin() as conn:
-            # the member's row first: their changes apply one at a time
-            locked = await conn.execute(
-                loyalty_members.update().where(of_member).values(version=m.version)
-            )
+            # the member's row first, written and read in one statement: their
+            # changes apply one at a time (a taken transaction id fails the
+            # insert at the end, and the whole change with it)
             row = (
                 await conn.execute(
-                    sa.select(loyalty_transactions).where(
-                        t.tenant_id == tenant_id, t.id == transaction_id
-                    )
+                    loyalty_members.update()
+                    .where(of_member)
+                    .values(version=m.version)
+                    .returning(*loyalty_members.c)
                 )
             ).first()
-            if row is not None:
-                return await self._duplicate(conn, transaction_of(row), member_id, kind)
-            current = None
-            if locked.rowcount:
-                read = await conn.execute(sa.select(loyalty_members).where(of_member))
-                current = member_of(read.one())
+            current = member_of(row) if row is not None else None
+            due = row.sync_due if row is not None else None
             now = max(self._clock(), current.last_activity_time if current else 0)
             entries: list[Transaction] = []
             if current is not None:
@@ -529,8 +552,8 @@ class Ledger:
             tier_changed = after.tier != (current.tier if current else "BASIC")
             version = (current.version if current else 0) + len(entries) + 1
             after = dataclasses.replace(after, version=version)
-            entries.append(dataclasses.replace(entry, seq=version))
-            await self._write(conn, current, after, entries)
+            entries.append(dataclasses.replace(entry, seq=version, actor=actor))
+            await self._write(conn, current, after, entries, due)
         return Applied(entries[-1], after, tier_changed=tier_changed)
 
     @staticmethod
@@ -544,10 +567,21 @@ class Ledger:
         )  # fmt: skip
 
     async def _write(
-        self, conn: Any, current: Member | None, after: Member, entries: Sequence[Transaction]
+        self,
+        conn: Any,
+        current: Member | None,
+        after: Member,
+        entries: Sequence[Transaction],
+        due: int | None,
     ) -> None:
-        values = {f.name: getattr(after, f.name) for f in dataclasses.fields(Member)}
-        values["sync_pending"] = True
+        values: dict[str, Any] = {
+            f.name: getattr(after, f.name) for f in dataclasses.fields(Member)
+        }  # noqa: E501
+        now = self._clock()
+        if current is None or after.tier != current.tier:
+            values["sync_due"] = now
+        else:
+            values["sync_due"] = min(due, now + SYNC_WITHIN_US) if due else now + SYNC_WITHIN_US
         m = loyalty_members.c
         if current is None:
             await conn.execute(loyalty_members.insert().values(**values))
@@ -566,20 +600,21 @@ class Ledger:
                 ],
             )
 
-    async def _duplicate(self, conn: Any, found: Transaction, member_id: str, kind: str) -> Applied:
+    async def _duplicate(self, found: Transaction, member_id: str, kind: str) -> Applied:
         if found.member_id != member_id or found.kind != kind:
             raise InvalidArgument.field(
                 "transaction_id",
                 f"{found.id!r} is already a {found.kind} of another request; use a new id",
             )
         m = loyalty_members.c
-        row = (
-            await conn.execute(
-                sa.select(loyalty_members).where(
-                    m.tenant_id == found.tenant_id, m.member_id == member_id
+        async with self._db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(loyalty_members).where(
+                        m.tenant_id == found.tenant_id, m.member_id == member_id
+                    )
                 )
-            )
-        ).one()
+            ).one()
         return Applied(found, member_of(row), duplicate=True)
 
     # ------------------------------------------------------------ time
@@ -634,16 +669,22 @@ class Ledger:
         m = loyalty_members.c
         of_member = sa.and_(m.tenant_id == tenant_id, m.member_id == member_id)
         async with self._db.engine.begin() as conn:
-            await conn.execute(loyalty_members.update().where(of_member).values(version=m.version))
-            read = await conn.execute(sa.select(loyalty_members).where(of_member))
-            current = member_of(read.one())
+            row = (
+                await conn.execute(
+                    loyalty_members.update()
+                    .where(of_member)
+                    .values(version=m.version)
+                    .returning(*loyalty_members.c)
+                )
+            ).one()
+            current = member_of(row)
             caught, lost, changed = catch_up(current, program, now)
             if not changed:
                 return Swept()
             periods = (caught.period_start - current.period_start) // PERIOD_US
             entries = [self._expiry(caught, current, lost, program)] if lost else []
             caught = dataclasses.replace(caught, version=current.version + 1)
-            await self._write(conn, current, caught, entries)
+            await self._write(conn, current, caught, entries, row.sync_due)
         if self.changed is not None:
             self.changed()
         return Swept(1 if lost else 0, lost, int(periods))

@@ -27,8 +27,8 @@ SYNC_SECONDS = 5.0
 async def _build(kernel: Kernel) -> Built:
     ledger = Ledger(kernel.backends.db, kernel.page_tokens, clock=kernel.clock)
     recorder = kernel.interface("event_recorder")
-    sync = Background("loyalty-profile-sync",
-                      ProfileSync(kernel.backends.db, recorder).round, SYNC_SECONDS)  # fmt: skip
+    profiles = ProfileSync(kernel.backends.db, recorder, kernel.clock)
+    sync = Background("loyalty-profile-sync", profiles.round, SYNC_SECONDS)
     ledger.changed = sync.wake
     kernel.when_serving(sync.start, sync.stop)
     if kernel.worker == "0":  # one process sweeps (each member its own transaction)

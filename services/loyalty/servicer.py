@@ -61,7 +61,7 @@ def transaction_proto(t: Transaction) -> lpb.LoyaltyTransaction:
         reward_id=t.reward_id, reason=t.reason,
         reverses=f"{member}/transactions/{t.reverses}" if t.reverses else "",
         balance_after=t.balance_after, tier_after=_TIERS[t.tier_after],
-        create_time=timestamp(t.create_time),
+        create_time=timestamp(t.create_time), actor=t.actor,
     )  # fmt: skip
 
 

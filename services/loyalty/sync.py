@@ -4,23 +4,28 @@ profile): traits `loyalty_tier` (BASIC, SILVER, GOLD or RESERVE) and
 `loyalty` (stars balance, qualifying and lifetime stars, progress to the
 next tier, earn rate), as identify calls of the member's user id.
 
-Every change marks the member's row `sync_pending` in its own database
-transaction; this loop sends the pending ones (woken by changes, else every
-`every` seconds) and clears the mark only if the member did not change
-meanwhile. A crash between the two sends them again: the calls' message
-ids (`loyalty:<member>:<version>`) make the audience keep each once. Where
-the audience domain does not run in the process the calls wait, pending."""
+Every change sets when its member is due to be sent (`sync_due`), in its
+own database transaction: at once for a new tier (an enrolment included),
+else within the hour (services/loyalty/ledger.py SYNC_WITHIN_US: a member
+who earns all day costs one profile update an hour, not one per purchase).
+This loop sends the members due (woken by a new tier, else every few
+seconds) and clears the mark only if the member did not change meanwhile.
+A crash between the two sends them again: the calls' message ids
+(`loyalty:<member>:<version>`) make the audience keep each once. Where the
+audience domain does not run in the process the calls wait, due."""
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 
 from services.audience.bidview import LOYALTY_STATE_TRAIT as STATE_TRAIT
 from services.audience.bidview import LOYALTY_TIER_TRAIT as TIER_TRAIT
+from services.common.clock import now_us
 from services.db import Database
 from services.loyalty.ledger import Member, member_of
 from services.loyalty.program import TIER_MULTIPLIERS
@@ -48,9 +53,10 @@ def traits(member: Member) -> dict[str, Any]:
 
 
 class ProfileSync:
-    def __init__(self, db: Database, recorder: Any) -> None:
+    def __init__(self, db: Database, recorder: Any, clock: Callable[[], int] = now_us) -> None:
         self._db = db
         self._recorder = recorder
+        self._clock = clock
         self.sent = 0
 
     async def round(self) -> int:
@@ -67,7 +73,10 @@ class ProfileSync:
         async with self._db.engine.connect() as conn:
             rows = (
                 await conn.execute(
-                    sa.select(loyalty_members).where(m.sync_pending.is_(True)).limit(BATCH)
+                    sa.select(loyalty_members)
+                    .where(m.sync_due <= self._clock())
+                    .order_by(m.sync_due)
+                    .limit(BATCH)
                 )
             ).all()
         by_tenant: dict[str, list[Member]] = defaultdict(list)
@@ -89,7 +98,7 @@ class ProfileSync:
                             m.member_id == x.member_id,
                             m.version == x.version,
                         )
-                        .values(sync_pending=False)
+                        .values(sync_due=None)
                     )
             sent += len(members)
         self.sent += sent

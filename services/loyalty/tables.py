@@ -39,10 +39,12 @@ loyalty_members = sa.Table(
     sa.Column("period_start", sa.BigInteger, nullable=False),
     sa.Column("tier_change_time", sa.BigInteger, nullable=False),
     sa.Column("version", sa.BigInteger, nullable=False),  # bumped by every change
-    # changed since the audience profile was last told (services/loyalty/sync.py)
-    sa.Column("sync_pending", sa.Boolean, nullable=False),
+    # when the audience profile is to be told of the member's changes (NULL:
+    # it knows them): at once for a new tier, else within the hour
+    # (services/loyalty/sync.py)
+    sa.Column("sync_due", sa.BigInteger, nullable=True),
     sa.Index("ix_loyalty_members_activity", "tenant_id", "last_activity_time"),
-    sa.Index("ix_loyalty_members_sync", "sync_pending"),
+    sa.Index("ix_loyalty_members_sync", "sync_due"),
 )
 
 loyalty_transactions = sa.Table(
@@ -62,6 +64,7 @@ loyalty_transactions = sa.Table(
     sa.Column("reward_id", sa.String(64), nullable=False),
     sa.Column("reason", sa.String(500), nullable=False),
     sa.Column("reverses", sa.String(160), nullable=False),
+    sa.Column("actor", sa.String(160), nullable=False),  # the API key or user that made it
     sa.Column("balance_after", sa.BigInteger, nullable=False),
     sa.Column("tier_after", sa.String(10), nullable=False),
     sa.Column("create_time", sa.BigInteger, nullable=False),

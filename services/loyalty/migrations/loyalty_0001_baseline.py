@@ -37,9 +37,9 @@ def upgrade() -> None:
         sa.Column("period_start", sa.BigInteger, nullable=False),
         sa.Column("tier_change_time", sa.BigInteger, nullable=False),
         sa.Column("version", sa.BigInteger, nullable=False),
-        sa.Column("sync_pending", sa.Boolean, nullable=False),
+        sa.Column("sync_due", sa.BigInteger, nullable=True),
     )
-    op.create_index("ix_loyalty_members_sync", "loyalty_members", ["sync_pending"])
+    op.create_index("ix_loyalty_members_sync", "loyalty_members", ["sync_due"])
     op.create_index(
         "ix_loyalty_members_activity", "loyalty_members", ["tenant_id", "last_activity_time"]
     )
@@ -59,6 +59,7 @@ def upgrade() -> None:
         sa.Column("reward_id", sa.String(64), nullable=False),
         sa.Column("reason", sa.String(500), nullable=False),
         sa.Column("reverses", sa.String(160), nullable=False),
+        sa.Column("actor", sa.String(160), nullable=False),
         sa.Column("balance_after", sa.BigInteger, nullable=False),
         sa.Column("tier_after", sa.String(10), nullable=False),
         sa.Column("create_time", sa.BigInteger, nullable=False),

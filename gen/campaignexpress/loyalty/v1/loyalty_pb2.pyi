@@ -329,6 +329,7 @@ class LoyaltyTransaction(_message.Message):
     BALANCE_AFTER_FIELD_NUMBER: _builtins.int
     TIER_AFTER_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`tenants/{tenant}/loyaltyMembers/{member}/transactions/{transaction}`:
     the caller's transaction id (its idempotency key).
@@ -357,6 +358,8 @@ class LoyaltyTransaction(_message.Message):
     """The balance right after it."""
     tier_after: Global___Tier.ValueType
     """The tier right after it."""
+    actor: _builtins.str
+    """Who made it: the API key or user (empty: the ledger itself, an expiry)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was written."""
@@ -378,10 +381,11 @@ class LoyaltyTransaction(_message.Message):
         balance_after: _builtins.int = ...,
         tier_after: Global___Tier.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "balance_after", b"balance_after", "channel", b"channel", "create_time", b"create_time", "digital", b"digital", "kind", b"kind", "name", b"name", "rate", b"rate", "reason", b"reason", "referral", b"referral", "reverses", b"reverses", "reward_id", b"reward_id", "stars", b"stars", "tier_after", b"tier_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "amount_cents", b"amount_cents", "balance_after", b"balance_after", "channel", b"channel", "create_time", b"create_time", "digital", b"digital", "kind", b"kind", "name", b"name", "rate", b"rate", "reason", b"reason", "referral", b"referral", "reverses", b"reverses", "reward_id", b"reward_id", "stars", b"stars", "tier_after", b"tier_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,6 +31,10 @@ class LoyaltyServiceStub:
     append-only ledger entry with the caller's transaction id, applied once
     however often it is retried. A member's tier follows their qualifying
     stars and reaches bids through their audience profile.
+
+    Earns, redemptions, reversals and reward signals come at point-of-sale
+    rates: they are serving calls, not audited one by one in the audit log;
+    each ledger entry keeps the API key or user that made it (`actor`).
     """
 
     def __init__(self, channel):
@@ -97,6 +101,10 @@ class LoyaltyServiceServicer:
     append-only ledger entry with the caller's transaction id, applied once
     however often it is retried. A member's tier follows their qualifying
     stars and reaches bids through their audience profile.
+
+    Earns, redemptions, reversals and reward signals come at point-of-sale
+    rates: they are serving calls, not audited one by one in the audit log;
+    each ledger entry keeps the API key or user that made it (`actor`).
     """
 
     def GetLoyaltyProgram(self, request, context):
@@ -246,6 +254,10 @@ class LoyaltyService:
     append-only ledger entry with the caller's transaction id, applied once
     however often it is retried. A member's tier follows their qualifying
     stars and reaches bids through their audience profile.
+
+    Earns, redemptions, reversals and reward signals come at point-of-sale
+    rates: they are serving calls, not audited one by one in the audit log;
+    each ledger entry keeps the API key or user that made it (`actor`).
     """
 
     @staticmethod

@@ -32,6 +32,10 @@ class LoyaltyServiceStub:
     append-only ledger entry with the caller's transaction id, applied once
     however often it is retried. A member's tier follows their qualifying
     stars and reaches bids through their audience profile.
+
+    Earns, redemptions, reversals and reward signals come at point-of-sale
+    rates: they are serving calls, not audited one by one in the audit log;
+    each ledger entry keeps the API key or user that made it (`actor`).
     """
 
     @_typing.overload
@@ -82,6 +86,10 @@ class LoyaltyServiceAsyncStub(LoyaltyServiceStub):
     append-only ledger entry with the caller's transaction id, applied once
     however often it is retried. A member's tier follows their qualifying
     stars and reaches bids through their audience profile.
+
+    Earns, redemptions, reversals and reward signals come at point-of-sale
+    rates: they are serving calls, not audited one by one in the audit log;
+    each ledger entry keeps the API key or user that made it (`actor`).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -128,6 +136,10 @@ class LoyaltyServiceServicer(metaclass=_abc_1.ABCMeta):
     append-only ledger entry with the caller's transaction id, applied once
     however often it is retried. A member's tier follows their qualifying
     stars and reaches bids through their audience profile.
+
+    Earns, redemptions, reversals and reward signals come at point-of-sale
+    rates: they are serving calls, not audited one by one in the audit log;
+    each ledger entry keeps the API key or user that made it (`actor`).
     """
 
     @_abc_1.abstractmethod
