@@ -41,11 +41,12 @@ def fields(body: Any) -> set[str]:
 
 async def test_a_seat_is_managed_and_its_key_bids(env: Env) -> None:
     await live_campaign(env)
+    await post_bid(env, bid_request("warm-up"))  # a cold first bid may miss its tmax
     seat, secret = await make_seat(env, "adx", qpsLimit=500, currency="usd")
     assert seat["name"] == f"{SEATS}/adx" and seat["apiKey"].startswith("tenants/acme/apiKeys/")
     assert seat["overLimit"] == "OVER_LIMIT_NO_BID" and seat["currency"] == "USD"
-    status, _, body = await bid(env, secret, bid_request("s1"))
-    assert status == 200 and body["seatbid"][0]["bid"][0]["impid"] == "1", body
+    status, headers, body = await bid(env, secret, bid_request("s1"))
+    assert status == 200 and body["seatbid"][0]["bid"][0]["impid"] == "1", (status, headers, body)
     # the seat's key bids and reads, and cannot manage
     status, got = await call(env, "GET", f"{SEATS}/adx")
     assert status == 200 and got["qpsLimit"] == 500, got

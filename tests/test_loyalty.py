@@ -272,6 +272,10 @@ async def test_last_stars_go_to_exactly_one_of_racing_redemptions(env: Env) -> N
     ))  # fmt: skip
     won = [body for status, body in outcomes if status == 200]
     assert len(won) == 1, outcomes
+    # the winner retried, its stars since spent: the duplicate, not a refusal
+    again = {"stars": 60, "transactionId": won[0]["transaction"]["name"].rsplit("/", 1)[1]}
+    status, body = await call(env, "POST", f"{MEMBER}:redeem", again)
+    assert status == 200 and body["duplicate"] is True, body
     assert all(
         status == 400 and "not enough stars" in body["error"]["message"]
         for status, body in outcomes

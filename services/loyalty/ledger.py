@@ -32,7 +32,13 @@ from sqlalchemy.exc import IntegrityError
 from services.common import names
 from services.common.call import Principal
 from services.common.clock import now_us
-from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from services.common.errors import (
+    DomainError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
 from services.common.errors import collect as collect_violations
 from services.common.pagination import PageTokens, scope
 from services.db import Database
@@ -546,9 +552,31 @@ class Ledger:
                 original, done = await reversal_of(conn)
                 if done is not None:
                     return Applied(done, current, duplicate=True)
-                entry, after = change(current, program, now, original)
-            else:
-                entry, after = change(current, program, now)
+            try:
+                if reversal_of is not None:
+                    entry, after = change(current, program, now, original)
+                else:
+                    entry, after = change(current, program, now)
+            except DomainError:
+                # a retry of a transaction made before (the balance since
+                # spent, say) is answered as the duplicate it is, not refused
+                t = loyalty_transactions.c
+                row = (
+                    await conn.execute(
+                        sa.select(loyalty_transactions).where(
+                            t.tenant_id == tenant_id, t.id == transaction_id
+                        )
+                    )
+                ).first()
+                if row is None or current is None:
+                    raise
+                made = transaction_of(row)
+                if made.member_id != member_id or made.kind != kind:
+                    raise InvalidArgument.field(
+                        "transaction_id",
+                        f"{made.id!r} is already a {made.kind} of another request; use a new id",
+                    ) from None
+                return Applied(made, current, duplicate=True)
             tier_changed = after.tier != (current.tier if current else "BASIC")
             version = (current.version if current else 0) + len(entries) + 1
             after = dataclasses.replace(after, version=version)
