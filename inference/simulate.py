@@ -83,12 +83,17 @@ def make_world(offers: int = 40, variants: int = 4, seed: int = 0) -> World:
     )
 
 
+_TIER_SHARE = {"BASIC": 0.6, "SILVER": 0.0, "GOLD": 0.3, "RESERVE": 0.1}
+
+
 def _profile(rng: np.random.Generator) -> Profile:
     return Profile(
         interests=np.round(rng.normal(0.0, 0.35, 64), 4).tolist(),
         segments=sorted(set(rng.integers(0, 64, rng.integers(0, 4)).tolist())),
         loyalty=Loyalty(
-            tier=str(rng.choice(list(TIERS), p=[0.6, 0.3, 0.1])),
+            # Basic 60% (0.0, as the old Green), Gold 30%, Reserve 10%: the
+            # same draws, and features, as before the four tiers
+            tier=str(rng.choice(list(TIERS), p=[_TIER_SHARE[t] for t in TIERS])),
             stars_balance=float(rng.integers(0, 8000)),
             tier_progress=float(rng.random()),
             earn_rate=float(rng.choice([1.0, 1.2, 2.0])),

@@ -20,12 +20,16 @@ governed by its seat, in this order:
 
 Bid events carry the seat's id as their `source`: the seat's report counts
 them. A key's seat is cached for CACHE_SECONDS (a change made in this
-process applies at once)."""
+process applies at once) and read again in the background when stale: a bid
+never waits on the database but for a key's first bid in a process (at most
+FIRST_LOOKUP_SECONDS; a database that does not answer by then leaves the
+key seatless until it does)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -56,11 +60,15 @@ from services.common.errors import (
 from services.common.loopmetrics import Counter
 from services.common.pagination import PageTokens, scope
 
+log = logging.getLogger(__name__)
+
 FORMATS = ("banner", "video", "native", "audio")
 OVER_LIMIT = ("no_bid", "reject")
 MAX_QPS = 1_000_000
 MAX_FLOOR_CPM = 1000.0
 CACHE_SECONDS = 5.0
+#: The most a key's first bid in a process waits to learn its seat.
+FIRST_LOOKUP_SECONDS = 0.25
 #: The most a bid waits for its seat's QPS token from the hot store.
 QPS_BUDGET_SECONDS = 0.02
 MAX_REPORT_HOURS = 720
@@ -151,6 +159,9 @@ class Seats:
         self._analytics = analytics
         self._clock = clock
         self._by_key: dict[str, tuple[float, Seat | None]] = {}
+        self._refreshing: set[str] = set()
+        self._first: dict[str, asyncio.Future[Seat | None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._metrics = SeatMetrics(metrics_registry)
         self._report_outage = report_outage
         #: Makes and revokes the seats' API keys (the auth domain's authenticator).
@@ -164,8 +175,39 @@ class Seats:
         if principal.kind != "api_key" or not key:
             return None
         cached = self._by_key.get(key)
-        if cached is not None and cached[0] > time.monotonic():
+        if cached is not None:
+            if cached[0] <= time.monotonic() and key not in self._refreshing:
+                # stale: answered as cached, read again in the background, so
+                # a bid never waits on the database (down or slow)
+                self._refreshing.add(key)
+                task = asyncio.create_task(self._refresh(key))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             return cached[1]
+        # the key's first bid in this process waits, a little: past that, it
+        # bids as a key without a seat and the read goes on for the next ones
+        first = self._first.get(key)
+        if first is None:
+            first = self._first[key] = asyncio.ensure_future(self._lookup(key))
+            first.add_done_callback(lambda done: self._first_done(key, done))
+        try:
+            async with asyncio.timeout(FIRST_LOOKUP_SECONDS):
+                return await asyncio.shield(first)
+        except TimeoutError:
+            return None
+        except Exception as error:
+            if not is_backend_outage(error):
+                raise
+            if self._report_outage is not None:
+                self._report_outage(error)
+            return None
+
+    def _first_done(self, key: str, done: asyncio.Future[Seat | None]) -> None:
+        self._first.pop(key, None)
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("exchange seat of %s could not be read: %s", key, done.exception())
+
+    async def _lookup(self, key: str) -> Seat | None:
         s = bidding_exchange_seats.c
         async with self._db.engine.connect() as conn:
             row = (
@@ -174,6 +216,18 @@ class Seats:
         found = _row_seat(row) if row is not None else None
         self._by_key[key] = (time.monotonic() + CACHE_SECONDS, found)
         return found
+
+    async def _refresh(self, key: str) -> None:
+        try:
+            await self._lookup(key)
+        except Exception as error:  # the database is away: the cached seat serves on
+            if not is_backend_outage(error):
+                log.exception("exchange seat of %s could not be read", key)
+            cached = self._by_key.get(key)
+            if cached is not None:
+                self._by_key[key] = (time.monotonic() + CACHE_SECONDS, cached[1])
+        finally:
+            self._refreshing.discard(key)
 
     async def admit(self, seat: Seat) -> bool:
         """Whether the seat's QPS lets one more request in; a refusal, when
