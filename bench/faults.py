@@ -190,13 +190,14 @@ class Rig:
 
 
 async def settled(pid: int, limit: float = 60.0) -> None:
-    """Until the process uses under 10% of a core over a second (or `limit`)."""
+    """Until the process uses under 5% of a core over three seconds in a row
+    (or `limit`)."""
     deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
+    quiet = 0
+    while time.monotonic() < deadline and quiet < 3:
         before = _cpu_seconds(pid)
         await asyncio.sleep(1)
-        if _cpu_seconds(pid) - before < 0.1:
-            return
+        quiet = quiet + 1 if _cpu_seconds(pid) - before < 0.05 else 0
 
 
 async def wait_ready(base_url: str, deadline: float) -> float | None:
