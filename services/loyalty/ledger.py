@@ -190,7 +190,7 @@ def catch_up(member: Member, program: Program, now: int) -> tuple[Member, int, b
             )  # fmt: skip
 
 
-def _member_id(name: str, field: str, caller: Principal) -> tuple[str, str]:
+def member_name_ids(name: str, field: str, caller: Principal) -> tuple[str, str]:
     names.require_same_tenant(name, field, caller.tenant_id)
     parts = name.split("/")
     if len(parts) != 4 or parts[0] != "tenants" or parts[2] != "loyaltyMembers":
@@ -210,6 +210,26 @@ def _transaction_id(value: str, field: str = "transaction_id") -> str:
             field, "required: 1-128 letters, digits, '.', '_', ':' or '-' (a letter or digit first)"
         )  # fmt: skip
     return value
+
+
+async def _find_transaction(conn: Any, tenant_id: str, transaction_id: str) -> Transaction | None:
+    t = loyalty_transactions.c
+    row = (
+        await conn.execute(
+            sa.select(loyalty_transactions).where(t.tenant_id == tenant_id, t.id == transaction_id)
+        )
+    ).first()
+    return transaction_of(row) if row is not None else None
+
+
+def _same_request(found: Transaction, member_id: str, kind: str) -> None:
+    """A transaction id taken before is a retry only for the same member and
+    kind; anything else is the caller reusing an id."""
+    if found.member_id != member_id or found.kind != kind:
+        raise InvalidArgument.field(
+            "transaction_id",
+            f"{found.id!r} is already a {found.kind} of another request; use a new id",
+        )
 
 
 Change = Callable[[Member | None, Program, int], tuple[Transaction, Member]]
@@ -290,7 +310,7 @@ class Ledger:
     ) -> Applied:
         bad: list[FieldViolation] = []
         try:
-            tenant_id, member_id = _member_id(member, "member", caller)
+            tenant_id, member_id = member_name_ids(member, "member", caller)
         except InvalidArgument as error:
             bad += error.field_violations
         if not 1 <= amount_cents <= MAX_AMOUNT_CENTS:
@@ -341,7 +361,7 @@ class Ledger:
     ) -> Applied:
         bad: list[FieldViolation] = []
         try:
-            tenant_id, member_id = _member_id(member, "member", caller)
+            tenant_id, member_id = member_name_ids(member, "member", caller)
         except InvalidArgument as error:
             bad += error.field_violations
         if reward_id and stars:
@@ -405,7 +425,7 @@ class Ledger:
             raise InvalidArgument.field(
                 "name", "must be tenants/{tenant}/loyaltyMembers/{member}/transactions/{id}"
             )  # fmt: skip
-        tenant_id, member_id = _member_id("/".join(parts[:4]), "name", caller)
+        tenant_id, member_id = member_name_ids("/".join(parts[:4]), "name", caller)
         original_id = _transaction_id(parts[5], "name")
         reversal_id = transaction_id or f"{original_id}.reversal"
         _transaction_id(reversal_id)
@@ -500,16 +520,8 @@ class Ledger:
         raise AssertionError("unreachable")
 
     async def _transaction(self, tenant_id: str, transaction_id: str) -> Transaction | None:
-        t = loyalty_transactions.c
         async with self._db.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(loyalty_transactions).where(
-                        t.tenant_id == tenant_id, t.id == transaction_id
-                    )
-                )
-            ).first()
-        return transaction_of(row) if row is not None else None
+            return await _find_transaction(conn, tenant_id, transaction_id)
 
     async def _apply_once(
         self,
@@ -560,22 +572,10 @@ class Ledger:
             except DomainError:
                 # a retry of a transaction made before (the balance since
                 # spent, say) is answered as the duplicate it is, not refused
-                t = loyalty_transactions.c
-                row = (
-                    await conn.execute(
-                        sa.select(loyalty_transactions).where(
-                            t.tenant_id == tenant_id, t.id == transaction_id
-                        )
-                    )
-                ).first()
-                if row is None or current is None:
+                made = await _find_transaction(conn, tenant_id, transaction_id)
+                if made is None or current is None:
                     raise
-                made = transaction_of(row)
-                if made.member_id != member_id or made.kind != kind:
-                    raise InvalidArgument.field(
-                        "transaction_id",
-                        f"{made.id!r} is already a {made.kind} of another request; use a new id",
-                    ) from None
+                _same_request(made, member_id, kind)
                 return Applied(made, current, duplicate=True)
             tier_changed = after.tier != (current.tier if current else "BASIC")
             version = (current.version if current else 0) + len(entries) + 1
@@ -629,11 +629,7 @@ class Ledger:
             )
 
     async def _duplicate(self, found: Transaction, member_id: str, kind: str) -> Applied:
-        if found.member_id != member_id or found.kind != kind:
-            raise InvalidArgument.field(
-                "transaction_id",
-                f"{found.id!r} is already a {found.kind} of another request; use a new id",
-            )
+        _same_request(found, member_id, kind)
         m = loyalty_members.c
         async with self._db.engine.connect() as conn:
             row = (
@@ -720,7 +716,7 @@ class Ledger:
     # ------------------------------------------------------------ reads
 
     async def get_member(self, caller: Principal, name: str) -> tuple[Member, Program]:
-        tenant_id, member_id = _member_id(name, "name", caller)
+        tenant_id, member_id = member_name_ids(name, "name", caller)
         m = loyalty_members.c
         async with self._db.engine.connect() as conn:
             row = (
@@ -766,7 +762,7 @@ class Ledger:
     async def list_transactions(
         self, caller: Principal, parent: str, page_size: int, page_token: str, kind: str
     ) -> tuple[list[Transaction], str]:
-        tenant_id, member_id = _member_id(parent, "parent", caller)
+        tenant_id, member_id = member_name_ids(parent, "parent", caller)
         size = names.page_size(page_size)
         request = scope("loyalty.ListLoyaltyTransactions", tenant_id, member_id, kind)
         cursor = self._pages.decode(request, page_token, "seq")

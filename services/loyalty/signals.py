@@ -15,7 +15,7 @@ from typing import Any
 from services.common import names
 from services.common.call import Principal
 from services.common.errors import FieldViolation, InvalidArgument, collect
-from services.loyalty.ledger import Ledger, _member_id
+from services.loyalty.ledger import Ledger, member_name_ids
 
 REWARDS = {"clicked": 1.0, "redeemed": 2.0, "ignored": -0.1}
 EVENT = "Loyalty Reward Signal"
@@ -53,7 +53,7 @@ class RewardSignals:
         bad: list[FieldViolation] = []
         tenant_id = member_id = ""
         try:
-            tenant_id, member_id = _member_id(member, "member", caller)
+            tenant_id, member_id = member_name_ids(member, "member", caller)
         except InvalidArgument as error:
             bad += error.field_violations
         if not 1 <= len(offer_id) <= MAX_OFFER_ID or not offer_id.strip():
