@@ -40,8 +40,10 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import gc
+import json
 import logging
 import os
 import pathlib
@@ -699,13 +701,33 @@ def report_lines(run: Run) -> list[str]:
     return lines
 
 
+def read_run(path: pathlib.Path) -> Run:
+    """A run written by `--json`."""
+    raw = json.loads(path.read_text())
+    faults = [
+        FaultResult(**{
+            **f,
+            "outcome_counts": {int(k): v for k, v in f["outcome_counts"].items()},
+            "late": [tuple(pair) for pair in f["late"]],
+        })
+        for f in raw.pop("faults")
+    ]  # fmt: skip
+    return Run(**{**raw, "faults": faults, "consistency": Consistency(**raw["consistency"])})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=200.0, help="bids per second offered")
     parser.add_argument("--freeze", type=float, default=10.0, help="seconds each freeze lasts")
     parser.add_argument("--kill", type=float, default=15.0, help="seconds each backend stays dead")
     parser.add_argument("--steady", type=float, default=5.0, help="seconds between faults")
+    parser.add_argument(
+        "--recovery-limit", type=float, default=60.0, help="seconds each recovery may take"
+    )
     parser.add_argument("--no-report", action="store_true", help="print only")
+    parser.add_argument(
+        "--json", type=pathlib.Path, help="also write the run's figures to this file, as JSON"
+    )
     args = parser.parse_args()
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="cx-faults-"))
     try:
@@ -716,13 +738,15 @@ def main() -> int:
                 freeze_s=args.freeze,
                 kill_s=args.kill,
                 steady_s=args.steady,
-                recovery_limit_s=60.0,
+                recovery_limit_s=args.recovery_limit,
             )
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     lines = report_lines(run)
     print("\n".join(lines))
+    if args.json is not None:
+        args.json.write_text(json.dumps(dataclasses.asdict(run)))
     if not args.no_report:
         raw = REPORT.with_name("faults.last-run.md")
         raw.write_text("\n".join(lines) + "\n")

@@ -160,16 +160,18 @@ async def _build(kernel: Kernel) -> Built:
 
     async def seed(seed: TenantSeed) -> None:
         if seed.demo:
-            await seed_demo_profiles(
-                profiles, seed.tenant_id, kernel.clock(), kernel.backends.analytics
-            )
+            # The last demo person's calls are the last ones applied: found,
+            # the demo people were seeded before (a restart does not wait on
+            # applying them again).
+            seeded = await profiles.resolve(seed.tenant_id, "user_id", demo_user_ids()[-1])
+            if seeded is None:
+                await seed_demo_profiles(
+                    profiles, seed.tenant_id, kernel.clock(), kernel.backends.analytics
+                )
             seed.segments.update(await seed_demo_segments(segments, seed.tenant_id))
             if view is not None:  # the demo people bid with their profiles too
-                ids = [
-                    found.id
-                    for user in demo_user_ids()
-                    if (found := await profiles.resolve(seed.tenant_id, "user_id", user))
-                ]
+                # (written at every start: an embedded hot store starts empty)
+                ids = await profiles.resolve_many(seed.tenant_id, "user_id", demo_user_ids())
                 await view.write(seed.tenant_id, ids)
 
     return Built([AudienceServicer(audience)], api=audience, seed=seed)

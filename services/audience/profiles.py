@@ -419,6 +419,23 @@ class Profiles:
         await batch.flush()
         return IngestResult(applied, duplicates, touched, merges, batch.bid_changed())
 
+    async def resolve_many(self, tenant_id: str, kind: str, values: Sequence[str]) -> list[str]:
+        """The ids of the profiles that identities of one kind belong to (in
+        one query; those of no profile left out, each profile once)."""
+        if not values:
+            return []
+        async with self._db.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(audience_identities.c.profile_id)
+                .where(
+                    audience_identities.c.tenant_id == tenant_id,
+                    audience_identities.c.kind == kind,
+                    audience_identities.c.value.in_(list(values)),
+                )
+                .distinct()
+            )
+            return sorted(row.profile_id for row in rows)
+
     async def get_many(self, tenant_id: str, profile_ids: Sequence[str]) -> list[Profile]:
         """The profiles of these ids that exist and are not merged, with
         their identities (two queries per 500 ids)."""

@@ -6,8 +6,13 @@ first made and changes nothing."""
 
 from __future__ import annotations
 
+import logging
+import time
+
 from services.host.platform import Platform
 from services.kernel import TenantSeed
+
+log = logging.getLogger("campaign_express.host")
 
 DEMO_TENANT = "demo"
 DEMO_DISPLAY_NAME = "Demo Retail Co."
@@ -15,10 +20,14 @@ DEMO_PASSWORD = "demo-password-1"
 
 
 async def seed_tenant(platform: Platform, seed: TenantSeed) -> TenantSeed:
+    took: list[str] = []
     for module in platform.local:
         hook = platform.built[module.name].seed
         if hook is not None:
+            began = time.perf_counter()
             await hook(seed)
+            took.append(f"{module.name} {time.perf_counter() - began:.2f} s")
+    log.info("tenant %s seeded: %s", seed.tenant_id, ", ".join(took))
     return seed
 
 

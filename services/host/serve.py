@@ -14,6 +14,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -53,6 +54,17 @@ class Running:
             if runner is not None:
                 await runner.cleanup()
         await self.platform.stop()
+
+
+def _process_age() -> str:
+    """Seconds since this process began (Linux; "?" elsewhere)."""
+    try:
+        stat = pathlib.Path("/proc/self/stat").read_text()
+        uptime = float(pathlib.Path("/proc/uptime").read_text().split()[0])
+        began_ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        return f"{uptime - began_ticks / os.sysconf('SC_CLK_TCK'):.2f}"
+    except (OSError, ValueError, IndexError):
+        return "?"
 
 
 def _bound_port(runner: web.AppRunner) -> int:
@@ -187,11 +199,19 @@ async def serve_forever(settings: Settings, *, migrate: bool = True, seed: bool 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    began = time.perf_counter()
     running = await start(settings, migrate=migrate)
+    started = time.perf_counter()
     try:
         demo = None
         if settings.demo and seed and not stop.is_set():
             demo = await seed_demo(running.platform, settings.demo_api_key)
+        # where a slow start's time went (a restart's /ready waits on both)
+        log.info(
+            "started: %s s since the process began, of which backends and domains %.2f s, "
+            "demo data %.2f s",
+            _process_age(), started - began, time.perf_counter() - started,
+        )  # fmt: skip
         running.startup.discard(DEMO_STARTUP)  # seeded here, or before the workers forked
         if os.environ.get(WORKER_ENV, "0") == "0":
             _announce(settings, running, demo)
