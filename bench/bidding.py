@@ -66,10 +66,10 @@ from campaignexpress.campaigns.v1 import campaign_service_pb2 as cspb
 from campaignexpress.campaigns.v1 import campaign_service_pb2_grpc as csgrpc
 from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
 from campaignexpress.type.v1 import money_pb2
-from gateway.openrtb import decode_bid_request
 from inference.features import CHANNELS
 from services.backends.interfaces import KeyValueStore
 from services.backends.kv import _ttl_ms
+from services.bidding.openrtb_json import decode_bid_request
 from services.bidding.profiles import LoyaltyState, ProfileStore, UserProfile, tenant_user
 
 REPORT = pathlib.Path(__file__).parent / "reports" / "bidding.md"

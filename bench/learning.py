@@ -69,9 +69,9 @@ class Phase:
 
 
 async def run(args: argparse.Namespace) -> list[str]:
-    from gateway.openrtb import decode_bid_request
     from inference.simulate import make_world
     from services.analytics.events import EventType
+    from services.bidding.openrtb_json import decode_bid_request
     from services.bidding.profiles import UserProfile
     from services.bidding.settlement import notice_event
     from services.host.serve import start

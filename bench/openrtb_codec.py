@@ -33,8 +33,8 @@ from google.protobuf import json_format
 
 from bench.openrtb_samples import realistic_request, realistic_response
 from campaignexpress.openrtb.v2.openrtb_pb2 import BidRequest, BidResponse
-from gateway import openrtb
-from gateway.openrtb import (
+from services.bidding import openrtb_json as openrtb
+from services.bidding.openrtb_json import (
     decode_bid_request,
     decode_bid_response,
     encode_bid_request,

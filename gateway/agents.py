@@ -22,8 +22,8 @@ from typing import Any
 
 import orjson
 
-from gateway.openrtb import OPENRTB_VERSION, decode_bid_request, encode_bid_response
 from services.backends import BusMessage, MessageBus, Subscription
+from services.bidding.openrtb_json import OPENRTB_VERSION, decode_bid_request, encode_bid_response
 from services.common.errors import DomainError, PermissionDenied
 
 log = logging.getLogger(__name__)

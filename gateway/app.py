@@ -21,13 +21,13 @@ from campaignexpress.audience.v1 import audience_service_pb2
 from campaignexpress.bidding.v1 import bidding_service_pb2
 from campaignexpress.messaging.v1 import message_pb2, messaging_service_pb2
 from gateway import preference_page
-from gateway.bodies import body_too_large, content_encoding, decompress
 from gateway.errors import error_body
 from gateway.openapi import build_openapi
-from gateway.openrtb import OPENRTB_VERSION, decode_bid_request, encode_bid_response
 from gateway.serverlog import ClientErrorLog
 from gateway.tracking import AUDIENCE_SERVICE, TRACKING_PATHS, bearer, ingest_request, size_limit
 from gateway.transcoder import Route, Router, build_request, render, routes_for
+from services.bidding.openrtb_json import OPENRTB_VERSION, decode_bid_request, encode_bid_response
+from services.common.bodies import body_too_large, content_encoding, decompress
 from services.common.errors import ERROR_DOMAIN, DomainError, InvalidArgument, Unauthenticated
 
 log = logging.getLogger("campaign_express.gateway")
@@ -496,7 +496,7 @@ class Gateway:
     def runner(self, max_request_bytes: int, shutdown_timeout: float) -> web.AppRunner:
         """The HTTP server of this gateway. aiohttp's own request
         decompression is off: it would inflate a whole body on the event loop
-        before a handler could refuse it (gateway/bodies.py does it in slices)."""
+        before a handler could refuse it (services/common/bodies.py does it in slices)."""
         return web.AppRunner(
             self.application(max_request_bytes),
             access_log=None,

@@ -25,8 +25,8 @@ from grpc import aio
 
 from campaignexpress.bidding.v1 import bidding_service_pb2 as bpb
 from gateway.openapi import load_descriptor_set
-from gateway.openrtb import decode_bid_request
 from gateway.serverlog import ClientErrorLog
+from services.bidding.openrtb_json import decode_bid_request
 from services.common.call import Principal
 from services.common.errors import InvalidArgument
 from services.common.pagination import PageTokens, scope

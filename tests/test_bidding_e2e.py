@@ -17,8 +17,8 @@ from grpc import aio
 
 from campaignexpress.bidding.v1 import bidding_service_pb2 as bpb
 from campaignexpress.bidding.v1 import bidding_service_pb2_grpc as bgrpc
-from gateway.openrtb import decode_bid_request
 from services.analytics.queries import count_by_type
+from services.bidding.openrtb_json import decode_bid_request
 from services.campaigns.model import (
     BidStrategy,
     Budget,

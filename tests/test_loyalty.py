@@ -160,18 +160,14 @@ async def test_earn_redeem_reverse_and_history(env: Env) -> None:
     seen: list[str] = []
     token = ""
     while True:
-        status, page = await call(
-            env, "GET", f"{MEMBER}/transactions?pageSize=2&pageToken={token}"
-        )
+        status, page = await call(env, "GET", f"{MEMBER}/transactions?pageSize=2&pageToken={token}")
         assert status == 200, page
         seen += [t["name"].rsplit("/", 1)[1] for t in page["transactions"]]
         token = page.get("nextPageToken", "")
         if not token:
             break
     assert seen == ["r-1.reversal", "order-2.reversal", "r-1", "order-3", "order-2", "order-1"]
-    status, page = await call(
-        env, "GET", f"{MEMBER}/transactions?kind=TRANSACTION_KIND_REVERSAL"
-    )
+    status, page = await call(env, "GET", f"{MEMBER}/transactions?kind=TRANSACTION_KIND_REVERSAL")
     assert [t["reverses"].rsplit("/", 1)[1] for t in page["transactions"]] == ["r-1", "order-2"]
     # the balance is the ledger's sum
     status, got = await call(env, "GET", MEMBER)
@@ -314,7 +310,9 @@ async def test_expiry_and_period_ends_are_applied_once_by_the_sweep(env: Env) ->
     assert (await ledger.sweep("acme")).members_expired == 0  # idempotent
     old, _ = await ledger.get_member(admin, "tenants/acme/loyaltyMembers/old")
     assert old.balance == 0 and old.expired == 600 and old.tier == "BASIC"
-    history, _ = await ledger.list_transactions(admin, "tenants/acme/loyaltyMembers/old", 10, "", "")  # noqa: E501
+    history, _ = await ledger.list_transactions(
+        admin, "tenants/acme/loyaltyMembers/old", 10, "", ""
+    )  # noqa: E501
     assert [(t.kind, t.stars) for t in history] == [("expire", -600), ("earn", 600)]
     assert history[0].create_time == old.last_activity_time + 180 * DAY
     # an idle member with nothing left lapses without an entry
@@ -344,7 +342,9 @@ async def test_members_listed_by_tier(env: Env) -> None:
     names: list[str] = []
     token = ""
     while True:
-        status, page = await call(env, "GET", f"tenants/acme/loyaltyMembers?pageSize=2&pageToken={token}")  # noqa: E501
+        status, page = await call(
+            env, "GET", f"tenants/acme/loyaltyMembers?pageSize=2&pageToken={token}"
+        )  # noqa: E501
         names += [m["name"].rsplit("/", 1)[1] for m in page["loyaltyMembers"]]
         token = page.get("nextPageToken", "")
         if not token:

@@ -291,9 +291,7 @@ async def test_profiles_green_tier_becomes_silver(database_url: str) -> None:
                     sa.text("SELECT id, traits, version FROM audience_profiles ORDER BY id")
                 )
             ).all()
-        got = {
-            r[0]: ((orjson.loads(r[1]) if isinstance(r[1], str) else r[1]), r[2]) for r in rows
-        }
+        got = {r[0]: ((orjson.loads(r[1]) if isinstance(r[1], str) else r[1]), r[2]) for r in rows}
         assert got["p1"] == ({"city": "Green Bay", "loyalty_tier": "SILVER"}, 4)
         assert got["p2"] == ({"city": "Green Bay", "loyalty_tier": "SILVER"}, 4)
         assert got["p3"] == ({"city": "Green Bay", "loyalty_tier": "GOLD"}, 3)

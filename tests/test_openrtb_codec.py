@@ -1,4 +1,4 @@
-"""The OpenRTB 2.6 JSON adapter (gateway/openrtb.py): typed decoding, the
+"""The OpenRTB 2.6 JSON adapter (services/bidding/openrtb_json.py): typed decoding, the
 round trip of ext objects and unknown keys at every level, presence, gzip and
 its bomb guard, and every class of bad input named by its JSON path."""
 
@@ -16,7 +16,7 @@ from google.protobuf import descriptor
 
 from bench.openrtb_samples import realistic_request, realistic_response
 from campaignexpress.openrtb.v2.openrtb_pb2 import Bid, BidRequest, BidResponse, SeatBid
-from gateway.openrtb import (
+from services.bidding.openrtb_json import (
     MAX_FLOOR_CPM,
     MAX_SIZE_PX,
     OPENRTB_VERSION,

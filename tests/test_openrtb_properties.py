@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from bench.openrtb_samples import realistic_request, realistic_response
 from campaignexpress.openrtb.v2.openrtb_pb2 import BidRequest
-from gateway import openrtb
-from gateway.openrtb import (
+from services.bidding import openrtb_json as openrtb
+from services.bidding.openrtb_json import (
     decode_bid_request,
     decode_bid_response,
     encode_bid_request,

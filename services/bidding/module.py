@@ -14,6 +14,8 @@ from typing import Any
 from campaignexpress.bidding.v1 import (
     bidding_service_pb2,
     bidding_service_pb2_grpc,
+    demand_partner_service_pb2,
+    demand_partner_service_pb2_grpc,
     exchange_seat_service_pb2,
     exchange_seat_service_pb2_grpc,
 )
@@ -26,6 +28,8 @@ from services.bidding.decisions import BID_DECISIONS, Exploration, subject_filte
 from services.bidding.decisions import TABLE as DECISIONS_TABLE
 from services.bidding.news import BidNews
 from services.bidding.notices import NoticeSigner
+from services.bidding.partner_servicer import DemandPartnerServicer
+from services.bidding.partners import DemandPartners, PartnerSigner
 from services.bidding.processor import BidProcessor
 from services.bidding.profile_changes import ProfileChanges
 from services.bidding.profiles import ProfileStore
@@ -49,6 +53,7 @@ class BiddingApi:
     settlement: Settlement
     decisions: AnalyticsPipeline  # bid_decisions: the model's learning data
     seats: Seats
+    partners: DemandPartners
 
 
 async def _build(kernel: Kernel) -> Built:
@@ -84,6 +89,11 @@ async def _build(kernel: Kernel) -> Built:
     signer = NoticeSigner(kernel.secret, settings.public_url)
     rates = Rates()
     caps = FrequencyCaps(backends.hot_store)
+    partners = DemandPartners(
+        backends.db, kernel.page_tokens, rates, PartnerSigner(kernel.secret, settings.public_url),
+        clock=kernel.clock, metrics_registry=kernel.metrics_registry,
+    )  # fmt: skip
+    kernel.when_serving(partners.start, partners.stop)
     processor = BidProcessor(
         index=index,
         engine=kernel.interface("scoring_engine"),
@@ -98,6 +108,7 @@ async def _build(kernel: Kernel) -> Built:
         news=news,
         exploration=Exploration(settings.bid_exploration, settings.bid_exploration_top),
         decisions=decisions,
+        demand=partners,
     )
     kernel.interface("profile_changes")  # this process hears of other writers' changes
     settlement = Settlement(
@@ -117,8 +128,8 @@ async def _build(kernel: Kernel) -> Built:
     seats.keys = kernel.interface("call_authenticator")
     servicer = BiddingServicer(processor, settlement, backends.readiness, seats)
     return Built(
-        [servicer, ExchangeSeatServicer(seats)],
-        api=BiddingApi(processor, pipeline, index, settlement, decisions, seats),
+        [servicer, ExchangeSeatServicer(seats), DemandPartnerServicer(partners)],
+        api=BiddingApi(processor, pipeline, index, settlement, decisions, seats, partners),
     )
 
 
@@ -215,6 +226,10 @@ MODULE = DomainModule(
         Service(
             exchange_seat_service_pb2.DESCRIPTOR.services_by_name["ExchangeSeatService"],
             exchange_seat_service_pb2_grpc.add_ExchangeSeatServiceServicer_to_server,
+        ),
+        Service(
+            demand_partner_service_pb2.DESCRIPTOR.services_by_name["DemandPartnerService"],
+            demand_partner_service_pb2_grpc.add_DemandPartnerServiceServicer_to_server,
         ),
     ),
     build=_build,

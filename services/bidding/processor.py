@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from services.bidding.identity import resolve_user_id
 from services.bidding.matching import DEVICE_GROUPS, Candidate, CandidateIndex, Context, Slot
 from services.bidding.news import BID, BidNews, BidNewsItem
 from services.bidding.notices import CLICK_MACRO, NoticeSigner, NoticeToken
+from services.bidding.partners import DemandPartners, Fanout, PartnerBid
 from services.bidding.profiles import ProfileStore, UserProfile, default_profile, tenant_user
 from services.bidding.upstream import BidEvents, LiveCampaigns
 from services.campaigns.index import OfferFacts
@@ -172,8 +173,12 @@ class BidProcessor:
         news: BidNews | None = None,
         exploration: Exploration | None = None,
         decisions: BidEvents | None = None,
+        demand: DemandPartners | None = None,
     ) -> None:
         self._index = index
+        #: The tenant's DSPs (services/bidding/partners.py): sent each request,
+        #: their bids in the auction.
+        self.demand = demand
         self._news = news
         self._engine = engine
         self._profiles = profiles
@@ -212,8 +217,17 @@ class BidProcessor:
         received = received_us or now
         tmax = request.tmax if request.HasField("tmax") and request.tmax > 0 else DEFAULT_TMAX_MS
         deadline = received + tmax * 1000 - TMAX_MARGIN_US
+        demand = self.demand
+        fanout = demand.start_fanout(tenant_id, request, source, deadline) if demand else None
         try:
-            outcome = await self._decide(tenant_id, request, now, deadline, source, price_factor)
+            outcome = await self._decide(
+                tenant_id, request, now, deadline, source, price_factor, fanout
+            )
+            if fanout is not None and not fanout.collected and outcome.nbr != NBR_TECHNICAL:
+                # no internal bid: the partners' bids alone
+                outcome = await self._partners_only(
+                    tenant_id, request, now, source, price_factor, fanout, outcome
+                )
         except Exception:
             log.exception("bid %s failed", request.id)
             outcome = BidOutcome(None, NBR_TECHNICAL, "TECHNICAL_ERROR")
@@ -252,6 +266,7 @@ class BidProcessor:
         deadline: int,
         source: str = "",
         price_factor: float = 1.0,
+        fanout: Fanout | None = None,
     ) -> BidOutcome:
         user, device, regs = request.user, request.device, request.regs
         user_id, _ = resolve_user_id(user.id, user.buyeruid, device.ifa)
@@ -361,16 +376,21 @@ class BidProcessor:
             exploration.top,
             price_factor,
         )
-        if not winners:
+        partner_winners: list[PartnerBid] = []
+        if fanout is not None and self.demand is not None:
+            fanout.collected = True
+            offers = await self.demand.collect(fanout, request, response_currency, price_factor)
+            winners, partner_winners = _merge(winners, offers)
+        if not winners and not partner_winners:
             if reason == "unknown currency":
                 return BidOutcome(None, NBR_UNKNOWN_CURRENCY, "UNKNOWN_CURRENCY")
             return BidOutcome(None, NBR_BELOW_FLOOR, "BELOW_FLOOR")
-        if tier in ("RESERVE", "GOLD"):
+        if tier in ("RESERVE", "GOLD") and winners:
             self._metrics.loyalty_boosted.inc(len(winners))
         response = self._response(
-            tenant_id, request, winners, user_id, response_currency, now, source
+            tenant_id, request, winners, user_id, response_currency, now, source, partner_winners
         )
-        if response is not None and self._decisions is not None:
+        if response is not None and self._decisions is not None and winners:
             self._log_decisions(
                 tenant_id, request, slots, winners, response, user_id, now,
                 (scoring.user, offer_ids, scores, prediction.model_sha256),
@@ -466,11 +486,18 @@ class BidProcessor:
         currency: str,
         now: int,
         source: str = "",
+        partner_winners: Sequence[PartnerBid] = (),
     ) -> rtb.BidResponse | None:
         """The bid response, or None when the journal refused a bid's event
         (failing and full): a bid that cannot be journaled is not answered."""
         journaled = True
         response = rtb.BidResponse(id=request.id, bidid=random_hex_id(), cur=currency)
+        if partner_winners:
+            journaled &= self._partner_seatbids(
+                tenant_id, request, partner_winners, response, user_id, currency, now, source
+            )
+        if not winners:
+            return response if journaled else None
         seat = response.seatbid.add(seat=SEAT)
         for winner in winners:
             candidate = winner.scored.candidate
@@ -512,6 +539,74 @@ class BidProcessor:
                 news.tell(BidNewsItem(BID, tenant_id, user_id, campaign.id, request.id, bid_id,
                                       winner.price_cpm))  # fmt: skip
         return response if journaled else None
+
+    async def _partners_only(
+        self,
+        tenant_id: str,
+        request: rtb.BidRequest,
+        now: int,
+        source: str,
+        price_factor: float,
+        fanout: Fanout,
+        internal: BidOutcome,
+    ) -> BidOutcome:
+        """The answer made of the partners' bids when the internal auction
+        made none (`internal`, its no-bid, when they made none either)."""
+        assert self.demand is not None
+        fanout.collected = True
+        currency = self._response_currency(request)
+        if currency is None:
+            await self.demand.collect(fanout, request, "USD", price_factor)  # counted, dropped
+            return internal
+        offers = await self.demand.collect(fanout, request, currency, price_factor)
+        _, partner_winners = _merge([], offers)
+        if not partner_winners:
+            return internal
+        user_id, _ = resolve_user_id(request.user.id, request.user.buyeruid, request.device.ifa)
+        response = self._response(
+            tenant_id, request, [], user_id, currency, now, source, partner_winners
+        )
+        if response is None:
+            return BidOutcome(None, NBR_TECHNICAL, "JOURNAL_FULL")
+        return BidOutcome(response)
+
+    def _partner_seatbids(
+        self,
+        tenant_id: str,
+        request: rtb.BidRequest,
+        partner_winners: Sequence[PartnerBid],
+        response: rtb.BidResponse,
+        user_id: str,
+        currency: str,
+        now: int,
+        source: str,
+    ) -> bool:
+        """The partners' winning bids, a seatbid per partner, each with our
+        bid id and a win notice that records the win and calls the
+        partner's own; False when the journal refused a bid's event."""
+        assert self.demand is not None
+        journaled = True
+        seats: dict[str, rtb.SeatBid] = {}
+        for offer in partner_winners:
+            partner = offer.partner
+            seatbid = seats.get(partner.id)
+            if seatbid is None:
+                seatbid = seats[partner.id] = response.seatbid.add(seat=partner.id)
+            bid_id = random_hex_id()
+            token = self.demand.win_token(offer, bid_id, request, currency, source)
+            bid = seatbid.bid.add(id=bid_id, impid=offer.imp_id, price=offer.price_cpm)
+            _copy_partner_bid(offer.bid, bid)
+            bid.nurl = self.demand.signer.nurl(token)
+            if self._events is not None:
+                journaled &= self._events.emit(
+                    bid_row(
+                        now, tenant_id, request.id, offer.imp_id, bid_id, "",
+                        str(offer.bid.get("crid", "")), user_id,
+                        round(offer.price_cpm * 1_000_000), currency,
+                        attrs_json({"partner": partner.id}), source,
+                    )
+                )  # fmt: skip
+        return journaled
 
     def _bid_template(self, facts: OfferFacts) -> rtb.Bid:
         """The offer's part of a bid (ids, markup, domains, categories,
@@ -588,7 +683,8 @@ class BidProcessor:
         user, offer_ids, scores, model = seen
         features = encode_features(user)
         positions = {slot.imp_id: i for i, slot in enumerate(slots)}
-        for winner, bid in zip(winners, response.seatbid[0].bid, strict=True):
+        ours = next(s for s in response.seatbid if s.seat == SEAT)
+        for winner, bid in zip(winners, ours.bid, strict=True):
             drawn = winner.drawn_from
             if drawn:
                 names, drawn_scores = [offer_ids[i] for i in drawn], [scores[i] for i in drawn]
@@ -623,6 +719,54 @@ class BidProcessor:
     ) -> None:
         if self._events is not None:
             self._events.emit(no_bid_row(now, tenant_id, request.id, outcome.reason, source))
+
+
+def _merge(
+    winners: list[Winner], offers: Sequence[PartnerBid]
+) -> tuple[list[Winner], list[PartnerBid]]:
+    """One auction of the internal winners and the partners' valid bids
+    (best first): per impression, the higher price wins (the internal
+    winner on a tie)."""
+    internal = {w.imp_id: w.price_cpm for w in winners}
+    taken: dict[str, PartnerBid] = {}
+    for offer in offers:
+        if offer.imp_id in taken:
+            continue
+        if offer.price_cpm > internal.get(offer.imp_id, 0.0):
+            taken[offer.imp_id] = offer
+    if not taken:
+        return winners, []
+    return [w for w in winners if w.imp_id not in taken], list(taken.values())
+
+
+#: The fields of a partner's bid copied to ours, with their types.
+_PARTNER_BID_TEXT = ("adm", "adid", "crid", "cid", "dealid", "burl", "lurl", "iurl", "bundle")
+_PARTNER_BID_INTS = ("w", "h", "api", "protocol", "qagmediarating", "mtype")
+
+
+def _copy_partner_bid(raw: dict[str, Any], bid: rtb.Bid) -> None:
+    """The creative of a partner's bid on ours (fields of the wrong type are
+    left out; nurl is ours)."""
+    for key in _PARTNER_BID_TEXT:
+        value = raw.get(key)
+        if isinstance(value, str) and value and len(value) <= 100_000:
+            setattr(bid, key, value)
+    for key in _PARTNER_BID_INTS:
+        value = raw.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31:
+            setattr(bid, key, value)
+    domains = raw.get("adomain")
+    if isinstance(domains, list):
+        bid.adomain.extend(d for d in domains[:20] if isinstance(d, str) and len(d) <= 200)
+    cats = raw.get("cat")
+    if isinstance(cats, list):
+        bid.cat.extend(c for c in cats[:20] if isinstance(c, str) and len(c) <= 100)
+    attrs = raw.get("attr")
+    if isinstance(attrs, list):
+        bid.attr.extend(
+            a for a in attrs[:50] if isinstance(a, int) and not isinstance(a, bool)
+            and 0 <= a < 2**31
+        )  # fmt: skip
 
 
 def _caps_unknown(candidates: list[Candidate], with_caps: Collection[str]) -> list[Candidate]:

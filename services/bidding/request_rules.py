@@ -1,5 +1,5 @@
 """The rules a bid request must meet, wherever it arrives: the REST
-adapter (gateway/openrtb.py) applies them to JSON values while decoding, and
+adapter (services/bidding/openrtb_json.py) applies them to JSON values while decoding, and
 `validate_bid_request` to a request that arrived typed (gRPC ProcessBid and
 StreamBids, NATS). Bad input raises `InvalidArgument` naming the field by its
 OpenRTB JSON path, e.g. `imp[1].banner.format[0].w`."""

@@ -25,7 +25,7 @@ Bad input raises `InvalidArgument` naming the field by its JSON path, e.g.
 0..1000 CPM, currency codes that are not three capital letters, `tmax` outside
 1..10000 ms, and a body over `max_bytes` before or after decompression
 (gzip, deflate or zstd, with the output capped: a bomb costs at most
-`max_bytes`; gateway/bodies.py).
+`max_bytes`; services/common/bodies.py).
 The rules live in services/bidding/request_rules.py, which applies them to
 messages that arrive typed (gRPC, NATS) through
 `validate_bid_request`.
@@ -41,12 +41,6 @@ import orjson
 from google.protobuf import descriptor, message
 
 from campaignexpress.openrtb.v2.openrtb_pb2 import BidRequest, BidResponse
-from gateway.bodies import (
-    REASON_MALFORMED,
-    body_too_large,
-    decompress_sync,
-)
-from gateway.bodies import content_encoding as content_encoding_of
 from services.bidding.request_rules import (
     MAX_FLOOR_CPM,
     MAX_SIZE_PX,
@@ -60,6 +54,12 @@ from services.bidding.request_rules import (
     tmax_problem,
     validate_bid_request,
 )
+from services.common.bodies import (
+    REASON_MALFORMED,
+    body_too_large,
+    decompress_sync,
+)
+from services.common.bodies import content_encoding as content_encoding_of
 from services.common.errors import InvalidArgument
 
 __all__ = [
