@@ -126,3 +126,18 @@ class FakeDsp:
     async def _win(self, request: web.Request) -> web.Response:
         self.wins.append(dict(request.query))
         return web.Response(text="ok")
+
+
+async def _serve_forever(platforms: list[str], delay: tuple[float, float]) -> None:
+    fakes = []
+    for n, platform in enumerate(platforms):
+        fakes.append(await FakeDsp(platform, price=1.8 + 0.4 * n, delay_s=delay).start())
+    print(" ".join(f.endpoint for f in fakes), flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":  # fake DSPs in a process of their own (bench.partners)
+    import sys
+
+    low, high = (float(v) for v in sys.argv[1].split("-"))
+    asyncio.run(_serve_forever(sys.argv[2:], (low / 1e3, high / 1e3)))

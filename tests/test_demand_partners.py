@@ -65,7 +65,8 @@ def bids_of(answer: Any) -> dict[str, dict[str, Any]]:
 async def report(env: Env, partner_id: str) -> dict[str, Any]:
     status, got = await call(env, "GET", f"{PARTNERS}/{partner_id}:report")
     assert status == 200, got
-    return got
+    found: dict[str, Any] = got
+    return found
 
 
 async def until(check: Any, within: float = 5.0) -> None:
@@ -262,7 +263,7 @@ async def test_private_auctions_and_currencies(env: Env, fakes: list[FakeDsp]) -
 
 
 async def test_partner_configs_that_make_no_sense_are_400(env: Env) -> None:
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"platform": "PLATFORM_UNSPECIFIED"}, "demand_partner.platform"),
         ({"endpoint": "ftp://dsp.example/bid"}, "demand_partner.endpoint"),
         ({"timeoutMs": 5}, "demand_partner.timeout_ms"),
