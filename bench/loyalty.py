@@ -28,6 +28,7 @@ import pathlib
 import random
 import shutil
 import tempfile
+import time
 from typing import Any
 
 import grpc
@@ -42,7 +43,9 @@ from campaignexpress.loyalty.v1 import loyalty_service_pb2 as pb
 from campaignexpress.loyalty.v1 import loyalty_service_pb2_grpc as pb_grpc
 
 REPORT = pathlib.Path(__file__).parent / "reports" / "loyalty.md"
-MEMBERS = 5_000
+MEMBERS = 50_000
+#: Transactions per call in the batch phase.
+BATCH_SIZE = 100
 
 
 class Load:
@@ -56,16 +59,25 @@ class Load:
         self.refused = 0
 
     def member(self, i: int) -> str:
-        return f"tenants/demo/loyaltyMembers/bench-{i:05d}"
+        return f"tenants/demo/loyaltyMembers/bench-{i:06d}"
 
     async def enrol(self) -> None:
-        gate = asyncio.Semaphore(64)
-
-        async def one(i: int) -> None:
-            async with gate:
-                await self.earn(self.member(i), 1_000)
-
-        await asyncio.gather(*(one(i) for i in range(MEMBERS)))
+        """A first earn of 1,000 cents for every member, 1,000 a batch."""
+        for start in range(0, MEMBERS, 1_000):
+            request = pb.BatchRecordLoyaltyTransactionsRequest(parent="tenants/demo")
+            for i in range(start, min(MEMBERS, start + 1_000)):
+                txn = f"{self._run}-{next(self._n)}"
+                op = request.operations.add()
+                op.earn.member, op.earn.amount_cents, op.earn.transaction_id = (
+                    self.member(i),
+                    1_000,
+                    txn,
+                )
+                self.applied.append(txn)
+            reply = await self._stub.BatchRecordLoyaltyTransactions(
+                request, metadata=self._metadata
+            )
+            assert not any(r.HasField("error") for r in reply.results)
 
     async def earn(self, member: str, cents: int) -> None:
         txn = f"{self._run}-{next(self._n)}"
@@ -95,6 +107,36 @@ class Load:
         else:
             await self.earn(member, self._rng.randint(100, 5_000))
 
+    async def batch(self) -> None:
+        """BATCH_SIZE transactions in one BatchRecordLoyaltyTransactions call,
+        the same mix as `one`."""
+        request = pb.BatchRecordLoyaltyTransactionsRequest(parent="tenants/demo")
+        ids = []
+        for _ in range(BATCH_SIZE):
+            n = next(self._n)
+            txn = f"{self._run}-{n}"
+            ids.append(txn)
+            member = self.member(self._rng.randrange(MEMBERS))
+            op = request.operations.add()
+            if n % 5 == 4:
+                op.redeem.member, op.redeem.stars, op.redeem.transaction_id = member, 1, txn
+            else:
+                e = op.earn
+                e.member, e.amount_cents, e.transaction_id = (
+                    member,
+                    self._rng.randint(100, 5_000),
+                    txn,
+                )
+                e.channel = "store"
+        reply = await self._stub.BatchRecordLoyaltyTransactions(request, metadata=self._metadata)
+        for txn, result in zip(ids, reply.results, strict=True):
+            if result.HasField("error"):
+                if result.error.code != grpc.StatusCode.FAILED_PRECONDITION.value[0]:
+                    raise RuntimeError(result.error.message)
+                self.refused += 1
+            elif not result.duplicate:
+                self.applied.append(txn)
+
     async def retry(self, count: int) -> int:
         """Send `count` applied earns again; how many came back as duplicates."""
         duplicates = 0
@@ -109,6 +151,27 @@ class Load:
             except aio.AioRpcError as error:  # an id of another member or kind: refused
                 duplicates += error.code() == grpc.StatusCode.INVALID_ARGUMENT
         return duplicates
+
+
+async def _synced(url: str, limit: float = 900.0) -> None:
+    """Until no member waits for their profile sync (or `limit` seconds)."""
+    from services.db import Database
+
+    db = Database(url)
+    deadline = time.monotonic() + limit
+    try:
+        while time.monotonic() < deadline:
+            async with db.engine.connect() as conn:
+                (waiting,) = (
+                    await conn.execute(
+                        sa.text("SELECT count(*) FROM loyalty_members WHERE sync_due IS NOT NULL")
+                    )
+                ).one()
+            if not waiting:
+                return
+            await asyncio.sleep(1.0)
+    finally:
+        await db.close()
 
 
 async def _exactness(url: str) -> tuple[int, int, int, int]:
@@ -141,7 +204,7 @@ async def _exactness(url: str) -> tuple[int, int, int, int]:
     return int(wrong), int(members), int(entries), int(balances or 0)
 
 
-async def run(rates: list[int], seconds: float, pin: bool) -> list[str]:
+async def run(rates: list[int], batch_rates: list[int], seconds: float, pin: bool) -> list[str]:
     from tests.backend_servers import PrivatePostgres
 
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="cx-bench-loyalty-"))
@@ -157,8 +220,19 @@ async def run(rates: list[int], seconds: float, pin: bool) -> list[str]:
             await load.enrol()
             # enrolments are new tiers: their profiles are written at once;
             # the load starts once that work is done
+            await _synced(postgres.url)
             await _quiet(server, limit=600)
             lines += await rate_rows(load.one, rates, seconds, lambda: _cpu_seconds(server.pid))
+            lines += [
+                "",
+                f"BatchRecordLoyaltyTransactions, {BATCH_SIZE} transactions a call (the same "
+                f"mix); rates in calls/s: transactions/s are {BATCH_SIZE} times them.",
+                "",
+                *RATE_HEADER,
+            ]
+            lines += await rate_rows(
+                load.batch, batch_rates, seconds, lambda: _cpu_seconds(server.pid)
+            )
             duplicates = await load.retry(1_000)
         wrong, members, entries, balances = await _exactness(postgres.url)
         demo_entries = entries - len(load.applied)
@@ -188,6 +262,7 @@ def main() -> int:
     if pin:
         os.sched_setaffinity(0, {1})
     rates = [100, 200] if args.quick else [50, 100, 150, 200, 300]
+    batch_rates = [10, 20, 30] if args.quick else [5, 10, 20, 30, 40]
     seconds = 3.0 if args.quick else 10.0
     lines = [
         "# Loyalty ledger",
@@ -199,7 +274,7 @@ def main() -> int:
         f"RedeemStars, over {MEMBERS:,} enrolled members, {seconds:g} s per rate; latency "
         f"from each call's scheduled time.",
         "",
-        *asyncio.run(run(rates, seconds, pin)),
+        *asyncio.run(run(rates, batch_rates, seconds, pin)),
     ]
     print("\n".join(lines))
     if not args.no_report:

@@ -130,9 +130,9 @@ async def main_async(rate: float, seconds: float) -> tuple[list[dict[str, Any]],
                     "displayName": dsp.platform, "platform": f"PLATFORM_{dsp.platform.upper()}",
                     "endpoint": dsp.endpoint, "credential": dsp.credential, "enabled": True,
                 }  # fmt: skip
+                partner_id = dsp.platform.replace("_", "-")
                 async with http.post(
-                    f"{server.base_url}/v1/{PARTNERS}?demandPartnerId={dsp.platform.replace('_', '-')}",
-                    json=body,
+                    f"{server.base_url}/v1/{PARTNERS}?demandPartnerId={partner_id}", json=body
                 ) as reply:
                     assert reply.status == 200, await reply.text()
             await asyncio.sleep(6)  # every worker has read them (5 s cache)

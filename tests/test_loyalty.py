@@ -431,3 +431,97 @@ async def test_a_data_subject_request_exports_and_erases_the_membership(env: Env
     status, _ = await call(env, "GET", member)
     assert status == 404
     assert (await call(env, "GET", "tenants/acme/loyaltyMembers/ana"))[0] == 404  # never was
+
+
+# --------------------------------------------------------------------------- batches
+
+BATCH = "tenants/acme/loyaltyMembers:batchRecord"
+
+
+def _earn_op(member: str, cents: int, txn: str) -> dict[str, Any]:
+    return {"earn": {"member": member, "amountCents": cents, "transactionId": txn}}
+
+
+def _redeem_op(member: str, stars: int, txn: str) -> dict[str, Any]:
+    return {"redeem": {"member": member, "stars": stars, "transactionId": txn}}
+
+
+async def test_a_batch_applies_in_order_and_answers_each_operation(env: Env) -> None:
+    bo = "tenants/acme/loyaltyMembers/bo"
+    ops = [
+        _earn_op(MEMBER, 10_000, "b1"),  # 100 stars, enrols
+        _earn_op(bo, 500, "b2"),
+        _redeem_op(MEMBER, 60, "b3"),
+        _redeem_op(MEMBER, 60, "b4"),  # 40 left: refused
+        _redeem_op("tenants/acme/loyaltyMembers/ghost", 1, "b5"),  # not a member
+        _earn_op(MEMBER, 100, "b6"),
+    ]
+    status, body = await call(env, "POST", BATCH, {"operations": ops})
+    assert status == 200, body
+    results = body["results"]
+    assert [r.get("transaction", {}).get("balanceAfter") for r in results] == [
+        "100", "5", "40", None, None, "41",
+    ], results  # fmt: skip
+    assert results[0]["tierChanged"] is True and results[0]["member"]["tier"] == "TIER_SILVER"
+    assert results[3]["error"]["code"] == 9 and "not enough stars" in results[3]["error"]["message"]
+    assert results[4]["error"]["code"] == 5, results[4]
+    # the same batch again: the applied are duplicates, the refused still refused
+    status, again = await call(env, "POST", BATCH, {"operations": ops})
+    assert status == 200, again
+    assert [r.get("duplicate", False) for r in again["results"]] == [
+        True, True, True, False, False, True,
+    ], again  # fmt: skip
+    assert again["results"][3]["error"]["code"] == 9
+    status, got = await call(env, "GET", MEMBER)
+    assert got["starsBalance"] == "41" and got["redemptions"] == "1", got
+    # one ledger with the single calls: an id of a batch is a duplicate there
+    status, single = await earn(env, MEMBER, 10_000, "b1")
+    assert status == 200 and single["duplicate"] is True, single
+    status, history = await call(env, "GET", f"{MEMBER}/transactions")
+    assert [t["name"].rsplit("/", 1)[1] for t in history["transactions"]] == ["b6", "b3", "b1"]
+
+
+async def test_a_malformed_batch_is_refused_whole(env: Env) -> None:
+    cases: list[tuple[list[dict[str, Any]], str]] = [
+        ([_earn_op(MEMBER, 0, "x1")], "operations[0].earn.amount_cents"),
+        ([_earn_op(MEMBER, 100, "x1"), {}], "operations[1]"),
+        ([_earn_op(MEMBER, 100, "x1"), _redeem_op(MEMBER, 1, "x1")],
+         "operations[1].transaction_id"),
+        ([_redeem_op(MEMBER, 0, "x2")], "operations[0].redeem.stars"),
+        ([_earn_op("tenants/acme/people/ana", 100, "x3")], "operations[0].earn.member"),
+        ([], "operations"),
+        ([_earn_op(MEMBER, 100, f"y{i}") for i in range(1001)], "operations"),
+    ]  # fmt: skip
+    for ops, field in cases:
+        status, body = await call(env, "POST", BATCH, {"operations": ops})
+        assert status == 400 and field in fields(body), (field, body)
+    status, _ = await call(env, "GET", MEMBER)
+    assert status == 404  # nothing applied
+
+
+async def test_racing_batches_never_overdraw_and_add_up(env: Env) -> None:
+    members = [f"tenants/acme/loyaltyMembers/m{i}" for i in range(6)]
+    status, body = await call(
+        env, "POST", BATCH, {"operations": [_earn_op(m, 10_000, f"seed-{i}")
+                                            for i, m in enumerate(members)]},
+    )  # fmt: skip
+    assert status == 200, body
+    # 8 batches, each redeeming 60 of every member's 100 stars (members in
+    # opposite orders: the locks must not deadlock) and earning 1 star each
+    batches = [
+        [_redeem_op(m, 60, f"r{b}-{i}") for i, m in enumerate(members[:: 1 if b % 2 else -1])]
+        + [_earn_op(m, 100, f"e{b}-{i}") for i, m in enumerate(members)]
+        for b in range(8)
+    ]
+    outcomes = await asyncio.gather(
+        *(call(env, "POST", BATCH, {"operations": ops}) for ops in batches)
+    )
+    assert all(status == 200 for status, _ in outcomes), outcomes
+    redeemed = sum(
+        1 for _, body in outcomes for r in body["results"]
+        if "error" not in r and r["transaction"]["kind"] == "TRANSACTION_KIND_REDEEM"
+    )  # fmt: skip
+    assert redeemed == len(members), outcomes  # one per member: 100 - 60 < 60 ... until earns
+    for m in members:
+        status, got = await call(env, "GET", m)
+        assert got["starsBalance"] == str(100 - 60 + 8), got

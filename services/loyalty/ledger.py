@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -137,6 +137,18 @@ class Transaction:
         return f"tenants/{self.tenant_id}/loyaltyMembers/{self.member_id}/transactions/{self.id}"
 
 
+class Operation(NamedTuple):
+    """A checked change of one member: `change(member or None, programme,
+    now)` makes its ledger entry and the member after it, or raises the
+    refusal (not a member, short stars...)."""
+
+    tenant_id: str
+    member_id: str
+    transaction_id: str
+    kind: str
+    change: Any
+
+
 @dataclass(frozen=True, slots=True)
 class Applied:
     transaction: Transaction
@@ -232,6 +244,9 @@ def _same_request(found: Transaction, member_id: str, kind: str) -> None:
         )
 
 
+#: The most operations one batch takes.
+MAX_BATCH = 1000
+
 Change = Callable[[Member | None, Program, int], tuple[Transaction, Member]]
 
 
@@ -308,17 +323,34 @@ class Ledger:
         referral: bool = False,
         digital: bool = False,
     ) -> Applied:
+        op = self.earn_operation(
+            caller, member, amount_cents, channel, transaction_id, referral, digital
+        )
+        return await self._apply(*op, actor=caller.subject)
+
+    def earn_operation(
+        self,
+        caller: Principal,
+        member: str,
+        amount_cents: int,
+        channel: str,
+        transaction_id: str,
+        referral: bool = False,
+        digital: bool = False,
+        at: str = "",
+    ) -> Operation:
+        """An earn, checked (`at`: the prefix of its fields' names in errors)."""
         bad: list[FieldViolation] = []
         try:
-            tenant_id, member_id = member_name_ids(member, "member", caller)
+            tenant_id, member_id = member_name_ids(member, f"{at}member", caller)
         except InvalidArgument as error:
             bad += error.field_violations
         if not 1 <= amount_cents <= MAX_AMOUNT_CENTS:
-            bad.append(FieldViolation("amount_cents", f"1 to {MAX_AMOUNT_CENTS} cents"))
+            bad.append(FieldViolation(f"{at}amount_cents", f"1 to {MAX_AMOUNT_CENTS} cents"))
         if not _CHANNEL.match(channel):
-            bad.append(FieldViolation("channel", "0-32 lowercase letters, digits or '_'"))
+            bad.append(FieldViolation(f"{at}channel", "0-32 lowercase letters, digits or '_'"))
         try:
-            _transaction_id(transaction_id)
+            _transaction_id(transaction_id, f"{at}transaction_id")
         except InvalidArgument as error:
             bad += error.field_violations
         collect_violations(bad)
@@ -346,9 +378,7 @@ class Ledger:
                 rate=float(rate),
             ), after  # fmt: skip
 
-        return await self._apply(
-            tenant_id, member_id, transaction_id, "earn", change, actor=caller.subject
-        )
+        return Operation(tenant_id, member_id, transaction_id, "earn", change)
 
     async def redeem(
         self,
@@ -359,19 +389,35 @@ class Ledger:
         transaction_id: str,
         reason: str,
     ) -> Applied:
+        op = await self.redeem_operation(caller, member, reward_id, stars, transaction_id, reason)
+        return await self._apply(*op, actor=caller.subject)
+
+    async def redeem_operation(
+        self,
+        caller: Principal,
+        member: str,
+        reward_id: str,
+        stars: int,
+        transaction_id: str,
+        reason: str,
+        at: str = "",
+    ) -> Operation:
+        """A redemption, checked (`at`: the prefix of its fields' names in errors)."""
         bad: list[FieldViolation] = []
         try:
-            tenant_id, member_id = member_name_ids(member, "member", caller)
+            tenant_id, member_id = member_name_ids(member, f"{at}member", caller)
         except InvalidArgument as error:
             bad += error.field_violations
         if reward_id and stars:
-            bad.append(FieldViolation("stars", "give a reward_id or stars, not both"))
+            bad.append(FieldViolation(f"{at}stars", "give a reward_id or stars, not both"))
         elif not reward_id and not 1 <= stars <= MAX_REWARD_STARS:
-            bad.append(FieldViolation("stars", f"1 to {MAX_REWARD_STARS}, or give a reward_id"))
+            bad.append(
+                FieldViolation(f"{at}stars", f"1 to {MAX_REWARD_STARS}, or give a reward_id")
+            )
         if len(reason) > MAX_REASON:
-            bad.append(FieldViolation("reason", f"at most {MAX_REASON} characters"))
+            bad.append(FieldViolation(f"{at}reason", f"at most {MAX_REASON} characters"))
         try:
-            _transaction_id(transaction_id)
+            _transaction_id(transaction_id, f"{at}transaction_id")
         except InvalidArgument as error:
             bad += error.field_violations
         collect_violations(bad)
@@ -379,7 +425,7 @@ class Ledger:
             reward = (await self.program(tenant_id)).reward(reward_id)
             if reward is None:
                 raise InvalidArgument.field(
-                    "reward_id", f"{reward_id!r} is not a reward of the programme"
+                    f"{at}reward_id", f"{reward_id!r} is not a reward of the programme"
                 )
 
         def change(m: Member | None, program: Program, now: int) -> tuple[Transaction, Member]:
@@ -389,7 +435,7 @@ class Ledger:
             if reward_id:
                 found = program.reward(reward_id)
                 if found is None:
-                    raise InvalidArgument.field("reward_id", "not a reward of the programme")
+                    raise InvalidArgument.field(f"{at}reward_id", "not a reward of the programme")
                 if found.min_tier and RANK[m.tier] < RANK[found.min_tier]:
                     raise FailedPrecondition(
                         f"{reward_id!r} needs the {found.min_tier.title()} tier; "
@@ -412,9 +458,7 @@ class Ledger:
                 now, reward_id=reward_id, reason=reason,
             ), after  # fmt: skip
 
-        return await self._apply(
-            tenant_id, member_id, transaction_id, "redeem", change, actor=caller.subject
-        )
+        return Operation(tenant_id, member_id, transaction_id, "redeem", change)
 
     async def reverse(
         self, caller: Principal, name: str, transaction_id: str, reason: str
@@ -640,6 +684,181 @@ class Ledger:
                 )
             ).one()
         return Applied(found, member_of(row), duplicate=True)
+
+    # ------------------------------------------------------------ batches
+
+    async def apply_batch(
+        self, caller: Principal, parent: str, operations: Sequence[Operation]
+    ) -> list[Applied | DomainError]:
+        """Many earns and redemptions, in order, in one database transaction:
+        each answered as applied, a duplicate (its id applied before), or its
+        refusal (not a member, short stars or tier, an id of another
+        request); the refused change nothing, the others apply. One lookup
+        of the ids, one statement locking and reading the members (in id
+        order), one insert of the entries and one update of the members per
+        batch: the per-call and per-statement costs are paid once. Members
+        are locked in id order (PostgreSQL), so batches sharing members wait
+        for each other rather than deadlock; a deadlock with other writers
+        all the same, or a concurrent first use of an id, starts the batch
+        again."""
+        tenant_id = names.own_tenant(parent, caller.tenant_id)
+        if not 1 <= len(operations) <= MAX_BATCH:
+            raise InvalidArgument.field("operations", f"1 to {MAX_BATCH} operations")
+        seen: dict[str, int] = {}
+        bad: list[FieldViolation] = []
+        for i, op in enumerate(operations):
+            if op.tenant_id != tenant_id:
+                bad.append(FieldViolation(f"operations[{i}]", f"not a member of {parent}"))
+            if op.transaction_id in seen:
+                bad.append(FieldViolation(
+                    f"operations[{i}].transaction_id",
+                    f"{op.transaction_id!r} is operations[{seen[op.transaction_id]}]'s too",
+                ))  # fmt: skip
+            seen.setdefault(op.transaction_id, i)
+        collect_violations(bad)
+        program = await self.program(tenant_id)
+        for attempt in range(4):
+            try:
+                results = await self._batch_once(tenant_id, operations, program, caller.subject)
+            except (IntegrityError, sa.exc.DBAPIError) as error:
+                # a concurrent call took an id or enrolled a member (the next
+                # try sees them), or two batches locked members in each
+                # other's way (PostgreSQL ended one): again, from the start
+                if not isinstance(error, IntegrityError) and "deadlock" not in str(error):
+                    raise
+                if attempt == 3:
+                    raise
+                await asyncio.sleep(0.005 * (attempt + 1))
+                continue
+            if self.changed is not None and any(
+                isinstance(r, Applied) and r.tier_changed for r in results
+            ):
+                self.changed()
+            return results
+        raise AssertionError("unreachable")
+
+    async def _batch_once(
+        self, tenant_id: str, operations: Sequence[Operation], program: Program, actor: str
+    ) -> list[Applied | DomainError]:
+        m, t = loyalty_members.c, loyalty_transactions.c
+        member_ids = sorted({op.member_id for op in operations})
+        ids = [op.transaction_id for op in operations]
+        of_batch = sa.and_(m.tenant_id == tenant_id, m.member_id.in_(member_ids))
+        async with self._db.engine.begin() as conn:
+            lock: Any
+            if conn.dialect.name == "postgresql":
+                # locked in member id order: batches that share members wait
+                # for each other, never deadlock
+                lock = (
+                    sa.select(loyalty_members)
+                    .where(of_batch)
+                    .order_by(m.member_id)
+                    .with_for_update()
+                )
+            else:  # SQLite: a write first takes the database's lock at once
+                lock = (
+                    loyalty_members.update()
+                    .where(of_batch)
+                    .values(version=m.version)
+                    .returning(*loyalty_members.c)
+                )
+            rows = (await conn.execute(lock)).all()
+            before: dict[str, Member] = {}
+            due: dict[str, int | None] = {}
+            for row in rows:
+                before[row.member_id] = member_of(row)
+                due[row.member_id] = row.sync_due
+            made = {
+                found.id: found
+                for found in map(
+                    transaction_of,
+                    (
+                        await conn.execute(
+                            sa.select(loyalty_transactions).where(
+                                t.tenant_id == tenant_id, t.id.in_(ids)
+                            )
+                        )
+                    ).all(),
+                )
+            }
+            now = max([self._clock(), *(b.last_activity_time for b in before.values())])
+            state: dict[str, Member | None] = {}
+            entries: list[Transaction] = []
+            for member_id, member in before.items():
+                caught, lost, _ = catch_up(member, program, now)
+                if lost:
+                    expiry = self._expiry(caught, member, lost, program)
+                    entries.append(expiry)
+                    caught = dataclasses.replace(caught, version=member.version + 1)
+                state[member_id] = caught
+            results: list[Applied | DomainError] = []
+            for op in operations:
+                current = state.get(op.member_id)
+                found = made.get(op.transaction_id)
+                try:
+                    if found is not None:
+                        _same_request(found, op.member_id, op.kind)
+                        member_now = current or before.get(op.member_id)
+                        if member_now is None:  # erased since
+                            raise NotFound(f"{op.member_id!r} is not a member")
+                        results.append(Applied(found, member_now, duplicate=True))
+                        continue
+                    entry, after = op.change(current, program, now)
+                except DomainError as refusal:
+                    results.append(refusal)
+                    continue
+                version = (current.version if current else 0) + 1
+                after = dataclasses.replace(after, version=version)
+                entry = dataclasses.replace(entry, seq=version, actor=actor)
+                entries.append(entry)
+                state[op.member_id] = after
+                tier_changed = after.tier != (current.tier if current else "BASIC")
+                results.append(Applied(entry, after, tier_changed=tier_changed))
+            await self._write_many(conn, before, state, entries, due)
+        return results
+
+    async def _write_many(
+        self,
+        conn: Any,
+        before: dict[str, Member],
+        state: dict[str, Member | None],
+        entries: Sequence[Transaction],
+        due: dict[str, int | None],
+    ) -> None:
+        now = self._clock()
+        inserted: list[dict[str, Any]] = []
+        updated: list[dict[str, Any]] = []
+        for member_id, after in state.items():
+            current = before.get(member_id)
+            if after is None or after == current:
+                continue
+            values = {f.name: getattr(after, f.name) for f in dataclasses.fields(Member)}
+            was = due.get(member_id)
+            if current is None or after.tier != current.tier:
+                values["sync_due"] = now
+            else:
+                values["sync_due"] = min(was, now + SYNC_WITHIN_US) if was else now + SYNC_WITHIN_US
+            (inserted if current is None else updated).append(values)
+        if inserted:
+            await conn.execute(loyalty_members.insert(), inserted)
+        if updated:
+            m = loyalty_members.c
+            columns = [c for c in updated[0] if c not in ("tenant_id", "member_id")]
+            await conn.execute(
+                loyalty_members.update()
+                .where(m.tenant_id == sa.bindparam("b_tenant_id"),
+                       m.member_id == sa.bindparam("b_member_id"))
+                .values({c: sa.bindparam(f"b_{c}") for c in columns}),
+                [{f"b_{k}": v for k, v in row.items()} for row in updated],
+            )  # fmt: skip
+        if entries:
+            await conn.execute(
+                loyalty_transactions.insert(),
+                [
+                    {f.name: getattr(e, f.name) for f in dataclasses.fields(Transaction)}
+                    for e in entries
+                ],
+            )
 
     # ------------------------------------------------------------ time
 

@@ -9,8 +9,9 @@ from campaignexpress.loyalty.v1 import loyalty_service_pb2 as pb
 from campaignexpress.loyalty.v1 import loyalty_service_pb2_grpc as pb_grpc
 from services.common import names
 from services.common.call import current_principal
-from services.common.errors import InvalidArgument
+from services.common.errors import FieldViolation, InvalidArgument, collect
 from services.common.protoconv import micros, timestamp
+from services.common.status import status_of
 from services.loyalty.ledger import Applied, Ledger, Member, Transaction
 from services.loyalty.program import EarnRule, Program, Reward
 from services.loyalty.signals import RewardSignals
@@ -137,6 +138,47 @@ class LoyaltyServicer(pb_grpc.LoyaltyServiceServicer):
         return pb.RedeemStarsResponse(
             transaction=transaction, member=member, duplicate=applied.duplicate
         )
+
+    async def BatchRecordLoyaltyTransactions(
+        self, request: pb.BatchRecordLoyaltyTransactionsRequest, context: Any
+    ) -> Any:
+        caller = current_principal()
+        operations = []
+        bad: list[FieldViolation] = []
+        for i, op in enumerate(request.operations):
+            at = f"operations[{i}]"
+            try:
+                which = op.WhichOneof("operation")
+                if which == "earn":
+                    e = op.earn
+                    operations.append(self._ledger.earn_operation(
+                        caller, e.member, e.amount_cents, e.channel, e.transaction_id,
+                        e.referral, e.digital, at=f"{at}.earn.",
+                    ))  # fmt: skip
+                elif which == "redeem":
+                    r = op.redeem
+                    operations.append(await self._ledger.redeem_operation(
+                        caller, r.member, r.reward_id, r.stars, r.transaction_id, r.reason,
+                        at=f"{at}.redeem.",
+                    ))  # fmt: skip
+                else:
+                    bad.append(FieldViolation(at, "an earn or a redeem"))
+            except InvalidArgument as error:
+                bad += error.field_violations
+        collect(bad)
+        results = await self._ledger.apply_batch(caller, request.parent, operations)
+        program = await self._ledger.program(names.own_tenant(request.parent, caller.tenant_id))
+        answer = pb.BatchRecordLoyaltyTransactionsResponse()
+        for result in results:
+            if isinstance(result, Applied):
+                answer.results.add(
+                    transaction=transaction_proto(result.transaction),
+                    member=member_proto(result.member, program),
+                    tier_changed=result.tier_changed, duplicate=result.duplicate,
+                )  # fmt: skip
+            else:
+                answer.results.add(error=status_of(result))
+        return answer
 
     async def ReverseTransaction(self, request: pb.ReverseTransactionRequest, context: Any) -> Any:
         applied = await self._ledger.reverse(

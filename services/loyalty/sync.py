@@ -89,17 +89,20 @@ class ProfileSync:
                 [(x.member_id, traits(x), f"loyalty:{x.member_id}:{x.version}") for x in members],
                 source="loyalty",
             )
+            # one statement for the batch (its rows locked for as short a time
+            # as can be: ledger changes wait on them); a member changed since
+            # keeps the sync its change set
             async with self._db.engine.begin() as conn:
-                for x in members:
-                    await conn.execute(
-                        loyalty_members.update()
-                        .where(
-                            m.tenant_id == tenant_id,
-                            m.member_id == x.member_id,
-                            m.version == x.version,
-                        )
-                        .values(sync_due=None)
+                await conn.execute(
+                    loyalty_members.update()
+                    .where(
+                        m.tenant_id == tenant_id,
+                        m.member_id == sa.bindparam("b_member_id"),
+                        m.version == sa.bindparam("b_version"),
                     )
+                    .values(sync_due=None),
+                    [{"b_member_id": x.member_id, "b_version": x.version} for x in members],
+                )
             sent += len(members)
         self.sent += sent
         return sent

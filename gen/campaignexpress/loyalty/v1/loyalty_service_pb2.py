@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from campaignexpress.loyalty.v1 import loyalty_pb2 as campaignexpress_dot_loyalty_dot_v1_dot_loyalty__pb2
 from campaignexpress.type.v1 import access_pb2 as campaignexpress_dot_type_dot_v1_dot_access__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0campaignexpress/loyalty/v1/loyalty_service.proto\x12\x1a\x63\x61mpaignexpress.loyalty.v1\x1a(campaignexpress/loyalty/v1/loyalty.proto\x1a$campaignexpress/type/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\"(\n\x18GetLoyaltyProgramRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"`\n\x19GetLoyaltyProgramResponse\x12\x43\n\x0floyalty_program\x18\x01 \x01(\x0b\x32*.campaignexpress.loyalty.v1.LoyaltyProgram\"b\n\x1bUpdateLoyaltyProgramRequest\x12\x43\n\x0floyalty_program\x18\x01 \x01(\x0b\x32*.campaignexpress.loyalty.v1.LoyaltyProgram\"c\n\x1cUpdateLoyaltyProgramResponse\x12\x43\n\x0floyalty_program\x18\x01 \x01(\x0b\x32*.campaignexpress.loyalty.v1.LoyaltyProgram\"\x84\x01\n\x10\x45\x61rnStarsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x16\n\x0etransaction_id\x18\x04 \x01(\t\x12\x10\n\x08referral\x18\x05 \x01(\x08\x12\x0f\n\x07\x64igital\x18\x06 \x01(\x08\"\xbc\x01\n\x11\x45\x61rnStarsResponse\x12\x43\n\x0btransaction\x18\x01 \x01(\x0b\x32..campaignexpress.loyalty.v1.LoyaltyTransaction\x12\x39\n\x06member\x18\x02 \x01(\x0b\x32).campaignexpress.loyalty.v1.LoyaltyMember\x12\x14\n\x0ctier_changed\x18\x03 \x01(\x08\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"n\n\x12RedeemStarsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\treward_id\x18\x02 \x01(\t\x12\r\n\x05stars\x18\x03 \x01(\x03\x12\x16\n\x0etransaction_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xa8\x01\n\x13RedeemStarsResponse\x12\x43\n\x0btransaction\x18\x01 \x01(\x0b\x32..campaignexpress.loyalty.v1.LoyaltyTransaction\x12\x39\n\x06member\x18\x02 \x01(\x0b\x32).campaignexpress.loyalty.v1.LoyaltyMember\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"Q\n\x19ReverseTransactionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xaf\x01\n\x1aReverseTransactionResponse\x12\x43\n\x0btransaction\x18\x01 \x01(\x0b\x32..campaignexpress.loyalty.v1.LoyaltyTransaction\x12\x39\n\x06member\x18\x02 \x01(\x0b\x32).campaignexpress.loyalty.v1.LoyaltyMember\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"\'\n\x17GetLoyaltyMemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"]\n\x18GetLoyaltyMemberResponse\x12\x41\n\x0eloyalty_member\x18\x01 \x01(\x0b\x32).campaignexpress.loyalty.v1.LoyaltyMember\"\x82\x01\n\x19ListLoyaltyMembersRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12.\n\x04tier\x18\x04 \x01(\x0e\x32 .campaignexpress.loyalty.v1.Tier\"y\n\x1aListLoyaltyMembersResponse\x12\x42\n\x0floyalty_members\x18\x01 \x03(\x0b\x32).campaignexpress.loyalty.v1.LoyaltyMember\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x92\x01\n\x1eListLoyaltyTransactionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x39\n\x04kind\x18\x04 \x01(\x0e\x32+.campaignexpress.loyalty.v1.TransactionKind\"\x80\x01\n\x1fListLoyaltyTransactionsResponse\x12\x44\n\x0ctransactions\x18\x01 \x03(\x0b\x32..campaignexpress.loyalty.v1.LoyaltyTransaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x19\x45xpireLoyaltyStarsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\"d\n\x1a\x45xpireLoyaltyStarsResponse\x12\x17\n\x0fmembers_expired\x18\x01 \x01(\x03\x12\x15\n\rstars_expired\x18\x02 \x01(\x03\x12\x16\n\x0eperiods_closed\x18\x03 \x01(\x03\"\xb2\x01\n\x19RecordRewardSignalRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x10\n\x08offer_id\x18\x02 \x01(\t\x12;\n\x0bsignal_type\x18\x03 \x01(\x0e\x32&.campaignexpress.loyalty.v1.SignalType\x12\x11\n\tsignal_id\x18\x04 \x01(\t\x12\x0e\n\x06policy\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x06 \x01(\t\"x\n\x1aRecordRewardSignalResponse\x12\x0e\n\x06reward\x18\x01 \x01(\x01\x12.\n\x04tier\x18\x02 \x01(\x0e\x32 .campaignexpress.loyalty.v1.Tier\x12\x1a\n\x12\x64\x65\x63ision_duplicate\x18\x03 \x01(\x08*u\n\nSignalType\x12\x1b\n\x17SIGNAL_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13SIGNAL_TYPE_CLICKED\x10\x01\x12\x18\n\x14SIGNAL_TYPE_REDEEMED\x10\x02\x12\x17\n\x13SIGNAL_TYPE_IGNORED\x10\x03\x32\xf0\x0f\n\x0eLoyaltyService\x12\xc4\x01\n\x11GetLoyaltyProgram\x12\x34.campaignexpress.loyalty.v1.GetLoyaltyProgramRequest\x1a\x35.campaignexpress.loyalty.v1.GetLoyaltyProgramResponse\"B\x8a\xb5\x18\x02\x08\x19\x82\xd3\xe4\x93\x02\x36\x12#/v1/{name=tenants/*/loyaltyProgram}b\x0floyalty_program\x12\xf0\x01\n\x14UpdateLoyaltyProgram\x12\x37.campaignexpress.loyalty.v1.UpdateLoyaltyProgramRequest\x1a\x38.campaignexpress.loyalty.v1.UpdateLoyaltyProgramResponse\"e\x8a\xb5\x18\x04\x08\x1a\x18\x01\x82\xd3\xe4\x93\x02W23/v1/{loyalty_program.name=tenants/*/loyaltyProgram}:\x0floyalty_programb\x0floyalty_program\x12\xa9\x01\n\tEarnStars\x12,.campaignexpress.loyalty.v1.EarnStarsRequest\x1a-.campaignexpress.loyalty.v1.EarnStarsResponse\"?\x8a\xb5\x18\x04\x08\x1a \x01\x82\xd3\xe4\x93\x02\x31\",/v1/{member=tenants/*/loyaltyMembers/*}:earn:\x01*\x12\xb1\x01\n\x0bRedeemStars\x12..campaignexpress.loyalty.v1.RedeemStarsRequest\x1a/.campaignexpress.loyalty.v1.RedeemStarsResponse\"A\x8a\xb5\x18\x04\x08\x1a \x01\x82\xd3\xe4\x93\x02\x33\"./v1/{member=tenants/*/loyaltyMembers/*}:redeem:\x01*\x12\xd4\x01\n\x12ReverseTransaction\x12\x35.campaignexpress.loyalty.v1.ReverseTransactionRequest\x1a\x36.campaignexpress.loyalty.v1.ReverseTransactionResponse\"O\x8a\xb5\x18\x04\x08\x1a \x01\x82\xd3\xe4\x93\x02\x41\"</v1/{name=tenants/*/loyaltyMembers/*/transactions/*}:reverse:\x01*\x12\xc2\x01\n\x10GetLoyaltyMember\x12\x33.campaignexpress.loyalty.v1.GetLoyaltyMemberRequest\x1a\x34.campaignexpress.loyalty.v1.GetLoyaltyMemberResponse\"C\x8a\xb5\x18\x02\x08\x19\x82\xd3\xe4\x93\x02\x37\x12%/v1/{name=tenants/*/loyaltyMembers/*}b\x0eloyalty_member\x12\xb8\x01\n\x12ListLoyaltyMembers\x12\x35.campaignexpress.loyalty.v1.ListLoyaltyMembersRequest\x1a\x36.campaignexpress.loyalty.v1.ListLoyaltyMembersResponse\"3\x8a\xb5\x18\x02\x08\x19\x82\xd3\xe4\x93\x02\'\x12%/v1/{parent=tenants/*}/loyaltyMembers\x12\xd6\x01\n\x17ListLoyaltyTransactions\x12:.campaignexpress.loyalty.v1.ListLoyaltyTransactionsRequest\x1a;.campaignexpress.loyalty.v1.ListLoyaltyTransactionsResponse\"B\x8a\xb5\x18\x02\x08\x19\x82\xd3\xe4\x93\x02\x36\x12\x34/v1/{parent=tenants/*/loyaltyMembers/*}/transactions\x12\xc4\x01\n\x12\x45xpireLoyaltyStars\x12\x35.campaignexpress.loyalty.v1.ExpireLoyaltyStarsRequest\x1a\x36.campaignexpress.loyalty.v1.ExpireLoyaltyStarsResponse\"?\x8a\xb5\x18\x04\x08\x1a\x18\x01\x82\xd3\xe4\x93\x02\x31\",/v1/{parent=tenants/*}/loyaltyMembers:expire:\x01*\x12\xcc\x01\n\x12RecordRewardSignal\x12\x35.campaignexpress.loyalty.v1.RecordRewardSignalRequest\x1a\x36.campaignexpress.loyalty.v1.RecordRewardSignalResponse\"G\x8a\xb5\x18\x04\x08\x1a \x01\x82\xd3\xe4\x93\x02\x39\"4/v1/{member=tenants/*/loyaltyMembers/*}:rewardSignal:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0campaignexpress/loyalty/v1/loyalty_service.proto\x12\x1a\x63\x61mpaignexpress.loyalty.v1\x1a(campaignexpress/loyalty/v1/loyalty.proto\x1a$campaignexpress/type/v1/access.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/rpc/status.proto\"(\n\x18GetLoyaltyProgramRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"`\n\x19GetLoyaltyProgramResponse\x12\x43\n\x0floyalty_program\x18\x01 \x01(\x0b\x32*.campaignexpress.loyalty.v1.LoyaltyProgram\"b\n\x1bUpdateLoyaltyProgramRequest\x12\x43\n\x0floyalty_program\x18\x01 \x01(\x0b\x32*.campaignexpress.loyalty.v1.LoyaltyProgram\"c\n\x1cUpdateLoyaltyProgramResponse\x12\x43\n\x0floyalty_program\x18\x01 \x01(\x0b\x32*.campaignexpress.loyalty.v1.LoyaltyProgram\"\x84\x01\n\x10\x45\x61rnStarsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x16\n\x0etransaction_id\x18\x04 \x01(\t\x12\x10\n\x08referral\x18\x05 \x01(\x08\x12\x0f\n\x07\x64igital\x18\x06 \x01(\x08\"\xbc\x01\n\x11\x45\x61rnStarsResponse\x12\x43\n\x0btransaction\x18\x01 \x01(\x0b\x32..campaignexpress.loyalty.v1.LoyaltyTransaction\x12\x39\n\x06member\x18\x02 \x01(\x0b\x32).campaignexpress.loyalty.v1.LoyaltyMember\x12\x14\n\x0ctier_changed\x18\x03 \x01(\x08\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"n\n\x12RedeemStarsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\treward_id\x18\x02 \x01(\t\x12\r\n\x05stars\x18\x03 \x01(\x03\x12\x16\n\x0etransaction_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xa8\x01\n\x13RedeemStarsResponse\x12\x43\n\x0btransaction\x18\x01 \x01(\x0b\x32..campaignexpress.loyalty.v1.LoyaltyTransaction\x12\x39\n\x06member\x18\x02 \x01(\x0b\x32).campaignexpress.loyalty.v1.LoyaltyMember\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"\x9f\x01\n\x10LoyaltyOperation\x12<\n\x04\x65\x61rn\x18\x01 \x01(\x0b\x32,.campaignexpress.loyalty.v1.EarnStarsRequestH\x00\x12@\n\x06redeem\x18\x02 \x01(\x0b\x32..campaignexpress.loyalty.v1.RedeemStarsRequestH\x00\x42\x0b\n\toperation\"y\n%BatchRecordLoyaltyTransactionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12@\n\noperations\x18\x02 \x03(\x0b\x32,.campaignexpress.loyalty.v1.LoyaltyOperation\"\xe4\x01\n\x16LoyaltyOperationResult\x12\x43\n\x0btransaction\x18\x01 \x01(\x0b\x32..campaignexpress.loyalty.v1.LoyaltyTransaction\x12\x39\n\x06member\x18\x02 \x01(\x0b\x32).campaignexpress.loyalty.v1.LoyaltyMember\x12\x14\n\x0ctier_changed\x18\x03 \x01(\x08\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\"m\n&BatchRecordLoyaltyTransactionsResponse\x12\x43\n\x07results\x18\x01 \x03(\x0b\x32\x32.campaignexpress.loyalty.v1.LoyaltyOperationResult\"Q\n\x19ReverseTransactionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xaf\x01\n\x1aReverseTransactionResponse\x12\x43\n\x0btransaction\x18\x01 \x01(\x0b\x32..campaignexpress.loyalty.v1.LoyaltyTransaction\x12\x39\n\x06member\x18\x02 \x01(\x0b\x32).campaignexpress.loyalty.v1.LoyaltyMember\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"\'\n\x17GetLoyaltyMemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"]\n\x18GetLoyaltyMemberResponse\x12\x41\n\x0eloyalty_member\x18\x01 \x01(\x0b\x32).campaignexpress.loyalty.v1.LoyaltyMember\"\x82\x01\n\x19ListLoyaltyMembersRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12.\n\x04tier\x18\x04 \x01(\x0e\x32 .campaignexpress.loyalty.v1.Tier\"y\n\x1aListLoyaltyMembersResponse\x12\x42\n\x0floyalty_members\x18\x01 \x03(\x0b\x32).campaignexpress.loyalty.v1.LoyaltyMember\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x92\x01\n\x1eListLoyaltyTransactionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x39\n\x04kind\x18\x04 \x01(\x0e\x32+.campaignexpress.loyalty.v1.TransactionKind\"\x80\x01\n\x1fListLoyaltyTransactionsResponse\x12\x44\n\x0ctransactions\x18\x01 \x03(\x0b\x32..campaignexpress.loyalty.v1.LoyaltyTransaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x19\x45xpireLoyaltyStarsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\"d\n\x1a\x45xpireLoyaltyStarsResponse\x12\x17\n\x0fmembers_expired\x18\x01 \x01(\x03\x12\x15\n\rstars_expired\x18\x02 \x01(\x03\x12\x16\n\x0eperiods_closed\x18\x03 \x01(\x03\"\xb2\x01\n\x19RecordRewardSignalRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x10\n\x08offer_id\x18\x02 \x01(\t\x12;\n\x0bsignal_type\x18\x03 \x01(\x0e\x32&.campaignexpress.loyalty.v1.SignalType\x12\x11\n\tsignal_id\x18\x04 \x01(\t\x12\x0e\n\x06policy\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x06 \x01(\t\"x\n\x1aRecordRewardSignalResponse\x12\x0e\n\x06reward\x18\x01 \x01(\x01\x12.\n\x04tier\x18\x02 \x01(\x0e\x32 .campaignexpress.loyalty.v1.Tier\x12\x1a\n\x12\x64\x65\x63ision_duplicate\x18\x03 \x01(\x08*u\n\nSignalType\x12\x1b\n\x17SIGNAL_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13SIGNAL_TYPE_CLICKED\x10\x01\x12\x18\n\x14SIGNAL_TYPE_REDEEMED\x10\x02\x12\x17\n\x13SIGNAL_TYPE_IGNORED\x10\x03\x32\xe0\x11\n\x0eLoyaltyService\x12\xc4\x01\n\x11GetLoyaltyProgram\x12\x34.campaignexpress.loyalty.v1.GetLoyaltyProgramRequest\x1a\x35.campaignexpress.loyalty.v1.GetLoyaltyProgramResponse\"B\x8a\xb5\x18\x02\x08\x19\x82\xd3\xe4\x93\x02\x36\x12#/v1/{name=tenants/*/loyaltyProgram}b\x0floyalty_program\x12\xf0\x01\n\x14UpdateLoyaltyProgram\x12\x37.campaignexpress.loyalty.v1.UpdateLoyaltyProgramRequest\x1a\x38.campaignexpress.loyalty.v1.UpdateLoyaltyProgramResponse\"e\x8a\xb5\x18\x04\x08\x1a\x18\x01\x82\xd3\xe4\x93\x02W23/v1/{loyalty_program.name=tenants/*/loyaltyProgram}:\x0floyalty_programb\x0floyalty_program\x12\xa9\x01\n\tEarnStars\x12,.campaignexpress.loyalty.v1.EarnStarsRequest\x1a-.campaignexpress.loyalty.v1.EarnStarsResponse\"?\x8a\xb5\x18\x04\x08\x1a \x01\x82\xd3\xe4\x93\x02\x31\",/v1/{member=tenants/*/loyaltyMembers/*}:earn:\x01*\x12\xb1\x01\n\x0bRedeemStars\x12..campaignexpress.loyalty.v1.RedeemStarsRequest\x1a/.campaignexpress.loyalty.v1.RedeemStarsResponse\"A\x8a\xb5\x18\x04\x08\x1a \x01\x82\xd3\xe4\x93\x02\x33\"./v1/{member=tenants/*/loyaltyMembers/*}:redeem:\x01*\x12\xed\x01\n\x1e\x42\x61tchRecordLoyaltyTransactions\x12\x41.campaignexpress.loyalty.v1.BatchRecordLoyaltyTransactionsRequest\x1a\x42.campaignexpress.loyalty.v1.BatchRecordLoyaltyTransactionsResponse\"D\x8a\xb5\x18\x04\x08\x1a \x01\x82\xd3\xe4\x93\x02\x36\"1/v1/{parent=tenants/*}/loyaltyMembers:batchRecord:\x01*\x12\xd4\x01\n\x12ReverseTransaction\x12\x35.campaignexpress.loyalty.v1.ReverseTransactionRequest\x1a\x36.campaignexpress.loyalty.v1.ReverseTransactionResponse\"O\x8a\xb5\x18\x04\x08\x1a \x01\x82\xd3\xe4\x93\x02\x41\"</v1/{name=tenants/*/loyaltyMembers/*/transactions/*}:reverse:\x01*\x12\xc2\x01\n\x10GetLoyaltyMember\x12\x33.campaignexpress.loyalty.v1.GetLoyaltyMemberRequest\x1a\x34.campaignexpress.loyalty.v1.GetLoyaltyMemberResponse\"C\x8a\xb5\x18\x02\x08\x19\x82\xd3\xe4\x93\x02\x37\x12%/v1/{name=tenants/*/loyaltyMembers/*}b\x0eloyalty_member\x12\xb8\x01\n\x12ListLoyaltyMembers\x12\x35.campaignexpress.loyalty.v1.ListLoyaltyMembersRequest\x1a\x36.campaignexpress.loyalty.v1.ListLoyaltyMembersResponse\"3\x8a\xb5\x18\x02\x08\x19\x82\xd3\xe4\x93\x02\'\x12%/v1/{parent=tenants/*}/loyaltyMembers\x12\xd6\x01\n\x17ListLoyaltyTransactions\x12:.campaignexpress.loyalty.v1.ListLoyaltyTransactionsRequest\x1a;.campaignexpress.loyalty.v1.ListLoyaltyTransactionsResponse\"B\x8a\xb5\x18\x02\x08\x19\x82\xd3\xe4\x93\x02\x36\x12\x34/v1/{parent=tenants/*/loyaltyMembers/*}/transactions\x12\xc4\x01\n\x12\x45xpireLoyaltyStars\x12\x35.campaignexpress.loyalty.v1.ExpireLoyaltyStarsRequest\x1a\x36.campaignexpress.loyalty.v1.ExpireLoyaltyStarsResponse\"?\x8a\xb5\x18\x04\x08\x1a\x18\x01\x82\xd3\xe4\x93\x02\x31\",/v1/{parent=tenants/*}/loyaltyMembers:expire:\x01*\x12\xcc\x01\n\x12RecordRewardSignal\x12\x35.campaignexpress.loyalty.v1.RecordRewardSignalRequest\x1a\x36.campaignexpress.loyalty.v1.RecordRewardSignalResponse\"G\x8a\xb5\x18\x04\x08\x1a \x01\x82\xd3\xe4\x93\x02\x39\"4/v1/{member=tenants/*/loyaltyMembers/*}:rewardSignal:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,6 +43,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOYALTYSERVICE'].methods_by_name['EarnStars']._serialized_options = b'\212\265\030\004\010\032 \001\202\323\344\223\0021\",/v1/{member=tenants/*/loyaltyMembers/*}:earn:\001*'
   _globals['_LOYALTYSERVICE'].methods_by_name['RedeemStars']._loaded_options = None
   _globals['_LOYALTYSERVICE'].methods_by_name['RedeemStars']._serialized_options = b'\212\265\030\004\010\032 \001\202\323\344\223\0023\"./v1/{member=tenants/*/loyaltyMembers/*}:redeem:\001*'
+  _globals['_LOYALTYSERVICE'].methods_by_name['BatchRecordLoyaltyTransactions']._loaded_options = None
+  _globals['_LOYALTYSERVICE'].methods_by_name['BatchRecordLoyaltyTransactions']._serialized_options = b'\212\265\030\004\010\032 \001\202\323\344\223\0026\"1/v1/{parent=tenants/*}/loyaltyMembers:batchRecord:\001*'
   _globals['_LOYALTYSERVICE'].methods_by_name['ReverseTransaction']._loaded_options = None
   _globals['_LOYALTYSERVICE'].methods_by_name['ReverseTransaction']._serialized_options = b'\212\265\030\004\010\032 \001\202\323\344\223\002A\"</v1/{name=tenants/*/loyaltyMembers/*/transactions/*}:reverse:\001*'
   _globals['_LOYALTYSERVICE'].methods_by_name['GetLoyaltyMember']._loaded_options = None
@@ -54,48 +57,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOYALTYSERVICE'].methods_by_name['ExpireLoyaltyStars']._serialized_options = b'\212\265\030\004\010\032\030\001\202\323\344\223\0021\",/v1/{parent=tenants/*}/loyaltyMembers:expire:\001*'
   _globals['_LOYALTYSERVICE'].methods_by_name['RecordRewardSignal']._loaded_options = None
   _globals['_LOYALTYSERVICE'].methods_by_name['RecordRewardSignal']._serialized_options = b'\212\265\030\004\010\032 \001\202\323\344\223\0029\"4/v1/{member=tenants/*/loyaltyMembers/*}:rewardSignal:\001*'
-  _globals['_SIGNALTYPE']._serialized_start=2523
-  _globals['_SIGNALTYPE']._serialized_end=2640
-  _globals['_GETLOYALTYPROGRAMREQUEST']._serialized_start=190
-  _globals['_GETLOYALTYPROGRAMREQUEST']._serialized_end=230
-  _globals['_GETLOYALTYPROGRAMRESPONSE']._serialized_start=232
-  _globals['_GETLOYALTYPROGRAMRESPONSE']._serialized_end=328
-  _globals['_UPDATELOYALTYPROGRAMREQUEST']._serialized_start=330
-  _globals['_UPDATELOYALTYPROGRAMREQUEST']._serialized_end=428
-  _globals['_UPDATELOYALTYPROGRAMRESPONSE']._serialized_start=430
-  _globals['_UPDATELOYALTYPROGRAMRESPONSE']._serialized_end=529
-  _globals['_EARNSTARSREQUEST']._serialized_start=532
-  _globals['_EARNSTARSREQUEST']._serialized_end=664
-  _globals['_EARNSTARSRESPONSE']._serialized_start=667
-  _globals['_EARNSTARSRESPONSE']._serialized_end=855
-  _globals['_REDEEMSTARSREQUEST']._serialized_start=857
-  _globals['_REDEEMSTARSREQUEST']._serialized_end=967
-  _globals['_REDEEMSTARSRESPONSE']._serialized_start=970
-  _globals['_REDEEMSTARSRESPONSE']._serialized_end=1138
-  _globals['_REVERSETRANSACTIONREQUEST']._serialized_start=1140
-  _globals['_REVERSETRANSACTIONREQUEST']._serialized_end=1221
-  _globals['_REVERSETRANSACTIONRESPONSE']._serialized_start=1224
-  _globals['_REVERSETRANSACTIONRESPONSE']._serialized_end=1399
-  _globals['_GETLOYALTYMEMBERREQUEST']._serialized_start=1401
-  _globals['_GETLOYALTYMEMBERREQUEST']._serialized_end=1440
-  _globals['_GETLOYALTYMEMBERRESPONSE']._serialized_start=1442
-  _globals['_GETLOYALTYMEMBERRESPONSE']._serialized_end=1535
-  _globals['_LISTLOYALTYMEMBERSREQUEST']._serialized_start=1538
-  _globals['_LISTLOYALTYMEMBERSREQUEST']._serialized_end=1668
-  _globals['_LISTLOYALTYMEMBERSRESPONSE']._serialized_start=1670
-  _globals['_LISTLOYALTYMEMBERSRESPONSE']._serialized_end=1791
-  _globals['_LISTLOYALTYTRANSACTIONSREQUEST']._serialized_start=1794
-  _globals['_LISTLOYALTYTRANSACTIONSREQUEST']._serialized_end=1940
-  _globals['_LISTLOYALTYTRANSACTIONSRESPONSE']._serialized_start=1943
-  _globals['_LISTLOYALTYTRANSACTIONSRESPONSE']._serialized_end=2071
-  _globals['_EXPIRELOYALTYSTARSREQUEST']._serialized_start=2073
-  _globals['_EXPIRELOYALTYSTARSREQUEST']._serialized_end=2116
-  _globals['_EXPIRELOYALTYSTARSRESPONSE']._serialized_start=2118
-  _globals['_EXPIRELOYALTYSTARSRESPONSE']._serialized_end=2218
-  _globals['_RECORDREWARDSIGNALREQUEST']._serialized_start=2221
-  _globals['_RECORDREWARDSIGNALREQUEST']._serialized_end=2399
-  _globals['_RECORDREWARDSIGNALRESPONSE']._serialized_start=2401
-  _globals['_RECORDREWARDSIGNALRESPONSE']._serialized_end=2521
-  _globals['_LOYALTYSERVICE']._serialized_start=2643
-  _globals['_LOYALTYSERVICE']._serialized_end=4675
+  _globals['_SIGNALTYPE']._serialized_start=3175
+  _globals['_SIGNALTYPE']._serialized_end=3292
+  _globals['_GETLOYALTYPROGRAMREQUEST']._serialized_start=215
+  _globals['_GETLOYALTYPROGRAMREQUEST']._serialized_end=255
+  _globals['_GETLOYALTYPROGRAMRESPONSE']._serialized_start=257
+  _globals['_GETLOYALTYPROGRAMRESPONSE']._serialized_end=353
+  _globals['_UPDATELOYALTYPROGRAMREQUEST']._serialized_start=355
+  _globals['_UPDATELOYALTYPROGRAMREQUEST']._serialized_end=453
+  _globals['_UPDATELOYALTYPROGRAMRESPONSE']._serialized_start=455
+  _globals['_UPDATELOYALTYPROGRAMRESPONSE']._serialized_end=554
+  _globals['_EARNSTARSREQUEST']._serialized_start=557
+  _globals['_EARNSTARSREQUEST']._serialized_end=689
+  _globals['_EARNSTARSRESPONSE']._serialized_start=692
+  _globals['_EARNSTARSRESPONSE']._serialized_end=880
+  _globals['_REDEEMSTARSREQUEST']._serialized_start=882
+  _globals['_REDEEMSTARSREQUEST']._serialized_end=992
+  _globals['_REDEEMSTARSRESPONSE']._serialized_start=995
+  _globals['_REDEEMSTARSRESPONSE']._serialized_end=1163
+  _globals['_LOYALTYOPERATION']._serialized_start=1166
+  _globals['_LOYALTYOPERATION']._serialized_end=1325
+  _globals['_BATCHRECORDLOYALTYTRANSACTIONSREQUEST']._serialized_start=1327
+  _globals['_BATCHRECORDLOYALTYTRANSACTIONSREQUEST']._serialized_end=1448
+  _globals['_LOYALTYOPERATIONRESULT']._serialized_start=1451
+  _globals['_LOYALTYOPERATIONRESULT']._serialized_end=1679
+  _globals['_BATCHRECORDLOYALTYTRANSACTIONSRESPONSE']._serialized_start=1681
+  _globals['_BATCHRECORDLOYALTYTRANSACTIONSRESPONSE']._serialized_end=1790
+  _globals['_REVERSETRANSACTIONREQUEST']._serialized_start=1792
+  _globals['_REVERSETRANSACTIONREQUEST']._serialized_end=1873
+  _globals['_REVERSETRANSACTIONRESPONSE']._serialized_start=1876
+  _globals['_REVERSETRANSACTIONRESPONSE']._serialized_end=2051
+  _globals['_GETLOYALTYMEMBERREQUEST']._serialized_start=2053
+  _globals['_GETLOYALTYMEMBERREQUEST']._serialized_end=2092
+  _globals['_GETLOYALTYMEMBERRESPONSE']._serialized_start=2094
+  _globals['_GETLOYALTYMEMBERRESPONSE']._serialized_end=2187
+  _globals['_LISTLOYALTYMEMBERSREQUEST']._serialized_start=2190
+  _globals['_LISTLOYALTYMEMBERSREQUEST']._serialized_end=2320
+  _globals['_LISTLOYALTYMEMBERSRESPONSE']._serialized_start=2322
+  _globals['_LISTLOYALTYMEMBERSRESPONSE']._serialized_end=2443
+  _globals['_LISTLOYALTYTRANSACTIONSREQUEST']._serialized_start=2446
+  _globals['_LISTLOYALTYTRANSACTIONSREQUEST']._serialized_end=2592
+  _globals['_LISTLOYALTYTRANSACTIONSRESPONSE']._serialized_start=2595
+  _globals['_LISTLOYALTYTRANSACTIONSRESPONSE']._serialized_end=2723
+  _globals['_EXPIRELOYALTYSTARSREQUEST']._serialized_start=2725
+  _globals['_EXPIRELOYALTYSTARSREQUEST']._serialized_end=2768
+  _globals['_EXPIRELOYALTYSTARSRESPONSE']._serialized_start=2770
+  _globals['_EXPIRELOYALTYSTARSRESPONSE']._serialized_end=2870
+  _globals['_RECORDREWARDSIGNALREQUEST']._serialized_start=2873
+  _globals['_RECORDREWARDSIGNALREQUEST']._serialized_end=3051
+  _globals['_RECORDREWARDSIGNALRESPONSE']._serialized_start=3053
+  _globals['_RECORDREWARDSIGNALRESPONSE']._serialized_end=3173
+  _globals['_LOYALTYSERVICE']._serialized_start=3295
+  _globals['_LOYALTYSERVICE']._serialized_end=5567
 # @@protoc_insertion_point(module_scope)

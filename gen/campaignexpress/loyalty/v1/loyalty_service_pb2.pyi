@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -295,6 +296,136 @@ class RedeemStarsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RedeemStarsResponse: _TypeAlias = RedeemStarsResponse  # noqa: Y015
+
+@_typing.final
+class LoyaltyOperation(_message.Message):
+    """LoyaltyOperation is one change of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EARN_FIELD_NUMBER: _builtins.int
+    REDEEM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def earn(self) -> Global___EarnStarsRequest:
+        """An earn, as EarnStars takes it."""
+
+    @_builtins.property
+    def redeem(self) -> Global___RedeemStarsRequest:
+        """A redemption, as RedeemStars takes it."""
+
+    def __init__(
+        self,
+        *,
+        earn: Global___EarnStarsRequest | None = ...,
+        redeem: Global___RedeemStarsRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["earn", b"earn", "operation", b"operation", "redeem", b"redeem"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["earn", b"earn", "operation", b"operation", "redeem", b"redeem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_operation: _TypeAlias = _typing.Literal["earn", "redeem"]  # noqa: Y015
+    _WhichOneofArgType_operation: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_operation) -> _WhichOneofReturnType_operation | None: ...
+
+Global___LoyaltyOperation: _TypeAlias = LoyaltyOperation  # noqa: Y015
+
+@_typing.final
+class BatchRecordLoyaltyTransactionsRequest(_message.Message):
+    """Request of BatchRecordLoyaltyTransactions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`tenants/{tenant}`: every operation's member is in it."""
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoyaltyOperation]:
+        """The changes, applied in this order (1-1000; transaction ids distinct)."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        operations: _abc.Iterable[Global___LoyaltyOperation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operations", b"operations", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRecordLoyaltyTransactionsRequest: _TypeAlias = BatchRecordLoyaltyTransactionsRequest  # noqa: Y015
+
+@_typing.final
+class LoyaltyOperationResult(_message.Message):
+    """LoyaltyOperationResult is what became of one operation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
+    TIER_CHANGED_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    tier_changed: _builtins.bool
+    """It changed the member's tier."""
+    duplicate: _builtins.bool
+    """Its transaction id had been applied before: nothing changed now."""
+    @_builtins.property
+    def transaction(self) -> _loyalty_pb2.LoyaltyTransaction:
+        """The ledger entry (unset when refused)."""
+
+    @_builtins.property
+    def member(self) -> _loyalty_pb2.LoyaltyMember:
+        """The member after it (unset when refused)."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Set when it was refused (FAILED_PRECONDITION, NOT_FOUND...): it
+        changed nothing.
+        """
+
+    def __init__(
+        self,
+        *,
+        transaction: _loyalty_pb2.LoyaltyTransaction | None = ...,
+        member: _loyalty_pb2.LoyaltyMember | None = ...,
+        tier_changed: _builtins.bool = ...,
+        duplicate: _builtins.bool = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "member", b"member", "transaction", b"transaction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "error", b"error", "member", b"member", "tier_changed", b"tier_changed", "transaction", b"transaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoyaltyOperationResult: _TypeAlias = LoyaltyOperationResult  # noqa: Y015
+
+@_typing.final
+class BatchRecordLoyaltyTransactionsResponse(_message.Message):
+    """Response of BatchRecordLoyaltyTransactions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoyaltyOperationResult]:
+        """One per operation, in their order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___LoyaltyOperationResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRecordLoyaltyTransactionsResponse: _TypeAlias = BatchRecordLoyaltyTransactionsResponse  # noqa: Y015
 
 @_typing.final
 class ReverseTransactionRequest(_message.Message):

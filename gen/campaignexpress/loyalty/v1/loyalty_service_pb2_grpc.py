@@ -63,6 +63,11 @@ class LoyaltyServiceStub:
                 request_serializer=campaignexpress_dot_loyalty_dot_v1_dot_loyalty__service__pb2.RedeemStarsRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_loyalty_dot_v1_dot_loyalty__service__pb2.RedeemStarsResponse.FromString,
                 _registered_method=True)
+        self.BatchRecordLoyaltyTransactions = channel.unary_unary(
+                '/campaignexpress.loyalty.v1.LoyaltyService/BatchRecordLoyaltyTransactions',
+                request_serializer=campaignexpress_dot_loyalty_dot_v1_dot_loyalty__service__pb2.BatchRecordLoyaltyTransactionsRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_loyalty_dot_v1_dot_loyalty__service__pb2.BatchRecordLoyaltyTransactionsResponse.FromString,
+                _registered_method=True)
         self.ReverseTransaction = channel.unary_unary(
                 '/campaignexpress.loyalty.v1.LoyaltyService/ReverseTransaction',
                 request_serializer=campaignexpress_dot_loyalty_dot_v1_dot_loyalty__service__pb2.ReverseTransactionRequest.SerializeToString,
@@ -133,6 +138,19 @@ class LoyaltyServiceServicer:
     def RedeemStars(self, request, context):
         """Spends stars on a reward (or a number of stars): FAILED_PRECONDITION
         when the balance or the tier is short.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchRecordLoyaltyTransactions(self, request, context):
+        """Many earns and redemptions in one call (1-1000), applied in order in
+        one database transaction: how a store's or an app's purchases are
+        recorded at volume. A malformed operation refuses the whole batch
+        (INVALID_ARGUMENT naming `operations[i]...`); an operation refused for
+        what it asks (not a member, short stars or tier) gets its error in its
+        result, and the others apply. Each is idempotent on its transaction id,
+        as EarnStars and RedeemStars are.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,6 +227,11 @@ def add_LoyaltyServiceServicer_to_server(servicer, server):
                     servicer.RedeemStars,
                     request_deserializer=campaignexpress_dot_loyalty_dot_v1_dot_loyalty__service__pb2.RedeemStarsRequest.FromString,
                     response_serializer=campaignexpress_dot_loyalty_dot_v1_dot_loyalty__service__pb2.RedeemStarsResponse.SerializeToString,
+            ),
+            'BatchRecordLoyaltyTransactions': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchRecordLoyaltyTransactions,
+                    request_deserializer=campaignexpress_dot_loyalty_dot_v1_dot_loyalty__service__pb2.BatchRecordLoyaltyTransactionsRequest.FromString,
+                    response_serializer=campaignexpress_dot_loyalty_dot_v1_dot_loyalty__service__pb2.BatchRecordLoyaltyTransactionsResponse.SerializeToString,
             ),
             'ReverseTransaction': grpc.unary_unary_rpc_method_handler(
                     servicer.ReverseTransaction,
@@ -358,6 +381,33 @@ class LoyaltyService:
             '/campaignexpress.loyalty.v1.LoyaltyService/RedeemStars',
             campaignexpress_dot_loyalty_dot_v1_dot_loyalty__service__pb2.RedeemStarsRequest.SerializeToString,
             campaignexpress_dot_loyalty_dot_v1_dot_loyalty__service__pb2.RedeemStarsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchRecordLoyaltyTransactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.loyalty.v1.LoyaltyService/BatchRecordLoyaltyTransactions',
+            campaignexpress_dot_loyalty_dot_v1_dot_loyalty__service__pb2.BatchRecordLoyaltyTransactionsRequest.SerializeToString,
+            campaignexpress_dot_loyalty_dot_v1_dot_loyalty__service__pb2.BatchRecordLoyaltyTransactionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,15 @@ class LoyaltyServiceStub:
     """Spends stars on a reward (or a number of stars): FAILED_PRECONDITION
     when the balance or the tier is short.
     """
+    BatchRecordLoyaltyTransactions: _grpc.UnaryUnaryMultiCallable[_loyalty_service_pb2.BatchRecordLoyaltyTransactionsRequest, _loyalty_service_pb2.BatchRecordLoyaltyTransactionsResponse]
+    """Many earns and redemptions in one call (1-1000), applied in order in
+    one database transaction: how a store's or an app's purchases are
+    recorded at volume. A malformed operation refuses the whole batch
+    (INVALID_ARGUMENT naming `operations[i]...`); an operation refused for
+    what it asks (not a member, short stars or tier) gets its error in its
+    result, and the others apply. Each is idempotent on its transaction id,
+    as EarnStars and RedeemStars are.
+    """
     ReverseTransaction: _grpc.UnaryUnaryMultiCallable[_loyalty_service_pb2.ReverseTransactionRequest, _loyalty_service_pb2.ReverseTransactionResponse]
     """Undoes an earn (a refund: its stars taken back, the balance may go
     below 0) or a redemption (its stars given back), once.
@@ -105,6 +114,15 @@ class LoyaltyServiceAsyncStub(LoyaltyServiceStub):
     RedeemStars: _aio.UnaryUnaryMultiCallable[_loyalty_service_pb2.RedeemStarsRequest, _loyalty_service_pb2.RedeemStarsResponse]  # type: ignore[assignment]
     """Spends stars on a reward (or a number of stars): FAILED_PRECONDITION
     when the balance or the tier is short.
+    """
+    BatchRecordLoyaltyTransactions: _aio.UnaryUnaryMultiCallable[_loyalty_service_pb2.BatchRecordLoyaltyTransactionsRequest, _loyalty_service_pb2.BatchRecordLoyaltyTransactionsResponse]  # type: ignore[assignment]
+    """Many earns and redemptions in one call (1-1000), applied in order in
+    one database transaction: how a store's or an app's purchases are
+    recorded at volume. A malformed operation refuses the whole batch
+    (INVALID_ARGUMENT naming `operations[i]...`); an operation refused for
+    what it asks (not a member, short stars or tier) gets its error in its
+    result, and the others apply. Each is idempotent on its transaction id,
+    as EarnStars and RedeemStars are.
     """
     ReverseTransaction: _aio.UnaryUnaryMultiCallable[_loyalty_service_pb2.ReverseTransactionRequest, _loyalty_service_pb2.ReverseTransactionResponse]  # type: ignore[assignment]
     """Undoes an earn (a refund: its stars taken back, the balance may go
@@ -177,6 +195,21 @@ class LoyaltyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_loyalty_service_pb2.RedeemStarsResponse, _abc.Awaitable[_loyalty_service_pb2.RedeemStarsResponse]]:
         """Spends stars on a reward (or a number of stars): FAILED_PRECONDITION
         when the balance or the tier is short.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchRecordLoyaltyTransactions(
+        self,
+        request: _loyalty_service_pb2.BatchRecordLoyaltyTransactionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_loyalty_service_pb2.BatchRecordLoyaltyTransactionsResponse, _abc.Awaitable[_loyalty_service_pb2.BatchRecordLoyaltyTransactionsResponse]]:
+        """Many earns and redemptions in one call (1-1000), applied in order in
+        one database transaction: how a store's or an app's purchases are
+        recorded at volume. A malformed operation refuses the whole batch
+        (INVALID_ARGUMENT naming `operations[i]...`); an operation refused for
+        what it asks (not a member, short stars or tier) gets its error in its
+        result, and the others apply. Each is idempotent on its transaction id,
+        as EarnStars and RedeemStars are.
         """
 
     @_abc_1.abstractmethod
