@@ -81,7 +81,12 @@ async def test_a_partner_that_outbids_wins_and_its_win_is_forwarded_once(
 ) -> None:
     await live_campaign(env)
     await post_bid(env, bid_request("warm-up"))
-    dsp = await fake(fakes, "dv360", price=40.0, bid_fields={"dealid": "", "cat": ["IAB1"]})
+    burl = (
+        "https://dv360.example/bill?bid=${AUCTION_BID_ID}&imp=${AUCTION_IMP_ID}&p=${AUCTION_PRICE}"
+    )
+    dsp = await fake(
+        fakes, "dv360", price=40.0, bid_fields={"dealid": "", "cat": ["IAB1"], "burl": burl}
+    )
     partner = await add_partner(env, "dv360", dsp)
     assert partner["credentialSet"] is True and "credential" not in partner, partner
     status, answer = await bid(env, bid_request("p1"))
@@ -94,6 +99,9 @@ async def test_a_partner_that_outbids_wins_and_its_win_is_forwarded_once(
     assert b["price"] == 40.0 and b["adm"] == "<div>dv360 ad</div>", b
     assert b["crid"] == "dv360-creative" and b["adomain"] == ["dv360.example"] and b["w"] == 300
     assert b["id"] != "dv360-bid-0" and "/v1/dsp/win?t=" in b["nurl"], b
+    # the partner's billing notice goes to it from the exchange: its own ids
+    # filled in now, the price left for the exchange
+    assert b["burl"] == "https://dv360.example/bill?bid=dv360-bid-0&imp=1&p=${AUCTION_PRICE}"
     win = (
         b["nurl"].replace("http://localhost:8080", env.base_url).replace("${AUCTION_PRICE}", "31.5")
     )

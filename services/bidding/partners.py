@@ -413,6 +413,16 @@ def substitute(url: str, token: PartnerWinToken, price_cpm: float) -> str:
     return url
 
 
+def presubstitute(url: str, token: PartnerWinToken) -> str:
+    """A partner's billing or loss URL as the exchange gets it: the macros
+    of the partner's own bid (its ids) substituted now, those the exchange
+    knows (`${AUCTION_PRICE}`, `${AUCTION_CURRENCY}`, `${AUCTION_LOSS}`) left."""
+    values = (token.request_id, token.partner_bid_id, token.imp_id, token.seat, token.ad_id)
+    for macro, value in zip(_MACROS[:5], values, strict=True):
+        url = url.replace(macro, value)
+    return url
+
+
 class PartnerSigner:
     """Signs and verifies the win-notice tokens of partner bids (HMAC-SHA256
     with a key of their own, derived from the platform secret)."""

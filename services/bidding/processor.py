@@ -35,7 +35,7 @@ from services.bidding.identity import resolve_user_id
 from services.bidding.matching import DEVICE_GROUPS, Candidate, CandidateIndex, Context, Slot
 from services.bidding.news import BID, BidNews, BidNewsItem
 from services.bidding.notices import CLICK_MACRO, NoticeSigner, NoticeToken
-from services.bidding.partners import DemandPartners, Fanout, PartnerBid
+from services.bidding.partners import DemandPartners, Fanout, PartnerBid, presubstitute
 from services.bidding.profiles import ProfileStore, UserProfile, default_profile, tenant_user
 from services.bidding.upstream import BidEvents, LiveCampaigns
 from services.campaigns.index import OfferFacts
@@ -597,6 +597,10 @@ class BidProcessor:
             bid = seatbid.bid.add(id=bid_id, impid=offer.imp_id, price=offer.price_cpm)
             _copy_partner_bid(offer.bid, bid)
             bid.nurl = self.demand.signer.nurl(token)
+            if bid.burl:  # the partner's own, its ids filled in (the price: the exchange)
+                bid.burl = presubstitute(bid.burl, token)
+            if bid.lurl:
+                bid.lurl = presubstitute(bid.lurl, token)
             if self._events is not None:
                 journaled &= self._events.emit(
                     bid_row(
