@@ -36,6 +36,7 @@ import hashlib
 import hmac
 import logging
 import math
+import operator
 import random
 import time
 from collections import deque
@@ -143,12 +144,12 @@ def _row_partner(row: Any) -> Partner:
 # --------------------------------------------------------------------------- adapters
 
 
-def _bearer(partner: Partner, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+def _bearer(partner: Partner, body: bytes, headers: dict[str, str]) -> bytes:
     headers["Authorization"] = f"Bearer {partner.credential}"
     return body
 
 
-def _api_key(partner: Partner, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+def _api_key(partner: Partner, body: bytes, headers: dict[str, str]) -> bytes:
     headers["x-api-key"] = partner.credential
     return body
 
@@ -159,20 +160,22 @@ def meta_authentication_id(app_secret: str, request_id: str) -> str:
     return hmac.new(app_secret.encode(), request_id.encode(), hashlib.sha256).hexdigest()
 
 
-def _meta(partner: Partner, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
-    body = dict(body)
-    body["imp"] = [{**imp, "tagid": partner.placement_id} for imp in body["imp"]]
-    ext = dict(body.get("ext") or {})
+def _meta(partner: Partner, body: bytes, headers: dict[str, str]) -> bytes:
+    request = orjson.loads(body)
+    request["imp"] = [{**imp, "tagid": partner.placement_id} for imp in request["imp"]]
+    ext = request.get("ext")
+    ext = dict(ext) if isinstance(ext, dict) else {}
     ext["platformid"] = partner.account_id
-    ext["authentication_id"] = meta_authentication_id(partner.credential, str(body["id"]))
-    body["ext"] = ext
-    return body
+    ext["authentication_id"] = meta_authentication_id(partner.credential, str(request["id"]))
+    request["ext"] = ext
+    return orjson.dumps(request)
 
 
 #: How each platform wants its requests: the credential's place and the
 #: request's changes. Every request is OpenRTB 2.6 JSON, POSTed with
-#: `x-openrtb-version: 2.6`; 204 or an empty seatbid is a no-bid.
-ADAPTERS: dict[str, Callable[[Partner, dict[str, Any], dict[str, str]], dict[str, Any]]] = {
+#: `x-openrtb-version: 2.6`; 204 or an empty seatbid is a no-bid. (The
+#: request is encoded once per bid; only Meta's is changed, so decoded again.)
+ADAPTERS: dict[str, Callable[[Partner, bytes, dict[str, str]], bytes]] = {
     "dv360": _bearer,
     "amazon": _api_key,
     "trade_desk": _bearer,
@@ -180,11 +183,10 @@ ADAPTERS: dict[str, Callable[[Partner, dict[str, Any], dict[str, str]], dict[str
 }
 
 
-def partner_request(partner: Partner, body: dict[str, Any]) -> tuple[dict[str, str], bytes]:
-    """The headers and body of `body` (an OpenRTB request) for `partner`."""
+def partner_request(partner: Partner, body: bytes) -> tuple[dict[str, str], bytes]:
+    """The headers and body of `body` (an OpenRTB request's JSON) for `partner`."""
     headers = {"Content-Type": "application/json", "x-openrtb-version": "2.6"}
-    shaped = ADAPTERS[partner.platform](partner, body, headers)
-    return headers, orjson.dumps(shaped)
+    return headers, ADAPTERS[partner.platform](partner, body, headers)
 
 
 # --------------------------------------------------------------------------- health
@@ -423,6 +425,9 @@ def presubstitute(url: str, token: PartnerWinToken) -> str:
     return url
 
 
+_token_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(PartnerWinToken)))
+
+
 class PartnerSigner:
     """Signs and verifies the win-notice tokens of partner bids (HMAC-SHA256
     with a key of their own, derived from the platform secret)."""
@@ -435,7 +440,7 @@ class PartnerSigner:
         return base64.urlsafe_b64encode(hmac.digest(self._key, body, "sha256")[:18]).decode()
 
     def nurl(self, token: PartnerWinToken) -> str:
-        body = base64.urlsafe_b64encode(orjson.dumps(dataclasses.astuple(token))).decode()
+        body = base64.urlsafe_b64encode(orjson.dumps(_token_fields(token))).decode()
         body = body.rstrip("=")
         return f"{self._base}/v1/dsp/win?t={body}.{self._sign(body.encode())}&price={PRICE_MACRO}"
 
@@ -580,7 +585,7 @@ class DemandPartners:
             return None
         now = self._clock()
         end_us = deadline_us - ANSWER_MARGIN_US
-        body: dict[str, Any] | None = None
+        body = b""
         calls: list[tuple[Partner, asyncio.Task[Any]]] = []
         for partner in partners:
             key = (tenant_id, partner.id)
@@ -595,8 +600,8 @@ class DemandPartners:
                 stats.throttled += 1
                 self._metrics.requests.labels(tenant_id, partner.id, "throttled").inc()
                 continue
-            if body is None:
-                body = orjson.loads(encode_bid_request(request))
+            if not body:
+                body = encode_bid_request(request)
             headers, payload = partner_request(partner, body)
             self._in_flight[key] = self._in_flight.get(key, 0) + 1
             stats.requests += 1
