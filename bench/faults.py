@@ -262,6 +262,7 @@ class Sample:
     latency: float  # seconds from `at`; inf when unanswered
     status: int  # HTTP status; 0: no answer (refused, reset, client timeout)
     bids: list[str] = field(default_factory=list)  # bid ids answered
+    error: str = ""  # why there was no answer: the exception's type and text
 
 
 @dataclass
@@ -366,7 +367,8 @@ class Load:
             async with self._http.post(self.base_url + "/v1/bid", data=body) as reply:
                 payload = await reply.read()
                 sample.status = reply.status
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            sample.error = f"{type(exc).__name__}: {exc}"[:200]
             return
         sample.latency = time.monotonic() - scheduled
         if sample.status != 200:
@@ -425,6 +427,8 @@ class FaultResult:
     ready_said: str = ""  # what /ready answered during the fault
     #: (ms into the fault it was sent, ms it took) of each answer past tmax
     late: list[tuple[int, int]] = field(default_factory=list)
+    #: why requests got no answer, with how many
+    no_answer: dict[str, int] = field(default_factory=dict)
 
 
 def summarize(fault: str, samples: list[Sample], since: float, until: float) -> FaultResult:
@@ -455,6 +459,7 @@ def summarize(fault: str, samples: list[Sample], since: float, until: float) -> 
             for s in window
             if s.status in (200, 204) and s.latency * 1e3 >= TMAX_MS
         ],
+        no_answer=dict(Counter(s.error for s in window if s.error)),
     )
 
 

@@ -35,7 +35,11 @@ from bench.faults import BACKENDS, TMAX_MS, read_run
 pytestmark = [pytest.mark.backends, pytest.mark.faults]
 
 RATE = 80.0
-HOLD_SECONDS = 2.0
+# Each fault held 3 s and 4 s between them (the no-fault phase: its last
+# 3 s): ~240 requests a phase. With the 1 s and ~80 requests it had, one
+# hiccup of this 2-core VM (two requests late) failed the 99% bound.
+HOLD_SECONDS = 3.0
+STEADY_SECONDS = 4.0
 RECOVERY_LIMIT_SECONDS = 20.0
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -52,7 +56,7 @@ def test_bids_notices_and_events_live_through_every_backend_fault(
     argv = [
         sys.executable, "-m", "bench.faults", "--no-report", "--json", str(figures),
         "--rate", str(RATE), "--freeze", str(HOLD_SECONDS), "--kill", str(HOLD_SECONDS),
-        "--steady", "1.5", "--recovery-limit", str(RECOVERY_LIMIT_SECONDS),
+        "--steady", str(STEADY_SECONDS), "--recovery-limit", str(RECOVERY_LIMIT_SECONDS),
     ]  # fmt: skip
     # in a session of its own: a timeout ends it with the servers it started
     plan = subprocess.Popen(
@@ -69,7 +73,7 @@ def test_bids_notices_and_events_live_through_every_backend_fault(
     run = read_run(figures)
     by_fault = {f.fault: f for f in run.faults}
     steady = by_fault["no fault"]
-    assert steady.on_time >= 0.99 and steady.bid_share > 0.5, log
+    assert steady.on_time >= 0.99 and steady.bid_share > 0.5, (steady, log)
     for backend in BACKENDS:
         for how in ("frozen", "killed"):
             fault = by_fault[f"{backend} {how}"]

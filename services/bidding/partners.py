@@ -667,7 +667,7 @@ class DemandPartners:
         key = (partner.tenant_id, partner.id)
         stats, health = self._stats[key], self._health[key]
         count = self._metrics.requests.labels
-        if not task.done():
+        if not task.done() or task.cancelled():
             task.cancel()
             stats.timeouts += 1
             health.record(False)
@@ -785,6 +785,8 @@ class DemandPartners:
                     .where(w.forwarded.is_(False), w.next_attempt <= now)
                     .order_by(w.next_attempt)
                     .limit(FORWARD_BATCH)
+                    # rows another process is claiming are left to it
+                    .with_for_update(skip_locked=True)
                 )
             ).all()
             # claimed: another process does not send them meanwhile
