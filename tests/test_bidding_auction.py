@@ -258,14 +258,14 @@ def test_notice_tokens_are_signed_and_prices_checked() -> None:
         NoticeSigner("x" * 40, "https://bid.example").verify(t)
     # a token from before the array form (a JSON object of the fields) still settles
     body = base64.urlsafe_b64encode(orjson.dumps(token)).decode().rstrip("=")
-    earlier = f"{body}.{signer._sign(body.encode())}"
+    earlier = f"{body}.{signer._seal._sign(body.encode())}"
     assert signer.verify(earlier) == token
     assert len(t) < len(earlier) - 150  # the array form: shorter URLs
     # signed, but not a token's layout: refused, naming the parameter
     for raw in ([2, *dataclasses.astuple(token)], [1, "acme"], "text", 5):
         body = base64.urlsafe_b64encode(orjson.dumps(raw)).decode().rstrip("=")
         with pytest.raises(InvalidArgument) as refused:
-            signer.verify(f"{body}.{signer._sign(body.encode())}")
+            signer.verify(f"{body}.{signer._seal._sign(body.encode())}")
         assert refused.value.field_violations[0].field == "t"
     assert parse_price("1.75") == 1.75
     for bad in ("", "${AUCTION_PRICE}", "abc", "-1", "1e9", "nan"):
@@ -543,7 +543,7 @@ def test_notice_signature_is_standard_hmac_sha256(body: bytes, secret: str) -> N
     signer = NoticeSigner(secret, "https://bid.example")
     key = hashlib.sha256(b"bid-notice:" + secret.encode()).digest()
     expected = base64.urlsafe_b64encode(hmac.digest(key, body, "sha256")[:18]).decode()
-    assert signer._sign(body) == expected
+    assert signer._seal._sign(body) == expected
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

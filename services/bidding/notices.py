@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import operator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -45,16 +46,20 @@ class NoticeToken:
 _token_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(NoticeToken)))
 
 
-class NoticeSigner:
-    def __init__(self, secret: str, public_url: str) -> None:
-        key = hashlib.sha256(b"bid-notice:" + secret.encode()).digest()
+class TokenSeal:
+    """Signed tokens for URLs: a JSON array of values, base64url without
+    padding, a dot, its HMAC-SHA256 (truncated to 18 bytes, base64url) with a
+    key derived from the platform secret and the tokens' `purpose`, so the
+    tokens of one purpose are refused as another's."""
+
+    def __init__(self, secret: str, purpose: str) -> None:
+        key = hashlib.sha256(f"{purpose}:".encode() + secret.encode()).digest()
         # HMAC-SHA256 (RFC 2104) with the key's inner and outer hash states
         # computed once: a signature then costs two state copies, ~0.8 us
         # instead of hmac.digest's ~1.7 us (it sets the key up on every call).
         block = key.ljust(hashlib.sha256().block_size, b"\0")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
-        self._base = public_url.rstrip("/")
 
     def _sign(self, body: bytes) -> str:
         inner = self._inner.copy()
@@ -63,13 +68,37 @@ class NoticeSigner:
         outer.update(inner.digest())
         return base64.urlsafe_b64encode(outer.digest()[:18]).decode()
 
-    def token(self, notice: NoticeToken) -> str:
-        """The signed token: a JSON array [version, fields in order], base64url
-        without padding, a dot, the signature. An array rather than an object
-        of named fields: ~150 characters less per URL, three URLs per bid."""
-        fields = (TOKEN_VERSION, *_token_fields(notice))
-        body = base64.urlsafe_b64encode(orjson.dumps(fields)).decode().rstrip("=")
+    def seal(self, values: tuple[Any, ...]) -> str:
+        body = base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
         return f"{body}.{self._sign(body.encode())}"
+
+    def open(self, token: str) -> Any:
+        """The token's values; INVALID_ARGUMENT on `t` when it is not one
+        this seal made."""
+        body, _, signature = token.partition(".")
+        if (
+            not token.isascii()  # tokens are base64url; compare_digest refuses other text
+            or not body
+            or not signature
+            or not hmac.compare_digest(self._sign(body.encode()), signature)
+        ):
+            raise InvalidArgument.field("t", "is not a notice token this platform issued")
+        try:
+            return orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except ValueError:
+            raise InvalidArgument.field("t", "is not a notice token this platform issued") from None
+
+
+class NoticeSigner:
+    def __init__(self, secret: str, public_url: str) -> None:
+        self._seal = TokenSeal(secret, "bid-notice")
+        self._base = public_url.rstrip("/")
+
+    def token(self, notice: NoticeToken) -> str:
+        """The signed token of [version, fields in order]. An array rather
+        than an object of named fields: ~150 characters less per URL, three
+        URLs per bid."""
+        return self._seal.seal((TOKEN_VERSION, *_token_fields(notice)))
 
     def urls(self, notice: NoticeToken) -> tuple[str, str, str, str]:
         """(nurl, burl, lurl, click URL): the first three with the OpenRTB
@@ -83,21 +112,13 @@ class NoticeSigner:
         )
 
     def verify(self, token: str) -> NoticeToken:
-        body, _, signature = token.partition(".")
-        if (
-            not token.isascii()  # tokens are base64url; compare_digest refuses other text
-            or not body
-            or not signature
-            or not hmac.compare_digest(self._sign(body.encode()), signature)
-        ):
-            raise InvalidArgument.field("t", "is not a notice token this platform issued")
+        raw = self._seal.open(token)
         try:
-            raw = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
             if type(raw) is list and raw and raw[0] == TOKEN_VERSION:
                 return NoticeToken(*raw[1:])
             if type(raw) is dict:  # tokens issued before the array form
                 return NoticeToken(**raw)
-        except (ValueError, TypeError):
+        except TypeError:
             pass
         raise InvalidArgument.field("t", "is not a notice token this platform issued")
 

@@ -646,31 +646,10 @@ class Ledger:
         entries: Sequence[Transaction],
         due: int | None,
     ) -> None:
-        values: dict[str, Any] = {
-            f.name: getattr(after, f.name) for f in dataclasses.fields(Member)
-        }  # noqa: E501
-        now = self._clock()
-        if current is None or after.tier != current.tier:
-            values["sync_due"] = now
-        else:
-            values["sync_due"] = min(due, now + SYNC_WITHIN_US) if due else now + SYNC_WITHIN_US
-        m = loyalty_members.c
-        if current is None:
-            await conn.execute(loyalty_members.insert().values(**values))
-        else:
-            await conn.execute(
-                loyalty_members.update()
-                .where(m.tenant_id == after.tenant_id, m.member_id == after.member_id)
-                .values(**values)
-            )
-        if entries:
-            await conn.execute(
-                loyalty_transactions.insert(),
-                [
-                    {f.name: getattr(e, f.name) for f in dataclasses.fields(Transaction)}
-                    for e in entries
-                ],
-            )
+        """One member's change, written as a batch of one."""
+        key = after.member_id
+        before = {} if current is None else {key: current}
+        await self._write_many(conn, before, {key: after}, entries, {key: due})
 
     async def _duplicate(self, found: Transaction, member_id: str, kind: str) -> Applied:
         _same_request(found, member_id, kind)
