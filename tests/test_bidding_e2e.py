@@ -146,6 +146,7 @@ async def test_rest_bid_and_win_notice_settle_spend_once(env: Env) -> None:
 
 async def test_no_bid_is_204_with_reason(env: Env) -> None:
     await live_campaign(env)
+    await post_bid(env, bid_request("warm-up"))  # a cold first bid may miss its tmax
     body = bid_request()
     body["imp"][0]["bidfloor"] = 999.0
     status, headers, raw = await post_bid(env, body)
