@@ -205,3 +205,25 @@ async def test_a_seat_report_counts_its_bid_events(env: Env) -> None:
     assert got["hours"] == 24 and got["requests"] == "4" and got["requestsBid"] == "3", got
     assert got["bids"] == "3" and got["meanBidCpm"] > 0.5
     assert got["noBids"] == [{"reason": "BELOW_FLOOR", "count": "1"}]
+
+
+class _FrozenHotStore:
+    """A hot store that never answers a token request."""
+
+    async def take_token(self, key: str, rate_per_second: float, burst: int) -> Any:
+        await asyncio.sleep(10)
+
+
+async def test_a_hot_store_that_does_not_answer_leaves_each_process_its_own_bucket() -> None:
+    from services.bidding.seats import Seat, Seats
+
+    outages: list[BaseException] = []
+    seats = Seats(None, None, _FrozenHotStore(), None, report_outage=outages.append)  # type: ignore[arg-type]
+    quiet = Seat("acme", "quiet", "Quiet", qps_limit=3)
+    admitted = [await seats.admit(quiet) for _ in range(6)]
+    assert admitted == [True, True, True, False, False, False]  # never waits past 20 ms each
+    assert len(outages) == 6
+    strict = Seat("acme", "strict", "Strict", qps_limit=1, over_limit="reject")
+    assert await seats.admit(strict)
+    with pytest.raises(Exception, match="over its 1 requests/s"):
+        await seats.admit(strict)

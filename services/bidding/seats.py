@@ -7,8 +7,10 @@ governed by its seat, in this order:
 1. QPS: a token bucket per seat in the hot store (Redis when set: every
    process and node shares it), refilled at `qps_limit` per second, holding
    one second's worth. Over it: a no-bid `SEAT_QPS_EXCEEDED` (recorded like
-   any no-bid) or RESOURCE_EXHAUSTED (HTTP 429), as the seat says. A hot
-   store that does not answer within 20 ms lets the bid through.
+   any no-bid) or RESOURCE_EXHAUSTED (HTTP 429), as the seat says. While
+   the hot store does not answer within 20 ms, each process keeps the
+   seat's bucket in its own memory (a fleet of N processes then lets up to
+   N times the limit through; a bid is never held up waiting).
 2. Defaults: `tmax` and the bid currency for requests without them; GDPR
    applying, or COPPA, for requests that do not say.
 3. Formats: impressions of formats the seat does not take are left out; a
@@ -43,6 +45,7 @@ from sqlalchemy.exc import IntegrityError
 from campaignexpress.openrtb.v2 import openrtb_pb2 as rtb
 from services.backends.analytics import quote_literal, table_exists
 from services.backends.interfaces import AnalyticsStore, KeyValueStore
+from services.backends.kv import MemoryKeyValueStore
 from services.backends.outages import is_backend_outage
 from services.bidding.currency import Rates
 from services.bidding.tables import bidding_exchange_seats
@@ -155,6 +158,8 @@ class Seats:
         self._db = db
         self._pages = pages
         self._hot = hot_store
+        #: The seats' buckets while the hot store does not answer.
+        self._local_buckets = MemoryKeyValueStore()
         self._rates = rates
         self._analytics = analytics
         self._clock = clock
@@ -234,17 +239,16 @@ class Seats:
         the seat says so, raises RESOURCE_EXHAUSTED."""
         if seat.qps_limit <= 0:
             return True
+        key = f"seatqps:{seat.tenant_id}:{seat.id}"
         try:
             async with asyncio.timeout(QPS_BUDGET_SECONDS):
-                taken = await self._hot.take_token(
-                    f"seatqps:{seat.tenant_id}:{seat.id}", seat.qps_limit, seat.qps_limit
-                )
-        except Exception as error:  # a slow or failing store lets bids through
+                taken = await self._hot.take_token(key, seat.qps_limit, seat.qps_limit)
+        except Exception as error:  # a slow or failing store: this process's bucket
             if not is_backend_outage(error):
                 raise
             if self._report_outage is not None:
                 self._report_outage(error)
-            return True
+            taken = await self._local_buckets.take_token(key, seat.qps_limit, seat.qps_limit)
         self._metrics.requests.labels(
             seat.tenant_id, seat.id, "admitted" if taken.allowed else "over_qps"
         ).inc()
