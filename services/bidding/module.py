@@ -114,6 +114,8 @@ async def _build(kernel: Kernel) -> Built:
     settlement = Settlement(
         kernel.interface("spend_ledger"), caps, signer, rates, events=pipeline, news=news
     )
+    if kernel.has_interface("creative_templates"):  # offers' DCO variants, and their counts
+        processor.creatives = settlement.creatives = kernel.interface("creative_templates")
     kernel.lifecycle(pipeline.start, pipeline.stop)
     kernel.lifecycle(decisions.start, decisions.stop)
     if kernel.has_interface("data_subject_hooks"):

@@ -41,6 +41,8 @@ class NoticeToken:
     request_id: str
     time_zone: str  # campaign's, for daily frequency caps
     issued_us: int
+    #: The DCO variant the bid's markup is (`{template}/{variant}`), or "".
+    variant: str = ""
 
 
 _token_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(NoticeToken)))

@@ -199,6 +199,9 @@ class BidProcessor:
         #: explores, and where each bid's decision is logged.
         self.exploration = exploration or Exploration(rate=0.0)
         self._decisions = decisions
+        #: Dynamic creative optimisation (decisioning's creative templates):
+        #: an offer that names a template bids with the variant it picks.
+        self.creatives: Any = None
 
     async def process(
         self,
@@ -388,8 +391,9 @@ class BidProcessor:
         if tier in ("RESERVE", "GOLD") and winners:
             self._metrics.loyalty_boosted.inc(len(winners))
         response = self._response(
-            tenant_id, request, winners, user_id, response_currency, now, source, partner_winners
-        )
+            tenant_id, request, winners, user_id, response_currency, now, source, partner_winners,
+            ctx.segments,
+        )  # fmt: skip
         if response is not None and self._decisions is not None and winners:
             self._log_decisions(
                 tenant_id, request, slots, winners, response, user_id, now,
@@ -487,6 +491,7 @@ class BidProcessor:
         now: int,
         source: str = "",
         partner_winners: Sequence[PartnerBid] = (),
+        segments: Collection[str] = (),
     ) -> rtb.BidResponse | None:
         """The bid response, or None when the journal refused a bid's event
         (failing and full): a bid that cannot be journaled is not answered."""
@@ -503,6 +508,9 @@ class BidProcessor:
             candidate = winner.scored.candidate
             campaign, offer = candidate.campaign, candidate.offer
             bid_id = random_hex_id()
+            choice, template_id = None, candidate.facts.creative_template
+            if template_id and self.creatives is not None:
+                choice = self.creatives.pick(tenant_id, template_id, segments)
             token = NoticeToken(
                 tenant_id=tenant_id,
                 campaign_id=campaign.id,
@@ -515,6 +523,7 @@ class BidProcessor:
                 request_id=request.id,
                 time_zone=campaign.spec.schedule.time_zone,
                 issued_us=now,
+                variant=f"{template_id}/{choice.variant_id}" if choice is not None else "",
             )
             nurl, burl, lurl, click = self._signer.urls(token)
             bid = seat.bid.add()
@@ -522,7 +531,10 @@ class BidProcessor:
             bid.CopyFrom(template)
             bid.id, bid.impid, bid.price = bid_id, winner.imp_id, winner.price_cpm
             bid.nurl, bid.burl, bid.lurl = nurl, burl, lurl
-            if CLICK_MACRO in template.adm:
+            if choice is not None:  # the variant's markup, a creative of its own
+                bid.adm = choice.markup.replace(CLICK_MACRO, click)
+                bid.crid = f"{offer.id}.{choice.variant_id}"[:200]
+            elif CLICK_MACRO in template.adm:
                 bid.adm = template.adm.replace(CLICK_MACRO, click)
             deals = candidate.live.deals
             for imp in request.imp if deals else ():

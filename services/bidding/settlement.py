@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from services.analytics.events import AnalyticsEvent, EventType
 from services.bidding.caps import FrequencyCaps
@@ -51,6 +52,9 @@ class Settlement:
         self._clock = clock
         self._in_flight = 0
         self.max_in_flight = NOTICES_IN_FLIGHT_MAX
+        #: Dynamic creative optimisation's templates (decisioning): a DCO
+        #: bid's win counts its variant's impression, its click its click.
+        self.creatives: Any = None
 
     @contextlib.contextmanager
     def _admitted(self) -> Iterator[None]:
@@ -92,6 +96,7 @@ class Settlement:
                 token.bid_id, token.user_id, token.campaign_id, self._clock(), token.time_zone
             )
             await self._event(EventType.WIN, token, cpm)
+            await self._count_variant(token, "impression")
         news = self.news
         if recorded and news is not None and token.user_id and news.wants(token.tenant_id, WIN):
             news.tell(BidNewsItem(WIN, token.tenant_id, token.user_id, token.campaign_id,
@@ -113,6 +118,7 @@ class Settlement:
         with self._admitted():
             recorded = await self._book(token, "CLICK", None)
             await self._event(EventType.CLICK, token, 0.0)
+            await self._count_variant(token, "click")
         news = self.news
         if recorded and news is not None and token.user_id and news.wants(token.tenant_id, CLICK):
             news.tell(BidNewsItem(CLICK, token.tenant_id, token.user_id, token.campaign_id,
@@ -125,6 +131,14 @@ class Settlement:
             if reason != "${AUCTION_LOSS}":
                 raise InvalidArgument.field("reason", "must be an OpenRTB loss reason code")
         await self._event(EventType.LOSS, token, 0.0, reason=reason.replace("${AUCTION_LOSS}", ""))
+
+    async def _count_variant(self, token: NoticeToken, kind: str) -> None:
+        """Once per bid and kind (a retried notice counts nothing more)."""
+        if token.variant and self.creatives is not None:
+            template_id, _, variant_id = token.variant.partition("/")
+            await self.creatives.count_one(
+                token.tenant_id, template_id, f"{token.bid_id}-{kind}", variant_id, kind
+            )
 
     async def _book(self, token: NoticeToken, kind: str, cpm: float | None) -> bool:
         recorded = await self._budgets.record_events(

@@ -226,6 +226,7 @@ def offer_spec_in(o: pb.Offer) -> model.OfferSpec:
         embedding=list(o.embedding),
         status=_name(pb.OfferStatus, o.status, "OFFER_STATUS_", "ACTIVE"),
         bid_cpm=money_in(o.bid_cpm),
+        creative_template=o.creative_template,
     )
 
 
@@ -244,6 +245,7 @@ def offer_out(o: model.Offer) -> pb.Offer:
         embedding=s.embedding,
         status=_value(pb.OfferStatus, s.status, "OFFER_STATUS_"),  # type: ignore[arg-type]
         bid_cpm=money_out(s.bid_cpm),
+        creative_template=s.creative_template,
         etag=o.etag,
         create_time=timestamp(o.create_time),
         update_time=timestamp(o.update_time),

@@ -84,6 +84,13 @@ def placement_keys(
     return frozenset(keys)
 
 
+def _own_template(offer: Offer) -> str:
+    parts = offer.spec.creative_template.split("/")
+    if len(parts) == 4 and parts[1] == offer.tenant_id:
+        return parts[3]
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class OfferFacts:
     """What candidate selection checks of an offer, as sets built once when
@@ -97,6 +104,9 @@ class OfferFacts:
     placements: frozenset[PlacementKey]
     base_cpm: float  # the offer's bid CPM, else the campaign's max CPM
     currency: str  # of base_cpm
+    #: The id of the DCO template whose variants are its markup (one of
+    #: its own tenant's), or "".
+    creative_template: str = ""
 
     @classmethod
     def of(cls, offer: Offer, campaign: CampaignSpec) -> OfferFacts:
@@ -112,6 +122,7 @@ class OfferFacts:
             attributes=frozenset(spec.attributes),
             base_cpm=base.amount_micros / 1e6,
             currency=base.currency_code or campaign.budget.total.currency_code or "USD",
+            creative_template=_own_template(offer),
         )
 
 

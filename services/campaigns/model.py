@@ -139,6 +139,8 @@ class OfferSpec:
     embedding: list[float] = field(default_factory=list)
     status: str = "ACTIVE"
     bid_cpm: Money = field(default_factory=Money)
+    #: A DCO template's name: its chosen variant is the bid's markup.
+    creative_template: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,9 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _COUNTRY = re.compile(r"^[A-Z]{3}$")
 _IAB = re.compile(r"^IAB\d{1,2}(-\d{1,3})?$|^[0-9]{1,4}$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9-]{1,63}\.)+[a-z]{2,63}$")
+_CREATIVE_TEMPLATE = re.compile(
+    r"^tenants/[a-z0-9][a-z0-9-]{0,62}/creativeTemplates/[a-z][a-z0-9-]{0,62}$"
+)
 
 
 def _money(v: list[FieldViolation], path: str, money: Money, *, required: bool, upper: int) -> None:
@@ -272,4 +275,7 @@ def validate_offer(spec: OfferSpec, prefix: str = "offer") -> list[FieldViolatio
     if spec.embedding and any(x != x or abs(x) > 1e6 for x in spec.embedding):
         v.append(FieldViolation(f"{p}.embedding", "values must be finite"))
     _money(v, f"{p}.bid_cpm", spec.bid_cpm, required=False, upper=MAX_CPM_MICROS)
+    if spec.creative_template and not _CREATIVE_TEMPLATE.match(spec.creative_template):
+        form = "must be tenants/{tenant}/creativeTemplates/{template}"
+        v.append(FieldViolation(f"{p}.creative_template", form))
     return v

@@ -1,5 +1,6 @@
 """The decisioning domain: DecisionService (bandit and contextual policies
-that learn from rewards) and ExperimentService (A/B/n experiments with
+that learn from rewards), CreativeTemplateService (dynamic creative
+optimisation's templates and variants) and ExperimentService (A/B/n experiments with
 deterministic assignment and results from events), and their tables; each
 serving process decides from its own copy of a policy's statistics
 (services/decisioning/domain.py)."""
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from campaignexpress.decisioning.v1 import (
+    creative_template_service_pb2,
+    creative_template_service_pb2_grpc,
     decision_service_pb2,
     decision_service_pb2_grpc,
     experiment_service_pb2,
@@ -21,6 +24,8 @@ from campaignexpress.decisioning.v1 import (
 from services.analytics.pipeline import AnalyticsPipeline
 from services.decisioning import results
 from services.decisioning.connector import Forwarder
+from services.decisioning.dco import CreativeTemplates
+from services.decisioning.dco_servicer import CreativeTemplateServicer
 from services.decisioning.demo import seed_demo_decisioning
 from services.decisioning.domain import Decisions
 from services.decisioning.experiment_servicer import ExperimentServicer
@@ -76,6 +81,8 @@ async def _build(kernel: Kernel) -> Built:
                                       clock=kernel.clock)  # fmt: skip
     kernel.interface("applied_calls").register(recommendations.on_calls)
     kernel.lifecycle(None, recommendations.close)
+    creatives: CreativeTemplates = kernel.interface("creative_templates")
+    kernel.lifecycle(None, creatives.close)
 
     async def seed(seed: TenantSeed) -> None:
         if seed.demo:
@@ -83,8 +90,8 @@ async def _build(kernel: Kernel) -> Built:
 
     return Built(
         [DecisionServicer(decisions, global_control), ExperimentServicer(experiments),
-         RecommendationServicer(recommendations)],
-        api=Decisioning(decisions, experiments, recommendations, forwarder),
+         RecommendationServicer(recommendations), CreativeTemplateServicer(creatives)],
+        api=Decisioning(decisions, experiments, recommendations, forwarder, creatives),
         seed=seed,
     )  # fmt: skip
 
@@ -97,6 +104,7 @@ class Decisioning:
     experiments: Experiments
     recommendations: Recommendations
     forwarder: Forwarder
+    creatives: CreativeTemplates
 
 
 MODULE = DomainModule(
@@ -114,6 +122,10 @@ MODULE = DomainModule(
             recommendation_service_pb2.DESCRIPTOR.services_by_name["RecommendationService"],
             recommendation_service_pb2_grpc.add_RecommendationServiceServicer_to_server,
         ),
+        Service(
+            creative_template_service_pb2.DESCRIPTOR.services_by_name["CreativeTemplateService"],
+            creative_template_service_pb2_grpc.add_CreativeTemplateServiceServicer_to_server,
+        ),
     ),
     build=_build,
     migrations=pathlib.Path(__file__).parent / "migrations",
@@ -125,6 +137,11 @@ MODULE = DomainModule(
             kernel.interface("event_recorder"),
             clock=kernel.clock,
             global_control=kernel.interface("global_control"),
+        ),
+        # Dynamic creative optimisation's templates, as this process serves
+        # them (the bid path assembles offers' variants from it).
+        "creative_templates": lambda kernel: CreativeTemplates(
+            kernel.backends.db, kernel.page_tokens, clock=kernel.clock
         ),
         # The tenant's global control group, for every domain that markets
         # (messaging leaves its members out).

@@ -103,3 +103,39 @@ decisioning_global_controls = sa.Table(
     sa.Column("salt", sa.String(32), nullable=False),
     sa.Column("update_time", sa.BigInteger, nullable=False),
 )
+
+# Creative templates of dynamic creative optimisation (dco.py): markup with
+# slots and their options (`spec`).
+decisioning_creative_templates = sa.Table(
+    "decisioning_creative_templates",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+)
+
+# Per variant of a template: impressions, clicks and conversions counted.
+decisioning_variant_stats = sa.Table(
+    "decisioning_variant_stats",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("template_id", sa.String(64), primary_key=True),
+    sa.Column("variant_id", sa.String(500), primary_key=True),
+    sa.Column("impressions", sa.BigInteger, nullable=False),
+    sa.Column("clicks", sa.BigInteger, nullable=False),
+    sa.Column("conversions", sa.BigInteger, nullable=False),
+)
+
+# The variant events counted, by their id: each counts once.
+decisioning_variant_events = sa.Table(
+    "decisioning_variant_events",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("template_id", sa.String(64), primary_key=True),
+    sa.Column("event_id", sa.String(100), primary_key=True),
+    sa.Column("variant_id", sa.String(500), nullable=False),
+    sa.Column("type", sa.String(12), nullable=False),
+    sa.Column("time", sa.BigInteger, nullable=False),
+)

@@ -907,6 +907,7 @@ class Offer(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CREATIVE_TEMPLATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `tenants/{tenant}/campaigns/{campaign}/offers/{offer}`."""
     display_name: _builtins.str
@@ -921,6 +922,12 @@ class Offer(_message.Message):
     """Serving status."""
     etag: _builtins.str
     """Checksum of the current state, for optimistic concurrency."""
+    creative_template: _builtins.str
+    """A creative template (`tenants/{tenant}/creativeTemplates/{template}`)
+    whose chosen variant is this offer's markup on each bid (dynamic
+    creative optimisation); `markup_template` stays the markup while the
+    template cannot be read.
+    """
     @_builtins.property
     def sizes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Size]:
         """Sizes a banner or video fits; at least one for banners."""
@@ -973,10 +980,11 @@ class Offer(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        creative_template: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bid_cpm", b"bid_cpm", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertiser_domains", b"advertiser_domains", "attributes", b"attributes", "bid_cpm", b"bid_cpm", "click_url", b"click_url", "create_time", b"create_time", "display_name", b"display_name", "embedding", b"embedding", "etag", b"etag", "format", b"format", "iab_categories", b"iab_categories", "markup_template", b"markup_template", "name", b"name", "sizes", b"sizes", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertiser_domains", b"advertiser_domains", "attributes", b"attributes", "bid_cpm", b"bid_cpm", "click_url", b"click_url", "create_time", b"create_time", "creative_template", b"creative_template", "display_name", b"display_name", "embedding", b"embedding", "etag", b"etag", "format", b"format", "iab_categories", b"iab_categories", "markup_template", b"markup_template", "name", b"name", "sizes", b"sizes", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
