@@ -427,7 +427,9 @@ async def test_demo_prints_a_working_key_and_is_idempotent(tmp_path: pathlib.Pat
         [boots] = [c for c in body["campaigns"] if c["displayName"] == "Winter boots"]
         offers_path = f"{base}/v1/{boots['name']}/offers"
         status, body = await http_json("GET", offers_path, key=key)
-        assert status == 200 and len(body["offers"]) == 2, body
+        assert status == 200 and len(body["offers"]) == 3, body
+        [half_page] = [o for o in body["offers"] if o.get("creativeTemplate")]
+        assert half_page["creativeTemplate"].endswith("/creativeTemplates/boots-300x600")
         # Demo profiles, seeded once (a second seeding applies nothing new).
         status, body = await http_json(
             "GET", f"{base}/v1/tenants/demo/profiles?pageSize=1000", key=key

@@ -58,6 +58,10 @@ def _demo_campaign(
     )
 
 
+#: The demo's DCO template (services/decisioning/demo.py).
+DEMO_CREATIVE_TEMPLATE = "boots-300x600"
+
+
 def _demo_offer(title: str, category: str, width: int, height: int) -> OfferSpec:
     return OfferSpec(
         display_name=title,
@@ -153,7 +157,11 @@ async def seed_demo_campaigns(
     plans: list[tuple[str, list[tuple[str, str, int, int]], list[str] | None]] = [
         (
             "Winter boots",
-            [("Boots 30% off", "boots", 300, 250), ("Boots banner", "boots", 728, 90)],
+            [
+                ("Boots half page", "boots", 300, 600),
+                ("Boots 30% off", "boots", 300, 250),
+                ("Boots banner", "boots", 728, 90),
+            ],
             None,
         ),
         (
@@ -171,6 +179,12 @@ async def seed_demo_campaigns(
         (title, _demo_campaign(title, ["DISPLAY"], 90, targeted), [_demo_offer(*o) for o in offers])
         for title, offers, targeted in plans
     ]
+    # dynamic creative optimisation: the boots half page is assembled from
+    # the demo creative template's variants (decisioning's demo seeds it)
+    boots = specs[0][2]
+    boots[0] = dataclasses.replace(
+        boots[0], creative_template=f"{parent}/creativeTemplates/{DEMO_CREATIVE_TEMPLATE}"
+    )
     ceiling = BidStrategy(type="MAX_CPM", max_cpm=Money("USD", 8_000_000))
     specs += [
         (title, dataclasses.replace(_demo_campaign(title, channels, 90), bid_strategy=ceiling),

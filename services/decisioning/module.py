@@ -86,7 +86,7 @@ async def _build(kernel: Kernel) -> Built:
 
     async def seed(seed: TenantSeed) -> None:
         if seed.demo:
-            await seed_demo_decisioning(decisions, experiments, seed.tenant_id)
+            await seed_demo_decisioning(decisions, experiments, seed.tenant_id, creatives)
 
     return Built(
         [DecisionServicer(decisions, global_control), ExperimentServicer(experiments),

@@ -153,7 +153,8 @@ class SlotOption(_message.Message):
     def segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Audience segments this option was made for: a variant's segment
         affinity is the share of its options made for one of the person's
-        segments.
+        segments. On bids, a person's segments are their audience segments' bid
+        indexes as text (as a campaign's `targeting.segments`).
         """
 
     def __init__(
