@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from services.decisioning.bandits import ArmState, choose, interval, learn, welch
+from services.decisioning.bandits import (
+    ArmState,
+    choose,
+    choose_many,
+    distribution,
+    interval,
+    learn,
+    welch,
+)
 from services.decisioning.domain import Decisions
 from services.decisioning.tokens import Decision, DecisionTokens
 from tests.conftest import Env
@@ -320,3 +328,65 @@ async def test_stream_decide_answers_every_request_once_and_errors_in_place(env:
     status, got = await call(env, "POST", f"{name}:reward",
                              {"decisionId": good[0].response.decision_id, "reward": 1})  # fmt: skip
     assert status == 200 and got["armId"] == good[0].response.arm_id, got
+
+
+def test_batch_choices_follow_the_same_distribution_as_single_ones() -> None:
+    """choose_many draws for a whole batch at once; its choices and
+    propensities are those of `choose`: the chosen arms' shares match the
+    policy's distribution, and each propensity estimates its arm's share."""
+    rng = np.random.default_rng(11)
+    x = [1.0, 0.5, -0.3, 0.8]
+    lin = [ArmState(str(i)) for i in range(4)]
+    for _ in range(300):  # a learnt linear world: arm 2 best at x, arm 1 close
+        for i, weight in enumerate((0.1, 0.45, 0.55, 0.0)):
+            z = rng.normal(0, 1, 4)
+            learn(lin[i], float(weight * (z @ x) / 2 + rng.normal(0, 0.3)), list(z))
+    for arm in lin:
+        arm.prepare(4)
+    unit = [ArmState(str(i), n=200, reward_sum=s) for i, s in enumerate((20.0, 30.0, 34.0))]
+    for algorithm, arms, features in (("lin_ts", lin, x), ("thompson_sampling", unit, [])):
+        expected = distribution(algorithm, arms, features, rng, exploration=0.0, min_share=0.02)
+        choices = choose_many(algorithm, arms, [features] * 4_000, rng,
+                              exploration=0.0, min_share=0.02)  # fmt: skip
+        shares = np.bincount([c.arm for c in choices], minlength=len(arms)) / len(choices)
+        assert np.abs(shares - expected).max() < 0.03, (algorithm, shares, expected)
+        for arm in range(len(arms)):
+            mean_propensity = np.mean([c.propensity for c in choices if c.arm == arm] or [0])
+            if shares[arm] > 0.05:
+                assert mean_propensity == pytest.approx(expected[arm], abs=0.04), algorithm
+        assert sum(c.explored for c in choices) / len(choices) == pytest.approx(
+            0.02 * len(arms), abs=0.015
+        )
+        assert all(len(c.scores) == len(arms) for c in choices)
+
+
+async def test_batch_decide_answers_each_decision_in_order(env: Env) -> None:
+    policy = await _policy(env, algorithm="ALGORITHM_LIN_TS", contextDimension=3)
+    name = policy["name"]
+    requests = [{"features": [1, 0, i / 10], "userId": f"u{i}"} for i in range(5)]
+    status, got = await call(env, "POST", f"{name}:batchDecide", {"requests": requests})
+    assert status == 200 and len(got["decisions"]) == 5, got
+    ids = [d["decisionId"] for d in got["decisions"]]
+    assert len(set(ids)) == 5 and all(d["armId"] in "abc" for d in got["decisions"])
+    assert all(0 < d["propensity"] <= 1 for d in got["decisions"])
+    for decision in got["decisions"]:  # each one rewardable on its own, once
+        body = {"decisionId": decision["decisionId"], "reward": 1}
+        status, rewarded = await call(env, "POST", f"{name}:reward", body)
+        assert status == 200 and rewarded["armId"] == decision["armId"], rewarded
+    bad = [
+        {"features": [1, 0, 0]},
+        {"features": [1, 0]},
+        {"features": [0, 0, 0], "userId": "x" * 300},
+    ]
+    status, got = await call(env, "POST", f"{name}:batchDecide", {"requests": bad})
+    assert status == 400, got
+    assert {v["field"] for v in got["error"]["fieldViolations"]} == {
+        "requests[1].features", "requests[2].user_id"
+    }  # fmt: skip
+    for requests in ([], [{"features": [1, 0, 0]}] * 1001):
+        status, got = await call(env, "POST", f"{name}:batchDecide", {"requests": requests})
+        assert status == 400, got
+        assert [v["field"] for v in got["error"]["fieldViolations"]] == ["requests"]
+    status, _ = await call(env, "POST", f"{name}:pause", {})
+    status, got = await call(env, "POST", f"{name}:batchDecide", {"requests": requests[:1]})
+    assert status == 400 and got["error"]["status"] == "FAILED_PRECONDITION", got

@@ -95,6 +95,84 @@ def choose(
     return Choice(arm, min(1.0, propensity), scores, explored)
 
 
+#: Decisions whose posterior draws are made at once by `choose_many`
+#: (bounds the draws' memory: 64 x 256 x dimension numbers).
+BATCH_CHUNK = 64
+
+
+def choose_many(
+    algorithm: str,
+    arms: Sequence[ArmState],
+    features: Sequence[Sequence[float]],
+    rng: np.random.Generator,
+    *,
+    exploration: float,
+    min_share: float,
+) -> list[Choice]:
+    """`choose` for many decisions of one policy: the same choices and
+    propensities (each decision its own draws), with the Thompson samplers'
+    posterior draws made for the whole batch in a few array operations
+    instead of a dozen small ones per decision."""
+    if algorithm not in ("thompson_sampling", "lin_ts") or len(features) < 2:
+        return [
+            choose(algorithm, arms, f, rng, exploration=exploration, min_share=min_share)
+            for f in features
+        ]
+    live = [i for i, arm in enumerate(arms) if not arm.stopped]
+    k = len(live)
+    forced = _forced(algorithm, k, exploration, min_share)
+    share = forced / k
+    out: list[Choice] = []
+    for start in range(0, len(features), BATCH_CHUNK):
+        chunk = features[start : start + BATCH_CHUNK]
+        n = len(chunk)
+        drawn = _posterior_draws_many(algorithm, arms, live, chunk, rng, exploration)
+        winners = np.argmax(drawn, axis=2)  # (n, draws): the index among the live arms
+        shares = (winners[:, :, None] == np.arange(k)).mean(axis=1)  # (n, k)
+        explored = rng.random(n) < forced
+        at_random = rng.integers(k, size=n)
+        first = drawn[:, 0, :].tolist()
+        for j in range(n):
+            pick = int(at_random[j]) if explored[j] else int(winners[j, 0])
+            propensity = share + (1 - forced) * float(shares[j, pick])
+            if not explored[j] and propensity <= share:
+                propensity = share + (1 - forced) / PROPENSITY_DRAWS
+            scores = [math.nan] * len(arms)
+            for m, i in enumerate(live):
+                scores[i] = first[j][m]
+            out.append(Choice(live[pick], min(1.0, propensity), scores, bool(explored[j])))
+    return out
+
+
+def _posterior_draws_many(
+    algorithm: str,
+    arms: Sequence[ArmState],
+    live: list[int],
+    features: Sequence[Sequence[float]],
+    rng: np.random.Generator,
+    exploration: float,
+) -> np.ndarray:
+    """`_posterior_draws` for n decisions: (n, draws, live arms)."""
+    n, draws = len(features), PROPENSITY_DRAWS
+    if algorithm == "lin_ts":
+        x = np.asarray(features, dtype=np.float64)  # (n, d)
+        scale = exploration if exploration > 0 else DEFAULT_EXPLORATION
+        theta = np.stack([_model(arms[i])[0] for i in live])  # (k, d)
+        chol = np.stack([_model(arms[i])[2] for i in live])  # (k, d, d)
+        means = x @ theta.T  # (n, k)
+        loads = np.einsum("nj,kji->nik", x, chol)  # (n, d, k): chol_a^T x per arm
+        z = rng.standard_normal((n, draws, x.shape[1]))  # one z per draw, shared by the arms
+        drawn: np.ndarray = means[:, None, :] + scale * (z @ loads)
+        return drawn
+    if all(arms[i].unit for i in live):
+        alpha = np.array([1.0 + arms[i].reward_sum for i in live])
+        beta = np.array([1.0 + arms[i].n - arms[i].reward_sum for i in live])
+        return rng.beta(alpha, np.maximum(beta, 1e-9), size=(n, draws, len(live)))
+    means = np.array([arms[i].mean for i in live])
+    spreads = np.array([math.sqrt(_variance(arms[i]) / (arms[i].n + 1)) for i in live])
+    return means + spreads * rng.standard_normal((n, draws, len(live)))
+
+
 def distribution(
     algorithm: str,
     arms: Sequence[ArmState],

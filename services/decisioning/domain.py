@@ -42,7 +42,7 @@ from services.decisioning.bandits import (
     ALGORITHMS,
     CONTEXTUAL,
     ArmState,
-    choose,
+    choose_many,
     interval,
     welch,
 )
@@ -85,6 +85,8 @@ DEFAULT_ALPHA = 0.01
 DEFAULT_MIN_SAMPLES = 100
 MAX_CONTEXT_KEYS = 50
 MAX_USER_ID = 256
+#: Decisions one BatchDecide call may ask for.
+MAX_BATCH_DECISIONS = 1_000
 #: A process's copy of a policy is reloaded when older than this.
 REFRESH_SECONDS = 0.5
 #: Decisions made here are added to the arms' rows this often.
@@ -452,77 +454,118 @@ class Decisions:
         context: Mapping[str, Any],
         user_id: str,
     ) -> Decided:
+        [decided] = await self.decide_many(caller, name, [(features, context, user_id)], at="")
+        return decided
+
+    async def decide_many(
+        self,
+        caller: Principal,
+        name: str,
+        requests: Sequence[tuple[Sequence[float], Mapping[str, Any], str]],
+        *,
+        at: str = "requests[{}].",
+    ) -> list[Decided]:
+        """One decision per (features, context, user id), in order; a bad
+        request fails them all, its fields named `at` (formatted with its
+        index). The policy is read once and the Thompson samplers draw for
+        the whole batch at once (bandits.choose_many)."""
         tenant_id, policy_id = names.parse_name(name, "name", "tenants", "policies")
         names.require_same_tenant(name, "name", caller.tenant_id)
+        if not 1 <= len(requests) <= MAX_BATCH_DECISIONS:
+            raise InvalidArgument.field("requests", f"1-{MAX_BATCH_DECISIONS:,} decisions")
         loaded = await self._copy(tenant_id, policy_id)
         policy, spec = loaded.policy, loaded.policy.spec
         if policy.state != "active":
             raise FailedPrecondition(f"{name} is {policy.state.upper()}: it does not decide")
         bad: list[FieldViolation] = []
-        if len(features) != spec.dimension:
-            bad.append(FieldViolation("features", f"exactly {spec.dimension} numbers"))
-        elif not all(math.isfinite(f) for f in features):
-            bad.append(FieldViolation("features", "finite numbers only (no NaN or infinity)"))
-        if len(context) > MAX_CONTEXT_KEYS:
-            bad.append(FieldViolation("context", f"at most {MAX_CONTEXT_KEYS} keys"))
-        if len(user_id) > MAX_USER_ID:
-            bad.append(FieldViolation("user_id", f"at most {MAX_USER_ID} characters"))
+        for n, (features, context, user_id) in enumerate(requests):
+            where = at.format(n)
+            if len(features) != spec.dimension:
+                bad.append(FieldViolation(f"{where}features", f"exactly {spec.dimension} numbers"))
+            elif not all(math.isfinite(f) for f in features):
+                bad.append(FieldViolation(f"{where}features",
+                                          "finite numbers only (no NaN or infinity)"))  # fmt: skip
+            if len(context) > MAX_CONTEXT_KEYS:
+                bad.append(FieldViolation(f"{where}context", f"at most {MAX_CONTEXT_KEYS} keys"))
+            if len(user_id) > MAX_USER_ID:
+                bad.append(FieldViolation(f"{where}user_id", f"at most {MAX_USER_ID} characters"))
         collect(bad)
-        kept = features_of(features)
-        grouped = (
-            bool(user_id)
-            and self.global_control is not None
-            and (await self.global_control.member(tenant_id, user_id))
-        )
-        held = grouped or self._held_out(policy, user_id)
-        if held:
-            control = next(i for i, a in enumerate(spec.arms) if a.id == spec.control)
-            arm, propensity = control, 1.0
-            why = (
-                "in the tenant's global control group"
-                if grouped
-                else f"held out ({spec.holdout_share:.0%} of people)"
+        kept = [features_of(features) for features, _, _ in requests]
+        held: list[str] = []  # why each request is held out ("": it is not)
+        for _, _, user_id in requests:
+            grouped = (
+                bool(user_id)
+                and self.global_control is not None
+                and (await self.global_control.member(tenant_id, user_id))
             )
-            explained = Explained(f"{why}: the control arm {spec.control!r}", [], [], False, True)
-        time_us, nonce = self._clock(), os.urandom(8)
-        external = None
-        if not held and spec.connector is not None:
-            request_id = Decision(tenant_id, policy_id, 0, 1.0, time_us, False, (), nonce).key
-            live = [a.id for a in spec.arms if not a.stopped]
-            try:
-                external = await self._external.recommend(
-                    spec.connector, request_id, user_id, kept, context, live
-                )
-            except ExternalUnavailable as error:
-                why = f"the external service ({spec.connector.use_case}): {error}"
-        if external is not None:  # (never for held-out people: they get the control)
-            arm = next(i for i, a in enumerate(spec.arms) if a.id == external.arm_id)
-            propensity = external.propensity
-            explained = Explained(
-                f"chosen by the external decisioning service (use case "
-                f"{spec.connector.use_case!r})", [], [], False, False)  # type: ignore[union-attr]  # fmt: skip
-        elif not held:
-            algorithm = spec.algorithm if spec.connector is None else "thompson_sampling"
-            features = kept if spec.connector is None else []
-            choice = choose(algorithm, loaded.arms, features, self._rng,
-                            exploration=spec.exploration, min_share=spec.min_share)  # fmt: skip
-            arm, propensity = choice.arm, choice.propensity
-            explained = _explain(spec, loaded.arms, choice.arm, choice.scores, choice.explored,
-                                 features)  # fmt: skip
-            if spec.connector is not None:
-                explained = dataclasses.replace(
-                    explained, summary=f"{why}; local Thompson sampling: {explained.summary}"
-                )
-        decision = Decision(tenant_id, policy_id, arm, propensity, time_us, held, kept,
-                            nonce)  # fmt: skip
-        arm_id = spec.arms[arm].id
-        self._counts[(policy_id, HOLDOUT if held else arm_id)] += 1
-        if self._log is not None:
-            flags = ((FLAG_HOLDOUT if held else 0) | (FLAG_EXTERNAL if external else 0)
-                     | (FLAG_EXPLORED if explained.explored else 0))  # fmt: skip
-            self._log.emit(decision_row(decision.key, time_us, tenant_id, policy_id, arm_id,
-                                        propensity, kept, user_id, flags))  # fmt: skip
-        return Decided(self._tokens.encode(decision), arm_id, propensity, explained)
+            if grouped:
+                held.append("in the tenant's global control group")
+            elif self._held_out(policy, user_id):
+                held.append(f"held out ({spec.holdout_share:.0%} of people)")
+            else:
+                held.append("")
+        # each decision's time and nonce (its key: an external service's
+        # request id is the key its reward is reported under)
+        stamps = [(self._clock(), os.urandom(8)) for _ in requests]
+        external: list[Any] = [None] * len(requests)
+        why_local = [""] * len(requests)
+        if spec.connector is not None:
+            for n, (_, context, user_id) in enumerate(requests):
+                if held[n]:
+                    continue
+                request_id = Decision(tenant_id, policy_id, 0, 1.0, *stamps[n][:1], False, (),
+                                      stamps[n][1]).key  # fmt: skip
+                live = [a.id for a in spec.arms if not a.stopped]
+                try:
+                    external[n] = await self._external.recommend(
+                        spec.connector, request_id, user_id, kept[n], context, live
+                    )
+                except ExternalUnavailable as error:
+                    why_local[n] = f"the external service ({spec.connector.use_case}): {error}"
+        local = [n for n in range(len(requests)) if not held[n] and external[n] is None]
+        algorithm = spec.algorithm if spec.connector is None else "thompson_sampling"
+        local_features = [kept[n] if spec.connector is None else [] for n in local]
+        choices = dict(zip(local, choose_many(
+            algorithm, loaded.arms, local_features, self._rng,
+            exploration=spec.exploration, min_share=spec.min_share,
+        ), strict=True))  # fmt: skip
+        out: list[Decided] = []
+        for n, (_, _, user_id) in enumerate(requests):
+            if held[n]:
+                arm = next(i for i, a in enumerate(spec.arms) if a.id == spec.control)
+                propensity = 1.0
+                explained = Explained(f"{held[n]}: the control arm {spec.control!r}", [], [],
+                                      False, True)  # fmt: skip
+            elif external[n] is not None:  # (never for held-out people: they get the control)
+                arm = next(i for i, a in enumerate(spec.arms) if a.id == external[n].arm_id)
+                propensity = external[n].propensity
+                explained = Explained(
+                    f"chosen by the external decisioning service (use case "
+                    f"{spec.connector.use_case!r})", [], [], False, False)  # type: ignore[union-attr]  # fmt: skip
+            else:
+                choice = choices[n]
+                arm, propensity = choice.arm, choice.propensity
+                explained = _explain(spec, loaded.arms, choice.arm, choice.scores,
+                                     choice.explored,
+                                     kept[n] if spec.connector is None else [])  # fmt: skip
+                if spec.connector is not None:
+                    explained = dataclasses.replace(
+                        explained,
+                        summary=f"{why_local[n]}; local Thompson sampling: {explained.summary}",
+                    )
+            time_us, nonce = stamps[n]
+            decision = Decision(tenant_id, policy_id, arm, propensity, time_us, bool(held[n]),
+                                kept[n], nonce)  # fmt: skip
+            arm_id = spec.arms[arm].id
+            self._counts[(policy_id, HOLDOUT if held[n] else arm_id)] += 1
+            if self._log is not None:
+                flags = ((FLAG_HOLDOUT if held[n] else 0)
+                         | (FLAG_EXTERNAL if external[n] is not None else 0)
+                         | (FLAG_EXPLORED if explained.explored else 0))  # fmt: skip
+                self._log.emit(decision_row(decision.key, time_us, tenant_id, policy_id, arm_id,
+                                            propensity, kept[n], user_id, flags))  # fmt: skip
+            out.append(Decided(self._tokens.encode(decision), arm_id, propensity, explained))
+        return out
 
     def _held_out(self, policy: Policy, user_id: str) -> bool:
         share = policy.spec.holdout_share

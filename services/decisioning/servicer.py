@@ -204,6 +204,15 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         )
         return _decide_response(decided)
 
+    async def BatchDecide(self, request: pb.BatchDecideRequest, context: Any) -> Any:
+        decided = await self._d.decide_many(
+            current_principal(),
+            request.name,
+            [(r.features, struct_dict(r.context) if r.HasField("context") else {}, r.user_id)
+             for r in request.requests],
+        )  # fmt: skip
+        return pb.BatchDecideResponse(decisions=[_decide_response(d) for d in decided])
+
     async def StreamDecide(
         self, requests: AsyncIterator[pb.StreamDecideRequest], context: Any
     ) -> AsyncIterator[pb.StreamDecideResponse]:

@@ -456,6 +456,96 @@ class DecideResponse(_message.Message):
 Global___DecideResponse: _TypeAlias = DecideResponse  # noqa: Y015
 
 @_typing.final
+class DecisionInput(_message.Message):
+    """DecisionInput: one decision of a batch (as DecideRequest, without the
+    policy's name).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURES_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The person (holdouts are by person)."""
+    @_builtins.property
+    def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Exactly `context_dimension` finite numbers (none for non-contextual
+        policies).
+        """
+
+    @_builtins.property
+    def context(self) -> _struct_pb2.Struct:
+        """Free context, kept with the decision's log."""
+
+    def __init__(
+        self,
+        *,
+        features: _abc.Iterable[_builtins.float] | None = ...,
+        context: _struct_pb2.Struct | None = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "features", b"features", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecisionInput: _TypeAlias = DecisionInput  # noqa: Y015
+
+@_typing.final
+class BatchDecideRequest(_message.Message):
+    """Request of BatchDecide."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tenants/{tenant}/policies/{policy}`."""
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecisionInput]:
+        """1-1000 decisions."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        requests: _abc.Iterable[Global___DecisionInput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchDecideRequest: _TypeAlias = BatchDecideRequest  # noqa: Y015
+
+@_typing.final
+class BatchDecideResponse(_message.Message):
+    """Response of BatchDecide."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecideResponse]:
+        """One per request, in their order."""
+
+    def __init__(
+        self,
+        *,
+        decisions: _abc.Iterable[Global___DecideResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchDecideResponse: _TypeAlias = BatchDecideResponse  # noqa: Y015
+
+@_typing.final
 class RewardRequest(_message.Message):
     """Request of Reward."""
 

@@ -78,6 +78,11 @@ class DecisionServiceStub:
                 request_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.DecideRequest.SerializeToString,
                 response_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.DecideResponse.FromString,
                 _registered_method=True)
+        self.BatchDecide = channel.unary_unary(
+                '/campaignexpress.decisioning.v1.DecisionService/BatchDecide',
+                request_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.BatchDecideRequest.SerializeToString,
+                response_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.BatchDecideResponse.FromString,
+                _registered_method=True)
         self.StreamDecide = channel.stream_stream(
                 '/campaignexpress.decisioning.v1.DecisionService/StreamDecide',
                 request_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.StreamDecideRequest.SerializeToString,
@@ -175,6 +180,17 @@ class DecisionServiceServicer:
 
     def Decide(self, request, context):
         """Chooses an arm: FAILED_PRECONDITION unless the policy is ACTIVE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchDecide(self, request, context):
+        """Up to 1,000 decisions of one policy in one call, answered in order:
+        for callers that decide for many people at once (a send's audience, a
+        page of candidates) and at high rates, the call's cost and the
+        algorithm's work shared by the batch. Each decision is as Decide's;
+        a bad one fails the call, naming it (`requests[3].features`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -282,6 +298,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.Decide,
                     request_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.DecideRequest.FromString,
                     response_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.DecideResponse.SerializeToString,
+            ),
+            'BatchDecide': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchDecide,
+                    request_deserializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.BatchDecideRequest.FromString,
+                    response_serializer=campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.BatchDecideResponse.SerializeToString,
             ),
             'StreamDecide': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamDecide,
@@ -539,6 +560,33 @@ class DecisionService:
             '/campaignexpress.decisioning.v1.DecisionService/Decide',
             campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.DecideRequest.SerializeToString,
             campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.DecideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchDecide(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/campaignexpress.decisioning.v1.DecisionService/BatchDecide',
+            campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.BatchDecideRequest.SerializeToString,
+            campaignexpress_dot_decisioning_dot_v1_dot_decision__service__pb2.BatchDecideResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,13 @@ class DecisionServiceStub:
     """ACTIVE or PAUSED -> COMPLETED, for good."""
     Decide: _grpc.UnaryUnaryMultiCallable[_decision_service_pb2.DecideRequest, _decision_service_pb2.DecideResponse]
     """Chooses an arm: FAILED_PRECONDITION unless the policy is ACTIVE."""
+    BatchDecide: _grpc.UnaryUnaryMultiCallable[_decision_service_pb2.BatchDecideRequest, _decision_service_pb2.BatchDecideResponse]
+    """Up to 1,000 decisions of one policy in one call, answered in order:
+    for callers that decide for many people at once (a send's audience, a
+    page of candidates) and at high rates, the call's cost and the
+    algorithm's work shared by the batch. Each decision is as Decide's;
+    a bad one fails the call, naming it (`requests[3].features`).
+    """
     StreamDecide: _grpc.StreamStreamMultiCallable[_decision_service_pb2.StreamDecideRequest, _decision_service_pb2.StreamDecideResponse]
     """Many decisions on one stream, authenticated once: each answered as soon
     as it is made, matched by `request_id` (for callers that decide at high
@@ -117,6 +124,13 @@ class DecisionServiceAsyncStub(DecisionServiceStub):
     """ACTIVE or PAUSED -> COMPLETED, for good."""
     Decide: _aio.UnaryUnaryMultiCallable[_decision_service_pb2.DecideRequest, _decision_service_pb2.DecideResponse]  # type: ignore[assignment]
     """Chooses an arm: FAILED_PRECONDITION unless the policy is ACTIVE."""
+    BatchDecide: _aio.UnaryUnaryMultiCallable[_decision_service_pb2.BatchDecideRequest, _decision_service_pb2.BatchDecideResponse]  # type: ignore[assignment]
+    """Up to 1,000 decisions of one policy in one call, answered in order:
+    for callers that decide for many people at once (a send's audience, a
+    page of candidates) and at high rates, the call's cost and the
+    algorithm's work shared by the batch. Each decision is as Decide's;
+    a bad one fails the call, naming it (`requests[3].features`).
+    """
     StreamDecide: _aio.StreamStreamMultiCallable[_decision_service_pb2.StreamDecideRequest, _decision_service_pb2.StreamDecideResponse]  # type: ignore[assignment]
     """Many decisions on one stream, authenticated once: each answered as soon
     as it is made, matched by `request_id` (for callers that decide at high
@@ -223,6 +237,19 @@ class DecisionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_decision_service_pb2.DecideResponse, _abc.Awaitable[_decision_service_pb2.DecideResponse]]:
         """Chooses an arm: FAILED_PRECONDITION unless the policy is ACTIVE."""
+
+    @_abc_1.abstractmethod
+    def BatchDecide(
+        self,
+        request: _decision_service_pb2.BatchDecideRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_decision_service_pb2.BatchDecideResponse, _abc.Awaitable[_decision_service_pb2.BatchDecideResponse]]:
+        """Up to 1,000 decisions of one policy in one call, answered in order:
+        for callers that decide for many people at once (a send's audience, a
+        page of candidates) and at high rates, the call's cost and the
+        algorithm's work shared by the batch. Each decision is as Decide's;
+        a bad one fails the call, naming it (`requests[3].features`).
+        """
 
     @_abc_1.abstractmethod
     def StreamDecide(
