@@ -335,17 +335,22 @@ def test_batch_choices_follow_the_same_distribution_as_single_ones() -> None:
     propensities are those of `choose`: the chosen arms' shares match the
     policy's distribution, and each propensity estimates its arm's share."""
     rng = np.random.default_rng(11)
-    x = [1.0, 0.5, -0.3, 0.8]
+    x = [1.0, 0.5, -0.3, 0.8, 0.2, -1.0]  # 4 arms < 6 features: the k-dimensional draws
     lin = [ArmState(str(i)) for i in range(4)]
+    for arm in lin:
+        arm.prepare(6)
     for _ in range(300):  # a learnt linear world: arm 2 best at x, arm 1 close
         for i, weight in enumerate((0.1, 0.45, 0.55, 0.0)):
-            z = rng.normal(0, 1, 4)
-            learn(lin[i], float(weight * (z @ x) / 2 + rng.normal(0, 0.3)), list(z))
+            z = rng.normal(0, 1, 6)
+            learn(lin[i], float(weight * (z @ x) / 4 + rng.normal(0, 0.3)), list(z))
     for arm in lin:
-        arm.prepare(4)
+        arm.prepare(6)
     unit = [ArmState(str(i), n=200, reward_sum=s) for i, s in enumerate((20.0, 30.0, 34.0))]
     for algorithm, arms, features in (("lin_ts", lin, x), ("thompson_sampling", unit, [])):
-        expected = distribution(algorithm, arms, features, rng, exploration=0.0, min_share=0.02)
+        expected = np.mean([  # (each estimate from 256 draws: averaged over 40)
+            distribution(algorithm, arms, features, rng, exploration=0.0, min_share=0.02)
+            for _ in range(40)
+        ], axis=0)  # fmt: skip
         choices = choose_many(algorithm, arms, [features] * 4_000, rng,
                               exploration=0.0, min_share=0.02)  # fmt: skip
         shares = np.bincount([c.arm for c in choices], minlength=len(arms)) / len(choices)

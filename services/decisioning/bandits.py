@@ -128,7 +128,8 @@ def choose_many(
         n = len(chunk)
         drawn = _posterior_draws_many(algorithm, arms, live, chunk, rng, exploration)
         winners = np.argmax(drawn, axis=2)  # (n, draws): the index among the live arms
-        shares = (winners[:, :, None] == np.arange(k)).mean(axis=1)  # (n, k)
+        flat = (winners + k * np.arange(n)[:, None]).ravel()
+        shares = np.bincount(flat, minlength=n * k).reshape(n, k) / winners.shape[1]
         explored = rng.random(n) < forced
         at_random = rng.integers(k, size=n)
         first = drawn[:, 0, :].tolist()
@@ -152,8 +153,14 @@ def _posterior_draws_many(
     rng: np.random.Generator,
     exploration: float,
 ) -> np.ndarray:
-    """`_posterior_draws` for n decisions: (n, draws, live arms)."""
+    """`_posterior_draws` for n decisions: (n, draws, live arms). Each
+    decision's first draw (the one that decides it) is its own; the other
+    PROPENSITY_DRAWS - 1, which only estimate its propensity, come from
+    standard normals (or, without features, posterior draws) shared by the
+    batch: each estimate is as good as a single decision's, for a
+    fraction of the random numbers (those were most of a batch's cost)."""
     n, draws = len(features), PROPENSITY_DRAWS
+    k = len(live)
     if algorithm == "lin_ts":
         x = np.asarray(features, dtype=np.float64)  # (n, d)
         scale = exploration if exploration > 0 else DEFAULT_EXPLORATION
@@ -161,16 +168,38 @@ def _posterior_draws_many(
         chol = np.stack([_model(arms[i])[2] for i in live])  # (k, d, d)
         means = x @ theta.T  # (n, k)
         loads = np.einsum("nj,kji->nik", x, chol)  # (n, d, k): chol_a^T x per arm
-        z = rng.standard_normal((n, draws, x.shape[1]))  # one z per draw, shared by the arms
+        d = x.shape[1]
+        if k < d:
+            # A draw's arm scores, means + scale z^T loads with z ~ N(0, I_d),
+            # are normal with covariance scale^2 loads^T loads (k x k): drawn
+            # from k standard normals through that matrix's Cholesky factor,
+            # the same distribution for fewer numbers (8 arms, 16 features).
+            gram = np.swapaxes(loads, 1, 2) @ loads + 1e-12 * np.eye(k)
+            try:
+                loads = np.swapaxes(np.linalg.cholesky(gram), 1, 2)  # (n, k, k): L^T
+                d = k
+            except np.linalg.LinAlgError:
+                pass
+        z = _own_then_shared(rng.standard_normal((n, 1, d)), rng.standard_normal((draws - 1, d)))
         drawn: np.ndarray = means[:, None, :] + scale * (z @ loads)
         return drawn
     if all(arms[i].unit for i in live):
         alpha = np.array([1.0 + arms[i].reward_sum for i in live])
-        beta = np.array([1.0 + arms[i].n - arms[i].reward_sum for i in live])
-        return rng.beta(alpha, np.maximum(beta, 1e-9), size=(n, draws, len(live)))
+        beta = np.maximum(np.array([1.0 + arms[i].n - arms[i].reward_sum for i in live]), 1e-9)
+        return _own_then_shared(
+            rng.beta(alpha, beta, size=(n, 1, k)), rng.beta(alpha, beta, size=(draws - 1, k))
+        )
     means = np.array([arms[i].mean for i in live])
     spreads = np.array([math.sqrt(_variance(arms[i]) / (arms[i].n + 1)) for i in live])
-    return means + spreads * rng.standard_normal((n, draws, len(live)))
+    z = _own_then_shared(rng.standard_normal((n, 1, k)), rng.standard_normal((draws - 1, k)))
+    normal: np.ndarray = means + spreads * z
+    return normal
+
+
+def _own_then_shared(own: np.ndarray, shared: np.ndarray) -> np.ndarray:
+    """(n, 1 + len(shared), m): each row's own draw, then the shared ones."""
+    n = own.shape[0]
+    return np.concatenate([own, np.broadcast_to(shared, (n, *shared.shape))], axis=1)
 
 
 def distribution(

@@ -856,7 +856,9 @@ def _explain(
         )
     weights: list[tuple[int, float, float]] = []
     if spec.dimension and arm.theta is not None:
-        x = features
-        weighed = [(i, float(arm.theta[i]), float(arm.theta[i] * x[i])) for i in range(len(x))]
-        weights = sorted(weighed, key=lambda w: -abs(w[2]))[:5]
+        contributions = arm.theta * np.asarray(features, dtype=np.float64)
+        # the five largest |contributions|, the first index first among equals
+        top = np.argsort(-np.abs(contributions), kind="stable")[:5].tolist()
+        theta, parts = arm.theta.tolist(), contributions.tolist()
+        weights = [(i, theta[i], parts[i]) for i in top]
     return Explained(summary, table, weights, explored, False)
