@@ -423,6 +423,8 @@ async def test_sink_outage_mid_load_loses_nothing_and_replays_in_order(
     assert stats.emitted == stats.acknowledged == stats.written == total
     assert stats.spilled > 0 and stats.replayed >= stats.spilled
     assert stats.sink_errors > 0 and stats.sink_up and stats.dropped == 0
+    # every insert tried is timed, the failed ones too (ClickHouseSlow reads them)
+    assert stats.inserts >= faulty.failed_inserts + 1 and stats.insert_seconds > 0
     assert (stats.queued, stats.backlog) == (0, 0)
     assert during.emitted == total
     assert worst < 0.1  # emit never waits for the sink (bound: scheduling noise)
@@ -430,6 +432,7 @@ async def test_sink_outage_mid_load_loses_nothing_and_replays_in_order(
     exported = generate_latest(registry).decode()
     assert f"campaign_express_analytics_written_total {float(total)}" in exported
     assert "campaign_express_analytics_dropped_total 0.0" in exported
+    assert f"campaign_express_analytics_inserts_total {float(stats.inserts)}" in exported
 
 
 async def test_slow_sink_spills_without_blocking_emit(

@@ -146,6 +146,10 @@ async def test_rest_walkthrough(env: Env) -> None:
         assert status.get("canBid", False) is False  # the $100 daily budget is spent
         alerts = await call(env, "GET", f"tenants/acme/budgetAlerts?campaign={name}", admin)
         assert "ALERT_TYPE_OVER_DAILY_BUDGET" in {a["type"] for a in alerts["budgetAlerts"]}
+        raised = platform.kernel.metrics_registry.get_sample_value(  # CampaignBudgetExceeded's
+            "campaign_express_budget_alerts_total", {"type": "OVER_DAILY_BUDGET"}
+        )
+        assert raised == 1, raised
         await index.wait_for(lambda i: i.get(name) is None, timeout=1.0)  # stops bidding
         metrics = (await call(env, "GET", f"{name}/metrics", admin))["metrics"]
         assert metrics["impressions"] == "11" and metrics["spend"]["amountMicros"] == "105000000"

@@ -276,6 +276,13 @@ async def test_failover_retries_and_template_errors(env: Env, smtp: SmtpServer) 
     done = await settled(env, bad["message"]["name"])
     assert (done["state"], done["abortReason"]) == ("MESSAGE_STATE_ABORTED", "template_error")
     assert "line 2" in done["error"] and "missing" in done["error"]
+    counted = {  # the sender's metric (the MessageFailures alert reads it)
+        (s.labels["channel"], s.labels["outcome"], s.labels["reason"]): s.value
+        for family in env.running.platform.kernel.metrics_registry.collect()
+        if family.name == "campaign_express_messages"
+        for s in family.samples
+    }
+    assert counted == {("email", "sent", ""): 1, ("email", "aborted", "template_error"): 1}, counted
 
     # every provider down: queued again for later, with the error
     smtp.fail_next = 1

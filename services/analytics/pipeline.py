@@ -109,6 +109,8 @@ class PipelineStats:
     quarantined: int  # events in segments set aside as rejected by the store
     corrupt_lines: int  # unparsable lines skipped when reading segments back
     sink_up: bool  # the last insert succeeded
+    inserts: int = 0  # inserts tried (each a batch of events)
+    insert_seconds: float = 0.0  # time those inserts took (ClickHouseSlow: the mean > 1 s)
 
 
 class JournalFollower(Protocol):
@@ -268,6 +270,8 @@ class AnalyticsPipeline:
         self._spilled_live = 0
         self._recovered = 0
         self._sink_errors = 0
+        self._inserts = 0
+        self._insert_seconds = 0.0
         self._quarantined = 0
         self._corrupt_lines = 0
         self._delivered_upto = -1
@@ -463,6 +467,8 @@ class AnalyticsPipeline:
             quarantined=self._quarantined,
             corrupt_lines=self._corrupt_lines,
             sink_up=self._sink_up,
+            inserts=self._inserts,
+            insert_seconds=self._insert_seconds,
         )
 
     @property
@@ -764,9 +770,14 @@ class AnalyticsPipeline:
                 )
                 self._schema_ready = True
             if rows:
-                await asyncio.wait_for(
-                    self._store.insert(self._table, columns, rows), self._insert_timeout
-                )
+                began = time.perf_counter()
+                try:
+                    await asyncio.wait_for(
+                        self._store.insert(self._table, columns, rows), self._insert_timeout
+                    )
+                finally:  # failed and timed-out inserts count: a slow store is what to see
+                    self._inserts += 1
+                    self._insert_seconds += time.perf_counter() - began
         except Exception as exc:
             self._sink_errors += 1
             if self._sink_up:
@@ -902,6 +913,8 @@ class _StatsCollector(Collector):
             "inline_commits": "Journal commits done by emit because the journal was behind.",
             "sink_errors": "Failed inserts into the analytics store.",
             "quarantined": "Events in journal files set aside as rejected by the store.",
+            "inserts": "Inserts tried into the analytics store (each a batch of events).",
+            "insert_seconds": "Seconds those inserts took (their mean: insert_seconds / inserts).",
         }
         for name, doc in counters.items():
             yield CounterMetricFamily(prefix + name, doc, value=getattr(stats, name))

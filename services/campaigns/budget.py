@@ -54,6 +54,7 @@ from services.campaigns.validation import MAX_BUDGET_MICROS, MAX_CPM_MICROS
 from services.common import names, pagination
 from services.common.call import Principal
 from services.common.errors import FieldViolation, InvalidArgument, NotFound, collect
+from services.common.loopmetrics import Counter
 from services.common.pagination import PageTokens
 from services.db import Database
 
@@ -389,6 +390,9 @@ class Budgets:
         self._clock = clock
         self._pacers: dict[str, pacing.PacerState] = {}
         self._last_can_bid: dict[str, bool] = {}
+        #: Alerts raised by this process, by type (set by the module with
+        #: the process's registry): the budget alert rules read it.
+        self.alerts_raised: Counter | None = None
 
     # -- recording ---------------------------------------------------------
 
@@ -962,6 +966,8 @@ class Budgets:
         """Best effort, after the commit: alerts stay listed by the RPC and
         the index's periodic refresh repairs a lost budget.changed."""
         for alert in alerts:
+            if self.alerts_raised is not None:  # CampaignBudgetExceeded's metric
+                self.alerts_raised.labels(alert.type).inc()
             await self._events.publisher.publish(
                 alert_subject(alert.tenant_id), _alert_payload(alert)
             )

@@ -14,6 +14,7 @@ from services.campaigns.events import CampaignEvents
 from services.campaigns.index import LiveCampaignIndex
 from services.campaigns.servicer import CampaignServicer
 from services.campaigns.workflow import Scheduler, Workflow
+from services.common.loopmetrics import Counter
 from services.kernel import Built, DomainModule, Kernel, Service, TenantSeed
 
 
@@ -26,13 +27,21 @@ def _campaign_store(kernel: Kernel) -> Campaigns:
 
 
 def _spend_ledger(kernel: Kernel) -> Budgets:
-    return Budgets(
+    budgets = Budgets(
         kernel.backends.db,
         kernel.interface("campaign_store"),
         CampaignEvents(kernel.backends.bus, kernel.best_effort),
         kernel.clock,
         page_tokens=kernel.page_tokens,
     )
+    budgets.alerts_raised = Counter(
+        "campaign_express_budget_alerts",
+        "Budget alerts raised by this process, by type (OVER_TOTAL_BUDGET, "
+        "OVER_DAILY_BUDGET, NEARING_LIMIT, PACING_BEHIND, PACING_AHEAD).",
+        ["type"],
+        registry=kernel.metrics_registry,
+    )
+    return budgets
 
 
 def _live_index(kernel: Kernel) -> LiveCampaignIndex:

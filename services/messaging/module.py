@@ -29,7 +29,7 @@ from services.messaging.preferences import Groups
 from services.messaging.privacy import MessagesOfPeople
 from services.messaging.providers import Providers
 from services.messaging.rules import Caps, DeliveryRules, QuietHours
-from services.messaging.sender import Sender, Spend
+from services.messaging.sender import Sender, SenderMetrics, Spend
 from services.messaging.servicer import MessagingServicer
 from services.messaging.suppressions import Suppressions
 from services.messaging.templates import Templates
@@ -127,6 +127,7 @@ async def _build(kernel: Kernel) -> Built:
         journal=kernel.settings.data_dir / "messaging" / f"attempts-{kernel.worker}.log",
         name=f"{socket.gethostname()}:{kernel.worker}",
     )
+    sender.metrics = SenderMetrics(kernel.metrics_registry)
     if kernel.has_interface("global_control"):  # decisioning's: marketing skips it
         sender.global_control = kernel.interface("global_control").member
 

@@ -49,12 +49,14 @@ from typing import Any, Protocol
 
 import orjson
 import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
 
 from services.analytics.events import EventRow
 from services.backends.interfaces import AnalyticsStore
 from services.backends.kv import MemoryKeyValueStore
 from services.common.clock import now_us
 from services.common.errors import NotFound
+from services.common.loopmetrics import Counter
 from services.db import Database
 from services.messaging import rendering
 from services.messaging.catalogs import Catalogs
@@ -206,6 +208,19 @@ class Outcome:
     cost_currency: str = ""
 
 
+class SenderMetrics:
+    """What the sender did with each message it took (alerts: failures)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.outcomes = Counter(
+            "campaign_express_messages",
+            "Messages the sender finished, by channel and outcome (sent, failed, "
+            "aborted) and, for aborted ones, the reason.",
+            ["channel", "outcome", "reason"],
+            registry=registry,
+        )
+
+
 class Sender:
     def __init__(
         self,
@@ -275,6 +290,8 @@ class Sender:
         self._task: asyncio.Task[None] | None = None
         self._gate = asyncio.Semaphore(CONCURRENCY)
         self.breakers = Breakers()
+        #: Counted outcomes (set by the module, with the process's registry).
+        self.metrics: SenderMetrics | None = None
 
     # -- running ----------------------------------------------------------------
 
@@ -481,9 +498,12 @@ class Sender:
                 ),
                 values,
             )
+        metrics = self.metrics
         for message, o in zip(messages, outcomes, strict=True):
             if o.state == "queued":
                 continue  # tried again later: its outcome comes then
+            if metrics is not None:
+                metrics.outcomes.labels(message.channel, o.state, o.abort_reason).inc()
             self._event(
                 message,
                 o.state,
