@@ -29,6 +29,7 @@ from gateway.transcoder import Route, Router, build_request, render, routes_for
 from services.bidding.openrtb_json import OPENRTB_VERSION, decode_bid_request, encode_bid_response
 from services.common.bodies import body_too_large, content_encoding, decompress
 from services.common.errors import ERROR_DOMAIN, DomainError, InvalidArgument, Unauthenticated
+from services.common.spans import incoming_span
 
 log = logging.getLogger("campaign_express.gateway")
 
@@ -316,11 +317,15 @@ class Gateway:
                 response_deserializer=bidding_service_pb2.ProcessBidResponse.FromString,
             )
         try:
-            reply = await self._process_bid(
-                bidding_service_pb2.ProcessBidRequest(request=bid_request),
-                metadata=metadata,
-                timeout=CALL_TIMEOUT_SECONDS,
-            )
+            with incoming_span("POST /v1/bid", request.headers) as passed:
+                if passed:  # the call below is this span's child
+                    metadata = [(k, v) for k, v in metadata if k not in passed]
+                    metadata += list(passed.items())
+                reply = await self._process_bid(
+                    bidding_service_pb2.ProcessBidRequest(request=bid_request),
+                    metadata=metadata,
+                    timeout=CALL_TIMEOUT_SECONDS,
+                )
         except aio.AioRpcError as exc:
             status, payload, extra = error_body(
                 exc.code(), exc.details() or "", exc.trailing_metadata(), request_id

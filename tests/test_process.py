@@ -554,6 +554,7 @@ async def test_grpc_reflection_lists_every_service_and_health_is_serving(
             {"CAMPAIGN_EXPRESS_JWT_SECRET": "short"},
             "--jwt-secret / CAMPAIGN_EXPRESS_JWT_SECRET",
         ),
+        (["--otlp-endpoint", "otel:4317"], {}, "--otlp-endpoint / CAMPAIGN_EXPRESS_OTLP_ENDPOINT"),
     ],
     ids=[
         "port-range",
@@ -564,6 +565,7 @@ async def test_grpc_reflection_lists_every_service_and_health_is_serving(
         "workers",
         "remote-also-local",
         "jwt-short",
+        "otlp-no-scheme",
     ],
 )
 def test_invalid_configuration_fails_fast(

@@ -42,6 +42,7 @@ from services.campaigns.index import OfferFacts
 from services.common.clock import now_us
 from services.common.ids import random_hex_id
 from services.common.loopmetrics import Counter, Histogram
+from services.common.spans import child_span
 from services.inference.engine import InferenceEngine
 
 log = logging.getLogger(__name__)
@@ -223,9 +224,10 @@ class BidProcessor:
         demand = self.demand
         fanout = demand.start_fanout(tenant_id, request, source, deadline) if demand else None
         try:
-            outcome = await self._decide(
-                tenant_id, request, now, deadline, source, price_factor, fanout
-            )
+            with child_span("bid.decide"):  # matching, scoring, the auction, the answer
+                outcome = await self._decide(
+                    tenant_id, request, now, deadline, source, price_factor, fanout
+                )
             if fanout is not None and not fanout.collected and outcome.nbr != NBR_TECHNICAL:
                 # no internal bid: the partners' bids alone
                 outcome = await self._partners_only(
@@ -353,7 +355,8 @@ class BidProcessor:
         )
         offer_ids = [c.facts.name for c in candidates]
         scoring = self._engine.request(feature_profile, offer_ids)
-        prediction = await self._engine.predict(scoring)
+        with child_span("bid.score"):  # (the wait for the batched model call)
+            prediction = await self._engine.predict(scoring)
         tier = ctx.loyalty_tier
         response_currency = self._response_currency(request)
         if response_currency is None:

@@ -44,6 +44,7 @@ _HELP = {
     "max_request_bytes": "largest request body accepted",
     "shutdown_grace_seconds": "time in-flight calls get to finish on SIGTERM",
     "tracing": "OpenTelemetry gRPC instrumentation (true/false)",
+    "otlp_endpoint": "OTLP/gRPC collector for recorded spans, e.g. http://otel:4317 (empty: off)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "inference_provider": "numpy, auto, xla:cpu|cuda|rocm|tpu|neuron|tt, groq or remote",
     "inference_checkpoint": "CoLaNet checkpoint file (default: the built-in model)",

@@ -42,10 +42,12 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def configure_tracing(enabled: bool) -> None:
+def configure_tracing(enabled: bool, otlp_endpoint: str = "") -> None:
     """A tracer provider so spans get real trace ids, which errors and logs
-    quote. Exporting spans is left to the OpenTelemetry SDK's environment
-    configuration of the deployment.
+    quote; with `otlp_endpoint` (an OTLP/gRPC collector: the OpenTelemetry
+    collector, Tempo, Jaeger...) recorded spans are exported to it in
+    batches, from a background thread (a collector that is down costs
+    dropped spans, never a call).
 
     Unless OTEL_TRACES_SAMPLER says otherwise, a span is recorded only when
     the caller's `traceparent` says its trace is sampled (parent-based,
@@ -58,7 +60,20 @@ def configure_tracing(enabled: bool) -> None:
         return
     from opentelemetry import trace
 
-    trace.set_tracer_provider(tracer_provider(os.environ))
+    provider = tracer_provider(os.environ)
+    if otlp_endpoint:
+        export_spans(provider, otlp_endpoint)
+    trace.set_tracer_provider(provider)
+
+
+def export_spans(provider: Any, endpoint: str) -> None:
+    """Recorded spans of `provider` go to the OTLP/gRPC collector at
+    `endpoint` (`http://` for plain text, `https://` for TLS)."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    exporter = OTLPSpanExporter(endpoint=endpoint, insecure=endpoint.startswith("http://"))
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
 
 
 def samples_root_spans(environ: Mapping[str, str]) -> bool:
@@ -69,9 +84,12 @@ def samples_root_spans(environ: Mapping[str, str]) -> bool:
 
 def tracer_provider(environ: Mapping[str, str]) -> Any:
     """The SDK tracer provider `configure_tracing` installs."""
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
-    if samples_root_spans(environ):
-        return TracerProvider()  # the SDK reads OTEL_TRACES_SAMPLER(_ARG) itself
-    return TracerProvider(sampler=ParentBased(root=ALWAYS_OFF))
+    resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME",
+                                                            "campaign-express")})  # fmt: skip
+    if samples_root_spans(environ):  # the SDK reads OTEL_TRACES_SAMPLER(_ARG) itself
+        return TracerProvider(resource=resource)
+    return TracerProvider(sampler=ParentBased(root=ALWAYS_OFF), resource=resource)

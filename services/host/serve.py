@@ -238,7 +238,7 @@ async def prepare(settings: Settings) -> TenantSeed | None:
 
 def run(settings: Settings) -> int:
     configure_logging(settings.log_level)
-    configure_tracing(settings.tracing)
+    configure_tracing(settings.tracing, settings.otlp_endpoint)
     if settings.workers == 1 or os.environ.get(WORKER_ENV):
         asyncio.run(serve_forever(settings, migrate=WORKER_ENV not in os.environ))
         return 0
@@ -317,7 +317,7 @@ async def agents_forever(settings: Settings, agents_per_node: int) -> None:
 
 def run_agents(settings: Settings, agents_per_node: int) -> int:
     configure_logging(settings.log_level)
-    configure_tracing(settings.tracing)
+    configure_tracing(settings.tracing, settings.otlp_endpoint)
     if not settings.nats_url:
         log.warning("NATS_URL is not set: agents consume the in-process bus only")
     if WORKER_ENV not in os.environ:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,8 @@ class Settings:
         default=10.0, metadata={"env": "CAMPAIGN_EXPRESS_SHUTDOWN_GRACE_SECONDS"}
     )
     tracing: bool = field(default=True, metadata={"env": "CAMPAIGN_EXPRESS_TRACING"})
+    # OTLP/gRPC collector the recorded spans go to (empty: none are exported)
+    otlp_endpoint: str = field(default="", metadata={"env": "CAMPAIGN_EXPRESS_OTLP_ENDPOINT"})
     log_level: str = field(default="INFO", metadata={"env": "CAMPAIGN_EXPRESS_LOG_LEVEL"})
     # the bid path's exploration (docs/inference.md, "The learning loop")
     bid_exploration: float = field(default=0.05, metadata={"env": "BID_EXPLORATION"})
@@ -242,6 +245,8 @@ def validate(s: Settings, known_services: Sequence[str]) -> None:
             fail("remote_services", f"{name}={address!r} needs host:port")
     if not 1 <= s.workers <= 256:
         fail("workers", f"{s.workers} is not between 1 and 256")
+    if s.otlp_endpoint and not re.match(r"^https?://[^/\s]+/?$", s.otlp_endpoint):
+        fail("otlp_endpoint", "must be http://host:port or https://host:port")
     if s.access_token_seconds < 30:
         fail("access_token_seconds", "must be at least 30")
     if s.refresh_token_seconds < s.access_token_seconds:
