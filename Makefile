@@ -25,6 +25,7 @@ $(RUNTIME_STAMP): requirements/runtime.txt pyproject.toml | $(PY)
 $(DEV_STAMP): requirements/dev.txt $(RUNTIME_STAMP)
 	@echo "installing the dev lock into $(VENV) (requirements/dev.txt)"
 	$(PIP) install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(PY) scripts/reinstall_overlapped.py
 	$(PY) scripts/protodeps.py
 	touch $@
 
