@@ -443,12 +443,12 @@ class CreativeTemplates:
     async def delete(self, caller: Principal, name: str) -> None:
         template = await self.get(caller, name)
         key = (template.tenant_id, template.id)
+        t = decisioning_creative_templates
         async with self._db.engine.begin() as conn:
-            for table in (decisioning_creative_templates, decisioning_variant_stats,
-                          decisioning_variant_events):  # fmt: skip
-                id_column = table.c.id if "id" in table.c else table.c.template_id
+            await conn.execute(t.delete().where(t.c.tenant_id == key[0], t.c.id == key[1]))
+            for table in (decisioning_variant_stats, decisioning_variant_events):
                 await conn.execute(
-                    table.delete().where(table.c.tenant_id == key[0], id_column == key[1])
+                    table.delete().where(table.c.tenant_id == key[0], table.c.template_id == key[1])
                 )
         self._served.pop(key, None)
 
